@@ -1,0 +1,3 @@
+from mhacli.cli import main
+
+main()

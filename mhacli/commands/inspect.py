@@ -1,0 +1,59 @@
+"""`mha inspect`: attention maps and statistics of the selected heads."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mhacli.cli import app
+from mhacli.commands._common import (
+    FormatOpt, HeadOpt, LayerOpt, ModelOpt, TextArg, TruncateOpt, prepare, resolve_format,
+)  # fmt: skip
+from mhacli.errors import UsageError
+from mhacli.heads import analyse
+from mhacli.output import MACHINE_FORMATS, check_writable, save_npz, write_heads
+
+
+@app.command()
+def inspect(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    format: FormatOpt = None,
+    query: Annotated[int | None, typer.Option("--query", "-q", help="Show one query row: where token I looks.")] = None,
+    top: Annotated[int | None, typer.Option("--top", "-k", min=1, help="List the K strongest keys of every query.")] = None,
+    start: Annotated[int, typer.Option("--from", min=0, help="First query row of the map window on a terminal.")] = 0,
+    save: Annotated[Path | None, typer.Option("--save", help="Also write attention[layer, head, q, k] to FILE.npz.")] = None,
+    truncate: TruncateOpt = False,
+) -> None:
+    """Attention maps and statistics for the selected heads (default: every head)."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    if query is not None and top is not None:
+        raise UsageError("--query and --top are two views; pick one")
+    if save is not None:
+        if save.suffix != ".npz":
+            raise UsageError(f"--save {save}: the file name must end in .npz")
+        check_writable(save)
+    ckpt, tokens = prepare(model, text, truncate=truncate)
+    n_seq = len(tokens.ids)
+    if query is not None and not -n_seq <= query < n_seq:
+        raise UsageError(f"--query {query} is out of range: the text has tokens 0..{n_seq - 1}")
+    if query is not None and query < 0:
+        query += n_seq
+    views = list(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=True))
+    if save is not None:
+        save_npz(save, views, tokens.ids.tolist(), tokens.tokens)
+    if fmt in MACHINE_FORMATS:
+        write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=True)
+    elif fmt == "text":
+        from mhacli.plain import write_inspect
+
+        write_inspect(sys.stdout, views, tokens.tokens, query=query, top=top)
+    else:
+        from mhacli.render import make_console, render_inspect
+
+        render_inspect(make_console(), views, tokens.tokens, query=query, top=top, start=start)

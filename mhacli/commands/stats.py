@@ -1,0 +1,42 @@
+"""`mha stats`: statistics and kind of every head; on a terminal a layer x head overview."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from mhacli.cli import app
+from mhacli.commands._common import FormatOpt, ModelOpt, TextArg, TruncateOpt, prepare, progress, resolve_format
+from mhacli.errors import UsageError
+from mhacli.heads import analyse
+from mhacli.output import MACHINE_FORMATS, write_heads
+from mhacli.stats import STAT_NAMES
+
+
+@app.command()
+def stats(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    format: FormatOpt = None,
+    stat: Annotated[str, typer.Option("--stat", "-s", help=f"Statistic shown in the grid: {', '.join(STAT_NAMES)}.")] = "previous_token",
+    truncate: TruncateOpt = False,
+) -> None:
+    """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    if stat not in STAT_NAMES:
+        raise UsageError(f"--stat {stat!r} is not one of: {', '.join(STAT_NAMES)}")
+    ckpt, tokens = prepare(model, text, truncate=truncate)
+    c = ckpt.config
+    views = list(progress(analyse(ckpt, tokens.ids, keep_maps=False), c.n_layer * c.n_head, "running layers"))
+    if fmt in MACHINE_FORMATS:
+        write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=False)
+    elif fmt == "text":
+        from mhacli.plain import write_stats
+
+        write_stats(sys.stdout, views)
+    else:
+        from mhacli.render import make_console, render_stats
+
+        render_stats(make_console(), views, c.n_layer, c.n_head, stat, len(tokens.ids))

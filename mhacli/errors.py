@@ -1,0 +1,56 @@
+"""Typed errors raised by the core; the CLI maps each to one `error:` line and an exit code."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CHECK_FAILED = 1  # a check ran and failed (verify mismatch, diff --fail-above)
+    BAD_INPUT = 2  # bad usage or bad input: arguments, files, text
+    INTERRUPTED = 130
+
+
+class MhaError(Exception):
+    """Base class: a problem the user can fix. The message is one line, shown as `error: <message>`."""
+
+    exit_code: ExitCode = ExitCode.BAD_INPUT
+
+
+class ModelError(MhaError):
+    """The model could not be resolved or loaded (paths, config, weights)."""
+
+
+class ConfigError(ModelError):
+    """config.json is missing, not JSON, of the wrong type or describes an impossible model."""
+
+
+class WeightsError(ModelError):
+    """A weight file is unreadable, lies about its contents, lacks a tensor or has one of the wrong shape."""
+
+
+class TokenizerError(MhaError):
+    """Tokenizer files are missing or corrupt."""
+
+
+class TextError(MhaError):
+    """The input text is empty, not UTF-8, or too long for the model."""
+
+
+class UsageError(MhaError):
+    """An option is out of range or inconsistent with the model."""
+
+
+class DependencyError(MhaError):
+    """An optional dependency (torch for `verify`) is not installed."""
+
+
+class NumericsError(MhaError):
+    """The forward pass produced NaN or Inf."""
+
+
+class CheckFailed(MhaError):
+    """A check ran and failed (exit 1)."""
+
+    exit_code = ExitCode.CHECK_FAILED

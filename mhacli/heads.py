@@ -1,0 +1,58 @@
+"""Running the model for a set of heads: statistics for every selected head, maps only where asked. Pure NumPy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mhacli.errors import UsageError
+from mhacli.model import Params, forward
+from mhacli.stats import HeadStats, layer_stats
+
+
+@dataclass(frozen=True)
+class HeadView:
+    stats: HeadStats
+    attention: np.ndarray | None  # [n_seq, n_seq] float32, None when maps were not requested
+
+    @property
+    def layer(self) -> int:
+        return self.stats.layer
+
+    @property
+    def head(self) -> int:
+        return self.stats.head
+
+
+def check_selection(n_layer: int, n_head: int, layers: Sequence[int] | None, heads: Sequence[int] | None) -> None:
+    for layer in layers or ():
+        if not 0 <= layer < n_layer:
+            raise UsageError(f"--layer {layer} is out of range: this model has layers 0..{n_layer - 1}")
+    for head in heads or ():
+        if not 0 <= head < n_head:
+            raise UsageError(f"--head {head} is out of range: this model has heads 0..{n_head - 1}")
+
+
+def analyse(
+    params: Params,
+    ids: np.ndarray,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    keep_maps: bool = True,
+) -> Iterator[HeadView]:
+    """Yield a HeadView per selected head, layer by layer; the forward stops after the last selected layer."""
+    config = params.config
+    check_selection(config.n_layer, config.n_head, layers, heads)
+    wanted_layers = sorted(set(layers)) if layers else list(range(config.n_layer))
+    wanted_heads = sorted(set(heads)) if heads else list(range(config.n_head))
+    for trace in forward(params, ids, n_layers=wanted_layers[-1] + 1):
+        if trace.layer not in wanted_layers:
+            continue
+        attn = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
+        for row, stats in zip(attn, layer_stats(trace.layer, attn, ids)):
+            head = wanted_heads[stats.head]
+            stats = HeadStats(trace.layer, head, stats.kind, stats.values)
+            yield HeadView(stats, row if keep_maps else None)

@@ -1,0 +1,202 @@
+"""The GPT-2 forward pass in pure NumPy, float32 end to end. No I/O, no printing.
+
+Shapes: n_seq tokens, n_embd model width, n_head heads of d_head each; an attention map is [n_head, q_pos, k_pos],
+rows are queries and sum to 1. Weights keep HF's Conv1D layout [in, out], so a projection is `x @ w + b`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from mhacli.config import ModelConfig
+from mhacli.errors import NumericsError
+
+F32 = np.float32
+
+
+class Params(Protocol):
+    """Where the forward gets its weights from (weights.Checkpoint): tensors float32, read on demand."""
+
+    config: ModelConfig
+
+    def get(self, name: str) -> np.ndarray: ...
+
+    def layer(self, layer: int) -> dict[str, np.ndarray]: ...
+
+
+# --- activations (transformers.activations, element-wise, float32 in and out) ---------------------------------
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+
+
+def gelu_fast(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf  # NumPy has no erf; imported only for models that use exact GELU
+
+    return x * 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def laplace(x: np.ndarray, mu: float = 0.707107, sigma: float = 0.282095) -> np.ndarray:
+    from scipy.special import erf
+
+    return 0.5 * (1.0 + erf((x - mu) / (sigma * math.sqrt(2.0))))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp of a negative argument only: no overflow warnings for large |x|
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(F32)
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    # torch's softplus (beta=1, threshold=20): x itself above the threshold
+    return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0)))).astype(F32)
+
+
+ACTIVATION_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_python_tanh": gelu_tanh,
+    "gelu_accurate": gelu_tanh,
+    "gelu_fast": gelu_fast,
+    "gelu": gelu_erf,
+    "gelu_python": gelu_erf,
+    "gelu_10": lambda x: np.clip(gelu_erf(x), -10.0, 10.0),
+    "quick_gelu": lambda x: x * sigmoid(1.702 * x),
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu2": lambda x: np.square(np.maximum(x, 0.0)),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
+    "silu": lambda x: x * sigmoid(x),
+    "swish": lambda x: x * sigmoid(x),
+    "sigmoid": sigmoid,
+    "tanh": np.tanh,
+    "linear": lambda x: x,
+    "mish": lambda x: x * np.tanh(softplus(x)),
+    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "laplace": laplace,
+    "sqrtsoftplus": lambda x: np.sqrt(softplus(x)),
+}
+
+
+# --- building blocks ------------------------------------------------------------------------------------------
+
+
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """[n_seq, n_embd] -> [n_seq, n_embd], biased variance as torch.nn.LayerNorm."""
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = np.square(centred).mean(axis=-1, keepdims=True)
+    return centred / np.sqrt(var + eps) * w + b
+
+
+def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
+    """[n_seq, n_head * d_head] -> [n_head, n_seq, d_head]"""
+    n_seq, width = x.shape
+    return x.reshape(n_seq, n_head, width // n_head).transpose(1, 0, 2)
+
+
+def merge_heads(x: np.ndarray) -> np.ndarray:
+    """[n_head, n_seq, d_head] -> [n_seq, n_head * d_head]"""
+    n_head, n_seq, d_head = x.shape
+    return x.transpose(1, 0, 2).reshape(n_seq, n_head * d_head)
+
+
+def causal_softmax(scores: np.ndarray) -> np.ndarray:
+    """[n_head, n_seq, n_seq] scaled scores -> probabilities; keys after the query get exactly 0."""
+    n_seq = scores.shape[-1]
+    future = np.triu(np.ones((n_seq, n_seq), dtype=bool), k=1)  # [q_pos, k_pos]
+    scores = np.where(future, -np.inf, scores)
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    e = np.exp(scores)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class AttentionParts:
+    """Every intermediate of one attention block, for `explain` and for tests."""
+
+    q: np.ndarray  # [n_head, n_seq, d_head]
+    k: np.ndarray  # [n_head, n_seq, d_head]
+    v: np.ndarray  # [n_head, n_seq, d_head]
+    scores: np.ndarray  # [n_head, n_seq, n_seq] raw q.k, before scaling and mask
+    probs: np.ndarray  # [n_head, n_seq, n_seq]
+    z: np.ndarray  # [n_head, n_seq, d_head] per-head outputs
+    out: np.ndarray  # [n_seq, n_embd] after c_proj
+
+
+def gpt2_attention_parts(x: np.ndarray, p: dict[str, np.ndarray], n_head: int, scale: float) -> AttentionParts:
+    """[n_seq, n_embd] (after ln_1) -> every intermediate of GPT2Attention."""
+    qkv = x @ p["attn.c_attn.weight"] + p["attn.c_attn.bias"]  # [n_seq, 3 * n_embd]
+    q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x [n_head, n_seq, d_head]
+    scores = q @ k.transpose(0, 2, 1)  # [n_head, n_seq, n_seq]
+    probs = causal_softmax(scores * F32(scale))
+    z = probs @ v  # [n_head, n_seq, d_head]
+    out = merge_heads(z) @ p["attn.c_proj.weight"] + p["attn.c_proj.bias"]  # [n_seq, n_embd]
+    return AttentionParts(q, k, v, scores, probs, z, out)
+
+
+def gpt2_mlp(x: np.ndarray, p: dict[str, np.ndarray], act: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """[n_seq, n_embd] -> [n_seq, n_embd]"""
+    h = act(x @ p["mlp.c_fc.weight"] + p["mlp.c_fc.bias"])  # [n_seq, n_inner]
+    return h @ p["mlp.c_proj.weight"] + p["mlp.c_proj.bias"]
+
+
+def gpt2_block(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-LN block: [n_seq, n_embd] -> ([n_seq, n_embd], [n_head, n_seq, n_seq])"""
+    eps = config.layer_norm_epsilon
+    attn = gpt2_attention_parts(layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], eps), p, config.n_head, config.attn_scale(layer))
+    x = x + attn.out
+    x = x + gpt2_mlp(layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], eps), p, ACTIVATION_FNS[config.activation_function])
+    return x, attn.probs
+
+
+def embed(params: Params, ids: np.ndarray) -> np.ndarray:
+    """[n_seq] token ids -> [n_seq, n_embd] token + position embeddings"""
+    return params.get("wte.weight")[ids] + params.get("wpe.weight")[: len(ids)]
+
+
+def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
+    """ln_f: [n_seq, n_embd] -> [n_seq, n_embd]"""
+    return layer_norm(x, params.get("ln_f.weight"), params.get("ln_f.bias"), params.config.layer_norm_epsilon)
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    layer: int
+    attention: np.ndarray  # [n_head, n_seq, n_seq]
+    residual: np.ndarray  # [n_seq, n_embd] the residual stream after this block
+
+
+def forward(params: Params, ids: np.ndarray | list[int], *, n_layers: int | None = None) -> Iterator[LayerTrace]:
+    """Run the model layer by layer, yielding each layer's attention and residual stream.
+
+    Stops after `n_layers` layers (all by default); one layer's weights are fetched at a time.
+    """
+    config = params.config
+    ids = np.asarray(ids, dtype=np.int64)
+    x = embed(params, ids)  # [n_seq, n_embd]
+    for layer in range(config.n_layer if n_layers is None else n_layers):
+        x, probs = gpt2_block(x, params.layer(layer), config, layer)
+        check_finite(probs, x, layer)
+        yield LayerTrace(layer, probs, x)
+
+
+def check_finite(probs: np.ndarray, x: np.ndarray, layer: int) -> None:
+    if np.isfinite(probs).all() and np.isfinite(x).all():
+        return
+    bad_heads = [h for h in range(probs.shape[0]) if not np.isfinite(probs[h]).all()]
+    where = f"heads {bad_heads}" if bad_heads else "the residual stream"
+    raise NumericsError(f"the forward pass produced NaN or Inf in layer {layer}, {where} (extreme weights?)")

@@ -1,0 +1,135 @@
+"""Machine formats: json, jsonl, csv, tsv, npz. Strict JSON (no NaN/Infinity); no ANSI anywhere."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from mhacli.errors import UsageError
+from mhacli.heads import HeadView
+from mhacli.stats import STAT_NAMES
+
+MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")
+CSV_COLUMNS = ("layer", "head", "kind", *STAT_NAMES)
+ATTENTION_DECIMALS = 8  # 5e-9 rounding: far below the 1e-6 parity the numbers are checked to
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, allow_nan=False, ensure_ascii=False)
+
+
+def lower_triangle(attn: np.ndarray) -> list[list[float]]:
+    """[n_seq, n_seq] -> rows, row i holding the weights of query i over keys 0..i."""
+    rounded = np.round(attn.astype(np.float64), ATTENTION_DECIMALS)
+    return [rounded[i, : i + 1].tolist() for i in range(rounded.shape[0])]
+
+
+def head_record(view: HeadView, *, with_attention: bool) -> dict:
+    record = view.stats.to_dict()
+    if with_attention and view.attention is not None:
+        record["attention"] = lower_triangle(view.attention)
+    return record
+
+
+def write_heads(
+    out: TextIO,
+    fmt: str,
+    model: dict,
+    tokens: Sequence[str],
+    token_ids: Sequence[int],
+    views: Iterable[HeadView],
+    *,
+    with_attention: bool,
+    extra: dict | None = None,
+) -> None:
+    """The inspect/stats document in a machine format (CLI.md shapes)."""
+    if fmt == "json":
+        doc = {"model": model, "tokens": list(tokens), "token_ids": [int(i) for i in token_ids]}
+        doc |= extra or {}
+        doc["heads"] = [head_record(v, with_attention=with_attention) for v in views]
+        out.write(dumps(doc) + "\n")
+    elif fmt == "jsonl":
+        for v in views:
+            out.write(dumps(head_record(v, with_attention=with_attention)) + "\n")
+    elif fmt in ("csv", "tsv"):
+        write_table(out, fmt, CSV_COLUMNS, (stats_row(v) for v in views))
+    else:  # pragma: no cover - the CLI only passes machine formats here
+        raise UsageError(f"unknown format {fmt!r}")
+
+
+def stats_row(view: HeadView) -> list:
+    s = view.stats
+    return [s.layer, s.head, s.kind, *(s.values[name] for name in STAT_NAMES)]
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def write_table(out: TextIO, fmt: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([format_cell(v) for v in row])
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: the file appears whole or not at all."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work if `path` cannot be written (missing directory, a directory, no permission)."""
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a directory")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UsageError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {path}: permission denied")
+
+
+def save_npz(path: Path, views: Sequence[HeadView], token_ids: Sequence[int], tokens: Sequence[str]) -> None:
+    """attention[layer, head, q, k] over the selected layers/heads, with token_ids, tokens, layers, heads."""
+    layers = sorted({v.layer for v in views})
+    heads = sorted({v.head for v in views})
+    n_seq = len(token_ids)
+    attention = np.zeros((len(layers), len(heads), n_seq, n_seq), dtype=np.float32)
+    for v in views:
+        attention[layers.index(v.layer), heads.index(v.head)] = v.attention
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        attention=attention,
+        token_ids=np.asarray(token_ids, dtype=np.int64),
+        tokens=np.asarray(list(tokens), dtype=np.str_),
+        layers=np.asarray(layers, dtype=np.int64),
+        heads=np.asarray(heads, dtype=np.int64),
+    )
+    atomic_write_bytes(path, buf.getvalue())

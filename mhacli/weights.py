@@ -1,0 +1,375 @@
+"""All model I/O: resolving what `-m` names, reading config.json and safetensors files.
+
+Safetensors headers are parsed here rather than trusted to a library: every length, offset, dtype and shape is
+checked against the file before a byte of tensor data is read, and tensors are read one at a time, on demand, so
+a model never has to fit in memory twice. Pickle checkpoints are refused by name and never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mhacli.config import ModelConfig, parse_config
+from mhacli.errors import ConfigError, ModelError, WeightsError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_JSON_BYTES = 50 * 1024 * 1024
+# Every dtype the safetensors format defines, with its size in bytes; the float ones can be read as weights.
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8,
+}  # fmt: skip
+FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+SAMPLE_MODEL = "tiny-shakespeare"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lies: absolute byte range [start, end) in `file`."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What `-m` resolved to: a directory with config and tokenizer, and the weight files."""
+
+    source: str
+    directory: Path
+    weight_files: tuple[Path, ...]
+
+
+def _pickle_refusal(path: Path) -> ModelError:
+    return ModelError(
+        f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; mha reads safetensors only. "
+        "Convert it first, e.g. `python -c \"from transformers import AutoModel; "
+        "AutoModel.from_pretrained('DIR').save_pretrained('OUT', safe_serialization=True)\"`"
+    )
+
+
+def sample_model_dir() -> Path:
+    """The bundled sample model: package data when installed, the repo's sample_weights/ when editable."""
+    here = Path(__file__).resolve().parent
+    for root in (here / "sample_weights", here.parent / "sample_weights"):
+        if (root / SAMPLE_MODEL / "config.json").is_file():
+            return root / SAMPLE_MODEL
+    raise ModelError("the bundled sample model is missing from this installation; pass -m MODEL or set MHA_MODEL")
+
+
+def resolve_model(spec: str | None) -> ModelFiles:
+    """Resolve `-m` (a directory, a .safetensors file, a hub id), else $MHA_MODEL, else the sample model."""
+    if spec is None or spec == "":
+        env = os.environ.get("MHA_MODEL", "")
+        if env:
+            try:
+                return resolve_model(env)
+            except ModelError as exc:
+                raise ModelError(f"MHA_MODEL={env}: {exc}") from exc
+        directory = sample_model_dir()
+        return ModelFiles(f"sample:{SAMPLE_MODEL}", directory, _weights_in_dir(directory, directory))
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _pickle_refusal(path)
+    if path.is_dir():
+        return ModelFiles(spec, path, _weights_in_dir(path, path))
+    if path.is_file():
+        if path.name.endswith(".safetensors.index.json"):
+            return ModelFiles(spec, path.parent, _sharded(path, path.parent))
+        if path.suffix != ".safetensors":
+            raise ModelError(f"{spec}: not a model (expected a directory or a .safetensors file)")
+        return ModelFiles(spec, path.parent, (path,))
+    if path.exists():
+        raise ModelError(f"{spec}: not a regular file or directory")
+    if HUB_ID.match(spec) and not spec.startswith((".", "~")):
+        directory, root = _from_hub(spec)
+        return ModelFiles(spec, directory, _weights_in_dir(directory, root))
+    raise ModelError(f"{spec}: no such file or directory")
+
+
+def _weights_in_dir(directory: Path, root: Path) -> tuple[Path, ...]:
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return (single,)
+    if index.is_file():
+        return _sharded(index, root)
+    others = sorted(directory.glob("*.safetensors"))
+    if len(others) == 1:
+        return (others[0],)
+    pickles = [p for p in sorted(directory.iterdir()) if p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles:
+        raise _pickle_refusal(pickles[0])
+    if len(others) > 1:
+        raise ModelError(f"{directory}: several .safetensors files and no model.safetensors.index.json")
+    raise ModelError(f"{directory}: not a model directory (no model.safetensors or model.safetensors.index.json)")
+
+
+def _read_json(path: Path, what: str, error: type[ModelError] = ModelError) -> object:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise error(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    if size > MAX_JSON_BYTES:
+        raise error(f"{what}: {path.name} is {size} bytes, too large to be a JSON {what}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise error(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise error(f"{what}: {path} is not valid JSON ({str(exc).splitlines()[0][:120]})") from exc
+
+
+def _sharded(index: Path, root: Path) -> tuple[Path, ...]:
+    """The shard files an index names, each required to lie inside `root` (no ../, absolute paths or symlinks out)."""
+    doc = _read_json(index, "sharded index")
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelError(f"{index.name}: has no weight_map object")
+    root_real = root.resolve()
+    files: list[Path] = []
+    for name in sorted(set(weight_map.values()), key=str):
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"{index.name}: weight_map holds a non-string file name {name!r}")
+        if os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
+            raise ModelError(f"{index.name}: shard {name!r} lies outside the model directory; refused")
+        shard = index.parent / name
+        if not shard.resolve().is_relative_to(root_real):
+            raise ModelError(f"{index.name}: shard {name!r} links outside the model directory; refused")
+        if shard.suffix.lower() in PICKLE_SUFFIXES:
+            raise _pickle_refusal(shard)
+        if not shard.is_file():
+            raise ModelError(f"{index.name}: shard {name!r} is missing")
+        files.append(shard)
+    return tuple(files)
+
+
+def _from_hub(repo_id: str) -> tuple[Path, Path]:
+    """A hub id through the local HF cache; downloaded only when the network is allowed."""
+    from huggingface_hub import snapshot_download  # only on this path: it costs start-up time
+
+    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not in the cache"
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise ModelError(f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from exc
+        try:
+            path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        except Exception as exc2:  # noqa: BLE001
+            first = str(exc2).strip().splitlines()[0][:200] if str(exc2).strip() else type(exc2).__name__
+            raise ModelError(f"{repo_id}: not a local path, and not found on the Hugging Face Hub ({first})") from exc2
+    # Cache snapshots are symlinks into ../../blobs: the repository's cache folder is the containment root.
+    return path, path.parent.parent
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse and check a safetensors header against the file: sizes, offsets, dtypes, overlaps."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise WeightsError(f"{path.name}: not a safetensors file ({size} bytes, too short for a header)")
+            n = int.from_bytes(head, "little")
+            if n > size - 8 or n > MAX_HEADER_BYTES:
+                raise WeightsError(
+                    f"{path.name}: header length {n} runs past the end of the {size}-byte file (truncated or corrupt)"
+                )
+            raw = f.read(n)
+    except OSError as exc:
+        raise WeightsError(f"{path.name}: cannot read: {exc.strerror}") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WeightsError(f"{path.name}: safetensors header is not valid JSON (corrupt file?)") from exc
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path.name}: safetensors header is not a JSON object")
+    base = 8 + n
+    infos: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        infos[name] = _tensor_info(path, name, entry, base, size)
+    spans = sorted((i.start, i.end, i.name) for i in infos.values() if i.end > i.start)
+    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            raise WeightsError(f"{path.name}: tensors {name_a} and {name_b} overlap in the data section")
+    return infos
+
+
+def _tensor_info(path: Path, name: str, entry: object, base: int, size: int) -> TensorInfo:
+    where = f"{path.name}: tensor {name}"
+    if not isinstance(entry, dict):
+        raise WeightsError(f"{where}: header entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise WeightsError(f"{where}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(_is_nonneg_int(d) for d in shape):
+        raise WeightsError(f"{where}: bad shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_nonneg_int(o) for o in offsets)):
+        raise WeightsError(f"{where}: bad data_offsets {offsets!r}")
+    begin, end = offsets
+    nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+    if end < begin or end - begin != nbytes:
+        raise WeightsError(
+            f"{where}: header says {dtype} {shape} ({nbytes} bytes) but its offsets span {end - begin} bytes"
+        )
+    if base + end > size:
+        raise WeightsError(f"{where}: data runs past the end of the file (truncated?)")
+    return TensorInfo(name, path, dtype, tuple(shape), base + begin, base + end)
+
+
+def _is_nonneg_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def normalise_key(key: str) -> str | None:
+    """Checkpoint key -> our key: strip `transformer.`; None for buffers and heads we do not use."""
+    if key.startswith("transformer."):
+        key = key[len("transformer.") :]
+    if key.endswith((".attn.bias", ".attn.masked_bias")) or key.startswith("lm_head."):
+        return None
+    return key
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the GPT-2 forward reads, with the shape the config implies (Conv1D weights are [in, out])."""
+    e, i = config.n_embd, config.n_inner
+    shapes: dict[str, tuple[int, ...]] = {
+        "wte.weight": (config.vocab_size, e),
+        "wpe.weight": (config.n_positions, e),
+        "ln_f.weight": (e,),
+        "ln_f.bias": (e,),
+    }
+    for layer in range(config.n_layer):
+        p = f"h.{layer}."
+        shapes |= {
+            p + "ln_1.weight": (e,), p + "ln_1.bias": (e,),
+            p + "attn.c_attn.weight": (e, 3 * e), p + "attn.c_attn.bias": (3 * e,),
+            p + "attn.c_proj.weight": (e, e), p + "attn.c_proj.bias": (e,),
+            p + "ln_2.weight": (e,), p + "ln_2.bias": (e,),
+            p + "mlp.c_fc.weight": (e, i), p + "mlp.c_fc.bias": (i,),
+            p + "mlp.c_proj.weight": (i, e), p + "mlp.c_proj.bias": (e,),
+        }  # fmt: skip
+    return shapes
+
+
+def load_config(directory: Path) -> ModelConfig:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{directory}: no config.json beside the weights")
+    return parse_config(_read_json(path, "config.json", ConfigError))
+
+
+@dataclass
+class Checkpoint:
+    """A model's config and the location of each tensor; tensors are read on demand, float32, checked finite."""
+
+    files: ModelFiles
+    config: ModelConfig
+    tensors: dict[str, TensorInfo]
+    cache: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def source(self) -> str:
+        return self.files.source
+
+    def get(self, name: str) -> np.ndarray:
+        if self.cache is not None and name in self.cache:
+            return self.cache[name]
+        array = read_tensor(self.tensors[name])
+        if self.cache is not None:
+            self.cache[name] = array
+        return array
+
+    def layer(self, layer: int) -> dict[str, np.ndarray]:
+        """One block's tensors, keyed without the `h.{layer}.` prefix."""
+        prefix = f"h.{layer}."
+        return {k[len(prefix) :]: self.get(k) for k in self.tensors if k.startswith(prefix)}
+
+    def parameter_count(self) -> int:
+        return sum(math.prod(info.shape) for info in self.tensors.values())
+
+    def model_dict(self) -> dict:
+        c = self.config
+        return {
+            "source": self.source,
+            "n_layer": c.n_layer,
+            "n_head": c.n_head,
+            "n_embd": c.n_embd,
+            "n_positions": c.n_positions,
+            "vocab_size": c.vocab_size,
+        }
+
+
+CACHE_LIMIT_BYTES = 512 * 1024 * 1024  # models smaller than this keep their tensors once read
+
+
+def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoint:
+    """Read config and headers, check every needed tensor is present with the config's shape (no data read yet)."""
+    config = load_config(files.directory)
+    found: dict[str, TensorInfo] = {}
+    for path in files.weight_files:
+        for key, info in read_safetensors_header(path).items():
+            ours = normalise_key(key)
+            if ours is not None and ours not in found:
+                found[ours] = info
+    tensors: dict[str, TensorInfo] = {}
+    for key, shape in expected_shapes(config).items():
+        info = found.get(key)
+        if info is None:
+            raise WeightsError(f"tensor {key!r} is missing from the weights (looked for it with and without 'transformer.')")
+        if info.shape != shape:
+            raise WeightsError(
+                f"tensor {info.name!r} in {info.file.name} has shape {list(info.shape)}, "
+                f"but config.json implies {list(shape)}"
+            )
+        if info.dtype not in FLOAT_DTYPES:
+            raise WeightsError(f"tensor {info.name!r} in {info.file.name} has dtype {info.dtype}; expected a float type")
+        tensors[key] = info
+    if cache is None:
+        cache = 4 * sum(math.prod(s.shape) for s in tensors.values()) <= CACHE_LIMIT_BYTES
+    return Checkpoint(files, config, tensors, {} if cache else None)
+
+
+def read_tensor(info: TensorInfo) -> np.ndarray:
+    """Read one tensor as float32 (float16 widened, bfloat16 rebuilt from its bits); NaN/Inf is an error."""
+    count = info.end - info.start
+    try:
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            buf = f.read(count)
+    except OSError as exc:
+        raise WeightsError(f"{info.file.name}: cannot read tensor {info.name}: {exc.strerror}") from exc
+    if len(buf) != count:
+        raise WeightsError(f"{info.file.name}: tensor {info.name} is truncated (file changed while reading?)")
+    raw = np.frombuffer(buf, dtype=FLOAT_DTYPES[info.dtype])
+    if info.dtype == "F32":
+        array = raw
+    elif info.dtype == "BF16":
+        array = (raw.astype(np.uint32) << 16).view(np.float32)  # bfloat16 is the top half of a float32
+    else:
+        array = raw.astype(np.float32)
+    array = array.reshape(info.shape)
+    if not np.isfinite(array).all():
+        raise WeightsError(f"tensor {info.name!r} in {info.file.name} holds NaN or Inf values")
+    return array
+
+
+def load_model(spec: str | None, *, cache: bool | None = None) -> Checkpoint:
+    return open_checkpoint(resolve_model(spec), cache=cache)
