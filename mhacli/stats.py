@@ -74,7 +74,7 @@ def stats_arrays(attn: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
     out = {
         "entropy": -plogp.sum(axis=-1).mean(axis=-1),
         "max_weight": a.max(axis=-1).mean(axis=-1),
-        "mean_distance": (positions[None, :] - a @ positions).mean(axis=-1),
+        "mean_distance": (positions[None, :] * a.sum(axis=-1) - a @ positions).mean(axis=-1),  # sum_j A[i,j](i-j)
         "self": np.diagonal(a, axis1=1, axis2=2).mean(axis=-1),
     }
     if n_seq > 1:

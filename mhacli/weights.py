@@ -163,13 +163,17 @@ def _from_hub(repo_id: str) -> tuple[Path, Path]:
     from huggingface_hub import snapshot_download  # only on this path: it costs start-up time
 
     patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+    # read at call time (huggingface_hub reads it once at import)
+    cache_dir = os.environ.get("HF_HUB_CACHE") or (
+        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+    )
     try:
-        path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # noqa: BLE001 - any failure here means "not in the cache"
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
             raise ModelError(f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from exc
         try:
-            path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+            path = Path(snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir))
         except Exception as exc2:  # noqa: BLE001
             first = str(exc2).strip().splitlines()[0][:200] if str(exc2).strip() else type(exc2).__name__
             raise ModelError(f"{repo_id}: not a local path, and not found on the Hugging Face Hub ({first})") from exc2

@@ -1,0 +1,139 @@
+"""Shared fixtures: tiny random GPT-2 checkpoints built with transformers, a BPE tokenizer trained here.
+
+Nothing is downloaded: models come from `transformers` configs with random weights, saved with save_pretrained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "sample_weights" / "tiny-shakespeare"
+# Tolerances the engine issue names: attention probabilities and hidden states vs HF eager float32.
+ATTN_ATOL = 1e-5
+HIDDEN_ATOL = 1e-4
+
+TRAIN_TEXT = (
+    "The quick brown fox jumps over the lazy dog. ROMEO: But, soft! what light through yonder window breaks?\n"
+    "It is the east, and Juliet is the sun.\tCafé naïve résumé — déjà vu. 東京 こんにちは 🙂 emoji 🚀!\n"
+    "    indented   spaces and\ttabs\n\nnew lines; numbers 1234567890 and symbols #$%&*()[]{}<>.\n"
+) * 4
+TRICKY_TEXTS = [
+    "hello world",
+    " leading space",
+    "  two leading spaces and trailing  ",
+    "tabs\tand\nnewlines\n\n",
+    "Café naïve résumé — déjà vu",
+    "東京 こんにちは",
+    "emoji 🙂🚀 and a flag 🇫🇷",
+    "<|endoftext|>special in the middle<|endoftext|>",
+    "numbers 3.14159 and 1,000,000",
+    "unseen words: xylophone quixotic zephyr",
+]
+
+
+def train_tokenizer(directory: Path, vocab_size: int = 400) -> Path:
+    """A byte-level BPE like GPT-2's, trained on TRAIN_TEXT, saved as tokenizer.json + vocab.json + merges.txt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([TRAIN_TEXT], trainer)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    tok.model.save(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def gpt2_config(**overrides):
+    from transformers import GPT2Config
+
+    fields = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=400, bos_token_id=0, eos_token_id=0)
+    fields.update(overrides)
+    return GPT2Config(**fields)
+
+
+def build_model(
+    directory: Path, tokenizer_dir: Path | None = None, *, seed: int = 0, dtype: str = "float32",
+    lm_head: bool = True, max_shard_size: str | None = None, attn_gain: float = 8.0, **overrides,
+) -> Path:  # fmt: skip
+    """Save a random-init GPT-2 (HF) to `directory`, with the tokenizer files beside it."""
+    import torch
+    from transformers import GPT2LMHeadModel, GPT2Model
+
+    torch.manual_seed(seed)
+    config = gpt2_config(**overrides)
+    model = (GPT2LMHeadModel if lm_head else GPT2Model)(config).eval()
+    with torch.no_grad():  # larger than the default init, so the heads are not all near-uniform
+        for name, p in model.named_parameters():
+            if "c_attn.weight" in name:
+                p.mul_(attn_gain)
+    model = model.to(getattr(torch, dtype))
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(directory, **kwargs)
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+            shutil.copy(tokenizer_dir / name, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tokenizer_dir) -> Path:
+    """A 2-layer, 4-head random GPT-2 with the test tokenizer."""
+    return build_model(tmp_path_factory.mktemp("tiny"), tokenizer_dir)
+
+
+def hf_outputs(directory: Path, ids) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """HF eager float32 attentions and hidden states (after each block; the last after ln_f) for `ids`."""
+    import torch
+    from transformers import GPT2Model
+
+    model = GPT2Model.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model(torch.as_tensor(np.asarray(ids), dtype=torch.long)[None], output_attentions=True, output_hidden_states=True)
+    return [a[0].numpy() for a in out.attentions], [h[0].numpy() for h in out.hidden_states[1:]]
+
+
+def run_mha(*args: str, input: str | bytes | None = None, env: dict | None = None, cwd: Path | None = None):
+    """The real entry point, as a user runs it: `python -m mhacli ARGS` in a subprocess (stdout not a TTY)."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG", "NO_COLOR")}
+    full_env.update(env or {})
+    if isinstance(input, str):
+        input = input.encode()
+    return subprocess.run(
+        [sys.executable, "-m", "mhacli", *args],
+        input=input if input is not None else b"",
+        capture_output=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def parse_json(stdout: bytes):
+    """Strict JSON: NaN and Infinity are rejected."""
+
+    def reject(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    return json.loads(stdout.decode("utf-8"), parse_constant=reject)

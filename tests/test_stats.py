@@ -1,0 +1,123 @@
+"""Statistics against a direct, loop-based implementation of the definitions in CLI.md, plus properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mhacli.stats import KIND_RULES, classify, layer_stats, stats_arrays
+
+
+def reference_stats(A: np.ndarray, t: list[int]) -> dict[str, float | None]:
+    """CLI.md's definitions, written as loops over rows, one head at a time."""
+    n = len(t)
+    rows = range(n)
+    ent = [-sum(A[i, j] * math.log(A[i, j]) for j in range(i + 1) if A[i, j] > 0) for i in rows]
+    out = {
+        "entropy": sum(ent) / n,
+        "max_weight": sum(max(A[i, : i + 1]) for i in rows) / n,
+        "mean_distance": sum(sum(A[i, j] * (i - j) for j in range(i + 1)) for i in rows) / n,
+        "self": sum(A[i, i] for i in rows) / n,
+        "first_token": sum(A[i, 0] for i in range(1, n)) / (n - 1) if n > 1 else None,
+        "previous_token": sum(A[i, i - 1] for i in range(1, n)) / (n - 1) if n > 1 else None,
+    }
+    dup = [sum(A[i, j] for j in range(i) if t[j] == t[i]) for i in rows if any(t[j] == t[i] for j in range(i))]
+    out["duplicate_token"] = sum(dup) / len(dup) if dup else None
+    ind = [
+        sum(A[i, j] for j in range(1, i + 1) if t[j - 1] == t[i])
+        for i in rows
+        if any(t[j - 1] == t[i] for j in range(1, i + 1))
+    ]
+    out["induction"] = sum(ind) / len(ind) if ind else None
+    return out
+
+
+def random_causal(rng: np.random.Generator, n_head: int, n: int, sharpness: float = 3.0) -> np.ndarray:
+    logits = rng.normal(size=(n_head, n, n)) * sharpness
+    logits[:, np.triu_indices(n, 1)[0], np.triu_indices(n, 1)[1]] = -np.inf
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def assert_matches_reference(A: np.ndarray, t: list[int]) -> None:
+    arrays = stats_arrays(A, np.asarray(t))
+    for h in range(A.shape[0]):
+        ref = reference_stats(A[h].astype(np.float64), t)
+        for name, expected in ref.items():
+            got = arrays[name][h]
+            if expected is None:
+                assert math.isnan(got), name
+            else:
+                assert abs(got - expected) < 1e-9, (name, got, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 24),
+    n_head=st.integers(1, 4),
+    vocab=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+    sharpness=st.floats(0.0, 20.0),
+)
+def test_vectorised_stats_match_the_loop_definitions(n, n_head, vocab, seed, sharpness):
+    rng = np.random.default_rng(seed)
+    A = random_causal(rng, n_head, n, sharpness)
+    t = rng.integers(0, vocab, size=n).tolist()
+    assert_matches_reference(A, t)
+
+
+def test_hand_built_heads_get_their_kind():
+    t = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9]  # a sequence and its repeat
+    n = len(t)
+    prev = np.zeros((n, n), np.float32)
+    prev[0, 0] = 1
+    prev[np.arange(1, n), np.arange(n - 1)] = 1
+    induction = np.zeros((n, n), np.float32)
+    for i in range(n):
+        if i >= 5:
+            induction[i, i - 4] = 1  # the token after the earlier occurrence of t[i]
+        else:
+            induction[i, 0] = 1
+    sink = np.zeros((n, n), np.float32)
+    sink[:, 0] = 1
+    selfish = np.eye(n, dtype=np.float32)
+    uniform = np.tril(np.ones((n, n), np.float32))
+    uniform /= uniform.sum(axis=1, keepdims=True)
+    dup = np.zeros((n, n), np.float32)
+    for i in range(n):
+        dup[i, i - 5 if i >= 5 else i] = 1
+    heads = np.stack([prev, induction, sink, selfish, uniform, dup])
+    assert_matches_reference(heads, t)
+    kinds = [s.kind for s in layer_stats(0, heads, np.asarray(t))]
+    assert kinds == ["previous-token", "induction", "sink", "self", "broad", "duplicate-token"]
+    stats = layer_stats(0, heads, np.asarray(t))
+    assert stats[0].values["previous_token"] == pytest.approx(1.0)
+    assert stats[1].values["induction"] == pytest.approx(1.0)
+
+
+def test_permuting_heads_permutes_stats():
+    rng = np.random.default_rng(3)
+    A = random_causal(rng, 5, 16)
+    t = rng.integers(0, 4, size=16)
+    perm = rng.permutation(5)
+    a, b = stats_arrays(A, t), stats_arrays(A[perm], t)
+    for name in a:
+        np.testing.assert_allclose(a[name][perm], b[name], rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_single_token_has_undefined_token_statistics():
+    values = layer_stats(0, np.ones((2, 1, 1), np.float32), np.array([3]))[0].values
+    assert values["previous_token"] is None and values["first_token"] is None
+    assert values["duplicate_token"] is None and values["induction"] is None
+    assert values["self"] == 1.0 and values["entropy"] == 0.0
+
+
+def test_kind_rules_use_known_statistics():
+    for kind, stat, threshold in KIND_RULES:
+        assert 0 < threshold < 1
+    assert classify({"entropy": 0.1, "induction": None, "previous_token": 0.1, "duplicate_token": None,
+                     "self": 0.1, "first_token": 0.1, "max_weight": 0.9, "mean_distance": 1.0}, 10) == "mixed"  # fmt: skip
