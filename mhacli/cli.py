@@ -60,6 +60,10 @@ def run(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return _quiet_broken_pipe()
+    except SystemExit as exc:
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # typer met a broken pipe and exits 1: not a failure
+            return _quiet_broken_pipe()
+        raise
     except MemoryError:
         if debug:
             raise

@@ -39,6 +39,7 @@ GPT2_ALIASES = {
     "num_hidden_layers": "n_layer",
 }
 MAX_DIM = 1 << 20  # no real model has a dimension this large; a bigger value is a corrupt or hostile config
+MAX_COUNT = 4096  # layers or heads: real models have at most a few hundred
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,12 @@ class ModelConfig:
         return asdict(self) | {"d_head": self.d_head, "layout": self.layout}
 
 
-def _int(raw: dict, key: str, *, low: int = 1) -> int:
+def _int(raw: dict, key: str, *, low: int = 1, high: int = MAX_DIM) -> int:
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"config.json: {key} must be an integer, got {value!r}")
-    if value < low or value > MAX_DIM:
-        raise ConfigError(f"config.json: {key} = {value} is out of range ({low}..{MAX_DIM})")
+    if value < low or value > high:
+        raise ConfigError(f"config.json: {key} = {value} is out of range ({low}..{high})")
     return value
 
 
@@ -113,7 +114,7 @@ def parse_config(raw: Any) -> ModelConfig:
             fields[name] = raw[alias]
     fields.update({k: raw[k] for k in GPT2_DEFAULTS if k in raw})
 
-    n_embd, n_head = _int(fields, "n_embd"), _int(fields, "n_head")
+    n_embd, n_head = _int(fields, "n_embd"), _int(fields, "n_head", high=MAX_COUNT)
     if n_embd % n_head:
         raise ConfigError(f"config.json: n_embd ({n_embd}) is not divisible by n_head ({n_head})")
     n_inner = 4 * n_embd if fields["n_inner"] is None else _int(fields, "n_inner")
@@ -130,7 +131,7 @@ def parse_config(raw: Any) -> ModelConfig:
         vocab_size=_int(fields, "vocab_size"),
         n_positions=_int(fields, "n_positions"),
         n_embd=n_embd,
-        n_layer=_int(fields, "n_layer"),
+        n_layer=_int(fields, "n_layer", high=MAX_COUNT),
         n_head=n_head,
         n_kv_head=n_head,
         n_inner=n_inner,

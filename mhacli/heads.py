@@ -56,3 +56,14 @@ def analyse(
             head = wanted_heads[stats.head]
             stats = HeadStats(trace.layer, head, stats.kind, stats.values)
             yield HeadView(stats, row if keep_maps else None)
+
+
+FORWARD_COPIES = 6  # [n_head, n_seq, n_seq] float32 arrays alive at once inside one layer's attention
+
+
+def memory_needed(
+    n_head: int, n_seq: int, *, kept_layers: int, kept_heads: int, keep_maps: bool, layer_bytes: int = 0
+) -> int:
+    """Bytes a request needs at its peak: the kept maps, one layer's attention working set and weights."""
+    maps = kept_layers * kept_heads * n_seq * n_seq * 4 if keep_maps else 0
+    return maps + FORWARD_COPIES * n_head * n_seq * n_seq * 4 + layer_bytes

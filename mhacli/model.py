@@ -189,7 +189,9 @@ def forward(params: Params, ids: np.ndarray | list[int], *, n_layers: int | None
     ids = np.asarray(ids, dtype=np.int64)
     x = embed(params, ids)  # [n_seq, n_embd]
     for layer in range(config.n_layer if n_layers is None else n_layers):
-        x, probs = gpt2_block(x, params.layer(layer), config, layer)
+        weights = params.layer(layer)
+        with np.errstate(all="ignore"):  # overflow is reported below, naming the layer and heads
+            x, probs = gpt2_block(x, weights, config, layer)
         check_finite(probs, x, layer)
         yield LayerTrace(layer, probs, x)
 

@@ -52,10 +52,12 @@ def write_heads(
 ) -> None:
     """The inspect/stats document in a machine format (CLI.md shapes)."""
     if fmt == "json":
-        doc = {"model": model, "tokens": list(tokens), "token_ids": [int(i) for i in token_ids]}
-        doc |= extra or {}
-        doc["heads"] = [head_record(v, with_attention=with_attention) for v in views]
-        out.write(dumps(doc) + "\n")
+        # one document, written head by head so only one head's lists exist at a time
+        doc = {"model": model, "tokens": list(tokens), "token_ids": [int(i) for i in token_ids]} | (extra or {})
+        out.write(dumps(doc)[:-1] + ', "heads": [')
+        for k, v in enumerate(views):
+            out.write((", " if k else "") + dumps(head_record(v, with_attention=with_attention)))
+        out.write("]}\n")
     elif fmt == "jsonl":
         for v in views:
             out.write(dumps(head_record(v, with_attention=with_attention)) + "\n")

@@ -64,10 +64,23 @@ def _masked_row_mean(attn: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return sums[:, rows].mean(axis=1)
 
 
+STATS_CHUNK_BYTES = 64 * 1024 * 1024  # float64 working copies are made this many bytes of heads at a time
+
+
 def stats_arrays(attn: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """[n_head, n_seq, n_seq], [n_seq] -> {stat: [n_head]}, NaN where undefined."""
+    """[n_head, n_seq, n_seq], [n_seq] -> {stat: [n_head]}, NaN where undefined.
+
+    Heads are processed in chunks so the float64 working copies stay bounded for long texts.
+    """
     n_head, n_seq, _ = attn.shape
     ids = np.asarray(ids)
+    chunk = max(1, STATS_CHUNK_BYTES // (8 * n_seq * n_seq))
+    parts = [_stats_chunk(attn[h : h + chunk], ids) for h in range(0, n_head, chunk)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in STAT_NAMES}
+
+
+def _stats_chunk(attn: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    n_head, n_seq, _ = attn.shape
     a = attn.astype(np.float64)
     positions = np.arange(n_seq, dtype=np.float64)
     plogp = np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0)), 0.0)
@@ -84,7 +97,7 @@ def stats_arrays(attn: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
         out["first_token"] = out["previous_token"] = np.full(n_head, np.nan)
     out["duplicate_token"] = _masked_row_mean(attn, duplicate_mask(ids))
     out["induction"] = _masked_row_mean(attn, induction_mask(ids))
-    return {name: out[name] for name in STAT_NAMES}
+    return out
 
 
 def uniform_entropy(n_seq: int) -> float:

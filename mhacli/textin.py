@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mhacli.errors import TextError
+from mhacli.errors import TextError, TokenizerError
 from mhacli.tokenizer import Tokenizer
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
@@ -47,10 +47,17 @@ class TokenizedText:
     truncated_from: int | None  # the original token count when --truncate cut the text
 
 
-def tokenize(tokenizer: Tokenizer, text: str, n_positions: int, *, truncate: bool = False) -> TokenizedText:
+def tokenize(
+    tokenizer: Tokenizer, text: str, n_positions: int, *, vocab_size: int, truncate: bool = False
+) -> TokenizedText:
     ids = tokenizer.encode(text)
     if not ids:
         raise TextError("text produced no tokens")
+    if max(ids) >= vocab_size:
+        raise TokenizerError(
+            f"the tokenizer produced id {max(ids)}, but the model's vocab_size is {vocab_size}: "
+            "tokenizer and weights do not belong together"
+        )
     truncated_from = None
     if len(ids) > n_positions:
         if not truncate:

@@ -92,7 +92,9 @@ def hf_reference(ckpt: Checkpoint, ids: np.ndarray) -> tuple[list[np.ndarray], l
     ).is_file()
     try:
         if standard:
-            model = transformers.GPT2Model.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32)
+            model = transformers.GPT2Model.from_pretrained(
+                directory, attn_implementation="eager", dtype=torch.float32, use_safetensors=True
+            )
         else:
             from safetensors.torch import load_file
 

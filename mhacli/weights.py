@@ -20,7 +20,7 @@ from mhacli.config import ModelConfig, parse_config
 from mhacli.errors import ConfigError, ModelError, WeightsError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # real headers are KBs; safetensors itself caps at 100 MB
 MAX_JSON_BYTES = 50 * 1024 * 1024
 # Every dtype the safetensors format defines, with its size in bytes; the float ones can be read as weights.
 DTYPE_BYTES = {
@@ -221,7 +221,7 @@ def _tensor_info(path: Path, name: str, entry: object, base: int, size: int) -> 
     if not isinstance(entry, dict):
         raise WeightsError(f"{where}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise WeightsError(f"{where}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or len(shape) > 8 or not all(_is_nonneg_int(d) for d in shape):
         raise WeightsError(f"{where}: bad shape {shape!r}")

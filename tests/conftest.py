@@ -5,11 +5,13 @@ Nothing is downloaded: models come from `transformers` configs with random weigh
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +130,32 @@ def run_mha(*args: str, input: str | bytes | None = None, env: dict | None = Non
         cwd=cwd,
         timeout=300,
     )
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+@pytest.fixture
+def mha(capsysbinary, monkeypatch):
+    """The CLI's entry function `run(argv)` in this process (fast), with stdin, stdout and stderr captured."""
+    from mhacli.cli import run
+
+    def call(*args: str, input: bytes = b"", env: dict | None = None) -> Result:
+        for key in ("MHA_MODEL", "MHA_DEBUG", "NO_COLOR"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input)))
+        capsysbinary.readouterr()
+        code = run(list(args))
+        out, err = capsysbinary.readouterr()
+        return Result(code, out, err)
+
+    return call
 
 
 def parse_json(stdout: bytes):

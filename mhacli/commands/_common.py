@@ -31,6 +31,15 @@ FormatOpt = Annotated[
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Keep the first n_positions tokens of a longer text.")]
 LayerOpt = Annotated[list[int] | None, typer.Option("--layer", "-l", help="Layer to show (repeatable; default all).")]
 HeadOpt = Annotated[list[int] | None, typer.Option("--head", "-H", help="Head to show (repeatable; default all).")]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory", metavar="SIZE",
+        help="Refuse a request needing more memory than SIZE (e.g. 2G, 500M; default 80% of available RAM).",
+    ),
+]  # fmt: skip
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}  # fmt: skip
 
 
 def resolve_format(fmt: str | None, allowed: tuple[str, ...]) -> str:
@@ -51,7 +60,7 @@ def prepare(model: str | None, text: str | None, *, truncate: bool = False) -> t
     """Read the text first (a bad text fails fast), then load the model and tokenize."""
     raw = read_text(text)
     ckpt, tokenizer = load(model)
-    tokens = tokenize(tokenizer, raw, ckpt.config.n_positions, truncate=truncate)
+    tokens = tokenize(tokenizer, raw, ckpt.config.n_positions, vocab_size=ckpt.config.vocab_size, truncate=truncate)
     if tokens.truncated_from is not None:
         warn(f"text truncated to the first {ckpt.config.n_positions} of {tokens.truncated_from} tokens")
     return ckpt, tokens
@@ -74,3 +83,47 @@ def progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
         for item in items:
             yield item
             bar.advance(task)
+
+
+def parse_size(text: str) -> int:
+    """'2G', '512M', '1.5GiB', '1000000' -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"--max-memory {text!r} is not a size like 2G, 512M or 1.5GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo; physical memory where that is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def check_memory(needed: int, max_memory: str | None, how_to_narrow: str) -> None:
+    """Refuse, with a way out, a request that would need more memory than allowed (instead of the OOM killer)."""
+    limit = parse_size(max_memory) if max_memory else int(0.8 * available_memory())
+    if needed > limit:
+        source = "--max-memory" if max_memory else "80% of available memory"
+        raise UsageError(
+            f"this request needs about {format_bytes(needed)}, more than {format_bytes(limit)} ({source}); "
+            f"{how_to_narrow}, or raise --max-memory"
+        )

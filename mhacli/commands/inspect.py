@@ -10,10 +10,10 @@ import typer
 
 from mhacli.cli import app
 from mhacli.commands._common import (
-    FormatOpt, HeadOpt, LayerOpt, ModelOpt, TextArg, TruncateOpt, prepare, resolve_format,
+    FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, resolve_format,
 )  # fmt: skip
 from mhacli.errors import UsageError
-from mhacli.heads import analyse
+from mhacli.heads import analyse, check_selection, memory_needed
 from mhacli.output import MACHINE_FORMATS, check_writable, save_npz, write_heads
 
 
@@ -29,6 +29,7 @@ def inspect(
     start: Annotated[int, typer.Option("--from", min=0, help="First query row of the map window on a terminal.")] = 0,
     save: Annotated[Path | None, typer.Option("--save", help="Also write attention[layer, head, q, k] to FILE.npz.")] = None,
     truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Attention maps and statistics for the selected heads (default: every head)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -44,6 +45,12 @@ def inspect(
         raise UsageError(f"--query {query} is out of range: the text has tokens 0..{n_seq - 1}")
     if query is not None and query < 0:
         query += n_seq
+    c = ckpt.config
+    check_selection(c.n_layer, c.n_head, layer, head)
+    n_layers = len(set(layer)) if layer else c.n_layer
+    n_heads = len(set(head)) if head else c.n_head
+    needed = memory_needed(c.n_head, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=True)
+    check_memory(needed, max_memory, "narrow it with --layer/--head or a shorter text (mha stats streams without maps)")
     views = list(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=True))
     if save is not None:
         save_npz(save, views, tokens.ids.tolist(), tokens.tokens)

@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from mhacli.cli import app
-from mhacli.commands._common import FormatOpt, ModelOpt, TextArg, TruncateOpt, prepare, progress, resolve_format
+from mhacli.commands._common import (
+    FormatOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, progress, resolve_format,
+)  # fmt: skip
 from mhacli.errors import UsageError
-from mhacli.heads import analyse
+from mhacli.heads import analyse, memory_needed
 from mhacli.output import MACHINE_FORMATS, write_heads
 from mhacli.stats import STAT_NAMES
 
@@ -22,6 +24,7 @@ def stats(
     format: FormatOpt = None,
     stat: Annotated[str, typer.Option("--stat", "-s", help=f"Statistic shown in the grid: {', '.join(STAT_NAMES)}.")] = "previous_token",
     truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -29,6 +32,8 @@ def stats(
         raise UsageError(f"--stat {stat!r} is not one of: {', '.join(STAT_NAMES)}")
     ckpt, tokens = prepare(model, text, truncate=truncate)
     c = ckpt.config
+    needed = memory_needed(c.n_head, len(tokens.ids), kept_layers=0, kept_heads=0, keep_maps=False)
+    check_memory(needed, max_memory, "use a shorter text")
     views = list(progress(analyse(ckpt, tokens.ids, keep_maps=False), c.n_layer * c.n_head, "running layers"))
     if fmt in MACHINE_FORMATS:
         write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=False)

@@ -1,0 +1,197 @@
+"""Fuzzing the loader and the CLI with mutated real files: every outcome is success or a clean MhaError.
+
+Each case runs under a time limit (SIGALRM) and a memory bound (tracemalloc peak, which NumPy reports to).
+CI runs over 2,000 cases; set MHA_FUZZ_SCALE=10 (or more) for a longer run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tracemalloc
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mhacli.errors import MhaError
+from mhacli.model import forward
+from mhacli.weights import load_model
+
+SCALE = float(os.environ.get("MHA_FUZZ_SCALE", "1"))
+CASE_SECONDS = 20
+PEAK_BYTES = 64 * 1024 * 1024  # the tiny model is ~60 KB; a lying header must not make us allocate more
+IDS = np.array([1, 5, 9, 2, 7, 3])
+
+
+def examples(n: int) -> int:
+    return max(1, int(n * SCALE))
+
+
+class Hang(Exception):
+    pass
+
+
+@contextmanager
+def bounded():
+    """Fail on a hang or on a huge allocation."""
+
+    def alarm(signum, frame):
+        raise Hang(f"case took over {CASE_SECONDS} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(CASE_SECONDS)
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert peak < PEAK_BYTES, f"peak allocation {peak} bytes"
+
+
+def load_and_run(directory: Path) -> None:
+    """The loader and a forward pass: must succeed or raise MhaError, nothing else."""
+    with bounded():
+        try:
+            ckpt = load_model(str(directory))
+            list(forward(ckpt, IDS[IDS < ckpt.config.vocab_size]))
+        except MhaError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def pristine(tiny_model, tmp_path_factory) -> dict[str, bytes]:
+    return {name: (tiny_model / name).read_bytes() for name in ("model.safetensors", "config.json")}
+
+
+@pytest.fixture
+def workdir(tiny_model, tmp_path) -> Path:
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model, d)
+    return d
+
+
+def header_span(raw: bytes) -> int:
+    return 8 + int.from_bytes(raw[:8], "little")
+
+
+def fuzz(n: int) -> settings:
+    return settings(
+        max_examples=examples(n),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+@fuzz(900)
+@given(data=st.data())
+def test_bit_flips_and_byte_edits(workdir, pristine, data):
+    raw = bytearray(pristine["model.safetensors"])
+    span = header_span(raw)
+    n_edits = data.draw(st.integers(1, 8))
+    for _ in range(n_edits):
+        # mostly the header (where lies do damage), sometimes the data
+        pos = data.draw(st.one_of(st.integers(0, span - 1), st.integers(0, len(raw) - 1)))
+        if data.draw(st.booleans()):
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+        else:
+            raw[pos] = data.draw(st.integers(0, 255))
+    (workdir / "model.safetensors").write_bytes(bytes(raw))
+    load_and_run(workdir)
+
+
+@fuzz(300)
+@given(data=st.data())
+def test_truncations_and_appends(workdir, pristine, data):
+    raw = pristine["model.safetensors"]
+    cut = data.draw(st.integers(0, len(raw)))
+    tail = data.draw(st.binary(max_size=64))
+    (workdir / "model.safetensors").write_bytes(raw[:cut] + tail)
+    load_and_run(workdir)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@fuzz(500)
+@given(data=st.data())
+def test_header_field_edits(workdir, pristine, data):
+    raw = pristine["model.safetensors"]
+    span = header_span(raw)
+    header = json.loads(raw[8:span])
+    name = data.draw(st.sampled_from(sorted(header)))
+    field = data.draw(st.sampled_from(["dtype", "shape", "data_offsets", None]))
+    value = data.draw(
+        st.one_of(
+            JSON_VALUES,
+            st.lists(st.integers(-10, 2**64), max_size=4),
+            st.sampled_from(["F16", "BF16", "F64", "I8", "U8", "BOOL", "F8_E4M3", "X"]),
+        )
+    )
+    if field is None or not isinstance(header[name], dict):
+        header[name] = value
+    else:
+        header[name][field] = value
+    blob = json.dumps(header).encode()
+    (workdir / "model.safetensors").write_bytes(len(blob).to_bytes(8, "little") + blob + raw[span:])
+    load_and_run(workdir)
+
+
+CONFIG_KEYS = [
+    "model_type", "n_embd", "n_head", "n_layer", "n_positions", "n_inner", "vocab_size", "layer_norm_epsilon",
+    "activation_function", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+    "hidden_size", "num_attention_heads",
+]  # fmt: skip
+
+
+@fuzz(400)
+@given(data=st.data())
+def test_config_edits(workdir, pristine, data):
+    config = json.loads(pristine["config.json"])
+    for _ in range(data.draw(st.integers(1, 3))):
+        key = data.draw(st.sampled_from(CONFIG_KEYS))
+        if data.draw(st.booleans()) and key in config:
+            del config[key]
+        else:
+            config[key] = data.draw(JSON_VALUES | st.integers(-4, 1 << 22))
+    text = json.dumps(config)
+    if data.draw(st.integers(0, 9)) == 0:  # sometimes not even JSON
+        text = text[: data.draw(st.integers(0, len(text)))]
+    (workdir / "config.json").write_text(text)
+    load_and_run(workdir)
+
+
+@fuzz(100)
+@given(data=st.data())
+def test_cli_on_mutated_files(workdir, pristine, mha, data):
+    """The real CLI: exit 0, or exit 2 with exactly one `error:` line and nothing on stdout."""
+    raw = bytearray(pristine["model.safetensors"])
+    span = header_span(raw)
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, span - 1))] = data.draw(st.integers(0, 255))
+    (workdir / "model.safetensors").write_bytes(bytes(raw))
+    command = data.draw(st.sampled_from(["inspect", "stats", "info"]))
+    args = [command, "-m", str(workdir), "-f", "json"] + (["the cat sat"] if command != "info" else [])
+    result = mha(*args)
+    if result.returncode == 0:
+        json.loads(result.stdout)
+    else:
+        lines = result.stderr.decode().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result
+        assert result.stdout == b""
+
+
+def test_ci_runs_at_least_2000_cases():
+    assert examples(900) + examples(300) + examples(500) + examples(400) + examples(100) >= 2000
