@@ -1,0 +1,50 @@
+"""`mha explain`: one head's computation for one query token, step by step, with the real numbers."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from mhacli.cli import app
+from mhacli.commands._common import ModelOpt, TextArg, TruncateOpt, prepare, resolve_format
+from mhacli.errors import ExitCode
+from mhacli.explain import explain as run_explain
+from mhacli.output import dumps
+
+FORMATS = ("rich", "text", "json")
+
+
+@app.command()
+def explain(
+    layer: Annotated[int, typer.Option("--layer", "-l", help="Layer of the head.")],
+    head: Annotated[int, typer.Option("--head", "-H", help="Head to explain.")],
+    text: TextArg = None,
+    model: ModelOpt = None,
+    query: Annotated[
+        int | None, typer.Option("--query", "-q", help="Query token (default: the last; negative counts from the end).")
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Show every component of every vector, and every key.")] = False,
+    format: Annotated[
+        str | None,
+        typer.Option("--format", "-f", metavar="FORMAT", help="rich (default on a terminal), text (default when piped) or json."),
+    ] = None,
+    truncate: TruncateOpt = False,
+) -> int:
+    """The computation of one head for one query token, step by step, checked against the forward pass."""
+    fmt = resolve_format(format, FORMATS)
+    ckpt, tokens = prepare(model, text, truncate=truncate)
+    ex = run_explain(ckpt, tokens.ids, layer, head, query)
+    if fmt == "json":
+        doc = {"model": ckpt.model_dict(), "tokens": tokens.tokens, "token_ids": tokens.ids.tolist()} | ex.to_dict()
+        sys.stdout.write(dumps(doc) + "\n")
+    elif fmt == "text":
+        from mhacli.render import explain_text
+
+        sys.stdout.write(explain_text(ex, tokens.tokens, full=full))
+    else:
+        from mhacli.render import make_console, render_explain
+
+        render_explain(make_console(), ex, tokens.tokens, full=full)
+    return ExitCode.OK if ex.matches else ExitCode.CHECK_FAILED
