@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Each module registers its command on `app` when imported.
-from mhacli.commands import info, inspect, stats, verify  # noqa: E402,F401
+from mhacli.commands import diff, explain, info, inspect, stats, verify  # noqa: E402,F401
 
 
 def _error(message: str, code: int) -> int:

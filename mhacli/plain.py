@@ -52,3 +52,67 @@ def write_stats(out: TextIO, views: Sequence[HeadView]) -> None:
     out.write("  ".join(h.ljust(w) for h, w in zip(CSV_COLUMNS, widths)).rstrip() + "\n")
     for r in rows:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
+
+
+# --- mha diff ---------------------------------------------------------------------------------------------------
+
+from mhacli.diff import DIFF_COLUMNS, METRICS, DiffReport, table_row  # noqa: E402
+from mhacli.output import write_table  # noqa: E402
+
+
+def fmt_divergence(v: float) -> str:
+    """Divergences span many decades (a float16 copy: 1e-7): significant digits, not fixed decimals."""
+    return f"{v:.6g}"
+
+
+def diff_cells(report: DiffReport) -> list[list]:
+    """DIFF_COLUMNS rows with the divergence pre-formatted, for write_table and the plain table."""
+    rows = []
+    for r in report.heads:
+        row = table_row(r)
+        row[DIFF_COLUMNS.index("divergence")] = fmt_divergence(r.divergence)
+        rows.append(row)
+    return rows
+
+
+def write_diff_table(out: TextIO, fmt: str, report: DiffReport) -> None:
+    """csv/tsv: one row per compared head pair, largest divergence first."""
+    write_table(out, fmt, DIFF_COLUMNS, diff_cells(report))
+
+
+def _aligned(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip() + "\n")
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
+
+
+def write_diff(out: TextIO, report: DiffReport, model_a: str, model_b: str, n_tokens: Sequence[int]) -> None:
+    """Plain `mha diff`: a short header, then every head pair ranked by divergence (and the nearest heads)."""
+    (la, ha), (lb, hb) = report.shape_a, report.shape_b
+    if report.mode == "paired":
+        mode = f"paired: each head against the same head of MODEL_B ({la} layers x {ha} heads)"
+    else:
+        mode = f"matched: MODEL_A {la} x {ha}, MODEL_B {lb} x {hb}; one-to-one Hungarian assignment"
+    tokens = f"{n_tokens[0]} tokens" if len(n_tokens) == 1 else f"{min(n_tokens)}-{max(n_tokens)} tokens each, averaged"
+    header = [
+        ("model_a", model_a),
+        ("model_b", model_b),
+        ("metric", f"{report.metric}: {METRICS[report.metric]}"),
+        ("mode", mode),
+        ("texts", f"{report.n_texts} ({tokens})"),
+    ]
+    width = max(len(k) for k, _ in header)
+    out.write("".join(f"{k:<{width}}  {v}\n" for k, v in header) + "\n")
+    rows = [[format_cell(c) or "-" for c in row] for row in diff_cells(report)]
+    _aligned(out, ["rank", *DIFF_COLUMNS], [[str(i), *r] for i, r in enumerate(rows, start=1)])
+    if report.mode == "matched":
+        for side, unmatched in (("MODEL_A", report.unmatched_a), ("MODEL_B", report.unmatched_b)):
+            if unmatched:
+                out.write(f"\nunmatched heads of {side}: " + ", ".join(f"L{lay}H{h}" for lay, h in unmatched) + "\n")
+        out.write("\nnearest MODEL_A head of each MODEL_B head\n")
+        near = [
+            [str(n.layer_b), str(n.head_b), str(n.layer_a), str(n.head_a), fmt_divergence(n.divergence)]
+            for n in report.nearest or []
+        ]
+        _aligned(out, ["layer_b", "head_b", "layer_a", "head_a", "divergence"], near)

@@ -25,7 +25,7 @@ KIND_STYLE = {
     "broad": ("B", "white"),
     "mixed": ("·", "dim"),
 }
-KEY_STATS = ("previous_token", "induction", "first_token", "entropy")
+KEY_STATS = (("prev", "previous_token"), ("ind", "induction"), ("sink", "first_token"), ("entropy", "entropy"))
 
 
 def make_console(file=None, width: int | None = None) -> Console:
@@ -53,9 +53,9 @@ def fmt_stat(v: float | None) -> str:
 def head_title(view: HeadView) -> Text:
     s = view.stats
     letter, style = KIND_STYLE[s.kind]
-    title = Text.assemble((f"layer {s.layer} head {s.head}", "bold"), "  ", (s.kind, style))
-    for name in KEY_STATS:
-        title.append(f"  {name} {fmt_stat(s.values[name])}", style="dim")
+    title = Text.assemble((f"L{s.layer} H{s.head}", "bold"), " ", (s.kind, style))
+    for short, name in KEY_STATS:
+        title.append(f"  {short} {fmt_stat(s.values[name])}", style="dim")
     return title
 
 
@@ -63,7 +63,7 @@ def legend() -> Text:
     text = Text("weight ")
     for w in np.linspace(0, 1, 11):
         text.append(shade(w) * 2 if w >= 0.01 else "  ", style=f"{weight_colour(w)} on {weight_colour(w)}" if w >= 0.01 else "")
-    text.append(" 0 → 1   (rows: query token, columns: key token index)")
+    text.append(" 0→1  rows: queries, columns: keys")
     return text
 
 
@@ -208,3 +208,414 @@ def render_verify(console: Console, lines: Sequence[str], passed: bool) -> None:
     for line in lines[:-1]:
         console.print(Text(line, style="red" if line.endswith("FAIL") else ""))
     console.print(Text(lines[-1], style="bold green" if passed else "bold red"))
+
+
+# --- mha diff ---------------------------------------------------------------------------------------------------
+
+from mhacli.diff import METRICS, DiffReport  # noqa: E402
+
+DIFF_KEY_STATS = (("Δprev", "previous_token"), ("Δind", "induction"), ("Δsink", "first_token"), ("Δentropy", "entropy"))
+
+
+def _divergence_cell(value: float, top: float, label: str = "") -> Text:
+    """A divergence on a background coloured by its size relative to the largest (`top`)."""
+    x = value / top if top > 0 else 0.0
+    colour = weight_colour(x)
+    ink = "black" if x > 0.6 else "white"
+    return Text(f"{label}{value:.3g}", style=f"{ink} on {colour}")
+
+
+def fmt_delta(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.2f}"
+
+
+def diff_grid(report: DiffReport) -> Table:
+    """Layer x head grid of the compared heads, coloured by divergence (matched: B's layout, with each B head's partner)."""
+    top = report.max_divergence
+    n_layer, n_head = report.shape_b
+    by_b = {(r.layer_b, r.head_b): r for r in report.heads}
+    if report.mode == "paired":
+        title = f"{report.metric} per head (colour: 0 → {top:.3g})"
+    else:
+        title = f"{report.metric} of each MODEL_B head from its matched A head (colour: 0 → {top:.3g})"
+    grid = Table(title=title, pad_edge=False)
+    grid.add_column("layer", justify="right", style="bold")
+    for h in range(n_head):
+        grid.add_column(f"H{h}", justify="center")
+    for layer in range(n_layer):
+        cells: list = []
+        for h in range(n_head):
+            r = by_b.get((layer, h))
+            if r is None:
+                cells.append(Text("unmatched", style="dim"))
+            elif report.mode == "paired":
+                cells.append(_divergence_cell(r.divergence, top))
+            else:
+                cells.append(_divergence_cell(r.divergence, top, f"A:L{r.layer_a}H{r.head_a} "))
+        grid.add_row(str(layer), *cells)
+    return grid
+
+
+def diff_ranking(report: DiffReport, top: int) -> Table:
+    """The `top` most changed heads with their kinds in A and B and the change of the key statistics."""
+    table = Table(title=f"most changed heads ({min(top, len(report.heads))} of {len(report.heads)})")
+    for name, justify in (("#", "right"), ("A head", "left"), ("B head", "left"), (report.metric, "right"),
+                          ("kind in A", "left"), ("kind in B", "left")):  # fmt: skip
+        table.add_column(name, justify=justify)
+    for short, _ in DIFF_KEY_STATS:
+        table.add_column(short, justify="right")
+    best = report.max_divergence
+    for rank, r in enumerate(report.heads[:top], start=1):
+        table.add_row(
+            str(rank), f"L{r.layer_a}H{r.head_a}", f"L{r.layer_b}H{r.head_b}", _divergence_cell(r.divergence, best),
+            Text(r.kind_a, style=KIND_STYLE[r.kind_a][1]), Text(r.kind_b, style=KIND_STYLE[r.kind_b][1]),
+            *(fmt_delta(r.stat_deltas[name]) for _, name in DIFF_KEY_STATS),
+        )  # fmt: skip
+    return table
+
+
+def render_diff(
+    console: Console,
+    report: DiffReport,
+    model_a: str,
+    model_b: str,
+    tokens: Sequence[str],
+    maps: tuple[HeadView, HeadView] | None,
+    *,
+    top: int = 10,
+    start: int = 0,
+) -> None:
+    """Terminal view of `mha diff`: the grid, the ranking, then the most changed head's two maps side by side."""
+    (la, ha), (lb, hb) = report.shape_a, report.shape_b
+    console.print(Text.assemble(("MODEL_A ", "bold"), model_a, f"  ({la} layers x {ha} heads)"))
+    console.print(Text.assemble(("MODEL_B ", "bold"), model_b, f"  ({lb} layers x {hb} heads)"))
+    mode = "paired head by head" if report.mode == "paired" else "heads matched one-to-one (Hungarian assignment)"
+    texts = "1 text" if report.n_texts == 1 else f"mean over {report.n_texts} texts"
+    console.print(Text(f"{METRICS[report.metric]}; {mode}; {texts}", style="dim"))
+    console.print(diff_grid(report))
+    console.print(diff_ranking(report, top))
+    if report.mode == "matched":
+        partner = {(r.layer_b, r.head_b): (r.layer_a, r.head_a) for r in report.heads}
+        moved = [n for n in report.nearest or [] if partner.get((n.layer_b, n.head_b)) != (n.layer_a, n.head_a)]
+        if moved:
+            near = Table(title="MODEL_B heads whose nearest MODEL_A head is not their match")
+            for name in ("B head", "nearest A head", report.metric):
+                near.add_column(name)
+            for n in moved[:top]:
+                near.add_row(f"L{n.layer_b}H{n.head_b}", f"L{n.layer_a}H{n.head_a}", f"{n.divergence:.3g}")
+            console.print(near)
+    if maps is None:
+        console.print(Text("no head differs: the two models' attention is identical on this text", style="bold green"))
+        return
+    first = report.heads[0]
+    console.print()
+    console.print(Text(f"most changed head, on the first text ({first.divergence:.3g} {report.metric}):", style="bold"))
+    half = max(30, (console.width - 3) // 2)
+    side = Table.grid(padding=(0, 3))
+    side.add_column(width=half)
+    side.add_column(width=half)
+    side.add_row(
+        Group(Text("MODEL_A", style="bold"), attention_map(maps[0], tokens, half, start)),
+        Group(Text("MODEL_B", style="bold"), attention_map(maps[1], tokens, half, start)),
+    )
+    console.print(side)
+    console.print(legend())
+
+
+# --- mha explain ------------------------------------------------------------------------------------------------
+# The explain view is laid out once, as lines of (text, style) segments that fit `width` columns, then drawn with
+# rich (render_explain) or as plain text (explain_text): both formats show the same steps, aligned the same way.
+
+import re  # noqa: E402
+
+from rich.cells import cell_len  # noqa: E402
+
+from mhacli.explain import Explanation  # noqa: E402
+
+Segment = tuple[str, str]  # (text, rich style; the style is dropped in plain text)
+EXPLAIN_KEYS = 12  # keys listed without --full: those with the largest weights, in text order
+EXPLAIN_TOKENS = 60  # tokens listed in the header
+PLAIN_WIDTH = 100  # the layout width of plain text, where there is no terminal to measure
+MIN_VEC = 24  # the narrowest room for a compact vector beside its label; below this it gets a line of its own
+EXPLAIN_BAR = 50  # the widest attention bar (weight 1)
+NBSP = "\u00a0"  # a space `wrapped` does not break at
+VEC_CELL = 8  # columns per component in a compact vector: -0.01234, 1.235e+04 and most others fit
+
+
+def cell_label(token: str, width: int) -> str:
+    """token_label cut to `width` terminal cells (wide characters take two), padded to exactly `width`."""
+    label = token_label(token, width)
+    while cell_len(label) > width:
+        label = label[:-2] + "…"
+    return label + " " * (width - cell_len(label))
+
+
+def num(x: float) -> str:
+    return f"{float(x):.4g}"
+
+
+def vec_norm(v: np.ndarray) -> str:
+    return f"‖{num(np.linalg.norm(v.astype(np.float64)))}‖"
+
+
+def vec_compact(v: np.ndarray, budget: int) -> str:
+    """`[a b … y z]  ‖N‖`: as many of the first and last components as fit in `budget` columns, and the L2 norm.
+
+    Components are right-aligned in cells of VEC_CELL columns while two or more fit that way, so rows of vectors
+    line up; narrower budgets drop the padding, then components.
+    """
+    norm = "  " + vec_norm(v)
+    raw = [num(x) for x in v]
+    n = len(raw)
+    counts = ([n] if n <= 8 else []) + list(range(min(8, n - 1), 0, -1))
+    tries = [(k, True) for k in counts if k >= 2] + [(k, False) for k in counts if k >= 2] + [(1, True), (1, False)]
+    for k, pad in tries:
+        cells = [c.rjust(VEC_CELL) for c in raw] if pad else raw
+        shown = cells if k == n else [*cells[: (k + 1) // 2], "…", *cells[n - k // 2 :]]
+        text = "[" + " ".join(shown) + "]" + norm
+        if len(text) <= budget:
+            return text
+    return "[…]" + norm if len(norm) + 3 <= budget else norm.strip()
+
+
+def vec_rows(v: np.ndarray, width: int) -> list[str]:
+    """Every component, right-aligned in columns; each row starts with the index of its first component."""
+    cells = [num(x) for x in v]
+    cell_w = max(len(c) for c in cells)
+    idx_w = len(str(len(cells) - 1))
+    per_row = max(1, (width - idx_w - 3) // (cell_w + 1))
+    return [
+        f"[{start:>{idx_w}}] " + " ".join(c.rjust(cell_w) for c in cells[start : start + per_row])
+        for start in range(0, len(cells), per_row)
+    ]
+
+
+def glue(text: str) -> str:
+    """Join the words of `text` with no-break spaces: `wrapped` keeps them on one line when it can."""
+    return text.replace(" ", NBSP)
+
+
+def wrapped(text: str, width: int, indent: int = 2, style: str = "", hang: int = 2) -> list[list[Segment]]:
+    """Prose wrapped at spaces (not at glued ones) to `width` terminal cells; continuation lines indented `hang`
+    more; a word wider than a line is cut."""
+    lines: list[str] = []
+    line, gap = " " * indent, ""
+    fresh = True  # nothing on `line` yet but its indent
+    for piece in re.findall(r"[^ ]+| +", text):
+        if piece[0] == " ":
+            gap = "" if fresh else piece
+            continue
+        if not fresh and cell_len(line + gap + piece) > width:
+            lines.append(line)
+            line, fresh = " " * (indent + hang), True
+        if not fresh:
+            line += gap
+        while cell_len(line + piece) > width:  # a word that fits no line: cut it by cells
+            cut = len(piece)
+            while cut > 1 and cell_len(line + piece[:cut]) > width:
+                cut -= 1
+            lines.append(line + piece[:cut])
+            line, piece = " " * (indent + hang), piece[cut:]
+        line, gap, fresh = line + piece, "", False
+    lines.append(line)
+    return [[(line.replace(NBSP, " "), style)] for line in lines]
+
+
+def equation(
+    lhs: str, formula: str, v: np.ndarray, width: int, full: bool, *, indent: int = 2, style: str = ""
+) -> list[list[Segment]]:
+    """`lhs = formula = [vector]` on one line when it fits; else the vector goes on the next line, under the `=`."""
+    text = lhs + (f" = {formula}" if formula else "")
+    if indent + len(text) <= width:
+        head = [[(" " * indent + lhs, style or "bold"), (text[len(lhs) :], style)]]
+    else:
+        head = wrapped(f"{glue(lhs)} = {glue(formula)}", width, indent, style)
+    if full:
+        what = f"= ({len(v)} components, {vec_norm(v)}):"
+        if len(head) == 1 and indent + len(text) + 1 + len(what) <= width:
+            head = [head[0] + [(" " + what, "dim")]]
+        else:
+            head.append([(" " * (indent + 2) + what, "dim")])
+        return head + [[(" " * (indent + 4) + row, style)] for row in vec_rows(v, width - indent - 4)]
+    room = width - indent - len(text) - 3
+    if len(head) == 1 and room >= MIN_VEC:
+        return [head[0] + [(" = ", ""), (vec_compact(v, room), style)]]
+    under = indent + len(lhs) + 1
+    if width - under - 2 < MIN_VEC + 8:
+        under = indent + 2
+    return [*head, [(" " * under + "= ", ""), (vec_compact(v, width - under - 2), style)]]
+
+
+def labelled_vectors(prefix: str, vectors: Sequence[tuple[str, np.ndarray]], width: int, style: str = "") -> list[list[Segment]]:
+    """A row label followed by named compact vectors: all on one line if they fit, else one line each."""
+    tags = sum(len(name) + 3 for name, _ in vectors)
+    each = (width - cell_len(prefix) - tags) // len(vectors)
+    if each >= (MIN_VEC if len(vectors) == 1 else 2 * MIN_VEC - 8):
+        line: list[Segment] = [(prefix, style)]
+        for n, (name, v) in enumerate(vectors):
+            line += [((" " if n else "") + name + " ", "dim"), (vec_compact(v, each).ljust(each if n < len(vectors) - 1 else 0), style)]
+        return [line]
+    indent = cell_len(prefix) if width - cell_len(prefix) - 2 >= MIN_VEC + 8 else 6
+    lines: list[list[Segment]] = [] if indent == cell_len(prefix) else [[(prefix.rstrip(), style)]]
+    for n, (name, v) in enumerate(vectors):
+        lead = prefix if n == 0 and indent == cell_len(prefix) else " " * indent
+        tag = name.ljust(max(len(m) for m, _ in vectors)) + " "
+        lines.append([(lead, style), (tag, "dim"), (vec_compact(v, width - indent - len(tag)), style)])
+    return lines
+
+
+def shown_keys(ex: Explanation, full: bool) -> list[int]:
+    n_key = ex.query_index + 1
+    if full or n_key <= EXPLAIN_KEYS:
+        return list(range(n_key))
+    return sorted(np.argsort(-ex.step.attention, kind="stable")[:EXPLAIN_KEYS].tolist())
+
+
+def scale_text(ex: Explanation) -> str:
+    if ex.scale_attn_weights and ex.scale_attn_by_inverse_layer_idx:
+        return f"scale = 1/√d_head · 1/(layer+1) = 1/√{ex.d_head} · 1/{ex.layer + 1} = {num(ex.scale)}"
+    if ex.scale_attn_weights:
+        return f"scale = 1/√d_head = 1/√{ex.d_head} = {num(ex.scale)}"
+    if ex.scale_attn_by_inverse_layer_idx:
+        return f"scale = 1/(layer+1) = 1/{ex.layer + 1} = {num(ex.scale)} (scale_attn_weights is false: no 1/√d_head)"
+    return "scale = 1 (scale_attn_weights is false: the scores are not scaled)"
+
+
+def mask_text(ex: Explanation) -> str:
+    i, n = ex.query_index, ex.n_seq
+    if n == 1:
+        hidden = "nothing is hidden: it is the only token"
+    elif i == n - 1:
+        hidden = "nothing is hidden: it is the last token"
+    elif i == n - 2:
+        hidden = f"{glue(f'key {n - 1} is hidden')} (score −∞, weight 0): it comes after token {i}, in the future"
+    else:
+        hidden = f"{glue(f'keys {i + 1}..{n - 1} are hidden')} (score −∞, weight 0): they come after token {i}, in the future"
+    return f"causal mask: token {i} sees {'key 0' if i == 0 else f'keys 0..{i}'}; {hidden}"
+
+
+def explain_lines(
+    ex: Explanation, tokens: Sequence[str], width: int, *, full: bool = False, plain: bool = False
+) -> list[list[Segment]]:
+    """The whole explanation as lines of (text, style) segments, none wider than `width` (at least 40) columns."""
+    width = max(width, 40)
+    i, h, d, L, s = ex.query_index, ex.head, ex.d_head, ex.layer, ex.step
+    x_i, ln_x = f"x_{i}", f"LN(x_{i})"
+    out: list[list[Segment]] = []
+
+    def section(title: str) -> None:
+        out.append([])
+        out.extend(wrapped(title, width, indent=0, style="bold underline", hang=3))
+
+    def note(text: str, style: str = "dim") -> None:
+        out.extend(wrapped(text, width, style=style))
+
+    keys_range = "0" if i == 0 else f"0..{i}"
+    title = f"layer {L}, head {h}, query token {i} {cell_label(tokens[i], 20).rstrip()!r} (of {ex.n_seq} token{'s' if ex.n_seq > 1 else ''})"
+    out.extend(wrapped(title, width, 0, "bold"))
+    if not full:
+        note(f"vectors: first and last components, then {glue('‖L2 norm‖;')} --full shows all")
+    items = [f"{j}:{cell_label(t, 12).rstrip()}" for j, t in enumerate(tokens[:EXPLAIN_TOKENS])]
+    line: list[Segment] = [("tokens:", "dim")]
+    for j, item in enumerate(items + (["…"] if len(tokens) > EXPLAIN_TOKENS else [])):
+        if sum(cell_len(t) for t, _ in line) + 1 + cell_len(item) > width:
+            out.append(line)
+            line = [(" " * 7, "")]
+        line += [(" ", ""), (item, "bold reverse" if j == i else ("dim" if j > i else ""))]
+    out.append(line)
+
+    section(f"1. input to layer {L} at token {i}")
+    if L == 0:
+        note(f"{x_i} = {glue(f'wte[{ex.token_id}] + wpe[{i}]')}: the token and position embeddings")
+    else:
+        note(f"{x_i}: the residual stream after {glue(f'layer {L - 1}')}")
+    out.extend(equation(x_i, "", ex.input, width, full))
+    out.extend(equation(ln_x, f"({x_i} − μ)/√(σ² + ε) · γ + β", ex.ln_input, width, full))
+    note(
+        f"{glue(f'μ = {num(ex.ln_mean)},')} {glue(f'σ² = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} "
+        f"{glue(f'γ, β = h.{L}.ln_1.weight, .bias')}"
+    )
+
+    section(f"2. query, keys and values (d_head = {d})")
+    note(f"head {h}'s slices of c_attn.weight [{ex.n_embd}, {3 * ex.n_embd}] and of c_attn.bias:")
+    for k, (a, b) in ex.columns.items():
+        w_part, b_part = glue(f"W_{k.upper()} = c_attn.weight[:, {a}:{b}]"), glue(f"b_{k.upper()} = c_attn.bias[{a}:{b}]")
+        out.extend(wrapped(f"{w_part}   {b_part}", width, hang=4))
+    out.extend(equation(f"q_{i}", f"{ln_x} · W_Q + b_Q", s.query, width, full))
+    note(f"{glue('k_j = LN(x_j) · W_K + b_K')} and {glue('v_j = LN(x_j) · W_V + b_V')}, for the visible keys j = {keys_range}:", "")
+    keys = shown_keys(ex, full)
+    j_w = len(str(i))
+    tok_w = min(12, max(cell_len(token_label(tokens[j], 12)) for j in keys))
+    for j in keys:
+        prefix = f"  {j:>{j_w}} {cell_label(tokens[j], tok_w)} "
+        if full:
+            out.append([(prefix.rstrip(), "bold")])
+            out.extend(equation(f"k_{j}", "", s.keys[j], width, True, indent=4, style=""))
+            out.extend(equation(f"v_{j}", "", s.values[j], width, True, indent=4, style=""))
+        else:
+            out.extend(labelled_vectors(prefix, [("k", s.keys[j]), ("v", s.values[j])], width))
+    if len(keys) < i + 1:
+        note(f"{len(keys)} of {i + 1} keys shown: those with the largest weights in step 3; --full lists all")
+
+    section("3. scores, scaling, causal mask, softmax")
+    note(f"{glue(f's_j = q_{i} · k_j:')} the raw score of {glue('key j')}", "")
+    note(scale_text(ex), "")
+    note(mask_text(ex), "")
+    note(f"a_j = {glue('softmax(scale · s)_j')} = {glue('exp(scale · s_j)')} / {glue('Σ_i exp(scale · s_i)')}", "")
+    s_w = max(5, *(len(num(s.scores[j])) for j in keys))
+    c_w = max(6, *(len(num(s.scaled_scores[j])) for j in keys))
+    fixed = 2 + j_w + 1 + 1 + s_w + 1 + c_w + 1 + 6 + 1  # everything but the token label and the bar
+    tok_w = max(4, min(tok_w, width - fixed - 8))
+    bar_w = max(0, min(EXPLAIN_BAR, width - fixed - tok_w))
+    out.append([(f"  {'j':>{j_w}} {'token':<{tok_w}} {'q·k':>{s_w}} {'scaled':>{c_w}} {'a_j':>6}", "dim")])
+    for j in keys:
+        a = float(s.attention[j])
+        row = f"  {j:>{j_w}} {cell_label(tokens[j], tok_w)} {num(s.scores[j]):>{s_w}} {num(s.scaled_scores[j]):>{c_w}} {a:6.4f} "
+        out.append([(row, ""), (("#" if plain else "█") * int(round(a * bar_w)), weight_colour(a))])
+    if len(keys) < i + 1:
+        rest = max(0.0, 1.0 - float(s.attention[keys].sum()))
+        note(f"the other {i + 1 - len(keys)} keys share a weight of {rest:.4f}; --full lists them")
+
+    section(f"4. head {h}'s output")
+    out.extend(equation(f"z_{h}", "Σ_j a_j v_j", s.output, width, full))
+    note(f"the values v_0..v_{i}, averaged with the weights a_j" if i else "the value v_0 itself: the one visible key has weight 1")
+
+    r0, r1 = ex.head_rows
+    section(f"5. all {ex.n_head} heads at token {i}, concatenated, then W_O")
+    note(f"concat = [z_0 | … | z_{ex.n_head - 1}], {ex.n_head} × {d} = {ex.n_embd} values; ▶ marks head {h}:", "")
+    h_w, span_w = len(str(ex.n_head - 1)), len(f"{ex.n_embd - d}:{ex.n_embd}")
+    for g in range(ex.n_head):
+        prefix = f"{'▶' if g == h else ' '} z_{g:<{h_w}} [{f'{g * d}:{(g + 1) * d}':>{span_w}}] "
+        style = "bold yellow" if g == h else ""
+        if full:
+            out.append([("  " + prefix.rstrip(), style)])
+            out.extend([[(" " * 6 + row, style)] for row in vec_rows(ex.heads_output[g], width - 6)])
+        else:
+            out.extend(labelled_vectors("  " + prefix, [("=", ex.heads_output[g])], width, style))
+    note(f"{glue(f'W_O = c_proj.weight [{ex.n_embd}, {ex.n_embd}],')} {glue(f'b_O = c_proj.bias [{ex.n_embd}]')}", "")
+    out.extend(equation(f"out_{i}", "concat · W_O + b_O", ex.output, width, full))
+    note(f"the attention block's output at token {i}: it is added to the residual stream {x_i}")
+    out.extend(equation(f"head {h}'s part", f"z_{h} · W_O[{r0}:{r1}, :]", ex.head_share, width, full))
+
+    section("6. check")
+    if ex.matches:
+        out.extend(wrapped(f"matches the model's forward pass: {glue(f'max |diff| {ex.max_abs_diff:.1e}')}", width, 2, "bold green"))
+    else:
+        worst = max(ex.diffs, key=lambda k: ex.diffs[k] / ex.bounds[k])
+        text = (
+            f"DOES NOT match the model's forward pass: max |diff| {ex.max_abs_diff:.1e}; "
+            f"{worst} differs by {ex.diffs[worst]:.1e} (allowed {ex.bounds[worst]:.1e})"
+        )
+        out.extend(wrapped(text, width, 2, "bold red"))
+    return out
+
+
+def render_explain(console: Console, ex: Explanation, tokens: Sequence[str], *, full: bool = False) -> None:
+    for line in explain_lines(ex, tokens, console.width, full=full):
+        console.print(Text.assemble(*line, no_wrap=True, overflow="ellipsis"))
+
+
+def explain_text(ex: Explanation, tokens: Sequence[str], *, full: bool = False, width: int = PLAIN_WIDTH) -> str:
+    """The explanation as plain aligned text: no colour, no ANSI."""
+    lines = explain_lines(ex, tokens, width, full=full, plain=True)
+    return "".join("".join(text for text, _ in line).rstrip() + "\n" for line in lines)

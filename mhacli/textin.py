@@ -40,6 +40,15 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
     return text
 
 
+def check_ids_fit(ids: list[int], vocab_size: int) -> None:
+    """A token id past the embedding table means tokenizer and weights do not belong together."""
+    if ids and max(ids) >= vocab_size:
+        raise TokenizerError(
+            f"the tokenizer produced id {max(ids)}, but the model's vocab_size is {vocab_size}: "
+            "tokenizer and weights do not belong together"
+        )
+
+
 @dataclass(frozen=True)
 class TokenizedText:
     ids: np.ndarray  # [n_seq] int64
@@ -53,11 +62,7 @@ def tokenize(
     ids = tokenizer.encode(text)
     if not ids:
         raise TextError("text produced no tokens")
-    if max(ids) >= vocab_size:
-        raise TokenizerError(
-            f"the tokenizer produced id {max(ids)}, but the model's vocab_size is {vocab_size}: "
-            "tokenizer and weights do not belong together"
-        )
+    check_ids_fit(ids, vocab_size)
     truncated_from = None
     if len(ids) > n_positions:
         if not truncate:

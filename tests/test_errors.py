@@ -480,3 +480,13 @@ def test_ctrl_c_exits_130_with_one_line(tiny_model):
 
 def test_error_table_is_large_enough():
     assert len(BROKEN_MODELS) + len(BAD_OPTIONS) + 7 >= 40
+
+
+def test_tokenizer_larger_than_the_embedding(tmp_path, tiny_model, tokenizer_dir, mha):
+    """A tokenizer whose ids run past vocab_size: a clear error, for inspect and for diff."""
+    from conftest import build_model
+
+    small = build_model(tmp_path / "small", tokenizer_dir, vocab_size=300)
+    text = "symbols #$%&*()[]{}<> and unseen words xylophone"
+    assert_one_error_line(mha("stats", text, "-m", str(small)), "vocab_size is 300")
+    assert_one_error_line(mha("diff", str(small), str(small), text), "vocab_size is 300")

@@ -1,0 +1,183 @@
+"""`mha diff MODEL_A MODEL_B [TEXT]`: per-head divergence between two models on the same token ids."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from mhacli.cli import app
+from mhacli.commands._common import FormatOpt, TextArg, TruncateOpt, load, progress, resolve_format, warn
+from mhacli.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.errors import ExitCode, TextError, UsageError
+from mhacli.output import MACHINE_FORMATS, dumps
+from mhacli.textin import check_ids_fit, read_text
+from mhacli.tokenizer import Tokenizer
+from mhacli.weights import Checkpoint
+
+MAX_TEXTS_BYTES = 64 * 1024 * 1024
+FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
+
+
+@dataclass(frozen=True)
+class DiffText:
+    ids: np.ndarray  # [n_seq] int64
+    tokens: list[str]
+    where: str  # "the text" or "--texts line N", for messages
+
+
+def read_texts(path: str) -> list[tuple[int, str]]:
+    """--texts FILE ('-': stdin): (line number, text) for every non-blank line."""
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_TEXTS_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_TEXTS_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise TextError(f"--texts {path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise TextError(f"--texts {path}: is a directory") from exc
+    except OSError as exc:
+        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_TEXTS_BYTES:
+        raise TextError(f"--texts {path}: larger than {MAX_TEXTS_BYTES // (1024 * 1024)} MiB")
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TextError(f"--texts {path}: line {line} is not valid UTF-8") from exc
+    content = content.removeprefix("\ufeff")
+    texts = [(n, line.removesuffix("\r")) for n, line in enumerate(content.split("\n"), start=1)]
+    texts = [(n, t) for n, t in texts if t.strip()]
+    if not texts:
+        raise TextError(f"--texts {path}: holds no text (every line is blank)")
+    return texts
+
+
+def tokenize_both(
+    raw: str, where: str, a: tuple[Checkpoint, Tokenizer], b: tuple[Checkpoint, Tokenizer], truncate: bool
+) -> DiffText:
+    """The text's token ids, required to be the same under both tokenizers and to fit both models."""
+    (ckpt_a, tok_a), (ckpt_b, tok_b) = a, b
+    ids_a, ids_b = tok_a.encode(raw), tok_b.encode(raw)
+    check_same_tokens(ids_a, ids_b, tok_a.display, tok_b.display, where)
+    if not ids_a:
+        raise TextError(f"{where} produced no tokens")
+    check_ids_fit(ids_a, min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size))
+    n_a, n_b = ckpt_a.config.n_positions, ckpt_b.config.n_positions
+    limit = min(n_a, n_b)
+    if len(ids_a) > limit:
+        which = "both models'" if max(n_a, n_b) < len(ids_a) else ("MODEL_A's" if n_a < n_b else "MODEL_B's")
+        if not truncate:
+            raise TextError(
+                f"{where} is {len(ids_a)} tokens, longer than {which} n_positions ({limit}); "
+                "shorten it or pass --truncate to keep the first tokens"
+            )
+        warn(f"{where} truncated to the first {limit} of {len(ids_a)} tokens")
+        ids_a = ids_a[:limit]
+    return DiffText(np.asarray(ids_a, dtype=np.int64), tok_a.display(ids_a), where)
+
+
+@app.command()
+def diff(
+    model_a: Annotated[str, typer.Argument(metavar="MODEL_A", help="The reference model (any form -m accepts).")],
+    model_b: Annotated[str, typer.Argument(metavar="MODEL_B", help="The model compared with it.")],
+    text: TextArg = None,
+    texts: Annotated[
+        str | None,
+        typer.Option("--texts", "-t", metavar="FILE", help="Average over the texts of FILE, one per line ('-': stdin)."),
+    ] = None,
+    metric: Annotated[
+        str, typer.Option("--metric", help="js (Jensen-Shannon, bits), tv (total variation), cosine.")
+    ] = "js",
+    match: Annotated[bool, typer.Option("--match", help="Match heads (Hungarian) even when the shapes agree.")] = False,
+    fail_above: Annotated[
+        float | None, typer.Option("--fail-above", metavar="X", help="Exit 1 when any head's divergence exceeds X.")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Heads in the ranked table on a terminal.")] = 10,
+    start: Annotated[int, typer.Option("--from", min=0, help="First query row of the two maps on a terminal.")] = 0,
+    format: FormatOpt = None,
+    truncate: TruncateOpt = False,
+) -> int:
+    """Per-head divergence between two models on the same text (same tokenizer needed)."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    check_metric(metric)
+    if fail_above is not None and not fail_above >= 0:
+        raise UsageError(f"--fail-above {fail_above} must be a number >= 0")
+    if texts is not None and text is not None:
+        raise UsageError("give TEXT or --texts FILE, not both")
+    if texts is not None:
+        raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
+    else:
+        raws = [(read_text(text), "the text")]
+    a, b = load(model_a), load(model_b)
+    items = [tokenize_both(raw, where, a, b, truncate) for raw, where in raws]
+    (ckpt_a, _), (ckpt_b, _) = a, b
+    shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)
+    shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
+    mode = "paired" if shape_a == shape_b and not match else "matched"
+    per_text = [
+        compare_text(ckpt_a, ckpt_b, t.ids, metric, mode)
+        for t in progress(items, len(items), f"comparing heads on {len(items)} texts")
+    ]
+    report = summarise(per_text, metric, mode, shape_a, shape_b)
+    write_report(fmt, report, ckpt_a, ckpt_b, items, top, start)
+    return ExitCode.OK if fail_above is None else check_threshold(report, fail_above)
+
+
+def check_threshold(report: DiffReport, threshold: float) -> int:
+    """--fail-above: CHECK_FAILED, with the offending heads on stderr, when any divergence exceeds `threshold`."""
+    bad = report.above(threshold)
+    if not bad:
+        return ExitCode.OK
+    lines = [f"diff: {len(bad)} of {len(report.heads)} heads diverge by more than {threshold:g} ({report.metric}):"]
+    lines += [
+        f"  A layer {r.layer_a} head {r.head_a} -> B layer {r.layer_b} head {r.head_b}: {r.divergence:.6g}"
+        for r in bad[:FAIL_LINES]
+    ]
+    if len(bad) > FAIL_LINES:
+        lines.append(f"  ... and {len(bad) - FAIL_LINES} more")
+    print("\n".join(lines), file=sys.stderr)
+    return ExitCode.CHECK_FAILED
+
+
+def write_report(
+    fmt: str, report: DiffReport, ckpt_a: Checkpoint, ckpt_b: Checkpoint, items: list[DiffText], top: int, start: int = 0
+) -> None:
+    if fmt == "json":
+        doc = {
+            "model_a": ckpt_a.source,
+            "model_b": ckpt_b.source,
+            "metric": report.metric,
+            "mode": report.mode,
+            "n_texts": report.n_texts,
+            "tokens": items[0].tokens,  # the first text's; n_tokens has every text's length
+            "n_tokens": [len(t.ids) for t in items],
+        }
+        sys.stdout.write(dumps(doc | report.to_dict()) + "\n")
+    elif fmt == "jsonl":
+        sys.stdout.write("".join(dumps(r.to_dict()) + "\n" for r in report.heads))
+    elif fmt in ("csv", "tsv"):
+        from mhacli.plain import write_diff_table
+
+        write_diff_table(sys.stdout, fmt, report)
+    elif fmt == "text":
+        from mhacli.plain import write_diff
+
+        write_diff(sys.stdout, report, ckpt_a.source, ckpt_b.source, [len(t.ids) for t in items])
+    else:
+        from mhacli.heads import analyse
+        from mhacli.render import make_console, render_diff
+
+        maps = None
+        if report.heads and report.max_divergence > 0:
+            r, first = report.heads[0], items[0]
+            view_a = next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True))
+            view_b = next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True))
+            maps = (view_a, view_b)
+        render_diff(make_console(), report, ckpt_a.source, ckpt_b.source, items[0].tokens, maps, top=top, start=start)
+
