@@ -490,3 +490,11 @@ def test_tokenizer_larger_than_the_embedding(tmp_path, tiny_model, tokenizer_dir
     text = "symbols #$%&*()[]{}<> and unseen words xylophone"
     assert_one_error_line(mha("stats", text, "-m", str(small)), "vocab_size is 300")
     assert_one_error_line(mha("diff", str(small), str(small), text), "vocab_size is 300")
+
+
+@pytest.mark.parametrize("command", [["explain", "-l", "0", "-H", "0"], ["diff", "MODEL"]])
+def test_max_memory_guards_explain_and_diff(tiny_model, mha, command):
+    args = [str(tiny_model) if a == "MODEL" else a for a in command]
+    model = [] if command[0] == "diff" else ["-m", str(tiny_model)]
+    extra = [str(tiny_model)] if command[0] == "diff" else []
+    assert_one_error_line(mha(*args, *extra, TEXT, *model, "--max-memory", "1K"), "more than 1.0 KiB")

@@ -10,7 +10,10 @@ import numpy as np
 import typer
 
 from mhacli.cli import app
-from mhacli.commands._common import FormatOpt, TextArg, TruncateOpt, load, progress, resolve_format, warn
+from mhacli.commands._common import (
+    FormatOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_memory, load, progress, resolve_format, warn,
+)  # fmt: skip
+from mhacli.heads import memory_needed
 from mhacli.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.errors import ExitCode, TextError, UsageError
 from mhacli.output import MACHINE_FORMATS, dumps
@@ -102,6 +105,7 @@ def diff(
     start: Annotated[int, typer.Option("--from", min=0, help="First query row of the two maps on a terminal.")] = 0,
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> int:
     """Per-head divergence between two models on the same text (same tokenizer needed)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -120,6 +124,11 @@ def diff(
     shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)
     shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
     mode = "paired" if shape_a == shape_b and not match else "matched"
+    n_seq = max(len(t.ids) for t in items)
+    kept_a = shape_a[0] if mode == "matched" else 1  # matched mode keeps all of A's maps while B runs
+    needed = memory_needed(shape_a[1], n_seq, kept_layers=kept_a, kept_heads=shape_a[1], keep_maps=True)
+    needed += memory_needed(shape_b[1], n_seq, kept_layers=1, kept_heads=shape_b[1], keep_maps=True)
+    check_memory(needed, max_memory, "use shorter texts")
     per_text = [
         compare_text(ckpt_a, ckpt_b, t.ids, metric, mode)
         for t in progress(items, len(items), f"comparing heads on {len(items)} texts")

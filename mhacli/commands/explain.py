@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 
 from mhacli.cli import app
-from mhacli.commands._common import ModelOpt, TextArg, TruncateOpt, prepare, resolve_format
+from mhacli.commands._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, resolve_format
 from mhacli.errors import ExitCode
 from mhacli.explain import explain as run_explain
+from mhacli.heads import memory_needed
 from mhacli.output import dumps
 
 FORMATS = ("rich", "text", "json")
@@ -31,10 +32,14 @@ def explain(
         typer.Option("--format", "-f", metavar="FORMAT", help="rich (default on a terminal), text (default when piped) or json."),
     ] = None,
     truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> int:
     """The computation of one head for one query token, step by step, checked against the forward pass."""
     fmt = resolve_format(format, FORMATS)
     ckpt, tokens = prepare(model, text, truncate=truncate)
+    # the batched forward and the batched re-run of the layer for the check: two layers' working sets
+    check_memory(2 * memory_needed(ckpt.config.n_head, len(tokens.ids), kept_layers=0, kept_heads=0, keep_maps=False),
+                 max_memory, "use a shorter text")  # fmt: skip
     ex = run_explain(ckpt, tokens.ids, layer, head, query)
     if fmt == "json":
         doc = {"model": ckpt.model_dict(), "tokens": tokens.tokens, "token_ids": tokens.ids.tolist()} | ex.to_dict()
