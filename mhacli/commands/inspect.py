@@ -10,7 +10,7 @@ import typer
 
 from mhacli.cli import app
 from mhacli.commands._common import (
-    FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, resolve_format,
+    FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, progress, resolve_format,
 )  # fmt: skip
 from mhacli.errors import UsageError
 from mhacli.heads import analyse, check_selection, memory_needed
@@ -51,7 +51,7 @@ def inspect(
     n_heads = len(set(head)) if head else c.n_head
     needed = memory_needed(c.n_head, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=True)
     check_memory(needed, max_memory, "narrow it with --layer/--head or a shorter text (mha stats streams without maps)")
-    views = list(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=True))
+    views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=True), n_layers * n_heads, "running layers"))
     if save is not None:
         save_npz(save, views, tokens.ids.tolist(), tokens.tokens)
     if fmt in MACHINE_FORMATS:
