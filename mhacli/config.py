@@ -1,4 +1,13 @@
-"""The model config: parsed from config.json, validated, with HF's defaults for the fields it leaves out."""
+"""The model config: parsed from config.json, validated, with HF's defaults for the fields it leaves out.
+
+One frozen dataclass per architecture family, all built on `ModelConfig`, which holds what every other module
+reads (n_layer, n_head, n_kv_head, d_head, n_embd, n_positions, vocab_size, layout, attn_scale, to_dict):
+- `Gpt2Config`: gpt2;
+- `BigCodeConfig`: gpt_bigcode (GPT-2's block with nn.Linear layouts and one shared K/V head when multi_query);
+- `RotaryConfig`: llama, mistral, olmo2, olmo3 (RMSNorm, SwiGLU, grouped K/V heads, rotary positions, sliding
+  windows). Its rotary parameters are a `RopeConfig`, read from `rope_parameters` or the older `rope_scaling` +
+  `rope_theta` the way HF's RotaryEmbeddingConfigMixin standardises them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,7 @@ from typing import Any
 
 from mhacli.errors import ConfigError
 
-SUPPORTED_MODEL_TYPES = ("gpt2",)
+SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_bigcode", "llama", "mistral", "olmo2", "olmo3")
 
 # Element-wise activations HF's GPT-2 MLP accepts (transformers.activations.ACT2CLS) that have no parameters.
 ACTIVATIONS = (
@@ -31,19 +40,57 @@ GPT2_DEFAULTS: dict[str, Any] = {
     "scale_attn_by_inverse_layer_idx": False,
     "reorder_and_upcast_attn": False,
 }
-# GPT2Config.attribute_map: generic names some configs use instead.
+# GPT2Config.attribute_map (and GPTBigCodeConfig's): generic names some configs use instead.
 GPT2_ALIASES = {
     "hidden_size": "n_embd",
     "max_position_embeddings": "n_positions",
     "num_attention_heads": "n_head",
     "num_hidden_layers": "n_layer",
 }
+# HF GPTBigCodeConfig defaults.
+BIGCODE_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 50257,
+    "n_positions": 1024,
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_inner": None,
+    "activation_function": "gelu_pytorch_tanh",
+    "layer_norm_epsilon": 1e-5,
+    "scale_attn_weights": True,
+    "attention_softmax_in_fp32": True,
+    "scale_attention_softmax_in_fp32": True,
+    "multi_query": True,
+}
+# HF LlamaConfig / MistralConfig / Olmo2Config / Olmo3Config defaults. None: derived (head_dim = hidden_size //
+# num_attention_heads, num_key_value_heads = num_attention_heads, layer_types from sliding_window).
+_LLAMA = {
+    "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": None, "head_dim": None, "hidden_act": "silu",
+    "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "attention_bias": False, "mlp_bias": False,
+}  # fmt: skip
+_OLMO2 = _LLAMA | {"vocab_size": 50304, "rms_norm_eps": 1e-5}
+ROTARY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": _LLAMA,
+    # MistralConfig: no attention_bias / mlp_bias fields (its Linear layers never have biases), a 4096 window
+    "mistral": _LLAMA | {"intermediate_size": 14336, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
+                         "sliding_window": 4096},
+    "olmo2": _OLMO2,  # Olmo2MLP has no biases whatever mlp_bias says
+    "olmo3": _OLMO2 | {"sliding_window": 4096, "layer_types": None},
+}  # fmt: skip
+LAYER_TYPES = ("full_attention", "sliding_attention")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+DEFAULT_ROPE_THETA = 10_000.0  # RotaryEmbeddingConfigMixin.default_theta
+OLMO3_DEFAULT_ROPE_THETA = 500_000.0  # Olmo3Config.default_theta
 MAX_DIM = 1 << 20  # no real model has a dimension this large; a bigger value is a corrupt or hostile config
 MAX_COUNT = 4096  # layers or heads: real models have at most a few hundred
+MAX_POSITIONS = 1 << 24  # rotary models state long contexts (Mistral's default is 131072); texts are far shorter
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """What every architecture has. Heads are query heads; query head h reads K/V head h // group_size."""
+
     model_type: str
     vocab_size: int
     n_positions: int
@@ -51,12 +98,6 @@ class ModelConfig:
     n_layer: int
     n_head: int
     n_kv_head: int
-    n_inner: int
-    activation_function: str
-    layer_norm_epsilon: float
-    scale_attn_weights: bool
-    scale_attn_by_inverse_layer_idx: bool
-    reorder_and_upcast_attn: bool
 
     @property
     def d_head(self) -> int:
@@ -68,6 +109,40 @@ class ModelConfig:
             return "MHA"
         return "MQA" if self.n_kv_head == 1 else "GQA"
 
+    @property
+    def group_size(self) -> int:
+        """Query heads per K/V head (HF's num_key_value_groups)."""
+        return self.n_head // self.n_kv_head
+
+    def kv_head(self, head: int) -> int:
+        """The K/V head query head `head` reads (HF's repeat_kv: consecutive query heads share one)."""
+        return head // self.group_size
+
+    def attn_scale(self, layer: int) -> float:
+        """The factor q.k is multiplied by before the softmax in `layer`."""
+        return self.d_head**-0.5
+
+    def sliding_window(self, layer: int) -> int | None:
+        """How many keys (the query's own included) a query of `layer` sees at most; None: all earlier ones."""
+        return None
+
+    def kv_cache_bytes_per_token(self, bytes_per_value: int = 4) -> int:
+        """Bytes of K and V cached per token over all layers: 2 x n_layer x n_kv_head x d_head values."""
+        return 2 * self.n_layer * self.n_kv_head * self.d_head * bytes_per_value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"d_head": self.d_head, "layout": self.layout}
+
+
+@dataclass(frozen=True)
+class Gpt2Config(ModelConfig):
+    n_inner: int
+    activation_function: str
+    layer_norm_epsilon: float
+    scale_attn_weights: bool
+    scale_attn_by_inverse_layer_idx: bool
+    reorder_and_upcast_attn: bool
+
     def attn_scale(self, layer: int) -> float:
         """The factor HF multiplies q.k by in `layer` (GPT2Attention.scaling)."""
         scale = 1.0
@@ -77,24 +152,111 @@ class ModelConfig:
             scale /= float(layer + 1)
         return scale
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"d_head": self.d_head, "layout": self.layout}
+
+@dataclass(frozen=True)
+class BigCodeConfig(ModelConfig):
+    n_inner: int
+    activation_function: str
+    layer_norm_epsilon: float
+    scale_attn_weights: bool
+    multi_query: bool
+    # Both only choose the dtype of HF's fused softmax kernels; its eager float32 path ignores them, as we do.
+    attention_softmax_in_fp32: bool
+    scale_attention_softmax_in_fp32: bool
+
+    def attn_scale(self, layer: int) -> float:
+        """GPTBigCodeAttention.scaling"""
+        return self.d_head**-0.5 if self.scale_attn_weights else 1.0
 
 
-def _int(raw: dict, key: str, *, low: int = 1, high: int = MAX_DIM) -> int:
+@dataclass(frozen=True)
+class RopeConfig:
+    """One set of rotary parameters (HF's standardised `rope_parameters`); None where the type does not use it."""
+
+    rope_type: str
+    rope_theta: float
+    factor: float | None = None
+    original_max_position_embeddings: int | None = None
+    attention_factor: float | None = None  # yarn, longrope: multiplies cos and sin
+    beta_fast: float | None = None  # yarn
+    beta_slow: float | None = None  # yarn
+    mscale: float | None = None  # yarn
+    mscale_all_dim: float | None = None  # yarn
+    truncate: bool = True  # yarn
+    low_freq_factor: float | None = None  # llama3
+    high_freq_factor: float | None = None  # llama3
+    short_factor: tuple[float, ...] | None = None  # longrope
+    long_factor: tuple[float, ...] | None = None  # longrope
+
+
+@dataclass(frozen=True)
+class RotaryConfig(ModelConfig):
+    """llama, mistral, olmo2, olmo3."""
+
+    head_dim: int
+    intermediate_size: int
+    hidden_act: str
+    rms_norm_eps: float
+    attention_bias: bool  # q/k/v/o projections have biases
+    mlp_bias: bool  # gate/up/down projections have biases
+    window: int | None  # `sliding_window` of config.json, used by the layers whose type is sliding_attention
+    layer_types: tuple[str, ...]  # per layer: full_attention or sliding_attention
+    rope: RopeConfig  # the full-attention layers' (every layer's, but OLMo 3's sliding ones)
+    sliding_rope: RopeConfig | None  # OLMo 3's sliding-attention layers have their own; None: `rope` everywhere
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim
+
+    def sliding_window(self, layer: int) -> int | None:
+        return self.window if self.layer_types[layer] == "sliding_attention" else None
+
+    def rope_at(self, layer: int) -> RopeConfig:
+        if self.sliding_rope is not None and self.layer_types[layer] == "sliding_attention":
+            return self.sliding_rope
+        return self.rope
+
+
+# --- validation helpers -------------------------------------------------------------------------------------------
+
+
+def _int(raw: dict, key: str, *, low: int = 1, high: int = MAX_DIM, where: str = "config.json") -> int:
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"config.json: {key} must be an integer, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
     if value < low or value > high:
-        raise ConfigError(f"config.json: {key} = {value} is out of range ({low}..{high})")
+        raise ConfigError(f"{where}: {key} = {value} is out of range ({low}..{high})")
     return value
 
 
-def _bool(raw: dict, key: str) -> bool:
+def _bool(raw: dict, key: str, where: str = "config.json") -> bool:
     value = raw[key]
     if not isinstance(value, bool):
-        raise ConfigError(f"config.json: {key} must be true or false, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
     return value
+
+
+def _number(raw: dict, key: str, *, where: str = "config.json", positive: bool = True) -> float:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{where}: {key} must be positive, got {value!r}")
+    return float(value)
+
+
+def _epsilon(raw: dict, key: str) -> float:
+    eps = raw[key]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps < 1:
+        raise ConfigError(f"config.json: {key} must be a number in (0, 1), got {eps!r}")
+    return float(eps)
+
+
+def _activation(raw: dict, key: str) -> str:
+    activation = raw[key]
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"config.json: {key} {activation!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+    return activation
 
 
 def parse_config(raw: Any) -> ModelConfig:
@@ -108,26 +270,36 @@ def parse_config(raw: Any) -> ModelConfig:
         raise ConfigError(
             f"model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
-    fields = dict(GPT2_DEFAULTS)
-    for alias, name in GPT2_ALIASES.items():
+    if model_type == "gpt2":
+        return _parse_gpt2(raw)
+    if model_type == "gpt_bigcode":
+        return _parse_bigcode(raw)
+    return _parse_rotary(raw, model_type)
+
+
+def _with_defaults(raw: dict, defaults: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
+    fields = dict(defaults)
+    for alias, name in aliases.items():
         if alias in raw and name not in raw:
             fields[name] = raw[alias]
-    fields.update({k: raw[k] for k in GPT2_DEFAULTS if k in raw})
+    fields.update({k: raw[k] for k in defaults if k in raw})
+    return fields
 
+
+def _gpt2_dims(fields: dict) -> tuple[int, int, int]:
     n_embd, n_head = _int(fields, "n_embd"), _int(fields, "n_head", high=MAX_COUNT)
     if n_embd % n_head:
         raise ConfigError(f"config.json: n_embd ({n_embd}) is not divisible by n_head ({n_head})")
     n_inner = 4 * n_embd if fields["n_inner"] is None else _int(fields, "n_inner")
-    activation = fields["activation_function"]
-    if activation not in ACTIVATIONS:
-        raise ConfigError(
-            f"config.json: activation_function {activation!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
-        )
-    eps = fields["layer_norm_epsilon"]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps < 1:
-        raise ConfigError(f"config.json: layer_norm_epsilon must be a number in (0, 1), got {eps!r}")
-    return ModelConfig(
-        model_type=model_type,
+    return n_embd, n_head, n_inner
+
+
+def _parse_gpt2(raw: dict) -> Gpt2Config:
+    fields = _with_defaults(raw, GPT2_DEFAULTS, GPT2_ALIASES)
+    n_embd, n_head, n_inner = _gpt2_dims(fields)
+    activation = _activation(fields, "activation_function")
+    return Gpt2Config(
+        model_type="gpt2",
         vocab_size=_int(fields, "vocab_size"),
         n_positions=_int(fields, "n_positions"),
         n_embd=n_embd,
@@ -136,8 +308,201 @@ def parse_config(raw: Any) -> ModelConfig:
         n_kv_head=n_head,
         n_inner=n_inner,
         activation_function=activation,
-        layer_norm_epsilon=float(eps),
+        layer_norm_epsilon=_epsilon(fields, "layer_norm_epsilon"),
         scale_attn_weights=_bool(fields, "scale_attn_weights"),
         scale_attn_by_inverse_layer_idx=_bool(fields, "scale_attn_by_inverse_layer_idx"),
         reorder_and_upcast_attn=_bool(fields, "reorder_and_upcast_attn"),
     )
+
+
+def _parse_bigcode(raw: dict) -> BigCodeConfig:
+    fields = _with_defaults(raw, BIGCODE_DEFAULTS, GPT2_ALIASES)
+    n_embd, n_head, n_inner = _gpt2_dims(fields)
+    multi_query = _bool(fields, "multi_query")
+    return BigCodeConfig(
+        model_type="gpt_bigcode",
+        vocab_size=_int(fields, "vocab_size"),
+        n_positions=_int(fields, "n_positions"),
+        n_embd=n_embd,
+        n_layer=_int(fields, "n_layer", high=MAX_COUNT),
+        n_head=n_head,
+        n_kv_head=1 if multi_query else n_head,
+        n_inner=n_inner,
+        activation_function=_activation(fields, "activation_function"),
+        layer_norm_epsilon=_epsilon(fields, "layer_norm_epsilon"),
+        scale_attn_weights=_bool(fields, "scale_attn_weights"),
+        multi_query=multi_query,
+        attention_softmax_in_fp32=_bool(fields, "attention_softmax_in_fp32"),
+        scale_attention_softmax_in_fp32=_bool(fields, "scale_attention_softmax_in_fp32"),
+    )
+
+
+def _parse_rotary(raw: dict, model_type: str) -> RotaryConfig:
+    defaults = ROTARY_DEFAULTS[model_type]
+    fields = dict(defaults) | {k: raw[k] for k in defaults if k in raw}
+    if raw.get("head_dim") is not None:  # a plain attribute of Olmo2Config too, read with getattr by its attention
+        fields["head_dim"] = raw["head_dim"]
+    n_embd = _int(fields, "hidden_size")
+    n_head = _int(fields, "num_attention_heads", high=MAX_COUNT)
+    if fields["num_key_value_heads"] is None:
+        fields["num_key_value_heads"] = n_head
+    n_kv_head = _int(fields, "num_key_value_heads", high=MAX_COUNT)
+    if n_head % n_kv_head:
+        raise ConfigError(
+            f"config.json: num_attention_heads ({n_head}) is not divisible by num_key_value_heads ({n_kv_head})"
+        )
+    if (fields["head_dim"] is None or model_type == "llama") and n_embd % n_head:  # LlamaConfig always checks
+        raise ConfigError(f"config.json: hidden_size ({n_embd}) is not divisible by num_attention_heads ({n_head})")
+    head_dim = n_embd // n_head if fields["head_dim"] is None else _int(fields, "head_dim")
+    n_layer = _int(fields, "num_hidden_layers", high=MAX_COUNT)
+    n_positions = _int(fields, "max_position_embeddings", high=MAX_POSITIONS)
+    window = _window(fields)
+    layer_types = _layer_types(fields, model_type, n_layer, window)
+    rope, sliding_rope = _ropes(raw, model_type, head_dim, n_positions)
+    return RotaryConfig(
+        model_type=model_type,
+        vocab_size=_int(fields, "vocab_size"),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_kv_head=n_kv_head,
+        head_dim=head_dim,
+        intermediate_size=_int(fields, "intermediate_size"),
+        hidden_act=_activation(fields, "hidden_act"),
+        rms_norm_eps=_epsilon(fields, "rms_norm_eps"),
+        attention_bias=_bool(fields, "attention_bias") if "attention_bias" in defaults else False,
+        mlp_bias=_bool(fields, "mlp_bias") if model_type == "llama" else False,
+        window=window,
+        layer_types=layer_types,
+        rope=rope,
+        sliding_rope=sliding_rope,
+    )
+
+
+def _window(fields: dict) -> int | None:
+    if fields.get("sliding_window") is None:
+        return None
+    return _int(fields, "sliding_window", high=MAX_POSITIONS)
+
+
+def _layer_types(fields: dict, model_type: str, n_layer: int, window: int | None) -> tuple[str, ...]:
+    """Which layers use the sliding window: Mistral's every layer when it has one (MistralModel ignores any
+    layer_types), OLMo 3's as layer_types says (default: three sliding layers, then a full one)."""
+    if model_type == "mistral":
+        return ("sliding_attention" if window is not None else "full_attention",) * n_layer
+    if model_type != "olmo3":
+        return ("full_attention",) * n_layer
+    types = fields["layer_types"]
+    if types is None:
+        types = ["sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(n_layer)]
+    if not isinstance(types, list) or len(types) != n_layer:
+        raise ConfigError(f"config.json: layer_types must be a list of {n_layer} entries (one per layer), got {types!r}"[:300])
+    for i, t in enumerate(types):
+        if t not in LAYER_TYPES:
+            raise ConfigError(f"config.json: layer_types[{i}] is {t!r}; supported: {', '.join(LAYER_TYPES)}")
+    if window is None and "sliding_attention" in types:
+        raise ConfigError("config.json: sliding_window is null, but layer_types has sliding_attention layers")
+    return tuple(types)
+
+
+def _ropes(raw: dict, model_type: str, head_dim: int, n_positions: int) -> tuple[RopeConfig, RopeConfig | None]:
+    """RotaryEmbeddingConfigMixin.convert_rope_params_to_dict + standardize_rope_params, for our model types."""
+    factor = raw.get("partial_rotary_factor")
+    if factor is not None and factor != 1.0:
+        raise ConfigError(f"config.json: partial_rotary_factor {factor!r} is not supported ({model_type} rotates whole heads)")
+    scaling = raw.get("rope_scaling")
+    params = raw.get("rope_parameters")
+    for key, value in (("rope_scaling", scaling), ("rope_parameters", params)):
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"config.json: {key} must be an object or null, got {value!r}"[:300])
+    top_original = raw.get("original_max_position_embeddings")
+    if model_type != "olmo3":
+        flat = dict(scaling or params or {})
+        flat.setdefault("rope_theta", raw.get("rope_theta", DEFAULT_ROPE_THETA))
+        if top_original is not None and _rope_kind(flat) in ("llama3", "yarn", "longrope"):
+            flat["original_max_position_embeddings"] = top_original  # a top-level value wins (Phi-3 style)
+        return _rope(flat, "rope_parameters", head_dim, n_positions), None
+    # Olmo3Config.convert_rope_params_to_dict: one dict per layer type; an old-style rope_scaling updates the
+    # full-attention layers' only, and so does a top-level rope_theta (HF pops it once: the sliding layers get
+    # Olmo3Config.default_theta).
+    nested = {k: dict(v) for k, v in (params or {}).items() if k in LAYER_TYPES and isinstance(v, dict)}
+    nested.setdefault("full_attention", {"rope_type": "default"})
+    nested.setdefault("sliding_attention", {"rope_type": "default"})
+    if scaling:
+        nested["full_attention"].update(scaling)
+    nested["full_attention"].setdefault("rope_theta", raw.get("rope_theta", OLMO3_DEFAULT_ROPE_THETA))
+    nested["sliding_attention"].setdefault("rope_theta", OLMO3_DEFAULT_ROPE_THETA)
+    for kind in LAYER_TYPES:
+        nested[kind].pop("truncate", None)  # HF's yarn reads `truncate` from the outer dict, where it never is
+    full = _rope(nested["full_attention"], "rope_parameters.full_attention", head_dim, n_positions)
+    sliding = _rope(nested["sliding_attention"], "rope_parameters.sliding_attention", head_dim, n_positions)
+    return full, sliding
+
+
+def _rope_kind(params: dict) -> Any:
+    return params.get("rope_type", params.get("type", "default"))
+
+
+REQUIRED_ROPE_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "yarn": ("factor",),
+    "longrope": ("short_factor", "long_factor"),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+}
+
+
+def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConfig:
+    """One standardised rope dict -> RopeConfig; a missing required key or a bad value is a ConfigError."""
+    kind = _rope_kind(params)
+    if kind not in ROPE_TYPES:
+        raise ConfigError(f"config.json: {where}.rope_type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+    where = f"config.json: {where}"
+    for key in REQUIRED_ROPE_KEYS[kind]:
+        if key not in params:
+            raise ConfigError(f"{where} has no {key}, which rope_type {kind!r} needs")
+    prf = params.get("partial_rotary_factor")
+    if prf is not None and prf != 1.0:
+        raise ConfigError(f"{where}.partial_rotary_factor {prf!r} is not supported (whole heads are rotated)")
+    theta = _number(params, "rope_theta", where=where)
+    if theta <= 1.0:
+        raise ConfigError(f"{where}: rope_theta must be greater than 1, got {theta!r}")
+    out: dict[str, Any] = {"rope_type": kind, "rope_theta": theta}
+
+    def optional(key: str, *, positive: bool = True) -> None:
+        if params.get(key) is not None:
+            out[key] = _number(params, key, where=where, positive=positive)
+
+    if kind in ("llama3", "yarn", "longrope"):
+        params = {"original_max_position_embeddings": n_positions} | params
+        key = "original_max_position_embeddings"
+        out[key] = _int(params, key, where=where, high=MAX_POSITIONS)
+    if kind in ("linear", "dynamic", "llama3"):
+        out["factor"] = _number(params, "factor", where=where)
+    if kind in ("yarn", "longrope"):  # factor may be null: max_position_embeddings / original_max_position_embeddings
+        optional("factor")
+        optional("attention_factor")
+    if kind == "yarn":
+        for key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+            optional(key, positive=False)
+        if params.get("truncate") is not None:
+            out["truncate"] = _bool(params, "truncate", where)
+    if kind == "llama3":
+        out["low_freq_factor"] = _number(params, "low_freq_factor", where=where)
+        out["high_freq_factor"] = _number(params, "high_freq_factor", where=where)
+        if out["high_freq_factor"] == out["low_freq_factor"]:
+            raise ConfigError(f"{where}: high_freq_factor must differ from low_freq_factor (both {out['low_freq_factor']})")
+    if kind == "dynamic" and head_dim <= 2:
+        raise ConfigError(f"{where}: rope_type 'dynamic' needs head_dim > 2, got {head_dim}")
+    if kind == "longrope":
+        for key in ("short_factor", "long_factor"):
+            value = params[key]
+            if (
+                not isinstance(value, list) or len(value) != head_dim // 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in value)
+            ):  # fmt: skip
+                raise ConfigError(f"{where}.{key} must be a list of {head_dim // 2} positive numbers"[:300])
+            out[key] = tuple(float(x) for x in value)
+    return RopeConfig(**out)

@@ -14,8 +14,9 @@ from mhacli.stats import HeadStats, layer_stats
 
 @dataclass(frozen=True)
 class HeadView:
-    stats: HeadStats
+    stats: HeadStats  # of query head `head`
     attention: np.ndarray | None  # [n_seq, n_seq] float32, None when maps were not requested
+    kv_head: int | None = None  # the K/V head this query head reads (None: its own, as in MHA)
 
     @property
     def layer(self) -> int:
@@ -55,7 +56,7 @@ def analyse(
         for row, stats in zip(attn, layer_stats(trace.layer, attn, ids)):
             head = wanted_heads[stats.head]
             stats = HeadStats(trace.layer, head, stats.kind, stats.values)
-            yield HeadView(stats, row if keep_maps else None)
+            yield HeadView(stats, row if keep_maps else None, config.kv_head(head))
 
 
 FORWARD_COPIES = 6  # [n_head, n_seq, n_seq] float32 arrays alive at once inside one layer's attention

@@ -1,4 +1,5 @@
-"""The GPT-2 forward pass in pure NumPy, float32 end to end. No I/O, no printing.
+"""The forward pass in pure NumPy, float32 end to end: the shared building blocks, GPT-2's block, and `forward`,
+which runs any supported architecture with its family's block (mhacli.arch). No I/O, no printing.
 
 Shapes: n_seq tokens, n_embd model width, n_head heads of d_head each; an attention map is [n_head, q_pos, k_pos],
 rows are queries and sum to 1. Weights keep HF's Conv1D layout [in, out], so a projection is `x @ w + b`.
@@ -163,14 +164,22 @@ def gpt2_block(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, lay
     return x, attn.probs
 
 
+def family(config: ModelConfig):
+    """The architecture module of this config (mhacli.arch), imported on first use: it builds on this module."""
+    from mhacli.arch import family as lookup
+
+    return lookup(config.model_type)
+
+
 def embed(params: Params, ids: np.ndarray) -> np.ndarray:
-    """[n_seq] token ids -> [n_seq, n_embd] token + position embeddings"""
-    return params.get("wte.weight")[ids] + params.get("wpe.weight")[: len(ids)]
+    """[n_seq] token ids -> [n_seq, n_embd], the residual stream entering layer 0 (token + learned positions for
+    GPT-2 and GPTBigCode; tokens alone for the rotary families)"""
+    return family(params.config).embed(params, ids)
 
 
 def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
-    """ln_f: [n_seq, n_embd] -> [n_seq, n_embd]"""
-    return layer_norm(x, params.get("ln_f.weight"), params.get("ln_f.bias"), params.config.layer_norm_epsilon)
+    """The norm after the last layer (ln_f or norm): [n_seq, n_embd] -> [n_seq, n_embd]"""
+    return family(params.config).final_norm(params, x)
 
 
 @dataclass(frozen=True)
@@ -186,12 +195,13 @@ def forward(params: Params, ids: np.ndarray | list[int], *, n_layers: int | None
     Stops after `n_layers` layers (all by default); one layer's weights are fetched at a time.
     """
     config = params.config
+    block = family(config).block  # one small block function per architecture family
     ids = np.asarray(ids, dtype=np.int64)
     x = embed(params, ids)  # [n_seq, n_embd]
     for layer in range(config.n_layer if n_layers is None else n_layers):
         weights = params.layer(layer)
         with np.errstate(all="ignore"):  # overflow is reported below, naming the layer and heads
-            x, probs = gpt2_block(x, weights, config, layer)
+            x, probs = block(x, weights, config, layer)
         check_finite(probs, x, layer)
         yield LayerTrace(layer, probs, x)
 

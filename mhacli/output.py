@@ -33,7 +33,10 @@ def lower_triangle(attn: np.ndarray) -> list[list[float]]:
 
 
 def head_record(view: HeadView, *, with_attention: bool) -> dict:
-    record = view.stats.to_dict()
+    """A query head's object: layer, head, kv_head (the K/V head it reads), kind, stats[, attention]."""
+    s = view.stats.to_dict()
+    kv_head = view.head if view.kv_head is None else view.kv_head
+    record = {"layer": s.pop("layer"), "head": s.pop("head"), "kv_head": kv_head} | s
     if with_attention and view.attention is not None:
         record["attention"] = lower_triangle(view.attention)
     return record

@@ -465,10 +465,15 @@ def labelled_vectors(prefix: str, vectors: Sequence[tuple[str, np.ndarray]], wid
 
 
 def shown_keys(ex: Explanation, full: bool) -> list[int]:
+    """Every key with --full; else the keys inside the window (all up to the query without one), at most
+    EXPLAIN_KEYS of them: those with the largest weights."""
     n_key = ex.query_index + 1
-    if full or n_key <= EXPLAIN_KEYS:
+    if full:
         return list(range(n_key))
-    return sorted(np.argsort(-ex.step.attention, kind="stable")[:EXPLAIN_KEYS].tolist())
+    first = len(ex.window_masked_keys)
+    if n_key - first <= EXPLAIN_KEYS:
+        return list(range(first, n_key))
+    return sorted((first + np.argsort(-ex.step.attention[first:], kind="stable")[:EXPLAIN_KEYS]).tolist())
 
 
 def scale_text(ex: Explanation) -> str:
@@ -491,7 +496,46 @@ def mask_text(ex: Explanation) -> str:
         hidden = f"{glue(f'key {n - 1} is hidden')} (score −∞, weight 0): it comes after token {i}, in the future"
     else:
         hidden = f"{glue(f'keys {i + 1}..{n - 1} are hidden')} (score −∞, weight 0): they come after token {i}, in the future"
-    return f"causal mask: token {i} sees {'key 0' if i == 0 else f'keys 0..{i}'}; {hidden}"
+    outside = ex.window_masked_keys
+    first = len(outside)
+    sees = f"key {i}" if first == i else f"keys {first}..{i}"
+    if ex.window is None:
+        return f"causal mask: token {i} sees {sees}; {hidden}"
+    if not outside:
+        window = f"sliding window of {ex.window} keys: every key up to token {i} is inside it"
+    else:
+        gone = glue("key 0 is") if first == 1 else glue(f"keys 0..{first - 1} are")
+        window = f"sliding window of {ex.window} keys: {gone} too far back (score −∞, weight 0)"
+    return f"causal mask: token {i} sees {sees}; {window}; {hidden}"
+
+
+def norm_label(ex: Explanation, j: int | str) -> str:
+    """What the projections read at token j: LN(x_j), RMS(x_j), or x_j itself (OLMo)."""
+    return {"layer_norm": f"LN(x_{j})", "rms_norm": f"RMS(x_{j})"}.get(ex.norm or "", f"x_{j}")
+
+
+def projection_formula(ex: Explanation, what: str, j: int | str) -> str:
+    """e.g. `LN(x_5) · W_Q + b_Q`, `RMS(x_j) · W_Kᵀ`, OLMo's `k_norm(x_j · W_Kᵀ)[8:16]`."""
+    proj = ex.projections[what]
+    w = f"W_{what.upper()}" + ("" if proj.in_out else "ᵀ")
+    text = f"{norm_label(ex, j)} · {w}" + ("" if proj.bias is None else f" + b_{what.upper()}")
+    if ex.qk_norm is not None and what in ("q", "k"):
+        text = f"{what}_norm({text})[{proj.start}:{proj.end}]"
+    return text
+
+
+def gqa_text(ex: Explanation) -> str:
+    g = ex.kv_head
+    if ex.layout == "MHA":
+        return f"head {ex.head} has its own K/V head (MHA)"
+    if ex.layout == "MQA":
+        return f"MQA: query head {ex.head} reads K/V head {g}, the one every query head shares"
+    group = ex.kv_group
+    return (
+        f"GQA: query head {ex.head} reads {glue(f'K/V head {g}')} = {glue(f'{ex.head} // {ex.group_size}')}, "
+        f"shared by query heads {group[0]}..{group[-1]} (group size {ex.group_size}); its k and v are that K/V "
+        f"head's rows of {ex.projections['k'].weight.split('.')[-2]} and {ex.projections['v'].weight.split('.')[-2]}"
+    )
 
 
 def explain_lines(
@@ -500,7 +544,7 @@ def explain_lines(
     """The whole explanation as lines of (text, style) segments, none wider than `width` (at least 40) columns."""
     width = max(width, 40)
     i, h, d, L, s = ex.query_index, ex.head, ex.d_head, ex.layer, ex.step
-    x_i, ln_x = f"x_{i}", f"LN(x_{i})"
+    x_i, ln_x = f"x_{i}", norm_label(ex, i)
     out: list[list[Segment]] = []
 
     def section(title: str) -> None:
@@ -525,24 +569,69 @@ def explain_lines(
     out.append(line)
 
     section(f"1. input to layer {L} at token {i}")
-    if L == 0:
+    if L == 0 and ex.rope is None:
         note(f"{x_i} = {glue(f'wte[{ex.token_id}] + wpe[{i}]')}: the token and position embeddings")
+    elif L == 0:
+        note(f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]')}: the token embedding (positions enter in step 2, as rotations of q and k)")
     else:
         note(f"{x_i}: the residual stream after {glue(f'layer {L - 1}')}")
     out.extend(equation(x_i, "", ex.input, width, full))
-    out.extend(equation(ln_x, f"({x_i} − μ)/√(σ² + ε) · γ + β", ex.ln_input, width, full))
-    note(
-        f"{glue(f'μ = {num(ex.ln_mean)},')} {glue(f'σ² = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} "
-        f"{glue(f'γ, β = h.{L}.ln_1.weight, .bias')}"
-    )
+    if ex.norm == "layer_norm":
+        out.extend(equation(ln_x, f"({x_i} − μ)/√(σ² + ε) · γ + β", ex.ln_input, width, full))
+        weight = ex.norm_weight or ""
+        note(
+            f"{glue(f'μ = {num(ex.ln_mean)},')} {glue(f'σ² = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} "
+            f"{glue(f'γ, β = {weight}, .bias')}"
+        )
+    elif ex.norm == "rms_norm":
+        out.extend(equation(ln_x, f"{x_i} / √(mean({x_i}²) + ε) · γ", ex.ln_input, width, full))
+        note(f"{glue(f'mean({x_i}²) = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} {glue(f'γ = {ex.norm_weight}')}")
+    else:
+        note(
+            f"no norm before attention: the projections read {x_i} itself (this model's RMSNorms come after "
+            "attention and after the MLP, on each branch before it is added to the residual stream)"
+        )
 
     section(f"2. query, keys and values (d_head = {d})")
-    note(f"head {h}'s slices of c_attn.weight [{ex.n_embd}, {3 * ex.n_embd}] and of c_attn.bias:")
-    for k, (a, b) in ex.columns.items():
-        w_part, b_part = glue(f"W_{k.upper()} = c_attn.weight[:, {a}:{b}]"), glue(f"b_{k.upper()} = c_attn.bias[{a}:{b}]")
-        out.extend(wrapped(f"{w_part}   {b_part}", width, hang=4))
-    out.extend(equation(f"q_{i}", f"{ln_x} · W_Q + b_Q", s.query, width, full))
-    note(f"{glue('k_j = LN(x_j) · W_K + b_K')} and {glue('v_j = LN(x_j) · W_V + b_V')}, for the visible keys j = {keys_range}:", "")
+    if ex.layout != "MHA":
+        note(gqa_text(ex), "")
+    in_out = ex.projections["q"].in_out
+    if ex.model_type == "gpt2":
+        note(f"head {h}'s slices of c_attn.weight [{ex.n_embd}, {3 * ex.n_embd}] and of c_attn.bias:")
+    elif in_out:
+        note(f"head {h}'s columns of the projection weights [in, out]:")
+    else:
+        note(f"the projection weights are [out, in] (x · Wᵀ); the rows of head {h} and of K/V head {ex.kv_head}:")
+    for k, proj in ex.projections.items():
+        w_part = glue(f"W_{k.upper()} = {proj.where()}")
+        b_part = "" if proj.bias is None else "   " + glue(f"b_{k.upper()} = {proj.bias_where()}")
+        out.extend(wrapped(w_part + b_part, width, hang=4))
+    if ex.qk_norm is not None:
+        qk = ex.qk_norm
+        note(
+            f"QK-norm: q_norm and k_norm are RMSNorms over the whole q_proj / k_proj output (every head), taken "
+            f"before the head's slice: {glue(f'rms(q_proj({x_i})) = {num(qk.query_rms)};')} "
+            f"{glue(f'γ_q = {ex.layer_prefix}{qk.q_weight},')} {glue(f'γ_k = {ex.layer_prefix}{qk.k_weight}')}"
+        )
+    if ex.rope is None:
+        out.extend(equation(f"q_{i}", projection_formula(ex, "q", i), s.query, width, full))
+        note(f"{glue('k_j = ' + projection_formula(ex, 'k', 'j'))} and {glue('v_j = ' + projection_formula(ex, 'v', 'j'))}, for the visible keys j = {keys_range}:", "")
+    else:
+        r = ex.rope
+        out.extend(equation(f"q_{i} before RoPE", projection_formula(ex, "q", i), s.query_pre_rope, width, full))
+        scaled = "" if r.attention_scaling == 1.0 else f"; cos and sin are scaled by {num(r.attention_scaling)}"
+        note(
+            f"RoPE ({r.rope_type}, {glue(f'θ = {r.rope_theta:g}):')} coordinates c and c + {d // 2} of q and of every "
+            f"k form a pair, turned by the angle {glue('position × inv_freq[c]')} (inv_freq = θ^(−2c/{d}) for the "
+            f"default type){scaled}"
+        )
+        out.extend(equation(f"angles at {i}", f"{i} · inv_freq", r.angles[i], width, full))
+        out.extend(equation(f"q_{i}", f"q_{i} before RoPE, rotated by the angles at {i}", s.query, width, full))
+        note(
+            f"{glue('k_j = ' + projection_formula(ex, 'k', 'j'))}, rotated by the angles at j, and "
+            f"{glue('v_j = ' + projection_formula(ex, 'v', 'j'))} (not rotated), for the keys j = {keys_range}:",
+            "",
+        )
     keys = shown_keys(ex, full)
     j_w = len(str(i))
     tok_w = min(12, max(cell_len(token_label(tokens[j], 12)) for j in keys))
@@ -550,14 +639,18 @@ def explain_lines(
         prefix = f"  {j:>{j_w}} {cell_label(tokens[j], tok_w)} "
         if full:
             out.append([(prefix.rstrip(), "bold")])
+            if s.keys_pre_rope is not None:
+                out.extend(equation(f"k_{j} before RoPE", "", s.keys_pre_rope[j], width, True, indent=4, style=""))
             out.extend(equation(f"k_{j}", "", s.keys[j], width, True, indent=4, style=""))
             out.extend(equation(f"v_{j}", "", s.values[j], width, True, indent=4, style=""))
         else:
             out.extend(labelled_vectors(prefix, [("k", s.keys[j]), ("v", s.values[j])], width))
     if len(keys) < i + 1:
-        note(f"{len(keys)} of {i + 1} keys shown: those with the largest weights in step 3; --full lists all")
+        outside = len(ex.window_masked_keys)
+        why = "those with the largest weights in step 3" if len(keys) < i + 1 - outside else "those inside the window"
+        note(f"{len(keys)} of {i + 1} keys shown: {why}; --full lists all")
 
-    section("3. scores, scaling, causal mask, softmax")
+    section("3. scores, scaling, causal mask, softmax" if ex.window is None else "3. scores, scaling, causal and sliding-window mask, softmax")
     note(f"{glue(f's_j = q_{i} · k_j:')} the raw score of {glue('key j')}", "")
     note(scale_text(ex), "")
     note(mask_text(ex), "")
@@ -574,16 +667,22 @@ def explain_lines(
         out.append([(row, ""), (("#" if plain else "█") * int(round(a * bar_w)), weight_colour(a))])
     if len(keys) < i + 1:
         rest = max(0.0, 1.0 - float(s.attention[keys].sum()))
-        note(f"the other {i + 1 - len(keys)} keys share a weight of {rest:.4f}; --full lists them")
+        outside = len(ex.window_masked_keys)
+        hidden = [f"{i + 1 - outside - len(keys)} other keys share a weight of {rest:.4f}"] if i + 1 - outside > len(keys) else []
+        hidden += [f"the {outside} keys outside the window have weight 0"] if outside else []
+        note(f"{'; '.join(hidden)}; --full lists them")
 
     section(f"4. head {h}'s output")
     out.extend(equation(f"z_{h}", "Σ_j a_j v_j", s.output, width, full))
     note(f"the values v_0..v_{i}, averaged with the weights a_j" if i else "the value v_0 itself: the one visible key has weight 1")
 
     r0, r1 = ex.head_rows
+    n_cat = ex.n_head * d
+    o = ex.out_projection
+    o_name = ".".join(o.weight.split(".")[-2:])
     section(f"5. all {ex.n_head} heads at token {i}, concatenated, then W_O")
-    note(f"concat = [z_0 | … | z_{ex.n_head - 1}], {ex.n_head} × {d} = {ex.n_embd} values; ▶ marks head {h}:", "")
-    h_w, span_w = len(str(ex.n_head - 1)), len(f"{ex.n_embd - d}:{ex.n_embd}")
+    note(f"concat = [z_0 | … | z_{ex.n_head - 1}], {ex.n_head} × {d} = {n_cat} values; ▶ marks head {h}:", "")
+    h_w, span_w = len(str(ex.n_head - 1)), len(f"{n_cat - d}:{n_cat}")
     for g in range(ex.n_head):
         prefix = f"{'▶' if g == h else ' '} z_{g:<{h_w}} [{f'{g * d}:{(g + 1) * d}':>{span_w}}] "
         style = "bold yellow" if g == h else ""
@@ -592,10 +691,18 @@ def explain_lines(
             out.extend([[(" " * 6 + row, style)] for row in vec_rows(ex.heads_output[g], width - 6)])
         else:
             out.extend(labelled_vectors("  " + prefix, [("=", ex.heads_output[g])], width, style))
-    note(f"{glue(f'W_O = c_proj.weight [{ex.n_embd}, {ex.n_embd}],')} {glue(f'b_O = c_proj.bias [{ex.n_embd}]')}", "")
-    out.extend(equation(f"out_{i}", "concat · W_O + b_O", ex.output, width, full))
-    note(f"the attention block's output at token {i}: it is added to the residual stream {x_i}")
-    out.extend(equation(f"head {h}'s part", f"z_{h} · W_O[{r0}:{r1}, :]", ex.head_share, width, full))
+    shape = f"[{n_cat}, {ex.n_embd}]" if o.in_out else f"[{ex.n_embd}, {n_cat}]"
+    if o.bias is None:
+        note(f"{glue(f'W_O = {o_name} {shape}')}, no bias", "")
+    else:
+        b_name = ".".join(o.bias.split(".")[-2:])
+        note(f"{glue(f'W_O = {o_name} {shape},')} {glue(f'b_O = {b_name} [{ex.n_embd}]')}", "")
+    formula = ("concat · W_O" if o.in_out else "concat · W_Oᵀ") + ("" if o.bias is None else " + b_O")
+    out.extend(equation(f"out_{i}", formula, ex.output, width, full))
+    note(f"the attention block's output at token {i}: it is added to the residual stream {x_i}" + (
+        ", after the post_attention_layernorm" if ex.norm is None and ex.qk_norm is not None else ""))
+    part = f"z_{h} · W_O[{r0}:{r1}, :]" if o.in_out else f"z_{h} · W_O[:, {r0}:{r1}]ᵀ"
+    out.extend(equation(f"head {h}'s part", part, ex.head_share, width, full))
 
     section("6. check")
     if ex.matches:

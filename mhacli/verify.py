@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mhacli.arch import family
 from mhacli.errors import DependencyError, ModelError
 from mhacli.model import final_norm, forward
 from mhacli.weights import Checkpoint, normalise_key
@@ -84,27 +85,30 @@ def _import_hf():
 
 
 def hf_reference(ckpt: Checkpoint, ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """HF's attentions [n_layer x [n_head, n_seq, n_seq]] and hidden states [n_layer x [n_seq, n_embd]]."""
+    """HF's attentions [n_layer x [n_head, n_seq, n_seq]] and hidden states [n_layer x [n_seq, n_embd]], from the
+    base model class of the checkpoint's model_type (GPT2Model, LlamaModel, ...), eager attention, float32."""
     torch, transformers = _import_hf()
     directory = ckpt.files.directory
+    model_type = ckpt.config.model_type
     standard = {directory / "model.safetensors"} == set(ckpt.files.weight_files) or (
         directory / "model.safetensors.index.json"
     ).is_file()
     try:
+        model_class = getattr(transformers, family(model_type).HF_MODEL_CLASS[model_type])  # e.g. LlamaModel
         if standard:
-            model = transformers.GPT2Model.from_pretrained(
+            model = model_class.from_pretrained(
                 directory, attn_implementation="eager", dtype=torch.float32, use_safetensors=True
             )
         else:
             from safetensors.torch import load_file
 
-            config = transformers.GPT2Config.from_pretrained(directory)
+            config = model_class.config_class.from_pretrained(directory)
             config._attn_implementation = "eager"
-            model = transformers.GPT2Model(config)
+            model = model_class(config)
             state = {}
             for path in ckpt.files.weight_files:
                 for key, tensor in load_file(str(path)).items():
-                    ours = normalise_key(key)
+                    ours = normalise_key(key, model_type)
                     if ours is not None:
                         state[ours] = tensor.float()
             missing, _ = model.load_state_dict(state, strict=False)
@@ -119,7 +123,8 @@ def hf_reference(ckpt: Checkpoint, ids: np.ndarray) -> tuple[list[np.ndarray], l
     with torch.no_grad():
         out = model(torch.as_tensor(ids, dtype=torch.long)[None], output_attentions=True, output_hidden_states=True)
     attentions = [a[0].numpy() for a in out.attentions]
-    hidden = [h[0].numpy() for h in out.hidden_states[1:]]  # after each block; the last one after ln_f
+    # after each block; every class we run reports the last one after its final norm (ln_f / norm)
+    hidden = [h[0].numpy() for h in out.hidden_states[1:]]
     return attentions, hidden
 
 
@@ -129,7 +134,7 @@ def verify(ckpt: Checkpoint, ids: np.ndarray, *, atol: float = 1e-5, hidden_atol
     for trace in forward(ckpt, ids):
         ours_hidden = trace.residual
         if trace.layer == ckpt.config.n_layer - 1:
-            ours_hidden = final_norm(ckpt, ours_hidden)  # HF reports the last hidden state after ln_f
+            ours_hidden = final_norm(ckpt, ours_hidden)  # HF reports the last hidden state after the final norm
         ref_a, ref_h = hf_attn[trace.layer], hf_hidden[trace.layer]
         per_head = np.abs(trace.attention - ref_a).reshape(ref_a.shape[0], -1).max(axis=1)
         checks.append(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mhacli.arch import family
 from mhacli.config import ModelConfig, parse_config
 from mhacli.errors import ConfigError, ModelError, WeightsError
 
@@ -242,35 +243,16 @@ def _is_nonneg_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def normalise_key(key: str) -> str | None:
-    """Checkpoint key -> our key: strip `transformer.`; None for buffers and heads we do not use."""
-    if key.startswith("transformer."):
-        key = key[len("transformer.") :]
-    if key.endswith((".attn.bias", ".attn.masked_bias")) or key.startswith("lm_head."):
-        return None
-    return key
+def normalise_key(key: str, model_type: str = "gpt2") -> str | None:
+    """Checkpoint key -> our key: the family's prefix (`transformer.`, `model.`) stripped; None for buffers and
+    heads we do not use (attention-mask buffers, lm_head)."""
+    return family(model_type).normalise_key(key)
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the GPT-2 forward reads, with the shape the config implies (Conv1D weights are [in, out])."""
-    e, i = config.n_embd, config.n_inner
-    shapes: dict[str, tuple[int, ...]] = {
-        "wte.weight": (config.vocab_size, e),
-        "wpe.weight": (config.n_positions, e),
-        "ln_f.weight": (e,),
-        "ln_f.bias": (e,),
-    }
-    for layer in range(config.n_layer):
-        p = f"h.{layer}."
-        shapes |= {
-            p + "ln_1.weight": (e,), p + "ln_1.bias": (e,),
-            p + "attn.c_attn.weight": (e, 3 * e), p + "attn.c_attn.bias": (3 * e,),
-            p + "attn.c_proj.weight": (e, e), p + "attn.c_proj.bias": (e,),
-            p + "ln_2.weight": (e,), p + "ln_2.bias": (e,),
-            p + "mlp.c_fc.weight": (e, i), p + "mlp.c_fc.bias": (i,),
-            p + "mlp.c_proj.weight": (i, e), p + "mlp.c_proj.bias": (e,),
-        }  # fmt: skip
-    return shapes
+    """Every tensor the forward reads, with the shape the config implies, in the checkpoint's own layout (GPT-2's
+    Conv1D weights [in, out], everyone else's nn.Linear weights [out, in])."""
+    return family(config.model_type).expected_shapes(config)
 
 
 def load_config(directory: Path) -> ModelConfig:
@@ -302,8 +284,8 @@ class Checkpoint:
         return array
 
     def layer(self, layer: int) -> dict[str, np.ndarray]:
-        """One block's tensors, keyed without the `h.{layer}.` prefix."""
-        prefix = f"h.{layer}."
+        """One block's tensors, keyed without the `h.{layer}.` / `layers.{layer}.` prefix."""
+        prefix = family(self.config.model_type).LAYER_PREFIX.format(layer)
         return {k[len(prefix) :]: self.get(k) for k in self.tensors if k.startswith(prefix)}
 
     def parameter_count(self) -> int:
@@ -313,12 +295,21 @@ class Checkpoint:
         c = self.config
         return {
             "source": self.source,
+            "model_type": c.model_type,
             "n_layer": c.n_layer,
             "n_head": c.n_head,
+            "n_kv_head": c.n_kv_head,
+            "d_head": c.d_head,
+            "layout": c.layout,
             "n_embd": c.n_embd,
             "n_positions": c.n_positions,
             "vocab_size": c.vocab_size,
         }
+
+    def kv_dtype(self) -> str:
+        """The safetensors dtype K and V are stored in (layer 0's K projection)."""
+        arch = family(self.config.model_type)
+        return self.tensors[arch.LAYER_PREFIX.format(0) + arch.KV_WEIGHT].dtype
 
 
 CACHE_LIMIT_BYTES = 512 * 1024 * 1024  # models smaller than this keep their tensors once read
@@ -327,17 +318,20 @@ CACHE_LIMIT_BYTES = 512 * 1024 * 1024  # models smaller than this keep their ten
 def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoint:
     """Read config and headers, check every needed tensor is present with the config's shape (no data read yet)."""
     config = load_config(files.directory)
+    arch = family(config.model_type)
     found: dict[str, TensorInfo] = {}
     for path in files.weight_files:
         for key, info in read_safetensors_header(path).items():
-            ours = normalise_key(key)
+            ours = arch.normalise_key(key)
             if ours is not None and ours not in found:
                 found[ours] = info
     tensors: dict[str, TensorInfo] = {}
-    for key, shape in expected_shapes(config).items():
+    for key, shape in arch.expected_shapes(config).items():
         info = found.get(key)
         if info is None:
-            raise WeightsError(f"tensor {key!r} is missing from the weights (looked for it with and without 'transformer.')")
+            raise WeightsError(
+                f"tensor {key!r} is missing from the weights (looked for it with and without {arch.KEY_PREFIX!r})"
+            )
         if info.shape != shape:
             raise WeightsError(
                 f"tensor {info.name!r} in {info.file.name} has shape {list(info.shape)}, "

@@ -5,28 +5,95 @@ from __future__ import annotations
 import sys
 
 from mhacli.cli import app
-from mhacli.commands._common import FormatOpt, ModelOpt, resolve_format
+from mhacli.commands._common import FormatOpt, ModelOpt, format_bytes, resolve_format
+from mhacli.config import ModelConfig
 from mhacli.output import dumps
-from mhacli.weights import load_model
+from mhacli.weights import DTYPE_BYTES, load_model
+
+
+def kv_cache_doc(c: ModelConfig, dtype: str) -> dict:
+    """KV-cache bytes per token (2 x n_layer x n_kv_head x d_head values), in float32 and in the checkpoint's
+    dtype, against the same model with one K/V head per query head (full MHA)."""
+    size = DTYPE_BYTES[dtype]
+    mha = 2 * c.n_layer * c.n_head * c.d_head
+    return {
+        "values_per_token": c.kv_cache_bytes_per_token(1),
+        "checkpoint_dtype": dtype,
+        "bytes_per_token": {"float32": c.kv_cache_bytes_per_token(4), "checkpoint_dtype": c.kv_cache_bytes_per_token(size)},
+        "mha_bytes_per_token": {"float32": 4 * mha, "checkpoint_dtype": size * mha},
+        "fraction_of_mha": c.n_kv_head / c.n_head,
+    }
 
 
 def info_doc(model: str | None) -> dict:
     ckpt = load_model(model)
     c = ckpt.config
+    attention = {
+        "layout": c.layout,
+        "n_head": c.n_head,
+        "n_kv_head": c.n_kv_head,
+        "d_head": c.d_head,
+        "group_size": c.group_size,
+        "sliding_window": [c.sliding_window(layer) for layer in range(c.n_layer)],
+        "kv_cache": kv_cache_doc(c, ckpt.kv_dtype()),
+    }
     return {
         "source": ckpt.source,
         "directory": str(ckpt.files.directory),
         "weight_files": [p.name for p in ckpt.files.weight_files],
         "dtypes": sorted({t.dtype for t in ckpt.tensors.values()}),
         "parameters": ckpt.parameter_count(),
-        "attention": {"layout": c.layout, "n_head": c.n_head, "n_kv_head": c.n_kv_head, "d_head": c.d_head},
+        "attention": attention,
         "config": c.to_dict(),
     }
 
 
+def layout_text(a: dict) -> str:
+    heads = f"{a['n_head']} query heads x d_head {a['d_head']}"
+    if a["layout"] == "MHA":
+        return f"MHA: {heads}, each with its own K/V head"
+    if a["layout"] == "MQA":
+        return f"MQA: {heads}, all reading one shared K/V head"
+    g = a["group_size"]
+    return f"GQA: {heads}, {a['n_kv_head']} K/V heads (group size {g}: query head h reads K/V head h // {g})"
+
+
+def kv_cache_text(c: dict, a: dict) -> str:
+    kv, dtype = a["kv_cache"], a["kv_cache"]["checkpoint_dtype"]
+    ours, mha = kv["bytes_per_token"], kv["mha_bytes_per_token"]
+    text = (
+        f"2 x {c['n_layer']} layers x {a['n_kv_head']} K/V heads x {a['d_head']} = {kv['values_per_token']:,} values: "
+        f"{format_bytes(ours['float32'])} float32, {format_bytes(ours['checkpoint_dtype'])} {dtype}"
+    )
+    if a["layout"] == "MHA":
+        return text
+    return text + (
+        f"; full MHA would need {format_bytes(mha['float32'])} / {format_bytes(mha['checkpoint_dtype'])} "
+        f"({a['n_head'] // a['n_kv_head']}x more)"
+    )
+
+
+def window_text(windows: list[int | None]) -> str:
+    sliding = [n for n, w in enumerate(windows) if w is not None]
+    if not sliding:
+        return "none: every layer sees every earlier token"
+    if len(sliding) == len(windows):
+        return f"{windows[0]} keys in every layer"
+    return f"{windows[sliding[0]]} keys in layers {', '.join(map(str, sliding))}; the others full"
+
+
+def rope_text(rope: dict) -> str:
+    rest = ", ".join(f"{k} {v}" for k, v in rope.items() if k not in ("rope_type", "truncate") and v is not None)
+    return f"{rope['rope_type']} ({rest})"
+
+
+def value_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 @app.command()
 def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
-    """Show the model's config, parameter count and attention layout."""
+    """Show the model's config, parameter count, attention layout and KV-cache size."""
     fmt = resolve_format(format, ("rich", "text", "json"))
     doc = info_doc(model)
     if fmt == "json":
@@ -40,17 +107,17 @@ def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
         ("architecture", c["model_type"]),
         ("parameters", f"{doc['parameters']:,}"),
         ("layers", str(c["n_layer"])),
-        ("attention", f"{a['layout']}: {a['n_head']} heads x d_head {a['d_head']} ({a['n_kv_head']} K/V heads)"),
-        ("n_embd", str(c["n_embd"])),
-        ("n_inner", str(c["n_inner"])),
-        ("n_positions", str(c["n_positions"])),
-        ("vocab_size", str(c["vocab_size"])),
-        ("activation", c["activation_function"]),
-        ("layer_norm_epsilon", str(c["layer_norm_epsilon"])),
-        ("scale_attn_weights", str(c["scale_attn_weights"]).lower()),
-        ("scale_attn_by_inverse_layer_idx", str(c["scale_attn_by_inverse_layer_idx"]).lower()),
-        ("reorder_and_upcast_attn", str(c["reorder_and_upcast_attn"]).lower()),
+        ("attention", layout_text(a)),
+        ("KV cache per token", kv_cache_text(c, a)),
     ]
+    if c["model_type"] not in ("gpt2", "gpt_bigcode"):
+        lines.append(("sliding window", window_text(a["sliding_window"])))
+    shown = {"model_type", "n_layer", "n_head", "n_kv_head", "d_head", "layout", "layer_types", "window", "rope", "sliding_rope"}
+    lines += [(key, value_text(value)) for key, value in c.items() if key not in shown]
+    if isinstance(c.get("rope"), dict):
+        lines.append(("rope", rope_text(c["rope"])))
+        if c.get("sliding_rope") is not None:
+            lines.append(("rope (sliding layers)", rope_text(c["sliding_rope"])))
     if fmt == "rich":
         from mhacli.render import make_console, render_info
 
@@ -58,3 +125,4 @@ def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
     else:
         width = max(len(k) for k, _ in lines)
         sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in lines))
+

@@ -1,0 +1,87 @@
+"""GPT-2: the checkpoint's names and shapes. Its math lives in mhacli.model (gpt2_block, gpt2_attention_parts).
+
+HF GPT-2 stores Conv1D weights as [in, out]: a projection is `x @ w + b`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mhacli.arch.common import Projection
+from mhacli.config import ModelConfig
+from mhacli.model import Params, gpt2_attention_parts, gpt2_block, layer_norm
+
+MODEL_TYPES = ("gpt2",)
+KEY_PREFIX = "transformer."
+LAYER_PREFIX = "h.{}."
+KV_WEIGHT = "attn.c_attn.weight"  # holds K and V: its dtype is the KV cache's
+HF_MODEL_CLASS = {"gpt2": "GPT2Model"}
+block = gpt2_block
+
+
+def normalise_key(key: str) -> str | None:
+    """Checkpoint key -> our key: strip `transformer.`; None for buffers and heads we do not use."""
+    if key.startswith(KEY_PREFIX):
+        key = key[len(KEY_PREFIX) :]
+    if key.endswith((".attn.bias", ".attn.masked_bias")) or key.startswith("lm_head."):
+        return None
+    return key
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the GPT-2 forward reads, with the shape the config implies (Conv1D weights are [in, out])."""
+    e, i = config.n_embd, config.n_inner
+    shapes: dict[str, tuple[int, ...]] = {
+        "wte.weight": (config.vocab_size, e),
+        "wpe.weight": (config.n_positions, e),
+        "ln_f.weight": (e,),
+        "ln_f.bias": (e,),
+    }
+    for layer in range(config.n_layer):
+        p = f"h.{layer}."
+        shapes |= {
+            p + "ln_1.weight": (e,), p + "ln_1.bias": (e,),
+            p + "attn.c_attn.weight": (e, 3 * e), p + "attn.c_attn.bias": (3 * e,),
+            p + "attn.c_proj.weight": (e, e), p + "attn.c_proj.bias": (e,),
+            p + "ln_2.weight": (e,), p + "ln_2.bias": (e,),
+            p + "mlp.c_fc.weight": (e, i), p + "mlp.c_fc.bias": (i,),
+            p + "mlp.c_proj.weight": (i, e), p + "mlp.c_proj.bias": (e,),
+        }  # fmt: skip
+    return shapes
+
+
+def embed(params: Params, ids: np.ndarray) -> np.ndarray:
+    """[n_seq] token ids -> [n_seq, n_embd] token + position embeddings"""
+    return params.get("wte.weight")[ids] + params.get("wpe.weight")[: len(ids)]
+
+
+def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
+    """ln_f: [n_seq, n_embd] -> [n_seq, n_embd]"""
+    return layer_norm(x, params.get("ln_f.weight"), params.get("ln_f.bias"), params.config.layer_norm_epsilon)
+
+
+def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig) -> np.ndarray:
+    """ln_1: what the attention projections read, [n_seq, n_embd] -> [n_seq, n_embd]"""
+    return layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], config.layer_norm_epsilon)
+
+
+def attention_parts(h: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int):
+    return gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer))
+
+
+# --- for `explain`: where each head's numbers come from ----------------------------------------------------------
+ATTENTION_NORM = ("layer_norm", "ln_1.weight", "ln_1.bias")
+QK_NORM = None
+
+
+def head_projections(config: ModelConfig, head: int) -> dict[str, Projection]:
+    """Head `head`'s columns of c_attn.weight [n_embd, 3 * n_embd]: q, then k, then v, each n_embd wide."""
+    e, lo = config.n_embd, head * config.d_head
+    hi = lo + config.d_head
+    w, b = "attn.c_attn.weight", "attn.c_attn.bias"
+    return {k: Projection(w, b, n * e + lo, n * e + hi, True) for n, k in enumerate("qkv")}
+
+
+def out_projection(config: ModelConfig) -> Projection:
+    """c_proj.weight [n_embd, n_embd] (Conv1D): concat @ w + b."""
+    return Projection("attn.c_proj.weight", "attn.c_proj.bias", 0, config.n_embd, True)

@@ -1,0 +1,123 @@
+"""Rotary position embeddings (RoPE) as HF computes them (transformers.modeling_rope_utils), float32.
+
+`inv_freq` gives the d_head/2 rotation frequencies of one RopeConfig type (default, linear, dynamic, yarn,
+longrope, llama3) and the factor HF multiplies cos and sin by (its `attention_scaling`); `rope_tables` turns them
+into cos/sin [n_seq, d_head] for positions 0..n_seq-1; `apply_rope` rotates q or k with them:
+x * cos + rotate_half(x) * sin, the two halves of each head forming d_head/2 rotation pairs (i, i + d_head/2).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from mhacli.config import RopeConfig
+from mhacli.model import F32
+
+
+def _exponents(d_head: int) -> np.ndarray:
+    """[d_head // 2]: 0, 2, 4, ... / d_head, in float32 as torch.arange(0, dim, 2).float() / dim"""
+    return np.arange(0, d_head, 2, dtype=F32) / F32(d_head)
+
+
+def _yarn_attention_factor(rope: RopeConfig, factor: float) -> float:
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if rope.attention_factor is not None:
+        return rope.attention_factor
+    if rope.mscale and rope.mscale_all_dim:
+        return float(mscale(factor, rope.mscale) / mscale(factor, rope.mscale_all_dim))
+    return mscale(factor)
+
+
+def _yarn(rope: RopeConfig, d_head: int, n_positions: int) -> tuple[np.ndarray, float]:
+    base = rope.rope_theta
+    original = rope.original_max_position_embeddings or n_positions  # parse_config fills it, as HF does
+    factor = rope.factor if rope.factor is not None else n_positions / original
+    beta_fast, beta_slow = rope.beta_fast or 32, rope.beta_slow or 1
+
+    def correction_dim(rotations: float) -> float:
+        return (d_head * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d_head - 1)
+    if low == high:
+        high += 0.001  # HF: prevent a division by zero
+    pos_freqs = F32(base) ** _exponents(d_head)  # [d_head // 2]
+    extrapolation = F32(1.0) / pos_freqs
+    interpolation = F32(1.0) / (F32(factor) * pos_freqs)
+    ramp = np.clip((np.arange(d_head // 2, dtype=F32) - F32(low)) / F32(high - low), 0, 1)
+    extrapolation_factor = F32(1) - ramp
+    inv = interpolation * (F32(1) - extrapolation_factor) + extrapolation * extrapolation_factor
+    return inv, _yarn_attention_factor(rope, factor)
+
+
+def _llama3(rope: RopeConfig, d_head: int) -> np.ndarray:
+    inv = F32(1.0) / (F32(rope.rope_theta) ** _exponents(d_head))
+    factor, low, high = rope.factor, rope.low_freq_factor, rope.high_freq_factor
+    old = rope.original_max_position_embeddings
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = np.reciprocal(inv) * F32(2 * math.pi)  # torch computes `scalar / tensor` as reciprocal * scalar
+    inv_llama = np.where(wavelen > low_wavelen, inv / F32(factor), inv)  # long wavelengths: divided by factor
+    smooth = (np.reciprocal(wavelen) * F32(old) - F32(low)) / F32(high - low)
+    smoothed = (F32(1) - smooth) * inv_llama / F32(factor) + smooth * inv_llama
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, inv_llama).astype(F32)
+
+
+def inv_freq(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tuple[np.ndarray, float]:
+    """([d_head // 2] float32 inverse frequencies, the factor cos and sin are multiplied by) for a text of n_seq
+    tokens (dynamic and longrope depend on it, as HF's dynamic_rope_update makes them)."""
+    kind, base = rope.rope_type, rope.rope_theta
+    if kind == "linear":
+        return (F32(1.0) / (F32(base) ** _exponents(d_head))) / F32(rope.factor), 1.0
+    if kind == "dynamic":
+        seq_len = max(n_seq, n_positions)  # NTK scaling only grows the base past the stated context
+        if seq_len > n_positions:  # HF computes this branch with tensors: float32
+            grown = (F32(rope.factor) * F32(seq_len) / F32(n_positions)) - F32(rope.factor - 1)
+            base = F32(base) * grown ** F32(d_head / (d_head - 2))
+        else:
+            base = base * ((rope.factor * seq_len / n_positions) - (rope.factor - 1)) ** (d_head / (d_head - 2))
+        return F32(1.0) / (F32(base) ** _exponents(d_head)), 1.0
+    if kind == "yarn":
+        return _yarn(rope, d_head, n_positions)
+    if kind == "llama3":
+        return _llama3(rope, d_head), 1.0
+    if kind == "longrope":
+        original = rope.original_max_position_embeddings or n_positions
+        factor = rope.factor if rope.factor is not None else n_positions / original
+        scaling = rope.attention_factor
+        if scaling is None:
+            scaling = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        ext = np.asarray(rope.long_factor if n_seq > original else rope.short_factor, dtype=F32)
+        return F32(1.0) / (ext * F32(base) ** _exponents(d_head)), scaling
+    return F32(1.0) / (F32(base) ** _exponents(d_head)), 1.0  # default
+
+
+@lru_cache(maxsize=16)
+def rope_tables(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin), each [n_seq, d_head] float32 for positions 0..n_seq-1 (read-only: cached and shared)."""
+    inv, scaling = inv_freq(rope, d_head, n_positions, n_seq)
+    angles = np.arange(n_seq, dtype=F32)[:, None] * inv[None, :]  # [n_seq, d_head // 2]
+    emb = np.concatenate([angles, angles], axis=-1)  # [n_seq, d_head]
+    cos, sin = np.cos(emb), np.sin(emb)
+    if scaling != 1.0:
+        cos, sin = cos * F32(scaling), sin * F32(scaling)
+    cos.flags.writeable = sin.flags.writeable = False
+    return cos, sin
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """[..., d_head] -> [..., d_head]: (x1, x2) -> (-x2, x1) for the two halves"""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x [n_heads, n_seq, d_head] (or [n_seq, d_head] / [d_head] with matching cos/sin rows) -> rotated, same shape"""
+    return x * cos + rotate_half(x) * sin
