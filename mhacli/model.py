@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mhacli.attention import causal_attention
 from mhacli.config import ModelConfig
 from mhacli.errors import NumericsError
 
@@ -36,7 +37,17 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), computed in one scratch array (the MLP's widest tensor)."""
+    t = np.multiply(x, x)
+    t *= F32(0.044715)
+    t += F32(1.0)
+    t *= x
+    t *= F32(_SQRT_2_OVER_PI)
+    np.tanh(t, out=t)
+    t += F32(1.0)
+    t *= x
+    t *= F32(0.5)
+    return t
 
 
 def gelu_fast(x: np.ndarray) -> np.ndarray:
@@ -132,19 +143,29 @@ class AttentionParts:
     q: np.ndarray  # [n_head, n_seq, d_head]
     k: np.ndarray  # [n_head, n_seq, d_head]
     v: np.ndarray  # [n_head, n_seq, d_head]
-    scores: np.ndarray  # [n_head, n_seq, n_seq] raw q.k, before scaling and mask
+    scores: np.ndarray | None  # [n_head, n_seq, n_seq] raw q.k, before scaling and mask (None: not kept)
     probs: np.ndarray  # [n_head, n_seq, n_seq]
     z: np.ndarray  # [n_head, n_seq, d_head] per-head outputs
     out: np.ndarray  # [n_seq, n_embd] after c_proj
 
 
-def gpt2_attention_parts(x: np.ndarray, p: dict[str, np.ndarray], n_head: int, scale: float) -> AttentionParts:
-    """[n_seq, n_embd] (after ln_1) -> every intermediate of GPT2Attention."""
+def gpt2_attention_parts(
+    x: np.ndarray, p: dict[str, np.ndarray], n_head: int, scale: float, *, keep_scores: bool = True
+) -> AttentionParts:
+    """[n_seq, n_embd] (after ln_1) -> every intermediate of GPT2Attention.
+
+    keep_scores=False is the forward's fast path (mhacli.attention): same numbers to float32 rounding, no raw
+    [n_head, n_seq, n_seq] score tensor kept (`scores` is None).
+    """
     qkv = x @ p["attn.c_attn.weight"] + p["attn.c_attn.bias"]  # [n_seq, 3 * n_embd]
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x [n_head, n_seq, d_head]
-    scores = q @ k.transpose(0, 2, 1)  # [n_head, n_seq, n_seq]
-    probs = causal_softmax(scores * F32(scale))
-    z = probs @ v  # [n_head, n_seq, d_head]
+    if keep_scores:
+        scores = q @ k.transpose(0, 2, 1)  # [n_head, n_seq, n_seq]
+        probs = causal_softmax(scores * F32(scale))
+        z = probs @ v  # [n_head, n_seq, d_head]
+    else:
+        scores = None
+        z, probs = causal_attention(q, k, v, scale)
     out = merge_heads(z) @ p["attn.c_proj.weight"] + p["attn.c_proj.bias"]  # [n_seq, n_embd]
     return AttentionParts(q, k, v, scores, probs, z, out)
 
@@ -158,7 +179,8 @@ def gpt2_mlp(x: np.ndarray, p: dict[str, np.ndarray], act: Callable[[np.ndarray]
 def gpt2_block(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int) -> tuple[np.ndarray, np.ndarray]:
     """Pre-LN block: [n_seq, n_embd] -> ([n_seq, n_embd], [n_head, n_seq, n_seq])"""
     eps = config.layer_norm_epsilon
-    attn = gpt2_attention_parts(layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], eps), p, config.n_head, config.attn_scale(layer))
+    h = layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], eps)
+    attn = gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer), keep_scores=False)
     x = x + attn.out
     x = x + gpt2_mlp(layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], eps), p, ACTIVATION_FNS[config.activation_function])
     return x, attn.probs

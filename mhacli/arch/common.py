@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mhacli.attention import causal_attention
 from mhacli.model import F32, causal_softmax
 
 Act = Callable[[np.ndarray], np.ndarray]
@@ -76,7 +77,7 @@ class GroupedAttentionParts:
     q: np.ndarray  # [n_head, n_seq, d_head] as scored (after RoPE where the family has it)
     k: np.ndarray  # [n_kv_head, n_seq, d_head] as scored
     v: np.ndarray  # [n_kv_head, n_seq, d_head]
-    scores: np.ndarray  # [n_head, n_seq, n_seq] raw q.k, before scaling and mask
+    scores: np.ndarray | None  # [n_head, n_seq, n_seq] raw q.k, before scaling and mask (None: not kept)
     probs: np.ndarray  # [n_head, n_seq, n_seq]
     z: np.ndarray  # [n_head, n_seq, d_head] per-head outputs
     out: np.ndarray  # [n_seq, n_embd] after the output projection
@@ -87,13 +88,17 @@ class GroupedAttentionParts:
 
 
 def grouped_attention(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int | None, *, keep_scores: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head]
     -> (scores, probs [n_head, n_seq, n_seq], z [n_head, n_seq, d_head])
 
-    As HF's eager_attention_forward: (q @ k^T) * scale, masked, softmax over keys, @ v.
+    As HF's eager_attention_forward: (q @ k^T) * scale, masked, softmax over keys, @ v. keep_scores=False is the
+    forward's fast path (mhacli.attention): the same numbers to float32 rounding, scores not kept (None).
     """
+    if not keep_scores:
+        z, probs = causal_attention(q, k, v, scale, window=window)
+        return None, probs, z
     scores = grouped_scores(q, k)  # [n_head, n_seq, n_seq]
     probs = masked_softmax(scores * F32(scale), window)
     return scores, probs, grouped_mix(probs, v)

@@ -72,17 +72,19 @@ def split_qkv(qkv: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndar
     return per_head[..., :d], per_head[..., d : 2 * d], per_head[..., 2 * d :]
 
 
-def attention_parts(h: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int) -> GroupedAttentionParts:
+def attention_parts(
+    h: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, keep_scores: bool = True
+) -> GroupedAttentionParts:
     """[n_seq, n_embd] (after ln_1) -> every intermediate of GPTBigCodeAttention (eager, float32)."""
     q, k, v = split_qkv(linear(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"]), config)
-    scores, probs, z = grouped_attention(q, k, v, config.attn_scale(layer), None)
+    scores, probs, z = grouped_attention(q, k, v, config.attn_scale(layer), None, keep_scores=keep_scores)
     out = linear(merge_heads(z), p["attn.c_proj.weight"], p["attn.c_proj.bias"])  # [n_seq, n_embd]
     return GroupedAttentionParts(q, k, v, scores, probs, z, out)
 
 
 def block(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int) -> tuple[np.ndarray, np.ndarray]:
     """GPTBigCodeBlock: [n_seq, n_embd] -> ([n_seq, n_embd], [n_head, n_seq, n_seq])"""
-    attn = attention_parts(attention_input(x, p, config), p, config, layer)
+    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False)
     x = x + attn.out
     h = layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], config.layer_norm_epsilon)
     act = ACTIVATION_FNS[config.activation_function]

@@ -46,20 +46,22 @@ def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfi
     return x
 
 
-def attention_parts(h: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int) -> GroupedAttentionParts:
+def attention_parts(
+    h: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, keep_scores: bool = True
+) -> GroupedAttentionParts:
     """[n_seq, n_embd] -> every intermediate of Olmo2Attention / Olmo3Attention (q_norm, k_norm, RoPE, attention)."""
     eps = config.rms_norm_eps
     q = rms_norm(linear(h, p["self_attn.q_proj.weight"], p.get("self_attn.q_proj.bias")), p["self_attn.q_norm.weight"], eps)
     k = rms_norm(linear(h, p["self_attn.k_proj.weight"], p.get("self_attn.k_proj.bias")), p["self_attn.k_norm.weight"], eps)
     v = linear(h, p["self_attn.v_proj.weight"], p.get("self_attn.v_proj.bias"))  # [n_seq, n_kv_head * d_head]
     q, k, v = split_heads(q, config.n_head), split_heads(k, config.n_kv_head), split_heads(v, config.n_kv_head)
-    return rotary_attention(q, k, v, p, config, layer)
+    return rotary_attention(q, k, v, p, config, layer, keep_scores)
 
 
 def block(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int) -> tuple[np.ndarray, np.ndarray]:
     """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)); [n_seq, n_embd] -> ([n_seq, n_embd], [n_head, n_seq, n_seq])"""
     eps = config.rms_norm_eps
-    attn = attention_parts(x, p, config, layer)
+    attn = attention_parts(x, p, config, layer, keep_scores=False)
     x = x + rms_norm(attn.out, p["post_attention_layernorm.weight"], eps)
     mlp = swiglu(x, p, ACTIVATION_FNS[config.hidden_act])
     return x + rms_norm(mlp, p["post_feedforward_layernorm.weight"], eps), attn.probs
