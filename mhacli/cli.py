@@ -60,7 +60,7 @@ def run(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return _quiet_broken_pipe()
-    except SystemExit as exc:
+    except SystemExit:
         if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # typer met a broken pipe and exits 1: not a failure
             return _quiet_broken_pipe()
         raise

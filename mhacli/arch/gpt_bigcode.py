@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhacli.arch.gpt2 import attention_input, embed, final_norm  # noqa: F401 - the family interface: as GPT-2
 from mhacli.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear
 from mhacli.config import ModelConfig
-from mhacli.model import ACTIVATION_FNS, Params, layer_norm, merge_heads, split_heads
+from mhacli.model import ACTIVATION_FNS, layer_norm, merge_heads, split_heads
 
 MODEL_TYPES = ("gpt_bigcode",)
 KEY_PREFIX = "transformer."
@@ -47,19 +48,6 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
             p + "mlp.c_proj.weight": (e, i), p + "mlp.c_proj.bias": (e,),
         }  # fmt: skip
     return shapes
-
-
-def embed(params: Params, ids: np.ndarray) -> np.ndarray:
-    """[n_seq] token ids -> [n_seq, n_embd] token + position embeddings"""
-    return params.get("wte.weight")[ids] + params.get("wpe.weight")[: len(ids)]
-
-
-def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
-    return layer_norm(x, params.get("ln_f.weight"), params.get("ln_f.bias"), params.config.layer_norm_epsilon)
-
-
-def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig) -> np.ndarray:
-    return layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], config.layer_norm_epsilon)
 
 
 def split_qkv(qkv: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
