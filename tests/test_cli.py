@@ -174,8 +174,8 @@ def test_verify_catches_a_wrong_implementation(tiny_model, monkeypatch):
     from mhacli.verify import verify
     from mhacli.weights import load_model
 
-    real = model.causal_softmax
-    monkeypatch.setattr(model, "causal_softmax", lambda s: real(s * np.float32(1.001)))
+    real = model.layer_norm
+    monkeypatch.setattr(model, "layer_norm", lambda x, w, b, eps: real(x, w * np.float32(1.01), b, eps))
     report = verify(load_model(str(tiny_model)), np.arange(20))
     assert not report.passed and report.max_attention_err > 1e-5
 
