@@ -11,7 +11,7 @@ from rich.text import Text
 
 from mhacli.display import key_window, token_label, window
 from mhacli.heads import HeadView
-from mhacli.stats import KIND_RULES, KINDS, STAT_NAMES
+from mhacli.stats import KIND_RULES, KIND_STAT, KINDS, STAT_NAMES
 
 SHADES = " ░▒▓█"
 # viridis anchors, low -> high
@@ -163,7 +163,8 @@ def render_inspect(
 def render_stats(console: Console, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, n_tokens: int) -> None:
     """The one-screen overview: a layer x head grid (kind letter and one statistic), then the top heads of each kind."""
     by_pos = {(v.layer, v.head): v for v in views}
-    grid = Table(title=f"kind and {stat} of every head ({n_tokens} tokens)", show_lines=False, pad_edge=False)
+    what = "the score of its kind" if stat == "auto" else stat
+    grid = Table(title=f"kind and {what} of every head ({n_tokens} tokens)", show_lines=False, pad_edge=False)
     grid.add_column("layer", justify="right", style="bold")
     for h in range(n_head):
         grid.add_column(f"H{h}", justify="center")
@@ -175,7 +176,8 @@ def render_stats(console: Console, views: Sequence[HeadView], n_layer: int, n_he
                 cells.append("")
                 continue
             letter, style = KIND_STYLE[v.stats.kind]
-            cells.append(Text.assemble((letter, style), " ", fmt_stat(v.stats.values[stat])))
+            shown = KIND_STAT[v.stats.kind] if stat == "auto" else stat
+            cells.append(Text.assemble((letter, style), " ", fmt_stat(v.stats.values[shown])))
         grid.add_row(str(layer), *cells)
     console.print(grid)
     console.print(Text("  ".join(f"{KIND_STYLE[k][0]} {k}" for k in KINDS), style="dim"))

@@ -27,6 +27,8 @@ KIND_RULES: tuple[tuple[str, str, float], ...] = (
     ("broad", "relative_entropy", 0.75),
 )
 KINDS = tuple(k for k, _, _ in KIND_RULES) + ("mixed",)
+# The statistic that speaks for each kind (`mha stats --stat auto`): the one its rule tests, else the closest.
+KIND_STAT = {kind: stat for kind, stat, _ in KIND_RULES if stat in STAT_NAMES} | {"broad": "entropy", "mixed": "max_weight"}
 
 
 @dataclass(frozen=True)
@@ -56,48 +58,57 @@ def induction_mask(ids: np.ndarray) -> np.ndarray:
 
 
 def _masked_row_mean(attn: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[n_head, n_seq, n_seq], [n_seq, n_seq] -> [n_head]: mean over rows with any mask entry of the masked sum."""
+    """[n_head, n_seq, n_seq], [n_seq, n_seq] -> [n_head]: mean over rows with any mask entry of the masked sum.
+
+    The masks are sparse (repeated tokens), so only their entries are gathered.
+    """
+    n_head, n_seq, _ = attn.shape
     rows = mask.any(axis=1)
     if not rows.any():
-        return np.full(attn.shape[0], np.nan)
-    sums = np.einsum("hij,ij->hi", attn, mask.astype(attn.dtype), dtype=np.float64)  # [n_head, n_seq]
+        return np.full(n_head, np.nan)
+    ii, jj = np.nonzero(mask)
+    vals = attn[:, ii, jj].astype(np.float64)  # [n_head, n_entries]
+    sums = np.stack([np.bincount(ii, weights=v, minlength=n_seq) for v in vals])  # [n_head, n_seq]
     return sums[:, rows].mean(axis=1)
 
 
-STATS_CHUNK_BYTES = 64 * 1024 * 1024  # float64 working copies are made this many bytes of heads at a time
+ROW_BLOCK = 128  # query rows reduced at a time, over the keys they can see (the lower triangle only)
 
 
 def stats_arrays(attn: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
     """[n_head, n_seq, n_seq], [n_seq] -> {stat: [n_head]}, NaN where undefined.
 
-    Heads are processed in chunks so the float64 working copies stay bounded for long texts.
+    Row sums are reduced in float64, one block of query rows at a time over the keys 0..last row of the block,
+    so the float64 working copy stays small and the masked upper triangle is not read.
     """
     n_head, n_seq, _ = attn.shape
     ids = np.asarray(ids)
-    chunk = max(1, STATS_CHUNK_BYTES // (8 * n_seq * n_seq))
-    parts = [_stats_chunk(attn[h : h + chunk], ids) for h in range(0, n_head, chunk)]
-    return {name: np.concatenate([p[name] for p in parts]) for name in STAT_NAMES}
-
-
-def _stats_chunk(attn: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
-    n_head, n_seq, _ = attn.shape
-    a = attn.astype(np.float64)
+    entropy = np.empty((n_head, n_seq))
+    max_weight = np.empty((n_head, n_seq))
+    distance = np.empty((n_head, n_seq))  # sum_j A[i,j] (i - j)
     positions = np.arange(n_seq, dtype=np.float64)
-    plogp = np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0)), 0.0)
+    for a in range(0, n_seq, ROW_BLOCK):
+        b = min(a + ROW_BLOCK, n_seq)
+        block = attn[:, a:b, :b].astype(np.float64)  # [n_head, rows, keys 0..b-1]
+        log = np.zeros_like(block)
+        np.log(block, out=log, where=block > 0)  # 0 log 0 = 0
+        entropy[:, a:b] = -np.einsum("hij,hij->hi", block, log)
+        max_weight[:, a:b] = block.max(axis=-1)
+        distance[:, a:b] = positions[a:b] * block.sum(axis=-1) - block @ positions[:b]
     out = {
-        "entropy": -plogp.sum(axis=-1).mean(axis=-1),
-        "max_weight": a.max(axis=-1).mean(axis=-1),
-        "mean_distance": (positions[None, :] * a.sum(axis=-1) - a @ positions).mean(axis=-1),  # sum_j A[i,j](i-j)
-        "self": np.diagonal(a, axis1=1, axis2=2).mean(axis=-1),
+        "entropy": entropy.mean(axis=-1),
+        "max_weight": max_weight.mean(axis=-1),
+        "mean_distance": distance.mean(axis=-1),
+        "self": np.diagonal(attn, axis1=1, axis2=2).astype(np.float64).mean(axis=-1),
     }
     if n_seq > 1:
-        out["first_token"] = a[:, 1:, 0].mean(axis=-1)
-        out["previous_token"] = np.diagonal(a, offset=-1, axis1=1, axis2=2).mean(axis=-1)
+        out["first_token"] = attn[:, 1:, 0].astype(np.float64).mean(axis=-1)
+        out["previous_token"] = np.diagonal(attn, offset=-1, axis1=1, axis2=2).astype(np.float64).mean(axis=-1)
     else:
         out["first_token"] = out["previous_token"] = np.full(n_head, np.nan)
     out["duplicate_token"] = _masked_row_mean(attn, duplicate_mask(ids))
     out["induction"] = _masked_row_mean(attn, induction_mask(ids))
-    return out
+    return {name: out[name] for name in STAT_NAMES}
 
 
 def uniform_entropy(n_seq: int) -> float:

@@ -51,8 +51,10 @@ def resolve_format(fmt: str | None, allowed: tuple[str, ...]) -> str:
     return fmt
 
 
-def load(model: str | None) -> tuple[Checkpoint, Tokenizer]:
-    ckpt = load_model(model)
+def load(model: str | None, *, cache: bool | None = False) -> tuple[Checkpoint, Tokenizer]:
+    """The model and its tokenizer. cache=False (one pass over the layers): each layer's tensors are read when the
+    forward reaches it and dropped after; None keeps them for models under weights.CACHE_LIMIT_BYTES."""
+    ckpt = load_model(model, cache=cache)
     return ckpt, load_tokenizer(ckpt.files.directory)
 
 

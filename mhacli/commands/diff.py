@@ -118,7 +118,7 @@ def diff(
         raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
     else:
         raws = [(read_text(text), "the text")]
-    a, b = load(model_a), load(model_b)
+    a, b = load(model_a, cache=None), load(model_b, cache=None)  # several texts: read small models once
     items = [tokenize_both(raw, where, a, b, truncate) for raw, where in raws]
     (ckpt_a, _), (ckpt_b, _) = a, b
     shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)

@@ -22,14 +22,17 @@ def stats(
     text: TextArg = None,
     model: ModelOpt = None,
     format: FormatOpt = None,
-    stat: Annotated[str, typer.Option("--stat", "-s", help=f"Statistic shown in the grid: {', '.join(STAT_NAMES)}.")] = "previous_token",
+    stat: Annotated[
+        str,
+        typer.Option("--stat", "-s", help=f"Number shown in the grid: auto (each head's kind score), {', '.join(STAT_NAMES)}."),
+    ] = "auto",
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
-    if stat not in STAT_NAMES:
-        raise UsageError(f"--stat {stat!r} is not one of: {', '.join(STAT_NAMES)}")
+    if stat != "auto" and stat not in STAT_NAMES:
+        raise UsageError(f"--stat {stat!r} is not one of: auto, {', '.join(STAT_NAMES)}")
     ckpt, tokens = prepare(model, text, truncate=truncate)
     c = ckpt.config
     needed = memory_needed(c.n_head, len(tokens.ids), kept_layers=0, kept_heads=0, keep_maps=False)
