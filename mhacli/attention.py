@@ -3,7 +3,8 @@
 One head at a time, so every pass over the scores stays in cache-sized [n_seq, n_seq] pieces and writes straight
 into the output map (no [n_head, n_seq, n_seq] temporaries). The 1/sqrt(d_head) scale is folded into q
 (n_seq x d_head multiplies instead of n_seq x n_seq). The softmax passes run over row blocks and only over the keys
-each block can see, so the masked upper half is never exponentiated; it is set to exactly 0. Grouped K/V heads
+each block can see, so the masked upper half is never exponentiated (it is set to exactly 0), and each block's
+weighted sum of values reads only those keys' values. Grouped K/V heads
 (MQA/GQA) are read in place, never repeated in memory: query head h reads K/V head h // (n_head // n_kv_head), as
 HF's repeat_kv does.
 """
@@ -57,5 +58,5 @@ def causal_attention(
             rows /= rows.sum(axis=1, keepdims=True)
             s[a:b, b:] = 0.0
             s[a:b, :lo] = 0.0
-        np.matmul(s, v[kv], out=z[h])
+            np.matmul(rows, v[kv][lo:b], out=z[h][a:b])  # only the visible keys' values
     return z, probs
