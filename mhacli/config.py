@@ -294,46 +294,45 @@ def _gpt2_dims(fields: dict) -> tuple[int, int, int]:
     return n_embd, n_head, n_inner
 
 
+def _gpt2_like(fields: dict) -> dict:
+    """The fields GPT-2 and GPTBigCode share (validated), as keyword arguments of their configs."""
+    n_embd, n_head, n_inner = _gpt2_dims(fields)
+    return {
+        "vocab_size": _int(fields, "vocab_size"),
+        "n_positions": _int(fields, "n_positions"),
+        "n_embd": n_embd,
+        "n_layer": _int(fields, "n_layer", high=MAX_COUNT),
+        "n_head": n_head,
+        "n_inner": n_inner,
+        "activation_function": _activation(fields, "activation_function"),
+        "layer_norm_epsilon": _epsilon(fields, "layer_norm_epsilon"),
+        "scale_attn_weights": _bool(fields, "scale_attn_weights"),
+    }
+
+
 def _parse_gpt2(raw: dict) -> Gpt2Config:
     fields = _with_defaults(raw, GPT2_DEFAULTS, GPT2_ALIASES)
-    n_embd, n_head, n_inner = _gpt2_dims(fields)
-    activation = _activation(fields, "activation_function")
+    common = _gpt2_like(fields)
     return Gpt2Config(
         model_type="gpt2",
-        vocab_size=_int(fields, "vocab_size"),
-        n_positions=_int(fields, "n_positions"),
-        n_embd=n_embd,
-        n_layer=_int(fields, "n_layer", high=MAX_COUNT),
-        n_head=n_head,
-        n_kv_head=n_head,
-        n_inner=n_inner,
-        activation_function=activation,
-        layer_norm_epsilon=_epsilon(fields, "layer_norm_epsilon"),
-        scale_attn_weights=_bool(fields, "scale_attn_weights"),
+        n_kv_head=common["n_head"],
         scale_attn_by_inverse_layer_idx=_bool(fields, "scale_attn_by_inverse_layer_idx"),
         reorder_and_upcast_attn=_bool(fields, "reorder_and_upcast_attn"),
+        **common,
     )
 
 
 def _parse_bigcode(raw: dict) -> BigCodeConfig:
     fields = _with_defaults(raw, BIGCODE_DEFAULTS, GPT2_ALIASES)
-    n_embd, n_head, n_inner = _gpt2_dims(fields)
+    common = _gpt2_like(fields)
     multi_query = _bool(fields, "multi_query")
     return BigCodeConfig(
         model_type="gpt_bigcode",
-        vocab_size=_int(fields, "vocab_size"),
-        n_positions=_int(fields, "n_positions"),
-        n_embd=n_embd,
-        n_layer=_int(fields, "n_layer", high=MAX_COUNT),
-        n_head=n_head,
-        n_kv_head=1 if multi_query else n_head,
-        n_inner=n_inner,
-        activation_function=_activation(fields, "activation_function"),
-        layer_norm_epsilon=_epsilon(fields, "layer_norm_epsilon"),
-        scale_attn_weights=_bool(fields, "scale_attn_weights"),
+        n_kv_head=1 if multi_query else common["n_head"],
         multi_query=multi_query,
         attention_softmax_in_fp32=_bool(fields, "attention_softmax_in_fp32"),
         scale_attention_softmax_in_fp32=_bool(fields, "scale_attention_softmax_in_fp32"),
+        **common,
     )
 
 
