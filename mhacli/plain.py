@@ -19,7 +19,8 @@ def fmt(v: float | None) -> str:
 def head_line(view: HeadView) -> str:
     s = view.stats
     stats = "  ".join(f"{k}={fmt(v)}" for k, v in s.values.items())
-    return f"layer {s.layer} head {s.head}  kind={s.kind}  {stats}"
+    kv = f"  kv_head={view.kv_head}" if view.kv_head is not None and view.kv_head != view.head else ""
+    return f"layer {s.layer} head {s.head}{kv}  kind={s.kind}  {stats}"
 
 
 def write_inspect(

@@ -50,10 +50,16 @@ def fmt_stat(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-def head_title(view: HeadView) -> Text:
+def shares_kv(views: Sequence[HeadView]) -> bool:
+    """Whether query heads share K/V heads (MQA/GQA): then each head's title names the K/V head it reads."""
+    return any(v.kv_head is not None and v.kv_head != v.head for v in views)
+
+
+def head_title(view: HeadView, show_kv: bool = False) -> Text:
     s = view.stats
     letter, style = KIND_STYLE[s.kind]
-    title = Text.assemble((f"L{s.layer} H{s.head}", "bold"), " ", (s.kind, style))
+    name = f"L{s.layer} H{s.head}" + (f" (K/V head {view.kv_head})" if show_kv else "")
+    title = Text.assemble((name, "bold"), " ", (s.kind, style))
     for short, name in KEY_STATS:
         title.append(f"  {short} {fmt_stat(s.values[name])}", style="dim")
     return title
@@ -67,7 +73,7 @@ def legend() -> Text:
     return text
 
 
-def attention_map(view: HeadView, tokens: Sequence[str], width: int, start: int = 0) -> Group:
+def attention_map(view: HeadView, tokens: Sequence[str], width: int, start: int = 0, show_kv: bool = False) -> Group:
     """One head's map, windowed to fit `width` columns: rows are queries, columns keys (2 cells per key)."""
     attn = view.attention
     n_seq = attn.shape[0]
@@ -75,7 +81,7 @@ def attention_map(view: HeadView, tokens: Sequence[str], width: int, start: int 
     n_cols = max(4, (width - label_w - 1) // 2)
     lo, hi = window(n_seq, start, n_cols)
     klo, khi = key_window(hi, n_cols)
-    parts: list = [head_title(view)]
+    parts: list = [head_title(view, show_kv)]
     if (lo, hi) != (0, n_seq) or klo > 0:
         more = f"; --from {hi} shows the next rows" if hi < n_seq else ""
         parts.append(Text(f"showing query rows {lo}–{hi - 1} and keys {klo}–{khi - 1} of {n_seq} tokens{more}", style="dim"))
@@ -99,7 +105,9 @@ def attention_map(view: HeadView, tokens: Sequence[str], width: int, start: int 
     return Group(*parts)
 
 
-def query_bars(view: HeadView, tokens: Sequence[str], query: int, width: int, limit: int = 40) -> Group:
+def query_bars(
+    view: HeadView, tokens: Sequence[str], query: int, width: int, limit: int = 40, show_kv: bool = False
+) -> Group:
     """Where query token `query` looks in this head: one bar per key."""
     row = view.attention[query, : query + 1]
     keys = list(range(query + 1))
@@ -109,7 +117,7 @@ def query_bars(view: HeadView, tokens: Sequence[str], query: int, width: int, li
         note = Text(f"the {limit} strongest of {query + 1} keys, in text order", style="dim")
     label_w = 14
     bar_w = max(10, width - label_w - 16)
-    lines: list = [head_title(view), Text(f"query {query} {token_label(tokens[query], 20)!r}", style="bold")]
+    lines: list = [head_title(view, show_kv), Text(f"query {query} {token_label(tokens[query], 20)!r}", style="bold")]
     if note:
         lines.append(note)
     for j in keys:
@@ -122,9 +130,9 @@ def query_bars(view: HeadView, tokens: Sequence[str], query: int, width: int, li
     return Group(*lines)
 
 
-def top_keys(view: HeadView, tokens: Sequence[str], k: int) -> Group:
+def top_keys(view: HeadView, tokens: Sequence[str], k: int, show_kv: bool = False) -> Group:
     """The k strongest keys of every query row, as text."""
-    lines: list = [head_title(view)]
+    lines: list = [head_title(view, show_kv)]
     for i in range(view.attention.shape[0]):
         row = view.attention[i, : i + 1]
         best = np.argsort(row)[::-1][:k]
@@ -150,14 +158,15 @@ def render_inspect(
     console.print(Text(f"{len(tokens)} tokens: ", style="bold") + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60]))) + Text(" …" if len(tokens) > 60 else ""))
     if query is None and top is None:
         console.print(legend())
+    show_kv = shares_kv(views)
     for view in views:
         console.print()
         if query is not None:
-            console.print(query_bars(view, tokens, query, console.width))
+            console.print(query_bars(view, tokens, query, console.width, show_kv=show_kv))
         elif top is not None:
-            console.print(top_keys(view, tokens, top))
+            console.print(top_keys(view, tokens, top, show_kv=show_kv))
         else:
-            console.print(attention_map(view, tokens, console.width, start))
+            console.print(attention_map(view, tokens, console.width, start, show_kv=show_kv))
 
 
 def render_stats(console: Console, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, n_tokens: int) -> None:

@@ -87,3 +87,20 @@ def test_no_color_keeps_the_shades_and_drops_colour(model, monkeypatch):
     out = buf.getvalue()
     assert "38;2;" not in out and "48;2;" not in out, "truecolor codes despite NO_COLOR"
     assert any(ch in out for ch in "░▒▓█")
+
+
+def test_grouped_heads_name_their_kv_head(model):
+    """On MQA/GQA models each head's title says which K/V head it reads; on MHA models it says nothing extra."""
+    from mhacli.heads import HeadView
+
+    ckpt, tok = model
+    ids = np.arange(6)
+    views = list(analyse(ckpt, ids, layers=[0]))
+    con, buf = console(100)
+    render_inspect(con, views, tok.display(ids.tolist()))
+    assert "K/V head" not in buf.getvalue()
+    grouped = [HeadView(v.stats, v.attention, v.head // 2) for v in views]  # as if 2 query heads per K/V head
+    con, buf = console(100)
+    render_inspect(con, grouped, tok.display(ids.tolist()))
+    text = "\n".join(visible_lines(buf))
+    assert "L0 H3 (K/V head 1)" in text and "L0 H0 (K/V head 0)" in text
