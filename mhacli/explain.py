@@ -57,12 +57,6 @@ def rms_norm_vector(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarra
     return x / np.sqrt(mean_square + F32(eps)) * w, mean_square
 
 
-def head_columns(n_embd: int, d_head: int, head: int) -> dict[str, tuple[int, int]]:
-    """GPT-2: this head's column ranges [start, end) in c_attn.weight [n_embd, 3 * n_embd], for W_Q, W_K and W_V."""
-    lo = head * d_head
-    return {"q": (lo, lo + d_head), "k": (n_embd + lo, n_embd + lo + d_head), "v": (2 * n_embd + lo, 2 * n_embd + lo + d_head)}
-
-
 @dataclass(frozen=True)
 class RopeStep:
     """The rotations of one layer at positions 0..I: coordinate c of a head is paired with c + d_head/2, and the
