@@ -116,6 +116,15 @@ def hf_outputs(directory: Path, ids) -> tuple[list[np.ndarray], list[np.ndarray]
     return [a[0].numpy() for a in out.attentions], [h[0].numpy() for h in out.hidden_states[1:]]
 
 
+def assert_close(name: str, got, want, atol: float, *, relative: bool = True) -> None:
+    """Max abs error of `got` vs HF's `want` within atol (times max(1, max |want|) when relative), named on failure."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape}, HF has {want.shape}"
+    bound = atol * max(1.0, float(np.abs(want).max())) if relative and want.size else atol
+    err = float(np.abs(got - want).max()) if want.size else 0.0
+    assert err <= bound, f"{name}: max abs error {err:.3e} vs HF exceeds {bound:.1e}"
+
+
 def run_mha(*args: str, input: str | bytes | None = None, env: dict | None = None, cwd: Path | None = None):
     """The real entry point, as a user runs it: `python -m mhacli ARGS` in a subprocess (stdout not a TTY)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG", "NO_COLOR")}

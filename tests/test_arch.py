@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import TRICKY_TEXTS, parse_json, run_mha, train_tokenizer
+from conftest import TRICKY_TEXTS, assert_close, parse_json, run_mha, train_tokenizer
 
 ATTN_ATOL = 1e-5  # attention probabilities vs HF (the aim, 1e-6, is asserted separately)
 ATTN_AIM = 1e-6
@@ -555,14 +555,6 @@ def hf_capture(directory: Path, ids: tuple[int, ...], layer: int) -> dict:
         "sin": rec["sin"][0].numpy(), "weights": rec["weights"].numpy(), "concat": rec["concat"].numpy(),
         "out": rec["out"].numpy(), "scaling": float(attn.scaling), "group": attn.num_key_value_groups,
     }  # fmt: skip
-
-
-def assert_close(name: str, got, want, atol: float, *, relative: bool = True) -> None:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{name}: shape {got.shape}, HF has {want.shape}"
-    bound = atol * max(1.0, float(np.abs(want).max())) if relative and want.size else atol
-    err = float(np.abs(got - want).max()) if want.size else 0.0
-    assert err <= bound, f"{name}: max abs error {err:.3e} vs HF exceeds {bound:.1e}"
 
 
 def tokens_of(directory: Path, text: str = TEXT) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import build_model, parse_json, run_mha
+from conftest import assert_close, build_model, parse_json, run_mha
 
 ATTN_ATOL = 1e-5  # attention probabilities vs HF
 VEC_ATOL = 1e-4  # vectors (hidden states, q/k/v, scores, outputs) vs HF, per unit of max(1, max |HF value|)
@@ -95,14 +95,6 @@ def hf_capture(directory: Path, ids: tuple[int, ...]) -> list[dict]:
         rec["attention"] = out.attentions[layer][0]
         rec["hidden_in"] = out.hidden_states[layer][0]
     return [{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in rec.items()} for rec in seen]
-
-
-def assert_close(name: str, got, want, atol: float, *, relative: bool = True) -> None:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{name}: shape {got.shape}, HF has {want.shape}"
-    bound = atol * max(1.0, float(np.abs(want).max())) if relative and want.size else atol
-    err = float(np.abs(got - want).max()) if want.size else 0.0
-    assert err <= bound, f"{name}: max abs error {err:.3e} vs HF exceeds {bound:.1e}"
 
 
 def explain_in_process(directory: Path, layer: int, head: int, query: int | None, text: str = TEXT):
