@@ -6,9 +6,10 @@ query head's slice of the query projection, k_j and v_j from the slices of the K
 with the other query heads of its group), OLMo's QK-norm over the whole projection, RoPE as explicit rotations of
 coordinate pairs by position x frequency, the scores q_I . k_j over the visible keys (j <= I, and within the
 sliding window where the layer has one), their softmax, the weighted sum of the values, then every head's output at
-token I concatenated and projected by the output projection. None of this goes through the batched code
-(`model.gpt2_attention_parts`, the families' `attention_parts`), which is run afterwards on the whole text and
-compared with it: the explanation doubles as a check of the batched forward.
+token I concatenated and projected by the output projection. None of this goes through the batched code: the
+family's `block`, the very function the forward runs (its attention kernel, mhacli.attention), is run afterwards
+on the whole text and every intermediate it computed is compared with the steps: the explanation doubles as a
+check of the forward.
 
 Shapes: n_key = query_index + 1 keys up to the query (those outside a sliding window get weight 0); vectors are
 float32 throughout.
@@ -25,7 +26,7 @@ from mhacli.arch.rope import inv_freq
 from mhacli.config import ModelConfig, RotaryConfig
 from mhacli.errors import UsageError
 from mhacli.heads import check_selection
-from mhacli.model import F32, Params, embed, family, forward, gpt2_attention_parts, merge_heads
+from mhacli.model import F32, Params, embed, family, forward, merge_heads
 
 # The step-by-step numbers match the batched forward when every difference is within this, per unit of
 # max(1, max |reference|): both are float32, summed in different orders, so they agree to rounding only.
@@ -307,16 +308,13 @@ def floats(a: np.ndarray) -> list:
     return [float(str(x)) for x in a]
 
 
-def layer_input_and_attention(params: Params, ids: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:
-    """The batched forward up to `layer`: the residual stream entering it [n_seq, n_embd] (the embeddings for layer
-    0) and its attention [n_head, n_seq, n_seq]."""
+def layer_input(params: Params, ids: np.ndarray, layer: int) -> np.ndarray:
+    """The batched forward up to `layer`: the residual stream entering it [n_seq, n_embd] (the embeddings for
+    layer 0)."""
     x = embed(params, ids)
-    for trace in forward(params, ids, n_layers=layer + 1):
-        if trace.layer < layer:
-            x = trace.residual
-        else:
-            return x, trace.attention
-    raise AssertionError("unreachable: forward yields every layer up to n_layers")  # pragma: no cover
+    for trace in forward(params, ids, n_layers=layer):
+        x = trace.residual
+    return x
 
 
 def norm_eps(c: ModelConfig) -> float:
@@ -347,7 +345,7 @@ def explain(params: Params, ids: np.ndarray | list[int], layer: int, head: int, 
     p = params.layer(layer)
     scale = c.attn_scale(layer)
     window = c.sliding_window(layer)
-    x, forward_attention = layer_input_and_attention(params, ids, layer)  # [n_seq, n_embd], [n_head, n_seq, n_seq]
+    x = layer_input(params, ids, layer)  # [n_seq, n_embd]
 
     # Steps 1-5 for token i, from the vectors x_0..x_i alone.
     a_rows, mean, var = attention_inputs(x[: i + 1], p, c, arch.ATTENTION_NORM)  # [n_key, n_embd]
@@ -370,21 +368,19 @@ def explain(params: Params, ids: np.ndarray | list[int], layer: int, head: int, 
         _, _, q_rms, k_rms = project_qk(a_rows, p, arch.head_projections(c, head), arch.QK_NORM, norm_eps(c))
         qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms)
 
-    # Step 6: the batched forward over the whole text.
+    # Step 6: the forward's own block over the whole text, every intermediate as the forward computes it (the
+    # attention kernel keeps no raw scores: those are q . k of the forward's own q and k).
     batched_in = arch.attention_input(x, p, c)  # [n_seq, n_embd]
-    if c.model_type == "gpt2":
-        parts = gpt2_attention_parts(batched_in, p, c.n_head, scale)
-    else:
-        parts = arch.attention_parts(batched_in, p, c, layer)
+    _, parts = arch.block(x, p, c, layer)
     s, g = steps[head], c.kv_head(head)
     pairs = {
         "ln_input": (a_rows[-1], batched_in[i]),
         "query": (s.query, parts.q[head, i]),
         "keys": (s.keys, parts.k[g, : i + 1]),
         "values": (s.values, parts.v[g, : i + 1]),
-        "scores": (s.scores, parts.scores[head, i, : i + 1]),
-        "attention": (s.attention, forward_attention[head, i, : i + 1]),
-        "masked_attention": (np.zeros(len(ids) - i - 1, F32), forward_attention[head, i, i + 1 :]),
+        "scores": (s.scores, parts.k[g, : i + 1] @ parts.q[head, i]),
+        "attention": (s.attention, parts.probs[head, i, : i + 1]),
+        "masked_attention": (np.zeros(len(ids) - i - 1, F32), parts.probs[head, i, i + 1 :]),
         "head_output": (s.output, parts.z[head, i]),
         "concat": (concat, merge_heads(parts.z)[i]),
         "output": (output, parts.out[i]),

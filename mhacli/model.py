@@ -149,8 +149,19 @@ class AttentionParts:
     out: np.ndarray  # [n_seq, n_embd] after c_proj
 
 
+# An edit of the heads' outputs before the output projection (ablation): z [n_head, n_seq, d_head] -> the same shape.
+# `AttentionParts.z` keeps the heads' own outputs; `out` is the projection of the edited ones.
+ZEdit = Callable[[np.ndarray], np.ndarray]
+
+
+def project_heads(z: np.ndarray, edit: ZEdit | None) -> np.ndarray:
+    """z [n_head, n_seq, d_head] -> the concatenated head outputs [n_seq, n_head * d_head], the input of W_O."""
+    return merge_heads(z if edit is None else edit(z))
+
+
 def gpt2_attention_parts(
-    x: np.ndarray, p: dict[str, np.ndarray], n_head: int, scale: float, *, keep_scores: bool = True
+    x: np.ndarray, p: dict[str, np.ndarray], n_head: int, scale: float, *, keep_scores: bool = True,
+    edit: ZEdit | None = None,
 ) -> AttentionParts:
     """[n_seq, n_embd] (after ln_1) -> every intermediate of GPT2Attention.
 
@@ -166,7 +177,7 @@ def gpt2_attention_parts(
     else:
         scores = None
         z, probs = causal_attention(q, k, v, scale)
-    out = merge_heads(z) @ p["attn.c_proj.weight"] + p["attn.c_proj.bias"]  # [n_seq, n_embd]
+    out = project_heads(z, edit) @ p["attn.c_proj.weight"] + p["attn.c_proj.bias"]  # [n_seq, n_embd]
     return AttentionParts(q, k, v, scores, probs, z, out)
 
 
@@ -176,14 +187,16 @@ def gpt2_mlp(x: np.ndarray, p: dict[str, np.ndarray], act: Callable[[np.ndarray]
     return h @ p["mlp.c_proj.weight"] + p["mlp.c_proj.bias"]
 
 
-def gpt2_block(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-LN block: [n_seq, n_embd] -> ([n_seq, n_embd], [n_head, n_seq, n_seq])"""
+def gpt2_block(
+    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None
+) -> tuple[np.ndarray, AttentionParts]:
+    """Pre-LN block: [n_seq, n_embd] -> ([n_seq, n_embd], the attention's parts as the forward computed them)"""
     eps = config.layer_norm_epsilon
     h = layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], eps)
-    attn = gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer), keep_scores=False)
+    attn = gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer), keep_scores=False, edit=edit)
     x = x + attn.out
     x = x + gpt2_mlp(layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], eps), p, ACTIVATION_FNS[config.activation_function])
-    return x, attn.probs
+    return x, attn
 
 
 def family(config: ModelConfig):
@@ -209,23 +222,35 @@ class LayerTrace:
     layer: int
     attention: np.ndarray  # [n_head, n_seq, n_seq]
     residual: np.ndarray  # [n_seq, n_embd] the residual stream after this block
+    z: np.ndarray  # [n_head, n_seq, d_head] each head's output (before any edit), the input of W_O per head
 
 
-def forward(params: Params, ids: np.ndarray | list[int], *, n_layers: int | None = None) -> Iterator[LayerTrace]:
+def forward(
+    params: Params, ids: np.ndarray | list[int], *, n_layers: int | None = None, edits: dict[int, ZEdit] | None = None
+) -> Iterator[LayerTrace]:
     """Run the model layer by layer, yielding each layer's attention and residual stream.
 
-    Stops after `n_layers` layers (all by default); one layer's weights are fetched at a time.
+    Stops after `n_layers` layers (all by default); one layer's weights are fetched at a time. `edits` maps a
+    layer to an edit of its heads' outputs before W_O (ablation).
     """
+    ids = np.asarray(ids, dtype=np.int64)
+    n = params.config.n_layer if n_layers is None else n_layers
+    yield from forward_from(params, embed(params, ids), 0, n, edits=edits)
+
+
+def forward_from(
+    params: Params, x: np.ndarray, first: int, stop: int, *, edits: dict[int, ZEdit] | None = None
+) -> Iterator[LayerTrace]:
+    """Layers first..stop-1 on x [n_seq, n_embd], the residual stream entering layer `first`."""
     config = params.config
     block = family(config).block  # one small block function per architecture family
-    ids = np.asarray(ids, dtype=np.int64)
-    x = embed(params, ids)  # [n_seq, n_embd]
-    for layer in range(config.n_layer if n_layers is None else n_layers):
+    edits = edits or {}
+    for layer in range(first, stop):
         weights = params.layer(layer)
         with np.errstate(all="ignore"):  # overflow is reported below, naming the layer and heads
-            x, probs = block(x, weights, config, layer)
-        check_finite(probs, x, layer)
-        yield LayerTrace(layer, probs, x)
+            x, attn = block(x, weights, config, layer, edits.get(layer))
+        check_finite(attn.probs, x, layer)
+        yield LayerTrace(layer, attn.probs, x, attn.z)
 
 
 def check_finite(probs: np.ndarray, x: np.ndarray, layer: int) -> None:

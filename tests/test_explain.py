@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close, build_model, parse_json, run_mha
+from conftest import assert_close, break_attention_kernel, build_model, parse_json, run_mha
 
 ATTN_ATOL = 1e-5  # attention probabilities vs HF
 VEC_ATOL = 1e-4  # vectors (hidden states, q/k/v, scores, outputs) vs HF, per unit of max(1, max |HF value|)
@@ -205,42 +205,30 @@ def test_one_token_text(models):
 
 
 def test_steps_do_not_come_from_the_batched_forward(models, monkeypatch):
-    """Break the batched attention: the steps still match HF, and the check reports the mismatch."""
-    import mhacli.explain as core
-    from mhacli.model import AttentionParts
-
-    real = core.gpt2_attention_parts
-
-    def broken(*args, **kwargs):
-        p = real(*args, **kwargs)
-        return AttentionParts(p.q * 1.01, p.k, p.v, p.scores, p.probs, p.z, p.out + 0.05)
-
-    monkeypatch.setattr(core, "gpt2_attention_parts", broken)
+    """Break the forward's attention kernel (z times 1.5): the steps still match HF, and the check reports the
+    mismatch in the head outputs and the projection, not in the attention the kernel got right."""
+    break_attention_kernel(monkeypatch, 1.5)
     directory = models["default"]
     ids = ids_of(directory)
-    hf = hf_capture(directory, ids)[1]
-    ex = explain_in_process(directory, 1, 2, 9)
+    hf = hf_capture(directory, ids)[0]
+    ex = explain_in_process(directory, 0, 2, 9)  # layer 0: its input, the embeddings, is not touched by the kernel
     assert_close("output", ex.output, hf["attn_out"][9], VEC_ATOL)
-    assert_close("query", ex.step.query, hf["q"][2, 9], VEC_ATOL)
+    assert_close("concat", ex.concat, hf["concat"][9], VEC_ATOL)
     assert not ex.matches
-    assert ex.diffs["output"] == pytest.approx(0.05, rel=1e-3)
-    assert ex.diffs["query"] > ex.bounds["query"]
-    assert ex.diffs["attention"] < ATTN_ATOL  # the forward's own attention was not touched
+    for name in ("head_output", "concat", "output"):
+        assert ex.diffs[name] > ex.bounds[name], name
+    for name in ("query", "keys", "values", "scores", "attention"):
+        assert ex.diffs[name] <= ex.bounds[name], name
 
 
-def test_cli_exits_1_when_the_check_fails(models, monkeypatch, capsys):
-    import mhacli.explain as core
+def test_cli_exits_1_when_the_kernel_is_wrong(models, monkeypatch, capsys):
     from mhacli.cli import run
-    from mhacli.model import AttentionParts
 
-    real = core.gpt2_attention_parts
-    monkeypatch.setattr(
-        core, "gpt2_attention_parts", lambda *a, **k: (lambda p: AttentionParts(p.q, p.k, p.v, p.scores, p.probs, p.z, p.out * 2))(real(*a, **k))
-    )
+    break_attention_kernel(monkeypatch, 1.5)
     code = run(["explain", TEXT, "-m", str(models["default"]), "-l", "0", "-H", "1", "--format", "text"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "DOES NOT match the model's forward pass" in out and "output differs by" in out
+    assert "DOES NOT match the model's forward pass" in out and "concat differs by" in out
 
 
 # --- the CLI, through the real entry point ------------------------------------------------------------------------

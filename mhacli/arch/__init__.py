@@ -3,7 +3,8 @@
 - MODEL_TYPES, KEY_PREFIX (stripped from checkpoint keys), LAYER_PREFIX (`h.{}.`, `layers.{}.`), KV_WEIGHT (the
   layer tensor holding K, whose dtype is the KV cache's), HF_MODEL_CLASS (model_type -> transformers class);
 - normalise_key(key), expected_shapes(config): the checkpoint's names and the shape of every tensor read;
-- embed(params, ids), block(x, p, config, layer) -> (x, probs), final_norm(params, x): the forward pass;
+- embed(params, ids), block(x, p, config, layer, edit=None) -> (x, attention parts as computed: probs, z, out, ...),
+  final_norm(params, x): the forward pass (`edit` replaces heads' outputs before the output projection: ablation);
 - attention_input(x, p, config) and attention_parts(h, p, config, layer): one layer's attention, every
   intermediate kept (for `explain` and tests).
 

@@ -12,7 +12,7 @@ import numpy as np
 from mhacli.arch.gpt2 import attention_input, embed, final_norm  # noqa: F401 - the family interface: as GPT-2
 from mhacli.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear
 from mhacli.config import ModelConfig
-from mhacli.model import ACTIVATION_FNS, layer_norm, merge_heads, split_heads
+from mhacli.model import ACTIVATION_FNS, ZEdit, layer_norm, project_heads, split_heads
 
 MODEL_TYPES = ("gpt_bigcode",)
 KEY_PREFIX = "transformer."
@@ -61,23 +61,26 @@ def split_qkv(qkv: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndar
 
 
 def attention_parts(
-    h: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, keep_scores: bool = True
+    h: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, keep_scores: bool = True,
+    edit: ZEdit | None = None,
 ) -> GroupedAttentionParts:
     """[n_seq, n_embd] (after ln_1) -> every intermediate of GPTBigCodeAttention (eager, float32)."""
     q, k, v = split_qkv(linear(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"]), config)
     scores, probs, z = grouped_attention(q, k, v, config.attn_scale(layer), None, keep_scores=keep_scores)
-    out = linear(merge_heads(z), p["attn.c_proj.weight"], p["attn.c_proj.bias"])  # [n_seq, n_embd]
+    out = linear(project_heads(z, edit), p["attn.c_proj.weight"], p["attn.c_proj.bias"])  # [n_seq, n_embd]
     return GroupedAttentionParts(q, k, v, scores, probs, z, out)
 
 
-def block(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int) -> tuple[np.ndarray, np.ndarray]:
-    """GPTBigCodeBlock: [n_seq, n_embd] -> ([n_seq, n_embd], [n_head, n_seq, n_seq])"""
-    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False)
+def block(
+    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None
+) -> tuple[np.ndarray, GroupedAttentionParts]:
+    """GPTBigCodeBlock: [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
+    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit)
     x = x + attn.out
     h = layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], config.layer_norm_epsilon)
     act = ACTIVATION_FNS[config.activation_function]
     x = x + linear(act(linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])), p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
-    return x, attn.probs
+    return x, attn
 
 
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------

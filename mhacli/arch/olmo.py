@@ -17,7 +17,7 @@ from mhacli.arch.llama import (  # the parts OLMo shares with Llama unchanged
     out_projection, projection_shapes, rotary_attention,
 )  # fmt: skip
 from mhacli.config import RotaryConfig
-from mhacli.model import ACTIVATION_FNS, split_heads
+from mhacli.model import ACTIVATION_FNS, ZEdit, split_heads
 
 __all__ = [
     "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "embed", "final_norm", "head_projections", "normalise_key", "out_projection",
@@ -47,7 +47,8 @@ def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfi
 
 
 def attention_parts(
-    h: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, keep_scores: bool = True
+    h: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, keep_scores: bool = True,
+    edit: ZEdit | None = None,
 ) -> GroupedAttentionParts:
     """[n_seq, n_embd] -> every intermediate of Olmo2Attention / Olmo3Attention (q_norm, k_norm, RoPE, attention)."""
     eps = config.rms_norm_eps
@@ -55,16 +56,18 @@ def attention_parts(
     k = rms_norm(linear(h, p["self_attn.k_proj.weight"], p.get("self_attn.k_proj.bias")), p["self_attn.k_norm.weight"], eps)
     v = linear(h, p["self_attn.v_proj.weight"], p.get("self_attn.v_proj.bias"))  # [n_seq, n_kv_head * d_head]
     q, k, v = split_heads(q, config.n_head), split_heads(k, config.n_kv_head), split_heads(v, config.n_kv_head)
-    return rotary_attention(q, k, v, p, config, layer, keep_scores)
+    return rotary_attention(q, k, v, p, config, layer, keep_scores, edit)
 
 
-def block(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int) -> tuple[np.ndarray, np.ndarray]:
-    """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)); [n_seq, n_embd] -> ([n_seq, n_embd], [n_head, n_seq, n_seq])"""
+def block(
+    x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, edit: ZEdit | None = None
+) -> tuple[np.ndarray, GroupedAttentionParts]:
+    """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
     eps = config.rms_norm_eps
-    attn = attention_parts(x, p, config, layer, keep_scores=False)
+    attn = attention_parts(x, p, config, layer, keep_scores=False, edit=edit)
     x = x + rms_norm(attn.out, p["post_attention_layernorm.weight"], eps)
     mlp = swiglu(x, p, ACTIVATION_FNS[config.hidden_act])
-    return x + rms_norm(mlp, p["post_feedforward_layernorm.weight"], eps), attn.probs
+    return x + rms_norm(mlp, p["post_feedforward_layernorm.weight"], eps), attn
 
 
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------

@@ -1,5 +1,12 @@
 """Rotary position embeddings (RoPE) as HF computes them (transformers.modeling_rope_utils), float32.
 
+Numbers that do not depend on the CPU: NumPy's float32 `**`, `cos` and `sin` take different SIMD paths on
+different CPUs (AVX-512, AVX2, baseline) and are not correctly rounded on all of them. So `base ** x`, cos and sin
+are computed in float64 (Python's `math.pow` for the d_head/2 powers) and rounded to float32 once: the correctly
+rounded float32 value, the same on every CPU, which torch's float32 results equal but for rare last-place ties.
+Everything else follows HF's float32 operations one by one (IEEE multiply and divide are exact-then-rounded
+everywhere).
+
 `inv_freq` gives the d_head/2 rotation frequencies of one RopeConfig type (default, linear, dynamic, yarn,
 longrope, llama3) and the factor HF multiplies cos and sin by (its `attention_scaling`); `rope_tables` turns them
 into cos/sin [n_seq, d_head] for positions 0..n_seq-1; `apply_rope` rotates q or k with them:
@@ -20,6 +27,11 @@ from mhacli.model import F32
 def _exponents(d_head: int) -> np.ndarray:
     """[d_head // 2]: 0, 2, 4, ... / d_head, in float32 as torch.arange(0, dim, 2).float() / dim"""
     return np.arange(0, d_head, 2, dtype=F32) / F32(d_head)
+
+
+def _powers(base: float, d_head: int) -> np.ndarray:
+    """[d_head // 2] float32: base ** (2i / d_head), HF's float32 exponents, the power in float64 rounded once."""
+    return np.array([math.pow(float(F32(base)), float(x)) for x in _exponents(d_head)], dtype=np.float64).astype(F32)
 
 
 def _yarn_attention_factor(rope: RopeConfig, factor: float) -> float:
@@ -48,7 +60,7 @@ def _yarn(rope: RopeConfig, d_head: int, n_positions: int) -> tuple[np.ndarray, 
     low, high = max(low, 0), min(high, d_head - 1)
     if low == high:
         high += 0.001  # HF: prevent a division by zero
-    pos_freqs = F32(base) ** _exponents(d_head)  # [d_head // 2]
+    pos_freqs = _powers(base, d_head)  # [d_head // 2]
     extrapolation = F32(1.0) / pos_freqs
     interpolation = F32(1.0) / (F32(factor) * pos_freqs)
     ramp = np.clip((np.arange(d_head // 2, dtype=F32) - F32(low)) / F32(high - low), 0, 1)
@@ -58,7 +70,7 @@ def _yarn(rope: RopeConfig, d_head: int, n_positions: int) -> tuple[np.ndarray, 
 
 
 def _llama3(rope: RopeConfig, d_head: int) -> np.ndarray:
-    inv = F32(1.0) / (F32(rope.rope_theta) ** _exponents(d_head))
+    inv = F32(1.0) / (_powers(rope.rope_theta, d_head))
     factor, low, high = rope.factor, rope.low_freq_factor, rope.high_freq_factor
     old = rope.original_max_position_embeddings
     low_wavelen, high_wavelen = old / low, old / high
@@ -75,7 +87,7 @@ def inv_freq(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tup
     tokens (dynamic and longrope depend on it, as HF's dynamic_rope_update makes them)."""
     kind, base = rope.rope_type, rope.rope_theta
     if kind == "linear":
-        return (F32(1.0) / (F32(base) ** _exponents(d_head))) / F32(rope.factor), 1.0
+        return (F32(1.0) / (_powers(base, d_head))) / F32(rope.factor), 1.0
     if kind == "dynamic":
         seq_len = max(n_seq, n_positions)  # NTK scaling only grows the base past the stated context
         if seq_len > n_positions:  # HF computes this branch with tensors: float32
@@ -83,7 +95,7 @@ def inv_freq(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tup
             base = F32(base) * grown ** F32(d_head / (d_head - 2))
         else:
             base = base * ((rope.factor * seq_len / n_positions) - (rope.factor - 1)) ** (d_head / (d_head - 2))
-        return F32(1.0) / (F32(base) ** _exponents(d_head)), 1.0
+        return F32(1.0) / (_powers(base, d_head)), 1.0
     if kind == "yarn":
         return _yarn(rope, d_head, n_positions)
     if kind == "llama3":
@@ -95,8 +107,8 @@ def inv_freq(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tup
         if scaling is None:
             scaling = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
         ext = np.asarray(rope.long_factor if n_seq > original else rope.short_factor, dtype=F32)
-        return F32(1.0) / (ext * F32(base) ** _exponents(d_head)), scaling
-    return F32(1.0) / (F32(base) ** _exponents(d_head)), 1.0  # default
+        return F32(1.0) / (ext * _powers(base, d_head)), scaling
+    return F32(1.0) / (_powers(base, d_head)), 1.0  # default
 
 
 @lru_cache(maxsize=16)
@@ -105,7 +117,7 @@ def rope_tables(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> 
     inv, scaling = inv_freq(rope, d_head, n_positions, n_seq)
     angles = np.arange(n_seq, dtype=F32)[:, None] * inv[None, :]  # [n_seq, d_head // 2]
     emb = np.concatenate([angles, angles], axis=-1)  # [n_seq, d_head]
-    cos, sin = np.cos(emb), np.sin(emb)
+    cos, sin = np.cos(emb.astype(np.float64)).astype(F32), np.sin(emb.astype(np.float64)).astype(F32)
     if scaling != 1.0:
         cos, sin = cos * F32(scaling), sin * F32(scaling)
     cos.flags.writeable = sin.flags.writeable = False
