@@ -5,9 +5,10 @@
     python benchmarks/run.py --quick      # bundled model and GPT-2 small only, fewer runs
 
 Checkpoints are random-init GPT-2s of the real sizes, built with transformers into bench_out/ (reused across runs).
-Every measurement is a fresh process (cold start included): the median wall time of several runs and the peak RSS
-(os.wait4). The forward's GFLOP/s is measured in-process and compared with numpy.matmul's float32 GEMM rate
-measured in the same run (the roofline). Results: printed as a Markdown table and written to bench_out/results.json.
+Every measurement is a fresh process (cold start included): the median wall time of --runs runs (default 5; 3 with
+--quick) and the peak RSS (os.wait4). The forward's GFLOP/s is measured in-process and compared with numpy.matmul's
+float32 GEMM rate measured in the same run (the roofline). Results: printed as Markdown tables, and written with the
+machine, the library versions and every run's raw figures to benchmarks/results/latest.json (--results).
 """
 
 from __future__ import annotations
@@ -64,16 +65,16 @@ def measure(cmd: list[str], runs: int) -> dict:
         wall, peak, _ = run_process(cmd)
         walls.append(wall)
         rss.append(peak)
-    return {"wall_s": statistics.median(walls), "walls": walls, "peak_rss_bytes": max(rss)}
+    return {"wall_s": statistics.median(walls), "walls": walls, "peak_rss_bytes": max(rss), "peak_rss_runs": rss}
 
 
-def gemm_peak(n: int = 2048, repeats: int = 7) -> float:
-    """float32 GFLOP/s of numpy.matmul on n x n matrices (best of `repeats`)."""
+def gemm_peak(n: int = 2048, repeats: int = 7) -> dict:
+    """float32 GFLOP/s of numpy.matmul on n x n matrices (best of `repeats`), with every repeat's seconds."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     b = a.copy()
     a @ b
-    best = min(timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+    seconds = [timed(lambda: a @ b) for _ in range(repeats)]
+    return {"gflops": 2 * n**3 / min(seconds) / 1e9, "n": n, "seconds": seconds}
 
 
 def timed(fn) -> float:
@@ -128,10 +129,20 @@ def forward_rate(model_dir: Path, n_tokens: int, repeats: int = 3) -> dict:
     c = ckpt.config
     ids = np.arange(n_tokens) % c.vocab_size
     list(forward(ckpt, ids))  # reads the weights once, warms up
-    seconds = min(timed(lambda: list(forward(ckpt, ids))) for _ in range(repeats))
-    t, e = n_tokens, c.n_embd
-    flops = c.n_layer * (2 * t * e * 3 * e + 2 * t * e * e + 2 * 2 * t * e * c.n_inner + 2 * 2 * t * t * e)
-    return {"seconds": seconds, "gflop": flops / 1e9, "gflops": flops / seconds / 1e9}
+    runs = [timed(lambda: list(forward(ckpt, ids))) for _ in range(repeats)]
+    seconds = min(runs)
+    flops = c.n_layer * layer_flops(n_tokens, c.n_embd, c.n_inner)
+    return {"seconds": seconds, "seconds_runs": runs, "gflop": flops / 1e9, "gflops": flops / seconds / 1e9}
+
+
+def layer_flops(t: int, e: int, inner: int) -> int:
+    """Multiply-adds x 2 of one GPT-2 block on t tokens, as the kernel does them: the projections (c_attn, c_proj)
+    and the MLP; q k^T over every [t, t] entry (a full matmul, the masked half then overwritten); A v over the keys
+    each row block of mhacli.attention.BLOCK rows can see (keys 0..b-1 for rows a..b-1), not over all t keys."""
+    from mhacli.attention import BLOCK
+
+    visible = sum((min(a + BLOCK, t) - a) * min(a + BLOCK, t) for a in range(0, t, BLOCK))  # (row, key) pairs
+    return 2 * t * e * 3 * e + 2 * t * e * e + 2 * 2 * t * e * inner + 2 * t * t * e + 2 * visible * e
 
 
 def in_child(what: str, *args: str) -> dict:
@@ -143,7 +154,7 @@ def in_child(what: str, *args: str) -> dict:
 
 def child(what: str, args: list[str]) -> None:
     if what == "gemm":
-        print(json.dumps({"gflops": gemm_peak()}))
+        print(json.dumps(gemm_peak()))
     elif what == "forward":
         print(json.dumps(forward_rate(Path(args[0]), int(args[1]))))
     elif what == "build":
@@ -154,34 +165,34 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(sys.argv[2], sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5, help="processes per measurement (median reported)")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="processes per measurement, median reported (default 5; 3 with --quick)"
+    )
     parser.add_argument("--xl", action="store_true", help="also GPT-2 XL size (needs ~6 GB of disk, ~12 GB RAM for HF)")
     parser.add_argument("--quick", action="store_true", help="bundled model and GPT-2 small only, 3 runs")
-    parser.add_argument("--out", type=Path, default=REPO / "bench_out")
+    parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="where the checkpoints are built")
+    parser.add_argument("--results", type=Path, default=HERE / "results" / "latest.json", help="the results JSON file")
     args = parser.parse_args()
-    runs = 3 if args.quick else args.runs
+    runs = args.runs if args.runs is not None else (3 if args.quick else 5)
     args.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     mha = [py, "-m", "mhacli"]
     hf = [py, str(HERE / "hf_stats.py")]
 
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch_threads": None,
-    }
-    try:
-        machine["cpu"] = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    machine = machine_and_versions()
     log(f"machine: {machine}")
-    peak = in_child("gemm")["gflops"]
+    gemm = in_child("gemm")
+    peak = gemm["gflops"]
     log(f"numpy float32 GEMM: {peak:.1f} GFLOP/s")
-    results: dict = {"machine": machine, "gemm_gflops": peak, "rows": []}
+    results: dict = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "runs_per_measurement": runs,
+        "machine": machine,
+        "gemm_gflops": peak,
+        "gemm": gemm,
+        "rows": [],
+    }
 
     def compare(label: str, mha_cmd: list[str], hf_cmd: list[str] | None, note: str = "") -> None:
         log(f"measuring: {label}")
@@ -208,14 +219,48 @@ def main() -> None:
             [*mha, "stats", text, "-m", str(model), "-f", "csv"],
             [*hf, str(model), text],
         )
+        if (size, n) == ("small", 128):  # every head ablated, the loss of each: `mha ablate` vs HF with a pre-hook
+            compare(
+                f"GPT-2 {size}, T = {n}, `mha ablate`: all {12 * 12} heads, zero",
+                [*mha, "ablate", text, "-m", str(model), "-f", "csv"],
+                [py, str(HERE / "hf_ablate.py"), str(model), text],
+            )
         if (size, n) not in rates and size != "xl":
             rates[(size, n)] = in_child("forward", str(model), str(n))
             log(f"  forward {size} T={n}: {rates[(size, n)]}")
     results["forward"] = [
         {"model": s, "tokens": n, **r, "fraction_of_gemm_peak": r["gflops"] / peak} for (s, n), r in rates.items()
     ]
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"results written to {args.results}")
     print(markdown(results))
+
+
+def machine_and_versions() -> dict:
+    """The CPU model and core count, and the versions of Python and of the libraries measured (read from the
+    installed packages' metadata: importing torch here would inflate every child's peak RSS)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    try:
+        machine["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    for package in ("torch", "transformers", "mhacli"):
+        try:
+            machine[package] = version(package)
+        except PackageNotFoundError:
+            machine[package] = None
+    return machine
 
 
 def mib(n: int) -> str:
@@ -225,8 +270,9 @@ def mib(n: int) -> str:
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, NumPy {m['numpy']}; "
-        f"numpy float32 GEMM peak measured in the same run: {results['gemm_gflops']:.1f} GFLOP/s.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, NumPy {m['numpy']}, torch {m['torch']}, "
+        f"transformers {m['transformers']}; numpy float32 GEMM peak measured in the same run: "
+        f"{results['gemm_gflops']:.1f} GFLOP/s. Wall times: median of {results['runs_per_measurement']} runs.",
         "",
         "| case | mha wall (median) | HF wall (median) | wall ratio | mha peak RSS | HF peak RSS | RSS ratio |",
         "| --- | --- | --- | --- | --- | --- | --- |",

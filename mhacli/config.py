@@ -12,7 +12,7 @@ reads (n_layer, n_head, n_kv_head, d_head, n_embd, n_positions, vocab_size, layo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mhacli.errors import ConfigError
@@ -39,6 +39,7 @@ GPT2_DEFAULTS: dict[str, Any] = {
     "scale_attn_weights": True,
     "scale_attn_by_inverse_layer_idx": False,
     "reorder_and_upcast_attn": False,
+    "tie_word_embeddings": True,
 }
 # GPT2Config.attribute_map (and GPTBigCodeConfig's): generic names some configs use instead.
 GPT2_ALIASES = {
@@ -61,6 +62,7 @@ BIGCODE_DEFAULTS: dict[str, Any] = {
     "attention_softmax_in_fp32": True,
     "scale_attention_softmax_in_fp32": True,
     "multi_query": True,
+    "tie_word_embeddings": True,
 }
 # HF LlamaConfig / MistralConfig / Olmo2Config / Olmo3Config defaults. None: derived (head_dim = hidden_size //
 # num_attention_heads, num_key_value_heads = num_attention_heads, layer_types from sliding_window).
@@ -68,6 +70,7 @@ _LLAMA = {
     "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
     "num_attention_heads": 32, "num_key_value_heads": None, "head_dim": None, "hidden_act": "silu",
     "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "attention_bias": False, "mlp_bias": False,
+    "tie_word_embeddings": False,
 }  # fmt: skip
 _OLMO2 = _LLAMA | {"vocab_size": 50304, "rms_norm_eps": 1e-5}
 ROTARY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,6 +101,8 @@ class ModelConfig:
     n_layer: int
     n_head: int
     n_kv_head: int
+    # The output head is the input embedding (True) or its own `lm_head.weight` (False); HF's default per family.
+    tie_word_embeddings: bool = field(default=True, kw_only=True)
 
     @property
     def d_head(self) -> int:
@@ -307,6 +312,7 @@ def _gpt2_like(fields: dict) -> dict:
         "activation_function": _activation(fields, "activation_function"),
         "layer_norm_epsilon": _epsilon(fields, "layer_norm_epsilon"),
         "scale_attn_weights": _bool(fields, "scale_attn_weights"),
+        "tie_word_embeddings": _bool(fields, "tie_word_embeddings"),
     }
 
 
@@ -376,6 +382,7 @@ def _parse_rotary(raw: dict, model_type: str) -> RotaryConfig:
         layer_types=layer_types,
         rope=rope,
         sliding_rope=sliding_rope,
+        tie_word_embeddings=_bool(fields, "tie_word_embeddings"),
     )
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.errors import UsageError
-from mhacli.model import Params, forward
+from mhacli.model import Params, ZEdit, forward
 from mhacli.stats import STAT_NAMES, layer_stats
 
 METRICS: dict[str, str] = {
@@ -192,9 +192,11 @@ def _layer_record(layer: int, attn: np.ndarray, ids: np.ndarray, stats: list, ki
     kinds.extend(h.kind for h in heads)
 
 
-def compare_text(params_a: Params, params_b: Params, ids: np.ndarray, metric: str, mode: str) -> TextDiff:
+def compare_text(
+    params_a: Params, params_b: Params, ids: np.ndarray, metric: str, mode: str, edits_b: dict[int, ZEdit] | None = None
+) -> TextDiff:
     """Run both models on `ids` and compare their heads (paired: layer by layer, two layers in memory at a time;
-    matched: A's maps all kept, B streamed a layer at a time)."""
+    matched: A's maps all kept, B streamed a layer at a time). `edits_b`: heads removed from B (ablation)."""
     check_metric(metric)
     ids = np.asarray(ids, dtype=np.int64)
     stats_a: list[np.ndarray] = []
@@ -209,7 +211,7 @@ def compare_text(params_a: Params, params_b: Params, ids: np.ndarray, metric: st
                 f"MODEL_B {cb.n_layer} x {cb.n_head}"
             )
         div = []
-        for ta, tb in zip(forward(params_a, ids), forward(params_b, ids)):
+        for ta, tb in zip(forward(params_a, ids), forward(params_b, ids, edits=edits_b)):
             div.append(divergence(ta.attention, tb.attention, metric))  # [n_head]
             _layer_record(ta.layer, ta.attention, ids, stats_a, kinds_a)
             _layer_record(tb.layer, tb.attention, ids, stats_b, kinds_b)
@@ -221,7 +223,7 @@ def compare_text(params_a: Params, params_b: Params, ids: np.ndarray, metric: st
             _layer_record(ta.layer, ta.attention, ids, stats_a, kinds_a)
         all_a = np.concatenate(maps_a)  # [NA, n_seq, n_seq]
         cols = []
-        for tb in forward(params_b, ids):
+        for tb in forward(params_b, ids, edits=edits_b):
             cols.append(divergence_matrix(all_a, tb.attention, metric))  # [NA, n_head_b]
             _layer_record(tb.layer, tb.attention, ids, stats_b, kinds_b)
         result = np.concatenate(cols, axis=1)  # [NA, NB]

@@ -23,3 +23,46 @@ def window(n_seq: int, start: int, size: int) -> tuple[int, int]:
 def key_window(hi: int, size: int) -> tuple[int, int]:
     """Key columns [lo, hi) for query rows ending at `hi`: the `size` keys ending at the last shown query."""
     return max(0, hi - size), hi
+
+
+def line_chart(
+    series: list[tuple[str, list[tuple[float, float]]]], *, width: int = 60, height: int = 14,
+    hline: tuple[str, float] | None = None, x_label: str = "", y_label: str = "",
+) -> list[str]:
+    """Points (x, y) of several series as a character chart: each series drawn with its own marker (its name's
+    first character is ignored: markers are ●, ○, ◆, ◇ in order), a dotted horizontal line at hline's value, the
+    y axis labelled at top, middle and bottom, the x axis from its minimum to its maximum. Later series draw over
+    earlier ones where they meet."""
+    markers = "●○◆◇"
+    points = [(x, y) for _, pts in series for x, y in pts]
+    ys = [y for _, y in points] + ([hline[1]] if hline else [])
+    xs = [x for x, _ in points]
+    y_lo, y_hi = min(ys), max(ys)
+    x_lo, x_hi = min(xs), max(xs)
+    y_span, x_span = (y_hi - y_lo) or 1.0, (x_hi - x_lo) or 1.0
+
+    def row(y: float) -> int:
+        return height - 1 - round((y - y_lo) / y_span * (height - 1))
+
+    def col(x: float) -> int:
+        return round((x - x_lo) / x_span * (width - 1))
+
+    grid = [[" "] * width for _ in range(height)]
+    if hline is not None:
+        r = row(hline[1])
+        grid[r] = ["┄"] * width
+    for n, (_, pts) in enumerate(series):
+        for x, y in pts:
+            grid[row(y)][col(x)] = markers[n % len(markers)]
+    labels = {0: f"{y_hi:.3g}", height // 2: f"{y_lo + y_span * (height - 1 - height // 2) / (height - 1):.3g}", height - 1: f"{y_lo:.3g}"}
+    pad = max(len(v) for v in labels.values())
+    lines = [f"{y_label}"] if y_label else []
+    lines += [f"{labels.get(r, ''):>{pad}} ┤{''.join(cells)}" for r, cells in enumerate(grid)]
+    lines.append(" " * pad + " └" + "─" * width)
+    left, right = f"{x_lo:.3g}", f"{x_hi:.3g}"
+    lines.append(" " * (pad + 2) + left + x_label.center(width - len(left) - len(right)) + right)
+    legend = "   ".join(f"{markers[n % len(markers)]} {name}" for n, (name, _) in enumerate(series))
+    if hline is not None:
+        legend += f"   ┄ {hline[0]}"
+    lines.append(" " * (pad + 2) + legend)
+    return lines

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.errors import UsageError
-from mhacli.model import Params, forward
+from mhacli.model import Params, ZEdit, forward
 from mhacli.stats import HeadStats, layer_stats
 
 
@@ -43,13 +43,15 @@ def analyse(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     keep_maps: bool = True,
+    edits: dict[int, ZEdit] | None = None,
 ) -> Iterator[HeadView]:
-    """Yield a HeadView per selected head, layer by layer; the forward stops after the last selected layer."""
+    """Yield a HeadView per selected head, layer by layer; the forward stops after the last selected layer.
+    `edits`: heads' outputs replaced before W_O (ablation, mhacli.ablate), layer by layer."""
     config = params.config
     check_selection(config.n_layer, config.n_head, layers, heads)
     wanted_layers = sorted(set(layers)) if layers else list(range(config.n_layer))
     wanted_heads = sorted(set(heads)) if heads else list(range(config.n_head))
-    for trace in forward(params, ids, n_layers=wanted_layers[-1] + 1):
+    for trace in forward(params, ids, n_layers=wanted_layers[-1] + 1, edits=edits):
         if trace.layer not in wanted_layers:
             continue
         attn = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
@@ -63,8 +65,9 @@ FORWARD_COPIES = 6  # [n_head, n_seq, n_seq] float32 arrays alive at once inside
 
 
 def memory_needed(
-    n_head: int, n_seq: int, *, kept_layers: int, kept_heads: int, keep_maps: bool, layer_bytes: int = 0
+    n_head: int, n_seq: int, *, kept_layers: int, kept_heads: int, keep_maps: bool, weight_bytes: int
 ) -> int:
-    """Bytes a request needs at its peak: the kept maps, one layer's attention working set and weights."""
+    """Bytes a request needs at its peak: the kept maps, one layer's attention working set, and the weights
+    resident meanwhile (Checkpoint.weight_bytes: one pass's layers, or every tensor of a caching checkpoint)."""
     maps = kept_layers * kept_heads * n_seq * n_seq * 4 if keep_maps else 0
-    return maps + FORWARD_COPIES * n_head * n_seq * n_seq * 4 + layer_bytes
+    return maps + FORWARD_COPIES * n_head * n_seq * n_seq * 4 + weight_bytes

@@ -117,3 +117,68 @@ def write_diff(out: TextIO, report: DiffReport, model_a: str, model_b: str, n_to
             for n in report.nearest or []
         ]
         _aligned(out, ["layer_b", "head_b", "layer_a", "head_a", "divergence"], near)
+
+
+# --- mha ablate / mha prune ---------------------------------------------------------------------------------------
+
+from mhacli.display import line_chart  # noqa: E402
+
+
+def ablate_header(doc: dict) -> list[tuple[str, str]]:
+    """What was measured: texts, targets, method and the intact model's loss."""
+    scored = "all targets" if doc["loss_from"] <= 1 else f"targets at positions >= {doc['loss_from']}"
+    return [
+        ("texts", f"{doc['n_texts']} ({doc['n_targets']} targets scored: {scored})"),
+        ("method", f"{doc['method']} (a removed head's output is {'0' if doc['method'] == 'zero' else 'its mean output'})"),
+        ("baseline", f"{doc['baseline_loss']:.4f} nats/token"),
+    ]
+
+
+def write_ablate(out: TextIO, doc: dict) -> None:
+    """Plain `mha ablate`: a header, then every head by its loss increase, largest first."""
+    header = ablate_header(doc)
+    width = max(len(k) for k, _ in header)
+    out.write("".join(f"{k:<{width}}  {v}\n" for k, v in header) + "\n")
+    rows = [
+        [str(i), str(r["layer"]), str(r["head"]), r["kind"], f"{r['loss']:.4f}", f"{r['delta']:+.4f}", f"{r['delta_pct']:+.1f}%"]
+        for i, r in enumerate(doc["heads"], start=1)
+    ]
+    _aligned(out, ["rank", "layer", "head", "kind", "loss", "delta", "delta_pct"], rows)
+
+
+def prune_chart(doc: dict, width: int = 60, height: int = 14) -> list[str]:
+    """Loss against the fraction of heads removed: importance order and random orders' mean, the allowed loss."""
+    imp = [(s["fraction"], s["loss"]) for s in doc["importance"]["curve"]]
+    rnd = [(s["fraction"], s["loss_mean"]) for s in doc["random"]["curve"]]
+    bound = doc["baseline_loss"] * (1 + doc["max_increase"])
+    return line_chart(
+        [("least important first", imp), (f"random order (mean of {doc['random']['seeds']})", rnd)],
+        width=width, height=height, hline=(f"baseline + {doc['max_increase']:.0%}", bound),
+        x_label="fraction of heads removed", y_label="loss (nats/token)",
+    )  # fmt: skip
+
+
+def prune_summary(doc: dict) -> list[str]:
+    n = doc["model"]["n_layer"] * doc["model"]["n_head"]
+    imp, rnd = doc["importance"]["prunable_fraction"], doc["random"]["prunable_fraction"]
+    pruned = ", ".join(f"L{a}H{b}" for a, b in doc["pruned"]) or "none"
+    return [
+        f"within {doc['max_increase']:.0%} of the baseline loss ({doc['baseline_loss']:.4f} nats/token):",
+        f"  least important first: {imp:.0%} of the {n} heads can go ({round(imp * n)} heads)",
+        f"  random order:          {rnd:.0%}",
+        f"  pruned heads: {pruned}",
+    ]
+
+
+def write_prune(out: TextIO, doc: dict) -> None:
+    """Plain `mha prune`: the chart, the two curves as a table, and the prunable fractions."""
+    header = ablate_header(doc)
+    width = max(len(k) for k, _ in header)
+    out.write("".join(f"{k:<{width}}  {v}\n" for k, v in header) + "\n")
+    out.write("\n".join(prune_chart(doc)) + "\n\n")
+    rows = []
+    for s, r in zip(doc["importance"]["curve"], doc["random"]["curve"]):
+        removed = " ".join(f"L{a}H{b}" for a, b in s["removed"])
+        rows.append([str(s["n_removed"]), f"{s['fraction']:.3f}", f"{s['loss']:.4f}", f"{r['loss_mean']:.4f}", f"{r['loss_std']:.4f}", removed])
+    _aligned(out, ["n_removed", "fraction", "loss", "random_mean", "random_std", "removed this round"], rows)
+    out.write("\n" + "\n".join(prune_summary(doc)) + "\n")

@@ -737,3 +737,64 @@ def explain_text(ex: Explanation, tokens: Sequence[str], *, full: bool = False, 
     """The explanation as plain aligned text: no colour, no ANSI."""
     lines = explain_lines(ex, tokens, width, full=full, plain=True)
     return "".join("".join(text for text, _ in line).rstrip() + "\n" for line in lines)
+
+
+# --- mha ablate / mha prune ---------------------------------------------------------------------------------------
+
+
+def _delta_cell(delta: float, top: float, label: str = "") -> Text:
+    """A loss change on a background coloured by its size relative to the largest increase (`top`); decreases dim."""
+    if delta <= 0 or top <= 0:
+        return Text(f"{label}{delta:+.3f}", style="dim")
+    x = min(delta / top, 1.0)
+    return Text(f"{label}{delta:+.3f}", style=f"{'black' if x > 0.6 else 'white'} on {weight_colour(x)}")
+
+
+def render_ablate(console: Console, doc: dict, top: int) -> None:
+    """Layer x head grid of Δloss (each head removed alone), then the `top` heads that matter most."""
+    from mhacli.plain import ablate_header
+
+    for key, value in ablate_header(doc):
+        console.print(Text(f"{key}: ", style="bold") + Text(value))
+    heads = {(r["layer"], r["head"]): r for r in doc["heads"]}
+    best = max((r["delta"] for r in doc["heads"]), default=0.0)
+    layers = sorted({r["layer"] for r in doc["heads"]})
+    head_ids = sorted({r["head"] for r in doc["heads"]})
+    grid = Table(title=f"Δloss per head removed (0 → {best:+.3g})", pad_edge=False)
+    grid.add_column("layer", justify="right", style="bold")
+    for h in head_ids:
+        grid.add_column(f"H{h}", justify="center")
+    for layer in layers:
+        cells = []
+        for h in head_ids:
+            r = heads[(layer, h)]
+            cells.append(_delta_cell(r["delta"], best, KIND_STYLE[r["kind"]][0] + " "))
+        grid.add_row(str(layer), *cells)
+    console.print(grid)
+    ranking = Table(title=f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})")
+    for name, justify in (("#", "right"), ("head", "left"), ("kind", "left"), ("loss", "right"), ("Δloss", "right"), ("Δ%", "right")):
+        ranking.add_column(name, justify=justify)
+    for rank, r in enumerate(doc["heads"][:top], start=1):
+        ranking.add_row(
+            str(rank), f"L{r['layer']}H{r['head']}", Text(r["kind"], style=KIND_STYLE[r["kind"]][1]), f"{r['loss']:.4f}",
+            _delta_cell(r["delta"], best), f"{r['delta_pct']:+.1f}%",
+        )  # fmt: skip
+    console.print(ranking)
+    console.print(Text("grid letters: " + "  ".join(f"{v[0]} {k}" for k, v in KIND_STYLE.items()), style="dim"))
+
+
+def render_prune(console: Console, doc: dict) -> None:
+    """The two pruning curves as a chart, then the prunable fractions and the pruned heads."""
+    from mhacli.plain import ablate_header, prune_chart, prune_summary
+
+    for key, value in ablate_header(doc):
+        console.print(Text(f"{key}: ", style="bold") + Text(value))
+    width = max(30, min(80, console.width - 12))
+    for line in prune_chart(doc, width=width):
+        text = Text(line)
+        text.highlight_regex("●", "bold magenta")
+        text.highlight_regex("○", "cyan")
+        text.highlight_regex("┄", "yellow")
+        console.print(text)
+    for line in prune_summary(doc):
+        console.print(line)

@@ -1,4 +1,4 @@
-"""Per-head statistics and head kinds (definitions: shared/design/CLI.md), vectorised over heads. Pure NumPy.
+"""Per-head statistics and head kinds (definitions: docs/statistics.md), vectorised over heads. Pure NumPy.
 
 A is a layer's attention [n_head, n_seq, n_seq], rows are queries; t the token ids [n_seq]. Means are over query
 rows. Statistics are reduced in float64 (the maps themselves stay float32). Undefined values are NaN here and

@@ -12,6 +12,7 @@ from mhacli.errors import TextError, TokenizerError
 from mhacli.tokenizer import Tokenizer
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
+MAX_TEXTS_BYTES = 64 * 1024 * 1024  # --texts FILE: one text per line
 
 
 def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
@@ -38,6 +39,35 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
     if text.strip() == "":
         raise TextError("text is empty")
     return text
+
+
+def read_texts(path: str) -> list[tuple[int, str]]:
+    """--texts FILE ('-': stdin): (line number, text) for every non-blank line."""
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_TEXTS_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_TEXTS_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise TextError(f"--texts {path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise TextError(f"--texts {path}: is a directory") from exc
+    except OSError as exc:
+        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_TEXTS_BYTES:
+        raise TextError(f"--texts {path}: larger than {MAX_TEXTS_BYTES // (1024 * 1024)} MiB")
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TextError(f"--texts {path}: line {line} is not valid UTF-8") from exc
+    content = content.removeprefix("\ufeff")
+    texts = [(n, line.removesuffix("\r")) for n, line in enumerate(content.split("\n"), start=1)]
+    texts = [(n, t) for n, t in texts if t.strip()]
+    if not texts:
+        raise TextError(f"--texts {path}: holds no text (every line is blank)")
+    return texts
 
 
 def check_ids_fit(ids: list[int], vocab_size: int) -> None:

@@ -291,6 +291,23 @@ class Checkpoint:
     def parameter_count(self) -> int:
         return sum(math.prod(info.shape) for info in self.tensors.values())
 
+    def weight_bytes(self, *, extra_layers: int = 0) -> int:
+        """The most bytes of weights a pass over the layers holds at once, from the headers alone (no tensor is
+        read; every tensor is float32 once read, 4 bytes per value whatever its dtype on disk).
+
+        A caching checkpoint keeps every tensor it reads: all of them, after one pass. Otherwise tensors are
+        dropped after use: the forward holds two layers' tensors at a hand-over (the next layer is read while the
+        last one is still referenced), the embeddings and final norm are read outside the layers, and the caller
+        may hold `extra_layers` more layers of its own (explain keeps the explained layer's tensors)."""
+        sizes = {name: 4 * math.prod(info.shape) for name, info in self.tensors.items()}
+        if self.cache is not None:
+            return sum(sizes.values())
+        prefixes = [family(self.config.model_type).LAYER_PREFIX.format(i) for i in range(self.config.n_layer)]
+        per_layer = [sum(n for name, n in sizes.items() if name.startswith(p)) for p in prefixes]
+        outside = sum(n for name, n in sizes.items() if not name.startswith(tuple(prefixes)))
+        largest = max(per_layer, default=0)
+        return extra_layers * largest + max(outside, 2 * largest)
+
     def model_dict(self) -> dict:
         c = self.config
         return {
@@ -340,6 +357,14 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
         if info.dtype not in FLOAT_DTYPES:
             raise WeightsError(f"tensor {info.name!r} in {info.file.name} has dtype {info.dtype}; expected a float type")
         tensors[key] = info
+    head = found.get(arch.LM_HEAD)
+    if not config.tie_word_embeddings and head is not None:  # optional: only the loss reads it (mhacli.loss)
+        if head.shape != (config.vocab_size, config.n_embd) or head.dtype not in FLOAT_DTYPES:
+            raise WeightsError(
+                f"tensor {head.name!r} in {head.file.name} has shape {list(head.shape)} and dtype {head.dtype}, "
+                f"but config.json implies {[config.vocab_size, config.n_embd]} float"
+            )
+        tensors[arch.LM_HEAD] = head
     if cache is None:
         cache = 4 * sum(math.prod(s.shape) for s in tensors.values()) <= CACHE_LIMIT_BYTES
     return Checkpoint(files, config, tensors, {} if cache else None)

@@ -5,6 +5,8 @@ Nothing is downloaded: models come from `transformers` configs with random weigh
 
 from __future__ import annotations
 
+import collections
+import functools
 import io
 import json
 import os
@@ -106,14 +108,55 @@ def tiny_model(tmp_path_factory, tokenizer_dir) -> Path:
 
 
 def hf_outputs(directory: Path, ids) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """HF eager float32 attentions and hidden states (after each block; the last after ln_f) for `ids`."""
-    import torch
-    from transformers import GPT2Model
+    """HF eager float32 (AutoModel, the architecture's base model): attentions [n_head, n_seq, n_seq] and hidden
+    states after each block (the last after the final norm, as HF reports it) for `ids`.
 
-    model = GPT2Model.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
+    Cached per directory, token ids and the directory's files (name, size, mtime), so a checkpoint edited in place
+    is run again."""
+    stats = [(f.name, f.stat()) for f in Path(directory).iterdir() if f.is_file()]
+    files = tuple(sorted((name, s.st_size, s.st_mtime_ns) for name, s in stats))
+    return _hf_outputs(str(directory), tuple(int(i) for i in np.asarray(ids).reshape(-1)), files)
+
+
+@functools.lru_cache(maxsize=128)
+def _hf_outputs(directory: str, ids: tuple[int, ...], files: tuple) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
     with torch.no_grad():
-        out = model(torch.as_tensor(np.asarray(ids), dtype=torch.long)[None], output_attentions=True, output_hidden_states=True)
+        out = model(torch.tensor([list(ids)], dtype=torch.long), output_attentions=True, output_hidden_states=True)
     return [a[0].numpy() for a in out.attentions], [h[0].numpy() for h in out.hidden_states[1:]]
+
+
+def compare_with_hf(directory: Path, ids, *, reference_dir: Path | None = None, hidden_relative: bool = True):
+    """Our forward on `directory` vs HF eager float32 (on `reference_dir`, default the same), per layer and per
+    head: every head's attention within ATTN_ATOL, every layer's hidden states within HIDDEN_ATOL (times
+    max(1, max |HF hidden|) of that layer when hidden_relative), float32 throughout. Returns the measured
+    [(attention max abs err, hidden max abs err)] per layer."""
+    from mhacli.model import final_norm, forward
+    from mhacli.weights import load_model
+
+    ids = np.asarray(ids)
+    ckpt = load_model(str(directory))
+    hf_attn, hf_hidden = hf_outputs(reference_dir or directory, ids)
+    traces = list(forward(ckpt, ids))
+    assert len(traces) == len(hf_attn) == ckpt.config.n_layer
+    name = Path(directory).name
+    errors = []
+    for t in traces:
+        hidden = final_norm(ckpt, t.residual) if t.layer == ckpt.config.n_layer - 1 else t.residual
+        assert t.attention.dtype == np.float32 and hidden.dtype == np.float32, "float64 crept into the float32 path"
+        assert t.attention.shape == hf_attn[t.layer].shape == (ckpt.config.n_head, len(ids), len(ids))
+        per_head = [float(np.abs(t.attention[h] - hf_attn[t.layer][h]).max()) for h in range(ckpt.config.n_head)]
+        for h, err in enumerate(per_head):
+            assert err <= ATTN_ATOL, f"{name} layer {t.layer} head {h}: attention max abs err {err:.3e} > {ATTN_ATOL}"
+        scale = max(1.0, float(np.abs(hf_hidden[t.layer]).max())) if hidden_relative else 1.0
+        h_err = float(np.abs(hidden - hf_hidden[t.layer]).max())
+        bound = HIDDEN_ATOL * scale
+        assert h_err <= bound, f"{name} layer {t.layer}: hidden max abs err {h_err:.3e} > {bound:.1e}"
+        errors.append((max(per_head), h_err))
+    return errors
 
 
 def assert_close(name: str, got, want, atol: float, *, relative: bool = True) -> None:
@@ -123,6 +166,22 @@ def assert_close(name: str, got, want, atol: float, *, relative: bool = True) ->
     bound = atol * max(1.0, float(np.abs(want).max())) if relative and want.size else atol
     err = float(np.abs(got - want).max()) if want.size else 0.0
     assert err <= bound, f"{name}: max abs error {err:.3e} vs HF exceeds {bound:.1e}"
+
+
+# Tests that claim a number of cases count them as they run (count_case inside the test body); the totals are
+# printed at the end of the session, so a figure quoted in the README is one a run measured, not a sum of settings.
+CASES: collections.Counter[str] = collections.Counter()
+
+
+def count_case(kind: str) -> None:
+    CASES[kind] += 1
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if CASES:
+        terminalreporter.write_sep("-", "cases run")
+        for kind, n in sorted(CASES.items()):
+            terminalreporter.write_line(f"{kind}: {n:,}")
 
 
 def run_mha(*args: str, input: str | bytes | None = None, env: dict | None = None, cwd: Path | None = None):
@@ -174,3 +233,21 @@ def parse_json(stdout: bytes):
         raise ValueError(f"non-standard JSON constant {token}")
 
     return json.loads(stdout.decode("utf-8"), parse_constant=reject)
+
+
+def break_attention_kernel(monkeypatch, factor: float = 1.5) -> None:
+    """Make the forward's attention kernel (mhacli.attention.causal_attention) wrong: every head's output z times
+    `factor`, its probabilities untouched. Patched in every mhacli module that calls it."""
+    import mhacli.arch.common  # noqa: F401 - the modules that call the kernel, loaded so they can be patched
+    import mhacli.attention
+    import mhacli.model  # noqa: F401
+
+    real = mhacli.attention.causal_attention
+
+    def broken(*args, **kwargs):
+        z, probs = real(*args, **kwargs)
+        return z * np.float32(factor), probs
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("mhacli") and getattr(module, "causal_attention", None) is real:
+            monkeypatch.setattr(module, "causal_attention", broken)

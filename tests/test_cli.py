@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import hf_outputs, parse_json, run_mha
+from conftest import REPO, hf_outputs, parse_json, run_mha
 from mhacli.output import CSV_COLUMNS
 from mhacli.stats import KINDS, STAT_NAMES
 
@@ -210,5 +210,11 @@ def test_normal_commands_never_import_torch_or_transformers(command):
 
 
 def test_help_and_version_exit_0():
+    import tomllib
+
     assert run_mha("--help").returncode == 0
     assert run_mha("inspect", "--help").returncode == 0
+    result = run_mha("--version")
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert result.stdout.decode() == f"mha {version}\n"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import ATTN_ATOL, HIDDEN_ATOL, build_model, hf_outputs
-from mhacli.model import final_norm, forward
+from conftest import build_model, compare_with_hf
+from mhacli.model import forward
 from mhacli.weights import load_model
 
 IDS = np.random.default_rng(0).integers(0, 400, size=48)
@@ -22,22 +22,8 @@ ACTIVATIONS = [
 
 
 def compare(directory, ids=IDS, reference_dir=None):
-    """Max abs errors per layer [(attention, hidden)] of our forward vs HF, with per-head attention checks."""
-    ckpt = load_model(str(directory))
-    hf_attn, hf_hidden = hf_outputs(reference_dir or directory, ids)
-    traces = list(forward(ckpt, ids))
-    assert len(traces) == len(hf_attn) == ckpt.config.n_layer
-    errors = []
-    for t in traces:
-        hidden = final_norm(ckpt, t.residual) if t.layer == ckpt.config.n_layer - 1 else t.residual
-        assert t.attention.dtype == np.float32 and hidden.dtype == np.float32, "float64 crept into the float32 path"
-        per_head = [float(np.abs(t.attention[h] - hf_attn[t.layer][h]).max()) for h in range(t.attention.shape[0])]
-        for h, err in enumerate(per_head):
-            assert err <= ATTN_ATOL, f"layer {t.layer} head {h}: attention max abs err {err:.3e} > {ATTN_ATOL}"
-        h_err = float(np.abs(hidden - hf_hidden[t.layer]).max())
-        assert h_err <= HIDDEN_ATOL, f"layer {t.layer}: hidden max abs err {h_err:.3e} > {HIDDEN_ATOL}"
-        errors.append((max(per_head), h_err))
-    return errors
+    """conftest.compare_with_hf with this file's ids; GPT-2's hidden states here within HIDDEN_ATOL absolute."""
+    return compare_with_hf(directory, ids, reference_dir=reference_dir, hidden_relative=False)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

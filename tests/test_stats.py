@@ -1,4 +1,4 @@
-"""Statistics against a direct, loop-based implementation of the definitions in CLI.md, plus properties."""
+"""Statistics against a direct, loop-based implementation of docs/statistics.md's definitions, plus properties."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mhacli.stats import KIND_RULES, classify, layer_stats, stats_arrays
+from mhacli.stats import KIND_RULES, STAT_NAMES, classify, layer_stats, stats_arrays
 
 
 def reference_stats(A: np.ndarray, t: list[int]) -> dict[str, float | None]:
-    """CLI.md's definitions, written as loops over rows, one head at a time."""
+    """docs/statistics.md's definitions, written as loops over rows, one head at a time."""
     n = len(t)
     rows = range(n)
     ent = [-sum(A[i, j] * math.log(A[i, j]) for j in range(i + 1) if A[i, j] > 0) for i in rows]
@@ -117,7 +117,18 @@ def test_single_token_has_undefined_token_statistics():
 
 
 def test_kind_rules_use_known_statistics():
+    """Every rule names a statistic that exists (or entropy relative to uniform, for `broad`), has a threshold in
+    (0, 1), and is decided by that statistic: with every other statistic low, the rule's statistic at its threshold
+    gives the rule's kind and just below it does not."""
+    n_seq = 10
+    low = {"entropy": 0.01, "max_weight": 0.99, "mean_distance": 0.0, "first_token": 0.0, "self": 0.0,
+           "previous_token": 0.0, "duplicate_token": 0.0, "induction": 0.0}  # fmt: skip
+    uniform = float(np.mean(np.log(np.arange(1, n_seq + 1))))  # uniform over the visible keys
     for kind, stat, threshold in KIND_RULES:
-        assert 0 < threshold < 1
+        assert stat in STAT_NAMES or stat == "relative_entropy", (kind, stat)
+        assert 0 < threshold < 1, (kind, threshold)
+        name, scale = ("entropy", uniform) if stat == "relative_entropy" else (stat, 1.0)
+        assert classify(low | {name: threshold * scale}, n_seq) == kind, kind
+        assert classify(low | {name: (threshold - 1e-3) * scale}, n_seq) != kind, kind
     assert classify({"entropy": 0.1, "induction": None, "previous_token": 0.1, "duplicate_token": None,
                      "self": 0.1, "first_token": 0.1, "max_weight": 0.9, "mean_distance": 1.0}, 10) == "mixed"  # fmt: skip

@@ -1,7 +1,7 @@
 """Architecture families, one module each. `family(model_type)` returns the module, which provides:
 
-- MODEL_TYPES, KEY_PREFIX (stripped from checkpoint keys), LAYER_PREFIX (`h.{}.`, `layers.{}.`), KV_WEIGHT (the
-  layer tensor holding K, whose dtype is the KV cache's), HF_MODEL_CLASS (model_type -> transformers class);
+- MODEL_TYPES, KEY_PREFIX (stripped from checkpoint keys), EMBEDDING and LM_HEAD (the output head's tensors), LAYER_PREFIX (`h.{}.`, `layers.{}.`), KV_WEIGHT (the
+  layer tensor holding K, whose dtype is the KV cache's), HF_MODEL_CLASS and HF_LM_CLASS (model_type -> transformers class, without and with the output head);
 - normalise_key(key), expected_shapes(config): the checkpoint's names and the shape of every tensor read;
 - embed(params, ids), block(x, p, config, layer, edit=None) -> (x, attention parts as computed: probs, z, out, ...),
   final_norm(params, x): the forward pass (`edit` replaces heads' outputs before the output projection: ablation);

@@ -14,8 +14,11 @@ from mhacli.model import Params, gpt2_attention_parts, gpt2_block, layer_norm
 MODEL_TYPES = ("gpt2",)
 KEY_PREFIX = "transformer."
 LAYER_PREFIX = "h.{}."
+EMBEDDING = "wte.weight"  # the input embedding, also the output head when tied
+LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "attn.c_attn.weight"  # holds K and V: its dtype is the KV cache's
 HF_MODEL_CLASS = {"gpt2": "GPT2Model"}
+HF_LM_CLASS = {"gpt2": "GPT2LMHeadModel"}  # with the output head: `verify` compares logits and loss
 block = gpt2_block
 
 
@@ -23,7 +26,7 @@ def normalise_key(key: str) -> str | None:
     """Checkpoint key -> our key: strip `transformer.`; None for buffers and heads we do not use."""
     if key.startswith(KEY_PREFIX):
         key = key[len(KEY_PREFIX) :]
-    if key.endswith((".attn.bias", ".attn.masked_bias")) or key.startswith("lm_head."):
+    if key.endswith((".attn.bias", ".attn.masked_bias")) or (key.startswith("lm_head.") and key != LM_HEAD):
         return None
     return key
 

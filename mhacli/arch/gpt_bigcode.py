@@ -17,14 +17,17 @@ from mhacli.model import ACTIVATION_FNS, ZEdit, layer_norm, project_heads, split
 MODEL_TYPES = ("gpt_bigcode",)
 KEY_PREFIX = "transformer."
 LAYER_PREFIX = "h.{}."
+EMBEDDING = "wte.weight"  # the input embedding, also the output head when tied
+LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "attn.c_attn.weight"
 HF_MODEL_CLASS = {"gpt_bigcode": "GPTBigCodeModel"}
+HF_LM_CLASS = {"gpt_bigcode": "GPTBigCodeForCausalLM"}  # with the output head: `verify` compares logits and loss
 
 
 def normalise_key(key: str) -> str | None:
     if key.startswith(KEY_PREFIX):
         key = key[len(KEY_PREFIX) :]
-    if key == "bias" or key.endswith((".attn.bias", ".attn.masked_bias")) or key.startswith("lm_head."):
+    if key == "bias" or key.endswith((".attn.bias", ".attn.masked_bias")) or (key.startswith("lm_head.") and key != LM_HEAD):
         return None  # the causal-mask buffer, and the LM head we do not use
     return key
 

@@ -17,15 +17,18 @@ from mhacli.model import ACTIVATION_FNS, Params, ZEdit, project_heads, split_hea
 MODEL_TYPES = ("llama", "mistral")
 KEY_PREFIX = "model."
 LAYER_PREFIX = "layers.{}."
+EMBEDDING = "embed_tokens.weight"  # the input embedding, also the output head when tied
+LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "self_attn.k_proj.weight"
 HF_MODEL_CLASS = {"llama": "LlamaModel", "mistral": "MistralModel"}
+HF_LM_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}  # with the output head: `verify` compares logits and loss
 
 
 def normalise_key(key: str) -> str | None:
-    """Strip `model.`; None for the LM head (tied or not, we do not use it) and old rotary_emb.inv_freq buffers."""
+    """Strip `model.`; None for old rotary_emb.inv_freq buffers and LM-head tensors other than its weight."""
     if key.startswith(KEY_PREFIX):
         key = key[len(KEY_PREFIX) :]
-    if key.startswith("lm_head.") or key.endswith("rotary_emb.inv_freq"):
+    if (key.startswith("lm_head.") and key != LM_HEAD) or key.endswith("rotary_emb.inv_freq"):
         return None
     return key
 

@@ -13,17 +13,18 @@ import numpy as np
 
 from mhacli.arch.common import GroupedAttentionParts, linear, rms_norm, swiglu
 from mhacli.arch.llama import (  # the parts OLMo shares with Llama unchanged
-    KEY_PREFIX, KV_WEIGHT, LAYER_PREFIX, embed, final_norm, head_projections, mlp_shapes, normalise_key,
+    EMBEDDING, KEY_PREFIX, KV_WEIGHT, LAYER_PREFIX, LM_HEAD, embed, final_norm, head_projections, mlp_shapes, normalise_key,
     out_projection, projection_shapes, rotary_attention,
 )  # fmt: skip
 from mhacli.config import RotaryConfig
 from mhacli.model import ACTIVATION_FNS, ZEdit, split_heads
 
 __all__ = [
-    "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "embed", "final_norm", "head_projections", "normalise_key", "out_projection",
+    "EMBEDDING", "LM_HEAD", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "embed", "final_norm", "head_projections", "normalise_key", "out_projection",
 ]  # fmt: skip
 MODEL_TYPES = ("olmo2", "olmo3")
 HF_MODEL_CLASS = {"olmo2": "Olmo2Model", "olmo3": "Olmo3Model"}
+HF_LM_CLASS = {"olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM"}  # with the output head: `verify` compares logits and loss
 
 
 def expected_shapes(config: RotaryConfig) -> dict[str, tuple[int, ...]]:

@@ -10,6 +10,7 @@ import numpy as np
 import typer
 
 from mhacli.cli import app
+from mhacli.commands.ablate import ablation_edits
 from mhacli.commands._common import (
     FormatOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_memory, load, progress, resolve_format, warn,
 )  # fmt: skip
@@ -17,11 +18,10 @@ from mhacli.heads import memory_needed
 from mhacli.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.errors import ExitCode, TextError, UsageError
 from mhacli.output import MACHINE_FORMATS, dumps
-from mhacli.textin import check_ids_fit, read_text
+from mhacli.textin import check_ids_fit, read_text, read_texts
 from mhacli.tokenizer import Tokenizer
 from mhacli.weights import Checkpoint
 
-MAX_TEXTS_BYTES = 64 * 1024 * 1024
 FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
 
 
@@ -30,35 +30,6 @@ class DiffText:
     ids: np.ndarray  # [n_seq] int64
     tokens: list[str]
     where: str  # "the text" or "--texts line N", for messages
-
-
-def read_texts(path: str) -> list[tuple[int, str]]:
-    """--texts FILE ('-': stdin): (line number, text) for every non-blank line."""
-    try:
-        if path == "-":
-            raw = sys.stdin.buffer.read(MAX_TEXTS_BYTES + 1)
-        else:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_TEXTS_BYTES + 1)
-    except FileNotFoundError as exc:
-        raise TextError(f"--texts {path}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise TextError(f"--texts {path}: is a directory") from exc
-    except OSError as exc:
-        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
-    if len(raw) > MAX_TEXTS_BYTES:
-        raise TextError(f"--texts {path}: larger than {MAX_TEXTS_BYTES // (1024 * 1024)} MiB")
-    try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise TextError(f"--texts {path}: line {line} is not valid UTF-8") from exc
-    content = content.removeprefix("\ufeff")
-    texts = [(n, line.removesuffix("\r")) for n, line in enumerate(content.split("\n"), start=1)]
-    texts = [(n, t) for n, t in texts if t.strip()]
-    if not texts:
-        raise TextError(f"--texts {path}: holds no text (every line is blank)")
-    return texts
 
 
 def tokenize_both(
@@ -106,6 +77,10 @@ def diff(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
+    ablate: Annotated[
+        str | None,
+        typer.Option("--ablate", metavar="HEADS", help="Remove heads of MODEL_B first (zeroed): L.H[,L.H...] or @mask.json."),
+    ] = None,
 ) -> int:
     """Per-head divergence between two models on the same text (same tokenizer needed)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -121,16 +96,22 @@ def diff(
     a, b = load(model_a, cache=None), load(model_b, cache=None)  # several texts: read small models once
     items = [tokenize_both(raw, where, a, b, truncate) for raw, where in raws]
     (ckpt_a, _), (ckpt_b, _) = a, b
+    edits_b = ablation_edits(ablate, ckpt_b)
     shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)
     shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
     mode = "paired" if shape_a == shape_b and not match else "matched"
     n_seq = max(len(t.ids) for t in items)
     kept_a = shape_a[0] if mode == "matched" else 1  # matched mode keeps all of A's maps while B runs
-    needed = memory_needed(shape_a[1], n_seq, kept_layers=kept_a, kept_heads=shape_a[1], keep_maps=True)
-    needed += memory_needed(shape_b[1], n_seq, kept_layers=1, kept_heads=shape_b[1], keep_maps=True)
+    # the weights: small models' tensors stay cached once read (load(cache=None)), larger ones stream by layer
+    needed = memory_needed(
+        shape_a[1], n_seq, kept_layers=kept_a, kept_heads=shape_a[1], keep_maps=True, weight_bytes=ckpt_a.weight_bytes()
+    )
+    needed += memory_needed(
+        shape_b[1], n_seq, kept_layers=1, kept_heads=shape_b[1], keep_maps=True, weight_bytes=ckpt_b.weight_bytes()
+    )
     check_memory(needed, max_memory, "use shorter texts")
     per_text = [
-        compare_text(ckpt_a, ckpt_b, t.ids, metric, mode)
+        compare_text(ckpt_a, ckpt_b, t.ids, metric, mode, edits_b)
         for t in progress(items, len(items), f"comparing heads on {len(items)} texts")
     ]
     report = summarise(per_text, metric, mode, shape_a, shape_b)

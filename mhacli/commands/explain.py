@@ -37,9 +37,11 @@ def explain(
     """The computation of one head for one query token, step by step, checked against the forward pass."""
     fmt = resolve_format(format, FORMATS)
     ckpt, tokens = prepare(model, text, truncate=truncate)
-    # the batched forward and the batched re-run of the layer for the check: two layers' working sets
-    check_memory(2 * memory_needed(ckpt.config.n_head, len(tokens.ids), kept_layers=0, kept_heads=0, keep_maps=False),
-                 max_memory, "use a shorter text")  # fmt: skip
+    # the batched forward and the batched re-run of the layer for the check: two layers' working sets; the
+    # explained layer's tensors are held throughout, on top of the forward's
+    n_head, n_seq = ckpt.config.n_head, len(tokens.ids)
+    working_set = memory_needed(n_head, n_seq, kept_layers=0, kept_heads=0, keep_maps=False, weight_bytes=0)
+    check_memory(2 * working_set + ckpt.weight_bytes(extra_layers=1), max_memory, "use a shorter text")
     ex = run_explain(ckpt, tokens.ids, layer, head, query)
     if fmt == "json":
         doc = {"model": ckpt.model_dict(), "tokens": tokens.tokens, "token_ids": tokens.ids.tolist()} | ex.to_dict()

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mhacli.cli import app
+from mhacli.commands.ablate import AblateOpt, ablation_edits
 from mhacli.commands._common import (
     FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, progress, resolve_format,
 )  # fmt: skip
@@ -30,6 +31,7 @@ def inspect(
     save: Annotated[Path | None, typer.Option("--save", help="Also write attention[layer, head, q, k] to FILE.npz.")] = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
+    ablate: AblateOpt = None,
 ) -> None:
     """Attention maps and statistics for the selected heads (default: every head)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -49,9 +51,12 @@ def inspect(
     check_selection(c.n_layer, c.n_head, layer, head)
     n_layers = len(set(layer)) if layer else c.n_layer
     n_heads = len(set(head)) if head else c.n_head
-    needed = memory_needed(c.n_head, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=True)
+    needed = memory_needed(
+        c.n_head, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=True, weight_bytes=ckpt.weight_bytes()
+    )
     check_memory(needed, max_memory, "narrow it with --layer/--head or a shorter text (mha stats streams without maps)")
-    views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=True), n_layers * n_heads, "running layers"))
+    edits = ablation_edits(ablate, ckpt)
+    views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=True, edits=edits), n_layers * n_heads, "running layers"))
     if save is not None:
         save_npz(save, views, tokens.ids.tolist(), tokens.tokens)
     if fmt in MACHINE_FORMATS:

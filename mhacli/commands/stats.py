@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mhacli.cli import app
+from mhacli.commands.ablate import AblateOpt, ablation_edits
 from mhacli.commands._common import (
     FormatOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, progress, resolve_format,
 )  # fmt: skip
@@ -28,6 +29,7 @@ def stats(
     ] = "auto",
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
+    ablate: AblateOpt = None,
 ) -> None:
     """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -35,9 +37,11 @@ def stats(
         raise UsageError(f"--stat {stat!r} is not one of: auto, {', '.join(STAT_NAMES)}")
     ckpt, tokens = prepare(model, text, truncate=truncate)
     c = ckpt.config
-    needed = memory_needed(c.n_head, len(tokens.ids), kept_layers=0, kept_heads=0, keep_maps=False)
+    needed = memory_needed(
+        c.n_head, len(tokens.ids), kept_layers=0, kept_heads=0, keep_maps=False, weight_bytes=ckpt.weight_bytes()
+    )
     check_memory(needed, max_memory, "use a shorter text")
-    views = list(progress(analyse(ckpt, tokens.ids, keep_maps=False), c.n_layer * c.n_head, "running layers"))
+    views = list(progress(analyse(ckpt, tokens.ids, keep_maps=False, edits=ablation_edits(ablate, ckpt)), c.n_layer * c.n_head, "running layers"))
     if fmt in MACHINE_FORMATS:
         write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=False)
     elif fmt == "text":

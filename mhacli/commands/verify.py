@@ -48,6 +48,15 @@ def verify(
             ok = "ok" if report.layer_passed(c) else "FAIL"
             bound = report.hidden_atol * c.hidden_scale
             lines.append(f"{c.layer:>5}  {c.attention_max_abs_err:>21.3e}  {c.hidden_max_abs_err:>18.3e}  {bound:>12.1e}  {ok}")
+        if report.head is not None:
+            h = report.head
+            ok = "ok" if report.head_passed else "FAIL"
+            lines.append(
+                f"{'head':>5}  loss {h.loss:.6f} (HF {h.hf_loss:.6f}, rel err {h.loss_rel_err:.1e}); "
+                f"logits max abs err {h.logits_max_abs_err:.3e}  {ok}"
+            )
+        else:
+            lines.append(f"{'head':>5}  no output head in this checkpoint (no lm_head.weight, embeddings not tied): loss not checked")
         verdict = "PASSED" if report.passed else "FAILED"
         lines.append(
             f"{verdict}: {len(tokens.ids)} tokens, {len(report.layers)} layers; max attention error "

@@ -1,0 +1,292 @@
+"""`mha ablate` (each head removed alone: its effect on the loss) and `mha prune` (pruning curves against a random
+order), and the `--ablate L.H,...|@mask.json` option that inspect, stats and diff share."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mhacli.ablate import (
+    METHODS, Ablator, Head, ablate_each, check_head, importance_curve, parse_heads, prunable_fraction, random_curve,
+    removal_edits, schedule,
+)  # fmt: skip
+from mhacli.cli import app
+from mhacli.commands._common import FormatOpt, HeadOpt, LayerOpt, ModelOpt, TextArg, TruncateOpt, load, resolve_format, warn
+from mhacli.errors import UsageError
+from mhacli.heads import check_selection
+from mhacli.model import LayerTrace, ZEdit
+from mhacli.output import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_table
+from mhacli.stats import layer_stats
+from mhacli.textin import TokenizedText, read_text, read_texts, tokenize
+from mhacli.weights import Checkpoint
+
+MAX_MASK_BYTES = 1024 * 1024
+TextsOpt = Annotated[
+    str | None, typer.Option("--texts", metavar="FILE", help="Score every line of FILE ('-': stdin) instead of TEXT.")
+]
+MethodOpt = Annotated[str, typer.Option("--method", help="How a head is removed: zero, or mean (its mean output).")]
+LossFromOpt = Annotated[
+    int, typer.Option("--loss-from", metavar="I", help="Score only target tokens at positions >= I (default 1: all).")
+]
+AblateOpt = Annotated[
+    str | None,
+    typer.Option("--ablate", metavar="HEADS", help="Remove heads first (zeroed): L.H[,L.H...] or @mask.json."),
+]
+
+
+# --- --ablate on inspect / stats / diff ----------------------------------------------------------------------------
+
+
+def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
+    """A mask file (`mha prune --save-mask`): {"model": {"n_layer", "n_head"}, "heads": [[layer, head], ...]}."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MASK_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"--ablate @{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_MASK_BYTES:
+        raise UsageError(f"--ablate @{path}: larger than 1 MiB; a mask file lists heads")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"--ablate @{path}: not a JSON mask file ({type(exc).__name__})") from exc
+    shape = doc.get("model") if isinstance(doc, dict) else None
+    heads = doc.get("heads") if isinstance(doc, dict) else None
+    if not isinstance(shape, dict) or not isinstance(heads, list):
+        raise UsageError(f'--ablate @{path}: expected {{"model": {{"n_layer": L, "n_head": H}}, "heads": [[layer, head], ...]}}')
+    if (shape.get("n_layer"), shape.get("n_head")) != (n_layer, n_head):
+        raise UsageError(
+            f"--ablate @{path}: the mask is for a model of {shape.get('n_layer')} layers x {shape.get('n_head')} heads; "
+            f"this one has {n_layer} x {n_head}"
+        )
+    result: list[Head] = []
+    for item in heads:
+        ok = isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item)
+        if not ok:
+            raise UsageError(f"--ablate @{path}: {str(item)[:40]} is not a [layer, head] pair")
+        check_head((item[0], item[1]), n_layer, n_head)
+        if (item[0], item[1]) not in result:
+            result.append((item[0], item[1]))
+    return result
+
+
+def ablated_heads(spec: str | None, ckpt: Checkpoint) -> list[Head]:
+    """--ablate: `L.H,...` or `@FILE.json` -> the heads; [] when not given."""
+    if spec is None:
+        return []
+    c = ckpt.config
+    if spec.startswith("@"):
+        return read_mask(spec[1:], c.n_layer, c.n_head)
+    return parse_heads(spec, c.n_layer, c.n_head)
+
+
+def ablation_edits(spec: str | None, ckpt: Checkpoint) -> dict[int, ZEdit] | None:
+    """--ablate as the forward's edits (heads zeroed), None when not given."""
+    heads = ablated_heads(spec, ckpt)
+    return removal_edits(heads) if heads else None
+
+
+# --- texts and kinds --------------------------------------------------------------------------------------------------
+
+
+def scored_texts(
+    model: str | None, text: str | None, texts: str | None, truncate: bool
+) -> tuple[Checkpoint, list[TokenizedText]]:
+    """TEXT or --texts FILE, read before the model loads (a bad text fails fast); weights kept in memory when the
+    model is small (every evaluation reruns layers)."""
+    if text is not None and texts is not None:
+        raise UsageError("give TEXT or --texts FILE, not both")
+    raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)] if texts is not None else [(read_text(text), "the text")]
+    ckpt, tokenizer = load(model, cache=None)
+    c = ckpt.config
+    tokenized = []
+    for raw, where in raws:
+        t = tokenize(tokenizer, raw, c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
+        if t.truncated_from is not None:
+            warn(f"{where} truncated to the first {c.n_positions} of {t.truncated_from} tokens")
+        if len(t.ids) < 2:
+            raise UsageError(f"{where} is one token long: there is no next token to score")
+        tokenized.append(t)
+    return ckpt, tokenized
+
+
+class KindTally:
+    """Each head's kind on every text of the intact model's run; a head's kind is its most frequent one."""
+
+    def __init__(self, texts: list[TokenizedText]) -> None:
+        self.texts = texts
+        self.kinds: dict[Head, Counter] = {}
+
+    def __call__(self, index: int, trace: LayerTrace) -> None:
+        for s in layer_stats(trace.layer, trace.attention, self.texts[index].ids):
+            self.kinds.setdefault((s.layer, s.head), Counter())[s.kind] += 1
+
+    def kind(self, head: Head) -> str:
+        counts = self.kinds[head]
+        return max(counts, key=lambda k: (counts[k], -list(counts).index(k)))
+
+
+def make_ablator(ckpt: Checkpoint, texts: list[TokenizedText], method: str, loss_from: int) -> tuple[Ablator, KindTally]:
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r} is not one of: {', '.join(METHODS)}")
+    if loss_from < 0:
+        raise UsageError(f"--loss-from {loss_from} must be 0 or more")
+    tally = KindTally(texts)
+    return Ablator(ckpt, [t.ids for t in texts], method=method, loss_from=loss_from, observe=tally), tally
+
+
+def ticker(total: int, description: str):
+    """A progress bar on stderr (terminal only): returns (tick, close)."""
+    from mhacli.commands._common import progress
+
+    bar = progress(iter(range(total)), total, description)
+    next(bar, None)
+
+    def tick() -> None:
+        next(bar, None)
+
+    return tick, bar.close
+
+
+# --- mha ablate -------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def ablate(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    texts: TextsOpt = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    method: MethodOpt = "zero",
+    loss_from: LossFromOpt = 1,
+    top: Annotated[int, typer.Option("--top", "-k", help="Heads in the terminal ranking.")] = 10,
+    format: FormatOpt = None,
+    truncate: TruncateOpt = False,
+) -> None:
+    """Each head removed alone: the next-token loss against the intact model, in nats/token and %."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    if top < 1:
+        raise UsageError(f"--top {top} must be at least 1")
+    ckpt, tokenized = scored_texts(model, text, texts, truncate)
+    c = ckpt.config
+    check_selection(c.n_layer, c.n_head, layer, head)
+    selected = [(lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))]
+    ablator, tally = make_ablator(ckpt, tokenized, method, loss_from)
+    tick, close = ticker(len(selected), "ablating heads")
+    effects = ablate_each(ablator, selected, tick)
+    close()
+    first = tokenized[0]
+    doc = {
+        "model": ckpt.model_dict(), "tokens": first.tokens, "token_ids": first.ids.tolist(), "n_texts": len(tokenized),
+        "method": method, "loss_from": loss_from, "n_targets": ablator.n_targets, "baseline_loss": ablator.baseline,
+        "heads": [
+            {"layer": e.layer, "head": e.head, "kv_head": c.kv_head(e.head), "kind": tally.kind((e.layer, e.head)),
+             "loss": e.loss, "delta": e.delta, "delta_pct": e.delta_pct}
+            for e in effects
+        ],
+    }  # fmt: skip
+    if fmt == "json":
+        sys.stdout.write(dumps(doc) + "\n")
+    elif fmt == "jsonl":
+        for row in doc["heads"]:
+            sys.stdout.write(dumps(row) + "\n")
+    elif fmt in ("csv", "tsv"):
+        columns = ("layer", "head", "kind", "loss", "delta", "delta_pct")
+        write_table(sys.stdout, fmt, columns, ([r[k] for k in columns] for r in doc["heads"]))
+    elif fmt == "text":
+        from mhacli.plain import write_ablate
+
+        write_ablate(sys.stdout, doc)
+    else:
+        from mhacli.render import make_console, render_ablate
+
+        render_ablate(make_console(), doc, top)
+
+
+# --- mha prune --------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def prune(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    texts: TextsOpt = None,
+    method: MethodOpt = "zero",
+    loss_from: LossFromOpt = 1,
+    step: Annotated[float, typer.Option("--step", help="Fraction of all heads removed per round, in (0, 1].")] = 0.1,
+    seeds: Annotated[int, typer.Option("--seeds", help="Random removal orders averaged for the baseline curve.")] = 5,
+    max_increase: Annotated[
+        float, typer.Option("--max-increase", help="Loss increase allowed, as a fraction of the baseline (0.05: 5%).")
+    ] = 0.05,
+    save_mask: Annotated[
+        Path | None, typer.Option("--save-mask", metavar="FILE", help="Write the pruned heads as a mask file (JSON).")
+    ] = None,
+    format: FormatOpt = None,
+    truncate: TruncateOpt = False,
+) -> None:
+    """The pruning curve: heads removed least important first (re-measured every round) against random orders."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    if not 0.0 < step <= 1.0:
+        raise UsageError(f"--step {step} must be in (0, 1]: the fraction of all heads removed per round")
+    if seeds < 1:
+        raise UsageError(f"--seeds {seeds} must be at least 1")
+    if not max_increase >= 0.0 or max_increase == float("inf"):
+        raise UsageError(f"--max-increase {max_increase} must be a finite fraction >= 0 (0.05 is 5%)")
+    if save_mask is not None:
+        check_writable(save_mask)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate)
+    c = ckpt.config
+    ablator, _ = make_ablator(ckpt, tokenized, method, loss_from)
+    n_heads = c.n_layer * c.n_head
+    counts = schedule(n_heads, step)
+    evaluations = sum(n_heads - n for n in counts[:-1]) + seeds * (len(counts) - 1)
+    tick, close = ticker(evaluations, "pruning")
+    curve = importance_curve(ablator, step, tick)
+    rand = random_curve(ablator, step, seeds, tick)
+    close()
+    base = ablator.baseline
+    imp_fraction = prunable_fraction([s.fraction for s in curve], [s.loss for s in curve], base, max_increase)
+    rand_fraction = prunable_fraction([s.fraction for s in rand], [s.loss_mean for s in rand], base, max_increase)
+    pruned = sorted(h for s in curve if s.fraction <= imp_fraction for h in s.removed)
+    doc = {
+        "model": ckpt.model_dict(), "n_texts": len(tokenized), "method": method, "loss_from": loss_from,
+        "n_targets": ablator.n_targets, "baseline_loss": base, "step": step, "max_increase": max_increase,
+        "importance": {
+            "curve": [{"n_removed": s.n_removed, "fraction": s.fraction, "loss": s.loss, "removed": [list(h) for h in s.removed]} for s in curve],
+            "prunable_fraction": imp_fraction,
+        },
+        "random": {
+            "seeds": seeds,
+            "curve": [{"n_removed": s.n_removed, "fraction": s.fraction, "loss_mean": s.loss_mean, "loss_std": s.loss_std} for s in rand],
+            "prunable_fraction": rand_fraction,
+        },
+        "pruned": [list(h) for h in pruned],
+    }  # fmt: skip
+    if save_mask is not None:
+        mask = {"model": {"n_layer": c.n_layer, "n_head": c.n_head}, "heads": [list(h) for h in pruned]}
+        atomic_write_bytes(save_mask, (dumps(mask) + "\n").encode())
+    if fmt == "json":
+        sys.stdout.write(dumps(doc) + "\n")
+    elif fmt in ("jsonl", "csv", "tsv"):
+        rows = [["importance", s.n_removed, s.fraction, s.loss, None, " ".join(f"{a}.{b}" for a, b in s.removed)] for s in curve]
+        rows += [["random", s.n_removed, s.fraction, s.loss_mean, s.loss_std, None] for s in rand]
+        columns = ("order", "n_removed", "fraction", "loss", "loss_std", "removed")
+        if fmt == "jsonl":
+            for row in rows:
+                sys.stdout.write(dumps(dict(zip(columns, row))) + "\n")
+        else:
+            write_table(sys.stdout, fmt, columns, rows)
+    elif fmt == "text":
+        from mhacli.plain import write_prune
+
+        write_prune(sys.stdout, doc)
+    else:
+        from mhacli.render import make_console, render_prune
+
+        render_prune(make_console(), doc)
