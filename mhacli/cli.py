@@ -8,40 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
 
 import typer
 
+# Each command module registers its command on `app` (mhacli.commands._app) when imported.
+from mhacli.commands import ablate, diff, explain, info, inspect, stats, verify  # noqa: F401
+from mhacli.commands._app import app
 from mhacli.errors import ExitCode, MhaError
-
-app = typer.Typer(
-    name="mha",
-    help="Look inside multi-head attention: per-head maps, statistics, head kinds, diffs and an HF parity check.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from mhacli import __version__
-
-        print(f"mha {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _options(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print mha's version and exit.")
-    ] = False,
-) -> None:
-    pass
-
-# Each module registers its command on `app` when imported.
-from mhacli.commands import ablate, diff, explain, info, inspect, stats, verify  # noqa: E402,F401
 
 
 def _error(message: str, code: int) -> int:

@@ -1,1 +1,1 @@
-"""One module per command; each registers itself on mhacli.cli.app."""
+"""One module per command; each registers itself on mhacli.commands._app.app."""

@@ -12,10 +12,10 @@ from typing import Annotated
 import typer
 
 from mhacli.ablate import (
-    METHODS, Ablator, Head, ablate_each, check_head, importance_curve, parse_heads, prunable_fraction, random_curve,
+    Ablator, Head, ablate_each, check_head, importance_curve, parse_heads, prunable_fraction, random_curve,
     removal_edits, schedule,
 )  # fmt: skip
-from mhacli.cli import app
+from mhacli.commands._app import app
 from mhacli.commands._common import FormatOpt, HeadOpt, LayerOpt, ModelOpt, TextArg, TruncateOpt, load, resolve_format, warn
 from mhacli.errors import UsageError
 from mhacli.heads import check_selection
@@ -132,8 +132,6 @@ class KindTally:
 
 
 def make_ablator(ckpt: Checkpoint, texts: list[TokenizedText], method: str, loss_from: int) -> tuple[Ablator, KindTally]:
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is not one of: {', '.join(METHODS)}")
     if loss_from < 0:
         raise UsageError(f"--loss-from {loss_from} must be 0 or more")
     tally = KindTally(texts)

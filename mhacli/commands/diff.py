@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from mhacli.cli import app
+from mhacli.commands._app import app
 from mhacli.commands.ablate import ablation_edits
 from mhacli.commands._common import (
     FormatOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_memory, load, progress, resolve_format, warn,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mhacli.cli import app
+from mhacli.commands._app import app
 from mhacli.commands._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, resolve_format
 from mhacli.errors import ExitCode
 from mhacli.explain import explain as run_explain

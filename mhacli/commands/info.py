@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from mhacli.cli import app
+from mhacli.commands._app import app
 from mhacli.commands._common import FormatOpt, ModelOpt, format_bytes, resolve_format
 from mhacli.config import ModelConfig
 from mhacli.output import dumps

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mhacli.cli import app
+from mhacli.commands._app import app
 from mhacli.commands.ablate import AblateOpt, ablation_edits
 from mhacli.commands._common import (
     FormatOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, progress, resolve_format,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mhacli.cli import app
+from mhacli.commands._app import app
 from mhacli.commands._common import FormatOpt, ModelOpt, TextArg, TruncateOpt, prepare, resolve_format
 from mhacli.errors import ExitCode, UsageError
 from mhacli.output import dumps
