@@ -367,6 +367,8 @@ def test_verify_reports_the_loss(tiny_model):
         (["ablate", TEXT, "--method", "gauss"], "--method 'gauss'"),
         (["ablate", TEXT, "--texts", "FILE"], "not both"),
         (["prune", TEXT, "--save-mask", "/nonexistent/dir/m.json"], "does not exist"),
+        (["ablate", "--texts", "FILE", "--max-memory", "100K"], "more than 100.0 KiB"),
+        (["prune", TEXT, "--max-memory", "1K"], "score fewer or shorter texts"),
     ],
 )
 def test_bad_input_is_one_error_line(tiny_model, tmp_path, args, message):

@@ -16,9 +16,12 @@ from mhacli.ablate import (
     removal_edits, schedule,
 )  # fmt: skip
 from mhacli.commands._app import app
-from mhacli.commands._common import FormatOpt, HeadOpt, LayerOpt, ModelOpt, TextArg, TruncateOpt, load, resolve_format, warn
+from mhacli.commands._common import (
+    FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, load, resolve_format, warn,
+)  # fmt: skip
 from mhacli.errors import UsageError
-from mhacli.heads import check_selection
+from mhacli.loss import VOCAB_BLOCK
+from mhacli.heads import check_selection, memory_needed
 from mhacli.model import LayerTrace, ZEdit
 from mhacli.output import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_table
 from mhacli.stats import layer_stats
@@ -95,10 +98,12 @@ def ablation_edits(spec: str | None, ckpt: Checkpoint) -> dict[int, ZEdit] | Non
 
 
 def scored_texts(
-    model: str | None, text: str | None, texts: str | None, truncate: bool
+    model: str | None, text: str | None, texts: str | None, truncate: bool, max_memory: str | None
 ) -> tuple[Checkpoint, list[TokenizedText]]:
     """TEXT or --texts FILE, read before the model loads (a bad text fails fast); weights kept in memory when the
-    model is small (every evaluation reruns layers)."""
+    model is small (every evaluation reruns layers). Refused before any forward when the cached residual streams
+    (every text's stream entering every layer, twice: the base and one evaluation), a layer's working set, the
+    output head's logits block and the weights need more than --max-memory."""
     if text is not None and texts is not None:
         raise UsageError("give TEXT or --texts FILE, not both")
     raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)] if texts is not None else [(read_text(text), "the text")]
@@ -112,6 +117,11 @@ def scored_texts(
         if len(t.ids) < 2:
             raise UsageError(f"{where} is one token long: there is no next token to score")
         tokenized.append(t)
+    n_seq = max(len(t.ids) for t in tokenized)
+    streams = 2 * (c.n_layer + 1) * c.n_embd * 4 * sum(len(t.ids) for t in tokenized)
+    logits = 4 * n_seq * min(VOCAB_BLOCK, c.vocab_size) * 2
+    working = memory_needed(c.n_head, n_seq, kept_layers=0, kept_heads=0, keep_maps=False, weight_bytes=ckpt.weight_bytes())
+    check_memory(streams + logits + working, max_memory, "score fewer or shorter texts")
     return ckpt, tokenized
 
 
@@ -166,12 +176,13 @@ def ablate(
     top: Annotated[int, typer.Option("--top", "-k", help="Heads in the terminal ranking.")] = 10,
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Each head removed alone: the next-token loss against the intact model, in nats/token and %."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
-    ckpt, tokenized = scored_texts(model, text, texts, truncate)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory)
     c = ckpt.config
     check_selection(c.n_layer, c.n_head, layer, head)
     selected = [(lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))]
@@ -227,6 +238,7 @@ def prune(
     ] = None,
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """The pruning curve: heads removed least important first (re-measured every round) against random orders."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -238,7 +250,7 @@ def prune(
         raise UsageError(f"--max-increase {max_increase} must be a finite fraction >= 0 (0.05 is 5%)")
     if save_mask is not None:
         check_writable(save_mask)
-    ckpt, tokenized = scored_texts(model, text, texts, truncate)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory)
     c = ckpt.config
     ablator, _ = make_ablator(ckpt, tokenized, method, loss_from)
     n_heads = c.n_layer * c.n_head
