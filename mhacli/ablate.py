@@ -87,6 +87,7 @@ class Ablator:
     means: np.ndarray | None = field(init=False, default=None)  # [n_layer, n_head, d_head] float32 for `mean`
     baseline: float = field(init=False)
     _base: frozenset[Head] = field(init=False, default=frozenset())
+    _base_loss: float = field(init=False)  # the loss of the cached base (the output head is the costliest step)
     _inputs: list[list[np.ndarray]] = field(init=False, default_factory=list)  # per text: entering layer 0..n_layer
     _w: np.ndarray = field(init=False, repr=False)
     _z_sums: np.ndarray | None = field(init=False, default=None, repr=False)  # float64 [n_layer, n_head, d_head]
@@ -102,7 +103,7 @@ class Ablator:
         self._inputs = [self._intact_run(i, np.asarray(ids)) for i, ids in enumerate(self.texts)]
         if self.method == "mean":
             self.means = self._mean_outputs()
-        self.baseline = self._loss_from_inputs(self._inputs)
+        self.baseline = self._base_loss = self._loss_from_inputs(self._inputs)
 
     @property
     def heads(self) -> list[Head]:
@@ -158,13 +159,14 @@ class Ablator:
             runs = self._run(removed, start)
             self._inputs = [inputs[:start] + streams for inputs, streams in zip(self._inputs, runs)]
             self._base = removed
-        return self._loss_from_inputs(self._inputs)
+            self._base_loss = self._loss_from_inputs(self._inputs)
+        return self._base_loss
 
     def loss(self, extra: Iterable[Head] = ()) -> float:
         """The loss with the base's heads and `extra` removed (nats/token, token-weighted over the texts)."""
         extra = frozenset(extra) - self._base
         if not extra:
-            return self._loss_from_inputs(self._inputs)
+            return self._base_loss
         start = min(layer for layer, _ in extra)
         return self._loss_from_inputs(self._run(self._base | extra, start))
 

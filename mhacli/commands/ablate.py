@@ -137,14 +137,17 @@ class KindTally:
             self.kinds.setdefault((s.layer, s.head), Counter())[s.kind] += 1
 
     def kind(self, head: Head) -> str:
-        counts = self.kinds[head]
-        return max(counts, key=lambda k: (counts[k], -list(counts).index(k)))
+        return self.kinds[head].most_common(1)[0][0]  # ties: the kind seen first
 
 
-def make_ablator(ckpt: Checkpoint, texts: list[TokenizedText], method: str, loss_from: int) -> tuple[Ablator, KindTally]:
+def make_ablator(
+    ckpt: Checkpoint, texts: list[TokenizedText], method: str, loss_from: int, *, kinds: bool = False
+) -> tuple[Ablator, KindTally | None]:
+    """The Ablator over the texts; with kinds=True, each head's kind from the same intact run (statistics of every
+    layer of every text: only `ablate` shows them)."""
     if loss_from < 0:
         raise UsageError(f"--loss-from {loss_from} must be 0 or more")
-    tally = KindTally(texts)
+    tally = KindTally(texts) if kinds else None
     return Ablator(ckpt, [t.ids for t in texts], method=method, loss_from=loss_from, observe=tally), tally
 
 
@@ -186,7 +189,8 @@ def ablate(
     c = ckpt.config
     check_selection(c.n_layer, c.n_head, layer, head)
     selected = [(lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))]
-    ablator, tally = make_ablator(ckpt, tokenized, method, loss_from)
+    ablator, tally = make_ablator(ckpt, tokenized, method, loss_from, kinds=True)
+    assert tally is not None
     tick, close = ticker(len(selected), "ablating heads")
     effects = ablate_each(ablator, selected, tick)
     close()
