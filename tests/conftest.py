@@ -253,19 +253,20 @@ def break_attention_kernel(monkeypatch, factor: float = 1.5) -> None:
             monkeypatch.setattr(module, "causal_attention", broken)
 
 
-def block_errors_on_hf_inputs(directory: Path, ids) -> list[float]:
-    """Each block fed HF's own input to its layer (layer 0: the embeddings, an exact lookup and add): the max abs
-    error of its attention against HF's, per layer. The 1e-6 aim is stated for this; end to end, float32 rounding
-    of the residual stream accumulates over layers and sharp heads amplify it (ATTN_ATOL there)."""
+def blocks_on_hf_inputs(directory: Path, ids) -> list[tuple[float, np.ndarray]]:
+    """Each block fed HF's own input to its layer (layer 0: the embeddings, an exact lookup and add): per layer,
+    the max abs error of its attention against HF's and its output [n_seq, n_embd] (before any final norm). The
+    1e-6 aim is stated for this; end to end, float32 rounding of the residual stream accumulates over layers and
+    sharp heads amplify it (ATTN_ATOL there)."""
     from mhacli.model import embed, family
     from mhacli.weights import load_model
 
     ckpt = load_model(str(directory))
     arch = family(ckpt.config)
     attentions, hidden = hf_outputs(directory, ids)
-    errors = []
+    results = []
     for layer in range(ckpt.config.n_layer):
         x = embed(ckpt, np.asarray(ids)) if layer == 0 else hidden[layer - 1]
-        _, parts = arch.block(x, ckpt.layer(layer), ckpt.config, layer)
-        errors.append(float(np.abs(parts.probs - attentions[layer]).max()))
-    return errors
+        out, parts = arch.block(x, ckpt.layer(layer), ckpt.config, layer)
+        results.append((float(np.abs(parts.probs - attentions[layer]).max()), out))
+    return results

@@ -19,7 +19,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import TRICKY_TEXTS, assert_close, break_attention_kernel, parse_json, run_mha, train_tokenizer
-from conftest import ATTN_ATOL, HIDDEN_ATOL, compare_with_hf, hf_outputs
+from conftest import ATTN_ATOL, HIDDEN_ATOL, blocks_on_hf_inputs, compare_with_hf, hf_outputs
 
 ATTN_AIM = 1e-6  # attention probabilities vs HF on HF's own layer input (ATTN_ATOL, conftest, end to end)
 VEC_ATOL = 1e-4  # explain's vectors vs HF, per unit of max(1, max |HF value|)
@@ -318,25 +318,16 @@ def test_each_block_reaches_the_aim_on_hf_inputs(models, name):
     post-norms rescale each branch to unit size), and sharp heads amplify it; fed the same input, every block
     agrees with HF's to the aim.
     """
-    import torch
-    from transformers import AutoModel
-
-    from mhacli.model import family
+    from mhacli.model import final_norm
 
     ckpt = ours(models[name])
-    arch = family(ckpt.config)
-    model = AutoModel.from_pretrained(models[name], attn_implementation="eager", dtype=torch.float32).eval()
-    with torch.no_grad():
-        out = model(torch.tensor([IDS.tolist()]), output_attentions=True, output_hidden_states=True)
-    hidden = [h[0].numpy() for h in out.hidden_states]  # [embeddings, after layer 0, ..., after the final norm]
+    _, hidden = hf_outputs(models[name], IDS)  # after each block, the last after the final norm
     last = ckpt.config.n_layer - 1
-    for layer in range(ckpt.config.n_layer):
-        x, parts = arch.block(hidden[layer], ckpt.layer(layer), ckpt.config, layer)
-        err = float(np.abs(parts.probs - out.attentions[layer][0].numpy()).max())
+    for layer, (err, x) in enumerate(blocks_on_hf_inputs(models[name], IDS)):
         assert err < ATTN_AIM, f"{name} layer {layer}: attention error {err:.3e} above the 1e-6 aim on HF's input"
-        x = arch.final_norm(ckpt, x) if layer == last else x
-        h_err = float(np.abs(x - hidden[layer + 1]).max())
-        assert h_err <= HIDDEN_ATOL * max(1.0, float(np.abs(hidden[layer + 1]).max())), f"{name} layer {layer}: {h_err:.3e}"
+        x = final_norm(ckpt, x) if layer == last else x
+        h_err = float(np.abs(x - hidden[layer]).max())
+        assert h_err <= HIDDEN_ATOL * max(1.0, float(np.abs(hidden[layer]).max())), f"{name} layer {layer}: {h_err:.3e}"
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

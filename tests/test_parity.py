@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import block_errors_on_hf_inputs, build_model, compare_with_hf
+from conftest import blocks_on_hf_inputs, build_model, compare_with_hf
 from mhacli.model import forward
 from mhacli.weights import load_model
 
@@ -52,7 +52,7 @@ def test_config_flags_match_hf(tmp_path, tokenizer_dir, flags):
     already differs from HF's by 3e-6, and its unscaled logits are sharp.)"""
     directory = build_model(tmp_path, tokenizer_dir, **flags)
     compare(directory)
-    errors = block_errors_on_hf_inputs(directory, IDS)
+    errors = [err for err, _ in blocks_on_hf_inputs(directory, IDS)]
     assert max(errors) < 1e-6, f"attention error above the 1e-6 aim on HF's own layer inputs: {errors}"
 
 
