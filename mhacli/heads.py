@@ -57,7 +57,7 @@ def analyse(
         attn = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
         for row, stats in zip(attn, layer_stats(trace.layer, attn, ids)):
             head = wanted_heads[stats.head]
-            stats = HeadStats(trace.layer, head, stats.kind, stats.values)
+            stats = HeadStats(trace.layer, head, stats.kind, stats.values, stats.support)
             yield HeadView(stats, row if keep_maps else None, config.kv_head(head))
 
 

@@ -15,10 +15,11 @@ import numpy as np
 
 from mhacli.errors import UsageError
 from mhacli.heads import HeadView
-from mhacli.stats import STAT_NAMES
+from mhacli.stats import STAT_NAMES, SUPPORTED_STATS
 
 MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")
-CSV_COLUMNS = ("layer", "head", "kind", *STAT_NAMES)
+SUPPORT_COLUMNS = ("duplicate_rows", "induction_rows")  # support of duplicate_token and induction (CLI.md)
+CSV_COLUMNS = ("layer", "head", "kind", *STAT_NAMES, *SUPPORT_COLUMNS)
 ATTENTION_DECIMALS = 8  # 5e-9 rounding: far below the 1e-6 parity the numbers are checked to
 
 
@@ -72,7 +73,7 @@ def write_heads(
 
 def stats_row(view: HeadView) -> list:
     s = view.stats
-    return [s.layer, s.head, s.kind, *(s.values[name] for name in STAT_NAMES)]
+    return [s.layer, s.head, s.kind, *(s.values[name] for name in STAT_NAMES), *(s.support.get(n, 0) for n in SUPPORTED_STATS)]
 
 
 def format_cell(value: Any) -> str:

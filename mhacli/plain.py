@@ -20,7 +20,14 @@ def head_line(view: HeadView) -> str:
     s = view.stats
     stats = "  ".join(f"{k}={fmt(v)}" for k, v in s.values.items())
     kv = f"  kv_head={view.kv_head}" if view.kv_head is not None and view.kv_head != view.head else ""
-    return f"layer {s.layer} head {s.head}{kv}  kind={s.kind}  {stats}"
+    return f"layer {s.layer} head {s.head}{kv}  kind={s.kind}{kind_evidence(s)}  {stats}"
+
+
+def kind_evidence(s) -> str:
+    """' (0.920, 38 rows)' for the kinds that need support, ' (0.998)' for the others."""
+    score = "-" if s.score is None else f"{s.score:.3f}"
+    rows = s.kind_support
+    return f" ({score}, {rows} rows)" if rows is not None else f" ({score})"
 
 
 def write_inspect(

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from mhacli.display import key_window, token_label, window
 from mhacli.heads import HeadView
-from mhacli.stats import KIND_RULES, KIND_STAT, KINDS, STAT_NAMES
+from mhacli.stats import KIND_RULES, KIND_STAT, KINDS, STAT_NAMES, TOO_PLAIN, HeadStats, undecidable
 
 SHADES = " ░▒▓█"
 # viridis anchors, low -> high
@@ -59,10 +59,16 @@ def head_title(view: HeadView, show_kv: bool = False) -> Text:
     s = view.stats
     letter, style = KIND_STYLE[s.kind]
     name = f"L{s.layer} H{s.head}" + (f" (K/V head {view.kv_head})" if show_kv else "")
-    title = Text.assemble((name, "bold"), " ", (s.kind, style))
+    title = Text.assemble((name, "bold"), " ", (s.kind, style), (kind_evidence(s), style))
     for short, name in KEY_STATS:
         title.append(f"  {short} {fmt_stat(s.values[name])}", style="dim")
     return title
+
+
+def kind_evidence(s: HeadStats) -> str:
+    """' 0.92 (38 rows)' for the kinds that need support, ' 0.92' for the others: the score behind the kind."""
+    rows = s.kind_support
+    return f" {fmt_stat(s.score)}" + (f" ({rows} rows)" if rows is not None else "")
 
 
 def legend() -> Text:
@@ -155,6 +161,8 @@ def render_inspect(
     top: int | None = None,
     start: int = 0,
 ) -> None:
+    if views and undecidable(views[0].stats.support):
+        console.print(Text(TOO_PLAIN, style="dim"))
     console.print(Text(f"{len(tokens)} tokens: ", style="bold") + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60]))) + Text(" …" if len(tokens) > 60 else ""))
     if query is None and top is None:
         console.print(legend())
@@ -199,11 +207,13 @@ def render_stats(console: Console, views: Sequence[HeadView], n_layer: int, n_he
         scored = [(v.stats.values[stat_name], v) for v in views if v.stats.kind == kind and v.stats.values[stat_name] is not None]
         scored.sort(key=lambda t: -t[0])
         if scored:
-            top.add_row(Text(kind, style=KIND_STYLE[kind][1]), ", ".join(f"L{v.layer}H{v.head} ({s:.2f})" for s, v in scored[:5]))
+            top.add_row(Text(kind, style=KIND_STYLE[kind][1]), ", ".join(f"L{v.layer}H{v.head}{kind_evidence(v.stats)}" for s, v in scored[:5]))
     if top.row_count:
         console.print(top)
     else:
         console.print(Text("no head reaches a kind threshold on this text (all mixed or broad)", style="dim"))
+    if views and undecidable(views[0].stats.support):
+        console.print(Text(TOO_PLAIN, style="dim"))
 
 
 def render_info(console: Console, lines: Sequence[tuple[str, str]]) -> None:

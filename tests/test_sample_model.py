@@ -138,3 +138,53 @@ def test_cli_stats_json_labels_the_heads():
 
 def test_size_limit():
     assert (SAMPLE / "model.safetensors").stat().st_size <= 10 * 1024 * 1024
+
+
+def test_token_pattern_statistics_equal_transformer_lens_where_no_target_is_adjacent(sample):
+    """The independent reference of CLI.md: TransformerLens' head detector scores (mul, no BOS, current token kept)
+    on our maps of the repeated random tokens, where no target falls at i-1 or i, equal our statistics times
+    (qualifying rows)/n_seq, and previous_token times (n_seq-1)/n_seq."""
+    import torch
+    from transformer_lens import head_detector as hd
+
+    from mhacli.stats import layer_arrays
+
+    rng = np.random.default_rng(7)
+    draws = [rng.choice(np.arange(256, sample.config.vocab_size // 2), 40, replace=False) for _ in range(6)]
+    checked = 0
+    for ids in (np.concatenate([d, d]) for d in draws):  # distinct tokens in each copy: no target at i-1 or i
+        traces = list(forward(sample, ids))
+        n = len(ids)
+        tokens = torch.as_tensor(ids)[None]
+        patterns = {
+            "previous_token": hd.get_previous_token_head_detection_pattern(tokens),
+            "duplicate_token": hd.get_duplicate_token_head_detection_pattern(tokens),
+            "induction": hd.get_induction_head_detection_pattern(tokens),
+        }
+        for t in traces:
+            ours = layer_arrays(t.attention, ids)
+            scale = {"previous_token": (n - 1) / n} | {s: ours.support[s] / n for s in ("duplicate_token", "induction")}
+            for h in range(t.attention.shape[0]):
+                attn = torch.as_tensor(t.attention[h].astype(np.float64))
+                for name, pattern in patterns.items():
+                    theirs = hd.compute_head_attention_similarity_score(
+                        attn, pattern, exclude_bos=False, exclude_current_token=False, error_measure="mul"
+                    )
+                    assert abs(theirs - ours.values[name][h] * scale[name]) <= 5e-8, (t.layer, h, name)
+                    checked += 1
+    assert checked == 6 * 2 * 4 * 3
+
+
+def test_the_previous_token_head_is_not_called_induction_in_periodic_text():
+    """The issue's two cases, as a new user types them."""
+    doc = parse_json(run_mha("stats", "O, O, O, O, O!", "-f", "json").stdout)
+    heads = {(h["layer"], h["head"]): h for h in doc["heads"]}
+    assert heads[(0, 3)]["kind"] == "previous-token", heads[(0, 3)]
+    assert heads[(0, 3)]["stats"]["induction"] < 0.05 and heads[(0, 3)]["support"]["induction"] >= 4
+    assert heads[(1, 2)]["kind"] == "induction"  # the real induction head: ", " at 5 looks at " O" after ", " at 1
+    doc = parse_json(run_mha("stats", "The cat sat on the mat.", "-f", "json").stdout)
+    assert all(h["support"]["induction"] < 4 for h in doc["heads"])  # one qualifying row
+    assert all(h["kind"] not in ("induction", "duplicate-token") for h in doc["heads"])
+    assert {(h["layer"], h["head"]): h["kind"] for h in doc["heads"]}[(1, 2)] == "sink"
+    plain = run_mha("stats", "The cat sat on the mat.")
+    assert plain.returncode == 0 and "too short or too plain" in plain.stderr.decode()

@@ -9,31 +9,34 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mhacli.stats import KIND_RULES, STAT_NAMES, classify, layer_stats, stats_arrays
+from mhacli.stats import KIND_RULES, MIN_SUPPORT, STAT_NAMES, classify, layer_arrays, layer_stats, stats_arrays
 
 
-def reference_stats(A: np.ndarray, t: list[int]) -> dict[str, float | None]:
-    """docs/statistics.md's definitions, written as loops over rows, one head at a time."""
+def reference_stats(A: np.ndarray, t: list[int], first_row: int = 0) -> tuple[dict[str, float | None], dict[str, int]]:
+    """docs/statistics.md's definitions, written as loops over rows, one head at a time: (statistics, support)."""
     n = len(t)
-    rows = range(n)
+    rows = range(first_row, n)
+    later = range(max(first_row, 1), n)
     ent = [-sum(A[i, j] * math.log(A[i, j]) for j in range(i + 1) if A[i, j] > 0) for i in rows]
     out = {
-        "entropy": sum(ent) / n,
-        "max_weight": sum(max(A[i, : i + 1]) for i in rows) / n,
-        "mean_distance": sum(sum(A[i, j] * (i - j) for j in range(i + 1)) for i in rows) / n,
-        "self": sum(A[i, i] for i in rows) / n,
-        "first_token": sum(A[i, 0] for i in range(1, n)) / (n - 1) if n > 1 else None,
-        "previous_token": sum(A[i, i - 1] for i in range(1, n)) / (n - 1) if n > 1 else None,
+        "entropy": sum(ent) / len(rows),
+        "max_weight": sum(max(A[i, : i + 1]) for i in rows) / len(rows),
+        "mean_distance": sum(sum(A[i, j] * (i - j) for j in range(i + 1)) for i in rows) / len(rows),
+        "self": sum(A[i, i] for i in rows) / len(rows),
+        "first_token": sum(A[i, 0] for i in later) / len(later) if later else None,
+        "previous_token": sum(A[i, i - 1] for i in later) / len(later) if later else None,
     }
-    dup = [sum(A[i, j] for j in range(i) if t[j] == t[i]) for i in rows if any(t[j] == t[i] for j in range(i))]
-    out["duplicate_token"] = sum(dup) / len(dup) if dup else None
-    ind = [
-        sum(A[i, j] for j in range(1, i + 1) if t[j - 1] == t[i])
-        for i in rows
-        if any(t[j - 1] == t[i] for j in range(1, i + 1))
-    ]
-    out["induction"] = sum(ind) / len(ind) if ind else None
-    return out
+    # D_i = { j : j < i-1, t_j = t_i };  I_i = { j : 1 <= j <= i-2, t_{j-1} = t_i }
+    targets = {
+        "duplicate_token": lambda i: [j for j in range(0, i - 1) if t[j] == t[i]],
+        "induction": lambda i: [j for j in range(1, i - 1) if t[j - 1] == t[i]],
+    }
+    support = {}
+    for name, target in targets.items():
+        sums = [sum(A[i, j] for j in target(i)) for i in rows if target(i)]
+        out[name] = sum(sums) / len(sums) if sums else None
+        support[name] = len(sums)
+    return out, support
 
 
 def random_causal(rng: np.random.Generator, n_head: int, n: int, sharpness: float = 3.0) -> np.ndarray:
@@ -43,12 +46,13 @@ def random_causal(rng: np.random.Generator, n_head: int, n: int, sharpness: floa
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def assert_matches_reference(A: np.ndarray, t: list[int]) -> None:
-    arrays = stats_arrays(A, np.asarray(t))
+def assert_matches_reference(A: np.ndarray, t: list[int], first_row: int = 0) -> None:
+    result = layer_arrays(A, np.asarray(t), first_row)
     for h in range(A.shape[0]):
-        ref = reference_stats(A[h].astype(np.float64), t)
+        ref, support = reference_stats(A[h].astype(np.float64), t, first_row)
+        assert result.support == support
         for name, expected in ref.items():
-            got = arrays[name][h]
+            got = result.values[name][h]
             if expected is None:
                 assert math.isnan(got), name
             else:
@@ -64,10 +68,13 @@ def assert_matches_reference(A: np.ndarray, t: list[int]) -> None:
     sharpness=st.floats(0.0, 20.0),
 )
 def test_vectorised_stats_match_the_loop_definitions(n, n_head, vocab, seed, sharpness):
+    """Small vocabularies make adjacent repeats (t_i = t_{i-1}, t_i = t_{i-2}) common: the cases the exclusions
+    are about."""
     rng = np.random.default_rng(seed)
     A = random_causal(rng, n_head, n, sharpness)
     t = rng.integers(0, vocab, size=n).tolist()
     assert_matches_reference(A, t)
+    assert_matches_reference(A, t, first_row=int(rng.integers(0, n)))
 
 
 def test_hand_built_heads_get_their_kind():
@@ -132,3 +139,58 @@ def test_kind_rules_use_known_statistics():
         assert classify(low | {name: (threshold - 1e-3) * scale}, n_seq) != kind, kind
     assert classify({"entropy": 0.1, "induction": None, "previous_token": 0.1, "duplicate_token": None,
                      "self": 0.1, "first_token": 0.1, "max_weight": 0.9, "mean_distance": 1.0}, 10) == "mixed"  # fmt: skip
+
+
+def test_a_previous_token_head_scores_nothing_on_token_patterns_in_periodic_text():
+    """In "O, O, O" the token after an earlier copy of the current token is often the previous token itself; the
+    exclusions keep a pure previous-token head at 0 on duplicate_token and induction, and it stays previous-token."""
+    for t in ([7, 7, 7, 7, 7, 7, 7, 7], [1, 2, 1, 2, 1, 2, 1, 2, 1], [3, 4, 3, 4, 3, 4, 3, 4, 3, 9]):
+        n = len(t)
+        prev = np.zeros((1, n, n), np.float32)
+        prev[0, 0, 0] = 1
+        prev[0, np.arange(1, n), np.arange(n - 1)] = 1
+        assert_matches_reference(prev, t)
+        (s,) = layer_stats(0, prev, np.asarray(t))
+        assert s.kind == "previous-token"
+        assert s.values["duplicate_token"] == 0.0 and s.values["induction"] == 0.0, (t, s.values)
+        assert s.support["induction"] >= MIN_SUPPORT
+
+
+def test_previous_and_self_cells_are_never_targets():
+    """For every token sequence: no duplicate or induction target at j = i-1 or j = i (so previous_token and self
+    never share a cell with them); duplicate and induction share a cell only inside a run t_{j-1} = t_j = t_i."""
+    from mhacli.stats import duplicate_mask, induction_mask
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        t = rng.integers(0, 3, size=int(rng.integers(1, 30)))
+        d, ind = duplicate_mask(t), induction_mask(t)
+        n = len(t)
+        for m in (d, ind):
+            assert not np.diagonal(m).any() and not np.diagonal(m, offset=-1).any()
+            assert not np.triu(m).any()
+        for i, j in zip(*np.nonzero(d & ind)):
+            assert t[j - 1] == t[j] == t[i]
+        assert n == len(t)
+
+
+def test_kinds_from_token_patterns_need_min_support():
+    """An induction (or duplicate) pattern seen on fewer than MIN_SUPPORT rows decides no kind; on MIN_SUPPORT rows
+    it does. The head attends to the first token elsewhere, so without the pattern it is a sink."""
+    for n_rows in range(1, MIN_SUPPORT + 2):
+        period = 3  # distinct tokens 10, 11, 12, repeated: rows n_rows copies deep into the repeat qualify
+        prefix = [10, 11, 12]
+        t = prefix + [20 + k for k in range(6)] + prefix[: min(n_rows, 3)] + [10, 11, 12][: max(0, n_rows - 3)]
+        t = t[: 9 + n_rows]
+        n = len(t)
+        head = np.zeros((1, n, n), np.float32)
+        head[0, :, 0] = 1
+        for i in range(9, n):  # query i holds prefix[(i - 9) % 3]; the token after its earlier copy
+            j = (i - 9) % period + 1
+            head[0, i] = 0
+            head[0, i, j] = 1
+        (s,) = layer_stats(0, head, np.asarray(t))
+        assert s.support["induction"] == n_rows, (t, s.support)
+        assert s.values["induction"] == 1.0
+        assert s.kind == ("induction" if n_rows >= MIN_SUPPORT else "sink"), (n_rows, s.kind)
+        assert_matches_reference(head, t)

@@ -72,6 +72,11 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def note(message: str) -> None:
+    """A remark for the reader of a plain-text view, on stderr so stdout stays a table."""
+    print(f"note: {message}", file=sys.stderr)
+
+
 def progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
     """A progress bar on stderr, only when stderr is a terminal; otherwise the items as they are."""
     if not sys.stderr.isatty() or os.environ.get("MHA_NO_PROGRESS"):

@@ -11,10 +11,11 @@ import typer
 from mhacli.commands._app import app
 from mhacli.commands.ablate import AblateOpt, ablation_edits
 from mhacli.commands._common import (
-    FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, progress, resolve_format,
+    FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, note, prepare, progress, resolve_format,
 )  # fmt: skip
 from mhacli.errors import UsageError
 from mhacli.heads import analyse, check_selection, memory_needed
+from mhacli.stats import TOO_PLAIN, undecidable
 from mhacli.output import MACHINE_FORMATS, check_writable, save_npz, write_heads
 
 
@@ -65,6 +66,8 @@ def inspect(
         from mhacli.plain import write_inspect
 
         write_inspect(sys.stdout, views, tokens.tokens, query=query, top=top)
+        if views and undecidable(views[0].stats.support):
+            note(TOO_PLAIN)
     else:
         from mhacli.render import make_console, render_inspect
 

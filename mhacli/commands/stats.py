@@ -10,12 +10,12 @@ import typer
 from mhacli.commands._app import app
 from mhacli.commands.ablate import AblateOpt, ablation_edits
 from mhacli.commands._common import (
-    FormatOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, progress, resolve_format,
+    FormatOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, note, prepare, progress, resolve_format,
 )  # fmt: skip
 from mhacli.errors import UsageError
 from mhacli.heads import analyse, memory_needed
 from mhacli.output import MACHINE_FORMATS, write_heads
-from mhacli.stats import STAT_NAMES
+from mhacli.stats import STAT_NAMES, TOO_PLAIN, undecidable
 
 
 @app.command()
@@ -48,6 +48,8 @@ def stats(
         from mhacli.plain import write_stats
 
         write_stats(sys.stdout, views)
+        if views and undecidable(views[0].stats.support):
+            note(TOO_PLAIN)
     else:
         from mhacli.render import make_console, render_stats
 
