@@ -189,3 +189,37 @@ def write_prune(out: TextIO, doc: dict) -> None:
         rows.append([str(s["n_removed"]), f"{s['fraction']:.3f}", f"{s['loss']:.4f}", f"{r['loss_mean']:.4f}", f"{r['loss_std']:.4f}", removed])
     _aligned(out, ["n_removed", "fraction", "loss", "random_mean", "random_std", "removed this round"], rows)
     out.write("\n" + "\n".join(prune_summary(doc)) + "\n")
+
+
+# --- mha census -------------------------------------------------------------------------------------------------
+
+
+def census_sources(doc: dict) -> list[str]:
+    """One line per source: what the census ran."""
+    lines = []
+    for name, s in doc["sources"].items():
+        if name == "corpus":
+            lines.append(f"corpus: {s['n_texts']} texts, {s['n_tokens']} tokens ({s['failed']} failed) from {s['path']}")
+        else:
+            read = "the second copy" if name == "repeat" else "every row"
+            lines.append(f"{name}: {s['n_texts']} sequences of {s['n_tokens']} tokens, seed {s['seed']}, read on {read}")
+    return lines
+
+
+def evidence_text(h: dict) -> str:
+    """'induction 0.931 on repeat (400 rows)': the statistic behind the kind, its source and its support."""
+    e = h["evidence"]
+    mean = "-" if e["mean"] is None else f"{e['mean']:.3f}"
+    rows = h["by_source"][e["source"]]["support"].get(e["statistic"])
+    return f"{e['statistic']} {mean} on {e['source']}" + (f" ({rows} rows)" if rows is not None else "")
+
+
+def write_census(out: TextIO, doc: dict) -> None:
+    for line in census_sources(doc):
+        out.write(line + "\n")
+    out.write("\n")
+    rows = [
+        [str(h["layer"]), str(h["head"]), h["kind"], f"{h['confidence']:.2f}", evidence_text(h)]
+        for h in doc["heads"]
+    ]
+    _aligned(out, ["layer", "head", "kind", "confidence", "evidence"], rows)

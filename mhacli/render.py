@@ -808,3 +808,38 @@ def render_prune(console: Console, doc: dict) -> None:
         console.print(text)
     for line in prune_summary(doc):
         console.print(line)
+
+
+def render_census(console: Console, doc: dict, top: int) -> None:
+    """The census: what ran, a layer x head grid of kinds with their confidence, the strongest heads of each kind."""
+    from mhacli.plain import census_sources, evidence_text
+
+    for line in census_sources(doc):
+        console.print(Text(line, style="dim"))
+    n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
+    by_pos = {(h["layer"], h["head"]): h for h in doc["heads"]}
+    grid = Table(title="kind of every head (confidence: share of the evidence's texts where its rule holds)", pad_edge=False)
+    grid.add_column("layer", justify="right", style="bold")
+    for h in range(n_head):
+        grid.add_column(f"H{h}", justify="center")
+    for layer in range(n_layer):
+        cells = []
+        for h in range(n_head):
+            head = by_pos[(layer, h)]
+            letter, style = KIND_STYLE[head["kind"]]
+            cells.append(Text.assemble((letter, style), " ", f"{head['confidence']:.2f}"))
+        grid.add_row(str(layer), *cells)
+    console.print(grid)
+    console.print(Text("  ".join(f"{KIND_STYLE[k][0]} {k}" for k in KINDS), style="dim"))
+    table = Table(title="strongest heads of each kind")
+    for name, justify in (("kind", "left"), ("head", "left"), ("confidence", "right"), ("evidence", "left")):
+        table.add_column(name, justify=justify)
+    for kind in KINDS:
+        heads = [h for h in doc["heads"] if h["kind"] == kind]
+        heads.sort(key=lambda h: (-(h["evidence"]["mean"] or 0.0), h["layer"], h["head"]))
+        for k, h in enumerate(heads[:top]):
+            table.add_row(Text(kind, style=KIND_STYLE[kind][1]) if k == 0 else "", f"L{h['layer']}H{h['head']}",
+                          f"{h['confidence']:.2f}", evidence_text(h))  # fmt: skip
+        if len(heads) > top:
+            table.add_row("", Text(f"… {len(heads) - top} more", style="dim"), "", "")
+    console.print(table)

@@ -161,9 +161,12 @@ def uniform_entropy(n_seq: int) -> float:
 
 def rule_holds(values: dict[str, np.ndarray], support: dict[str, int], uniform: float) -> dict[str, np.ndarray]:
     """kind -> bool array: whether that kind's rule alone holds (its statistic at its threshold, with at least
-    MIN_SUPPORT rows where the statistic needs support). NaN never holds. Arrays of any shape, broadcast."""
-    relative = values["entropy"] / uniform if uniform > 0 else np.full_like(values["entropy"], np.nan)
-    derived = dict(values, relative_entropy=relative)
+    MIN_SUPPORT rows where the statistic needs support). NaN never holds. Arrays of any shape, broadcast; a
+    `relative_entropy` array in `values` is used as it is (`uniform` is then unused)."""
+    derived = dict(values)
+    if "relative_entropy" not in derived:  # entropy over the entropy of uniform attention on the same rows
+        entropy = np.asarray(values["entropy"], dtype=np.float64)
+        derived["relative_entropy"] = entropy / uniform if uniform > 0 else np.full_like(entropy, np.nan)
     holds = {}
     with np.errstate(invalid="ignore"):
         for kind, stat, threshold in KIND_RULES:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -41,30 +44,72 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
     return text
 
 
-def read_texts(path: str) -> list[tuple[int, str]]:
-    """--texts FILE ('-': stdin): (line number, text) for every non-blank line."""
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """--texts FILE ('-': stdin), streamed: (line number, text) for every non-blank line, one line at a time.
+
+    A `.jsonl`/`.ndjson` file holds one JSON object per line with a string field "text". What makes the file
+    unusable raises TextError naming the line: not UTF-8, NUL bytes (a binary file), a line over MAX_TEXT_BYTES,
+    a JSONL line that is not an object with a "text" string; and, with `limit`, more than `limit` bytes in all.
+    Texts that are valid but cannot be run (blank after parsing, too long for the model) are the caller's to judge.
+    """
+    jsonl = path != "-" and path.lower().endswith(JSONL_SUFFIXES)
     try:
-        if path == "-":
-            raw = sys.stdin.buffer.read(MAX_TEXTS_BYTES + 1)
-        else:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_TEXTS_BYTES + 1)
+        stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError as exc:
         raise TextError(f"--texts {path}: no such file") from exc
     except IsADirectoryError as exc:
         raise TextError(f"--texts {path}: is a directory") from exc
     except OSError as exc:
         raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
-    if len(raw) > MAX_TEXTS_BYTES:
-        raise TextError(f"--texts {path}: larger than {MAX_TEXTS_BYTES // (1024 * 1024)} MiB")
+    total = 0
     try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise TextError(f"--texts {path}: line {line} is not valid UTF-8") from exc
-    content = content.removeprefix("\ufeff")
-    texts = [(n, line.removesuffix("\r")) for n, line in enumerate(content.split("\n"), start=1)]
-    texts = [(n, t) for n, t in texts if t.strip()]
+        for n in itertools.count(1):
+            try:
+                raw = stream.readline(MAX_TEXT_BYTES + 1)
+            except OSError as exc:
+                raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+            if not raw:
+                return
+            total += len(raw)
+            if limit is not None and total > limit:
+                raise TextError(f"--texts {path}: larger than {limit // (1024 * 1024)} MiB")
+            if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
+                raise TextError(f"--texts {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+            if b"\0" in raw:
+                raise TextError(f"--texts {path}: line {n} holds NUL bytes; is it a text file?")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TextError(f"--texts {path}: line {n} is not valid UTF-8; is it a text file?") from exc
+            if n == 1:
+                line = line.removeprefix("\ufeff")
+            line = line.removesuffix("\n").removesuffix("\r")
+            if not line.strip():
+                continue
+            yield n, (_jsonl_text(line, path, n) if jsonl else line)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _jsonl_text(line: str, path: str, n: int) -> str:
+    try:
+        doc = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise TextError(f"--texts {path}: line {n} is not a JSON object (JSONL needs one per line)") from exc
+    text = doc.get("text") if isinstance(doc, dict) else None
+    if not isinstance(text, str):
+        raise TextError(f'--texts {path}: line {n} has no "text" string field')
+    return text
+
+
+def read_texts(path: str) -> list[tuple[int, str]]:
+    """--texts FILE ('-': stdin), read whole (at most MAX_TEXTS_BYTES): (line number, text) for every non-blank
+    line; a FILE.jsonl gives each line's "text" field (iter_texts)."""
+    texts = [(n, t) for n, t in iter_texts(path, limit=MAX_TEXTS_BYTES) if t.strip()]
     if not texts:
         raise TextError(f"--texts {path}: holds no text (every line is blank)")
     return texts

@@ -38,6 +38,25 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.backend.encode(text).ids)
 
+    def ordinary_ids(self, vocab_size: int) -> list[int]:
+        """Ids below `vocab_size` (the model's) that the tokenizer's vocabulary holds, without its added and
+        special tokens: what `mha census` draws random tokens from."""
+        added = set(self.backend.get_added_tokens_decoder())
+        top = min(vocab_size, self.backend.get_vocab_size(with_added_tokens=True))
+        return [i for i in range(top) if i not in added and self.backend.id_to_token(i) is not None]
+
+    def prefix_id(self) -> int | None:
+        """The token a probe sequence starts with: the BOS the tokenizer adds to every text (its post-processor),
+        else GPT-2's document separator <|endoftext|> or a conventional BOS in the vocabulary, else None."""
+        ids = self.backend.encode("").ids
+        if ids:
+            return int(ids[0])
+        for token in (ENDOFTEXT, "<|begin_of_text|>", "<s>", "<bos>"):
+            found = self.backend.token_to_id(token)
+            if found is not None:
+                return int(found)
+        return None
+
     def display(self, ids: list[int]) -> list[str]:
         """One human-readable string per token id."""
         return [self._display_one(i) for i in ids]
