@@ -43,7 +43,7 @@ class Census:
 
     def __init__(self, shape: tuple[int, int], per_text: TextIO | None, strict: bool) -> None:
         self.tallies = {s: Tally(shape) for s in SOURCES}
-        self.meta: dict[int, tuple[str, int, int | None, int]] = {}  # seq -> (source, index, line, n_tokens)
+        self.meta: dict[int, tuple[str, int, int | None, list[int]]] = {}  # seq -> (source, index, line, token ids)
         self.per_text = per_text
         self.strict = strict
         self.warned = 0
@@ -52,17 +52,18 @@ class Census:
         self.tick = lambda: None
 
     def item(self, source: str, index: int, line: int | None, ids: np.ndarray, first_row: int) -> Item:
-        self.meta[self.seq] = (source, index, line, len(ids))
+        self.meta[self.seq] = (source, index, line, ids.tolist() if self.per_text is not None else [0] * len(ids))
         self.seq += 1
         return Item(self.seq - 1, ids, first_row)
 
     def failure(self, source: str, index: int, line: int | None, error: str) -> tuple[int, str]:
-        self.meta[self.seq] = (source, index, line, 0)
+        self.meta[self.seq] = (source, index, line, [])
         self.seq += 1
         return self.seq - 1, error
 
     def fold(self, seq: int, outcome: TextStats | str) -> None:
-        source, index, line, n_tokens = self.meta.pop(seq)
+        source, index, line, ids = self.meta.pop(seq)
+        n_tokens = len(ids)
         tally = self.tallies[source]
         where = f"--texts line {line}" if line is not None else f"{source} probe {index}"
         record: dict = {"source": source, "index": index} | ({"line": line} if line is not None else {})
@@ -77,7 +78,7 @@ class Census:
         else:
             tally.add(outcome, n_tokens)
             if self.per_text is not None:
-                record |= {"n_tokens": n_tokens, "rows": outcome.n_rows,
+                record |= {"n_tokens": n_tokens, "token_ids": ids, "rows": outcome.n_rows,
                            "support": dict(zip(SUPPORTED_STATS, outcome.support)), "heads": text_heads(outcome)}  # fmt: skip
         if self.per_text is not None:
             self.per_text.write(dumps(record) + "\n")
