@@ -22,7 +22,7 @@ from mhacli.errors import TextError, UsageError
 from mhacli.heads import memory_needed
 from mhacli.output import MACHINE_FORMATS, check_writable, dumps, write_table
 from mhacli.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
-from mhacli.stats import KINDS, MIN_SUPPORT, STAT_NAMES, SUPPORTED_STATS
+from mhacli.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
 from mhacli.textin import check_ids_fit, iter_texts
 
 MAX_WARNINGS = 10  # failed texts named one by one on stderr; the rest are counted
