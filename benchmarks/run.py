@@ -3,6 +3,7 @@
     python benchmarks/run.py              # bundled model, GPT-2 small (T=128, 1024), GPT-2 medium (T=1024)
     python benchmarks/run.py --xl         # also GPT-2 XL size (1.5B parameters, ~6 GB of disk in bench_out/)
     python benchmarks/run.py --quick      # bundled model and GPT-2 small only, fewer runs
+    python benchmarks/run.py --census     # only the census rows (results/census.json)
 
 Checkpoints are random-init GPT-2s of the real sizes, built with transformers into bench_out/ (reused across runs).
 Every measurement is a fresh process (cold start included): the median wall time of --runs runs (default 5; 3 with
@@ -66,6 +67,65 @@ def measure(cmd: list[str], runs: int) -> dict:
         walls.append(wall)
         rss.append(peak)
     return {"wall_s": statistics.median(walls), "walls": walls, "peak_rss_bytes": max(rss), "peak_rss_runs": rss}
+
+
+def measure_tree(cmd: list[str], runs: int) -> dict:
+    """measure(), plus the peak RSS of each child process (the census' workers): their VmHWM, polled every 20 ms
+    while the command runs (a worker lives until the command's end, so its last reading is its peak)."""
+    walls, workers = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        peaks: dict[str, int] = {}
+        while proc.poll() is None:
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            for pid in children:
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    if "spawn_main" not in Path(f"/proc/{pid}/cmdline").read_text():
+                        continue  # multiprocessing's resource tracker
+                except OSError:
+                    continue
+                hwm = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+                peaks[pid] = max(peaks.get(pid, 0), hwm)
+            time.sleep(0.02)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n{proc.stderr.read().decode()[-2000:]}")
+        walls.append(wall)
+        workers.append(max(peaks.values(), default=0))
+    return {"wall_s": statistics.median(walls), "walls": walls, "worker_peak_rss_bytes": max(workers), "worker_peak_rss_runs": workers}
+
+
+def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path]], out: Path) -> list[dict]:
+    """`mha census` of 1,000 lines of Tiny Shakespeare plus the default probes, with 1 and 2 local workers, against
+    benchmarks/hf_census.py on the same token ids (written by a first census run with --per-text)."""
+    corpus = HERE / "data" / "shakespeare_1000.txt"
+    rows = []
+    for label, model in models:
+        per_text = out / f"census_{model.name}.jsonl"
+        run_process([*mha, "census", "--texts", str(corpus), "-m", str(model), "-j", "1", "-f", "json", "--per-text", str(per_text)])
+        texts = [json.loads(line) for line in per_text.read_text().splitlines()]
+        ids_file = out / f"census_ids_{model.name}.jsonl"
+        ids_file.write_text("".join(json.dumps({"token_ids": t["token_ids"], "first_row": t["n_tokens"] - t["rows"]}) + "\n" for t in texts if "error" not in t))
+        n_texts = sum("error" not in t for t in texts)
+        log(f"measuring: census, {label}, HF")
+        hf = measure([py, str(HERE / "hf_census.py"), str(model), str(ids_file)], runs)
+        single = None
+        for workers in (1, 2):
+            log(f"measuring: census, {label}, {workers} worker(s)")
+            cmd = [*mha, "census", "--texts", str(corpus), "-m", str(model), "-j", str(workers), "-f", "csv"]
+            m = measure(cmd, runs)
+            if workers > 1:
+                m |= {k: v for k, v in measure_tree(cmd, 1).items() if k.startswith("worker_")}
+            single = single or m["wall_s"]
+            rows.append({
+                "case": f"`mha census`, {label}: 1,000 lines + probes ({n_texts} texts), {workers} worker{'s' if workers > 1 else ''}",
+                "model": label, "workers": workers, "n_texts": n_texts, "mha": m, "hf": hf,
+                "wall_ratio": m["wall_s"] / hf["wall_s"], "rss_ratio": m["peak_rss_bytes"] / hf["peak_rss_bytes"],
+                "texts_per_s": n_texts / m["wall_s"], "speedup_vs_1_worker": single / m["wall_s"],
+            })  # fmt: skip
+    return rows
 
 
 def gemm_peak(n: int = 2048, repeats: int = 7) -> dict:
@@ -170,6 +230,7 @@ def main() -> None:
     )
     parser.add_argument("--xl", action="store_true", help="also GPT-2 XL size (needs ~6 GB of disk, ~12 GB RAM for HF)")
     parser.add_argument("--quick", action="store_true", help="bundled model and GPT-2 small only, 3 runs")
+    parser.add_argument("--census", action="store_true", help="only the census rows, written to results/census.json")
     parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="where the checkpoints are built")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "latest.json", help="the results JSON file")
     args = parser.parse_args()
@@ -181,6 +242,17 @@ def main() -> None:
 
     machine = machine_and_versions()
     log(f"machine: {machine}")
+    small = Path(in_child("build", "small", str(args.out))["path"])
+    census_models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
+    if args.census:
+        results = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv), "runs_per_measurement": runs,
+                   "machine": machine, "census": census_rows(mha, py, runs, census_models, args.out)}  # fmt: skip
+        path = args.results if "--results" in sys.argv else HERE / "results" / "census.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        log(f"results written to {path}")
+        print(census_markdown(results))
+        return
     gemm = in_child("gemm")
     peak = gemm["gflops"]
     log(f"numpy float32 GEMM: {peak:.1f} GFLOP/s")
@@ -228,6 +300,7 @@ def main() -> None:
         if (size, n) not in rates and size != "xl":
             rates[(size, n)] = in_child("forward", str(model), str(n))
             log(f"  forward {size} T={n}: {rates[(size, n)]}")
+    results["census"] = census_rows(mha, py, runs, census_models, args.out)
     results["forward"] = [
         {"model": s, "tokens": n, **r, "fraction_of_gemm_peak": r["gflops"] / peak} for (s, n), r in rates.items()
     ]
@@ -288,6 +361,25 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| GPT-2 {f['model']}, T = {f['tokens']} | {f['seconds']:.2f} | {f['gflop']:.0f} | {f['gflops']:.1f} | "
             f"{100 * f['fraction_of_gemm_peak']:.0f}% |"
+        )
+    if results.get("census"):
+        lines += ["", census_markdown(results, header=False)]
+    return "\n".join(lines)
+
+
+def census_markdown(results: dict, header: bool = True) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores. Wall times: median of {results['runs_per_measurement']} runs.", ""] if header else []
+    lines += [
+        "| census | wall (median) | texts/s | speed-up vs 1 worker | HF wall (median) | wall ratio | peak RSS | peak RSS per worker | HF peak RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["census"]:
+        mh, hf = r["mha"], r["hf"]
+        per_worker = mib(mh["worker_peak_rss_bytes"]) if "worker_peak_rss_bytes" in mh else "(in process)"
+        lines.append(
+            f"| {r['case']} | {mh['wall_s']:.2f} s | {r['texts_per_s']:.0f} | {r['speedup_vs_1_worker']:.2f}x | "
+            f"{hf['wall_s']:.2f} s | {r['wall_ratio']:.2f}x | {mib(mh['peak_rss_bytes'])} | {per_worker} | {mib(hf['peak_rss_bytes'])} |"
         )
     return "\n".join(lines)
 
