@@ -9,13 +9,12 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from mhacli.display import key_window, token_label, window
+from mhacli.display import token_label
+from mhacli.heatmap import GAP, MapWindow, map_window, panel, ramp, side_by_side, uses_color
+from mhacli.heatmap import legend as heat_legend
 from mhacli.heads import HeadView
 from mhacli.stats import KIND_RULES, KIND_STAT, KINDS, STAT_NAMES, TOO_PLAIN, HeadStats, undecidable
 
-SHADES = " ░▒▓█"
-# viridis anchors, low -> high
-_RAMP = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
 KIND_STYLE = {
     "induction": ("I", "bold magenta"),
     "previous-token": ("P", "bold cyan"),
@@ -33,17 +32,7 @@ def make_console(file=None, width: int | None = None) -> Console:
 
 
 def weight_colour(w: float) -> str:
-    w = float(min(max(w, 0.0), 1.0)) * (len(_RAMP) - 1)
-    i = min(int(w), len(_RAMP) - 2)
-    f = w - i
-    r, g, b = (round(a + (c - a) * f) for a, c in zip(_RAMP[i], _RAMP[i + 1]))
-    return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def shade(w: float) -> str:
-    if w < 0.01:
-        return " "
-    return SHADES[min(len(SHADES) - 1, 1 + int(w * (len(SHADES) - 1)))]
+    return "#{:02x}{:02x}{:02x}".format(*ramp(w))
 
 
 def fmt_stat(v: float | None) -> str:
@@ -71,44 +60,70 @@ def kind_evidence(s: HeadStats) -> str:
     return f" {fmt_stat(s.score)}" + (f" ({rows} rows)" if rows is not None else "")
 
 
-def legend() -> Text:
-    text = Text("weight ")
-    for w in np.linspace(0, 1, 11):
-        text.append(shade(w) * 2 if w >= 0.01 else "  ", style=f"{weight_colour(w)} on {weight_colour(w)}" if w >= 0.01 else "")
-    text.append(" 0→1  rows: queries, columns: keys")
-    return text
+def inspect_title(view: HeadView, show_kv: bool = False) -> Text:
+    """A panel's title: `L1H2 induction 0.85 (5 rows)`, the K/V head where heads share one."""
+    s = view.stats
+    style = KIND_STYLE[s.kind][1]
+    kv = f"/kv{view.kv_head}" if show_kv else ""
+    return Text.assemble((f"L{s.layer}H{s.head}{kv} ", "bold"), (s.kind + kind_evidence(s), style))
 
 
-def attention_map(view: HeadView, tokens: Sequence[str], width: int, start: int = 0, show_kv: bool = False) -> Group:
-    """One head's map, windowed to fit `width` columns: rows are queries, columns keys (2 cells per key)."""
-    attn = view.attention
-    n_seq = attn.shape[0]
-    label_w = min(12, max(len(token_label(t)) for t in tokens)) + len(str(n_seq - 1)) + 2
-    n_cols = max(4, (width - label_w - 1) // 2)
-    lo, hi = window(n_seq, start, n_cols)
-    klo, khi = key_window(hi, n_cols)
-    parts: list = [head_title(view, show_kv)]
-    if (lo, hi) != (0, n_seq) or klo > 0:
-        more = f"; --from {hi} shows the next rows" if hi < n_seq else ""
-        parts.append(Text(f"showing query rows {lo}–{hi - 1} and keys {klo}–{khi - 1} of {n_seq} tokens{more}", style="dim"))
-    tens = Text(" " * label_w)
-    ones = Text(" " * label_w)
-    for j in range(klo, khi):
-        tens.append(f"{(j // 10) % 10 if j % 10 == 0 else ' ':<2}", style="dim")
-        ones.append(f"{j % 10:<2}", style="dim")
-    parts += [tens, ones]
-    idx_w = len(str(n_seq - 1))
-    for i in range(lo, hi):
-        row = Text(f"{i:>{idx_w}} {token_label(tokens[i], label_w - idx_w - 2):<{label_w - idx_w - 2}} ")
-        for j in range(klo, khi):
-            if j > i:
-                row.append("  ")
-                continue
-            w = float(attn[i, j])
-            cell = shade(w) * 2
-            row.append(cell, style=f"{weight_colour(w)} on {weight_colour(w)}" if w >= 0.01 else "")
-        parts.append(row)
-    return Group(*parts)
+def auto_panel_keys(n_seq: int, width: int, per_row: int) -> int:
+    """Keys per panel so that `per_row` panels fit side by side in `width` columns, within [12, 64] (never more than
+    the text has)."""
+    label = len(str(n_seq - 1)) + 1
+    fits = (width + GAP) // max(1, per_row) - GAP - label - 1
+    return min(n_seq, max(min(n_seq, 12), min(64, fits)))
+
+
+def map_panels(
+    console: Console, views: Sequence[HeadView], tokens: Sequence[str], *, start: int = 0,
+    keys: tuple[int, int] | None = None, panel_keys: int | None = None,
+) -> None:
+    """Every selected head's map: one head drawn large (token labels, wider cells when they fit); several heads as
+    small multiples, a layer per row of panels (wrapping when a layer does not fit), all with the same window."""
+    n_seq = len(tokens)
+    color = uses_color(console)
+    width = console.width
+    show_kv = shares_kv(views)
+    if len(views) == 1:
+        token_w = min(12, max(len(token_label(t)) for t in tokens)) * (2 if color else 1) + (1 if color else 0)
+        label_w = len(str(n_seq - 1)) + token_w + 2
+        n_keys = panel_keys or max(2, width - label_w - 1)
+        cell = 2 if (min(n_seq, n_keys) + 1) * 2 <= width - label_w else 1
+        n_keys = min(n_keys, (width - label_w) // cell - 1)
+        win = map_window(n_seq, start, n_keys, n_keys, keys)
+        lines = panel(views[0].attention, inspect_title(views[0], show_kv), win, cell=cell, color=color, tokens=tokens, token_w=token_w)
+        window_note(console, win)
+        for line in lines:
+            console.print(line, no_wrap=True, overflow="crop")
+        return
+    by_layer: dict[int, list[HeadView]] = {}
+    for v in views:
+        by_layer.setdefault(v.layer, []).append(v)
+    per_row = max(len(vs) for vs in by_layer.values())
+    n_keys = panel_keys or auto_panel_keys(n_seq, width, per_row)
+    win = map_window(n_seq, start, n_keys, n_keys, keys)
+    window_note(console, win)
+    name_w = 1 + max(len(inspect_title(v, show_kv).plain.split(" ", 1)[0]) for v in views)  # every panel as wide
+    panels = [(v.layer, panel(v.attention, inspect_title(v, show_kv), win, cell=1, color=color, min_width=name_w)) for v in views]
+    panel_w = panels[0][1][0].cell_len
+    fit_n = max(1, (width + GAP) // (panel_w + GAP))
+    for layer in by_layer:
+        row = [p for lay, p in panels if lay == layer]
+        for k in range(0, len(row), fit_n):
+            console.print()
+            for line in side_by_side(row[k : k + fit_n]):
+                console.print(line, no_wrap=True, overflow="crop")
+
+
+def window_note(console: Console, win: MapWindow) -> None:
+    if not win.clipped:
+        return
+    keys = f"key 0 and keys {win.keys[1]}–{win.keys[-1]}" if win.pinned else f"keys {win.keys[0]}–{win.keys[-1]}"
+    more = "; --from I and --keys A:B move the window" if win.hi < win.n_seq or win.pinned or win.lo > 0 else ""
+    console.print(Text(f"showing query rows {win.lo}–{win.hi - 1} and {keys} of {win.n_seq} tokens{more}", style="dim"),
+                  no_wrap=True, overflow="ellipsis")  # fmt: skip
 
 
 def query_bars(
@@ -160,21 +175,23 @@ def render_inspect(
     query: int | None = None,
     top: int | None = None,
     start: int = 0,
+    keys: tuple[int, int] | None = None,
+    panel_keys: int | None = None,
 ) -> None:
     if views and undecidable(views[0].stats.support):
         console.print(Text(TOO_PLAIN, style="dim"))
     console.print(Text(f"{len(tokens)} tokens: ", style="bold") + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60]))) + Text(" …" if len(tokens) > 60 else ""))
     if query is None and top is None:
-        console.print(legend())
+        console.print(heat_legend(uses_color(console)), no_wrap=True, overflow="ellipsis")
+        map_panels(console, views, tokens, start=start, keys=keys, panel_keys=panel_keys)
+        return
     show_kv = shares_kv(views)
     for view in views:
         console.print()
         if query is not None:
             console.print(query_bars(view, tokens, query, console.width, show_kv=show_kv))
-        elif top is not None:
-            console.print(top_keys(view, tokens, top, show_kv=show_kv))
         else:
-            console.print(attention_map(view, tokens, console.width, start, show_kv=show_kv))
+            console.print(top_keys(view, tokens, top, show_kv=show_kv))
 
 
 def render_stats(console: Console, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, n_tokens: int) -> None:
@@ -331,16 +348,15 @@ def render_diff(
     first = report.heads[0]
     console.print()
     console.print(Text(f"most changed head, on the first text ({first.divergence:.3g} {report.metric}):", style="bold"))
-    half = max(30, (console.width - 3) // 2)
-    side = Table.grid(padding=(0, 3))
-    side.add_column(width=half)
-    side.add_column(width=half)
-    side.add_row(
-        Group(Text("MODEL_A", style="bold"), attention_map(maps[0], tokens, half, start)),
-        Group(Text("MODEL_B", style="bold"), attention_map(maps[1], tokens, half, start)),
-    )
-    console.print(side)
-    console.print(legend())
+    color = uses_color(console)
+    n_keys = auto_panel_keys(len(tokens), console.width, 2)
+    win = map_window(len(tokens), start, n_keys, n_keys)
+    window_note(console, win)
+    pair = [panel(v.attention, Text.assemble((name + " ", "bold"), inspect_title(v)), win, cell=1, color=color)
+            for name, v in (("MODEL_A", maps[0]), ("MODEL_B", maps[1]))]  # fmt: skip
+    for line in side_by_side(pair):
+        console.print(line, no_wrap=True, overflow="crop")
+    console.print(heat_legend(color), no_wrap=True, overflow="ellipsis")
 
 
 # --- mha explain ------------------------------------------------------------------------------------------------

@@ -98,9 +98,12 @@ def test_grouped_heads_name_their_kv_head(model):
     views = list(analyse(ckpt, ids, layers=[0]))
     con, buf = console(100)
     render_inspect(con, views, tok.display(ids.tolist()))
-    assert "K/V head" not in buf.getvalue()
+    assert "kv" not in "\n".join(visible_lines(buf))
     grouped = [HeadView(v.stats, v.attention, v.head // 2) for v in views]  # as if 2 query heads per K/V head
     con, buf = console(100)
     render_inspect(con, grouped, tok.display(ids.tolist()))
     text = "\n".join(visible_lines(buf))
-    assert "L0 H3 (K/V head 1)" in text and "L0 H0 (K/V head 0)" in text
+    assert "L0H3/kv1" in text and "L0H0/kv0" in text
+    con, buf = console(100)
+    render_inspect(con, grouped[3:4], tok.display(ids.tolist()), query=2)  # the one-head views say it in full
+    assert "L0 H3 (K/V head 1)" in "\n".join(visible_lines(buf))

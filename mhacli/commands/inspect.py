@@ -29,6 +29,8 @@ def inspect(
     query: Annotated[int | None, typer.Option("--query", "-q", help="Show one query row: where token I looks.")] = None,
     top: Annotated[int | None, typer.Option("--top", "-k", min=1, help="List the K strongest keys of every query.")] = None,
     start: Annotated[int, typer.Option("--from", min=0, help="First query row of the map window on a terminal.")] = 0,
+    keys: Annotated[str | None, typer.Option("--keys", metavar="A:B", help="Key columns A..B-1 of the map window on a terminal (key 0 stays in front).")] = None,
+    panel_size: Annotated[int | None, typer.Option("--panel-size", metavar="N", min=2, help="Keys (and query rows) per map on a terminal (default: fit the width).")] = None,
     save: Annotated[Path | None, typer.Option("--save", help="Also write attention[layer, head, q, k] to FILE.npz.")] = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
@@ -42,8 +44,11 @@ def inspect(
         if save.suffix != ".npz":
             raise UsageError(f"--save {save}: the file name must end in .npz")
         check_writable(save)
+    key_range = parse_key_range(keys) if keys is not None else None
     ckpt, tokens = prepare(model, text, truncate=truncate)
     n_seq = len(tokens.ids)
+    if key_range is not None and key_range[0] >= n_seq:
+        raise UsageError(f"--keys {keys}: the text has keys 0..{n_seq - 1}")
     if query is not None and not -n_seq <= query < n_seq:
         raise UsageError(f"--query {query} is out of range: the text has tokens 0..{n_seq - 1}")
     if query is not None and query < 0:
@@ -71,4 +76,17 @@ def inspect(
     else:
         from mhacli.render import make_console, render_inspect
 
-        render_inspect(make_console(), views, tokens.tokens, query=query, top=top, start=start)
+        render_inspect(make_console(), views, tokens.tokens, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size)
+
+
+def parse_key_range(spec: str) -> tuple[int, int]:
+    """`A:B` (either side may be empty: `:50`, `100:`) -> (A, B), B exclusive; B defaults to the end of the text."""
+    a, sep, b = spec.partition(":")
+    try:
+        lo = int(a) if a.strip() else 0
+        hi = int(b) if b.strip() else 2**62
+    except ValueError:
+        lo = hi = -1
+    if not sep or lo < 0 or hi <= lo:
+        raise UsageError(f"--keys {spec!r} is not a key range A:B with 0 <= A < B (e.g. 0:64, 100:)")
+    return lo, hi
