@@ -13,7 +13,7 @@ from rich.console import Console
 
 from mhacli.heads import HeadView
 from mhacli.heatmap import HEX, LOWER, PIN, UPPER, level, map_lines, map_window, ruler
-from mhacli.render import render_diff, render_inspect
+from mhacli.render import render_inspect
 from mhacli.stats import layer_stats
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
