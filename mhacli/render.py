@@ -219,7 +219,7 @@ def render_info(console: Console, lines: Sequence[tuple[str, str]]) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in lines:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))  # Text: a file name like "[red]x" is not rich markup
     console.print(table)
 
 
