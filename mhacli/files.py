@@ -22,12 +22,27 @@ from mhacli.errors import MhaError, ModelError
 MAX_INT_DIGITS = 64
 
 
+MAX_NAME = 160  # characters of a name shown in a message; a longer one is shown as its start ... its end
+
+
 def show(name: object) -> str:
-    """A name for a message: as it is when every character is printable and it has no quotes; else repr()."""
+    """A name for a message: as it is when every character is printable and it has no quotes; else repr().
+    A name longer than MAX_NAME is clipped in the middle."""
     text = str(name)
     if text and text.isprintable() and "'" not in text and '"' not in text:
+        return _clip_middle(text)
+    return quoted(text)
+
+
+def quoted(name: object) -> str:
+    """repr(name), clipped in the middle when longer than MAX_NAME: always quoted, always escaped."""
+    return _clip_middle(repr(str(name)))
+
+
+def _clip_middle(text: str) -> str:
+    if len(text) <= MAX_NAME:
         return text
-    return repr(text)
+    return text[: MAX_NAME // 2] + "..." + text[-MAX_NAME // 4 :]
 
 
 def escape_unprintable(text: str) -> str:
@@ -108,7 +123,7 @@ def parse_json(raw: bytes, where: str, error: type[MhaError], *, unique_keys: bo
     except _HugeInt as exc:
         raise error(f"{where} holds {exc}, too large for any field (corrupt or hostile file?)") from exc
     except _Duplicate as exc:
-        raise error(f"{where} names {show(exc.args[0])} twice (corrupt or hostile file?)") from exc
+        raise error(f"{where} names {quoted(exc.args[0])} twice (corrupt or hostile file?)") from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise error(f"{where} is not valid JSON ({first})") from exc

@@ -22,7 +22,7 @@ import numpy as np
 from mhacli.arch import check_config, family
 from mhacli.config import ModelConfig, parse_config
 from mhacli.errors import ConfigError, ModelError, WeightsError
-from mhacli.files import open_regular, parse_json, read_json, show
+from mhacli.files import open_regular, parse_json, quoted, read_json, show
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # real headers are KBs; safetensors itself caps at 100 MB
@@ -168,7 +168,7 @@ def _shard_names(index: Path, weight_map: dict) -> list[str]:
             shown = repr(name)[:60] if not isinstance(name, (dict, list)) else type(name).__name__
             raise ModelError(f"{index.name}: weight_map[{show(tensor)}] is not a file name (got {shown})")
         if "\0" in name:
-            raise ModelError(f"{index.name}: weight_map[{show(tensor)}] = {name!r} holds a NUL byte; refused")
+            raise ModelError(f"{index.name}: weight_map[{show(tensor)}] = {quoted(name)} holds a NUL byte; refused")
         names.add(name)
     return sorted(names)
 
@@ -183,21 +183,21 @@ def _sharded(index: Path, root: Path) -> tuple[Path, ...]:
     files: list[Path] = []
     for name in _shard_names(index, weight_map):
         if os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
-            raise ModelError(f"{index.name}: shard {name!r} lies outside the model directory; refused")
+            raise ModelError(f"{index.name}: shard {quoted(name)} lies outside the model directory; refused")
         shard = index.parent / name
         try:
             inside = shard.resolve().is_relative_to(root_real)
             kind = _kind(shard, name)
         except OSError as exc:  # resolve(): a symlink loop
-            raise ModelError(f"{index.name}: shard {name!r}: {exc.strerror}") from exc
+            raise ModelError(f"{index.name}: shard {quoted(name)}: {exc.strerror}") from exc
         except ModelError as exc:
             raise ModelError(f"{index.name}: shard {exc}") from exc
         if not inside:
-            raise ModelError(f"{index.name}: shard {name!r} links outside the model directory; refused")
+            raise ModelError(f"{index.name}: shard {quoted(name)} links outside the model directory; refused")
         if shard.suffix.lower() in PICKLE_SUFFIXES:
             raise _pickle_refusal(shard)
         if kind == "missing":
-            raise ModelError(f"{index.name}: shard {name!r} is missing")
+            raise ModelError(f"{index.name}: shard {quoted(name)} is missing")
         files.append(shard)  # not a regular file: refused when opened
     return tuple(files)
 
@@ -266,10 +266,10 @@ def _check_layout(file: str, infos: dict[str, TensorInfo], base: int, size: int)
     end, previous = base, None
     for start, stop, name in sorted((i.start, i.end, i.name) for i in infos.values()):
         if start < end:
-            raise WeightsError(f"{file}: tensors {previous!r} and {name!r} overlap in the data section")
+            raise WeightsError(f"{file}: tensors {quoted(previous)} and {quoted(name)} overlap in the data section")
         if start > end:
             raise WeightsError(
-                f"{file}: {start - end} bytes before tensor {name!r} belong to no tensor (the safetensors library "
+                f"{file}: {start - end} bytes before tensor {quoted(name)} belong to no tensor (the safetensors library "
                 "refuses gaps)"
             )
         end, previous = stop, name
@@ -281,7 +281,7 @@ def _check_layout(file: str, infos: dict[str, TensorInfo], base: int, size: int)
 
 
 def _tensor_info(path: Path, name: str, entry: object, base: int, size: int) -> TensorInfo:
-    where = f"{show(path.name)}: tensor {name!r}"
+    where = f"{show(path.name)}: tensor {quoted(name)}"
     if not isinstance(entry, dict):
         raise WeightsError(f"{where}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -416,7 +416,7 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
             if ours in found:  # two files, or a key with and without the prefix: which one HF reads is unclear
                 other = found[ours]
                 raise WeightsError(
-                    f"tensor {ours!r} is given twice: as {other.name!r} in {show(other.file.name)} and as {key!r} "
+                    f"tensor {quoted(ours)} is given twice: as {quoted(other.name)} in {show(other.file.name)} and as {quoted(key)} "
                     f"in {show(path.name)}; refused as ambiguous"
                 )
             found[ours] = info
@@ -425,21 +425,21 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
         info = found.get(key)
         if info is None:
             raise WeightsError(
-                f"tensor {key!r} is missing from the weights (looked for it with and without {arch.KEY_PREFIX!r})"
+                f"tensor {quoted(key)} is missing from the weights (looked for it with and without {arch.KEY_PREFIX!r})"
             )
         if info.shape != shape:
             raise WeightsError(
-                f"tensor {info.name!r} in {show(info.file.name)} has shape {list(info.shape)}, "
+                f"tensor {quoted(info.name)} in {show(info.file.name)} has shape {list(info.shape)}, "
                 f"but config.json implies {list(shape)}"
             )
         if info.dtype not in FLOAT_DTYPES:
-            raise WeightsError(f"tensor {info.name!r} in {show(info.file.name)} has dtype {info.dtype}; expected a float type")
+            raise WeightsError(f"tensor {quoted(info.name)} in {show(info.file.name)} has dtype {info.dtype}; expected a float type")
         tensors[key] = info
     head = found.get(arch.LM_HEAD)
     if not config.tie_word_embeddings and head is not None:  # optional: only the loss reads it (mhacli.loss)
         if head.shape != (config.vocab_size, config.n_embd) or head.dtype not in FLOAT_DTYPES:
             raise WeightsError(
-                f"tensor {head.name!r} in {show(head.file.name)} has shape {list(head.shape)} and dtype {head.dtype}, "
+                f"tensor {quoted(head.name)} in {show(head.file.name)} has shape {list(head.shape)} and dtype {head.dtype}, "
                 f"but config.json implies {[config.vocab_size, config.n_embd]} float"
             )
         tensors[arch.LM_HEAD] = head
@@ -457,9 +457,9 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
             f.seek(info.start)
             buf = f.read(count)
         except OSError as exc:
-            raise WeightsError(f"{file}: cannot read tensor {info.name!r}: {exc.strerror}") from exc
+            raise WeightsError(f"{file}: cannot read tensor {quoted(info.name)}: {exc.strerror}") from exc
     if len(buf) != count:
-        raise WeightsError(f"{file}: tensor {info.name!r} is truncated (file changed while reading?)")
+        raise WeightsError(f"{file}: tensor {quoted(info.name)} is truncated (file changed while reading?)")
     raw = np.frombuffer(buf, dtype=FLOAT_DTYPES[info.dtype])
     if info.dtype == "F32":
         array = raw
@@ -471,8 +471,8 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
     array = array.reshape(info.shape)
     if not np.isfinite(array).all():
         if info.dtype == "F64" and np.isfinite(raw).all():
-            raise WeightsError(f"tensor {info.name!r} in {file} holds float64 values beyond float32's range")
-        raise WeightsError(f"tensor {info.name!r} in {file} holds NaN or Inf values")
+            raise WeightsError(f"tensor {quoted(info.name)} in {file} holds float64 values beyond float32's range")
+        raise WeightsError(f"tensor {quoted(info.name)} in {file} holds NaN or Inf values")
     return array
 
 
