@@ -165,7 +165,30 @@ def check_tokenizer_json(doc: object, path: Path) -> dict:
     _check_component(doc.get("normalizer"), "normalizer", path, 0)
     _check_component(doc.get("pre_tokenizer"), "pre_tokenizer", path, 0)
     _check_component(doc.get("post_processor"), "post_processor", path, 0)
+    _check_bpe_prefix(doc.get("model"), path)
     return doc
+
+
+def _check_bpe_prefix(model: object, path: Path) -> None:
+    """BPE with a continuing_subword_prefix strips that many bytes from the second token of every merge; when a
+    merge's second token does not start with the prefix, the library cuts a character in two and the process
+    aborts (pyo3: "uncaught panic at ffi boundary") while it reports the error."""
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
+        return
+    prefix = model.get("continuing_subword_prefix")
+    merges = model.get("merges")
+    if not isinstance(prefix, str) or not prefix or not isinstance(merges, list):
+        return
+    for rank, merge in enumerate(merges):
+        second = merge.split(" ", 1)[1] if isinstance(merge, str) and " " in merge else None
+        if isinstance(merge, list) and len(merge) == 2:
+            second = merge[1]
+        if isinstance(second, str) and not second.startswith(prefix):
+            raise _fail(
+                path,
+                f"model.continuing_subword_prefix is {prefix!r}, but merge {rank} ({str(merge)[:40]!r}) does not "
+                "continue with it",
+            )
 
 
 _SEQUENCE_KEYS = {"normalizer": "normalizers", "pre_tokenizer": "pretokenizers", "post_processor": "processors"}
