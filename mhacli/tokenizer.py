@@ -115,7 +115,13 @@ def _fd2_captured() -> Iterator[object]:
         yield None
         return
     try:
-        with tempfile.TemporaryFile() as captured:
+        captured = tempfile.TemporaryFile()
+    except OSError:  # no usable temporary directory: run unguarded rather than not at all
+        os.close(saved)
+        yield None
+        return
+    try:
+        with captured:
             if sys.stderr is not None:
                 sys.stderr.flush()
             os.dup2(captured.fileno(), 2)
