@@ -340,7 +340,7 @@ MODEL_FIELDS = {
 FUZZ_TEXTS = st.sampled_from(["hello world", "aaaa bbbb aaaa", "é▁ 123 <|endoftext|> <s>", "x" * 300, "\u202e\x1b[2J", "a\x00b"])
 
 
-@fuzz(160)
+@fuzz(130)
 @given(data=st.data())
 def test_cli_tokenizer_json_mutations(tiny_model, tmp_path, cli_worker, cases, data):
     cases.tick()
@@ -448,7 +448,7 @@ def with_literal(doc: object, path: list, literal: str) -> str:
     return json.dumps(doc).replace('"@@NUMBER@@"', literal)
 
 
-@fuzz(150)
+@fuzz(120)
 @given(data=st.data())
 def test_cli_oversized_numbers(tiny_model, tmp_path, cli_worker, cases, data):
     """Number literals past Python's digit limit, past u64 and past float range, in config.json, the safetensors
@@ -492,7 +492,7 @@ ROPE_FIELDS = ["factor", "attention_factor", "beta_fast", "beta_slow", "mscale",
                "high_freq_factor", "original_max_position_embeddings", "rope_theta"]  # fmt: skip
 
 
-@fuzz(300)
+@fuzz(200)
 @given(data=st.data())
 def test_rope_parameters_are_refused_or_computable(cases, data):
     """Any rotary parameters either are refused at load (ConfigError, naming the field) or give finite rotary

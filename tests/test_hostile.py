@@ -433,6 +433,15 @@ def test_megabytes_of_text_are_not_tokenized_in_full(tiny_model, cli_worker):
     assert_refused(refused, "text is more than")
 
 
+def test_megabytes_of_text_in_diff(tiny_model, cli_worker):
+    """diff tokenizes with both models' tokenizers: the same bounded prefix for both."""
+    truncated = cli_worker.run("diff", str(tiny_model), str(tiny_model), "-", "-f", "json", "--truncate", input=MEGABYTES)
+    assert_ok(truncated)
+    assert len(parse_json(truncated.stdout)["tokens"]) == 64
+    assert "truncated to the first 64 of more than " in truncated.stderr.decode()
+    assert_refused(cli_worker.run("diff", str(tiny_model), str(tiny_model), "-", input=MEGABYTES), "is more than")
+
+
 def test_only_a_prefix_reaches_the_library(tokenizer_dir):
     from mhacli.tokenizer import CHARS_PER_TOKEN, PREFIX_MARGIN, load_tokenizer
 
@@ -457,7 +466,7 @@ def test_only_a_prefix_reaches_the_library(tokenizer_dir):
 WORDS = st.sampled_from(["the", "cat", "sat", "Café", "naïve", "東京", "🙂", "<|endoftext|>", "1234567890", "#$%", "xylophone", "  ", "\n", "\t"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(words=st.lists(WORDS, min_size=1, max_size=400), joiner=st.sampled_from([" ", "", "\n"]), n=st.integers(1, 40))
 def test_prefix_gives_the_first_tokens_of_the_whole_text(tokenizer_dir, words, joiner, n):
     """encode_prefix's first n ids are the whole text's first n ids, and the whole text's when it is short."""
