@@ -228,7 +228,7 @@ class RotaryConfig(ModelConfig):
 def _int(raw: dict, key: str, *, low: int = 1, high: int = MAX_DIM, where: str = "config.json") -> int:
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be an integer, got {_shown(value)}")
     if value < low or value > high:
         raise ConfigError(f"{where}: {key} = {value} is out of range ({low}..{high})")
     return value
@@ -237,14 +237,30 @@ def _int(raw: dict, key: str, *, low: int = 1, high: int = MAX_DIM, where: str =
 def _bool(raw: dict, key: str, where: str = "config.json") -> bool:
     value = raw[key]
     if not isinstance(value, bool):
-        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be true or false, got {_shown(value)}")
     return value
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number (not a bool) that is a finite float: an int too large for a float is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """repr(value), clipped: a hostile config's value can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _number(raw: dict, key: str, *, where: str = "config.json", positive: bool = True) -> float:
     value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+    if not _finite(value):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {_shown(value)}")
     if positive and value <= 0:
         raise ConfigError(f"{where}: {key} must be positive, got {value!r}")
     return float(value)
@@ -252,15 +268,15 @@ def _number(raw: dict, key: str, *, where: str = "config.json", positive: bool =
 
 def _epsilon(raw: dict, key: str) -> float:
     eps = raw[key]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps < 1:
-        raise ConfigError(f"config.json: {key} must be a number in (0, 1), got {eps!r}")
+    if not _finite(eps) or not 0 < eps < 1:
+        raise ConfigError(f"config.json: {key} must be a number in (0, 1), got {_shown(eps)}")
     return float(eps)
 
 
 def _activation(raw: dict, key: str) -> str:
     activation = raw[key]
     if activation not in ACTIVATIONS:
-        raise ConfigError(f"config.json: {key} {activation!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        raise ConfigError(f"config.json: {key} {_shown(activation)} is not supported (supported: {', '.join(ACTIVATIONS)})")
     return activation
 
 
@@ -273,7 +289,7 @@ def parse_config(raw: Any) -> ModelConfig:
         raise ConfigError(f"config.json has no model_type (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(
-            f"model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            f"model_type {_shown(model_type)} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
     if model_type == "gpt2":
         return _parse_gpt2(raw)
@@ -403,10 +419,10 @@ def _layer_types(fields: dict, model_type: str, n_layer: int, window: int | None
     if types is None:
         types = ["sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(n_layer)]
     if not isinstance(types, list) or len(types) != n_layer:
-        raise ConfigError(f"config.json: layer_types must be a list of {n_layer} entries (one per layer), got {types!r}"[:300])
+        raise ConfigError(f"config.json: layer_types must be a list of {n_layer} entries (one per layer), got {_shown(types)}")
     for i, t in enumerate(types):
         if t not in LAYER_TYPES:
-            raise ConfigError(f"config.json: layer_types[{i}] is {t!r}; supported: {', '.join(LAYER_TYPES)}")
+            raise ConfigError(f"config.json: layer_types[{i}] is {_shown(t)}; supported: {', '.join(LAYER_TYPES)}")
     if window is None and "sliding_attention" in types:
         raise ConfigError("config.json: sliding_window is null, but layer_types has sliding_attention layers")
     return tuple(types)
@@ -416,12 +432,12 @@ def _ropes(raw: dict, model_type: str, head_dim: int, n_positions: int) -> tuple
     """RotaryEmbeddingConfigMixin.convert_rope_params_to_dict + standardize_rope_params, for our model types."""
     factor = raw.get("partial_rotary_factor")
     if factor is not None and factor != 1.0:
-        raise ConfigError(f"config.json: partial_rotary_factor {factor!r} is not supported ({model_type} rotates whole heads)")
+        raise ConfigError(f"config.json: partial_rotary_factor {_shown(factor)} is not supported ({model_type} rotates whole heads)")
     scaling = raw.get("rope_scaling")
     params = raw.get("rope_parameters")
     for key, value in (("rope_scaling", scaling), ("rope_parameters", params)):
         if value is not None and not isinstance(value, dict):
-            raise ConfigError(f"config.json: {key} must be an object or null, got {value!r}"[:300])
+            raise ConfigError(f"config.json: {key} must be an object or null, got {_shown(value)}")
     top_original = raw.get("original_max_position_embeddings")
     if model_type != "olmo3":
         flat = dict(scaling or params or {})
@@ -464,14 +480,14 @@ def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConf
     """One standardised rope dict -> RopeConfig; a missing required key or a bad value is a ConfigError."""
     kind = _rope_kind(params)
     if kind not in ROPE_TYPES:
-        raise ConfigError(f"config.json: {where}.rope_type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+        raise ConfigError(f"config.json: {where}.rope_type {_shown(kind)} is not supported (supported: {', '.join(ROPE_TYPES)})")
     where = f"config.json: {where}"
     for key in REQUIRED_ROPE_KEYS[kind]:
         if key not in params:
             raise ConfigError(f"{where} has no {key}, which rope_type {kind!r} needs")
     prf = params.get("partial_rotary_factor")
     if prf is not None and prf != 1.0:
-        raise ConfigError(f"{where}.partial_rotary_factor {prf!r} is not supported (whole heads are rotated)")
+        raise ConfigError(f"{where}.partial_rotary_factor {_shown(prf)} is not supported (whole heads are rotated)")
     theta = _number(params, "rope_theta", where=where)
     if theta <= 1.0:
         raise ConfigError(f"{where}: rope_theta must be greater than 1, got {theta!r}")
@@ -507,7 +523,7 @@ def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConf
             value = params[key]
             if (
                 not isinstance(value, list) or len(value) != head_dim // 2
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in value)
+                or not all(_finite(x) and x > 0 for x in value)
             ):  # fmt: skip
                 raise ConfigError(f"{where}.{key} must be a list of {head_dim // 2} positive numbers"[:300])
             out[key] = tuple(float(x) for x in value)

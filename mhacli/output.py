@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import os
+import stat
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,7 +27,19 @@ ATTENTION_DECIMALS = 8  # 5e-9 rounding: far below the 1e-6 parity the numbers a
 
 
 def dumps(doc: Any) -> str:
-    return json.dumps(doc, allow_nan=False, ensure_ascii=False)
+    """Strict JSON; non-ASCII characters as themselves, or as \\u escapes when stdout cannot encode them
+    (PYTHONIOENCODING=ascii, a latin-1 locale): the same document either way."""
+    return json.dumps(doc, allow_nan=False, ensure_ascii=not stdout_is_unicode())
+
+
+def stdout_is_unicode() -> bool:
+    """Whether stdout's encoding can encode every character (UTF-8, UTF-16, UTF-32, GB18030)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return False
+    return name.startswith("utf") or name == "gb18030"
 
 
 def lower_triangle(attn: np.ndarray) -> list[list[float]]:
@@ -92,15 +107,18 @@ def write_table(out: TextIO, fmt: str, columns: Sequence[str], rows: Iterable[Se
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: the file appears whole or not at all."""
+    """Write to a temporary file beside `path`, then rename: the file appears whole or not at all, with the mode
+    a plain `open(path, "w")` would give it (an existing file's mode; else 0o666 less the umask)."""
     directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        mode = _mode_for(path)
+        fd, tmp = tempfile.mkstemp(prefix=".mha-", suffix=".tmp", dir=directory)  # a short name: path's may be long
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), mode)  # mkstemp creates 0o600
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -110,15 +128,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _mode_for(path: Path) -> int:
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except FileNotFoundError:
+        pass
+    umask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def check_writable(path: Path) -> None:
-    """Fail before any work if `path` cannot be written (missing directory, a directory, no permission)."""
-    if path.is_dir():
-        raise UsageError(f"cannot write {path}: it is a directory")
+    """Fail before any work if `path` cannot be written (missing directory, a directory, no permission, a name the
+    OS cannot take)."""
     directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"cannot write {path}: directory {directory} does not exist")
+    try:
+        if path.is_dir():
+            raise UsageError(f"cannot write {path}: it is a directory")
+        if not directory.is_dir():
+            raise UsageError(f"cannot write {path}: directory {directory} does not exist")
+        if len(os.fsencode(path.name)) > _name_max(directory):
+            raise UsageError(f"cannot write {path}: File name too long")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+    except ValueError as exc:  # a NUL byte
+        raise UsageError(f"cannot write {path!r}: {exc}") from exc
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write {path}: permission denied")
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def save_npz(path: Path, views: Sequence[HeadView], token_ids: Sequence[int], tokens: Sequence[str]) -> None:

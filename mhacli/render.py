@@ -27,8 +27,16 @@ KIND_STYLE = {
 KEY_STATS = (("prev", "previous_token"), ("ind", "induction"), ("sink", "first_token"), ("entropy", "entropy"))
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (`| head -1`): raise BrokenPipeError for the CLI to end quietly with exit 0, as the
+        text and JSON formats do (rich's own handler exits 1)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def make_console(file=None, width: int | None = None) -> Console:
-    return Console(file=file, width=width, highlight=False, soft_wrap=False)
+    return _Console(file=file, width=width, highlight=False, soft_wrap=False)
 
 
 def weight_colour(w: float) -> str:
@@ -238,7 +246,7 @@ def render_info(console: Console, lines: Sequence[tuple[str, str]]) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in lines:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))  # Text: a file name like "[red]x" is not rich markup
     console.print(table)
 
 

@@ -23,10 +23,15 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
     if arg is not None and arg != "-":
         text = arg
     else:
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        if arg is None and stream.isatty():
-            raise TextError("no text given: pass TEXT, or pipe text on stdin (use - to read stdin explicitly)")
-        raw = stream.read(MAX_TEXT_BYTES + 1)
+        stream = stdin if stdin is not None else _stdin()
+        if stream is None:
+            raise TextError("no text given and stdin is closed: pass TEXT, or pipe text on stdin")
+        try:
+            if arg is None and stream.isatty():
+                raise TextError("no text given: pass TEXT, or pipe text on stdin (use - to read stdin explicitly)")
+            raw = stream.read(MAX_TEXT_BYTES + 1)
+        except (OSError, ValueError) as exc:  # a closed or unreadable stdin
+            raise TextError(f"cannot read text from stdin: {getattr(exc, 'strerror', None) or exc}") from exc
         if len(raw) > MAX_TEXT_BYTES:
             raise TextError(f"text on stdin is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
         try:
@@ -44,6 +49,11 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
     return text
 
 
+def _stdin() -> BinaryIO | None:
+    """The binary stdin; None when the process was started with stdin closed (`<&-`: sys.stdin is None)."""
+    return getattr(sys.stdin, "buffer", None) if sys.stdin is not None else None
+
+
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
@@ -56,14 +66,22 @@ def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, st
     Texts that are valid but cannot be run (blank after parsing, too long for the model) are the caller's to judge.
     """
     jsonl = path != "-" and path.lower().endswith(JSONL_SUFFIXES)
+    stdin = _stdin()
     try:
-        stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
+        if path == "-":
+            if stdin is None:
+                raise TextError("--texts -: stdin is closed")
+            stream = stdin
+        else:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError as exc:
         raise TextError(f"--texts {path}: no such file") from exc
     except IsADirectoryError as exc:
         raise TextError(f"--texts {path}: is a directory") from exc
     except OSError as exc:
         raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+    except ValueError as exc:  # a NUL byte in the name
+        raise TextError(f"--texts {path!r}: cannot read ({exc})") from exc
     total = 0
     try:
         for n in itertools.count(1):
@@ -91,7 +109,7 @@ def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, st
                 continue
             yield n, (_jsonl_text(line, path, n) if jsonl else line)
     finally:
-        if stream is not sys.stdin.buffer:
+        if stream is not stdin:
             stream.close()
 
 
@@ -128,22 +146,31 @@ def check_ids_fit(ids: list[int], vocab_size: int) -> None:
 class TokenizedText:
     ids: np.ndarray  # [n_seq] int64
     tokens: list[str]  # display string per token
-    truncated_from: int | None  # the original token count when --truncate cut the text
+    truncated_from: int | None  # the original token count when --truncate cut the text (a lower bound: see below)
+    counted_all: bool = True  # False: only a prefix of the text was tokenized; it has more than truncated_from tokens
+
+    def original_length(self) -> str:
+        """The text's token count for messages: '1234', or 'more than 1234' when only a prefix was tokenized."""
+        return str(self.truncated_from) if self.counted_all else f"more than {self.truncated_from}"
 
 
 def tokenize(
     tokenizer: Tokenizer, text: str, n_positions: int, *, vocab_size: int, truncate: bool = False
 ) -> TokenizedText:
-    ids = tokenizer.encode(text)
+    """The text's ids, at most n_positions of them (--truncate) or an error. Only a prefix of a long text is
+    tokenized (Tokenizer.encode_prefix): megabytes of text cost what n_positions tokens cost."""
+    ids, n_chars = tokenizer.encode_prefix(text, n_positions)
+    counted_all = n_chars == len(text)
     if not ids:
         raise TextError("text produced no tokens")
     check_ids_fit(ids, vocab_size)
     truncated_from = None
     if len(ids) > n_positions:
+        count = str(len(ids)) if counted_all else f"more than {len(ids)}"
         if not truncate:
             raise TextError(
-                f"text is {len(ids)} tokens, longer than the model's n_positions ({n_positions}); "
+                f"text is {count} tokens, longer than the model's n_positions ({n_positions}); "
                 "shorten it or pass --truncate to keep the first tokens"
             )
         truncated_from, ids = len(ids), ids[:n_positions]
-    return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from)
+    return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from, counted_all)

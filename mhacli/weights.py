@@ -2,27 +2,32 @@
 
 Safetensors headers are parsed here rather than trusted to a library: every length, offset, dtype and shape is
 checked against the file before a byte of tensor data is read, and tensors are read one at a time, on demand, so
-a model never has to fit in memory twice. Pickle checkpoints are refused by name and never opened.
+a model never has to fit in memory twice. What the safetensors library refuses is refused here too: a tensor
+named twice, a field given twice, metadata that is not strings, tensors that leave gaps in the data section or
+do not reach its end. Pickle checkpoints are refused by name and never opened. Files are opened only when they
+are regular files (mhacli.files), and names read from files are shown escaped in messages.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mhacli.arch import family
+from mhacli.arch import check_config, family
 from mhacli.config import ModelConfig, parse_config
 from mhacli.errors import ConfigError, ModelError, WeightsError
+from mhacli.files import open_regular, parse_json, quoted, read_json, show
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # real headers are KBs; safetensors itself caps at 100 MB
 MAX_JSON_BYTES = 50 * 1024 * 1024
+MAX_U64 = 2**64 - 1  # safetensors shapes and offsets are usize
 # Every dtype the safetensors format defines, with its size in bytes; the float ones can be read as weights.
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -57,7 +62,7 @@ class ModelFiles:
 
 def _pickle_refusal(path: Path) -> ModelError:
     return ModelError(
-        f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; mha reads safetensors only. "
+        f"{show(path.name)} is a pickle checkpoint, which can run arbitrary code when loaded; mha reads safetensors only. "
         "Convert it first, e.g. `python -c \"from transformers import AutoModel; "
         "AutoModel.from_pretrained('DIR').save_pretrained('OUT', safe_serialization=True)\"`"
     )
@@ -86,53 +91,86 @@ def resolve_model(spec: str | None) -> ModelFiles:
     path = Path(spec).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise _pickle_refusal(path)
-    if path.is_dir():
+    kind = _kind(path, spec)
+    if kind == "dir":
         return ModelFiles(spec, path, _weights_in_dir(path, path))
-    if path.is_file():
+    if kind == "file":
         if path.name.endswith(".safetensors.index.json"):
             return ModelFiles(spec, path.parent, _sharded(path, path.parent))
         if path.suffix != ".safetensors":
-            raise ModelError(f"{spec}: not a model (expected a directory or a .safetensors file)")
+            raise ModelError(f"{show(spec)}: not a model (expected a directory or a .safetensors file)")
         return ModelFiles(spec, path.parent, (path,))
-    if path.exists():
-        raise ModelError(f"{spec}: not a regular file or directory")
+    if kind == "other":
+        raise ModelError(f"{show(spec)}: not a regular file or directory")
     if HUB_ID.match(spec) and not spec.startswith((".", "~")):
         directory, root = _from_hub(spec)
         return ModelFiles(spec, directory, _weights_in_dir(directory, root))
-    raise ModelError(f"{spec}: no such file or directory")
+    raise ModelError(f"{show(spec)}: no such file or directory")
+
+
+def _kind(path: Path, spec: str) -> str:
+    """'dir', 'file' (regular), 'other' (a FIFO, device, socket) or 'missing'; a name the OS cannot take (too
+    long, a NUL byte) is a ModelError, not an internal error."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except NotADirectoryError:
+        return "missing"
+    except OSError as exc:
+        raise ModelError(f"{show(spec)}: cannot open: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ModelError(f"{show(spec)}: not a usable file name ({exc})") from exc
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+def _present(path: Path) -> bool:
+    """Whether anything (a file, or a FIFO or directory to be refused when opened) is at `path`."""
+    try:
+        return os.path.lexists(path)
+    except (OSError, ValueError):
+        return False
 
 
 def _weights_in_dir(directory: Path, root: Path) -> tuple[Path, ...]:
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
-    if single.is_file():
+    if _present(single):  # anything but a regular file is refused when it is opened, never read
         return (single,)
-    if index.is_file():
+    if _present(index):
         return _sharded(index, root)
-    others = sorted(directory.glob("*.safetensors"))
+    try:
+        others = sorted(directory.glob("*.safetensors"))
+        listing = sorted(directory.iterdir())
+    except OSError as exc:
+        raise ModelError(f"{show(directory)}: cannot list: {exc.strerror}") from exc
     if len(others) == 1:
         return (others[0],)
-    pickles = [p for p in sorted(directory.iterdir()) if p.suffix.lower() in PICKLE_SUFFIXES]
+    pickles = [p for p in listing if p.suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
         raise _pickle_refusal(pickles[0])
     if len(others) > 1:
-        raise ModelError(f"{directory}: several .safetensors files and no model.safetensors.index.json")
-    raise ModelError(f"{directory}: not a model directory (no model.safetensors or model.safetensors.index.json)")
+        raise ModelError(f"{show(directory)}: several .safetensors files and no model.safetensors.index.json")
+    raise ModelError(f"{show(directory)}: not a model directory (no model.safetensors or model.safetensors.index.json)")
 
 
 def _read_json(path: Path, what: str, error: type[ModelError] = ModelError) -> object:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise error(f"{what}: cannot read {path}: {exc.strerror}") from exc
-    if size > MAX_JSON_BYTES:
-        raise error(f"{what}: {path.name} is {size} bytes, too large to be a JSON {what}")
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise error(f"{what}: cannot read {path}: {exc.strerror}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise error(f"{what}: {path} is not valid JSON ({str(exc).splitlines()[0][:120]})") from exc
+    return read_json(path, what, error, max_bytes=MAX_JSON_BYTES)
+
+
+def _shard_names(index: Path, weight_map: dict) -> list[str]:
+    """The distinct file names a weight_map's values give, each checked to be a usable relative file name."""
+    names: set[str] = set()
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            shown = repr(name)[:60] if not isinstance(name, (dict, list)) else type(name).__name__
+            raise ModelError(f"{index.name}: weight_map[{show(tensor)}] is not a file name (got {shown})")
+        if "\0" in name:
+            raise ModelError(f"{index.name}: weight_map[{show(tensor)}] = {quoted(name)} holds a NUL byte; refused")
+        names.add(name)
+    return sorted(names)
 
 
 def _sharded(index: Path, root: Path) -> tuple[Path, ...]:
@@ -143,19 +181,24 @@ def _sharded(index: Path, root: Path) -> tuple[Path, ...]:
         raise ModelError(f"{index.name}: has no weight_map object")
     root_real = root.resolve()
     files: list[Path] = []
-    for name in sorted(set(weight_map.values()), key=str):
-        if not isinstance(name, str) or not name:
-            raise ModelError(f"{index.name}: weight_map holds a non-string file name {name!r}")
+    for name in _shard_names(index, weight_map):
         if os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
-            raise ModelError(f"{index.name}: shard {name!r} lies outside the model directory; refused")
+            raise ModelError(f"{index.name}: shard {quoted(name)} lies outside the model directory; refused")
         shard = index.parent / name
-        if not shard.resolve().is_relative_to(root_real):
-            raise ModelError(f"{index.name}: shard {name!r} links outside the model directory; refused")
+        try:
+            inside = shard.resolve().is_relative_to(root_real)
+            kind = _kind(shard, name)
+        except OSError as exc:  # resolve(): a symlink loop
+            raise ModelError(f"{index.name}: shard {quoted(name)}: {exc.strerror}") from exc
+        except ModelError as exc:
+            raise ModelError(f"{index.name}: shard {exc}") from exc
+        if not inside:
+            raise ModelError(f"{index.name}: shard {quoted(name)} links outside the model directory; refused")
         if shard.suffix.lower() in PICKLE_SUFFIXES:
             raise _pickle_refusal(shard)
-        if not shard.is_file():
-            raise ModelError(f"{index.name}: shard {name!r} is missing")
-        files.append(shard)
+        if kind == "missing":
+            raise ModelError(f"{index.name}: shard {quoted(name)} is missing")
+        files.append(shard)  # not a regular file: refused when opened
     return tuple(files)
 
 
@@ -184,50 +227,70 @@ def _from_hub(repo_id: str) -> tuple[Path, Path]:
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and check a safetensors header against the file: sizes, offsets, dtypes, overlaps."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+    file = show(path.name)
+    with open_regular(path, "weights", WeightsError) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise WeightsError(f"{path.name}: not a safetensors file ({size} bytes, too short for a header)")
+                raise WeightsError(f"{file}: not a safetensors file ({size} bytes, too short for a header)")
             n = int.from_bytes(head, "little")
             if n > size - 8 or n > MAX_HEADER_BYTES:
                 raise WeightsError(
-                    f"{path.name}: header length {n} runs past the end of the {size}-byte file (truncated or corrupt)"
+                    f"{file}: header length {n} runs past the end of the {size}-byte file (truncated or corrupt)"
                 )
             raw = f.read(n)
-    except OSError as exc:
-        raise WeightsError(f"{path.name}: cannot read: {exc.strerror}") from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise WeightsError(f"{path.name}: safetensors header is not valid JSON (corrupt file?)") from exc
+        except OSError as exc:
+            raise WeightsError(f"{file}: cannot read: {exc.strerror}") from exc
+    header = parse_json(raw, f"{file}: safetensors header", WeightsError, unique_keys=True)
     if not isinstance(header, dict):
-        raise WeightsError(f"{path.name}: safetensors header is not a JSON object")
+        raise WeightsError(f"{file}: safetensors header is not a JSON object")
+    metadata = header.get("__metadata__")
+    if metadata is not None and (
+        not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise WeightsError(f"{file}: safetensors __metadata__ must map names to strings (as the safetensors library requires)")
     base = 8 + n
     infos: dict[str, TensorInfo] = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         infos[name] = _tensor_info(path, name, entry, base, size)
-    spans = sorted((i.start, i.end, i.name) for i in infos.values() if i.end > i.start)
-    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
-        if start_b < end_a:
-            raise WeightsError(f"{path.name}: tensors {name_a} and {name_b} overlap in the data section")
+    _check_layout(file, infos, base, size)
     return infos
 
 
+def _check_layout(file: str, infos: dict[str, TensorInfo], base: int, size: int) -> None:
+    """The tensors, in the order of their offsets, must tile the data section exactly, as the safetensors library
+    requires: no overlap, no gap, nothing after the last one."""
+    end, previous = base, None
+    for start, stop, name in sorted((i.start, i.end, i.name) for i in infos.values()):
+        if start < end:
+            raise WeightsError(f"{file}: tensors {quoted(previous)} and {quoted(name)} overlap in the data section")
+        if start > end:
+            raise WeightsError(
+                f"{file}: {start - end} bytes before tensor {quoted(name)} belong to no tensor (the safetensors library "
+                "refuses gaps)"
+            )
+        end, previous = stop, name
+    if end != size:
+        raise WeightsError(
+            f"{file}: {size - end} bytes after the last tensor belong to no tensor (the safetensors library refuses "
+            "such a file)"
+        )
+
+
 def _tensor_info(path: Path, name: str, entry: object, base: int, size: int) -> TensorInfo:
-    where = f"{path.name}: tensor {name}"
+    where = f"{show(path.name)}: tensor {quoted(name)}"
     if not isinstance(entry, dict):
         raise WeightsError(f"{where}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
-        raise WeightsError(f"{where}: unknown dtype {dtype!r}")
+        raise WeightsError(f"{where}: unknown dtype {_clip(dtype)}")
     if not isinstance(shape, list) or len(shape) > 8 or not all(_is_nonneg_int(d) for d in shape):
-        raise WeightsError(f"{where}: bad shape {shape!r}")
+        raise WeightsError(f"{where}: bad shape {_clip(shape)}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_nonneg_int(o) for o in offsets)):
-        raise WeightsError(f"{where}: bad data_offsets {offsets!r}")
+        raise WeightsError(f"{where}: bad data_offsets {_clip(offsets)}")
     begin, end = offsets
     nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
     if end < begin or end - begin != nbytes:
@@ -240,7 +303,12 @@ def _tensor_info(path: Path, name: str, entry: object, base: int, size: int) -> 
 
 
 def _is_nonneg_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_U64
+
+
+def _clip(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def normalise_key(key: str, model_type: str = "gpt2") -> str | None:
@@ -256,10 +324,13 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def load_config(directory: Path) -> ModelConfig:
+    """config.json parsed, then checked for what the forward will compute from it (mhacli.arch.check_config)."""
     path = directory / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{directory}: no config.json beside the weights")
-    return parse_config(_read_json(path, "config.json", ConfigError))
+    if not _present(path):
+        raise ConfigError(f"{show(directory)}: no config.json beside the weights")
+    config = parse_config(_read_json(path, "config.json", ConfigError))
+    check_config(config)
+    return config
 
 
 @dataclass
@@ -340,28 +411,35 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
     for path in files.weight_files:
         for key, info in read_safetensors_header(path).items():
             ours = arch.normalise_key(key)
-            if ours is not None and ours not in found:
-                found[ours] = info
+            if ours is None:
+                continue
+            if ours in found:  # two files, or a key with and without the prefix: which one HF reads is unclear
+                other = found[ours]
+                raise WeightsError(
+                    f"tensor {quoted(ours)} is given twice: as {quoted(other.name)} in {show(other.file.name)} and as {quoted(key)} "
+                    f"in {show(path.name)}; refused as ambiguous"
+                )
+            found[ours] = info
     tensors: dict[str, TensorInfo] = {}
     for key, shape in arch.expected_shapes(config).items():
         info = found.get(key)
         if info is None:
             raise WeightsError(
-                f"tensor {key!r} is missing from the weights (looked for it with and without {arch.KEY_PREFIX!r})"
+                f"tensor {quoted(key)} is missing from the weights (looked for it with and without {arch.KEY_PREFIX!r})"
             )
         if info.shape != shape:
             raise WeightsError(
-                f"tensor {info.name!r} in {info.file.name} has shape {list(info.shape)}, "
+                f"tensor {quoted(info.name)} in {show(info.file.name)} has shape {list(info.shape)}, "
                 f"but config.json implies {list(shape)}"
             )
         if info.dtype not in FLOAT_DTYPES:
-            raise WeightsError(f"tensor {info.name!r} in {info.file.name} has dtype {info.dtype}; expected a float type")
+            raise WeightsError(f"tensor {quoted(info.name)} in {show(info.file.name)} has dtype {info.dtype}; expected a float type")
         tensors[key] = info
     head = found.get(arch.LM_HEAD)
     if not config.tie_word_embeddings and head is not None:  # optional: only the loss reads it (mhacli.loss)
         if head.shape != (config.vocab_size, config.n_embd) or head.dtype not in FLOAT_DTYPES:
             raise WeightsError(
-                f"tensor {head.name!r} in {head.file.name} has shape {list(head.shape)} and dtype {head.dtype}, "
+                f"tensor {quoted(head.name)} in {show(head.file.name)} has shape {list(head.shape)} and dtype {head.dtype}, "
                 f"but config.json implies {[config.vocab_size, config.n_embd]} float"
             )
         tensors[arch.LM_HEAD] = head
@@ -373,24 +451,28 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
 def read_tensor(info: TensorInfo) -> np.ndarray:
     """Read one tensor as float32 (float16 widened, bfloat16 rebuilt from its bits); NaN/Inf is an error."""
     count = info.end - info.start
-    try:
-        with open(info.file, "rb") as f:
+    file = show(info.file.name)
+    with open_regular(info.file, "weights", WeightsError) as f:
+        try:
             f.seek(info.start)
             buf = f.read(count)
-    except OSError as exc:
-        raise WeightsError(f"{info.file.name}: cannot read tensor {info.name}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise WeightsError(f"{file}: cannot read tensor {quoted(info.name)}: {exc.strerror}") from exc
     if len(buf) != count:
-        raise WeightsError(f"{info.file.name}: tensor {info.name} is truncated (file changed while reading?)")
+        raise WeightsError(f"{file}: tensor {quoted(info.name)} is truncated (file changed while reading?)")
     raw = np.frombuffer(buf, dtype=FLOAT_DTYPES[info.dtype])
     if info.dtype == "F32":
         array = raw
     elif info.dtype == "BF16":
         array = (raw.astype(np.uint32) << 16).view(np.float32)  # bfloat16 is the top half of a float32
     else:
-        array = raw.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range: reported below
+            array = raw.astype(np.float32)
     array = array.reshape(info.shape)
     if not np.isfinite(array).all():
-        raise WeightsError(f"tensor {info.name!r} in {info.file.name} holds NaN or Inf values")
+        if info.dtype == "F64" and np.isfinite(raw).all():
+            raise WeightsError(f"tensor {quoted(info.name)} in {file} holds float64 values beyond float32's range")
+        raise WeightsError(f"tensor {quoted(info.name)} in {file} holds NaN or Inf values")
     return array
 
 

@@ -270,3 +270,14 @@ def blocks_on_hf_inputs(directory: Path, ids) -> list[tuple[float, np.ndarray]]:
         out, parts = arch.block(x, ckpt.layer(layer), ckpt.config, layer)
         results.append((float(np.abs(parts.probs - attentions[layer]).max()), out))
     return results
+
+
+@pytest.fixture(scope="session")
+def cli_worker(tmp_path_factory):
+    """The whole CLI in one child process under an address-space limit (tests/cli_worker.py): an abort or a hang
+    in a case is a failing result, not a killed or stalled test run."""
+    from cli_worker import CliWorker
+
+    worker = CliWorker(tmp_path_factory.mktemp("cli-worker"))
+    yield worker
+    worker.close()

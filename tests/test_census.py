@@ -220,7 +220,7 @@ def test_failed_texts_are_counted_unless_strict(tmp_path):
     doc = parse_json(result.stdout)
     assert doc["sources"]["corpus"]["n_texts"] == 2 and doc["sources"]["corpus"]["failed"] == 2
     err = result.stderr.decode()
-    assert "line 2: text is empty" in err and "line 3:" in err and "longer than n_positions" in err
+    assert "line 2: text is empty" in err and "line 3:" in err and "longer than the model's n_positions" in err
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [r.get("line") for r in records] == [1, 2, 3, 4] and ["error" in r for r in records] == [False, True, True, False]
     truncated = run_mha("census", "-j", "1", "--probes", "none", "--texts", str(path), "-f", "json", "--truncate")

@@ -14,7 +14,11 @@ Modules are imported on first use: `mha info` on a GPT-2 never loads the rotary 
 from __future__ import annotations
 
 import importlib
+import math
 from types import ModuleType
+
+from mhacli.config import ModelConfig, RotaryConfig
+from mhacli.errors import ConfigError
 
 FAMILIES = {
     "gpt2": "gpt2",
@@ -28,3 +32,31 @@ FAMILIES = {
 
 def family(model_type: str) -> ModuleType:
     return importlib.import_module(f"mhacli.arch.{FAMILIES[model_type]}")
+
+
+def check_config(config: ModelConfig) -> None:
+    """What the forward will compute from a parsed config, computed once before any weight is read: the head
+    layout, every layer's attention scale and, for rotary models, the inverse frequencies and attention factor of
+    each set of rotary parameters. A non-finite or impossible value is a ConfigError naming the field, instead of
+    a division by zero, a math domain error, an overflow or a broadcast error in the middle of the forward."""
+    if config.n_head % config.n_kv_head or config.d_head < 1:
+        raise ConfigError(f"config.json: {config.n_head} query heads cannot share {config.n_kv_head} K/V heads of {config.d_head} values")
+    for layer in range(config.n_layer):
+        scale = config.attn_scale(layer)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"config.json: the attention scale of layer {layer} is {scale!r}, not a positive number")
+    if not isinstance(config, RotaryConfig):
+        return
+    if config.head_dim % 2:
+        raise ConfigError(
+            f"config.json: head_dim {config.head_dim} is odd; rotary embeddings rotate pairs of values, so it must be even"
+        )
+    from mhacli.arch.rope import rope_problem  # only rotary models load the rotary code
+
+    ropes = [("rope_parameters", config.rope)]
+    if config.sliding_rope is not None:
+        ropes = [("rope_parameters.full_attention", config.rope), ("rope_parameters.sliding_attention", config.sliding_rope)]
+    for where, rope in ropes:
+        problem = rope_problem(rope, config.d_head, config.n_positions)
+        if problem is not None:
+            raise ConfigError(f"config.json: {where} (rope_type {rope.rope_type!r}, head_dim {config.d_head}): {problem}")

@@ -133,3 +133,49 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """x [n_heads, n_seq, d_head] (or [n_seq, d_head] / [d_head] with matching cos/sin rows) -> rotated, same shape"""
     return x * cos + rotate_half(x) * sin
+
+
+# Fields the forward turns into float32 (F32(...)): a value beyond float32's range is not a usable parameter.
+_FLOAT32_FIELDS = ("rope_theta", "factor", "attention_factor", "low_freq_factor", "high_freq_factor")
+_F32_MAX = float(np.finfo(F32).max)
+
+
+def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
+    """What is wrong with what the forward will compute from `rope` (None: nothing), computed once, as the
+    forward computes it, for the shortest and the longest text (dynamic and longrope depend on the length):
+    inverse frequencies finite and >= 0 in float32, the angles of the last position finite, the attention factor
+    positive and finite in float32, no division by zero, math domain error or overflow on the way."""
+    for key in _FLOAT32_FIELDS:
+        value = getattr(rope, key)
+        if value is not None and not abs(value) <= _F32_MAX:
+            return f"{key} {value!r} is beyond float32's range, in which the forward computes it"
+    for key in ("short_factor", "long_factor"):
+        values = getattr(rope, key)
+        if values is not None and not all(abs(v) <= _F32_MAX for v in values):
+            return f"{key} holds a value beyond float32's range, in which the forward computes it"
+    if rope.rope_type == "yarn":
+        for key in ("beta_fast", "beta_slow"):
+            if (getattr(rope, key) or 0) < 0:
+                return f"{key} must be positive, got {getattr(rope, key)!r}"
+    if rope.rope_type == "longrope" and rope.attention_factor is None:
+        original = rope.original_max_position_embeddings or n_positions
+        factor = rope.factor if rope.factor is not None else n_positions / original
+        if factor > 1.0 and original <= 1:
+            return "original_max_position_embeddings must be greater than 1 when factor > 1 (its log divides)"
+    given = ", ".join(f"{k}={v!r}" for k, v in vars(rope).items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    for n_seq in sorted({1, n_positions}):
+        try:
+            with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+                inv, scaling = inv_freq(rope, d_head, n_positions, n_seq)
+                angles = F32(max(n_seq - 1, 0)) * inv  # [d_head // 2], the largest angles the tables hold
+        except ZeroDivisionError:
+            return f"the rotary arithmetic divides by zero with {given}"
+        except (ArithmeticError, ValueError) as exc:  # FloatingPointError, OverflowError, math domain error
+            return f"the rotary arithmetic fails ({exc}) with {given}"
+        if inv.shape != (d_head // 2,) or not (np.isfinite(inv).all() and (inv >= 0).all()):
+            return f"the inverse frequencies are not finite and non-negative with {given}"
+        if not np.isfinite(angles).all():
+            return f"the rotation angles at position {n_seq - 1} overflow float32 with {given}"
+        if not (isinstance(scaling, (int, float)) and 0 < scaling <= _F32_MAX):
+            return f"the attention factor is {scaling!r}, not a positive float32, with {given}"
+    return None

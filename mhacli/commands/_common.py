@@ -64,7 +64,7 @@ def prepare(model: str | None, text: str | None, *, truncate: bool = False) -> t
     ckpt, tokenizer = load(model)
     tokens = tokenize(tokenizer, raw, ckpt.config.n_positions, vocab_size=ckpt.config.vocab_size, truncate=truncate)
     if tokens.truncated_from is not None:
-        warn(f"text truncated to the first {ckpt.config.n_positions} of {tokens.truncated_from} tokens")
+        warn(f"text truncated to the first {ckpt.config.n_positions} of {tokens.original_length()} tokens")
     return ckpt, tokens
 
 

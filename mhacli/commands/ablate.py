@@ -113,7 +113,7 @@ def scored_texts(
     for raw, where in raws:
         t = tokenize(tokenizer, raw, c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
         if t.truncated_from is not None:
-            warn(f"{where} truncated to the first {c.n_positions} of {t.truncated_from} tokens")
+            warn(f"{where} truncated to the first {c.n_positions} of {t.original_length()} tokens")
         if len(t.ids) < 2:
             raise UsageError(f"{where} is one token long: there is no next token to score")
         tokenized.append(t)

@@ -23,7 +23,7 @@ from mhacli.heads import memory_needed
 from mhacli.output import MACHINE_FORMATS, check_writable, dumps, write_table
 from mhacli.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
 from mhacli.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
-from mhacli.textin import check_ids_fit, iter_texts
+from mhacli.textin import iter_texts, tokenize
 
 MAX_WARNINGS = 10  # failed texts named one by one on stderr; the rest are counted
 
@@ -108,19 +108,13 @@ def corpus_work(census: Census, path: str, tokenizer, config, truncate: bool) ->
         if not text.strip():
             yield census.failure("corpus", n, line, "text is empty")
             continue
-        ids = tokenizer.encode(text)
-        if not ids:
-            yield census.failure("corpus", n, line, "text produced no tokens")
+        try:  # a bounded prefix of the text is tokenized (textin.tokenize): a huge line costs n_positions tokens
+            tokens = tokenize(tokenizer, text, config.n_positions, vocab_size=config.vocab_size, truncate=truncate)
+        except TextError as exc:
+            yield census.failure("corpus", n, line, str(exc))
             continue
-        check_ids_fit(ids, config.vocab_size)
-        if len(ids) > config.n_positions:
-            if not truncate:
-                yield census.failure(
-                    "corpus", n, line, f"{len(ids)} tokens, longer than n_positions ({config.n_positions}); --truncate keeps the first"
-                )
-                continue
-            ids = ids[: config.n_positions]
-        yield census.item("corpus", n, line, np.asarray(ids, dtype=np.int64), 0)
+        ids = tokens.ids
+        yield census.item("corpus", n, line, ids, 0)
 
 
 def count_lines(path: str) -> int | None:

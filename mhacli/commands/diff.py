@@ -37,21 +37,24 @@ def tokenize_both(
 ) -> DiffText:
     """The text's token ids, required to be the same under both tokenizers and to fit both models."""
     (ckpt_a, tok_a), (ckpt_b, tok_b) = a, b
-    ids_a, ids_b = tok_a.encode(raw), tok_b.encode(raw)
+    n_a, n_b = ckpt_a.config.n_positions, ckpt_b.config.n_positions
+    limit = min(n_a, n_b)
+    # only a prefix of a long text is tokenized (sized for `limit` tokens); both tokenizers see the same prefix
+    ids_a, n_chars = tok_a.encode_prefix(raw, limit)
+    ids_b = tok_b.encode(raw[:n_chars])
     check_same_tokens(ids_a, ids_b, tok_a.display, tok_b.display, where)
     if not ids_a:
         raise TextError(f"{where} produced no tokens")
     check_ids_fit(ids_a, min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size))
-    n_a, n_b = ckpt_a.config.n_positions, ckpt_b.config.n_positions
-    limit = min(n_a, n_b)
+    count = str(len(ids_a)) if n_chars == len(raw) else f"more than {len(ids_a)}"
     if len(ids_a) > limit:
         which = "both models'" if max(n_a, n_b) < len(ids_a) else ("MODEL_A's" if n_a < n_b else "MODEL_B's")
         if not truncate:
             raise TextError(
-                f"{where} is {len(ids_a)} tokens, longer than {which} n_positions ({limit}); "
+                f"{where} is {count} tokens, longer than {which} n_positions ({limit}); "
                 "shorten it or pass --truncate to keep the first tokens"
             )
-        warn(f"{where} truncated to the first {limit} of {len(ids_a)} tokens")
+        warn(f"{where} truncated to the first {limit} of {count} tokens")
         ids_a = ids_a[:limit]
     return DiffText(np.asarray(ids_a, dtype=np.int64), tok_a.display(ids_a), where)
 

@@ -7,6 +7,7 @@ import sys
 from mhacli.commands._app import app
 from mhacli.commands._common import FormatOpt, ModelOpt, format_bytes, resolve_format
 from mhacli.config import ModelConfig
+from mhacli.files import escape_unprintable
 from mhacli.output import dumps
 from mhacli.weights import DTYPE_BYTES, load_model
 
@@ -118,6 +119,7 @@ def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
         lines.append(("rope", rope_text(c["rope"])))
         if c.get("sliding_rope") is not None:
             lines.append(("rope (sliding layers)", rope_text(c["sliding_rope"])))
+    lines = [(key, escape_unprintable(value)) for key, value in lines]  # file names: no escape sequences
     if fmt == "rich":
         from mhacli.render import make_console, render_info
 
