@@ -23,7 +23,6 @@ from mhacli.commands._app import app
 from mhacli.errors import ExitCode, MhaError
 from mhacli.files import escape_unprintable
 
-INTERNAL = 3  # a bug: the message says so
 MAX_LINE = 1000  # characters of an error line; the rest is clipped
 # Writing stdout failed for a reason outside the program: the disk or quota is full, the file is too large.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
@@ -64,9 +63,12 @@ def _write_failed(exc: OSError) -> int:
 
 
 def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """After a success: each warning held back while the command ran, as one `warning:` line."""
     for w in caught:
+        text = str(w.message).strip()
+        line = text.splitlines()[0] if text else w.category.__name__
         if sys.stderr is not None:
-            print(f"warning: {escape_unprintable(str(w.message).strip().splitlines()[0] if str(w.message).strip() else w.category.__name__)}", file=sys.stderr)
+            print(f"warning: {escape_unprintable(line)}", file=sys.stderr)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -120,7 +122,8 @@ def _run(argv: list[str] | None) -> int:
 
 
 def _internal(exc: BaseException) -> int:
-    return _error(f"internal error (a bug in mha): {type(exc).__name__}: {exc} (run with MHA_DEBUG=1 for a traceback)", INTERNAL, first_line=True)
+    message = f"internal error (a bug in mha): {type(exc).__name__}: {exc} (run with MHA_DEBUG=1 for a traceback)"
+    return _error(message, ExitCode.INTERNAL, first_line=True)
 
 
 def _standard_streams() -> int | None:

@@ -9,6 +9,7 @@ class ExitCode(IntEnum):
     OK = 0
     CHECK_FAILED = 1  # a check ran and failed (verify mismatch, diff --fail-above)
     BAD_INPUT = 2  # bad usage or bad input: arguments, files, text
+    INTERNAL = 3  # a bug in mha: the message says so
     INTERRUPTED = 130
 
 

@@ -3,7 +3,7 @@
 The loader cases run in this process under a time limit (SIGALRM) and a memory bound (tracemalloc peak, which
 NumPy reports to). The CLI cases on mutated tokenizer.json files, shard indexes and oversized numbers run the
 whole CLI in one child process under an address-space limit (the `cli_worker` fixture, tests/cli_worker.py), so
-an abort or a hang is a failed case. The nine tests ask Hypothesis for 2,930 cases (3,151 ran in a full run here);
+an abort or a hang is a failed case. The nine tests ask Hypothesis for 2,770 cases (2,956 ran in a full run here);
 each test counts the cases its body really ran and fails if they are fewer than it asked for, and the session
 prints the total under "cases run". Set MHA_FUZZ_SCALE=10 (or more) for a longer run.
 """
