@@ -333,7 +333,8 @@ def test_ascii_stdout(tiny_model, tokenizer_dir, fmt):
     tokenizer = load_tokenizer(tokenizer_dir)
     assert any(not t.isascii() for t in tokenizer.display(tokenizer.encode(ACCENTED))), "a token must be non-ASCII"
     ascii_run = run_mha("inspect", ACCENTED, "-m", str(tiny_model), "-f", fmt, env={"PYTHONIOENCODING": "ascii"})
-    assert ascii_run.returncode == 0 and ascii_run.stderr == b"", ascii_run.stderr
+    notes = ascii_run.stderr.splitlines()  # a short text gets the "too plain to tell" note in the text format
+    assert ascii_run.returncode == 0 and all(line.startswith(b"note: ") for line in notes), ascii_run.stderr
     ascii_run.stdout.decode("ascii")
     if fmt == "json":
         utf8_run = run_mha("inspect", ACCENTED, "-m", str(tiny_model), "-f", fmt, env={"PYTHONIOENCODING": "utf-8"})
