@@ -86,6 +86,18 @@ def write_heads(
         raise UsageError(f"unknown format {fmt!r}")
 
 
+def write_head_doc(out: TextIO, fmt: str, doc: dict, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """A document whose `heads` list is its rows: json (the whole document), jsonl (one head object per line),
+    csv/tsv (`rows` under `columns`)."""
+    if fmt == "json":
+        out.write(dumps(doc) + "\n")
+    elif fmt == "jsonl":
+        for row in doc["heads"]:
+            out.write(dumps(row) + "\n")
+    else:
+        write_table(out, fmt, columns, rows)
+
+
 def stats_row(view: HeadView) -> list:
     s = view.stats
     return [s.layer, s.head, s.kind, *(s.values[name] for name in STAT_NAMES), *(s.support.get(n, 0) for n in SUPPORTED_STATS)]

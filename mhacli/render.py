@@ -202,25 +202,31 @@ def render_inspect(
             console.print(top_keys(view, tokens, top, show_kv=show_kv))
 
 
+def head_grid(title: str, layers: Sequence[int], heads: Sequence[int], cell) -> Table:
+    """A layer x head table: `cell(layer, head)` gives each cell (the stats, census and ablate overviews)."""
+    grid = Table(title=title, show_lines=False, pad_edge=False)
+    grid.add_column("layer", justify="right", style="bold")
+    for h in heads:
+        grid.add_column(f"H{h}", justify="center")
+    for layer in layers:
+        grid.add_row(str(layer), *(cell(layer, h) for h in heads))
+    return grid
+
+
 def render_stats(console: Console, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, n_tokens: int) -> None:
     """The one-screen overview: a layer x head grid (kind letter and one statistic), then the top heads of each kind."""
     by_pos = {(v.layer, v.head): v for v in views}
     what = "the score of its kind" if stat == "auto" else stat
-    grid = Table(title=f"kind and {what} of every head ({n_tokens} tokens)", show_lines=False, pad_edge=False)
-    grid.add_column("layer", justify="right", style="bold")
-    for h in range(n_head):
-        grid.add_column(f"H{h}", justify="center")
-    for layer in range(n_layer):
-        cells = []
-        for h in range(n_head):
-            v = by_pos.get((layer, h))
-            if v is None:
-                cells.append("")
-                continue
-            letter, style = KIND_STYLE[v.stats.kind]
-            shown = KIND_STAT[v.stats.kind] if stat == "auto" else stat
-            cells.append(Text.assemble((letter, style), " ", fmt_stat(v.stats.values[shown])))
-        grid.add_row(str(layer), *cells)
+
+    def cell(layer: int, h: int) -> Text | str:
+        v = by_pos.get((layer, h))
+        if v is None:
+            return ""
+        letter, style = KIND_STYLE[v.stats.kind]
+        shown = KIND_STAT[v.stats.kind] if stat == "auto" else stat
+        return Text.assemble((letter, style), " ", fmt_stat(v.stats.values[shown]))
+
+    grid = head_grid(f"kind and {what} of every head ({n_tokens} tokens)", range(n_layer), range(n_head), cell)
     console.print(grid)
     console.print(Text("  ".join(f"{KIND_STYLE[k][0]} {k}" for k in KINDS), style="dim"))
     top = Table(title="most distinctive heads of each kind")
@@ -794,16 +800,8 @@ def render_ablate(console: Console, doc: dict, top: int) -> None:
     best = max((r["delta"] for r in doc["heads"]), default=0.0)
     layers = sorted({r["layer"] for r in doc["heads"]})
     head_ids = sorted({r["head"] for r in doc["heads"]})
-    grid = Table(title=f"Δloss per head removed (0 → {best:+.3g})", pad_edge=False)
-    grid.add_column("layer", justify="right", style="bold")
-    for h in head_ids:
-        grid.add_column(f"H{h}", justify="center")
-    for layer in layers:
-        cells = []
-        for h in head_ids:
-            r = heads[(layer, h)]
-            cells.append(_delta_cell(r["delta"], best, KIND_STYLE[r["kind"]][0] + " "))
-        grid.add_row(str(layer), *cells)
+    grid = head_grid(f"Δloss per head removed (0 → {best:+.3g})", layers, head_ids,
+                     lambda layer, h: _delta_cell(heads[(layer, h)]["delta"], best, KIND_STYLE[heads[(layer, h)]["kind"]][0] + " "))  # fmt: skip
     console.print(grid)
     ranking = Table(title=f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})")
     for name, justify in (("#", "right"), ("head", "left"), ("kind", "left"), ("loss", "right"), ("Δloss", "right"), ("Δ%", "right")):
@@ -842,17 +840,14 @@ def render_census(console: Console, doc: dict, top: int) -> None:
         console.print(Text(line, style="dim"))
     n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
     by_pos = {(h["layer"], h["head"]): h for h in doc["heads"]}
-    grid = Table(title="kind of every head (confidence: share of the evidence's texts where its rule holds)", pad_edge=False)
-    grid.add_column("layer", justify="right", style="bold")
-    for h in range(n_head):
-        grid.add_column(f"H{h}", justify="center")
-    for layer in range(n_layer):
-        cells = []
-        for h in range(n_head):
-            head = by_pos[(layer, h)]
-            letter, style = KIND_STYLE[head["kind"]]
-            cells.append(Text.assemble((letter, style), " ", f"{head['confidence']:.2f}"))
-        grid.add_row(str(layer), *cells)
+
+    def cell(layer: int, h: int) -> Text:
+        head = by_pos[(layer, h)]
+        letter, style = KIND_STYLE[head["kind"]]
+        return Text.assemble((letter, style), " ", f"{head['confidence']:.2f}")
+
+    grid = head_grid("kind of every head (confidence: share of the evidence's texts where its rule holds)",
+                     range(n_layer), range(n_head), cell)  # fmt: skip
     console.print(grid)
     console.print(Text("  ".join(f"{KIND_STYLE[k][0]} {k}" for k in KINDS), style="dim"))
     table = Table(title="strongest heads of each kind")

@@ -23,7 +23,7 @@ from mhacli.errors import UsageError
 from mhacli.loss import VOCAB_BLOCK
 from mhacli.heads import check_selection, memory_needed
 from mhacli.model import LayerTrace, ZEdit
-from mhacli.output import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_table
+from mhacli.output import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_head_doc, write_table
 from mhacli.stats import layer_stats
 from mhacli.textin import TokenizedText, read_text, read_texts, tokenize
 from mhacli.weights import Checkpoint
@@ -204,14 +204,9 @@ def ablate(
             for e in effects
         ],
     }  # fmt: skip
-    if fmt == "json":
-        sys.stdout.write(dumps(doc) + "\n")
-    elif fmt == "jsonl":
-        for row in doc["heads"]:
-            sys.stdout.write(dumps(row) + "\n")
-    elif fmt in ("csv", "tsv"):
+    if fmt in MACHINE_FORMATS:
         columns = ("layer", "head", "kind", "loss", "delta", "delta_pct")
-        write_table(sys.stdout, fmt, columns, ([r[k] for k in columns] for r in doc["heads"]))
+        write_head_doc(sys.stdout, fmt, doc, columns, ([r[k] for k in columns] for r in doc["heads"]))
     elif fmt == "text":
         from mhacli.plain import write_ablate
 

@@ -20,7 +20,7 @@ from mhacli.commands._common import (
 )  # fmt: skip
 from mhacli.errors import TextError, UsageError
 from mhacli.heads import memory_needed
-from mhacli.output import MACHINE_FORMATS, check_writable, dumps, write_table
+from mhacli.output import MACHINE_FORMATS, check_writable, dumps, write_head_doc
 from mhacli.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
 from mhacli.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
 from mhacli.textin import iter_texts, tokenize
@@ -288,13 +288,8 @@ def census(
     if writer is not None:
         writer.commit()
     doc = build_doc(census, ckpt.model_dict(), spec, chosen, prefix, texts, c.kv_head)
-    if fmt == "json":
-        sys.stdout.write(dumps(doc) + "\n")
-    elif fmt == "jsonl":
-        for row in doc["heads"]:
-            sys.stdout.write(dumps(row) + "\n")
-    elif fmt in ("csv", "tsv"):
-        write_table(sys.stdout, fmt, CSV_COLUMNS, csv_rows(doc))
+    if fmt in MACHINE_FORMATS:
+        write_head_doc(sys.stdout, fmt, doc, CSV_COLUMNS, csv_rows(doc))
     elif fmt == "text":
         from mhacli.plain import write_census
 
