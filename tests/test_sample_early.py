@@ -109,6 +109,9 @@ def test_diff_ranks_the_induction_head_first(diff_doc):
     assert top["kind_b"] == "induction" and top["kind_a"] != "induction", top
     assert top["divergence"] >= DIFF_TOP_MIN, top
     assert top["divergence"] - second["divergence"] >= DIFF_MARGIN_MIN, (top, second)
+    # README: induction statistic 0.39 -> 0.82 (delta 0.432), entropy down 1.26; L0H2 was a previous-token head
+    assert abs(top["stat_deltas"]["induction"] - 0.432) <= 0.0005 and abs(top["stat_deltas"]["entropy"] + 1.26) <= 0.005
+    assert (second["layer_b"], second["head_b"], second["kind_a"], second["kind_b"]) == (0, 2, "previous-token", "broad")
     assert diff_doc["model_a"] == "sample:tiny-shakespeare-early" and diff_doc["model_b"] == "sample:tiny-shakespeare"
 
 
@@ -179,3 +182,42 @@ def test_both_names_resolve_from_a_plain_install(tmp_path):
                             cwd=elsewhere, env=env, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert parse_json(result.stdout)["heads"][0]["head_b"] == 2
+
+
+def census_heads(model: str) -> dict:
+    result = run_mha("census", "-m", model, "-f", "json")
+    assert result.returncode == 0, result.stderr
+    return {(h["layer"], h["head"]): h for h in parse_json(result.stdout)["heads"]}
+
+
+def test_readme_census_before_and_after():
+    """README "Before and after the induction head": the kinds and evidence of `mha census` on both checkpoints."""
+    early, final = census_heads("sample-early"), census_heads("sample")
+    kinds = lambda heads: {lh: h["kind"] for lh, h in heads.items()}  # noqa: E731
+    assert kinds(early) == {(0, 0): "broad", (0, 1): "broad", (0, 2): "previous-token", (0, 3): "previous-token",
+                            (1, 0): "mixed", (1, 1): "broad", (1, 2): "broad", (1, 3): "mixed"}
+    assert kinds(final) == {(0, 0): "mixed", (0, 1): "broad", (0, 2): "mixed", (0, 3): "previous-token",
+                            (1, 0): "broad", (1, 1): "broad", (1, 2): "induction", (1, 3): "broad"}
+    rounding = 0.0005
+    assert abs(early[(1, 2)]["by_source"]["repeat"]["mean"]["induction"] - 0.068) <= rounding
+    assert abs(final[(1, 2)]["evidence"]["mean"] - 0.939) <= rounding
+    assert abs(early[(0, 2)]["evidence"]["mean"] - 0.915) <= rounding
+    assert abs(early[(0, 3)]["evidence"]["mean"] - 0.980) <= rounding
+
+
+def test_readme_second_copy_loss_with_and_without_the_induction_head():
+    """README table: `mha ablate -m MODEL REPEATED --loss-from 29` (25 targets: the second copy after " M", "erc")."""
+    want = {"sample-early": (6.48, 7.10, (0, 0), 1.66, 4.41), "sample": (0.565, 10.50, (1, 2), 9.94, None)}
+    for model, (baseline, without, top, top_delta, l0h2) in want.items():
+        result = run_mha("ablate", "-m", model, REPEATED, "--loss-from", "29", "-f", "json")
+        assert result.returncode == 0, result.stderr
+        doc = parse_json(result.stdout)
+        heads = {(h["layer"], h["head"]): h for h in doc["heads"]}
+        digits = 0.0005 if baseline < 1 else 0.005
+        assert doc["n_targets"] == 25
+        assert abs(doc["baseline_loss"] - baseline) <= digits, (model, doc["baseline_loss"])
+        assert abs(heads[(1, 2)]["loss"] - without) <= 0.005, (model, heads[(1, 2)])
+        assert (doc["heads"][0]["layer"], doc["heads"][0]["head"]) == top
+        assert abs(doc["heads"][0]["delta"] - top_delta) <= 0.005, (model, doc["heads"][0])
+        if l0h2 is not None:
+            assert abs(heads[(0, 2)]["loss"] - l0h2) <= 0.005, heads[(0, 2)]
