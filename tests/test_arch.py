@@ -482,7 +482,7 @@ def test_heads_say_which_kv_head_they_read(models, mha, name, command):
     lines = mha(command, TEXT, "-m", str(models[name]), "--format", "jsonl").stdout.decode().splitlines()
     assert [json.loads(line)["kv_head"] for line in lines[:8]] == [h // group for h in range(8)]
     header = mha(command, TEXT, "-m", str(models[name]), "--format", "csv").stdout.decode().splitlines()[0]
-    assert header == "layer,head,kind,entropy,max_weight,mean_distance,first_token,self,previous_token,duplicate_token,induction"
+    assert header == "layer,head,kind,entropy,max_weight,mean_distance,first_token,self,previous_token,duplicate_token,induction,duplicate_rows,induction_rows"
 
 
 def test_gpt2_heads_read_their_own_kv_head(tiny_model, mha):
