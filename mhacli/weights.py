@@ -35,6 +35,11 @@ DTYPE_BYTES = {
 }  # fmt: skip
 FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
 SAMPLE_MODEL = "tiny-shakespeare"
+# The bundled checkpoints by the names `-m` takes: the final sample model and one from before its induction head
+# formed (sample_weights/tiny-shakespeare-early/README.md). `sample:<directory>` (the source `mha info` shows)
+# names them too, and is never taken for a path.
+SAMPLE_NAMES = {"sample": SAMPLE_MODEL, "sample-early": "tiny-shakespeare-early"}
+SAMPLE_PREFIX = "sample:"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -68,17 +73,39 @@ def _pickle_refusal(path: Path) -> ModelError:
     )
 
 
-def sample_model_dir() -> Path:
-    """The bundled sample model: package data when installed, the repo's sample_weights/ when editable."""
+def sample_model_dir(name: str = SAMPLE_MODEL) -> Path:
+    """A bundled sample model (a directory name under sample_weights/): package data when installed, the repo's
+    sample_weights/ when editable."""
     here = Path(__file__).resolve().parent
     for root in (here / "sample_weights", here.parent / "sample_weights"):
-        if (root / SAMPLE_MODEL / "config.json").is_file():
-            return root / SAMPLE_MODEL
-    raise ModelError("the bundled sample model is missing from this installation; pass -m MODEL or set MHA_MODEL")
+        if (root / name / "config.json").is_file():
+            return root / name
+    which = "the bundled sample model" if name == SAMPLE_MODEL else f"the bundled model {name}"
+    raise ModelError(f"{which} is missing from this installation; pass -m MODEL or set MHA_MODEL")
+
+
+def sample_name(spec: str) -> str | None:
+    """The bundled directory `spec` names (`sample`, `sample-early`, `sample:tiny-shakespeare`, ...), else None.
+    Bare names are only names when no file or directory of that name exists: a path on disk always wins."""
+    if spec.startswith(SAMPLE_PREFIX):
+        name = spec[len(SAMPLE_PREFIX):]
+        if name in SAMPLE_NAMES.values():
+            return name
+        known = ", ".join(SAMPLE_PREFIX + n for n in SAMPLE_NAMES.values())
+        raise ModelError(f"{spec}: no bundled model of that name (bundled: {known})")
+    if spec in SAMPLE_NAMES and not os.path.lexists(spec):
+        return SAMPLE_NAMES[spec]
+    return None
+
+
+def _sample_files(name: str) -> ModelFiles:
+    directory = sample_model_dir(name)
+    return ModelFiles(SAMPLE_PREFIX + name, directory, _weights_in_dir(directory, directory))
 
 
 def resolve_model(spec: str | None) -> ModelFiles:
-    """Resolve `-m` (a directory, a .safetensors file, a hub id), else $MHA_MODEL, else the sample model."""
+    """Resolve `-m` (a directory, a .safetensors file, a bundled name, a hub id), else $MHA_MODEL, else the sample
+    model. An existing path wins over a bundled name, a bundled name over a hub id."""
     if spec is None or spec == "":
         env = os.environ.get("MHA_MODEL", "")
         if env:
@@ -86,8 +113,10 @@ def resolve_model(spec: str | None) -> ModelFiles:
                 return resolve_model(env)
             except ModelError as exc:
                 raise ModelError(f"MHA_MODEL={env}: {exc}") from exc
-        directory = sample_model_dir()
-        return ModelFiles(f"sample:{SAMPLE_MODEL}", directory, _weights_in_dir(directory, directory))
+        return _sample_files(SAMPLE_MODEL)
+    bundled = sample_name(spec)
+    if bundled is not None:
+        return _sample_files(bundled)
     path = Path(spec).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise _pickle_refusal(path)

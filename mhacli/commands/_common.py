@@ -20,7 +20,8 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model", "-m", metavar="MODEL",
-        help="Model directory, .safetensors file or Hugging Face id (default: $MHA_MODEL, else the bundled sample).",
+        help="Model directory, .safetensors file, Hugging Face id, or a bundled model: sample (trained), sample-early "
+             "(before its induction head formed). Default: $MHA_MODEL, else sample.",
     ),
 ]  # fmt: skip
 TextArg = Annotated[str | None, typer.Argument(metavar="TEXT", help="Text to run; '-' or a pipe reads stdin.")]
