@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def analyse(
         attn = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
         for row, stats in zip(attn, layer_stats(trace.layer, attn, ids)):
             head = wanted_heads[stats.head]
-            stats = HeadStats(trace.layer, head, stats.kind, stats.values, stats.support)
+            stats = replace(stats, layer=trace.layer, head=head)
             yield HeadView(stats, row if keep_maps else None, config.kv_head(head))
 
 

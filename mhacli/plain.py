@@ -9,7 +9,6 @@ import numpy as np
 
 from mhacli.display import token_label
 from mhacli.heads import HeadView
-from mhacli.output import CSV_COLUMNS, format_cell, stats_row
 
 
 def fmt(v: float | None) -> str:
@@ -54,18 +53,33 @@ def write_inspect(
                 out.write(f"{i:>5} {labels[i]:<12} {cells.rstrip()}\n")
 
 
-def write_stats(out: TextIO, views: Sequence[HeadView]) -> None:
-    rows = [[format_cell(c) or "-" for c in stats_row(v)] for v in views]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(CSV_COLUMNS)]
-    out.write("  ".join(h.ljust(w) for h, w in zip(CSV_COLUMNS, widths)).rstrip() + "\n")
-    for r in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
+# The text table's columns: short names of the statistics (README, "mha stats"), values rounded for reading.
+TEXT_COLUMNS = (
+    ("entropy", "entropy", 3), ("max_weight", "max_w", 3), ("mean_distance", "dist", 1), ("first_token", "first", 3),
+    ("self", "self", 3), ("previous_token", "prev", 3), ("duplicate_token", "dup", 3), ("induction", "ind", 3),
+)  # fmt: skip
+
+
+def write_stats(out: TextIO, views: Sequence[HeadView], stat: str = "auto") -> None:
+    """One aligned row per head: name, kind, kind score (0-1), every statistic, and the rows behind the duplicate
+    and induction means. `stat` other than auto orders the heads by that statistic, largest first (undefined last)."""
+    if stat != "auto":
+        views = sorted(views, key=lambda v: (v.stats.values[stat] is None, -(v.stats.values[stat] or 0.0)))
+    header = ["head", "kind", "score", *(short for _, short, _ in TEXT_COLUMNS), "rows"]
+    rows = []
+    for v in views:
+        s = v.stats
+        cells = [f"L{s.layer}H{s.head}", s.kind, "-" if s.score is None else f"{s.score:.3f}"]
+        cells += ["-" if s.values[name] is None else f"{s.values[name]:.{d}f}" for name, _, d in TEXT_COLUMNS]
+        cells.append(f"{s.support.get('duplicate_token', 0)}/{s.support.get('induction', 0)}")
+        rows.append(cells)
+    _aligned(out, header, rows)
 
 
 # --- mha diff ---------------------------------------------------------------------------------------------------
 
 from mhacli.diff import DIFF_COLUMNS, METRICS, DiffReport, table_row  # noqa: E402
-from mhacli.output import write_table  # noqa: E402
+from mhacli.output import format_cell, write_table  # noqa: E402
 
 
 def fmt_divergence(v: float) -> str:

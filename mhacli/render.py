@@ -10,10 +10,11 @@ from rich.table import Table
 from rich.text import Text
 
 from mhacli.display import token_label
+from mhacli.grid import Cell, grid_lines, scale_legend
 from mhacli.heatmap import GAP, MapWindow, map_window, panel, ramp, side_by_side, uses_color
 from mhacli.heatmap import legend as heat_legend
 from mhacli.heads import HeadView
-from mhacli.stats import KIND_RULES, KIND_STAT, KINDS, STAT_NAMES, TOO_PLAIN, HeadStats, undecidable
+from mhacli.stats import KINDS, TOO_PLAIN, HeadStats, undecidable
 
 KIND_STYLE = {
     "induction": ("I", "bold magenta"),
@@ -113,8 +114,11 @@ def map_panels(
     n_keys = panel_keys or auto_panel_keys(n_seq, width, per_row)
     win = map_window(n_seq, start, n_keys, n_keys, keys)
     window_note(console, win)
-    name_w = 1 + max(len(inspect_title(v, show_kv).plain.split(" ", 1)[0]) for v in views)  # every panel as wide
-    panels = [(v.layer, panel(v.attention, inspect_title(v, show_kv), win, cell=1, color=color, min_width=name_w)) for v in views]
+    # Every panel as wide: the longest whole title where a layer's panels still fit side by side, else the head names.
+    name_w = 1 + max(len(inspect_title(v, show_kv).plain.split(" ", 1)[0]) for v in views)
+    title_w = max(inspect_title(v, show_kv).cell_len for v in views)
+    room = (width + GAP) // per_row - GAP
+    panels = [(v.layer, panel(v.attention, inspect_title(v, show_kv), win, cell=1, color=color, min_width=max(name_w, min(title_w, room)))) for v in views]
     panel_w = panels[0][1][0].cell_len
     fit_n = max(1, (width + GAP) // (panel_w + GAP))
     for layer in by_layer:
@@ -213,38 +217,95 @@ def head_grid(title: str, layers: Sequence[int], heads: Sequence[int], cell) -> 
     return grid
 
 
-def render_stats(console: Console, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, n_tokens: int) -> None:
-    """The one-screen overview: a layer x head grid (kind letter and one statistic), then the top heads of each kind."""
-    by_pos = {(v.layer, v.head): v for v in views}
-    what = "the score of its kind" if stat == "auto" else stat
+GRID_SAYS = {
+    "auto": "each head's kind score, 0–1: the fraction of attention on its pattern (broad: entropy ÷ its maximum; "
+            "mixed: max_weight)",
+    "entropy": "entropy ÷ its maximum (uniform attention over the visible keys), 0–1",
+    "mean_distance": "mean_distance ÷ its maximum (every query on key 0), 0–1",
+}  # fmt: skip
 
-    def cell(layer: int, h: int) -> Text | str:
-        v = by_pos.get((layer, h))
-        if v is None:
-            return ""
-        letter, style = KIND_STYLE[v.stats.kind]
-        shown = KIND_STAT[v.stats.kind] if stat == "auto" else stat
-        return Text.assemble((letter, style), " ", fmt_stat(v.stats.values[shown]))
 
-    grid = head_grid(f"kind and {what} of every head ({n_tokens} tokens)", range(n_layer), range(n_head), cell)
-    console.print(grid)
-    console.print(Text("  ".join(f"{KIND_STYLE[k][0]} {k}" for k in KINDS), style="dim"))
-    top = Table(title="most distinctive heads of each kind")
-    top.add_column("kind")
-    top.add_column("heads (score)")
-    for kind, stat_name, threshold in KIND_RULES:
-        if stat_name not in STAT_NAMES:
+def grid_value(s: HeadStats, stat: str) -> float | None:
+    """The number a head shows in the stats grid: its kind score, or statistic `stat`, on a 0-1 scale."""
+    return s.score if stat == "auto" else s.unit_value(stat)
+
+
+def packed(entries: Sequence[Text], width: int, *, indent: int = 0, first: Text | None = None) -> list[Text]:
+    """Entries two spaces apart, packed into lines of at most `width` cells; an entry is never split (one longer
+    than a line is cropped). `first` starts the first line, later lines are indented as far."""
+    lead = first.cell_len if first is not None else indent
+    lines, line = [], (first.copy() if first is not None else Text(" " * indent))
+    for entry in entries:
+        if line.cell_len > lead and line.cell_len + 2 + entry.cell_len > width:
+            lines.append(line)
+            line = Text(" " * lead)
+        if line.cell_len > lead:
+            line.append("  ")
+        line.append_text(entry)
+    lines.append(line)
+    for line in lines:
+        line.truncate(width, overflow="ellipsis")
+    return lines
+
+
+def kinds_legend(width: int) -> list[Text]:
+    """`I induction  P previous-token ...`, never split inside an entry."""
+    entries = [Text.assemble((KIND_STYLE[k][0], KIND_STYLE[k][1]), (f" {k}", "dim")) for k in KINDS]
+    return packed(entries, width)
+
+
+def render_stats(
+    console: Console, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, n_tokens: int, *,
+    layout: str = "auto",
+) -> None:  # fmt: skip
+    """The one-screen overview: a layer x head grid (kind letter and one statistic on a 0-1 scale), then the most
+    distinctive heads of each kind."""
+    by_pos = {(v.layer, v.head): v.stats for v in views}
+    layers = sorted({v.layer for v in views}) or list(range(n_layer))
+    heads = sorted({v.head for v in views}) or list(range(n_head))
+
+    def cell(layer: int, h: int) -> Cell | None:
+        s = by_pos.get((layer, h))
+        if s is None:
+            return None
+        letter, style = KIND_STYLE[s.kind]
+        return Cell(letter, style, grid_value(s, stat))
+
+    color = uses_color(console)
+    width = console.width
+    lines, used = grid_lines(cell, layers, heads, width=width, color=color, layout=layout)
+    what = "kind scores" if stat == "auto" else stat
+    one_line(console, Text(f"kinds and {what} ({n_tokens} tokens)", style="bold"))
+    for line in lines:
+        one_line(console, line)
+    one_line(console, scale_legend(color, GRID_SAYS.get(stat, f"{stat}, a fraction of attention, 0–1"), used), wrap=True)
+    for line in kinds_legend(width):
+        one_line(console, line)
+    console.print()
+    one_line(console, Text("strongest heads of each kind", style="bold"))
+    label_w = max(len(k) for k in KINDS) + 2
+    shown = 0
+    for kind in KINDS[:-1]:
+        scored = sorted((s for s in by_pos.values() if s.kind == kind and s.score is not None), key=lambda s: -s.score)
+        if not scored:
             continue
-        scored = [(v.stats.values[stat_name], v) for v in views if v.stats.kind == kind and v.stats.values[stat_name] is not None]
-        scored.sort(key=lambda t: -t[0])
-        if scored:
-            top.add_row(Text(kind, style=KIND_STYLE[kind][1]), ", ".join(f"L{v.layer}H{v.head}{kind_evidence(v.stats)}" for s, v in scored[:5]))
-    if top.row_count:
-        console.print(top)
-    else:
-        console.print(Text("no head reaches a kind threshold on this text (all mixed or broad)", style="dim"))
+        shown += 1
+        entries = [Text(f"L{s.layer}H{s.head}{kind_evidence(s)}") for s in scored[:5]]
+        first = Text(kind.ljust(label_w), style=KIND_STYLE[kind][1])
+        for line in packed(entries, width, first=first if label_w + 12 <= width else Text(kind + " ", style=KIND_STYLE[kind][1])):
+            one_line(console, line)
+    if not shown:
+        one_line(console, Text("no head reaches a kind threshold on this text (all mixed)", style="dim"), wrap=True)
     if views and undecidable(views[0].stats.support):
-        console.print(Text(TOO_PLAIN, style="dim"))
+        one_line(console, Text(TOO_PLAIN, style="dim"), wrap=True)
+
+
+def one_line(console: Console, text: Text, *, wrap: bool = False) -> None:
+    """Print a line cropped to the terminal (or, with wrap, wrapped at spaces for prose)."""
+    if wrap:
+        console.print(text)
+    else:
+        console.print(text, no_wrap=True, overflow="ellipsis")
 
 
 def render_info(console: Console, lines: Sequence[tuple[str, str]]) -> None:

@@ -28,7 +28,11 @@ KIND_RULES: tuple[tuple[str, str, float], ...] = (
 )
 KINDS = tuple(k for k, _, _ in KIND_RULES) + ("mixed",)
 # The statistic that speaks for each kind (`mha stats --stat auto`): the one its rule tests, else the closest.
-KIND_STAT = {kind: stat for kind, stat, _ in KIND_RULES if stat in STAT_NAMES} | {"broad": "entropy", "mixed": "max_weight"}
+KIND_STAT = {kind: stat for kind, stat, _ in KIND_RULES} | {"mixed": "max_weight"}
+# Every statistic on a 0-1 scale (the terminal grid, kind scores): the fractions of attention as they are; entropy
+# over the entropy of uniform attention on the same rows (its maximum), mean_distance over the mean of i (its
+# maximum: every row all on key 0).
+RELATIVE = {"entropy": "relative_entropy", "mean_distance": "relative_distance"}
 # The token-pattern statistics average over the rows that have a target; a kind decided from them needs this many.
 SUPPORTED_STATS = ("duplicate_token", "induction")
 MIN_SUPPORT = 4
@@ -41,15 +45,27 @@ class HeadStats:
     kind: str
     values: dict[str, float | None]  # STAT_NAMES -> value, None where undefined
     support: dict[str, int] = field(default_factory=dict)  # SUPPORTED_STATS -> rows each mean is over
+    uniform_entropy: float = math.nan  # mean over the rows of ln(i + 1): the largest possible entropy
+    max_distance: float = math.nan  # mean over the rows of i: the largest possible mean_distance
 
     def to_dict(self) -> dict:
         support = {name: int(self.support.get(name, 0)) for name in SUPPORTED_STATS}
         return {"layer": self.layer, "head": self.head, "kind": self.kind, "stats": dict(self.values), "support": support}
 
+    def unit_value(self, name: str) -> float | None:
+        """Statistic `name` on a 0-1 scale (RELATIVE): entropy and mean_distance as fractions of their maximum
+        for these rows (also by their RELATIVE names), the others as they are. None where undefined."""
+        name = {v: k for k, v in RELATIVE.items()}.get(name, name)
+        value = self.values[name]
+        if value is None or name not in RELATIVE:
+            return value
+        top = self.uniform_entropy if name == "entropy" else self.max_distance
+        return value / top if top > 0 else None  # nan > 0 is False: unknown scale, undefined
+
     @property
     def score(self) -> float | None:
-        """The statistic that speaks for the head's kind (KIND_STAT)."""
-        return self.values[KIND_STAT[self.kind]]
+        """The statistic that speaks for the head's kind (KIND_STAT), 0-1: `broad` by its relative entropy."""
+        return self.unit_value(KIND_STAT[self.kind])
 
     @property
     def kind_support(self) -> int | None:
@@ -102,6 +118,7 @@ class LayerStats:
     support: dict[str, int]
     n_rows: int  # query rows the means are over
     uniform_entropy: float  # mean over those rows of ln(i + 1)
+    max_distance: float  # mean over those rows of i
 
 
 def layer_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> LayerStats:
@@ -146,7 +163,8 @@ def layer_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> Layer
     out["duplicate_token"], dup_rows = _masked_row_mean(rows, duplicate_mask(ids)[first_row:])
     out["induction"], ind_rows = _masked_row_mean(rows, induction_mask(ids)[first_row:])
     uniform = float(np.mean(np.log(np.arange(first_row + 1, n_seq + 1))))
-    return LayerStats({name: out[name] for name in STAT_NAMES}, {"duplicate_token": dup_rows, "induction": ind_rows}, n_rows, uniform)
+    support = {"duplicate_token": dup_rows, "induction": ind_rows}
+    return LayerStats({name: out[name] for name in STAT_NAMES}, support, n_rows, uniform, (first_row + n_seq - 1) / 2)
 
 
 def stats_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> dict[str, np.ndarray]:
@@ -202,7 +220,8 @@ def layer_stats(layer: int, attn: np.ndarray, ids: np.ndarray) -> list[HeadStats
     result = []
     for head in range(attn.shape[0]):
         values = {k: (None if math.isnan(v[head]) else float(v[head])) for k, v in ls.values.items()}
-        result.append(HeadStats(layer, head, KINDS[int(kinds[head])], values, dict(ls.support)))
+        kind = KINDS[int(kinds[head])]
+        result.append(HeadStats(layer, head, kind, values, dict(ls.support), ls.uniform_entropy, ls.max_distance))
     return result
 
 

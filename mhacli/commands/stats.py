@@ -25,8 +25,11 @@ def stats(
     format: FormatOpt = None,
     stat: Annotated[
         str,
-        typer.Option("--stat", "-s", help=f"Number shown in the grid: auto (each head's kind score), {', '.join(STAT_NAMES)}."),
+        typer.Option("--stat", "-s", help=f"Number shown in the grid, on a 0-1 scale (the text table is ordered by it): auto (each head's kind score), {', '.join(STAT_NAMES)}."),
     ] = "auto",
+    compact: Annotated[
+        bool, typer.Option("--compact", help="One character per head in the grid (chosen by itself when the full grid does not fit).")
+    ] = False,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
     ablate: AblateOpt = None,
@@ -43,14 +46,16 @@ def stats(
     check_memory(needed, max_memory, "use a shorter text")
     views = list(progress(analyse(ckpt, tokens.ids, keep_maps=False, edits=ablation_edits(ablate, ckpt)), c.n_layer * c.n_head, "running layers"))
     if fmt in MACHINE_FORMATS:
+        if stat != "auto":
+            note(f"--stat picks the terminal grid's number and orders the text table; {fmt} has every statistic")
         write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=False)
     elif fmt == "text":
         from mhacli.plain import write_stats
 
-        write_stats(sys.stdout, views)
+        write_stats(sys.stdout, views, stat)
         if views and undecidable(views[0].stats.support):
             note(TOO_PLAIN)
     else:
         from mhacli.render import make_console, render_stats
 
-        render_stats(make_console(), views, c.n_layer, c.n_head, stat, len(tokens.ids))
+        render_stats(make_console(), views, c.n_layer, c.n_head, stat, len(tokens.ids), layout="compact" if compact else "auto")
