@@ -25,11 +25,12 @@ LABEL = "layer"
 class Cell:
     letter: str  # the head's kind, one character
     style: str  # the letter's style
-    value: float | None  # 0-1; None where undefined
+    value: float | None  # 0-1, the colour (and, unless `shown` is given, the number); None where undefined
+    shown: str | None = None  # the number as printed, when it is not `value` (a Δloss coloured by its share)
 
 
-def full_width(n_head: int, n_layer: int) -> int:
-    return _label_w(n_layer) + n_head * (FULL_CELL + CELL_GAP)
+def full_width(n_head: int, n_layer: int, cell_w: int = FULL_CELL) -> int:
+    return _label_w(n_layer) + n_head * (cell_w + CELL_GAP)
 
 
 def compact_width(n_head: int, n_layer: int, color: bool) -> int:
@@ -55,25 +56,25 @@ def _ink(v: float) -> str:
 
 def grid_lines(
     cell: Callable[[int, int], Cell | None], layers: Sequence[int], heads: Sequence[int], *,
-    width: int, color: bool, layout: str = "auto",
+    width: int, color: bool, layout: str = "auto", cell_w: int = FULL_CELL,
 ) -> tuple[list[Text], str]:  # fmt: skip
     """The grid's lines and the layout used ('full' or 'compact'). `cell(layer, head)` is None for a head not
-    shown."""
+    shown; a full cell is `cell_w` wide (the letter, then the number right-aligned)."""
     n_layer = max(layers) + 1 if layers else 1
     if layout == "auto":
-        layout = "full" if full_width(len(heads), n_layer) <= width else "compact"
+        layout = "full" if full_width(len(heads), n_layer, cell_w) <= width else "compact"
     label_w = _label_w(n_layer)
     lines = []
     if layout == "full":
         header = Text(LABEL.ljust(label_w), style="bold")
         for h in heads:
-            header.append(f"H{h}".center(FULL_CELL) + " " * CELL_GAP, style="bold")
+            header.append(f"H{h}".center(cell_w) + " " * CELL_GAP, style="bold")
         lines.append(header)
         for layer in layers:
             line = Text(str(layer).rjust(label_w - CELL_GAP) + " " * CELL_GAP, style="bold")
             for h in heads:
                 c = cell(layer, h)
-                line.append_text(_full_cell(c, color))
+                line.append_text(_full_cell(c, color, cell_w))
                 line.append(" " * CELL_GAP)
             lines.append(line)
     else:
@@ -100,10 +101,11 @@ def grid_lines(
     return [_crop(line, width) for line in lines], layout
 
 
-def _full_cell(c: Cell | None, color: bool) -> Text:
+def _full_cell(c: Cell | None, color: bool, cell_w: int) -> Text:
     if c is None:
-        return Text(" " * FULL_CELL)
-    number = "    –" if c.value is None else f"{c.value:5.2f}"
+        return Text(" " * cell_w)
+    number = c.shown if c.shown is not None else "–" if c.value is None else f"{c.value:.2f}"
+    number = " " + number.rjust(cell_w - 2)[: cell_w - 2]
     text = Text(c.letter, style=c.style)
     if color and c.value is not None:
         text.append(number, style=f"{_ink(c.value)} on {HEX[level(c.value)]}")

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mhacli.display import token_label
-from mhacli.grid import Cell, grid_lines, scale_legend
+from mhacli.grid import FULL_CELL, Cell, grid_lines, scale_legend
 from mhacli.heatmap import GAP, MapWindow, map_window, panel, ramp, side_by_side, uses_color
 from mhacli.heatmap import legend as heat_legend
 from mhacli.heads import HeadView
@@ -206,17 +206,6 @@ def render_inspect(
             console.print(top_keys(view, tokens, top, show_kv=show_kv))
 
 
-def head_grid(title: str, layers: Sequence[int], heads: Sequence[int], cell) -> Table:
-    """A layer x head table: `cell(layer, head)` gives each cell (the stats, census and ablate overviews)."""
-    grid = Table(title=title, show_lines=False, pad_edge=False)
-    grid.add_column("layer", justify="right", style="bold")
-    for h in heads:
-        grid.add_column(f"H{h}", justify="center")
-    for layer in layers:
-        grid.add_row(str(layer), *(cell(layer, h) for h in heads))
-    return grid
-
-
 GRID_SAYS = {
     "auto": "each head's kind score, 0–1: the fraction of attention on its pattern (broad: entropy ÷ its maximum; "
             "mixed: max_weight)",
@@ -254,6 +243,22 @@ def kinds_legend(width: int) -> list[Text]:
     return packed(entries, width)
 
 
+def print_grid(
+    console: Console, title: str, cell, layers: Sequence[int], heads: Sequence[int], says: str, *,
+    layout: str = "auto", cell_w: int = FULL_CELL,
+) -> None:  # fmt: skip
+    """A layer x head overview (mhacli.grid) with its title, the scale legend (`says`: what the numbers are) and the
+    kind letters; every line fits the terminal."""
+    color = uses_color(console)
+    lines, used = grid_lines(cell, layers, heads, width=console.width, color=color, layout=layout, cell_w=cell_w)
+    one_line(console, Text(title, style="bold"))
+    for line in lines:
+        one_line(console, line)
+    one_line(console, scale_legend(color, says, used), wrap=True)
+    for line in kinds_legend(console.width):
+        one_line(console, line)
+
+
 def render_stats(
     console: Console, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, n_tokens: int, *,
     layout: str = "auto",
@@ -271,16 +276,10 @@ def render_stats(
         letter, style = KIND_STYLE[s.kind]
         return Cell(letter, style, grid_value(s, stat))
 
-    color = uses_color(console)
     width = console.width
-    lines, used = grid_lines(cell, layers, heads, width=width, color=color, layout=layout)
     what = "kind scores" if stat == "auto" else stat
-    one_line(console, Text(f"kinds and {what} ({n_tokens} tokens)", style="bold"))
-    for line in lines:
-        one_line(console, line)
-    one_line(console, scale_legend(color, GRID_SAYS.get(stat, f"{stat}, a fraction of attention, 0–1"), used), wrap=True)
-    for line in kinds_legend(width):
-        one_line(console, line)
+    says = GRID_SAYS.get(stat, f"{stat}, a fraction of attention, 0–1")
+    print_grid(console, f"kinds and {what} ({n_tokens} tokens)", cell, layers, heads, says, layout=layout)
     console.print()
     one_line(console, Text("strongest heads of each kind", style="bold"))
     label_w = max(len(k) for k in KINDS) + 2
@@ -861,10 +860,19 @@ def render_ablate(console: Console, doc: dict, top: int) -> None:
     best = max((r["delta"] for r in doc["heads"]), default=0.0)
     layers = sorted({r["layer"] for r in doc["heads"]})
     head_ids = sorted({r["head"] for r in doc["heads"]})
-    grid = head_grid(f"Δloss per head removed (0 → {best:+.3g})", layers, head_ids,
-                     lambda layer, h: _delta_cell(heads[(layer, h)]["delta"], best, KIND_STYLE[heads[(layer, h)]["kind"]][0] + " "))  # fmt: skip
-    console.print(grid)
-    ranking = Table(title=f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})")
+    def cell(layer: int, h: int) -> Cell | None:
+        r = heads.get((layer, h))
+        if r is None:
+            return None
+        letter, style = KIND_STYLE[r["kind"]]
+        share = min(max(r["delta"] / best, 0.0), 1.0) if best > 0 else 0.0
+        return Cell(letter, style, share, f"{r['delta']:+.3f}")
+
+    says = f"Δloss (nats/token) with the head removed; colour: its share of the largest, {best:+.3g}"
+    print_grid(console, "Δloss per head removed", cell, layers, head_ids, says, cell_w=8)
+    console.print()
+    one_line(console, Text(f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})", style="bold"))
+    ranking = Table()
     for name, justify in (("#", "right"), ("head", "left"), ("kind", "left"), ("loss", "right"), ("Δloss", "right"), ("Δ%", "right")):
         ranking.add_column(name, justify=justify)
     for rank, r in enumerate(doc["heads"][:top], start=1):
@@ -873,7 +881,6 @@ def render_ablate(console: Console, doc: dict, top: int) -> None:
             _delta_cell(r["delta"], best), f"{r['delta_pct']:+.1f}%",
         )  # fmt: skip
     console.print(ranking)
-    console.print(Text("grid letters: " + "  ".join(f"{v[0]} {k}" for k, v in KIND_STYLE.items()), style="dim"))
 
 
 def render_prune(console: Console, doc: dict) -> None:
@@ -902,16 +909,18 @@ def render_census(console: Console, doc: dict, top: int) -> None:
     n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
     by_pos = {(h["layer"], h["head"]): h for h in doc["heads"]}
 
-    def cell(layer: int, h: int) -> Text:
-        head = by_pos[(layer, h)]
+    def cell(layer: int, h: int) -> Cell | None:
+        head = by_pos.get((layer, h))
+        if head is None:
+            return None
         letter, style = KIND_STYLE[head["kind"]]
-        return Text.assemble((letter, style), " ", f"{head['confidence']:.2f}")
+        return Cell(letter, style, head["confidence"])
 
-    grid = head_grid("kind of every head (confidence: share of the evidence's texts where its rule holds)",
-                     range(n_layer), range(n_head), cell)  # fmt: skip
-    console.print(grid)
-    console.print(Text("  ".join(f"{KIND_STYLE[k][0]} {k}" for k in KINDS), style="dim"))
-    table = Table(title="strongest heads of each kind")
+    says = "confidence, 0–1: the share of the evidence's texts on which the head's kind rule holds"
+    print_grid(console, "kind of every head and its confidence", cell, range(n_layer), range(n_head), says)
+    console.print()
+    one_line(console, Text("strongest heads of each kind", style="bold"))
+    table = Table()
     for name, justify in (("kind", "left"), ("head", "left"), ("confidence", "right"), ("evidence", "left")):
         table.add_column(name, justify=justify)
     for kind in KINDS:
