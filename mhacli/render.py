@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from rich.box import SIMPLE_HEAD
 from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -341,48 +343,50 @@ def fmt_delta(v: float | None) -> str:
     return "–" if v is None else f"{v:+.2f}"
 
 
-def diff_grid(report: DiffReport) -> Table:
-    """Layer x head grid of the compared heads, coloured by divergence (matched: B's layout, with each B head's partner)."""
+def diff_grid(console: Console, report: DiffReport) -> None:
+    """Layer x head grid of the compared heads, coloured by divergence, with B's kind letter (matched: B's layout,
+    each B head against its matched A head)."""
     top = report.max_divergence
     n_layer, n_head = report.shape_b
     by_b = {(r.layer_b, r.head_b): r for r in report.heads}
+
+    def cell(layer: int, h: int) -> Cell | None:
+        r = by_b.get((layer, h))
+        if r is None:
+            return Cell("-", "dim", None, "unmatched"[:6])
+        letter, style = KIND_STYLE[r.kind_b]
+        return Cell(letter, style, r.divergence / top if top > 0 else 0.0, f"{r.divergence:.3g}")
+
     if report.mode == "paired":
-        title = f"{report.metric} per head (colour: 0 → {top:.3g})"
+        title = f"{report.metric} per head, kind in MODEL_B"
     else:
-        title = f"{report.metric} of each MODEL_B head from its matched A head (colour: 0 → {top:.3g})"
-    grid = Table(title=title, pad_edge=False)
-    grid.add_column("layer", justify="right", style="bold")
-    for h in range(n_head):
-        grid.add_column(f"H{h}", justify="center")
-    for layer in range(n_layer):
-        cells: list = []
-        for h in range(n_head):
-            r = by_b.get((layer, h))
-            if r is None:
-                cells.append(Text("unmatched", style="dim"))
-            elif report.mode == "paired":
-                cells.append(_divergence_cell(r.divergence, top))
-            else:
-                cells.append(_divergence_cell(r.divergence, top, f"A:L{r.layer_a}H{r.head_a} "))
-        grid.add_row(str(layer), *cells)
-    return grid
+        title = f"{report.metric} of each MODEL_B head from its matched MODEL_A head, kind in MODEL_B"
+    says = f"{report.metric} ({METRICS[report.metric].split(' (')[0]}); colour: its share of the largest, {top:.3g}"
+    print_grid(console, title, cell, range(n_layer), range(n_head), says, cell_w=9)
 
 
-def diff_ranking(report: DiffReport, top: int) -> Table:
-    """The `top` most changed heads with their kinds in A and B and the change of the key statistics."""
-    table = Table(title=f"most changed heads ({min(top, len(report.heads))} of {len(report.heads)})")
-    for name, justify in (("#", "right"), ("A head", "left"), ("B head", "left"), (report.metric, "right"),
-                          ("kind in A", "left"), ("kind in B", "left")):  # fmt: skip
-        table.add_column(name, justify=justify)
-    for short, _ in DIFF_KEY_STATS:
-        table.add_column(short, justify="right")
+def diff_ranking(console: Console, report: DiffReport, top: int) -> Table:
+    """The `top` most changed heads with their kinds in A and B and the change of the key statistics (as many of
+    those as the terminal has room for)."""
     best = report.max_divergence
-    for rank, r in enumerate(report.heads[:top], start=1):
-        table.add_row(
-            str(rank), f"L{r.layer_a}H{r.head_a}", f"L{r.layer_b}H{r.head_b}", _divergence_cell(r.divergence, best),
-            Text(r.kind_a, style=KIND_STYLE[r.kind_a][1]), Text(r.kind_b, style=KIND_STYLE[r.kind_b][1]),
-            *(fmt_delta(r.stat_deltas[name]) for _, name in DIFF_KEY_STATS),
-        )  # fmt: skip
+    rows = report.heads[:top]
+    paired = report.mode == "paired"
+    layouts = [(n, True) for n in range(len(DIFF_KEY_STATS), -1, -1)] + [(0, False)]  # widest first
+    for n_stats, kind_names in layouts:
+        stats = DIFF_KEY_STATS[:n_stats]
+        table = Table(box=SIMPLE_HEAD, pad_edge=False)
+        for name, justify in (("#", "right"), ("head" if paired else "A head → B head", "left"), (report.metric, "right"),
+                              ("kind in A → in B", "left"), *((short, "right") for short, _ in stats)):  # fmt: skip
+            table.add_column(name, justify=justify, no_wrap=True)
+        for rank, r in enumerate(rows, start=1):
+            name = f"L{r.layer_b}H{r.head_b}" if paired else f"L{r.layer_a}H{r.head_a} → L{r.layer_b}H{r.head_b}"
+            (la, sa), (lb, sb) = KIND_STYLE[r.kind_a], KIND_STYLE[r.kind_b]
+            kinds = Text.assemble((r.kind_a if kind_names else la, sa), " → ", (r.kind_b if kind_names else lb, sb))
+            table.add_row(str(rank), name, _divergence_cell(r.divergence, best), kinds,
+                          *(fmt_delta(r.stat_deltas[key]) for _, key in stats))  # fmt: skip
+        unbounded = console.options.update_width(10_000)
+        if Measurement.get(console, unbounded, table).maximum <= console.width:
+            break
     return table
 
 
@@ -404,13 +408,16 @@ def render_diff(
     mode = "paired head by head" if report.mode == "paired" else "heads matched one-to-one (Hungarian assignment)"
     texts = "1 text" if report.n_texts == 1 else f"mean over {report.n_texts} texts"
     console.print(Text(f"{METRICS[report.metric]}; {mode}; {texts}", style="dim"))
-    console.print(diff_grid(report))
-    console.print(diff_ranking(report, top))
+    diff_grid(console, report)
+    console.print()
+    one_line(console, Text(f"most changed heads ({min(top, len(report.heads))} of {len(report.heads)})", style="bold"))
+    console.print(diff_ranking(console, report, top))
     if report.mode == "matched":
         partner = {(r.layer_b, r.head_b): (r.layer_a, r.head_a) for r in report.heads}
         moved = [n for n in report.nearest or [] if partner.get((n.layer_b, n.head_b)) != (n.layer_a, n.head_a)]
         if moved:
-            near = Table(title="MODEL_B heads whose nearest MODEL_A head is not their match")
+            one_line(console, Text("MODEL_B heads whose nearest MODEL_A head is not their match", style="bold"))
+            near = Table(box=SIMPLE_HEAD, pad_edge=False)
             for name in ("B head", "nearest A head", report.metric):
                 near.add_column(name)
             for n in moved[:top]:

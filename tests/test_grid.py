@@ -198,3 +198,23 @@ def test_rich_stats_at_40_columns_crops_nothing_into_a_second_line():
     lines = ANSI.sub("", result.stdout).splitlines()
     assert all(len(line) <= 40 for line in lines)
     assert lines[0].startswith("kinds and kind scores (18 tokens)")
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 120, 200])
+@pytest.mark.parametrize("command", [
+    ["diff", "sample-early", "sample", "Mercutio Tybalt Benvolio Capulet Mercutio Tybalt Benvolio Capulet"],
+    ["ablate", "ROMEO: I love thee. JULIET: I love thee. ROMEO: I love thee."],
+    ["census", "--probe-count", "2"],
+    ["stats", TEXT, "--stat", "mean_distance"],
+    ["inspect", TEXT],
+])  # fmt: skip
+def test_terminal_views_never_draw_past_the_width(width, command):
+    result = CliRunner().invoke(app, [*command, "-f", "rich"], env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.output
+    lines = ANSI.sub("", result.stdout).splitlines()
+    assert lines and all(len(line) <= width for line in lines), max(lines, key=len)
+    if command[0] == "diff":  # the ranking keeps the rank, head, divergence and kinds at any width
+        at = next(k for k, line in enumerate(lines) if line.startswith("most changed heads"))
+        assert lines[at + 1].split()[:3] == ["#", "head", "js"] or lines[at + 2].split()[:3] == ["#", "head", "js"]
+        first = next(line for line in lines[at:] if line.split()[:1] == ["1"])
+        assert first.split()[1] == "L1H2"
