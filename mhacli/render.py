@@ -87,11 +87,18 @@ def auto_panel_keys(n_seq: int, width: int, per_row: int) -> int:
     return min(n_seq, max(min(n_seq, 12), min(64, fits)))
 
 
+def screen_keys(height: int, panel_rows: int, color: bool) -> int:
+    """The largest square window whose `panel_rows` rows of panels (a blank line, title, ruler and the map's
+    lines each: two query rows a line with colour), the window note and the next prompt fit `height` lines."""
+    lines = (height - 2) // max(1, panel_rows) - 3  # and a line for the prompt after
+    return max(1, lines * (2 if color else 1))
+
+
 def map_panels(
     console: Console, views: Sequence[HeadView], tokens: Sequence[str], *, start: int = 0,
-    keys: tuple[int, int] | None = None, panel_keys: int | None = None,
+    keys: tuple[int, int] | None = None, panel_keys: int | None = None, used_lines: int = 2,
 ) -> None:
-    """Every selected head's map: one head drawn large (token labels, wider cells when they fit); several heads as
+    """Every selected head's map (`used_lines`: what is above it on the screen): one head drawn large (token labels, wider cells when they fit); several heads as
     small multiples, a layer per row of panels (wrapping when a layer does not fit), all with the same window."""
     n_seq = len(tokens)
     color = uses_color(console)
@@ -114,6 +121,8 @@ def map_panels(
         by_layer.setdefault(v.layer, []).append(v)
     per_row = max(len(vs) for vs in by_layer.values())
     n_keys = panel_keys or auto_panel_keys(n_seq, width, per_row)
+    if panel_keys is None and console.is_terminal:  # on a screen: every head on it, where 12-key windows allow
+        n_keys = min(n_keys, max(min(n_seq, 12), screen_keys(console.height - used_lines, len(by_layer), color)))
     win = map_window(n_seq, start, n_keys, n_keys, keys)
     window_note(console, win)
     # Every panel as wide: the longest whole title where a layer's panels still fit side by side, else the head names.
@@ -194,10 +203,12 @@ def render_inspect(
 ) -> None:
     if views and undecidable(views[0].stats.support):
         console.print(Text(TOO_PLAIN, style="dim"))
-    console.print(Text(f"{len(tokens)} tokens: ", style="bold") + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60]))) + Text(" …" if len(tokens) > 60 else ""))
+    listed = Text(f"{len(tokens)} tokens: ", style="bold") + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60]))) + Text(" …" if len(tokens) > 60 else "")
+    console.print(listed)
     if query is None and top is None:
         console.print(heat_legend(uses_color(console)), no_wrap=True, overflow="ellipsis")
-        map_panels(console, views, tokens, start=start, keys=keys, panel_keys=panel_keys)
+        used = len(listed.wrap(console, console.width)) + 1 + bool(views and undecidable(views[0].stats.support))
+        map_panels(console, views, tokens, start=start, keys=keys, panel_keys=panel_keys, used_lines=used)
         return
     show_kv = shares_kv(views)
     for view in views:

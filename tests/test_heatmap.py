@@ -144,3 +144,18 @@ def test_side_by_side_panels_are_aligned_row_for_row():
     for k, line in enumerate(joined):
         left = line.plain[: short[0].cell_len]
         assert left == (short[k].plain if k < len(short) else " " * short[0].cell_len)
+
+
+@pytest.mark.parametrize("n", [30, 64, 300])
+@pytest.mark.parametrize("height", [40, 50, 60])
+def test_every_head_of_the_sample_shape_fits_one_screen_at_200_columns(n, height):
+    """2 layers x 4 heads (the bundled model's shape) on a 200 x `height` terminal: one screen, prompt included."""
+    views = views_of(2, 4, n)
+    buf = io.StringIO()
+    con = Console(file=buf, width=200, height=height, force_terminal=True, color_system="truecolor")
+    render_inspect(con, views, [f"t{i}" for i in range(n)])
+    lines = buf.getvalue().splitlines()
+    assert len(lines) <= height - 1, len(lines)
+    titles = [k for k, line in enumerate(lines) if re.match(r"L\d+H\d+", ANSI.sub("", line))]
+    assert len(titles) == 2, "a layer per row of panels"
+    assert sum(len(re.findall(r"L\d+H\d+", ANSI.sub("", lines[k]))) for k in titles) == 8
