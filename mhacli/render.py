@@ -65,18 +65,19 @@ def head_title(view: HeadView, show_kv: bool = False) -> Text:
     return title
 
 
-def kind_evidence(s: HeadStats) -> str:
-    """' 0.92 (38 rows)' for the kinds that need support, ' 0.92' for the others: the score behind the kind."""
+def kind_evidence(s: HeadStats, short: bool = False) -> str:
+    """' 0.92 (38 rows)' for the kinds that need support, ' 0.92' for the others: the score behind the kind
+    (short: ' 0.92 (38)')."""
     rows = s.kind_support
-    return f" {fmt_stat(s.score)}" + (f" ({rows} rows)" if rows is not None else "")
+    return f" {fmt_stat(s.score)}" + (f" ({rows}{'' if short else ' rows'})" if rows is not None else "")
 
 
-def inspect_title(view: HeadView, show_kv: bool = False) -> Text:
-    """A panel's title: `L1H2 induction 0.85 (5 rows)`, the K/V head where heads share one."""
+def inspect_title(view: HeadView, show_kv: bool = False, short: bool = False) -> Text:
+    """A panel's title: `L1H2 induction 0.85 (5 rows)` (short: `(5)`), the K/V head where heads share one."""
     s = view.stats
     style = KIND_STYLE[s.kind][1]
     kv = f"/kv{view.kv_head}" if show_kv else ""
-    return Text.assemble((f"L{s.layer}H{s.head}{kv} ", "bold"), (s.kind + kind_evidence(s), style))
+    return Text.assemble((f"L{s.layer}H{s.head}{kv} ", "bold"), (s.kind + kind_evidence(s, short), style))
 
 
 def auto_panel_keys(n_seq: int, width: int, per_row: int) -> int:
@@ -127,9 +128,10 @@ def map_panels(
     window_note(console, win)
     # Every panel as wide: the longest whole title where a layer's panels still fit side by side, else the head names.
     name_w = 1 + max(len(inspect_title(v, show_kv).plain.split(" ", 1)[0]) for v in views)
-    title_w = max(inspect_title(v, show_kv).cell_len for v in views)
     room = (width + GAP) // per_row - GAP
-    panels = [(v.layer, panel(v.attention, inspect_title(v, show_kv), win, cell=1, color=color, min_width=max(name_w, min(title_w, room)))) for v in views]
+    short = max(inspect_title(v, show_kv).cell_len for v in views) > room  # `(111)` for `(111 rows)` where tight
+    title_w = max(inspect_title(v, show_kv, short).cell_len for v in views)
+    panels = [(v.layer, panel(v.attention, inspect_title(v, show_kv, short), win, cell=1, color=color, min_width=max(name_w, min(title_w, room)))) for v in views]
     panel_w = panels[0][1][0].cell_len
     fit_n = max(1, (width + GAP) // (panel_w + GAP))
     for layer in by_layer:
