@@ -7,9 +7,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mhacli.attention import DISCARD, Sink
 from mhacli.errors import UsageError
 from mhacli.model import Params, ZEdit, forward
-from mhacli.stats import HeadStats, layer_stats
+from mhacli.stats import HeadStats, StatsAccumulator, head_stats, layer_stats
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,29 @@ def analyse(
     check_selection(config.n_layer, config.n_head, layers, heads)
     wanted_layers = sorted(set(layers)) if layers else list(range(config.n_layer))
     wanted_heads = sorted(set(heads)) if heads else list(range(config.n_head))
-    for trace in forward(params, ids, n_layers=wanted_layers[-1] + 1, edits=edits):
+    streams: dict[int, StatsAccumulator] = {}
+
+    def sinks(layer: int) -> Sink | None:
+        """A layer not shown needs no map at all; without maps a shown layer's statistics are streamed."""
+        if layer not in wanted_layers:
+            return DISCARD
+        if keep_maps:
+            return None
+        streams[layer] = StatsAccumulator(config.n_head, ids)
+        return streams[layer]
+
+    for trace in forward(params, ids, n_layers=wanted_layers[-1] + 1, edits=edits, sinks=sinks):
         if trace.layer not in wanted_layers:
+            continue
+        if trace.attention is None:  # streamed: every head's statistics, then the selected ones
+            every = head_stats(trace.layer, streams.pop(trace.layer).result())
+            for head in wanted_heads:
+                yield HeadView(every[head], None, config.kv_head(head))
             continue
         attn = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
         for row, stats in zip(attn, layer_stats(trace.layer, attn, ids)):
             head = wanted_heads[stats.head]
-            stats = replace(stats, layer=trace.layer, head=head)
-            yield HeadView(stats, row if keep_maps else None, config.kv_head(head))
+            yield HeadView(replace(stats, layer=trace.layer, head=head), row, config.kv_head(head))
 
 
 FORWARD_COPIES = 6  # [n_head, n_seq, n_seq] float32 arrays alive at once inside one layer's attention

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mhacli.attention import causal_attention
+from mhacli.attention import Sink, causal_attention
 from mhacli.config import ModelConfig
 from mhacli.errors import NumericsError
 
@@ -144,7 +144,7 @@ class AttentionParts:
     k: np.ndarray  # [n_head, n_seq, d_head]
     v: np.ndarray  # [n_head, n_seq, d_head]
     scores: np.ndarray | None  # [n_head, n_seq, n_seq] raw q.k, before scaling and mask (None: not kept)
-    probs: np.ndarray  # [n_head, n_seq, n_seq]
+    probs: np.ndarray | None  # [n_head, n_seq, n_seq] (None: streamed to a sink, not kept)
     z: np.ndarray  # [n_head, n_seq, d_head] per-head outputs
     out: np.ndarray  # [n_seq, n_embd] after c_proj
 
@@ -161,12 +161,13 @@ def project_heads(z: np.ndarray, edit: ZEdit | None) -> np.ndarray:
 
 def gpt2_attention_parts(
     x: np.ndarray, p: dict[str, np.ndarray], n_head: int, scale: float, *, keep_scores: bool = True,
-    edit: ZEdit | None = None,
+    edit: ZEdit | None = None, sink: Sink | None = None,
 ) -> AttentionParts:
     """[n_seq, n_embd] (after ln_1) -> every intermediate of GPT2Attention.
 
     keep_scores=False is the forward's fast path (mhacli.attention): same numbers to float32 rounding, no raw
-    [n_head, n_seq, n_seq] score tensor kept (`scores` is None).
+    [n_head, n_seq, n_seq] score tensor kept (`scores` is None); with a `sink` the map goes to it block by block
+    and is not kept either (`probs` is None).
     """
     qkv = x @ p["attn.c_attn.weight"] + p["attn.c_attn.bias"]  # [n_seq, 3 * n_embd]
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x [n_head, n_seq, d_head]
@@ -176,7 +177,7 @@ def gpt2_attention_parts(
         z = probs @ v  # [n_head, n_seq, d_head]
     else:
         scores = None
-        z, probs = causal_attention(q, k, v, scale)
+        z, probs = causal_attention(q, k, v, scale, sink=sink)
     out = project_heads(z, edit) @ p["attn.c_proj.weight"] + p["attn.c_proj.bias"]  # [n_seq, n_embd]
     return AttentionParts(q, k, v, scores, probs, z, out)
 
@@ -188,12 +189,13 @@ def gpt2_mlp(x: np.ndarray, p: dict[str, np.ndarray], act: Callable[[np.ndarray]
 
 
 def gpt2_block(
-    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None
+    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> tuple[np.ndarray, AttentionParts]:
     """Pre-LN block: [n_seq, n_embd] -> ([n_seq, n_embd], the attention's parts as the forward computed them)"""
     eps = config.layer_norm_epsilon
     h = layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], eps)
-    attn = gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer), keep_scores=False, edit=edit)
+    attn = gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer), keep_scores=False, edit=edit, sink=sink)
     x = x + attn.out
     x = x + gpt2_mlp(layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], eps), p, ACTIVATION_FNS[config.activation_function])
     return x, attn
@@ -220,26 +222,33 @@ def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class LayerTrace:
     layer: int
-    attention: np.ndarray  # [n_head, n_seq, n_seq]
+    attention: np.ndarray | None  # [n_head, n_seq, n_seq] (None: streamed to the layer's sink)
     residual: np.ndarray  # [n_seq, n_embd] the residual stream after this block
     z: np.ndarray  # [n_head, n_seq, d_head] each head's output (before any edit), the input of W_O per head
 
 
+# Where a forward sends each layer's attention instead of keeping it: layer -> a sink (None: keep that layer's map).
+Sinks = Callable[[int], Sink | None]
+
+
 def forward(
-    params: Params, ids: np.ndarray | list[int], *, n_layers: int | None = None, edits: dict[int, ZEdit] | None = None
+    params: Params, ids: np.ndarray | list[int], *, n_layers: int | None = None, edits: dict[int, ZEdit] | None = None,
+    sinks: Sinks | None = None,
 ) -> Iterator[LayerTrace]:
     """Run the model layer by layer, yielding each layer's attention and residual stream.
 
     Stops after `n_layers` layers (all by default); one layer's weights are fetched at a time. `edits` maps a
-    layer to an edit of its heads' outputs before W_O (ablation).
+    layer to an edit of its heads' outputs before W_O (ablation). `sinks` streams a layer's attention, block by
+    block, to the sink it returns for that layer (LayerTrace.attention is then None): no [n_head, n_seq, n_seq] map.
     """
     ids = np.asarray(ids, dtype=np.int64)
     n = params.config.n_layer if n_layers is None else n_layers
-    yield from forward_from(params, embed(params, ids), 0, n, edits=edits)
+    yield from forward_from(params, embed(params, ids), 0, n, edits=edits, sinks=sinks)
 
 
 def forward_from(
-    params: Params, x: np.ndarray, first: int, stop: int, *, edits: dict[int, ZEdit] | None = None
+    params: Params, x: np.ndarray, first: int, stop: int, *, edits: dict[int, ZEdit] | None = None,
+    sinks: Sinks | None = None,
 ) -> Iterator[LayerTrace]:
     """Layers first..stop-1 on x [n_seq, n_embd], the residual stream entering layer `first`."""
     config = params.config
@@ -247,15 +256,19 @@ def forward_from(
     edits = edits or {}
     for layer in range(first, stop):
         weights = params.layer(layer)
+        sink = sinks(layer) if sinks is not None else None
         with np.errstate(all="ignore"):  # overflow is reported below, naming the layer and heads
-            x, attn = block(x, weights, config, layer, edits.get(layer))
-        check_finite(attn.probs, x, layer)
+            x, attn = block(x, weights, config, layer, edits.get(layer), sink=sink)
+        check_finite(attn.probs if attn.probs is not None else attn.z, x, layer)
         yield LayerTrace(layer, attn.probs, x, attn.z)
 
 
-def check_finite(probs: np.ndarray, x: np.ndarray, layer: int) -> None:
-    if np.isfinite(probs).all() and np.isfinite(x).all():
+def check_finite(per_head: np.ndarray, x: np.ndarray, layer: int) -> None:
+    """per_head [n_head, ...]: the layer's attention, or its heads' outputs where the attention was streamed (a
+    NaN in a head's weights reaches its output)."""
+    if np.isfinite(per_head).all() and np.isfinite(x).all():
         return
+    probs = per_head
     bad_heads = [h for h in range(probs.shape[0]) if not np.isfinite(probs[h]).all()]
     where = f"heads {bad_heads}" if bad_heads else "the residual stream"
     raise NumericsError(f"the forward pass produced NaN or Inf in layer {layer}, {where} (extreme weights?)")

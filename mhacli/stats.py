@@ -74,39 +74,36 @@ class HeadStats:
         return int(self.support.get(stat, 0)) if stat in SUPPORTED_STATS else None
 
 
-def duplicate_mask(ids: np.ndarray) -> np.ndarray:
-    """[n_seq] -> [q_pos, k_pos] bool, D_i: key j < i - 1 holds the same token as query i."""
-    same = ids[:, None] == ids[None, :]
-    return np.tril(same, k=-2)
+def duplicate_mask(ids: np.ndarray, rows: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
+    """[n_seq] -> [q_pos, k_pos] bool (those rows and keys), D_i: key j < i - 1 holds the same token as query i."""
+    i, j = _positions(len(ids), rows, keys)
+    return (ids[i] == ids[j]) & (j < i - 1)
 
 
-def induction_mask(ids: np.ndarray) -> np.ndarray:
-    """[n_seq] -> [q_pos, k_pos] bool, I_i: 1 <= j <= i - 2 and the token before key j equals query i's token."""
-    n = len(ids)
-    mask = np.zeros((n, n), dtype=bool)
-    if n > 1:
-        mask[:, 1:] = ids[:, None] == ids[None, :-1]
-    return np.tril(mask, k=-2)
+def induction_mask(ids: np.ndarray, rows: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
+    """[n_seq] -> [q_pos, k_pos] bool (those rows and keys), I_i: 1 <= j <= i - 2 and the token before key j equals
+    query i's token."""
+    i, j = _positions(len(ids), rows, keys)
+    return (ids[i] == ids[np.maximum(j - 1, 0)]) & (j >= 1) & (j <= i - 2)
 
 
-def _masked_row_mean(attn: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """[n_head, rows, n_seq], [rows, n_seq] -> ([n_head] mean over rows with any mask entry of the masked sum,
-    the number of those rows). NaN and 0 when no row qualifies.
-
-    The masks are sparse (repeated tokens), so only their entries are gathered.
-    """
-    n_head, n_rows, _ = attn.shape
-    rows = mask.any(axis=1)
-    support = int(rows.sum())
-    if not support:
-        return np.full(n_head, np.nan), 0
-    ii, jj = np.nonzero(mask)
-    vals = attn[:, ii, jj].astype(np.float64)  # [n_head, n_entries]
-    sums = np.stack([np.bincount(ii, weights=v, minlength=n_rows) for v in vals])  # [n_head, rows]
-    return sums[:, rows].mean(axis=1), support
+def _positions(n: int, rows: slice, keys: slice) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(n)[rows][:, None], np.arange(n)[keys][None, :]
 
 
-ROW_BLOCK = 128  # query rows reduced at a time, over the keys they can see (the lower triangle only)
+def target_rows(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """[n_seq] -> {stat: [n_seq] bool}: whether row i has any duplicate (D_i) or induction (I_i) target at all, in
+    O(n_seq): D_i is non-empty when t_i first occurs before i - 1, I_i when it first occurs before i - 2 (the
+    token before key j = m + 1 is t_m, and 1 <= j <= i - 2 means 0 <= m <= i - 3)."""
+    ids = np.asarray(ids)
+    i = np.arange(len(ids))
+    _, first_at, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    first = first_at[inverse.reshape(-1)]  # [n_seq] the first position of each row's token
+    return {"duplicate_token": first < i - 1, "induction": first < i - 2}
+
+
+ROW_BLOCK = 128  # query rows reduced at a time when a whole map is given (layer_arrays)
+TINY = np.finfo(np.float64).tiny
 
 
 @dataclass(frozen=True)
@@ -121,50 +118,95 @@ class LayerStats:
     max_distance: float  # mean over those rows of i
 
 
-def layer_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> LayerStats:
-    """[n_head, n_seq, n_seq], [n_seq] -> LayerStats over query rows first_row..n_seq-1.
-
-    Row sums are reduced in float64, one block of query rows at a time over the keys 0..last row of the block,
-    so the float64 working copy stays small and the masked upper triangle is not read. `first_row` > 0 restricts
-    every mean to the later rows (the second copy of a repeated sequence: mha census' `repeat` probe).
+class StatsAccumulator:
+    """Every statistic of every head of one layer, from the attention given block by block (a mhacli.attention
+    sink): rows a..b-1 over keys lo..b-1 (the keys outside a sliding window are 0). Each block's rows are reduced
+    in float64 to one number per row and statistic, then dropped: memory O(n_head x n_seq) besides the block.
+    Rows before `first_row` are skipped (the second copy of a repeated sequence: mha census' `repeat` probe).
     """
+
+    def __init__(self, n_head: int, ids: np.ndarray, first_row: int = 0):
+        self.ids = np.asarray(ids)
+        n_seq = len(self.ids)
+        if not 0 <= first_row < n_seq:
+            raise ValueError(f"first_row {first_row} outside 0..{n_seq - 1}")
+        self.first_row, self.n_seq = first_row, n_seq
+        n_rows = n_seq - first_row
+        # per row: entropy, max_weight, sum_j A[i,j] (i - j), A[i,i], A[i,0], A[i,i-1], duplicate and induction sums
+        self.rows = {name: np.zeros((n_head, n_rows)) for name in (*STAT_NAMES, "distance")}
+        self.targets = {name: has[first_row:] for name, has in target_rows(self.ids).items()}
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def add(self, a: int, b: int, lo: int, p: np.ndarray) -> None:
+        """p [n_head, b - a, b - lo]: rows a..b-1 over keys lo..b-1."""
+        a0 = max(a, self.first_row)
+        if a0 >= b:
+            return
+        shape = (p.shape[0], b - a0, b - lo)
+        block = self._scratch("block", shape)  # [n_head, rows, keys lo..b-1] float64, reused from block to block
+        np.copyto(block, p[:, a0 - a :, :])
+        log = self._scratch("log", shape)
+        np.maximum(block, TINY, out=log)  # 0 log 0 = 0: 0 x log(TINY) is exactly 0, and no p > 0 is below TINY
+        np.log(log, out=log)
+        r = slice(a0 - self.first_row, b - self.first_row)
+        i = np.arange(a0, b)  # the rows' positions
+        at = np.arange(b - a0)  # the rows' indices in the block
+        out = self.rows
+        out["entropy"][:, r] = -np.einsum("hij,hij->hi", block, log)
+        out["max_weight"][:, r] = block.max(axis=-1)
+        out["distance"][:, r] = i * block.sum(axis=-1) - block @ np.arange(lo, b, dtype=np.float64)
+        out["self"][:, r] = block[:, at, i - lo]
+        if lo == 0:
+            out["first_token"][:, r] = block[:, :, 0]
+        prev = i - 1 - lo  # key i - 1 in the block, where it is there (row 0 has none; a window of 1 hides it)
+        seen = prev >= 0
+        out["previous_token"][:, r][:, seen] = block[:, at[seen], prev[seen]]
+        for name, mask in (("duplicate_token", duplicate_mask), ("induction", induction_mask)):
+            ii, jj = np.nonzero(mask(self.ids, slice(a0, b), slice(lo, b)))  # sparse: repeated tokens only
+            if len(ii):
+                sums = np.stack([np.bincount(ii, weights=h, minlength=b - a0) for h in block[:, ii, jj]])
+                out[name][:, r] = sums
+
+    def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float64 work array of this shape, kept between blocks (new memory for every block would page-fault
+        its way in each time)."""
+        size = math.prod(shape)
+        flat = self._buffers.get(name)
+        if flat is None or flat.size < size:
+            flat = self._buffers[name] = np.empty(size)
+        return flat[:size].reshape(shape)
+
+    def result(self) -> LayerStats:
+        first_row, n_seq, out = self.first_row, self.n_seq, self.rows
+        n_head = out["entropy"].shape[0]
+        values = {
+            "entropy": out["entropy"].mean(axis=-1),
+            "max_weight": out["max_weight"].mean(axis=-1),
+            "mean_distance": out["distance"].mean(axis=-1),
+            "self": out["self"].mean(axis=-1),
+        }
+        lo = max(first_row, 1) - first_row  # first_token and previous_token: rows i >= 1
+        for name in ("first_token", "previous_token"):
+            values[name] = out[name][:, lo:].mean(axis=-1) if lo < n_seq - first_row else np.full(n_head, np.nan)
+        support = {}
+        for name in SUPPORTED_STATS:
+            has = self.targets[name]
+            support[name] = int(has.sum())
+            values[name] = out[name][:, has].mean(axis=-1) if support[name] else np.full(n_head, np.nan)
+        uniform = float(np.mean(np.log(np.arange(first_row + 1, n_seq + 1))))
+        ordered = {name: values[name] for name in STAT_NAMES}
+        return LayerStats(ordered, support, n_seq - first_row, uniform, (first_row + n_seq - 1) / 2)
+
+
+def layer_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> LayerStats:
+    """[n_head, n_seq, n_seq], [n_seq] -> LayerStats over query rows first_row..n_seq-1, from a whole map: its
+    lower triangle fed to a StatsAccumulator ROW_BLOCK rows at a time."""
     n_head, n_seq, _ = attn.shape
-    ids = np.asarray(ids)
-    if not 0 <= first_row < n_seq:
-        raise ValueError(f"first_row {first_row} outside 0..{n_seq - 1}")
-    n_rows = n_seq - first_row
-    entropy = np.empty((n_head, n_rows))
-    max_weight = np.empty((n_head, n_rows))
-    distance = np.empty((n_head, n_rows))  # sum_j A[i,j] (i - j)
-    positions = np.arange(n_seq, dtype=np.float64)
+    acc = StatsAccumulator(n_head, ids, first_row)
     for a in range(first_row, n_seq, ROW_BLOCK):
         b = min(a + ROW_BLOCK, n_seq)
-        block = attn[:, a:b, :b].astype(np.float64)  # [n_head, rows, keys 0..b-1]
-        log = np.zeros_like(block)
-        np.log(block, out=log, where=block > 0)  # 0 log 0 = 0
-        r = slice(a - first_row, b - first_row)
-        entropy[:, r] = -np.einsum("hij,hij->hi", block, log)
-        max_weight[:, r] = block.max(axis=-1)
-        distance[:, r] = positions[a:b] * block.sum(axis=-1) - block @ positions[:b]
-    diag = np.diagonal(attn, axis1=1, axis2=2)[:, first_row:]
-    out = {
-        "entropy": entropy.mean(axis=-1),
-        "max_weight": max_weight.mean(axis=-1),
-        "mean_distance": distance.mean(axis=-1),
-        "self": diag.astype(np.float64).mean(axis=-1),
-    }
-    lo = max(first_row, 1)  # first_token and previous_token: rows i >= 1
-    if lo < n_seq:
-        out["first_token"] = attn[:, lo:, 0].astype(np.float64).mean(axis=-1)
-        out["previous_token"] = np.diagonal(attn, offset=-1, axis1=1, axis2=2)[:, lo - 1 :].astype(np.float64).mean(axis=-1)
-    else:
-        out["first_token"] = out["previous_token"] = np.full(n_head, np.nan)
-    rows = attn[:, first_row:, :]
-    out["duplicate_token"], dup_rows = _masked_row_mean(rows, duplicate_mask(ids)[first_row:])
-    out["induction"], ind_rows = _masked_row_mean(rows, induction_mask(ids)[first_row:])
-    uniform = float(np.mean(np.log(np.arange(first_row + 1, n_seq + 1))))
-    support = {"duplicate_token": dup_rows, "induction": ind_rows}
-    return LayerStats({name: out[name] for name in STAT_NAMES}, support, n_rows, uniform, (first_row + n_seq - 1) / 2)
+        acc.add(a, b, 0, attn[:, a:b, :b])
+    return acc.result()
 
 
 def stats_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> dict[str, np.ndarray]:
@@ -214,11 +256,15 @@ def classify(values: dict[str, float | None], n_seq: int, support: dict[str, int
 
 
 def layer_stats(layer: int, attn: np.ndarray, ids: np.ndarray) -> list[HeadStats]:
-    """Statistics and kind of every head of one layer."""
-    ls = layer_arrays(attn, ids)
+    """Statistics and kind of every head of one layer, from its whole map."""
+    return head_stats(layer, layer_arrays(attn, ids))
+
+
+def head_stats(layer: int, ls: LayerStats) -> list[HeadStats]:
+    """Statistics and kind of every head of one layer, from its LayerStats (a whole map's or a stream's)."""
     kinds = kinds_from_holds(rule_holds(ls.values, ls.support, ls.uniform_entropy))
     result = []
-    for head in range(attn.shape[0]):
+    for head in range(len(kinds)):
         values = {k: (None if math.isnan(v[head]) else float(v[head])) for k, v in ls.values.items()}
         kind = KINDS[int(kinds[head])]
         result.append(HeadStats(layer, head, kind, values, dict(ls.support), ls.uniform_entropy, ls.max_distance))

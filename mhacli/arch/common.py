@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.attention import causal_attention
+from mhacli.attention import Sink, causal_attention
 from mhacli.model import F32, causal_softmax
 
 Act = Callable[[np.ndarray], np.ndarray]
@@ -78,7 +78,7 @@ class GroupedAttentionParts:
     k: np.ndarray  # [n_kv_head, n_seq, d_head] as scored
     v: np.ndarray  # [n_kv_head, n_seq, d_head]
     scores: np.ndarray | None  # [n_head, n_seq, n_seq] raw q.k, before scaling and mask (None: not kept)
-    probs: np.ndarray  # [n_head, n_seq, n_seq]
+    probs: np.ndarray | None  # [n_head, n_seq, n_seq] (None: streamed to a sink, not kept)
     z: np.ndarray  # [n_head, n_seq, d_head] per-head outputs
     out: np.ndarray  # [n_seq, n_embd] after the output projection
     q_pre_rope: np.ndarray | None = None  # [n_head, n_seq, d_head] before RoPE (None: no RoPE)
@@ -88,8 +88,9 @@ class GroupedAttentionParts:
 
 
 def grouped_attention(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int | None, *, keep_scores: bool = True
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int | None, *, keep_scores: bool = True,
+    sink: Sink | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
     """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head]
     -> (scores, probs [n_head, n_seq, n_seq], z [n_head, n_seq, d_head])
 
@@ -97,7 +98,7 @@ def grouped_attention(
     forward's fast path (mhacli.attention): the same numbers to float32 rounding, scores not kept (None).
     """
     if not keep_scores:
-        z, probs = causal_attention(q, k, v, scale, window=window)
+        z, probs = causal_attention(q, k, v, scale, window=window, sink=sink)
         return None, probs, z
     scores = grouped_scores(q, k)  # [n_head, n_seq, n_seq]
     probs = masked_softmax(scores * F32(scale), window)

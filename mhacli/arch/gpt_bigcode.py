@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from mhacli.arch.gpt2 import attention_input, embed, final_norm  # noqa: F401 - the family interface: as GPT-2
+from mhacli.attention import Sink
 from mhacli.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear
 from mhacli.config import ModelConfig
 from mhacli.model import ACTIVATION_FNS, ZEdit, layer_norm, project_heads, split_heads
@@ -65,20 +66,21 @@ def split_qkv(qkv: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndar
 
 def attention_parts(
     h: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, keep_scores: bool = True,
-    edit: ZEdit | None = None,
+    edit: ZEdit | None = None, sink: Sink | None = None,
 ) -> GroupedAttentionParts:
     """[n_seq, n_embd] (after ln_1) -> every intermediate of GPTBigCodeAttention (eager, float32)."""
     q, k, v = split_qkv(linear(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"]), config)
-    scores, probs, z = grouped_attention(q, k, v, config.attn_scale(layer), None, keep_scores=keep_scores)
+    scores, probs, z = grouped_attention(q, k, v, config.attn_scale(layer), None, keep_scores=keep_scores, sink=sink)
     out = linear(project_heads(z, edit), p["attn.c_proj.weight"], p["attn.c_proj.bias"])  # [n_seq, n_embd]
     return GroupedAttentionParts(q, k, v, scores, probs, z, out)
 
 
 def block(
-    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None
+    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
     """GPTBigCodeBlock: [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
-    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit)
+    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit, sink=sink)
     x = x + attn.out
     h = layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], config.layer_norm_epsilon)
     act = ACTIVATION_FNS[config.activation_function]

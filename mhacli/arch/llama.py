@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhacli.attention import Sink
 from mhacli.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear, rms_norm, swiglu
 from mhacli.arch.rope import apply_rope, rope_tables
 from mhacli.config import RotaryConfig
@@ -78,14 +79,14 @@ def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfi
 
 def rotary_attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int,
-    keep_scores: bool = True, edit: ZEdit | None = None,
+    keep_scores: bool = True, edit: ZEdit | None = None, sink: Sink | None = None,
 ) -> GroupedAttentionParts:
     """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] before RoPE -> rotate, attend (causal, and the
     layer's sliding window), project with o_proj. Shared with OLMo, whose q and k are normalised first."""
     cos, sin = rope_tables(config.rope_at(layer), config.d_head, config.n_positions, q.shape[1])  # [n_seq, d_head]
     q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     scores, probs, z = grouped_attention(
-        q_rot, k_rot, v, config.attn_scale(layer), config.sliding_window(layer), keep_scores=keep_scores
+        q_rot, k_rot, v, config.attn_scale(layer), config.sliding_window(layer), keep_scores=keep_scores, sink=sink
     )
     out = linear(project_heads(z, edit), p["self_attn.o_proj.weight"], p.get("self_attn.o_proj.bias"))  # [n_seq, n_embd]
     return GroupedAttentionParts(q_rot, k_rot, v, scores, probs, z, out, q, k, cos, sin)
@@ -93,21 +94,22 @@ def rotary_attention(
 
 def attention_parts(
     h: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, keep_scores: bool = True,
-    edit: ZEdit | None = None,
+    edit: ZEdit | None = None, sink: Sink | None = None,
 ) -> GroupedAttentionParts:
     """[n_seq, n_embd] (after input_layernorm) -> every intermediate of LlamaAttention / MistralAttention."""
     q = linear(h, p["self_attn.q_proj.weight"], p.get("self_attn.q_proj.bias"))  # [n_seq, n_head * d_head]
     k = linear(h, p["self_attn.k_proj.weight"], p.get("self_attn.k_proj.bias"))  # [n_seq, n_kv_head * d_head]
     v = linear(h, p["self_attn.v_proj.weight"], p.get("self_attn.v_proj.bias"))
     q, k, v = split_heads(q, config.n_head), split_heads(k, config.n_kv_head), split_heads(v, config.n_kv_head)
-    return rotary_attention(q, k, v, p, config, layer, keep_scores, edit)
+    return rotary_attention(q, k, v, p, config, layer, keep_scores, edit, sink)
 
 
 def block(
-    x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, edit: ZEdit | None = None
+    x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
     """LlamaDecoderLayer: x + attn(norm(x)), then + mlp(norm(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
-    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit)
+    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit, sink=sink)
     x = x + attn.out
     h = rms_norm(x, p["post_attention_layernorm.weight"], config.rms_norm_eps)
     return x + swiglu(h, p, ACTIVATION_FNS[config.hidden_act]), attn

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhacli.attention import Sink
 from mhacli.arch.common import GroupedAttentionParts, linear, rms_norm, swiglu
 from mhacli.arch.llama import (  # the parts OLMo shares with Llama unchanged
     EMBEDDING, KEY_PREFIX, KV_WEIGHT, LAYER_PREFIX, LM_HEAD, embed, final_norm, head_projections, mlp_shapes, normalise_key,
@@ -49,7 +50,7 @@ def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfi
 
 def attention_parts(
     h: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, keep_scores: bool = True,
-    edit: ZEdit | None = None,
+    edit: ZEdit | None = None, sink: Sink | None = None,
 ) -> GroupedAttentionParts:
     """[n_seq, n_embd] -> every intermediate of Olmo2Attention / Olmo3Attention (q_norm, k_norm, RoPE, attention)."""
     eps = config.rms_norm_eps
@@ -57,15 +58,16 @@ def attention_parts(
     k = rms_norm(linear(h, p["self_attn.k_proj.weight"], p.get("self_attn.k_proj.bias")), p["self_attn.k_norm.weight"], eps)
     v = linear(h, p["self_attn.v_proj.weight"], p.get("self_attn.v_proj.bias"))  # [n_seq, n_kv_head * d_head]
     q, k, v = split_heads(q, config.n_head), split_heads(k, config.n_kv_head), split_heads(v, config.n_kv_head)
-    return rotary_attention(q, k, v, p, config, layer, keep_scores, edit)
+    return rotary_attention(q, k, v, p, config, layer, keep_scores, edit, sink)
 
 
 def block(
-    x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, edit: ZEdit | None = None
+    x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
     """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
     eps = config.rms_norm_eps
-    attn = attention_parts(x, p, config, layer, keep_scores=False, edit=edit)
+    attn = attention_parts(x, p, config, layer, keep_scores=False, edit=edit, sink=sink)
     x = x + rms_norm(attn.out, p["post_attention_layernorm.weight"], eps)
     mlp = swiglu(x, p, ACTIVATION_FNS[config.hidden_act])
     return x + rms_norm(mlp, p["post_feedforward_layernorm.weight"], eps), attn
