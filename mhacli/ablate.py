@@ -15,16 +15,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from mhacli.attention import DISCARD, Sink
 from mhacli.errors import UsageError
 from mhacli.loss import first_target, output_head, text_losses
 from mhacli.model import LayerTrace, Params, ZEdit, embed, forward, forward_from
 
 Head = tuple[int, int]  # (layer, query head)
 METHODS = ("zero", "mean")
-Observer = Callable[[int, LayerTrace], None]  # (text index, one layer of the intact model's run)
+
+
+class Observer(Protocol):
+    """Watches the intact model's run over each text: where each layer's attention goes, then each layer."""
+
+    def sinks(self, index: int) -> Callable[[int], Sink | None]: ...
+
+    def __call__(self, index: int, trace: LayerTrace) -> None: ...
+
+
+def discard_all(layer: int) -> Sink:
+    """No map is kept: the forward's layers without their attention (a loss needs only the residual stream)."""
+    return DISCARD
 
 
 def parse_heads(spec: str, n_layer: int, n_head: int) -> list[Head]:
@@ -75,7 +89,9 @@ class Ablator:
     """The losses of one model on a set of texts with heads removed, reusing every layer it can.
 
     texts: token ids per text; every text needs a target at position >= max(1, loss_from).
-    observe: called with every layer of the intact model's run over each text (e.g. for statistics and kinds).
+    observe: called with every layer of the intact model's run over each text (e.g. for statistics and kinds);
+    its `sinks(index)` says where that text's attention goes (no maps are kept otherwise: every forward here
+    streams its attention away, so memory does not grow with n_seq^2).
     """
 
     params: Params
@@ -112,7 +128,8 @@ class Ablator:
 
     def _intact_run(self, index: int, ids: np.ndarray) -> list[np.ndarray]:
         inputs = [embed(self.params, ids)]
-        for trace in forward(self.params, ids):
+        sinks = self.observe.sinks(index) if self.observe is not None else discard_all
+        for trace in forward(self.params, ids, sinks=sinks):
             inputs.append(trace.residual)
             if self.observe is not None:
                 self.observe(index, trace)
@@ -139,7 +156,7 @@ class Ablator:
         runs = []
         for inputs in self._inputs:
             streams = [inputs[start]]
-            for trace in forward_from(self.params, inputs[start], start, self.params.config.n_layer, edits=edits):
+            for trace in forward_from(self.params, inputs[start], start, self.params.config.n_layer, edits=edits, sinks=discard_all):
                 streams.append(trace.residual)
             runs.append(streams)
         return runs

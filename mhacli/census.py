@@ -15,7 +15,7 @@ import numpy as np
 
 from mhacli.model import Params, forward
 from mhacli.stats import (
-    KIND_RULES, KINDS, MIN_SUPPORT, STAT_NAMES, SUPPORTED_STATS, kinds_from_holds, layer_arrays, rule_holds,
+    KIND_RULES, KINDS, MIN_SUPPORT, STAT_NAMES, SUPPORTED_STATS, StatsAccumulator, kinds_from_holds, rule_holds,
 )  # fmt: skip
 
 SOURCES = ("repeat", "random", "corpus")
@@ -84,8 +84,14 @@ def text_stats(params: Params, ids: np.ndarray, first_row: int = 0) -> TextStats
     per_layer = []
     support: tuple[int, ...] = ()
     n_rows = 0
-    for trace in forward(params, ids):
-        ls = layer_arrays(trace.attention, ids, first_row)
+    streams: dict[int, StatsAccumulator] = {}
+
+    def sinks(layer: int) -> StatsAccumulator:  # statistics streamed block by block: no map is kept
+        streams[layer] = StatsAccumulator(params.config.n_head, ids, first_row)
+        return streams[layer]
+
+    for trace in forward(params, ids, sinks=sinks):
+        ls = streams.pop(trace.layer).result()
         relative = ls.values["entropy"] / ls.uniform_entropy if ls.uniform_entropy > 0 else np.full_like(ls.values["entropy"], np.nan)
         per_layer.append(np.stack([ls.values[name] for name in STAT_NAMES] + [relative]))
         support, n_rows = tuple(ls.support[s] for s in SUPPORTED_STATS), ls.n_rows

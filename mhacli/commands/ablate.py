@@ -24,7 +24,7 @@ from mhacli.loss import VOCAB_BLOCK
 from mhacli.heads import check_selection, memory_needed
 from mhacli.model import LayerTrace, ZEdit
 from mhacli.output import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_head_doc, write_table
-from mhacli.stats import layer_stats
+from mhacli.stats import StatsAccumulator, head_stats
 from mhacli.textin import TokenizedText, read_text, read_texts, tokenize
 from mhacli.weights import Checkpoint
 
@@ -128,12 +128,23 @@ def scored_texts(
 class KindTally:
     """Each head's kind on every text of the intact model's run; a head's kind is its most frequent one."""
 
-    def __init__(self, texts: list[TokenizedText]) -> None:
+    def __init__(self, texts: list[TokenizedText], n_head: int) -> None:
         self.texts = texts
+        self.n_head = n_head
         self.kinds: dict[Head, Counter] = {}
+        self._streams: dict[int, StatsAccumulator] = {}
+
+    def sinks(self, index: int):
+        """Each layer's statistics, streamed from its attention (no map kept)."""
+
+        def sink(layer: int) -> StatsAccumulator:
+            self._streams[layer] = StatsAccumulator(self.n_head, self.texts[index].ids)
+            return self._streams[layer]
+
+        return sink
 
     def __call__(self, index: int, trace: LayerTrace) -> None:
-        for s in layer_stats(trace.layer, trace.attention, self.texts[index].ids):
+        for s in head_stats(trace.layer, self._streams.pop(trace.layer).result()):
             self.kinds.setdefault((s.layer, s.head), Counter())[s.kind] += 1
 
     def kind(self, head: Head) -> str:
@@ -147,7 +158,7 @@ def make_ablator(
     layer of every text: only `ablate` shows them)."""
     if loss_from < 0:
         raise UsageError(f"--loss-from {loss_from} must be 0 or more")
-    tally = KindTally(texts) if kinds else None
+    tally = KindTally(texts, ckpt.config.n_head) if kinds else None
     return Ablator(ckpt, [t.ids for t in texts], method=method, loss_from=loss_from, observe=tally), tally
 
 
