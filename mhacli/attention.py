@@ -74,7 +74,7 @@ def causal_attention(
     n_head, n_seq, _ = q.shape
     group = n_head // k.shape[0]
     qs = q * F32(scale)  # [n_head, n_seq, d_head]
-    rows = block or block_rows(n_head, n_seq, window)
+    rows = block or getattr(sink, "fixed_rows", None) or block_rows(n_head, n_seq, window)  # a sink may fix them
     probs = None if sink is not None else np.zeros((n_head, n_seq, n_seq), dtype=F32)
     z = np.empty((n_head, n_seq, v.shape[-1]), dtype=F32)
     for a, b, lo in blocks(n_seq, rows, window):

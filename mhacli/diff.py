@@ -16,6 +16,8 @@ Metrics, each 0 for identical maps:
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.errors import UsageError
+from mhacli.attention import block_rows
 from mhacli.model import Params, ZEdit, forward
-from mhacli.stats import STAT_NAMES, layer_stats
+from mhacli.stats import STAT_NAMES, LayerStats, StatsAccumulator, head_stats, layer_stats
 
 METRICS: dict[str, str] = {
     "js": "Jensen-Shannon divergence (bits, mean over query rows)",
@@ -126,6 +129,33 @@ def divergence_matrix(a: np.ndarray, b: np.ndarray, metric: str, *, max_elements
     return out
 
 
+class DivergenceAccumulator:
+    """Paired divergences (head h of A against head h of B) from the two maps given block by block: rows a..b-1 of
+    both over the same keys. Per row in float64 as the whole-map functions above, so the result equals theirs."""
+
+    def __init__(self, n_head: int, n_seq: int, metric: str):
+        self.metric, self.n_seq = check_metric(metric), n_seq
+        self.rows = np.zeros((n_head, n_seq))  # js, tv: each row's divergence
+        self.sums = np.zeros((3, n_head))  # cosine: <p, q>, <p, p>, <q, q>
+
+    def add(self, a: int, b: int, p: np.ndarray, q: np.ndarray) -> None:
+        """p, q [n_head, b - a, keys] float32: the same rows and keys of A and of B."""
+        p, q = p.astype(np.float64), q.astype(np.float64)
+        if self.metric == "js":
+            self.rows[:, a:b] = np.clip(0.5 * (_sum_plog2p(p) + _sum_plog2p(q)) - _sum_plog2p(0.5 * (p + q)), 0.0, 1.0)
+        elif self.metric == "tv":
+            self.rows[:, a:b] = 0.5 * np.abs(p - q).sum(axis=-1)
+        else:
+            self.sums += [(p * q).sum(axis=(-2, -1)), (p * p).sum(axis=(-2, -1)), (q * q).sum(axis=(-2, -1))]
+
+    def result(self) -> np.ndarray:
+        """[n_head] float64"""
+        if self.metric == "cosine":
+            dot, pp, qq = self.sums
+            return np.clip(1.0 - dot / np.sqrt(pp * qq), 0.0, 1.0)
+        return self.rows.mean(axis=-1)
+
+
 # --- matching -------------------------------------------------------------------------------------------------
 
 
@@ -185,9 +215,10 @@ class TextDiff:
     kinds_b: list[str]  # [NB]
 
 
-def _layer_record(layer: int, attn: np.ndarray, ids: np.ndarray, stats: list, kinds: list) -> None:
-    """Append one layer's statistics ([n_stat, n_head]) and kinds to the running lists."""
-    heads = layer_stats(layer, attn, ids)
+def _layer_record(layer: int, attn: np.ndarray | LayerStats, ids: np.ndarray, stats: list, kinds: list) -> None:
+    """Append one layer's statistics ([n_stat, n_head]) and kinds to the running lists (from its map, or from its
+    streamed LayerStats)."""
+    heads = head_stats(layer, attn) if isinstance(attn, LayerStats) else layer_stats(layer, attn, ids)
     stats.append(np.array([[np.nan if h.values[s] is None else h.values[s] for h in heads] for s in STAT_NAMES]))
     kinds.extend(h.kind for h in heads)
 
@@ -195,7 +226,7 @@ def _layer_record(layer: int, attn: np.ndarray, ids: np.ndarray, stats: list, ki
 def compare_text(
     params_a: Params, params_b: Params, ids: np.ndarray, metric: str, mode: str, edits_b: dict[int, ZEdit] | None = None
 ) -> TextDiff:
-    """Run both models on `ids` and compare their heads (paired: layer by layer, two layers in memory at a time;
+    """Run both models on `ids` and compare their heads (paired: both forwards streamed in step, no map kept;
     matched: A's maps all kept, B streamed a layer at a time). `edits_b`: heads removed from B (ablation)."""
     check_metric(metric)
     ids = np.asarray(ids, dtype=np.int64)
@@ -211,10 +242,10 @@ def compare_text(
                 f"MODEL_B {cb.n_layer} x {cb.n_head}"
             )
         div = []
-        for ta, tb in zip(forward(params_a, ids), forward(params_b, ids, edits=edits_b)):
-            div.append(divergence(ta.attention, tb.attention, metric))  # [n_head]
-            _layer_record(ta.layer, ta.attention, ids, stats_a, kinds_a)
-            _layer_record(tb.layer, tb.attention, ids, stats_b, kinds_b)
+        for layer, d, la, lb in paired_stream(params_a, params_b, ids, metric, edits_b):
+            div.append(d)  # [n_head]
+            _layer_record(layer, la, ids, stats_a, kinds_a)
+            _layer_record(layer, lb, ids, stats_b, kinds_b)
         result = np.concatenate(div)  # [NA]
     elif mode == "matched":
         maps_a = []
@@ -230,6 +261,102 @@ def compare_text(
     else:
         raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     return TextDiff(result, np.concatenate(stats_a, axis=1), np.concatenate(stats_b, axis=1), kinds_a, kinds_b)
+
+
+class _Stopped(Exception):
+    """The reader of a feed went away: unwind the forward that feeds it."""
+
+
+class _Feed:
+    """A sink that hands each block of attention to the thread pairing the two models' blocks (the kernel makes a
+    new array per block and does not touch it after `add`). `fixed_rows` fixes the kernel's block rows, the same for
+    both models."""
+
+    def __init__(self, rows: int, stop: threading.Event):
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.fixed_rows, self.stop = rows, stop
+
+    def add(self, a: int, b: int, lo: int, p: np.ndarray) -> None:
+        self.put(("block", (a, b, lo, p)))
+
+    def put(self, item: tuple) -> None:
+        while True:
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self.stop.is_set():
+                    raise _Stopped from None
+
+    def run(self, layers) -> None:
+        """Thread body: run the forward (a generator of layers), announcing each finished layer."""
+        try:
+            for trace in layers:
+                self.put(("layer", trace.layer))
+            self.put(("end", None))
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed over, raised in the pairing thread
+            try:
+                self.put(("error", exc))
+            except _Stopped:
+                pass
+
+
+def paired_stream(
+    params_a: Params, params_b: Params, ids: np.ndarray, metric: str, edits_b: dict[int, ZEdit] | None = None
+):
+    """Yield (layer, divergence [n_head], LayerStats of A, LayerStats of B) for every layer, without a map of
+    either model: both forwards run at once (two threads; NumPy releases the GIL in its kernels), each hands its
+    attention block by block, and the same rows of A and B are reduced together and dropped. Memory grows with
+    n_seq, not n_seq^2."""
+    n_head, n_seq = params_a.config.n_head, len(ids)
+    stop = threading.Event()
+    feeds = [_Feed(block_rows(n_head, n_seq), stop) for _ in range(2)]
+    runs = [forward(params_a, ids, sinks=lambda layer: feeds[0]), forward(params_b, ids, edits=edits_b, sinks=lambda layer: feeds[1])]
+    threads = [threading.Thread(target=f.run, args=(r,), daemon=True, name="mha-diff") for f, r in zip(feeds, runs)]
+    for t in threads:
+        t.start()
+
+    def fresh() -> tuple:
+        return DivergenceAccumulator(n_head, n_seq, metric), StatsAccumulator(n_head, ids), StatsAccumulator(n_head, ids)
+
+    try:
+        acc = fresh()
+        while True:
+            (kind_a, va), (kind_b, vb) = feeds[0].queue.get(), feeds[1].queue.get()
+            for kind, value in ((kind_a, va), (kind_b, vb)):
+                if kind == "error":
+                    raise value
+            if kind_a != kind_b:
+                raise RuntimeError(f"the two models' forwards went out of step ({kind_a} against {kind_b})")
+            if kind_a == "end":
+                return
+            if kind_a == "layer":
+                yield va, acc[0].result(), acc[1].result(), acc[2].result()
+                acc = fresh()
+                continue
+            (a, b, lo_a, pa), (_, _, lo_b, pb) = va, vb
+            acc[1].add(a, b, lo_a, pa)
+            acc[2].add(a, b, lo_b, pb)
+            lo = min(lo_a, lo_b)  # the same keys for both (outside a model's window its weights are 0)
+            acc[0].add(a, b, _widen(pa, lo_a - lo), _widen(pb, lo_b - lo))
+    finally:
+        stop.set()
+        for f in feeds:  # let a thread blocked on a full queue see the stop
+            while not f.queue.empty():
+                f.queue.get_nowait()
+        for t in threads:
+            t.join(timeout=5)
+
+
+def _widen(p: np.ndarray, left: int) -> np.ndarray:
+    """[n_head, rows, keys] -> [n_head, rows, left + keys]: `left` zero columns in front."""
+    if not left:
+        return p
+    out = np.zeros(p.shape[:2] + (left + p.shape[2],), dtype=p.dtype)
+    out[..., left:] = p
+    return out
 
 
 # --- the report -----------------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ class StatsAccumulator:
         self.first_row, self.n_seq = first_row, n_seq
         n_rows = n_seq - first_row
         # per row: entropy, max_weight, sum_j A[i,j] (i - j), A[i,i], A[i,0], A[i,i-1], duplicate and induction sums
-        self.rows = {name: np.zeros((n_head, n_rows)) for name in (*STAT_NAMES, "distance")}
+        self.per_row = {name: np.zeros((n_head, n_rows)) for name in (*STAT_NAMES, "distance")}
         self.targets = {name: has[first_row:] for name, has in target_rows(self.ids).items()}
         self._buffers: dict[str, np.ndarray] = {}
 
@@ -151,7 +151,7 @@ class StatsAccumulator:
         r = slice(a0 - self.first_row, b - self.first_row)
         i = np.arange(a0, b)  # the rows' positions
         at = np.arange(b - a0)  # the rows' indices in the block
-        out = self.rows
+        out = self.per_row
         out["entropy"][:, r] = -np.einsum("hij,hij->hi", block, log)
         out["max_weight"][:, r] = block.max(axis=-1)
         out["distance"][:, r] = i * block.sum(axis=-1) - block @ np.arange(lo, b, dtype=np.float64)
@@ -177,7 +177,7 @@ class StatsAccumulator:
         return flat[:size].reshape(shape)
 
     def result(self) -> LayerStats:
-        first_row, n_seq, out = self.first_row, self.n_seq, self.rows
+        first_row, n_seq, out = self.first_row, self.n_seq, self.per_row
         n_head = out["entropy"].shape[0]
         values = {
             "entropy": out["entropy"].mean(axis=-1),
