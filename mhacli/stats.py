@@ -104,6 +104,7 @@ def target_rows(ids: np.ndarray) -> dict[str, np.ndarray]:
 
 ROW_BLOCK = 128  # query rows reduced at a time when a whole map is given (layer_arrays)
 TINY = np.finfo(np.float64).tiny
+SCRATCH_BYTES = 8 * 1024 * 1024  # each float64 work array of StatsAccumulator
 
 
 @dataclass(frozen=True)
@@ -138,19 +139,24 @@ class StatsAccumulator:
         self._buffers: dict[str, np.ndarray] = {}
 
     def add(self, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        """p [n_head, b - a, b - lo]: rows a..b-1 over keys lo..b-1."""
-        a0 = max(a, self.first_row)
-        if a0 >= b:
-            return
-        shape = (p.shape[0], b - a0, b - lo)
+        """p [n_head, b - a, b - lo]: rows a..b-1 over keys lo..b-1, reduced a few rows at a time so the float64
+        work arrays stay under SCRATCH_BYTES each, however long the rows."""
+        step = max(1, SCRATCH_BYTES // (8 * p.shape[0] * max(1, b - lo)))
+        for c in range(max(a, self.first_row), b, step):
+            self._add(c, min(c + step, b), lo, p[:, c - a : min(c + step, b) - a])
+
+    def _add(self, a0: int, b_rows: int, lo: int, p: np.ndarray) -> None:
+        """p [n_head, b_rows - a0, keys lo..]: rows a0..b_rows-1 (a0 >= first_row)."""
+        b = lo + p.shape[2]  # the keys end at the block's last row + 1, for every chunk of its rows
+        shape = (p.shape[0], b_rows - a0, b - lo)
         block = self._scratch("block", shape)  # [n_head, rows, keys lo..b-1] float64, reused from block to block
-        np.copyto(block, p[:, a0 - a :, :])
+        np.copyto(block, p)
         log = self._scratch("log", shape)
         np.maximum(block, TINY, out=log)  # 0 log 0 = 0: 0 x log(TINY) is exactly 0, and no p > 0 is below TINY
         np.log(log, out=log)
-        r = slice(a0 - self.first_row, b - self.first_row)
-        i = np.arange(a0, b)  # the rows' positions
-        at = np.arange(b - a0)  # the rows' indices in the block
+        r = slice(a0 - self.first_row, b_rows - self.first_row)
+        i = np.arange(a0, b_rows)  # the rows' positions
+        at = np.arange(b_rows - a0)  # the rows' indices in the block
         out = self.per_row
         out["entropy"][:, r] = -np.einsum("hij,hij->hi", block, log)
         out["max_weight"][:, r] = block.max(axis=-1)
@@ -162,9 +168,9 @@ class StatsAccumulator:
         seen = prev >= 0
         out["previous_token"][:, r][:, seen] = block[:, at[seen], prev[seen]]
         for name, mask in (("duplicate_token", duplicate_mask), ("induction", induction_mask)):
-            ii, jj = np.nonzero(mask(self.ids, slice(a0, b), slice(lo, b)))  # sparse: repeated tokens only
+            ii, jj = np.nonzero(mask(self.ids, slice(a0, b_rows), slice(lo, b)))  # sparse: repeated tokens only
             if len(ii):
-                sums = np.stack([np.bincount(ii, weights=h, minlength=b - a0) for h in block[:, ii, jj]])
+                sums = np.stack([np.bincount(ii, weights=h, minlength=b_rows - a0) for h in block[:, ii, jj]])
                 out[name][:, r] = sums
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
