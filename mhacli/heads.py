@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mhacli.attention import DISCARD, Sink
+from mhacli.attention import DISCARD, Sink, block_rows
 from mhacli.errors import UsageError
 from mhacli.model import Params, ZEdit, forward
-from mhacli.stats import HeadStats, StatsAccumulator, head_stats, layer_stats
+from mhacli.stats import SCRATCH_BYTES, STAT_NAMES, HeadStats, StatsAccumulator, head_stats, layer_stats
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,41 @@ def analyse(
             yield HeadView(replace(stats, layer=trace.layer, head=head), row, config.kv_head(head))
 
 
-FORWARD_COPIES = 6  # [n_head, n_seq, n_seq] float32 arrays alive at once inside one layer's attention
+# The memory model of a request (the guard, --max-memory), fitted to peak RSS measured on this code (a test checks
+# its growth with n_seq against a child process's, within 30%). What the process already holds when it checks (the
+# interpreter, NumPy, the tokenizer) is not counted: "available memory" is measured beside it. Per token: the
+# residual stream, norms, q/k/v, the heads' outputs and the MLP's widest tensors of one layer alive at once; per
+# block: the kernel's float32 scores and what a sink keeps of them.
+ACT_EMBD, ACT_INNER = 8, 4  # float32 [n_seq, n_embd] and [n_seq, n_inner] arrays alive inside one layer
+BLOCK_COPIES = 2  # float32 blocks alive at once: the kernel's, and one handed over (a queue of the streamed diff)
+FULL_COPIES = 6  # [n_head, n_seq, n_seq] float32 arrays alive at once in the unfused attention (explain's)
+
+
+def forward_bytes(config, n_seq: int) -> int:
+    """One forward's working set without maps: a layer's activations, one attention block, the statistics' rows."""
+    inner = getattr(config, "n_inner", None) or getattr(config, "intermediate_size", None) or 4 * config.n_embd
+    activations = n_seq * (ACT_EMBD * config.n_embd + ACT_INNER * inner) * 4
+    block = config.n_head * block_rows(config.n_head, n_seq) * n_seq * 4
+    scratch = 2 * min(SCRATCH_BYTES, 2 * block)  # StatsAccumulator's two float64 work arrays
+    rows = config.n_head * n_seq * (len(STAT_NAMES) + 2) * 8 + scratch  # ... and its per-row sums
+    return activations + BLOCK_COPIES * block + rows
 
 
 def memory_needed(
-    n_head: int, n_seq: int, *, kept_layers: int, kept_heads: int, keep_maps: bool, weight_bytes: int
-) -> int:
-    """Bytes a request needs at its peak: the kept maps, one layer's attention working set, and the weights
-    resident meanwhile (Checkpoint.weight_bytes: one pass's layers, or every tensor of a caching checkpoint)."""
-    maps = kept_layers * kept_heads * n_seq * n_seq * 4 if keep_maps else 0
-    return maps + FORWARD_COPIES * n_head * n_seq * n_seq * 4 + weight_bytes
+    config, n_seq: int, *, kept_layers: int = 0, kept_heads: int = 0, keep_maps: bool = False, weight_bytes: int = 0,
+    forwards: int = 1,
+) -> int:  # fmt: skip
+    """Bytes a request needs at its peak: `forwards` forwards at once (2 for a streamed diff), the weights resident
+    meanwhile (Checkpoint.weight_bytes: one pass's layers, or every tensor of a caching checkpoint) and, with
+    keep_maps, the kept maps (the selected heads' copies) plus the whole map of the layer being computed. Without
+    maps nothing grows with n_seq^2: attention is streamed (mhacli.attention)."""
+    maps = 0
+    if keep_maps:
+        square = n_seq * n_seq * 4
+        maps = (kept_layers * kept_heads + config.n_head) * square  # kept copies, and the layer's whole map
+    return weight_bytes + maps + forwards * forward_bytes(config, n_seq)
+
+
+def full_attention_bytes(n_head: int, n_seq: int) -> int:
+    """The unfused attention of one layer (scores, scaled, masked, exponentiated, probabilities): `explain`."""
+    return FULL_COPIES * n_head * n_seq * n_seq * 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,42 @@ def test_an_error_in_one_forward_reaches_the_reader(models, monkeypatch):
     monkeypatch.setattr(b, "layer", lambda layer: broken if layer == 1 else intact(layer))
     with pytest.raises(NumericsError, match="layer 1"):
         list(paired_stream(a, b, np.arange(1, 50), "js"))
+
+
+CHILD = """
+import sys
+import numpy as np
+from mhacli.heads import analyse
+from mhacli.weights import load_model
+ckpt = load_model(sys.argv[1], cache=True)
+n, keep = int(sys.argv[2]), sys.argv[3] == "maps"
+ids = np.arange(n) % ckpt.config.vocab_size
+views = list(analyse(ckpt, ids, keep_maps=keep, layers=[0] if keep else None))
+# VmHWM, not ru_maxrss: that one starts from the parent's size at fork (pytest's, with torch loaded)
+print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+
+def peak_rss(model, n: int, what: str) -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", CHILD, str(model), str(n), what], capture_output=True, check=True)
+    return int(out.stdout)
+
+
+@pytest.mark.parametrize("what,n_seq", [("stats", 6000), ("maps", 1500)])
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
+def test_the_memory_guard_follows_the_measured_peak(tmp_path, tokenizer_dir, what, n_seq):
+    """The guard's estimate (heads.memory_needed) grows with n_seq as a real run's peak RSS does, within 30%:
+    `stats` streams (linear in n_seq), `inspect -l 0` keeps one layer's maps (quadratic). Both measured in a child
+    process from the same process at one token, so the interpreter and the weights cancel out."""
+    from mhacli.heads import memory_needed
+
+    model = build_model(tmp_path / "m", tokenizer_dir, n_layer=2, n_head=8, n_embd=128, n_positions=n_seq)
+    config = load_model(str(model)).config
+    keep = what == "maps"
+    grew = peak_rss(model, n_seq, what) - peak_rss(model, 1, what)
+    est = memory_needed(config, n_seq, kept_layers=keep, kept_heads=8 * keep, keep_maps=keep)
+    est -= memory_needed(config, 1, kept_layers=keep, kept_heads=8 * keep, keep_maps=keep)
+    assert 0.7 * grew <= est <= 1.3 * grew, f"estimated {est / 2**20:.0f} MiB, measured {grew / 2**20:.0f} MiB"

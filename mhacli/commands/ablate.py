@@ -120,7 +120,7 @@ def scored_texts(
     n_seq = max(len(t.ids) for t in tokenized)
     streams = 2 * (c.n_layer + 1) * c.n_embd * 4 * sum(len(t.ids) for t in tokenized)
     logits = 4 * n_seq * min(VOCAB_BLOCK, c.vocab_size) * 2
-    working = memory_needed(c.n_head, n_seq, kept_layers=0, kept_heads=0, keep_maps=False, weight_bytes=ckpt.weight_bytes())
+    working = memory_needed(c, n_seq, weight_bytes=ckpt.weight_bytes())
     check_memory(streams + logits + working, max_memory, "score fewer or shorter texts")
     return ckpt, tokenized
 

@@ -244,7 +244,7 @@ def census(
             raise UsageError(f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions}); lower --{p}-length")
     longest = c.n_positions if texts is not None else max(spec.n_tokens(p, prefix) for p in chosen)
     local = 0 if dask not in (None, "local") else (1 if n_workers == 1 and dask is None else n_workers)
-    per_worker = memory_needed(c.n_head, longest, kept_layers=0, kept_heads=0, keep_maps=False, weight_bytes=ckpt.weight_bytes())
+    per_worker = memory_needed(c, longest, weight_bytes=ckpt.weight_bytes())
     check_memory(local * per_worker, max_memory, "use fewer --workers, or a shorter --truncate'd corpus")
 
     writer = AtomicText(per_text) if per_text is not None else None

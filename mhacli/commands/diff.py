@@ -104,14 +104,13 @@ def diff(
     shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
     mode = "paired" if shape_a == shape_b and not match else "matched"
     n_seq = max(len(t.ids) for t in items)
-    kept_a = shape_a[0] if mode == "matched" else 1  # matched mode keeps all of A's maps while B runs
     # the weights: small models' tensors stay cached once read (load(cache=None)), larger ones stream by layer
-    needed = memory_needed(
-        shape_a[1], n_seq, kept_layers=kept_a, kept_heads=shape_a[1], keep_maps=True, weight_bytes=ckpt_a.weight_bytes()
-    )
-    needed += memory_needed(
-        shape_b[1], n_seq, kept_layers=1, kept_heads=shape_b[1], keep_maps=True, weight_bytes=ckpt_b.weight_bytes()
-    )
+    weights = ckpt_a.weight_bytes() + ckpt_b.weight_bytes()
+    if mode == "paired":  # both forwards streamed at once: no map kept
+        needed = memory_needed(ckpt_a.config, n_seq, weight_bytes=weights, forwards=2)
+    else:  # matched mode keeps all of A's maps while B runs, a layer's map at a time
+        kept = memory_needed(ckpt_a.config, n_seq, kept_layers=shape_a[0], kept_heads=shape_a[1], keep_maps=True)
+        needed = kept + memory_needed(ckpt_b.config, n_seq, kept_layers=1, kept_heads=shape_b[1], keep_maps=True, weight_bytes=weights)
     check_memory(needed, max_memory, "use shorter texts")
     per_text = [
         compare_text(ckpt_a, ckpt_b, t.ids, metric, mode, edits_b)

@@ -11,7 +11,7 @@ from mhacli.commands._app import app
 from mhacli.commands._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, resolve_format
 from mhacli.errors import ExitCode
 from mhacli.explain import explain as run_explain
-from mhacli.heads import memory_needed
+from mhacli.heads import full_attention_bytes, memory_needed
 from mhacli.output import dumps
 
 FORMATS = ("rich", "text", "json")
@@ -40,7 +40,7 @@ def explain(
     # the batched forward and the batched re-run of the layer for the check: two layers' working sets; the
     # explained layer's tensors are held throughout, on top of the forward's
     n_head, n_seq = ckpt.config.n_head, len(tokens.ids)
-    working_set = memory_needed(n_head, n_seq, kept_layers=0, kept_heads=0, keep_maps=False, weight_bytes=0)
+    working_set = memory_needed(ckpt.config, n_seq) + full_attention_bytes(n_head, n_seq)
     check_memory(2 * working_set + ckpt.weight_bytes(extra_layers=1), max_memory, "use a shorter text")
     ex = run_explain(ckpt, tokens.ids, layer, head, query)
     if fmt == "json":

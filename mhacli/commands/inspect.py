@@ -58,7 +58,7 @@ def inspect(
     n_layers = len(set(layer)) if layer else c.n_layer
     n_heads = len(set(head)) if head else c.n_head
     needed = memory_needed(
-        c.n_head, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=True, weight_bytes=ckpt.weight_bytes()
+        c, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=True, weight_bytes=ckpt.weight_bytes()
     )
     check_memory(needed, max_memory, "narrow it with --layer/--head or a shorter text (mha stats streams without maps)")
     edits = ablation_edits(ablate, ckpt)

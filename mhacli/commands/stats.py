@@ -40,9 +40,7 @@ def stats(
         raise UsageError(f"--stat {stat!r} is not one of: auto, {', '.join(STAT_NAMES)}")
     ckpt, tokens = prepare(model, text, truncate=truncate)
     c = ckpt.config
-    needed = memory_needed(
-        c.n_head, len(tokens.ids), kept_layers=0, kept_heads=0, keep_maps=False, weight_bytes=ckpt.weight_bytes()
-    )
+    needed = memory_needed(c, len(tokens.ids), weight_bytes=ckpt.weight_bytes())  # streamed: no maps
     check_memory(needed, max_memory, "use a shorter text")
     views = list(progress(analyse(ckpt, tokens.ids, keep_maps=False, edits=ablation_edits(ablate, ckpt)), c.n_layer * c.n_head, "running layers"))
     if fmt in MACHINE_FORMATS:
