@@ -228,7 +228,10 @@ def cell_texts(ax, values: np.ndarray, texts: list[list[str]], cmap, norm, font:
 
 
 def grid_size(n_layer: int, n_head: int, cell: float = 0.42) -> tuple[float, float]:
-    return max(COLUMN_IN, n_head * cell + 1.3), max(1.8, n_layer * cell + 1.2)
+    """Width and height (inches) of a layer x head grid with square cells, its labels, colour bar and caption."""
+    width = max(COLUMN_IN, n_head * cell + 1.4)
+    cell = min(0.6, (width - 1.4) / max(1, n_head))
+    return width, n_layer * cell + 1.75
 
 
 KIND_KEY = " · ".join(f"{KIND_LETTER[k]} {k}" for k in KINDS)
@@ -266,12 +269,12 @@ def grid_value(s: HeadStats, stat: str) -> float | None:
 
 def stat_unit(stat: str) -> str:
     if stat == "auto":
-        return "kind score: the statistic behind the kind, 0–1"
+        return "kind score (0–1)"
     if stat == "entropy":
-        return "entropy / entropy of uniform attention"
+        return "entropy / uniform's"
     if stat == "mean_distance":
-        return "mean distance / largest possible"
-    return f"{stat} (share of attention)"
+        return "distance / largest"
+    return f"{stat} (0–1)"
 
 
 def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
@@ -287,11 +290,13 @@ def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
         texts[r.layer_b][r.head_b] = f"{KIND_LETTER[r.kind_b]}\n{r.divergence:.2g}"
     top = report.max_divergence
     grid_w, grid_h = grid_size(n_layer, n_head)
+    grid_h -= 0.4  # one caption for the whole figure
     map_side = 1.9
     width = max(WIDE_IN, grid_w)
     fig = new_figure(width, grid_h + (map_side + 1.0 if maps else 0.3))
     figs = fig.subfigures(2 if maps else 1, 1, height_ratios=[grid_h, map_side + 1.0] if maps else None, squeeze=False)
-    ax = figs[0, 0].add_subplot()
+    pad = max(0.01, (width - grid_w) / 2)  # the grid centred over the maps
+    ax = figs[0, 0].add_subplot(figs[0, 0].add_gridspec(1, 3, width_ratios=[pad, grid_w, pad])[0, 1])
     cmap = matplotlib.colormaps[MAP_CMAP].with_extremes(bad="#eeeeee")
     norm = matplotlib.colors.Normalize(0, top if top > 0 else 1)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
@@ -302,7 +307,7 @@ def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
     bar = figs[0, 0].colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
     from mhacli.diff import METRICS
 
-    bar.set_label(METRICS[report.metric], fontsize=5.5)
+    bar.set_label(f"{METRICS[report.metric].split(' (')[0]}{' (bits)' if report.metric == 'js' else ''}", fontsize=5.5)
     if maps:
         a, b = maps
         r = report.heads[0]
