@@ -415,7 +415,7 @@ def census_figure(*, doc: dict, caption: str, **_: Any):
     for i, row in enumerate(texts):
         for j, t in enumerate(row):
             ax.text(j, i, t, ha="center", va="center", fontsize=5.5 if n_head > 8 else 6.5, color="#111111", linespacing=1.0)
-    ax.set_title("kind of every head; colour strength and number: confidence (0–1)", fontsize=7)
+    ax.set_title("kind per head; shade and number: confidence", fontsize=7)
     present = [k for k in KINDS if any(h["kind"] == k for h in doc["heads"])] or list(KINDS)
     handles = [Patch(facecolor=KIND_HEX[k], edgecolor="#888888", linewidth=0.3, label=f"{KIND_LETTER[k]} {k}") for k in present]
     fig.legend(handles=handles, loc="outside right center", fontsize=5.5, frameon=False)

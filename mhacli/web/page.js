@@ -143,7 +143,9 @@
   // the map's size on screen: whole pixels per cell up to `room`; a longer text is scaled down to `room`
   function displaySide(n) {
     const width = $("#detail").clientWidth || 800;
-    const room = Math.max(200, Math.min(n === 1 ? 640 : 400, Math.floor((width - 24) / n) - 100));
+    const beside = n === 1 ? 300 : 0; // the head's numbers stay beside a single map
+    const tall = (window.innerHeight || 900) - 280; // the map, its labels and the text strip on one screen
+    const room = Math.max(200, Math.min(n === 1 ? 600 : 400, Math.floor((width - 24 - beside) / n) - 100, tall));
     return T <= room ? T * Math.floor(room / T) : room;
   }
 
