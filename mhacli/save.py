@@ -63,8 +63,8 @@ def parse(paths: list[Path] | None, command: str, *, dpi: int = DEFAULT_DPI) -> 
     for path in paths or []:
         kind = path.suffix.lower().lstrip(".")
         if kind not in SUFFIXES:
-            shown = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
-            raise UsageError(f"--save {path}: {shown} is not a known file type; mha {command} writes {suffix_list(allowed)}")
+            what = f"suffix {path.suffix!r} is not a known file type" if path.suffix else "the file name has no suffix"
+            raise UsageError(f"--save {path}: {what}; mha {command} writes {suffix_list(allowed)}")
         if kind not in allowed:
             raise UsageError(f"--save {path}: mha {command} cannot write .{kind}; it writes {suffix_list(allowed)}")
         check_writable(path)
