@@ -66,3 +66,14 @@ def line_chart(
         legend += f"   ┄ {hline[0]}"
     lines.append(" " * (pad + 2) + legend)
     return lines
+
+
+# Head kinds in pictures (figures, the HTML page): the terminal's letters (render.KIND_STYLE) and, for colour,
+# the Okabe-Ito palette (told apart with the common colour-vision deficiencies), close to the terminal's hues.
+KIND_LETTER = {
+    "induction": "I", "previous-token": "P", "duplicate-token": "D", "self": "S", "sink": "K", "broad": "B", "mixed": "·",
+}  # fmt: skip
+KIND_HEX = {
+    "induction": "#CC79A7", "previous-token": "#56B4E9", "duplicate-token": "#0072B2", "self": "#009E73",
+    "sink": "#E69F00", "broad": "#999999", "mixed": "#D9D9D9",
+}  # fmt: skip

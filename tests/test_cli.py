@@ -132,7 +132,7 @@ def test_truncate(tiny_model):
         (["inspect", "hi", "--top", "0"], "--top"),
         (["inspect", "hi", "--bogus"], "No such option"),
         (["inspect", "hi", "--save", "/nonexistent-dir/x.npz"], "does not exist"),
-        (["inspect", "hi", "--save", "out.txt"], "must end in .npz"),
+        (["inspect", "hi", "--save", "out.txt"], "'.txt' is not a known file type"),
         (["stats", "hi", "--stat", "nope"], "--stat 'nope'"),
         (["info", "-m", "/no/such/model"], "no such file or directory"),
         (["verify", "hi", "--atol", "0"], "must be positive"),

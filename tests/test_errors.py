@@ -356,7 +356,7 @@ BAD_OPTIONS = [
     (["inspect", TEXT, "--from", "-1"], "--from"),
     (["inspect", TEXT, "--format", "yaml"], "--format 'yaml'"),
     (["inspect", TEXT, "--save", "/etc/passwd/x.npz"], "does not exist"),
-    (["inspect", TEXT, "--save", "."], "must end in .npz"),
+    (["inspect", TEXT, "--save", "."], "has no suffix"),
     (["inspect", TEXT, "--max-memory", "lots"], "is not a size"),
     (["inspect", TEXT, "--max-memory", "1K"], "more than 1.0 KiB"),
     (["inspect", TEXT, "--layer", "one"], "--layer"),

@@ -16,6 +16,8 @@ from mhacli.ablate import (
     removal_edits, schedule,
 )  # fmt: skip
 from mhacli.commands._app import app
+from mhacli import save as saving
+from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli.commands._common import (
     FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, load, resolve_format, warn,
 )  # fmt: skip
@@ -191,11 +193,14 @@ def ablate(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
+    save: Annotated[SaveList, save_option("ablate")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Each head removed alone: the next-token loss against the intact model, in nats/token and %."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
+    saves = saving.parse(save, "ablate", dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory)
     c = ckpt.config
     check_selection(c.n_layer, c.n_head, layer, head)
@@ -215,6 +220,7 @@ def ablate(
             for e in effects
         ],
     }  # fmt: skip
+    saving.write_all(saves, saving.ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         columns = ("layer", "head", "kind", "loss", "delta", "delta_pct")
         write_head_doc(sys.stdout, fmt, doc, columns, ([r[k] for k in columns] for r in doc["heads"]))
@@ -249,6 +255,8 @@ def prune(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
+    save: Annotated[SaveList, save_option("prune")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """The pruning curve: heads removed least important first (re-measured every round) against random orders."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -260,6 +268,7 @@ def prune(
         raise UsageError(f"--max-increase {max_increase} must be a finite fraction >= 0 (0.05 is 5%)")
     if save_mask is not None:
         check_writable(save_mask)
+    saves = saving.parse(save, "prune", dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory)
     c = ckpt.config
     ablator, _ = make_ablator(ckpt, tokenized, method, loss_from)
@@ -291,6 +300,7 @@ def prune(
     if save_mask is not None:
         mask = {"model": {"n_layer": c.n_layer, "n_head": c.n_head}, "heads": [list(h) for h in pruned]}
         atomic_write_bytes(save_mask, (dumps(mask) + "\n").encode())
+    saving.write_all(saves, saving.prune_picture(ckpt, tokenized, doc), dpi=dpi)
     if fmt == "json":
         sys.stdout.write(dumps(doc) + "\n")
     elif fmt in ("jsonl", "csv", "tsv"):

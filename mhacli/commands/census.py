@@ -15,6 +15,8 @@ import typer
 
 from mhacli.census import PROBES, SOURCES, TALLIED, ProbeSpec, Tally, TextStats, probe, text_kinds, verdicts
 from mhacli.commands._app import app
+from mhacli import save as saving
+from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli.commands._common import (
     FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, check_memory, load, resolve_format, warn,
 )  # fmt: skip
@@ -211,6 +213,8 @@ def census(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
+    save: Annotated[SaveList, save_option("census")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Every head's kind over seeded probes and a corpus, with its evidence and confidence (docs/census.md)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -225,6 +229,7 @@ def census(
         raise UsageError(f"--top {top} must be at least 1")
     if per_text is not None:
         check_writable(per_text)
+    saves = saving.parse(save, "census", dpi=dpi)
     n_workers = workers if workers is not None else default_workers()
     ckpt, tokenizer = load(model, cache=None)
     c = ckpt.config
@@ -288,6 +293,7 @@ def census(
     if writer is not None:
         writer.commit()
     doc = build_doc(census, ckpt.model_dict(), spec, chosen, prefix, texts, c.kv_head)
+    saving.write_all(saves, saving.census_picture(ckpt, doc), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         write_head_doc(sys.stdout, fmt, doc, CSV_COLUMNS, csv_rows(doc))
     elif fmt == "text":

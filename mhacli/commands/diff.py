@@ -10,6 +10,8 @@ import numpy as np
 import typer
 
 from mhacli.commands._app import app
+from mhacli import save as saving
+from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli.commands.ablate import ablation_edits
 from mhacli.commands._common import (
     FormatOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_memory, load, progress, resolve_format, warn,
@@ -84,6 +86,8 @@ def diff(
         str | None,
         typer.Option("--ablate", metavar="HEADS", help="Remove heads of MODEL_B first (zeroed): L.H[,L.H...] or @mask.json."),
     ] = None,
+    save: Annotated[SaveList, save_option("diff")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> int:
     """Per-head divergence between two models on the same text (same tokenizer needed)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
@@ -92,6 +96,7 @@ def diff(
         raise UsageError(f"--fail-above {fail_above} must be a number >= 0")
     if texts is not None and text is not None:
         raise UsageError("give TEXT or --texts FILE, not both")
+    saves = saving.parse(save, "diff", dpi=dpi)
     if texts is not None:
         raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
     else:
@@ -117,6 +122,7 @@ def diff(
         for t in progress(items, len(items), f"comparing heads on {len(items)} texts")
     ]
     report = summarise(per_text, metric, mode, shape_a, shape_b)
+    saving.write_all(saves, saving.diff_picture(saves, ckpt_a, ckpt_b, report, items[0], edits_b), dpi=dpi)
     write_report(fmt, report, ckpt_a, ckpt_b, items, top, start)
     return ExitCode.OK if fail_above is None else check_threshold(report, fail_above)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +15,9 @@ from mhacli.commands._common import (
 from mhacli.errors import UsageError
 from mhacli.heads import analyse, check_selection, memory_needed
 from mhacli.stats import TOO_PLAIN, undecidable
-from mhacli.output import MACHINE_FORMATS, check_writable, save_npz, write_heads
+from mhacli.output import MACHINE_FORMATS, write_heads
+from mhacli.commands._save import DpiOpt, SaveList, save_option
+from mhacli import save as saving
 
 
 @app.command()
@@ -31,7 +32,8 @@ def inspect(
     start: Annotated[int, typer.Option("--from", min=0, help="First query row of the map window on a terminal.")] = 0,
     keys: Annotated[str | None, typer.Option("--keys", metavar="A:B", help="Key columns A..B-1 of the map window on a terminal (key 0 stays in front).")] = None,
     panel_size: Annotated[int | None, typer.Option("--panel-size", metavar="N", min=2, help="Keys (and query rows) per map on a terminal (default: fit the width).")] = None,
-    save: Annotated[Path | None, typer.Option("--save", help="Also write attention[layer, head, q, k] to FILE.npz.")] = None,
+    save: Annotated[SaveList, save_option("inspect")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
     ablate: AblateOpt = None,
@@ -40,10 +42,7 @@ def inspect(
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     if query is not None and top is not None:
         raise UsageError("--query and --top are two views; pick one")
-    if save is not None:
-        if save.suffix != ".npz":
-            raise UsageError(f"--save {save}: the file name must end in .npz")
-        check_writable(save)
+    saves = saving.parse(save, "inspect", dpi=dpi)
     key_range = parse_key_range(keys) if keys is not None else None
     ckpt, tokens = prepare(model, text, truncate=truncate)
     n_seq = len(tokens.ids)
@@ -63,8 +62,7 @@ def inspect(
     check_memory(needed, max_memory, "narrow it with --layer/--head or a shorter text (mha stats streams without maps)")
     edits = ablation_edits(ablate, ckpt)
     views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=True, edits=edits), n_layers * n_heads, "running layers"))
-    if save is not None:
-        save_npz(save, views, tokens.ids.tolist(), tokens.tokens)
+    saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=True)
     elif fmt == "text":

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from mhacli.commands._app import app
+from mhacli import save as saving
+from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli.commands.ablate import AblateOpt, ablation_edits
 from mhacli.commands._common import (
     FormatOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, note, prepare, progress, resolve_format,
@@ -33,16 +35,23 @@ def stats(
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
     ablate: AblateOpt = None,
+    save: Annotated[SaveList, save_option("stats")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     if stat != "auto" and stat not in STAT_NAMES:
         raise UsageError(f"--stat {stat!r} is not one of: auto, {', '.join(STAT_NAMES)}")
+    saves = saving.parse(save, "stats", dpi=dpi)
+    keep = saving.wants(saves, "html")  # the page shows every head's map
     ckpt, tokens = prepare(model, text, truncate=truncate)
     c = ckpt.config
-    needed = memory_needed(c, len(tokens.ids), weight_bytes=ckpt.weight_bytes())  # streamed: no maps
+    needed = memory_needed(  # streamed (no maps) unless a page wants every map
+        c, len(tokens.ids), kept_layers=c.n_layer * keep, kept_heads=c.n_head * keep, keep_maps=keep, weight_bytes=ckpt.weight_bytes()
+    )
     check_memory(needed, max_memory, "use a shorter text")
-    views = list(progress(analyse(ckpt, tokens.ids, keep_maps=False, edits=ablation_edits(ablate, ckpt)), c.n_layer * c.n_head, "running layers"))
+    views = list(progress(analyse(ckpt, tokens.ids, keep_maps=keep, edits=ablation_edits(ablate, ckpt)), c.n_layer * c.n_head, "running layers"))
+    saving.write_all(saves, saving.stats_picture(ckpt, tokens, views, stat), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         if stat != "auto":
             note(f"--stat picks the terminal grid's number and orders the text table; {fmt} has every statistic")

@@ -1,0 +1,218 @@
+"""The `--save FILE.html` page in a real browser: headless Chromium (Debian's package, never downloaded) driven by
+Playwright. The page must load from file:// with no console error and no network request at all, show every head,
+change the large map when a head is clicked, highlight a row and the attended tokens on hover, search tokens,
+switch to log weights, keep hostile tokens as text, and open a 12 x 12 x 1,024-token page (timing: benchmarks/)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mhacli.heads import HeadView
+from mhacli.stats import layer_stats
+
+TEXT = "The cat sat on the mat. The cat sat on the mat."
+READY_TIMEOUT_MS = 30_000
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("MHA_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+class Opened:
+    """A page opened from file:// with every request other than the page itself refused and recorded."""
+
+    def __init__(self, browser, path: Path) -> None:
+        self.url = path.resolve().as_uri()
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.route("**/*", self._route)
+        self.page.goto(self.url)
+        self.page.wait_for_function("document.documentElement.dataset.ready", timeout=READY_TIMEOUT_MS)
+
+    def _route(self, route) -> None:
+        if route.request.url == self.url:
+            route.continue_()
+        else:
+            self.requests.append(route.request.url)
+            route.abort()
+
+    def check_clean(self) -> None:
+        assert self.page.evaluate("document.documentElement.dataset.ready") == "1", self.page.inner_text("#error")
+        assert self.requests == [], f"the page asked the network for {self.requests}"
+        assert self.errors == [], self.errors
+
+    def map_pixels(self, n: int = 0) -> list[int]:
+        return self.page.evaluate(
+            """(n) => { const c = document.querySelectorAll('#maps canvas.map')[n];
+                       return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""",
+            n,
+        )
+
+    def overlay_ink(self) -> int:
+        return self.page.evaluate(
+            """() => { const c = document.querySelector('#maps canvas.overlay');
+                       return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v > 0).length; }"""
+        )
+
+
+@pytest.fixture(scope="module")
+def inspect_html(tmp_path_factory) -> Path:
+    from mhacli.cli import run
+
+    out = tmp_path_factory.mktemp("page") / "heads.html"
+    assert run(["inspect", TEXT, "--save", str(out), "-f", "json"]) == 0
+    return out
+
+
+def test_page_loads_offline_with_every_head(browser, inspect_html):
+    o = Opened(browser, inspect_html)
+    o.check_clean()
+    assert o.page.locator("#grid .cell:not(.empty)").count() == 8  # 2 layers x 4 heads
+    assert o.page.locator("#grid canvas.thumb").count() == 8
+    assert o.page.locator("#strip .tok").count() == o.page.evaluate("JSON.parse(document.getElementById('mha-data').textContent).tokens.length")
+    # a thumbnail is drawn, not blank
+    ink = o.page.evaluate(
+        "() => { const c = document.querySelector('canvas.thumb'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " return new Set(Array.from(d)).size; }"
+    )
+    assert ink > 5
+    html = inspect_html.read_text()
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html, "no address to fetch"
+
+
+def test_clicking_a_head_changes_the_large_map(browser, inspect_html):
+    o = Opened(browser, inspect_html)
+    first = o.page.evaluate("document.documentElement.dataset.head")
+    before = o.map_pixels()
+    other = o.page.locator("#grid .cell:not(.selected)").first
+    name = other.get_attribute("title").split()[0]
+    other.click()
+    o.page.wait_for_function("(n) => document.documentElement.dataset.head === n", arg=name)
+    after = o.map_pixels()
+    assert name != first
+    assert len(before) == len(after) and before != after, "the large map shows the clicked head"
+    assert o.page.inner_text("#head-title").startswith(name)
+    o.check_clean()
+
+
+def test_hovering_a_token_highlights_its_row_and_the_tokens_it_attends_to(browser, inspect_html):
+    o = Opened(browser, inspect_html)
+    assert o.overlay_ink() == 0
+    o.page.hover("#strip .tok >> nth=11")
+    assert o.page.evaluate("document.documentElement.dataset.query") == "11"
+    assert o.overlay_ink() > 0, "the row is outlined on the map"
+    weights = o.page.evaluate("Array.from(document.querySelectorAll('#strip .tok')).map(s => s.dataset.w === undefined ? null : Number(s.dataset.w))")
+    assert all(w is not None for w in weights[:12]) and all(w is None for w in weights[12:]), "keys 0..11 are weighed"
+    assert sum(weights[:12]) == pytest.approx(1.0, abs=12 / 255), "a query row's weights sum to 1"
+    assert "query" in o.page.get_attribute("#strip .tok >> nth=11", "class")
+    lit = o.page.evaluate("Array.from(document.querySelectorAll('#strip .tok')).filter(s => s.style.backgroundColor).length")
+    assert lit >= 1
+    # hovering the map picks the row under the mouse
+    box = o.page.locator("#maps .stack").first.bounding_box()
+    n = len(weights)
+    o.page.mouse.move(box["x"] + 2, box["y"] + box["height"] * (4.5 / n))
+    assert o.page.evaluate("document.documentElement.dataset.query") == "4"
+    assert "query 4" in o.page.inner_text("#hover")
+    o.check_clean()
+
+
+def test_search_and_log_weights(browser, inspect_html):
+    o = Opened(browser, inspect_html)
+    tokens = o.page.evaluate("JSON.parse(document.getElementById('mha-data').textContent).tokens")
+    o.page.fill("#search", "at")
+    assert o.page.locator("#strip .tok.match").count() == sum("at" in t.lower() for t in tokens) > 0
+    assert o.overlay_ink() > 0, "matching rows are marked on the map"
+    before = o.map_pixels()
+    o.page.check("#scale-log")
+    o.page.wait_for_function("() => document.querySelector('.colourbar .what').textContent.includes('log')")
+    assert o.map_pixels() != before
+    o.check_clean()
+
+
+def views_of(n_layer: int, n_head: int, n: int, seed: int = 0) -> list[HeadView]:
+    """Random causal maps (one layer's maps reused for every layer: the page does not care)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 50, size=n)
+    logits = np.where(np.tril(np.ones((n, n), dtype=bool)), rng.normal(0, 3, size=(n_head, n, n)), -np.inf)
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn = (attn / attn.sum(-1, keepdims=True)).astype(np.float32)
+    stats = layer_stats(0, attn, ids)
+    return [HeadView(dataclasses.replace(s, layer=layer), attn[s.head]) for layer in range(n_layer) for s in stats]
+
+
+def test_hostile_tokens_and_caption_stay_text(browser, tmp_path):
+    from mhacli.webpage import inspect_page
+
+    tokens = ["</script><script>window.pwned=1</script>", "<img src=x onerror=window.pwned=2>", "&amp;", "\u2028", '"', "'"]
+    views = views_of(1, 2, len(tokens))
+    caption = "<b>model</b> </script> & \u2029"
+    path = tmp_path / "hostile.html"
+    path.write_text(inspect_page(views=views, tokens=tokens, caption=caption), encoding="utf-8")
+    o = Opened(browser, path)
+    o.check_clean()
+    assert o.page.evaluate("window.pwned === undefined")
+    assert o.page.inner_text("#caption").startswith("<b>model</b> </script> &")
+    assert o.page.locator("#strip img").count() == 0
+    assert o.page.evaluate("JSON.parse(document.getElementById('mha-data').textContent).tokens") == tokens
+
+
+def test_diff_and_census_pages(browser, tmp_path):
+    from mhacli.cli import run
+
+    diff = tmp_path / "diff.html"
+    assert run(["diff", "sample", "sample-early", TEXT, "--save", str(diff), "-f", "json"]) == 0
+    o = Opened(browser, diff)
+    o.check_clean()
+    assert o.page.locator("#maps canvas.map").count() == 3, "A, B and B - A side by side"
+    assert [t.strip() for t in o.page.locator("#maps figcaption").all_inner_texts()] == ["MODEL_A", "MODEL_B", "B − A"]
+    assert o.map_pixels(0) != o.map_pixels(1)
+    census = tmp_path / "census.html"
+    assert run(["census", "--probe-count", "3", "-j", "1", "--save", str(census), "-f", "json"]) == 0
+    o = Opened(browser, census)
+    o.check_clean()
+    assert o.page.locator("#grid .cell:not(.empty)").count() == 8
+    o.page.locator("#grid .cell >> nth=3").click()
+    assert "confidence" in o.page.inner_text("#info")
+
+
+def test_a_1024_token_12_by_12_page_opens(browser, tmp_path):
+    """Loads and becomes ready (timing is benchmarks/html_page.py's job, not a test's)."""
+    from mhacli.webpage import inspect_page
+
+    n = 1024
+    views = views_of(12, 12, n)
+    path = tmp_path / "big.html"
+    path.write_text(inspect_page(views=views, tokens=[f" t{i}" for i in range(n)], caption="synthetic"), encoding="utf-8")
+    assert path.stat().st_size < 40e6
+    o = Opened(browser, path)
+    o.check_clean()
+    assert o.page.locator("#grid canvas.thumb").count() == 144
+    assert o.page.evaluate("document.querySelector('#maps canvas.map').width") == n
+    o.page.locator("#grid .cell >> nth=100").click()
+    o.page.wait_for_function("() => document.documentElement.dataset.head === 'L8H4'")
+    o.check_clean()
