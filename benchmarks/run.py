@@ -4,6 +4,8 @@
     python benchmarks/run.py --xl         # also GPT-2 XL size (1.5B parameters, ~6 GB of disk in bench_out/)
     python benchmarks/run.py --quick      # bundled model and GPT-2 small only, fewer runs
     python benchmarks/run.py --census     # only the census rows (results/census.json)
+    python benchmarks/run.py --long       # only the long-context rows (results/long.json): mha stats at T = 2,048,
+                                          # 8,192 and 32,768, and the longest text HF eager can return maps for
 
 Checkpoints are random-init GPT-2s of the real sizes, built with transformers into bench_out/ (reused across runs).
 Every measurement is a fresh process (cold start included): the median wall time of --runs runs (default 5; 3 with
@@ -128,6 +130,98 @@ def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path
     return rows
 
 
+LONG_SHAPE = (4, 8, 256, 32768)  # n_layer, n_head, n_embd, n_positions: the long-context configuration
+LONG_TOKENS = (2048, 8192, 32768)
+HF_LONG_TOKENS = (2048, 4096, 8192, 16384, 32768)  # tried in order until HF fails (memory) or passes HF_LONG_LIMIT_S
+HF_LONG_LIMIT_S = 1200
+
+
+def build_long(out: Path) -> Path:
+    """A random-init GPT-2 of LONG_SHAPE with the bundled tokenizer (vocab 2048)."""
+    directory = out / "models" / "gpt2-long32k"
+    if (directory / "model.safetensors").is_file():
+        return directory
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n_layer, n_head, n_embd, n_positions = LONG_SHAPE
+    log(f"building a random-init GPT-2 ({n_layer} layers, {n_head} heads, {n_embd} wide, n_positions {n_positions}) in {directory}")
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions, vocab_size=2048,
+                        bos_token_id=0, eos_token_id=0)  # fmt: skip
+    GPT2LMHeadModel(config).eval().save_pretrained(directory)
+    for f in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        if (SAMPLE / f).is_file():
+            (directory / f).write_bytes((SAMPLE / f).read_bytes())
+    return directory
+
+
+def attempt(cmd: list[str], limit_s: float) -> dict:
+    """One fresh process that may fail: wall, peak RSS, and why it failed (its last stderr line, or the time limit)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        killed = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if not killed and time.perf_counter() - start > limit_s:
+                proc.kill()
+                killed = True
+            time.sleep(0.2)
+        wall = time.perf_counter() - start
+        err.seek(0)
+        lines = err.read().decode(errors="replace").strip().splitlines()
+    code = os.waitstatus_to_exitcode(status)
+    ok = code == 0 and not killed
+    why = None if ok else ("over the time limit" if killed else (lines[-1][:200] if lines else f"exit {code}"))
+    return {"ok": ok, "wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "exit": code, "failure": why}
+
+
+def long_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
+    """`mha stats` on the long-context configuration at LONG_TOKENS (wall, peak RSS, RSS per token), and the longest
+    text HF eager with output_attentions (benchmarks/hf_stats.py) runs on this machine, in the same run."""
+    model = build_long(out)
+    rows = []
+    for n in LONG_TOKENS:
+        log(f"measuring: mha stats, long-context model, T = {n}")
+        rows.append({"tokens": n, "mha": measure([*mha, "stats", text_of_tokens(n), "-m", str(model), "-f", "json"], runs)})
+    t = np.array([r["tokens"] for r in rows], dtype=float)
+    rss = np.array([r["mha"]["peak_rss_bytes"] for r in rows], dtype=float)
+    slope, intercept = np.polyfit(t, rss, 1)
+    hf = []
+    for n in HF_LONG_TOKENS:
+        log(f"trying: HF eager with output_attentions, T = {n}")
+        hf.append({"tokens": n, **attempt([py, str(HERE / "hf_stats.py"), str(model), text_of_tokens(n)], HF_LONG_LIMIT_S)})
+        if not hf[-1]["ok"]:
+            break
+    longest = max((r["tokens"] for r in hf if r["ok"]), default=None)
+    return {"shape": dict(zip(("n_layer", "n_head", "n_embd", "n_positions"), LONG_SHAPE)), "mha": rows,
+            "rss_slope_bytes_per_token": slope, "rss_intercept_bytes": intercept, "hf": hf, "hf_longest_tokens": longest}  # fmt: skip
+
+
+def long_markdown(results: dict) -> str:
+    m, r = results["machine"], results["long"]
+    s = r["shape"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores. GPT-2 with {s['n_layer']} layers, {s['n_head']} heads, "
+        f"{s['n_embd']} wide, n_positions {s['n_positions']}. Wall times: median of {results['runs_per_measurement']} runs.",
+        "",
+        "| `mha stats`, T | wall (median) | peak RSS |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {row['tokens']:,} | {row['mha']['wall_s']:.1f} s | {mib(row['mha']['peak_rss_bytes'])} |" for row in r["mha"]]
+    lines += ["", f"Peak RSS grows by {r['rss_slope_bytes_per_token'] / 1024:.1f} KiB per token (least squares over the rows above).", "",
+              "| HF eager `output_attentions`, T | ran | wall | peak RSS |", "| --- | --- | --- | --- |"]  # fmt: skip
+    for h in r["hf"]:
+        peak = mib(h["peak_rss_bytes"])
+        lines.append(f"| {h['tokens']:,} | {'yes' if h['ok'] else 'no: ' + h['failure']} | {h['wall_s']:.1f} s | {peak} |")
+    return "\n".join(lines)
+
+
 def gemm_peak(n: int = 2048, repeats: int = 7) -> dict:
     """float32 GFLOP/s of numpy.matmul on n x n matrices (best of `repeats`), with every repeat's seconds."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -231,6 +325,7 @@ def main() -> None:
     parser.add_argument("--xl", action="store_true", help="also GPT-2 XL size (needs ~6 GB of disk, ~12 GB RAM for HF)")
     parser.add_argument("--quick", action="store_true", help="bundled model and GPT-2 small only, 3 runs")
     parser.add_argument("--census", action="store_true", help="only the census rows, written to results/census.json")
+    parser.add_argument("--long", action="store_true", help="only the long-context rows, written to results/long.json")
     parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="where the checkpoints are built")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "latest.json", help="the results JSON file")
     args = parser.parse_args()
@@ -242,6 +337,15 @@ def main() -> None:
 
     machine = machine_and_versions()
     log(f"machine: {machine}")
+    if args.long:
+        results = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv), "runs_per_measurement": runs,
+                   "machine": machine, "long": long_rows(mha, py, runs, args.out)}  # fmt: skip
+        path = args.results if "--results" in sys.argv else HERE / "results" / "long.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        log(f"results written to {path}")
+        print(long_markdown(results))
+        return
     small = Path(in_child("build", "small", str(args.out))["path"])
     census_models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
     if args.census:
