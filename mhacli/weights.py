@@ -103,14 +103,22 @@ def _sample_files(name: str) -> ModelFiles:
     return ModelFiles(SAMPLE_PREFIX + name, directory, _weights_in_dir(directory, directory))
 
 
-def resolve_model(spec: str | None) -> ModelFiles:
+def check_model(spec: str | None) -> ModelFiles | None:
+    """`-m` checked without touching the network: the files of a local or bundled model, None for a well-formed
+    hub id (resolved later, by resolve_model). A missing path or a bad name raises ModelError. Commands call it
+    before reading stdin, so a wrong -m is reported as such, not as an empty text."""
+    return resolve_model(spec, hub=False)
+
+
+def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
     """Resolve `-m` (a directory, a .safetensors file, a bundled name, a hub id), else $MHA_MODEL, else the sample
-    model. An existing path wins over a bundled name, a bundled name over a hub id."""
+    model. An existing path wins over a bundled name, a bundled name over a hub id. hub=False: a hub id is only
+    checked for its form, and gives None."""
     if spec is None or spec == "":
         env = os.environ.get("MHA_MODEL", "")
         if env:
             try:
-                return resolve_model(env)
+                return resolve_model(env, hub=hub)
             except ModelError as exc:
                 raise ModelError(f"MHA_MODEL={env}: {exc}") from exc
         return _sample_files(SAMPLE_MODEL)
@@ -132,6 +140,8 @@ def resolve_model(spec: str | None) -> ModelFiles:
     if kind == "other":
         raise ModelError(f"{show(spec)}: not a regular file or directory")
     if HUB_ID.match(spec) and not spec.startswith((".", "~")):
+        if not hub:
+            return None
         directory, root = _from_hub(spec)
         return ModelFiles(spec, directory, _weights_in_dir(directory, root))
     raise ModelError(f"{show(spec)}: no such file or directory")
@@ -564,5 +574,8 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
     return array
 
 
-def load_model(spec: str | None, *, cache: bool | None = None) -> Checkpoint:
-    return open_checkpoint(resolve_model(spec), cache=cache)
+def load_model(spec: str | None, *, cache: bool | None = None, files: ModelFiles | None = None) -> Checkpoint:
+    """The checkpoint `-m spec` names; `files`: what check_model already resolved (None: resolve now)."""
+    if files is None:
+        files = resolve_model(spec)  # with hub=True: resolved or raised, never None
+    return open_checkpoint(files, cache=cache)  # type: ignore[arg-type]

@@ -7,6 +7,13 @@ from typing import Annotated
 
 import typer
 
+
+def examples(*lines: str) -> str:
+    """A command's --help epilog: one real command per line, each runnable offline on the bundled models. `\b`
+    stops click (plain help) and typer's rich help from rewrapping the paragraph. tests/test_help.py runs every one."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     name="mha",
     help="Look inside multi-head attention: per-head maps, statistics, head kinds, diffs and an HF parity check.",
@@ -14,6 +21,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples(
+        'mha stats "The cat sat on the mat. The cat sat on the mat."',
+        'mha inspect "The cat sat on the mat." -l 0 -H 3',
+        "mha info -m sample-early",
+    )
+    + "\n\nEvery command's --help has its own examples: mha inspect --help",
 )
 
 
