@@ -39,14 +39,20 @@ ALL_FORMATS = ("rich", "text", "json", "jsonl", "csv", "tsv")
 REPORT_FORMATS = ("rich", "text", "json")
 
 
+def one_of(values: tuple[str, ...]) -> str:
+    """'a, b or c': a list of choices for help texts."""
+    return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+
+
 def format_option(formats: tuple[str, ...]):  # noqa: ANN201 - a typing.Annotated alias
-    """-f/--format limited to `formats`: typer lists them in --help, completes them, and refuses any other value
-    with one usage error naming them (exit 2). Case-insensitive; None when not given (resolve_format decides)."""
+    """-f/--format limited to `formats`: listed in --help (in the text: a long `<a|b|...>` type column wraps
+    badly), completed by the shell, and any other value refused with one usage error naming them (exit 2).
+    Case-insensitive; None when not given (resolve_format decides by the terminal)."""
     return Annotated[
         Literal[formats] | None,  # type: ignore[valid-type]
         typer.Option(
-            "--format", "-f", case_sensitive=False,
-            help="Output format (default: rich on a terminal, text when piped).",
+            "--format", "-f", metavar="FORMAT", case_sensitive=False,
+            help=f"{one_of(formats)} (default: {formats[0]} on a terminal, {formats[1]} when piped).",
         ),
     ]  # fmt: skip
 
@@ -54,8 +60,8 @@ def format_option(formats: tuple[str, ...]):  # noqa: ANN201 - a typing.Annotate
 FormatOpt = format_option(ALL_FORMATS)
 ReportFormatOpt = format_option(REPORT_FORMATS)
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Keep the first n_positions tokens of a longer text.")]
-LayerOpt = Annotated[list[int] | None, typer.Option("--layer", "-l", help="Layer to show (repeatable; default all).")]
-HeadOpt = Annotated[list[int] | None, typer.Option("--head", "-H", help="Head to show (repeatable; default all).")]
+LayerOpt = Annotated[list[int] | None, typer.Option("--layer", "-l", metavar="LAYER", help="Layer to show (repeatable; default all).")]
+HeadOpt = Annotated[list[int] | None, typer.Option("--head", "-H", metavar="HEAD", help="Head to show (repeatable; default all).")]
 MaxMemoryOpt = Annotated[
     str | None,
     typer.Option(

@@ -36,7 +36,10 @@ def stats(
     format: FormatOpt = None,
     stat: Annotated[
         Literal[("auto", *STAT_NAMES)],  # type: ignore[valid-type]
-        typer.Option("--stat", "-s", help=f"Number shown in the grid, on a 0-1 scale (the text table is ordered by it): auto (each head's kind score), {', '.join(STAT_NAMES)}."),
+        typer.Option(
+            "--stat", "-s", metavar="NAME",
+            help=f"Number shown in the grid, on a 0-1 scale (the text table is ordered by it): auto (each head's kind score), {', '.join(STAT_NAMES)}.",
+        ),
     ] = "auto",
     compact: Annotated[
         bool, typer.Option("--compact", help="One character per head in the grid (chosen by itself when the full grid does not fit).")
