@@ -91,7 +91,7 @@ def check_ablate_spec(spec: str | None) -> None:
     except (OSError, ValueError):
         regular = False
     if not regular:
-        raise UsageError(f"--ablate {spec}: no such file (a mask file from mha prune --save-mask)")
+        raise UsageError(f"--ablate {spec}: cannot read: no such file (a mask file, as mha prune --save-mask writes)")
 
 
 def ablated_heads(spec: str | None, ckpt: Checkpoint) -> list[Head]:
