@@ -305,7 +305,7 @@ def hub_error(repo_id: str, exc: BaseException) -> ModelError:
         )
     if _hub_offline() or "OfflineModeIsEnabled" in mro_names:
         return ModelError(
-            f"{where}, not in the local Hugging Face cache, and HF_HUB_OFFLINE is set (offline): unset it to "
+            f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set (offline): unset it to "
             "download the model, or pass a local directory"
         )
     network = next((e for e in chain if type(e).__name__ in NETWORK_ERRORS), None)
