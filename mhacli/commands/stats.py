@@ -15,7 +15,6 @@ from mhacli.commands._common import (
     FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, note, prepare,
     progress, resolve_format,
 )  # fmt: skip
-from mhacli.errors import UsageError
 from mhacli.heads import analyse, check_selection, memory_needed
 from mhacli.output import MACHINE_FORMATS, write_heads
 from mhacli.stats import STAT_NAMES, TOO_PLAIN, undecidable
