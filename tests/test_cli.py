@@ -170,6 +170,8 @@ def test_verify_exit_1_when_over_tolerance(tiny_model):
 
 def test_verify_catches_a_wrong_implementation(tiny_model, monkeypatch):
     """verify compares two independent computations: break ours and it must fail."""
+    import mhacli.arch.gpt2  # noqa: F401 - imported before the patch, so it keeps the real layer_norm afterwards
+    import mhacli.explain  # noqa: F401 - the same (a module first imported under the patch would keep the broken one)
     import mhacli.model as model
     from mhacli.verify import verify
     from mhacli.weights import load_model
