@@ -161,16 +161,25 @@ import sys
 import numpy as np
 from mhacli.heads import analyse
 from mhacli.weights import load_model
+
+
+def status(field):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+
 ckpt = load_model(sys.argv[1], cache=True)
 n, keep = int(sys.argv[2]), sys.argv[3] == "maps"
+list(analyse(ckpt, np.arange(4), keep_maps=keep, layers=[0] if keep else None))  # weights read, code warm
+before = status("VmRSS")
 ids = np.arange(n) % ckpt.config.vocab_size
 views = list(analyse(ckpt, ids, keep_maps=keep, layers=[0] if keep else None))
 # VmHWM, not ru_maxrss: that one starts from the parent's size at fork (pytest's, with torch loaded)
-print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+print(status("VmHWM") - before)
 """
 
 
-def peak_rss(model, n: int, what: str) -> int:
+def rss_growth(model, n: int, what: str) -> int:
+    """How far a child's peak RSS rose above its resident size just before the request (weights read, code warm)."""
     import subprocess
     import sys
 
@@ -183,13 +192,13 @@ def peak_rss(model, n: int, what: str) -> int:
 def test_the_memory_guard_follows_the_measured_peak(tmp_path, tokenizer_dir, what, n_seq):
     """The guard's estimate (heads.memory_needed) grows with n_seq as a real run's peak RSS does, within 30%:
     `stats` streams (linear in n_seq), `inspect -l 0` keeps one layer's maps (quadratic). Both measured in a child
-    process from the same process at one token, so the interpreter and the weights cancel out."""
+    process, from its resident size just before the request (the interpreter and the weights already there)."""
     from mhacli.heads import memory_needed
 
     model = build_model(tmp_path / "m", tokenizer_dir, n_layer=2, n_head=8, n_embd=128, n_positions=n_seq)
     config = load_model(str(model)).config
     keep = what == "maps"
-    grew = peak_rss(model, n_seq, what) - peak_rss(model, 1, what)
+    grew = rss_growth(model, n_seq, what)
     est = memory_needed(config, n_seq, kept_layers=keep, kept_heads=8 * keep, keep_maps=keep)
     est -= memory_needed(config, 1, kept_layers=keep, kept_heads=8 * keep, keep_maps=keep)
     assert 0.7 * grew <= est <= 1.3 * grew, f"estimated {est / 2**20:.0f} MiB, measured {grew / 2**20:.0f} MiB"

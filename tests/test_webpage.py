@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,17 @@ class Opened:
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.route("**/*", self._route)
         self.page.goto(self.url)
-        self.page.wait_for_function("document.documentElement.dataset.ready", timeout=READY_TIMEOUT_MS)
+        self.wait_until("() => document.documentElement.dataset.ready", timeout_ms=READY_TIMEOUT_MS)
+
+    def wait_until(self, predicate: str, arg=None, timeout_ms: float = 30_000) -> None:
+        """Poll a JS predicate with page.evaluate (the DevTools protocol, not subject to the page's CSP). Playwright's
+        wait_for_function, once it has to poll, compiles its predicate with eval inside the page, which the page's
+        CSP forbids (as it should): on a slow machine that failed the test, not the page."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self.page.evaluate(predicate, arg):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_ms / 1000:.0f} s waiting for {predicate}")
+            self.page.wait_for_timeout(50)
 
     def _route(self, route) -> None:
         if route.request.url == self.url:
@@ -112,7 +123,7 @@ def test_clicking_a_head_changes_the_large_map(browser, inspect_html):
     other = o.page.locator("#grid .cell:not(.selected)").first
     name = other.get_attribute("title").split()[0]
     other.click()
-    o.page.wait_for_function("(n) => document.documentElement.dataset.head === n", arg=name)
+    o.wait_until("(n) => document.documentElement.dataset.head === n", name)
     after = o.map_pixels()
     assert name != first
     assert len(before) == len(after) and before != after, "the large map shows the clicked head"
@@ -149,7 +160,7 @@ def test_search_and_log_weights(browser, inspect_html):
     assert o.overlay_ink() > 0, "matching rows are marked on the map"
     before = o.map_pixels()
     o.page.check("#scale-log")
-    o.page.wait_for_function("() => document.querySelector('.colourbar .what').textContent.includes('log')")
+    o.wait_until("() => document.querySelector('.colourbar .what').textContent.includes('log')")
     assert o.map_pixels() != before
     o.check_clean()
 
@@ -214,5 +225,5 @@ def test_a_1024_token_12_by_12_page_opens(browser, tmp_path):
     assert o.page.locator("#grid canvas.thumb").count() == 144
     assert o.page.evaluate("document.querySelector('#maps canvas.map').width") == n
     o.page.locator("#grid .cell >> nth=100").click()
-    o.page.wait_for_function("() => document.documentElement.dataset.head === 'L8H4'")
+    o.wait_until("() => document.documentElement.dataset.head === 'L8H4'")
     o.check_clean()
