@@ -339,7 +339,7 @@ def render_verify(console: Console, lines: Sequence[str], passed: bool) -> None:
 
 # --- mha diff ---------------------------------------------------------------------------------------------------
 
-from mhacli.diff import METRICS, DiffReport  # noqa: E402
+from mhacli.divergence import METRICS, DiffReport  # noqa: E402
 
 DIFF_KEY_STATS = (("Δprev", "previous_token"), ("Δind", "induction"), ("Δsink", "first_token"), ("Δentropy", "entropy"))
 

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("families", ("mhacli.arch",)),
     ("forward and I/O", ("mhacli.model", "mhacli.weights", "mhacli.tokenizer", "mhacli.textin")),
     ("analyses", (
-        "mhacli.heads", "mhacli.loss", "mhacli.diff", "mhacli.explain", "mhacli.ablate", "mhacli.census",
+        "mhacli.heads", "mhacli.loss", "mhacli.divergence", "mhacli.explain", "mhacli.ablate", "mhacli.kinds",
         "mhacli.parallel", "mhacli.verify",
     )),  # fmt: skip
     ("views", (

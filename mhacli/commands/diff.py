@@ -17,7 +17,7 @@ from mhacli.commands._common import (
     FormatOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_memory, load, progress, resolve_format, warn,
 )  # fmt: skip
 from mhacli.heads import memory_needed
-from mhacli.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.divergence import DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.errors import ExitCode, TextError, UsageError
 from mhacli.output import MACHINE_FORMATS, dumps
 from mhacli.textin import check_ids_fit, read_text, read_texts
