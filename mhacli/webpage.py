@@ -29,7 +29,7 @@ import numpy as np
 
 from mhacli.display import KIND_HEX, KIND_LETTER
 from mhacli.heads import HeadView
-from mhacli.heatmap import ramp
+from mhacli.render.heatmap import ramp
 from mhacli.stats import KINDS, STAT_NAMES
 
 THUMB = 48  # thumbnail side in cells (longer texts are max-pooled to it)

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "mhacli.parallel", "mhacli.verify",
     )),  # fmt: skip
     ("views", (
-        "mhacli.output", "mhacli.plain", "mhacli.render", "mhacli.heatmap", "mhacli.grid", "mhacli.figures",
+        "mhacli.output", "mhacli.plain", "mhacli.render", "mhacli.figures",
         "mhacli.webpage", "mhacli.save",
     )),  # fmt: skip
     ("api", ("mhacli.api",)),
