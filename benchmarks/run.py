@@ -291,12 +291,13 @@ def forward_rate(model_dir: Path, n_tokens: int, repeats: int = 3) -> dict:
 
 def layer_flops(t: int, e: int, inner: int) -> int:
     """Multiply-adds x 2 of one GPT-2 block on t tokens, as the kernel does them: the projections (c_attn, c_proj)
-    and the MLP; q k^T over every [t, t] entry (a full matmul, the masked half then overwritten); A v over the keys
-    each row block of mhacli.attention.BLOCK rows can see (keys 0..b-1 for rows a..b-1), not over all t keys."""
-    from mhacli.attention import BLOCK
+    and the MLP; q k^T and A v over the keys each row block can see (keys 0..b-1 for rows a..b-1 of
+    mhacli.attention's blocks), not over all t keys."""
+    from mhacli.attention import block_rows
 
-    visible = sum((min(a + BLOCK, t) - a) * min(a + BLOCK, t) for a in range(0, t, BLOCK))  # (row, key) pairs
-    return 2 * t * e * 3 * e + 2 * t * e * e + 2 * 2 * t * e * inner + 2 * t * t * e + 2 * visible * e
+    rows = block_rows(e // 64 or 1, t)  # GPT-2 heads are 64 wide
+    visible = sum((min(a + rows, t) - a) * min(a + rows, t) for a in range(0, t, rows))  # (row, key) pairs
+    return 2 * t * e * 3 * e + 2 * t * e * e + 2 * 2 * t * e * inner + 2 * 2 * visible * e
 
 
 def in_child(what: str, *args: str) -> dict:

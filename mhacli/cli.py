@@ -115,7 +115,9 @@ def _run(argv: list[str] | None) -> int:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors (typer vendors click)
             if debug:
                 raise
-            return _error(exc.format_message(), ExitCode.BAD_INPUT, first_line=True)
+            # typer words a refused choice "Invalid value for '--metric': Value error, 'x' is not one of ..."
+            message = exc.format_message().replace(": Value error, ", ": ")
+            return _error(message, ExitCode.BAD_INPUT, first_line=True)
         if debug:
             raise
         return _internal(exc)

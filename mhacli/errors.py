@@ -55,3 +55,14 @@ class CheckFailed(MhaError):
     """A check ran and failed (exit 1)."""
 
     exit_code = ExitCode.CHECK_FAILED
+
+
+def install_hint(extra: str) -> str:
+    """The one way every message names the install command of an optional extra (pyproject's
+    [project.optional-dependencies]): the PyPI form, and the form for a checkout."""
+    return f'pip install "mhacli[{extra}]" (from a checkout: pip install ".[{extra}]")'
+
+
+def missing_extra(what: str, packages: str, extra: str) -> DependencyError:
+    """`what` needs `packages`, which the `extra` extra installs: one `error:` line saying how to install them."""
+    return DependencyError(f"{what} needs {packages}: {install_hint(extra)}")

@@ -21,7 +21,7 @@ from mhacli.heads import HeadView
 from mhacli.stats import STAT_NAMES, SUPPORTED_STATS
 
 MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")
-SUPPORT_COLUMNS = ("duplicate_rows", "induction_rows")  # support of duplicate_token and induction (CLI.md)
+SUPPORT_COLUMNS = ("duplicate_rows", "induction_rows")  # support of duplicate_token and induction (docs/formats.md)
 CSV_COLUMNS = ("layer", "head", "kind", *STAT_NAMES, *SUPPORT_COLUMNS)
 ATTENTION_DECIMALS = 8  # 5e-9 rounding: far below the 1e-6 parity the numbers are checked to
 
@@ -69,7 +69,7 @@ def write_heads(
     with_attention: bool,
     extra: dict | None = None,
 ) -> None:
-    """The inspect/stats document in a machine format (CLI.md shapes)."""
+    """The inspect/stats document in a machine format (docs/formats.md)."""
     if fmt == "json":
         # one document, written head by head so only one head's lists exist at a time
         doc = {"model": model, "tokens": list(tokens), "token_ids": [int(i) for i in token_ids]} | (extra or {})

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.kinds import TextStats, text_stats
-from mhacli.errors import MhaError, UsageError
+from mhacli.errors import MhaError, UsageError, missing_extra
 from mhacli.weights import Checkpoint, ModelFiles, open_checkpoint
 
 CHUNK_TOKENS = 4096  # tokens per unit of work: small models run thousands of texts a second, so send them in bulk
@@ -112,11 +112,11 @@ def local_pool(workers: int) -> Iterator[Executor]:
 @contextmanager
 def dask_executor(address: str, workers: int) -> Iterator[Executor]:
     """A Dask cluster's executor: `address` of a running scheduler, or `local` for a LocalCluster of `workers`
-    single-threaded worker processes. Needs `pip install "mhacli[dask]"`."""
+    single-threaded worker processes. Needs the dask extra (errors.install_hint)."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
-        raise MhaError('--dask needs dask.distributed: pip install "mhacli[dask]"') from exc
+        raise missing_extra("--dask", "dask.distributed", "dask") from exc
     cluster = None
     try:
         if address == "local":

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mhacli.errors import DependencyError, UsageError
+from mhacli.errors import UsageError, missing_extra
 from mhacli.output import atomic_write_bytes, check_writable
 
 SUFFIXES = ("npz", "png", "svg", "pdf", "html")
 STATIC = ("png", "svg", "pdf")
-PLOT_HINT = 'pip install "mhacli[plot]" (or pip install "matplotlib>=3.7")'
 # what each command can write
 ALLOWED = {
     "inspect": ("npz", "png", "svg", "pdf", "html"),
@@ -80,7 +79,7 @@ def parse(paths: list[Path] | None, command: str, *, dpi: int = DEFAULT_DPI) -> 
 
 def require_matplotlib() -> None:
     if importlib.util.find_spec("matplotlib") is None:
-        raise DependencyError(f"--save .png/.svg/.pdf needs matplotlib: {PLOT_HINT}")
+        raise missing_extra("--save .png/.svg/.pdf", "matplotlib", "plot")
 
 
 def wants(targets: list[Target], *kinds: str) -> bool:

@@ -137,6 +137,7 @@ class StatsAccumulator:
         self.per_row = {name: np.zeros((n_head, n_rows)) for name in (*STAT_NAMES, "distance")}
         self.targets = {name: has[first_row:] for name, has in target_rows(self.ids).items()}
         self._buffers: dict[str, np.ndarray] = {}
+        self._positions: np.ndarray | None = None
 
     def add(self, a: int, b: int, lo: int, p: np.ndarray) -> None:
         """p [n_head, b - a, b - lo]: rows a..b-1 over keys lo..b-1, reduced a few rows at a time so the float64
@@ -159,19 +160,26 @@ class StatsAccumulator:
         at = np.arange(b_rows - a0)  # the rows' indices in the block
         out = self.per_row
         out["entropy"][:, r] = -np.einsum("hij,hij->hi", block, log)
-        out["max_weight"][:, r] = block.max(axis=-1)
-        out["distance"][:, r] = i * block.sum(axis=-1) - block @ np.arange(lo, b, dtype=np.float64)
-        out["self"][:, r] = block[:, at, i - lo]
+        out["max_weight"][:, r] = p.max(axis=-1)  # the largest float32 weight, exactly
+        sums = block @ self._ones_and_positions(lo, b)  # [n_head, rows, 2]: sum_j A[i,j] and sum_j A[i,j] j in one pass
+        out["distance"][:, r] = i * sums[..., 0] - sums[..., 1]
+        out["self"][:, r] = p[:, at, i - lo]
         if lo == 0:
-            out["first_token"][:, r] = block[:, :, 0]
+            out["first_token"][:, r] = p[:, :, 0]
         prev = i - 1 - lo  # key i - 1 in the block, where it is there (row 0 has none; a window of 1 hides it)
         seen = prev >= 0
-        out["previous_token"][:, r][:, seen] = block[:, at[seen], prev[seen]]
+        out["previous_token"][:, r][:, seen] = p[:, at[seen], prev[seen]]
         for name, mask in (("duplicate_token", duplicate_mask), ("induction", induction_mask)):
             ii, jj = np.nonzero(mask(self.ids, slice(a0, b_rows), slice(lo, b)))  # sparse: repeated tokens only
             if len(ii):
                 sums = np.stack([np.bincount(ii, weights=h, minlength=b_rows - a0) for h in block[:, ii, jj]])
                 out[name][:, r] = sums
+
+    def _ones_and_positions(self, lo: int, b: int) -> np.ndarray:
+        """[b - lo, 2] float64: a column of ones and the key positions lo..b-1."""
+        if self._positions is None or self._positions.shape[0] < b:
+            self._positions = np.stack([np.ones(self.n_seq), np.arange(self.n_seq, dtype=np.float64)], axis=1)
+        return self._positions[lo:b]
 
     def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A float64 work array of this shape, kept between blocks (new memory for every block would page-fault

@@ -1,4 +1,9 @@
-"""Text input: an argument, `-` for stdin, or a piped stdin when no argument is given; then tokenized and checked."""
+"""Text input: an argument, `-` for stdin, or a piped stdin when no argument is given; then tokenized and checked.
+Or token ids instead of a text (`--ids 464,3797` or `--ids -`: a JSON array on stdin), checked against the model.
+
+Text read from stdin loses ONE trailing newline ("\n" or "\r\n"), the one `echo` and editors add: `echo "The cat
+sat" | mha explain` explains "sat", not a newline token. Only stdin, only one: a text given as an argument is
+kept as it is, and a second newline (an intended blank line) stays."""
 
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
             raise TextError(f"text on stdin is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from exc
         if text.startswith("\ufeff"):
             text = text[1:]
+        text = strip_one_newline(text)
     try:
         text.encode("utf-8")  # an argument with invalid bytes arrives as lone surrogates
     except UnicodeEncodeError as exc:
@@ -47,6 +53,13 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
     if text.strip() == "":
         raise TextError("text is empty")
     return text
+
+
+def strip_one_newline(text: str) -> str:
+    """The text without one trailing "\r\n" or "\n" (the newline `echo` and editors end a file with)."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text.removesuffix("\n")
 
 
 def _stdin() -> BinaryIO | None:
@@ -174,3 +187,82 @@ def tokenize(
             )
         truncated_from, ids = len(ids), ids[:n_positions]
     return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from, counted_all)
+
+
+# --- token ids instead of a text ---------------------------------------------------------------------------------------
+
+MAX_ID_DIGITS = 12  # a token id longer than this is no vocabulary's
+
+
+def parse_ids(spec: str, where: str = "--ids") -> list[int]:
+    """`464,3797,...` (commas and/or spaces) or a JSON array of integers `[464, 3797]` -> the ids. Pure: raises
+    TextError naming the first thing that is not a token id (negative, not an integer, a bool, a float)."""
+    body = spec.strip()
+    if not body:
+        raise TextError(f"{where}: no token ids given (e.g. --ids 464,3797 or a JSON array on stdin with --ids -)")
+    if body.startswith("["):
+        try:
+            values = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise TextError(f"{where}: not a JSON array of token ids ({type(exc).__name__})") from exc
+        if not isinstance(values, list):
+            raise TextError(f"{where}: not a JSON array of token ids")
+        items: list[object] = values
+    else:
+        items = [p for p in body.replace(",", " ").split()]
+    ids: list[int] = []
+    for n, item in enumerate(items):
+        if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= MAX_ID_DIGITS:
+            ids.append(int(item))
+        elif type(item) is int and 0 <= item < 10**MAX_ID_DIGITS:
+            ids.append(item)
+        else:
+            shown = repr(item)[:40] if not isinstance(item, (list, dict)) else type(item).__name__
+            raise TextError(f"{where}: item {n} ({shown}) is not a token id (an integer >= 0)")
+    if not ids:
+        raise TextError(f"{where}: the list of token ids is empty")
+    return ids
+
+
+def read_ids(spec: str, stdin: BinaryIO | None = None) -> list[int]:
+    """--ids SPEC: the ids it lists, or with `-` the JSON array (or comma-separated list) on stdin."""
+    if spec != "-":
+        return parse_ids(spec)
+    stream = stdin if stdin is not None else _stdin()
+    if stream is None:
+        raise TextError("--ids -: stdin is closed")
+    try:
+        raw = stream.read(MAX_TEXT_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise TextError(f"--ids -: cannot read stdin: {getattr(exc, 'strerror', None) or exc}") from exc
+    if len(raw) > MAX_TEXT_BYTES:
+        raise TextError(f"--ids -: stdin is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextError("--ids -: stdin is not valid UTF-8") from exc
+    return parse_ids(text, "--ids -")
+
+
+def check_ids_in_vocab(ids: list[int], vocab_size: int) -> None:
+    """Given ids (--ids) must index the embedding table: the first one that does not is named."""
+    for n, i in enumerate(ids):
+        if i >= vocab_size:
+            raise TextError(f"--ids: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids 0..{vocab_size - 1})")
+
+
+def from_ids(
+    tokenizer: Tokenizer, ids: list[int], n_positions: int, *, vocab_size: int, truncate: bool = False
+) -> TokenizedText:
+    """Given token ids as a TokenizedText: checked against vocab_size, cut to n_positions with --truncate (the
+    same rule as a text's), each shown as the tokenizer's string for it."""
+    check_ids_in_vocab(ids, vocab_size)
+    truncated_from = None
+    if len(ids) > n_positions:
+        if not truncate:
+            raise TextError(
+                f"--ids gives {len(ids)} tokens, more than the model's n_positions ({n_positions}); "
+                "give fewer or pass --truncate to keep the first tokens"
+            )
+        truncated_from, ids = len(ids), ids[:n_positions]
+    return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from)

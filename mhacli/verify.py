@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mhacli.arch import family
-from mhacli.errors import DependencyError, ModelError
+from mhacli.errors import ModelError, missing_extra
 from mhacli.loss import logits as our_logits
 from mhacli.loss import text_losses
 from mhacli.model import final_norm, forward
@@ -111,10 +111,7 @@ def _import_hf():
         import torch
         import transformers
     except ImportError as exc:
-        raise DependencyError(
-            "mha verify needs torch and transformers: pip install 'mhacli[hf]' "
-            "(or pip install 'torch>=2.2,<2.14' transformers)"
-        ) from exc
+        raise missing_extra("mha verify", "torch and transformers", "hf") from exc
     transformers.logging.set_verbosity_error()  # config warnings and load reports would drown the table
     transformers.logging.disable_progress_bar()
     return torch, transformers

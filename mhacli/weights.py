@@ -103,14 +103,22 @@ def _sample_files(name: str) -> ModelFiles:
     return ModelFiles(SAMPLE_PREFIX + name, directory, _weights_in_dir(directory, directory))
 
 
-def resolve_model(spec: str | None) -> ModelFiles:
+def check_model(spec: str | None) -> ModelFiles | None:
+    """`-m` checked without touching the network: the files of a local or bundled model, None for a well-formed
+    hub id (resolved later, by resolve_model). A missing path or a bad name raises ModelError. Commands call it
+    before reading stdin, so a wrong -m is reported as such, not as an empty text."""
+    return resolve_model(spec, hub=False)
+
+
+def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
     """Resolve `-m` (a directory, a .safetensors file, a bundled name, a hub id), else $MHA_MODEL, else the sample
-    model. An existing path wins over a bundled name, a bundled name over a hub id."""
+    model. An existing path wins over a bundled name, a bundled name over a hub id. hub=False: a hub id is only
+    checked for its form, and gives None."""
     if spec is None or spec == "":
         env = os.environ.get("MHA_MODEL", "")
         if env:
             try:
-                return resolve_model(env)
+                return resolve_model(env, hub=hub)
             except ModelError as exc:
                 raise ModelError(f"MHA_MODEL={env}: {exc}") from exc
         return _sample_files(SAMPLE_MODEL)
@@ -132,6 +140,8 @@ def resolve_model(spec: str | None) -> ModelFiles:
     if kind == "other":
         raise ModelError(f"{show(spec)}: not a regular file or directory")
     if HUB_ID.match(spec) and not spec.startswith((".", "~")):
+        if not hub:
+            return None
         directory, root = _from_hub(spec)
         return ModelFiles(spec, directory, _weights_in_dir(directory, root))
     raise ModelError(f"{show(spec)}: no such file or directory")
@@ -243,15 +253,74 @@ def _from_hub(repo_id: str) -> tuple[Path, Path]:
     try:
         path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # noqa: BLE001 - any failure here means "not in the cache"
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            raise ModelError(f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from exc
+        if _hub_offline():
+            raise hub_error(repo_id, exc) from exc
         try:
             path = Path(snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir))
-        except Exception as exc2:  # noqa: BLE001
-            first = str(exc2).strip().splitlines()[0][:200] if str(exc2).strip() else type(exc2).__name__
-            raise ModelError(f"{repo_id}: not a local path, and not found on the Hugging Face Hub ({first})") from exc2
+        except Exception as exc2:  # noqa: BLE001 - mapped to one of three messages below
+            raise hub_error(repo_id, exc2) from exc2
     # Cache snapshots are symlinks into ../../blobs: the repository's cache folder is the containment root.
     return path, path.parent.parent
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+# Network failures as httpx, requests and the OS name them (matched by name: no import of either library here).
+NETWORK_ERRORS = {
+    "ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException",
+    "NetworkError", "ProxyError", "RemoteProtocolError", "ConnectionError", "Timeout", "SSLError",
+    "ConnectionRefusedError", "ConnectionResetError", "TimeoutError", "gaierror", "OfflineModeIsEnabled",
+}  # fmt: skip
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it was raised from (huggingface_hub wraps the HTTP or network error)."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain and len(chain) < 16:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return chain
+
+
+def hub_error(repo_id: str, exc: BaseException) -> ModelError:
+    """What fetching `repo_id` from the Hugging Face Hub failed on, as one of: offline or unreachable (no network,
+    HF_HUB_OFFLINE with the model not cached), not found (RepositoryNotFoundError, HTTP 404; a private model looks
+    the same), gated (GatedRepoError, HTTP 401/403 on a model that needs its terms accepted and a login)."""
+    chain = _causes(exc)
+    mro_names = {cls.__name__ for e in chain for cls in type(e).__mro__}
+    status = next((getattr(getattr(e, "response", None), "status_code", None) for e in chain
+                   if isinstance(getattr(getattr(e, "response", None), "status_code", None), int)), None)  # fmt: skip
+    where = f"{repo_id}: not a local path"
+    if "GatedRepoError" in mro_names or status == 403:
+        return ModelError(
+            f"{where}; on the Hugging Face Hub it is gated: accept its terms on its page, then log in "
+            "(`hf auth login`, or set HF_TOKEN)"
+        )
+    if "RepositoryNotFoundError" in mro_names or status in (401, 404):
+        return ModelError(
+            f"{where}, and not found on the Hugging Face Hub (check the id; a private model needs `hf auth login` "
+            "or HF_TOKEN)"
+        )
+    if _hub_offline() or "OfflineModeIsEnabled" in mro_names:
+        return ModelError(
+            f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set (offline): unset it to "
+            "download the model, or pass a local directory"
+        )
+    network = next((e for e in chain if type(e).__name__ in NETWORK_ERRORS), None)
+    if network is not None or "LocalEntryNotFoundError" in mro_names:
+        reason = network if network is not None else chain[-1]
+        text = str(reason).strip().splitlines()[0][:120] if str(reason).strip() else ""
+        detail = f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+        return ModelError(
+            f"{where}, not in the local Hugging Face cache, and the Hub is unreachable (offline? {detail}); "
+            "connect to download it, or pass a local directory"
+        )
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if status is not None:
+        return ModelError(f"{where}; the Hugging Face Hub answered HTTP {status} ({first})")
+    return ModelError(f"{where}; fetching it from the Hugging Face Hub failed ({type(exc).__name__}: {first})")
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
@@ -505,5 +574,8 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
     return array
 
 
-def load_model(spec: str | None, *, cache: bool | None = None) -> Checkpoint:
-    return open_checkpoint(resolve_model(spec), cache=cache)
+def load_model(spec: str | None, *, cache: bool | None = None, files: ModelFiles | None = None) -> Checkpoint:
+    """The checkpoint `-m spec` names; `files`: what check_model already resolved (None: resolve now)."""
+    if files is None:
+        files = resolve_model(spec)  # with hub=True: resolved or raised, never None
+    return open_checkpoint(files, cache=cache)  # type: ignore[arg-type]

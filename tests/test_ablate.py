@@ -364,7 +364,7 @@ def test_verify_reports_the_loss(tiny_model):
         (["prune", TEXT, "--max-increase", "-1"], "--max-increase"),
         (["ablate", TEXT, "--loss-from", "500"], "--loss-from 500 is past the text"),
         (["ablate", "x"], "no next token"),
-        (["ablate", TEXT, "--method", "gauss"], "--method 'gauss'"),
+        (["ablate", TEXT, "--method", "gauss"], "'--method': 'gauss' is not one of 'zero', 'mean'"),
         (["ablate", TEXT, "--texts", "FILE"], "not both"),
         (["prune", TEXT, "--save-mask", "/nonexistent/dir/m.json"], "does not exist"),
         (["ablate", "--texts", "FILE", "--max-memory", "100K"], "more than 100.0 KiB"),

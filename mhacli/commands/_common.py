@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import typer
 
 from mhacli.errors import UsageError
-from mhacli.textin import TokenizedText, read_text, tokenize
+from mhacli.textin import TokenizedText, from_ids, read_ids, read_text, tokenize
 from mhacli.tokenizer import Tokenizer, load_tokenizer
-from mhacli.weights import Checkpoint, load_model
+from mhacli.weights import Checkpoint, ModelFiles, check_model, load_model
 
 T = TypeVar("T")
 
@@ -24,14 +24,44 @@ ModelOpt = Annotated[
              "(before its induction head formed). Default: $MHA_MODEL, else sample.",
     ),
 ]  # fmt: skip
-TextArg = Annotated[str | None, typer.Argument(metavar="TEXT", help="Text to run; '-' or a pipe reads stdin.")]
-FormatOpt = Annotated[
+TextArg = Annotated[
     str | None,
-    typer.Option("--format", "-f", metavar="FORMAT", help="rich (default on a terminal), text (default when piped), json, jsonl, csv, tsv."),
+    typer.Argument(metavar="TEXT", help="Text to run; '-' or a pipe reads stdin (one trailing newline dropped)."),
 ]
+IdsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ids", metavar="IDS",
+        help="Token ids instead of TEXT: 464,3797,... or '-' (a JSON array on stdin); checked against vocab_size.",
+    ),
+]  # fmt: skip
+ALL_FORMATS = ("rich", "text", "json", "jsonl", "csv", "tsv")
+REPORT_FORMATS = ("rich", "text", "json")
+
+
+def one_of(values: tuple[str, ...]) -> str:
+    """'a, b or c': a list of choices for help texts."""
+    return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+
+
+def format_option(formats: tuple[str, ...]):  # noqa: ANN201 - a typing.Annotated alias
+    """-f/--format limited to `formats`: listed in --help (in the text: a long `<a|b|...>` type column wraps
+    badly), completed by the shell, and any other value refused with one usage error naming them (exit 2).
+    Case-insensitive; None when not given (resolve_format decides by the terminal)."""
+    return Annotated[
+        Literal[formats] | None,  # type: ignore[valid-type]
+        typer.Option(
+            "--format", "-f", metavar="FORMAT", case_sensitive=False,
+            help=f"{one_of(formats)} (default: {formats[0]} on a terminal, {formats[1]} when piped).",
+        ),
+    ]  # fmt: skip
+
+
+FormatOpt = format_option(ALL_FORMATS)
+ReportFormatOpt = format_option(REPORT_FORMATS)
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Keep the first n_positions tokens of a longer text.")]
-LayerOpt = Annotated[list[int] | None, typer.Option("--layer", "-l", help="Layer to show (repeatable; default all).")]
-HeadOpt = Annotated[list[int] | None, typer.Option("--head", "-H", help="Head to show (repeatable; default all).")]
+LayerOpt = Annotated[list[int] | None, typer.Option("--layer", "-l", metavar="LAYER", help="Layer to show (repeatable; default all).")]
+HeadOpt = Annotated[list[int] | None, typer.Option("--head", "-H", metavar="HEAD", help="Head to show (repeatable; default all).")]
 MaxMemoryOpt = Annotated[
     str | None,
     typer.Option(
@@ -52,21 +82,49 @@ def resolve_format(fmt: str | None, allowed: tuple[str, ...]) -> str:
     return fmt
 
 
-def load(model: str | None, *, cache: bool | None = False) -> tuple[Checkpoint, Tokenizer]:
+def load(model: str | None, *, cache: bool | None = False, files: ModelFiles | None = None) -> tuple[Checkpoint, Tokenizer]:
     """The model and its tokenizer. cache=False (one pass over the layers): each layer's tensors are read when the
-    forward reaches it and dropped after; None keeps them for models under weights.CACHE_LIMIT_BYTES."""
-    ckpt = load_model(model, cache=cache)
+    forward reaches it and dropped after; None keeps them for models under weights.CACHE_LIMIT_BYTES. `files`:
+    what check_model resolved already."""
+    ckpt = load_model(model, cache=cache, files=files)
     return ckpt, load_tokenizer(ckpt.files.directory)
 
 
-def prepare(model: str | None, text: str | None, *, truncate: bool = False) -> tuple[Checkpoint, TokenizedText]:
-    """Read the text first (a bad text fails fast), then load the model and tokenize."""
-    raw = read_text(text)
-    ckpt, tokenizer = load(model)
-    tokens = tokenize(tokenizer, raw, ckpt.config.n_positions, vocab_size=ckpt.config.vocab_size, truncate=truncate)
+def check_text_or_ids(text: str | None, ids: str | None, texts: str | None = None) -> None:
+    """TEXT, --ids and --texts are three ways to give the input: at most one."""
+    given = [name for name, v in (("TEXT", text), ("--ids", ids), ("--texts FILE", texts)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"give {' or '.join(given)}, not both")
+
+
+def read_input(text: str | None, ids: str | None) -> str | list[int]:
+    """The raw input: the text (argument, `-`, piped stdin), or with --ids the token ids."""
+    check_text_or_ids(text, ids)
+    return read_ids(ids) if ids is not None else read_text(text)
+
+
+def tokens_of(raw: str | list[int], ckpt: Checkpoint, tokenizer: Tokenizer, *, truncate: bool, where: str = "text") -> TokenizedText:
+    """A text tokenized, or given ids checked (vocab_size, n_positions), with the same truncation rule and warning."""
+    c = ckpt.config
+    if isinstance(raw, list):
+        tokens = from_ids(tokenizer, raw, c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
+        where = "--ids" if where == "text" else where
+    else:
+        tokens = tokenize(tokenizer, raw, c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
     if tokens.truncated_from is not None:
-        warn(f"text truncated to the first {ckpt.config.n_positions} of {tokens.original_length()} tokens")
-    return ckpt, tokens
+        warn(f"{where} truncated to the first {c.n_positions} of {tokens.original_length()} tokens")
+    return tokens
+
+
+def prepare(
+    model: str | None, text: str | None, *, truncate: bool = False, ids: str | None = None
+) -> tuple[Checkpoint, TokenizedText]:
+    """Check -m first (a missing path is named before stdin is read), then read the text or the ids (a bad text
+    fails before the weights load), then load the model and tokenize."""
+    files = check_model(model)
+    raw = read_input(text, ids)
+    ckpt, tokenizer = load(model, files=files)
+    return ckpt, tokens_of(raw, ckpt, tokenizer, truncate=truncate)
 
 
 def warn(message: str) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -15,11 +15,12 @@ from mhacli.ablate import (
     Ablator, Head, ablate_each, check_head, importance_curve, parse_heads, prunable_fraction, random_curve,
     removal_edits, schedule,
 )  # fmt: skip
-from mhacli.commands._app import app
+from mhacli.commands._app import app, examples
 from mhacli import save as saving
 from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli.commands._common import (
-    FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, load, resolve_format, warn,
+    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, check_text_or_ids,
+    load, resolve_format, tokens_of,
 )  # fmt: skip
 from mhacli.errors import UsageError
 from mhacli.loss import VOCAB_BLOCK
@@ -27,14 +28,16 @@ from mhacli.heads import check_selection, memory_needed
 from mhacli.model import LayerTrace, ZEdit
 from mhacli.output import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_head_doc, write_table
 from mhacli.stats import StatsAccumulator, head_stats
-from mhacli.textin import TokenizedText, read_text, read_texts, tokenize
-from mhacli.weights import Checkpoint
+from mhacli.textin import TokenizedText, read_ids, read_text, read_texts
+from mhacli.weights import Checkpoint, check_model
 
 MAX_MASK_BYTES = 1024 * 1024
 TextsOpt = Annotated[
     str | None, typer.Option("--texts", metavar="FILE", help="Score every line of FILE ('-': stdin) instead of TEXT.")
 ]
-MethodOpt = Annotated[str, typer.Option("--method", help="How a head is removed: zero, or mean (its mean output).")]
+MethodOpt = Annotated[
+    Literal["zero", "mean"], typer.Option("--method", help="How a head is removed: zeroed, or replaced by its mean output.")
+]
 LossFromOpt = Annotated[
     int, typer.Option("--loss-from", metavar="I", help="Score only target tokens at positions >= I (default 1: all).")
 ]
@@ -80,6 +83,19 @@ def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
     return result
 
 
+def check_ablate_spec(spec: str | None) -> None:
+    """--ablate @FILE: the file must exist (checked before stdin is read; its heads need the model's shape)."""
+    if spec is None or not spec.startswith("@"):
+        return
+    path = Path(spec[1:])
+    try:
+        regular = path.is_file()
+    except (OSError, ValueError):
+        regular = False
+    if not regular:
+        raise UsageError(f"--ablate {spec}: cannot read: no such file (a mask file, as mha prune --save-mask writes)")
+
+
 def ablated_heads(spec: str | None, ckpt: Checkpoint) -> list[Head]:
     """--ablate: `L.H,...` or `@FILE.json` -> the heads; [] when not given."""
     if spec is None:
@@ -100,22 +116,26 @@ def ablation_edits(spec: str | None, ckpt: Checkpoint) -> dict[int, ZEdit] | Non
 
 
 def scored_texts(
-    model: str | None, text: str | None, texts: str | None, truncate: bool, max_memory: str | None
+    model: str | None, text: str | None, texts: str | None, truncate: bool, max_memory: str | None, ids: str | None = None
 ) -> tuple[Checkpoint, list[TokenizedText]]:
-    """TEXT or --texts FILE, read before the model loads (a bad text fails fast); weights kept in memory when the
-    model is small (every evaluation reruns layers). Refused before any forward when the cached residual streams
-    (every text's stream entering every layer, twice: the base and one evaluation), a layer's working set, the
-    output head's logits block and the weights need more than --max-memory."""
-    if text is not None and texts is not None:
-        raise UsageError("give TEXT or --texts FILE, not both")
-    raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)] if texts is not None else [(read_text(text), "the text")]
-    ckpt, tokenizer = load(model, cache=None)
+    """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast);
+    weights kept in memory when the model is small (every evaluation reruns layers). Refused before any forward
+    when the cached residual streams (every text's stream entering every layer, twice: the base and one
+    evaluation), a layer's working set, the output head's logits block and the weights need more than --max-memory."""
+    check_text_or_ids(text, ids, texts)
+    files = check_model(model)
+    raws: list[tuple[str | list[int], str]]
+    if texts is not None:
+        raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
+    elif ids is not None:
+        raws = [(read_ids(ids), "--ids")]
+    else:
+        raws = [(read_text(text), "the text")]
+    ckpt, tokenizer = load(model, cache=None, files=files)
     c = ckpt.config
     tokenized = []
     for raw, where in raws:
-        t = tokenize(tokenizer, raw, c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
-        if t.truncated_from is not None:
-            warn(f"{where} truncated to the first {c.n_positions} of {t.original_length()} tokens")
+        t = tokens_of(raw, ckpt, tokenizer, truncate=truncate, where=where)
         if len(t.ids) < 2:
             raise UsageError(f"{where} is one token long: there is no next token to score")
         tokenized.append(t)
@@ -180,10 +200,17 @@ def ticker(total: int, description: str):
 # --- mha ablate -------------------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        'mha ablate "ROMEO: I love thee. JULIET: I love thee." -l 1',
+        'mha ablate "The cat sat. The cat sat." --method mean --loss-from 5 -f csv',
+        "mha ablate --ids 352,277,303,2012,352,277,303,2012 -m sample-early -f json",
+    )
+)
 def ablate(
     text: TextArg = None,
     model: ModelOpt = None,
+    ids: IdsOpt = None,
     texts: TextsOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
@@ -201,7 +228,7 @@ def ablate(
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
     saves = saving.parse(save, "ablate", dpi=dpi)
-    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     c = ckpt.config
     check_selection(c.n_layer, c.n_head, layer, head)
     selected = [(lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))]
@@ -237,10 +264,17 @@ def ablate(
 # --- mha prune --------------------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        'mha prune "ROMEO: I love thee. JULIET: I love thee." --seeds 2 --step 0.25',
+        'mha prune "The cat sat. The cat sat." --save-mask pruned.json -f json',
+        'mha stats "The cat sat. The cat sat." --ablate @pruned.json',
+    )
+)
 def prune(
     text: TextArg = None,
     model: ModelOpt = None,
+    ids: IdsOpt = None,
     texts: TextsOpt = None,
     method: MethodOpt = "zero",
     loss_from: LossFromOpt = 1,
@@ -269,7 +303,7 @@ def prune(
     if save_mask is not None:
         check_writable(save_mask)
     saves = saving.parse(save, "prune", dpi=dpi)
-    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     c = ckpt.config
     ablator, _ = make_ablator(ckpt, tokenized, method, loss_from)
     n_heads = c.n_layer * c.n_head

@@ -14,7 +14,7 @@ import numpy as np
 import typer
 
 from mhacli.kinds import PROBES, SOURCES, TALLIED, ProbeSpec, Tally, TextStats, probe, text_kinds, verdicts
-from mhacli.commands._app import app
+from mhacli.commands._app import app, examples
 from mhacli import save as saving
 from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli.commands._common import (
@@ -193,14 +193,20 @@ CSV_COLUMNS = ("layer", "head", "kind", "confidence", "source", "n_texts",
                *(f"{w}_{name}" for name in CSV_STATS for w in ("mean", "std")), "duplicate_rows", "induction_rows")  # fmt: skip
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "mha census --probe-count 4 -j 1",
+        "mha census -m sample-early --probes repeat --probe-count 4 -j 1 -f csv",
+        "printf 'The cat.\\nA dog.\\n' | mha census --texts - --probes none -j 1",
+    )
+)
 def census(
     model: ModelOpt = None,
     texts: Annotated[
         str | None,
         typer.Option("--texts", metavar="FILE", help="Corpus: one text per line ('-': stdin; FILE.jsonl: a \"text\" field per line), streamed."),
     ] = None,
-    probes: Annotated[str, typer.Option("--probes", help="Built-in probes: repeat,random (default), one of them, or none.")] = "repeat,random",
+    probes: Annotated[str, typer.Option("--probes", metavar="LIST", help=f"Built-in probes, comma-separated: {', '.join(PROBES)}, or none. Default: all.")] = ",".join(PROBES),
     probe_count: Annotated[int, typer.Option("--probe-count", metavar="R", help="Sequences per probe.")] = 20,
     repeat_length: Annotated[int, typer.Option("--repeat-length", metavar="N", help="Random tokens per copy of a repeat probe.")] = 20,
     random_length: Annotated[int, typer.Option("--random-length", metavar="N", help="Tokens of a random probe.")] = 64,

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import typer
 
-from mhacli.commands._app import app
+from mhacli.commands._app import app, examples
 from mhacli import save as saving
 from mhacli.commands._save import DpiOpt, SaveList, save_option
-from mhacli.commands.ablate import ablation_edits
+from mhacli.commands.ablate import ablation_edits, check_ablate_spec
 from mhacli.commands._common import (
-    FormatOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_memory, load, progress, resolve_format, warn,
+    FormatOpt, IdsOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_memory, check_text_or_ids, load, progress,
+    resolve_format, warn,
 )  # fmt: skip
 from mhacli.heads import memory_needed
-from mhacli.divergence import DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.divergence import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.errors import ExitCode, TextError, UsageError
 from mhacli.output import MACHINE_FORMATS, dumps
-from mhacli.textin import check_ids_fit, read_text, read_texts
+from mhacli.textin import check_ids_fit, from_ids, read_ids, read_text, read_texts
+from mhacli.weights import check_model
 from mhacli.tokenizer import Tokenizer
 from mhacli.weights import Checkpoint
 
@@ -61,17 +63,37 @@ def tokenize_both(
     return DiffText(np.asarray(ids_a, dtype=np.int64), tok_a.display(ids_a), where)
 
 
-@app.command()
+def ids_for_both(ids: list[int], a: tuple[Checkpoint, Tokenizer], b: tuple[Checkpoint, Tokenizer], truncate: bool) -> DiffText:
+    """--ids: checked against both models' vocab_size and n_positions (the smaller of each), shown with A's tokenizer."""
+    (ckpt_a, tok_a), (ckpt_b, _) = a, b
+    vocab = min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size)
+    limit = min(ckpt_a.config.n_positions, ckpt_b.config.n_positions)
+    t = from_ids(tok_a, ids, limit, vocab_size=vocab, truncate=truncate)
+    if t.truncated_from is not None:
+        warn(f"--ids truncated to the first {limit} of {t.truncated_from} tokens")
+    return DiffText(t.ids, t.tokens, "--ids")
+
+
+@app.command(
+    epilog=examples(
+        'mha diff sample-early sample "ROMEO: I love thee. ROMEO: I love thee."',
+        'mha diff sample-early sample "The cat sat on the mat." --metric tv -f csv',
+        'mha diff sample sample "The cat sat. The cat sat." --ablate 0.3 -f text',
+        "mha diff sample-early sample --ids 352,277,303,2012 --match -f json",
+    )
+)
 def diff(
     model_a: Annotated[str, typer.Argument(metavar="MODEL_A", help="The reference model (any form -m accepts).")],
     model_b: Annotated[str, typer.Argument(metavar="MODEL_B", help="The model compared with it.")],
     text: TextArg = None,
+    ids: IdsOpt = None,
     texts: Annotated[
         str | None,
         typer.Option("--texts", "-t", metavar="FILE", help="Average over the texts of FILE, one per line ('-': stdin)."),
     ] = None,
     metric: Annotated[
-        str, typer.Option("--metric", help="js (Jensen-Shannon, bits), tv (total variation), cosine.")
+        Literal[tuple(METRICS)],  # type: ignore[valid-type]
+        typer.Option("--metric", help="js: Jensen-Shannon (bits); tv: total variation; cosine: 1 - cosine similarity."),
     ] = "js",
     match: Annotated[bool, typer.Option("--match", help="Match heads (Hungarian) even when the shapes agree.")] = False,
     fail_above: Annotated[
@@ -94,15 +116,22 @@ def diff(
     check_metric(metric)
     if fail_above is not None and not fail_above >= 0:
         raise UsageError(f"--fail-above {fail_above} must be a number >= 0")
-    if texts is not None and text is not None:
-        raise UsageError("give TEXT or --texts FILE, not both")
     saves = saving.parse(save, "diff", dpi=dpi)
+    check_text_or_ids(text, ids, texts)
+    check_ablate_spec(ablate)
+    files_a, files_b = check_model(model_a), check_model(model_b)  # a wrong path is named before stdin is read
     if texts is not None:
         raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
+    elif ids is not None:
+        given = read_ids(ids)
     else:
         raws = [(read_text(text), "the text")]
-    a, b = load(model_a, cache=None), load(model_b, cache=None)  # several texts: read small models once
-    items = [tokenize_both(raw, where, a, b, truncate) for raw, where in raws]
+    # several texts: read small models once
+    a, b = load(model_a, cache=None, files=files_a), load(model_b, cache=None, files=files_b)
+    if ids is not None:
+        items = [ids_for_both(given, a, b, truncate)]
+    else:
+        items = [tokenize_both(raw, where, a, b, truncate) for raw, where in raws]
     (ckpt_a, _), (ckpt_b, _) = a, b
     edits_b = ablation_edits(ablate, ckpt_b)
     shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)

@@ -7,36 +7,43 @@ from typing import Annotated
 
 import typer
 
-from mhacli.commands._app import app
-from mhacli.commands._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, prepare, resolve_format
+from mhacli.commands._app import app, examples
+from mhacli.commands._common import (
+    REPORT_FORMATS, IdsOpt, MaxMemoryOpt, ModelOpt, ReportFormatOpt, TextArg, TruncateOpt, check_memory, prepare,
+    resolve_format,
+)  # fmt: skip
 from mhacli.errors import ExitCode
 from mhacli.explain import explain as run_explain
 from mhacli.heads import full_attention_bytes, memory_needed
 from mhacli.output import dumps
 
-FORMATS = ("rich", "text", "json")
+FORMATS = REPORT_FORMATS
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        'mha explain "The cat sat on the mat" -l 0 -H 3',
+        'mha explain "ROMEO: But, soft! what light" -l 1 -H 2 --query -3 --full',
+        'mha explain --ids 352,277,303,2012 -l 0 -H 1 -m sample-early -f json',
+    )
+)
 def explain(
     layer: Annotated[int, typer.Option("--layer", "-l", help="Layer of the head.")],
     head: Annotated[int, typer.Option("--head", "-H", help="Head to explain.")],
     text: TextArg = None,
     model: ModelOpt = None,
+    ids: IdsOpt = None,
     query: Annotated[
         int | None, typer.Option("--query", "-q", help="Query token (default: the last; negative counts from the end).")
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="Show every component of every vector, and every key.")] = False,
-    format: Annotated[
-        str | None,
-        typer.Option("--format", "-f", metavar="FORMAT", help="rich (default on a terminal), text (default when piped) or json."),
-    ] = None,
+    format: ReportFormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
 ) -> int:
     """The computation of one head for one query token, step by step, checked against the forward pass."""
     fmt = resolve_format(format, FORMATS)
-    ckpt, tokens = prepare(model, text, truncate=truncate)
+    ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     # the batched forward and the batched re-run of the layer for the check: two layers' working sets; the
     # explained layer's tensors are held throughout, on top of the forward's
     n_head, n_seq = ckpt.config.n_head, len(tokens.ids)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from mhacli.commands._app import app
-from mhacli.commands._common import FormatOpt, ModelOpt, format_bytes, resolve_format
+from collections.abc import Iterator
+
+from mhacli.commands._app import app, examples
+from mhacli.commands._common import ALL_FORMATS, FormatOpt, ModelOpt, format_bytes, resolve_format
 from mhacli.config import ModelConfig
 from mhacli.files import escape_unprintable
-from mhacli.output import dumps
+from mhacli.output import dumps, write_table
 from mhacli.weights import DTYPE_BYTES, load_model
 
 
@@ -92,13 +94,44 @@ def value_text(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-@app.command()
+def flat_items(doc: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """The JSON document as (dotted key, value) pairs: nested objects flattened (`attention.kv_cache.
+    fraction_of_mha`), lists and scalars kept as values."""
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from flat_items(value, name + ".")
+        else:
+            yield name, value
+
+
+def cell_text(value: object) -> str:
+    """A csv/tsv cell: strings as they are, null empty, anything else (numbers, booleans, lists) as JSON."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else dumps(value)
+
+
+@app.command(
+    epilog=examples(
+        "mha info",
+        "mha info -m sample-early -f json",
+        "mha info -f tsv",
+    )
+)
 def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
-    """Show the model's config, parameter count, attention layout and KV-cache size."""
-    fmt = resolve_format(format, ("rich", "text", "json"))
+    """Show the model's config, parameter count, attention layout and KV-cache size. json: one document; jsonl,
+    csv, tsv: one key/value row per field of that document (nested keys joined with dots)."""
+    fmt = resolve_format(format, ALL_FORMATS)
     doc = info_doc(model)
     if fmt == "json":
         sys.stdout.write(dumps(doc) + "\n")
+        return
+    if fmt == "jsonl":
+        sys.stdout.write("".join(dumps({"key": k, "value": v}) + "\n" for k, v in flat_items(doc)))
+        return
+    if fmt in ("csv", "tsv"):
+        write_table(sys.stdout, fmt, ("key", "value"), ([k, cell_text(v)] for k, v in flat_items(doc)))
         return
     c, a = doc["config"], doc["attention"]
     lines = [

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from mhacli.commands._app import app
-from mhacli.commands.ablate import AblateOpt, ablation_edits
+from mhacli.commands._app import app, examples
+from mhacli.commands.ablate import AblateOpt, ablation_edits, check_ablate_spec
 from mhacli.commands._common import (
-    FormatOpt, HeadOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, note, prepare, progress, resolve_format,
+    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, format_bytes, note,
+    prepare, progress, resolve_format,
 )  # fmt: skip
 from mhacli.errors import UsageError
 from mhacli.heads import analyse, check_selection, memory_needed
@@ -20,10 +21,25 @@ from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli import save as saving
 
 
-@app.command()
+# Machine output past this many bytes gets a note on stderr suggesting --save FILE.npz (and -l/-H).
+BIG_OUTPUT_BYTES = 100 * 1024 * 1024
+# Bytes one attention weight takes in JSON: up to 8 decimals ("0.12345678"), a comma and a space; fewer for
+# the zeros and ones of sharp heads, so this is an upper-end estimate.
+JSON_BYTES_PER_WEIGHT = 12
+
+
+@app.command(
+    epilog=examples(
+        'mha inspect "The cat sat on the mat. The cat sat on the mat." -l 0 -H 3',
+        'mha inspect "ROMEO: I love thee." -m sample-early --query 3',
+        'mha inspect --ids 352,277,303,2012 -l 1 -f json --save maps.npz',
+        'echo "The cat sat on the mat." | mha inspect -l 1 -H 2 --top 2',
+    )
+)
 def inspect(
     text: TextArg = None,
     model: ModelOpt = None,
+    ids: IdsOpt = None,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     format: FormatOpt = None,
@@ -44,7 +60,8 @@ def inspect(
         raise UsageError("--query and --top are two views; pick one")
     saves = saving.parse(save, "inspect", dpi=dpi)
     key_range = parse_key_range(keys) if keys is not None else None
-    ckpt, tokens = prepare(model, text, truncate=truncate)
+    check_ablate_spec(ablate)
+    ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     n_seq = len(tokens.ids)
     if key_range is not None and key_range[0] >= n_seq:
         raise UsageError(f"--keys {keys}: the text has keys 0..{n_seq - 1}")
@@ -61,6 +78,14 @@ def inspect(
     )
     check_memory(needed, max_memory, "narrow it with --layer/--head or a shorter text (mha stats streams without maps)")
     edits = ablation_edits(ablate, ckpt)
+    if fmt in ("json", "jsonl"):
+        size = output_size(n_layers * n_heads, n_seq)
+        if size > BIG_OUTPUT_BYTES:
+            note(
+                f"-f {fmt} will write about {format_bytes(size)} of attention weights ({n_layers * n_heads} heads x "
+                f"{n_seq} tokens); --save FILE.npz stores them in {format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
+                "(float32), and -l/-H select heads"
+            )
     views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=True, edits=edits), n_layers * n_heads, "running layers"))
     saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
     if fmt in MACHINE_FORMATS:
@@ -75,6 +100,11 @@ def inspect(
         from mhacli.render import make_console, render_inspect
 
         render_inspect(make_console(), views, tokens.tokens, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size)
+
+
+def output_size(n_heads: int, n_seq: int) -> int:
+    """Estimated bytes of inspect's JSON attention: the lower triangle, n_seq(n_seq+1)/2 weights per head."""
+    return n_heads * n_seq * (n_seq + 1) // 2 * JSON_BYTES_PER_WEIGHT
 
 
 def parse_key_range(spec: str) -> tuple[int, int]:

@@ -3,31 +3,44 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from mhacli.commands._app import app
+from mhacli.commands._app import app, examples
+from mhacli.commands.ablate import AblateOpt, ablation_edits, check_ablate_spec
 from mhacli import save as saving
 from mhacli.commands._save import DpiOpt, SaveList, save_option
-from mhacli.commands.ablate import AblateOpt, ablation_edits
 from mhacli.commands._common import (
-    FormatOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, note, prepare, progress, resolve_format,
+    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, note, prepare,
+    progress, resolve_format,
 )  # fmt: skip
-from mhacli.errors import UsageError
-from mhacli.heads import analyse, memory_needed
+from mhacli.heads import analyse, check_selection, memory_needed
 from mhacli.output import MACHINE_FORMATS, write_heads
 from mhacli.stats import STAT_NAMES, TOO_PLAIN, undecidable
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        'mha stats "The cat sat on the mat. The cat sat on the mat."',
+        'mha stats "The cat sat. The cat sat." --stat induction -l 1',
+        'mha stats "ROMEO: I love thee." -m sample-early -f csv',
+        "mha stats --ids 352,277,303,2012,352,277,303 -H 2 -H 3 -f json",
+    )
+)
 def stats(
     text: TextArg = None,
     model: ModelOpt = None,
+    ids: IdsOpt = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
     format: FormatOpt = None,
     stat: Annotated[
-        str,
-        typer.Option("--stat", "-s", help=f"Number shown in the grid, on a 0-1 scale (the text table is ordered by it): auto (each head's kind score), {', '.join(STAT_NAMES)}."),
+        Literal[("auto", *STAT_NAMES)],  # type: ignore[valid-type]
+        typer.Option(
+            "--stat", "-s", metavar="NAME",
+            help=f"Number shown in the grid, on a 0-1 scale (the text table is ordered by it): auto (each head's kind score), {', '.join(STAT_NAMES)}.",
+        ),
     ] = "auto",
     compact: Annotated[
         bool, typer.Option("--compact", help="One character per head in the grid (chosen by itself when the full grid does not fit).")
@@ -40,17 +53,20 @@ def stats(
 ) -> None:
     """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
-    if stat != "auto" and stat not in STAT_NAMES:
-        raise UsageError(f"--stat {stat!r} is not one of: auto, {', '.join(STAT_NAMES)}")
     saves = saving.parse(save, "stats", dpi=dpi)
     keep = saving.wants(saves, "html")  # the page shows every head's map
-    ckpt, tokens = prepare(model, text, truncate=truncate)
+    check_ablate_spec(ablate)
+    ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     c = ckpt.config
-    needed = memory_needed(  # streamed (no maps) unless a page wants every map
-        c, len(tokens.ids), kept_layers=c.n_layer * keep, kept_heads=c.n_head * keep, keep_maps=keep, weight_bytes=ckpt.weight_bytes()
+    check_selection(c.n_layer, c.n_head, layer, head)
+    n_layers = len(set(layer)) if layer else c.n_layer
+    n_heads = len(set(head)) if head else c.n_head
+    needed = memory_needed(  # streamed (no maps) unless a page wants the maps
+        c, len(tokens.ids), kept_layers=n_layers * keep, kept_heads=n_heads * keep, keep_maps=keep, weight_bytes=ckpt.weight_bytes()
     )
     check_memory(needed, max_memory, "use a shorter text")
-    views = list(progress(analyse(ckpt, tokens.ids, keep_maps=keep, edits=ablation_edits(ablate, ckpt)), c.n_layer * c.n_head, "running layers"))
+    edits = ablation_edits(ablate, ckpt)
+    views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=keep, edits=edits), n_layers * n_heads, "running layers"))
     saving.write_all(saves, saving.stats_picture(ckpt, tokens, views, stat), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         if stat != "auto":

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from mhacli.commands._app import app
-from mhacli.commands._common import FormatOpt, ModelOpt, TextArg, TruncateOpt, prepare, resolve_format
+from mhacli.commands._app import app, examples
+from mhacli.commands._common import (
+    REPORT_FORMATS, IdsOpt, ModelOpt, ReportFormatOpt, TextArg, TruncateOpt, prepare, resolve_format,
+)  # fmt: skip
 from mhacli.errors import ExitCode, UsageError
 from mhacli.output import dumps
 from mhacli.verify import HIDDEN_ATOL
@@ -19,24 +21,31 @@ DEFAULT_TEXT = (
 )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "mha verify -m sample-early",
+        'mha verify "The cat sat on the mat." --atol 1e-6 -f json',
+        "mha verify --ids 352,277,303,2012 -f text",
+    )
+)
 def verify(
     text: TextArg = None,
     model: ModelOpt = None,
+    ids: IdsOpt = None,
     atol: Annotated[float, typer.Option("--atol", help="Largest allowed attention error (max abs).")] = 1e-5,
     hidden_atol: Annotated[
         float, typer.Option("--hidden-atol", help="Largest allowed hidden-state error, per unit of max(1, max |hidden|).")
     ] = HIDDEN_ATOL,
-    format: FormatOpt = None,
+    format: ReportFormatOpt = None,
     truncate: TruncateOpt = False,
 ) -> int:
     """Run HF transformers on the same token ids and compare every layer's attention and hidden states."""
-    fmt = resolve_format(format, ("rich", "text", "json"))
+    fmt = resolve_format(format, REPORT_FORMATS)
     if not (atol > 0 and hidden_atol > 0):
         raise UsageError("--atol and --hidden-atol must be positive")
-    if text is None and sys.stdin.isatty():
+    if text is None and ids is None and sys.stdin is not None and sys.stdin.isatty():
         text = DEFAULT_TEXT
-    ckpt, tokens = prepare(model, text, truncate=truncate)
+    ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     from mhacli.verify import verify as run_verify
 
     report = run_verify(ckpt, tokens.ids, atol=atol, hidden_atol=hidden_atol)
