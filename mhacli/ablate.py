@@ -20,9 +20,10 @@ from typing import Protocol
 import numpy as np
 
 from mhacli.attention import DISCARD, Sink
+from mhacli.blocks import Params, ZEdit
 from mhacli.errors import UsageError
 from mhacli.loss import first_target, output_head, text_losses
-from mhacli.model import LayerTrace, Params, ZEdit, embed, forward, forward_from
+from mhacli.model import LayerTrace, embed, forward, forward_from
 
 Head = tuple[int, int]  # (layer, query head)
 METHODS = ("zero", "mean")

@@ -23,10 +23,11 @@ import numpy as np
 
 from mhacli.arch.common import Projection
 from mhacli.arch.rope import inv_freq
+from mhacli.blocks import F32, Params, merge_heads
 from mhacli.config import ModelConfig, RotaryConfig
 from mhacli.errors import UsageError
 from mhacli.heads import check_selection
-from mhacli.model import F32, Params, embed, family, forward, merge_heads
+from mhacli.model import embed, family, forward
 
 # The step-by-step numbers match the batched forward when every difference is within this, per unit of
 # max(1, max |reference|): both are float32, summed in different orders, so they agree to rounding only.

@@ -305,7 +305,7 @@ def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
     which = "per head" if report.mode == "paired" else "of each MODEL_B head from its matched MODEL_A head"
     ax.set_title(f"{report.metric} divergence {which}; kind letter in MODEL_B", fontsize=7)
     bar = figs[0, 0].colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
-    from mhacli.diff import METRICS
+    from mhacli.divergence import METRICS
 
     bar.set_label(f"{METRICS[report.metric].split(' (')[0]}{' (bits)' if report.metric == 'js' else ''}", fontsize=5.5)
     if maps:

@@ -8,8 +8,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mhacli.attention import DISCARD, Sink, block_rows
+from mhacli.blocks import Params, ZEdit
 from mhacli.errors import UsageError
-from mhacli.model import Params, ZEdit, forward
+from mhacli.model import forward
 from mhacli.stats import SCRATCH_BYTES, STAT_NAMES, HeadStats, StatsAccumulator, head_stats, layer_stats
 
 

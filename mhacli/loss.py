@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhacli.blocks import F32, Params
 from mhacli.errors import ModelError, UsageError
-from mhacli.model import F32, Params, family, final_norm
+from mhacli.model import family, final_norm
 
 VOCAB_BLOCK = 8192  # output-head rows per logits block: [n_targets, 8192] float32 at a time
 

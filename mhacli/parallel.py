@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.census import TextStats, text_stats
+from mhacli.kinds import TextStats, text_stats
 from mhacli.errors import MhaError, UsageError, missing_extra
 from mhacli.weights import Checkpoint, ModelFiles, open_checkpoint
 

@@ -78,7 +78,7 @@ def write_stats(out: TextIO, views: Sequence[HeadView], stat: str = "auto") -> N
 
 # --- mha diff ---------------------------------------------------------------------------------------------------
 
-from mhacli.diff import DIFF_COLUMNS, METRICS, DiffReport, table_row  # noqa: E402
+from mhacli.divergence import DIFF_COLUMNS, METRICS, DiffReport, table_row  # noqa: E402
 from mhacli.output import format_cell, write_table  # noqa: E402
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from mhacli.display import KIND_HEX, KIND_LETTER
 from mhacli.heads import HeadView
-from mhacli.heatmap import ramp
+from mhacli.render.heatmap import ramp
 from mhacli.stats import KINDS, STAT_NAMES
 
 THUMB = 48  # thumbnail side in cells (longer texts are max-pooled to it)
@@ -210,7 +210,7 @@ def stats_page(*, views: Sequence[HeadView], tokens: Sequence[str], caption: str
 
 def diff_page(*, report, views_a: Sequence[HeadView], views_b: Sequence[HeadView], tokens: Sequence[str], caption: str, **_) -> str:
     """B's grid ringed by divergence (its share of the largest), each head opened as A, B and B - A."""
-    from mhacli.diff import METRICS
+    from mhacli.divergence import METRICS
 
     top = report.max_divergence
     a_of = {(v.layer, v.head): v for v in views_a}

@@ -239,8 +239,8 @@ def break_attention_kernel(monkeypatch, factor: float = 1.5) -> None:
     """Make the forward's attention kernel (mhacli.attention.causal_attention) wrong: every head's output z times
     `factor`, its probabilities untouched. Patched in every mhacli module that calls it."""
     import mhacli.arch.common  # noqa: F401 - the modules that call the kernel, loaded so they can be patched
+    import mhacli.arch.gpt2  # noqa: F401
     import mhacli.attention
-    import mhacli.model  # noqa: F401
 
     real = mhacli.attention.causal_attention
 

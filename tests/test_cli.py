@@ -170,14 +170,13 @@ def test_verify_exit_1_when_over_tolerance(tiny_model):
 
 def test_verify_catches_a_wrong_implementation(tiny_model, monkeypatch):
     """verify compares two independent computations: break ours and it must fail."""
-    import mhacli.arch.gpt2  # noqa: F401 - imported before the patch, so it keeps the real layer_norm afterwards
+    import mhacli.arch.gpt2 as gpt2  # imported before the patch, so it keeps the real layer_norm afterwards
     import mhacli.explain  # noqa: F401 - the same (a module first imported under the patch would keep the broken one)
-    import mhacli.model as model
     from mhacli.verify import verify
     from mhacli.weights import load_model
 
-    real = model.layer_norm
-    monkeypatch.setattr(model, "layer_norm", lambda x, w, b, eps: real(x, w * np.float32(1.01), b, eps))
+    real = gpt2.layer_norm
+    monkeypatch.setattr(gpt2, "layer_norm", lambda x, w, b, eps: real(x, w * np.float32(1.01), b, eps))
     report = verify(load_model(str(tiny_model)), np.arange(20))
     assert not report.passed and report.max_attention_err > 1e-5
 

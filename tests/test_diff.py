@@ -138,7 +138,7 @@ def random_maps(rng: np.random.Generator, n_map: int, n_seq: int, sparsity: floa
 def test_metrics_match_scipy_and_plain_loops(seed, n_seq, sparsity):
     from scipy.spatial.distance import cosine, jensenshannon
 
-    from mhacli.diff import divergence
+    from mhacli.divergence import divergence
 
     rng = np.random.default_rng(seed)
     p, q = random_maps(rng, 3, n_seq, sparsity), random_maps(rng, 3, n_seq, sparsity)
@@ -157,7 +157,7 @@ def test_metrics_match_scipy_and_plain_loops(seed, n_seq, sparsity):
 
 
 def test_js_of_disjoint_rows_is_one_bit():
-    from mhacli.diff import divergence
+    from mhacli.divergence import divergence
 
     p = np.array([[[1.0, 0.0], [1.0, 0.0]]])
     q = np.array([[[1.0, 0.0], [0.0, 1.0]]])
@@ -168,7 +168,7 @@ def test_js_of_disjoint_rows_is_one_bit():
 
 @pytest.mark.parametrize("metric", ["js", "tv", "cosine"])
 def test_divergence_matrix_equals_pairwise_loop_at_any_block_size(metric):
-    from mhacli.diff import divergence, divergence_matrix
+    from mhacli.divergence import divergence, divergence_matrix
 
     rng = np.random.default_rng(1)
     a, b = random_maps(rng, 5, 7, 0.3).astype(np.float32), random_maps(rng, 6, 7, 0.3).astype(np.float32)
@@ -179,7 +179,7 @@ def test_divergence_matrix_equals_pairwise_loop_at_any_block_size(metric):
 
 @pytest.mark.parametrize("shape", [(4, 6), (6, 4), (5, 5)])
 def test_assignment_is_one_to_one_and_optimal_against_brute_force(shape):
-    from mhacli.diff import assign, nearest
+    from mhacli.divergence import assign, nearest
 
     rng = np.random.default_rng(sum(shape))
     m = rng.random(shape)

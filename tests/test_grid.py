@@ -14,8 +14,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mhacli.cli import app
-from mhacli.grid import full_width, tenths
-from mhacli.heatmap import HEX, level
+from mhacli.render.grid import full_width, tenths
+from mhacli.render.heatmap import HEX, level
 from mhacli.render import KIND_STYLE, render_stats
 from mhacli.stats import KINDS, layer_stats
 from tests.test_heatmap import ANSI, views_of

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ATTN_ATOL, build_model, hf_outputs
 from mhacli.attention import causal_attention
-from mhacli.diff import divergence, paired_stream
+from mhacli.divergence import divergence, paired_stream
 from mhacli.heads import analyse
 from mhacli.model import forward
 from mhacli.stats import STAT_NAMES, StatsAccumulator, layer_arrays

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.attention import Sink, causal_attention
-from mhacli.model import F32, causal_softmax
+from mhacli.blocks import F32, causal_softmax
 
 Act = Callable[[np.ndarray], np.ndarray]
 
@@ -63,7 +63,7 @@ def outside_window(n_seq: int, window: int) -> np.ndarray:
 
 def masked_softmax(scaled: np.ndarray, window: int | None) -> np.ndarray:
     """[n_head, n_seq, n_seq] scaled scores -> probabilities over the keys j with i - window < j <= i; every other
-    entry exactly 0. The window is applied here; the causal part by model.causal_softmax."""
+    entry exactly 0. The window is applied here; the causal part by blocks.causal_softmax."""
     n_seq = scaled.shape[-1]
     if window is not None and window < n_seq:
         scaled = np.where(outside_window(n_seq, window), -np.inf, scaled)
@@ -72,7 +72,7 @@ def masked_softmax(scaled: np.ndarray, window: int | None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GroupedAttentionParts:
-    """Every intermediate of one attention block over grouped K/V heads (the first seven as model.AttentionParts)."""
+    """Every intermediate of one attention block over grouped K/V heads (the first seven as blocks.AttentionParts)."""
 
     q: np.ndarray  # [n_head, n_seq, d_head] as scored (after RoPE where the family has it)
     k: np.ndarray  # [n_kv_head, n_seq, d_head] as scored

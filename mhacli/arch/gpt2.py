@@ -1,15 +1,20 @@
-"""GPT-2: the checkpoint's names and shapes. Its math lives in mhacli.model (gpt2_block, gpt2_attention_parts).
+"""GPT-2: the checkpoint's names and shapes, and its block: pre-LayerNorm, Conv1D projections, a GELU MLP.
 
 HF GPT-2 stores Conv1D weights as [in, out]: a projection is `x @ w + b`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mhacli.arch.common import Projection
+from mhacli.attention import Sink, causal_attention
+from mhacli.blocks import (
+    ACTIVATION_FNS, F32, AttentionParts, Params, ZEdit, causal_softmax, layer_norm, project_heads, split_heads,
+)  # fmt: skip
 from mhacli.config import ModelConfig
-from mhacli.model import Params, gpt2_attention_parts, gpt2_block, layer_norm
 
 MODEL_TYPES = ("gpt2",)
 KEY_PREFIX = "transformer."
@@ -19,6 +24,50 @@ LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "attn.c_attn.weight"  # holds K and V: its dtype is the KV cache's
 HF_MODEL_CLASS = {"gpt2": "GPT2Model"}
 HF_LM_CLASS = {"gpt2": "GPT2LMHeadModel"}  # with the output head: `verify` compares logits and loss
+
+
+def gpt2_attention_parts(
+    x: np.ndarray, p: dict[str, np.ndarray], n_head: int, scale: float, *, keep_scores: bool = True,
+    edit: ZEdit | None = None, sink: Sink | None = None,
+) -> AttentionParts:
+    """[n_seq, n_embd] (after ln_1) -> every intermediate of GPT2Attention.
+
+    keep_scores=False is the forward's fast path (mhacli.attention): same numbers to float32 rounding, no raw
+    [n_head, n_seq, n_seq] score tensor kept (`scores` is None); with a `sink` the map goes to it block by block
+    and is not kept either (`probs` is None).
+    """
+    qkv = x @ p["attn.c_attn.weight"] + p["attn.c_attn.bias"]  # [n_seq, 3 * n_embd]
+    q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x [n_head, n_seq, d_head]
+    if keep_scores:
+        scores = q @ k.transpose(0, 2, 1)  # [n_head, n_seq, n_seq]
+        probs = causal_softmax(scores * F32(scale))
+        z = probs @ v  # [n_head, n_seq, d_head]
+    else:
+        scores = None
+        z, probs = causal_attention(q, k, v, scale, sink=sink)
+    out = project_heads(z, edit) @ p["attn.c_proj.weight"] + p["attn.c_proj.bias"]  # [n_seq, n_embd]
+    return AttentionParts(q, k, v, scores, probs, z, out)
+
+
+def gpt2_mlp(x: np.ndarray, p: dict[str, np.ndarray], act: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """[n_seq, n_embd] -> [n_seq, n_embd]"""
+    h = act(x @ p["mlp.c_fc.weight"] + p["mlp.c_fc.bias"])  # [n_seq, n_inner]
+    return h @ p["mlp.c_proj.weight"] + p["mlp.c_proj.bias"]
+
+
+def gpt2_block(
+    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None,
+    sink: Sink | None = None,
+) -> tuple[np.ndarray, AttentionParts]:
+    """Pre-LN block: [n_seq, n_embd] -> ([n_seq, n_embd], the attention's parts as the forward computed them)"""
+    eps = config.layer_norm_epsilon
+    h = layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], eps)
+    attn = gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer), keep_scores=False, edit=edit, sink=sink)
+    x = x + attn.out
+    x = x + gpt2_mlp(layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], eps), p, ACTIVATION_FNS[config.activation_function])
+    return x, attn
+
+
 block = gpt2_block
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhacli.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear
 from mhacli.arch.gpt2 import attention_input, embed, final_norm  # noqa: F401 - the family interface: as GPT-2
 from mhacli.attention import Sink
-from mhacli.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear
+from mhacli.blocks import ACTIVATION_FNS, ZEdit, layer_norm, project_heads, split_heads
 from mhacli.config import ModelConfig
-from mhacli.model import ACTIVATION_FNS, ZEdit, layer_norm, project_heads, split_heads
 
 MODEL_TYPES = ("gpt_bigcode",)
 KEY_PREFIX = "transformer."

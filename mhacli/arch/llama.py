@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from mhacli.attention import Sink
 from mhacli.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear, rms_norm, swiglu
 from mhacli.arch.rope import apply_rope, rope_tables
+from mhacli.attention import Sink
+from mhacli.blocks import ACTIVATION_FNS, Params, ZEdit, project_heads, split_heads
 from mhacli.config import RotaryConfig
-from mhacli.model import ACTIVATION_FNS, Params, ZEdit, project_heads, split_heads
 
 MODEL_TYPES = ("llama", "mistral")
 KEY_PREFIX = "model."

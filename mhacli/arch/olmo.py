@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from mhacli.attention import Sink
 from mhacli.arch.common import GroupedAttentionParts, linear, rms_norm, swiglu
 from mhacli.arch.llama import (  # the parts OLMo shares with Llama unchanged
     EMBEDDING, KEY_PREFIX, KV_WEIGHT, LAYER_PREFIX, LM_HEAD, embed, final_norm, head_projections, mlp_shapes, normalise_key,
     out_projection, projection_shapes, rotary_attention,
 )  # fmt: skip
+from mhacli.attention import Sink
+from mhacli.blocks import ACTIVATION_FNS, ZEdit, split_heads
 from mhacli.config import RotaryConfig
-from mhacli.model import ACTIVATION_FNS, ZEdit, split_heads
 
 __all__ = [
     "EMBEDDING", "LM_HEAD", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "embed", "final_norm", "head_projections", "normalise_key", "out_projection",

@@ -20,8 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from mhacli.blocks import F32
 from mhacli.config import RopeConfig
-from mhacli.model import F32
 
 
 def _exponents(d_head: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Annotated, TextIO
 import numpy as np
 import typer
 
-from mhacli.census import PROBES, SOURCES, TALLIED, ProbeSpec, Tally, TextStats, probe, text_kinds, verdicts
+from mhacli.kinds import PROBES, SOURCES, TALLIED, ProbeSpec, Tally, TextStats, probe, text_kinds, verdicts
 from mhacli.commands._app import app, examples
 from mhacli import save as saving
 from mhacli.commands._save import DpiOpt, SaveList, save_option

@@ -18,7 +18,7 @@ from mhacli.commands._common import (
     resolve_format, warn,
 )  # fmt: skip
 from mhacli.heads import memory_needed
-from mhacli.diff import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.divergence import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.errors import ExitCode, TextError, UsageError
 from mhacli.output import MACHINE_FORMATS, dumps
 from mhacli.textin import check_ids_fit, from_ids, read_ids, read_text, read_texts

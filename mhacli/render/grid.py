@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from mhacli.heatmap import GAP, HEX, level, ruler
+from mhacli.render.heatmap import GAP, HEX, level, ruler
 
 FULL_CELL = 6  # "I 0.71"
 CELL_GAP = 2

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.errors import UsageError
 from mhacli.attention import block_rows
-from mhacli.model import Params, ZEdit, forward
+from mhacli.blocks import Params, ZEdit
+from mhacli.errors import UsageError
+from mhacli.model import forward
 from mhacli.stats import STAT_NAMES, LayerStats, StatsAccumulator, head_stats, layer_stats
 
 METRICS: dict[str, str] = {

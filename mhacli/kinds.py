@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mhacli.model import Params, forward
+from mhacli.blocks import Params
+from mhacli.model import forward
 from mhacli.stats import (
     KIND_RULES, KINDS, MIN_SUPPORT, STAT_NAMES, SUPPORTED_STATS, StatsAccumulator, kinds_from_holds, rule_holds,
 )  # fmt: skip

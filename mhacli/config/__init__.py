@@ -1,0 +1,47 @@
+"""The model config: parsed from config.json, validated, with HF's defaults for the fields it leaves out.
+
+One frozen dataclass per architecture family, all built on `ModelConfig` (config/base.py), which holds what every
+other module reads (n_layer, n_head, n_kv_head, d_head, n_embd, n_positions, vocab_size, layout, attn_scale, to_dict):
+- `Gpt2Config`: gpt2; `BigCodeConfig`: gpt_bigcode (config/gpt2.py: their fields, defaults and parsing);
+- `RotaryConfig`: llama, mistral, olmo2, olmo3, with its rotary parameters as a `RopeConfig` (config/rotary.py).
+Reading one field (types, ranges, the messages that name it) is config/fields.py; `parse_config` dispatches here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mhacli.config.base import ModelConfig
+from mhacli.config.fields import ACTIVATIONS, MAX_COUNT, MAX_DIM, MAX_POSITIONS, _shown
+from mhacli.config.gpt2 import BIGCODE_DEFAULTS, GPT2_ALIASES, GPT2_DEFAULTS, BigCodeConfig, Gpt2Config, _parse_bigcode, _parse_gpt2
+from mhacli.config.rotary import (
+    DEFAULT_ROPE_THETA, LAYER_TYPES, OLMO3_DEFAULT_ROPE_THETA, REQUIRED_ROPE_KEYS, ROPE_TYPES, ROTARY_DEFAULTS, RopeConfig,
+    RotaryConfig, _parse_rotary,
+)  # fmt: skip
+from mhacli.errors import ConfigError
+
+__all__ = [
+    "ACTIVATIONS", "BIGCODE_DEFAULTS", "DEFAULT_ROPE_THETA", "GPT2_ALIASES", "GPT2_DEFAULTS", "LAYER_TYPES", "MAX_COUNT",
+    "MAX_DIM", "MAX_POSITIONS", "OLMO3_DEFAULT_ROPE_THETA", "REQUIRED_ROPE_KEYS", "ROPE_TYPES", "ROTARY_DEFAULTS",
+    "SUPPORTED_MODEL_TYPES", "BigCodeConfig", "Gpt2Config", "ModelConfig", "RopeConfig", "RotaryConfig", "parse_config",
+]  # fmt: skip
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_bigcode", "llama", "mistral", "olmo2", "olmo3")
+
+
+def parse_config(raw: Any) -> ModelConfig:
+    """Validate a config.json document and fill HF's defaults. Raises ConfigError naming the bad field."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config.json must hold a JSON object")
+    model_type = raw.get("model_type")
+    if model_type is None:
+        raise ConfigError(f"config.json has no model_type (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(
+            f"model_type {_shown(model_type)} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    if model_type == "gpt2":
+        return _parse_gpt2(raw)
+    if model_type == "gpt_bigcode":
+        return _parse_bigcode(raw)
+    return _parse_rotary(raw, model_type)

@@ -1,0 +1,19 @@
+"""Terminal views with rich, one module per command (inspect, stats, diff, explain, ablate + prune, census, info,
+verify) over shared drawing primitives: heatmap (colour scale, half-block maps, windows), grid (the layer x head
+overview), text (lines of segments that fit a width) and common (console, kind styles, titles, legends).
+The only package that imports rich; commands import the views from here."""
+
+from mhacli.render.ablate import render_ablate, render_prune
+from mhacli.render.census import render_census
+from mhacli.render.common import KIND_STYLE, make_console
+from mhacli.render.diff import render_diff
+from mhacli.render.explain import PLAIN_WIDTH, explain_lines, explain_text, render_explain
+from mhacli.render.info import render_info
+from mhacli.render.inspect import render_inspect
+from mhacli.render.stats import render_stats
+from mhacli.render.verify import render_verify
+
+__all__ = [
+    "KIND_STYLE", "PLAIN_WIDTH", "explain_lines", "explain_text", "make_console", "render_ablate", "render_census",
+    "render_diff", "render_explain", "render_info", "render_inspect", "render_prune", "render_stats", "render_verify",
+]  # fmt: skip

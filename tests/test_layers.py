@@ -1,0 +1,150 @@
+"""The house is layered: mhacli's modules import downward only, with no cycle, imports inside functions included.
+
+CLI -> API -> views -> analyses -> forward and I/O -> architecture families -> building blocks -> the I/O-free
+core (errors, config). Every `import` and `from ... import` statement is read with `ast`, wherever it stands
+(module level, inside a function, under `if TYPE_CHECKING:`), so a deferred import cannot hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mhacli"
+
+# Layers, lowest first. A module may import modules of its own layer or below, never above; within a layer the
+# graph must still be acyclic. The first matching prefix names a module's layer.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("core", ("mhacli.errors", "mhacli.config", "mhacli.display", "mhacli.files")),
+    ("blocks", ("mhacli.attention", "mhacli.blocks", "mhacli.stats")),
+    ("families", ("mhacli.arch",)),
+    ("forward and I/O", ("mhacli.model", "mhacli.weights", "mhacli.tokenizer", "mhacli.textin")),
+    ("analyses", (
+        "mhacli.heads", "mhacli.loss", "mhacli.divergence", "mhacli.explain", "mhacli.ablate", "mhacli.kinds",
+        "mhacli.parallel", "mhacli.verify",
+    )),  # fmt: skip
+    ("views", (
+        "mhacli.output", "mhacli.plain", "mhacli.render", "mhacli.figures",
+        "mhacli.webpage", "mhacli.save",
+    )),  # fmt: skip
+    ("api", ("mhacli.api",)),
+    ("package", ("mhacli",)),  # mhacli/__init__.py: the API's names, imported lazily
+    ("cli", ("mhacli.commands", "mhacli.cli", "mhacli.__main__")),
+]
+# What each bottom layer may import at all: the building blocks and the core import nothing of ours above them.
+ALLOWED = {
+    "mhacli.errors": set(),
+    "mhacli.attention": set(),
+    "mhacli.stats": set(),
+    "mhacli.blocks": {"mhacli.config"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every mhacli module `path` imports, anywhere in its body (a name imported from a package counts as the
+    submodule when there is one, else as the package)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for a in node.names:
+                found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports(name, path, set(mods)) for name, path in mods.items()}
+
+
+def layer_of(name: str) -> int:
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{name} belongs to no layer: add it to LAYERS in tests/test_layers.py")
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), or a module importing itself."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_walker_sees_imports_inside_functions():
+    """The check must count deferred imports: model.family once imported mhacli.arch inside a function."""
+    g = graph()
+    assert "mhacli.arch" in g["mhacli.model"]
+    assert "mhacli.figures" in g["mhacli.save"]  # save imports figures inside a function only
+
+
+def test_no_import_cycles():
+    found = cycles(graph())
+    assert not found, "import cycles among mhacli's modules: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_every_import_goes_downward():
+    upward = [
+        f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+        for a, targets in sorted(graph().items())
+        for b in sorted(targets)
+        if layer_of(b) > layer_of(a)
+    ]
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
+
+
+@pytest.mark.parametrize("name", sorted(ALLOWED))
+def test_bottom_modules_import_nothing_above_them(name):
+    assert graph()[name] <= ALLOWED[name], f"{name} imports {sorted(graph()[name] - ALLOWED[name])}"
+
+
+def test_families_never_import_the_forward():
+    g = graph()
+    for name in g:
+        if name.startswith("mhacli.arch"):
+            assert not {m for m in g[name] if layer_of(m) > layer_of("mhacli.arch")}, name
