@@ -338,26 +338,23 @@ def main() -> None:
 
     machine = machine_and_versions()
     log(f"machine: {machine}")
-    if args.long:
+
+    def only(key: str, rows, markdown_of) -> None:
+        """A run of one group of rows (--long, --census): results/<key>.json (or --results) and its table."""
         results = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv), "runs_per_measurement": runs,
-                   "machine": machine, "long": long_rows(mha, py, runs, args.out)}  # fmt: skip
-        path = args.results if "--results" in sys.argv else HERE / "results" / "long.json"
+                   "machine": machine, key: rows}  # fmt: skip
+        path = args.results if "--results" in sys.argv else HERE / "results" / f"{key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1) + "\n")
         log(f"results written to {path}")
-        print(long_markdown(results))
-        return
+        print(markdown_of(results))
+
+    if args.long:
+        return only("long", long_rows(mha, py, runs, args.out), long_markdown)
     small = Path(in_child("build", "small", str(args.out))["path"])
     census_models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
     if args.census:
-        results = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv), "runs_per_measurement": runs,
-                   "machine": machine, "census": census_rows(mha, py, runs, census_models, args.out)}  # fmt: skip
-        path = args.results if "--results" in sys.argv else HERE / "results" / "census.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1) + "\n")
-        log(f"results written to {path}")
-        print(census_markdown(results))
-        return
+        return only("census", census_rows(mha, py, runs, census_models, args.out), census_markdown)
     gemm = in_child("gemm")
     peak = gemm["gflops"]
     log(f"numpy float32 GEMM: {peak:.1f} GFLOP/s")
