@@ -177,14 +177,21 @@ def attempt(cmd: list[str], limit_s: float) -> dict:
         lines = err.read().decode(errors="replace").strip().splitlines()
     code = os.waitstatus_to_exitcode(status)
     ok = code == 0 and not killed
-    why = None if ok else ("over the time limit" if killed else (lines[-1][:200] if lines else f"exit {code}"))
+    if ok:
+        why = None
+    elif killed:
+        why = "over the time limit"
+    elif code < 0:  # a signal: SIGKILL from the kernel's out-of-memory killer, most likely
+        why = f"killed by signal {-code}" + (" (out of memory)" if code == -9 else "")
+    else:
+        why = lines[-1][:200] if lines else f"exit {code}"
     return {"ok": ok, "wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "exit": code, "failure": why}
 
 
 def long_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
     """`mha stats` on the long-context configuration at LONG_TOKENS (wall, peak RSS, RSS per token), and the longest
     text HF eager with output_attentions (benchmarks/hf_stats.py) runs on this machine, in the same run."""
-    model = build_long(out)
+    model = Path(in_child("build_long", str(out))["path"])  # in a child: torch would inflate every later child's RSS
     rows = []
     for n in LONG_TOKENS:
         log(f"measuring: mha stats, long-context model, T = {n}")
@@ -312,6 +319,8 @@ def child(what: str, args: list[str]) -> None:
         print(json.dumps(gemm_peak()))
     elif what == "forward":
         print(json.dumps(forward_rate(Path(args[0]), int(args[1]))))
+    elif what == "build_long":
+        print(json.dumps({"path": str(build_long(Path(args[0])))}))
     elif what == "build":
         print(json.dumps({"path": str(build_checkpoint(args[0], Path(args[1])))}))
 
