@@ -33,13 +33,13 @@ def full_width(n_head: int, n_layer: int, cell_w: int = FULL_CELL) -> int:
     return _label_w(n_layer) + n_head * (cell_w + CELL_GAP)
 
 
-def compact_width(n_head: int, n_layer: int, color: bool) -> int:
-    grids = 1 if color else 2
-    return _label_w(n_layer) + grids * n_head + (grids - 1) * (GAP + 1)
-
-
 def _label_w(n_layer: int) -> int:
     return max(len(LABEL), len(str(n_layer - 1))) + CELL_GAP
+
+
+def _row_label(layer: int, label_w: int) -> Text:
+    """A grid row's start: its layer index, right-aligned under `layer`, then the gap."""
+    return Text(str(layer).rjust(label_w - CELL_GAP) + " " * CELL_GAP, style="bold")
 
 
 def tenths(v: float | None) -> str:
@@ -71,7 +71,7 @@ def grid_lines(
             header.append(f"H{h}".center(cell_w) + " " * CELL_GAP, style="bold")
         lines.append(header)
         for layer in layers:
-            line = Text(str(layer).rjust(label_w - CELL_GAP) + " " * CELL_GAP, style="bold")
+            line = _row_label(layer, label_w)
             for h in heads:
                 c = cell(layer, h)
                 line.append_text(_full_cell(c, color, cell_w))
@@ -85,7 +85,7 @@ def grid_lines(
             header.append(" " * (GAP + 1) + head_ruler, style="dim")
         lines.append(header)
         for layer in layers:
-            line = Text(str(layer).rjust(label_w - CELL_GAP) + " " * CELL_GAP, style="bold")
+            line = _row_label(layer, label_w)
             cells = [cell(layer, h) for h in heads]
             for c in cells:
                 if c is None:
