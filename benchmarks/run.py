@@ -302,7 +302,7 @@ def layer_flops(t: int, e: int, inner: int) -> int:
     mhacli.attention's blocks), not over all t keys."""
     from mhacli.attention import block_rows
 
-    rows = block_rows(e // 64 or 1, t)  # GPT-2 heads are 64 wide
+    rows = block_rows(t)
     visible = sum((min(a + rows, t) - a) * min(a + rows, t) for a in range(0, t, rows))  # (row, key) pairs
     return 2 * t * e * 3 * e + 2 * t * e * e + 2 * 2 * t * e * inner + 2 * 2 * visible * e
 

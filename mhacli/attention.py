@@ -1,12 +1,18 @@
 """Causal scaled dot-product attention, the hot loop of every forward pass. Pure NumPy, float32.
 
-Query rows are taken in blocks; for each block and head: the scores against the keys the block can see (keys
-0..b-1, or only those inside a sliding window), the masked entries set to -inf, the softmax in place, the value
-product over those keys only. The masked upper half is never computed. A block's probabilities
-[n_head, rows, keys] then go either into the whole map [n_head, n_seq, n_seq] (every hidden entry exactly 0), or
-to a `sink` that reduces them (statistics, divergences) and lets them go: then memory is O(n_head x rows x n_seq),
-not O(n_head x n_seq^2), and a 32,768-token text needs no map at all. Both ways compute the same float32 numbers
-(the same block shapes, the same operations), so statistics from a kept map equal streamed ones.
+Query rows are taken in blocks, and each block head by head: one head's scores for the block against the keys it
+can see (keys 0..b-1, or only those inside a sliding window), the masked entries set to -inf, the softmax in place,
+the value product over those keys only, then the tile of probabilities [rows, keys] goes to a `sink` while it is
+still in cache. The masked upper half is never computed. A block's rows are sized so a tile stays near the CPU's
+L2 cache (TILE_BYTES). The default sink writes the tiles into the whole map [n_head, n_seq, n_seq] (every hidden
+entry exactly 0); other sinks reduce them (statistics, divergences) and let them go: then memory is
+O(rows x n_seq) per thread, not O(n_head x n_seq^2), and a 32,768-token text needs no map at all. The block rows
+depend on the text's length and window only, never on the sink: a kept map and a streamed one hold the same
+float32 numbers, so statistics of one equal those of the other.
+
+Blocks are independent: with a sink that says so (`concurrent = True`: it writes only the rows it is given), they
+are shared among threads (NumPy releases the GIL in its kernels), BLAS held to one thread inside them so the
+threads do not fight over the cores. A sink without it gets the blocks in order, heads 0..n_head-1 within each.
 
 The 1/sqrt(d_head) scale is folded into q. Grouped K/V heads (MQA/GQA) are read in place, never repeated in
 memory: query head h reads K/V head h // (n_head // n_kv_head), as HF's repeat_kv does.
@@ -14,6 +20,10 @@ memory: query head h reads K/V head h // (n_head // n_kv_head), as HF's repeat_k
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Protocol
 
 import numpy as np
@@ -21,24 +31,42 @@ import numpy as np
 F32 = np.float32
 BLOCK = 128  # query rows per block, at most
 MIN_BLOCK = 16  # ... and at least
-BLOCK_BYTES = 32 * 1024 * 1024  # a block's float32 scores [n_head, rows, keys] stay under this (long texts)
+TILE_BYTES = 2 * 1024 * 1024  # one head's float32 tile [rows, keys] stays under this where MIN_BLOCK allows
+MIN_PARALLEL_TILES = 64  # fewer (rows x keys) tiles than this per head: one thread (the pool costs more than it saves)
 
 
 class Sink(Protocol):
-    """Takes a layer's attention block by block: rows a..b-1 of every head over keys lo..b-1."""
+    """Takes a layer's attention tile by tile: head h, rows a..b-1 over keys lo..b-1. `p` is the kernel's scratch,
+    valid only during the call: a sink that keeps it copies it. Optional attributes: `concurrent` (default False),
+    True when the sink may be called from several threads at once for different blocks; `fixed_rows`, the block
+    rows it needs (two models' blocks paired row for row)."""
 
-    def add(self, a: int, b: int, lo: int, p: np.ndarray) -> None:  # p [n_head, b - a, b - lo] float32
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:  # p [b - a, b - lo] float32
         ...
 
 
 class Discard:
-    """A sink that drops every block: the layer's output without its map (layers nobody looks at, a loss)."""
+    """A sink that drops every tile: the layer's output without its map (layers nobody looks at, a loss)."""
 
-    def add(self, a: int, b: int, lo: int, p: np.ndarray) -> None:
+    concurrent = True
+
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
         pass
 
 
 DISCARD = Discard()
+
+
+class KeepMap:
+    """The default sink: every tile into the whole map [n_head, n_seq, n_seq], hidden entries left 0."""
+
+    concurrent = True
+
+    def __init__(self, n_head: int, n_seq: int):
+        self.probs = np.zeros((n_head, n_seq, n_seq), dtype=F32)
+
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
+        self.probs[h, a:b, lo:b] = p
 
 
 def visible(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None) -> np.ndarray:
@@ -51,10 +79,11 @@ def visible(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None) -> n
     return mask
 
 
-def block_rows(n_head: int, n_seq: int, window: int | None = None) -> int:
-    """Query rows per block: BLOCK, fewer for long texts so one block's scores stay under BLOCK_BYTES."""
+def block_rows(n_seq: int, window: int | None = None) -> int:
+    """Query rows per block: BLOCK, fewer for long texts so one head's tile stays under TILE_BYTES (MIN_BLOCK at
+    least). A function of the text's length and the window only: kept and streamed maps use the same blocks."""
     keys = n_seq if window is None else min(n_seq, window + BLOCK)
-    return int(max(MIN_BLOCK, min(BLOCK, BLOCK_BYTES // (4 * n_head * max(1, keys)))))
+    return int(max(MIN_BLOCK, min(BLOCK, TILE_BYTES // (4 * max(1, keys)))))
 
 
 def blocks(n_seq: int, rows: int, window: int | None) -> list[tuple[int, int, int]]:
@@ -62,37 +91,80 @@ def blocks(n_seq: int, rows: int, window: int | None) -> list[tuple[int, int, in
     return [(a, min(a + rows, n_seq), 0 if window is None else max(0, a - window + 1)) for a in range(0, n_seq, rows)]
 
 
+def threads_for(n_blocks: int) -> int:
+    """Threads for a layer of n_blocks blocks: the CPUs this process may use (MHA_THREADS overrides), one when the
+    layer is too small to be worth sharing."""
+    limit = os.environ.get("MHA_THREADS", "")
+    cpus = int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
+    return max(1, min(cpus, n_blocks // MIN_PARALLEL_TILES + 1, n_blocks))
+
+
 def causal_attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, *, window: int | None = None,
-    block: int | None = None, sink: Sink | None = None,
+    block: int | None = None, sink: Sink | None = None, threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
     """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] -> (z [n_head, n_seq, d_v], probs).
 
     probs [n_head, n_seq, n_seq]: rows sum to 1 over the visible keys (j <= i, and j > i - window with a sliding
-    window), every hidden entry exactly 0. With a `sink`, each block goes to sink.add instead and probs is None.
+    window), every hidden entry exactly 0. With a `sink`, each tile goes to sink.add instead and probs is None.
+    `threads`: how many threads share the blocks (default threads_for; 1 for a sink that is not concurrent).
     """
     n_head, n_seq, _ = q.shape
-    group = n_head // k.shape[0]
+    keep = KeepMap(n_head, n_seq) if sink is None else None
+    target = keep if keep is not None else sink
+    rows = block or getattr(target, "fixed_rows", None) or block_rows(n_seq, window)  # a sink may fix them
+    todo = blocks(n_seq, rows, window)
+    workers = threads or threads_for(len(todo))
+    if not getattr(target, "concurrent", False):
+        workers = 1
     qs = q * F32(scale)  # [n_head, n_seq, d_head]
-    rows = block or getattr(sink, "fixed_rows", None) or block_rows(n_head, n_seq, window)  # a sink may fix them
-    probs = None if sink is not None else np.zeros((n_head, n_seq, n_seq), dtype=F32)
     z = np.empty((n_head, n_seq, v.shape[-1]), dtype=F32)
-    for a, b, lo in blocks(n_seq, rows, window):
-        hidden = ~visible(a, b, lo, b, window)  # [rows, keys]: the same for every head
-        masked = bool(hidden.any())
-        p = np.empty((n_head, b - a, b - lo), dtype=F32)
-        for h in range(n_head):
-            kv = h // group
-            s = p[h]  # [rows, keys], in place from scores to probabilities
-            np.matmul(qs[h, a:b], k[kv, lo:b].T, out=s)
-            if masked:
-                np.copyto(s, -np.inf, where=hidden)
-            s -= s.max(axis=1, keepdims=True)
-            np.exp(s, out=s)
-            s /= s.sum(axis=1, keepdims=True)
-            np.matmul(s, v[kv, lo:b], out=z[h, a:b])  # only the visible keys' values
-        if sink is not None:
-            sink.add(a, b, lo, p)
-        else:
-            probs[:, a:b, lo:b] = p
-    return z, probs
+    stop = threading.Event()
+
+    def work(part: list[tuple[int, int, int]]) -> None:
+        tile = np.empty(rows * max(b - lo for _, b, lo in part), dtype=F32)  # reused by every tile of this thread
+        for a, b, lo in part:
+            if stop.is_set():
+                return
+            _block(qs, k, v, a, b, lo, window, tile, z, target)
+
+    if workers == 1:
+        work(todo)
+    else:
+        with _one_blas_thread(), ThreadPoolExecutor(workers, thread_name_prefix="mha-attn") as pool:
+            try:
+                for done in [pool.submit(work, todo[t::workers]) for t in range(workers)]:
+                    done.result()
+            finally:
+                stop.set()  # an error or Ctrl-C: the other threads stop at their next block
+    return z, (keep.probs if keep is not None else None)
+
+
+def _block(
+    qs: np.ndarray, k: np.ndarray, v: np.ndarray, a: int, b: int, lo: int, window: int | None, tile: np.ndarray,
+    z: np.ndarray, sink: Sink,
+) -> None:  # fmt: skip
+    """Rows a..b-1 over keys lo..b-1, head by head: softmax in place in `tile`, the value product, the sink."""
+    group = qs.shape[0] // k.shape[0]
+    hidden = ~visible(a, b, lo, b, window)  # [rows, keys]: the same for every head
+    masked = bool(hidden.any())
+    for h in range(qs.shape[0]):
+        kv = h // group
+        s = tile[: (b - a) * (b - lo)].reshape(b - a, b - lo)  # scores, then probabilities, in place
+        np.matmul(qs[h, a:b], k[kv, lo:b].T, out=s)
+        if masked:
+            np.copyto(s, -np.inf, where=hidden)
+        s -= s.max(axis=1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=1, keepdims=True)
+        np.matmul(s, v[kv, lo:b], out=z[h, a:b])  # only the visible keys' values
+        sink.add(h, a, b, lo, s)
+
+
+def _one_blas_thread():
+    """BLAS held to one thread while our threads share the blocks (threadpoolctl), where it can be."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency; without it the threads still work, only slower
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")

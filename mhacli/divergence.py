@@ -269,16 +269,21 @@ class _Stopped(Exception):
 
 
 class _Feed:
-    """A sink that hands each block of attention to the thread pairing the two models' blocks (the kernel makes a
-    new array per block and does not touch it after `add`). `fixed_rows` fixes the kernel's block rows, the same for
-    both models."""
+    """A sink that gathers each block's tiles (heads 0..n_head-1, in order: it is not `concurrent`) into a new
+    array and hands the block to the thread pairing the two models' blocks. `fixed_rows` fixes the kernel's block
+    rows, the same for both models."""
 
-    def __init__(self, rows: int, stop: threading.Event):
+    def __init__(self, n_head: int, rows: int, stop: threading.Event):
         self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.fixed_rows, self.stop = rows, stop
+        self.n_head, self.fixed_rows, self.stop = n_head, rows, stop
+        self._block: np.ndarray | None = None
 
-    def add(self, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        self.put(("block", (a, b, lo, p)))
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
+        if h == 0:
+            self._block = np.empty((self.n_head, *p.shape), dtype=p.dtype)
+        self._block[h] = p
+        if h == self.n_head - 1:
+            self.put(("block", (a, b, lo, self._block)))
 
     def put(self, item: tuple) -> None:
         while True:
@@ -313,7 +318,7 @@ def paired_stream(
     n_seq, not n_seq^2."""
     n_head, n_seq = params_a.config.n_head, len(ids)
     stop = threading.Event()
-    feeds = [_Feed(block_rows(n_head, n_seq), stop) for _ in range(2)]
+    feeds = [_Feed(params.config.n_head, block_rows(n_seq), stop) for params in (params_a, params_b)]
     runs = [forward(params_a, ids, sinks=lambda layer: feeds[0]), forward(params_b, ids, edits=edits_b, sinks=lambda layer: feeds[1])]
     threads = [threading.Thread(target=f.run, args=(r,), daemon=True, name="mha-diff") for f, r in zip(feeds, runs)]
     for t in threads:
@@ -338,8 +343,9 @@ def paired_stream(
                 acc = fresh()
                 continue
             (a, b, lo_a, pa), (_, _, lo_b, pb) = va, vb
-            acc[1].add(a, b, lo_a, pa)
-            acc[2].add(a, b, lo_b, pb)
+            for h in range(n_head):
+                acc[1].add(h, a, b, lo_a, pa[h])
+                acc[2].add(h, a, b, lo_b, pb[h])
             lo = min(lo_a, lo_b)  # the same keys for both (outside a model's window its weights are 0)
             acc[0].add(a, b, _widen(pa, lo_a - lo), _widen(pb, lo_b - lo))
     finally:

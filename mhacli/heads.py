@@ -7,17 +7,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mhacli.attention import DISCARD, Sink, block_rows
+from mhacli.attention import DISCARD, Sink, block_rows, threads_for
 from mhacli.blocks import Params, ZEdit
 from mhacli.errors import UsageError
 from mhacli.model import forward
-from mhacli.stats import SCRATCH_BYTES, STAT_NAMES, HeadStats, StatsAccumulator, head_stats, layer_stats
+from mhacli.partial import MapRequest, PartialMap, Tee, TopSink, WindowSink
+from mhacli.stats import STAT_NAMES, HeadStats, StatsAccumulator, head_stats, layer_stats
 
 
 @dataclass(frozen=True)
 class HeadView:
     stats: HeadStats  # of query head `head`
-    attention: np.ndarray | None  # [n_seq, n_seq] float32, None when maps were not requested
+    attention: np.ndarray | PartialMap | None  # [n_seq, n_seq] float32 (or the part asked for), None: no map
     kv_head: int | None = None  # the K/V head this query head reads (None: its own, as in MHA)
 
     @property
@@ -46,31 +47,43 @@ def analyse(
     heads: Sequence[int] | None = None,
     keep_maps: bool = True,
     edits: dict[int, ZEdit] | None = None,
+    request: MapRequest | None = None,
 ) -> Iterator[HeadView]:
     """Yield a HeadView per selected head, layer by layer; the forward stops after the last selected layer.
-    `edits`: heads' outputs replaced before W_O (ablation, mhacli.ablate), layer by layer."""
+    `edits`: heads' outputs replaced before W_O (ablation, mhacli.ablate), layer by layer. `request`: only that part
+    of each selected head's map (a PartialMap, mhacli.partial), its statistics streamed: no whole map is made."""
     config = params.config
     check_selection(config.n_layer, config.n_head, layers, heads)
     wanted_layers = sorted(set(layers)) if layers else list(range(config.n_layer))
     wanted_heads = sorted(set(heads)) if heads else list(range(config.n_head))
     streams: dict[int, StatsAccumulator] = {}
+    parts: dict[int, WindowSink | TopSink] = {}
 
     def sinks(layer: int) -> Sink | None:
-        """A layer not shown needs no map at all; without maps a shown layer's statistics are streamed."""
+        """A layer not shown needs no map at all; without maps a shown layer's statistics are streamed (and the
+        part of its map a request asks for kept beside them)."""
         if layer not in wanted_layers:
             return DISCARD
-        if keep_maps:
+        if keep_maps and request is None:
             return None
         streams[layer] = StatsAccumulator(config.n_head, ids)
-        return streams[layer]
+        if request is None:
+            return streams[layer]
+        parts[layer] = (
+            TopSink(wanted_heads, len(ids), request.top) if request.top is not None
+            else WindowSink(wanted_heads, request.rows, request.keys)
+        )  # fmt: skip
+        return Tee(streams[layer], parts[layer])
 
     for trace in forward(params, ids, n_layers=wanted_layers[-1] + 1, edits=edits, sinks=sinks):
         if trace.layer not in wanted_layers:
             continue
         if trace.attention is None:  # streamed: every head's statistics, then the selected ones
             every = head_stats(trace.layer, streams.pop(trace.layer).result())
-            for head in wanted_heads:
-                yield HeadView(every[head], None, config.kv_head(head))
+            part = parts.pop(trace.layer, None)
+            maps = (part.maps() if isinstance(part, TopSink) else part.maps(len(ids))) if part else [None] * len(wanted_heads)
+            for head, attn in zip(wanted_heads, maps):
+                yield HeadView(every[head], attn, config.kv_head(head))
             continue
         attn = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
         for row, stats in zip(attn, layer_stats(trace.layer, attn, ids)):
@@ -84,7 +97,8 @@ def analyse(
 # residual stream, norms, q/k/v, the heads' outputs and the MLP's widest tensors of one layer alive at once; per
 # block: the kernel's float32 scores and what a sink keeps of them.
 ACT_EMBD, ACT_INNER = 8, 4  # float32 [n_seq, n_embd] and [n_seq, n_inner] arrays alive inside one layer
-BLOCK_COPIES = 2  # float32 blocks alive at once: the kernel's, and one handed over (a queue of the streamed diff)
+BLOCK_COPIES = 2  # whole float32 blocks [n_head, rows, n_seq] alive at once (a streamed diff's queue), per forward
+TILE_COPIES = 3  # float32 tiles [rows, n_seq] per thread: the kernel's, the statistics' work array and distances
 FULL_COPIES = 6  # [n_head, n_seq, n_seq] float32 arrays alive at once in the unfused attention (explain's)
 
 
@@ -92,21 +106,28 @@ def forward_bytes(config, n_seq: int) -> int:
     """One forward's working set without maps: a layer's activations, one attention block, the statistics' rows."""
     inner = getattr(config, "n_inner", None) or getattr(config, "intermediate_size", None) or 4 * config.n_embd
     activations = n_seq * (ACT_EMBD * config.n_embd + ACT_INNER * inner) * 4
-    block = config.n_head * block_rows(config.n_head, n_seq) * n_seq * 4
-    scratch = 2 * min(SCRATCH_BYTES, 2 * block)  # StatsAccumulator's two float64 work arrays
-    rows = config.n_head * n_seq * (len(STAT_NAMES) + 2) * 8 + scratch  # ... and its per-row sums
-    return activations + BLOCK_COPIES * block + rows
+    rows = block_rows(n_seq)
+    tile = rows * n_seq * 4
+    threads = threads_for(len(range(0, n_seq, rows)))
+    block = config.n_head * tile
+    return activations + threads * TILE_COPIES * tile + BLOCK_COPIES * block + stats_bytes(config.n_head, n_seq)
+
+
+def stats_bytes(n_head: int, n_seq: int) -> int:
+    """A StatsAccumulator's own memory: its float64 per-row sums and the token index of its matches."""
+    return n_head * n_seq * (len(STAT_NAMES) + 1) * 8 + 3 * n_seq * 8
 
 
 def memory_needed(
     config, n_seq: int, *, kept_layers: int = 0, kept_heads: int = 0, keep_maps: bool = False, weight_bytes: int = 0,
-    forwards: int = 1,
+    forwards: int = 1, kept_cells: int = 0,
 ) -> int:  # fmt: skip
     """Bytes a request needs at its peak: `forwards` forwards at once (2 for a streamed diff), the weights resident
     meanwhile (Checkpoint.weight_bytes: one pass's layers, or every tensor of a caching checkpoint) and, with
-    keep_maps, the kept maps (the selected heads' copies) plus the whole map of the layer being computed. Without
-    maps nothing grows with n_seq^2: attention is streamed (mhacli.attention)."""
-    maps = 0
+    keep_maps, the kept maps (the selected heads' copies) plus the whole map of the layer being computed; with
+    `kept_cells`, that many float32 cells of each selected head's map. Without whole maps nothing grows with
+    n_seq^2: attention is streamed (mhacli.attention)."""
+    maps = kept_layers * kept_heads * kept_cells * 4  # the parts of maps a view asked for (mhacli.partial)
     if keep_maps:
         square = n_seq * n_seq * 4
         maps = (kept_layers * kept_heads + config.n_head) * square  # kept copies, and the layer's whole map

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-import numpy as np
 
 from mhacli.display import token_label
 from mhacli.heads import HeadView
+from mhacli.partial import strongest
 
 
 def fmt(v: float | None) -> str:
@@ -42,8 +42,8 @@ def write_inspect(
                 out.write(f"{j:>5} {labels[j]:<12} {attn[query, j]:.4f}\n")
         elif top is not None:
             for i in range(attn.shape[0]):
-                best = np.argsort(attn[i, : i + 1])[::-1][:top]
-                keys = ", ".join(f"{j}:{labels[j]} {attn[i, j]:.3f}" for j in best)
+                best, weights = strongest(attn, i, top)
+                keys = ", ".join(f"{j}:{labels[j]} {w:.3f}" for j, w in zip(best, weights))
                 out.write(f"{i:>5} {labels[i]:<12} -> {keys}\n")
         else:
             n = attn.shape[0]

@@ -8,10 +8,12 @@ rows. Statistics are reduced in float64 (the maps themselves stay float32). Unde
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
+F32 = np.float32
 STAT_NAMES = (
     "entropy", "max_weight", "mean_distance", "first_token", "self", "previous_token", "duplicate_token", "induction",
 )  # fmt: skip
@@ -74,23 +76,6 @@ class HeadStats:
         return int(self.support.get(stat, 0)) if stat in SUPPORTED_STATS else None
 
 
-def duplicate_mask(ids: np.ndarray, rows: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
-    """[n_seq] -> [q_pos, k_pos] bool (those rows and keys), D_i: key j < i - 1 holds the same token as query i."""
-    i, j = _positions(len(ids), rows, keys)
-    return (ids[i] == ids[j]) & (j < i - 1)
-
-
-def induction_mask(ids: np.ndarray, rows: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
-    """[n_seq] -> [q_pos, k_pos] bool (those rows and keys), I_i: 1 <= j <= i - 2 and the token before key j equals
-    query i's token."""
-    i, j = _positions(len(ids), rows, keys)
-    return (ids[i] == ids[np.maximum(j - 1, 0)]) & (j >= 1) & (j <= i - 2)
-
-
-def _positions(n: int, rows: slice, keys: slice) -> tuple[np.ndarray, np.ndarray]:
-    return np.arange(n)[rows][:, None], np.arange(n)[keys][None, :]
-
-
 def target_rows(ids: np.ndarray) -> dict[str, np.ndarray]:
     """[n_seq] -> {stat: [n_seq] bool}: whether row i has any duplicate (D_i) or induction (I_i) target at all, in
     O(n_seq): D_i is non-empty when t_i first occurs before i - 1, I_i when it first occurs before i - 2 (the
@@ -103,8 +88,8 @@ def target_rows(ids: np.ndarray) -> dict[str, np.ndarray]:
 
 
 ROW_BLOCK = 128  # query rows reduced at a time when a whole map is given (layer_arrays)
-TINY = np.finfo(np.float64).tiny
-SCRATCH_BYTES = 8 * 1024 * 1024  # each float64 work array of StatsAccumulator
+TINY = np.finfo(np.float32).tiny
+SCRATCH_BYTES = 4 * 1024 * 1024  # StatsAccumulator's float32 work arrays, each, per thread
 
 
 @dataclass(frozen=True)
@@ -119,12 +104,46 @@ class LayerStats:
     max_distance: float  # mean over those rows of i
 
 
+class TokenMatches:
+    """The (row, key) pairs of the duplicate-token and induction targets (D_i, I_i), listed for any rows and keys in
+    time proportional to the pairs, not rows x keys: positions sorted by token, each row's earlier copies of its
+    token found by binary search."""
+
+    def __init__(self, ids: np.ndarray):
+        n = len(ids)
+        _, inverse = np.unique(ids, return_inverse=True)
+        self.base = inverse.reshape(-1).astype(np.int64) * n  # each position's token, as the start of its key range
+        self.keys = np.sort(self.base + np.arange(n))  # token-major, then position
+
+    def pairs(self, name: str, a: int, b: int, lo: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows a..b-1, keys lo..: (row - a, key - lo) of every target of `name` (duplicate_token, induction), by
+        row then key. D_i: keys lo <= j <= i - 2 with t_j = t_i. I_i: keys max(lo, 1) <= j <= i - 2 with
+        t_{j-1} = t_i: copies at m = j - 1 with max(lo - 1, 0) <= m <= i - 3."""
+        i = np.arange(a, b)
+        if name == "duplicate_token":
+            first, end, shift = lo, i - 1, 0
+        else:
+            first, end, shift = max(lo - 1, 0), i - 2, 1
+        base = self.base[a:b]
+        left = np.searchsorted(self.keys, base + first)
+        right = np.searchsorted(self.keys, base + np.maximum(end, first))
+        counts = right - left
+        rows = np.repeat(np.arange(b - a), counts)
+        starts = np.repeat(left - np.cumsum(counts) + counts, counts)  # each pair's range start, less its index
+        found = self.keys[starts + np.arange(len(rows))] - base[rows]
+        return rows, found + shift - lo
+
+
 class StatsAccumulator:
-    """Every statistic of every head of one layer, from the attention given block by block (a mhacli.attention
-    sink): rows a..b-1 over keys lo..b-1 (the keys outside a sliding window are 0). Each block's rows are reduced
-    in float64 to one number per row and statistic, then dropped: memory O(n_head x n_seq) besides the block.
-    Rows before `first_row` are skipped (the second copy of a repeated sequence: mha census' `repeat` probe).
+    """Every statistic of every head of one layer, from the attention given tile by tile (a mhacli.attention sink):
+    head h, rows a..b-1 over keys lo..b-1 (the keys outside a sliding window are 0). Each tile's rows are reduced to
+    one number per row and statistic (float32 products, float64 sums), then dropped: memory O(n_head x n_seq)
+    besides the tile. Different blocks may arrive from different threads at once (`concurrent`): each thread has
+    its own work arrays and writes only its rows. Rows before `first_row` are skipped (the second copy of a
+    repeated sequence: mha census' `repeat` probe).
     """
+
+    concurrent = True
 
     def __init__(self, n_head: int, ids: np.ndarray, first_row: int = 0):
         self.ids = np.asarray(ids)
@@ -136,59 +155,49 @@ class StatsAccumulator:
         # per row: entropy, max_weight, sum_j A[i,j] (i - j), A[i,i], A[i,0], A[i,i-1], duplicate and induction sums
         self.per_row = {name: np.zeros((n_head, n_rows)) for name in (*STAT_NAMES, "distance")}
         self.targets = {name: has[first_row:] for name, has in target_rows(self.ids).items()}
-        self._buffers: dict[str, np.ndarray] = {}
-        self._positions: np.ndarray | None = None
+        self.matches = TokenMatches(self.ids)
+        self._local = threading.local()
 
-    def add(self, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        """p [n_head, b - a, b - lo]: rows a..b-1 over keys lo..b-1, reduced a few rows at a time so the float64
-        work arrays stay under SCRATCH_BYTES each, however long the rows."""
-        step = max(1, SCRATCH_BYTES // (8 * p.shape[0] * max(1, b - lo)))
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
+        """p [b - a, b - lo]: head h, rows a..b-1 over keys lo..b-1, reduced a few rows at a time so the work
+        arrays stay under SCRATCH_BYTES each, however long the rows."""
+        step = max(1, SCRATCH_BYTES // (4 * max(1, b - lo)))
         for c in range(max(a, self.first_row), b, step):
-            self._add(c, min(c + step, b), lo, p[:, c - a : min(c + step, b) - a])
+            self._add(h, c, min(c + step, b), lo, p[c - a : min(c + step, b) - a])
 
-    def _add(self, a0: int, b_rows: int, lo: int, p: np.ndarray) -> None:
-        """p [n_head, b_rows - a0, keys lo..]: rows a0..b_rows-1 (a0 >= first_row)."""
-        b = lo + p.shape[2]  # the keys end at the block's last row + 1, for every chunk of its rows
-        shape = (p.shape[0], b_rows - a0, b - lo)
-        block = self._scratch("block", shape)  # [n_head, rows, keys lo..b-1] float64, reused from block to block
-        np.copyto(block, p)
-        log = self._scratch("log", shape)
-        np.maximum(block, TINY, out=log)  # 0 log 0 = 0: 0 x log(TINY) is exactly 0, and no p > 0 is below TINY
-        np.log(log, out=log)
-        r = slice(a0 - self.first_row, b_rows - self.first_row)
-        i = np.arange(a0, b_rows)  # the rows' positions
-        at = np.arange(b_rows - a0)  # the rows' indices in the block
+    def _add(self, h: int, a: int, b_rows: int, lo: int, p: np.ndarray) -> None:
+        """p [b_rows - a, keys lo..]: head h, rows a..b_rows-1 (a >= first_row)."""
+        b = lo + p.shape[1]  # the keys end at the block's last row + 1, for every chunk of its rows
+        tile = self._tile(a, b_rows, lo, b)
+        work = tile.work[: p.size].reshape(p.shape)
+        r = slice(a - self.first_row, b_rows - self.first_row)
         out = self.per_row
-        out["entropy"][:, r] = -np.einsum("hij,hij->hi", block, log)
-        out["max_weight"][:, r] = p.max(axis=-1)  # the largest float32 weight, exactly
-        sums = block @ self._ones_and_positions(lo, b)  # [n_head, rows, 2]: sum_j A[i,j] and sum_j A[i,j] j in one pass
-        out["distance"][:, r] = i * sums[..., 0] - sums[..., 1]
-        out["self"][:, r] = p[:, at, i - lo]
+        out["max_weight"][h, r] = p.max(axis=1)  # the largest float32 weight, exactly
+        np.add(p, TINY, out=work)  # 0 log 0 = 0: 0 x log(TINY); every weight above 1e-30 is left as it is
+        np.log(work, out=work)
+        work *= p
+        out["entropy"][h, r] = -_row_sums(work)
+        np.multiply(p, tile.distance, out=work)  # A[i,j] (i - j): hidden keys have A = 0
+        out["distance"][h, r] = _row_sums(work)
+        at, i = tile.at, tile.rows
+        out["self"][h, r] = p[at, i - lo]
         if lo == 0:
-            out["first_token"][:, r] = p[:, :, 0]
-        prev = i - 1 - lo  # key i - 1 in the block, where it is there (row 0 has none; a window of 1 hides it)
+            out["first_token"][h, r] = p[:, 0]
+        prev = i - 1 - lo  # key i - 1 in the tile, where it is there (row 0 has none; a window of 1 hides it)
         seen = prev >= 0
-        out["previous_token"][:, r][:, seen] = p[:, at[seen], prev[seen]]
-        for name, mask in (("duplicate_token", duplicate_mask), ("induction", induction_mask)):
-            ii, jj = np.nonzero(mask(self.ids, slice(a0, b_rows), slice(lo, b)))  # sparse: repeated tokens only
-            if len(ii):
-                sums = np.stack([np.bincount(ii, weights=h, minlength=b_rows - a0) for h in block[:, ii, jj]])
-                out[name][:, r] = sums
+        out["previous_token"][h, r][seen] = p[at[seen], prev[seen]]
+        for name, (rows, keys) in tile.pairs.items():
+            if len(rows):
+                out[name][h, r] = np.bincount(rows, weights=p[rows, keys], minlength=b_rows - a)
 
-    def _ones_and_positions(self, lo: int, b: int) -> np.ndarray:
-        """[b - lo, 2] float64: a column of ones and the key positions lo..b-1."""
-        if self._positions is None or self._positions.shape[0] < b:
-            self._positions = np.stack([np.ones(self.n_seq), np.arange(self.n_seq, dtype=np.float64)], axis=1)
-        return self._positions[lo:b]
-
-    def _scratch(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float64 work array of this shape, kept between blocks (new memory for every block would page-fault
-        its way in each time)."""
-        size = math.prod(shape)
-        flat = self._buffers.get(name)
-        if flat is None or flat.size < size:
-            flat = self._buffers[name] = np.empty(size)
-        return flat[:size].reshape(shape)
+    def _tile(self, a: int, b_rows: int, lo: int, b: int) -> "_Tile":
+        """This thread's work arrays and what the rows a..b_rows-1 over keys lo..b-1 share across heads (their
+        distances i - j, their duplicate and induction pairs), made once for all heads of a block."""
+        tile = getattr(self._local, "tile", None)
+        if tile is None or tile.span != (a, b_rows, lo, b):
+            work = tile.work if tile is not None and tile.work.size >= (b_rows - a) * (b - lo) else None
+            tile = self._local.tile = _Tile(a, b_rows, lo, b, self.matches, work)
+        return tile
 
     def result(self) -> LayerStats:
         first_row, n_seq, out = self.first_row, self.n_seq, self.per_row
@@ -212,6 +221,24 @@ class StatsAccumulator:
         return LayerStats(ordered, support, n_seq - first_row, uniform, (first_row + n_seq - 1) / 2)
 
 
+def _row_sums(x: np.ndarray) -> np.ndarray:
+    """[rows, keys] float32 -> [rows] float64 sums (einsum casts to float64 as it goes: faster than sum(dtype=))."""
+    return np.einsum("ij->i", x, dtype=np.float64)
+
+
+class _Tile:
+    """One thread's view of rows a..b_rows-1 over keys lo..b-1: a float32 work array, the distances i - j (float32,
+    exact integers), the rows' positions and the duplicate/induction pairs."""
+
+    def __init__(self, a: int, b_rows: int, lo: int, b: int, matches: TokenMatches, work: np.ndarray | None):
+        self.span = (a, b_rows, lo, b)
+        self.rows = np.arange(a, b_rows)
+        self.at = np.arange(b_rows - a)
+        self.distance = np.subtract.outer(self.rows.astype(F32), np.arange(lo, b, dtype=F32))
+        self.work = work if work is not None else np.empty(max(SCRATCH_BYTES // 4, self.distance.size), dtype=F32)
+        self.pairs = {name: matches.pairs(name, a, b_rows, lo) for name in SUPPORTED_STATS}
+
+
 def layer_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> LayerStats:
     """[n_head, n_seq, n_seq], [n_seq] -> LayerStats over query rows first_row..n_seq-1, from a whole map: its
     lower triangle fed to a StatsAccumulator ROW_BLOCK rows at a time."""
@@ -219,7 +246,8 @@ def layer_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> Layer
     acc = StatsAccumulator(n_head, ids, first_row)
     for a in range(first_row, n_seq, ROW_BLOCK):
         b = min(a + ROW_BLOCK, n_seq)
-        acc.add(a, b, 0, attn[:, a:b, :b])
+        for h in range(n_head):
+            acc.add(h, a, b, 0, attn[h, a:b, :b])
     return acc.result()
 
 

@@ -62,13 +62,17 @@ def test_block_size_changes_the_numbers_only_by_float32_rounding():
 
 
 class Keep:
-    """A sink that keeps every block it is given."""
+    """A sink that keeps every tile it is given (in the order given: it is not concurrent), as whole blocks."""
 
     def __init__(self):
-        self.blocks = []
+        self.blocks, self.heads = [], []
 
-    def add(self, a, b, lo, p):
-        self.blocks.append((a, b, lo, p.copy()))
+    def add(self, h, a, b, lo, p):
+        if h == 0:
+            self.blocks.append((a, b, lo, []))
+        assert self.blocks[-1][:3] == (a, b, lo), "a block's heads arrive together"
+        self.blocks[-1][3].append(p.copy())
+        self.heads.append(h)
 
 
 @pytest.mark.parametrize("n_head,n_kv,n_seq,window,block", [
@@ -86,9 +90,59 @@ def test_a_sink_gets_exactly_the_blocks_of_the_kept_map(n_head, n_kv, n_seq, win
     z_streamed, none = causal_attention(q, k, v, 0.25, window=window, block=block, sink=sink)
     assert none is None and np.array_equal(z_kept, z_streamed)
     covered = np.zeros((n_seq, n_seq), dtype=bool)
-    for a, b, lo, p in sink.blocks:
+    assert sink.heads == list(range(n_head)) * len(sink.blocks)
+    for a, b, lo, tiles in sink.blocks:
+        p = np.stack(tiles)
         assert p.shape == (n_head, b - a, b - lo)
         assert np.array_equal(p, probs[:, a:b, lo:b])
         covered[a:b, lo:b] = True
     assert [blk[0] for blk in sink.blocks] == list(range(0, n_seq, block))
     assert (probs[:, ~covered] == 0).all(), "outside the blocks every weight is 0 (masked)"
+
+
+@pytest.mark.parametrize("window", [None, 40])
+def test_blocks_shared_among_threads_give_the_same_bits(window):
+    """Threads take whole blocks (a concurrent sink writes only its rows): the map, z and the statistics are the
+    same bits with 1, 2 or 3 threads."""
+    from mhacli.stats import StatsAccumulator
+
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((4, 300, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 300, 16)).astype(np.float32) for _ in range(2))
+    ids = rng.integers(0, 9, size=300)
+    runs = []
+    for threads in (1, 2, 3):
+        z, probs = causal_attention(q, k, v, 0.25, window=window, block=16, threads=threads)
+        acc = StatsAccumulator(4, ids)
+        z_streamed, _ = causal_attention(q, k, v, 0.25, window=window, block=16, sink=acc, threads=threads)
+        runs.append((z, probs, z_streamed, acc.result().values))
+    for z, probs, z_streamed, values in runs[1:]:
+        assert np.array_equal(z, runs[0][0]) and np.array_equal(probs, runs[0][1])
+        assert np.array_equal(z_streamed, runs[0][2])
+        for name, got in values.items():
+            assert np.array_equal(got, runs[0][3][name], equal_nan=True), name
+
+
+def test_an_error_in_one_thread_stops_the_layer():
+    """A sink that fails in one thread: the error reaches the caller, and the other thread stops at its next block
+    instead of finishing the layer."""
+    import threading
+
+    class Failing:
+        concurrent = True
+
+        def __init__(self):
+            self.calls, self.lock = [], threading.Lock()
+
+        def add(self, h, a, b, lo, p):
+            with self.lock:
+                self.calls.append(a)
+            if a == 16:
+                raise RuntimeError("boom")
+
+    rng = np.random.default_rng(8)
+    q, k, v = (rng.standard_normal((2, 4000, 8)).astype(np.float32) for _ in range(3))
+    sink = Failing()
+    with pytest.raises(RuntimeError, match="boom"):
+        causal_attention(q, k, v, 0.3, block=16, sink=sink, threads=2)
+    assert len(set(sink.calls)) < 4000 // 16, "the layer stopped early"

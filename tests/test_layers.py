@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mhacli"
 # graph must still be acyclic. The first matching prefix names a module's layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("mhacli.errors", "mhacli.config", "mhacli.display", "mhacli.files")),
-    ("blocks", ("mhacli.attention", "mhacli.blocks", "mhacli.stats")),
+    ("blocks", ("mhacli.attention", "mhacli.blocks", "mhacli.stats", "mhacli.partial")),
     ("families", ("mhacli.arch",)),
     ("forward and I/O", ("mhacli.model", "mhacli.weights", "mhacli.tokenizer", "mhacli.textin")),
     ("analyses", (
@@ -38,6 +38,7 @@ ALLOWED = {
     "mhacli.errors": set(),
     "mhacli.attention": set(),
     "mhacli.stats": set(),
+    "mhacli.partial": set(),
     "mhacli.blocks": {"mhacli.config"},
 }
 

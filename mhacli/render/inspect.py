@@ -11,6 +11,7 @@ from rich.text import Text
 
 from mhacli.display import token_label
 from mhacli.heads import HeadView
+from mhacli.partial import MapRequest, strongest
 from mhacli.render.common import auto_panel_keys, head_title, inspect_title, shares_kv, weight_colour, window_note
 from mhacli.render.heatmap import legend as heat_legend
 from mhacli.render.heatmap import GAP, map_window, panel, side_by_side, uses_color
@@ -22,6 +23,22 @@ def screen_keys(height: int, panel_rows: int, color: bool) -> int:
     lines each: two query rows a line with colour), the window note and the next prompt fit `height` lines."""
     lines = (height - 2) // max(1, panel_rows) - 3  # and a line for the prompt after
     return max(1, lines * (2 if color else 1))
+
+
+def map_request(
+    n_seq: int, *, width: int, query: int | None = None, top: int | None = None, start: int = 0,
+    keys: tuple[int, int] | None = None, panel_keys: int | None = None,
+) -> MapRequest:  # fmt: skip
+    """What render_inspect will draw of each map on a console `width` wide, so only that is computed: query row
+    `query` (keys 0..query), every row's `top` keys, or the largest window map_panels can choose (its rows and keys
+    are never more than max(width, panel_keys); any smaller window from the same start and keys lies inside)."""
+    if query is not None:
+        return MapRequest(rows=(query,), keys=tuple(range(query + 1)))
+    if top is not None:
+        return MapRequest(top=top)
+    most = max(width, panel_keys or 0)
+    win = map_window(n_seq, start, most, most, keys)
+    return MapRequest(rows=tuple(range(win.lo, win.hi)), keys=tuple(sorted({0, *win.keys})))
 
 
 def map_panels(
@@ -100,14 +117,13 @@ def top_keys(view: HeadView, tokens: Sequence[str], k: int, show_kv: bool = Fals
     """The k strongest keys of every query row, as text."""
     lines: list = [head_title(view, show_kv)]
     for i in range(view.attention.shape[0]):
-        row = view.attention[i, : i + 1]
-        best = np.argsort(row)[::-1][:k]
+        best, weights = strongest(view.attention, i, k)
         line = Text(f"{i:>5} {token_label(tokens[i], 12):<12} → ")
-        for rank, j in enumerate(best):
+        for rank, (j, w) in enumerate(zip(best, weights)):
             if rank:
                 line.append(", ")
-            line.append(f"{j}:{token_label(tokens[j], 12)}", style=weight_colour(float(row[j])) if row[j] >= 0.01 else "dim")
-            line.append(f" {row[j]:.2f}")
+            line.append(f"{j}:{token_label(tokens[j], 12)}", style=weight_colour(float(w)) if w >= 0.01 else "dim")
+            line.append(f" {w:.2f}")
         lines.append(line)
     return Group(*lines)
 
