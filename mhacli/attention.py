@@ -11,7 +11,7 @@ depend on the text's length and window only, never on the sink: a kept map and a
 float32 numbers, so statistics of one equal those of the other.
 
 Blocks are independent: with a sink that says so (`concurrent = True`: it writes only the rows it is given), they
-are shared among threads (NumPy releases the GIL in its kernels), BLAS held to one thread inside them so the
+are shared among threads, each taking the next, largest first (NumPy releases the GIL in its kernels), BLAS held to one thread inside them so the
 threads do not fight over the cores. A sink without it gets the blocks in order, heads 0..n_head-1 within each.
 
 The 1/sqrt(d_head) scale is folded into q. Grouped K/V heads (MQA/GQA) are read in place, never repeated in
@@ -32,7 +32,7 @@ F32 = np.float32
 BLOCK = 128  # query rows per block, at most
 MIN_BLOCK = 16  # ... and at least
 TILE_BYTES = 2 * 1024 * 1024  # one head's float32 tile [rows, keys] stays under this where MIN_BLOCK allows
-MIN_PARALLEL_TILES = 64  # fewer (rows x keys) tiles than this per head: one thread (the pool costs more than it saves)
+MIN_PARALLEL_CELLS = 1 << 20  # fewer visible (row, key) cells than this per head: one thread (the pool costs more)
 
 
 class Sink(Protocol):
@@ -91,12 +91,13 @@ def blocks(n_seq: int, rows: int, window: int | None) -> list[tuple[int, int, in
     return [(a, min(a + rows, n_seq), 0 if window is None else max(0, a - window + 1)) for a in range(0, n_seq, rows)]
 
 
-def threads_for(n_blocks: int) -> int:
-    """Threads for a layer of n_blocks blocks: the CPUs this process may use (MHA_THREADS overrides), one when the
-    layer is too small to be worth sharing."""
+def threads_for(todo: list[tuple[int, int, int]]) -> int:
+    """Threads for a layer's blocks: the CPUs this process may use (MHA_THREADS overrides), one when the layer is
+    too small to be worth sharing (under MIN_PARALLEL_CELLS visible cells per head)."""
     limit = os.environ.get("MHA_THREADS", "")
     cpus = int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
-    return max(1, min(cpus, n_blocks // MIN_PARALLEL_TILES + 1, n_blocks))
+    cells = sum((b - a) * (b - lo) for a, b, lo in todo)
+    return 1 if cells < MIN_PARALLEL_CELLS else max(1, min(cpus, len(todo)))
 
 
 def causal_attention(
@@ -114,29 +115,40 @@ def causal_attention(
     target = keep if keep is not None else sink
     rows = block or getattr(target, "fixed_rows", None) or block_rows(n_seq, window)  # a sink may fix them
     todo = blocks(n_seq, rows, window)
-    workers = threads or threads_for(len(todo))
+    workers = threads or threads_for(todo)
     if not getattr(target, "concurrent", False):
         workers = 1
     qs = q * F32(scale)  # [n_head, n_seq, d_head]
     z = np.empty((n_head, n_seq, v.shape[-1]), dtype=F32)
     stop = threading.Event()
 
-    def work(part: list[tuple[int, int, int]]) -> None:
-        tile = np.empty(rows * max(b - lo for _, b, lo in part), dtype=F32)  # reused by every tile of this thread
-        for a, b, lo in part:
-            if stop.is_set():
-                return
-            _block(qs, k, v, a, b, lo, window, tile, z, target)
+    queue = iter(sorted(todo, key=lambda blk: (blk[0] - blk[1]) * (blk[1] - blk[2])))  # the largest blocks first
+    lock = threading.Lock()
+
+    def work() -> None:
+        """Take the next block until none is left (or another thread failed)."""
+        tile = np.empty(rows * max(b - lo for _, b, lo in todo), dtype=F32)  # reused by every tile of this thread
+        try:
+            while not stop.is_set():
+                with lock:
+                    a, b, lo = next(queue, (-1, -1, -1))
+                if a < 0:
+                    return
+                _block(qs, k, v, a, b, lo, window, tile, z, target)
+        except BaseException:
+            stop.set()  # the other threads stop at their next block
+            raise
 
     if workers == 1:
-        work(todo)
+        queue = iter(todo)  # in order: a sink that is not concurrent gets the blocks as the rows go
+        work()
     else:
         with _one_blas_thread(), ThreadPoolExecutor(workers, thread_name_prefix="mha-attn") as pool:
             try:
-                for done in [pool.submit(work, todo[t::workers]) for t in range(workers)]:
+                for done in [pool.submit(work) for _ in range(workers)]:
                     done.result()
             finally:
-                stop.set()  # an error or Ctrl-C: the other threads stop at their next block
+                stop.set()  # Ctrl-C in the waiting thread: the workers stop at their next block
     return z, (keep.probs if keep is not None else None)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mhacli.attention import DISCARD, Sink, block_rows, threads_for
+from mhacli.attention import DISCARD, Sink, block_rows, blocks, threads_for
 from mhacli.blocks import Params, ZEdit
 from mhacli.errors import UsageError
 from mhacli.model import forward
@@ -108,7 +108,7 @@ def forward_bytes(config, n_seq: int) -> int:
     activations = n_seq * (ACT_EMBD * config.n_embd + ACT_INNER * inner) * 4
     rows = block_rows(n_seq)
     tile = rows * n_seq * 4
-    threads = threads_for(len(range(0, n_seq, rows)))
+    threads = threads_for(blocks(n_seq, rows, None))
     block = config.n_head * tile
     return activations + threads * TILE_COPIES * tile + BLOCK_COPIES * block + stats_bytes(config.n_head, n_seq)
 
