@@ -4,6 +4,7 @@
     python benchmarks/run.py --xl         # also GPT-2 XL size (1.5B parameters, ~6 GB of disk in bench_out/)
     python benchmarks/run.py --quick      # bundled model and GPT-2 small only, fewer runs
     python benchmarks/run.py --census     # only the census rows (results/census.json)
+    python benchmarks/run.py --roofline   # only the forward's share of the GEMM peak (results/roofline.json)
     python benchmarks/run.py --long       # only the long-context rows (results/long.json): mha stats at T = 2,048,
                                           # 8,192 and 32,768, and the longest text HF eager can return maps for
 
@@ -281,19 +282,60 @@ def text_of_tokens(n: int) -> str:
     return text[:cut]
 
 
-def forward_rate(model_dir: Path, n_tokens: int, repeats: int = 3) -> dict:
-    """In-process: seconds and GFLOP/s of one full forward (every layer's attention), weights already read."""
+SINKS = ("maps", "stats", "none")  # the forward keeping every map (inspect), streaming statistics (stats), neither
+
+
+def forward_rate(model_dir: Path, n_tokens: int, repeats: int = 3, sinks: str = "maps") -> dict:
+    """In-process: seconds and GFLOP/s of one full forward (every layer's attention), weights already read; its
+    attention kept as whole maps (`maps`), reduced to statistics as it streams (`stats`) or dropped (`none`)."""
+    from mhacli.attention import DISCARD
     from mhacli.model import forward
+    from mhacli.stats import StatsAccumulator
     from mhacli.weights import load_model
 
     ckpt = load_model(str(model_dir), cache=True)
     c = ckpt.config
     ids = np.arange(n_tokens) % c.vocab_size
-    list(forward(ckpt, ids))  # reads the weights once, warms up
-    runs = [timed(lambda: list(forward(ckpt, ids))) for _ in range(repeats)]
+    where = {"maps": lambda layer: None, "stats": lambda layer: StatsAccumulator(c.n_head, ids), "none": lambda layer: DISCARD}[sinks]
+    list(forward(ckpt, ids, sinks=where))  # reads the weights once, warms up
+    runs = [timed(lambda: list(forward(ckpt, ids, sinks=where))) for _ in range(repeats)]
     seconds = min(runs)
     flops = c.n_layer * layer_flops(n_tokens, c.n_embd, c.n_inner)
     return {"seconds": seconds, "seconds_runs": runs, "gflop": flops / 1e9, "gflops": flops / seconds / 1e9}
+
+
+def roofline_rows(small: Path, n_tokens: int = 1024) -> dict:
+    """The forward of GPT-2 small at T = n_tokens, each way (SINKS), against the GEMM peak: peak, forward, peak
+    again (the machine's mood drifts), every figure from a fresh child process."""
+    peaks = [in_child("gemm")]
+    rows = []
+    for sinks in SINKS:
+        rate = in_child("forward", str(small), str(n_tokens), sinks)
+        log(f"  forward small T={n_tokens} ({sinks}): {rate['gflops']:.1f} GFLOP/s")
+        rows.append({"sinks": sinks, "tokens": n_tokens, **rate})
+    peaks.append(in_child("gemm"))
+    peak = max(p["gflops"] for p in peaks)
+    for r in rows:
+        r["fraction_of_gemm_peak"] = r["gflops"] / peak
+    return {"gemm_peaks": peaks, "gemm_gflops": peak, "forward": rows}
+
+
+def roofline_markdown(results: dict) -> str:
+    m, r = results["machine"], results["roofline"]
+    what = {"maps": "every map kept (inspect)", "stats": "statistics streamed (stats)", "none": "maps dropped (a loss)"}
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, NumPy {m['numpy']}; float32 GEMM peak (2,048^3, best of the runs "
+        f"before and after): {r['gemm_gflops']:.1f} GFLOP/s.",
+        "",
+        "| forward of GPT-2 small, T = 1,024 | seconds (best of 3) | GFLOP | GFLOP/s | of GEMM peak |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in r["forward"]:
+        lines.append(
+            f"| {what[f['sinks']]} | {f['seconds']:.3f} | {f['gflop']:.1f} | {f['gflops']:.1f} | "
+            f"{100 * f['fraction_of_gemm_peak']:.0f}% |"
+        )
+    return "\n".join(lines)
 
 
 def layer_flops(t: int, e: int, inner: int) -> int:
@@ -318,7 +360,7 @@ def child(what: str, args: list[str]) -> None:
     if what == "gemm":
         print(json.dumps(gemm_peak()))
     elif what == "forward":
-        print(json.dumps(forward_rate(Path(args[0]), int(args[1]))))
+        print(json.dumps(forward_rate(Path(args[0]), int(args[1]), sinks=args[2] if len(args) > 2 else "maps")))
     elif what == "build_long":
         print(json.dumps({"path": str(build_long(Path(args[0])))}))
     elif what == "build":
@@ -336,6 +378,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="bundled model and GPT-2 small only, 3 runs")
     parser.add_argument("--census", action="store_true", help="only the census rows, written to results/census.json")
     parser.add_argument("--long", action="store_true", help="only the long-context rows, written to results/long.json")
+    parser.add_argument("--roofline", action="store_true", help="only the forward's share of the GEMM peak (results/roofline.json)")
     parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="where the checkpoints are built")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "latest.json", help="the results JSON file")
     args = parser.parse_args()
@@ -361,6 +404,8 @@ def main() -> None:
     if args.long:
         return only("long", long_rows(mha, py, runs, args.out), long_markdown)
     small = Path(in_child("build", "small", str(args.out))["path"])
+    if args.roofline:
+        return only("roofline", roofline_rows(small), roofline_markdown)
     census_models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
     if args.census:
         return only("census", census_rows(mha, py, runs, census_models, args.out), census_markdown)

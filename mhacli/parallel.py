@@ -24,8 +24,11 @@ from mhacli.weights import Checkpoint, ModelFiles, open_checkpoint
 CHUNK_TOKENS = 4096  # tokens per unit of work: small models run thousands of texts a second, so send them in bulk
 CHUNK_TEXTS = 64
 DASK_TIMEOUT_S = 5
-# BLAS threads per local worker: the workers are the parallelism (N workers x N BLAS threads would oversubscribe)
-_ONE_THREAD = {v: "1" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")}
+# BLAS and attention threads per local worker: the workers are the parallelism (N workers x N threads each would
+# oversubscribe the cores); MHA_THREADS is mhacli.attention's
+_ONE_THREAD = {
+    v: "1" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "MHA_THREADS")
+}
 
 
 @dataclass(frozen=True)
