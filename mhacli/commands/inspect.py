@@ -73,8 +73,11 @@ def inspect(
     check_selection(c.n_layer, c.n_head, layer, head)
     n_layers = len(set(layer)) if layer else c.n_layer
     n_heads = len(set(head)) if head else c.n_head
+    # Whole maps only for what writes them; a terminal, --query and --top get only what they show (mhacli.partial),
+    # csv/tsv only statistics.
+    whole = bool(saves) or fmt in ("json", "jsonl") or (fmt == "text" and query is None and top is None)
     console, request = None, None
-    if not saves and (fmt == "rich" or (fmt == "text" and (query is not None or top is not None))):
+    if not whole and fmt in ("rich", "text"):
         from mhacli.render import make_console
         from mhacli.render.inspect import map_request
 
@@ -82,7 +85,7 @@ def inspect(
         width = console.width if console is not None else 0
         request = map_request(n_seq, width=width, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size)
     needed = memory_needed(
-        c, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=request is None, weight_bytes=ckpt.weight_bytes(),
+        c, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=whole, weight_bytes=ckpt.weight_bytes(),
         kept_cells=request.cells(n_seq) if request is not None else 0,
     )
     check_memory(needed, max_memory, "narrow it with --layer/--head or a shorter text (mha stats streams without maps)")
@@ -95,7 +98,7 @@ def inspect(
                 f"{n_seq} tokens); --save FILE.npz stores them in {format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
                 "(float32), and -l/-H select heads"
             )
-    views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, edits=edits, request=request), n_layers * n_heads, "running layers"))
+    views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=whole, edits=edits, request=request), n_layers * n_heads, "running layers"))
     saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=True)
