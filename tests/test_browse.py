@@ -28,7 +28,7 @@ pytest.importorskip("textual", reason="mha browse needs the browse extra (textua
 
 from mhacli.browse.app import BrowseApp  # noqa: E402
 from mhacli.browse.state import Session, parse_filter  # noqa: E402
-from mhacli.browse.views import KEYS  # noqa: E402
+from mhacli.render.browse import KEYS  # noqa: E402
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."  # the README's example: L0H3 previous-token, L1H2 induction
 SMALL, LARGE = (80, 24), (160, 50)
@@ -157,7 +157,7 @@ def test_the_query_cursor_updates_the_top_keys(model, induction_head):
     top = int(np.argmax(row))
     assert top == 7  # the token after the first ' m': the induction head's target
     line = next(line for line in screen.splitlines() if line.startswith("query "))
-    assert line.startswith(f"query 15 '·m' → {top}:'at' {row[top]:.2f}")
+    assert line.startswith(f"query 15 '·m' → █{top}:'at' {row[top]:.2f}")  # █: a swatch of the weight's colour
     before = drive(BrowseApp(Session(model, TEXT)), "tab")
     assert next(x for x in before.splitlines() if x.startswith("query ")).startswith("query 17 ")
 

@@ -1,14 +1,13 @@
 """`mha browse`: the Textual application. Four panes over one Session (mhacli.browse.state): the layer x head grid,
 the selected head's map (or, by mode, A/B/|A−B|, the map without an ablated head, explain's steps, the head's
 statistics), the token strip with the query cursor and its top keys, and a status line. Drawing is
-mhacli.browse.views' (rich Text lines); this module only places it and maps keys to actions.
+mhacli.render.browse's (lines of rich Text); this module only places it and maps keys to actions.
 
 Imported only by `mha browse` (Textual is the `browse` extra)."""
 
 from __future__ import annotations
 
 import numpy as np
-from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -16,9 +15,9 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Input, Static
 
-from mhacli.browse import views
 from mhacli.browse.state import Session
 from mhacli.errors import MhaError
+from mhacli.render import browse as views
 from mhacli.render.grid import FULL_CELL, full_width
 
 MIN_SIZE = (60, 16)  # the smallest terminal the panes fit (80 x 24 is the design size)
@@ -29,22 +28,14 @@ GRID_SAYS = {
 }
 
 
-def _join(lines: list[Text]) -> Text:
-    text = Text("\n").join(lines)
-    text.no_wrap = True
-    text.overflow = "crop"
-    return text
-
-
 class Pane(Widget):
     """A pane drawn from the session as lines; its first line is its name (reversed while it has the focus)."""
 
     can_focus = True
     label = ""
 
-    def header(self, extra: str = "") -> Text:
-        style = "bold reverse" if self.has_focus else "bold"
-        return Text.assemble((f" {self.label} ", style), (f" {extra}", "dim"))
+    def header(self, extra: str = ""):  # -> rich Text
+        return views.pane_header(self.label, extra, self.has_focus, self.size.width)
 
     def on_focus(self) -> None:
         self.refresh()
@@ -68,7 +59,7 @@ class GridPane(Pane):
         self.browser.session.move(d_layer, d_head)
         self.browser.selection_changed()
 
-    def render(self) -> Text:
+    def render(self):  # -> rich Text
         app = self.browser
         s = app.session
         f = s.head_filter
@@ -76,7 +67,7 @@ class GridPane(Pane):
         cells = app.grid_cells()
         says = GRID_SAYS.get(app.mode, GRID_SAYS["kinds"])
         lines = views.grid_view(cells, s.n_layer, s.n_head, (s.layer, s.head), self.size.width, app.color, says)
-        return _join([views.fit_line(self.header(extra), self.size.width), *lines])
+        return views.joined([self.header(extra), *lines])
 
     def on_click(self, event) -> None:
         s = self.browser.session
@@ -131,14 +122,14 @@ class MapPane(Pane):
     def on_mouse_scroll_up(self, event) -> None:
         self.action_scroll_rows(-3)
 
-    def render(self) -> Text:
+    def render(self):  # -> rich Text
         app = self.browser
         width, height = self.size.width, self.size.height
         try:
             body, note = app.map_lines(self, width, height - 1)
         except MhaError as exc:
-            body, note = [Text(str(exc), style="bold red")], ""
-        return _join([views.fit_line(self.header(note), width), *body[: height - 1]])
+            body, note = [views.message_line(str(exc), width, True)], ""
+        return views.joined([self.header(note), *body[: height - 1]])
 
 
 class TokenPane(Pane):
@@ -155,14 +146,14 @@ class TokenPane(Pane):
         s = self.browser.session
         self.browser.move_query(to=to % s.run.n_seq)
 
-    def render(self) -> Text:
+    def render(self):  # -> rich Text
         app = self.browser
         s = app.session
         width = self.size.width
         strip = views.token_strip(s.tokens, s.query, width, max(1, self.size.height - 2))
         top = views.top_keys_line(s.tokens, s.query, s.top_keys(), app.color, width)
         name = f"L{s.layer}H{s.head}, query {s.query} of {s.run.n_seq} ([ ] move it)"
-        return _join([views.fit_line(self.header(name), width), *strip, top])
+        return views.joined([self.header(name), *strip, top])
 
 
 class HelpScreen(ModalScreen):
@@ -170,7 +161,7 @@ class HelpScreen(ModalScreen):
     DEFAULT_CSS = "HelpScreen { align: center middle; } #help { width: auto; max-width: 100%; height: auto; background: $panel; padding: 0 1; }"
 
     def compose(self) -> ComposeResult:
-        yield Static(_join(views.help_lines()), id="help")
+        yield Static(views.joined(views.help_lines()), id="help")
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -226,7 +217,7 @@ class BrowseApp(App):
         self.session = session
         self.mode = "kinds"
         self.ablated: tuple[int, int] | None = None
-        self.message = Text("")
+        self.message = ""
         self.color = not self.no_color
 
     def compose(self) -> ComposeResult:
@@ -257,19 +248,19 @@ class BrowseApp(App):
         s = self.session
         w, h = self.size
         small = w < MIN_SIZE[0] or h < MIN_SIZE[1]
-        removed = f"  without {', '.join(f'L{l}H{h}' for l, h in s.removed)}" if s.removed else ""
-        b = f"  vs {s.model_b.source}" if s.model_b is not None else ""
-        top = Text.assemble(("mha browse ", "bold"), s.model.source + b, f"  {s.run.n_seq} tokens{removed}",
-                            ("  mode ", "dim"), (self.mode, "bold"), ("   ? help  q quit", "dim"))  # fmt: skip
         if small:
-            top = Text(f"terminal too small: {w}×{h}, mha browse needs at least {MIN_SIZE[0]}×{MIN_SIZE[1]}", style="bold red")
-        self.query_one("#top", Static).update(views.fit_line(top, max(1, w)))
-        self.query_one("#status", Static).update(views.fit_line(self.message, max(1, w)))
+            top = views.message_line(f"terminal too small: {w}×{h}, mha browse needs at least {MIN_SIZE[0]}×{MIN_SIZE[1]}", w, True)
+        else:
+            source_b = s.model_b.source if s.model_b is not None else None
+            top = views.top_line(s.model.source, s.run.n_seq, self.mode, max(1, w), source_b=source_b, removed=s.removed)
+        self.query_one("#top", Static).update(top)
+        self.query_one("#status", Static).update(views.message_line(self.message, max(1, w), self.message.startswith("error:")))
         for pane in self.query(Pane):
             pane.refresh()
 
-    def say(self, message: str, style: str = "") -> None:
-        self.message = Text(message, style=style)
+    def say(self, message: str) -> None:
+        """The status line: what the last key did (an error starts with `error:` and shows in red)."""
+        self.message = message
         self.redraw()
 
     def grid_cells(self):
@@ -284,7 +275,7 @@ class BrowseApp(App):
             pass
         return views.kind_cells(s.stats(), shown)
 
-    def map_lines(self, pane: MapPane, width: int, height: int) -> tuple[list[Text], str]:
+    def map_lines(self, pane: MapPane, width: int, height: int) -> tuple[list, str]:
         """The map pane's lines for the mode, and the note beside its name."""
         s = self.session
         if self.mode in ("explain", "stats"):
@@ -314,18 +305,18 @@ class BrowseApp(App):
         loss = "" if delta is None else f", loss {delta:+.3f} nats/token"
         return f"{name} removed{loss}; grid: each head's divergence from the intact model"
 
-    def _panels(self, pane: MapPane, maps, width: int, height: int) -> list[Text]:
+    def _panels(self, pane: MapPane, maps, width: int, height: int) -> list:
         s = self.session
         w = (width - len(maps) + 1) // len(maps)
         panels = []
         for attn, title in maps:
             lines, pane.window = views.map_view(
-                attn, Text(title, style="bold"), s.tokens, s.query, pane.start, pane.keys, w, height, self.color, labels=False
+                attn, views.pane_title(title), s.tokens, s.query, pane.start, pane.keys, w, height, self.color, labels=False
             )  # fmt: skip
             panels.append(lines)
         return views.side_panels(panels, width)
 
-    def text_lines(self, width: int) -> list[Text]:
+    def text_lines(self, width: int) -> list:
         s = self.session
         if self.mode == "explain":
             return views.explain_view(s.explanation(), s.tokens, width)
@@ -365,7 +356,7 @@ class BrowseApp(App):
                 self.ablated = (s.layer, s.head)
                 s.ablation(self.ablated)
         except MhaError as exc:
-            self.say(f"error: {exc}", "bold red")
+            self.say(f"error: {exc}")
             return
         self.mode = mode
         pane = self.query_one(MapPane)
@@ -398,7 +389,7 @@ class BrowseApp(App):
         try:
             n = self.session.set_filter(event.value, views.KINDS)
         except MhaError as exc:
-            self.say(f"error: {exc}", "bold red")
+            self.say(f"error: {exc}")
             return
         self.query_one(GridPane).focus()
         f = self.session.head_filter
@@ -411,7 +402,7 @@ class BrowseApp(App):
             try:
                 self.session.rerun(text)
             except MhaError as exc:
-                self.say(f"error: {exc} (the old text is kept)", "bold red")
+                self.say(f"error: {exc} (the old text is kept)")
                 return
             pane = self.query_one(MapPane)
             pane.start, pane.keys = 0, None

@@ -1,6 +1,7 @@
-"""The panes of `mha browse` as lines of rich Text, drawn with the terminal views' primitives (mhacli.render): the
-layer x head grid (render.grid, kind letters and styles of render.common), half-block maps with key 0 pinned
-(render.heatmap), explain's steps (render.explain). Nothing here imports Textual; the app places these lines."""
+"""`mha browse`'s panes as lines of rich Text, drawn with the terminal views' primitives: the layer x head grid
+(render.grid, kind letters and styles of render.common), half-block maps with key 0 pinned (render.heatmap),
+explain's steps (render.explain). Nothing here imports Textual: the app (mhacli.browse.app) places these lines,
+and reads the numbers from the Python API (mhacli.browse.state)."""
 
 from __future__ import annotations
 
@@ -126,7 +127,8 @@ def map_view(
     for k, (label, row) in enumerate(zip(row_names, body)):
         first = win.lo + k * step
         here = first <= query < first + step
-        line = Text(label[:-1] + ("▶" if here else " "), style="bold reverse" if here else "dim")
+        line = Text()
+        line.append(label[:-1] + ("▶" if here else " "), style="bold reverse" if here else "dim")
         line.append_text(row)
         lines.append(fit(line, width))
     return lines, win
@@ -135,6 +137,32 @@ def map_view(
 def fit_line(text: Text, width: int) -> Text:
     """A line of exactly `width` cells (render.heatmap.fit)."""
     return fit(text, width)
+
+
+def joined(lines: list[Text]) -> Text:
+    """Lines as one Text for a widget, never wrapped (every line fits already)."""
+    text = Text("\n").join(lines)
+    text.no_wrap = True
+    text.overflow = "crop"
+    return text
+
+
+def pane_header(label: str, extra: str, focused: bool, width: int) -> Text:
+    """A pane's first line: its name (reversed while it has the focus), then what it shows."""
+    return fit(Text.assemble((f" {label} ", "bold reverse" if focused else "bold"), (f" {extra}", "dim")), width)
+
+
+def top_line(source: str, n_seq: int, mode: str, width: int, *, source_b: str | None = None, removed=()) -> Text:
+    """The app's first line: the model(s), the text's length, heads removed by --ablate, the mode."""
+    b = f"  vs {source_b}" if source_b is not None else ""
+    gone = f"  without {', '.join(f'L{l}H{h}' for l, h in removed)}" if removed else ""
+    line = Text.assemble(("mha browse ", "bold"), source + b, f"  {n_seq} tokens{gone}", ("  mode ", "dim"), (mode, "bold"),
+                         ("   ? help  q quit", "dim"))  # fmt: skip
+    return fit(line, width)
+
+
+def message_line(message: str, width: int, error: bool = False) -> Text:
+    return fit(Text(message, style="bold red" if error else ""), width)
 
 
 def map_window_note(win: MapWindow) -> Text:
@@ -193,7 +221,9 @@ def top_keys_line(tokens: Sequence[str], query: int, top: list[tuple[int, float]
     for rank, (j, w) in enumerate(top):
         if rank:
             line.append("  ")
-        line.append(f"{j}:{cell_label(tokens[j], 12).rstrip()!r}", style=weight_colour(w) if color and w >= 0.01 else "")
+        if color:
+            line.append("█", style=weight_colour(w))
+        line.append(f"{j}:{cell_label(tokens[j], 12).rstrip()!r}", style="bold" if w >= 0.5 else "")
         line.append(f" {w:.2f}")
     return fit(line, width)
 
@@ -225,3 +255,7 @@ def help_lines() -> list[Text]:
         lines.append(Text.assemble((key.ljust(key_w), "bold"), what))
     lines += [Text(""), Text("Esc or ? closes this help", style="dim")]
     return lines
+
+
+def pane_title(title: str) -> Text:
+    return Text(title, style="bold")
