@@ -463,3 +463,10 @@ def test_every_help_example_starts_and_quits(tmp_path):
             assert t.exit_status() == 0, line
         finally:
             t.close()
+
+
+def test_the_readme_lists_every_key():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = {tuple(c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")) for line in readme.splitlines() if line.startswith("| ")}
+    for key, what in KEYS:
+        assert (key, what) in rows, f"README: no row for {key!r}"
