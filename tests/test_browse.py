@@ -470,3 +470,25 @@ def test_the_readme_lists_every_key():
     rows = {tuple(c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")) for line in readme.splitlines() if line.startswith("| ")}
     for key, what in KEYS:
         assert (key, what) in rows, f"README: no row for {key!r}"
+
+
+def test_escape_closes_the_filter_and_leaves_the_mode(model):
+    app = BrowseApp(Session(model, TEXT))
+    seen = []
+
+    async def state(pilot):
+        seen.append((app.mode, app.query_one("#filter").display, app.focused.id))
+
+    drive(app, "s", *typed("/in"), "escape", then=state)
+    assert seen == [("stats", False, "grid")]
+    assert app.session.head_filter is None
+
+
+def test_started_without_a_head_explain_refuses_and_says_why(model):
+    app = BrowseApp(Session(model, TEXT, removed=((0, 3),)))
+    screen = drive(app, "e")
+    assert "without L0H3" in screen.splitlines()[0]
+    assert "error: explain runs the intact model" in screen
+    assert app.mode == "kinds"
+    kinds = {(s.layer, s.head): s.kind for s in model.run(TEXT, remove=[(0, 3)]).stats()}
+    assert app.session.selected_stats().kind == kinds[(0, 0)]

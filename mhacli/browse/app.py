@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Input, Static
@@ -178,7 +178,7 @@ class TextScreen(ModalScreen[str | None]):
         self.text = text
 
     def compose(self) -> ComposeResult:
-        with Static(id="edit"):
+        with Vertical(id="edit"):
             yield Static("edit the text, Enter runs it, Esc keeps the old one")
             yield Input(value=self.text, id="text")
 
@@ -344,9 +344,13 @@ class BrowseApp(App):
 
     def action_mode(self, mode: str) -> None:
         s = self.session
-        if mode == self.mode or (mode == "kinds" and self.query_one("#filter", Input).display):
+        box = self.query_one("#filter", Input)
+        if mode == "kinds" and box.display:  # Esc in the filter: close it, nothing else
+            box.display = False
+            self.query_one(GridPane).focus()
+            return
+        if mode == self.mode:  # the mode's key again: back to the kinds view
             mode = "kinds"
-            self.query_one("#filter", Input).display = False
         try:
             if mode == "diff":
                 s.diff_report()
@@ -381,6 +385,7 @@ class BrowseApp(App):
         box = self.query_one("#filter", Input)
         box.display = True
         box.focus()
+        self.message = "filter: a kind (induction, prev, sink...) or statistic>x (induction>0.5); Enter applies, Esc closes"
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id != "filter":
