@@ -492,3 +492,25 @@ def test_started_without_a_head_explain_refuses_and_says_why(model):
     assert app.mode == "kinds"
     kinds = {(s.layer, s.head): s.kind for s in model.run(TEXT, remove=[(0, 3)]).stats()}
     assert app.session.selected_stats().kind == kinds[(0, 0)]
+
+
+def test_a_model_with_many_heads_fits_80_columns(tmp_path, tokenizer_dir):
+    """12 heads a layer do not fit full cells at 80 columns: one character a head (render.grid's compact layout)."""
+    import mhacli
+    from conftest import build_model
+
+    wide = mhacli.load(build_model(tmp_path / "wide", tokenizer_dir, n_layer=3, n_head=12, n_embd=48))
+    app = BrowseApp(Session(wide, "hello world, hello world"))
+    seen = []
+
+    async def click(pilot):
+        await pilot.click(app.query_one("#grid"), offset=(7 + 11, 4))  # layer 2, head 11
+        seen.append((app.session.layer, app.session.head))
+
+    screen = drive(app, "down", "left", then=click)
+    assert seen == [(2, 11)]
+    grid = [line.split("▕")[0] for line in screen.splitlines()[1:6]]
+    assert re.match(r"layer\s+0\s+·\s+10$", grid[1].strip()), grid  # the head ruler of render.grid
+    assert re.match(r"\s+2\s+\S{12}\s*$", grid[4]), grid
+    assert f"L2H11 {app.session.selected_stats().kind}" in screen
+    assert all(len(line) == 80 for line in screen.splitlines())
