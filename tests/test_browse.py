@@ -298,9 +298,21 @@ def test_no_color_draws_shades(model, monkeypatch):
     assert "I 0.71" in screen  # the grid's numbers without colour
 
 
-def test_a_terminal_too_small_says_so(model):
-    screen = drive(BrowseApp(Session(model, TEXT)), size=(50, 12))
+def test_a_terminal_too_small_says_so_until_it_grows(model):
+    app = BrowseApp(Session(model, TEXT))
+    screen = drive(app, size=(50, 12))
     assert "terminal too small: 50×12" in screen
+    grown = []
+    app = BrowseApp(Session(model, TEXT))
+
+    async def resize(pilot):
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        grown.append(screen_text(app))
+
+    drive(app, size=(50, 12), then=resize)
+    assert grown[0].splitlines()[0].startswith("mha browse sample:tiny-shakespeare")
+    assert all(len(line) == 100 for line in grown[0].splitlines())
 
 
 def test_q_quits_with_exit_code_0(model):

@@ -116,6 +116,10 @@ class MapPane(Pane):
         if win is not None and not win.lo <= query < win.hi:
             self.start = max(0, query - (win.hi - win.lo) // 2)
 
+    def on_resize(self, event) -> None:
+        """The terminal changed size (the map pane follows it): lay the panes out again."""
+        self.browser.layout_panes()
+
     def on_mouse_scroll_down(self, event) -> None:
         self.action_scroll_rows(3)
 
@@ -232,16 +236,17 @@ class BrowseApp(App):
     def on_mount(self) -> None:
         self.title = "mha browse"
         self.query_one(GridPane).focus()
-        self.on_resize()
-        self.redraw()
+        self.layout_panes()
 
-    def on_resize(self, event=None) -> None:
+    def layout_panes(self) -> None:
+        """The grid as wide as its full cells where they take at most 55% of the width, else narrower (compact)."""
         s = self.session
         width = self.size.width
         grid_w = full_width(s.n_head, s.n_layer) + 2
         if grid_w > width * 11 // 20:
             grid_w = max(full_width(0, s.n_layer) + s.n_head + 2, min(width // 3, 34))
         self.query_one(GridPane).styles.width = min(max(grid_w, 24), width * 11 // 20)
+        self.redraw()
 
     # -- drawing --------------------------------------------------------------------------------------------------
     def redraw(self) -> None:
