@@ -443,9 +443,13 @@ def mha_command(args: str) -> str:
 
 
 @needs_tmux
-@pytest.mark.parametrize("quit_key", ["q", "C-c"])
-def test_in_a_real_terminal(quit_key, tmp_path):
-    t = Tmux(mha_command(f"browse {shlex.quote(TEXT)}"), tmux_env(), tmp_path / "status")
+@pytest.mark.parametrize("how,quit_key", [("argument", "q"), ("argument", "C-c"), ("pipe", "q")])
+def test_in_a_real_terminal(how, quit_key, tmp_path):
+    """TEXT as an argument, or piped (the keys then come from the terminal, /dev/tty); q and Ctrl+C exit 0."""
+    command = mha_command(f"browse {shlex.quote(TEXT)}")
+    if how == "pipe":
+        command = f"cd {shlex.quote(str(REPO))} && echo {shlex.quote(TEXT)} | {shlex.quote(sys.executable)} -m mhacli browse"
+    t = Tmux(command, tmux_env(), tmp_path / "status")
     try:
         t.wait_for(r"mha browse sample:tiny-shakespeare\s+18 tokens")
         t.tmux("send-keys", "Down", "Right", "Right")
