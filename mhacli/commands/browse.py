@@ -61,7 +61,8 @@ def browse(
         raise TextError("MODEL_A's and MODEL_B's tokenizers give different token ids for the text: --diff needs the same")
     session = Session(m, raw, model_b=b, removed=tuple(ablated_heads(ablate, m.checkpoint)), memory_limit=limit, truncate=truncate)
     code = app_class(session).run()
-    return ExitCode.OK if code in (None, 0) else int(code)
+    # q and Ctrl+C exit 0; anything else is the app failing (Textual has printed its traceback): a bug, exit 3
+    return ExitCode.OK if code in (None, 0) else ExitCode.INTERNAL
 
 
 def textual_app():  # noqa: ANN201 - the app class, from the optional extra
