@@ -530,3 +530,18 @@ def test_a_model_with_many_heads_fits_80_columns(tmp_path, tokenizer_dir):
     assert re.match(r"\s+2\s+\S{12}\s*$", grid[4]), grid
     assert f"L2H11 {app.session.selected_stats().kind}" in screen
     assert all(len(line) == 80 for line in screen.splitlines())
+
+
+def test_diff_with_ablate_removes_the_heads_from_b_only(model):
+    """As `mha diff M M --ablate 0.3`: A intact, B without L0H3; layer 0 unchanged, L1H2 changed most."""
+    import mhacli
+
+    app = BrowseApp(Session(model, TEXT, model_b=mhacli.load("sample"), removed=((0, 3),)))
+    screen = drive(app, "d")
+    want = mhacli.diff(model, model, TEXT, remove_b=[(0, 3)])
+    got = app.session.diff_report()
+    assert [(r.layer_a, r.head_a, r.divergence) for r in got.heads] == [(r.layer_a, r.head_a, r.divergence) for r in want.heads]
+    assert (got.heads[0].layer_a, got.heads[0].head_a) == (1, 2)
+    a, b, _ = app.session.diff_maps()
+    assert np.array_equal(a, model.run(TEXT).attention(0)[0]) and np.array_equal(b, a)  # L0H0: layer 0 is unchanged
+    assert "|A−B| max 0.000" in screen

@@ -177,23 +177,25 @@ class Session:
         return self._cache[key]
 
     def diff_report(self):  # -> DiffReport
-        """`mha diff` of this model (A) against --diff MODEL_B (B) on the text."""
+        """`mha diff` of this model (A) against --diff MODEL_B (B) on the text; with --ablate, as `mha diff
+        --ablate`: the heads are removed from B only."""
         if self.model_b is None:
             raise UsageError("no second model: start mha browse with --diff MODEL_B to compare")
         if "diff" not in self._cache:
             report = diff(self.model, self.model_b, self.text, remove_b=self.removed, truncate=self.truncate)
+            run_a = self.model.run(ids=self.run.ids) if self.removed else self.run
             run_b = self.model_b.run(ids=self.run.ids, remove=self.removed)
-            self._cache["diff"] = (report, run_b)
+            self._cache["diff"] = (report, run_a, run_b)
         return self._cache["diff"][0]
 
     def diff_maps(self) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """The selected head's map in A, its counterpart's in B (the same head, or the matched one), and which."""
         report = self.diff_report()
-        run_b = self._cache["diff"][1]
+        _, run_a, run_b = self._cache["diff"]
         row = next((r for r in report.heads if (r.layer_a, r.head_a) == (self.layer, self.head)), None)
         if row is None:
             raise UsageError(f"L{self.layer}H{self.head} has no partner in MODEL_B (unmatched)")
-        return self.head_map(), run_b.attention(row.layer_b)[row.head_b], (row.layer_b, row.head_b)
+        return run_a.attention(self.layer)[self.head], run_b.attention(row.layer_b)[row.head_b], (row.layer_b, row.head_b)
 
     def ablation(self, target: tuple[int, int]) -> tuple[object, Run, float | None]:
         """Head `target` removed (with the --ablate heads): every head's divergence from the intact model
