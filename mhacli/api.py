@@ -29,7 +29,7 @@ from mhacli.divergence import DiffReport, check_metric, check_same_tokens, compa
 from mhacli.errors import TextError, UsageError
 from mhacli.explain import Explanation
 from mhacli.explain import explain as explain_head
-from mhacli.heads import HeadView, analyse
+from mhacli.heads import HeadView, analyse, memory_needed
 from mhacli.kinds import PROBES, SOURCES, HeadVerdict, ProbeSpec, Tally, probe, text_stats, verdicts
 from mhacli.loss import text_losses
 from mhacli.model import embed, forward_from
@@ -123,6 +123,16 @@ class Model:
         for h in heads:
             check_head(h, self.config.n_layer, self.config.n_head)
         return Run(self, self.tokenize(text, ids=ids, truncate=truncate), tuple(heads))
+
+    def memory_needed(self, n_seq: int, *, maps: bool = True) -> int:
+        """Bytes at the peak of a run of n_seq tokens (the weights held, the forward's working set) that keeps every
+        layer's maps (maps=True: as Run.attention does for each layer asked for), as the commands' --max-memory
+        estimate counts them."""
+        c = self.config
+        return memory_needed(
+            c, int(n_seq), kept_layers=c.n_layer if maps else 0, kept_heads=c.n_head if maps else 0, keep_maps=maps,
+            weight_bytes=self.checkpoint.weight_bytes(),
+        )  # fmt: skip
 
     def explain(
         self, text: str | None = None, *, ids: IdsLike | None = None, layer: int, head: int, query: int | None = None,

@@ -18,7 +18,7 @@ import warnings
 import typer
 
 # Each command module registers its command on `app` (mhacli.commands._app) when imported.
-from mhacli.commands import ablate, census, diff, explain, info, inspect, stats, verify  # noqa: F401
+from mhacli.commands import ablate, browse, census, diff, explain, info, inspect, stats, verify  # noqa: F401
 from mhacli.commands._app import app
 from mhacli.errors import ExitCode, MhaError
 from mhacli.files import escape_unprintable

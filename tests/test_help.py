@@ -14,7 +14,9 @@ import pytest
 
 from conftest import run_mha
 
-COMMANDS = ["inspect", "stats", "diff", "explain", "verify", "info", "ablate", "prune", "census"]
+COMMANDS = ["inspect", "stats", "diff", "explain", "verify", "info", "ablate", "prune", "census", "browse"]
+# Interactive: its examples need a terminal on stdout, so tests/test_browse.py runs them in tmux instead.
+INTERACTIVE = {"browse"}
 EXAMPLE_START = re.compile(r"^\s*(mha|echo|printf)\s")
 
 
@@ -79,6 +81,8 @@ def mha_on_path(tmp_path: Path) -> dict:
 def test_every_example_in_help_runs(command, tmp_path):
     """Each example as a user types it: bash, a terminal on stdin (`mha verify` alone uses its built-in text),
     output piped; in order, in one empty directory (prune's mask file feeds the next example)."""
+    if command and command[0] in INTERACTIVE:
+        pytest.skip("interactive: tests/test_browse.py runs its examples in a real terminal (tmux)")
     env = mha_on_path(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
@@ -218,5 +222,5 @@ def test_completion_does_not_slow_start_up():
     code = "import sys; from mhacli.cli import run; run(['--version']); print(sorted(sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, stdin=subprocess.DEVNULL)
     modules = result.stdout.decode().splitlines()[-1]
-    for heavy in ("'torch'", "'transformers'", "'huggingface_hub'", "'scipy'", "'tokenizers'"):
+    for heavy in ("'torch'", "'transformers'", "'huggingface_hub'", "'scipy'", "'tokenizers'", "'textual'"):
         assert heavy not in modules, heavy

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     )),  # fmt: skip
     ("api", ("mhacli.api",)),
     ("package", ("mhacli",)),  # mhacli/__init__.py: the API's names, imported lazily
-    ("cli", ("mhacli.commands", "mhacli.cli", "mhacli.__main__")),
+    ("cli", ("mhacli.commands", "mhacli.browse", "mhacli.cli", "mhacli.__main__")),
 ]
 # What each bottom layer may import at all: the building blocks and the core import nothing of ours above them.
 ALLOWED = {
@@ -142,6 +142,30 @@ def test_every_import_goes_downward():
 @pytest.mark.parametrize("name", sorted(ALLOWED))
 def test_bottom_modules_import_nothing_above_them(name):
     assert graph()[name] <= ALLOWED[name], f"{name} imports {sorted(graph()[name] - ALLOWED[name])}"
+
+
+# `mha browse` (mhacli.browse: the Textual app and its state; its panes are drawn by mhacli.render.browse) stands on
+# the public API and the terminal views only: never the engine's modules (weights, model, stats, heads, ...) directly.
+BROWSE_MAY_IMPORT = ("mhacli.api", "mhacli.errors", "mhacli.render", "mhacli.browse")
+
+
+def test_browse_uses_only_the_api_and_the_drawing_primitives():
+    g = graph()
+    browse = [name for name in g if name == "mhacli.browse" or name.startswith("mhacli.browse.")]
+    assert {"mhacli.browse.app", "mhacli.browse.state"} <= set(browse)
+    for name in browse:
+        bad = sorted(m for m in g[name] if not any(m == p or m.startswith(p + ".") for p in BROWSE_MAY_IMPORT))
+        assert not bad, f"{name} imports {bad}: go through mhacli.api (or mhacli.render for drawing)"
+
+
+def test_the_browse_command_imports_the_app_only_when_it_runs():
+    """Textual is an extra: `mhacli.commands.browse` imports the app inside the command, never at module level."""
+    import ast
+
+    tree = ast.parse((PACKAGE / "commands" / "browse.py").read_text(encoding="utf-8"))
+    top = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names}
+    top |= {node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert not {m for m in top if m.startswith(("textual", "mhacli.browse"))}, top
 
 
 def test_families_never_import_the_forward():

@@ -1,6 +1,7 @@
 """Terminal views with rich, one module per command (inspect, stats, diff, explain, ablate + prune, census, info,
-verify) over shared drawing primitives: heatmap (colour scale, half-block maps, windows), grid (the layer x head
-overview), text (lines of segments that fit a width) and common (console, kind styles, titles, legends).
+verify; browse: the panes of the interactive app) over shared drawing primitives: heatmap (colour scale, half-block
+maps, windows), grid (the layer x head overview), text (lines of segments that fit a width) and common (console,
+kind styles, titles, legends).
 The only package that imports rich; commands import the views from here."""
 
 from mhacli.render.ablate import render_ablate, render_prune
