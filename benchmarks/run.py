@@ -200,6 +200,7 @@ def long_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
     t = np.array([r["tokens"] for r in rows], dtype=float)
     rss = np.array([r["mha"]["peak_rss_bytes"] for r in rows], dtype=float)
     slope, intercept = np.polyfit(t, rss, 1)
+    others = other_long_rows(mha, model, runs, out, LONG_TOKENS[-1])
     hf = []
     for n in HF_LONG_TOKENS:
         log(f"trying: HF eager with output_attentions, T = {n}")
@@ -207,8 +208,25 @@ def long_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
         if not hf[-1]["ok"]:
             break
     longest = max((r["tokens"] for r in hf if r["ok"]), default=None)
-    return {"shape": dict(zip(("n_layer", "n_head", "n_embd", "n_positions"), LONG_SHAPE)), "mha": rows,
+    return {"shape": dict(zip(("n_layer", "n_head", "n_embd", "n_positions"), LONG_SHAPE)), "mha": rows, "others": others,
             "rss_slope_bytes_per_token": slope, "rss_intercept_bytes": intercept, "hf": hf, "hf_longest_tokens": longest}  # fmt: skip
+
+
+def other_long_rows(mha: list[str], model: Path, runs: int, out: Path, n: int) -> list[dict]:
+    """`mha census` of one n-token text (in this process: --workers 1) and `mha inspect` drawing a window of one
+    head's map near the end of it, on the long-context model."""
+    text = text_of_tokens(n)
+    corpus = out / f"long-{n}.jsonl"
+    corpus.write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+    cases = [
+        ("`mha census --texts FILE --probes none --workers 1`", [*mha, "census", "--texts", str(corpus), "--probes", "none", "--workers", "1", "-m", str(model), "-f", "json"]),
+        (f"`mha inspect -l 3 -H 0 --from {n - 768}` (a window)", [*mha, "inspect", text, "-m", str(model), "-l", "3", "-H", "0", "--from", str(n - 768), "-f", "rich"]),
+    ]  # fmt: skip
+    rows = []
+    for label, cmd in cases:
+        log(f"measuring: {label}, T = {n}")
+        rows.append({"case": label, "tokens": n, "mha": measure(cmd, runs)})
+    return rows
 
 
 def long_markdown(results: dict) -> str:
@@ -222,6 +240,8 @@ def long_markdown(results: dict) -> str:
         "| --- | --- | --- |",
     ]
     lines += [f"| {row['tokens']:,} | {row['mha']['wall_s']:.1f} s | {mib(row['mha']['peak_rss_bytes'])} |" for row in r["mha"]]
+    lines += ["", "| other commands, T | wall (median) | peak RSS |", "| --- | --- | --- |"]
+    lines += [f"| {o['case']}, {o['tokens']:,} | {o['mha']['wall_s']:.1f} s | {mib(o['mha']['peak_rss_bytes'])} |" for o in r.get("others", [])]
     lines += ["", f"Peak RSS grows by {r['rss_slope_bytes_per_token'] / 1024:.1f} KiB per token (least squares over the rows above).", "",
               "| HF eager `output_attentions`, T | ran | wall | peak RSS |", "| --- | --- | --- | --- |"]  # fmt: skip
     for h in r["hf"]:
