@@ -25,16 +25,21 @@ from mhacli.ablate import METHODS, Ablator, Head, HeadEffect, ablate_each, check
 from mhacli.attention import DISCARD, Sink
 from mhacli.blocks import ZEdit
 from mhacli.config import ModelConfig
-from mhacli.divergence import DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.divergence import DiffReport
 from mhacli.errors import TextError, UsageError
 from mhacli.explain import Explanation
-from mhacli.explain import explain as explain_head
-from mhacli.heads import HeadView, analyse, memory_needed
-from mhacli.kinds import PROBES, SOURCES, HeadVerdict, ProbeSpec, Tally, probe, text_stats, verdicts
+from mhacli.heads import HeadView, memory_needed
+from mhacli.kinds import PROBES, HeadVerdict, ProbeSpec, Tally
 from mhacli.loss import text_losses
 from mhacli.model import embed, forward_from
+from mhacli.ops import census as censuses
+from mhacli.ops.ablation import check_scorable
+from mhacli.ops.diff import check_metric, compare, tokenize_both
+from mhacli.ops.explain import explain as explain_head
+from mhacli.ops.heads import check_heads, head_views
+from mhacli.ops.memory import Size
 from mhacli.stats import HeadStats, layer_stats
-from mhacli.textin import TokenizedText, check_ids_fit, tokenize
+from mhacli.textin import TokenizedText, check_ids as check_id_values, from_ids, ids_from_items, tokenize
 from mhacli.tokenizer import Tokenizer, load_tokenizer
 from mhacli.weights import Checkpoint, load_model
 
@@ -64,27 +69,29 @@ def check_text(text: object) -> str:
     return text
 
 
-def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> np.ndarray:
-    """Token ids given directly: a non-empty 1-D sequence of integers in 0..vocab_size-1, at most n_positions
-    of them (with truncate=True the first n_positions are kept). Returns them as int64 [n_seq]."""
+API_OPTION = "max_memory"  # how the memory guard names the limit to an API user
+TRUNCATE_HINT = "pass truncate=True"
+
+
+def _id_values(ids: IdsLike) -> list[int]:
+    """Token ids given directly, as a list: a 1-D sequence of integers, each checked by the rule --ids follows
+    (mhacli.textin.ids_from_items: an integer >= 0; not empty)."""
     arr = np.asarray(ids)
     if arr.ndim != 1:
         raise UsageError(f"ids must be a 1-D sequence of token ids, got shape {arr.shape}")
-    if arr.size == 0:
-        raise TextError("ids is empty")
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+    if arr.size and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
         raise UsageError(f"ids must be integers, got {arr.dtype}")
-    if arr.min() < 0 or arr.max() >= config.vocab_size:
-        bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
-        raise UsageError(f"token id {bad} is out of range: this model's ids are 0..{config.vocab_size - 1}")
-    if len(arr) > config.n_positions:
-        if not truncate:
-            raise TextError(
-                f"ids are {len(arr)} tokens, longer than the model's n_positions ({config.n_positions}); "
-                "pass truncate=True to keep the first tokens"
-            )
-        arr = arr[: config.n_positions]
-    return arr.astype(np.int64)
+    return ids_from_items(arr.tolist(), "ids")
+
+
+def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> np.ndarray:
+    """Token ids given directly: a non-empty 1-D sequence of integers in 0..vocab_size-1, at most n_positions
+    of them (with truncate=True the first n_positions are kept). Returns them as int64 [n_seq]. The same check,
+    and the same messages, as the CLI's --ids (mhacli.textin.check_ids)."""
+    kept, _ = check_id_values(
+        _id_values(ids), config.vocab_size, config.n_positions, truncate=truncate, where="ids", truncate_hint=TRUNCATE_HINT
+    )
+    return np.asarray(kept, dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,20 +116,24 @@ class Model:
         c = self.config
         if text is not None:
             return tokenize(self.tokenizer, check_text(text), c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
-        given = len(np.asarray(ids))
-        arr = check_ids(ids, c, truncate=truncate)
-        return TokenizedText(arr, self.tokenizer.display(arr.tolist()), given if given > len(arr) else None)
+        values = _id_values(ids)
+        return from_ids(
+            self.tokenizer, values, c.n_positions, vocab_size=c.vocab_size, truncate=truncate, where="ids",
+            truncate_hint=TRUNCATE_HINT,
+        )  # fmt: skip
 
     def run(
         self, text: str | None = None, *, ids: IdsLike | None = None, truncate: bool = False,
-        remove: Iterable[Head] | None = None,
+        remove: Iterable[Head] | None = None, max_memory: Size = None,
     ) -> Run:  # fmt: skip
         """One text through the model. Nothing is computed until asked for; what is computed is kept.
-        `remove`: heads (layer, head) zeroed before W_O in every computation of this run (`--ablate`)."""
+        `remove`: heads (layer, head) zeroed before W_O in every computation of this run (`--ablate`).
+        `max_memory` (bytes, or a size like '2G'; default 80% of available memory): a computation of this run that
+        would need more is refused with a ResourceError before it starts (the CLI's --max-memory guard)."""
         heads = sorted(set(remove or ()))
         for h in heads:
             check_head(h, self.config.n_layer, self.config.n_head)
-        return Run(self, self.tokenize(text, ids=ids, truncate=truncate), tuple(heads))
+        return Run(self, self.tokenize(text, ids=ids, truncate=truncate), tuple(heads), max_memory)
 
     def memory_needed(self, n_seq: int, *, maps: bool = True) -> int:
         """Bytes at the peak of a run of n_seq tokens (the weights held, the forward's working set) that keeps every
@@ -136,10 +147,10 @@ class Model:
 
     def explain(
         self, text: str | None = None, *, ids: IdsLike | None = None, layer: int, head: int, query: int | None = None,
-        truncate: bool = False,
+        truncate: bool = False, max_memory: Size = None,
     ) -> Explanation:  # fmt: skip
         """One head's computation for one query token (default the last; negative counts from the end)."""
-        return self.run(text, ids=ids, truncate=truncate).explain(layer, head, query)
+        return self.run(text, ids=ids, truncate=truncate, max_memory=max_memory).explain(layer, head, query)
 
     def __repr__(self) -> str:
         c = self.config
@@ -157,6 +168,7 @@ class Run:
     model: Model
     tokenized: TokenizedText
     removed: tuple[Head, ...] = ()
+    max_memory: Size = None  # the memory guard's limit (Model.run)
     _inputs: list[np.ndarray] = field(default_factory=list, repr=False)  # residual stream entering layer k
     _attention: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _stats: dict[int, list[HeadStats]] = field(default_factory=dict, repr=False)
@@ -191,6 +203,13 @@ class Run:
             raise UsageError(f"{what} {layer} is out of range: this model has layers 0..{n - 1}")
         return int(layer) % n
 
+    def _guard(self, layers: list[int] | None, *, keep_maps: bool, how: str = "use a shorter text") -> None:
+        """The CLI's memory guard (mhacli.ops.memory) for this run: ResourceError past max_memory."""
+        check_heads(
+            self.model.checkpoint, self.n_seq, layers, None, keep_maps=keep_maps, max_memory=self.max_memory,
+            how_to_narrow=how, option=API_OPTION,
+        )  # fmt: skip
+
     def _advance(self, stop: int, keep: int | None = None) -> None:
         """Run the layers not yet run, up to stop-1, keeping the map of layer `keep` (others are not kept)."""
         params = self.model.checkpoint
@@ -211,6 +230,7 @@ class Run:
         once; the same (read-only) array on every call."""
         layer = self._layer(layer)
         if layer not in self._attention:
+            self._guard([layer], keep_maps=True, how="ask for fewer layers, or use a shorter text")
             if layer < len(self._inputs) - 1:  # the stream entering it is kept: that one layer again, with its map
                 for trace in forward_from(
                     self.model.checkpoint, self._inputs[layer], layer, layer + 1, edits=self.edits, sinks=lambda _: None
@@ -225,6 +245,7 @@ class Run:
         """[n_seq, n_embd] float32: the residual stream after block `layer` (before the final norm), read-only."""
         layer = self._layer(layer)
         if layer + 1 >= len(self._inputs):
+            self._guard([layer], keep_maps=False)
             self._advance(layer + 1)
         out = self._inputs[layer + 1]
         out.flags.writeable = False
@@ -236,7 +257,8 @@ class Run:
         layers = list(range(self.model.config.n_layer)) if layer is None else [self._layer(layer)]
         missing = [x for x in layers if x not in self._stats]
         if missing:
-            for view in analyse(self.model.checkpoint, self.tokenized.ids, layers=missing, keep_maps=False, edits=self.edits):
+            self._guard(missing, keep_maps=False)
+            for view in head_views(self.model.checkpoint, self.tokenized.ids, layers=missing, keep_maps=False, edits=self.edits):
                 self._stats.setdefault(view.layer, []).append(view.stats)
         out = [s for x in layers for s in self._stats[x]]
         if head is not None:
@@ -250,6 +272,7 @@ class Run:
         """Every head's map with its statistics (computed from the maps, as `mha inspect` does): what pages and
         figures draw."""
         c = self.model.config
+        self._guard(None, keep_maps=True, how="use a shorter text (stats() streams without maps)")
         out = []
         for layer in range(c.n_layer):
             attn = self.attention(layer)
@@ -271,7 +294,9 @@ class Run:
         against the forward (Explanation.matches)."""
         if self.removed:
             raise UsageError("explain runs the intact model: make the run without remove=")
-        return explain_head(self.model.checkpoint, self.tokenized.ids, layer, head, query)
+        return explain_head(
+            self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory, option=API_OPTION
+        )
 
     def ablate(
         self, heads: Iterable[Head] | None = None, *, method: str = "zero", loss_from: int = 1
@@ -282,6 +307,7 @@ class Run:
             raise UsageError("ablate measures against the intact model: make the run without remove=")
         if method not in METHODS:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
+        check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory, API_OPTION)
         ablator = Ablator(self.model.checkpoint, [self.tokenized.ids], method=method, loss_from=loss_from)
         chosen = ablator.heads if heads is None else sorted(set(heads))
         c = self.model.config
@@ -340,108 +366,81 @@ class Ablation:
         }  # fmt: skip
 
 
-def _diff_ids(text: str, a: Model, b: Model, truncate: bool) -> np.ndarray:
-    """The text's ids, the same under both tokenizers and fitting both models (as `mha diff` requires)."""
-    limit = min(a.config.n_positions, b.config.n_positions)
-    ids_a, n_chars = a.tokenizer.encode_prefix(check_text(text), limit)
-    ids_b = b.tokenizer.encode(text[:n_chars])
-    check_same_tokens(ids_a, ids_b, a.tokenizer.display, b.tokenizer.display, "the text")
-    if not ids_a:
-        raise TextError("the text produced no tokens")
-    check_ids_fit(ids_a, min(a.config.vocab_size, b.config.vocab_size))
-    if len(ids_a) > limit:
-        if not truncate:
-            raise TextError(
-                f"the text is {len(ids_a)} tokens, longer than n_positions ({limit}); pass truncate=True to keep the "
-                "first tokens"
-            )
-        ids_a = ids_a[:limit]
-    return np.asarray(ids_a, dtype=np.int64)
-
-
 def diff(
     model_a: Model, model_b: Model, text: str | Sequence[str], *, metric: str = "js", match: bool = False,
-    remove_b: Iterable[Head] | None = None, truncate: bool = False,
+    remove_b: Iterable[Head] | None = None, truncate: bool = False, max_memory: Size = None,
 ) -> DiffReport:  # fmt: skip
     """Per-head divergence of model_b's attention from model_a's on the same token ids (`mha diff`): head by head
     when their shapes agree (unless match=True), else matched (Hungarian) and nearest heads. Several texts: the
-    mean over texts. metric: js (bits), tv or cosine. remove_b: heads of model_b zeroed first."""
+    mean over texts. metric: js (bits), tv or cosine. remove_b: heads of model_b zeroed first. A request needing
+    more than max_memory (default 80% of available memory) is refused with a ResourceError."""
     check_metric(metric)
     texts = [text] if isinstance(text, str) else list(text)
     if not texts:
         raise TextError("no text given")
-    ids = [_diff_ids(t, model_a, model_b, truncate) for t in texts]
+    a, b = (model_a.checkpoint, model_a.tokenizer), (model_b.checkpoint, model_b.tokenizer)
+    where = (lambda n: "the text") if len(texts) == 1 else (lambda n: f"text {n}")
+    items = [
+        tokenize_both(check_text(t), where(n), a, b, truncate, truncate_hint=TRUNCATE_HINT) for n, t in enumerate(texts)
+    ]
     removed = sorted(set(remove_b or ()))
     for h in removed:
         check_head(h, model_b.config.n_layer, model_b.config.n_head)
     edits_b = removal_edits(removed) if removed else None
-    shape_a = (model_a.config.n_layer, model_a.config.n_head)
-    shape_b = (model_b.config.n_layer, model_b.config.n_head)
-    mode = "paired" if shape_a == shape_b and not match else "matched"
-    per_text = [compare_text(model_a.checkpoint, model_b.checkpoint, x, metric, mode, edits_b) for x in ids]
-    return summarise(per_text, metric, mode, shape_a, shape_b)
+    return compare(
+        model_a.checkpoint, model_b.checkpoint, items, metric, match=match, edits_b=edits_b, max_memory=max_memory,
+        option=API_OPTION,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Census:
-    """`mha census` run in this process: each head's verdict (kind, confidence, evidence) and the per-source tallies
-    (mean and spread of every statistic over that source's texts: Tally.means(), Tally.stds())."""
+    """`mha census`: each head's verdict (kind, confidence, evidence) and the per-source tallies (mean and spread
+    of every statistic over that source's texts: Tally.means(), Tally.stds()); to_dict() is `mha census -f json`'s
+    document (the corpus' path null)."""
 
     heads: list[HeadVerdict]
     tallies: dict[str, Tally]
     spec: ProbeSpec
     probes: tuple[str, ...]
+    doc: dict = field(default_factory=dict, repr=False, compare=False)
 
     def head(self, layer: int, head: int) -> HeadVerdict:
         return next(v for v in self.heads if (v.layer, v.head) == (layer, head))
 
+    def to_dict(self) -> dict:
+        return self.doc
+
 
 def census(
     model: Model, texts: Iterable[str] | None = None, *, probes: Sequence[str] = PROBES, probe_count: int = 20,
-    repeat_length: int = 20, random_length: int = 64, seed: int = 0, truncate: bool = False,
+    repeat_length: int = 20, random_length: int = 64, seed: int = 0, truncate: bool = False, workers: int = 1,
+    dask: str | None = None, max_memory: Size = None,
 ) -> Census:  # fmt: skip
     """Every head's kind over seeded probes (repeat, random) and `texts` (a corpus), as `mha census` computes it
-    (docs/census.md), in this process. A text that cannot run raises its error."""
+    (docs/census.md; the same implementation, mhacli.ops.census): in this process (workers=1), in `workers` local
+    processes, or on a Dask cluster (dask: an address or 'local'). A text that cannot run raises its error."""
     probes = tuple(dict.fromkeys(probes))
     for p in probes:
         if p not in PROBES:
             raise UsageError(f"probe {p!r} is not one of: {', '.join(PROBES)}")
     if probes and probe_count < 1:
         raise UsageError(f"probe_count {probe_count} must be at least 1")
-    corpus = None if texts is None else [texts] if isinstance(texts, str) else list(texts)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers {workers!r} must be an int, at least 1")
+    corpus = None if texts is None else [texts] if isinstance(texts, str) else [check_text(t) for t in texts]
     if not probes and not corpus:
         raise UsageError("nothing to run: no probes and no texts")
     c, ckpt = model.config, model.checkpoint
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
-    prefix, ordinary = _probe_tokens(model, probes, spec)
-    tallies = {s: Tally((c.n_layer, c.n_head)) for s in SOURCES}
-    for p in probes:
-        for index in range(probe_count):
-            ids, first_row = probe(p, index, spec, ordinary, prefix)
-            tallies[p].add(text_stats(ckpt, ids, first_row), len(ids))
-    for t in corpus or ():
-        ids = model.tokenize(t, truncate=truncate).ids
-        tallies["corpus"].add(text_stats(ckpt, ids), len(ids))
-    ran = {s: tallies[s] for s in SOURCES if tallies[s].n_texts > 0}
-    return Census(verdicts(ran), ran, spec, probes)
-
-
-def _probe_tokens(model: Model, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
-    """The probes' prefix token (None: the tokenizer has none the model can read) and ordinary tokens, checked as
-    `mha census` checks them."""
-    c = model.config
-    prefix = model.tokenizer.prefix_id()
-    if prefix is not None and prefix >= c.vocab_size:
-        prefix = None
-    ordinary = np.asarray(model.tokenizer.ordinary_ids(c.vocab_size), dtype=np.int64)
-    if probes and len(ordinary) == 0:
-        raise UsageError("the tokenizer has no ordinary tokens below the model's vocab_size to draw probes from")
-    for p in probes:
-        low = 3 if p == "repeat" else 2
-        if (spec.repeat_length if p == "repeat" else spec.random_length) < low:
-            raise UsageError(f"{p}_length must be at least {low}")
-        n = spec.n_tokens(p, prefix)
-        if n > c.n_positions:
-            raise UsageError(f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions})")
-    return prefix, ordinary
-
+    prefix, ordinary = censuses.probe_tokens(ckpt, model.tokenizer, probes, spec)
+    censuses.check_census_memory(ckpt, probes, spec, prefix, bool(corpus), workers, dask, max_memory, API_OPTION)
+    run = censuses.CensusRun((c.n_layer, c.n_head), strict=True, strict_name="a failed text stops the census")
+    lines = None if not corpus else [(None, t) for t in corpus]
+    censuses.run_census(
+        run, ckpt, model.tokenizer, probes, spec, prefix, ordinary, lines, truncate=truncate, workers=workers,
+        dask=dask, where=lambda n, line: f"text {n}",
+    )  # fmt: skip
+    doc = censuses.build_doc(run, ckpt.model_dict(), spec, probes, prefix, None, c.kv_head, has_corpus=bool(corpus))
+    ran = run.ran()
+    return Census(censuses.verdicts(ran), ran, spec, probes, doc)

@@ -43,6 +43,11 @@ class UsageError(MhaError):
     """An option is out of range or inconsistent with the model."""
 
 
+class ResourceError(UsageError):
+    """A request would need more memory than allowed (the memory guard: --max-memory, max_memory=); its message
+    says about how much, and how to narrow the request."""
+
+
 class DependencyError(MhaError):
     """An optional dependency (torch for `verify`) is not installed."""
 

@@ -210,6 +210,13 @@ def parse_ids(spec: str, where: str = "--ids") -> list[int]:
         items: list[object] = values
     else:
         items = [p for p in body.replace(",", " ").split()]
+    return ids_from_items(items, where)
+
+
+def ids_from_items(items: list[object], where: str = "--ids") -> list[int]:
+    """Each item a token id: an integer >= 0 (or its decimal digits, as --ids spells them), never a bool or a
+    float. Raises TextError naming the first item that is not one, or an empty list. The CLI's --ids and the API's
+    ids= both go through here (and check_ids): one rule, the same messages."""
     ids: list[int] = []
     for n, item in enumerate(items):
         if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= MAX_ID_DIGITS:
@@ -244,25 +251,33 @@ def read_ids(spec: str, stdin: BinaryIO | None = None) -> list[int]:
     return parse_ids(text, "--ids -")
 
 
-def check_ids_in_vocab(ids: list[int], vocab_size: int) -> None:
-    """Given ids (--ids) must index the embedding table: the first one that does not is named."""
+def check_ids(
+    ids: list[int], vocab_size: int, n_positions: int, *, truncate: bool = False, where: str = "--ids",
+    truncate_hint: str = "pass --truncate",
+) -> tuple[list[int], int | None]:  # fmt: skip
+    """Given ids (--ids, or the API's ids=) must index the embedding table (the first one that does not is named)
+    and fit n_positions, or with truncate the first n_positions are kept. Returns (ids, the original count when
+    cut, else None). `truncate_hint`: how the caller asks for truncation (--truncate, truncate=True)."""
     for n, i in enumerate(ids):
         if i >= vocab_size:
-            raise TextError(f"--ids: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids 0..{vocab_size - 1})")
+            raise TextError(f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids 0..{vocab_size - 1})")
+    if len(ids) <= n_positions:
+        return ids, None
+    if not truncate:
+        raise TextError(
+            f"{where} gives {len(ids)} tokens, more than the model's n_positions ({n_positions}); "
+            f"give fewer or {truncate_hint} to keep the first tokens"
+        )
+    return ids[:n_positions], len(ids)
 
 
 def from_ids(
-    tokenizer: Tokenizer, ids: list[int], n_positions: int, *, vocab_size: int, truncate: bool = False
-) -> TokenizedText:
+    tokenizer: Tokenizer, ids: list[int], n_positions: int, *, vocab_size: int, truncate: bool = False,
+    where: str = "--ids", truncate_hint: str = "pass --truncate",
+) -> TokenizedText:  # fmt: skip
     """Given token ids as a TokenizedText: checked against vocab_size, cut to n_positions with --truncate (the
     same rule as a text's), each shown as the tokenizer's string for it."""
-    check_ids_in_vocab(ids, vocab_size)
-    truncated_from = None
-    if len(ids) > n_positions:
-        if not truncate:
-            raise TextError(
-                f"--ids gives {len(ids)} tokens, more than the model's n_positions ({n_positions}); "
-                "give fewer or pass --truncate to keep the first tokens"
-            )
-        truncated_from, ids = len(ids), ids[:n_positions]
+    ids, truncated_from = check_ids(
+        ids, n_positions=n_positions, vocab_size=vocab_size, truncate=truncate, where=where, truncate_hint=truncate_hint
+    )
     return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from)

@@ -208,8 +208,8 @@ def test_notebook_and_text_reprs(sample, sample_run):
         (lambda m: m.run("hi", ids=[1, 2]), UsageError),
         (lambda m: m.run(), UsageError),
         (lambda m: m.run(ids=[]), TextError),
-        (lambda m: m.run(ids=[1, 10**6]), UsageError),
-        (lambda m: m.run(ids=[-1]), UsageError),
+        (lambda m: m.run(ids=[1, 10**6]), TextError),  # the CLI's --ids rule and message (textin.check_ids)
+        (lambda m: m.run(ids=[-1]), TextError),
         (lambda m: m.run(ids=[[1, 2]]), UsageError),
         (lambda m: m.run(ids=[1.5]), UsageError),
         (lambda m: m.run(ids=list(range(300))), TextError),
@@ -283,3 +283,112 @@ def test_the_readme_api_example_runs():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "2", "0.634", "True", "True"], result.stdout
+
+
+# --- issue 18, item 2: the CLI stands on the API: one implementation, one guard, one ids check --------------------
+
+
+def _doc(obj) -> dict:
+    """An API result's document as the CLI writes it (mhacli.output.dumps: NaN as null), read back."""
+    from mhacli.output import dumps
+
+    return parse_json(dumps(obj).encode())
+
+
+@pytest.mark.parametrize("which", ["sample", "llama"])
+def test_census_document_equals_the_cli_json(which, llama_dir, mha):
+    source = "sample" if which == "sample" else str(llama_dir)
+    doc = parse_json(mha("census", "-m", source, "--probe-count", "2", "-j", "1", "-f", "json").stdout)
+    assert _doc(mhacli.census(mhacli.load(source), probe_count=2).to_dict()) == doc
+
+
+def test_census_with_texts_equals_the_cli_with_a_file(sample, mha, tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text(f"{TEXT}\nROMEO: But, soft!\n", encoding="utf-8")
+    doc = parse_json(mha("census", "-m", "sample", "--texts", str(lines), "--probes", "random", "--probe-count", "2",
+                         "-j", "1", "-f", "json").stdout)  # fmt: skip
+    ours = _doc(mhacli.census(sample, [TEXT, "ROMEO: But, soft!"], probes=("random",), probe_count=2).to_dict())
+    assert doc["sources"]["corpus"].pop("path") == str(lines) and ours["sources"]["corpus"].pop("path") is None
+    assert ours == doc
+
+
+def test_a_failed_census_text_raises_naming_it(sample):
+    with pytest.raises(TextError, match=r"^text 1: .*longer than the model's n_positions"):
+        mhacli.census(sample, [TEXT, "x " * 600], probes=())
+
+
+@pytest.mark.parametrize("which", ["sample", "llama"])
+def test_stats_and_inspect_equal_the_cli_json(which, llama_dir, mha):
+    source = "sample" if which == "sample" else str(llama_dir)
+    ids = "1,5,9,12,5,9,12,30,5,9"
+    model = mhacli.load(source)
+    run = model.run(ids=[int(i) for i in ids.split(",")])
+    stats = parse_json(mha("stats", "--ids", ids, "-m", source, "-f", "json").stdout)
+    assert stats["token_ids"] == run.ids.tolist() and stats["tokens"] == run.tokens
+    for ours, h in zip(run.stats(), stats["heads"], strict=True):
+        d = ours.to_dict()
+        assert (d["layer"], d["head"], d["kind"], d["support"]) == (h["layer"], h["head"], h["kind"], h["support"])
+        assert model.config.kv_head(ours.head) == h["kv_head"]
+        assert d["stats"] == pytest.approx(h["stats"], abs=1e-12)
+    maps = parse_json(mha("inspect", "--ids", ids, "-m", source, "-f", "json", "-l", "1").stdout)
+    for h in maps["heads"]:
+        attn = run.attention(1)[h["head"]]
+        for i, row in enumerate(h["attention"]):
+            np.testing.assert_allclose(attn[i, : i + 1], row, atol=1e-7)
+
+
+def _cli_error(result) -> str:
+    assert result.returncode == 2
+    line = result.stderr.decode().strip()
+    assert line.startswith("error: ")
+    return line.removeprefix("error: ")
+
+
+def test_the_memory_guard_is_the_clis(sample, mha):
+    """The same estimate and wording as --max-memory, the limit named max_memory; a ResourceError (exit 2). The
+    estimate counts the weights held: one layer's at a time for a model loaded with cache=False, as stats and
+    explain load it; every tensor for a caching one (load's default for small models, and diff's)."""
+    from mhacli.errors import ResourceError
+
+    streamed = mhacli.load("sample", cache=False)
+    cli = _cli_error(mha("stats", TEXT, "-m", "sample", "--max-memory", "1K", "-f", "json"))
+    with pytest.raises(ResourceError) as info:
+        streamed.run(TEXT, max_memory="1K").stats()
+    assert str(info.value) == cli.replace("--max-memory", "max_memory")
+    assert isinstance(info.value, UsageError) and info.value.exit_code == 2
+    cli = _cli_error(mha("explain", TEXT, "-m", "sample", "-l", "1", "-H", "2", "--max-memory", "1K"))
+    with pytest.raises(ResourceError) as info:
+        streamed.explain(TEXT, layer=1, head=2, max_memory=1024)
+    assert str(info.value) == cli.replace("--max-memory", "max_memory")
+    cli = _cli_error(mha("diff", "sample-early", "sample", TEXT, "--max-memory", "1K"))
+    with pytest.raises(ResourceError) as info:
+        mhacli.diff(mhacli.load("sample-early"), sample, TEXT, max_memory="1K")
+    assert str(info.value) == cli.replace("--max-memory", "max_memory")
+    for call in (
+        lambda: sample.run(TEXT, max_memory="1K").attention(0),
+        lambda: sample.run(TEXT, max_memory="1K").residual(0),
+        lambda: sample.run(TEXT, max_memory="1K").ablate(),
+        lambda: mhacli.census(sample, probe_count=2, max_memory="1K"),
+    ):
+        with pytest.raises(ResourceError, match=r"^this request needs about .* \(max_memory\); .*raise max_memory$"):
+            call()
+    with pytest.raises(UsageError, match="max_memory '1Q' is not a size"):
+        sample.run(TEXT, max_memory="1Q").stats()
+    assert sample.run(TEXT, max_memory="1G").stats()  # a roomy limit runs
+
+
+@pytest.mark.parametrize(
+    "ids, cli_ids",
+    [([1, 99999], "1,99999"), ([5] * 300, ",".join(["5"] * 300)), ([3, -2], "3,-2")],
+)
+def test_ids_are_checked_by_the_clis_rule(sample, mha, ids, cli_ids):
+    """One ids check (mhacli.textin.check_ids): the API's message is --ids' with the names the API uses."""
+    cli = _cli_error(mha("stats", "--ids", cli_ids, "-m", "sample", "-f", "json"))
+    with pytest.raises(TextError) as info:
+        sample.run(ids=ids)
+    expected = cli.replace("--ids", "ids").replace("pass --truncate", "pass truncate=True").replace("'-2'", "-2")
+    assert str(info.value) == expected
+    if len(ids) == 300:
+        run = sample.run(ids=ids, truncate=True)
+        cut = parse_json(mha("stats", "--ids", cli_ids, "--truncate", "-m", "sample", "-f", "json").stdout)
+        assert run.ids.tolist() == cut["token_ids"] and run.truncated_from == 300

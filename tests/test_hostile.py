@@ -735,15 +735,15 @@ def test_warnings_are_held_back_before_an_error(tiny_model, mha, monkeypatch):
     error line."""
     import warnings
 
-    import mhacli.commands._common as common
+    import mhacli.ops.inputs as inputs
 
-    real = common.load_model
+    real = inputs.load_model
 
     def noisy(*args, **kwargs):
         warnings.warn("overflow encountered in cast", RuntimeWarning, stacklevel=1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(common, "load_model", noisy)
+    monkeypatch.setattr(inputs, "load_model", noisy)
     ok = mha("stats", TEXT, "-m", str(tiny_model), "-f", "json")
     assert ok.returncode == 0 and ok.stderr.decode().splitlines() == ["warning: overflow encountered in cast"]
     assert_refused(mha("inspect", TEXT, "-m", str(tiny_model), "-l", "9"), "--layer 9 is out of range")

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "mhacli.output", "mhacli.plain", "mhacli.render", "mhacli.figures",
         "mhacli.webpage", "mhacli.save",
     )),  # fmt: skip
-    ("api", ("mhacli.api",)),
+    ("api", ("mhacli.api", "mhacli.ops")),  # the public objects, and the operations they and the commands run
     ("package", ("mhacli",)),  # mhacli/__init__.py: the API's names, imported lazily
     ("cli", ("mhacli.commands", "mhacli.browse", "mhacli.cli", "mhacli.__main__")),
 ]
@@ -41,6 +41,19 @@ ALLOWED = {
     "mhacli.partial": set(),
     "mhacli.blocks": {"mhacli.config"},
 }
+
+
+# The CLI stands on the API: a command parses options, calls the API (mhacli.api and its operations, mhacli.ops),
+# picks a view and writes. So the CLI's modules import, of mhacli, only these (a name, or a package and its
+# modules): never the analyses, the forward, the weights, the tokenizer or the statistics directly.
+CLI_MODULES = ("mhacli.commands", "mhacli.cli", "mhacli.__main__")
+CLI_MAY_IMPORT = (
+    "mhacli",  # the package itself: __version__
+    "mhacli.api", "mhacli.ops",  # the API layer
+    "mhacli.render", "mhacli.plain", "mhacli.output", "mhacli.save",  # views and writers
+    "mhacli.errors", "mhacli.files",  # the typed errors and exit codes; printable names
+    "mhacli.commands", "mhacli.cli",  # the CLI's own modules (_app, _common, _save; a shared option)
+)  # fmt: skip
 
 
 def module_name(path: Path) -> str:
@@ -173,3 +186,26 @@ def test_families_never_import_the_forward():
     for name in g:
         if name.startswith("mhacli.arch"):
             assert not {m for m in g[name] if layer_of(m) > layer_of("mhacli.arch")}, name
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_the_cli_uses_only_the_api():
+    """No command reaches into weights, model, stats, heads, ... : what a command needs comes through the API."""
+    allowed = set(CLI_MAY_IMPORT) - {"mhacli"}
+    reached = [
+        f"{a} imports {b}"
+        for a, targets in sorted(graph().items())
+        if _within(a, CLI_MODULES)
+        for b in sorted(targets)
+        if not (b == "mhacli" or _within(b, tuple(allowed)))
+    ]
+    assert not reached, "the CLI reaches past the API:\n" + "\n".join(reached)
+
+
+def test_the_cli_rule_is_checked_on_real_imports():
+    g = graph()
+    assert "mhacli.ops.census" in g["mhacli.commands.census"]
+    assert "mhacli.ops.heads" in g["mhacli.commands.stats"]

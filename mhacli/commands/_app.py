@@ -59,9 +59,9 @@ def version_text() -> str:
     import numpy
 
     from mhacli import __version__
-    from mhacli.arch import FAMILIES
+    from mhacli.ops.info import architectures
 
-    archs = ", ".join(FAMILIES)
+    archs = ", ".join(architectures())
     return (
         f"mha {__version__}\n"
         f"python {platform.python_version()}, numpy {numpy.__version__}\n"

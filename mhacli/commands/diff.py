@@ -3,75 +3,23 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
-import numpy as np
 import typer
 
-from mhacli.commands._app import app, examples
 from mhacli import save as saving
-from mhacli.commands._save import DpiOpt, SaveList, save_option
-from mhacli.commands.ablate import ablation_edits, check_ablate_spec
+from mhacli.commands._app import app, examples
 from mhacli.commands._common import (
-    FormatOpt, IdsOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_memory, check_text_or_ids, load, progress,
-    resolve_format, warn,
+    FormatOpt, IdsOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_text_or_ids, load, progress, resolve_format, warn,
 )  # fmt: skip
-from mhacli.heads import memory_needed
-from mhacli.divergence import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
-from mhacli.errors import ExitCode, TextError, UsageError
+from mhacli.commands._save import DpiOpt, SaveList, save_option
+from mhacli.errors import ExitCode, UsageError
+from mhacli.ops.ablation import ablation_edits, check_ablate_spec
+from mhacli.ops.diff import METRICS, DiffReport, DiffText, check_metric, compare, ids_for_both, peak_maps, tokenize_both
+from mhacli.ops.inputs import Checkpoint, check_model, read_ids, read_text, read_texts
 from mhacli.output import MACHINE_FORMATS, dumps
-from mhacli.textin import check_ids_fit, from_ids, read_ids, read_text, read_texts
-from mhacli.weights import check_model
-from mhacli.tokenizer import Tokenizer
-from mhacli.weights import Checkpoint
 
 FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
-
-
-@dataclass(frozen=True)
-class DiffText:
-    ids: np.ndarray  # [n_seq] int64
-    tokens: list[str]
-    where: str  # "the text" or "--texts line N", for messages
-
-
-def tokenize_both(
-    raw: str, where: str, a: tuple[Checkpoint, Tokenizer], b: tuple[Checkpoint, Tokenizer], truncate: bool
-) -> DiffText:
-    """The text's token ids, required to be the same under both tokenizers and to fit both models."""
-    (ckpt_a, tok_a), (ckpt_b, tok_b) = a, b
-    n_a, n_b = ckpt_a.config.n_positions, ckpt_b.config.n_positions
-    limit = min(n_a, n_b)
-    # only a prefix of a long text is tokenized (sized for `limit` tokens); both tokenizers see the same prefix
-    ids_a, n_chars = tok_a.encode_prefix(raw, limit)
-    ids_b = tok_b.encode(raw[:n_chars])
-    check_same_tokens(ids_a, ids_b, tok_a.display, tok_b.display, where)
-    if not ids_a:
-        raise TextError(f"{where} produced no tokens")
-    check_ids_fit(ids_a, min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size))
-    count = str(len(ids_a)) if n_chars == len(raw) else f"more than {len(ids_a)}"
-    if len(ids_a) > limit:
-        which = "both models'" if max(n_a, n_b) < len(ids_a) else ("MODEL_A's" if n_a < n_b else "MODEL_B's")
-        if not truncate:
-            raise TextError(
-                f"{where} is {count} tokens, longer than {which} n_positions ({limit}); "
-                "shorten it or pass --truncate to keep the first tokens"
-            )
-        warn(f"{where} truncated to the first {limit} of {count} tokens")
-        ids_a = ids_a[:limit]
-    return DiffText(np.asarray(ids_a, dtype=np.int64), tok_a.display(ids_a), where)
-
-
-def ids_for_both(ids: list[int], a: tuple[Checkpoint, Tokenizer], b: tuple[Checkpoint, Tokenizer], truncate: bool) -> DiffText:
-    """--ids: checked against both models' vocab_size and n_positions (the smaller of each), shown with A's tokenizer."""
-    (ckpt_a, tok_a), (ckpt_b, _) = a, b
-    vocab = min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size)
-    limit = min(ckpt_a.config.n_positions, ckpt_b.config.n_positions)
-    t = from_ids(tok_a, ids, limit, vocab_size=vocab, truncate=truncate)
-    if t.truncated_from is not None:
-        warn(f"--ids truncated to the first {limit} of {t.truncated_from} tokens")
-    return DiffText(t.ids, t.tokens, "--ids")
 
 
 @app.command(
@@ -129,28 +77,12 @@ def diff(
     # several texts: read small models once
     a, b = load(model_a, cache=None, files=files_a), load(model_b, cache=None, files=files_b)
     if ids is not None:
-        items = [ids_for_both(given, a, b, truncate)]
+        items = [ids_for_both(given, a, b, truncate, on_truncate=warn)]
     else:
-        items = [tokenize_both(raw, where, a, b, truncate) for raw, where in raws]
+        items = [tokenize_both(raw, where, a, b, truncate, on_truncate=warn) for raw, where in raws]
     (ckpt_a, _), (ckpt_b, _) = a, b
     edits_b = ablation_edits(ablate, ckpt_b)
-    shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)
-    shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
-    mode = "paired" if shape_a == shape_b and not match else "matched"
-    n_seq = max(len(t.ids) for t in items)
-    # the weights: small models' tensors stay cached once read (load(cache=None)), larger ones stream by layer
-    weights = ckpt_a.weight_bytes() + ckpt_b.weight_bytes()
-    if mode == "paired":  # both forwards streamed at once: no map kept
-        needed = memory_needed(ckpt_a.config, n_seq, weight_bytes=weights, forwards=2)
-    else:  # matched mode keeps all of A's maps while B runs, a layer's map at a time
-        kept = memory_needed(ckpt_a.config, n_seq, kept_layers=shape_a[0], kept_heads=shape_a[1], keep_maps=True)
-        needed = kept + memory_needed(ckpt_b.config, n_seq, kept_layers=1, kept_heads=shape_b[1], keep_maps=True, weight_bytes=weights)
-    check_memory(needed, max_memory, "use shorter texts")
-    per_text = [
-        compare_text(ckpt_a, ckpt_b, t.ids, metric, mode, edits_b)
-        for t in progress(items, len(items), f"comparing heads on {len(items)} texts")
-    ]
-    report = summarise(per_text, metric, mode, shape_a, shape_b)
+    report = compare(ckpt_a, ckpt_b, items, metric, match=match, edits_b=edits_b, max_memory=max_memory, progress=progress)
     saving.write_all(saves, saving.diff_picture(saves, ckpt_a, ckpt_b, report, items[0], edits_b), dpi=dpi)
     write_report(fmt, report, ckpt_a, ckpt_b, items, top, start)
     return ExitCode.OK if fail_above is None else check_threshold(report, fail_above)
@@ -197,14 +129,8 @@ def write_report(
 
         write_diff(sys.stdout, report, ckpt_a.source, ckpt_b.source, [len(t.ids) for t in items])
     else:
-        from mhacli.heads import analyse
         from mhacli.render import make_console, render_diff
 
-        maps = None
-        if report.heads and report.max_divergence > 0:
-            r, first = report.heads[0], items[0]
-            view_a = next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True))
-            view_b = next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True))
-            maps = (view_a, view_b)
+        maps = peak_maps(ckpt_a, ckpt_b, report, items[0])
         render_diff(make_console(), report, ckpt_a.source, ckpt_b.source, items[0].tokens, maps, top=top, start=start)
 

@@ -9,12 +9,10 @@ import typer
 
 from mhacli.commands._app import app, examples
 from mhacli.commands._common import (
-    REPORT_FORMATS, IdsOpt, MaxMemoryOpt, ModelOpt, ReportFormatOpt, TextArg, TruncateOpt, check_memory, prepare,
-    resolve_format,
+    REPORT_FORMATS, IdsOpt, MaxMemoryOpt, ModelOpt, ReportFormatOpt, TextArg, TruncateOpt, prepare, resolve_format,
 )  # fmt: skip
 from mhacli.errors import ExitCode
-from mhacli.explain import explain as run_explain
-from mhacli.heads import full_attention_bytes, memory_needed
+from mhacli.ops.explain import explain as run_explain
 from mhacli.output import dumps
 
 FORMATS = REPORT_FORMATS
@@ -44,12 +42,7 @@ def explain(
     """The computation of one head for one query token, step by step, checked against the forward pass."""
     fmt = resolve_format(format, FORMATS)
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
-    # the batched forward and the batched re-run of the layer for the check: two layers' working sets; the
-    # explained layer's tensors are held throughout, on top of the forward's
-    n_head, n_seq = ckpt.config.n_head, len(tokens.ids)
-    working_set = memory_needed(ckpt.config, n_seq) + full_attention_bytes(n_head, n_seq)
-    check_memory(2 * working_set + ckpt.weight_bytes(extra_layers=1), max_memory, "use a shorter text")
-    ex = run_explain(ckpt, tokens.ids, layer, head, query)
+    ex = run_explain(ckpt, tokens.ids, layer, head, query, max_memory=max_memory)
     if fmt == "json":
         doc = {"model": ckpt.model_dict(), "tokens": tokens.tokens, "token_ids": tokens.ids.tolist()} | ex.to_dict()
         sys.stdout.write(dumps(doc) + "\n")

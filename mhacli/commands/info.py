@@ -7,48 +7,11 @@ import sys
 from collections.abc import Iterator
 
 from mhacli.commands._app import app, examples
-from mhacli.commands._common import ALL_FORMATS, FormatOpt, ModelOpt, format_bytes, resolve_format
-from mhacli.config import ModelConfig
+from mhacli.commands._common import ALL_FORMATS, FormatOpt, ModelOpt, resolve_format
 from mhacli.files import escape_unprintable
+from mhacli.ops.info import info_doc
+from mhacli.ops.memory import format_bytes
 from mhacli.output import dumps, write_table
-from mhacli.weights import DTYPE_BYTES, load_model
-
-
-def kv_cache_doc(c: ModelConfig, dtype: str) -> dict:
-    """KV-cache bytes per token (2 x n_layer x n_kv_head x d_head values), in float32 and in the checkpoint's
-    dtype, against the same model with one K/V head per query head (full MHA)."""
-    size = DTYPE_BYTES[dtype]
-    mha = 2 * c.n_layer * c.n_head * c.d_head
-    return {
-        "values_per_token": c.kv_cache_bytes_per_token(1),
-        "checkpoint_dtype": dtype,
-        "bytes_per_token": {"float32": c.kv_cache_bytes_per_token(4), "checkpoint_dtype": c.kv_cache_bytes_per_token(size)},
-        "mha_bytes_per_token": {"float32": 4 * mha, "checkpoint_dtype": size * mha},
-        "fraction_of_mha": c.n_kv_head / c.n_head,
-    }
-
-
-def info_doc(model: str | None) -> dict:
-    ckpt = load_model(model)
-    c = ckpt.config
-    attention = {
-        "layout": c.layout,
-        "n_head": c.n_head,
-        "n_kv_head": c.n_kv_head,
-        "d_head": c.d_head,
-        "group_size": c.group_size,
-        "sliding_window": [c.sliding_window(layer) for layer in range(c.n_layer)],
-        "kv_cache": kv_cache_doc(c, ckpt.kv_dtype()),
-    }
-    return {
-        "source": ckpt.source,
-        "directory": str(ckpt.files.directory),
-        "weight_files": [p.name for p in ckpt.files.weight_files],
-        "dtypes": sorted({t.dtype for t in ckpt.tensors.values()}),
-        "parameters": ckpt.parameter_count(),
-        "attention": attention,
-        "config": c.to_dict(),
-    }
 
 
 def layout_text(a: dict) -> str:

@@ -8,14 +8,15 @@ from typing import Annotated
 import typer
 
 from mhacli.commands._app import app, examples
-from mhacli.commands.ablate import AblateOpt, ablation_edits, check_ablate_spec
+from mhacli.commands.ablate import AblateOpt
+from mhacli.ops.ablation import ablation_edits, check_ablate_spec
 from mhacli.commands._common import (
-    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, format_bytes, note,
-    prepare, progress, resolve_format,
+    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, note, prepare, progress,
+    resolve_format,
 )  # fmt: skip
 from mhacli.errors import UsageError
-from mhacli.heads import analyse, check_selection, memory_needed
-from mhacli.stats import TOO_PLAIN, undecidable
+from mhacli.ops.heads import TOO_PLAIN, check_heads, head_views, undecidable
+from mhacli.ops.memory import format_bytes
 from mhacli.output import MACHINE_FORMATS, write_heads
 from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli import save as saving
@@ -69,10 +70,6 @@ def inspect(
         raise UsageError(f"--query {query} is out of range: the text has tokens 0..{n_seq - 1}")
     if query is not None and query < 0:
         query += n_seq
-    c = ckpt.config
-    check_selection(c.n_layer, c.n_head, layer, head)
-    n_layers = len(set(layer)) if layer else c.n_layer
-    n_heads = len(set(head)) if head else c.n_head
     # Whole maps only for what writes them; a terminal, --query and --top get only what they show (mhacli.partial),
     # csv/tsv only statistics.
     whole = bool(saves) or fmt in ("json", "jsonl") or (fmt == "text" and query is None and top is None)
@@ -84,11 +81,10 @@ def inspect(
         console = make_console() if fmt == "rich" else None  # only what it will show is computed: long texts fit
         width = console.width if console is not None else 0
         request = map_request(n_seq, width=width, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size)
-    needed = memory_needed(
-        c, n_seq, kept_layers=n_layers, kept_heads=n_heads, keep_maps=whole, weight_bytes=ckpt.weight_bytes(),
-        kept_cells=request.cells(n_seq) if request is not None else 0,
-    )
-    check_memory(needed, max_memory, "narrow it with --layer/--head or a shorter text (mha stats streams without maps)")
+    n_layers, n_heads = check_heads(
+        ckpt, n_seq, layer, head, keep_maps=whole, max_memory=max_memory, request=request,
+        how_to_narrow="narrow it with --layer/--head or a shorter text (mha stats streams without maps)",
+    )  # fmt: skip
     edits = ablation_edits(ablate, ckpt)
     if fmt in ("json", "jsonl"):
         size = output_size(n_layers * n_heads, n_seq)
@@ -98,7 +94,7 @@ def inspect(
                 f"{n_seq} tokens); --save FILE.npz stores them in {format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
                 "(float32), and -l/-H select heads"
             )
-    views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=whole, edits=edits, request=request), n_layers * n_heads, "running layers"))
+    views = list(progress(head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=whole, edits=edits, request=request), n_layers * n_heads, "running layers"))
     saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=True)

@@ -8,16 +8,16 @@ from typing import Annotated, Literal
 import typer
 
 from mhacli.commands._app import app, examples
-from mhacli.commands.ablate import AblateOpt, ablation_edits, check_ablate_spec
+from mhacli.commands.ablate import AblateOpt
+from mhacli.ops.ablation import ablation_edits, check_ablate_spec
 from mhacli import save as saving
 from mhacli.commands._save import DpiOpt, SaveList, save_option
 from mhacli.commands._common import (
-    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_memory, note, prepare,
-    progress, resolve_format,
+    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, note, prepare, progress,
+    resolve_format,
 )  # fmt: skip
-from mhacli.heads import analyse, check_selection, memory_needed
+from mhacli.ops.heads import STAT_NAMES, TOO_PLAIN, check_heads, head_views, undecidable
 from mhacli.output import MACHINE_FORMATS, write_heads
-from mhacli.stats import STAT_NAMES, TOO_PLAIN, undecidable
 
 
 @app.command(
@@ -58,15 +58,10 @@ def stats(
     check_ablate_spec(ablate)
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     c = ckpt.config
-    check_selection(c.n_layer, c.n_head, layer, head)
-    n_layers = len(set(layer)) if layer else c.n_layer
-    n_heads = len(set(head)) if head else c.n_head
-    needed = memory_needed(  # streamed (no maps) unless a page wants the maps
-        c, len(tokens.ids), kept_layers=n_layers * keep, kept_heads=n_heads * keep, keep_maps=keep, weight_bytes=ckpt.weight_bytes()
-    )
-    check_memory(needed, max_memory, "use a shorter text")
+    # streamed (no maps) unless a page wants the maps
+    n_layers, n_heads = check_heads(ckpt, len(tokens.ids), layer, head, keep_maps=keep, max_memory=max_memory, how_to_narrow="use a shorter text")
     edits = ablation_edits(ablate, ckpt)
-    views = list(progress(analyse(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=keep, edits=edits), n_layers * n_heads, "running layers"))
+    views = list(progress(head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=keep, edits=edits), n_layers * n_heads, "running layers"))
     saving.write_all(saves, saving.stats_picture(ckpt, tokens, views, stat), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         if stat != "auto":

@@ -13,7 +13,7 @@ from mhacli.commands._common import (
 )  # fmt: skip
 from mhacli.errors import ExitCode, UsageError
 from mhacli.output import dumps
-from mhacli.verify import HIDDEN_ATOL
+from mhacli.ops.verify import HIDDEN_ATOL
 
 DEFAULT_TEXT = (
     "ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
@@ -46,7 +46,7 @@ def verify(
     if text is None and ids is None and sys.stdin is not None and sys.stdin.isatty():
         text = DEFAULT_TEXT
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
-    from mhacli.verify import verify as run_verify
+    from mhacli.ops.verify import verify as run_verify
 
     report = run_verify(ckpt, tokens.ids, atol=atol, hidden_atol=hidden_atol)
     if fmt == "json":

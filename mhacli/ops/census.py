@@ -1,0 +1,229 @@
+"""Every head's statistics and kind over many texts (`census`, mhacli.census): the seeded probes and a corpus, run
+in this process, in local worker processes or on a Dask cluster (mhacli.parallel), folded in text order into one
+Tally per source (mhacli.kinds), and the verdicts. The CLI and the API run this one implementation; what differs
+is how options are named in messages (`spell`) and what happens to a failed text (`on_failure`, `strict`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TextIO
+
+import numpy as np
+
+from mhacli.errors import TextError, UsageError
+from mhacli.kinds import PROBES, SOURCES, TALLIED, HeadVerdict, ProbeSpec, Tally, TextStats, probe, text_kinds, verdicts
+from mhacli.ops.memory import Size, census_bytes, check_memory
+from mhacli.output import dumps
+from mhacli.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
+from mhacli.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
+from mhacli.textin import tokenize
+
+__all__ = [
+    "KINDS", "MIN_SUPPORT", "PROBES", "SOURCES", "SUPPORTED_STATS", "TALLIED", "CensusRun", "HeadVerdict", "ProbeSpec",
+    "Tally", "build_doc", "verdicts", "check_census_memory", "default_workers", "finite", "probe_tokens", "run_census", "cli_spell",
+]  # fmt: skip
+
+Spell = Callable[[str], str]  # a parameter's name (repeat_length) as the caller's user writes it (--repeat-length)
+
+
+def cli_spell(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def api_spell(name: str) -> str:
+    return name
+
+
+def probe_tokens(
+    ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec, spell: Spell = api_spell
+) -> tuple[int | None, np.ndarray]:
+    """The probes' prefix token (None: the tokenizer has none the model can read) and the ordinary tokens they are
+    drawn from, each probe's length checked against the model."""
+    c = ckpt.config
+    if probes and spec.count < 1:
+        raise UsageError(f"{spell('probe_count')} {spec.count} must be at least 1")
+    prefix = tokenizer.prefix_id()
+    if prefix is not None and prefix >= c.vocab_size:
+        prefix = None
+    ordinary = np.asarray(tokenizer.ordinary_ids(c.vocab_size), dtype=np.int64)
+    if probes and len(ordinary) == 0:
+        raise UsageError("the tokenizer has no ordinary tokens below the model's vocab_size to draw probes from")
+    for p in probes:
+        n = spec.n_tokens(p, prefix)
+        low = 3 if p == "repeat" else 2
+        if (spec.repeat_length if p == "repeat" else spec.random_length) < low:
+            raise UsageError(f"{spell(p + '_length')} must be at least {low}")
+        if n > c.n_positions:
+            raise UsageError(
+                f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions}); lower {spell(p + '_length')}"
+            )
+    return prefix, ordinary
+
+
+def check_census_memory(
+    ckpt, probes: tuple[str, ...], spec: ProbeSpec, prefix: int | None, corpus: bool, workers: int, dask: str | None,
+    max_memory: Size, option: str = "--max-memory",
+) -> None:  # fmt: skip
+    """One forward of the longest text per local worker process (none on a remote cluster) against max_memory."""
+    c = ckpt.config
+    longest = c.n_positions if corpus else max(spec.n_tokens(p, prefix) for p in probes)
+    local = 0 if dask not in (None, "local") else (1 if workers == 1 and dask is None else workers)
+    how = "use fewer --workers, or a shorter --truncate'd corpus" if option.startswith("--") else "use fewer workers"
+    check_memory(census_bytes(ckpt, longest, local), max_memory, how, option=option)
+
+
+class CensusRun:
+    """The parent's side of a census: the work in text order, the per-source tallies, the per-text records.
+    A failed text goes to on_failure(where, why) and is counted, or with strict raises TextError."""
+
+    def __init__(
+        self, shape: tuple[int, int], *, per_text: TextIO | None = None, strict: bool = False,
+        on_failure: Callable[[str, str], None] | None = None, strict_name: str = "--strict",
+    ) -> None:  # fmt: skip
+        self.tallies = {s: Tally(shape) for s in SOURCES}
+        self.meta: dict[int, tuple[str, int, int | None, list[int], str]] = {}  # seq -> (source, index, line, ids, where)
+        self.per_text = per_text
+        self.strict = strict
+        self.strict_name = strict_name
+        self.on_failure = on_failure
+        self.failures = 0
+        self.seq = 0
+        self.done = 0
+        self.tick: Callable[[], None] = lambda: None
+
+    def item(self, source: str, index: int, line: int | None, ids: np.ndarray, first_row: int, where: str) -> Item:
+        self.meta[self.seq] = (source, index, line, ids.tolist() if self.per_text is not None else [0] * len(ids), where)
+        self.seq += 1
+        return Item(self.seq - 1, ids, first_row)
+
+    def failure(self, source: str, index: int, line: int | None, error: str, where: str) -> tuple[int, str]:
+        self.meta[self.seq] = (source, index, line, [], where)
+        self.seq += 1
+        return self.seq - 1, error
+
+    def fold(self, seq: int, outcome: TextStats | str) -> None:
+        source, index, line, ids, where = self.meta.pop(seq)
+        n_tokens = len(ids)
+        tally = self.tallies[source]
+        record: dict = {"source": source, "index": index} | ({"line": line} if line is not None else {})
+        if isinstance(outcome, str):
+            if self.strict:
+                raise TextError(f"{where}: {outcome} ({self.strict_name})")
+            tally.failed += 1
+            if self.on_failure is not None:
+                self.on_failure(where, outcome)
+            self.failures += 1
+            record["error"] = outcome
+        else:
+            tally.add(outcome, n_tokens)
+            if self.per_text is not None:
+                record |= {"n_tokens": n_tokens, "token_ids": ids, "rows": outcome.n_rows,
+                           "support": dict(zip(SUPPORTED_STATS, outcome.support)), "heads": text_heads(outcome)}  # fmt: skip
+        if self.per_text is not None:
+            self.per_text.write(dumps(record) + "\n")
+        self.done += 1
+        self.tick()
+
+    def ran(self) -> dict[str, Tally]:
+        """The tallies of the sources that counted a text."""
+        return {s: self.tallies[s] for s in SOURCES if self.tallies[s].n_texts > 0}
+
+
+def text_heads(result: TextStats) -> list[dict]:
+    """One text's heads for --per-text: kind and every statistic (null where undefined)."""
+    _, kinds = text_kinds(result.values, result.support)
+    n_layer, n_head = kinds.shape
+    return [
+        {"layer": layer, "head": head, "kind": KINDS[int(kinds[layer, head])],
+         "stats": {name: finite(result.values[k, layer, head]) for k, name in enumerate(TALLIED)}}
+        for layer in range(n_layer) for head in range(n_head)
+    ]  # fmt: skip
+
+
+def finite(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def corpus_work(
+    census: CensusRun, texts: Iterable[tuple[int | None, str]], tokenizer, config, truncate: bool, where: Callable[[int, int | None], str]
+) -> Iterator[Item | tuple[int, str]]:
+    """The corpus, streamed: each text tokenized as it is read; texts that cannot run become failures."""
+    for n, (line, text) in enumerate(texts):
+        if not text.strip():
+            yield census.failure("corpus", n, line, "text is empty", where(n, line))
+            continue
+        try:  # a bounded prefix of the text is tokenized (textin.tokenize): a huge line costs n_positions tokens
+            tokens = tokenize(tokenizer, text, config.n_positions, vocab_size=config.vocab_size, truncate=truncate)
+        except TextError as exc:
+            yield census.failure("corpus", n, line, str(exc), where(n, line))
+            continue
+        yield census.item("corpus", n, line, tokens.ids, 0, where(n, line))
+
+
+def cli_where(n: int, line: int | None) -> str:
+    return f"--texts line {line}"
+
+
+def run_census(
+    census: CensusRun, ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec, prefix: int | None,
+    ordinary: np.ndarray, corpus: Iterable[tuple[int | None, str]] | None = None, *, truncate: bool = False,
+    workers: int = 1, dask: str | None = None, where: Callable[[int, int | None], str] = cli_where,
+) -> None:  # fmt: skip
+    """Every probe, then every corpus text (line number, text), through the model: in this process (workers=1, no
+    dask), in `workers` local processes, or on a Dask cluster (`dask`: an address or 'local'); each result folded
+    into `census` in text order, whatever order the executor returns it in."""
+
+    def work() -> Iterator[Item | tuple[int, str]]:
+        for p in probes:
+            for index in range(spec.count):
+                ids, first_row = probe(p, index, spec, ordinary, prefix)
+                yield census.item(p, index, None, ids, first_row, f"{p} probe {index}")
+        if corpus is not None:
+            yield from corpus_work(census, corpus, tokenizer, ckpt.config, truncate, where)
+
+    sink = InOrder(census.fold)
+    if dask is not None:
+        with dask_executor(dask, workers) as executor:
+            drive(work(), ckpt.files, executor, sink, in_flight=4 * workers)
+    elif workers == 1:
+        remember(ckpt.files, ckpt)
+        drive(work(), ckpt.files, None, sink, in_flight=1)
+    else:
+        with local_pool(workers) as executor:
+            drive(work(), ckpt.files, executor, sink, in_flight=2 * workers)
+
+
+def build_doc(
+    census: CensusRun, model: dict, spec: ProbeSpec, probes: tuple[str, ...], prefix: int | None, corpus: str | None,
+    kv_head, *, has_corpus: bool | None = None,
+) -> dict:  # fmt: skip
+    """`mha census --format json`: the sources run, and every head's verdict with its per-source statistics.
+    corpus: the --texts path (has_corpus=True with corpus None: texts given directly, the path null)."""
+    has_corpus = corpus is not None if has_corpus is None else has_corpus
+    sources: dict = {}
+    for p in probes:
+        t = census.tallies[p]
+        first_row = (0 if prefix is None else 1) + spec.repeat_length if p == "repeat" else 0
+        sources[p] = {"n_texts": t.n_texts, "n_tokens": spec.n_tokens(p, prefix), "first_row": first_row, "seed": spec.seed,
+                      "failed": t.failed}  # fmt: skip
+    if has_corpus:
+        t = census.tallies["corpus"]
+        sources["corpus"] = {"n_texts": t.n_texts, "failed": t.failed, "n_tokens": t.n_tokens, "path": corpus}
+    ran = [s for s in SOURCES if s in sources and census.tallies[s].n_texts > 0]
+    stats = {s: (census.tallies[s].means(), census.tallies[s].stds()) for s in ran}
+    heads = []
+    for v in verdicts({s: census.tallies[s] for s in ran}):
+        by_source = {}
+        for s in ran:
+            mean, std = stats[s]
+            by_source[s] = {
+                "n_texts": census.tallies[s].n_texts,
+                "mean": {name: finite(mean[k, v.layer, v.head]) for k, name in enumerate(TALLIED)},
+                "std": {name: finite(std[k, v.layer, v.head]) for k, name in enumerate(TALLIED)},
+                "support": {name: int(census.tallies[s].support[k]) for k, name in enumerate(SUPPORTED_STATS)},
+            }
+        heads.append({
+            "layer": v.layer, "head": v.head, "kv_head": kv_head(v.head), "kind": v.kind, "confidence": v.confidence,
+            "evidence": {"source": v.source, "statistic": v.statistic, "mean": v.mean}, "by_source": by_source,
+        })  # fmt: skip
+    return {"model": model, "sources": sources, "min_support": MIN_SUPPORT, "heads": heads}

@@ -1,0 +1,101 @@
+"""Two models on the same token ids (`diff`, mhacli.diff): the texts' ids, the same under both tokenizers and
+fitting both models, then per-head divergence (mhacli.divergence), guarded for memory first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mhacli.blocks import ZEdit
+from mhacli.divergence import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.errors import TextError
+from mhacli.heads import HeadView, analyse
+from mhacli.ops.memory import Size, check_memory, diff_bytes
+from mhacli.textin import check_ids_fit, from_ids
+
+__all__ = ["METRICS", "DiffReport", "DiffText", "check_metric", "compare", "ids_for_both", "peak_maps", "tokenize_both"]
+
+
+@dataclass(frozen=True)
+class DiffText:
+    ids: np.ndarray  # [n_seq] int64
+    tokens: list[str]
+    where: str  # "the text" or "--texts line N", for messages
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def tokenize_both(
+    raw: str, where: str, a: tuple, b: tuple, truncate: bool, *, on_truncate: Callable[[str], None] = _ignore,
+    truncate_hint: str = "pass --truncate",
+) -> DiffText:  # fmt: skip
+    """The text's token ids, required to be the same under both tokenizers and to fit both models. a, b: (checkpoint,
+    tokenizer); on_truncate gets the message saying a text was cut."""
+    (ckpt_a, tok_a), (ckpt_b, tok_b) = a, b
+    n_a, n_b = ckpt_a.config.n_positions, ckpt_b.config.n_positions
+    limit = min(n_a, n_b)
+    # only a prefix of a long text is tokenized (sized for `limit` tokens); both tokenizers see the same prefix
+    ids_a, n_chars = tok_a.encode_prefix(raw, limit)
+    ids_b = tok_b.encode(raw[:n_chars])
+    check_same_tokens(ids_a, ids_b, tok_a.display, tok_b.display, where)
+    if not ids_a:
+        raise TextError(f"{where} produced no tokens")
+    check_ids_fit(ids_a, min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size))
+    count = str(len(ids_a)) if n_chars == len(raw) else f"more than {len(ids_a)}"
+    if len(ids_a) > limit:
+        which = "both models'" if max(n_a, n_b) < len(ids_a) else ("MODEL_A's" if n_a < n_b else "MODEL_B's")
+        if not truncate:
+            raise TextError(
+                f"{where} is {count} tokens, longer than {which} n_positions ({limit}); "
+                f"shorten it or {truncate_hint} to keep the first tokens"
+            )
+        on_truncate(f"{where} truncated to the first {limit} of {count} tokens")
+        ids_a = ids_a[:limit]
+    return DiffText(np.asarray(ids_a, dtype=np.int64), tok_a.display(ids_a), where)
+
+
+def ids_for_both(
+    ids: list[int], a: tuple, b: tuple, truncate: bool, *, on_truncate: Callable[[str], None] = _ignore
+) -> DiffText:
+    """--ids: checked against both models' vocab_size and n_positions (the smaller of each), shown with A's tokenizer."""
+    (ckpt_a, tok_a), (ckpt_b, _) = a, b
+    vocab = min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size)
+    limit = min(ckpt_a.config.n_positions, ckpt_b.config.n_positions)
+    t = from_ids(tok_a, ids, limit, vocab_size=vocab, truncate=truncate)
+    if t.truncated_from is not None:
+        on_truncate(f"--ids truncated to the first {limit} of {t.truncated_from} tokens")
+    return DiffText(t.ids, t.tokens, "--ids")
+
+
+def compare(
+    ckpt_a, ckpt_b, texts: Sequence[DiffText], metric: str, *, match: bool = False,
+    edits_b: dict[int, ZEdit] | None = None, max_memory: Size = None, option: str = "--max-memory",
+    progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
+) -> DiffReport:  # fmt: skip
+    """Per-head divergence of B's attention from A's over the texts (their mean): head by head when the shapes agree
+    (unless match), else matched (Hungarian) and nearest heads. Refused (ResourceError) past max_memory."""
+    check_metric(metric)
+    shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)
+    shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
+    mode = "paired" if shape_a == shape_b and not match else "matched"
+    n_seq = max(len(t.ids) for t in texts)
+    check_memory(diff_bytes(ckpt_a, ckpt_b, n_seq, mode == "paired"), max_memory, "use shorter texts", option=option)
+    per_text = [
+        compare_text(ckpt_a, ckpt_b, t.ids, metric, mode, edits_b)
+        for t in progress(texts, len(texts), f"comparing heads on {len(texts)} texts")
+    ]
+    return summarise(per_text, metric, mode, shape_a, shape_b)
+
+
+def peak_maps(ckpt_a, ckpt_b, report: DiffReport, first: DiffText) -> tuple[HeadView, HeadView] | None:
+    """The most divergent pair's two maps on the first text (what a terminal draws), None when nothing diverges."""
+    if not report.heads or report.max_divergence <= 0:
+        return None
+    r = report.heads[0]
+    view_a = next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True))
+    view_b = next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True))
+    return view_a, view_b

@@ -1,0 +1,21 @@
+"""One head's computation for one query token (`explain`, Model.explain), guarded for memory first."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mhacli.explain import Explanation
+from mhacli.explain import explain as explain_head
+from mhacli.ops.memory import Size, check_memory, explain_bytes
+
+__all__ = ["Explanation", "explain"]
+
+
+def explain(
+    ckpt, ids: np.ndarray, layer: int, head: int, query: int | None = None, *, max_memory: Size = None,
+    option: str = "--max-memory",
+) -> Explanation:  # fmt: skip
+    """Head `head` of layer `layer` for query token `query` (default the last), every intermediate checked against
+    the forward; refused (ResourceError) when the unfused layer would need more than max_memory."""
+    check_memory(explain_bytes(ckpt, len(ids)), max_memory, "use a shorter text", option=option)
+    return explain_head(ckpt, ids, layer, head, query)

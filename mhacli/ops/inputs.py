@@ -1,0 +1,45 @@
+"""What a request runs on: a model (checked, then loaded with its tokenizer) and its input (a text from an
+argument or stdin, --ids, or --texts FILE), tokenized or checked against the model by one rule (mhacli.textin)."""
+
+from __future__ import annotations
+
+from mhacli.errors import UsageError
+from mhacli.textin import (  # noqa: F401 - the readers the CLI uses, re-exported: it reads input through here
+    TokenizedText, from_ids, iter_texts, read_ids, read_text, read_texts, tokenize,
+)  # fmt: skip
+from mhacli.tokenizer import Tokenizer, load_tokenizer
+from mhacli.weights import Checkpoint, ModelFiles, check_model, load_model
+
+__all__ = [
+    "Checkpoint", "ModelFiles", "Tokenizer", "TokenizedText", "check_model", "check_text_or_ids", "encode",
+    "iter_texts", "open_model", "read_ids", "read_input", "read_text", "read_texts",
+]  # fmt: skip
+
+
+def open_model(model: str | None, *, cache: bool | None = False, files: ModelFiles | None = None) -> tuple[Checkpoint, Tokenizer]:
+    """The model and its tokenizer. cache=False (one pass over the layers): each layer's tensors are read when the
+    forward reaches it and dropped after; None keeps them for models under weights.CACHE_LIMIT_BYTES. `files`:
+    what check_model resolved already."""
+    ckpt = load_model(model, cache=cache, files=files)
+    return ckpt, load_tokenizer(ckpt.files.directory)
+
+
+def check_text_or_ids(text: str | None, ids: str | None, texts: str | None = None) -> None:
+    """TEXT, --ids and --texts are three ways to give the input: at most one."""
+    given = [name for name, v in (("TEXT", text), ("--ids", ids), ("--texts FILE", texts)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"give {' or '.join(given)}, not both")
+
+
+def read_input(text: str | None, ids: str | None) -> str | list[int]:
+    """The raw input: the text (argument, `-`, piped stdin), or with --ids the token ids."""
+    check_text_or_ids(text, ids)
+    return read_ids(ids) if ids is not None else read_text(text)
+
+
+def encode(raw: str | list[int], ckpt: Checkpoint, tokenizer: Tokenizer, *, truncate: bool) -> TokenizedText:
+    """A text tokenized, or given ids checked (vocab_size, n_positions), with the same truncation rule."""
+    c = ckpt.config
+    if isinstance(raw, list):
+        return from_ids(tokenizer, raw, c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
+    return tokenize(tokenizer, raw, c.n_positions, vocab_size=c.vocab_size, truncate=truncate)

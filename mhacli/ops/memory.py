@@ -1,0 +1,110 @@
+"""The memory guard: a request's estimated peak (mhacli.heads' memory model) against a limit, refused with a way
+out before anything is computed. The CLI's --max-memory and the API's max_memory= are the same limit."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from mhacli.errors import ResourceError, UsageError
+from mhacli.heads import full_attention_bytes, memory_needed
+from mhacli.loss import VOCAB_BLOCK
+
+Size = int | str | None  # bytes, a size like '2G' / '512M', or None: 80% of available memory
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}  # fmt: skip
+
+
+def parse_size(text: str, option: str = "--max-memory") -> int:
+    """'2G', '512M', '1.5GiB', '1000000' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"{option} {text!r} is not a size like 2G, 512M or 1.5GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo; physical memory where that is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def check_memory(needed: int, max_memory: Size, how_to_narrow: str, *, option: str = "--max-memory") -> None:
+    """Refuse (ResourceError), with a way out, a request that would need more memory than allowed (instead of the
+    OOM killer). `option`: how the limit is named in the message (--max-memory, or max_memory for the API)."""
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, str, type(None))):
+        raise UsageError(f"{option} must be a number of bytes or a size like 2G, got {type(max_memory).__name__}")
+    given = max_memory is not None and max_memory != ""
+    if isinstance(max_memory, int):
+        limit = max_memory
+    else:
+        limit = parse_size(max_memory, option) if given else int(0.8 * available_memory())
+    if needed > limit:
+        source = option if given else "80% of available memory"
+        raise ResourceError(
+            f"this request needs about {format_bytes(needed)}, more than {format_bytes(limit)} ({source}); "
+            f"{how_to_narrow}, or raise {option}"
+        )
+
+
+# --- what each request needs at its peak --------------------------------------------------------------------------
+
+
+def heads_bytes(ckpt, n_seq: int, n_layers: int, n_heads: int, keep_maps: bool, kept_cells: int = 0) -> int:
+    """inspect (whole maps kept, or `kept_cells` of each: what a terminal view shows) and stats (streamed unless a
+    page wants the maps): the selected heads of one text."""
+    kept = keep_maps or kept_cells > 0
+    return memory_needed(
+        ckpt.config, n_seq, kept_layers=n_layers * kept, kept_heads=n_heads * kept, keep_maps=keep_maps,
+        weight_bytes=ckpt.weight_bytes(), kept_cells=kept_cells,
+    )  # fmt: skip
+
+
+def explain_bytes(ckpt, n_seq: int) -> int:
+    """explain: the batched forward and the batched re-run of the layer for the check, two layers' working sets;
+    the explained layer's tensors are held throughout, on top of the forward's."""
+    working_set = memory_needed(ckpt.config, n_seq) + full_attention_bytes(ckpt.config.n_head, n_seq)
+    return 2 * working_set + ckpt.weight_bytes(extra_layers=1)
+
+
+def diff_bytes(ckpt_a, ckpt_b, n_seq: int, paired: bool) -> int:
+    """diff: both forwards streamed at once (paired, no map kept), or all of A's maps kept while B runs a layer's
+    map at a time (matched); small models' tensors stay cached once read, larger ones stream by layer."""
+    weights = ckpt_a.weight_bytes() + ckpt_b.weight_bytes()
+    a, b = ckpt_a.config, ckpt_b.config
+    if paired:
+        return memory_needed(a, n_seq, weight_bytes=weights, forwards=2)
+    kept = memory_needed(a, n_seq, kept_layers=a.n_layer, kept_heads=a.n_head, keep_maps=True)
+    return kept + memory_needed(b, n_seq, kept_layers=1, kept_heads=b.n_head, keep_maps=True, weight_bytes=weights)
+
+
+def scoring_bytes(ckpt, lengths: list[int]) -> int:
+    """ablate/prune: the cached residual streams (every text's stream entering every layer, twice: the base and one
+    evaluation), a layer's working set, the output head's logits block and the weights."""
+    c = ckpt.config
+    n_seq = max(lengths)
+    streams = 2 * (c.n_layer + 1) * c.n_embd * 4 * sum(lengths)
+    logits = 4 * n_seq * min(VOCAB_BLOCK, c.vocab_size) * 2
+    return streams + logits + memory_needed(c, n_seq, weight_bytes=ckpt.weight_bytes())
+
+
+def census_bytes(ckpt, longest: int, local_workers: int) -> int:
+    """census: one forward per local worker process (0 on a remote cluster)."""
+    return local_workers * memory_needed(ckpt.config, longest, weight_bytes=ckpt.weight_bytes())
