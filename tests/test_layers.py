@@ -53,6 +53,7 @@ CLI_MAY_IMPORT = (
     "mhacli.render", "mhacli.plain", "mhacli.output", "mhacli.save",  # views and writers
     "mhacli.errors", "mhacli.files",  # the typed errors and exit codes; printable names
     "mhacli.commands", "mhacli.cli",  # the CLI's own modules (_app, _common, _save; a shared option)
+    "mhacli.browse",  # mha browse's Textual app, itself on the API
 )  # fmt: skip
 
 

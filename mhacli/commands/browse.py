@@ -11,11 +11,12 @@ from typing import Annotated
 import typer
 
 from mhacli.commands._app import app, examples
-from mhacli.commands._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, available_memory, check_memory, parse_size
-from mhacli.commands.ablate import AblateOpt, ablated_heads, check_ablate_spec
+from mhacli.commands._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_model
+from mhacli.commands.ablate import AblateOpt
 from mhacli.errors import ExitCode, TextError, UsageError, missing_extra
-from mhacli.textin import read_text
-from mhacli.weights import check_model
+from mhacli.ops.ablation import ablated_heads, check_ablate_spec
+from mhacli.ops.inputs import read_text
+from mhacli.ops.memory import available_memory, check_memory, parse_size
 
 # Shown when no TEXT is given on a terminal: a sentence said twice, so the bundled model's previous-token (L0H3)
 # and induction (L1H2) heads show at once.
