@@ -89,7 +89,7 @@ def target_rows(ids: np.ndarray) -> dict[str, np.ndarray]:
 
 ROW_BLOCK = 128  # query rows reduced at a time when a whole map is given (layer_arrays)
 TINY = np.finfo(np.float32).tiny
-SCRATCH_BYTES = 4 * 1024 * 1024  # StatsAccumulator's float32 work arrays, each, per thread
+SCRATCH_BYTES = 16 * 1024 * 1024  # StatsAccumulator's float32 work arrays, each, per thread (a whole tile: TILE_BYTES)
 
 
 @dataclass(frozen=True)
