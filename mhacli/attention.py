@@ -35,7 +35,7 @@ MIN_BLOCK = 16  # ... and at least
 # 32,768, statistics streamed): tiles of 128 rows beat L2-sized ones of 16-32 rows by 1.3-1.5x: each tile reads
 # all its keys' K and V rows, so fewer rows per tile means more passes over K and V.
 TILE_BYTES = 16 * 1024 * 1024
-MIN_PARALLEL_CELLS = 1 << 20  # fewer visible (row, key) cells than this per head: one thread (the pool costs more)
+MIN_PARALLEL_CELLS = 1 << 20  # fewer visible (row, key) cells than this in all heads: one thread (the pool costs more)
 
 
 class Sink(Protocol):
@@ -94,12 +94,12 @@ def blocks(n_seq: int, rows: int, window: int | None) -> list[tuple[int, int, in
     return [(a, min(a + rows, n_seq), 0 if window is None else max(0, a - window + 1)) for a in range(0, n_seq, rows)]
 
 
-def threads_for(todo: list[tuple[int, int, int]]) -> int:
+def threads_for(todo: list[tuple[int, int, int]], n_head: int) -> int:
     """Threads for a layer's blocks: the CPUs this process may use (MHA_THREADS overrides), one when the layer is
-    too small to be worth sharing (under MIN_PARALLEL_CELLS visible cells per head)."""
+    too small to be worth sharing (under MIN_PARALLEL_CELLS visible cells in all its heads)."""
     limit = os.environ.get("MHA_THREADS", "")
     cpus = int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
-    cells = sum((b - a) * (b - lo) for a, b, lo in todo)
+    cells = n_head * sum((b - a) * (b - lo) for a, b, lo in todo)
     return 1 if cells < MIN_PARALLEL_CELLS else max(1, min(cpus, len(todo)))
 
 
@@ -118,7 +118,7 @@ def causal_attention(
     target = keep if keep is not None else sink
     rows = block or getattr(target, "fixed_rows", None) or block_rows(n_seq, window)  # a sink may fix them
     todo = blocks(n_seq, rows, window)
-    workers = threads or threads_for(todo)
+    workers = threads or threads_for(todo, n_head)
     if not getattr(target, "concurrent", False):
         workers = 1
     qs = q * F32(scale)  # [n_head, n_seq, d_head]

@@ -108,7 +108,7 @@ def forward_bytes(config, n_seq: int) -> int:
     activations = n_seq * (ACT_EMBD * config.n_embd + ACT_INNER * inner) * 4
     rows = block_rows(n_seq)
     tile = rows * n_seq * 4
-    threads = threads_for(blocks(n_seq, rows, None))
+    threads = threads_for(blocks(n_seq, rows, None), config.n_head)
     block = config.n_head * tile
     return activations + threads * TILE_COPIES * tile + BLOCK_COPIES * block + stats_bytes(config.n_head, n_seq)
 
