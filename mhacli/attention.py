@@ -39,12 +39,13 @@ MIN_PARALLEL_CELLS = 1 << 20  # fewer visible (row, key) cells than this in all 
 
 
 class Sink(Protocol):
-    """Takes a layer's attention tile by tile: head h, rows a..b-1 over keys lo..b-1. `p` is the kernel's scratch,
-    valid only during the call: a sink that keeps it copies it. Optional attributes: `concurrent` (default False),
+    """Takes a layer's attention tile by tile: heads h..h+g-1, rows a..b-1 over keys lo..b-1 (g heads at once where
+    their tiles are small: short texts; one where a tile is large). `p` is the kernel's scratch, valid only during
+    the call: a sink that keeps it copies it. Optional attributes: `concurrent` (default False),
     True when the sink may be called from several threads at once for different blocks; `fixed_rows`, the block
     rows it needs (two models' blocks paired row for row)."""
 
-    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:  # p [b - a, b - lo] float32
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:  # p [g, b - a, b - lo] float32
         ...
 
 
@@ -69,7 +70,7 @@ class KeepMap:
         self.probs = np.zeros((n_head, n_seq, n_seq), dtype=F32)
 
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        self.probs[h, a:b, lo:b] = p
+        self.probs[h : h + len(p), a:b, lo:b] = p
 
 
 def visible(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None) -> np.ndarray:
@@ -128,16 +129,19 @@ def causal_attention(
     queue = iter(sorted(todo, key=lambda blk: (blk[0] - blk[1]) * (blk[1] - blk[2])))  # the largest blocks first
     lock = threading.Lock()
 
+    widest = max(b - lo for _, b, lo in todo)
+    group = max(1, min(n_head, TILE_BYTES // (4 * rows * widest)))  # heads handed to the sink at once
+
     def work() -> None:
         """Take the next block until none is left (or another thread failed)."""
-        tile = np.empty(rows * max(b - lo for _, b, lo in todo), dtype=F32)  # reused by every tile of this thread
+        tile = np.empty(group * rows * widest, dtype=F32)  # reused by every tile of this thread
         try:
             while not stop.is_set():
                 with lock:
                     a, b, lo = next(queue, (-1, -1, -1))
                 if a < 0:
                     return
-                _block(qs, k, v, a, b, lo, window, tile, z, target)
+                _block(qs, k, v, a, b, lo, window, tile, z, target, group)
         except BaseException:
             stop.set()  # the other threads stop at their next block
             raise
@@ -157,23 +161,25 @@ def causal_attention(
 
 def _block(
     qs: np.ndarray, k: np.ndarray, v: np.ndarray, a: int, b: int, lo: int, window: int | None, tile: np.ndarray,
-    z: np.ndarray, sink: Sink,
+    z: np.ndarray, sink: Sink, group: int,
 ) -> None:  # fmt: skip
-    """Rows a..b-1 over keys lo..b-1, head by head: softmax in place in `tile`, the value product, the sink."""
-    group = qs.shape[0] // k.shape[0]
+    """Rows a..b-1 over keys lo..b-1, head by head: softmax in place in `tile`, the value product; `group` heads'
+    tiles at a time to the sink."""
+    n_head, shared = qs.shape[0], qs.shape[0] // k.shape[0]
     hidden = ~visible(a, b, lo, b, window)  # [rows, keys]: the same for every head
     masked = bool(hidden.any())
-    for h in range(qs.shape[0]):
-        kv = h // group
-        s = tile[: (b - a) * (b - lo)].reshape(b - a, b - lo)  # scores, then probabilities, in place
-        np.matmul(qs[h, a:b], k[kv, lo:b].T, out=s)
-        if masked:
-            np.copyto(s, -np.inf, where=hidden)
-        s -= s.max(axis=1, keepdims=True)
-        np.exp(s, out=s)
-        s /= s.sum(axis=1, keepdims=True)
-        np.matmul(s, v[kv, lo:b], out=z[h, a:b])  # only the visible keys' values
-        sink.add(h, a, b, lo, s)
+    for h0 in range(0, n_head, group):
+        tiles = tile[: min(group, n_head - h0) * (b - a) * (b - lo)].reshape(-1, b - a, b - lo)
+        for h, s in enumerate(tiles, start=h0):  # s: scores, then probabilities, in place
+            kv = h // shared
+            np.matmul(qs[h, a:b], k[kv, lo:b].T, out=s)
+            if masked:
+                np.copyto(s, -np.inf, where=hidden)
+            s -= s.max(axis=1, keepdims=True)
+            np.exp(s, out=s)
+            s /= s.sum(axis=1, keepdims=True)
+            np.matmul(s, v[kv, lo:b], out=z[h, a:b])  # only the visible keys' values
+        sink.add(h0, a, b, lo, tiles)
 
 
 def _one_blas_thread():

@@ -280,9 +280,9 @@ class _Feed:
 
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
         if h == 0:
-            self._block = np.empty((self.n_head, *p.shape), dtype=p.dtype)
-        self._block[h] = p
-        if h == self.n_head - 1:
+            self._block = np.empty((self.n_head, *p.shape[1:]), dtype=p.dtype)
+        self._block[h : h + len(p)] = p
+        if h + len(p) == self.n_head:
             self.put(("block", (a, b, lo, self._block)))
 
     def put(self, item: tuple) -> None:
@@ -343,9 +343,8 @@ def paired_stream(
                 acc = fresh()
                 continue
             (a, b, lo_a, pa), (_, _, lo_b, pb) = va, vb
-            for h in range(n_head):
-                acc[1].add(h, a, b, lo_a, pa[h])
-                acc[2].add(h, a, b, lo_b, pb[h])
+            acc[1].add(0, a, b, lo_a, pa)
+            acc[2].add(0, a, b, lo_b, pb)
             lo = min(lo_a, lo_b)  # the same keys for both (outside a model's window its weights are 0)
             acc[0].add(a, b, _widen(pa, lo_a - lo), _widen(pb, lo_b - lo))
     finally:

@@ -84,13 +84,14 @@ class WindowSink:
         self.data = np.zeros((len(heads), len(self.rows), len(self.keys)), dtype=F32)
 
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        if h not in self.heads:
-            return
         r0, r1 = np.searchsorted(self.rows, [a, b])
         k0, k1 = np.searchsorted(self.keys, [lo, b])
-        if r0 < r1 and k0 < k1:
-            tile = p[self.rows[r0:r1] - a][:, self.keys[k0:k1] - lo]
-            self.data[self.heads[h], r0:r1, k0:k1] = tile
+        if r0 >= r1 or k0 >= k1:
+            return
+        rows, keys = self.rows[r0:r1] - a, self.keys[k0:k1] - lo
+        for head, tile in enumerate(p, start=h):
+            if head in self.heads:
+                self.data[self.heads[head], r0:r1, k0:k1] = tile[rows][:, keys]
 
     def maps(self, n_seq: int) -> list[PartialMap]:
         return [PartialMap(n_seq, self.rows, self.keys, self.data[n]) for n in range(len(self.heads))]
@@ -108,9 +109,11 @@ class TopSink:
         self.weights = np.zeros((len(heads), n_seq, k), dtype=F32)
 
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        if h not in self.heads:
-            return
-        n = self.heads[h]
+        for head, tile in enumerate(p, start=h):
+            if head in self.heads:
+                self._add(self.heads[head], a, b, lo, tile)
+
+    def _add(self, n: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
         for r in range(b - a):
             i = a + r
             row = p[r, : i + 1 - lo]

@@ -159,36 +159,37 @@ class StatsAccumulator:
         self._local = threading.local()
 
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        """p [b - a, b - lo]: head h, rows a..b-1 over keys lo..b-1, reduced a few rows at a time so the work
-        arrays stay under SCRATCH_BYTES each, however long the rows."""
-        step = max(1, SCRATCH_BYTES // (4 * max(1, b - lo)))
+        """p [g, b - a, b - lo]: heads h..h+g-1, rows a..b-1 over keys lo..b-1, reduced a few rows at a time so the
+        work arrays stay under SCRATCH_BYTES each, however long the rows."""
+        step = max(1, SCRATCH_BYTES // (4 * p.shape[0] * max(1, b - lo)))
         for c in range(max(a, self.first_row), b, step):
-            self._add(h, c, min(c + step, b), lo, p[c - a : min(c + step, b) - a])
+            self._add(h, c, min(c + step, b), lo, p[:, c - a : min(c + step, b) - a])
 
     def _add(self, h: int, a: int, b_rows: int, lo: int, p: np.ndarray) -> None:
-        """p [b_rows - a, keys lo..]: head h, rows a..b_rows-1 (a >= first_row)."""
-        b = lo + p.shape[1]  # the keys end at the block's last row + 1, for every chunk of its rows
+        """p [g, b_rows - a, keys lo..]: heads h..h+g-1, rows a..b_rows-1 (a >= first_row)."""
+        b = lo + p.shape[2]  # the keys end at the block's last row + 1, for every chunk of its rows
         tile = self._tile(a, b_rows, lo, b)
         work = tile.work[: p.size].reshape(p.shape)
-        r = slice(a - self.first_row, b_rows - self.first_row)
+        heads, r = slice(h, h + p.shape[0]), slice(a - self.first_row, b_rows - self.first_row)
         out = self.per_row
-        out["max_weight"][h, r] = p.max(axis=1)  # the largest float32 weight, exactly
+        out["max_weight"][heads, r] = p.max(axis=2)  # the largest float32 weight, exactly
         np.add(p, TINY, out=work)  # 0 log 0 = 0: 0 x log(TINY); every weight above 1e-30 is left as it is
         np.log(work, out=work)
         work *= p
-        out["entropy"][h, r] = -_row_sums(work)
+        out["entropy"][heads, r] = -_row_sums(work)
         np.multiply(p, tile.distance, out=work)  # A[i,j] (i - j): hidden keys have A = 0
-        out["distance"][h, r] = _row_sums(work)
+        out["distance"][heads, r] = _row_sums(work)
         at, i = tile.at, tile.rows
-        out["self"][h, r] = p[at, i - lo]
+        out["self"][heads, r] = p[:, at, i - lo]
         if lo == 0:
-            out["first_token"][h, r] = p[:, 0]
+            out["first_token"][heads, r] = p[:, :, 0]
         prev = i - 1 - lo  # key i - 1 in the tile, where it is there (row 0 has none; a window of 1 hides it)
         seen = prev >= 0
-        out["previous_token"][h, r][seen] = p[at[seen], prev[seen]]
+        out["previous_token"][heads, r][:, seen] = p[:, at[seen], prev[seen]]
         for name, (rows, keys) in tile.pairs.items():
             if len(rows):
-                out[name][h, r] = np.bincount(rows, weights=p[rows, keys], minlength=b_rows - a)
+                weights = p[:, rows, keys]  # [g, pairs]
+                out[name][heads, r] = [np.bincount(rows, weights=w, minlength=b_rows - a) for w in weights]
 
     def _tile(self, a: int, b_rows: int, lo: int, b: int) -> "_Tile":
         """This thread's work arrays and what the rows a..b_rows-1 over keys lo..b-1 share across heads (their
@@ -222,8 +223,9 @@ class StatsAccumulator:
 
 
 def _row_sums(x: np.ndarray) -> np.ndarray:
-    """[rows, keys] float32 -> [rows] float64 sums (einsum casts to float64 as it goes: faster than sum(dtype=))."""
-    return np.einsum("ij->i", x, dtype=np.float64)
+    """[g, rows, keys] float32 -> [g, rows] float64 sums (einsum casts to float64 as it goes: faster than
+    sum(dtype=))."""
+    return np.einsum("hij->hi", x, dtype=np.float64)
 
 
 class _Tile:
@@ -235,7 +237,7 @@ class _Tile:
         self.rows = np.arange(a, b_rows)
         self.at = np.arange(b_rows - a)
         self.distance = np.subtract.outer(self.rows.astype(F32), np.arange(lo, b, dtype=F32))
-        self.work = work if work is not None else np.empty(max(SCRATCH_BYTES // 4, self.distance.size), dtype=F32)
+        self.work = work if work is not None else np.empty(SCRATCH_BYTES // 4, dtype=F32)
         self.pairs = {name: matches.pairs(name, a, b_rows, lo) for name in SUPPORTED_STATS}
 
 
@@ -246,8 +248,7 @@ def layer_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> Layer
     acc = StatsAccumulator(n_head, ids, first_row)
     for a in range(first_row, n_seq, ROW_BLOCK):
         b = min(a + ROW_BLOCK, n_seq)
-        for h in range(n_head):
-            acc.add(h, a, b, 0, attn[h, a:b, :b])
+        acc.add(0, a, b, 0, attn[:, a:b, :b])
     return acc.result()
 
 

@@ -71,8 +71,8 @@ class Keep:
         if h == 0:
             self.blocks.append((a, b, lo, []))
         assert self.blocks[-1][:3] == (a, b, lo), "a block's heads arrive together"
-        self.blocks[-1][3].append(p.copy())
-        self.heads.append(h)
+        self.blocks[-1][3].extend(p.copy())
+        self.heads.extend(range(h, h + len(p)))
 
 
 @pytest.mark.parametrize("n_head,n_kv,n_seq,window,block", [
