@@ -124,12 +124,12 @@ def causal_attention(
         workers = 1
     qs = q * F32(scale)  # [n_head, n_seq, d_head]
     z = np.empty((n_head, n_seq, v.shape[-1]), dtype=F32)
-    stop = threading.Event()
-
-    queue = iter(sorted(todo, key=lambda blk: (blk[0] - blk[1]) * (blk[1] - blk[2])))  # the largest blocks first
-    lock = threading.Lock()
-
-    widest = max(b - lo for _, b, lo in todo)
+    stop, lock = threading.Event(), threading.Lock()
+    # One thread takes the blocks in order (a sink that is not concurrent gets them as the rows go); several take
+    # the largest first, so the last ones to finish are small.
+    order = todo if workers == 1 else sorted(todo, key=lambda blk: (blk[1] - blk[0]) * (blk[1] - blk[2]), reverse=True)
+    queue = iter(order)
+    widest = max((b - lo for _, b, lo in todo), default=1)
     group = max(1, min(n_head, TILE_BYTES // (4 * rows * widest)))  # heads handed to the sink at once
 
     def work() -> None:
@@ -147,7 +147,6 @@ def causal_attention(
             raise
 
     if workers == 1:
-        queue = iter(todo)  # in order: a sink that is not concurrent gets the blocks as the rows go
         work()
     else:
         with _one_blas_thread(), ThreadPoolExecutor(workers, thread_name_prefix="mha-attn") as pool:

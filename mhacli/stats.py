@@ -169,7 +169,7 @@ class StatsAccumulator:
         """p [g, b_rows - a, keys lo..]: heads h..h+g-1, rows a..b_rows-1 (a >= first_row)."""
         b = lo + p.shape[2]  # the keys end at the block's last row + 1, for every chunk of its rows
         tile = self._tile(a, b_rows, lo, b)
-        work = tile.work[: p.size].reshape(p.shape)
+        work = self._work(p.size)[: p.size].reshape(p.shape)
         heads, r = slice(h, h + p.shape[0]), slice(a - self.first_row, b_rows - self.first_row)
         out = self.per_row
         out["max_weight"][heads, r] = p.max(axis=2)  # the largest float32 weight, exactly
@@ -192,13 +192,20 @@ class StatsAccumulator:
                 out[name][heads, r] = [np.bincount(rows, weights=w, minlength=b_rows - a) for w in weights]
 
     def _tile(self, a: int, b_rows: int, lo: int, b: int) -> "_Tile":
-        """This thread's work arrays and what the rows a..b_rows-1 over keys lo..b-1 share across heads (their
-        distances i - j, their duplicate and induction pairs), made once for all heads of a block."""
+        """What the rows a..b_rows-1 over keys lo..b-1 share across heads (their distances i - j, their duplicate
+        and induction pairs), made once per thread for all heads of a block."""
         tile = getattr(self._local, "tile", None)
         if tile is None or tile.span != (a, b_rows, lo, b):
-            work = tile.work if tile is not None and tile.work.size >= (b_rows - a) * (b - lo) else None
-            tile = self._local.tile = _Tile(a, b_rows, lo, b, self.matches, work)
+            tile = self._local.tile = _Tile(a, b_rows, lo, b, self.matches)
         return tile
+
+    def _work(self, size: int) -> np.ndarray:
+        """This thread's float32 work array, at least `size` long, kept from tile to tile (new memory for every
+        tile would page-fault its way in each time)."""
+        work = getattr(self._local, "work", None)
+        if work is None or work.size < size:
+            work = self._local.work = np.empty(max(size, SCRATCH_BYTES // 4), dtype=F32)
+        return work
 
     def result(self) -> LayerStats:
         first_row, n_seq, out = self.first_row, self.n_seq, self.per_row
@@ -229,15 +236,14 @@ def _row_sums(x: np.ndarray) -> np.ndarray:
 
 
 class _Tile:
-    """One thread's view of rows a..b_rows-1 over keys lo..b-1: a float32 work array, the distances i - j (float32,
-    exact integers), the rows' positions and the duplicate/induction pairs."""
+    """What every head's tile of rows a..b_rows-1 over keys lo..b-1 shares: the distances i - j (float32, exact
+    integers), the rows' positions and the duplicate/induction pairs."""
 
-    def __init__(self, a: int, b_rows: int, lo: int, b: int, matches: TokenMatches, work: np.ndarray | None):
+    def __init__(self, a: int, b_rows: int, lo: int, b: int, matches: TokenMatches):
         self.span = (a, b_rows, lo, b)
         self.rows = np.arange(a, b_rows)
         self.at = np.arange(b_rows - a)
         self.distance = np.subtract.outer(self.rows.astype(F32), np.arange(lo, b, dtype=F32))
-        self.work = work if work is not None else np.empty(SCRATCH_BYTES // 4, dtype=F32)
         self.pairs = {name: matches.pairs(name, a, b_rows, lo) for name in SUPPORTED_STATS}
 
 
