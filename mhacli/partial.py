@@ -40,7 +40,9 @@ class MapRequest:
 
     def cells(self, n_seq: int) -> int:
         """float32 cells a head's part holds (the memory guard)."""
-        return n_seq * 2 * self.top if self.top is not None else len(self.rows) * len(self.keys)
+        if self.top is not None:  # an int64 key and a float32 weight each: three float32 cells' worth
+            return n_seq * self.top * 3
+        return len(self.rows) * len(self.keys)
 
 
 class PartialMap:
