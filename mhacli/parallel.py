@@ -123,7 +123,9 @@ def dask_executor(address: str, workers: int) -> Iterator[Executor]:
     cluster = None
     try:
         if address == "local":
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=dict(_ONE_THREAD)
+            )  # each worker process on one BLAS and one attention thread, as the local pool's
             client = Client(cluster)
         else:
             client = Client(address, timeout=DASK_TIMEOUT_S)

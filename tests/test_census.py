@@ -304,3 +304,21 @@ def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):
         time.sleep(0.1)
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
     assert not alive, f"still running: {alive}"
+
+
+@pytest.mark.parametrize("where", ["local pool", "dask local"])
+def test_workers_run_one_blas_and_one_attention_thread(where):
+    """N worker processes with two threads each would oversubscribe N cores: the local pool's and a Dask
+    LocalCluster's workers see one BLAS thread and one attention thread (MHA_THREADS, mhacli.attention)."""
+    from mhacli.parallel import dask_executor, local_pool
+
+    if where == "dask local":
+        pytest.importorskip("dask.distributed", reason="the test extra installs dask[distributed]")
+        executor = dask_executor("local", 1)
+    else:
+        executor = local_pool(1)
+    before = {name: os.environ.get(name) for name in ("MHA_THREADS", "OPENBLAS_NUM_THREADS")}
+    with executor as ex:
+        seen = {name: ex.submit(os.getenv, name).result() for name in before}
+    assert seen == {"MHA_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert {name: os.environ.get(name) for name in before} == before  # this process's own settings are left as they were
