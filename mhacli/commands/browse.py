@@ -16,7 +16,7 @@ from mhacli.commands.ablate import AblateOpt
 from mhacli.errors import ExitCode, TextError, UsageError, missing_extra
 from mhacli.ops.ablation import ablated_heads, check_ablate_spec
 from mhacli.ops.inputs import read_text
-from mhacli.ops.memory import available_memory, check_memory, parse_size
+from mhacli.ops.memory import check_memory, memory_limit
 
 # Shown when no TEXT is given on a terminal: a sentence said twice, so the bundled model's previous-token (L0H3)
 # and induction (L1H2) heads show at once.
@@ -56,7 +56,7 @@ def browse(
     m = mhacli.load(model)
     b = mhacli.load(diff_model) if diff_model is not None else None
     ids = m.tokenize(raw, truncate=truncate).ids.tolist()
-    limit = parse_size(max_memory) if max_memory else int(0.8 * available_memory())
+    limit = memory_limit(max_memory)
     check_memory(m.memory_needed(len(ids)) * (2 if b is not None else 1), max_memory, "use a shorter text")
     if b is not None and b.tokenize(raw, truncate=truncate).ids.tolist() != ids:
         raise TextError("MODEL_A's and MODEL_B's tokenizers give different token ids for the text: --diff needs the same")

@@ -46,18 +46,21 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def memory_limit(max_memory: Size, option: str = "--max-memory") -> int:
+    """The limit in bytes: max_memory as given (bytes, or a size like 2G), else 80% of available memory."""
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, str, type(None))):
+        raise UsageError(f"{option} must be a number of bytes or a size like 2G, got {type(max_memory).__name__}")
+    if isinstance(max_memory, int):
+        return max_memory
+    return parse_size(max_memory, option) if max_memory else int(0.8 * available_memory())
+
+
 def check_memory(needed: int, max_memory: Size, how_to_narrow: str, *, option: str = "--max-memory") -> None:
     """Refuse (ResourceError), with a way out, a request that would need more memory than allowed (instead of the
     OOM killer). `option`: how the limit is named in the message (--max-memory, or max_memory for the API)."""
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, str, type(None))):
-        raise UsageError(f"{option} must be a number of bytes or a size like 2G, got {type(max_memory).__name__}")
-    given = max_memory is not None and max_memory != ""
-    if isinstance(max_memory, int):
-        limit = max_memory
-    else:
-        limit = parse_size(max_memory, option) if given else int(0.8 * available_memory())
+    limit = memory_limit(max_memory, option)
     if needed > limit:
-        source = option if given else "80% of available memory"
+        source = option if max_memory not in (None, "") else "80% of available memory"
         raise ResourceError(
             f"this request needs about {format_bytes(needed)}, more than {format_bytes(limit)} ({source}); "
             f"{how_to_narrow}, or raise {option}"
