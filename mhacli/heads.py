@@ -71,7 +71,7 @@ def analyse(
             return streams[layer]
         parts[layer] = (
             TopSink(wanted_heads, len(ids), request.top) if request.top is not None
-            else WindowSink(wanted_heads, request.rows, request.keys)
+            else WindowSink(wanted_heads, len(ids), request.rows, request.keys)
         )  # fmt: skip
         return Tee(streams[layer], parts[layer])
 
@@ -81,7 +81,7 @@ def analyse(
         if trace.attention is None:  # streamed: every head's statistics, then the selected ones
             every = head_stats(trace.layer, streams.pop(trace.layer).result())
             part = parts.pop(trace.layer, None)
-            maps = (part.maps() if isinstance(part, TopSink) else part.maps(len(ids))) if part else [None] * len(wanted_heads)
+            maps = part.maps() if part is not None else [None] * len(wanted_heads)
             for head, attn in zip(wanted_heads, maps):
                 yield HeadView(every[head], attn, config.kv_head(head))
             continue

@@ -80,8 +80,8 @@ class WindowSink:
 
     concurrent = True
 
-    def __init__(self, heads: Sequence[int], rows: Sequence[int], keys: Sequence[int]):
-        self.heads = {h: n for n, h in enumerate(heads)}
+    def __init__(self, heads: Sequence[int], n_seq: int, rows: Sequence[int], keys: Sequence[int]):
+        self.heads, self.n_seq = {h: n for n, h in enumerate(heads)}, n_seq
         self.rows, self.keys = np.asarray(rows, dtype=np.int64), np.asarray(keys, dtype=np.int64)
         self.data = np.zeros((len(heads), len(self.rows), len(self.keys)), dtype=F32)
 
@@ -95,8 +95,8 @@ class WindowSink:
             if head in self.heads:
                 self.data[self.heads[head], r0:r1, k0:k1] = tile[rows][:, keys]
 
-    def maps(self, n_seq: int) -> list[PartialMap]:
-        return [PartialMap(n_seq, self.rows, self.keys, self.data[n]) for n in range(len(self.heads))]
+    def maps(self) -> list[PartialMap]:
+        return [PartialMap(self.n_seq, self.rows, self.keys, self.data[n]) for n in range(len(self.heads))]
 
 
 class TopSink:

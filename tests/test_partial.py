@@ -34,9 +34,9 @@ def test_a_window_holds_exactly_the_cells_of_the_whole_map(n_seq, n_head, n_kv, 
     rows = np.unique(rng.integers(0, n_seq, size=min(n_seq, 40)))
     keys = np.unique(np.concatenate([[0], rng.integers(0, n_seq, size=min(n_seq, 30))]))
     heads = sorted({0, n_head - 1})
-    sink = WindowSink(heads, rows, keys)
+    sink = WindowSink(heads, n_seq, rows, keys)
     causal_attention(q, k, v, 0.4, window=window, block=block, sink=sink)
-    for h, part in zip(heads, sink.maps(n_seq)):
+    for h, part in zip(heads, sink.maps()):
         assert part.shape == (n_seq, n_seq)
         for i in rows:
             assert np.array_equal(part[i, keys], whole[h, i, keys])
