@@ -4,15 +4,15 @@ Query rows are taken in blocks, and each block head by head: one head's scores f
 can see (keys 0..b-1, or only those inside a sliding window), the masked entries set to -inf, the softmax in place,
 the value product over those keys only, then the tile of probabilities [rows, keys] goes to a `sink` while it is
 still in cache. The masked upper half is never computed. A block is BLOCK rows, fewer only where a tile would pass
-TILE_BYTES (texts over 32,768 tokens). The default sink writes the tiles into the whole map [n_head, n_seq, n_seq] (every hidden
-entry exactly 0); other sinks reduce them (statistics, divergences) and let them go: then memory is
+TILE_BYTES (texts over 32,768 tokens). The default sink writes the tiles into the whole map [n_head, n_seq, n_seq]
+(every hidden entry exactly 0); other sinks reduce them (statistics, divergences) and let them go: then memory is
 O(rows x n_seq) per thread, not O(n_head x n_seq^2), and a 32,768-token text needs no map at all. The block rows
 depend on the text's length and window only, never on the sink: a kept map and a streamed one hold the same
 float32 numbers, so statistics of one equal those of the other.
 
 Blocks are independent: with a sink that says so (`concurrent = True`: it writes only the rows it is given), they
-are shared among threads, each taking the next, largest first (NumPy releases the GIL in its kernels), BLAS held to one thread inside them so the
-threads do not fight over the cores. A sink without it gets the blocks in order, heads 0..n_head-1 within each.
+are shared among threads, each taking the next, largest first (NumPy releases the GIL in its kernels), BLAS held
+to one thread inside them so the threads do not fight over the cores. A sink without it gets the blocks in order, heads 0..n_head-1 within each.
 
 The 1/sqrt(d_head) scale is folded into q. Grouped K/V heads (MQA/GQA) are read in place, never repeated in
 memory: query head h reads K/V head h // (n_head // n_kv_head), as HF's repeat_kv does.
