@@ -13,7 +13,7 @@ import time
 CHILD = """
 import time, sys
 t0 = time.perf_counter()
-from mhacli.commands.browse import DEFAULT_TEXT, textual_app
+from mhacli.cli.browse import DEFAULT_TEXT, textual_app
 import mhacli
 from mhacli.browse.state import Session
 App = textual_app()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mhacli.heads import HeadView
-from mhacli.stats import layer_stats
-from mhacli.webpage import inspect_page
+from mhacli.analyses.heads import HeadView
+from mhacli.analyses.stats import layer_stats
+from mhacli.views.page import inspect_page
 
 
 def synthetic_views(n_layer: int, n_head: int, n_seq: int, seed: int = 0) -> tuple[list[HeadView], list[str]]:

@@ -285,7 +285,7 @@ def build_checkpoint(name: str, out: Path) -> Path:
 
 def text_of_tokens(n: int) -> str:
     """A text that the bundled tokenizer (also used by the benchmark checkpoints) turns into exactly n tokens."""
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     tok = load_tokenizer(SAMPLE)
     text = PASSAGE * (n // 40 + 2)
@@ -308,10 +308,10 @@ SINKS = ("maps", "stats", "none")  # the forward keeping every map (inspect), st
 def forward_rate(model_dir: Path, n_tokens: int, repeats: int = 3, sinks: str = "maps") -> dict:
     """In-process: seconds and GFLOP/s of one full forward (every layer's attention), weights already read; its
     attention kept as whole maps (`maps`), reduced to statistics as it streams (`stats`) or dropped (`none`)."""
-    from mhacli.attention import DISCARD
-    from mhacli.model import forward
-    from mhacli.stats import StatsAccumulator
-    from mhacli.weights import load_model
+    from mhacli.engine.attention import DISCARD
+    from mhacli.engine.forward import forward
+    from mhacli.analyses.stats import StatsAccumulator
+    from mhacli.io.weights import load_model
 
     ckpt = load_model(str(model_dir), cache=True)
     c = ckpt.config
@@ -361,8 +361,8 @@ def roofline_markdown(results: dict) -> str:
 def layer_flops(t: int, e: int, inner: int) -> int:
     """Multiply-adds x 2 of one GPT-2 block on t tokens, as the kernel does them: the projections (c_attn, c_proj)
     and the MLP; q k^T and A v over the keys each row block can see (keys 0..b-1 for rows a..b-1 of
-    mhacli.attention's blocks), not over all t keys."""
-    from mhacli.attention import block_rows
+    mhacli.engine.attention's blocks), not over all t keys."""
+    from mhacli.engine.attention import block_rows
 
     rows = block_rows(t)
     visible = sum((min(a + rows, t) - a) * min(a + rows, t) for a in range(0, t, rows))  # (row, key) pairs

@@ -21,27 +21,27 @@ from pathlib import Path
 
 import numpy as np
 
-from mhacli.ablate import METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, removal_edits
-from mhacli.attention import DISCARD, Sink
-from mhacli.blocks import ZEdit
+from mhacli.analyses.ablate import METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, removal_edits
+from mhacli.engine.attention import DISCARD, Sink
+from mhacli.engine.blocks import ZEdit
 from mhacli.config import ModelConfig
-from mhacli.divergence import DiffReport
+from mhacli.analyses.diff import DiffReport
 from mhacli.errors import TextError, UsageError
-from mhacli.explain import Explanation
-from mhacli.heads import HeadView, memory_needed
-from mhacli.kinds import PROBES, HeadVerdict, ProbeSpec, Tally
-from mhacli.loss import text_losses
-from mhacli.model import embed, forward_from
+from mhacli.analyses.explain import Explanation
+from mhacli.analyses.heads import HeadView, memory_needed
+from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally
+from mhacli.analyses.loss import text_losses
+from mhacli.engine.forward import embed, forward_from
 from mhacli.ops import census as censuses
 from mhacli.ops.ablation import check_scorable
 from mhacli.ops.diff import check_metric, compare, tokenize_both
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import check_heads, head_views
 from mhacli.ops.memory import Size
-from mhacli.stats import HeadStats, layer_stats
-from mhacli.textin import TokenizedText, check_ids as check_id_values, from_ids, ids_from_items, tokenize
-from mhacli.tokenizer import Tokenizer, load_tokenizer
-from mhacli.weights import Checkpoint, load_model
+from mhacli.analyses.stats import HeadStats, layer_stats
+from mhacli.io.textin import TokenizedText, check_ids as check_id_values, from_ids, ids_from_items, tokenize
+from mhacli.io.tokenizer import Tokenizer, load_tokenizer
+from mhacli.io.weights import Checkpoint, load_model
 
 __all__ = ["Ablation", "Census", "Model", "Run", "census", "diff", "load"]
 
@@ -57,7 +57,7 @@ def load(model: str | Path | None = None, *, cache: bool | None = None) -> Model
 
 
 def check_text(text: object) -> str:
-    """The CLI's rules for a text (mhacli.textin.read_text), for a str given directly: no stdin here."""
+    """The CLI's rules for a text (mhacli.io.textin.read_text), for a str given directly: no stdin here."""
     if not isinstance(text, str):
         raise UsageError(f"text must be a str, got {type(text).__name__}")
     try:
@@ -75,7 +75,7 @@ TRUNCATE_HINT = "pass truncate=True"
 
 def _id_values(ids: IdsLike) -> list[int]:
     """Token ids given directly, as a list: a 1-D sequence of integers, each checked by the rule --ids follows
-    (mhacli.textin.ids_from_items: an integer >= 0; not empty)."""
+    (mhacli.io.textin.ids_from_items: an integer >= 0; not empty)."""
     arr = np.asarray(ids)
     if arr.ndim != 1:
         raise UsageError(f"ids must be a 1-D sequence of token ids, got shape {arr.shape}")
@@ -87,7 +87,7 @@ def _id_values(ids: IdsLike) -> list[int]:
 def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> np.ndarray:
     """Token ids given directly: a non-empty 1-D sequence of integers in 0..vocab_size-1, at most n_positions
     of them (with truncate=True the first n_positions are kept). Returns them as int64 [n_seq]. The same check,
-    and the same messages, as the CLI's --ids (mhacli.textin.check_ids)."""
+    and the same messages, as the CLI's --ids (mhacli.io.textin.check_ids)."""
     kept, _ = check_id_values(
         _id_values(ids), config.vocab_size, config.n_positions, truncate=truncate, where="ids", truncate_hint=TRUNCATE_HINT
     )
@@ -110,7 +110,7 @@ class Model:
         return self.checkpoint.source
 
     def tokenize(self, text: str | None = None, *, ids: IdsLike | None = None, truncate: bool = False) -> TokenizedText:
-        """Text (the CLI's rules: mhacli.textin.tokenize) or ids -> TokenizedText (ids, tokens, truncated_from)."""
+        """Text (the CLI's rules: mhacli.io.textin.tokenize) or ids -> TokenizedText (ids, tokens, truncated_from)."""
         if (text is None) == (ids is None):
             raise UsageError("give a text or ids=, not both and not neither")
         c = self.config
@@ -319,7 +319,7 @@ class Run:
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:
         """Write every head's maps and statistics, the kind chosen by the suffix (as `mha inspect --save`): .html
         (one offline page), .png/.svg/.pdf (a figure: needs matplotlib), .npz (the attention tensor)."""
-        from mhacli import save as saving
+        from mhacli.views import save as saving
 
         path = Path(path)
         targets = saving.parse([path], "inspect", dpi=dpi)
@@ -328,8 +328,8 @@ class Run:
 
     def page(self) -> str:
         """The offline HTML page of this run (every head's map; what `mha inspect --save x.html` writes)."""
-        from mhacli import save as saving
-        from mhacli import webpage
+        from mhacli.views import save as saving
+        from mhacli.views import page as webpage
 
         return webpage.page_for(saving.inspect_picture(self.model.checkpoint, self.tokenized, self.views()))
 

@@ -134,8 +134,8 @@ def compare_with_hf(directory: Path, ids, *, reference_dir: Path | None = None, 
     head: every head's attention within ATTN_ATOL, every layer's hidden states within HIDDEN_ATOL (times
     max(1, max |HF hidden|) of that layer when hidden_relative), float32 throughout. Returns the measured
     [(attention max abs err, hidden max abs err)] per layer."""
-    from mhacli.model import final_norm, forward
-    from mhacli.weights import load_model
+    from mhacli.engine.forward import final_norm, forward
+    from mhacli.io.weights import load_model
 
     ids = np.asarray(ids)
     ckpt = load_model(str(directory))
@@ -236,13 +236,13 @@ def parse_json(stdout: bytes):
 
 
 def break_attention_kernel(monkeypatch, factor: float = 1.5) -> None:
-    """Make the forward's attention kernel (mhacli.attention.causal_attention) wrong: every head's output z times
+    """Make the forward's attention kernel (mhacli.engine.attention.causal_attention) wrong: every head's output z times
     `factor`, its probabilities untouched. Patched in every mhacli module that calls it."""
-    import mhacli.arch.common  # noqa: F401 - the modules that call the kernel, loaded so they can be patched
-    import mhacli.arch.gpt2  # noqa: F401
-    import mhacli.attention
+    import mhacli.engine.arch.common  # noqa: F401 - the modules that call the kernel, loaded so they can be patched
+    import mhacli.engine.arch.gpt2  # noqa: F401
+    import mhacli.engine.attention
 
-    real = mhacli.attention.causal_attention
+    real = mhacli.engine.attention.causal_attention
 
     def broken(*args, **kwargs):
         z, probs = real(*args, **kwargs)
@@ -258,8 +258,8 @@ def blocks_on_hf_inputs(directory: Path, ids) -> list[tuple[float, np.ndarray]]:
     the max abs error of its attention against HF's and its output [n_seq, n_embd] (before any final norm). The
     1e-6 aim is stated for this; end to end, float32 rounding of the residual stream accumulates over layers and
     sharp heads amplify it (ATTN_ATOL there)."""
-    from mhacli.model import embed, family
-    from mhacli.weights import load_model
+    from mhacli.engine.forward import embed, family
+    from mhacli.io.weights import load_model
 
     ckpt = load_model(str(directory))
     arch = family(ckpt.config)

@@ -1,4 +1,4 @@
-"""Loss, head ablation and pruning (mhacli.loss, mhacli.ablate, `mha ablate`, `mha prune`, `--ablate`).
+"""Loss, head ablation and pruning (mhacli.analyses.loss, mhacli.analyses.ablate, `mha ablate`, `mha prune`, `--ablate`).
 
 References are independent: HF's own `labels=ids` loss of its *ForCausalLM class, and HF with a forward pre-hook on
 the attention output projection (c_proj / o_proj) that zeroes a head's input columns or replaces them by the head's
@@ -99,7 +99,7 @@ def hf_head_means(model, ids) -> list:
 
 
 def ours(directory: Path):
-    from mhacli.weights import load_model
+    from mhacli.io.weights import load_model
 
     return load_model(str(directory), cache=True)
 
@@ -112,7 +112,7 @@ def test_baseline_loss_equals_hf(family_models, name):
     """Our NumPy output head and log-softmax against HF's labels=ids loss, tied and untied heads, every family."""
     import torch
 
-    from mhacli.ablate import Ablator
+    from mhacli.analyses.ablate import Ablator
 
     model = hf_lm(family_models[name])
     with torch.no_grad():
@@ -124,7 +124,7 @@ def test_baseline_loss_equals_hf(family_models, name):
 def test_untied_head_is_really_read(family_models):
     """The untied model's lm_head differs from its embeddings, so a loss computed with the wrong one would fail."""
     ckpt = ours(family_models["gpt2_untied"])
-    from mhacli.loss import output_head
+    from mhacli.analyses.loss import output_head
 
     assert not ckpt.config.tie_word_embeddings
     assert not np.allclose(output_head(ckpt), ckpt.get("wte.weight"))
@@ -132,7 +132,7 @@ def test_untied_head_is_really_read(family_models):
 
 def test_streamed_log_softmax_is_blocked_exactly():
     """The vocabulary streamed in blocks gives the same log-sum-exp as one block, for any block size."""
-    from mhacli.loss import logsumexp_rows
+    from mhacli.analyses.loss import logsumexp_rows
 
     rng = np.random.default_rng(0)
     h = rng.standard_normal((7, 16), dtype=np.float32) * 4
@@ -158,7 +158,7 @@ def test_base_model_without_output_head_is_refused_for_the_loss(tmp_path, tokeni
 @pytest.mark.parametrize("name", [*FAMILIES, "gpt2_untied"])
 def test_ablated_losses_equal_hf(family_models, name, method):
     """Heads in the first, a middle and the last layer, one at a time and together, with targets from position 5."""
-    from mhacli.ablate import Ablator
+    from mhacli.analyses.ablate import Ablator
 
     directory = family_models[name]
     model = hf_lm(directory)
@@ -175,7 +175,7 @@ def test_ablated_losses_equal_hf(family_models, name, method):
 
 def test_ablation_reuses_cached_layers_correctly(family_models):
     """Evaluations from a cached base (set_base) equal evaluations from scratch, in any order."""
-    from mhacli.ablate import Ablator
+    from mhacli.analyses.ablate import Ablator
 
     ckpt = ours(family_models["llama_gqa_untied"])
     a = Ablator(ckpt, [IDS, IDS[:20]], method="mean")
@@ -198,8 +198,8 @@ def test_sample_model_induction_and_previous_token_heads_matter_most(method):
     """20 texts of 40 random tokens repeated twice, scored on the second copy (--loss-from 41): removing L1H2 (the
     induction head) or L0H3 (the previous-token head) raises the loss far more than any other head. Measured:
     zero: L1H2 +18.9, L0H3 +10.3, next L0H1 +5.1 nats/token; mean: L1H2 +19.4, L0H3 +10.2, next +0.08."""
-    from mhacli.ablate import Ablator, ablate_each
-    from mhacli.weights import load_model
+    from mhacli.analyses.ablate import Ablator, ablate_each
+    from mhacli.io.weights import load_model
 
     ablator = Ablator(load_model(None, cache=True), [repeated_random(100 + i) for i in range(20)], method=method, loss_from=41)
     effects = {(e.layer, e.head): e.delta for e in ablate_each(ablator, ablator.heads)}

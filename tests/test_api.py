@@ -289,8 +289,8 @@ def test_the_readme_api_example_runs():
 
 
 def _doc(obj) -> dict:
-    """An API result's document as the CLI writes it (mhacli.output.dumps: NaN as null), read back."""
-    from mhacli.output import dumps
+    """An API result's document as the CLI writes it (mhacli.views.formats.dumps: NaN as null), read back."""
+    from mhacli.views.formats import dumps
 
     return parse_json(dumps(obj).encode())
 
@@ -382,7 +382,7 @@ def test_the_memory_guard_is_the_clis(sample, mha):
     [([1, 99999], "1,99999"), ([5] * 300, ",".join(["5"] * 300)), ([3, -2], "3,-2")],
 )
 def test_ids_are_checked_by_the_clis_rule(sample, mha, ids, cli_ids):
-    """One ids check (mhacli.textin.check_ids): the API's message is --ids' with the names the API uses."""
+    """One ids check (mhacli.io.textin.check_ids): the API's message is --ids' with the names the API uses."""
     cli = _cli_error(mha("stats", "--ids", cli_ids, "-m", "sample", "-f", "json"))
     with pytest.raises(TextError) as info:
         sample.run(ids=ids)

@@ -142,7 +142,7 @@ def models(tmp_path_factory, tokenizer_dir, bos_tokenizer_dir) -> dict[str, Path
 
 
 def ours(directory: Path):
-    from mhacli.weights import load_model
+    from mhacli.io.weights import load_model
 
     return load_model(str(directory))
 
@@ -235,7 +235,7 @@ def test_rotary_frequencies_equal_hf(rope, d_head, theta):
     from transformers import LlamaConfig, LlamaModel
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from mhacli.arch.rope import inv_freq
+    from mhacli.engine.arch.rope import inv_freq
     from mhacli.config import parse_config
 
     params = dict(ROPE_SCALINGS.get(rope, {"rope_type": "default"})) | {"rope_theta": theta}
@@ -263,7 +263,7 @@ def test_rotary_frequencies_equal_hf(rope, d_head, theta):
 ROTARY_DUMP = """
 import json, sys
 import numpy as np
-from mhacli.arch.rope import inv_freq, rope_tables
+from mhacli.engine.arch.rope import inv_freq, rope_tables
 from mhacli.config import parse_config
 out = {}
 for name, params in json.loads(sys.argv[1]).items():
@@ -318,7 +318,7 @@ def test_each_block_reaches_the_aim_on_hf_inputs(models, name):
     post-norms rescale each branch to unit size), and sharp heads amplify it; fed the same input, every block
     agrees with HF's to the aim.
     """
-    from mhacli.model import final_norm
+    from mhacli.engine.forward import final_norm
 
     ckpt = ours(models[name])
     _, hidden = hf_outputs(models[name], IDS)  # after each block, the last after the final norm
@@ -333,8 +333,8 @@ def test_each_block_reaches_the_aim_on_hf_inputs(models, name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_heads_are_not_uniform_and_logits_realistic(models, name):
     """The test models exercise the softmax: some heads are sharp, and no scaled logit is extreme."""
-    from mhacli.model import family, forward
-    from mhacli.stats import uniform_entropy
+    from mhacli.engine.forward import family, forward
+    from mhacli.analyses.stats import uniform_entropy
 
     ckpt = ours(models[name])
     arch = family(ckpt.config)
@@ -351,7 +351,7 @@ def test_heads_are_not_uniform_and_logits_realistic(models, name):
 
 @pytest.mark.parametrize("name", SLIDING)
 def test_sliding_window_zeros_are_exact_and_rows_sum_to_one(models, name):
-    from mhacli.model import forward
+    from mhacli.engine.forward import forward
 
     ckpt = ours(models[name])
     hf_attn, _ = hf_outputs(models[name], IDS)
@@ -403,7 +403,7 @@ def test_checkpoint_layouts(tmp_path, bos_tokenizer_dir, variant):
 def test_bos_tokenizer_ids_match_hf(bos_tokenizer_dir, text):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     ids = load_tokenizer(bos_tokenizer_dir).encode(text)
     assert ids[0] == 0, "the BOS post-processor was not applied"
@@ -425,8 +425,8 @@ def test_verify_command_passes(models, mha, name):
 
 def test_verify_catches_a_wrong_rotary_implementation(models, monkeypatch):
     """Turn q and k by slightly wrong angles: verify must see it."""
-    import mhacli.arch.llama as llama
-    from mhacli.verify import verify
+    import mhacli.engine.arch.llama as llama
+    from mhacli.analyses.verify import verify
 
     real = llama.rope_tables
     monkeypatch.setattr(llama, "rope_tables", lambda rope, d, n_pos, n: tuple(t * np.float32(1.01) for t in real(rope, d, n_pos, n)))
@@ -558,7 +558,7 @@ def hf_capture(directory: Path, ids: tuple[int, ...], layer: int) -> dict:
 
 
 def tokens_of(directory: Path, text: str = TEXT) -> tuple[int, ...]:
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     return tuple(load_tokenizer(directory).encode(text))
 
@@ -574,7 +574,7 @@ EXPLAIN_CASES = [  # name, layer, head, query
 
 @pytest.mark.parametrize("name,layer,head,query", EXPLAIN_CASES)
 def test_explain_matches_hf_intermediates(models, name, layer, head, query):
-    from mhacli.explain import explain
+    from mhacli.analyses.explain import explain
 
     directory = models[name]
     ids = tokens_of(directory)
@@ -616,7 +616,7 @@ def test_explain_matches_hf_intermediates(models, name, layer, head, query):
 
 def test_window_cases_really_cut(models):
     """The sliding-window explain cases do hide keys (else the window assertions above would prove nothing)."""
-    from mhacli.explain import explain
+    from mhacli.analyses.explain import explain
 
     ex = explain(ours(models["mistral_window"]), tokens_of(models["mistral_window"]), 1, 6, 20)
     assert ex.window_masked_keys == list(range(0, 20 - WINDOW + 1))
@@ -628,7 +628,7 @@ def test_explain_bigcode_matches_hf(models, name):
     import torch
     from transformers import AutoModel
 
-    from mhacli.explain import explain
+    from mhacli.analyses.explain import explain
 
     directory = models[name]
     ids = tokens_of(directory)
@@ -651,7 +651,7 @@ def test_explain_bigcode_matches_hf(models, name):
 def test_explain_check_catches_a_broken_attention_kernel(models, monkeypatch, name):
     """Break the forward's attention kernel (z times 1.5): explain's steps still match HF, and its check reports
     the mismatch in the head outputs and the projection, while q, k, v and the attention agree."""
-    import mhacli.explain as core
+    import mhacli.analyses.explain as core
 
     break_attention_kernel(monkeypatch, 1.5)
     directory = models[name]
@@ -700,9 +700,9 @@ def test_explain_view_fits_the_terminal(models, width, full, name, layer, query)
     from rich.cells import cell_len
     from rich.console import Console
 
-    from mhacli.explain import explain
-    from mhacli.render import explain_lines, render_explain
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.analyses.explain import explain
+    from mhacli.views.terminal import explain_lines, render_explain
+    from mhacli.io.tokenizer import load_tokenizer
 
     directory = models[name]
     ids = tokens_of(directory)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ATTN_ATOL  # the engine tolerance, here on sharp random logits (|s| up to ~30)
-from mhacli.attention import causal_attention
+from mhacli.engine.attention import causal_attention
 
 
 def reference(q, k, v, scale, window):
@@ -104,7 +104,7 @@ def test_a_sink_gets_exactly_the_blocks_of_the_kept_map(n_head, n_kv, n_seq, win
 def test_blocks_shared_among_threads_give_the_same_bits(window):
     """Threads take whole blocks (a concurrent sink writes only its rows): the map, z and the statistics are the
     same bits with 1, 2 or 3 threads."""
-    from mhacli.stats import StatsAccumulator
+    from mhacli.analyses.stats import StatsAccumulator
 
     rng = np.random.default_rng(7)
     q = rng.standard_normal((4, 300, 16)).astype(np.float32)

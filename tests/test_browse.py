@@ -28,7 +28,7 @@ pytest.importorskip("textual", reason="mha browse needs the browse extra (textua
 
 from mhacli.browse.app import BrowseApp  # noqa: E402
 from mhacli.browse.state import Session, parse_filter  # noqa: E402
-from mhacli.render.browse import KEYS  # noqa: E402
+from mhacli.views.terminal.browse import KEYS  # noqa: E402
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."  # the README's example: L0H3 previous-token, L1H2 induction
 SMALL, LARGE = (80, 24), (160, 50)

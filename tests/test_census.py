@@ -64,7 +64,7 @@ def test_the_bundled_models_induction_and_previous_token_heads(serial):
 def test_confidence_is_the_share_of_texts_where_the_rule_holds(serial):
     """Recounted from the per-text file: for each head, the texts of its evidence source on which its kind's
     statistic reaches the threshold (with MIN_SUPPORT rows for the supported kinds)."""
-    from mhacli.stats import KIND_RULES, MIN_SUPPORT
+    from mhacli.analyses.stats import KIND_RULES, MIN_SUPPORT
 
     doc, texts = serial
     rules = {kind: (stat, threshold) for kind, stat, threshold in KIND_RULES}
@@ -105,7 +105,7 @@ def test_per_text_rows_average_to_the_summary(serial):
 def test_probes_are_what_the_docs_say(serial):
     """repeat: prefix + s + s with s distinct ordinary tokens; random: prefix + ordinary tokens; the prefix is the
     tokenizer's <|endoftext|>; the statistics of a repeat probe are read on the second copy (20 rows)."""
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     tok = load_tokenizer(SAMPLE)
     eot = tok.backend.token_to_id("<|endoftext|>")
@@ -309,8 +309,8 @@ def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):
 @pytest.mark.parametrize("where", ["local pool", "dask local"])
 def test_workers_run_one_blas_and_one_attention_thread(where):
     """N worker processes with two threads each would oversubscribe N cores: the local pool's and a Dask
-    LocalCluster's workers see one BLAS thread and one attention thread (MHA_THREADS, mhacli.attention)."""
-    from mhacli.parallel import dask_executor, local_pool
+    LocalCluster's workers see one BLAS thread and one attention thread (MHA_THREADS, mhacli.engine.attention)."""
+    from mhacli.analyses.parallel import dask_executor, local_pool
 
     if where == "dask local":
         pytest.importorskip("dask.distributed", reason="the test extra installs dask[distributed]")

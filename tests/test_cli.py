@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, hf_outputs, parse_json, run_mha
-from mhacli.output import CSV_COLUMNS
-from mhacli.stats import KINDS, STAT_NAMES
+from mhacli.views.formats import CSV_COLUMNS
+from mhacli.analyses.stats import KINDS, STAT_NAMES
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 ANSI = re.compile(rb"\x1b\[")
@@ -170,10 +170,10 @@ def test_verify_exit_1_when_over_tolerance(tiny_model):
 
 def test_verify_catches_a_wrong_implementation(tiny_model, monkeypatch):
     """verify compares two independent computations: break ours and it must fail."""
-    import mhacli.arch.gpt2 as gpt2  # imported before the patch, so it keeps the real layer_norm afterwards
-    import mhacli.explain  # noqa: F401 - the same (a module first imported under the patch would keep the broken one)
-    from mhacli.verify import verify
-    from mhacli.weights import load_model
+    import mhacli.engine.arch.gpt2 as gpt2  # imported before the patch, so it keeps the real layer_norm afterwards
+    import mhacli.analyses.explain  # noqa: F401 - the same (a module first imported under the patch would keep the broken one)
+    from mhacli.analyses.verify import verify
+    from mhacli.io.weights import load_model
 
     real = gpt2.layer_norm
     monkeypatch.setattr(gpt2, "layer_norm", lambda x, w, b, eps: real(x, w * np.float32(1.01), b, eps))

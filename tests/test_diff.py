@@ -1,4 +1,4 @@
-"""`mha diff`: per-head divergence between two models (mhacli/diff.py, mhacli/commands/diff.py).
+"""`mha diff`: per-head divergence between two models (mhacli/diff.py, mhacli/cli/diff.py).
 
 References are independent of the code under test: scipy's jensenshannon / cosine, plain loops, brute-force
 assignments, HF eager attentions (conftest.hf_outputs), and checkpoints edited here with known effects.
@@ -138,7 +138,7 @@ def random_maps(rng: np.random.Generator, n_map: int, n_seq: int, sparsity: floa
 def test_metrics_match_scipy_and_plain_loops(seed, n_seq, sparsity):
     from scipy.spatial.distance import cosine, jensenshannon
 
-    from mhacli.divergence import divergence
+    from mhacli.analyses.diff import divergence
 
     rng = np.random.default_rng(seed)
     p, q = random_maps(rng, 3, n_seq, sparsity), random_maps(rng, 3, n_seq, sparsity)
@@ -157,7 +157,7 @@ def test_metrics_match_scipy_and_plain_loops(seed, n_seq, sparsity):
 
 
 def test_js_of_disjoint_rows_is_one_bit():
-    from mhacli.divergence import divergence
+    from mhacli.analyses.diff import divergence
 
     p = np.array([[[1.0, 0.0], [1.0, 0.0]]])
     q = np.array([[[1.0, 0.0], [0.0, 1.0]]])
@@ -168,7 +168,7 @@ def test_js_of_disjoint_rows_is_one_bit():
 
 @pytest.mark.parametrize("metric", ["js", "tv", "cosine"])
 def test_divergence_matrix_equals_pairwise_loop_at_any_block_size(metric):
-    from mhacli.divergence import divergence, divergence_matrix
+    from mhacli.analyses.diff import divergence, divergence_matrix
 
     rng = np.random.default_rng(1)
     a, b = random_maps(rng, 5, 7, 0.3).astype(np.float32), random_maps(rng, 6, 7, 0.3).astype(np.float32)
@@ -179,7 +179,7 @@ def test_divergence_matrix_equals_pairwise_loop_at_any_block_size(metric):
 
 @pytest.mark.parametrize("shape", [(4, 6), (6, 4), (5, 5)])
 def test_assignment_is_one_to_one_and_optimal_against_brute_force(shape):
-    from mhacli.divergence import assign, nearest
+    from mhacli.analyses.diff import assign, nearest
 
     rng = np.random.default_rng(sum(shape))
     m = rng.random(shape)
@@ -249,7 +249,7 @@ def test_stat_deltas_are_b_minus_a_of_mha_stats(models):
 def test_paired_divergence_matches_a_reference_from_hf_attentions(models, tokenizer_dir):
     from scipy.spatial.distance import jensenshannon
 
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     ids = load_tokenizer(tokenizer_dir).encode(TEXT)
     att_a, _ = hf_outputs(models["deep"], ids)
@@ -308,7 +308,7 @@ def test_different_depths_matching_is_optimal_against_an_hf_reference_matrix(mod
     from scipy.optimize import linear_sum_assignment
     from scipy.spatial.distance import jensenshannon
 
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     doc = diff_json(str(models["base"]), str(models["deep"]), TEXT)
     assert_valid_matching(doc, (2, 4), (3, 4))

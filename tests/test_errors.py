@@ -522,7 +522,7 @@ ONE_TOKEN = "a"  # one token: its maps are n_head x 1 x 1 floats, so the weights
 def test_max_memory_counts_the_weights_a_pass_holds(tiny_model, tokenizer_dir, mha, command):
     """Single-pass commands read one layer's tensors at a time: a limit under one layer's weights refuses even a
     one-token text; a limit of every weight plus 1 MiB lets it run."""
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     assert len(load_tokenizer(tokenizer_dir).encode(ONE_TOKEN)) == 1
     layer, total = weights_in_file(tiny_model)
@@ -550,8 +550,8 @@ def test_weight_estimate_is_held_by_a_real_pass(tmp_path, tokenizer_dir, cache):
     import tracemalloc
 
     from conftest import build_model
-    from mhacli.heads import analyse
-    from mhacli.weights import load_model
+    from mhacli.analyses.heads import analyse
+    from mhacli.io.weights import load_model
 
     directory = build_model(tmp_path / "m", tokenizer_dir, dtype="float16", n_embd=128, n_layer=3)
     ckpt = load_model(str(directory), cache=cache)

@@ -42,8 +42,8 @@ def models(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
 
 @functools.lru_cache(maxsize=None)
 def ours(directory: Path):
-    from mhacli.tokenizer import load_tokenizer
-    from mhacli.weights import load_model
+    from mhacli.io.tokenizer import load_tokenizer
+    from mhacli.io.weights import load_model
 
     return load_model(str(directory)), load_tokenizer(directory)
 
@@ -98,7 +98,7 @@ def hf_capture(directory: Path, ids: tuple[int, ...]) -> list[dict]:
 
 
 def explain_in_process(directory: Path, layer: int, head: int, query: int | None, text: str = TEXT):
-    from mhacli.explain import explain
+    from mhacli.analyses.explain import explain
 
     ckpt, tok = ours(directory)
     return explain(ckpt, tok.encode(text), layer, head, query)
@@ -335,7 +335,7 @@ def test_cli_errors_exit_2_with_one_line(models, args, mentions):
 def render(ex, tokens, width: int, full: bool) -> list[str]:
     from rich.console import Console
 
-    from mhacli.render import render_explain
+    from mhacli.views.terminal import render_explain
 
     buf = io.StringIO()
     render_explain(Console(width=width, file=buf, force_terminal=True, color_system="truecolor"), ex, tokens, full=full)
@@ -351,7 +351,7 @@ WIDE_TOKENS = ["東京東京東京東京", "🙂🚀", "\t\n", "x" * 40]
 def test_rich_view_fits_the_terminal(models, width, full, text, query):
     from rich.cells import cell_len
 
-    from mhacli.render import explain_lines
+    from mhacli.views.terminal import explain_lines
 
     directory = models["inverse_layer_unscaled"]
     ex = explain_in_process(directory, 1, 3, query, text)

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from conftest import count_case
 from mhacli.errors import MhaError
-from mhacli.model import forward
-from mhacli.weights import load_model
+from mhacli.engine.forward import forward
+from mhacli.io.weights import load_model
 
 SCALE = float(os.environ.get("MHA_FUZZ_SCALE", "1"))
 CASE_SECONDS = 20
@@ -497,8 +497,8 @@ ROPE_FIELDS = ["factor", "attention_factor", "beta_fast", "beta_slow", "mscale",
 def test_rope_parameters_are_refused_or_computable(cases, data):
     """Any rotary parameters either are refused at load (ConfigError, naming the field) or give finite rotary
     tables with no floating-point warning: the check computes what the forward will compute."""
-    from mhacli.arch import check_config
-    from mhacli.arch.rope import inv_freq, rope_tables
+    from mhacli.engine.arch import check_config
+    from mhacli.engine.arch.rope import inv_freq, rope_tables
     from mhacli.config import parse_config
     from mhacli.errors import ConfigError
 

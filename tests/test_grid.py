@@ -14,10 +14,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mhacli.cli import app
-from mhacli.render.grid import full_width, tenths
-from mhacli.render.heatmap import HEX, level
-from mhacli.render import KIND_STYLE, render_stats
-from mhacli.stats import KINDS, layer_stats
+from mhacli.views.terminal.grid import full_width, tenths
+from mhacli.views.terminal.heatmap import HEX, level
+from mhacli.views.terminal import KIND_STYLE, render_stats
+from mhacli.analyses.stats import KINDS, layer_stats
 from tests.test_heatmap import ANSI, views_of
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."

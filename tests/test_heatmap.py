@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from mhacli.heads import HeadView
-from mhacli.render.heatmap import HEX, LOWER, PIN, UPPER, level, map_lines, map_window, ruler
-from mhacli.render import render_inspect
-from mhacli.stats import layer_stats
+from mhacli.analyses.heads import HeadView
+from mhacli.views.terminal.heatmap import HEX, LOWER, PIN, UPPER, level, map_lines, map_window, ruler
+from mhacli.views.terminal import render_inspect
+from mhacli.analyses.stats import layer_stats
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -131,7 +131,7 @@ def test_side_by_side_panels_are_aligned_row_for_row():
     the same width, and each panel's rows sit in the same lines as its neighbour's."""
     from rich.text import Text
 
-    from mhacli.render.heatmap import panel, side_by_side
+    from mhacli.views.terminal.heatmap import panel, side_by_side
 
     rng = np.random.default_rng(1)
     a, b = causal(rng, 1, 40)[0], causal(rng, 1, 40)[0]

@@ -175,7 +175,7 @@ def test_version_names_package_numpy_and_every_architecture():
 
     import numpy
 
-    from mhacli.arch import FAMILIES
+    from mhacli.engine.arch import FAMILIES
     from mhacli.config import SUPPORTED_MODEL_TYPES
 
     result = run_mha("--version")

@@ -274,7 +274,7 @@ def test_rope_parameters_that_break_the_arithmetic(model, mha, changes, fragment
 
 
 def test_rope_check_accepts_every_real_rope_type():
-    from mhacli.arch import check_config
+    from mhacli.engine.arch import check_config
     from mhacli.config import parse_config
 
     for rope in [
@@ -328,7 +328,7 @@ ACCENTED = "Café naïve résumé, déjà vu"
 def test_ascii_stdout(tiny_model, tokenizer_dir, fmt):
     """PYTHONIOENCODING=ascii: the same result, non-ASCII characters escaped (JSON: \\u escapes, so the document
     is the one a UTF-8 stdout gets)."""
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     assert any(not t.isascii() for t in tokenizer.display(tokenizer.encode(ACCENTED))), "a token must be non-ASCII"
@@ -444,7 +444,7 @@ def test_megabytes_of_text_in_diff(tiny_model, cli_worker):
 
 
 def test_only_a_prefix_reaches_the_library(tokenizer_dir):
-    from mhacli.tokenizer import CHARS_PER_TOKEN, PREFIX_MARGIN, load_tokenizer
+    from mhacli.io.tokenizer import CHARS_PER_TOKEN, PREFIX_MARGIN, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     seen: list[int] = []
@@ -471,7 +471,7 @@ WORDS = st.sampled_from(["the", "cat", "sat", "Café", "naïve", "東京", "🙂
 @given(words=st.lists(WORDS, min_size=1, max_size=400), joiner=st.sampled_from([" ", "", "\n"]), n=st.integers(1, 40))
 def test_prefix_gives_the_first_tokens_of_the_whole_text(tokenizer_dir, words, joiner, n):
     """encode_prefix's first n ids are the whole text's first n ids, and the whole text's when it is short."""
-    from mhacli.tokenizer import load_tokenizer
+    from mhacli.io.tokenizer import load_tokenizer
 
     tokenizer = _cached_tokenizer(tokenizer_dir, load_tokenizer)
     text = joiner.join(words)
@@ -592,7 +592,7 @@ LIBRARY_REFUSES = [
 def test_what_the_safetensors_library_refuses(tmp_path, header, fragment):
     """The library (HF's reader) refuses each of these files; so does ours, instead of reading other numbers."""
     from mhacli.errors import WeightsError
-    from mhacli.weights import read_safetensors_header
+    from mhacli.io.weights import read_safetensors_header
 
     path = tmp_path / "t.safetensors"
     two_tensor_file(path, header, F32_16)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, parse_json, run_mha
-from mhacli.output import CSV_COLUMNS
+from mhacli.views.formats import CSV_COLUMNS
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 
@@ -222,7 +222,7 @@ def test_too_many_ids_are_truncated_with_truncate():
 
 
 def test_large_json_output_gets_a_note(mha, monkeypatch):
-    import mhacli.commands.inspect as inspect_cmd
+    import mhacli.cli.inspect as inspect_cmd
 
     quiet = mha("inspect", TEXT, "-f", "json")
     assert quiet.returncode == 0 and quiet.stderr == b""
@@ -237,7 +237,7 @@ def test_large_json_output_gets_a_note(mha, monkeypatch):
 
 def test_output_size_estimate_is_close(text_ids):
     """The estimate against the bytes really written (the attention of 8 heads), within a factor of 1.6."""
-    from mhacli.commands.inspect import output_size
+    from mhacli.cli.inspect import output_size
 
     doc = run_mha("inspect", TEXT, "-f", "json").stdout
     rows = parse_json(doc)["heads"]
@@ -247,7 +247,7 @@ def test_output_size_estimate_is_close(text_ids):
 
 
 def test_gpt2_small_size_estimate_is_about_900_mb():
-    from mhacli.commands.inspect import BIG_OUTPUT_BYTES, output_size
+    from mhacli.cli.inspect import BIG_OUTPUT_BYTES, output_size
 
     assert 800e6 < output_size(144, 1024) < 1000e6 and output_size(144, 1024) > BIG_OUTPUT_BYTES
 
@@ -372,7 +372,7 @@ def test_hub_error_mapping_of_exception_types(monkeypatch):
     """The mapping on the library's own exception types, raised from their cause as huggingface_hub does."""
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    from mhacli.weights import hub_error
+    from mhacli.io.weights import hub_error
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 

@@ -14,45 +14,40 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mhacli"
 
-# Layers, lowest first. A module may import modules of its own layer or below, never above; within a layer the
-# graph must still be acyclic. The first matching prefix names a module's layer.
+# Layers, lowest first: the folders of mhacli/. A module may import modules of its own layer or below, never above;
+# within a layer the graph must still be acyclic. A new module inherits its layer from its folder; the first
+# matching prefix names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("mhacli.errors", "mhacli.config", "mhacli.display", "mhacli.files")),
-    ("blocks", ("mhacli.attention", "mhacli.blocks", "mhacli.stats", "mhacli.partial")),
-    ("families", ("mhacli.arch",)),
-    ("forward and I/O", ("mhacli.model", "mhacli.weights", "mhacli.tokenizer", "mhacli.textin")),
-    ("analyses", (
-        "mhacli.heads", "mhacli.loss", "mhacli.divergence", "mhacli.explain", "mhacli.ablate", "mhacli.kinds",
-        "mhacli.parallel", "mhacli.verify",
-    )),  # fmt: skip
-    ("views", (
-        "mhacli.output", "mhacli.plain", "mhacli.render", "mhacli.figures",
-        "mhacli.webpage", "mhacli.save",
-    )),  # fmt: skip
+    ("core", ("mhacli.errors", "mhacli.config")),
+    ("engine", ("mhacli.engine",)),  # kernel, building blocks, forward, arch/ families
+    ("io", ("mhacli.io",)),  # models, hub, safetensors, checkpoint (applies a family's key layout), tokenizer, text
+    ("analyses", ("mhacli.analyses",)),
+    ("views", ("mhacli.views",)),
     ("api", ("mhacli.api", "mhacli.ops")),  # the public objects, and the operations they and the commands run
     ("package", ("mhacli",)),  # mhacli/__init__.py: the API's names, imported lazily
-    ("cli", ("mhacli.commands", "mhacli.browse", "mhacli.cli", "mhacli.__main__")),
+    ("doors", ("mhacli.cli", "mhacli.browse", "mhacli.__main__")),
 ]
-# What each bottom layer may import at all: the building blocks and the core import nothing of ours above them.
+# What each bottom module may import at all: the kernel, the statistics and partial-map sinks and the core import
+# nothing of ours above them (the sinks are handed to the kernel, which never imports them).
 ALLOWED = {
     "mhacli.errors": set(),
-    "mhacli.attention": set(),
-    "mhacli.stats": set(),
-    "mhacli.partial": set(),
-    "mhacli.blocks": {"mhacli.config"},
+    "mhacli.engine.attention": set(),
+    "mhacli.analyses.stats": set(),
+    "mhacli.analyses.partial": set(),
+    "mhacli.engine.blocks": {"mhacli.config"},
 }
 
 
 # The CLI stands on the API: a command parses options, calls the API (mhacli.api and its operations, mhacli.ops),
 # picks a view and writes. So the CLI's modules import, of mhacli, only these (a name, or a package and its
-# modules): never the analyses, the forward, the weights, the tokenizer or the statistics directly.
-CLI_MODULES = ("mhacli.commands", "mhacli.cli", "mhacli.__main__")
+# modules): never the analyses, the engine or io directly.
+CLI_MODULES = ("mhacli.cli", "mhacli.__main__")
 CLI_MAY_IMPORT = (
     "mhacli",  # the package itself: __version__
     "mhacli.api", "mhacli.ops",  # the API layer
-    "mhacli.render", "mhacli.plain", "mhacli.output", "mhacli.save",  # views and writers
-    "mhacli.errors", "mhacli.files",  # the typed errors and exit codes; printable names
-    "mhacli.commands", "mhacli.cli",  # the CLI's own modules (_app, _common, _save; a shared option)
+    "mhacli.views",  # views and writers
+    "mhacli.errors", "mhacli.io.files",  # the typed errors and exit codes; printable names
+    "mhacli.cli",  # the CLI's own modules (_app, _common, _save; a shared option)
     "mhacli.browse",  # mha browse's Textual app, itself on the API
 )  # fmt: skip
 
@@ -132,10 +127,10 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_walker_sees_imports_inside_functions():
-    """The check must count deferred imports: model.family once imported mhacli.arch inside a function."""
+    """The check must count deferred imports: model.family once imported mhacli.engine.arch inside a function."""
     g = graph()
-    assert "mhacli.arch" in g["mhacli.model"]
-    assert "mhacli.figures" in g["mhacli.save"]  # save imports figures inside a function only
+    assert "mhacli.engine.arch" in g["mhacli.engine.forward"]
+    assert "mhacli.views.figures" in g["mhacli.views.save"]  # save imports figures inside a function only
 
 
 def test_no_import_cycles():
@@ -158,9 +153,9 @@ def test_bottom_modules_import_nothing_above_them(name):
     assert graph()[name] <= ALLOWED[name], f"{name} imports {sorted(graph()[name] - ALLOWED[name])}"
 
 
-# `mha browse` (mhacli.browse: the Textual app and its state; its panes are drawn by mhacli.render.browse) stands on
+# `mha browse` (mhacli.browse: the Textual app and its state; its panes are drawn by mhacli.views.terminal.browse) stands on
 # the public API and the terminal views only: never the engine's modules (weights, model, stats, heads, ...) directly.
-BROWSE_MAY_IMPORT = ("mhacli.api", "mhacli.errors", "mhacli.render", "mhacli.browse")
+BROWSE_MAY_IMPORT = ("mhacli.api", "mhacli.errors", "mhacli.views.terminal", "mhacli.browse")
 
 
 def test_browse_uses_only_the_api_and_the_drawing_primitives():
@@ -169,14 +164,14 @@ def test_browse_uses_only_the_api_and_the_drawing_primitives():
     assert {"mhacli.browse.app", "mhacli.browse.state"} <= set(browse)
     for name in browse:
         bad = sorted(m for m in g[name] if not any(m == p or m.startswith(p + ".") for p in BROWSE_MAY_IMPORT))
-        assert not bad, f"{name} imports {bad}: go through mhacli.api (or mhacli.render for drawing)"
+        assert not bad, f"{name} imports {bad}: go through mhacli.api (or mhacli.views.terminal for drawing)"
 
 
 def test_the_browse_command_imports_the_app_only_when_it_runs():
-    """Textual is an extra: `mhacli.commands.browse` imports the app inside the command, never at module level."""
+    """Textual is an extra: `mhacli.cli.browse` imports the app inside the command, never at module level."""
     import ast
 
-    tree = ast.parse((PACKAGE / "commands" / "browse.py").read_text(encoding="utf-8"))
+    tree = ast.parse((PACKAGE / "cli" / "browse.py").read_text(encoding="utf-8"))
     top = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names}
     top |= {node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)}
     assert not {m for m in top if m.startswith(("textual", "mhacli.browse"))}, top
@@ -185,8 +180,8 @@ def test_the_browse_command_imports_the_app_only_when_it_runs():
 def test_families_never_import_the_forward():
     g = graph()
     for name in g:
-        if name.startswith("mhacli.arch"):
-            assert not {m for m in g[name] if layer_of(m) > layer_of("mhacli.arch")}, name
+        if name.startswith("mhacli.engine.arch"):
+            assert not {m for m in g[name] if layer_of(m) > layer_of("mhacli.engine.arch")}, name
 
 
 def _within(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -208,5 +203,5 @@ def test_the_cli_uses_only_the_api():
 
 def test_the_cli_rule_is_checked_on_real_imports():
     g = graph()
-    assert "mhacli.ops.census" in g["mhacli.commands.census"]
-    assert "mhacli.ops.heads" in g["mhacli.commands.stats"]
+    assert "mhacli.ops.census" in g["mhacli.cli.census"]
+    assert "mhacli.ops.heads" in g["mhacli.cli.stats"]

@@ -13,8 +13,8 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import REPO, build_model, hf_outputs, run_mha
 from mhacli.errors import ConfigError, ModelError, WeightsError
-from mhacli.model import forward
-from mhacli.weights import load_model, resolve_model
+from mhacli.engine.forward import forward
+from mhacli.io.weights import load_model, resolve_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

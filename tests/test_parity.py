@@ -10,8 +10,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import blocks_on_hf_inputs, build_model, compare_with_hf
-from mhacli.model import forward
-from mhacli.weights import load_model
+from mhacli.engine.forward import forward
+from mhacli.io.weights import load_model
 
 IDS = np.random.default_rng(0).integers(0, 400, size=48)
 ACTIVATIONS = [

@@ -1,4 +1,4 @@
-"""The parts of maps a view shows (mhacli.partial), computed without the whole map, against the whole map's cells;
+"""The parts of maps a view shows (mhacli.analyses.partial), computed without the whole map, against the whole map's cells;
 `mha inspect` on a terminal computing only its window, so a text whose whole maps would not fit still draws."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import build_model
-from mhacli.attention import causal_attention
-from mhacli.partial import MapRequest, TopSink, WindowSink, ranked, strongest
+from mhacli.engine.attention import causal_attention
+from mhacli.analyses.partial import MapRequest, TopSink, WindowSink, ranked, strongest
 
 
 def random_qkv(seed: int, n_head: int, n_kv: int, n_seq: int):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import parse_json
-from mhacli.heads import HeadView
-from mhacli.stats import layer_stats
+from mhacli.analyses.heads import HeadView
+from mhacli.analyses.stats import layer_stats
 
 pytest.importorskip("matplotlib", reason="matplotlib (the plot extra) is not installed")
 
@@ -151,7 +151,7 @@ def test_strongest_cell_has_the_colour_maps_maximum():
     import matplotlib
     from matplotlib.image import imread
 
-    from mhacli import figures
+    from mhacli.views import figures
 
     n = 8
     with figures.style():
@@ -177,7 +177,7 @@ def test_strongest_cell_has_the_colour_maps_maximum():
 
 @pytest.mark.parametrize("kind", ["png", "svg", "pdf"])
 def test_figures_are_reproducible(kind):
-    from mhacli import figures
+    from mhacli.views import figures
 
     views = [diagonal_view(6)]
     outs = []
@@ -192,7 +192,7 @@ def test_figures_are_reproducible(kind):
 
 
 def test_a_dollar_token_is_shown_as_it_is():
-    from mhacli import figures
+    from mhacli.views import figures
 
     views = [diagonal_view(4)]
     with figures.style():
@@ -233,16 +233,16 @@ def test_every_command_writes_a_figure(mha, tmp_path, args):
 
 
 def test_kind_letters_match_the_terminal():
-    from mhacli.display import KIND_HEX, KIND_LETTER
-    from mhacli.render import KIND_STYLE
-    from mhacli.stats import KINDS
+    from mhacli.views.display import KIND_HEX, KIND_LETTER
+    from mhacli.views.terminal import KIND_STYLE
+    from mhacli.analyses.stats import KINDS
 
     assert {k: v[0] for k, v in KIND_STYLE.items()} == KIND_LETTER
     assert set(KIND_HEX) == set(KINDS)
 
 
 def test_package_resources_are_found():
-    from mhacli.webpage import resource
+    from mhacli.views.page import resource
 
     assert "DecompressionStream" in resource("page.js")
     assert ".cell" in resource("page.css")

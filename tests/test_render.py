@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from mhacli.heads import analyse
-from mhacli.render import render_inspect, render_stats
-from mhacli.tokenizer import load_tokenizer
-from mhacli.weights import load_model
+from mhacli.analyses.heads import analyse
+from mhacli.views.terminal import render_inspect, render_stats
+from mhacli.io.tokenizer import load_tokenizer
+from mhacli.io.weights import load_model
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -91,7 +91,7 @@ def test_no_color_keeps_the_shades_and_drops_colour(model, monkeypatch):
 
 def test_grouped_heads_name_their_kv_head(model):
     """On MQA/GQA models each head's title says which K/V head it reads; on MHA models it says nothing extra."""
-    from mhacli.heads import HeadView
+    from mhacli.analyses.heads import HeadView
 
     ckpt, tok = model
     ids = np.arange(6)

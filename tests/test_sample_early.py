@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SAMPLE, compare_with_hf, hf_outputs, parse_json, run_mha
-from mhacli.tokenizer import load_tokenizer
-from mhacli.weights import SAMPLE_NAMES, resolve_model
+from mhacli.io.tokenizer import load_tokenizer
+from mhacli.io.weights import SAMPLE_NAMES, resolve_model
 
 EARLY = REPO / "sample_weights" / "tiny-shakespeare-early"
 EARLY_SUMMARY = json.loads((EARLY / "training_summary.json").read_text())

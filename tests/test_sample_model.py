@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import ATTN_ATOL, SAMPLE, hf_outputs, parse_json, run_mha
-from mhacli.heads import analyse
-from mhacli.model import forward
-from mhacli.stats import stats_arrays
-from mhacli.tokenizer import load_tokenizer
-from mhacli.weights import load_model
+from mhacli.analyses.heads import analyse
+from mhacli.engine.forward import forward
+from mhacli.analyses.stats import stats_arrays
+from mhacli.io.tokenizer import load_tokenizer
+from mhacli.io.weights import load_model
 
 PASSAGE = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\n"
@@ -147,7 +147,7 @@ def test_token_pattern_statistics_equal_transformer_lens_where_no_target_is_adja
     import torch
     from transformer_lens import head_detector as hd
 
-    from mhacli.stats import layer_arrays
+    from mhacli.analyses.stats import layer_arrays
 
     rng = np.random.default_rng(7)
     draws = [rng.choice(np.arange(256, sample.config.vocab_size // 2), 40, replace=False) for _ in range(6)]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mhacli.stats import KIND_RULES, MIN_SUPPORT, STAT_NAMES, TokenMatches, classify, layer_arrays, layer_stats, stats_arrays
+from mhacli.analyses.stats import KIND_RULES, MIN_SUPPORT, STAT_NAMES, TokenMatches, classify, layer_arrays, layer_stats, stats_arrays
 
 
 # Entropy and mean_distance sum float32 products (p log p: a maximum, a log and a product, each within an ulp;

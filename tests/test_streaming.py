@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import ATTN_ATOL, build_model, hf_outputs
-from mhacli.attention import causal_attention
-from mhacli.divergence import divergence, paired_stream
-from mhacli.heads import analyse
-from mhacli.model import forward
-from mhacli.stats import STAT_NAMES, StatsAccumulator, layer_arrays
-from mhacli.weights import load_model
+from mhacli.engine.attention import causal_attention
+from mhacli.analyses.diff import divergence, paired_stream
+from mhacli.analyses.heads import analyse
+from mhacli.engine.forward import forward
+from mhacli.analyses.stats import STAT_NAMES, StatsAccumulator, layer_arrays
+from mhacli.io.weights import load_model
 from test_arch import MODELS, bos_tokenizer, build
 
 EXACT = 1e-9  # streamed against whole-map statistics: the same float32 weights, float64 sums in another order
@@ -60,7 +60,7 @@ def test_streamed_statistics_equal_the_whole_map(n_seq, n_head, n_kv, window, bl
 
 def test_a_block_split_into_scratch_sized_chunks_gives_the_same_statistics(monkeypatch):
     """The accumulator reduces a long block a few rows at a time (SCRATCH_BYTES); the chunking changes nothing."""
-    import mhacli.stats as stats
+    import mhacli.analyses.stats as stats
 
     q, k, v = random_qkv(3, 4, 4, 500)
     ids = np.random.default_rng(4).integers(0, 20, size=500)
@@ -160,8 +160,8 @@ def test_an_error_in_one_forward_reaches_the_reader(models, monkeypatch):
 CHILD = """
 import sys
 import numpy as np
-from mhacli.heads import analyse
-from mhacli.weights import load_model
+from mhacli.analyses.heads import analyse
+from mhacli.io.weights import load_model
 
 
 def status(field):
@@ -198,7 +198,7 @@ def test_the_memory_guard_follows_the_measured_peak(tmp_path, tokenizer_dir, wha
     """The guard's estimate (heads.memory_needed) grows with n_seq as a real run's peak RSS does, within 30%:
     `stats` streams (linear in n_seq), `inspect -l 0` keeps one layer's maps (quadratic). Both measured in a child
     process, from its resident size just before the request (the interpreter and the weights already there)."""
-    from mhacli.heads import memory_needed
+    from mhacli.analyses.heads import memory_needed
 
     model = build_model(tmp_path / "m", tokenizer_dir, n_layer=2, n_head=8, n_embd=128, n_positions=n_seq)
     config = load_model(str(model)).config

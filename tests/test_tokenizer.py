@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import SAMPLE, TRICKY_TEXTS
-from mhacli.tokenizer import load_tokenizer
+from mhacli.io.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

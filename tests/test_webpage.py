@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mhacli.heads import HeadView
-from mhacli.stats import layer_stats
+from mhacli.analyses.heads import HeadView
+from mhacli.analyses.stats import layer_stats
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 READY_TIMEOUT_MS = 30_000
@@ -177,7 +177,7 @@ def views_of(n_layer: int, n_head: int, n: int, seed: int = 0) -> list[HeadView]
 
 
 def test_hostile_tokens_and_caption_stay_text(browser, tmp_path):
-    from mhacli.webpage import inspect_page
+    from mhacli.views.page import inspect_page
 
     tokens = ["</script><script>window.pwned=1</script>", "<img src=x onerror=window.pwned=2>", "&amp;", "\u2028", '"', "'"]
     views = views_of(1, 2, len(tokens))
@@ -213,7 +213,7 @@ def test_diff_and_census_pages(browser, tmp_path):
 
 def test_a_1024_token_12_by_12_page_opens(browser, tmp_path):
     """Loads and becomes ready (timing is benchmarks/html_page.py's job, not a test's)."""
-    from mhacli.webpage import inspect_page
+    from mhacli.views.page import inspect_page
 
     n = 1024
     views = views_of(12, 12, n)

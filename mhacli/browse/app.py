@@ -1,7 +1,7 @@
 """`mha browse`: the Textual application. Four panes over one Session (mhacli.browse.state): the layer x head grid,
 the selected head's map (or, by mode, A/B/|A−B|, the map without an ablated head, explain's steps, the head's
 statistics), the token strip with the query cursor and its top keys, and a status line. Drawing is
-mhacli.render.browse's (lines of rich Text); this module only places it and maps keys to actions.
+mhacli.views.terminal.browse's (lines of rich Text); this module only places it and maps keys to actions.
 
 Imported only by `mha browse` (Textual is the `browse` extra)."""
 
@@ -17,8 +17,8 @@ from textual.widgets import Input, Static
 
 from mhacli.browse.state import Session
 from mhacli.errors import MhaError
-from mhacli.render import browse as views
-from mhacli.render.grid import FULL_CELL, full_width
+from mhacli.views.terminal import browse as views
+from mhacli.views.terminal.grid import FULL_CELL, full_width
 
 MIN_SIZE = (60, 16)  # the smallest terminal the panes fit (80 x 24 is the design size)
 GRID_SAYS = {

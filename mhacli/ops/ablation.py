@@ -9,16 +9,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mhacli.ablate import (
+from mhacli.analyses.ablate import (
     METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, importance_curve, parse_heads, prunable_fraction,
     random_curve, removal_edits, schedule,
 )  # fmt: skip
-from mhacli.blocks import ZEdit
+from mhacli.engine.blocks import ZEdit
 from mhacli.errors import UsageError
-from mhacli.model import LayerTrace
+from mhacli.engine.forward import LayerTrace
 from mhacli.ops.memory import Size, check_memory, scoring_bytes
-from mhacli.stats import StatsAccumulator, head_stats
-from mhacli.textin import TokenizedText
+from mhacli.analyses.stats import StatsAccumulator, head_stats
+from mhacli.io.textin import TokenizedText
 
 __all__ = [
     "METHODS", "Head", "HeadEffect", "KindTally", "ablate_doc", "ablated_heads", "ablation_edits",

@@ -1,6 +1,6 @@
 """Every head's statistics and kind over many texts (`census`, mhacli.census): the seeded probes and a corpus, run
-in this process, in local worker processes or on a Dask cluster (mhacli.parallel), folded in text order into one
-Tally per source (mhacli.kinds), and the verdicts. The CLI and the API run this one implementation; what differs
+in this process, in local worker processes or on a Dask cluster (mhacli.analyses.parallel), folded in text order into one
+Tally per source (mhacli.analyses.census), and the verdicts. The CLI and the API run this one implementation; what differs
 is how options are named in messages (`spell`) and what happens to a failed text (`on_failure`, `strict`)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import TextIO
 import numpy as np
 
 from mhacli.errors import TextError, UsageError
-from mhacli.kinds import PROBES, SOURCES, TALLIED, HeadVerdict, ProbeSpec, Tally, TextStats, probe, text_kinds, verdicts
+from mhacli.analyses.census import PROBES, SOURCES, TALLIED, HeadVerdict, ProbeSpec, Tally, TextStats, probe, text_kinds, verdicts
 from mhacli.ops.memory import Size, census_bytes, check_memory
-from mhacli.output import dumps
-from mhacli.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
-from mhacli.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
-from mhacli.textin import tokenize
+from mhacli.views.formats import dumps
+from mhacli.analyses.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
+from mhacli.analyses.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
+from mhacli.io.textin import tokenize
 
 __all__ = [
     "KINDS", "MIN_SUPPORT", "PROBES", "SOURCES", "SUPPORTED_STATS", "TALLIED", "CensusRun", "HeadVerdict", "ProbeSpec",

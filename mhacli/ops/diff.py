@@ -1,5 +1,5 @@
 """Two models on the same token ids (`diff`, mhacli.diff): the texts' ids, the same under both tokenizers and
-fitting both models, then per-head divergence (mhacli.divergence), guarded for memory first."""
+fitting both models, then per-head divergence (mhacli.analyses.diff), guarded for memory first."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.blocks import ZEdit
-from mhacli.divergence import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.engine.blocks import ZEdit
+from mhacli.analyses.diff import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.errors import TextError
-from mhacli.heads import HeadView, analyse
+from mhacli.analyses.heads import HeadView, analyse
 from mhacli.ops.memory import Size, check_memory, diff_bytes
-from mhacli.textin import check_ids_fit, from_ids
+from mhacli.io.textin import check_ids_fit, from_ids
 
 __all__ = ["METRICS", "DiffReport", "DiffText", "check_metric", "compare", "ids_for_both", "peak_maps", "tokenize_both"]
 

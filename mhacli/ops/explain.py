@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mhacli.explain import Explanation
-from mhacli.explain import explain as explain_head
+from mhacli.analyses.explain import Explanation
+from mhacli.analyses.explain import explain as explain_head
 from mhacli.ops.memory import Size, check_memory, explain_bytes
 
 __all__ = ["Explanation", "explain"]

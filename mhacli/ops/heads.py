@@ -1,5 +1,5 @@
 """Heads of one text (`inspect`, `stats`, Run.stats/views): a selection checked against the model and guarded for
-memory, then each selected head's statistics, with its map where asked (mhacli.heads.analyse)."""
+memory, then each selected head's statistics, with its map where asked (mhacli.analyses.heads.analyse)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from mhacli.blocks import ZEdit
-from mhacli.heads import HeadView, analyse, check_selection
+from mhacli.engine.blocks import ZEdit
+from mhacli.analyses.heads import HeadView, analyse, check_selection
 from mhacli.ops.memory import Size, check_memory, heads_bytes
-from mhacli.partial import MapRequest
-from mhacli.stats import STAT_NAMES, TOO_PLAIN, HeadStats, undecidable
+from mhacli.analyses.partial import MapRequest
+from mhacli.analyses.stats import STAT_NAMES, TOO_PLAIN, HeadStats, undecidable
 
 __all__ = [
     "STAT_NAMES", "TOO_PLAIN", "HeadStats", "HeadView", "check_heads", "check_selection", "head_views", "undecidable",
@@ -39,5 +39,5 @@ def head_views(
     keep_maps: bool = True, edits: dict[int, ZEdit] | None = None, request: MapRequest | None = None,
 ) -> Iterator[HeadView]:  # fmt: skip
     """A HeadView per selected head, layer by layer (whole maps only with keep_maps, else streamed; `request`: the
-    part of each map a view shows, mhacli.partial)."""
+    part of each map a view shows, mhacli.analyses.partial)."""
     return analyse(ckpt, ids, layers=layers, heads=heads, keep_maps=keep_maps, edits=edits, request=request)

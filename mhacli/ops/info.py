@@ -4,14 +4,14 @@ KV-cache size, as one JSON-ready document; and the architectures the forward sup
 from __future__ import annotations
 
 from mhacli.config import ModelConfig
-from mhacli.weights import DTYPE_BYTES, load_model
+from mhacli.io.weights import DTYPE_BYTES, load_model
 
 __all__ = ["architectures", "info_doc", "kv_cache_doc"]
 
 
 def architectures() -> list[str]:
-    """The config.json model_types the forward supports (mhacli.arch.FAMILIES), in registry order."""
-    from mhacli.arch import FAMILIES
+    """The config.json model_types the forward supports (mhacli.engine.arch.FAMILIES), in registry order."""
+    from mhacli.engine.arch import FAMILIES
 
     return list(FAMILIES)
 

@@ -1,14 +1,14 @@
 """What a request runs on: a model (checked, then loaded with its tokenizer) and its input (a text from an
-argument or stdin, --ids, or --texts FILE), tokenized or checked against the model by one rule (mhacli.textin)."""
+argument or stdin, --ids, or --texts FILE), tokenized or checked against the model by one rule (mhacli.io.textin)."""
 
 from __future__ import annotations
 
 from mhacli.errors import UsageError
-from mhacli.textin import (  # noqa: F401 - the readers the CLI uses, re-exported: it reads input through here
+from mhacli.io.textin import (  # noqa: F401 - the readers the CLI uses, re-exported: it reads input through here
     TokenizedText, from_ids, iter_texts, read_ids, read_text, read_texts, tokenize,
 )  # fmt: skip
-from mhacli.tokenizer import Tokenizer, load_tokenizer
-from mhacli.weights import Checkpoint, ModelFiles, check_model, load_model
+from mhacli.io.tokenizer import Tokenizer, load_tokenizer
+from mhacli.io.weights import Checkpoint, ModelFiles, check_model, load_model
 
 __all__ = [
     "Checkpoint", "ModelFiles", "Tokenizer", "TokenizedText", "check_model", "check_text_or_ids", "encode",

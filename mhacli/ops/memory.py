@@ -1,4 +1,4 @@
-"""The memory guard: a request's estimated peak (mhacli.heads' memory model) against a limit, refused with a way
+"""The memory guard: a request's estimated peak (mhacli.analyses.heads' memory model) against a limit, refused with a way
 out before anything is computed. The CLI's --max-memory and the API's max_memory= are the same limit."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 import re
 
 from mhacli.errors import ResourceError, UsageError
-from mhacli.heads import full_attention_bytes, memory_needed
-from mhacli.loss import VOCAB_BLOCK
+from mhacli.analyses.heads import full_attention_bytes, memory_needed
+from mhacli.analyses.loss import VOCAB_BLOCK
 
 Size = int | str | None  # bytes, a size like '2G' / '512M', or None: 80% of available memory
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,

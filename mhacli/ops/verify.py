@@ -1,12 +1,12 @@
-"""Our forward against HF transformers' eager attention on the same ids (`verify`). mhacli.verify imports torch
+"""Our forward against HF transformers' eager attention on the same ids (`verify`). mhacli.analyses.verify imports torch
 only inside the function that runs HF, so importing this costs nothing until a check runs."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from mhacli.verify import HIDDEN_ATOL, VerifyReport
-from mhacli.verify import verify as _verify
+from mhacli.analyses.verify import HIDDEN_ATOL, VerifyReport
+from mhacli.analyses.verify import verify as _verify
 
 __all__ = ["HIDDEN_ATOL", "VerifyReport", "verify"]
 

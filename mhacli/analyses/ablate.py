@@ -1,0 +1,283 @@
+"""Which heads matter: the next-token loss with heads removed, one at a time (ablation) or cumulatively (pruning
+curves, with a random-order baseline). Pure NumPy; no I/O.
+
+Removing a head replaces its slice of the concatenated head outputs (the input of the output projection W_O):
+`zero` sets it to 0 (what HF's old `head_mask` did), `mean` to the head's mean output over every position of every
+text (TransformerLens' convention), measured once on the intact model. A query head is removed alone: on GQA/MQA
+models the K/V head it reads stays for the others.
+
+Layers before the first one with a newly removed head compute exactly what they computed before, so each text's
+residual stream entering every layer is cached for a fixed set of removed heads (the `base`), and every evaluation
+reruns the model from the first layer it changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from mhacli.engine.attention import DISCARD, Sink
+from mhacli.engine.blocks import Params, ZEdit
+from mhacli.errors import UsageError
+from mhacli.analyses.loss import first_target, output_head, text_losses
+from mhacli.engine.forward import LayerTrace, embed, forward, forward_from
+
+Head = tuple[int, int]  # (layer, query head)
+METHODS = ("zero", "mean")
+
+
+class Observer(Protocol):
+    """Watches the intact model's run over each text: where each layer's attention goes, then each layer."""
+
+    def sinks(self, index: int) -> Callable[[int], Sink | None]: ...
+
+    def __call__(self, index: int, trace: LayerTrace) -> None: ...
+
+
+def discard_all(layer: int) -> Sink:
+    """No map is kept: the forward's layers without their attention (a loss needs only the residual stream)."""
+    return DISCARD
+
+
+def parse_heads(spec: str, n_layer: int, n_head: int) -> list[Head]:
+    """`L.H[,L.H...]` -> [(layer, head), ...] in the order given, duplicates dropped; UsageError naming a bad one."""
+    heads: list[Head] = []
+    for part in spec.split(","):
+        part = part.strip()
+        layer, dot, head = part.partition(".")
+        if not (dot and layer.isdigit() and head.isdigit()):
+            raise UsageError(f"--ablate: {part!r} is not a head; write LAYER.HEAD, e.g. 1.2 (comma-separated for several)")
+        check_head((int(layer), int(head)), n_layer, n_head)
+        if (int(layer), int(head)) not in heads:
+            heads.append((int(layer), int(head)))
+    return heads
+
+
+def check_head(head: Head, n_layer: int, n_head: int) -> None:
+    layer, h = head
+    if not 0 <= layer < n_layer:
+        raise UsageError(f"head {layer}.{h}: layer {layer} is out of range (this model has layers 0..{n_layer - 1})")
+    if not 0 <= h < n_head:
+        raise UsageError(f"head {layer}.{h}: head {h} is out of range (this model has heads 0..{n_head - 1})")
+
+
+def head_edit(heads: Sequence[int], means: np.ndarray | None) -> ZEdit:
+    """An edit of one layer's head outputs z [n_head, n_seq, d_head]: the given heads set to 0 (means None) or to
+    their mean output means[h] [d_head]."""
+    index = np.asarray(sorted(heads), dtype=np.int64)
+
+    def edit(z: np.ndarray) -> np.ndarray:
+        z = z.copy()
+        z[index] = 0.0 if means is None else means[index][:, None, :]
+        return z
+
+    return edit
+
+
+def removal_edits(removed: Iterable[Head], means: np.ndarray | None = None) -> dict[int, ZEdit]:
+    """The forward's edits that remove `removed`: zeroed, or set to means [n_layer, n_head, d_head]."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, h in removed:
+        by_layer.setdefault(layer, []).append(h)
+    return {layer: head_edit(hs, None if means is None else means[layer]) for layer, hs in by_layer.items()}
+
+
+@dataclass
+class Ablator:
+    """The losses of one model on a set of texts with heads removed, reusing every layer it can.
+
+    texts: token ids per text; every text needs a target at position >= max(1, loss_from).
+    observe: called with every layer of the intact model's run over each text (e.g. for statistics and kinds);
+    its `sinks(index)` says where that text's attention goes (no maps are kept otherwise: every forward here
+    streams its attention away, so memory does not grow with n_seq^2).
+    """
+
+    params: Params
+    texts: Sequence[np.ndarray]
+    method: str = "zero"
+    loss_from: int = 1
+    observe: Observer | None = None
+    n_targets: int = field(init=False)
+    means: np.ndarray | None = field(init=False, default=None)  # [n_layer, n_head, d_head] float32 for `mean`
+    baseline: float = field(init=False)
+    _base: frozenset[Head] = field(init=False, default=frozenset())
+    _base_loss: float = field(init=False)  # the loss of the cached base (the output head is the costliest step)
+    _inputs: list[list[np.ndarray]] = field(init=False, default_factory=list)  # per text: entering layer 0..n_layer
+    _w: np.ndarray = field(init=False, repr=False)
+    _z_sums: np.ndarray | None = field(init=False, default=None, repr=False)  # float64 [n_layer, n_head, d_head]
+    _z_count: int = field(init=False, default=0, repr=False)  # positions summed
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"--method {self.method!r} is not one of: {', '.join(METHODS)}")
+        if not self.texts:
+            raise UsageError("no text to score")
+        self.n_targets = sum(len(ids) - first_target(len(ids), self.loss_from) for ids in self.texts)
+        self._w = output_head(self.params)
+        self._inputs = [self._intact_run(i, np.asarray(ids)) for i, ids in enumerate(self.texts)]
+        if self.method == "mean":
+            self.means = self._mean_outputs()
+        self.baseline = self._base_loss = self._loss_from_inputs(self._inputs)
+
+    @property
+    def heads(self) -> list[Head]:
+        c = self.params.config
+        return [(layer, h) for layer in range(c.n_layer) for h in range(c.n_head)]
+
+    def _intact_run(self, index: int, ids: np.ndarray) -> list[np.ndarray]:
+        inputs = [embed(self.params, ids)]
+        sinks = self.observe.sinks(index) if self.observe is not None else discard_all
+        for trace in forward(self.params, ids, sinks=sinks):
+            inputs.append(trace.residual)
+            if self.observe is not None:
+                self.observe(index, trace)
+            if self.method == "mean":
+                self._accumulate_z(trace)
+        return inputs
+
+    def _accumulate_z(self, trace: LayerTrace) -> None:
+        c = self.params.config
+        if self._z_sums is None:
+            self._z_sums, self._z_count = np.zeros((c.n_layer, c.n_head, c.d_head)), 0
+        self._z_sums[trace.layer] += trace.z.sum(axis=1, dtype=np.float64)  # [n_head, d_head]
+        if trace.layer == 0:
+            self._z_count += trace.z.shape[1]
+
+    def _mean_outputs(self) -> np.ndarray:
+        assert self._z_sums is not None  # every text has at least one token and the model one layer
+        return (self._z_sums / self._z_count).astype(np.float32)
+
+    def _run(self, removed: frozenset[Head], start: int) -> list[list[np.ndarray]]:
+        """Per text, the residual streams entering layers start..n_layer with `removed` heads removed, from the
+        cached streams of the base (which must agree with `removed` below `start`)."""
+        edits = removal_edits(removed, self.means)
+        runs = []
+        for inputs in self._inputs:
+            streams = [inputs[start]]
+            for trace in forward_from(self.params, inputs[start], start, self.params.config.n_layer, edits=edits, sinks=discard_all):
+                streams.append(trace.residual)
+            runs.append(streams)
+        return runs
+
+    def _loss_from_inputs(self, runs: list[list[np.ndarray]]) -> float:
+        total = 0.0
+        for streams, ids in zip(runs, self.texts):
+            total += float(text_losses(self.params, streams[-1], np.asarray(ids), self.loss_from, self._w).sum(dtype=np.float64))
+        return total / self.n_targets
+
+    def set_base(self, removed: Iterable[Head]) -> float:
+        """Make `removed` the cached base (its streams kept for later evaluations); returns its loss."""
+        removed = frozenset(removed)
+        new = removed ^ self._base
+        if new:
+            start = min(layer for layer, _ in new)
+            runs = self._run(removed, start)
+            self._inputs = [inputs[:start] + streams for inputs, streams in zip(self._inputs, runs)]
+            self._base = removed
+            self._base_loss = self._loss_from_inputs(self._inputs)
+        return self._base_loss
+
+    def loss(self, extra: Iterable[Head] = ()) -> float:
+        """The loss with the base's heads and `extra` removed (nats/token, token-weighted over the texts)."""
+        extra = frozenset(extra) - self._base
+        if not extra:
+            return self._base_loss
+        start = min(layer for layer, _ in extra)
+        return self._loss_from_inputs(self._run(self._base | extra, start))
+
+
+@dataclass(frozen=True)
+class HeadEffect:
+    layer: int
+    head: int
+    loss: float
+    delta: float  # loss - baseline, nats/token
+    delta_pct: float  # delta in % of the baseline
+
+
+def ablate_each(ablator: Ablator, heads: Sequence[Head], tick: Callable[[], None] | None = None) -> list[HeadEffect]:
+    """Remove each head alone; sorted by delta, largest first (ties: layer, head)."""
+    ablator.set_base(())
+    base = ablator.baseline
+    effects = []
+    for head in heads:
+        loss = ablator.loss([head])
+        effects.append(HeadEffect(head[0], head[1], loss, loss - base, 100.0 * (loss - base) / base if base else 0.0))
+        if tick is not None:
+            tick()
+    return sorted(effects, key=lambda e: (-e.delta, e.layer, e.head))
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    n_removed: int
+    fraction: float
+    loss: float
+    removed: list[Head]  # the heads removed in this round
+
+
+@dataclass(frozen=True)
+class RandomStep:
+    n_removed: int
+    fraction: float
+    loss_mean: float
+    loss_std: float
+
+
+def schedule(n_heads: int, step: float) -> list[int]:
+    """Heads removed after each round: round(step x n_heads) more per round (at least 1), up to all of them."""
+    if not 0.0 < step <= 1.0:
+        raise UsageError(f"--step {step} must be in (0, 1]: the fraction of all heads removed per round")
+    per_round = max(1, round(step * n_heads))
+    counts = list(range(per_round, n_heads, per_round))
+    return [0, *counts, n_heads]
+
+
+def importance_curve(ablator: Ablator, step: float, tick: Callable[[], None] | None = None) -> list[PruneStep]:
+    """Michel et al.'s iterative pruning, with exact importances: each round, every remaining head's importance is
+    the loss increase from removing it from the already pruned model; the least important go first."""
+    heads = ablator.heads
+    counts = schedule(len(heads), step)
+    removed: list[Head] = []
+    curve = [PruneStep(0, 0.0, ablator.set_base(()), [])]
+    for target in counts[1:]:
+        remaining = [h for h in heads if h not in removed]
+        importance = {}
+        for h in remaining:
+            importance[h] = ablator.loss([h])
+            if tick is not None:
+                tick()
+        chosen = sorted(remaining, key=lambda h: (importance[h], h))[: target - len(removed)]
+        removed += chosen
+        curve.append(PruneStep(len(removed), len(removed) / len(heads), ablator.set_base(removed), sorted(chosen)))
+    return curve
+
+
+def random_curve(ablator: Ablator, step: float, seeds: int, tick: Callable[[], None] | None = None) -> list[RandomStep]:
+    """The same schedule with heads removed in random orders (numpy default_rng(seed), seed = 0..seeds-1): the
+    loss's mean and standard deviation (ddof 0) over the orders after each round."""
+    if seeds < 1:
+        raise UsageError(f"--seeds {seeds} must be at least 1")
+    heads = ablator.heads
+    counts = schedule(len(heads), step)
+    ablator.set_base(())
+    losses = np.zeros((seeds, len(counts)))
+    for seed in range(seeds):
+        order = [heads[i] for i in np.random.default_rng(seed).permutation(len(heads))]
+        for j, n in enumerate(counts):
+            losses[seed, j] = ablator.loss(order[:n]) if n else ablator.baseline
+            if tick is not None:
+                tick()
+    return [
+        RandomStep(n, n / len(heads), float(losses[:, j].mean()), float(losses[:, j].std()))
+        for j, n in enumerate(counts)
+    ]
+
+
+def prunable_fraction(fractions: Sequence[float], losses: Sequence[float], baseline: float, max_increase: float) -> float:
+    """The largest fraction of heads removed with the loss at most (1 + max_increase) x baseline."""
+    bound = baseline * (1.0 + max_increase)
+    return max((f for f, loss in zip(fractions, losses) if loss <= bound), default=0.0)

@@ -1,0 +1,79 @@
+"""Next-token loss in NumPy: the output head and a log-softmax streamed over the vocabulary. Pure, float32.
+
+The output head is the input embedding when the model ties them (`tie_word_embeddings`, GPT-2's default), else
+the checkpoint's own `lm_head.weight` [vocab_size, n_embd]; either way logits = final_norm(x) @ W^T. The
+log-softmax runs over row blocks of W (VOCAB_BLOCK tokens at a time) with a running maximum and sum of
+exponentials, so GPT-2 XL's 50,257 x 1,600 head at T = 1,024 never needs the whole [T, vocab] logits matrix.
+
+Loss, as in the contract: the mean over target positions t >= max(1, loss_from) of -ln p(t_t | t_<t), token-weighted
+over texts (sums and counts here; callers divide once).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mhacli.engine.blocks import F32, Params
+from mhacli.errors import ModelError, UsageError
+from mhacli.engine.forward import family, final_norm
+
+VOCAB_BLOCK = 8192  # output-head rows per logits block: [n_targets, 8192] float32 at a time
+
+
+def output_head(params: Params) -> np.ndarray:
+    """[vocab_size, n_embd] float32: the tied input embedding, or the untied lm_head.weight."""
+    c = params.config
+    arch = family(c)
+    if c.tie_word_embeddings:
+        return params.get(arch.EMBEDDING)
+    if arch.LM_HEAD not in getattr(params, "tensors", {}):
+        raise ModelError(
+            "this checkpoint has no lm_head.weight and does not tie it to the embeddings (a base model without its "
+            "output head): the loss needs the output head"
+        )
+    return params.get(arch.LM_HEAD)
+
+
+def first_target(n_seq: int, loss_from: int = 1) -> int:
+    """The first scored position, max(1, loss_from); a UsageError when no position is left to score."""
+    start = max(1, loss_from)
+    if n_seq < 2:
+        raise UsageError("the text is one token long: there is no next token to score (the loss needs at least two)")
+    if start >= n_seq:
+        raise UsageError(f"--loss-from {loss_from} is past the text: it has tokens 0..{n_seq - 1}, so nothing is scored")
+    return start
+
+
+def logsumexp_rows(h: np.ndarray, w: np.ndarray, block: int = VOCAB_BLOCK) -> np.ndarray:
+    """h [n, n_embd], w [vocab, n_embd] -> [n] float32 ln sum_v exp(h . w_v), streamed over blocks of w's rows."""
+    n = h.shape[0]
+    running_max = np.full(n, -np.inf, dtype=F32)
+    running_sum = np.zeros(n, dtype=F32)
+    for a in range(0, w.shape[0], block):
+        logits = h @ w[a : a + block].T  # [n, block]
+        new_max = np.maximum(running_max, logits.max(axis=1))
+        running_sum *= np.exp(running_max - new_max)
+        logits -= new_max[:, None]
+        np.exp(logits, out=logits)
+        running_sum += logits.sum(axis=1)
+        running_max = new_max
+    return running_max + np.log(running_sum)
+
+
+def token_losses(h: np.ndarray, w: np.ndarray, targets: np.ndarray, block: int = VOCAB_BLOCK) -> np.ndarray:
+    """h [n, n_embd] final-normed states of the predicting positions, targets [n] ids -> [n] float32 -ln p(target)."""
+    target_logits = np.einsum("ne,ne->n", h, w[targets])  # [n]
+    return logsumexp_rows(h, w, block) - target_logits
+
+
+def text_losses(params: Params, residual: np.ndarray, ids: np.ndarray, loss_from: int = 1, w: np.ndarray | None = None) -> np.ndarray:
+    """The last layer's residual stream [n_seq, n_embd] -> the losses of targets t >= max(1, loss_from), [n_targets]."""
+    start = first_target(len(ids), loss_from)
+    w = output_head(params) if w is None else w
+    h = final_norm(params, residual[start - 1 : -1])  # positions start-1 .. n_seq-2 predict start .. n_seq-1
+    return token_losses(h, w, np.asarray(ids[start:]))
+
+
+def logits(params: Params, residual: np.ndarray) -> np.ndarray:
+    """[n_seq, n_embd] -> [n_seq, vocab_size] float32, the whole matrix (for `verify` against HF's)."""
+    return final_norm(params, residual) @ output_head(params).T

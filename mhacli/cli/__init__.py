@@ -1,0 +1,159 @@
+"""The `mha` command line: a thin Typer app. Commands live in mhacli/cli/, one module each.
+
+Errors: the core raises MhaError subclasses; `main` is the one place that turns them (and click's usage errors,
+broken pipes, a full disk and Ctrl-C) into one `error:` line on stderr and an exit code. MHA_DEBUG=1 shows
+tracebacks. The line is printable: characters that could drive a terminal (escape sequences, bidi overrides,
+newlines in a name read from a file) are shown escaped, and a very long line is clipped. Python warnings raised
+while a command runs (numpy's RuntimeWarnings) are held back: shown as one `warning:` line each after a success,
+dropped before an error, so no warning ever precedes the `error:` line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import warnings
+
+import typer
+
+# Each command module registers its command on `app` (mhacli.cli._app) when imported.
+from mhacli.cli import ablate, browse, census, diff, explain, info, inspect, stats, verify  # noqa: F401
+from mhacli.cli._app import app
+from mhacli.errors import ExitCode, MhaError
+from mhacli.io.files import escape_unprintable
+
+MAX_LINE = 1000  # characters of an error line; the rest is clipped
+# Writing stdout failed for a reason outside the program: the disk or quota is full, the file is too large.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+def _error(message: str, code: int, *, first_line: bool = False) -> int:
+    """One `error:` line on stderr. An MhaError's message is one line by construction (a newline in it can only
+    come from a name, and is escaped); another exception's message is cut at its first line."""
+    text = message.strip()
+    if first_line:
+        text = text.splitlines()[0] if text else ""
+    text = escape_unprintable(text or "unknown error")
+    if len(text) > MAX_LINE:
+        text = text[: MAX_LINE - 3] + "..."
+    if sys.stderr is not None:
+        print(f"error: {text}", file=sys.stderr)
+    return code
+
+
+def _quiet_broken_pipe() -> int:
+    # The reader went away (`mha ... | head -1`): stop quietly, and keep Python from complaining at exit.
+    _drop_stdout()
+    return ExitCode.OK
+
+
+def _drop_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null, so that flushing what is left (at exit) cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def _write_failed(exc: OSError) -> int:
+    _drop_stdout()
+    return _error(f"cannot write the output: {exc.strerror or exc}", ExitCode.BAD_INPUT)
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """After a success: each warning held back while the command ran, as one `warning:` line."""
+    for w in caught:
+        text = str(w.message).strip()
+        line = text.splitlines()[0] if text else w.category.__name__
+        if sys.stderr is not None:
+            print(f"warning: {escape_unprintable(line)}", file=sys.stderr)
+
+
+def run(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        code = _run(argv)
+    if code == ExitCode.OK:
+        _show_warnings(caught)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
+    debug = os.environ.get("MHA_DEBUG", "") not in ("", "0")
+    try:
+        result = app(args=argv, prog_name="mha", standalone_mode=False)
+        if result == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into Exit(130) without a word
+            return _error("interrupted", ExitCode.INTERRUPTED)
+        return int(result) if isinstance(result, int) else ExitCode.OK
+    except MhaError as exc:
+        if debug:
+            raise
+        return _error(str(exc), exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        return _error("interrupted", ExitCode.INTERRUPTED)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except SystemExit:
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # typer met a broken pipe and exits 1: not a failure
+            return _quiet_broken_pipe()
+        raise
+    except MemoryError:
+        if debug:
+            raise
+        return _error("out of memory: narrow the request (--layer, --head, shorter text)", ExitCode.BAD_INPUT)
+    except OSError as exc:
+        if debug:
+            raise
+        return _write_failed(exc) if exc.errno in WRITE_ERRNOS else _internal(exc)
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.ctx.get_help())
+            return ExitCode.OK
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors (typer vendors click)
+            if debug:
+                raise
+            # typer words a refused choice "Invalid value for '--metric': Value error, 'x' is not one of ..."
+            message = exc.format_message().replace(": Value error, ", ": ")
+            return _error(message, ExitCode.BAD_INPUT, first_line=True)
+        if debug:
+            raise
+        return _internal(exc)
+
+
+def _internal(exc: BaseException) -> int:
+    message = f"internal error (a bug in mha): {type(exc).__name__}: {exc} (run with MHA_DEBUG=1 for a traceback)"
+    return _error(message, ExitCode.INTERNAL, first_line=True)
+
+
+def _standard_streams() -> int | None:
+    """Make stdout and stderr usable before anything runs: a closed stderr (`2>&-`) is /dev/null, a closed stdout
+    (`>&-`) is an error, and characters stdout's encoding lacks (PYTHONIOENCODING=ascii) are written as
+    backslash escapes instead of failing (JSON is written with \\u escapes then: mhacli.views.formats.dumps)."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    if sys.stdout is None:
+        return _error("stdout is closed: redirect it to a file or /dev/null", ExitCode.BAD_INPUT)
+    if hasattr(sys.stdout, "reconfigure"):
+        try:
+            sys.stdout.reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):
+            pass
+    return None
+
+
+def main() -> None:
+    code = _standard_streams()
+    if code is None:
+        code = run()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    except OSError as exc:
+        code = _write_failed(exc) if exc.errno in WRITE_ERRNOS else _internal(exc)
+    except AttributeError:  # stdout closed
+        pass
+    sys.exit(code)

@@ -1,0 +1,23 @@
+"""The `--save FILE` (repeatable) and `--dpi N` options every command that shows heads shares (mhacli.views.save)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mhacli.views.save import ALLOWED, DEFAULT_DPI
+
+
+def save_option(command: str) -> object:
+    kinds = ", ".join(f".{k}" for k in ALLOWED[command])
+    return typer.Option(
+        "--save", metavar="FILE",
+        help=f"Also write FILE, its kind chosen by suffix: {kinds} (repeatable; .html: one offline interactive page).",
+    )  # fmt: skip
+
+
+DpiOpt = Annotated[int, typer.Option("--dpi", metavar="N", help="Resolution of --save FILE.png (dots per inch).")]
+SaveList = list[Path] | None
+DEFAULT = DEFAULT_DPI

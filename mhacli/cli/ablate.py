@@ -1,0 +1,191 @@
+"""`mha ablate` (each head removed alone: its effect on the loss) and `mha prune` (pruning curves against a random
+order), and the `--ablate L.H[,L.H...]|@mask.json` option that inspect, stats and diff share. The work is
+mhacli.ops.ablation's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from mhacli.views import save as saving
+from mhacli.cli._app import app, examples
+from mhacli.cli._common import (
+    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_text_or_ids, load,
+    progress, resolve_format, tokens_of,
+)  # fmt: skip
+from mhacli.cli._save import DpiOpt, SaveList, save_option
+from mhacli.errors import UsageError
+from mhacli.ops.ablation import ablate_doc, check_scorable, mask_doc, prune_doc, scorable
+from mhacli.ops.heads import check_selection
+from mhacli.ops.inputs import Checkpoint, TokenizedText, check_model, read_ids, read_text, read_texts
+from mhacli.views.formats import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_head_doc, write_table
+
+TextsOpt = Annotated[
+    str | None, typer.Option("--texts", metavar="FILE", help="Score every line of FILE ('-': stdin) instead of TEXT.")
+]
+MethodOpt = Annotated[
+    Literal["zero", "mean"], typer.Option("--method", help="How a head is removed: zeroed, or replaced by its mean output.")
+]
+LossFromOpt = Annotated[
+    int, typer.Option("--loss-from", metavar="I", help="Score only target tokens at positions >= I (default 1: all).")
+]
+AblateOpt = Annotated[
+    str | None,
+    typer.Option("--ablate", metavar="HEADS", help="Remove heads first (zeroed): L.H[,L.H...] or @mask.json."),
+]
+
+
+def scored_texts(
+    model: str | None, text: str | None, texts: str | None, truncate: bool, max_memory: str | None, ids: str | None = None
+) -> tuple[Checkpoint, list[TokenizedText]]:
+    """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast);
+    weights kept in memory when the model is small (every evaluation reruns layers). Refused before any forward
+    when the scoring needs more than --max-memory (mhacli.ops.memory.scoring_bytes)."""
+    check_text_or_ids(text, ids, texts)
+    files = check_model(model)
+    raws: list[tuple[str | list[int], str]]
+    if texts is not None:
+        raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
+    elif ids is not None:
+        raws = [(read_ids(ids), "--ids")]
+    else:
+        raws = [(read_text(text), "the text")]
+    ckpt, tokenizer = load(model, cache=None, files=files)
+    tokenized = [(scorable(tokens_of(raw, ckpt, tokenizer, truncate=truncate, where=where), where), where) for raw, where in raws]
+    check_scorable(ckpt, tokenized, max_memory)
+    return ckpt, [t for t, _ in tokenized]
+
+
+def ticker(total: int, description: str):
+    """A progress bar on stderr (terminal only): returns (tick, close)."""
+    bar = progress(iter(range(total)), total, description)
+    next(bar, None)
+
+    def tick() -> None:
+        next(bar, None)
+
+    return tick, bar.close
+
+
+# --- mha ablate -------------------------------------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=examples(
+        'mha ablate "ROMEO: I love thee. JULIET: I love thee." -l 1',
+        'mha ablate "The cat sat. The cat sat." --method mean --loss-from 5 -f csv',
+        "mha ablate --ids 352,277,303,2012,352,277,303,2012 -m sample-early -f json",
+    )
+)
+def ablate(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    ids: IdsOpt = None,
+    texts: TextsOpt = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    method: MethodOpt = "zero",
+    loss_from: LossFromOpt = 1,
+    top: Annotated[int, typer.Option("--top", "-k", help="Heads in the terminal ranking.")] = 10,
+    format: FormatOpt = None,
+    truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
+    save: Annotated[SaveList, save_option("ablate")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
+) -> None:
+    """Each head removed alone: the next-token loss against the intact model, in nats/token and %."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    if top < 1:
+        raise UsageError(f"--top {top} must be at least 1")
+    saves = saving.parse(save, "ablate", dpi=dpi)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
+    c = ckpt.config
+    check_selection(c.n_layer, c.n_head, layer, head)
+    selected = [(lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))]
+    doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker)
+    saving.write_all(saves, saving.ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
+    if fmt in MACHINE_FORMATS:
+        columns = ("layer", "head", "kind", "loss", "delta", "delta_pct")
+        write_head_doc(sys.stdout, fmt, doc, columns, ([r[k] for k in columns] for r in doc["heads"]))
+    elif fmt == "text":
+        from mhacli.views.plain import write_ablate
+
+        write_ablate(sys.stdout, doc)
+    else:
+        from mhacli.views.terminal import make_console, render_ablate
+
+        render_ablate(make_console(), doc, top)
+
+
+# --- mha prune --------------------------------------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=examples(
+        'mha prune "ROMEO: I love thee. JULIET: I love thee." --seeds 2 --step 0.25',
+        'mha prune "The cat sat. The cat sat." --save-mask pruned.json -f json',
+        'mha stats "The cat sat. The cat sat." --ablate @pruned.json',
+    )
+)
+def prune(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    ids: IdsOpt = None,
+    texts: TextsOpt = None,
+    method: MethodOpt = "zero",
+    loss_from: LossFromOpt = 1,
+    step: Annotated[float, typer.Option("--step", help="Fraction of all heads removed per round, in (0, 1].")] = 0.1,
+    seeds: Annotated[int, typer.Option("--seeds", help="Random removal orders averaged for the baseline curve.")] = 5,
+    max_increase: Annotated[
+        float, typer.Option("--max-increase", help="Loss increase allowed, as a fraction of the baseline (0.05: 5%).")
+    ] = 0.05,
+    save_mask: Annotated[
+        Path | None, typer.Option("--save-mask", metavar="FILE", help="Write the pruned heads as a mask file (JSON).")
+    ] = None,
+    format: FormatOpt = None,
+    truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
+    save: Annotated[SaveList, save_option("prune")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
+) -> None:
+    """The pruning curve: heads removed least important first (re-measured every round) against random orders."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    if not 0.0 < step <= 1.0:
+        raise UsageError(f"--step {step} must be in (0, 1]: the fraction of all heads removed per round")
+    if seeds < 1:
+        raise UsageError(f"--seeds {seeds} must be at least 1")
+    if not max_increase >= 0.0 or max_increase == float("inf"):
+        raise UsageError(f"--max-increase {max_increase} must be a finite fraction >= 0 (0.05 is 5%)")
+    if save_mask is not None:
+        check_writable(save_mask)
+    saves = saving.parse(save, "prune", dpi=dpi)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
+    c = ckpt.config
+    doc = prune_doc(ckpt, tokenized, method, loss_from, step, seeds, max_increase, ticker)
+    if save_mask is not None:
+        mask = mask_doc(c.n_layer, c.n_head, [tuple(h) for h in doc["pruned"]])
+        atomic_write_bytes(save_mask, (dumps(mask) + "\n").encode())
+    saving.write_all(saves, saving.prune_picture(ckpt, tokenized, doc), dpi=dpi)
+    if fmt == "json":
+        sys.stdout.write(dumps(doc) + "\n")
+    elif fmt in ("jsonl", "csv", "tsv"):
+        curve, rand = doc["importance"]["curve"], doc["random"]["curve"]
+        rows = [["importance", s["n_removed"], s["fraction"], s["loss"], None, " ".join(f"{a}.{b}" for a, b in s["removed"])] for s in curve]
+        rows += [["random", s["n_removed"], s["fraction"], s["loss_mean"], s["loss_std"], None] for s in rand]
+        columns = ("order", "n_removed", "fraction", "loss", "loss_std", "removed")
+        if fmt == "jsonl":
+            for row in rows:
+                sys.stdout.write(dumps(dict(zip(columns, row))) + "\n")
+        else:
+            write_table(sys.stdout, fmt, columns, rows)
+    elif fmt == "text":
+        from mhacli.views.plain import write_prune
+
+        write_prune(sys.stdout, doc)
+    else:
+        from mhacli.views.terminal import make_console, render_prune
+
+        render_prune(make_console(), doc)

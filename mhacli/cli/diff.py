@@ -1,0 +1,136 @@
+"""`mha diff MODEL_A MODEL_B [TEXT]`: per-head divergence between two models on the same token ids."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Literal
+
+import typer
+
+from mhacli.views import save as saving
+from mhacli.cli._app import app, examples
+from mhacli.cli._common import (
+    FormatOpt, IdsOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_text_or_ids, load, progress, resolve_format, warn,
+)  # fmt: skip
+from mhacli.cli._save import DpiOpt, SaveList, save_option
+from mhacli.errors import ExitCode, UsageError
+from mhacli.ops.ablation import ablation_edits, check_ablate_spec
+from mhacli.ops.diff import METRICS, DiffReport, DiffText, check_metric, compare, ids_for_both, peak_maps, tokenize_both
+from mhacli.ops.inputs import Checkpoint, check_model, read_ids, read_text, read_texts
+from mhacli.views.formats import MACHINE_FORMATS, dumps
+
+FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
+
+
+@app.command(
+    epilog=examples(
+        'mha diff sample-early sample "ROMEO: I love thee. ROMEO: I love thee."',
+        'mha diff sample-early sample "The cat sat on the mat." --metric tv -f csv',
+        'mha diff sample sample "The cat sat. The cat sat." --ablate 0.3 -f text',
+        "mha diff sample-early sample --ids 352,277,303,2012 --match -f json",
+    )
+)
+def diff(
+    model_a: Annotated[str, typer.Argument(metavar="MODEL_A", help="The reference model (any form -m accepts).")],
+    model_b: Annotated[str, typer.Argument(metavar="MODEL_B", help="The model compared with it.")],
+    text: TextArg = None,
+    ids: IdsOpt = None,
+    texts: Annotated[
+        str | None,
+        typer.Option("--texts", "-t", metavar="FILE", help="Average over the texts of FILE, one per line ('-': stdin)."),
+    ] = None,
+    metric: Annotated[
+        Literal[tuple(METRICS)],  # type: ignore[valid-type]
+        typer.Option("--metric", help="js: Jensen-Shannon (bits); tv: total variation; cosine: 1 - cosine similarity."),
+    ] = "js",
+    match: Annotated[bool, typer.Option("--match", help="Match heads (Hungarian) even when the shapes agree.")] = False,
+    fail_above: Annotated[
+        float | None, typer.Option("--fail-above", metavar="X", help="Exit 1 when any head's divergence exceeds X.")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Heads in the ranked table on a terminal.")] = 10,
+    start: Annotated[int, typer.Option("--from", min=0, help="First query row of the two maps on a terminal.")] = 0,
+    format: FormatOpt = None,
+    truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
+    ablate: Annotated[
+        str | None,
+        typer.Option("--ablate", metavar="HEADS", help="Remove heads of MODEL_B first (zeroed): L.H[,L.H...] or @mask.json."),
+    ] = None,
+    save: Annotated[SaveList, save_option("diff")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
+) -> int:
+    """Per-head divergence between two models on the same text (same tokenizer needed)."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    check_metric(metric)
+    if fail_above is not None and not fail_above >= 0:
+        raise UsageError(f"--fail-above {fail_above} must be a number >= 0")
+    saves = saving.parse(save, "diff", dpi=dpi)
+    check_text_or_ids(text, ids, texts)
+    check_ablate_spec(ablate)
+    files_a, files_b = check_model(model_a), check_model(model_b)  # a wrong path is named before stdin is read
+    if texts is not None:
+        raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
+    elif ids is not None:
+        given = read_ids(ids)
+    else:
+        raws = [(read_text(text), "the text")]
+    # several texts: read small models once
+    a, b = load(model_a, cache=None, files=files_a), load(model_b, cache=None, files=files_b)
+    if ids is not None:
+        items = [ids_for_both(given, a, b, truncate, on_truncate=warn)]
+    else:
+        items = [tokenize_both(raw, where, a, b, truncate, on_truncate=warn) for raw, where in raws]
+    (ckpt_a, _), (ckpt_b, _) = a, b
+    edits_b = ablation_edits(ablate, ckpt_b)
+    report = compare(ckpt_a, ckpt_b, items, metric, match=match, edits_b=edits_b, max_memory=max_memory, progress=progress)
+    saving.write_all(saves, saving.diff_picture(saves, ckpt_a, ckpt_b, report, items[0], edits_b), dpi=dpi)
+    write_report(fmt, report, ckpt_a, ckpt_b, items, top, start)
+    return ExitCode.OK if fail_above is None else check_threshold(report, fail_above)
+
+
+def check_threshold(report: DiffReport, threshold: float) -> int:
+    """--fail-above: CHECK_FAILED, with the offending heads on stderr, when any divergence exceeds `threshold`."""
+    bad = report.above(threshold)
+    if not bad:
+        return ExitCode.OK
+    lines = [f"diff: {len(bad)} of {len(report.heads)} heads diverge by more than {threshold:g} ({report.metric}):"]
+    lines += [
+        f"  A layer {r.layer_a} head {r.head_a} -> B layer {r.layer_b} head {r.head_b}: {r.divergence:.6g}"
+        for r in bad[:FAIL_LINES]
+    ]
+    if len(bad) > FAIL_LINES:
+        lines.append(f"  ... and {len(bad) - FAIL_LINES} more")
+    print("\n".join(lines), file=sys.stderr)
+    return ExitCode.CHECK_FAILED
+
+
+def write_report(
+    fmt: str, report: DiffReport, ckpt_a: Checkpoint, ckpt_b: Checkpoint, items: list[DiffText], top: int, start: int = 0
+) -> None:
+    if fmt == "json":
+        doc = {
+            "model_a": ckpt_a.source,
+            "model_b": ckpt_b.source,
+            "metric": report.metric,
+            "mode": report.mode,
+            "n_texts": report.n_texts,
+            "tokens": items[0].tokens,  # the first text's; n_tokens has every text's length
+            "n_tokens": [len(t.ids) for t in items],
+        }
+        sys.stdout.write(dumps(doc | report.to_dict()) + "\n")
+    elif fmt == "jsonl":
+        sys.stdout.write("".join(dumps(r.to_dict()) + "\n" for r in report.heads))
+    elif fmt in ("csv", "tsv"):
+        from mhacli.views.plain import write_diff_table
+
+        write_diff_table(sys.stdout, fmt, report)
+    elif fmt == "text":
+        from mhacli.views.plain import write_diff
+
+        write_diff(sys.stdout, report, ckpt_a.source, ckpt_b.source, [len(t.ids) for t in items])
+    else:
+        from mhacli.views.terminal import make_console, render_diff
+
+        maps = peak_maps(ckpt_a, ckpt_b, report, items[0])
+        render_diff(make_console(), report, ckpt_a.source, ckpt_b.source, items[0].tokens, maps, top=top, start=start)
+

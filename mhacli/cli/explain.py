@@ -1,0 +1,57 @@
+"""`mha explain`: one head's computation for one query token, step by step, with the real numbers."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from mhacli.cli._app import app, examples
+from mhacli.cli._common import (
+    REPORT_FORMATS, IdsOpt, MaxMemoryOpt, ModelOpt, ReportFormatOpt, TextArg, TruncateOpt, prepare, resolve_format,
+)  # fmt: skip
+from mhacli.errors import ExitCode
+from mhacli.ops.explain import explain as run_explain
+from mhacli.views.formats import dumps
+
+FORMATS = REPORT_FORMATS
+
+
+@app.command(
+    epilog=examples(
+        'mha explain "The cat sat on the mat" -l 0 -H 3',
+        'mha explain "ROMEO: But, soft! what light" -l 1 -H 2 --query -3 --full',
+        'mha explain --ids 352,277,303,2012 -l 0 -H 1 -m sample-early -f json',
+    )
+)
+def explain(
+    layer: Annotated[int, typer.Option("--layer", "-l", help="Layer of the head.")],
+    head: Annotated[int, typer.Option("--head", "-H", help="Head to explain.")],
+    text: TextArg = None,
+    model: ModelOpt = None,
+    ids: IdsOpt = None,
+    query: Annotated[
+        int | None, typer.Option("--query", "-q", help="Query token (default: the last; negative counts from the end).")
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Show every component of every vector, and every key.")] = False,
+    format: ReportFormatOpt = None,
+    truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
+) -> int:
+    """The computation of one head for one query token, step by step, checked against the forward pass."""
+    fmt = resolve_format(format, FORMATS)
+    ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
+    ex = run_explain(ckpt, tokens.ids, layer, head, query, max_memory=max_memory)
+    if fmt == "json":
+        doc = {"model": ckpt.model_dict(), "tokens": tokens.tokens, "token_ids": tokens.ids.tolist()} | ex.to_dict()
+        sys.stdout.write(dumps(doc) + "\n")
+    elif fmt == "text":
+        from mhacli.views.terminal import explain_text
+
+        sys.stdout.write(explain_text(ex, tokens.tokens, full=full))
+    else:
+        from mhacli.views.terminal import make_console, render_explain
+
+        render_explain(make_console(), ex, tokens.tokens, full=full)
+    return ExitCode.OK if ex.matches else ExitCode.CHECK_FAILED

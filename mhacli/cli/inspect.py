@@ -1,0 +1,128 @@
+"""`mha inspect`: attention maps and statistics of the selected heads."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from mhacli.cli._app import app, examples
+from mhacli.cli.ablate import AblateOpt
+from mhacli.ops.ablation import ablation_edits, check_ablate_spec
+from mhacli.cli._common import (
+    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, note, prepare, progress,
+    resolve_format,
+)  # fmt: skip
+from mhacli.errors import UsageError
+from mhacli.ops.heads import TOO_PLAIN, check_heads, head_views, undecidable
+from mhacli.ops.memory import format_bytes
+from mhacli.views.formats import MACHINE_FORMATS, write_heads
+from mhacli.cli._save import DpiOpt, SaveList, save_option
+from mhacli.views import save as saving
+
+
+# Machine output past this many bytes gets a note on stderr suggesting --save FILE.npz (and -l/-H).
+BIG_OUTPUT_BYTES = 100 * 1024 * 1024
+# Bytes one attention weight takes in JSON: up to 8 decimals ("0.12345678"), a comma and a space; fewer for
+# the zeros and ones of sharp heads, so this is an upper-end estimate.
+JSON_BYTES_PER_WEIGHT = 12
+
+
+@app.command(
+    epilog=examples(
+        'mha inspect "The cat sat on the mat. The cat sat on the mat." -l 0 -H 3',
+        'mha inspect "ROMEO: I love thee." -m sample-early --query 3',
+        'mha inspect --ids 352,277,303,2012 -l 1 -f json --save maps.npz',
+        'echo "The cat sat on the mat." | mha inspect -l 1 -H 2 --top 2',
+    )
+)
+def inspect(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    ids: IdsOpt = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    format: FormatOpt = None,
+    query: Annotated[int | None, typer.Option("--query", "-q", help="Show one query row: where token I looks.")] = None,
+    top: Annotated[int | None, typer.Option("--top", "-k", min=1, help="List the K strongest keys of every query.")] = None,
+    start: Annotated[int, typer.Option("--from", min=0, help="First query row of the map window on a terminal.")] = 0,
+    keys: Annotated[str | None, typer.Option("--keys", metavar="A:B", help="Key columns A..B-1 of the map window on a terminal (key 0 stays in front).")] = None,
+    panel_size: Annotated[int | None, typer.Option("--panel-size", metavar="N", min=2, help="Keys (and query rows) per map on a terminal (default: fit the width).")] = None,
+    save: Annotated[SaveList, save_option("inspect")] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
+    truncate: TruncateOpt = False,
+    max_memory: MaxMemoryOpt = None,
+    ablate: AblateOpt = None,
+) -> None:
+    """Attention maps and statistics for the selected heads (default: every head)."""
+    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    if query is not None and top is not None:
+        raise UsageError("--query and --top are two views; pick one")
+    saves = saving.parse(save, "inspect", dpi=dpi)
+    key_range = parse_key_range(keys) if keys is not None else None
+    check_ablate_spec(ablate)
+    ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
+    n_seq = len(tokens.ids)
+    if key_range is not None and key_range[0] >= n_seq:
+        raise UsageError(f"--keys {keys}: the text has keys 0..{n_seq - 1}")
+    if query is not None and not -n_seq <= query < n_seq:
+        raise UsageError(f"--query {query} is out of range: the text has tokens 0..{n_seq - 1}")
+    if query is not None and query < 0:
+        query += n_seq
+    # Whole maps only for what writes them; a terminal, --query and --top get only what they show (mhacli.analyses.partial),
+    # csv/tsv only statistics.
+    whole = bool(saves) or fmt in ("json", "jsonl") or (fmt == "text" and query is None and top is None)
+    console, request = None, None
+    if not whole and fmt in ("rich", "text"):
+        from mhacli.views.terminal import make_console
+        from mhacli.views.terminal.inspect import map_request
+
+        console = make_console() if fmt == "rich" else None  # only what it will show is computed: long texts fit
+        width = console.width if console is not None else 0
+        request = map_request(n_seq, width=width, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size)
+    n_layers, n_heads = check_heads(
+        ckpt, n_seq, layer, head, keep_maps=whole, max_memory=max_memory, request=request,
+        how_to_narrow="narrow it with --layer/--head or a shorter text (mha stats streams without maps)",
+    )  # fmt: skip
+    edits = ablation_edits(ablate, ckpt)
+    if fmt in ("json", "jsonl"):
+        size = output_size(n_layers * n_heads, n_seq)
+        if size > BIG_OUTPUT_BYTES:
+            note(
+                f"-f {fmt} will write about {format_bytes(size)} of attention weights ({n_layers * n_heads} heads x "
+                f"{n_seq} tokens); --save FILE.npz stores them in {format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
+                "(float32), and -l/-H select heads"
+            )
+    views = list(progress(head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=whole, edits=edits, request=request), n_layers * n_heads, "running layers"))
+    saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
+    if fmt in MACHINE_FORMATS:
+        write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=True)
+    elif fmt == "text":
+        from mhacli.views.plain import write_inspect
+
+        write_inspect(sys.stdout, views, tokens.tokens, query=query, top=top)
+        if views and undecidable(views[0].stats.support):
+            note(TOO_PLAIN)
+    else:
+        from mhacli.views.terminal import make_console, render_inspect
+
+        render_inspect(console or make_console(), views, tokens.tokens, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size)
+
+
+def output_size(n_heads: int, n_seq: int) -> int:
+    """Estimated bytes of inspect's JSON attention: the lower triangle, n_seq(n_seq+1)/2 weights per head."""
+    return n_heads * n_seq * (n_seq + 1) // 2 * JSON_BYTES_PER_WEIGHT
+
+
+def parse_key_range(spec: str) -> tuple[int, int]:
+    """`A:B` (either side may be empty: `:50`, `100:`) -> (A, B), B exclusive; B defaults to the end of the text."""
+    a, sep, b = spec.partition(":")
+    try:
+        lo = int(a) if a.strip() else 0
+        hi = int(b) if b.strip() else 2**62
+    except ValueError:
+        lo = hi = -1
+    if not sep or lo < 0 or hi <= lo:
+        raise UsageError(f"--keys {spec!r} is not a key range A:B with 0 <= A < B (e.g. 0:64, 100:)")
+    return lo, hi

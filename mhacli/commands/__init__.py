@@ -1,1 +1,0 @@
-"""One module per command; each registers itself on mhacli.commands._app.app."""

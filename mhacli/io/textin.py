@@ -1,0 +1,283 @@
+"""Text input: an argument, `-` for stdin, or a piped stdin when no argument is given; then tokenized and checked.
+Or token ids instead of a text (`--ids 464,3797` or `--ids -`: a JSON array on stdin), checked against the model.
+
+Text read from stdin loses ONE trailing newline ("\n" or "\r\n"), the one `echo` and editors add: `echo "The cat
+sat" | mha explain` explains "sat", not a newline token. Only stdin, only one: a text given as an argument is
+kept as it is, and a second newline (an intended blank line) stays."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+from mhacli.errors import TextError, TokenizerError
+from mhacli.io.tokenizer import Tokenizer
+
+MAX_TEXT_BYTES = 8 * 1024 * 1024
+MAX_TEXTS_BYTES = 64 * 1024 * 1024  # --texts FILE: one text per line
+
+
+def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
+    """The text to analyse. Raises TextError for missing, empty or non-UTF-8 text."""
+    if arg is not None and arg != "-":
+        text = arg
+    else:
+        stream = stdin if stdin is not None else _stdin()
+        if stream is None:
+            raise TextError("no text given and stdin is closed: pass TEXT, or pipe text on stdin")
+        try:
+            if arg is None and stream.isatty():
+                raise TextError("no text given: pass TEXT, or pipe text on stdin (use - to read stdin explicitly)")
+            raw = stream.read(MAX_TEXT_BYTES + 1)
+        except (OSError, ValueError) as exc:  # a closed or unreadable stdin
+            raise TextError(f"cannot read text from stdin: {getattr(exc, 'strerror', None) or exc}") from exc
+        if len(raw) > MAX_TEXT_BYTES:
+            raise TextError(f"text on stdin is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TextError(f"text on stdin is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from exc
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        text = strip_one_newline(text)
+    try:
+        text.encode("utf-8")  # an argument with invalid bytes arrives as lone surrogates
+    except UnicodeEncodeError as exc:
+        raise TextError("text is not valid UTF-8") from exc
+    if text.strip() == "":
+        raise TextError("text is empty")
+    return text
+
+
+def strip_one_newline(text: str) -> str:
+    """The text without one trailing "\r\n" or "\n" (the newline `echo` and editors end a file with)."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text.removesuffix("\n")
+
+
+def _stdin() -> BinaryIO | None:
+    """The binary stdin; None when the process was started with stdin closed (`<&-`: sys.stdin is None)."""
+    return getattr(sys.stdin, "buffer", None) if sys.stdin is not None else None
+
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """--texts FILE ('-': stdin), streamed: (line number, text) for every non-blank line, one line at a time.
+
+    A `.jsonl`/`.ndjson` file holds one JSON object per line with a string field "text". What makes the file
+    unusable raises TextError naming the line: not UTF-8, NUL bytes (a binary file), a line over MAX_TEXT_BYTES,
+    a JSONL line that is not an object with a "text" string; and, with `limit`, more than `limit` bytes in all.
+    Texts that are valid but cannot be run (blank after parsing, too long for the model) are the caller's to judge.
+    """
+    jsonl = path != "-" and path.lower().endswith(JSONL_SUFFIXES)
+    stdin = _stdin()
+    try:
+        if path == "-":
+            if stdin is None:
+                raise TextError("--texts -: stdin is closed")
+            stream = stdin
+        else:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError as exc:
+        raise TextError(f"--texts {path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise TextError(f"--texts {path}: is a directory") from exc
+    except OSError as exc:
+        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+    except ValueError as exc:  # a NUL byte in the name
+        raise TextError(f"--texts {path!r}: cannot read ({exc})") from exc
+    total = 0
+    try:
+        for n in itertools.count(1):
+            try:
+                raw = stream.readline(MAX_TEXT_BYTES + 1)
+            except OSError as exc:
+                raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+            if not raw:
+                return
+            total += len(raw)
+            if limit is not None and total > limit:
+                raise TextError(f"--texts {path}: larger than {limit // (1024 * 1024)} MiB")
+            if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
+                raise TextError(f"--texts {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+            if b"\0" in raw:
+                raise TextError(f"--texts {path}: line {n} holds NUL bytes; is it a text file?")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TextError(f"--texts {path}: line {n} is not valid UTF-8; is it a text file?") from exc
+            if n == 1:
+                line = line.removeprefix("\ufeff")
+            line = line.removesuffix("\n").removesuffix("\r")
+            if not line.strip():
+                continue
+            yield n, (_jsonl_text(line, path, n) if jsonl else line)
+    finally:
+        if stream is not stdin:
+            stream.close()
+
+
+def _jsonl_text(line: str, path: str, n: int) -> str:
+    try:
+        doc = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise TextError(f"--texts {path}: line {n} is not a JSON object (JSONL needs one per line)") from exc
+    text = doc.get("text") if isinstance(doc, dict) else None
+    if not isinstance(text, str):
+        raise TextError(f'--texts {path}: line {n} has no "text" string field')
+    return text
+
+
+def read_texts(path: str) -> list[tuple[int, str]]:
+    """--texts FILE ('-': stdin), read whole (at most MAX_TEXTS_BYTES): (line number, text) for every non-blank
+    line; a FILE.jsonl gives each line's "text" field (iter_texts)."""
+    texts = [(n, t) for n, t in iter_texts(path, limit=MAX_TEXTS_BYTES) if t.strip()]
+    if not texts:
+        raise TextError(f"--texts {path}: holds no text (every line is blank)")
+    return texts
+
+
+def check_ids_fit(ids: list[int], vocab_size: int) -> None:
+    """A token id past the embedding table means tokenizer and weights do not belong together."""
+    if ids and max(ids) >= vocab_size:
+        raise TokenizerError(
+            f"the tokenizer produced id {max(ids)}, but the model's vocab_size is {vocab_size}: "
+            "tokenizer and weights do not belong together"
+        )
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    ids: np.ndarray  # [n_seq] int64
+    tokens: list[str]  # display string per token
+    truncated_from: int | None  # the original token count when --truncate cut the text (a lower bound: see below)
+    counted_all: bool = True  # False: only a prefix of the text was tokenized; it has more than truncated_from tokens
+
+    def original_length(self) -> str:
+        """The text's token count for messages: '1234', or 'more than 1234' when only a prefix was tokenized."""
+        return str(self.truncated_from) if self.counted_all else f"more than {self.truncated_from}"
+
+
+def tokenize(
+    tokenizer: Tokenizer, text: str, n_positions: int, *, vocab_size: int, truncate: bool = False
+) -> TokenizedText:
+    """The text's ids, at most n_positions of them (--truncate) or an error. Only a prefix of a long text is
+    tokenized (Tokenizer.encode_prefix): megabytes of text cost what n_positions tokens cost."""
+    ids, n_chars = tokenizer.encode_prefix(text, n_positions)
+    counted_all = n_chars == len(text)
+    if not ids:
+        raise TextError("text produced no tokens")
+    check_ids_fit(ids, vocab_size)
+    truncated_from = None
+    if len(ids) > n_positions:
+        count = str(len(ids)) if counted_all else f"more than {len(ids)}"
+        if not truncate:
+            raise TextError(
+                f"text is {count} tokens, longer than the model's n_positions ({n_positions}); "
+                "shorten it or pass --truncate to keep the first tokens"
+            )
+        truncated_from, ids = len(ids), ids[:n_positions]
+    return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from, counted_all)
+
+
+# --- token ids instead of a text ---------------------------------------------------------------------------------------
+
+MAX_ID_DIGITS = 12  # a token id longer than this is no vocabulary's
+
+
+def parse_ids(spec: str, where: str = "--ids") -> list[int]:
+    """`464,3797,...` (commas and/or spaces) or a JSON array of integers `[464, 3797]` -> the ids. Pure: raises
+    TextError naming the first thing that is not a token id (negative, not an integer, a bool, a float)."""
+    body = spec.strip()
+    if not body:
+        raise TextError(f"{where}: no token ids given (e.g. --ids 464,3797 or a JSON array on stdin with --ids -)")
+    if body.startswith("["):
+        try:
+            values = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise TextError(f"{where}: not a JSON array of token ids ({type(exc).__name__})") from exc
+        if not isinstance(values, list):
+            raise TextError(f"{where}: not a JSON array of token ids")
+        items: list[object] = values
+    else:
+        items = [p for p in body.replace(",", " ").split()]
+    return ids_from_items(items, where)
+
+
+def ids_from_items(items: list[object], where: str = "--ids") -> list[int]:
+    """Each item a token id: an integer >= 0 (or its decimal digits, as --ids spells them), never a bool or a
+    float. Raises TextError naming the first item that is not one, or an empty list. The CLI's --ids and the API's
+    ids= both go through here (and check_ids): one rule, the same messages."""
+    ids: list[int] = []
+    for n, item in enumerate(items):
+        if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= MAX_ID_DIGITS:
+            ids.append(int(item))
+        elif type(item) is int and 0 <= item < 10**MAX_ID_DIGITS:
+            ids.append(item)
+        else:
+            shown = repr(item)[:40] if not isinstance(item, (list, dict)) else type(item).__name__
+            raise TextError(f"{where}: item {n} ({shown}) is not a token id (an integer >= 0)")
+    if not ids:
+        raise TextError(f"{where}: the list of token ids is empty")
+    return ids
+
+
+def read_ids(spec: str, stdin: BinaryIO | None = None) -> list[int]:
+    """--ids SPEC: the ids it lists, or with `-` the JSON array (or comma-separated list) on stdin."""
+    if spec != "-":
+        return parse_ids(spec)
+    stream = stdin if stdin is not None else _stdin()
+    if stream is None:
+        raise TextError("--ids -: stdin is closed")
+    try:
+        raw = stream.read(MAX_TEXT_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise TextError(f"--ids -: cannot read stdin: {getattr(exc, 'strerror', None) or exc}") from exc
+    if len(raw) > MAX_TEXT_BYTES:
+        raise TextError(f"--ids -: stdin is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextError("--ids -: stdin is not valid UTF-8") from exc
+    return parse_ids(text, "--ids -")
+
+
+def check_ids(
+    ids: list[int], vocab_size: int, n_positions: int, *, truncate: bool = False, where: str = "--ids",
+    truncate_hint: str = "pass --truncate",
+) -> tuple[list[int], int | None]:  # fmt: skip
+    """Given ids (--ids, or the API's ids=) must index the embedding table (the first one that does not is named)
+    and fit n_positions, or with truncate the first n_positions are kept. Returns (ids, the original count when
+    cut, else None). `truncate_hint`: how the caller asks for truncation (--truncate, truncate=True)."""
+    for n, i in enumerate(ids):
+        if i >= vocab_size:
+            raise TextError(f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids 0..{vocab_size - 1})")
+    if len(ids) <= n_positions:
+        return ids, None
+    if not truncate:
+        raise TextError(
+            f"{where} gives {len(ids)} tokens, more than the model's n_positions ({n_positions}); "
+            f"give fewer or {truncate_hint} to keep the first tokens"
+        )
+    return ids[:n_positions], len(ids)
+
+
+def from_ids(
+    tokenizer: Tokenizer, ids: list[int], n_positions: int, *, vocab_size: int, truncate: bool = False,
+    where: str = "--ids", truncate_hint: str = "pass --truncate",
+) -> TokenizedText:  # fmt: skip
+    """Given token ids as a TokenizedText: checked against vocab_size, cut to n_positions with --truncate (the
+    same rule as a text's), each shown as the tokenizer's string for it."""
+    ids, truncated_from = check_ids(
+        ids, n_positions=n_positions, vocab_size=vocab_size, truncate=truncate, where=where, truncate_hint=truncate_hint
+    )
+    return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from)

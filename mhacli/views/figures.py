@@ -1,0 +1,433 @@
+"""Static figures (`--save FILE.png|.svg|.pdf`) with matplotlib: the only module that imports it, inside functions.
+
+One function per command view, taking what the terminal view gets (HeadViews, a DiffReport, the ablate / prune /
+census documents). Figures are built on `matplotlib.figure.Figure` directly (no pyplot, no GUI backend, no display:
+Agg for PNG); text stays text in SVG (`svg.fonttype: none`) and no dates or software versions are written, so the
+same input gives the same bytes. Maps use viridis on a fixed 0-1 scale shared by every panel; differences a
+diverging map centred on 0.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from mhacli.views.display import KIND_HEX, KIND_LETTER, token_label
+from mhacli.analyses.heads import HeadView
+from mhacli.analyses.stats import KINDS, HeadStats
+
+COLUMN_IN = 3.4  # a paper column
+WIDE_IN = 7.0  # a full page width
+MAP_CMAP = "viridis"
+DIFF_CMAP = "RdBu_r"
+RC = {
+    "svg.hashsalt": "mha",  # ids in the SVG: the same every run
+    "svg.fonttype": "none",  # text stays text (searchable, checkable)
+    "pdf.fonttype": 42,  # TrueType in the PDF: text selectable
+    "text.parse_math": False,  # a token `$x$` is shown as it is
+    "font.size": 7,
+    "axes.titlesize": 7,
+    "axes.labelsize": 7,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "figure.dpi": 100,
+    "image.interpolation": "nearest",
+    "axes.unicode_minus": True,
+}
+METADATA = {
+    "png": {"Software": None},
+    "svg": {"Date": None, "Creator": None},
+    "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
+}
+
+
+@contextmanager
+def style() -> Iterator[Any]:
+    import matplotlib
+
+    with matplotlib.rc_context(RC):
+        yield matplotlib
+
+
+def new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def to_bytes(fig, kind: str, dpi: int) -> bytes:
+    """The figure as PNG (at `dpi`), SVG or PDF bytes, without dates or versions."""
+    buf = io.BytesIO()
+    with style():
+        fig.savefig(buf, format=kind, dpi=dpi, metadata=METADATA[kind], facecolor="white")
+    return buf.getvalue()
+
+
+def close(fig) -> None:
+    fig.clear()
+
+
+def figure_for(picture) -> Any:
+    """The figure of a save.Picture."""
+    with style():
+        return FIGURES[picture.command](caption=picture.caption, **picture.data)
+
+
+# --- shared pieces --------------------------------------------------------------------------------------------------
+
+
+def map_title(view: HeadView) -> str:
+    """`L1H2 induction 0.71 (9 rows)`: the head, its kind and the score behind the kind (rows where it needs them)."""
+    s = view.stats
+    score = "–" if s.score is None else f"{s.score:.2f}"
+    rows = f" ({s.kind_support} rows)" if s.kind_support is not None else ""
+    return f"L{s.layer}H{s.head} {s.kind} {score}{rows}"
+
+
+def tick_step(n: int, room_pt: float, font_pt: float) -> int:
+    """Label every k-th of n positions so that labels `font_pt` high fit into `room_pt`."""
+    fits = max(1, int(room_pt / (font_pt * 1.15)))
+    return max(1, math.ceil(n / fits))
+
+
+def token_ticks(ax, tokens: Sequence[str], size_in: float, font_pt: float, *, rows: bool, cols: bool) -> None:
+    """Token labels on the map's axes where they fit, every k-th (with its position) otherwise."""
+    n = len(tokens)
+    k = tick_step(n, size_in * 72, font_pt)
+    pos = list(range(0, n, k))
+    labels = [token_label(tokens[i], 8) if k == 1 else f"{i} {token_label(tokens[i], 6)}" for i in pos]
+    if rows:
+        ax.set_yticks(pos, labels, fontsize=font_pt)
+    else:
+        ax.set_yticks([])
+    if cols:
+        ax.set_xticks(pos, labels, fontsize=font_pt, rotation=90)
+    else:
+        ax.set_xticks([])
+    ax.tick_params(length=1.5, pad=1)
+
+
+def draw_map(ax, attn: np.ndarray, *, cmap: str = MAP_CMAP, vmin: float = 0.0, vmax: float = 1.0):
+    """[n_seq, n_seq] -> the image; the upper triangle (no key visible) left white."""
+    n = attn.shape[0]
+    masked = np.ma.masked_array(attn, mask=np.triu(np.ones((n, n), dtype=bool), k=1))
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    im = ax.imshow(masked, cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
+    for side in ax.spines.values():
+        side.set_linewidth(0.4)
+    return im
+
+
+def add_caption(fig, caption: str, extra: str = "") -> None:
+    """The model and the text under the figure, wrapped to its width (6 pt: about 20 characters an inch)."""
+    import textwrap
+
+    width = max(30, int(fig.get_figwidth() * 20))
+    lines = textwrap.wrap(caption, width) + (textwrap.wrap(extra, width) if extra else [])
+    fig.supxlabel("\n".join(lines), fontsize=6, color="#444444")
+
+
+# --- inspect --------------------------------------------------------------------------------------------------------
+
+
+def inspect_figure(*, views: Sequence[HeadView], tokens: Sequence[str], caption: str, **_: Any):
+    """One head large (a column wide), or the selected heads as small multiples: layers down, heads across (one
+    layer: up to four across), one shared 0-1 colour scale."""
+    n_seq = len(tokens)
+    if len(views) == 1:
+        return one_map_figure(views[0], tokens, caption)
+    layers = sorted({v.layer for v in views})
+    heads = sorted({v.head for v in views})
+    cols = len(heads) if len(layers) > 1 else min(len(views), 4)
+    rows = math.ceil(len(views) / cols)
+    panel = min(1.7, max(0.85, 6.6 / cols))
+    label_room = 0.45 if n_seq <= 40 else 0.3
+    fig = new_figure(panel * cols + label_room + 0.6, panel * rows + 0.1 * rows + label_room + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    font = 5 if panel < 1.2 else 5.5
+    im = None
+    for k, ax in enumerate(axes.flat):
+        if k >= len(views):
+            ax.set_axis_off()
+            continue
+        v = views[k]
+        im = draw_map(ax, v.attention)
+        ax.set_title(map_title(v), fontsize=6 if panel >= 1.2 else 5, color=_title_colour(v.stats.kind), pad=2)
+        last_row = k + cols >= len(views)
+        token_ticks(ax, tokens, panel, font, rows=k % cols == 0, cols=last_row)
+    bar = fig.colorbar(im, ax=axes, shrink=min(1.0, 2.2 / (panel * rows)) if rows > 1 else 0.9, aspect=25, pad=0.01)
+    bar.set_label("attention weight (query row → key)", fontsize=6)
+    bar.ax.tick_params(labelsize=5.5)
+    add_caption(fig, caption, "rows: queries, columns: keys; white: keys after the query (masked)")
+    return fig
+
+
+def one_map_figure(view: HeadView, tokens: Sequence[str], caption: str):
+    n_seq = len(tokens)
+    labels = n_seq <= 48
+    side = COLUMN_IN - (0.95 if labels else 0.75)
+    fig = new_figure(COLUMN_IN, side + (1.05 if labels else 0.8))
+    ax = fig.add_subplot()
+    im = draw_map(ax, view.attention)
+    ax.set_title(map_title(view), fontsize=7.5, color=_title_colour(view.stats.kind))
+    token_ticks(ax, tokens, side, 6 if n_seq <= 24 else 5, rows=True, cols=True)
+    ax.set_ylabel("query", fontsize=6)
+    ax.set_xlabel("key", fontsize=6)
+    bar = fig.colorbar(im, ax=ax, shrink=0.8, aspect=25, pad=0.02)
+    bar.set_label("attention weight", fontsize=6)
+    bar.ax.tick_params(labelsize=5.5)
+    add_caption(fig, caption)
+    return fig
+
+
+def _title_colour(kind: str) -> str:
+    """Titles in dark ink, except a kind's own colour for the kinds that stand out (never the light greys)."""
+    return "#222222" if kind in ("broad", "mixed") else _darker(KIND_HEX[kind])
+
+
+def _darker(hex_colour: str, f: float = 0.72) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return "#{:02x}{:02x}{:02x}".format(*(round(c * f) for c in (r, g, b)))
+
+
+# --- grids: stats, diff, ablate, census -----------------------------------------------------------------------------
+
+
+def grid_axes(fig, ax, n_layer: int, n_head: int, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> None:
+    layers = list(layers if layers is not None else range(n_layer))
+    heads = list(heads if heads is not None else range(n_head))
+    ax.set_xticks(range(len(heads)), [str(h) for h in heads])
+    ax.set_yticks(range(len(layers)), [str(lay) for lay in layers])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+
+def cell_texts(ax, values: np.ndarray, texts: list[list[str]], cmap, norm, font: float) -> None:
+    """Write `texts` in the cells, black or white by the cell colour's lightness."""
+    for i, row in enumerate(texts):
+        for j, t in enumerate(row):
+            if not t:
+                continue
+            v = values[i, j]
+            if np.ma.is_masked(v) or v is None or (isinstance(v, float) and math.isnan(v)):
+                ink = "#222222"
+            else:
+                r, g, b, _ = cmap(norm(v))
+                ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+            ax.text(j, i, t, ha="center", va="center", fontsize=font, color=ink, linespacing=1.0)
+
+
+def grid_size(n_layer: int, n_head: int, cell: float = 0.42) -> tuple[float, float]:
+    """Width and height (inches) of a layer x head grid with square cells, its labels, colour bar and caption."""
+    width = max(COLUMN_IN, n_head * cell + 1.4)
+    cell = min(0.6, (width - 1.4) / max(1, n_head))
+    return width, n_layer * cell + 1.75
+
+
+KIND_KEY = " · ".join(f"{KIND_LETTER[k]} {k}" for k in KINDS)
+
+
+def stats_figure(*, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, caption: str, **_: Any):
+    """The layer x head grid of one statistic on its 0-1 scale (`auto`: each head's kind score), kind letters in
+    the cells."""
+    import matplotlib
+
+    values = np.full((n_layer, n_head), np.nan)
+    texts = [["" for _ in range(n_head)] for _ in range(n_layer)]
+    for v in views:
+        x = grid_value(v.stats, stat)
+        values[v.layer, v.head] = np.nan if x is None else x
+        texts[v.layer][v.head] = f"{KIND_LETTER[v.stats.kind]}\n{'–' if x is None else f'{x:.2f}'}"
+    fig = new_figure(*grid_size(n_layer, n_head))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps[MAP_CMAP].with_extremes(bad="#eeeeee")
+    norm = matplotlib.colors.Normalize(0, 1)
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
+    grid_axes(fig, ax, n_layer, n_head)
+    cell_texts(ax, values, texts, cmap, norm, 5.5 if n_head > 8 else 6.5)
+    what = "kind score" if stat == "auto" else stat
+    ax.set_title(f"{what} per head (0–1), kind letter in each cell", fontsize=7)
+    bar = fig.colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    bar.set_label(stat_unit(stat), fontsize=6)
+    add_caption(fig, caption, KIND_KEY)
+    return fig
+
+
+def grid_value(s: HeadStats, stat: str) -> float | None:
+    return s.score if stat == "auto" else s.unit_value(stat)
+
+
+def stat_unit(stat: str) -> str:
+    if stat == "auto":
+        return "kind score (0–1)"
+    if stat == "entropy":
+        return "entropy / uniform's"
+    if stat == "mean_distance":
+        return "distance / largest"
+    return f"{stat} (0–1)"
+
+
+def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
+    """The divergence grid (B's layout, B's kind letters), then the most changed head on the first text: A's map,
+    B's map and B - A on a diverging scale."""
+    import matplotlib
+
+    n_layer, n_head = report.shape_b
+    values = np.full((n_layer, n_head), np.nan)
+    texts = [["" for _ in range(n_head)] for _ in range(n_layer)]
+    for r in report.heads:
+        values[r.layer_b, r.head_b] = r.divergence
+        texts[r.layer_b][r.head_b] = f"{KIND_LETTER[r.kind_b]}\n{r.divergence:.2g}"
+    top = report.max_divergence
+    grid_w, grid_h = grid_size(n_layer, n_head)
+    grid_h -= 0.4  # one caption for the whole figure
+    map_side = 1.9
+    width = max(WIDE_IN, grid_w)
+    fig = new_figure(width, grid_h + (map_side + 1.0 if maps else 0.3))
+    figs = fig.subfigures(2 if maps else 1, 1, height_ratios=[grid_h, map_side + 1.0] if maps else None, squeeze=False)
+    pad = max(0.01, (width - grid_w) / 2)  # the grid centred over the maps
+    ax = figs[0, 0].add_subplot(figs[0, 0].add_gridspec(1, 3, width_ratios=[pad, grid_w, pad])[0, 1])
+    cmap = matplotlib.colormaps[MAP_CMAP].with_extremes(bad="#eeeeee")
+    norm = matplotlib.colors.Normalize(0, top if top > 0 else 1)
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
+    grid_axes(fig, ax, n_layer, n_head)
+    cell_texts(ax, values, texts, cmap, norm, 5.5 if n_head > 8 else 6.5)
+    which = "per head" if report.mode == "paired" else "of each MODEL_B head from its matched MODEL_A head"
+    ax.set_title(f"{report.metric} divergence {which}; kind letter in MODEL_B", fontsize=7)
+    bar = figs[0, 0].colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    from mhacli.analyses.diff import METRICS
+
+    bar.set_label(f"{METRICS[report.metric].split(' (')[0]}{' (bits)' if report.metric == 'js' else ''}", fontsize=5.5)
+    if maps:
+        a, b = maps
+        r = report.heads[0]
+        axes = figs[1, 0].subplots(1, 3)
+        delta = b.attention.astype(np.float64) - a.attention.astype(np.float64)
+        lim = float(np.abs(delta).max()) or 1.0
+        im_a = draw_map(axes[0], a.attention)
+        draw_map(axes[1], b.attention)
+        im_d = draw_map(axes[2], delta, cmap=DIFF_CMAP, vmin=-lim, vmax=lim)
+        axes[0].set_title(f"MODEL_A L{r.layer_a}H{r.head_a} {r.kind_a}", fontsize=6.5)
+        axes[1].set_title(f"MODEL_B L{r.layer_b}H{r.head_b} {r.kind_b}", fontsize=6.5)
+        axes[2].set_title("B − A", fontsize=6.5)
+        for k, ax_ in enumerate(axes):
+            token_ticks(ax_, tokens, map_side, 4.5, rows=k == 0, cols=True)
+        cb = figs[1, 0].colorbar(im_a, ax=axes[:2], shrink=0.8, aspect=20, pad=0.01)
+        cb.set_label("attention weight", fontsize=5.5)
+        cd = figs[1, 0].colorbar(im_d, ax=axes[2], shrink=0.8, aspect=20, pad=0.02)
+        cd.set_label("weight in B − weight in A", fontsize=5.5)
+        figs[1, 0].suptitle(f"most changed head, on the first text ({r.divergence:.3g} {report.metric})", fontsize=7)
+    add_caption(fig, caption, KIND_KEY)
+    return fig
+
+
+def ablate_figure(*, doc: dict, caption: str, **_: Any):
+    """The Δloss grid (each head removed alone), on a diverging scale centred on no change; kind letters in cells."""
+    import matplotlib
+
+    heads = doc["heads"]
+    layers = sorted({r["layer"] for r in heads})
+    head_ids = sorted({r["head"] for r in heads})
+    values = np.full((len(layers), len(head_ids)), np.nan)
+    texts = [["" for _ in head_ids] for _ in layers]
+    for r in heads:
+        i, j = layers.index(r["layer"]), head_ids.index(r["head"])
+        values[i, j] = r["delta"]
+        texts[i][j] = f"{KIND_LETTER[r['kind']]}\n{r['delta']:+.2f}"
+    lim = float(np.nanmax(np.abs(values))) if heads else 1.0
+    lim = lim if lim > 0 else 1.0
+    fig = new_figure(*grid_size(len(layers), len(head_ids)))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps[DIFF_CMAP].with_extremes(bad="#eeeeee")
+    norm = matplotlib.colors.Normalize(-lim, lim)
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
+    grid_axes(fig, ax, 0, 0, layers, head_ids)
+    cell_texts(ax, values, texts, cmap, norm, 5.5 if len(head_ids) > 8 else 6.5)
+    ax.set_title(f"Δloss with each head removed ({doc['method']}); baseline {doc['baseline_loss']:.3f}", fontsize=7)
+    bar = fig.colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    bar.set_label("Δloss (nats/token)", fontsize=6)
+    add_caption(fig, caption, KIND_KEY)
+    return fig
+
+
+def prune_figure(*, doc: dict, caption: str, **_: Any):
+    """Loss against the fraction of heads removed: the importance order, and the random orders' mean with ±1 std
+    as a band; the allowed loss as a dashed line."""
+    imp = doc["importance"]["curve"]
+    rnd = doc["random"]["curve"]
+    base = doc["baseline_loss"]
+    limit = base * (1 + doc["max_increase"])
+    fig = new_figure(COLUMN_IN, 2.7)
+    ax = fig.add_subplot()
+    x_r = np.array([s["fraction"] for s in rnd])
+    mean = np.array([s["loss_mean"] for s in rnd])
+    std = np.array([s["loss_std"] for s in rnd])
+    ax.fill_between(x_r, mean - std, mean + std, color="#56B4E9", alpha=0.3, linewidth=0, label="random ±1 std")
+    ax.plot(x_r, mean, color="#0072B2", marker="o", markersize=2.5, linewidth=1, label=f"random order (mean of {doc['random']['seeds']})")
+    ax.plot([s["fraction"] for s in imp], [s["loss"] for s in imp], color="#CC79A7", marker="o", markersize=2.5,
+            linewidth=1.2, label="least important first")  # fmt: skip
+    ax.axhline(limit, color="#444444", linestyle="--", linewidth=0.7, label=f"allowed: baseline +{doc['max_increase']:.0%}")
+    ax.set_xlabel("fraction of heads removed")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_xlim(0, 1)
+    ax.grid(True, linewidth=0.3, color="#dddddd")
+    ax.legend(fontsize=5.5, frameon=False)
+    ax.set_title(
+        f"prunable: {doc['importance']['prunable_fraction']:.0%} by importance, "
+        f"{doc['random']['prunable_fraction']:.0%} at random",
+        fontsize=7,
+    )
+    add_caption(fig, caption)
+    return fig
+
+
+def census_figure(*, doc: dict, caption: str, **_: Any):
+    """Every head's kind (colour) and its confidence (how strongly the colour shows; the number in the cell)."""
+    import matplotlib
+    from matplotlib.patches import Patch
+
+    n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
+    rgb = np.ones((n_layer, n_head, 3))
+    conf = np.full((n_layer, n_head), np.nan)
+    texts = [["" for _ in range(n_head)] for _ in range(n_layer)]
+    to_rgb = matplotlib.colors.to_rgb
+    for h in doc["heads"]:
+        c = np.array(to_rgb(KIND_HEX[h["kind"]]))
+        a = 0.25 + 0.75 * float(h["confidence"])
+        rgb[h["layer"], h["head"]] = 1 - a * (1 - c)
+        conf[h["layer"], h["head"]] = h["confidence"]
+        texts[h["layer"]][h["head"]] = f"{KIND_LETTER[h['kind']]}\n{h['confidence']:.2f}"
+    w, hgt = grid_size(n_layer, n_head)
+    fig = new_figure(w + 0.4, hgt + 0.3)
+    ax = fig.add_subplot()
+    ax.imshow(rgb, aspect="equal")
+    grid_axes(fig, ax, n_layer, n_head)
+    for i, row in enumerate(texts):
+        for j, t in enumerate(row):
+            ax.text(j, i, t, ha="center", va="center", fontsize=5.5 if n_head > 8 else 6.5, color="#111111", linespacing=1.0)
+    ax.set_title("kind per head; shade and number: confidence", fontsize=7)
+    present = [k for k in KINDS if any(h["kind"] == k for h in doc["heads"])] or list(KINDS)
+    handles = [Patch(facecolor=KIND_HEX[k], edgecolor="#888888", linewidth=0.3, label=f"{KIND_LETTER[k]} {k}") for k in present]
+    fig.legend(handles=handles, loc="outside right center", fontsize=5.5, frameon=False)
+    add_caption(fig, caption, "confidence: share of the evidence source's texts on which the kind's rule holds")
+    return fig
+
+
+FIGURES = {
+    "inspect": inspect_figure,
+    "stats": stats_figure,
+    "diff": diff_figure,
+    "ablate": ablate_figure,
+    "prune": prune_figure,
+    "census": census_figure,
+}

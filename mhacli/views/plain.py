@@ -1,0 +1,239 @@
+"""Plain text views (the default when stdout is not a terminal): aligned, no colour, no ANSI, no box drawing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TextIO
+
+
+from mhacli.views.display import token_label
+from mhacli.analyses.heads import HeadView
+from mhacli.analyses.partial import strongest
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def head_line(view: HeadView) -> str:
+    s = view.stats
+    stats = "  ".join(f"{k}={fmt(v)}" for k, v in s.values.items())
+    kv = f"  kv_head={view.kv_head}" if view.kv_head is not None and view.kv_head != view.head else ""
+    return f"layer {s.layer} head {s.head}{kv}  kind={s.kind}{kind_evidence(s)}  {stats}"
+
+
+def kind_evidence(s) -> str:
+    """' (0.920, 38 rows)' for the kinds that need support, ' (0.998)' for the others."""
+    score = "-" if s.score is None else f"{s.score:.3f}"
+    rows = s.kind_support
+    return f" ({score}, {rows} rows)" if rows is not None else f" ({score})"
+
+
+def write_inspect(
+    out: TextIO, views: Sequence[HeadView], tokens: Sequence[str], *, query: int | None = None, top: int | None = None
+) -> None:
+    labels = [token_label(t, 12) for t in tokens]
+    out.write("tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(labels)) + "\n")
+    for view in views:
+        out.write("\n" + head_line(view) + "\n")
+        attn = view.attention
+        if query is not None:
+            for j in range(query + 1):
+                out.write(f"{j:>5} {labels[j]:<12} {attn[query, j]:.4f}\n")
+        elif top is not None:
+            for i in range(attn.shape[0]):
+                best, weights = strongest(attn, i, top)
+                keys = ", ".join(f"{j}:{labels[j]} {w:.3f}" for j, w in zip(best, weights))
+                out.write(f"{i:>5} {labels[i]:<12} -> {keys}\n")
+        else:
+            n = attn.shape[0]
+            out.write(" " * 19 + "".join(f"{j:>6}" for j in range(n)) + "\n")
+            for i in range(n):
+                cells = "".join(f"{attn[i, j]:6.2f}" if j <= i else "      " for j in range(n))
+                out.write(f"{i:>5} {labels[i]:<12} {cells.rstrip()}\n")
+
+
+# The text table's columns: short names of the statistics (README, "mha stats"), values rounded for reading.
+TEXT_COLUMNS = (
+    ("entropy", "entropy", 3), ("max_weight", "max_w", 3), ("mean_distance", "dist", 1), ("first_token", "first", 3),
+    ("self", "self", 3), ("previous_token", "prev", 3), ("duplicate_token", "dup", 3), ("induction", "ind", 3),
+)  # fmt: skip
+
+
+def write_stats(out: TextIO, views: Sequence[HeadView], stat: str = "auto") -> None:
+    """One aligned row per head: name, kind, kind score (0-1), every statistic, and the rows behind the duplicate
+    and induction means. `stat` other than auto orders the heads by that statistic, largest first (undefined last)."""
+    if stat != "auto":
+        views = sorted(views, key=lambda v: (v.stats.values[stat] is None, -(v.stats.values[stat] or 0.0)))
+    header = ["head", "kind", "score", *(short for _, short, _ in TEXT_COLUMNS), "rows"]
+    rows = []
+    for v in views:
+        s = v.stats
+        cells = [f"L{s.layer}H{s.head}", s.kind, "-" if s.score is None else f"{s.score:.3f}"]
+        cells += ["-" if s.values[name] is None else f"{s.values[name]:.{d}f}" for name, _, d in TEXT_COLUMNS]
+        cells.append(f"{s.support.get('duplicate_token', 0)}/{s.support.get('induction', 0)}")
+        rows.append(cells)
+    _aligned(out, header, rows)
+
+
+# --- mha diff ---------------------------------------------------------------------------------------------------
+
+from mhacli.analyses.diff import DIFF_COLUMNS, METRICS, DiffReport, table_row  # noqa: E402
+from mhacli.views.formats import format_cell, write_table  # noqa: E402
+
+
+def fmt_divergence(v: float) -> str:
+    """Divergences span many decades (a float16 copy: 1e-7): significant digits, not fixed decimals."""
+    return f"{v:.6g}"
+
+
+def diff_cells(report: DiffReport) -> list[list]:
+    """DIFF_COLUMNS rows with the divergence pre-formatted, for write_table and the plain table."""
+    rows = []
+    for r in report.heads:
+        row = table_row(r)
+        row[DIFF_COLUMNS.index("divergence")] = fmt_divergence(r.divergence)
+        rows.append(row)
+    return rows
+
+
+def write_diff_table(out: TextIO, fmt: str, report: DiffReport) -> None:
+    """csv/tsv: one row per compared head pair, largest divergence first."""
+    write_table(out, fmt, DIFF_COLUMNS, diff_cells(report))
+
+
+def _aligned(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip() + "\n")
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
+
+
+def write_diff(out: TextIO, report: DiffReport, model_a: str, model_b: str, n_tokens: Sequence[int]) -> None:
+    """Plain `mha diff`: a short header, then every head pair ranked by divergence (and the nearest heads)."""
+    (la, ha), (lb, hb) = report.shape_a, report.shape_b
+    if report.mode == "paired":
+        mode = f"paired: each head against the same head of MODEL_B ({la} layers x {ha} heads)"
+    else:
+        mode = f"matched: MODEL_A {la} x {ha}, MODEL_B {lb} x {hb}; one-to-one Hungarian assignment"
+    tokens = f"{n_tokens[0]} tokens" if len(n_tokens) == 1 else f"{min(n_tokens)}-{max(n_tokens)} tokens each, averaged"
+    header = [
+        ("model_a", model_a),
+        ("model_b", model_b),
+        ("metric", f"{report.metric}: {METRICS[report.metric]}"),
+        ("mode", mode),
+        ("texts", f"{report.n_texts} ({tokens})"),
+    ]
+    width = max(len(k) for k, _ in header)
+    out.write("".join(f"{k:<{width}}  {v}\n" for k, v in header) + "\n")
+    rows = [[format_cell(c) or "-" for c in row] for row in diff_cells(report)]
+    _aligned(out, ["rank", *DIFF_COLUMNS], [[str(i), *r] for i, r in enumerate(rows, start=1)])
+    if report.mode == "matched":
+        for side, unmatched in (("MODEL_A", report.unmatched_a), ("MODEL_B", report.unmatched_b)):
+            if unmatched:
+                out.write(f"\nunmatched heads of {side}: " + ", ".join(f"L{lay}H{h}" for lay, h in unmatched) + "\n")
+        out.write("\nnearest MODEL_A head of each MODEL_B head\n")
+        near = [
+            [str(n.layer_b), str(n.head_b), str(n.layer_a), str(n.head_a), fmt_divergence(n.divergence)]
+            for n in report.nearest or []
+        ]
+        _aligned(out, ["layer_b", "head_b", "layer_a", "head_a", "divergence"], near)
+
+
+# --- mha ablate / mha prune ---------------------------------------------------------------------------------------
+
+from mhacli.views.display import line_chart  # noqa: E402
+
+
+def ablate_header(doc: dict) -> list[tuple[str, str]]:
+    """What was measured: texts, targets, method and the intact model's loss."""
+    scored = "all targets" if doc["loss_from"] <= 1 else f"targets at positions >= {doc['loss_from']}"
+    return [
+        ("texts", f"{doc['n_texts']} ({doc['n_targets']} targets scored: {scored})"),
+        ("method", f"{doc['method']} (a removed head's output is {'0' if doc['method'] == 'zero' else 'its mean output'})"),
+        ("baseline", f"{doc['baseline_loss']:.4f} nats/token"),
+    ]
+
+
+def write_ablate(out: TextIO, doc: dict) -> None:
+    """Plain `mha ablate`: a header, then every head by its loss increase, largest first."""
+    header = ablate_header(doc)
+    width = max(len(k) for k, _ in header)
+    out.write("".join(f"{k:<{width}}  {v}\n" for k, v in header) + "\n")
+    rows = [
+        [str(i), str(r["layer"]), str(r["head"]), r["kind"], f"{r['loss']:.4f}", f"{r['delta']:+.4f}", f"{r['delta_pct']:+.1f}%"]
+        for i, r in enumerate(doc["heads"], start=1)
+    ]
+    _aligned(out, ["rank", "layer", "head", "kind", "loss", "delta", "delta_pct"], rows)
+
+
+def prune_chart(doc: dict, width: int = 60, height: int = 14) -> list[str]:
+    """Loss against the fraction of heads removed: importance order and random orders' mean, the allowed loss."""
+    imp = [(s["fraction"], s["loss"]) for s in doc["importance"]["curve"]]
+    rnd = [(s["fraction"], s["loss_mean"]) for s in doc["random"]["curve"]]
+    bound = doc["baseline_loss"] * (1 + doc["max_increase"])
+    return line_chart(
+        [("least important first", imp), (f"random order (mean of {doc['random']['seeds']})", rnd)],
+        width=width, height=height, hline=(f"baseline + {doc['max_increase']:.0%}", bound),
+        x_label="fraction of heads removed", y_label="loss (nats/token)",
+    )  # fmt: skip
+
+
+def prune_summary(doc: dict) -> list[str]:
+    n = doc["model"]["n_layer"] * doc["model"]["n_head"]
+    imp, rnd = doc["importance"]["prunable_fraction"], doc["random"]["prunable_fraction"]
+    pruned = ", ".join(f"L{a}H{b}" for a, b in doc["pruned"]) or "none"
+    return [
+        f"within {doc['max_increase']:.0%} of the baseline loss ({doc['baseline_loss']:.4f} nats/token):",
+        f"  least important first: {imp:.0%} of the {n} heads can go ({round(imp * n)} heads)",
+        f"  random order:          {rnd:.0%}",
+        f"  pruned heads: {pruned}",
+    ]
+
+
+def write_prune(out: TextIO, doc: dict) -> None:
+    """Plain `mha prune`: the chart, the two curves as a table, and the prunable fractions."""
+    header = ablate_header(doc)
+    width = max(len(k) for k, _ in header)
+    out.write("".join(f"{k:<{width}}  {v}\n" for k, v in header) + "\n")
+    out.write("\n".join(prune_chart(doc)) + "\n\n")
+    rows = []
+    for s, r in zip(doc["importance"]["curve"], doc["random"]["curve"]):
+        removed = " ".join(f"L{a}H{b}" for a, b in s["removed"])
+        rows.append([str(s["n_removed"]), f"{s['fraction']:.3f}", f"{s['loss']:.4f}", f"{r['loss_mean']:.4f}", f"{r['loss_std']:.4f}", removed])
+    _aligned(out, ["n_removed", "fraction", "loss", "random_mean", "random_std", "removed this round"], rows)
+    out.write("\n" + "\n".join(prune_summary(doc)) + "\n")
+
+
+# --- mha census -------------------------------------------------------------------------------------------------
+
+
+def census_sources(doc: dict) -> list[str]:
+    """One line per source: what the census ran."""
+    lines = []
+    for name, s in doc["sources"].items():
+        if name == "corpus":
+            lines.append(f"corpus: {s['n_texts']} texts, {s['n_tokens']} tokens ({s['failed']} failed) from {s['path']}")
+        else:
+            read = "the second copy" if name == "repeat" else "every row"
+            lines.append(f"{name}: {s['n_texts']} sequences of {s['n_tokens']} tokens, seed {s['seed']}, read on {read}")
+    return lines
+
+
+def evidence_text(h: dict) -> str:
+    """'induction 0.931 on repeat (400 rows)': the statistic behind the kind, its source and its support."""
+    e = h["evidence"]
+    mean = "-" if e["mean"] is None else f"{e['mean']:.3f}"
+    rows = h["by_source"][e["source"]]["support"].get(e["statistic"])
+    return f"{e['statistic']} {mean} on {e['source']}" + (f" ({rows} rows)" if rows is not None else "")
+
+
+def write_census(out: TextIO, doc: dict) -> None:
+    for line in census_sources(doc):
+        out.write(line + "\n")
+    out.write("\n")
+    rows = [
+        [str(h["layer"]), str(h["head"]), h["kind"], f"{h['confidence']:.2f}", evidence_text(h)]
+        for h in doc["heads"]
+    ]
+    _aligned(out, ["layer", "head", "kind", "confidence", "evidence"], rows)

@@ -1,0 +1,157 @@
+"""`mha inspect` on a terminal: the heads' maps (one large, or small multiples a layer per row), a query's bars,
+every query's strongest keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from rich.console import Console, Group
+from rich.text import Text
+
+from mhacli.views.display import token_label
+from mhacli.analyses.heads import HeadView
+from mhacli.analyses.partial import MapRequest, strongest
+from mhacli.views.terminal.common import auto_panel_keys, head_title, inspect_title, shares_kv, weight_colour, window_note
+from mhacli.views.terminal.heatmap import legend as heat_legend
+from mhacli.views.terminal.heatmap import GAP, map_window, panel, side_by_side, uses_color
+from mhacli.analyses.stats import TOO_PLAIN, undecidable
+
+
+def screen_keys(height: int, panel_rows: int, color: bool) -> int:
+    """The largest square window whose `panel_rows` rows of panels (a blank line, title, ruler and the map's
+    lines each: two query rows a line with colour), the window note and the next prompt fit `height` lines."""
+    lines = (height - 2) // max(1, panel_rows) - 3  # and a line for the prompt after
+    return max(1, lines * (2 if color else 1))
+
+
+def map_request(
+    n_seq: int, *, width: int, query: int | None = None, top: int | None = None, start: int = 0,
+    keys: tuple[int, int] | None = None, panel_keys: int | None = None,
+) -> MapRequest:  # fmt: skip
+    """What render_inspect will draw of each map on a console `width` wide, so only that is computed: query row
+    `query` (keys 0..query), every row's `top` keys, or the largest window map_panels can choose (its rows and keys
+    are never more than max(width, panel_keys); any smaller window from the same start and keys lies inside)."""
+    if query is not None:
+        return MapRequest(rows=(query,), keys=tuple(range(query + 1)))
+    if top is not None:
+        return MapRequest(top=top)
+    most = max(width, panel_keys or 0)
+    win = map_window(n_seq, start, most, most, keys)
+    return MapRequest(rows=tuple(range(win.lo, win.hi)), keys=tuple(sorted({0, *win.keys})))
+
+
+def map_panels(
+    console: Console, views: Sequence[HeadView], tokens: Sequence[str], *, start: int = 0,
+    keys: tuple[int, int] | None = None, panel_keys: int | None = None, used_lines: int = 2,
+) -> None:
+    """Every selected head's map (`used_lines`: what is above it on the screen): one head drawn large (token labels, wider cells when they fit); several heads as
+    small multiples, a layer per row of panels (wrapping when a layer does not fit), all with the same window."""
+    n_seq = len(tokens)
+    color = uses_color(console)
+    width = console.width
+    show_kv = shares_kv(views)
+    if len(views) == 1:
+        token_w = min(12, max(len(token_label(t)) for t in tokens)) * (2 if color else 1) + (1 if color else 0)
+        label_w = len(str(n_seq - 1)) + token_w + 2
+        n_keys = panel_keys or max(2, width - label_w - 1)
+        cell = 2 if (min(n_seq, n_keys) + 1) * 2 <= width - label_w else 1
+        n_keys = min(n_keys, (width - label_w) // cell - 1)
+        win = map_window(n_seq, start, n_keys, n_keys, keys)
+        lines = panel(views[0].attention, inspect_title(views[0], show_kv), win, cell=cell, color=color, tokens=tokens, token_w=token_w)
+        window_note(console, win)
+        for line in lines:
+            console.print(line, no_wrap=True, overflow="crop")
+        return
+    by_layer: dict[int, list[HeadView]] = {}
+    for v in views:
+        by_layer.setdefault(v.layer, []).append(v)
+    per_row = max(len(vs) for vs in by_layer.values())
+    n_keys = panel_keys or auto_panel_keys(n_seq, width, per_row)
+    if panel_keys is None and console.is_terminal:  # on a screen: every head on it, where 12-key windows allow
+        n_keys = min(n_keys, max(min(n_seq, 12), screen_keys(console.height - used_lines, len(by_layer), color)))
+    win = map_window(n_seq, start, n_keys, n_keys, keys)
+    window_note(console, win)
+    # Every panel as wide: the longest whole title where a layer's panels still fit side by side, else the head names.
+    name_w = 1 + max(len(inspect_title(v, show_kv).plain.split(" ", 1)[0]) for v in views)
+    room = (width + GAP) // per_row - GAP
+    short = max(inspect_title(v, show_kv).cell_len for v in views) > room  # `(111)` for `(111 rows)` where tight
+    title_w = max(inspect_title(v, show_kv, short).cell_len for v in views)
+    panels = [(v.layer, panel(v.attention, inspect_title(v, show_kv, short), win, cell=1, color=color, min_width=max(name_w, min(title_w, room)))) for v in views]
+    panel_w = panels[0][1][0].cell_len
+    fit_n = max(1, (width + GAP) // (panel_w + GAP))
+    for layer in by_layer:
+        row = [p for lay, p in panels if lay == layer]
+        for k in range(0, len(row), fit_n):
+            console.print()
+            for line in side_by_side(row[k : k + fit_n]):
+                console.print(line, no_wrap=True, overflow="crop")
+
+
+def query_bars(
+    view: HeadView, tokens: Sequence[str], query: int, width: int, limit: int = 40, show_kv: bool = False
+) -> Group:
+    """Where query token `query` looks in this head: one bar per key."""
+    row = view.attention[query, : query + 1]
+    keys = list(range(query + 1))
+    note = None
+    if len(keys) > limit:
+        keys = sorted(np.argsort(row)[::-1][:limit].tolist())
+        note = Text(f"the {limit} strongest of {query + 1} keys, in text order", style="dim")
+    label_w = 14
+    bar_w = max(10, width - label_w - 16)
+    lines: list = [head_title(view, show_kv), Text(f"query {query} {token_label(tokens[query], 20)!r}", style="bold")]
+    if note:
+        lines.append(note)
+    for j in keys:
+        w = float(row[j])
+        n = int(round(w * bar_w))
+        line = Text(f"{j:>5} {token_label(tokens[j], label_w - 1):<{label_w - 1}} ")
+        line.append("█" * n, style=weight_colour(w))
+        line.append(f" {w:.3f}")
+        lines.append(line)
+    return Group(*lines)
+
+
+def top_keys(view: HeadView, tokens: Sequence[str], k: int, show_kv: bool = False) -> Group:
+    """The k strongest keys of every query row, as text."""
+    lines: list = [head_title(view, show_kv)]
+    for i in range(view.attention.shape[0]):
+        best, weights = strongest(view.attention, i, k)
+        line = Text(f"{i:>5} {token_label(tokens[i], 12):<12} → ")
+        for rank, (j, w) in enumerate(zip(best, weights)):
+            if rank:
+                line.append(", ")
+            line.append(f"{j}:{token_label(tokens[j], 12)}", style=weight_colour(float(w)) if w >= 0.01 else "dim")
+            line.append(f" {w:.2f}")
+        lines.append(line)
+    return Group(*lines)
+
+
+def render_inspect(
+    console: Console,
+    views: Sequence[HeadView],
+    tokens: Sequence[str],
+    *,
+    query: int | None = None,
+    top: int | None = None,
+    start: int = 0,
+    keys: tuple[int, int] | None = None,
+    panel_keys: int | None = None,
+) -> None:
+    if views and undecidable(views[0].stats.support):
+        console.print(Text(TOO_PLAIN, style="dim"))
+    listed = Text(f"{len(tokens)} tokens: ", style="bold") + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60]))) + Text(" …" if len(tokens) > 60 else "")
+    console.print(listed)
+    if query is None and top is None:
+        console.print(heat_legend(uses_color(console)), no_wrap=True, overflow="ellipsis")
+        used = len(listed.wrap(console, console.width)) + 1 + bool(views and undecidable(views[0].stats.support))
+        map_panels(console, views, tokens, start=start, keys=keys, panel_keys=panel_keys, used_lines=used)
+        return
+    show_kv = shares_kv(views)
+    for view in views:
+        console.print()
+        if query is not None:
+            console.print(query_bars(view, tokens, query, console.width, show_kv=show_kv))
+        else:
+            console.print(top_keys(view, tokens, top, show_kv=show_kv))

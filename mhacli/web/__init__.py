@@ -1,1 +1,0 @@
-"""Resources of the HTML page (--save FILE.html): page.js and page.css, inlined by mhacli.webpage."""
