@@ -40,8 +40,10 @@ def main() -> int:
         imports, model, app = map(float, out[-3:])
         # the interpreter's own start-up is not in the child's figures: add it from the parent's clock
         total = imports + model + app
-        print(f"{k + 1:>3}  {total:.2f} s in the process  ({imports:.2f} + {model:.2f} + {app:.2f}); "
-              f"whole process incl. interpreter start and exit {time.perf_counter() - start:.2f} s")
+        print(
+            f"{k + 1:>3}  {total:.2f} s in the process  ({imports:.2f} + {model:.2f} + {app:.2f}); "
+            f"whole process incl. interpreter start and exit {time.perf_counter() - start:.2f} s"
+        )
     return 0
 
 

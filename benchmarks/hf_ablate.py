@@ -17,6 +17,7 @@ d_head = model.config.n_embd // model.config.n_head
 def loss_without(layer: int | None, head: int | None) -> float:
     hook = None
     if layer is not None:
+
         def zero_head(module, args):
             x = args[0].clone()
             x[..., head * d_head : (head + 1) * d_head] = 0.0

@@ -66,7 +66,9 @@ def main() -> None:
     views, tokens = synthetic_views(args.layers, args.heads, args.tokens)
     t_views = time.perf_counter() - t
     t = time.perf_counter()
-    page = inspect_page(views=views, tokens=tokens, caption=f"synthetic {args.layers}x{args.heads}, {args.tokens} tokens")
+    page = inspect_page(
+        views=views, tokens=tokens, caption=f"synthetic {args.layers}x{args.heads}, {args.tokens} tokens"
+    )
     t_build = time.perf_counter() - t
     out = args.out or Path(tempfile.mkdtemp()) / "page.html"
     out.write_text(page, encoding="utf-8")

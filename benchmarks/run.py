@@ -89,15 +89,24 @@ def measure_tree(cmd: list[str], runs: int) -> dict:
                         continue  # multiprocessing's resource tracker
                 except OSError:
                     continue
-                hwm = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+                hwm = next(
+                    (int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0
+                )
                 peaks[pid] = max(peaks.get(pid, 0), hwm)
             time.sleep(0.02)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n{proc.stderr.read().decode()[-2000:]}")
+            raise SystemExit(
+                f"benchmark command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n{proc.stderr.read().decode()[-2000:]}"
+            )
         walls.append(wall)
         workers.append(max(peaks.values(), default=0))
-    return {"wall_s": statistics.median(walls), "walls": walls, "worker_peak_rss_bytes": max(workers), "worker_peak_rss_runs": workers}
+    return {
+        "wall_s": statistics.median(walls),
+        "walls": walls,
+        "worker_peak_rss_bytes": max(workers),
+        "worker_peak_rss_runs": workers,
+    }
 
 
 def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path]], out: Path) -> list[dict]:
@@ -107,10 +116,31 @@ def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path
     rows = []
     for label, model in models:
         per_text = out / f"census_{model.name}.jsonl"
-        run_process([*mha, "census", "--texts", str(corpus), "-m", str(model), "-j", "1", "-f", "json", "--per-text", str(per_text)])
+        run_process(
+            [
+                *mha,
+                "census",
+                "--texts",
+                str(corpus),
+                "-m",
+                str(model),
+                "-j",
+                "1",
+                "-f",
+                "json",
+                "--per-text",
+                str(per_text),
+            ]
+        )
         texts = [json.loads(line) for line in per_text.read_text().splitlines()]
         ids_file = out / f"census_ids_{model.name}.jsonl"
-        ids_file.write_text("".join(json.dumps({"token_ids": t["token_ids"], "first_row": t["n_tokens"] - t["rows"]}) + "\n" for t in texts if "error" not in t))
+        ids_file.write_text(
+            "".join(
+                json.dumps({"token_ids": t["token_ids"], "first_row": t["n_tokens"] - t["rows"]}) + "\n"
+                for t in texts
+                if "error" not in t
+            )
+        )
         n_texts = sum("error" not in t for t in texts)
         log(f"measuring: census, {label}, HF")
         hf = measure([py, str(HERE / "hf_census.py"), str(model), str(ids_file)], runs)
@@ -146,10 +176,19 @@ def build_long(out: Path) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     n_layer, n_head, n_embd, n_positions = LONG_SHAPE
-    log(f"building a random-init GPT-2 ({n_layer} layers, {n_head} heads, {n_embd} wide, n_positions {n_positions}) in {directory}")
+    log(
+        f"building a random-init GPT-2 ({n_layer} layers, {n_head} heads, {n_embd} wide, n_positions {n_positions}) in {directory}"
+    )
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions, vocab_size=2048,
-                        bos_token_id=0, eos_token_id=0)  # fmt: skip
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        n_positions=n_positions,
+        vocab_size=2048,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     GPT2LMHeadModel(config).eval().save_pretrained(directory)
     for f in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
         if (SAMPLE / f).is_file():
@@ -196,7 +235,9 @@ def long_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
     rows = []
     for n in LONG_TOKENS:
         log(f"measuring: mha stats, long-context model, T = {n}")
-        rows.append({"tokens": n, "mha": measure([*mha, "stats", text_of_tokens(n), "-m", str(model), "-f", "json"], runs)})
+        rows.append(
+            {"tokens": n, "mha": measure([*mha, "stats", text_of_tokens(n), "-m", str(model), "-f", "json"], runs)}
+        )
     t = np.array([r["tokens"] for r in rows], dtype=float)
     rss = np.array([r["mha"]["peak_rss_bytes"] for r in rows], dtype=float)
     slope, intercept = np.polyfit(t, rss, 1)
@@ -204,12 +245,21 @@ def long_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
     hf = []
     for n in HF_LONG_TOKENS:
         log(f"trying: HF eager with output_attentions, T = {n}")
-        hf.append({"tokens": n, **attempt([py, str(HERE / "hf_stats.py"), str(model), text_of_tokens(n)], HF_LONG_LIMIT_S)})
+        hf.append(
+            {"tokens": n, **attempt([py, str(HERE / "hf_stats.py"), str(model), text_of_tokens(n)], HF_LONG_LIMIT_S)}
+        )
         if not hf[-1]["ok"]:
             break
     longest = max((r["tokens"] for r in hf if r["ok"]), default=None)
-    return {"shape": dict(zip(("n_layer", "n_head", "n_embd", "n_positions"), LONG_SHAPE)), "mha": rows, "others": others,
-            "rss_slope_bytes_per_token": slope, "rss_intercept_bytes": intercept, "hf": hf, "hf_longest_tokens": longest}  # fmt: skip
+    return {
+        "shape": dict(zip(("n_layer", "n_head", "n_embd", "n_positions"), LONG_SHAPE)),
+        "mha": rows,
+        "others": others,
+        "rss_slope_bytes_per_token": slope,
+        "rss_intercept_bytes": intercept,
+        "hf": hf,
+        "hf_longest_tokens": longest,
+    }
 
 
 def other_long_rows(mha: list[str], model: Path, runs: int, out: Path, n: int) -> list[dict]:
@@ -239,14 +289,27 @@ def long_markdown(results: dict) -> str:
         "| `mha stats`, T | wall (median) | peak RSS |",
         "| --- | --- | --- |",
     ]
-    lines += [f"| {row['tokens']:,} | {row['mha']['wall_s']:.1f} s | {mib(row['mha']['peak_rss_bytes'])} |" for row in r["mha"]]
+    lines += [
+        f"| {row['tokens']:,} | {row['mha']['wall_s']:.1f} s | {mib(row['mha']['peak_rss_bytes'])} |"
+        for row in r["mha"]
+    ]
     lines += ["", "| other commands, T | wall (median) | peak RSS |", "| --- | --- | --- |"]
-    lines += [f"| {o['case']}, {o['tokens']:,} | {o['mha']['wall_s']:.1f} s | {mib(o['mha']['peak_rss_bytes'])} |" for o in r.get("others", [])]
-    lines += ["", f"Peak RSS grows by {r['rss_slope_bytes_per_token'] / 1024:.1f} KiB per token (least squares over the rows above).", "",
-              "| HF eager `output_attentions`, T | ran | wall | peak RSS |", "| --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        f"| {o['case']}, {o['tokens']:,} | {o['mha']['wall_s']:.1f} s | {mib(o['mha']['peak_rss_bytes'])} |"
+        for o in r.get("others", [])
+    ]
+    lines += [
+        "",
+        f"Peak RSS grows by {r['rss_slope_bytes_per_token'] / 1024:.1f} KiB per token (least squares over the rows above).",
+        "",
+        "| HF eager `output_attentions`, T | ran | wall | peak RSS |",
+        "| --- | --- | --- | --- |",
+    ]
     for h in r["hf"]:
         peak = mib(h["peak_rss_bytes"])
-        lines.append(f"| {h['tokens']:,} | {'yes' if h['ok'] else 'no: ' + h['failure']} | {h['wall_s']:.1f} s | {peak} |")
+        lines.append(
+            f"| {h['tokens']:,} | {'yes' if h['ok'] else 'no: ' + h['failure']} | {h['wall_s']:.1f} s | {peak} |"
+        )
     return "\n".join(lines)
 
 
@@ -308,15 +371,19 @@ SINKS = ("maps", "stats", "none")  # the forward keeping every map (inspect), st
 def forward_rate(model_dir: Path, n_tokens: int, repeats: int = 3, sinks: str = "maps") -> dict:
     """In-process: seconds and GFLOP/s of one full forward (every layer's attention), weights already read; its
     attention kept as whole maps (`maps`), reduced to statistics as it streams (`stats`) or dropped (`none`)."""
+    from mhacli.analyses.stats import StatsAccumulator
     from mhacli.engine.attention import DISCARD
     from mhacli.engine.forward import forward
-    from mhacli.analyses.stats import StatsAccumulator
     from mhacli.io.weights import load_model
 
     ckpt = load_model(str(model_dir), cache=True)
     c = ckpt.config
     ids = np.arange(n_tokens) % c.vocab_size
-    where = {"maps": lambda layer: None, "stats": lambda layer: StatsAccumulator(c.n_head, ids), "none": lambda layer: DISCARD}[sinks]
+    where = {
+        "maps": lambda layer: None,
+        "stats": lambda layer: StatsAccumulator(c.n_head, ids),
+        "none": lambda layer: DISCARD,
+    }[sinks]
     list(forward(ckpt, ids, sinks=where))  # reads the weights once, warms up
     runs = [timed(lambda: list(forward(ckpt, ids, sinks=where))) for _ in range(repeats)]
     seconds = min(runs)
@@ -398,7 +465,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="bundled model and GPT-2 small only, 3 runs")
     parser.add_argument("--census", action="store_true", help="only the census rows, written to results/census.json")
     parser.add_argument("--long", action="store_true", help="only the long-context rows, written to results/long.json")
-    parser.add_argument("--roofline", action="store_true", help="only the forward's share of the GEMM peak (results/roofline.json)")
+    parser.add_argument(
+        "--roofline", action="store_true", help="only the forward's share of the GEMM peak (results/roofline.json)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="where the checkpoints are built")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "latest.json", help="the results JSON file")
     args = parser.parse_args()
@@ -413,8 +482,13 @@ def main() -> None:
 
     def only(key: str, rows, markdown_of) -> None:
         """A run of one group of rows (--long, --census): results/<key>.json (or --results) and its table."""
-        results = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv), "runs_per_measurement": runs,
-                   "machine": machine, key: rows}  # fmt: skip
+        results = {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv),
+            "runs_per_measurement": runs,
+            "machine": machine,
+            key: rows,
+        }
         path = args.results if "--results" in sys.argv else HERE / "results" / f"{key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1) + "\n")
@@ -453,8 +527,14 @@ def main() -> None:
         results["rows"].append(row)
 
     short = "ROMEO: I love thee. JULIET: I love thee."
-    compare("cold `mha stats --format json`, bundled model", [*mha, "stats", short, "-f", "json"], [*hf, str(SAMPLE), short])
-    compare("cold `mha inspect --format json`, bundled model", [*mha, "inspect", short, "-f", "json"], [*hf, str(SAMPLE), short])
+    compare(
+        "cold `mha stats --format json`, bundled model", [*mha, "stats", short, "-f", "json"], [*hf, str(SAMPLE), short]
+    )
+    compare(
+        "cold `mha inspect --format json`, bundled model",
+        [*mha, "inspect", short, "-f", "json"],
+        [*hf, str(SAMPLE), short],
+    )
     cases = [("small", 128), ("small", 1024)] if args.quick else [("small", 128), ("small", 1024), ("medium", 1024)]
     if args.xl:
         cases.append(("xl", 1024))
@@ -532,7 +612,11 @@ def markdown(results: dict) -> str:
             f"| {r['case']} | {mh['wall_s']:.2f} s | {hf['wall_s']:.2f} s | {r['wall_ratio']:.2f}x | "
             f"{mib(mh['peak_rss_bytes'])} | {mib(hf['peak_rss_bytes'])} | {r['rss_ratio']:.2f}x |"
         )
-    lines += ["", "| forward (in-process, all maps) | seconds | GFLOP | GFLOP/s | of GEMM peak |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| forward (in-process, all maps) | seconds | GFLOP | GFLOP/s | of GEMM peak |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for f in results["forward"]:
         lines.append(
             f"| GPT-2 {f['model']}, T = {f['tokens']} | {f['seconds']:.2f} | {f['gflop']:.0f} | {f['gflops']:.1f} | "
@@ -545,7 +629,11 @@ def markdown(results: dict) -> str:
 
 def census_markdown(results: dict, header: bool = True) -> str:
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores. Wall times: median of {results['runs_per_measurement']} runs.", ""] if header else []
+    lines = (
+        [f"Machine: {m['cpu']}, {m['cores']} cores. Wall times: median of {results['runs_per_measurement']} runs.", ""]
+        if header
+        else []
+    )
     lines += [
         "| census | wall (median) | texts/s | speed-up vs 1 worker | HF wall (median) | wall ratio | peak RSS | peak RSS per worker | HF peak RSS |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

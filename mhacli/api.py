@@ -22,26 +22,27 @@ from pathlib import Path
 import numpy as np
 
 from mhacli.analyses.ablate import METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, removal_edits
-from mhacli.engine.attention import DISCARD, Sink
-from mhacli.engine.blocks import ZEdit
-from mhacli.config import ModelConfig
+from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally
 from mhacli.analyses.diff import DiffReport
-from mhacli.errors import TextError, UsageError
 from mhacli.analyses.explain import Explanation
 from mhacli.analyses.heads import HeadView, memory_needed
-from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally
 from mhacli.analyses.loss import text_losses
+from mhacli.analyses.stats import HeadStats, layer_stats
+from mhacli.config import ModelConfig
+from mhacli.engine.attention import DISCARD, Sink
+from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import embed, forward_from
+from mhacli.errors import TextError, UsageError
+from mhacli.io.textin import TokenizedText, from_ids, ids_from_items, tokenize
+from mhacli.io.textin import check_ids as check_id_values
+from mhacli.io.tokenizer import Tokenizer, load_tokenizer
+from mhacli.io.weights import Checkpoint, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops.ablation import check_scorable
 from mhacli.ops.diff import check_metric, compare, tokenize_both
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import check_heads, head_views
 from mhacli.ops.memory import Size
-from mhacli.analyses.stats import HeadStats, layer_stats
-from mhacli.io.textin import TokenizedText, check_ids as check_id_values, from_ids, ids_from_items, tokenize
-from mhacli.io.tokenizer import Tokenizer, load_tokenizer
-from mhacli.io.weights import Checkpoint, load_model
 
 __all__ = ["Ablation", "Census", "Model", "Run", "census", "diff", "load"]
 
@@ -89,7 +90,12 @@ def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> n
     of them (with truncate=True the first n_positions are kept). Returns them as int64 [n_seq]. The same check,
     and the same messages, as the CLI's --ids (mhacli.io.textin.check_ids)."""
     kept, _ = check_id_values(
-        _id_values(ids), config.vocab_size, config.n_positions, truncate=truncate, where="ids", truncate_hint=TRUNCATE_HINT
+        _id_values(ids),
+        config.vocab_size,
+        config.n_positions,
+        truncate=truncate,
+        where="ids",
+        truncate_hint=TRUNCATE_HINT,
     )
     return np.asarray(kept, dtype=np.int64)
 
@@ -118,14 +124,24 @@ class Model:
             return tokenize(self.tokenizer, check_text(text), c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
         values = _id_values(ids)
         return from_ids(
-            self.tokenizer, values, c.n_positions, vocab_size=c.vocab_size, truncate=truncate, where="ids",
+            self.tokenizer,
+            values,
+            c.n_positions,
+            vocab_size=c.vocab_size,
+            truncate=truncate,
+            where="ids",
             truncate_hint=TRUNCATE_HINT,
-        )  # fmt: skip
+        )
 
     def run(
-        self, text: str | None = None, *, ids: IdsLike | None = None, truncate: bool = False,
-        remove: Iterable[Head] | None = None, max_memory: Size = None,
-    ) -> Run:  # fmt: skip
+        self,
+        text: str | None = None,
+        *,
+        ids: IdsLike | None = None,
+        truncate: bool = False,
+        remove: Iterable[Head] | None = None,
+        max_memory: Size = None,
+    ) -> Run:
         """One text through the model. Nothing is computed until asked for; what is computed is kept.
         `remove`: heads (layer, head) zeroed before W_O in every computation of this run (`--ablate`).
         `max_memory` (bytes, or a size like '2G'; default 80% of available memory): a computation of this run that
@@ -141,14 +157,25 @@ class Model:
         estimate counts them."""
         c = self.config
         return memory_needed(
-            c, int(n_seq), kept_layers=c.n_layer if maps else 0, kept_heads=c.n_head if maps else 0, keep_maps=maps,
+            c,
+            int(n_seq),
+            kept_layers=c.n_layer if maps else 0,
+            kept_heads=c.n_head if maps else 0,
+            keep_maps=maps,
             weight_bytes=self.checkpoint.weight_bytes(),
-        )  # fmt: skip
+        )
 
     def explain(
-        self, text: str | None = None, *, ids: IdsLike | None = None, layer: int, head: int, query: int | None = None,
-        truncate: bool = False, max_memory: Size = None,
-    ) -> Explanation:  # fmt: skip
+        self,
+        text: str | None = None,
+        *,
+        ids: IdsLike | None = None,
+        layer: int,
+        head: int,
+        query: int | None = None,
+        truncate: bool = False,
+        max_memory: Size = None,
+    ) -> Explanation:
         """One head's computation for one query token (default the last; negative counts from the end)."""
         return self.run(text, ids=ids, truncate=truncate, max_memory=max_memory).explain(layer, head, query)
 
@@ -206,9 +233,15 @@ class Run:
     def _guard(self, layers: list[int] | None, *, keep_maps: bool, how: str = "use a shorter text") -> None:
         """The CLI's memory guard (mhacli.ops.memory) for this run: ResourceError past max_memory."""
         check_heads(
-            self.model.checkpoint, self.n_seq, layers, None, keep_maps=keep_maps, max_memory=self.max_memory,
-            how_to_narrow=how, option=API_OPTION,
-        )  # fmt: skip
+            self.model.checkpoint,
+            self.n_seq,
+            layers,
+            None,
+            keep_maps=keep_maps,
+            max_memory=self.max_memory,
+            how_to_narrow=how,
+            option=API_OPTION,
+        )
 
     def _advance(self, stop: int, keep: int | None = None) -> None:
         """Run the layers not yet run, up to stop-1, keeping the map of layer `keep` (others are not kept)."""
@@ -234,7 +267,7 @@ class Run:
             if layer < len(self._inputs) - 1:  # the stream entering it is kept: that one layer again, with its map
                 for trace in forward_from(
                     self.model.checkpoint, self._inputs[layer], layer, layer + 1, edits=self.edits, sinks=lambda _: None
-                ):  # fmt: skip
+                ):
                     self._attention[layer] = trace.attention
             else:
                 self._advance(layer + 1, keep=layer)
@@ -258,7 +291,9 @@ class Run:
         missing = [x for x in layers if x not in self._stats]
         if missing:
             self._guard(missing, keep_maps=False)
-            for view in head_views(self.model.checkpoint, self.tokenized.ids, layers=missing, keep_maps=False, edits=self.edits):
+            for view in head_views(
+                self.model.checkpoint, self.tokenized.ids, layers=missing, keep_maps=False, edits=self.edits
+            ):
                 self._stats.setdefault(view.layer, []).append(view.stats)
         out = [s for x in layers for s in self._stats[x]]
         if head is not None:
@@ -298,9 +333,7 @@ class Run:
             self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory, option=API_OPTION
         )
 
-    def ablate(
-        self, heads: Iterable[Head] | None = None, *, method: str = "zero", loss_from: int = 1
-    ) -> Ablation:
+    def ablate(self, heads: Iterable[Head] | None = None, *, method: str = "zero", loss_from: int = 1) -> Ablation:
         """Each head removed alone (`mha ablate`): the loss against the intact model's, largest increase first.
         heads: (layer, head) pairs (default every head); method: zero, or mean (its mean output on this text)."""
         if self.removed:
@@ -328,8 +361,8 @@ class Run:
 
     def page(self) -> str:
         """The offline HTML page of this run (every head's map; what `mha inspect --save x.html` writes)."""
-        from mhacli.views import save as saving
         from mhacli.views import page as webpage
+        from mhacli.views import save as saving
 
         return webpage.page_for(saving.inspect_picture(self.model.checkpoint, self.tokenized, self.views()))
 
@@ -367,9 +400,16 @@ class Ablation:
 
 
 def diff(
-    model_a: Model, model_b: Model, text: str | Sequence[str], *, metric: str = "js", match: bool = False,
-    remove_b: Iterable[Head] | None = None, truncate: bool = False, max_memory: Size = None,
-) -> DiffReport:  # fmt: skip
+    model_a: Model,
+    model_b: Model,
+    text: str | Sequence[str],
+    *,
+    metric: str = "js",
+    match: bool = False,
+    remove_b: Iterable[Head] | None = None,
+    truncate: bool = False,
+    max_memory: Size = None,
+) -> DiffReport:
     """Per-head divergence of model_b's attention from model_a's on the same token ids (`mha diff`): head by head
     when their shapes agree (unless match=True), else matched (Hungarian) and nearest heads. Several texts: the
     mean over texts. metric: js (bits), tv or cosine. remove_b: heads of model_b zeroed first. A request needing
@@ -388,9 +428,15 @@ def diff(
         check_head(h, model_b.config.n_layer, model_b.config.n_head)
     edits_b = removal_edits(removed) if removed else None
     return compare(
-        model_a.checkpoint, model_b.checkpoint, items, metric, match=match, edits_b=edits_b, max_memory=max_memory,
+        model_a.checkpoint,
+        model_b.checkpoint,
+        items,
+        metric,
+        match=match,
+        edits_b=edits_b,
+        max_memory=max_memory,
         option=API_OPTION,
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -413,10 +459,19 @@ class Census:
 
 
 def census(
-    model: Model, texts: Iterable[str] | None = None, *, probes: Sequence[str] = PROBES, probe_count: int = 20,
-    repeat_length: int = 20, random_length: int = 64, seed: int = 0, truncate: bool = False, workers: int = 1,
-    dask: str | None = None, max_memory: Size = None,
-) -> Census:  # fmt: skip
+    model: Model,
+    texts: Iterable[str] | None = None,
+    *,
+    probes: Sequence[str] = PROBES,
+    probe_count: int = 20,
+    repeat_length: int = 20,
+    random_length: int = 64,
+    seed: int = 0,
+    truncate: bool = False,
+    workers: int = 1,
+    dask: str | None = None,
+    max_memory: Size = None,
+) -> Census:
     """Every head's kind over seeded probes (repeat, random) and `texts` (a corpus), as `mha census` computes it
     (docs/census.md; the same implementation, mhacli.ops.census): in this process (workers=1), in `workers` local
     processes, or on a Dask cluster (dask: an address or 'local'). A text that cannot run raises its error."""
@@ -438,9 +493,19 @@ def census(
     run = censuses.CensusRun((c.n_layer, c.n_head), strict=True, strict_name="a failed text stops the census")
     lines = None if not corpus else [(None, t) for t in corpus]
     censuses.run_census(
-        run, ckpt, model.tokenizer, probes, spec, prefix, ordinary, lines, truncate=truncate, workers=workers,
-        dask=dask, where=lambda n, line: f"text {n}",
-    )  # fmt: skip
+        run,
+        ckpt,
+        model.tokenizer,
+        probes,
+        spec,
+        prefix,
+        ordinary,
+        lines,
+        truncate=truncate,
+        workers=workers,
+        dask=dask,
+        where=lambda n, line: f"text {n}",
+    )
     doc = censuses.build_doc(run, ckpt.model_dict(), spec, probes, prefix, None, c.kv_head, has_corpus=bool(corpus))
     ran = run.ran()
     return Census(censuses.verdicts(ran), ran, spec, probes, doc)

@@ -47,7 +47,9 @@ def svg_to_png(svg: str, png: Path) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         page_file = Path(tmp) / "browse.html"
-        page_file.write_text(f"<!doctype html><html><body style='margin:0;background:#fff'>{svg}</body></html>", encoding="utf-8")
+        page_file.write_text(
+            f"<!doctype html><html><body style='margin:0;background:#fff'>{svg}</body></html>", encoding="utf-8"
+        )
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(device_scale_factor=1)

@@ -1,6 +1,6 @@
 """Regenerate the pictures the README shows, from the bundled sample model (deterministic: same bytes each run).
 
-    .venv/bin/python scripts/make_docs_figures.py        # writes docs/inspect.png and docs/stats.png
+.venv/bin/python scripts/make_docs_figures.py        # writes docs/inspect.png and docs/stats.png
 """
 
 from __future__ import annotations

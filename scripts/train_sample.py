@@ -96,8 +96,9 @@ def train_tokenizer(text: str, vocab_size: int):
 def save_tokenizer(tok, out: str):
     from transformers import GPT2TokenizerFast
 
-    fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT,
-                             add_prefix_space=False, model_max_length=256)
+    fast = GPT2TokenizerFast(
+        tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, add_prefix_space=False, model_max_length=256
+    )
     fast.save_pretrained(out)
     # GPT-2 style vocab.json / merges.txt as well (the slow GPT2Tokenizer reads these).
     model_json = json.loads(tok.to_str())["model"]
@@ -116,12 +117,22 @@ def save_tokenizer(tok, out: str):
 
 def natural_rows(rng, tokens: np.ndarray, n: int, T: int):
     starts = rng.integers(0, len(tokens) - T, n)
-    x = np.stack([tokens[s:s + T] for s in starts])
+    x = np.stack([tokens[s : s + T] for s in starts])
     return x, x.copy()
 
 
-def repeat_rows(rng, n: int, T: int, lo: int, hi: int, lmin: int, lmax: int, tile: bool = False,
-                text_tokens=None, text_frac: float = 0.0):
+def repeat_rows(
+    rng,
+    n: int,
+    T: int,
+    lo: int,
+    hi: int,
+    lmin: int,
+    lmax: int,
+    tile: bool = False,
+    text_tokens=None,
+    text_frac: float = 0.0,
+):
     """Rows of blocks [s, s] with s random of random length; labels on 2nd copies.
 
     With ``tile`` a row is one random s repeated until the row is full."""
@@ -131,18 +142,18 @@ def repeat_rows(rng, n: int, T: int, lo: int, hi: int, lmin: int, lmax: int, til
         if tile:
             L = int(rng.integers(lmin, lmax + 1))
             x[r] = np.resize(rng.integers(lo, hi, L), T)
-            lab[r, L + 1:] = x[r, L + 1:]
+            lab[r, L + 1 :] = x[r, L + 1 :]
             continue
         pos = 0
         while pos < T:
             L = int(rng.integers(lmin, lmax + 1))
             if text_tokens is not None and rng.random() < text_frac:
                 a0 = int(rng.integers(0, len(text_tokens) - L))
-                s = text_tokens[a0:a0 + L]  # a real passage, repeated verbatim
+                s = text_tokens[a0 : a0 + L]  # a real passage, repeated verbatim
             else:
                 s = rng.integers(lo, hi, L)
             blk = np.concatenate([s, s])[: T - pos]
-            x[r, pos:pos + len(blk)] = blk
+            x[r, pos : pos + len(blk)] = blk
             a, b = pos + L + 1, min(pos + 2 * L, T)
             if a < b:
                 lab[r, a:b] = x[r, a:b]
@@ -180,7 +191,8 @@ def head_scores(model, torch, val_tokens: np.ndarray, vocab_size: int, seed: int
         out = model(x, output_attentions=True)
         ind = []
         ind_loss = torch.nn.functional.cross_entropy(
-            out.logits[:, 40:79].reshape(-1, out.logits.shape[-1]), x[:, 41:80].reshape(-1)).item()
+            out.logits[:, 40:79].reshape(-1, out.logits.shape[-1]), x[:, 41:80].reshape(-1)
+        ).item()
         i = torch.arange(40, 80)
         prev_rand = []
         k = torch.arange(1, 80)
@@ -194,7 +206,7 @@ def head_scores(model, torch, val_tokens: np.ndarray, vocab_size: int, seed: int
         # previous-token and sink on held-out natural text: 8 passages of 200 tokens
         n_pass, T = 8, 200
         starts = np.linspace(0, len(val_tokens) - T - 1, n_pass).astype(int)
-        x = torch.tensor(np.stack([val_tokens[s:s + T] for s in starts]))
+        x = torch.tensor(np.stack([val_tokens[s : s + T] for s in starts]))
         out = model(x, output_attentions=True)
         prev, sink = [], []
         j = torch.arange(1, T)
@@ -203,9 +215,14 @@ def head_scores(model, torch, val_tokens: np.ndarray, vocab_size: int, seed: int
             sink.append(A[:, :, j, 0].mean(dim=(0, 2)).tolist())
         # sink on the induction-test sequences too
     model.train()
-    return {"previous_token": prev, "induction": ind, "attention_to_pos0": sink,
-            "previous_token_random": prev_rand, "induction_len10": ind_short,
-            "induction_second_copy_loss": ind_loss}
+    return {
+        "previous_token": prev,
+        "induction": ind,
+        "attention_to_pos0": sink,
+        "previous_token_random": prev_rand,
+        "induction_len10": ind_short,
+        "induction_second_copy_loss": ind_loss,
+    }
 
 
 def heldout_loss(model, torch, val_tokens: np.ndarray, T: int, max_windows: int | None = None):
@@ -217,10 +234,11 @@ def heldout_loss(model, torch, val_tokens: np.ndarray, T: int, max_windows: int 
     with torch.no_grad():
         for b in range(0, n, 32):
             idx = range(b, min(n, b + 32))
-            x = torch.tensor(np.stack([val_tokens[k * T:k * T + T] for k in idx]))
+            x = torch.tensor(np.stack([val_tokens[k * T : k * T + T] for k in idx]))
             logits = model(x).logits
-            l = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                  x[:, 1:].reshape(-1), reduction="sum")
+            l = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+            )
             tot += l.item()
             cnt += x[:, 1:].numel()
     model.train()
@@ -239,9 +257,14 @@ def best_head(rows):
 def checkpoint_row(step, sc):
     ind_head, ind = best_head(sc["induction"])
     prev_head, prev = best_head(sc["previous_token"])
-    return {"step": step, "best_induction_head": ind_head, "best_induction": ind,
-            "second_copy_loss": sc["induction_second_copy_loss"],
-            "best_previous_token_head": prev_head, "best_previous_token": prev}
+    return {
+        "step": step,
+        "best_induction_head": ind_head,
+        "best_induction": ind,
+        "second_copy_loss": sc["induction_second_copy_loss"],
+        "best_previous_token_head": prev_head,
+        "best_previous_token": prev,
+    }
 
 
 def save_early(args, early, crossed_at, curve, tok, cfg, model_cls, torch, val_tokens, V, T):
@@ -259,7 +282,7 @@ def save_early(args, early, crossed_at, curve, tok, cfg, model_cls, torch, val_t
         "step": step,
         "of_steps": args.steps,
         "chosen_as": f"the last checkpoint (every {args.checkpoint_every} steps) before the best induction score "
-                     f"rose above {args.early_threshold}, which happened at step {crossed_at}",
+        f"rose above {args.early_threshold}, which happened at step {crossed_at}",
         "heldout_loss_nats_per_token": vl,
         "heldout_tokens": int(len(val_tokens)),
         "per_head": {
@@ -268,15 +291,16 @@ def save_early(args, early, crossed_at, curve, tok, cfg, model_cls, torch, val_t
             "attention_to_position0_natural_text": sc["attention_to_pos0"],
         },
         "induction_second_copy_loss": sc["induction_second_copy_loss"],
-        "args": {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "no_save", "checkpoint_dir",
-                                                                  "early_out")},
+        "args": {
+            k: v for k, v in vars(args).items() if k not in ("corpus", "out", "no_save", "checkpoint_dir", "early_out")
+        },
         "corpus": os.path.basename(args.corpus),
         "curve": curve,
         "score_definitions": {
             "induction": "16 draws of 40 random ids in [256, V/2) repeated twice (80 tokens, no BOS);"
-                         " mean over i=40..79 of A[i,i-39]; best_induction is the largest over all heads",
+            " mean over i=40..79 of A[i,i-39]; best_induction is the largest over all heads",
             "second_copy_loss": "mean next-token cross-entropy over the predictable part of the second copy"
-                                " (targets 41..79) of the same sequences",
+            " (targets 41..79) of the same sequences",
             "previous_token": "mean over query i>=1 of A[i,i-1], 8 held-out passages of 200 tokens",
         },
     }
@@ -286,8 +310,7 @@ def save_early(args, early, crossed_at, curve, tok, cfg, model_cls, torch, val_t
 
 
 def fmt_heads(name, rows):
-    return "  " + name + ": " + " | ".join(
-        f"L{l} " + " ".join(f"{v:.2f}" for v in r) for l, r in enumerate(rows))
+    return "  " + name + ": " + " | ".join(f"L{l} " + " ".join(f"{v:.2f}" for v in r) for l, r in enumerate(rows))
 
 
 # --------------------------------------------------------------------------
@@ -297,10 +320,11 @@ def fmt_heads(name, rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--corpus", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                    "corpus", "tinyshakespeare.txt"))
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "sample_weights",
-                                                 "tiny-shakespeare"))
+    p.add_argument(
+        "--corpus",
+        default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "tinyshakespeare.txt"),
+    )
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "sample_weights", "tiny-shakespeare"))
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -313,28 +337,48 @@ def main(argv=None):
     p.add_argument("--repeat", default="12x128", help="ROWSxCTX repeated-random-sequence rows per step")
     p.add_argument("--skip", default="12x128", help="ROWSxCTX skip-bigram rows per step")
     p.add_argument("--tile", action="store_true", help="repeat rows: tile one sequence over the row")
-    p.add_argument("--rep-text-frac", type=float, default=0.5,
-                   help="fraction of repeated sequences that are corpus passages (rest random tokens)")
+    p.add_argument(
+        "--rep-text-frac",
+        type=float,
+        default=0.5,
+        help="fraction of repeated sequences that are corpus passages (rest random tokens)",
+    )
     p.add_argument("--weights", default="1,1,1", help="loss weights natural,repeat,skip")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--decay-frac", type=float, default=0.3,
-                   help="final fraction of steps with linear lr decay to 10%%")
+    p.add_argument("--decay-frac", type=float, default=0.3, help="final fraction of steps with linear lr decay to 10%%")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--rep-len", default="8,60", help="min,max length of a repeated sequence")
-    p.add_argument("--wpe-init", choices=["normal", "sinusoid"], default="sinusoid",
-                   help="initialise position embeddings as (scaled) sinusoids: relative offsets become "
-                        "linear maps, which lets previous-token heads form early")
+    p.add_argument(
+        "--wpe-init",
+        choices=["normal", "sinusoid"],
+        default="sinusoid",
+        help="initialise position embeddings as (scaled) sinusoids: relative offsets become "
+        "linear maps, which lets previous-token heads form early",
+    )
     p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--checkpoint-every", type=int, default=50,
-                   help="probe (and with --checkpoint-dir save) a checkpoint every N steps; 0: none")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="also save every checkpoint's weights here, as step-NNNNN/model.safetensors")
-    p.add_argument("--early-out", default=os.path.join(os.path.dirname(__file__), "..", "sample_weights",
-                                                       "tiny-shakespeare-early"),
-                   help="where to write the last checkpoint before induction rises above --early-threshold")
-    p.add_argument("--early-threshold", type=float, default=0.1,
-                   help="best induction score (any head) that counts as the induction head having formed")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=50,
+        help="probe (and with --checkpoint-dir save) a checkpoint every N steps; 0: none",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="also save every checkpoint's weights here, as step-NNNNN/model.safetensors",
+    )
+    p.add_argument(
+        "--early-out",
+        default=os.path.join(os.path.dirname(__file__), "..", "sample_weights", "tiny-shakespeare-early"),
+        help="where to write the last checkpoint before induction rises above --early-threshold",
+    )
+    p.add_argument(
+        "--early-threshold",
+        type=float,
+        default=0.1,
+        help="best induction score (any head) that counts as the induction head having formed",
+    )
     p.add_argument("--no-save", action="store_true", help="experiment only: write nothing")
     args = p.parse_args(argv)
 
@@ -355,12 +399,24 @@ def main(argv=None):
     eot = tok.token_to_id(EOT)
     train_tokens = np.array(tok.encode(train_text).ids, dtype=np.int64)
     val_tokens = np.array(tok.encode(val_text).ids, dtype=np.int64)
-    log(f"tokenizer: vocab {V}, train {len(train_tokens)} tokens, held-out {len(val_tokens)} tokens "
-        f"({time.time() - t0:.1f}s)")
+    log(
+        f"tokenizer: vocab {V}, train {len(train_tokens)} tokens, held-out {len(val_tokens)} tokens "
+        f"({time.time() - t0:.1f}s)"
+    )
 
-    cfg = GPT2Config(vocab_size=V, n_positions=args.n_positions, n_embd=args.n_embd,
-                     n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                     attn_pdrop=0.0, bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=True)
+    cfg = GPT2Config(
+        vocab_size=V,
+        n_positions=args.n_positions,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        tie_word_embeddings=True,
+    )
     model = GPT2LMHeadModel(cfg)
     model.set_attn_implementation("eager")
     if args.wpe_init == "sinusoid":
@@ -378,9 +434,11 @@ def main(argv=None):
     decay, no_decay = [], []
     for n_, p_ in model.named_parameters():
         (decay if p_.dim() >= 2 and "wpe" not in n_ else no_decay).append(p_)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+    )
 
     def lr_at(step):
         if step < args.warmup:
@@ -401,8 +459,12 @@ def main(argv=None):
         if nn:
             out.append((weights[0],) + natural_rows(rng, train_tokens, nn, nc))
         if rn:
-            out.append((weights[1],) + repeat_rows(rng, rn, rc, 0, eot, lmin, min(lmax, rc // 2), args.tile,
-                                                 train_tokens, args.rep_text_frac))
+            out.append(
+                (weights[1],)
+                + repeat_rows(
+                    rng, rn, rc, 0, eot, lmin, min(lmax, rc // 2), args.tile, train_tokens, args.rep_text_frac
+                )
+            )
         if sn:
             out.append((weights[2],) + skip_rows(rng, sn, scx, 0, eot))
         return [(w, torch.tensor(x), torch.tensor(l)) for w, x, l in out if w > 0]
@@ -431,32 +493,40 @@ def main(argv=None):
             sc = head_scores(model, torch, val_tokens, V)
             row = checkpoint_row(step + 1, sc)
             curve.append(row)
-            log(f"checkpoint {step + 1}: best induction {row['best_induction_head']} "
+            log(
+                f"checkpoint {step + 1}: best induction {row['best_induction_head']} "
                 f"{row['best_induction']:.3f}, second-copy loss {row['second_copy_loss']:.3f}, "
-                f"best previous-token {row['best_previous_token_head']} {row['best_previous_token']:.3f}")
+                f"best previous-token {row['best_previous_token_head']} {row['best_previous_token']:.3f}"
+            )
             if args.checkpoint_dir and not args.no_save:
                 from safetensors.torch import save_file
 
                 ck = os.path.join(args.checkpoint_dir, f"step-{step + 1:05d}")
                 os.makedirs(ck, exist_ok=True)
-                save_file({k: v.contiguous() for k, v in model.state_dict().items()
-                           if k != "lm_head.weight"}, os.path.join(ck, "model.safetensors"),
-                          metadata={"format": "pt"})
+                save_file(
+                    {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+                    os.path.join(ck, "model.safetensors"),
+                    metadata={"format": "pt"},
+                )
             if crossed_at is None:
                 if row["best_induction"] > args.early_threshold:
                     crossed_at = step + 1
-                    log(f"  induction rose above {args.early_threshold} at step {step + 1}; "
-                        f"the early checkpoint is step {early[0] if early else None}")
+                    log(
+                        f"  induction rose above {args.early_threshold} at step {step + 1}; "
+                        f"the early checkpoint is step {early[0] if early else None}"
+                    )
                 else:
                     early = (step + 1, copy.deepcopy(model.state_dict()), sc)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             sc = sc or head_scores(model, torch, val_tokens, V)
             vl = heldout_loss(model, torch, val_tokens, T, max_windows=32)
             el = time.time() - t_train
-            log(f"step {step + 1}/{args.steps} lr {lr_at(step):.2e} train {run_loss:.3f} "
+            log(
+                f"step {step + 1}/{args.steps} lr {lr_at(step):.2e} train {run_loss:.3f} "
                 f"parts {' '.join(f'{v:.2f}' for v in run_parts)} held-out {vl:.3f} ind-copy-loss {sc['induction_second_copy_loss']:.2f} "
                 f"best prev {max(map(max, sc['previous_token'])):.2f} "
-                f"best ind {max(map(max, sc['induction'])):.2f} ({el:.0f}s, {el / (step + 1):.2f}s/step)")
+                f"best ind {max(map(max, sc['induction'])):.2f} ({el:.0f}s, {el / (step + 1):.2f}s/step)"
+            )
             log(fmt_heads("prev", sc["previous_token"]))
             log(fmt_heads("ind ", sc["induction"]))
             log(fmt_heads("prev-rand", sc["previous_token_random"]))
@@ -469,8 +539,7 @@ def main(argv=None):
     vl = heldout_loss(model, torch, val_tokens, T)
 
     def best(rows):
-        l, h = max(((l, h) for l in range(len(rows)) for h in range(len(rows[l]))),
-                   key=lambda lh: rows[lh[0]][lh[1]])
+        l, h = max(((l, h) for l in range(len(rows)) for h in range(len(rows[l]))), key=lambda lh: rows[lh[0]][lh[1]])
         return {"head": f"L{l}H{h}", "layer": l, "head_index": h, "score": rows[l][h]}
 
     summary = {
@@ -484,8 +553,9 @@ def main(argv=None):
         "best_previous_token_head": best(sc["previous_token"]),
         "best_induction_head": best(sc["induction"]),
         "induction_second_copy_loss": sc["induction_second_copy_loss"],
-        "sink_heads_over_0.5": [f"L{l}H{h}" for l, r in enumerate(sc["attention_to_pos0"])
-                                for h, v in enumerate(r) if v > 0.5],
+        "sink_heads_over_0.5": [
+            f"L{l}H{h}" for l, r in enumerate(sc["attention_to_pos0"]) for h, v in enumerate(r) if v > 0.5
+        ],
         "n_parameters": n_params,
         "train_seconds": time.time() - t_train,
         "args": {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "no_save") + CHECKPOINT_ARGS},
@@ -494,7 +564,7 @@ def main(argv=None):
         "score_definitions": {
             "previous_token": "mean over query i>=1 of A[i,i-1], 8 held-out passages of 200 tokens",
             "induction": "16 draws of 40 random ids in [256, V/2) repeated twice (80 tokens, no BOS);"
-                         " mean over i=40..79 of A[i,i-39]",
+            " mean over i=40..79 of A[i,i-39]",
             "attention_to_position0": "mean over query i>=1 of A[i,0] on the held-out passages",
         },
     }
@@ -502,8 +572,10 @@ def main(argv=None):
     log(fmt_heads("previous-token (natural text)", sc["previous_token"]))
     log(fmt_heads("induction (repeated random)  ", sc["induction"]))
     log(fmt_heads("attention to position 0      ", sc["attention_to_pos0"]))
-    log(f"  best previous-token {summary['best_previous_token_head']}, "
-        f"best induction {summary['best_induction_head']}, sinks {summary['sink_heads_over_0.5']}")
+    log(
+        f"  best previous-token {summary['best_previous_token_head']}, "
+        f"best induction {summary['best_induction_head']}, sinks {summary['sink_heads_over_0.5']}"
+    )
 
     if not args.no_save:
         os.makedirs(args.out, exist_ok=True)
@@ -515,8 +587,10 @@ def main(argv=None):
         if early is not None and crossed_at is not None:
             save_early(args, early, crossed_at, curve, tok, cfg, GPT2LMHeadModel, torch, val_tokens, V, T)
         else:
-            log(f"no early checkpoint written: the best induction score never rose above {args.early_threshold} "
-                "after a checkpoint below it")
+            log(
+                f"no early checkpoint written: the best induction score never rose above {args.early_threshold} "
+                "after a checkpoint below it"
+            )
 
 
 if __name__ == "__main__":

@@ -142,16 +142,22 @@ class CliWorker:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, __file__, str(request_r), str(answer_w), str(self.log_dir)],
-                pass_fds=(request_r, answer_w), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=self._limit, env=env,
-            )  # fmt: skip
+                pass_fds=(request_r, answer_w),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=self._limit,
+                env=env,
+            )
         os.close(request_r)
         os.close(answer_w)
         self.requests = os.fdopen(request_w, "wb")
         self.answers = os.fdopen(answer_r, "rb")
         ready = self._answer(timeout=120.0)
         if ready is None or not isinstance(ready, dict) or not ready.get("ready"):
-            raise RuntimeError(f"the CLI worker did not start under a {self.address_space} byte address space: {self.log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"the CLI worker did not start under a {self.address_space} byte address space: {self.log.read_text()[-3000:]}"
+            )
 
     def _answer(self, timeout: float) -> dict | None:
         deadline = time.monotonic() + timeout
@@ -180,7 +186,12 @@ class CliWorker:
         """`mha ARGV` in the child; a case that kills or stalls the child is a Result saying so."""
         if self.proc is None:
             self._start()
-        request = {"argv": list(argv), "stdin": base64.b64encode(input).decode(), "env": env or {}, "unset": list(unset)}
+        request = {
+            "argv": list(argv),
+            "stdin": base64.b64encode(input).decode(),
+            "env": env or {},
+            "unset": list(unset),
+        }
         try:
             self.requests.write(json.dumps(request).encode() + b"\n")
             self.requests.flush()

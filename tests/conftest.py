@@ -78,9 +78,16 @@ def gpt2_config(**overrides):
 
 
 def build_model(
-    directory: Path, tokenizer_dir: Path | None = None, *, seed: int = 0, dtype: str = "float32",
-    lm_head: bool = True, max_shard_size: str | None = None, attn_gain: float = 8.0, **overrides,
-) -> Path:  # fmt: skip
+    directory: Path,
+    tokenizer_dir: Path | None = None,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    lm_head: bool = True,
+    max_shard_size: str | None = None,
+    attn_gain: float = 8.0,
+    **overrides,
+) -> Path:
     """Save a random-init GPT-2 (HF) to `directory`, with the tokenizer files beside it."""
     import torch
     from transformers import GPT2LMHeadModel, GPT2Model

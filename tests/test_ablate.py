@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import build_model, parse_json, run_mha
 from test_arch import LLAMA, WINDOW, bos_tokenizer, build
 
@@ -22,7 +21,10 @@ IDS = np.random.default_rng(3).integers(1, 400, size=40)
 # name -> (kind, config fields); tied and untied output heads, every family
 FAMILIES = {
     "llama_gqa_untied": ("llama", LLAMA | {"num_hidden_layers": 3}),
-    "llama_mqa_tied": ("llama", LLAMA | {"num_hidden_layers": 3, "num_key_value_heads": 1, "tie_word_embeddings": True}),
+    "llama_mqa_tied": (
+        "llama",
+        LLAMA | {"num_hidden_layers": 3, "num_key_value_heads": 1, "tie_word_embeddings": True},
+    ),
     "mistral_window": ("mistral", LLAMA | {"num_hidden_layers": 3, "sliding_window": WINDOW}),
     "bigcode_mqa": ("gpt_bigcode", {"vocab_size": 400, "n_embd": 64, "n_layer": 3, "n_head": 8, "n_positions": 64}),
     "olmo2": ("olmo2", LLAMA | {"num_hidden_layers": 3}),
@@ -39,7 +41,9 @@ def family_models(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
         built[name] = build(tmp_path_factory.mktemp(name), kind, fields, tok, seed=40 + n)
     gpt2 = dict(n_layer=3, n_head=4, n_embd=32, vocab_size=400, n_positions=64)
     built["gpt2_tied"] = build_model(tmp_path_factory.mktemp("gpt2_tied"), tokenizer_dir, seed=5, **gpt2)
-    built["gpt2_untied"] = build_model(tmp_path_factory.mktemp("gpt2_untied"), tokenizer_dir, seed=6, tie_word_embeddings=False, **gpt2)
+    built["gpt2_untied"] = build_model(
+        tmp_path_factory.mktemp("gpt2_untied"), tokenizer_dir, seed=6, tie_word_embeddings=False, **gpt2
+    )
     return built
 
 
@@ -63,9 +67,14 @@ def hf_loss(model, ids, heads=(), means=None, loss_from: int = 1) -> float:
     import torch
 
     projections = out_projections(model)
-    d = model.config.hidden_size // model.config.num_attention_heads if not getattr(model.config, "head_dim", None) else model.config.head_dim
+    d = (
+        model.config.hidden_size // model.config.num_attention_heads
+        if not getattr(model.config, "head_dim", None)
+        else model.config.head_dim
+    )
     hooks = []
     for layer, head in heads:
+
         def pre(module, args, head=head, layer=layer):
             x = args[0].clone()
             x[..., head * d : (head + 1) * d] = 0.0 if means is None else means[layer][head]
@@ -89,7 +98,10 @@ def hf_head_means(model, ids) -> list:
     import torch
 
     seen = {}
-    hooks = [p.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0].mean(dim=0).clone())) for i, p in enumerate(out_projections(model))]
+    hooks = [
+        p.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0].mean(dim=0).clone()))
+        for i, p in enumerate(out_projections(model))
+    ]
     with torch.no_grad():
         model(torch.tensor([list(ids)]))
     for h in hooks:
@@ -201,7 +213,9 @@ def test_sample_model_induction_and_previous_token_heads_matter_most(method):
     from mhacli.analyses.ablate import Ablator, ablate_each
     from mhacli.io.weights import load_model
 
-    ablator = Ablator(load_model(None, cache=True), [repeated_random(100 + i) for i in range(20)], method=method, loss_from=41)
+    ablator = Ablator(
+        load_model(None, cache=True), [repeated_random(100 + i) for i in range(20)], method=method, loss_from=41
+    )
     effects = {(e.layer, e.head): e.delta for e in ablate_each(ablator, ablator.heads)}
     others = max(v for k, v in effects.items() if k not in ((1, 2), (0, 3)))
     assert effects[(1, 2)] > 15.0 and effects[(0, 3)] > 8.0, effects
@@ -220,7 +234,17 @@ def test_ablate_json_matches_the_contract(tiny_model, via_stdin):
     r = run_mha(*args, "-", input=TEXT) if via_stdin else run_mha(*args, TEXT)
     assert r.returncode == 0 and r.stderr == b"", r.stderr
     doc = parse_json(r.stdout)
-    assert {"model", "tokens", "token_ids", "n_texts", "method", "loss_from", "n_targets", "baseline_loss", "heads"} <= doc.keys()
+    assert {
+        "model",
+        "tokens",
+        "token_ids",
+        "n_texts",
+        "method",
+        "loss_from",
+        "n_targets",
+        "baseline_loss",
+        "heads",
+    } <= doc.keys()
     assert doc["n_targets"] == len(doc["token_ids"]) - 3 and doc["method"] == "zero" and doc["n_texts"] == 1
     assert len(doc["heads"]) == 2 * 4
     deltas = [h["delta"] for h in doc["heads"]]
@@ -255,8 +279,15 @@ def test_texts_file_is_token_weighted(tiny_model, tmp_path):
     """Two texts: the baseline is the token-weighted mean of the two single-text baselines."""
     a, b = "The cat sat on the mat.", "ROMEO: But, soft! what light through yonder window breaks?"
     (tmp_path / "t.txt").write_text(f"{a}\n\n{b}\n")
-    one = [parse_json(run_mha("ablate", t, "-m", str(tiny_model), "-f", "json", "-l", "0", "-H", "0").stdout) for t in (a, b)]
-    both = parse_json(run_mha("ablate", "--texts", str(tmp_path / "t.txt"), "-m", str(tiny_model), "-f", "json", "-l", "0", "-H", "0").stdout)
+    one = [
+        parse_json(run_mha("ablate", t, "-m", str(tiny_model), "-f", "json", "-l", "0", "-H", "0").stdout)
+        for t in (a, b)
+    ]
+    both = parse_json(
+        run_mha(
+            "ablate", "--texts", str(tmp_path / "t.txt"), "-m", str(tiny_model), "-f", "json", "-l", "0", "-H", "0"
+        ).stdout
+    )
     assert both["n_texts"] == 2 and both["n_targets"] == one[0]["n_targets"] + one[1]["n_targets"]
     weighted = sum(d["baseline_loss"] * d["n_targets"] for d in one) / both["n_targets"]
     assert both["baseline_loss"] == pytest.approx(weighted, rel=1e-9)
@@ -269,12 +300,18 @@ def prune_doc(model: Path, *extra: str) -> dict:
 
 
 def test_prune_curves(tiny_model, tmp_path):
-    doc = prune_doc(tiny_model, "--step", "0.25", "--seeds", "3", "--max-increase", "0.02", "--save-mask", str(tmp_path / "m.json"))
+    doc = prune_doc(
+        tiny_model, "--step", "0.25", "--seeds", "3", "--max-increase", "0.02", "--save-mask", str(tmp_path / "m.json")
+    )
     imp, rnd = doc["importance"]["curve"], doc["random"]["curve"]
     base = doc["baseline_loss"]
     assert imp[0] == {"n_removed": 0, "fraction": 0.0, "loss": base, "removed": []}
     assert [s["n_removed"] for s in imp] == [s["n_removed"] for s in rnd] == [0, 2, 4, 6, 8]
-    assert rnd[0]["loss_mean"] == pytest.approx(base, rel=1e-12) and rnd[0]["loss_std"] < 1e-12 and doc["random"]["seeds"] == 3
+    assert (
+        rnd[0]["loss_mean"] == pytest.approx(base, rel=1e-12)
+        and rnd[0]["loss_std"] < 1e-12
+        and doc["random"]["seeds"] == 3
+    )
     # every head removed: the same model whatever the order
     assert imp[-1]["loss"] == pytest.approx(rnd[-1]["loss_mean"], rel=1e-6) and rnd[-1]["loss_std"] < 1e-6 * base
     # each round removes new heads; together, all of them
@@ -313,7 +350,11 @@ def test_prune_random_baseline_uses_the_seeds(tiny_model):
 def test_prune_views(tiny_model):
     out = run_mha("prune", TEXT, "-m", str(tiny_model), "--step", "0.5", "--seeds", "2").stdout.decode()
     assert "fraction of heads removed" in out and "least important first" in out and "\x1b[" not in out
-    rows = run_mha("prune", TEXT, "-m", str(tiny_model), "--step", "0.5", "--seeds", "2", "-f", "csv").stdout.decode().splitlines()
+    rows = (
+        run_mha("prune", TEXT, "-m", str(tiny_model), "--step", "0.5", "--seeds", "2", "-f", "csv")
+        .stdout.decode()
+        .splitlines()
+    )
     assert rows[0] == "order,n_removed,fraction,loss,loss_std,removed" and len(rows) == 1 + 3 + 3
 
 
@@ -329,7 +370,10 @@ def test_sample_model_induction_head_needs_the_previous_token_head():
     """K-composition, seen in the terminal: with L0H3 removed, L1H2 loses its induction pattern."""
     text = "The cat sat on the mat. The cat sat on the mat."
     before = {(h["layer"], h["head"]): h for h in parse_json(run_mha("stats", text, "-f", "json").stdout)["heads"]}
-    after = {(h["layer"], h["head"]): h for h in parse_json(run_mha("stats", text, "-f", "json", "--ablate", "0.3").stdout)["heads"]}
+    after = {
+        (h["layer"], h["head"]): h
+        for h in parse_json(run_mha("stats", text, "-f", "json", "--ablate", "0.3").stdout)["heads"]
+    }
     assert before[(1, 2)]["kind"] == "induction" and after[(1, 2)]["kind"] != "induction"
     assert after[(1, 2)]["stats"]["induction"] < 0.5 * before[(1, 2)]["stats"]["induction"]
 

@@ -69,7 +69,9 @@ def test_stats_equal_the_cli_json(sample_run, mha):
         assert (ours["layer"], ours["head"], ours["kind"]) == (cli["layer"], cli["head"], cli["kind"])
         assert ours["support"] == cli["support"]
         for name, value in cli["stats"].items():
-            assert (value is None and ours["stats"][name] is None) or ours["stats"][name] == pytest.approx(value, abs=1e-12), name
+            assert (value is None and ours["stats"][name] is None) or ours["stats"][name] == pytest.approx(
+                value, abs=1e-12
+            ), name
     assert [s.to_dict() for s in sample_run.stats(1)] == got[4:8]
     assert [s.to_dict() for s in sample_run.stats(1, 2)] == [got[6]]
     assert sample_run.stats(1, 2)[0].kind == "induction"
@@ -170,7 +172,10 @@ def test_census_equals_the_cli(sample, mha):
     doc = parse_json(mha("census", "-m", "sample", "--probe-count", "2", "-j", "1", "-f", "json").stdout)
     result = mhacli.census(sample, probe_count=2)
     got = [(v.layer, v.head, v.kind, v.confidence, v.source, v.statistic) for v in result.heads]
-    want = [(h["layer"], h["head"], h["kind"], h["confidence"], h["evidence"]["source"], h["evidence"]["statistic"]) for h in doc["heads"]]
+    want = [
+        (h["layer"], h["head"], h["kind"], h["confidence"], h["evidence"]["source"], h["evidence"]["statistic"])
+        for h in doc["heads"]
+    ]
     assert got == want
     for v, h in zip(result.heads, doc["heads"]):
         assert v.mean == pytest.approx(h["evidence"]["mean"], rel=1e-12)
@@ -250,10 +255,7 @@ def test_a_truncated_run_says_so(sample):
 
 def test_import_mhacli_stays_light():
     heavy = ("numpy", "torch", "transformers", "rich", "matplotlib", "typer", "safetensors", "tokenizers", "scipy")
-    code = (
-        "import sys, mhacli; "
-        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
-    )
+    code = f"import sys, mhacli; print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"import mhacli imported {result.stdout.strip()}"
     code = "import sys, mhacli; mhacli.load; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'rich', 'matplotlib')))"
@@ -305,8 +307,23 @@ def test_census_document_equals_the_cli_json(which, llama_dir, mha):
 def test_census_with_texts_equals_the_cli_with_a_file(sample, mha, tmp_path):
     lines = tmp_path / "lines.txt"
     lines.write_text(f"{TEXT}\nROMEO: But, soft!\n", encoding="utf-8")
-    doc = parse_json(mha("census", "-m", "sample", "--texts", str(lines), "--probes", "random", "--probe-count", "2",
-                         "-j", "1", "-f", "json").stdout)  # fmt: skip
+    doc = parse_json(
+        mha(
+            "census",
+            "-m",
+            "sample",
+            "--texts",
+            str(lines),
+            "--probes",
+            "random",
+            "--probe-count",
+            "2",
+            "-j",
+            "1",
+            "-f",
+            "json",
+        ).stdout
+    )
     ours = _doc(mhacli.census(sample, [TEXT, "ROMEO: But, soft!"], probes=("random",), probe_count=2).to_dict())
     assert doc["sources"]["corpus"].pop("path") == str(lines) and ours["sources"]["corpus"].pop("path") is None
     assert ours == doc

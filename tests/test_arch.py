@@ -16,10 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import (
+    ATTN_ATOL,
+    HIDDEN_ATOL,
+    TRICKY_TEXTS,
+    assert_close,
+    blocks_on_hf_inputs,
+    break_attention_kernel,
+    compare_with_hf,
+    hf_outputs,
+    parse_json,
+    run_mha,
+    train_tokenizer,
+)
 from safetensors.numpy import load_file, save_file
-
-from conftest import TRICKY_TEXTS, assert_close, break_attention_kernel, parse_json, run_mha, train_tokenizer
-from conftest import ATTN_ATOL, HIDDEN_ATOL, blocks_on_hf_inputs, compare_with_hf, hf_outputs
 
 ATTN_AIM = 1e-6  # attention probabilities vs HF on HF's own layer input (ATTN_ATOL, conftest, end to end)
 VEC_ATOL = 1e-4  # explain's vectors vs HF, per unit of max(1, max |HF value|)
@@ -30,8 +40,18 @@ TEXT = (
 IDS = np.random.default_rng(7).integers(1, 400, size=48)
 WINDOW = 6
 ORIGINAL = 16  # original_max_position_embeddings of the scaled RoPE types: shorter than the texts
-LLAMA = dict(vocab_size=400, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
-             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=None)  # fmt: skip
+LLAMA = dict(
+    vocab_size=400,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=None,
+)
 ROPE_SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 3.0},
@@ -101,8 +121,17 @@ def bos_tokenizer_dir(tmp_path_factory) -> Path:
     return bos_tokenizer(tmp_path_factory.mktemp("bos_tokenizer"))
 
 
-def build(directory: Path, kind: str, fields: dict, tokenizer: Path, *, seed: int = 0, dtype: str = "float32",
-          base_model: bool = False, max_shard_size: str | None = None) -> Path:  # fmt: skip
+def build(
+    directory: Path,
+    kind: str,
+    fields: dict,
+    tokenizer: Path,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    base_model: bool = False,
+    max_shard_size: str | None = None,
+) -> Path:
     """A random-init HF model, its attention made sharper than the default init (realistic logits, heads that are
     not uniform), norms and biases randomised so they matter; saved with save_pretrained and the tokenizer."""
     import torch
@@ -167,7 +196,11 @@ def hf_window(config, layer: int):
 def assert_config_like_hf(ours_config, hf_config) -> None:
     """Our parsed config against the HF config object built from the same config.json."""
     c, h = ours_config, hf_config
-    assert (c.n_layer, c.n_head, c.n_kv_head) == (h.num_hidden_layers, h.num_attention_heads, getattr(h, "num_key_value_heads", None) or (1 if h.multi_query else h.n_head))
+    assert (c.n_layer, c.n_head, c.n_kv_head) == (
+        h.num_hidden_layers,
+        h.num_attention_heads,
+        getattr(h, "num_key_value_heads", None) or (1 if h.multi_query else h.n_head),
+    )
     assert (c.n_embd, c.n_positions, c.vocab_size) == (h.hidden_size, h.max_position_embeddings, h.vocab_size)
     if c.model_type == "gpt_bigcode":
         assert c.d_head == h.hidden_size // h.num_attention_heads and c.layer_norm_epsilon == h.layer_norm_epsilon
@@ -175,12 +208,23 @@ def assert_config_like_hf(ours_config, hf_config) -> None:
         return
     assert c.d_head == (getattr(h, "head_dim", None) or h.hidden_size // h.num_attention_heads)
     assert (c.rms_norm_eps, c.hidden_act, c.intermediate_size) == (h.rms_norm_eps, h.hidden_act, h.intermediate_size)
-    assert [c.sliding_window(layer) for layer in range(c.n_layer)] == [hf_window(h, layer) for layer in range(c.n_layer)]
-    ropes = {"full_attention": c.rope, "sliding_attention": c.sliding_rope} if c.model_type == "olmo3" else {None: c.rope}
+    assert [c.sliding_window(layer) for layer in range(c.n_layer)] == [
+        hf_window(h, layer) for layer in range(c.n_layer)
+    ]
+    ropes = (
+        {"full_attention": c.rope, "sliding_attention": c.sliding_rope} if c.model_type == "olmo3" else {None: c.rope}
+    )
     for layer_type, rope in ropes.items():
         params = h.rope_parameters[layer_type] if layer_type else h.rope_parameters
         assert rope.rope_type == params["rope_type"] and rope.rope_theta == params["rope_theta"], (rope, params)
-        for key in ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor", "attention_factor", "mscale"):
+        for key in (
+            "factor",
+            "original_max_position_embeddings",
+            "low_freq_factor",
+            "high_freq_factor",
+            "attention_factor",
+            "mscale",
+        ):
             if params.get(key) is not None and rope.rope_type != "default":
                 assert getattr(rope, key) == params[key], (key, rope, params)
 
@@ -222,7 +266,9 @@ def test_omitted_fields_get_hf_defaults(raw):
     from mhacli.config import parse_config
 
     transformers.logging.set_verbosity_error()
-    hf = AutoConfig.for_model(raw["model_type"]).__class__.from_dict({k: v for k, v in raw.items() if k != "model_type"})
+    hf = AutoConfig.for_model(raw["model_type"]).__class__.from_dict(
+        {k: v for k, v in raw.items() if k != "model_type"}
+    )
     assert_config_like_hf(parse_config(json.loads(json.dumps(raw))), hf)
 
 
@@ -235,23 +281,36 @@ def test_rotary_frequencies_equal_hf(rope, d_head, theta):
     from transformers import LlamaConfig, LlamaModel
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from mhacli.engine.arch.rope import inv_freq
     from mhacli.config import parse_config
+    from mhacli.engine.arch.rope import inv_freq
 
     params = dict(ROPE_SCALINGS.get(rope, {"rope_type": "default"})) | {"rope_theta": theta}
     if rope == "longrope":
-        params |= {"short_factor": [1.0 + c / d_head for c in range(d_head // 2)], "long_factor": [2.0 + c / d_head for c in range(d_head // 2)]}
-    fields = {"hidden_size": 4 * d_head, "num_attention_heads": 4, "head_dim": d_head, "max_position_embeddings": 64, "rope_parameters": params}
+        params |= {
+            "short_factor": [1.0 + c / d_head for c in range(d_head // 2)],
+            "long_factor": [2.0 + c / d_head for c in range(d_head // 2)],
+        }
+    fields = {
+        "hidden_size": 4 * d_head,
+        "num_attention_heads": 4,
+        "head_dim": d_head,
+        "max_position_embeddings": 64,
+        "rope_parameters": params,
+    }
     hf = LlamaConfig(**fields)
     ours_config = parse_config({"model_type": "llama"} | json.loads(hf.to_json_string()))
     for n_seq in (ORIGINAL, 40):
         if params["rope_type"] == "longrope":  # chosen per call by the text's length (dynamic_rope_update)
-            rotary = LlamaModel(LlamaConfig(**fields | {"num_hidden_layers": 1, "vocab_size": 8, "intermediate_size": 8})).rotary_emb
+            rotary = LlamaModel(
+                LlamaConfig(**fields | {"num_hidden_layers": 1, "vocab_size": 8, "intermediate_size": 8})
+            ).rotary_emb
             cos, _ = rotary(torch.zeros(1), torch.arange(n_seq)[None])
             ref, scaling = rotary.inv_freq.numpy(), float(cos[0, 0, 0])  # cos(0) * attention_scaling
         else:
             fn = ROPE_INIT_FUNCTIONS.get(params["rope_type"])
-            ref, scaling = fn(hf) if fn else (1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.float) / d_head)), 1.0)
+            ref, scaling = (
+                fn(hf) if fn else (1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.float) / d_head)), 1.0)
+            )
             ref = ref.numpy()
         got, got_scaling = inv_freq(ours_config.rope, d_head, 64, n_seq)
         # ours is the correctly rounded float32 power; torch's float32 pow (its vector math, CPU-dependent) is
@@ -333,8 +392,8 @@ def test_each_block_reaches_the_aim_on_hf_inputs(models, name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_heads_are_not_uniform_and_logits_realistic(models, name):
     """The test models exercise the softmax: some heads are sharp, and no scaled logit is extreme."""
-    from mhacli.engine.forward import family, forward
     from mhacli.analyses.stats import uniform_entropy
+    from mhacli.engine.forward import family, forward
 
     ckpt = ours(models[name])
     arch = family(ckpt.config)
@@ -390,7 +449,14 @@ def test_checkpoint_layouts(tmp_path, bos_tokenizer_dir, variant):
         keys = load_file(directory / "model.safetensors").keys()
         assert not any(k.startswith(("model.", "lm_head.")) for k in keys)
     else:
-        directory = build(tmp_path, "mistral", LLAMA | {"sliding_window": WINDOW}, bos_tokenizer_dir, dtype="bfloat16", max_shard_size="40KB")
+        directory = build(
+            tmp_path,
+            "mistral",
+            LLAMA | {"sliding_window": WINDOW},
+            bos_tokenizer_dir,
+            dtype="bfloat16",
+            max_shard_size="40KB",
+        )
         assert len(list(directory.glob("model-*.safetensors"))) > 2
         assert ours(directory).kv_dtype() == "BF16"
     compare(directory)
@@ -414,7 +480,9 @@ def test_bos_tokenizer_ids_match_hf(bos_tokenizer_dir, text):
 # --- the CLI ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "llama_rope_yarn", "mistral_window", "bigcode_mqa", "bigcode_mha_unscaled", "olmo2", "olmo3"])
+@pytest.mark.parametrize(
+    "name", ["llama_gqa", "llama_rope_yarn", "mistral_window", "bigcode_mqa", "bigcode_mha_unscaled", "olmo2", "olmo3"]
+)
 def test_verify_command_passes(models, mha, name):
     r = mha("verify", TEXT, "-m", str(models[name]), "--format", "json")
     assert r.returncode == 0, r.stderr.decode()
@@ -429,7 +497,9 @@ def test_verify_catches_a_wrong_rotary_implementation(models, monkeypatch):
     from mhacli.analyses.verify import verify
 
     real = llama.rope_tables
-    monkeypatch.setattr(llama, "rope_tables", lambda rope, d, n_pos, n: tuple(t * np.float32(1.01) for t in real(rope, d, n_pos, n)))
+    monkeypatch.setattr(
+        llama, "rope_tables", lambda rope, d, n_pos, n: tuple(t * np.float32(1.01) for t in real(rope, d, n_pos, n))
+    )
     report = verify(ours(models["llama_gqa"]), np.asarray(IDS))
     assert not report.passed and report.max_attention_err > ATTN_ATOL
 
@@ -482,7 +552,10 @@ def test_heads_say_which_kv_head_they_read(models, mha, name, command):
     lines = mha(command, TEXT, "-m", str(models[name]), "--format", "jsonl").stdout.decode().splitlines()
     assert [json.loads(line)["kv_head"] for line in lines[:8]] == [h // group for h in range(8)]
     header = mha(command, TEXT, "-m", str(models[name]), "--format", "csv").stdout.decode().splitlines()[0]
-    assert header == "layer,head,kind,entropy,max_weight,mean_distance,first_token,self,previous_token,duplicate_token,induction,duplicate_rows,induction_rows"
+    assert (
+        header
+        == "layer,head,kind,entropy,max_weight,mean_distance,first_token,self,previous_token,duplicate_token,induction,duplicate_rows,induction_rows"
+    )
 
 
 def test_gpt2_heads_read_their_own_kv_head(tiny_model, mha):
@@ -529,7 +602,11 @@ def hf_capture(directory: Path, ids: tuple[int, ...], layer: int) -> dict:
     hooks = []
     for name in ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
         if hasattr(attn, name):
-            hooks.append(getattr(attn, name).register_forward_hook(lambda m, a, o, name=name: rec.__setitem__(name, o[0].clone())))
+            hooks.append(
+                getattr(attn, name).register_forward_hook(
+                    lambda m, a, o, name=name: rec.__setitem__(name, o[0].clone())
+                )
+            )
     hooks.append(attn.o_proj.register_forward_pre_hook(lambda m, a: rec.__setitem__("concat", a[0][0].clone())))
     hooks.append(attn.register_forward_hook(lambda m, a, o: rec.update(out=o[0][0].clone(), weights=o[1][0].clone())))
     layer_type = getattr(cfg, "layer_types", None)
@@ -564,12 +641,22 @@ def tokens_of(directory: Path, text: str = TEXT) -> tuple[int, ...]:
 
 
 EXPLAIN_CASES = [  # name, layer, head, query
-    ("llama_gqa", 0, 0, None), ("llama_gqa", 1, 5, 17), ("llama_gqa", 1, 3, 0), ("llama_gqa", 0, 7, 2),
-    ("mistral_window", 0, 2, None), ("mistral_window", 1, 6, 20), ("mistral_window", 1, 1, WINDOW - 1),
+    ("llama_gqa", 0, 0, None),
+    ("llama_gqa", 1, 5, 17),
+    ("llama_gqa", 1, 3, 0),
+    ("llama_gqa", 0, 7, 2),
+    ("mistral_window", 0, 2, None),
+    ("mistral_window", 1, 6, 20),
+    ("mistral_window", 1, 1, WINDOW - 1),
     ("mistral_window", 0, 4, WINDOW),
-    ("llama_rope_yarn", 1, 4, None), ("llama_rope_longrope", 0, 1, 30), ("llama_mha_bias_head_dim", 1, 3, 12),
-    ("olmo3", 0, 3, None), ("olmo3", 3, 6, 25), ("olmo3_mixed_rope", 1, 2, 33), ("olmo2", 1, 0, 9),
-]  # fmt: skip
+    ("llama_rope_yarn", 1, 4, None),
+    ("llama_rope_longrope", 0, 1, 30),
+    ("llama_mha_bias_head_dim", 1, 3, 12),
+    ("olmo3", 0, 3, None),
+    ("olmo3", 3, 6, 25),
+    ("olmo3_mixed_rope", 1, 2, 33),
+    ("olmo2", 1, 0, 9),
+]
 
 
 @pytest.mark.parametrize("name,layer,head,query", EXPLAIN_CASES)
@@ -588,7 +675,10 @@ def test_explain_matches_hf_intermediates(models, name, layer, head, query):
     assert doc["kv_head"] == g == ex.kv_head and doc["group_size"] == hf["group"]
     assert doc["kv_group"] == list(range(g * hf["group"], (g + 1) * hf["group"]))
     d = ex.d_head
-    assert doc["projections"]["w_k"]["rows"] == [g * d, (g + 1) * d] and doc["projections"]["w_q"]["rows"] == [head * d, (head + 1) * d]
+    assert doc["projections"]["w_k"]["rows"] == [g * d, (g + 1) * d] and doc["projections"]["w_q"]["rows"] == [
+        head * d,
+        (head + 1) * d,
+    ]
     assert doc["projections"]["w_k"]["weight"].endswith(f"layers.{layer}.self_attn.k_proj.weight")
     assert_close(f"{where}: query_pre_rope", doc["query_pre_rope"], hf["q_pre"][head, i], VEC_ATOL)
     assert_close(f"{where}: keys_pre_rope", doc["keys_pre_rope"], hf["k_pre"][g, : i + 1], VEC_ATOL)
@@ -634,7 +724,9 @@ def test_explain_bigcode_matches_hf(models, name):
     ids = tokens_of(directory)
     model = AutoModel.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
     rec = {}
-    hook = model.h[1].attn.register_forward_hook(lambda m, a, o: rec.update(out=o[0][0].clone(), weights=o[1][0].clone()))
+    hook = model.h[1].attn.register_forward_hook(
+        lambda m, a, o: rec.update(out=o[0][0].clone(), weights=o[1][0].clone())
+    )
     with torch.no_grad():
         model(torch.tensor([list(ids)]), output_attentions=True)
     hook.remove()
@@ -642,7 +734,9 @@ def test_explain_bigcode_matches_hf(models, name):
         ex = explain(ours(directory), ids, 1, head, query)
         i = ex.query_index
         assert ex.kv_head == (0 if name == "bigcode_mqa" else head)
-        assert_close("attention", ex.step.attention, rec["weights"][head, i, : i + 1].numpy(), ATTN_ATOL, relative=False)
+        assert_close(
+            "attention", ex.step.attention, rec["weights"][head, i, : i + 1].numpy(), ATTN_ATOL, relative=False
+        )
         assert_close("output", ex.output, rec["out"][i].numpy(), VEC_ATOL)
         assert ex.matches and ex.rope is None and ex.to_dict()["rope"] is None
 
@@ -686,14 +780,24 @@ def test_explain_cli_text_and_json(models, name):
         assert f"keys 0..{20 - WINDOW} are too far back" in out
     if kind == "olmo3":
         assert "QK-norm" in out and "no norm before attention" in out
-    doc = parse_json(run_mha("explain", TEXT, "-m", str(directory), "-l", "1", "-H", "5", "-q", "20", "--format", "json").stdout)
+    doc = parse_json(
+        run_mha("explain", TEXT, "-m", str(directory), "-l", "1", "-H", "5", "-q", "20", "--format", "json").stdout
+    )
     assert doc["kv_head"] == (0 if kind == "gpt_bigcode" else 1) and doc["matches_forward"] is True
     assert (doc["rope"] is None) == (kind == "gpt_bigcode")
 
 
 @pytest.mark.parametrize("width", [40, 80, 160])
 @pytest.mark.parametrize("full", [False, True])
-@pytest.mark.parametrize("name,layer,query", [("mistral_window", 1, 20), ("olmo3_mixed_rope", 2, None), ("llama_rope_yarn", 0, 0), ("bigcode_mha_unscaled", 1, 3)])
+@pytest.mark.parametrize(
+    "name,layer,query",
+    [
+        ("mistral_window", 1, 20),
+        ("olmo3_mixed_rope", 2, None),
+        ("llama_rope_yarn", 0, 0),
+        ("bigcode_mha_unscaled", 1, 3),
+    ],
+)
 def test_explain_view_fits_the_terminal(models, width, full, name, layer, query):
     import io
 
@@ -701,8 +805,8 @@ def test_explain_view_fits_the_terminal(models, width, full, name, layer, query)
     from rich.console import Console
 
     from mhacli.analyses.explain import explain
-    from mhacli.views.terminal import explain_lines, render_explain
     from mhacli.io.tokenizer import load_tokenizer
+    from mhacli.views.terminal import explain_lines, render_explain
 
     directory = models[name]
     ids = tokens_of(directory)
@@ -725,7 +829,9 @@ def test_unsupported_model_type_lists_every_supported_one(models, tmp_path):
     shutil.copytree(models["llama_gqa"], tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text()) | {"model_type": "qwen2"}
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match=r"'qwen2' is not supported \(supported: gpt2, gpt_bigcode, llama, mistral, olmo2, olmo3\)"):
+    with pytest.raises(
+        ConfigError, match=r"'qwen2' is not supported \(supported: gpt2, gpt_bigcode, llama, mistral, olmo2, olmo3\)"
+    ):
         ours(tmp_path / "m")
 
 
@@ -738,7 +844,10 @@ def test_wrong_shaped_k_proj_is_named(models, tmp_path, mha):
     assert tensors[key].shape == (16, 64)
     tensors[key] = np.zeros((64, 64), dtype=np.float32)  # as if every query head had its own K/V head
     save_file(tensors, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(WeightsError, match=re.escape(f"tensor '{key}' in model.safetensors has shape [64, 64], but config.json implies [16, 64]")):
+    with pytest.raises(
+        WeightsError,
+        match=re.escape(f"tensor '{key}' in model.safetensors has shape [64, 64], but config.json implies [16, 64]"),
+    ):
         ours(tmp_path / "m")
     r = mha("stats", TEXT, "-m", str(tmp_path / "m"))
     err = r.stderr.decode()

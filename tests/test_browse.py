@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_mha
 
 pytest.importorskip("textual", reason="mha browse needs the browse extra (textual)")
@@ -225,7 +224,9 @@ def test_stats_mode_shows_the_numbers_of_mha_stats(model, induction_head):
     app = BrowseApp(Session(model, TEXT))
     screen = drive(app, "down", "right", "right", "s")
     s = next(x for x in model.run(TEXT).stats() if (x.layer, x.head) == induction_head)
-    assert re.search(rf"induction\s+{s.values['induction']:.2f}\s+{s.values['induction']:.2f}\s+{s.support['induction']}", screen)
+    assert re.search(
+        rf"induction\s+{s.values['induction']:.2f}\s+{s.values['induction']:.2f}\s+{s.support['induction']}", screen
+    )
     assert re.search(rf"entropy\s+{s.values['entropy']:.3f}", screen)
 
 
@@ -329,7 +330,9 @@ def test_without_textual_one_error_line_names_the_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
     err = result.stderr.decode()
     assert result.returncode == 2, err
-    assert err.splitlines() == ['error: mha browse needs textual: pip install "mhacli[browse]" (from a checkout: pip install ".[browse]")']
+    assert err.splitlines() == [
+        'error: mha browse needs textual: pip install "mhacli[browse]" (from a checkout: pip install ".[browse]")'
+    ]
 
 
 def test_other_commands_never_import_textual():
@@ -353,8 +356,14 @@ def in_a_terminal(*args: str, columns: int = 80, lines: int = 24) -> subprocess.
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG", "NO_COLOR", "COLUMNS", "LINES")}
     try:
-        return subprocess.run([sys.executable, "-m", "mhacli", *args], stdin=slave, stdout=slave, stderr=subprocess.PIPE,
-                              env=env, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "mhacli", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=120,
+        )
     finally:
         os.close(slave)
         os.close(master)
@@ -448,7 +457,9 @@ def test_in_a_real_terminal(how, quit_key, tmp_path):
     """TEXT as an argument, or piped (the keys then come from the terminal, /dev/tty); q and Ctrl+C exit 0."""
     command = mha_command(f"browse {shlex.quote(TEXT)}")
     if how == "pipe":
-        command = f"cd {shlex.quote(str(REPO))} && echo {shlex.quote(TEXT)} | {shlex.quote(sys.executable)} -m mhacli browse"
+        command = (
+            f"cd {shlex.quote(str(REPO))} && echo {shlex.quote(TEXT)} | {shlex.quote(sys.executable)} -m mhacli browse"
+        )
     t = Tmux(command, tmux_env(), tmp_path / "status")
     try:
         t.wait_for(r"mha browse sample:tiny-shakespeare\s+18 tokens")
@@ -483,7 +494,11 @@ def test_every_help_example_starts_and_quits(tmp_path):
 
 def test_the_readme_lists_every_key():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    rows = {tuple(c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")) for line in readme.splitlines() if line.startswith("| ")}
+    rows = {
+        tuple(c.strip().replace("\\|", "|") for c in line.strip("|").split(" | "))
+        for line in readme.splitlines()
+        if line.startswith("| ")
+    }
     for key, what in KEYS:
         assert (key, what) in rows, f"README: no row for {key!r}"
 
@@ -512,8 +527,9 @@ def test_started_without_a_head_explain_refuses_and_says_why(model):
 
 def test_a_model_with_many_heads_fits_80_columns(tmp_path, tokenizer_dir):
     """12 heads a layer do not fit full cells at 80 columns: one character a head (render.grid's compact layout)."""
-    import mhacli
     from conftest import build_model
+
+    import mhacli
 
     wide = mhacli.load(build_model(tmp_path / "wide", tokenizer_dir, n_layer=3, n_head=12, n_embd=48))
     app = BrowseApp(Session(wide, "hello world, hello world"))
@@ -540,7 +556,9 @@ def test_diff_with_ablate_removes_the_heads_from_b_only(model):
     screen = drive(app, "d")
     want = mhacli.diff(model, model, TEXT, remove_b=[(0, 3)])
     got = app.session.diff_report()
-    assert [(r.layer_a, r.head_a, r.divergence) for r in got.heads] == [(r.layer_a, r.head_a, r.divergence) for r in want.heads]
+    assert [(r.layer_a, r.head_a, r.divergence) for r in got.heads] == [
+        (r.layer_a, r.head_a, r.divergence) for r in want.heads
+    ]
     assert (got.heads[0].layer_a, got.heads[0].head_a) == (1, 2)
     a, b, _ = app.session.diff_maps()
     assert np.array_equal(a, model.run(TEXT).attention(0)[0]) and np.array_equal(b, a)  # L0H0: layer 0 is unchanged

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, hf_outputs, parse_json, run_mha
 from test_stats import reference_stats
 
@@ -34,7 +33,9 @@ def corpus(tmp_path_factory) -> Path:
 def serial(corpus, tmp_path_factory):
     """The census of the bundled model, default probes plus the corpus, in this process, with --per-text."""
     per_text = tmp_path_factory.mktemp("per") / "texts.jsonl"
-    result = run_mha("census", "--texts", str(corpus), "-j", "1", "-f", "json", "--per-text", str(per_text), env=NO_PROGRESS)
+    result = run_mha(
+        "census", "--texts", str(corpus), "-j", "1", "-f", "json", "--per-text", str(per_text), env=NO_PROGRESS
+    )
     assert result.returncode == 0, result.stderr
     return parse_json(result.stdout), [json.loads(line) for line in per_text.read_text().splitlines()]
 
@@ -91,7 +92,12 @@ def test_per_text_rows_average_to_the_summary(serial):
             rows = [t for t in texts if t["source"] == source and "error" not in t]
             assert len(rows) == summary["n_texts"]
             for name, mean in summary["mean"].items():
-                values = [x["stats"][name] for t in rows for x in t["heads"] if (x["layer"], x["head"]) == (h["layer"], h["head"])]
+                values = [
+                    x["stats"][name]
+                    for t in rows
+                    for x in t["heads"]
+                    if (x["layer"], x["head"]) == (h["layer"], h["head"])
+                ]
                 values = [v for v in values if v is not None]
                 if mean is None:
                     assert not values
@@ -161,10 +167,14 @@ def test_serial_local_processes_and_dask_give_the_same_numbers(serial, corpus):
     two = run_mha("census", "--texts", str(corpus), "-j", "2", "-f", "json", env=NO_PROGRESS)
     assert two.returncode == 0, two.stderr
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        on_dask = run_mha("census", "--texts", str(corpus), "--dask", cluster.scheduler_address, "-f", "json", env=NO_PROGRESS)
+        on_dask = run_mha(
+            "census", "--texts", str(corpus), "--dask", cluster.scheduler_address, "-f", "json", env=NO_PROGRESS
+        )
     assert on_dask.returncode == 0, on_dask.stderr
     for other in (parse_json(two.stdout), parse_json(on_dask.stdout)):
-        assert [(h["layer"], h["head"], h["kind"]) for h in other["heads"]] == [(h["layer"], h["head"], h["kind"]) for h in base["heads"]]
+        assert [(h["layer"], h["head"], h["kind"]) for h in other["heads"]] == [
+            (h["layer"], h["head"], h["kind"]) for h in base["heads"]
+        ]
         np.testing.assert_allclose(summary_numbers(other), summary_numbers(base), rtol=0, atol=1e-12)
         assert other["sources"] == base["sources"]
 
@@ -190,7 +200,9 @@ def test_formats(tmp_path, corpus):
     first = rows[0]
     head = heads_of(doc)[(int(first["layer"]), int(first["head"]))]
     assert first["kind"] == head["kind"] and float(first["confidence"]) == pytest.approx(head["confidence"], abs=1e-6)
-    assert float(first["mean_induction"]) == pytest.approx(head["by_source"][first["source"]]["mean"]["induction"], abs=1e-6)
+    assert float(first["mean_induction"]) == pytest.approx(
+        head["by_source"][first["source"]]["mean"]["induction"], abs=1e-6
+    )
     assert list(first)[:6] == ["layer", "head", "kind", "confidence", "source", "n_texts"]
     tsv = run_mha(*args, "-f", "tsv").stdout.decode().splitlines()
     assert tsv[0].split("\t") == list(first)
@@ -214,15 +226,34 @@ def test_jsonl_and_stdin_corpora_equal_the_text_file(tmp_path, corpus):
 def test_failed_texts_are_counted_unless_strict(tmp_path):
     path = tmp_path / "c.jsonl"
     long = "word " * 400  # > 256 tokens
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("To be, or not to be.", "", long, "Thou art a villain.")))
-    result = run_mha("census", "-j", "1", "--probes", "none", "--texts", str(path), "-f", "json", "--per-text", str(tmp_path / "p.jsonl"))
+    path.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in ("To be, or not to be.", "", long, "Thou art a villain."))
+    )
+    result = run_mha(
+        "census",
+        "-j",
+        "1",
+        "--probes",
+        "none",
+        "--texts",
+        str(path),
+        "-f",
+        "json",
+        "--per-text",
+        str(tmp_path / "p.jsonl"),
+    )
     assert result.returncode == 0, result.stderr
     doc = parse_json(result.stdout)
     assert doc["sources"]["corpus"]["n_texts"] == 2 and doc["sources"]["corpus"]["failed"] == 2
     err = result.stderr.decode()
     assert "line 2: text is empty" in err and "line 3:" in err and "longer than the model's n_positions" in err
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert [r.get("line") for r in records] == [1, 2, 3, 4] and ["error" in r for r in records] == [False, True, True, False]
+    assert [r.get("line") for r in records] == [1, 2, 3, 4] and ["error" in r for r in records] == [
+        False,
+        True,
+        True,
+        False,
+    ]
     truncated = run_mha("census", "-j", "1", "--probes", "none", "--texts", str(path), "-f", "json", "--truncate")
     assert parse_json(truncated.stdout)["sources"]["corpus"]["n_texts"] == 3
     strict = run_mha("census", "-j", "1", "--probes", "none", "--texts", str(path), "--strict")
@@ -235,8 +266,16 @@ def test_failed_texts_are_counted_unless_strict(tmp_path):
         (lambda p: p.write_text("\n  \n\n"), [], "holds no text"),
         (lambda p: p.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00" * 50), [], "holds NUL bytes"),
         (lambda p: p.write_bytes(b"caf\xe9\n"), [], "not valid UTF-8"),
-        (lambda p: (p.with_suffix(".jsonl").write_text('{"text": "a"}\n{"body": "b"}\n')), ["jsonl"], 'line 2 has no "text" string'),
-        (lambda p: (p.with_suffix(".jsonl").write_text('{"text": "a"}\nnot json\n')), ["jsonl"], "line 2 is not a JSON object"),
+        (
+            lambda p: p.with_suffix(".jsonl").write_text('{"text": "a"}\n{"body": "b"}\n'),
+            ["jsonl"],
+            'line 2 has no "text" string',
+        ),
+        (
+            lambda p: p.with_suffix(".jsonl").write_text('{"text": "a"}\nnot json\n'),
+            ["jsonl"],
+            "line 2 is not a JSON object",
+        ),
         (None, ["--workers", "0"], "--workers 0 must be at least 1"),
         (None, ["--probes", "repeat,nonsense"], "'nonsense' is not one of"),
         (None, ["--probes", "none"], "needs --texts"),
@@ -263,7 +302,11 @@ def test_an_unreachable_dask_scheduler_is_a_clear_error_within_seconds():
     result = run_mha("census", "--dask", "tcp://127.0.0.1:9", "--probe-count", "2")
     elapsed = time.monotonic() - start
     err = result.stderr.decode()
-    assert result.returncode == 2 and err.startswith("error: --dask tcp://127.0.0.1:9: cannot reach") and err.count("\n") == 1
+    assert (
+        result.returncode == 2
+        and err.startswith("error: --dask tcp://127.0.0.1:9: cannot reach")
+        and err.count("\n") == 1
+    )
     assert elapsed < 30, f"took {elapsed:.1f} s"
 
 
@@ -277,9 +320,25 @@ def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):
     per_text = tmp_path / "p.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mhacli", "census", "-j", "2", "--texts", str(corpus), "--per-text", str(per_text), "-f", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mhacli",
+            "census",
+            "-j",
+            "2",
+            "--texts",
+            str(corpus),
+            "--per-text",
+            str(per_text),
+            "-f",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait until results come back from the workers
@@ -321,4 +380,6 @@ def test_workers_run_one_blas_and_one_attention_thread(where):
     with executor as ex:
         seen = {name: ex.submit(os.getenv, name).result() for name in before}
     assert seen == {"MHA_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    assert {name: os.environ.get(name) for name in before} == before  # this process's own settings are left as they were
+    assert {
+        name: os.environ.get(name) for name in before
+    } == before  # this process's own settings are left as they were

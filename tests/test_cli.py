@@ -10,10 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, hf_outputs, parse_json, run_mha
-from mhacli.views.formats import CSV_COLUMNS
+
 from mhacli.analyses.stats import KINDS, STAT_NAMES
+from mhacli.views.formats import CSV_COLUMNS
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 ANSI = re.compile(rb"\x1b\[")
@@ -86,7 +86,9 @@ def test_stats_json_matches_inspect_without_attention(tiny_model, inspect_doc):
         assert a["kind"] == b["kind"] and a["stats"] == b["stats"]
 
 
-@pytest.mark.parametrize("command", [["inspect"], ["inspect", "--top", "2"], ["inspect", "--query", "3"], ["stats"], ["info"]])
+@pytest.mark.parametrize(
+    "command", [["inspect"], ["inspect", "--top", "2"], ["inspect", "--query", "3"], ["stats"], ["info"]]
+)
 def test_piped_output_is_plain_text(tiny_model, command):
     result = run_mha(*command, *([TEXT] if command[0] != "info" else []), "-m", str(tiny_model))
     assert result.returncode == 0, result.stderr
@@ -95,7 +97,9 @@ def test_piped_output_is_plain_text(tiny_model, command):
 
 def test_save_npz(tiny_model, inspect_doc, tmp_path):
     out = tmp_path / "maps.npz"
-    result = run_mha("inspect", TEXT, "-m", str(tiny_model), "-l", "1", "-H", "2", "-H", "0", "--save", str(out), "-f", "json")
+    result = run_mha(
+        "inspect", TEXT, "-m", str(tiny_model), "-l", "1", "-H", "2", "-H", "0", "--save", str(out), "-f", "json"
+    )
     assert result.returncode == 0, result.stderr
     with np.load(out) as z:
         assert z["attention"].dtype == np.float32 and z["attention"].shape[:2] == (1, 2)
@@ -170,8 +174,8 @@ def test_verify_exit_1_when_over_tolerance(tiny_model):
 
 def test_verify_catches_a_wrong_implementation(tiny_model, monkeypatch):
     """verify compares two independent computations: break ours and it must fail."""
-    import mhacli.engine.arch.gpt2 as gpt2  # imported before the patch, so it keeps the real layer_norm afterwards
     import mhacli.analyses.explain  # noqa: F401 - the same (a module first imported under the patch would keep the broken one)
+    import mhacli.engine.arch.gpt2 as gpt2  # imported before the patch, so it keeps the real layer_norm afterwards
     from mhacli.analyses.verify import verify
     from mhacli.io.weights import load_model
 

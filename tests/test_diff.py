@@ -14,15 +14,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import build_model, hf_outputs, parse_json, run_mha, train_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import build_model, hf_outputs, parse_json, run_mha, train_tokenizer
-
 TEXT = "The quick brown fox jumps over the lazy dog. The quick brown fox jumps"
 TEXT_2 = "ROMEO: But, soft! what light through yonder window breaks? It is the east"
-STATS = ["entropy", "max_weight", "mean_distance", "first_token", "self", "previous_token", "duplicate_token", "induction"]
-TABLE_HEADER = ["layer_a", "head_a", "layer_b", "head_b", "divergence", "kind_a", "kind_b"] + [f"delta_{s}" for s in STATS]
+STATS = [
+    "entropy",
+    "max_weight",
+    "mean_distance",
+    "first_token",
+    "self",
+    "previous_token",
+    "duplicate_token",
+    "induction",
+]
+TABLE_HEADER = ["layer_a", "head_a", "layer_b", "head_b", "divergence", "kind_a", "kind_b"] + [
+    f"delta_{s}" for s in STATS
+]
 SAME = 1e-9  # a model against itself: divergence is zero up to float rounding
 EDIT_LAYER, EDIT_HEAD = 1, 2
 PERMS = {0: [2, 0, 3, 1], 1: [1, 3, 0, 2], 2: [3, 2, 1, 0]}  # new head h of the permuted model = old head PERMS[l][h]
@@ -317,7 +327,9 @@ def test_different_depths_matching_is_optimal_against_an_hf_reference_matrix(mod
     maps_b = np.concatenate(hf_outputs(models["deep"], ids)[0]).astype(np.float64)  # [12, n_seq, n_seq]
     ref = np.array([[np.mean(jensenshannon(pa, pb, base=2, axis=1) ** 2) for pb in maps_b] for pa in maps_a])
     for h in doc["heads"]:
-        assert h["divergence"] == pytest.approx(ref[h["layer_a"] * 4 + h["head_a"], h["layer_b"] * 4 + h["head_b"]], abs=1e-5)
+        assert h["divergence"] == pytest.approx(
+            ref[h["layer_a"] * 4 + h["head_a"], h["layer_b"] * 4 + h["head_b"]], abs=1e-5
+        )
     rows, cols = linear_sum_assignment(ref)
     assert sum(h["divergence"] for h in doc["heads"]) == pytest.approx(ref[rows, cols].sum(), abs=1e-5)
     for n in doc["nearest"]:
@@ -332,7 +344,9 @@ def test_matching_permutes_with_the_heads_of_b(models):
     assert_valid_matching(permuted, (2, 4), (3, 4))
     # head h of deep_perm is head PERMS[l][h] of deep
     to_deep = lambda layer, head: (layer, PERMS[layer][head])  # noqa: E731
-    got = {(h["layer_a"], h["head_a"]): (to_deep(h["layer_b"], h["head_b"]), h["divergence"]) for h in permuted["heads"]}
+    got = {
+        (h["layer_a"], h["head_a"]): (to_deep(h["layer_b"], h["head_b"]), h["divergence"]) for h in permuted["heads"]
+    }
     want = {(h["layer_a"], h["head_a"]): ((h["layer_b"], h["head_b"]), h["divergence"]) for h in plain["heads"]}
     assert got.keys() == want.keys()
     for a in want:
@@ -422,7 +436,10 @@ def test_jsonl_one_head_per_line(models):
     lines = r.stdout.decode().splitlines()
     assert len(lines) == 8
     objs = [parse_json(line.encode()) for line in lines]
-    assert all({"layer_a", "head_a", "layer_b", "head_b", "divergence", "kind_a", "kind_b", "stat_deltas"} <= o.keys() for o in objs)
+    assert all(
+        {"layer_a", "head_a", "layer_b", "head_b", "divergence", "kind_a", "kind_b", "stat_deltas"} <= o.keys()
+        for o in objs
+    )
 
 
 def test_text_format_is_plain_and_ranked(models):
@@ -474,7 +491,10 @@ def test_mismatched_tokenizers_are_refused(models):
 )
 def test_bad_options_are_one_error_line(models, tmp_path, args):
     (tmp_path / "empty.txt").write_text("\n  \n\n", encoding="utf-8")
-    mapped = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "nope.txt") if a == "MISSING" else a for a in args]
+    mapped = [
+        str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "nope.txt") if a == "MISSING" else a
+        for a in args
+    ]
     text = [] if "--texts" in args else [TEXT]
     assert_bad_input(run_mha("diff", str(models["base"]), str(models["base"]), *text, *mapped))
 

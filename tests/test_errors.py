@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
-
 from conftest import count_case, run_mha
+from safetensors.numpy import load_file, save_file
 
 TEXT = "The cat sat on the mat."
 
@@ -229,7 +228,9 @@ def corrupt_vocab_json(d):
 
 def shard_index_escapes_dotdot(d):
     (d / "model.safetensors").rename(d.parent / "outside.safetensors")
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte.weight": "../outside.safetensors"}}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"wte.weight": "../outside.safetensors"}})
+    )
 
 
 def shard_index_absolute_path(d):
@@ -393,7 +394,9 @@ def test_mha_model_env_pointing_nowhere(tmp_path, mha):
 
 
 def test_hub_id_offline_not_cached(tmp_path):
-    result = run_mha("stats", TEXT, "-m", "someone/uncached", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)})
+    result = run_mha(
+        "stats", TEXT, "-m", "someone/uncached", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    )
     assert_one_error_line(result, "not in the local Hugging Face cache")
 
 
@@ -450,16 +453,20 @@ def test_pipe_closed_early_exits_quietly(tiny_model):
     """`mha ... | head -1`: no BrokenPipeError traceback, exit 0."""
     proc = subprocess.run(
         f"{sys.executable} -m mhacli inspect '{TEXT * 2}' -m {tiny_model} -f text | head -1",
-        shell=True, capture_output=True, executable="/bin/bash",
+        shell=True,
+        capture_output=True,
+        executable="/bin/bash",
         env={k: v for k, v in os.environ.items() if k != "MHA_MODEL"},
-    )  # fmt: skip
+    )
     assert proc.stdout.decode().startswith("tokens:")
     assert proc.stderr == b"", proc.stderr
     status = subprocess.run(
         f"{sys.executable} -m mhacli inspect '{TEXT * 2}' -m {tiny_model} -f json | head -c 10 >/dev/null; "
         "echo ${PIPESTATUS[0]}",
-        shell=True, capture_output=True, executable="/bin/bash",
-    )  # fmt: skip
+        shell=True,
+        capture_output=True,
+        executable="/bin/bash",
+    )
     assert status.stdout.strip() == b"0" and b"Traceback" not in status.stderr
 
 
@@ -481,8 +488,10 @@ def test_ctrl_c_exits_130_with_one_line(tiny_model):
     """SIGINT while waiting on stdin: exit 130, one line, no traceback."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mhacli", "stats", "-", "-m", str(tiny_model)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_until_reading_stdin(proc.pid)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -550,6 +559,7 @@ def test_weight_estimate_is_held_by_a_real_pass(tmp_path, tokenizer_dir, cache):
     import tracemalloc
 
     from conftest import build_model
+
     from mhacli.analyses.heads import analyse
     from mhacli.io.weights import load_model
 

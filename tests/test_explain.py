@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_close, break_attention_kernel, build_model, parse_json, run_mha
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import assert_close, break_attention_kernel, build_model, parse_json, run_mha
 
 ATTN_ATOL = 1e-5  # attention probabilities vs HF
 VEC_ATOL = 1e-4  # vectors (hidden states, q/k/v, scores, outputs) vs HF, per unit of max(1, max |HF value|)
@@ -139,8 +138,12 @@ def test_every_intermediate_matches_hf(models, config, layer, head, query):
     assert_close(f"{where}: keys", doc["keys"], hf["k"][head, : i + 1], VEC_ATOL)
     assert_close(f"{where}: values", doc["values"], hf["v"][head, : i + 1], VEC_ATOL)
     assert_close(f"{where}: scores", doc["scores"], hf["scores"][head, i, : i + 1], VEC_ATOL)
-    assert doc["scale"] == pytest.approx(hf["scaling"], rel=1e-12), f"{where}: scale {doc['scale']} vs HF {hf['scaling']}"
-    assert_close(f"{where}: scaled_scores", doc["scaled_scores"], hf["scores"][head, i, : i + 1] * hf["scaling"], VEC_ATOL)
+    assert doc["scale"] == pytest.approx(hf["scaling"], rel=1e-12), (
+        f"{where}: scale {doc['scale']} vs HF {hf['scaling']}"
+    )
+    assert_close(
+        f"{where}: scaled_scores", doc["scaled_scores"], hf["scores"][head, i, : i + 1] * hf["scaling"], VEC_ATOL
+    )
     assert_close(f"{where}: attention", doc["attention"], hf["attention"][head, i, : i + 1], ATTN_ATOL, relative=False)
     assert doc["masked_keys"] == list(range(i + 1, n_seq))
     assert np.all(hf["attention"][head, i, i + 1 :] == 0)  # what the masked keys get in HF
@@ -304,7 +307,9 @@ def test_cli_full_shows_every_component(models):
         values += [float(x) for x in m.group(2).split()]
     hf = hf_capture(directory, ids_of(directory))[0]
     np.testing.assert_allclose(values, hf["q"][3, 29], rtol=1e-3, atol=1e-6)
-    assert sum(1 for line in lines if re.match(r"\s+k_\d+ = \(8 components", line)) == 30  # every key, not the strongest 12
+    assert (
+        sum(1 for line in lines if re.match(r"\s+k_\d+ = \(8 components", line)) == 30
+    )  # every key, not the strongest 12
 
 
 ERRORS = [

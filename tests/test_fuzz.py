@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import count_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import count_case
-from mhacli.errors import MhaError
 from mhacli.engine.forward import forward
+from mhacli.errors import MhaError
 from mhacli.io.weights import load_model
 
 SCALE = float(os.environ.get("MHA_FUZZ_SCALE", "1"))
@@ -273,9 +273,16 @@ NORMALIZERS = st.deferred(
     lambda: st.one_of(
         st.builds(lambda p, c: {"type": "Replace", "pattern": p, "content": c}, PATTERNS, SMALL_TEXT | LONG_TEXT),
         st.builds(lambda s: {"type": "Prepend", "prepend": s}, SMALL_TEXT | LONG_TEXT),
-        st.builds(lambda b: {"type": "Precompiled", "precompiled_charsmap": base64.b64encode(b).decode()}, st.binary(max_size=48)),
+        st.builds(
+            lambda b: {"type": "Precompiled", "precompiled_charsmap": base64.b64encode(b).decode()},
+            st.binary(max_size=48),
+        ),
         st.sampled_from([{"type": t} for t in ("NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Nmt")]),
-        st.builds(lambda left, right: {"type": "Strip", "strip_left": left, "strip_right": right}, st.booleans(), st.booleans()),
+        st.builds(
+            lambda left, right: {"type": "Strip", "strip_left": left, "strip_right": right},
+            st.booleans(),
+            st.booleans(),
+        ),
         _sequence("Sequence", "normalizers", NORMALIZERS),
         JSON_VALUES,
     )
@@ -283,13 +290,25 @@ NORMALIZERS = st.deferred(
 BEHAVIOURS = st.sampled_from(["Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous", "X"])
 PRE_TOKENIZERS = st.deferred(
     lambda: st.one_of(
-        st.builds(lambda p, b, i: {"type": "Split", "pattern": p, "behavior": b, "invert": i}, PATTERNS, BEHAVIOURS, st.booleans()),
+        st.builds(
+            lambda p, b, i: {"type": "Split", "pattern": p, "behavior": b, "invert": i},
+            PATTERNS,
+            BEHAVIOURS,
+            st.booleans(),
+        ),
         st.builds(lambda n: {"type": "FixedLength", "length": n}, NUMBERS),
         st.builds(
             lambda r, s, split: {"type": "Metaspace", "replacement": r, "prepend_scheme": s, "split": split},
-            SMALL_TEXT, st.sampled_from(["always", "first", "never", "x"]), st.booleans(),
+            SMALL_TEXT,
+            st.sampled_from(["always", "first", "never", "x"]),
+            st.booleans(),
         ),
-        st.builds(lambda a, t, r: {"type": "ByteLevel", "add_prefix_space": a, "trim_offsets": t, "use_regex": r}, st.booleans(), st.booleans(), st.booleans()),
+        st.builds(
+            lambda a, t, r: {"type": "ByteLevel", "add_prefix_space": a, "trim_offsets": t, "use_regex": r},
+            st.booleans(),
+            st.booleans(),
+            st.booleans(),
+        ),
         st.sampled_from([{"type": t} for t in ("Whitespace", "WhitespaceSplit", "UnicodeScripts", "BertPreTokenizer")]),
         st.builds(lambda d: {"type": "Digits", "individual_digits": d}, st.booleans()),
         st.builds(lambda b: {"type": "Punctuation", "behavior": b}, BEHAVIOURS),
@@ -306,38 +325,79 @@ TEMPLATE_PIECES = st.one_of(
 POST_PROCESSORS = st.deferred(
     lambda: st.one_of(
         st.builds(
-            lambda single, specials: {"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": specials},
+            lambda single, specials: {
+                "type": "TemplateProcessing",
+                "single": single,
+                "pair": single,
+                "special_tokens": specials,
+            },
             st.lists(TEMPLATE_PIECES, max_size=4),
-            st.dictionaries(SPECIAL_NAMES, st.builds(lambda i, t: {"ids": i, "tokens": t}, st.lists(NUMBERS, max_size=2), st.lists(SPECIAL_NAMES, max_size=2)), max_size=3).map(
-                lambda d: {k: v | {"id": k} for k, v in d.items()}
-            ),
+            st.dictionaries(
+                SPECIAL_NAMES,
+                st.builds(
+                    lambda i, t: {"ids": i, "tokens": t},
+                    st.lists(NUMBERS, max_size=2),
+                    st.lists(SPECIAL_NAMES, max_size=2),
+                ),
+                max_size=3,
+            ).map(lambda d: {k: v | {"id": k} for k, v in d.items()}),
         ),
-        st.builds(lambda a, t: {"type": "ByteLevel", "add_prefix_space": a, "trim_offsets": t, "use_regex": True}, st.booleans(), st.booleans()),
-        st.builds(lambda s, c, kind: {"type": kind, "sep": s, "cls": c, "trim_offsets": True, "add_prefix_space": False},
-                  st.tuples(SPECIAL_NAMES, NUMBERS).map(list), st.tuples(SPECIAL_NAMES, NUMBERS).map(list),
-                  st.sampled_from(["RobertaProcessing", "BertProcessing"])),  # fmt: skip
+        st.builds(
+            lambda a, t: {"type": "ByteLevel", "add_prefix_space": a, "trim_offsets": t, "use_regex": True},
+            st.booleans(),
+            st.booleans(),
+        ),
+        st.builds(
+            lambda s, c, kind: {"type": kind, "sep": s, "cls": c, "trim_offsets": True, "add_prefix_space": False},
+            st.tuples(SPECIAL_NAMES, NUMBERS).map(list),
+            st.tuples(SPECIAL_NAMES, NUMBERS).map(list),
+            st.sampled_from(["RobertaProcessing", "BertProcessing"]),
+        ),
         _sequence("Sequence", "processors", POST_PROCESSORS),
         JSON_VALUES,
     )
 )
-PADDINGS = st.builds(
-    lambda strategy, direction, multiple, pad_id, token: {
-        "strategy": strategy, "direction": direction, "pad_to_multiple_of": multiple, "pad_id": pad_id,
-        "pad_type_id": 0, "pad_token": token,
-    },
-    st.just("BatchLongest") | st.builds(lambda n: {"Fixed": n}, NUMBERS),
-    st.sampled_from(["Left", "Right", "X"]), st.none() | NUMBERS, NUMBERS, SMALL_TEXT,
-) | JSON_VALUES  # fmt: skip
-TRUNCATIONS = st.builds(
-    lambda direction, length, strategy, stride: {"direction": direction, "max_length": length, "strategy": strategy, "stride": stride},
-    st.sampled_from(["Left", "Right"]), NUMBERS, st.sampled_from(["LongestFirst", "OnlyFirst", "OnlySecond"]), NUMBERS,
-) | JSON_VALUES  # fmt: skip
+PADDINGS = (
+    st.builds(
+        lambda strategy, direction, multiple, pad_id, token: {
+            "strategy": strategy,
+            "direction": direction,
+            "pad_to_multiple_of": multiple,
+            "pad_id": pad_id,
+            "pad_type_id": 0,
+            "pad_token": token,
+        },
+        st.just("BatchLongest") | st.builds(lambda n: {"Fixed": n}, NUMBERS),
+        st.sampled_from(["Left", "Right", "X"]),
+        st.none() | NUMBERS,
+        NUMBERS,
+        SMALL_TEXT,
+    )
+    | JSON_VALUES
+)
+TRUNCATIONS = (
+    st.builds(
+        lambda direction, length, strategy, stride: {
+            "direction": direction,
+            "max_length": length,
+            "strategy": strategy,
+            "stride": stride,
+        },
+        st.sampled_from(["Left", "Right"]),
+        NUMBERS,
+        st.sampled_from(["LongestFirst", "OnlyFirst", "OnlySecond"]),
+        NUMBERS,
+    )
+    | JSON_VALUES
+)
 MODEL_FIELDS = {
     "unk_token": SMALL_TEXT | JSON_VALUES, "dropout": NUMBERS | JSON_VALUES, "byte_fallback": st.booleans() | JSON_VALUES,
     "continuing_subword_prefix": SMALL_TEXT | JSON_VALUES, "fuse_unk": st.booleans(), "ignore_merges": st.booleans(),
     "type": st.sampled_from(["BPE", "WordPiece", "WordLevel", "Unigram", "X"]),
 }  # fmt: skip
-FUZZ_TEXTS = st.sampled_from(["hello world", "aaaa bbbb aaaa", "é▁ 123 <|endoftext|> <s>", "x" * 300, "\u202e\x1b[2J", "a\x00b"])
+FUZZ_TEXTS = st.sampled_from(
+    ["hello world", "aaaa bbbb aaaa", "é▁ 123 <|endoftext|> <s>", "x" * 300, "\u202e\x1b[2J", "a\x00b"]
+)
 
 
 @fuzz(130)
@@ -349,7 +409,20 @@ def test_cli_tokenizer_json_mutations(tiny_model, tmp_path, cli_worker, cases, d
         shutil.copytree(tiny_model, d)
     doc = json.loads((tiny_model / "tokenizer.json").read_text())
     for _ in range(data.draw(st.integers(1, 3))):
-        part = data.draw(st.sampled_from(["normalizer", "pre_tokenizer", "post_processor", "padding", "truncation", "model", "added_tokens", "decoder"]))
+        part = data.draw(
+            st.sampled_from(
+                [
+                    "normalizer",
+                    "pre_tokenizer",
+                    "post_processor",
+                    "padding",
+                    "truncation",
+                    "model",
+                    "added_tokens",
+                    "decoder",
+                ]
+            )
+        )
         if part == "normalizer":
             doc[part] = data.draw(NORMALIZERS)
         elif part == "pre_tokenizer":
@@ -365,9 +438,16 @@ def test_cli_tokenizer_json_mutations(tiny_model, tmp_path, cli_worker, cases, d
             doc["model"][key] = data.draw(MODEL_FIELDS[key])
         elif part == "added_tokens":
             doc[part].append(
-                {"id": data.draw(NUMBERS), "content": data.draw(SMALL_TEXT | LONG_TEXT), "single_word": data.draw(st.booleans()),
-                 "lstrip": False, "rstrip": data.draw(st.booleans()), "normalized": data.draw(st.booleans()), "special": data.draw(st.booleans())}
-            )  # fmt: skip
+                {
+                    "id": data.draw(NUMBERS),
+                    "content": data.draw(SMALL_TEXT | LONG_TEXT),
+                    "single_word": data.draw(st.booleans()),
+                    "lstrip": False,
+                    "rstrip": data.draw(st.booleans()),
+                    "normalized": data.draw(st.booleans()),
+                    "special": data.draw(st.booleans()),
+                }
+            )
         else:
             doc[part] = data.draw(JSON_VALUES)
     (d / "tokenizer.json").write_text(json.dumps(doc))
@@ -394,14 +474,30 @@ def sharded_copy(tiny_model: Path, d: Path) -> dict:
 
 SHARD_NAMES = st.one_of(
     JSON_VALUES,
-    st.sampled_from([
-        "", "shard-2.safetensors", "shard\x00-1.safetensors", "../shard-1.safetensors", "/etc/passwd", "sub/../shard-1.safetensors",
-        "config.json", "tokenizer.json", "model.safetensors.index.json", "fifo.safetensors", "dir.safetensors", "pytorch_model.bin",
-        "sh\x1b[2Jard.safetensors", "missing.safetensors", ".", "shard-1.safetensors/", "\\shard.safetensors",
-    ]),
+    st.sampled_from(
+        [
+            "",
+            "shard-2.safetensors",
+            "shard\x00-1.safetensors",
+            "../shard-1.safetensors",
+            "/etc/passwd",
+            "sub/../shard-1.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "model.safetensors.index.json",
+            "fifo.safetensors",
+            "dir.safetensors",
+            "pytorch_model.bin",
+            "sh\x1b[2Jard.safetensors",
+            "missing.safetensors",
+            ".",
+            "shard-1.safetensors/",
+            "\\shard.safetensors",
+        ]
+    ),
     st.integers(200, 5000).map(lambda n: "a" * n + ".safetensors"),
     SMALL_TEXT,
-)  # fmt: skip
+)
 
 
 @fuzz(120)
@@ -434,7 +530,9 @@ def test_cli_shard_index_mutations(tiny_model, tmp_path, cli_worker, cases, data
 NUMBER_LITERALS = st.one_of(
     st.integers(10, 6000).map(lambda n: "9" * n),
     st.integers(10, 6000).map(lambda n: "-" + "1" * n),
-    st.sampled_from(["1e308", "1e309", "-1e999", "1.5e-400", "1E400", "4e38", "3.5e38", "18446744073709551616", "-0", "0.0"]),
+    st.sampled_from(
+        ["1e308", "1e309", "-1e999", "1.5e-400", "1E400", "4e38", "3.5e38", "18446744073709551616", "-0", "0.0"]
+    ),
 )
 
 
@@ -473,23 +571,41 @@ def test_cli_oversized_numbers(tiny_model, tmp_path, cli_worker, cases, data):
         else:
             name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
             field = data.draw(st.sampled_from(["shape", "data_offsets"]))
-            path = [name, field, data.draw(st.integers(0, len(header[name][field]) - 1))] if header[name][field] else [name, field]
+            path = (
+                [name, field, data.draw(st.integers(0, len(header[name][field]) - 1))]
+                if header[name][field]
+                else [name, field]
+            )
         blob = with_literal(header, path, literal).encode()
         (d / "model.safetensors").write_bytes(len(blob).to_bytes(8, "little") + blob + raw[span:])
     else:
         doc = json.loads((d / "tokenizer.json").read_text())
         vocab = doc["model"]["vocab"]
-        path = data.draw(st.sampled_from([["model", "vocab", sorted(vocab)[0]], ["added_tokens", 0, "id"], ["model", "dropout"]]))
+        path = data.draw(
+            st.sampled_from([["model", "vocab", sorted(vocab)[0]], ["added_tokens", 0, "id"], ["model", "dropout"]])
+        )
         (d / "tokenizer.json").write_text(with_literal(doc, path, literal))
     check_cli(cli_worker.run("stats", "hello world", "-m", str(d), "-f", "json"))
 
 
 ROPE_NUMBERS = st.one_of(
-    st.floats(min_value=-1e3, max_value=1e3, allow_nan=False), st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from([0.0, 1.0, 1e-300, 1e-40, 1e38, 3.5e38, 1e300, -7.213475204444817]), st.integers(-4, 10**6),
-)  # fmt: skip
-ROPE_FIELDS = ["factor", "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor",
-               "high_freq_factor", "original_max_position_embeddings", "rope_theta"]  # fmt: skip
+    st.floats(min_value=-1e3, max_value=1e3, allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, 1.0, 1e-300, 1e-40, 1e38, 3.5e38, 1e300, -7.213475204444817]),
+    st.integers(-4, 10**6),
+)
+ROPE_FIELDS = [
+    "factor",
+    "attention_factor",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+    "rope_theta",
+]
 
 
 @fuzz(200)
@@ -497,16 +613,18 @@ ROPE_FIELDS = ["factor", "attention_factor", "beta_fast", "beta_slow", "mscale",
 def test_rope_parameters_are_refused_or_computable(cases, data):
     """Any rotary parameters either are refused at load (ConfigError, naming the field) or give finite rotary
     tables with no floating-point warning: the check computes what the forward will compute."""
+    from mhacli.config import parse_config
     from mhacli.engine.arch import check_config
     from mhacli.engine.arch.rope import inv_freq, rope_tables
-    from mhacli.config import parse_config
     from mhacli.errors import ConfigError
 
     cases.tick()
     kind = data.draw(st.sampled_from(["default", "linear", "dynamic", "yarn", "longrope", "llama3"]))
     head_dim = data.draw(st.sampled_from([2, 4, 6, 8, 15, 16, 64]))
     n_positions = data.draw(st.sampled_from([1, 2, 16, 4096, 1 << 20]))
-    rope = {"rope_type": kind} | {k: data.draw(ROPE_NUMBERS) for k in data.draw(st.lists(st.sampled_from(ROPE_FIELDS), max_size=5, unique=True))}
+    rope = {"rope_type": kind} | {
+        k: data.draw(ROPE_NUMBERS) for k in data.draw(st.lists(st.sampled_from(ROPE_FIELDS), max_size=5, unique=True))
+    }
     if kind == "longrope":
         for key in ("short_factor", "long_factor"):
             rope[key] = [data.draw(ROPE_NUMBERS)] * (head_dim // 2)

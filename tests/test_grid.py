@@ -13,11 +13,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from mhacli.analyses.stats import KINDS, layer_stats
 from mhacli.cli import app
+from mhacli.views.terminal import KIND_STYLE, render_stats
 from mhacli.views.terminal.grid import full_width, tenths
 from mhacli.views.terminal.heatmap import HEX, level
-from mhacli.views.terminal import KIND_STYLE, render_stats
-from mhacli.analyses.stats import KINDS, layer_stats
 from tests.test_heatmap import ANSI, views_of
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
@@ -25,7 +25,9 @@ TEXT = "The cat sat on the mat. The cat sat on the mat."
 
 def draw(width: int, views, n_layer: int, n_head: int, *, color: bool, stat: str = "auto", layout: str = "auto"):
     buf = io.StringIO()
-    con = Console(file=buf, width=width, force_terminal=color, color_system="truecolor" if color else None, no_color=not color)
+    con = Console(
+        file=buf, width=width, force_terminal=color, color_system="truecolor" if color else None, no_color=not color
+    )
     render_stats(con, views, n_layer, n_head, stat, 30, layout=layout)
     return buf.getvalue()
 
@@ -144,7 +146,13 @@ def test_compact_without_colour_shows_values_in_tenths_beside_the_letters():
         letters, digits = row.split()[1:3]
         assert digits == "".join(tenths(by_pos[layer, h].score) for h in range(4))
     # two decimals first, as the full grid prints them: 0.096 shows as 0.10, so its tenth is 1
-    assert tenths(0.0) == "0" and tenths(0.094) == "0" and tenths(0.096) == "1" and tenths(0.996) == "X" and tenths(None) == "-"
+    assert (
+        tenths(0.0) == "0"
+        and tenths(0.094) == "0"
+        and tenths(0.096) == "1"
+        and tenths(0.996) == "X"
+        and tenths(None) == "-"
+    )
 
 
 def test_the_legend_names_the_statistic_and_its_scale():
@@ -172,7 +180,20 @@ def test_text_table_is_narrow_and_ordered_by_stat():
     assert plain.exit_code == 0
     lines = plain.output.splitlines()
     assert max(len(line) for line in lines) <= 100
-    assert lines[0].split() == ["head", "kind", "score", "entropy", "max_w", "dist", "first", "self", "prev", "dup", "ind", "rows"]
+    assert lines[0].split() == [
+        "head",
+        "kind",
+        "score",
+        "entropy",
+        "max_w",
+        "dist",
+        "first",
+        "self",
+        "prev",
+        "dup",
+        "ind",
+        "rows",
+    ]
     ordered = runner.invoke(app, ["stats", TEXT, "-f", "text", "--stat", "induction"])
     values = [float(line.split()[10]) for line in ordered.output.splitlines()[1:]]
     assert values == sorted(values, reverse=True) and len(values) == 8
@@ -182,7 +203,9 @@ def test_text_table_is_narrow_and_ordered_by_stat():
         name, kind, *_ = line.split()
         assert by_name[name]["kind"] == kind
         assert float(line.split()[10]) == pytest.approx(by_name[name]["stats"]["induction"], abs=5e-4)
-        assert line.split()[-1] == f"{by_name[name]['support']['duplicate_token']}/{by_name[name]['support']['induction']}"
+        assert (
+            line.split()[-1] == f"{by_name[name]['support']['duplicate_token']}/{by_name[name]['support']['induction']}"
+        )
 
 
 def test_stat_with_a_machine_format_says_where_it_applies():

@@ -12,9 +12,9 @@ import pytest
 from rich.console import Console
 
 from mhacli.analyses.heads import HeadView
-from mhacli.views.terminal.heatmap import HEX, LOWER, PIN, UPPER, level, map_lines, map_window, ruler
-from mhacli.views.terminal import render_inspect
 from mhacli.analyses.stats import layer_stats
+from mhacli.views.terminal import render_inspect
+from mhacli.views.terminal.heatmap import HEX, LOWER, PIN, UPPER, level, map_lines, map_window, ruler
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_mha
 
 COMMANDS = ["inspect", "stats", "diff", "explain", "verify", "info", "ablate", "prune", "census", "browse"]
@@ -90,7 +89,11 @@ def test_every_example_in_help_runs(command, tmp_path):
         master, slave = os.openpty()
         try:
             result = subprocess.run(
-                ["bash", "-o", "pipefail", "-c", line], stdin=slave, capture_output=True, env=env, cwd=work,
+                ["bash", "-o", "pipefail", "-c", line],
+                stdin=slave,
+                capture_output=True,
+                env=env,
+                cwd=work,
                 timeout=300,
             )
         finally:
@@ -148,7 +151,11 @@ def test_choices_are_listed_in_help(command, option, values):
             assert re.search(rf"(?<![\w_]){re.escape(value)}(?![\w_])", shown), f"{value} missing from: {shown}"
 
 
-MIN_ARGS = {"diff": ["sample", "sample", "hi"], "explain": ["hi", "-l", "0", "-H", "0"], "census": ["--probe-count", "1", "-j", "1"]}
+MIN_ARGS = {
+    "diff": ["sample", "sample", "hi"],
+    "explain": ["hi", "-l", "0", "-H", "0"],
+    "census": ["--probe-count", "1", "-j", "1"],
+}
 
 
 @pytest.mark.parametrize("command,option,values", CHOICES, ids=lambda x: x if isinstance(x, str) else "")
@@ -175,8 +182,8 @@ def test_version_names_package_numpy_and_every_architecture():
 
     import numpy
 
-    from mhacli.engine.arch import FAMILIES
     from mhacli.config import SUPPORTED_MODEL_TYPES
+    from mhacli.engine.arch import FAMILIES
 
     result = run_mha("--version")
     assert result.returncode == 0 and result.stderr == b""
@@ -198,8 +205,14 @@ def test_help_offers_completion():
     assert "--install-completion" in text and "--show-completion" in text
 
 
-@pytest.mark.parametrize("shell,marker", [("bash", "complete -o default -F _mha_completion mha"), ("zsh", "#compdef mha"),
-                                          ("fish", "complete --command mha")])  # fmt: skip
+@pytest.mark.parametrize(
+    "shell,marker",
+    [
+        ("bash", "complete -o default -F _mha_completion mha"),
+        ("zsh", "#compdef mha"),
+        ("fish", "complete --command mha"),
+    ],
+)
 def test_show_completion_for_a_named_shell(shell, marker):
     # shell detection off (typer's switch for this): --show-completion then takes the shell's name, as on a
     # machine where shellingham cannot tell which shell runs mha

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import count_case, parse_json, run_mha
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
-
-from conftest import count_case, parse_json, run_mha
 
 TEXT = "The cat sat on the mat."
 KIND = "hostile inputs answered with one error line (tests/test_hostile.py)"
@@ -143,7 +142,10 @@ def shard(model: Path) -> dict:
     """Turn the model into a one-shard checkpoint with an index; returns the index document."""
     (model / "model.safetensors").rename(model / "model-00001-of-00001.safetensors")
     header, _ = header_of(model / "model-00001-of-00001.safetensors")
-    index = {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in header if k != "__metadata__"}}
+    index = {
+        "metadata": {},
+        "weight_map": {k: "model-00001-of-00001.safetensors" for k in header if k != "__metadata__"},
+    }
     (model / "model.safetensors.index.json").write_text(json.dumps(index))
     return index
 
@@ -208,12 +210,19 @@ def test_model_env_longer_than_the_os_allows(mha):
 def run_closed(*args: str, close: int, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """`python -m mhacli ARGS` with file descriptor `close` (0, 1 or 2) closed, as `<&-`, `>&-`, `2>&-` do."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG")} | (env or {})
-    pipes = {0: {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}, 1: {"stderr": subprocess.PIPE},
-             2: {"stdout": subprocess.PIPE}}[close]  # fmt: skip
+    pipes = {
+        0: {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE},
+        1: {"stderr": subprocess.PIPE},
+        2: {"stdout": subprocess.PIPE},
+    }[close]
     return subprocess.run(
-        [sys.executable, "-m", "mhacli", *args], preexec_fn=lambda: os.close(close), env=full_env,
-        timeout=120, **pipes, **kwargs,
-    )  # fmt: skip
+        [sys.executable, "-m", "mhacli", *args],
+        preexec_fn=lambda: os.close(close),
+        env=full_env,
+        timeout=120,
+        **pipes,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("args", [["stats"], ["stats", "-"], ["ablate", "--texts", "-"]], ids=" ".join)
@@ -274,23 +283,41 @@ def test_rope_parameters_that_break_the_arithmetic(model, mha, changes, fragment
 
 
 def test_rope_check_accepts_every_real_rope_type():
-    from mhacli.engine.arch import check_config
     from mhacli.config import parse_config
+    from mhacli.engine.arch import check_config
 
     for rope in [
-        {"rope_type": "default"}, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0},
+        {"rope_type": "default"},
+        {"rope_type": "linear", "factor": 2.0},
+        {"rope_type": "dynamic", "factor": 2.0},
         {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
         {"rope_type": "yarn", "factor": 4.0, "mscale": 0.707, "mscale_all_dim": 0.707},
-        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
-        {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8, "original_max_position_embeddings": 16},
-    ]:  # fmt: skip
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+        {
+            "rope_type": "longrope",
+            "short_factor": [1.0] * 8,
+            "long_factor": [2.0] * 8,
+            "original_max_position_embeddings": 16,
+        },
+    ]:
         check_config(parse_config(LLAMA | {"rope_scaling": rope}))
 
 
 def wordlevel_tokenizer(model: Path, vocab: dict[str, int], unk: str = "[UNK]") -> None:
     doc = json.loads((model / "tokenizer.json").read_text())
-    doc.update(model={"type": "WordLevel", "vocab": vocab, "unk_token": unk}, pre_tokenizer={"type": "Whitespace"},
-               post_processor=None, decoder=None, added_tokens=[])  # fmt: skip
+    doc.update(
+        model={"type": "WordLevel", "vocab": vocab, "unk_token": unk},
+        pre_tokenizer={"type": "Whitespace"},
+        post_processor=None,
+        decoder=None,
+        added_tokens=[],
+    )
     (model / "tokenizer.json").write_text(json.dumps(doc))
 
 
@@ -314,9 +341,12 @@ def test_full_disk(tiny_model, fmt):
     with open("/dev/full", "wb") as full:
         result = subprocess.run(
             [sys.executable, "-m", "mhacli", "inspect", TEXT, "-m", str(tiny_model), "-f", fmt],
-            stdout=full, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=120,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
             env={k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG")},
-        )  # fmt: skip
+        )
     result.stdout = b""
     assert_refused(result, "cannot write the output: No space left on device")
 
@@ -436,7 +466,9 @@ def test_megabytes_of_text_are_not_tokenized_in_full(tiny_model, cli_worker):
 
 def test_megabytes_of_text_in_diff(tiny_model, cli_worker):
     """diff tokenizes with both models' tokenizers: the same bounded prefix for both."""
-    truncated = cli_worker.run("diff", str(tiny_model), str(tiny_model), "-", "-f", "json", "--truncate", input=MEGABYTES)
+    truncated = cli_worker.run(
+        "diff", str(tiny_model), str(tiny_model), "-", "-f", "json", "--truncate", input=MEGABYTES
+    )
     assert_ok(truncated)
     assert len(parse_json(truncated.stdout)["tokens"]) == 64
     assert "truncated to the first 64 of more than " in truncated.stderr.decode()
@@ -464,7 +496,24 @@ def test_only_a_prefix_reaches_the_library(tokenizer_dir):
     assert max(seen) <= CHARS_PER_TOKEN * (64 + PREFIX_MARGIN), seen
 
 
-WORDS = st.sampled_from(["the", "cat", "sat", "Café", "naïve", "東京", "🙂", "<|endoftext|>", "1234567890", "#$%", "xylophone", "  ", "\n", "\t"])
+WORDS = st.sampled_from(
+    [
+        "the",
+        "cat",
+        "sat",
+        "Café",
+        "naïve",
+        "東京",
+        "🙂",
+        "<|endoftext|>",
+        "1234567890",
+        "#$%",
+        "xylophone",
+        "  ",
+        "\n",
+        "\t",
+    ]
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -588,7 +637,9 @@ LIBRARY_REFUSES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("header,fragment", LIBRARY_REFUSES, ids=["duplicate tensor", "duplicate field", "gap", "trailing bytes", "metadata"])
+@pytest.mark.parametrize(
+    "header,fragment", LIBRARY_REFUSES, ids=["duplicate tensor", "duplicate field", "gap", "trailing bytes", "metadata"]
+)
 def test_what_the_safetensors_library_refuses(tmp_path, header, fragment):
     """The library (HF's reader) refuses each of these files; so does ours, instead of reading other numbers."""
     from mhacli.errors import WeightsError
@@ -611,7 +662,12 @@ def test_duplicate_tensor_name_in_a_model(model, mha):
     header.pop("__metadata__", None)
     name, entry = max(((k, v) for k, v in header.items()), key=lambda kv: kv[1]["data_offsets"][1])
     begin, end = entry["data_offsets"]
-    blob = json.dumps(header)[:-1] + f', "{name}": ' + json.dumps({**entry, "data_offsets": [len(data), len(data) + end - begin]}) + "}"
+    blob = (
+        json.dumps(header)[:-1]
+        + f', "{name}": '
+        + json.dumps({**entry, "data_offsets": [len(data), len(data) + end - begin]})
+        + "}"
+    )
     write_raw_header(model / "model.safetensors", blob.encode(), data + data[begin:end])
     assert_refused(mha("stats", TEXT, "-m", str(model)), f"names {name!r} twice")
 
@@ -711,7 +767,9 @@ def test_info_shows_escaped_file_names(model, mha, fmt):
     index = shard(model)
     evil = f"[red]sh{ESC}ard.safetensors"
     (model / "model-00001-of-00001.safetensors").rename(model / evil)
-    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: evil for k in index["weight_map"]}}))
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: evil for k in index["weight_map"]}})
+    )
     result = mha("info", "-m", str(model), "-f", fmt)
     assert result.returncode == 0, result.stderr
     no_raw_control(result)
@@ -754,9 +812,11 @@ def test_closed_pipe_exits_zero_in_every_format(tiny_model, fmt):
     """The reader is gone before the first byte is written (`| head -1`, a `less` quit early): exit 0, quietly."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mhacli", "inspect", TEXT * 4, "-m", str(tiny_model), "-f", fmt],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG")},
-    )  # fmt: skip
+    )
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0, err
@@ -767,8 +827,13 @@ def test_closed_pipe_exits_zero_in_every_format(tiny_model, fmt):
 def test_saved_files_follow_the_umask(tiny_model, tmp_path, mha, umask, mode):
     old = os.umask(umask)
     try:
-        assert mha("inspect", TEXT, "-m", str(tiny_model), "--save", str(tmp_path / "a.npz"), "-f", "json").returncode == 0
-        assert mha("prune", TEXT, "-m", str(tiny_model), "--save-mask", str(tmp_path / "m.json"), "-f", "json").returncode == 0
+        assert (
+            mha("inspect", TEXT, "-m", str(tiny_model), "--save", str(tmp_path / "a.npz"), "-f", "json").returncode == 0
+        )
+        assert (
+            mha("prune", TEXT, "-m", str(tiny_model), "--save-mask", str(tmp_path / "m.json"), "-f", "json").returncode
+            == 0
+        )
     finally:
         os.umask(old)
     for name in ("a.npz", "m.json"):
@@ -787,8 +852,11 @@ def test_rich_into_head(tiny_model):
     """The same through a shell pipeline into `head -1`, the way users meet it."""
     proc = subprocess.run(
         f"{sys.executable} -m mhacli inspect '{TEXT * 4}' -m {tiny_model} -f rich | head -1; echo ${{PIPESTATUS[0]}}",
-        shell=True, capture_output=True, executable="/bin/bash", timeout=120,
+        shell=True,
+        capture_output=True,
+        executable="/bin/bash",
+        timeout=120,
         env={k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG")},
-    )  # fmt: skip
+    )
     assert proc.stdout.decode().splitlines()[-1] == "0", proc.stderr
     assert proc.stderr == b"", proc.stderr

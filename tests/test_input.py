@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, parse_json, run_mha
+
 from mhacli.views.formats import CSV_COLUMNS
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
@@ -104,8 +104,11 @@ def full_stats():
     return tokens_json("stats", TEXT)
 
 
-SELECTIONS = [(["-l", "1"], {(1, h) for h in range(4)}), (["-H", "2"], {(0, 2), (1, 2)}),
-              (["-l", "0", "-H", "3", "-H", "1", "-H", "3"], {(0, 1), (0, 3)})]  # fmt: skip
+SELECTIONS = [
+    (["-l", "1"], {(1, h) for h in range(4)}),
+    (["-H", "2"], {(0, 2), (1, 2)}),
+    (["-l", "0", "-H", "3", "-H", "1", "-H", "3"], {(0, 1), (0, 3)}),
+]
 
 
 @pytest.mark.parametrize("args,heads", SELECTIONS, ids=["layer", "head", "both"])
@@ -142,8 +145,14 @@ def test_stats_selection_rich_shows_only_selected_heads():
     assert not re.search(r"L[01]H[013]\b", out) and "L0H2" not in out
 
 
-@pytest.mark.parametrize("args,message", [(["-l", "2"], "--layer 2 is out of range"), (["-H", "4"], "--head 4 is out of range"),
-                                          (["-H", "-1"], "--head -1 is out of range")])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-l", "2"], "--layer 2 is out of range"),
+        (["-H", "4"], "--head 4 is out of range"),
+        (["-H", "-1"], "--head -1 is out of range"),
+    ],
+)
 def test_stats_selection_out_of_range(args, message):
     assert message in one_error_line(run_mha("stats", TEXT, *args))
 
@@ -176,7 +185,9 @@ def test_ids_from_stdin_as_a_json_array(text_ids):
 
 def test_ids_on_prune_equal_the_text(text_ids):
     args = ["--seeds", "1", "--step", "0.5", "-f", "json"]
-    assert tokens_json("prune", TEXT, *args[:-2]) == tokens_json("prune", "--ids", ",".join(map(str, text_ids)), *args[:-2])
+    assert tokens_json("prune", TEXT, *args[:-2]) == tokens_json(
+        "prune", "--ids", ",".join(map(str, text_ids)), *args[:-2]
+    )
 
 
 def test_ids_tokens_are_the_tokenizers_strings():
@@ -333,8 +344,12 @@ def hub(tmp_path):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-        return {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HOME": str(tmp_path / "hf"),
-                "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+        return {
+            "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
 
     yield start
     for server in servers:
@@ -364,7 +379,9 @@ def test_unreachable_hub_says_so(tmp_path):
 
 
 def test_offline_mode_says_so(tmp_path):
-    err = one_error_line(run_mha("stats", "hi", "-m", "gpt2", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}))
+    err = one_error_line(
+        run_mha("stats", "hi", "-m", "gpt2", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    )
     assert "HF_HUB_OFFLINE" in err and "offline" in err and "not found" not in err
 
 
@@ -382,7 +399,9 @@ def test_hub_error_mapping_of_exception_types(monkeypatch):
         except BaseException as caught:  # noqa: BLE001
             return caught
 
-    unreachable = str(hub_error("a/b", chained(LocalEntryNotFoundError("cannot find"), ConnectionRefusedError(111, "refused"))))
+    unreachable = str(
+        hub_error("a/b", chained(LocalEntryNotFoundError("cannot find"), ConnectionRefusedError(111, "refused")))
+    )
     assert "unreachable" in unreachable and "ConnectionRefusedError" in unreachable and "not found" not in unreachable
     offline = str(hub_error("a/b", chained(OfflineModeIsEnabled("offline mode"), None)))
     assert "offline" in offline and "not found" not in offline
@@ -414,14 +433,19 @@ def test_the_hint_is_the_readmes():
 
     readme = (REPO / "README.md").read_text()
     for extra in ("hf", "dask"):
-        assert f'pip install "mhacli[{extra}]"' in install_hint(extra) and f'pip install ".[{extra}]"' in install_hint(extra)
+        assert f'pip install "mhacli[{extra}]"' in install_hint(extra) and f'pip install ".[{extra}]"' in install_hint(
+            extra
+        )
         assert f'pip install "mhacli[{extra}]"' in readme
     assert "pip install 'mhacli" not in readme and "pip install '.[" not in readme
 
 
 @pytest.mark.parametrize(
     "blocked,args,extra",
-    [(("torch", "transformers"), ["verify", "hi"], "hf"), (("dask", "distributed"), ["census", "--dask", "local", "--probe-count", "1"], "dask")],
+    [
+        (("torch", "transformers"), ["verify", "hi"], "hf"),
+        (("dask", "distributed"), ["census", "--dask", "local", "--probe-count", "1"], "dask"),
+    ],
     ids=["verify", "census-dask"],
 )
 def test_missing_extra_message(blocked, args, extra):

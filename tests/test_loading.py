@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, build_model, hf_outputs, run_mha
 from safetensors.numpy import load_file, save_file
 
-from conftest import REPO, build_model, hf_outputs, run_mha
-from mhacli.errors import ConfigError, ModelError, WeightsError
 from mhacli.engine.forward import forward
+from mhacli.errors import ConfigError, ModelError, WeightsError
 from mhacli.io.weights import load_model, resolve_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

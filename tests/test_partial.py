@@ -7,12 +7,12 @@ import re
 
 import numpy as np
 import pytest
+from conftest import build_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import build_model
-from mhacli.engine.attention import causal_attention
 from mhacli.analyses.partial import MapRequest, TopSink, WindowSink, ranked, strongest
+from mhacli.engine.attention import causal_attention
 
 
 def random_qkv(seed: int, n_head: int, n_kv: int, n_seq: int):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import parse_json
+
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import layer_stats
 
@@ -233,9 +233,9 @@ def test_every_command_writes_a_figure(mha, tmp_path, args):
 
 
 def test_kind_letters_match_the_terminal():
+    from mhacli.analyses.stats import KINDS
     from mhacli.views.display import KIND_HEX, KIND_LETTER
     from mhacli.views.terminal import KIND_STYLE
-    from mhacli.analyses.stats import KINDS
 
     assert {k: v[0] for k, v in KIND_STYLE.items()} == KIND_LETTER
     assert set(KIND_HEX) == set(KINDS)

@@ -10,9 +10,9 @@ import pytest
 from rich.console import Console
 
 from mhacli.analyses.heads import analyse
-from mhacli.views.terminal import render_inspect, render_stats
 from mhacli.io.tokenizer import load_tokenizer
 from mhacli.io.weights import load_model
+from mhacli.views.terminal import render_inspect, render_stats
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -38,16 +38,20 @@ def test_views_fit_the_width(model, width, n_tokens, view):
     ckpt, tok = model
     ids = np.random.default_rng(n_tokens).integers(0, 400, size=n_tokens)
     tokens = tok.display(ids.tolist())
-    views = list(analyse(ckpt, ids, layers=[1], heads=[0, 3]) if view != "stats" else analyse(ckpt, ids, keep_maps=False))
+    views = list(
+        analyse(ckpt, ids, layers=[1], heads=[0, 3]) if view != "stats" else analyse(ckpt, ids, keep_maps=False)
+    )
     con, buf = console(width)
     if view == "stats":
         render_stats(con, views, 2, 4, "previous_token", n_tokens)
     else:
         render_inspect(
-            con, views, tokens,
+            con,
+            views,
+            tokens,
             query=n_tokens - 1 if view == "query" else None,
             top=3 if view == "top" else None,
-        )  # fmt: skip
+        )
     lines = visible_lines(buf)
     assert lines, "nothing rendered"
     too_wide = [line for line in lines if len(line) > width]

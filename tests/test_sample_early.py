@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, SAMPLE, compare_with_hf, hf_outputs, parse_json, run_mha
+
 from mhacli.io.tokenizer import load_tokenizer
 from mhacli.io.weights import SAMPLE_NAMES, resolve_model
 
@@ -56,7 +56,9 @@ def hf_probe(directory: Path, ids: np.ndarray) -> tuple[np.ndarray, float]:
         out = model(x, output_attentions=True)
     rows = torch.arange(40, 80)
     scores = np.array([a[:, :, rows, rows - 39].mean(dim=(0, 2)).numpy() for a in out.attentions])
-    loss = torch.nn.functional.cross_entropy(out.logits[:, 40:79].reshape(-1, out.logits.shape[-1]), x[:, 41:80].reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+        out.logits[:, 40:79].reshape(-1, out.logits.shape[-1]), x[:, 41:80].reshape(-1)
+    )
     return scores, float(loss)
 
 
@@ -79,7 +81,10 @@ def test_early_was_the_last_checkpoint_before_induction_rose():
     below = [r["step"] for r in curve if r["step"] < first_above]
     assert below and below[-1] == step and all(r["best_induction"] <= THRESHOLD for r in curve if r["step"] <= step)
     chosen = next(r for r in curve if r["step"] == step)
-    assert abs(chosen["best_induction"] - max(map(max, EARLY_SUMMARY["per_head"]["induction_repeated_random_tokens"]))) < 1e-12
+    assert (
+        abs(chosen["best_induction"] - max(map(max, EARLY_SUMMARY["per_head"]["induction_repeated_random_tokens"])))
+        < 1e-12
+    )
 
 
 def test_early_matches_hf():
@@ -111,7 +116,12 @@ def test_diff_ranks_the_induction_head_first(diff_doc):
     assert top["divergence"] - second["divergence"] >= DIFF_MARGIN_MIN, (top, second)
     # README: induction statistic 0.39 -> 0.82 (delta 0.432), entropy down 1.26; L0H2 was a previous-token head
     assert abs(top["stat_deltas"]["induction"] - 0.432) <= 0.0005 and abs(top["stat_deltas"]["entropy"] + 1.26) <= 0.005
-    assert (second["layer_b"], second["head_b"], second["kind_a"], second["kind_b"]) == (0, 2, "previous-token", "broad")
+    assert (second["layer_b"], second["head_b"], second["kind_a"], second["kind_b"]) == (
+        0,
+        2,
+        "previous-token",
+        "broad",
+    )
     assert diff_doc["model_a"] == "sample:tiny-shakespeare-early" and diff_doc["model_b"] == "sample:tiny-shakespeare"
 
 
@@ -161,25 +171,40 @@ def test_both_names_resolve_from_a_plain_install(tmp_path):
     wheel_dir, target, elsewhere = tmp_path / "wheel", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["wheel", "--no-deps", "-w", str(wheel_dir), str(REPO)], check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        pip + ["wheel", "--no-deps", "-w", str(wheel_dir), str(REPO)], check=True, timeout=300, capture_output=True
+    )
     (wheel,) = wheel_dir.glob("mhacli-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for directory in SAMPLE_NAMES.values():
         assert f"mhacli/sample_weights/{directory}/model.safetensors" in names
-    subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        pip + ["install", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG")}
     env["PYTHONPATH"] = str(target)  # ahead of the editable install of this checkout
     for name, directory in SAMPLE_NAMES.items():
-        result = subprocess.run([sys.executable, "-m", "mhacli", "info", "-m", name, "-f", "json"], cwd=elsewhere,
-                                env=env, capture_output=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "mhacli", "info", "-m", name, "-f", "json"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
         doc = parse_json(result.stdout)
         assert doc["source"] == f"sample:{directory}"
         assert Path(doc["directory"]) == target / "mhacli" / "sample_weights" / directory
-    result = subprocess.run([sys.executable, "-m", "mhacli", "diff", "sample-early", "sample", REPEATED, "-f", "json"],
-                            cwd=elsewhere, env=env, capture_output=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "mhacli", "diff", "sample-early", "sample", REPEATED, "-f", "json"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert parse_json(result.stdout)["heads"][0]["head_b"] == 2
 
@@ -194,10 +219,26 @@ def test_readme_census_before_and_after():
     """README "Before and after the induction head": the kinds and evidence of `mha census` on both checkpoints."""
     early, final = census_heads("sample-early"), census_heads("sample")
     kinds = lambda heads: {lh: h["kind"] for lh, h in heads.items()}  # noqa: E731
-    assert kinds(early) == {(0, 0): "broad", (0, 1): "broad", (0, 2): "previous-token", (0, 3): "previous-token",
-                            (1, 0): "mixed", (1, 1): "broad", (1, 2): "broad", (1, 3): "mixed"}
-    assert kinds(final) == {(0, 0): "mixed", (0, 1): "broad", (0, 2): "mixed", (0, 3): "previous-token",
-                            (1, 0): "broad", (1, 1): "broad", (1, 2): "induction", (1, 3): "broad"}
+    assert kinds(early) == {
+        (0, 0): "broad",
+        (0, 1): "broad",
+        (0, 2): "previous-token",
+        (0, 3): "previous-token",
+        (1, 0): "mixed",
+        (1, 1): "broad",
+        (1, 2): "broad",
+        (1, 3): "mixed",
+    }
+    assert kinds(final) == {
+        (0, 0): "mixed",
+        (0, 1): "broad",
+        (0, 2): "mixed",
+        (0, 3): "previous-token",
+        (1, 0): "broad",
+        (1, 1): "broad",
+        (1, 2): "induction",
+        (1, 3): "broad",
+    }
     rounding = 0.0005
     assert abs(early[(1, 2)]["by_source"]["repeat"]["mean"]["induction"] - 0.068) <= rounding
     assert abs(final[(1, 2)]["evidence"]["mean"] - 0.939) <= rounding

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ATTN_ATOL, SAMPLE, hf_outputs, parse_json, run_mha
+
 from mhacli.analyses.heads import analyse
-from mhacli.engine.forward import forward
 from mhacli.analyses.stats import stats_arrays
+from mhacli.engine.forward import forward
 from mhacli.io.tokenizer import load_tokenizer
 from mhacli.io.weights import load_model
 

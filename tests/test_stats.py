@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mhacli.analyses.stats import KIND_RULES, MIN_SUPPORT, STAT_NAMES, TokenMatches, classify, layer_arrays, layer_stats, stats_arrays
-
+from mhacli.analyses.stats import (
+    KIND_RULES,
+    MIN_SUPPORT,
+    STAT_NAMES,
+    TokenMatches,
+    classify,
+    layer_arrays,
+    layer_stats,
+    stats_arrays,
+)
 
 # Entropy and mean_distance sum float32 products (p log p: a maximum, a log and a product, each within an ulp;
 # p (i - j): one product) in float64: each term is within 3 (resp. 1) float32 ulps of its exact value, so the sum is
@@ -135,8 +143,16 @@ def test_kind_rules_use_known_statistics():
     (0, 1), and is decided by that statistic: with every other statistic low, the rule's statistic at its threshold
     gives the rule's kind and just below it does not."""
     n_seq = 10
-    low = {"entropy": 0.01, "max_weight": 0.99, "mean_distance": 0.0, "first_token": 0.0, "self": 0.0,
-           "previous_token": 0.0, "duplicate_token": 0.0, "induction": 0.0}  # fmt: skip
+    low = {
+        "entropy": 0.01,
+        "max_weight": 0.99,
+        "mean_distance": 0.0,
+        "first_token": 0.0,
+        "self": 0.0,
+        "previous_token": 0.0,
+        "duplicate_token": 0.0,
+        "induction": 0.0,
+    }
     uniform = float(np.mean(np.log(np.arange(1, n_seq + 1))))  # uniform over the visible keys
     for kind, stat, threshold in KIND_RULES:
         assert stat in STAT_NAMES or stat == "relative_entropy", (kind, stat)
@@ -144,8 +160,22 @@ def test_kind_rules_use_known_statistics():
         name, scale = ("entropy", uniform) if stat == "relative_entropy" else (stat, 1.0)
         assert classify(low | {name: threshold * scale}, n_seq) == kind, kind
         assert classify(low | {name: (threshold - 1e-3) * scale}, n_seq) != kind, kind
-    assert classify({"entropy": 0.1, "induction": None, "previous_token": 0.1, "duplicate_token": None,
-                     "self": 0.1, "first_token": 0.1, "max_weight": 0.9, "mean_distance": 1.0}, 10) == "mixed"  # fmt: skip
+    assert (
+        classify(
+            {
+                "entropy": 0.1,
+                "induction": None,
+                "previous_token": 0.1,
+                "duplicate_token": None,
+                "self": 0.1,
+                "first_token": 0.1,
+                "max_weight": 0.9,
+                "mean_distance": 1.0,
+            },
+            10,
+        )
+        == "mixed"
+    )
 
 
 def test_a_previous_token_head_scores_nothing_on_token_patterns_in_periodic_text():

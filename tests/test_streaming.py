@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ATTN_ATOL, build_model, hf_outputs
-from mhacli.engine.attention import causal_attention
+from test_arch import MODELS, bos_tokenizer, build
+
 from mhacli.analyses.diff import divergence, paired_stream
 from mhacli.analyses.heads import analyse
-from mhacli.engine.forward import forward
 from mhacli.analyses.stats import STAT_NAMES, StatsAccumulator, layer_arrays
+from mhacli.engine.attention import causal_attention
+from mhacli.engine.forward import forward
 from mhacli.io.weights import load_model
-from test_arch import MODELS, bos_tokenizer, build
 
 EXACT = 1e-9  # streamed against whole-map statistics: the same float32 weights, float64 sums in another order
 
@@ -188,7 +188,9 @@ def rss_growth(model, n: int, what: str) -> int:
     # MALLOC_TRIM_THRESHOLD_ in os.environ, under which freed blocks go back at once (measured 90 MiB instead of
     # 143 here). The child runs with the defaults a user's process has.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "OPENBLAS_", "OMP_", "MKL_"))}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(model), str(n), what], capture_output=True, check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model), str(n), what], capture_output=True, check=True, env=env
+    )
     return int(out.stdout)
 
 

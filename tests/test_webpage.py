@@ -105,7 +105,9 @@ def test_page_loads_offline_with_every_head(browser, inspect_html):
     o.check_clean()
     assert o.page.locator("#grid .cell:not(.empty)").count() == 8  # 2 layers x 4 heads
     assert o.page.locator("#grid canvas.thumb").count() == 8
-    assert o.page.locator("#strip .tok").count() == o.page.evaluate("JSON.parse(document.getElementById('mha-data').textContent).tokens.length")
+    assert o.page.locator("#strip .tok").count() == o.page.evaluate(
+        "JSON.parse(document.getElementById('mha-data').textContent).tokens.length"
+    )
     # a thumbnail is drawn, not blank
     ink = o.page.evaluate(
         "() => { const c = document.querySelector('canvas.thumb'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
@@ -137,11 +139,15 @@ def test_hovering_a_token_highlights_its_row_and_the_tokens_it_attends_to(browse
     o.page.hover("#strip .tok >> nth=11")
     assert o.page.evaluate("document.documentElement.dataset.query") == "11"
     assert o.overlay_ink() > 0, "the row is outlined on the map"
-    weights = o.page.evaluate("Array.from(document.querySelectorAll('#strip .tok')).map(s => s.dataset.w === undefined ? null : Number(s.dataset.w))")
+    weights = o.page.evaluate(
+        "Array.from(document.querySelectorAll('#strip .tok')).map(s => s.dataset.w === undefined ? null : Number(s.dataset.w))"
+    )
     assert all(w is not None for w in weights[:12]) and all(w is None for w in weights[12:]), "keys 0..11 are weighed"
     assert sum(weights[:12]) == pytest.approx(1.0, abs=12 / 255), "a query row's weights sum to 1"
     assert "query" in o.page.get_attribute("#strip .tok >> nth=11", "class")
-    lit = o.page.evaluate("Array.from(document.querySelectorAll('#strip .tok')).filter(s => s.style.backgroundColor).length")
+    lit = o.page.evaluate(
+        "Array.from(document.querySelectorAll('#strip .tok')).filter(s => s.style.backgroundColor).length"
+    )
     assert lit >= 1
     # hovering the map picks the row under the mouse
     box = o.page.locator("#maps .stack").first.bounding_box()
@@ -179,7 +185,14 @@ def views_of(n_layer: int, n_head: int, n: int, seed: int = 0) -> list[HeadView]
 def test_hostile_tokens_and_caption_stay_text(browser, tmp_path):
     from mhacli.views.page import inspect_page
 
-    tokens = ["</script><script>window.pwned=1</script>", "<img src=x onerror=window.pwned=2>", "&amp;", "\u2028", '"', "'"]
+    tokens = [
+        "</script><script>window.pwned=1</script>",
+        "<img src=x onerror=window.pwned=2>",
+        "&amp;",
+        "\u2028",
+        '"',
+        "'",
+    ]
     views = views_of(1, 2, len(tokens))
     caption = "<b>model</b> </script> & \u2029"
     path = tmp_path / "hostile.html"
@@ -218,7 +231,9 @@ def test_a_1024_token_12_by_12_page_opens(browser, tmp_path):
     n = 1024
     views = views_of(12, 12, n)
     path = tmp_path / "big.html"
-    path.write_text(inspect_page(views=views, tokens=[f" t{i}" for i in range(n)], caption="synthetic"), encoding="utf-8")
+    path.write_text(
+        inspect_page(views=views, tokens=[f" t{i}" for i in range(n)], caption="synthetic"), encoding="utf-8"
+    )
     assert path.stat().st_size < 40e6
     o = Opened(browser, path)
     o.check_clean()

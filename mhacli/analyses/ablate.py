@@ -19,11 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
+from mhacli.analyses.loss import first_target, output_head, text_losses
 from mhacli.engine.attention import DISCARD, Sink
 from mhacli.engine.blocks import Params, ZEdit
-from mhacli.errors import UsageError
-from mhacli.analyses.loss import first_target, output_head, text_losses
 from mhacli.engine.forward import LayerTrace, embed, forward, forward_from
+from mhacli.errors import UsageError
 
 Head = tuple[int, int]  # (layer, query head)
 METHODS = ("zero", "mean")
@@ -49,7 +49,9 @@ def parse_heads(spec: str, n_layer: int, n_head: int) -> list[Head]:
         part = part.strip()
         layer, dot, head = part.partition(".")
         if not (dot and layer.isdigit() and head.isdigit()):
-            raise UsageError(f"--ablate: {part!r} is not a head; write LAYER.HEAD, e.g. 1.2 (comma-separated for several)")
+            raise UsageError(
+                f"--ablate: {part!r} is not a head; write LAYER.HEAD, e.g. 1.2 (comma-separated for several)"
+            )
         check_head((int(layer), int(head)), n_layer, n_head)
         if (int(layer), int(head)) not in heads:
             heads.append((int(layer), int(head)))
@@ -157,7 +159,9 @@ class Ablator:
         runs = []
         for inputs in self._inputs:
             streams = [inputs[start]]
-            for trace in forward_from(self.params, inputs[start], start, self.params.config.n_layer, edits=edits, sinks=discard_all):
+            for trace in forward_from(
+                self.params, inputs[start], start, self.params.config.n_layer, edits=edits, sinks=discard_all
+            ):
                 streams.append(trace.residual)
             runs.append(streams)
         return runs
@@ -165,7 +169,9 @@ class Ablator:
     def _loss_from_inputs(self, runs: list[list[np.ndarray]]) -> float:
         total = 0.0
         for streams, ids in zip(runs, self.texts):
-            total += float(text_losses(self.params, streams[-1], np.asarray(ids), self.loss_from, self._w).sum(dtype=np.float64))
+            total += float(
+                text_losses(self.params, streams[-1], np.asarray(ids), self.loss_from, self._w).sum(dtype=np.float64)
+            )
         return total / self.n_targets
 
     def set_base(self, removed: Iterable[Head]) -> float:
@@ -277,7 +283,9 @@ def random_curve(ablator: Ablator, step: float, seeds: int, tick: Callable[[], N
     ]
 
 
-def prunable_fraction(fractions: Sequence[float], losses: Sequence[float], baseline: float, max_increase: float) -> float:
+def prunable_fraction(
+    fractions: Sequence[float], losses: Sequence[float], baseline: float, max_increase: float
+) -> float:
     """The largest fraction of heads removed with the loss at most (1 + max_increase) x baseline."""
     bound = baseline * (1.0 + max_increase)
     return max((f for f, loss in zip(fractions, losses) if loss <= bound), default=0.0)

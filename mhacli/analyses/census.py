@@ -13,11 +13,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mhacli.analyses.stats import (
+    KIND_RULES,
+    KINDS,
+    MIN_SUPPORT,
+    STAT_NAMES,
+    SUPPORTED_STATS,
+    StatsAccumulator,
+    kinds_from_holds,
+    rule_holds,
+)
 from mhacli.engine.blocks import Params
 from mhacli.engine.forward import forward
-from mhacli.analyses.stats import (
-    KIND_RULES, KINDS, MIN_SUPPORT, STAT_NAMES, SUPPORTED_STATS, StatsAccumulator, kinds_from_holds, rule_holds,
-)  # fmt: skip
 
 SOURCES = ("repeat", "random", "corpus")
 PROBES = ("repeat", "random")
@@ -93,7 +100,11 @@ def text_stats(params: Params, ids: np.ndarray, first_row: int = 0) -> TextStats
 
     for trace in forward(params, ids, sinks=sinks):
         ls = streams.pop(trace.layer).result()
-        relative = ls.values["entropy"] / ls.uniform_entropy if ls.uniform_entropy > 0 else np.full_like(ls.values["entropy"], np.nan)
+        relative = (
+            ls.values["entropy"] / ls.uniform_entropy
+            if ls.uniform_entropy > 0
+            else np.full_like(ls.values["entropy"], np.nan)
+        )
         per_layer.append(np.stack([ls.values[name] for name in STAT_NAMES] + [relative]))
         support, n_rows = tuple(ls.support[s] for s in SUPPORTED_STATS), ls.n_rows
     return TextStats(np.stack(per_layer, axis=1), support, n_rows)

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mhacli.analyses.stats import STAT_NAMES, LayerStats, StatsAccumulator, head_stats, layer_stats
 from mhacli.engine.attention import block_rows
 from mhacli.engine.blocks import Params, ZEdit
-from mhacli.errors import UsageError
 from mhacli.engine.forward import forward
-from mhacli.analyses.stats import STAT_NAMES, LayerStats, StatsAccumulator, head_stats, layer_stats
+from mhacli.errors import UsageError
 
 METRICS: dict[str, str] = {
     "js": "Jensen-Shannon divergence (bits, mean over query rows)",
@@ -104,7 +104,9 @@ def divergence(p: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
     return METRIC_FNS[check_metric(metric)](p, q)
 
 
-def divergence_matrix(a: np.ndarray, b: np.ndarray, metric: str, *, max_elements: int = MAX_BLOCK_ELEMENTS) -> np.ndarray:
+def divergence_matrix(
+    a: np.ndarray, b: np.ndarray, metric: str, *, max_elements: int = MAX_BLOCK_ELEMENTS
+) -> np.ndarray:
     """[na, n_seq, n_seq] x [nb, n_seq, n_seq] -> [na, nb]: every head of A against every head of B.
 
     Vectorised over blocks of head pairs; a block's float64 temporaries hold at most `max_elements` values each.
@@ -116,8 +118,12 @@ def divergence_matrix(a: np.ndarray, b: np.ndarray, metric: str, *, max_elements
     step_a = min(na, max(1, max_elements // (step_b * per_pair)))
     out = np.empty((na, nb), dtype=np.float64)
     if metric == "js":  # each head's own sum p log p once, not once per pair
-        ha = np.concatenate([_sum_plog2p(a[i : i + step_a].astype(np.float64)) for i in range(0, na, step_a)])  # [na, n_seq]
-        hb = np.concatenate([_sum_plog2p(b[j : j + step_b].astype(np.float64)) for j in range(0, nb, step_b)])  # [nb, n_seq]
+        ha = np.concatenate(
+            [_sum_plog2p(a[i : i + step_a].astype(np.float64)) for i in range(0, na, step_a)]
+        )  # [na, n_seq]
+        hb = np.concatenate(
+            [_sum_plog2p(b[j : j + step_b].astype(np.float64)) for j in range(0, nb, step_b)]
+        )  # [nb, n_seq]
     for i in range(0, na, step_a):
         pa = a[i : i + step_a, None].astype(np.float64)  # [step_a, 1, n_seq, n_seq]
         for j in range(0, nb, step_b):
@@ -185,9 +191,12 @@ def first_difference(ids_a: Sequence[int], ids_b: Sequence[int]) -> int | None:
 
 
 def check_same_tokens(
-    ids_a: Sequence[int], ids_b: Sequence[int], show_a: Callable[[list[int]], list[str]],
-    show_b: Callable[[list[int]], list[str]], where: str = "the text",
-) -> None:  # fmt: skip
+    ids_a: Sequence[int],
+    ids_b: Sequence[int],
+    show_a: Callable[[list[int]], list[str]],
+    show_b: Callable[[list[int]], list[str]],
+    where: str = "the text",
+) -> None:
     """Raise TokenizerMismatchError, naming the first differing token, unless both models tokenize alike."""
     i = first_difference(ids_a, ids_b)
     if i is None:
@@ -319,13 +328,20 @@ def paired_stream(
     n_head, n_seq = params_a.config.n_head, len(ids)
     stop = threading.Event()
     feeds = [_Feed(params.config.n_head, block_rows(n_seq), stop) for params in (params_a, params_b)]
-    runs = [forward(params_a, ids, sinks=lambda layer: feeds[0]), forward(params_b, ids, edits=edits_b, sinks=lambda layer: feeds[1])]
+    runs = [
+        forward(params_a, ids, sinks=lambda layer: feeds[0]),
+        forward(params_b, ids, edits=edits_b, sinks=lambda layer: feeds[1]),
+    ]
     threads = [threading.Thread(target=f.run, args=(r,), daemon=True, name="mha-diff") for f, r in zip(feeds, runs)]
     for t in threads:
         t.start()
 
     def fresh() -> tuple:
-        return DivergenceAccumulator(n_head, n_seq, metric), StatsAccumulator(n_head, ids), StatsAccumulator(n_head, ids)
+        return (
+            DivergenceAccumulator(n_head, n_seq, metric),
+            StatsAccumulator(n_head, ids),
+            StatsAccumulator(n_head, ids),
+        )
 
     try:
         acc = fresh()
@@ -492,9 +508,16 @@ def summarise(
     heads.sort(key=lambda r: (-r.divergence, r.layer_b, r.head_b))
     matched_a, matched_b = set(rows.tolist()), set(cols.tolist())
     return DiffReport(
-        metric, mode, len(texts), shape_a, shape_b, heads, near,
-        [pos_a[i] for i in range(na) if i not in matched_a], [pos_b[j] for j in range(nb) if j not in matched_b],
-    )  # fmt: skip
+        metric,
+        mode,
+        len(texts),
+        shape_a,
+        shape_b,
+        heads,
+        near,
+        [pos_a[i] for i in range(na) if i not in matched_a],
+        [pos_b[j] for j in range(nb) if j not in matched_b],
+    )
 
 
 # --- flat rows for csv/tsv and the plain table -----------------------------------------------------------------

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mhacli.analyses.heads import check_selection
+from mhacli.config import ModelConfig, RotaryConfig
 from mhacli.engine.arch.common import Projection
 from mhacli.engine.arch.rope import inv_freq
 from mhacli.engine.blocks import F32, Params, merge_heads
-from mhacli.config import ModelConfig, RotaryConfig
-from mhacli.errors import UsageError
-from mhacli.analyses.heads import check_selection
 from mhacli.engine.forward import embed, family, forward
+from mhacli.errors import UsageError
 
 # The step-by-step numbers match the batched forward when every difference is within this, per unit of
 # max(1, max |reference|): both are float32, summed in different orders, so they agree to rounding only.
@@ -46,7 +46,9 @@ def resolve_query(query: int | None, n_seq: int) -> int:
 # --- the steps, one vector at a time ----------------------------------------------------------------------------
 
 
-def layer_norm_vector(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> tuple[np.ndarray, np.float32, np.float32]:
+def layer_norm_vector(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.float32, np.float32]:
     """[n_embd] -> ([n_embd], mean, biased variance): (x - mean) / sqrt(var + eps) * w + b"""
     mean = x.mean()
     var = np.square(x - mean).mean()
@@ -125,7 +127,11 @@ class HeadStep:
 
 
 def project_qk(
-    a_rows: np.ndarray, p: dict[str, np.ndarray], proj: dict[str, Projection], qk_norm: tuple[str, str] | None, eps: float
+    a_rows: np.ndarray,
+    p: dict[str, np.ndarray],
+    proj: dict[str, Projection],
+    qk_norm: tuple[str, str] | None,
+    eps: float,
 ) -> tuple[np.ndarray, np.ndarray, float | None, np.ndarray | None]:
     """a_rows [n_key, n_in] -> (q [d_head] at the last row, k [n_key, d_head], q's rms, the keys' rms) before RoPE.
 
@@ -134,8 +140,12 @@ def project_qk(
     q, k = proj["q"], proj["k"]
     if qk_norm is None:
         return q.apply(a_rows[-1:], p)[0], k.apply(a_rows, p), None, None
-    q_all = Projection(q.weight, q.bias, 0, p[q.weight].shape[0], q.in_out).apply(a_rows[-1:], p)[0]  # [n_head * d_head]
-    k_all = Projection(k.weight, k.bias, 0, p[k.weight].shape[0], k.in_out).apply(a_rows, p)  # [n_key, n_kv_head * d_head]
+    q_all = Projection(q.weight, q.bias, 0, p[q.weight].shape[0], q.in_out).apply(a_rows[-1:], p)[
+        0
+    ]  # [n_head * d_head]
+    k_all = Projection(k.weight, k.bias, 0, p[k.weight].shape[0], k.in_out).apply(
+        a_rows, p
+    )  # [n_key, n_kv_head * d_head]
     q_rms = np.sqrt(np.square(q_all).mean() + F32(eps))
     k_rms = np.sqrt(np.square(k_all).mean(axis=-1) + F32(eps))  # [n_key]
     query = q_all[q.start : q.end] / q_rms * p[qk_norm[0]][q.start : q.end]
@@ -144,9 +154,16 @@ def project_qk(
 
 
 def head_step(
-    a_rows: np.ndarray, p: dict[str, np.ndarray], proj: dict[str, Projection], scale: float, *,
-    qk_norm: tuple[str, str] | None = None, eps: float = 0.0, rope: RopeStep | None = None, window: int | None = None,
-) -> HeadStep:  # fmt: skip
+    a_rows: np.ndarray,
+    p: dict[str, np.ndarray],
+    proj: dict[str, Projection],
+    scale: float,
+    *,
+    qk_norm: tuple[str, str] | None = None,
+    eps: float = 0.0,
+    rope: RopeStep | None = None,
+    window: int | None = None,
+) -> HeadStep:
     """a_rows [n_key, n_in] (the attention input at tokens 0..I; the last row is the query token) -> this head's step."""
     n_key = len(a_rows)
     query, keys, _, _ = project_qk(a_rows, p, proj, qk_norm, eps)  # [d_head], [n_key, d_head]
@@ -337,7 +354,9 @@ def attention_inputs(
     return np.stack([r for r, _ in rows]), None, float(rows[-1][1])
 
 
-def explain(params: Params, ids: np.ndarray | list[int], layer: int, head: int, query: int | None = None) -> Explanation:
+def explain(
+    params: Params, ids: np.ndarray | list[int], layer: int, head: int, query: int | None = None
+) -> Explanation:
     c = params.config
     arch = family(c)
     ids = np.asarray(ids, dtype=np.int64)
@@ -397,13 +416,38 @@ def explain(params: Params, ids: np.ndarray | list[int], layer: int, head: int, 
     prefix = arch.LAYER_PREFIX.format(layer)
     norm = arch.ATTENTION_NORM
     return Explanation(
-        layer=layer, head=head, kv_head=g, query_index=i, token_id=int(ids[i]), n_seq=len(ids), n_head=c.n_head,
-        n_kv_head=c.n_kv_head, d_head=c.d_head, n_embd=c.n_embd, model_type=c.model_type, scale=scale,
+        layer=layer,
+        head=head,
+        kv_head=g,
+        query_index=i,
+        token_id=int(ids[i]),
+        n_seq=len(ids),
+        n_head=c.n_head,
+        n_kv_head=c.n_kv_head,
+        d_head=c.d_head,
+        n_embd=c.n_embd,
+        model_type=c.model_type,
+        scale=scale,
         scale_attn_weights=getattr(c, "scale_attn_weights", True),
         scale_attn_by_inverse_layer_idx=getattr(c, "scale_attn_by_inverse_layer_idx", False),
-        layer_norm_epsilon=norm_eps(c), norm=None if norm is None else norm[0],
-        norm_weight=None if norm is None else prefix + norm[1], layer_prefix=prefix,
-        projections=arch.head_projections(c, head), out_projection=out, input=x[i], ln_mean=mean, ln_var=var,
-        ln_input=a_rows[-1], qk_norm=qk, rope=rope, window=window, step=s, heads_output=heads_output,
-        concat=concat, head_share=head_share, output=output, diffs=diffs, bounds=bounds,
-    )  # fmt: skip
+        layer_norm_epsilon=norm_eps(c),
+        norm=None if norm is None else norm[0],
+        norm_weight=None if norm is None else prefix + norm[1],
+        layer_prefix=prefix,
+        projections=arch.head_projections(c, head),
+        out_projection=out,
+        input=x[i],
+        ln_mean=mean,
+        ln_var=var,
+        ln_input=a_rows[-1],
+        qk_norm=qk,
+        rope=rope,
+        window=window,
+        step=s,
+        heads_output=heads_output,
+        concat=concat,
+        head_share=head_share,
+        output=output,
+        diffs=diffs,
+        bounds=bounds,
+    )

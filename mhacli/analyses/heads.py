@@ -7,12 +7,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mhacli.engine.attention import DISCARD, Sink, block_rows, blocks, threads_for
-from mhacli.engine.blocks import Params, ZEdit
-from mhacli.errors import UsageError
-from mhacli.engine.forward import forward
 from mhacli.analyses.partial import MapRequest, PartialMap, Tee, TopSink, WindowSink
 from mhacli.analyses.stats import STAT_NAMES, HeadStats, StatsAccumulator, head_stats, layer_stats
+from mhacli.engine.attention import DISCARD, Sink, block_rows, blocks, threads_for
+from mhacli.engine.blocks import Params, ZEdit
+from mhacli.engine.forward import forward
+from mhacli.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,16 @@ def stats_bytes(n_head: int, n_seq: int) -> int:
 
 
 def memory_needed(
-    config, n_seq: int, *, kept_layers: int = 0, kept_heads: int = 0, keep_maps: bool = False, weight_bytes: int = 0,
-    forwards: int = 1, kept_cells: int = 0,
-) -> int:  # fmt: skip
+    config,
+    n_seq: int,
+    *,
+    kept_layers: int = 0,
+    kept_heads: int = 0,
+    keep_maps: bool = False,
+    weight_bytes: int = 0,
+    forwards: int = 1,
+    kept_cells: int = 0,
+) -> int:
     """Bytes a request needs at its peak: `forwards` forwards at once (2 for a streamed diff), the weights resident
     meanwhile (Checkpoint.weight_bytes: one pass's layers, or every tensor of a caching checkpoint) and, with
     keep_maps, the kept maps (the selected heads' copies) plus the whole map of the layer being computed; with

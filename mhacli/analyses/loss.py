@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from mhacli.engine.blocks import F32, Params
-from mhacli.errors import ModelError, UsageError
 from mhacli.engine.forward import family, final_norm
+from mhacli.errors import ModelError, UsageError
 
 VOCAB_BLOCK = 8192  # output-head rows per logits block: [n_targets, 8192] float32 at a time
 
@@ -40,7 +40,9 @@ def first_target(n_seq: int, loss_from: int = 1) -> int:
     if n_seq < 2:
         raise UsageError("the text is one token long: there is no next token to score (the loss needs at least two)")
     if start >= n_seq:
-        raise UsageError(f"--loss-from {loss_from} is past the text: it has tokens 0..{n_seq - 1}, so nothing is scored")
+        raise UsageError(
+            f"--loss-from {loss_from} is past the text: it has tokens 0..{n_seq - 1}, so nothing is scored"
+        )
     return start
 
 
@@ -66,7 +68,9 @@ def token_losses(h: np.ndarray, w: np.ndarray, targets: np.ndarray, block: int =
     return logsumexp_rows(h, w, block) - target_logits
 
 
-def text_losses(params: Params, residual: np.ndarray, ids: np.ndarray, loss_from: int = 1, w: np.ndarray | None = None) -> np.ndarray:
+def text_losses(
+    params: Params, residual: np.ndarray, ids: np.ndarray, loss_from: int = 1, w: np.ndarray | None = None
+) -> np.ndarray:
     """The last layer's residual stream [n_seq, n_embd] -> the losses of targets t >= max(1, loss_from), [n_targets]."""
     start = first_target(len(ids), loss_from)
     w = output_head(params) if w is None else w

@@ -27,7 +27,8 @@ DASK_TIMEOUT_S = 5
 # BLAS and attention threads per local worker: the workers are the parallelism (N workers x N threads each would
 # oversubscribe the cores); MHA_THREADS is mhacli.engine.attention's
 _ONE_THREAD = {
-    v: "1" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "MHA_THREADS")
+    v: "1"
+    for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "MHA_THREADS")
 }
 
 
@@ -133,7 +134,9 @@ def dask_executor(address: str, workers: int) -> Iterator[Executor]:
         if cluster is not None:
             cluster.close()
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--dask {address}: cannot reach a Dask scheduler within {DASK_TIMEOUT_S} s ({reason})") from exc
+        raise UsageError(
+            f"--dask {address}: cannot reach a Dask scheduler within {DASK_TIMEOUT_S} s ({reason})"
+        ) from exc
     try:
         yield client.get_executor()
     finally:

@@ -48,8 +48,14 @@ class MapRequest:
 class PartialMap:
     """Some rows and keys of one head's [n_seq, n_seq] map; indexing outside them is an error, not a silent 0."""
 
-    def __init__(self, n_seq: int, rows: Sequence[int], keys: Sequence[int], data: np.ndarray,
-                 top: tuple[np.ndarray, np.ndarray] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        n_seq: int,
+        rows: Sequence[int],
+        keys: Sequence[int],
+        data: np.ndarray,
+        top: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
         self.shape = (n_seq, n_seq)
         self.rows, self.keys = np.asarray(rows, dtype=np.int64), np.asarray(keys, dtype=np.int64)
         self.data, self.top_keys = data, top

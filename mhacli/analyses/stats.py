@@ -52,7 +52,13 @@ class HeadStats:
 
     def to_dict(self) -> dict:
         support = {name: int(self.support.get(name, 0)) for name in SUPPORTED_STATS}
-        return {"layer": self.layer, "head": self.head, "kind": self.kind, "stats": dict(self.values), "support": support}
+        return {
+            "layer": self.layer,
+            "head": self.head,
+            "kind": self.kind,
+            "stats": dict(self.values),
+            "support": support,
+        }
 
     def unit_value(self, name: str) -> float | None:
         """Statistic `name` on a 0-1 scale (RELATIVE): entropy and mean_distance as fractions of their maximum

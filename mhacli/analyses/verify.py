@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mhacli.engine.arch import family
-from mhacli.errors import ModelError, missing_extra
 from mhacli.analyses.loss import logits as our_logits
 from mhacli.analyses.loss import text_losses
+from mhacli.engine.arch import family
 from mhacli.engine.forward import final_norm, forward
+from mhacli.errors import ModelError, missing_extra
 from mhacli.io.weights import Checkpoint, normalise_key
 
 HIDDEN_ATOL = 1e-4  # per unit of the layer's largest |hidden| (at least 1): float32 rounding grows with magnitude

@@ -175,7 +175,9 @@ class TextScreen(ModalScreen[str | None]):
     """`t`: the text in an input line; Enter runs it, Esc keeps the old one."""
 
     BINDINGS = [Binding("escape", "close", show=False)]
-    DEFAULT_CSS = "TextScreen { align: center middle; } #edit { width: 90%; height: auto; background: $panel; padding: 0 1; }"
+    DEFAULT_CSS = (
+        "TextScreen { align: center middle; } #edit { width: 90%; height: auto; background: $panel; padding: 0 1; }"
+    )
 
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -254,12 +256,18 @@ class BrowseApp(App):
         w, h = self.size
         small = w < MIN_SIZE[0] or h < MIN_SIZE[1]
         if small:
-            top = views.message_line(f"terminal too small: {w}×{h}, mha browse needs at least {MIN_SIZE[0]}×{MIN_SIZE[1]}", w, True)
+            top = views.message_line(
+                f"terminal too small: {w}×{h}, mha browse needs at least {MIN_SIZE[0]}×{MIN_SIZE[1]}", w, True
+            )
         else:
             source_b = s.model_b.source if s.model_b is not None else None
-            top = views.top_line(s.model.source, s.run.n_seq, self.mode, max(1, w), source_b=source_b, removed=s.removed)
+            top = views.top_line(
+                s.model.source, s.run.n_seq, self.mode, max(1, w), source_b=source_b, removed=s.removed
+            )
         self.query_one("#top", Static).update(top)
-        self.query_one("#status", Static).update(views.message_line(self.message, max(1, w), self.message.startswith("error:")))
+        self.query_one("#status", Static).update(
+            views.message_line(self.message, max(1, w), self.message.startswith("error:"))
+        )
         for pane in self.query(Pane):
             pane.refresh()
 
@@ -290,8 +298,16 @@ class BrowseApp(App):
         stats = s.selected_stats()
         if self.mode == "kinds":
             lines, pane.window = views.map_view(
-                s.head_map(), views.head_title(stats), s.tokens, s.query, pane.start, pane.keys, width, height, self.color
-            )  # fmt: skip
+                s.head_map(),
+                views.head_title(stats),
+                s.tokens,
+                s.query,
+                pane.start,
+                pane.keys,
+                width,
+                height,
+                self.color,
+            )
             return lines, views.map_window_note(pane.window).plain
         if self.mode == "diff":
             a, b, (lb, hb) = s.diff_maps()
@@ -316,8 +332,17 @@ class BrowseApp(App):
         panels = []
         for attn, title in maps:
             lines, pane.window = views.map_view(
-                attn, views.pane_title(title), s.tokens, s.query, pane.start, pane.keys, w, height, self.color, labels=False
-            )  # fmt: skip
+                attn,
+                views.pane_title(title),
+                s.tokens,
+                s.query,
+                pane.start,
+                pane.keys,
+                w,
+                height,
+                self.color,
+                labels=False,
+            )
             panels.append(lines)
         return views.side_panels(panels, width)
 
@@ -369,7 +394,9 @@ class BrowseApp(App):
             return
         self.mode = mode
         pane = self.query_one(MapPane)
-        pane.start, pane.keys = (0, None) if mode in ("explain", "stats") or self.mode == "kinds" else (pane.start, pane.keys)
+        pane.start, pane.keys = (
+            (0, None) if mode in ("explain", "stats") or self.mode == "kinds" else (pane.start, pane.keys)
+        )
         pane.follow(s.query)
         what = {"ablate": self.ablation_note() if mode == "ablate" else "", "kinds": ""}
         self.say(what.get(mode, f"{mode}: L{s.layer}H{s.head}, query {s.query}"))
@@ -390,7 +417,9 @@ class BrowseApp(App):
         box = self.query_one("#filter", Input)
         box.display = True
         box.focus()
-        self.message = "filter: a kind (induction, prev, sink...) or statistic>x (induction>0.5); Enter applies, Esc closes"
+        self.message = (
+            "filter: a kind (induction, prev, sink...) or statistic>x (induction>0.5); Enter applies, Esc closes"
+        )
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id != "filter":

@@ -33,7 +33,9 @@ class HeadFilter:
         v = s.values.get(self.stat)
         if v is None or v != v:
             return False
-        return {">": v > self.threshold, "<": v < self.threshold, ">=": v >= self.threshold, "<=": v <= self.threshold}[self.op]
+        return {">": v > self.threshold, "<": v < self.threshold, ">=": v >= self.threshold, "<=": v <= self.threshold}[
+            self.op
+        ]
 
 
 def parse_filter(text: str, kinds: tuple[str, ...], stats: tuple[str, ...]) -> HeadFilter | None:
@@ -195,7 +197,11 @@ class Session:
         row = next((r for r in report.heads if (r.layer_a, r.head_a) == (self.layer, self.head)), None)
         if row is None:
             raise UsageError(f"L{self.layer}H{self.head} has no partner in MODEL_B (unmatched)")
-        return run_a.attention(self.layer)[self.head], run_b.attention(row.layer_b)[row.head_b], (row.layer_b, row.head_b)
+        return (
+            run_a.attention(self.layer)[self.head],
+            run_b.attention(row.layer_b)[row.head_b],
+            (row.layer_b, row.head_b),
+        )
 
     def ablation(self, target: tuple[int, int]) -> tuple[object, Run, float | None]:
         """Head `target` removed (with the --ablate heads): every head's divergence from the intact model

@@ -80,7 +80,9 @@ def _options(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_print_version, is_eager=True,
+            "--version",
+            callback=_print_version,
+            is_eager=True,
             help="Print mha's version, its Python and NumPy versions and the supported architectures, and exit.",
         ),
     ] = False,

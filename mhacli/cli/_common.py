@@ -11,19 +11,29 @@ import typer
 
 from mhacli.errors import UsageError
 from mhacli.ops.inputs import (  # noqa: F401 - check_text_or_ids: for the commands
-    Checkpoint, ModelFiles, TokenizedText, Tokenizer, check_model, check_text_or_ids, encode, open_model, read_input,
-)  # fmt: skip
+    Checkpoint,
+    ModelFiles,
+    TokenizedText,
+    Tokenizer,
+    check_model,
+    check_text_or_ids,
+    encode,
+    open_model,
+    read_input,
+)
 
 T = TypeVar("T")
 
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        "--model", "-m", metavar="MODEL",
+        "--model",
+        "-m",
+        metavar="MODEL",
         help="Model directory, .safetensors file, Hugging Face id, or a bundled model: sample (trained), sample-early "
-             "(before its induction head formed). Default: $MHA_MODEL, else sample.",
+        "(before its induction head formed). Default: $MHA_MODEL, else sample.",
     ),
-]  # fmt: skip
+]
 TextArg = Annotated[
     str | None,
     typer.Argument(metavar="TEXT", help="Text to run; '-' or a pipe reads stdin (one trailing newline dropped)."),
@@ -31,10 +41,11 @@ TextArg = Annotated[
 IdsOpt = Annotated[
     str | None,
     typer.Option(
-        "--ids", metavar="IDS",
+        "--ids",
+        metavar="IDS",
         help="Token ids instead of TEXT: 464,3797,... or '-' (a JSON array on stdin); checked against vocab_size.",
     ),
-]  # fmt: skip
+]
 ALL_FORMATS = ("rich", "text", "json", "jsonl", "csv", "tsv")
 REPORT_FORMATS = ("rich", "text", "json")
 
@@ -51,24 +62,34 @@ def format_option(formats: tuple[str, ...]):  # noqa: ANN201 - a typing.Annotate
     return Annotated[
         Literal[formats] | None,  # type: ignore[valid-type]
         typer.Option(
-            "--format", "-f", metavar="FORMAT", case_sensitive=False,
+            "--format",
+            "-f",
+            metavar="FORMAT",
+            case_sensitive=False,
             help=f"{one_of(formats)} (default: {formats[0]} on a terminal, {formats[1]} when piped).",
         ),
-    ]  # fmt: skip
+    ]
 
 
 FormatOpt = format_option(ALL_FORMATS)
 ReportFormatOpt = format_option(REPORT_FORMATS)
 TruncateOpt = Annotated[bool, typer.Option("--truncate", help="Keep the first n_positions tokens of a longer text.")]
-LayerOpt = Annotated[list[int] | None, typer.Option("--layer", "-l", metavar="LAYER", help="Layer to show (repeatable; default all).")]
-HeadOpt = Annotated[list[int] | None, typer.Option("--head", "-H", metavar="HEAD", help="Head to show (repeatable; default all).")]
+LayerOpt = Annotated[
+    list[int] | None, typer.Option("--layer", "-l", metavar="LAYER", help="Layer to show (repeatable; default all).")
+]
+HeadOpt = Annotated[
+    list[int] | None, typer.Option("--head", "-H", metavar="HEAD", help="Head to show (repeatable; default all).")
+]
 MaxMemoryOpt = Annotated[
     str | None,
     typer.Option(
-        "--max-memory", metavar="SIZE",
+        "--max-memory",
+        metavar="SIZE",
         help="Refuse a request needing more memory than SIZE (e.g. 2G, 500M; default 80% of available RAM).",
     ),
-]  # fmt: skip
+]
+
+
 def resolve_format(fmt: str | None, allowed: tuple[str, ...]) -> str:
     if fmt is None:
         return "rich" if sys.stdout.isatty() else "text"
@@ -78,12 +99,16 @@ def resolve_format(fmt: str | None, allowed: tuple[str, ...]) -> str:
     return fmt
 
 
-def load(model: str | None, *, cache: bool | None = False, files: ModelFiles | None = None) -> tuple[Checkpoint, Tokenizer]:
+def load(
+    model: str | None, *, cache: bool | None = False, files: ModelFiles | None = None
+) -> tuple[Checkpoint, Tokenizer]:
     """The model and its tokenizer (mhacli.ops.inputs.open_model)."""
     return open_model(model, cache=cache, files=files)
 
 
-def tokens_of(raw: str | list[int], ckpt: Checkpoint, tokenizer: Tokenizer, *, truncate: bool, where: str = "text") -> TokenizedText:
+def tokens_of(
+    raw: str | list[int], ckpt: Checkpoint, tokenizer: Tokenizer, *, truncate: bool, where: str = "text"
+) -> TokenizedText:
     """A text tokenized, or given ids checked (vocab_size, n_positions), with the same truncation rule and warning."""
     c = ckpt.config
     tokens = encode(raw, ckpt, tokenizer, truncate=truncate)

@@ -13,9 +13,10 @@ from mhacli.views.save import ALLOWED, DEFAULT_DPI
 def save_option(command: str) -> object:
     kinds = ", ".join(f".{k}" for k in ALLOWED[command])
     return typer.Option(
-        "--save", metavar="FILE",
+        "--save",
+        metavar="FILE",
         help=f"Also write FILE, its kind chosen by suffix: {kinds} (repeatable; .html: one offline interactive page).",
-    )  # fmt: skip
+    )
 
 
 DpiOpt = Annotated[int, typer.Option("--dpi", metavar="N", help="Resolution of --save FILE.png (dots per inch).")]

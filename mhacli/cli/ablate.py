@@ -10,24 +10,36 @@ from typing import Annotated, Literal
 
 import typer
 
-from mhacli.views import save as saving
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
-    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_text_or_ids, load,
-    progress, resolve_format, tokens_of,
-)  # fmt: skip
+    FormatOpt,
+    HeadOpt,
+    IdsOpt,
+    LayerOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    TextArg,
+    TruncateOpt,
+    check_text_or_ids,
+    load,
+    progress,
+    resolve_format,
+    tokens_of,
+)
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import UsageError
 from mhacli.ops.ablation import ablate_doc, check_scorable, mask_doc, prune_doc, scorable
 from mhacli.ops.heads import check_selection
 from mhacli.ops.inputs import Checkpoint, TokenizedText, check_model, read_ids, read_text, read_texts
+from mhacli.views import save as saving
 from mhacli.views.formats import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_head_doc, write_table
 
 TextsOpt = Annotated[
     str | None, typer.Option("--texts", metavar="FILE", help="Score every line of FILE ('-': stdin) instead of TEXT.")
 ]
 MethodOpt = Annotated[
-    Literal["zero", "mean"], typer.Option("--method", help="How a head is removed: zeroed, or replaced by its mean output.")
+    Literal["zero", "mean"],
+    typer.Option("--method", help="How a head is removed: zeroed, or replaced by its mean output."),
 ]
 LossFromOpt = Annotated[
     int, typer.Option("--loss-from", metavar="I", help="Score only target tokens at positions >= I (default 1: all).")
@@ -39,7 +51,12 @@ AblateOpt = Annotated[
 
 
 def scored_texts(
-    model: str | None, text: str | None, texts: str | None, truncate: bool, max_memory: str | None, ids: str | None = None
+    model: str | None,
+    text: str | None,
+    texts: str | None,
+    truncate: bool,
+    max_memory: str | None,
+    ids: str | None = None,
 ) -> tuple[Checkpoint, list[TokenizedText]]:
     """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast);
     weights kept in memory when the model is small (every evaluation reruns layers). Refused before any forward
@@ -54,7 +71,9 @@ def scored_texts(
     else:
         raws = [(read_text(text), "the text")]
     ckpt, tokenizer = load(model, cache=None, files=files)
-    tokenized = [(scorable(tokens_of(raw, ckpt, tokenizer, truncate=truncate, where=where), where), where) for raw, where in raws]
+    tokenized = [
+        (scorable(tokens_of(raw, ckpt, tokenizer, truncate=truncate, where=where), where), where) for raw, where in raws
+    ]
     check_scorable(ckpt, tokenized, max_memory)
     return ckpt, [t for t, _ in tokenized]
 
@@ -104,7 +123,9 @@ def ablate(
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     c = ckpt.config
     check_selection(c.n_layer, c.n_head, layer, head)
-    selected = [(lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))]
+    selected = [
+        (lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))
+    ]
     doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker)
     saving.write_all(saves, saving.ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
     if fmt in MACHINE_FORMATS:
@@ -173,7 +194,17 @@ def prune(
         sys.stdout.write(dumps(doc) + "\n")
     elif fmt in ("jsonl", "csv", "tsv"):
         curve, rand = doc["importance"]["curve"], doc["random"]["curve"]
-        rows = [["importance", s["n_removed"], s["fraction"], s["loss"], None, " ".join(f"{a}.{b}" for a, b in s["removed"])] for s in curve]
+        rows = [
+            [
+                "importance",
+                s["n_removed"],
+                s["fraction"],
+                s["loss"],
+                None,
+                " ".join(f"{a}.{b}" for a, b in s["removed"]),
+            ]
+            for s in curve
+        ]
         rows += [["random", s["n_removed"], s["fraction"], s["loss_mean"], s["loss_std"], None] for s in rand]
         columns = ("order", "n_removed", "fraction", "loss", "loss_std", "removed")
         if fmt == "jsonl":

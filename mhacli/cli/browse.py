@@ -59,8 +59,12 @@ def browse(
     limit = memory_limit(max_memory)
     check_memory(m.memory_needed(len(ids)) * (2 if b is not None else 1), max_memory, "use a shorter text")
     if b is not None and b.tokenize(raw, truncate=truncate).ids.tolist() != ids:
-        raise TextError("MODEL_A's and MODEL_B's tokenizers give different token ids for the text: --diff needs the same")
-    session = Session(m, raw, model_b=b, removed=tuple(ablated_heads(ablate, m.checkpoint)), memory_limit=limit, truncate=truncate)
+        raise TextError(
+            "MODEL_A's and MODEL_B's tokenizers give different token ids for the text: --diff needs the same"
+        )
+    session = Session(
+        m, raw, model_b=b, removed=tuple(ablated_heads(ablate, m.checkpoint)), memory_limit=limit, truncate=truncate
+    )
     code = app_class(session).run()
     # q and Ctrl+C exit 0; anything else is the app failing (Textual has printed its traceback): a bug, exit 3
     return ExitCode.OK if code in (None, 0) else ExitCode.INTERNAL
@@ -80,7 +84,9 @@ def textual_app():  # noqa: ANN201 - the app class, from the optional extra
 def check_terminal() -> None:
     """An interactive app needs a terminal on stdout, and room for its panes."""
     if not sys.stdout.isatty():
-        raise UsageError("mha browse is interactive and needs a terminal on stdout; mha stats and mha inspect print to pipes")
+        raise UsageError(
+            "mha browse is interactive and needs a terminal on stdout; mha stats and mha inspect print to pipes"
+        )
     size = shutil.get_terminal_size((0, 0))
     if size.columns < MIN_COLUMNS or size.lines < MIN_LINES:
         raise UsageError(
@@ -98,7 +104,9 @@ def read_input(text: str | None) -> str:
         try:
             tty = os.open("/dev/tty", os.O_RDWR)
         except OSError as exc:
-            raise UsageError(f"the text came on stdin, and the keys need a terminal: cannot open /dev/tty ({exc.strerror})") from exc
+            raise UsageError(
+                f"the text came on stdin, and the keys need a terminal: cannot open /dev/tty ({exc.strerror})"
+            ) from exc
         os.dup2(tty, 0)  # Textual reads keys from file descriptor 0
         os.close(tty)
     return raw

@@ -13,16 +13,25 @@ from typing import Annotated
 
 import typer
 
-from mhacli.views import save as saving
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, load, resolve_format, warn
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import TextError, UsageError
 from mhacli.ops.census import (
-    PROBES, SUPPORTED_STATS, TALLIED, CensusRun, ProbeSpec, build_doc, check_census_memory, cli_spell, default_workers,
-    probe_tokens, run_census,
-)  # fmt: skip
+    PROBES,
+    SUPPORTED_STATS,
+    TALLIED,
+    CensusRun,
+    ProbeSpec,
+    build_doc,
+    check_census_memory,
+    cli_spell,
+    default_workers,
+    probe_tokens,
+    run_census,
+)
 from mhacli.ops.inputs import iter_texts
+from mhacli.views import save as saving
 from mhacli.views.formats import MACHINE_FORMATS, check_writable, write_head_doc
 
 MAX_WARNINGS = 10  # failed texts named one by one on stderr; the rest are counted
@@ -85,13 +94,29 @@ CSV_STATS = TALLIED
 def csv_rows(doc: dict) -> Iterator[list]:
     for h in doc["heads"]:
         for source, s in h["by_source"].items():
-            yield [h["layer"], h["head"], h["kind"], h["confidence"], source, s["n_texts"],
-                   *(x for name in CSV_STATS for x in (s["mean"][name], s["std"][name])),
-                   *(s["support"][name] for name in SUPPORTED_STATS)]  # fmt: skip
+            yield [
+                h["layer"],
+                h["head"],
+                h["kind"],
+                h["confidence"],
+                source,
+                s["n_texts"],
+                *(x for name in CSV_STATS for x in (s["mean"][name], s["std"][name])),
+                *(s["support"][name] for name in SUPPORTED_STATS),
+            ]
 
 
-CSV_COLUMNS = ("layer", "head", "kind", "confidence", "source", "n_texts",
-               *(f"{w}_{name}" for name in CSV_STATS for w in ("mean", "std")), "duplicate_rows", "induction_rows")  # fmt: skip
+CSV_COLUMNS = (
+    "layer",
+    "head",
+    "kind",
+    "confidence",
+    "source",
+    "n_texts",
+    *(f"{w}_{name}" for name in CSV_STATS for w in ("mean", "std")),
+    "duplicate_rows",
+    "induction_rows",
+)
 
 
 @app.command(
@@ -105,17 +130,52 @@ def census(
     model: ModelOpt = None,
     texts: Annotated[
         str | None,
-        typer.Option("--texts", metavar="FILE", help="Corpus: one text per line ('-': stdin; FILE.jsonl: a \"text\" field per line), streamed."),
+        typer.Option(
+            "--texts",
+            metavar="FILE",
+            help="Corpus: one text per line ('-': stdin; FILE.jsonl: a \"text\" field per line), streamed.",
+        ),
     ] = None,
-    probes: Annotated[str, typer.Option("--probes", metavar="LIST", help=f"Built-in probes, comma-separated: {', '.join(PROBES)}, or none. Default: all.")] = ",".join(PROBES),
+    probes: Annotated[
+        str,
+        typer.Option(
+            "--probes",
+            metavar="LIST",
+            help=f"Built-in probes, comma-separated: {', '.join(PROBES)}, or none. Default: all.",
+        ),
+    ] = ",".join(PROBES),
     probe_count: Annotated[int, typer.Option("--probe-count", metavar="R", help="Sequences per probe.")] = 20,
-    repeat_length: Annotated[int, typer.Option("--repeat-length", metavar="N", help="Random tokens per copy of a repeat probe.")] = 20,
+    repeat_length: Annotated[
+        int, typer.Option("--repeat-length", metavar="N", help="Random tokens per copy of a repeat probe.")
+    ] = 20,
     random_length: Annotated[int, typer.Option("--random-length", metavar="N", help="Tokens of a random probe.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the probes.")] = 0,
-    workers: Annotated[int | None, typer.Option("--workers", "-j", metavar="N", help="Local worker processes (default: the core count; 1 runs in this process).")] = None,
-    dask: Annotated[str | None, typer.Option("--dask", metavar="ADDRESS", help="Run on a Dask cluster: a scheduler address, or 'local' for a LocalCluster.")] = None,
-    per_text: Annotated[Path | None, typer.Option("--per-text", metavar="FILE.jsonl", help="Also write every text's statistics, one JSON object per line.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="A text that fails stops the census (exit 2) instead of being counted.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-j",
+            metavar="N",
+            help="Local worker processes (default: the core count; 1 runs in this process).",
+        ),
+    ] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            metavar="ADDRESS",
+            help="Run on a Dask cluster: a scheduler address, or 'local' for a LocalCluster.",
+        ),
+    ] = None,
+    per_text: Annotated[
+        Path | None,
+        typer.Option(
+            "--per-text", metavar="FILE.jsonl", help="Also write every text's statistics, one JSON object per line."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="A text that fails stops the census (exit 2) instead of being counted.")
+    ] = False,
     top: Annotated[int, typer.Option("--top", "-k", help="Heads per kind in the terminal table.")] = 5,
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
@@ -144,7 +204,9 @@ def census(
     prefix, ordinary = probe_tokens(ckpt, tokenizer, chosen, spec, cli_spell)
     check_census_memory(ckpt, chosen, spec, prefix, texts is not None, n_workers, dask, max_memory)
 
-    census = run_shown(ckpt, tokenizer, chosen, spec, prefix, ordinary, texts, per_text, strict, truncate, n_workers, dask)
+    census = run_shown(
+        ckpt, tokenizer, chosen, spec, prefix, ordinary, texts, per_text, strict, truncate, n_workers, dask
+    )
     doc = build_doc(census, ckpt.model_dict(), spec, chosen, prefix, texts, c.kv_head)
     saving.write_all(saves, saving.census_picture(ckpt, doc), dpi=dpi)
     if fmt in MACHINE_FORMATS:
@@ -160,24 +222,45 @@ def census(
 
 
 def run_shown(
-    ckpt, tokenizer, chosen: tuple[str, ...], spec: ProbeSpec, prefix: int | None, ordinary, texts: str | None,
-    per_text: Path | None, strict: bool, truncate: bool, n_workers: int, dask: str | None,
-) -> CensusRun:  # fmt: skip
+    ckpt,
+    tokenizer,
+    chosen: tuple[str, ...],
+    spec: ProbeSpec,
+    prefix: int | None,
+    ordinary,
+    texts: str | None,
+    per_text: Path | None,
+    strict: bool,
+    truncate: bool,
+    n_workers: int,
+    dask: str | None,
+) -> CensusRun:
     """The census (mhacli.ops.census.run_census) with a progress bar, failed texts on stderr and the --per-text
     file written whole or not at all; refused when the corpus gave no text."""
     c = ckpt.config
     writer = AtomicText(per_text) if per_text is not None else None
     failures = FailureLines()
-    census = CensusRun((c.n_layer, c.n_head), per_text=writer.file if writer else None, strict=strict, on_failure=failures)
+    census = CensusRun(
+        (c.n_layer, c.n_head), per_text=writer.file if writer else None, strict=strict, on_failure=failures
+    )
     total = len(chosen) * spec.count + (count_lines(texts) or 0 if texts is not None else 0)
     try:
         with census_progress(total if texts is None or count_lines(texts) is not None else None) as tick:
             census.tick = tick
             corpus = iter_texts(texts) if texts is not None else None
             run_census(
-                census, ckpt, tokenizer, chosen, spec, prefix, ordinary, corpus, truncate=truncate, workers=n_workers,
+                census,
+                ckpt,
+                tokenizer,
+                chosen,
+                spec,
+                prefix,
+                ordinary,
+                corpus,
+                truncate=truncate,
+                workers=n_workers,
                 dask=dask,
-            )  # fmt: skip
+            )
     except BaseException:
         if writer is not None:
             writer.discard()
@@ -213,4 +296,3 @@ def census_progress(total: int | None):
             yield lambda: progress.advance(task)
 
     return bar()
-

@@ -7,16 +7,25 @@ from typing import Annotated, Literal
 
 import typer
 
-from mhacli.views import save as saving
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
-    FormatOpt, IdsOpt, MaxMemoryOpt, TextArg, TruncateOpt, check_text_or_ids, load, progress, resolve_format, warn,
-)  # fmt: skip
+    FormatOpt,
+    IdsOpt,
+    MaxMemoryOpt,
+    TextArg,
+    TruncateOpt,
+    check_text_or_ids,
+    load,
+    progress,
+    resolve_format,
+    warn,
+)
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import ExitCode, UsageError
 from mhacli.ops.ablation import ablation_edits, check_ablate_spec
 from mhacli.ops.diff import METRICS, DiffReport, DiffText, check_metric, compare, ids_for_both, peak_maps, tokenize_both
 from mhacli.ops.inputs import Checkpoint, check_model, read_ids, read_text, read_texts
+from mhacli.views import save as saving
 from mhacli.views.formats import MACHINE_FORMATS, dumps
 
 FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
@@ -37,7 +46,9 @@ def diff(
     ids: IdsOpt = None,
     texts: Annotated[
         str | None,
-        typer.Option("--texts", "-t", metavar="FILE", help="Average over the texts of FILE, one per line ('-': stdin)."),
+        typer.Option(
+            "--texts", "-t", metavar="FILE", help="Average over the texts of FILE, one per line ('-': stdin)."
+        ),
     ] = None,
     metric: Annotated[
         Literal[tuple(METRICS)],  # type: ignore[valid-type]
@@ -54,7 +65,9 @@ def diff(
     max_memory: MaxMemoryOpt = None,
     ablate: Annotated[
         str | None,
-        typer.Option("--ablate", metavar="HEADS", help="Remove heads of MODEL_B first (zeroed): L.H[,L.H...] or @mask.json."),
+        typer.Option(
+            "--ablate", metavar="HEADS", help="Remove heads of MODEL_B first (zeroed): L.H[,L.H...] or @mask.json."
+        ),
     ] = None,
     save: Annotated[SaveList, save_option("diff")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
@@ -82,7 +95,9 @@ def diff(
         items = [tokenize_both(raw, where, a, b, truncate, on_truncate=warn) for raw, where in raws]
     (ckpt_a, _), (ckpt_b, _) = a, b
     edits_b = ablation_edits(ablate, ckpt_b)
-    report = compare(ckpt_a, ckpt_b, items, metric, match=match, edits_b=edits_b, max_memory=max_memory, progress=progress)
+    report = compare(
+        ckpt_a, ckpt_b, items, metric, match=match, edits_b=edits_b, max_memory=max_memory, progress=progress
+    )
     saving.write_all(saves, saving.diff_picture(saves, ckpt_a, ckpt_b, report, items[0], edits_b), dpi=dpi)
     write_report(fmt, report, ckpt_a, ckpt_b, items, top, start)
     return ExitCode.OK if fail_above is None else check_threshold(report, fail_above)
@@ -105,7 +120,13 @@ def check_threshold(report: DiffReport, threshold: float) -> int:
 
 
 def write_report(
-    fmt: str, report: DiffReport, ckpt_a: Checkpoint, ckpt_b: Checkpoint, items: list[DiffText], top: int, start: int = 0
+    fmt: str,
+    report: DiffReport,
+    ckpt_a: Checkpoint,
+    ckpt_b: Checkpoint,
+    items: list[DiffText],
+    top: int,
+    start: int = 0,
 ) -> None:
     if fmt == "json":
         doc = {
@@ -133,4 +154,3 @@ def write_report(
 
         maps = peak_maps(ckpt_a, ckpt_b, report, items[0])
         render_diff(make_console(), report, ckpt_a.source, ckpt_b.source, items[0].tokens, maps, top=top, start=start)
-

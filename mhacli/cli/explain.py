@@ -9,8 +9,16 @@ import typer
 
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
-    REPORT_FORMATS, IdsOpt, MaxMemoryOpt, ModelOpt, ReportFormatOpt, TextArg, TruncateOpt, prepare, resolve_format,
-)  # fmt: skip
+    REPORT_FORMATS,
+    IdsOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    ReportFormatOpt,
+    TextArg,
+    TruncateOpt,
+    prepare,
+    resolve_format,
+)
 from mhacli.errors import ExitCode
 from mhacli.ops.explain import explain as run_explain
 from mhacli.views.formats import dumps
@@ -22,7 +30,7 @@ FORMATS = REPORT_FORMATS
     epilog=examples(
         'mha explain "The cat sat on the mat" -l 0 -H 3',
         'mha explain "ROMEO: But, soft! what light" -l 1 -H 2 --query -3 --full',
-        'mha explain --ids 352,277,303,2012 -l 0 -H 1 -m sample-early -f json',
+        "mha explain --ids 352,277,303,2012 -l 0 -H 1 -m sample-early -f json",
     )
 )
 def explain(

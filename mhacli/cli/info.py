@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-
 from collections.abc import Iterator
 
 from mhacli.cli._app import app, examples
@@ -109,7 +108,18 @@ def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
     ]
     if c["model_type"] not in ("gpt2", "gpt_bigcode"):
         lines.append(("sliding window", window_text(a["sliding_window"])))
-    shown = {"model_type", "n_layer", "n_head", "n_kv_head", "d_head", "layout", "layer_types", "window", "rope", "sliding_rope"}
+    shown = {
+        "model_type",
+        "n_layer",
+        "n_head",
+        "n_kv_head",
+        "d_head",
+        "layout",
+        "layer_types",
+        "window",
+        "rope",
+        "sliding_rope",
+    }
     lines += [(key, value_text(value)) for key, value in c.items() if key not in shown]
     if isinstance(c.get("rope"), dict):
         lines.append(("rope", rope_text(c["rope"])))
@@ -123,4 +133,3 @@ def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
     else:
         width = max(len(k) for k, _ in lines)
         sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in lines))
-

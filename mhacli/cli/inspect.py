@@ -8,19 +8,28 @@ from typing import Annotated
 import typer
 
 from mhacli.cli._app import app, examples
-from mhacli.cli.ablate import AblateOpt
-from mhacli.ops.ablation import ablation_edits, check_ablate_spec
 from mhacli.cli._common import (
-    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, note, prepare, progress,
+    FormatOpt,
+    HeadOpt,
+    IdsOpt,
+    LayerOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    TextArg,
+    TruncateOpt,
+    note,
+    prepare,
+    progress,
     resolve_format,
-)  # fmt: skip
+)
+from mhacli.cli._save import DpiOpt, SaveList, save_option
+from mhacli.cli.ablate import AblateOpt
 from mhacli.errors import UsageError
+from mhacli.ops.ablation import ablation_edits, check_ablate_spec
 from mhacli.ops.heads import TOO_PLAIN, check_heads, head_views, undecidable
 from mhacli.ops.memory import format_bytes
-from mhacli.views.formats import MACHINE_FORMATS, write_heads
-from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.views import save as saving
-
+from mhacli.views.formats import MACHINE_FORMATS, write_heads
 
 # Machine output past this many bytes gets a note on stderr suggesting --save FILE.npz (and -l/-H).
 BIG_OUTPUT_BYTES = 100 * 1024 * 1024
@@ -33,7 +42,7 @@ JSON_BYTES_PER_WEIGHT = 12
     epilog=examples(
         'mha inspect "The cat sat on the mat. The cat sat on the mat." -l 0 -H 3',
         'mha inspect "ROMEO: I love thee." -m sample-early --query 3',
-        'mha inspect --ids 352,277,303,2012 -l 1 -f json --save maps.npz',
+        "mha inspect --ids 352,277,303,2012 -l 1 -f json --save maps.npz",
         'echo "The cat sat on the mat." | mha inspect -l 1 -H 2 --top 2',
     )
 )
@@ -45,10 +54,25 @@ def inspect(
     head: HeadOpt = None,
     format: FormatOpt = None,
     query: Annotated[int | None, typer.Option("--query", "-q", help="Show one query row: where token I looks.")] = None,
-    top: Annotated[int | None, typer.Option("--top", "-k", min=1, help="List the K strongest keys of every query.")] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", "-k", min=1, help="List the K strongest keys of every query.")
+    ] = None,
     start: Annotated[int, typer.Option("--from", min=0, help="First query row of the map window on a terminal.")] = 0,
-    keys: Annotated[str | None, typer.Option("--keys", metavar="A:B", help="Key columns A..B-1 of the map window on a terminal (key 0 stays in front).")] = None,
-    panel_size: Annotated[int | None, typer.Option("--panel-size", metavar="N", min=2, help="Keys (and query rows) per map on a terminal (default: fit the width).")] = None,
+    keys: Annotated[
+        str | None,
+        typer.Option(
+            "--keys", metavar="A:B", help="Key columns A..B-1 of the map window on a terminal (key 0 stays in front)."
+        ),
+    ] = None,
+    panel_size: Annotated[
+        int | None,
+        typer.Option(
+            "--panel-size",
+            metavar="N",
+            min=2,
+            help="Keys (and query rows) per map on a terminal (default: fit the width).",
+        ),
+    ] = None,
     save: Annotated[SaveList, save_option("inspect")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
     truncate: TruncateOpt = False,
@@ -80,11 +104,19 @@ def inspect(
 
         console = make_console() if fmt == "rich" else None  # only what it will show is computed: long texts fit
         width = console.width if console is not None else 0
-        request = map_request(n_seq, width=width, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size)
+        request = map_request(
+            n_seq, width=width, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size
+        )
     n_layers, n_heads = check_heads(
-        ckpt, n_seq, layer, head, keep_maps=whole, max_memory=max_memory, request=request,
+        ckpt,
+        n_seq,
+        layer,
+        head,
+        keep_maps=whole,
+        max_memory=max_memory,
+        request=request,
         how_to_narrow="narrow it with --layer/--head or a shorter text (mha stats streams without maps)",
-    )  # fmt: skip
+    )
     edits = ablation_edits(ablate, ckpt)
     if fmt in ("json", "jsonl"):
         size = output_size(n_layers * n_heads, n_seq)
@@ -94,7 +126,13 @@ def inspect(
                 f"{n_seq} tokens); --save FILE.npz stores them in {format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
                 "(float32), and -l/-H select heads"
             )
-    views = list(progress(head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=whole, edits=edits, request=request), n_layers * n_heads, "running layers"))
+    views = list(
+        progress(
+            head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=whole, edits=edits, request=request),
+            n_layers * n_heads,
+            "running layers",
+        )
+    )
     saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=True)
@@ -107,7 +145,16 @@ def inspect(
     else:
         from mhacli.views.terminal import make_console, render_inspect
 
-        render_inspect(console or make_console(), views, tokens.tokens, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size)
+        render_inspect(
+            console or make_console(),
+            views,
+            tokens.tokens,
+            query=query,
+            top=top,
+            start=start,
+            keys=key_range,
+            panel_keys=panel_size,
+        )
 
 
 def output_size(n_heads: int, n_seq: int) -> int:

@@ -8,15 +8,25 @@ from typing import Annotated, Literal
 import typer
 
 from mhacli.cli._app import app, examples
+from mhacli.cli._common import (
+    FormatOpt,
+    HeadOpt,
+    IdsOpt,
+    LayerOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    TextArg,
+    TruncateOpt,
+    note,
+    prepare,
+    progress,
+    resolve_format,
+)
+from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
 from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.views import save as saving
-from mhacli.cli._save import DpiOpt, SaveList, save_option
-from mhacli.cli._common import (
-    FormatOpt, HeadOpt, IdsOpt, LayerOpt, MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, note, prepare, progress,
-    resolve_format,
-)  # fmt: skip
 from mhacli.ops.heads import STAT_NAMES, TOO_PLAIN, check_heads, head_views, undecidable
+from mhacli.views import save as saving
 from mhacli.views.formats import MACHINE_FORMATS, write_heads
 
 
@@ -38,12 +48,17 @@ def stats(
     stat: Annotated[
         Literal[("auto", *STAT_NAMES)],  # type: ignore[valid-type]
         typer.Option(
-            "--stat", "-s", metavar="NAME",
+            "--stat",
+            "-s",
+            metavar="NAME",
             help=f"Number shown in the grid, on a 0-1 scale (the text table is ordered by it): auto (each head's kind score), {', '.join(STAT_NAMES)}.",
         ),
     ] = "auto",
     compact: Annotated[
-        bool, typer.Option("--compact", help="One character per head in the grid (chosen by itself when the full grid does not fit).")
+        bool,
+        typer.Option(
+            "--compact", help="One character per head in the grid (chosen by itself when the full grid does not fit)."
+        ),
     ] = False,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
@@ -59,9 +74,17 @@ def stats(
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     c = ckpt.config
     # streamed (no maps) unless a page wants the maps
-    n_layers, n_heads = check_heads(ckpt, len(tokens.ids), layer, head, keep_maps=keep, max_memory=max_memory, how_to_narrow="use a shorter text")
+    n_layers, n_heads = check_heads(
+        ckpt, len(tokens.ids), layer, head, keep_maps=keep, max_memory=max_memory, how_to_narrow="use a shorter text"
+    )
     edits = ablation_edits(ablate, ckpt)
-    views = list(progress(head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=keep, edits=edits), n_layers * n_heads, "running layers"))
+    views = list(
+        progress(
+            head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=keep, edits=edits),
+            n_layers * n_heads,
+            "running layers",
+        )
+    )
     saving.write_all(saves, saving.stats_picture(ckpt, tokens, views, stat), dpi=dpi)
     if fmt in MACHINE_FORMATS:
         if stat != "auto":
@@ -76,4 +99,6 @@ def stats(
     else:
         from mhacli.views.terminal import make_console, render_stats
 
-        render_stats(make_console(), views, c.n_layer, c.n_head, stat, len(tokens.ids), layout="compact" if compact else "auto")
+        render_stats(
+            make_console(), views, c.n_layer, c.n_head, stat, len(tokens.ids), layout="compact" if compact else "auto"
+        )

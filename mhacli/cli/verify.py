@@ -9,11 +9,18 @@ import typer
 
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
-    REPORT_FORMATS, IdsOpt, ModelOpt, ReportFormatOpt, TextArg, TruncateOpt, prepare, resolve_format,
-)  # fmt: skip
+    REPORT_FORMATS,
+    IdsOpt,
+    ModelOpt,
+    ReportFormatOpt,
+    TextArg,
+    TruncateOpt,
+    prepare,
+    resolve_format,
+)
 from mhacli.errors import ExitCode, UsageError
-from mhacli.views.formats import dumps
 from mhacli.ops.verify import HIDDEN_ATOL
+from mhacli.views.formats import dumps
 
 DEFAULT_TEXT = (
     "ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
@@ -34,7 +41,8 @@ def verify(
     ids: IdsOpt = None,
     atol: Annotated[float, typer.Option("--atol", help="Largest allowed attention error (max abs).")] = 1e-5,
     hidden_atol: Annotated[
-        float, typer.Option("--hidden-atol", help="Largest allowed hidden-state error, per unit of max(1, max |hidden|).")
+        float,
+        typer.Option("--hidden-atol", help="Largest allowed hidden-state error, per unit of max(1, max |hidden|)."),
     ] = HIDDEN_ATOL,
     format: ReportFormatOpt = None,
     truncate: TruncateOpt = False,
@@ -52,11 +60,15 @@ def verify(
     if fmt == "json":
         sys.stdout.write(dumps(report.to_dict()) + "\n")
     else:
-        lines = [f"{'layer':>5}  {'attention max abs err':>21}  {'hidden max abs err':>18}  {'hidden bound':>12}  result"]
+        lines = [
+            f"{'layer':>5}  {'attention max abs err':>21}  {'hidden max abs err':>18}  {'hidden bound':>12}  result"
+        ]
         for c in report.layers:
             ok = "ok" if report.layer_passed(c) else "FAIL"
             bound = report.hidden_atol * c.hidden_scale
-            lines.append(f"{c.layer:>5}  {c.attention_max_abs_err:>21.3e}  {c.hidden_max_abs_err:>18.3e}  {bound:>12.1e}  {ok}")
+            lines.append(
+                f"{c.layer:>5}  {c.attention_max_abs_err:>21.3e}  {c.hidden_max_abs_err:>18.3e}  {bound:>12.1e}  {ok}"
+            )
         if report.head is not None:
             h = report.head
             ok = "ok" if report.head_passed else "FAIL"
@@ -65,7 +77,9 @@ def verify(
                 f"logits max abs err {h.logits_max_abs_err:.3e}  {ok}"
             )
         else:
-            lines.append(f"{'head':>5}  no output head in this checkpoint (no lm_head.weight, embeddings not tied): loss not checked")
+            lines.append(
+                f"{'head':>5}  no output head in this checkpoint (no lm_head.weight, embeddings not tied): loss not checked"
+            )
         verdict = "PASSED" if report.passed else "FAILED"
         lines.append(
             f"{verdict}: {len(tokens.ids)} tokens, {len(report.layers)} layers; max attention error "

@@ -13,11 +13,26 @@ from typing import Any
 
 from mhacli.config.base import ModelConfig
 from mhacli.config.fields import ACTIVATIONS, MAX_COUNT, MAX_DIM, MAX_POSITIONS, _shown
-from mhacli.config.gpt2 import BIGCODE_DEFAULTS, GPT2_ALIASES, GPT2_DEFAULTS, BigCodeConfig, Gpt2Config, _parse_bigcode, _parse_gpt2
+from mhacli.config.gpt2 import (
+    BIGCODE_DEFAULTS,
+    GPT2_ALIASES,
+    GPT2_DEFAULTS,
+    BigCodeConfig,
+    Gpt2Config,
+    _parse_bigcode,
+    _parse_gpt2,
+)
 from mhacli.config.rotary import (
-    DEFAULT_ROPE_THETA, LAYER_TYPES, OLMO3_DEFAULT_ROPE_THETA, REQUIRED_ROPE_KEYS, ROPE_TYPES, ROTARY_DEFAULTS, RopeConfig,
-    RotaryConfig, _parse_rotary,
-)  # fmt: skip
+    DEFAULT_ROPE_THETA,
+    LAYER_TYPES,
+    OLMO3_DEFAULT_ROPE_THETA,
+    REQUIRED_ROPE_KEYS,
+    ROPE_TYPES,
+    ROTARY_DEFAULTS,
+    RopeConfig,
+    RotaryConfig,
+    _parse_rotary,
+)
 from mhacli.errors import ConfigError
 
 __all__ = [

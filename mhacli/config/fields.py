@@ -70,7 +70,9 @@ def _epsilon(raw: dict, key: str) -> float:
 def _activation(raw: dict, key: str) -> str:
     activation = raw[key]
     if activation not in ACTIVATIONS:
-        raise ConfigError(f"config.json: {key} {_shown(activation)} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        raise ConfigError(
+            f"config.json: {key} {_shown(activation)} is not supported (supported: {', '.join(ACTIVATIONS)})"
+        )
     return activation
 
 

@@ -143,7 +143,9 @@ def _layer_types(fields: dict, model_type: str, n_layer: int, window: int | None
     if types is None:
         types = ["sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(n_layer)]
     if not isinstance(types, list) or len(types) != n_layer:
-        raise ConfigError(f"config.json: layer_types must be a list of {n_layer} entries (one per layer), got {_shown(types)}")
+        raise ConfigError(
+            f"config.json: layer_types must be a list of {n_layer} entries (one per layer), got {_shown(types)}"
+        )
     for i, t in enumerate(types):
         if t not in LAYER_TYPES:
             raise ConfigError(f"config.json: layer_types[{i}] is {_shown(t)}; supported: {', '.join(LAYER_TYPES)}")
@@ -156,7 +158,9 @@ def _ropes(raw: dict, model_type: str, head_dim: int, n_positions: int) -> tuple
     """RotaryEmbeddingConfigMixin.convert_rope_params_to_dict + standardize_rope_params, for our model types."""
     factor = raw.get("partial_rotary_factor")
     if factor is not None and factor != 1.0:
-        raise ConfigError(f"config.json: partial_rotary_factor {_shown(factor)} is not supported ({model_type} rotates whole heads)")
+        raise ConfigError(
+            f"config.json: partial_rotary_factor {_shown(factor)} is not supported ({model_type} rotates whole heads)"
+        )
     scaling = raw.get("rope_scaling")
     params = raw.get("rope_parameters")
     for key, value in (("rope_scaling", scaling), ("rope_parameters", params)):
@@ -204,7 +208,9 @@ def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConf
     """One standardised rope dict -> RopeConfig; a missing required key or a bad value is a ConfigError."""
     kind = _rope_kind(params)
     if kind not in ROPE_TYPES:
-        raise ConfigError(f"config.json: {where}.rope_type {_shown(kind)} is not supported (supported: {', '.join(ROPE_TYPES)})")
+        raise ConfigError(
+            f"config.json: {where}.rope_type {_shown(kind)} is not supported (supported: {', '.join(ROPE_TYPES)})"
+        )
     where = f"config.json: {where}"
     for key in REQUIRED_ROPE_KEYS[kind]:
         if key not in params:
@@ -239,16 +245,19 @@ def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConf
         out["low_freq_factor"] = _number(params, "low_freq_factor", where=where)
         out["high_freq_factor"] = _number(params, "high_freq_factor", where=where)
         if out["high_freq_factor"] == out["low_freq_factor"]:
-            raise ConfigError(f"{where}: high_freq_factor must differ from low_freq_factor (both {out['low_freq_factor']})")
+            raise ConfigError(
+                f"{where}: high_freq_factor must differ from low_freq_factor (both {out['low_freq_factor']})"
+            )
     if kind == "dynamic" and head_dim <= 2:
         raise ConfigError(f"{where}: rope_type 'dynamic' needs head_dim > 2, got {head_dim}")
     if kind == "longrope":
         for key in ("short_factor", "long_factor"):
             value = params[key]
             if (
-                not isinstance(value, list) or len(value) != head_dim // 2
+                not isinstance(value, list)
+                or len(value) != head_dim // 2
                 or not all(_finite(x) and x > 0 for x in value)
-            ):  # fmt: skip
+            ):
                 raise ConfigError(f"{where}.{key} must be a list of {head_dim // 2} positive numbers"[:300])
             out[key] = tuple(float(x) for x in value)
     return RopeConfig(**out)

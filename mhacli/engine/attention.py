@@ -105,9 +105,16 @@ def threads_for(todo: list[tuple[int, int, int]], n_head: int) -> int:
 
 
 def causal_attention(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, *, window: int | None = None,
-    block: int | None = None, sink: Sink | None = None, threads: int | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    scale: float,
+    *,
+    window: int | None = None,
+    block: int | None = None,
+    sink: Sink | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] -> (z [n_head, n_seq, d_v], probs).
 
     probs [n_head, n_seq, n_seq]: rows sum to 1 over the visible keys (j <= i, and j > i - window with a sliding
@@ -159,9 +166,18 @@ def causal_attention(
 
 
 def _block(
-    qs: np.ndarray, k: np.ndarray, v: np.ndarray, a: int, b: int, lo: int, window: int | None, tile: np.ndarray,
-    z: np.ndarray, sink: Sink, group: int,
-) -> None:  # fmt: skip
+    qs: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    a: int,
+    b: int,
+    lo: int,
+    window: int | None,
+    tile: np.ndarray,
+    z: np.ndarray,
+    sink: Sink,
+    group: int,
+) -> None:
     """Rows a..b-1 over keys lo..b-1, head by head: softmax in place in `tile`, the value product; `group` heads'
     tiles at a time to the sink."""
     n_head, shared = qs.shape[0], qs.shape[0] // k.shape[0]

@@ -13,10 +13,10 @@ from types import ModuleType
 
 import numpy as np
 
+from mhacli.config import ModelConfig
 from mhacli.engine.arch import family as family_module
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import Params, ZEdit
-from mhacli.config import ModelConfig
 from mhacli.errors import NumericsError
 
 
@@ -49,7 +49,11 @@ Sinks = Callable[[int], Sink | None]
 
 
 def forward(
-    params: Params, ids: np.ndarray | list[int], *, n_layers: int | None = None, edits: dict[int, ZEdit] | None = None,
+    params: Params,
+    ids: np.ndarray | list[int],
+    *,
+    n_layers: int | None = None,
+    edits: dict[int, ZEdit] | None = None,
     sinks: Sinks | None = None,
 ) -> Iterator[LayerTrace]:
     """Run the model layer by layer, yielding each layer's attention and residual stream.
@@ -64,7 +68,12 @@ def forward(
 
 
 def forward_from(
-    params: Params, x: np.ndarray, first: int, stop: int, *, edits: dict[int, ZEdit] | None = None,
+    params: Params,
+    x: np.ndarray,
+    first: int,
+    stop: int,
+    *,
+    edits: dict[int, ZEdit] | None = None,
     sinks: Sinks | None = None,
 ) -> Iterator[LayerTrace]:
     """Layers first..stop-1 on x [n_seq, n_embd], the residual stream entering layer `first`."""

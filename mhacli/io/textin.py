@@ -42,7 +42,9 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise TextError(f"text on stdin is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from exc
+            raise TextError(
+                f"text on stdin is not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
+            ) from exc
         if text.startswith("\ufeff"):
             text = text[1:]
         text = strip_one_newline(text)
@@ -252,15 +254,22 @@ def read_ids(spec: str, stdin: BinaryIO | None = None) -> list[int]:
 
 
 def check_ids(
-    ids: list[int], vocab_size: int, n_positions: int, *, truncate: bool = False, where: str = "--ids",
+    ids: list[int],
+    vocab_size: int,
+    n_positions: int,
+    *,
+    truncate: bool = False,
+    where: str = "--ids",
     truncate_hint: str = "pass --truncate",
-) -> tuple[list[int], int | None]:  # fmt: skip
+) -> tuple[list[int], int | None]:
     """Given ids (--ids, or the API's ids=) must index the embedding table (the first one that does not is named)
     and fit n_positions, or with truncate the first n_positions are kept. Returns (ids, the original count when
     cut, else None). `truncate_hint`: how the caller asks for truncation (--truncate, truncate=True)."""
     for n, i in enumerate(ids):
         if i >= vocab_size:
-            raise TextError(f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids 0..{vocab_size - 1})")
+            raise TextError(
+                f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids 0..{vocab_size - 1})"
+            )
     if len(ids) <= n_positions:
         return ids, None
     if not truncate:
@@ -272,9 +281,15 @@ def check_ids(
 
 
 def from_ids(
-    tokenizer: Tokenizer, ids: list[int], n_positions: int, *, vocab_size: int, truncate: bool = False,
-    where: str = "--ids", truncate_hint: str = "pass --truncate",
-) -> TokenizedText:  # fmt: skip
+    tokenizer: Tokenizer,
+    ids: list[int],
+    n_positions: int,
+    *,
+    vocab_size: int,
+    truncate: bool = False,
+    where: str = "--ids",
+    truncate_hint: str = "pass --truncate",
+) -> TokenizedText:
     """Given token ids as a TokenizedText: checked against vocab_size, cut to n_positions with --truncate (the
     same rule as a text's), each shown as the tokenizer's string for it."""
     ids, truncated_from = check_ids(

@@ -238,13 +238,18 @@ def _check_component(part: object, where: str, path: Path, depth: int) -> None:
     if kind == "Replace":
         content, pattern = part.get("content"), part.get("pattern")
         if isinstance(content, str) and len(content) > MAX_EXPANSION:
-            raise _fail(path, f"{where} (Replace) puts {len(content)} characters in place of each match; at most {MAX_EXPANSION} are allowed")
+            raise _fail(
+                path,
+                f"{where} (Replace) puts {len(content)} characters in place of each match; at most {MAX_EXPANSION} are allowed",
+            )
         if isinstance(pattern, dict) and pattern.get("String") == "":
             raise _fail(path, f"{where} (Replace) has an empty pattern, which makes the tokenizer library panic")
     elif kind == "Prepend":
         prepend = part.get("prepend")
         if isinstance(prepend, str) and len(prepend) > MAX_EXPANSION:
-            raise _fail(path, f"{where} (Prepend) prepends {len(prepend)} characters; at most {MAX_EXPANSION} are allowed")
+            raise _fail(
+                path, f"{where} (Prepend) prepends {len(prepend)} characters; at most {MAX_EXPANSION} are allowed"
+            )
     elif kind == "Precompiled":
         _check_precompiled(part.get("precompiled_charsmap"), where, path)
     elif kind == "FixedLength":
@@ -278,27 +283,34 @@ def _check_template(part: dict, where: str, path: Path) -> None:
             special = piece.get("SpecialToken") if isinstance(piece, dict) else None
             token = special.get("id") if isinstance(special, dict) else None
             if isinstance(token, str) and token not in names:
-                raise _fail(path, f"{where} (TemplateProcessing) uses special token {token!r}, which its special_tokens do not define")
-    for name, entry in (specials.items() if isinstance(specials, dict) else ()):
+                raise _fail(
+                    path,
+                    f"{where} (TemplateProcessing) uses special token {token!r}, which its special_tokens do not define",
+                )
+    for name, entry in specials.items() if isinstance(specials, dict) else ():
         ids = entry.get("ids") if isinstance(entry, dict) else None
         tokens = entry.get("tokens") if isinstance(entry, dict) else None
         if isinstance(ids, list) and isinstance(tokens, list) and len(ids) != len(tokens):
-            raise _fail(path, f"{where} (TemplateProcessing): special token {name!r} has {len(ids)} ids but {len(tokens)} tokens")
+            raise _fail(
+                path,
+                f"{where} (TemplateProcessing): special token {name!r} has {len(ids)} ids but {len(tokens)} tokens",
+            )
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:
     """tokenizer.json if present, else vocab.json + merges.txt built exactly as GPT2TokenizerFast builds them.
     Only regular files are read (a FIFO or device named like one is refused without blocking)."""
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, decoders, pre_tokenizers
     from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, pre_tokenizers
     from tokenizers.models import BPE
 
     tok_json = directory / "tokenizer.json"
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     corrupt = f"{show(directory)}: tokenizer files are corrupt"
     if os.path.lexists(tok_json):
-        doc = check_tokenizer_json(read_json(tok_json, "tokenizer", TokenizerError, max_bytes=MAX_TOKENIZER_BYTES), tok_json)
+        doc = check_tokenizer_json(
+            read_json(tok_json, "tokenizer", TokenizerError, max_bytes=MAX_TOKENIZER_BYTES), tok_json
+        )
         with guarded(corrupt):
             backend = Backend.from_str(json.dumps(doc))
         byte_level = "ByteLevel" in json.dumps(doc.get("pre_tokenizer"))
@@ -307,9 +319,15 @@ def load_tokenizer(directory: Path) -> Tokenizer:
             check_regular(path, "tokenizer", TokenizerError, max_bytes=MAX_TOKENIZER_BYTES)
         with guarded(corrupt):
             backend = Backend(
-                BPE.from_file(str(vocab), str(merges), dropout=None, continuing_subword_prefix="",
-                              end_of_word_suffix="", fuse_unk=False)
-            )  # fmt: skip
+                BPE.from_file(
+                    str(vocab),
+                    str(merges),
+                    dropout=None,
+                    continuing_subword_prefix="",
+                    end_of_word_suffix="",
+                    fuse_unk=False,
+                )
+            )
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             backend.decoder = decoders.ByteLevel()
             specials = _special_tokens(directory)
@@ -331,5 +349,7 @@ def _special_tokens(directory: Path) -> list[str]:
         doc = read_json(config, "tokenizer", TokenizerError, max_bytes=MAX_TOKENIZER_BYTES)
         added = doc.get("added_tokens_decoder") if isinstance(doc, dict) else None
         if isinstance(added, dict):
-            specials += [v["content"] for v in added.values() if isinstance(v, dict) and isinstance(v.get("content"), str)]
+            specials += [
+                v["content"] for v in added.values() if isinstance(v, dict) and isinstance(v.get("content"), str)
+            ]
     return list(dict.fromkeys(specials))

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mhacli.engine.arch import check_config, family
 from mhacli.config import ModelConfig, parse_config
+from mhacli.engine.arch import check_config, family
 from mhacli.errors import ConfigError, ModelError, WeightsError
 from mhacli.io.files import open_regular, parse_json, quoted, read_json, show
 
@@ -68,7 +68,7 @@ class ModelFiles:
 def _pickle_refusal(path: Path) -> ModelError:
     return ModelError(
         f"{show(path.name)} is a pickle checkpoint, which can run arbitrary code when loaded; mha reads safetensors only. "
-        "Convert it first, e.g. `python -c \"from transformers import AutoModel; "
+        'Convert it first, e.g. `python -c "from transformers import AutoModel; '
         "AutoModel.from_pretrained('DIR').save_pretrained('OUT', safe_serialization=True)\"`"
     )
 
@@ -88,7 +88,7 @@ def sample_name(spec: str) -> str | None:
     """The bundled directory `spec` names (`sample`, `sample-early`, `sample:tiny-shakespeare`, ...), else None.
     Bare names are only names when no file or directory of that name exists: a path on disk always wins."""
     if spec.startswith(SAMPLE_PREFIX):
-        name = spec[len(SAMPLE_PREFIX):]
+        name = spec[len(SAMPLE_PREFIX) :]
         if name in SAMPLE_NAMES.values():
             return name
         known = ", ".join(SAMPLE_PREFIX + n for n in SAMPLE_NAMES.values())
@@ -290,8 +290,14 @@ def hub_error(repo_id: str, exc: BaseException) -> ModelError:
     the same), gated (GatedRepoError, HTTP 401/403 on a model that needs its terms accepted and a login)."""
     chain = _causes(exc)
     mro_names = {cls.__name__ for e in chain for cls in type(e).__mro__}
-    status = next((getattr(getattr(e, "response", None), "status_code", None) for e in chain
-                   if isinstance(getattr(getattr(e, "response", None), "status_code", None), int)), None)  # fmt: skip
+    status = next(
+        (
+            getattr(getattr(e, "response", None), "status_code", None)
+            for e in chain
+            if isinstance(getattr(getattr(e, "response", None), "status_code", None), int)
+        ),
+        None,
+    )
     where = f"{repo_id}: not a local path"
     if "GatedRepoError" in mro_names or status == 403:
         return ModelError(
@@ -347,7 +353,9 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     if metadata is not None and (
         not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
     ):
-        raise WeightsError(f"{file}: safetensors __metadata__ must map names to strings (as the safetensors library requires)")
+        raise WeightsError(
+            f"{file}: safetensors __metadata__ must map names to strings (as the safetensors library requires)"
+        )
     base = 8 + n
     infos: dict[str, TensorInfo] = {}
     for name, entry in header.items():
@@ -531,7 +539,9 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
                 f"but config.json implies {list(shape)}"
             )
         if info.dtype not in FLOAT_DTYPES:
-            raise WeightsError(f"tensor {quoted(info.name)} in {show(info.file.name)} has dtype {info.dtype}; expected a float type")
+            raise WeightsError(
+                f"tensor {quoted(info.name)} in {show(info.file.name)} has dtype {info.dtype}; expected a float type"
+            )
         tensors[key] = info
     head = found.get(arch.LM_HEAD)
     if not config.tie_word_embeddings and head is not None:  # optional: only the loss reads it (mhacli.analyses.loss)

@@ -10,15 +10,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mhacli.analyses.ablate import (
-    METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, importance_curve, parse_heads, prunable_fraction,
-    random_curve, removal_edits, schedule,
-)  # fmt: skip
-from mhacli.engine.blocks import ZEdit
-from mhacli.errors import UsageError
-from mhacli.engine.forward import LayerTrace
-from mhacli.ops.memory import Size, check_memory, scoring_bytes
+    METHODS,
+    Ablator,
+    Head,
+    HeadEffect,
+    ablate_each,
+    check_head,
+    importance_curve,
+    parse_heads,
+    prunable_fraction,
+    random_curve,
+    removal_edits,
+    schedule,
+)
 from mhacli.analyses.stats import StatsAccumulator, head_stats
+from mhacli.engine.blocks import ZEdit
+from mhacli.engine.forward import LayerTrace
+from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
+from mhacli.ops.memory import Size, check_memory, scoring_bytes
 
 __all__ = [
     "METHODS", "Head", "HeadEffect", "KindTally", "ablate_doc", "ablated_heads", "ablation_edits",
@@ -53,7 +63,9 @@ def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
     shape = doc.get("model") if isinstance(doc, dict) else None
     heads = doc.get("heads") if isinstance(doc, dict) else None
     if not isinstance(shape, dict) or not isinstance(heads, list):
-        raise UsageError(f'--ablate @{path}: expected {{"model": {{"n_layer": L, "n_head": H}}, "heads": [[layer, head], ...]}}')
+        raise UsageError(
+            f'--ablate @{path}: expected {{"model": {{"n_layer": L, "n_head": H}}, "heads": [[layer, head], ...]}}'
+        )
     if (shape.get("n_layer"), shape.get("n_head")) != (n_layer, n_head):
         raise UsageError(
             f"--ablate @{path}: the mask is for a model of {shape.get('n_layer')} layers x {shape.get('n_head')} heads; "
@@ -114,7 +126,9 @@ def scorable(text: TokenizedText, where: str) -> TokenizedText:
     return text
 
 
-def check_scorable(ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size, option: str = "--max-memory") -> None:
+def check_scorable(
+    ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size, option: str = "--max-memory"
+) -> None:
     """Every text has a next token to score (`where` names it), and the scoring fits max_memory (ResourceError)."""
     for t, where in texts:
         scorable(t, where)
@@ -185,9 +199,15 @@ def ablate_doc(
 
 
 def prune_doc(
-    ckpt, texts: list[TokenizedText], method: str, loss_from: int, step: float, seeds: int, max_increase: float,
+    ckpt,
+    texts: list[TokenizedText],
+    method: str,
+    loss_from: int,
+    step: float,
+    seeds: int,
+    max_increase: float,
     ticker: Ticker = _no_ticker,
-) -> dict:  # fmt: skip
+) -> dict:
     """`mha prune`'s document: the importance order's curve (re-measured every round) against `seeds` random orders,
     each one's prunable fraction at `max_increase`, and the pruned heads (`pruned`)."""
     c = ckpt.config

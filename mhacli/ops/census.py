@@ -10,13 +10,24 @@ from typing import TextIO
 
 import numpy as np
 
-from mhacli.errors import TextError, UsageError
-from mhacli.analyses.census import PROBES, SOURCES, TALLIED, HeadVerdict, ProbeSpec, Tally, TextStats, probe, text_kinds, verdicts
-from mhacli.ops.memory import Size, census_bytes, check_memory
-from mhacli.views.formats import dumps
+from mhacli.analyses.census import (
+    PROBES,
+    SOURCES,
+    TALLIED,
+    HeadVerdict,
+    ProbeSpec,
+    Tally,
+    TextStats,
+    probe,
+    text_kinds,
+    verdicts,
+)
 from mhacli.analyses.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
 from mhacli.analyses.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
+from mhacli.errors import TextError, UsageError
 from mhacli.io.textin import tokenize
+from mhacli.ops.memory import Size, census_bytes, check_memory
+from mhacli.views.formats import dumps
 
 __all__ = [
     "KINDS", "MIN_SUPPORT", "PROBES", "SOURCES", "SUPPORTED_STATS", "TALLIED", "CensusRun", "HeadVerdict", "ProbeSpec",
@@ -61,9 +72,16 @@ def probe_tokens(
 
 
 def check_census_memory(
-    ckpt, probes: tuple[str, ...], spec: ProbeSpec, prefix: int | None, corpus: bool, workers: int, dask: str | None,
-    max_memory: Size, option: str = "--max-memory",
-) -> None:  # fmt: skip
+    ckpt,
+    probes: tuple[str, ...],
+    spec: ProbeSpec,
+    prefix: int | None,
+    corpus: bool,
+    workers: int,
+    dask: str | None,
+    max_memory: Size,
+    option: str = "--max-memory",
+) -> None:
     """One forward of the longest text per local worker process (none on a remote cluster) against max_memory."""
     c = ckpt.config
     longest = c.n_positions if corpus else max(spec.n_tokens(p, prefix) for p in probes)
@@ -77,11 +95,18 @@ class CensusRun:
     A failed text goes to on_failure(where, why) and is counted, or with strict raises TextError."""
 
     def __init__(
-        self, shape: tuple[int, int], *, per_text: TextIO | None = None, strict: bool = False,
-        on_failure: Callable[[str, str], None] | None = None, strict_name: str = "--strict",
-    ) -> None:  # fmt: skip
+        self,
+        shape: tuple[int, int],
+        *,
+        per_text: TextIO | None = None,
+        strict: bool = False,
+        on_failure: Callable[[str, str], None] | None = None,
+        strict_name: str = "--strict",
+    ) -> None:
         self.tallies = {s: Tally(shape) for s in SOURCES}
-        self.meta: dict[int, tuple[str, int, int | None, list[int], str]] = {}  # seq -> (source, index, line, ids, where)
+        self.meta: dict[
+            int, tuple[str, int, int | None, list[int], str]
+        ] = {}  # seq -> (source, index, line, ids, where)
         self.per_text = per_text
         self.strict = strict
         self.strict_name = strict_name
@@ -92,7 +117,13 @@ class CensusRun:
         self.tick: Callable[[], None] = lambda: None
 
     def item(self, source: str, index: int, line: int | None, ids: np.ndarray, first_row: int, where: str) -> Item:
-        self.meta[self.seq] = (source, index, line, ids.tolist() if self.per_text is not None else [0] * len(ids), where)
+        self.meta[self.seq] = (
+            source,
+            index,
+            line,
+            ids.tolist() if self.per_text is not None else [0] * len(ids),
+            where,
+        )
         self.seq += 1
         return Item(self.seq - 1, ids, first_row)
 
@@ -117,8 +148,13 @@ class CensusRun:
         else:
             tally.add(outcome, n_tokens)
             if self.per_text is not None:
-                record |= {"n_tokens": n_tokens, "token_ids": ids, "rows": outcome.n_rows,
-                           "support": dict(zip(SUPPORTED_STATS, outcome.support)), "heads": text_heads(outcome)}  # fmt: skip
+                record |= {
+                    "n_tokens": n_tokens,
+                    "token_ids": ids,
+                    "rows": outcome.n_rows,
+                    "support": dict(zip(SUPPORTED_STATS, outcome.support)),
+                    "heads": text_heads(outcome),
+                }
         if self.per_text is not None:
             self.per_text.write(dumps(record) + "\n")
         self.done += 1
@@ -145,7 +181,12 @@ def finite(x: float) -> float | None:
 
 
 def corpus_work(
-    census: CensusRun, texts: Iterable[tuple[int | None, str]], tokenizer, config, truncate: bool, where: Callable[[int, int | None], str]
+    census: CensusRun,
+    texts: Iterable[tuple[int | None, str]],
+    tokenizer,
+    config,
+    truncate: bool,
+    where: Callable[[int, int | None], str],
 ) -> Iterator[Item | tuple[int, str]]:
     """The corpus, streamed: each text tokenized as it is read; texts that cannot run become failures."""
     for n, (line, text) in enumerate(texts):
@@ -165,10 +206,20 @@ def cli_where(n: int, line: int | None) -> str:
 
 
 def run_census(
-    census: CensusRun, ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec, prefix: int | None,
-    ordinary: np.ndarray, corpus: Iterable[tuple[int | None, str]] | None = None, *, truncate: bool = False,
-    workers: int = 1, dask: str | None = None, where: Callable[[int, int | None], str] = cli_where,
-) -> None:  # fmt: skip
+    census: CensusRun,
+    ckpt,
+    tokenizer,
+    probes: tuple[str, ...],
+    spec: ProbeSpec,
+    prefix: int | None,
+    ordinary: np.ndarray,
+    corpus: Iterable[tuple[int | None, str]] | None = None,
+    *,
+    truncate: bool = False,
+    workers: int = 1,
+    dask: str | None = None,
+    where: Callable[[int, int | None], str] = cli_where,
+) -> None:
     """Every probe, then every corpus text (line number, text), through the model: in this process (workers=1, no
     dask), in `workers` local processes, or on a Dask cluster (`dask`: an address or 'local'); each result folded
     into `census` in text order, whatever order the executor returns it in."""
@@ -194,9 +245,16 @@ def run_census(
 
 
 def build_doc(
-    census: CensusRun, model: dict, spec: ProbeSpec, probes: tuple[str, ...], prefix: int | None, corpus: str | None,
-    kv_head, *, has_corpus: bool | None = None,
-) -> dict:  # fmt: skip
+    census: CensusRun,
+    model: dict,
+    spec: ProbeSpec,
+    probes: tuple[str, ...],
+    prefix: int | None,
+    corpus: str | None,
+    kv_head,
+    *,
+    has_corpus: bool | None = None,
+) -> dict:
     """`mha census --format json`: the sources run, and every head's verdict with its per-source statistics.
     corpus: the --texts path (has_corpus=True with corpus None: texts given directly, the path null)."""
     has_corpus = corpus is not None if has_corpus is None else has_corpus
@@ -204,8 +262,13 @@ def build_doc(
     for p in probes:
         t = census.tallies[p]
         first_row = (0 if prefix is None else 1) + spec.repeat_length if p == "repeat" else 0
-        sources[p] = {"n_texts": t.n_texts, "n_tokens": spec.n_tokens(p, prefix), "first_row": first_row, "seed": spec.seed,
-                      "failed": t.failed}  # fmt: skip
+        sources[p] = {
+            "n_texts": t.n_texts,
+            "n_tokens": spec.n_tokens(p, prefix),
+            "first_row": first_row,
+            "seed": spec.seed,
+            "failed": t.failed,
+        }
     if has_corpus:
         t = census.tallies["corpus"]
         sources["corpus"] = {"n_texts": t.n_texts, "failed": t.failed, "n_tokens": t.n_tokens, "path": corpus}

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.engine.blocks import ZEdit
 from mhacli.analyses.diff import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
-from mhacli.errors import TextError
 from mhacli.analyses.heads import HeadView, analyse
-from mhacli.ops.memory import Size, check_memory, diff_bytes
+from mhacli.engine.blocks import ZEdit
+from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
+from mhacli.ops.memory import Size, check_memory, diff_bytes
 
 __all__ = ["METRICS", "DiffReport", "DiffText", "check_metric", "compare", "ids_for_both", "peak_maps", "tokenize_both"]
 
@@ -30,9 +30,15 @@ def _ignore(message: str) -> None:
 
 
 def tokenize_both(
-    raw: str, where: str, a: tuple, b: tuple, truncate: bool, *, on_truncate: Callable[[str], None] = _ignore,
+    raw: str,
+    where: str,
+    a: tuple,
+    b: tuple,
+    truncate: bool,
+    *,
+    on_truncate: Callable[[str], None] = _ignore,
     truncate_hint: str = "pass --truncate",
-) -> DiffText:  # fmt: skip
+) -> DiffText:
     """The text's token ids, required to be the same under both tokenizers and to fit both models. a, b: (checkpoint,
     tokenizer); on_truncate gets the message saying a text was cut."""
     (ckpt_a, tok_a), (ckpt_b, tok_b) = a, b
@@ -72,10 +78,17 @@ def ids_for_both(
 
 
 def compare(
-    ckpt_a, ckpt_b, texts: Sequence[DiffText], metric: str, *, match: bool = False,
-    edits_b: dict[int, ZEdit] | None = None, max_memory: Size = None, option: str = "--max-memory",
+    ckpt_a,
+    ckpt_b,
+    texts: Sequence[DiffText],
+    metric: str,
+    *,
+    match: bool = False,
+    edits_b: dict[int, ZEdit] | None = None,
+    max_memory: Size = None,
+    option: str = "--max-memory",
     progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
-) -> DiffReport:  # fmt: skip
+) -> DiffReport:
     """Per-head divergence of B's attention from A's over the texts (their mean): head by head when the shapes agree
     (unless match), else matched (Hungarian) and nearest heads. Refused (ResourceError) past max_memory."""
     check_metric(metric)

@@ -12,9 +12,15 @@ __all__ = ["Explanation", "explain"]
 
 
 def explain(
-    ckpt, ids: np.ndarray, layer: int, head: int, query: int | None = None, *, max_memory: Size = None,
+    ckpt,
+    ids: np.ndarray,
+    layer: int,
+    head: int,
+    query: int | None = None,
+    *,
+    max_memory: Size = None,
     option: str = "--max-memory",
-) -> Explanation:  # fmt: skip
+) -> Explanation:
     """Head `head` of layer `layer` for query token `query` (default the last), every intermediate checked against
     the forward; refused (ResourceError) when the unfused layer would need more than max_memory."""
     check_memory(explain_bytes(ckpt, len(ids)), max_memory, "use a shorter text", option=option)

@@ -7,11 +7,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from mhacli.engine.blocks import ZEdit
 from mhacli.analyses.heads import HeadView, analyse, check_selection
-from mhacli.ops.memory import Size, check_memory, heads_bytes
 from mhacli.analyses.partial import MapRequest
 from mhacli.analyses.stats import STAT_NAMES, TOO_PLAIN, HeadStats, undecidable
+from mhacli.engine.blocks import ZEdit
+from mhacli.ops.memory import Size, check_memory, heads_bytes
 
 __all__ = [
     "STAT_NAMES", "TOO_PLAIN", "HeadStats", "HeadView", "check_heads", "check_selection", "head_views", "undecidable",
@@ -19,9 +19,17 @@ __all__ = [
 
 
 def check_heads(
-    ckpt, n_seq: int, layers: Sequence[int] | None, heads: Sequence[int] | None, *, keep_maps: bool, max_memory: Size,
-    how_to_narrow: str, option: str = "--max-memory", request: MapRequest | None = None,
-) -> tuple[int, int]:  # fmt: skip
+    ckpt,
+    n_seq: int,
+    layers: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    *,
+    keep_maps: bool,
+    max_memory: Size,
+    how_to_narrow: str,
+    option: str = "--max-memory",
+    request: MapRequest | None = None,
+) -> tuple[int, int]:
     """The selection (layers and heads in range) and the memory it needs (ResourceError past max_memory), with
     whole maps (keep_maps) or the part of each a view asks for (`request`). Returns (selected layers, selected
     heads per layer)."""
@@ -30,14 +38,22 @@ def check_heads(
     n_layers = len(set(layers)) if layers else c.n_layer
     n_heads = len(set(heads)) if heads else c.n_head
     cells = request.cells(n_seq) if request is not None else 0
-    check_memory(heads_bytes(ckpt, n_seq, n_layers, n_heads, keep_maps, cells), max_memory, how_to_narrow, option=option)
+    check_memory(
+        heads_bytes(ckpt, n_seq, n_layers, n_heads, keep_maps, cells), max_memory, how_to_narrow, option=option
+    )
     return n_layers, n_heads
 
 
 def head_views(
-    ckpt, ids: np.ndarray, *, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-    keep_maps: bool = True, edits: dict[int, ZEdit] | None = None, request: MapRequest | None = None,
-) -> Iterator[HeadView]:  # fmt: skip
+    ckpt,
+    ids: np.ndarray,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    keep_maps: bool = True,
+    edits: dict[int, ZEdit] | None = None,
+    request: MapRequest | None = None,
+) -> Iterator[HeadView]:
     """A HeadView per selected head, layer by layer (whole maps only with keep_maps, else streamed; `request`: the
     part of each map a view shows, mhacli.analyses.partial)."""
     return analyse(ckpt, ids, layers=layers, heads=heads, keep_maps=keep_maps, edits=edits, request=request)

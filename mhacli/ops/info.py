@@ -24,7 +24,10 @@ def kv_cache_doc(c: ModelConfig, dtype: str) -> dict:
     return {
         "values_per_token": c.kv_cache_bytes_per_token(1),
         "checkpoint_dtype": dtype,
-        "bytes_per_token": {"float32": c.kv_cache_bytes_per_token(4), "checkpoint_dtype": c.kv_cache_bytes_per_token(size)},
+        "bytes_per_token": {
+            "float32": c.kv_cache_bytes_per_token(4),
+            "checkpoint_dtype": c.kv_cache_bytes_per_token(size),
+        },
         "mha_bytes_per_token": {"float32": 4 * mha, "checkpoint_dtype": size * mha},
         "fraction_of_mha": c.n_kv_head / c.n_head,
     }

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from mhacli.errors import UsageError
 from mhacli.io.textin import (  # noqa: F401 - the readers the CLI uses, re-exported: it reads input through here
-    TokenizedText, from_ids, iter_texts, read_ids, read_text, read_texts, tokenize,
-)  # fmt: skip
+    TokenizedText,
+    from_ids,
+    iter_texts,
+    read_ids,
+    read_text,
+    read_texts,
+    tokenize,
+)
 from mhacli.io.tokenizer import Tokenizer, load_tokenizer
 from mhacli.io.weights import Checkpoint, ModelFiles, check_model, load_model
 
@@ -16,7 +22,9 @@ __all__ = [
 ]  # fmt: skip
 
 
-def open_model(model: str | None, *, cache: bool | None = False, files: ModelFiles | None = None) -> tuple[Checkpoint, Tokenizer]:
+def open_model(
+    model: str | None, *, cache: bool | None = False, files: ModelFiles | None = None
+) -> tuple[Checkpoint, Tokenizer]:
     """The model and its tokenizer. cache=False (one pass over the layers): each layer's tensors are read when the
     forward reaches it and dropped after; None keeps them for models under weights.CACHE_LIMIT_BYTES. `files`:
     what check_model resolved already."""

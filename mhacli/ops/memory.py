@@ -6,13 +6,27 @@ from __future__ import annotations
 import os
 import re
 
-from mhacli.errors import ResourceError, UsageError
 from mhacli.analyses.heads import full_attention_bytes, memory_needed
 from mhacli.analyses.loss import VOCAB_BLOCK
+from mhacli.errors import ResourceError, UsageError
 
 Size = int | str | None  # bytes, a size like '2G' / '512M', or None: 80% of available memory
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
-          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
 
 
 def parse_size(text: str, option: str = "--max-memory") -> int:
@@ -75,9 +89,14 @@ def heads_bytes(ckpt, n_seq: int, n_layers: int, n_heads: int, keep_maps: bool, 
     page wants the maps): the selected heads of one text."""
     kept = keep_maps or kept_cells > 0
     return memory_needed(
-        ckpt.config, n_seq, kept_layers=n_layers * kept, kept_heads=n_heads * kept, keep_maps=keep_maps,
-        weight_bytes=ckpt.weight_bytes(), kept_cells=kept_cells,
-    )  # fmt: skip
+        ckpt.config,
+        n_seq,
+        kept_layers=n_layers * kept,
+        kept_heads=n_heads * kept,
+        keep_maps=keep_maps,
+        weight_bytes=ckpt.weight_bytes(),
+        kept_cells=kept_cells,
+    )
 
 
 def explain_bytes(ckpt, n_seq: int) -> int:

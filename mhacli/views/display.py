@@ -26,8 +26,13 @@ def key_window(hi: int, size: int) -> tuple[int, int]:
 
 
 def line_chart(
-    series: list[tuple[str, list[tuple[float, float]]]], *, width: int = 60, height: int = 14,
-    hline: tuple[str, float] | None = None, x_label: str = "", y_label: str = "",
+    series: list[tuple[str, list[tuple[float, float]]]],
+    *,
+    width: int = 60,
+    height: int = 14,
+    hline: tuple[str, float] | None = None,
+    x_label: str = "",
+    y_label: str = "",
 ) -> list[str]:
     """Points (x, y) of several series as a character chart: each series drawn with its own marker (its name's
     first character is ignored: markers are ●, ○, ◆, ◇ in order), a dotted horizontal line at hline's value, the
@@ -54,7 +59,11 @@ def line_chart(
     for n, (_, pts) in enumerate(series):
         for x, y in pts:
             grid[row(y)][col(x)] = markers[n % len(markers)]
-    labels = {0: f"{y_hi:.3g}", height // 2: f"{y_lo + y_span * (height - 1 - height // 2) / (height - 1):.3g}", height - 1: f"{y_lo:.3g}"}
+    labels = {
+        0: f"{y_hi:.3g}",
+        height // 2: f"{y_lo + y_span * (height - 1 - height // 2) / (height - 1):.3g}",
+        height - 1: f"{y_lo:.3g}",
+    }
     pad = max(len(v) for v in labels.values())
     lines = [f"{y_label}"] if y_label else []
     lines += [f"{labels.get(r, ''):>{pad}} ┤{''.join(cells)}" for r, cells in enumerate(grid)]

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from mhacli.views.display import KIND_HEX, KIND_LETTER, token_label
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import KINDS, HeadStats
+from mhacli.views.display import KIND_HEX, KIND_LETTER, token_label
 
 COLUMN_IN = 3.4  # a paper column
 WIDE_IN = 7.0  # a full page width
@@ -200,7 +200,9 @@ def _darker(hex_colour: str, f: float = 0.72) -> str:
 # --- grids: stats, diff, ablate, census -----------------------------------------------------------------------------
 
 
-def grid_axes(fig, ax, n_layer: int, n_head: int, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> None:
+def grid_axes(
+    fig, ax, n_layer: int, n_head: int, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None
+) -> None:
     layers = list(layers if layers is not None else range(n_layer))
     heads = list(heads if heads is not None else range(n_head))
     ax.set_xticks(range(len(heads)), [str(h) for h in heads])
@@ -373,10 +375,27 @@ def prune_figure(*, doc: dict, caption: str, **_: Any):
     mean = np.array([s["loss_mean"] for s in rnd])
     std = np.array([s["loss_std"] for s in rnd])
     ax.fill_between(x_r, mean - std, mean + std, color="#56B4E9", alpha=0.3, linewidth=0, label="random ±1 std")
-    ax.plot(x_r, mean, color="#0072B2", marker="o", markersize=2.5, linewidth=1, label=f"random order (mean of {doc['random']['seeds']})")
-    ax.plot([s["fraction"] for s in imp], [s["loss"] for s in imp], color="#CC79A7", marker="o", markersize=2.5,
-            linewidth=1.2, label="least important first")  # fmt: skip
-    ax.axhline(limit, color="#444444", linestyle="--", linewidth=0.7, label=f"allowed: baseline +{doc['max_increase']:.0%}")
+    ax.plot(
+        x_r,
+        mean,
+        color="#0072B2",
+        marker="o",
+        markersize=2.5,
+        linewidth=1,
+        label=f"random order (mean of {doc['random']['seeds']})",
+    )
+    ax.plot(
+        [s["fraction"] for s in imp],
+        [s["loss"] for s in imp],
+        color="#CC79A7",
+        marker="o",
+        markersize=2.5,
+        linewidth=1.2,
+        label="least important first",
+    )
+    ax.axhline(
+        limit, color="#444444", linestyle="--", linewidth=0.7, label=f"allowed: baseline +{doc['max_increase']:.0%}"
+    )
     ax.set_xlabel("fraction of heads removed")
     ax.set_ylabel("loss (nats/token)")
     ax.set_xlim(0, 1)
@@ -414,10 +433,14 @@ def census_figure(*, doc: dict, caption: str, **_: Any):
     grid_axes(fig, ax, n_layer, n_head)
     for i, row in enumerate(texts):
         for j, t in enumerate(row):
-            ax.text(j, i, t, ha="center", va="center", fontsize=5.5 if n_head > 8 else 6.5, color="#111111", linespacing=1.0)
+            ax.text(
+                j, i, t, ha="center", va="center", fontsize=5.5 if n_head > 8 else 6.5, color="#111111", linespacing=1.0
+            )
     ax.set_title("kind per head; shade and number: confidence", fontsize=7)
     present = [k for k in KINDS if any(h["kind"] == k for h in doc["heads"])] or list(KINDS)
-    handles = [Patch(facecolor=KIND_HEX[k], edgecolor="#888888", linewidth=0.3, label=f"{KIND_LETTER[k]} {k}") for k in present]
+    handles = [
+        Patch(facecolor=KIND_HEX[k], edgecolor="#888888", linewidth=0.3, label=f"{KIND_LETTER[k]} {k}") for k in present
+    ]
     fig.legend(handles=handles, loc="outside right center", fontsize=5.5, frameon=False)
     add_caption(fig, caption, "confidence: share of the evidence source's texts on which the kind's rule holds")
     return fig

@@ -16,9 +16,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from mhacli.errors import UsageError
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import STAT_NAMES, SUPPORTED_STATS
+from mhacli.errors import UsageError
 
 MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")
 SUPPORT_COLUMNS = ("duplicate_rows", "induction_rows")  # support of duplicate_token and induction (docs/formats.md)
@@ -100,7 +100,13 @@ def write_head_doc(out: TextIO, fmt: str, doc: dict, columns: Sequence[str], row
 
 def stats_row(view: HeadView) -> list:
     s = view.stats
-    return [s.layer, s.head, s.kind, *(s.values[name] for name in STAT_NAMES), *(s.support.get(n, 0) for n in SUPPORTED_STATS)]
+    return [
+        s.layer,
+        s.head,
+        s.kind,
+        *(s.values[name] for name in STAT_NAMES),
+        *(s.support.get(n, 0) for n in SUPPORTED_STATS),
+    ]
 
 
 def format_cell(value: Any) -> str:

@@ -27,10 +27,10 @@ from importlib import resources
 
 import numpy as np
 
-from mhacli.views.display import KIND_HEX, KIND_LETTER
 from mhacli.analyses.heads import HeadView
-from mhacli.views.terminal.heatmap import ramp
 from mhacli.analyses.stats import KINDS, STAT_NAMES
+from mhacli.views.display import KIND_HEX, KIND_LETTER
+from mhacli.views.terminal.heatmap import ramp
 
 THUMB = 48  # thumbnail side in cells (longer texts are max-pooled to it)
 CSP = (
@@ -94,9 +94,13 @@ def build(doc: dict) -> str:
         raise RuntimeError("page.js must not contain </script")
     note = "" if doc.get("maps") else " (this view has no maps)"
     return TEMPLATE.format(
-        csp=CSP, title=html.escape(doc["title"]), css=resource("page.css"), data=json_for_html(doc), js=js,
+        csp=CSP,
+        title=html.escape(doc["title"]),
+        css=resource("page.css"),
+        data=json_for_html(doc),
+        js=js,
         note=html.escape(note),
-    )  # fmt: skip
+    )
 
 
 # --- encoding the maps ----------------------------------------------------------------------------------------------
@@ -166,7 +170,12 @@ def head_cell(v: HeadView, value: float | None = None, what: str = "kind score")
     if v.kv_head is not None and v.kv_head != v.head:
         info.append(["K/V head", str(v.kv_head)])
     info += [[name, num(s.values[name])] for name in STAT_NAMES]
-    info.append(["rows behind duplicate / induction", f"{s.support.get('duplicate_token', 0)} / {s.support.get('induction', 0)}"])
+    info.append(
+        [
+            "rows behind duplicate / induction",
+            f"{s.support.get('duplicate_token', 0)} / {s.support.get('induction', 0)}",
+        ]
+    )
     score = "–" if shown is None else f"{shown:.2f}"
     return {
         "layer": s.layer, "head": s.head, "name": f"L{s.layer}H{s.head}",
@@ -186,7 +195,9 @@ def base_doc(command: str, caption: str, tokens: Sequence[str], cells: list[dict
 # --- one page per command -------------------------------------------------------------------------------------------
 
 
-def inspect_page(*, views: Sequence[HeadView], tokens: Sequence[str], caption: str, stat: str = "auto", command: str = "inspect", **_) -> str:
+def inspect_page(
+    *, views: Sequence[HeadView], tokens: Sequence[str], caption: str, stat: str = "auto", command: str = "inspect", **_
+) -> str:
     """Every selected head: thumbnails ringed by kind, the opened head's map, the text strip."""
     if stat == "auto":
         cells = [head_cell(v) for v in views]
@@ -208,7 +219,9 @@ def stats_page(*, views: Sequence[HeadView], tokens: Sequence[str], caption: str
     return inspect_page(views=views, tokens=tokens, caption=caption, stat=stat, command="stats")
 
 
-def diff_page(*, report, views_a: Sequence[HeadView], views_b: Sequence[HeadView], tokens: Sequence[str], caption: str, **_) -> str:
+def diff_page(
+    *, report, views_a: Sequence[HeadView], views_b: Sequence[HeadView], tokens: Sequence[str], caption: str, **_
+) -> str:
     """B's grid ringed by divergence (its share of the largest), each head opened as A, B and B - A."""
     from mhacli.analyses.diff import METRICS
 
@@ -220,8 +233,11 @@ def diff_page(*, report, views_a: Sequence[HeadView], views_b: Sequence[HeadView
     for r in rows:
         share = r.divergence / top if top > 0 else 0.0
         partner = f"L{r.layer_a}H{r.head_a}"
-        info = [["divergence", f"{r.divergence:.4g} ({report.metric})"], ["MODEL_A head", f"{partner} {r.kind_a}"],
-                ["MODEL_B head", f"L{r.layer_b}H{r.head_b} {r.kind_b}"]]
+        info = [
+            ["divergence", f"{r.divergence:.4g} ({report.metric})"],
+            ["MODEL_A head", f"{partner} {r.kind_a}"],
+            ["MODEL_B head", f"L{r.layer_b}H{r.head_b} {r.kind_b}"],
+        ]
         info += [[f"Δ {name}", num(r.stat_deltas[name])] for name in STAT_NAMES]
         cells.append({
             "layer": r.layer_b, "head": r.head_b, "name": f"L{r.layer_b}H{r.head_b}",
@@ -255,20 +271,38 @@ def ablate_page(*, doc: dict, views: Sequence[HeadView] | None, tokens: Sequence
     """Heads ringed by Δloss; opened, the intact model's map of the head on the first text."""
     heads = sorted(doc["heads"], key=lambda r: (r["layer"], r["head"]))
     top = max((abs(r["delta"]) for r in heads), default=0.0)
-    cells = [{
-        "layer": r["layer"], "head": r["head"], "name": f"L{r['layer']}H{r['head']}",
-        "label": f"{KIND_LETTER[r['kind']]} {r['delta']:+.2f}", "title": f"L{r['layer']}H{r['head']} Δloss {r['delta']:+.4f}",
-        "colour": delta_colour(r["delta"], top),
-        "info": [["Δloss", f"{r['delta']:+.4f} nats/token ({r['delta_pct']:+.1f}%)"], ["loss without it", f"{r['loss']:.4f}"],
-                 ["baseline loss", f"{doc['baseline_loss']:.4f}"], ["kind", r["kind"]], ["method", doc["method"]]],
-    } for r in heads]  # fmt: skip
+    cells = [
+        {
+            "layer": r["layer"],
+            "head": r["head"],
+            "name": f"L{r['layer']}H{r['head']}",
+            "label": f"{KIND_LETTER[r['kind']]} {r['delta']:+.2f}",
+            "title": f"L{r['layer']}H{r['head']} Δloss {r['delta']:+.4f}",
+            "colour": delta_colour(r["delta"], top),
+            "info": [
+                ["Δloss", f"{r['delta']:+.4f} nats/token ({r['delta_pct']:+.1f}%)"],
+                ["loss without it", f"{r['loss']:.4f}"],
+                ["baseline loss", f"{doc['baseline_loss']:.4f}"],
+                ["kind", r["kind"]],
+                ["method", doc["method"]],
+            ],
+        }
+        for r in heads
+    ]
     page = base_doc("ablate", caption, tokens, cells)
-    page["grid"] = {"colour": "value", "says": f"ring colour: Δloss with the head removed (red: loss rises, blue: falls; largest {top:.3g} nats/token)"}
+    page["grid"] = {
+        "colour": "value",
+        "says": f"ring colour: Δloss with the head removed (red: loss rises, blue: falls; largest {top:.3g} nats/token)",
+    }
     if views:
         by_pos = {(v.layer, v.head): v for v in views}
         maps, thumbs, side = map_sets({"A": [by_pos[(c["layer"], c["head"])].attention for c in cells]})
-        page |= {"maps": maps, "thumbs": thumbs, "thumb_size": side,
-                 "panels": [{"title": "{head}, intact model, first text", "kind": "map", "sets": ["A"]}]}  # fmt: skip
+        page |= {
+            "maps": maps,
+            "thumbs": thumbs,
+            "thumb_size": side,
+            "panels": [{"title": "{head}, intact model, first text", "kind": "map", "sets": ["A"]}],
+        }
     if heads:
         best = max(heads, key=lambda r: r["delta"])
         page["start"] = heads.index(best)
@@ -280,8 +314,11 @@ def census_page(*, doc: dict, caption: str, **_) -> str:
     cells = []
     for h in sorted(doc["heads"], key=lambda h: (h["layer"], h["head"])):
         ev = h["evidence"]
-        info = [["kind", h["kind"]], ["confidence", f"{h['confidence']:.2f}"],
-                ["evidence", f"{ev['statistic']} on {ev['source']}: mean {num(ev['mean'])}" if ev.get("source") else "–"]]
+        info = [
+            ["kind", h["kind"]],
+            ["confidence", f"{h['confidence']:.2f}"],
+            ["evidence", f"{ev['statistic']} on {ev['source']}: mean {num(ev['mean'])}" if ev.get("source") else "–"],
+        ]
         for source, s in h["by_source"].items():
             means = ", ".join(f"{k} {num(v, 2)}" for k, v in s["mean"].items() if v is not None)
             info.append([f"{source} ({s['n_texts']} texts)", means])

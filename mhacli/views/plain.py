@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-
-from mhacli.views.display import token_label
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.partial import strongest
+from mhacli.views.display import token_label
 
 
 def fmt(v: float | None) -> str:
@@ -150,7 +149,10 @@ def ablate_header(doc: dict) -> list[tuple[str, str]]:
     scored = "all targets" if doc["loss_from"] <= 1 else f"targets at positions >= {doc['loss_from']}"
     return [
         ("texts", f"{doc['n_texts']} ({doc['n_targets']} targets scored: {scored})"),
-        ("method", f"{doc['method']} (a removed head's output is {'0' if doc['method'] == 'zero' else 'its mean output'})"),
+        (
+            "method",
+            f"{doc['method']} (a removed head's output is {'0' if doc['method'] == 'zero' else 'its mean output'})",
+        ),
         ("baseline", f"{doc['baseline_loss']:.4f} nats/token"),
     ]
 
@@ -161,7 +163,15 @@ def write_ablate(out: TextIO, doc: dict) -> None:
     width = max(len(k) for k, _ in header)
     out.write("".join(f"{k:<{width}}  {v}\n" for k, v in header) + "\n")
     rows = [
-        [str(i), str(r["layer"]), str(r["head"]), r["kind"], f"{r['loss']:.4f}", f"{r['delta']:+.4f}", f"{r['delta_pct']:+.1f}%"]
+        [
+            str(i),
+            str(r["layer"]),
+            str(r["head"]),
+            r["kind"],
+            f"{r['loss']:.4f}",
+            f"{r['delta']:+.4f}",
+            f"{r['delta_pct']:+.1f}%",
+        ]
         for i, r in enumerate(doc["heads"], start=1)
     ]
     _aligned(out, ["rank", "layer", "head", "kind", "loss", "delta", "delta_pct"], rows)
@@ -174,9 +184,12 @@ def prune_chart(doc: dict, width: int = 60, height: int = 14) -> list[str]:
     bound = doc["baseline_loss"] * (1 + doc["max_increase"])
     return line_chart(
         [("least important first", imp), (f"random order (mean of {doc['random']['seeds']})", rnd)],
-        width=width, height=height, hline=(f"baseline + {doc['max_increase']:.0%}", bound),
-        x_label="fraction of heads removed", y_label="loss (nats/token)",
-    )  # fmt: skip
+        width=width,
+        height=height,
+        hline=(f"baseline + {doc['max_increase']:.0%}", bound),
+        x_label="fraction of heads removed",
+        y_label="loss (nats/token)",
+    )
 
 
 def prune_summary(doc: dict) -> list[str]:
@@ -200,7 +213,16 @@ def write_prune(out: TextIO, doc: dict) -> None:
     rows = []
     for s, r in zip(doc["importance"]["curve"], doc["random"]["curve"]):
         removed = " ".join(f"L{a}H{b}" for a, b in s["removed"])
-        rows.append([str(s["n_removed"]), f"{s['fraction']:.3f}", f"{s['loss']:.4f}", f"{r['loss_mean']:.4f}", f"{r['loss_std']:.4f}", removed])
+        rows.append(
+            [
+                str(s["n_removed"]),
+                f"{s['fraction']:.3f}",
+                f"{s['loss']:.4f}",
+                f"{r['loss_mean']:.4f}",
+                f"{r['loss_std']:.4f}",
+                removed,
+            ]
+        )
     _aligned(out, ["n_removed", "fraction", "loss", "random_mean", "random_std", "removed this round"], rows)
     out.write("\n" + "\n".join(prune_summary(doc)) + "\n")
 
@@ -213,10 +235,14 @@ def census_sources(doc: dict) -> list[str]:
     lines = []
     for name, s in doc["sources"].items():
         if name == "corpus":
-            lines.append(f"corpus: {s['n_texts']} texts, {s['n_tokens']} tokens ({s['failed']} failed) from {s['path']}")
+            lines.append(
+                f"corpus: {s['n_texts']} texts, {s['n_tokens']} tokens ({s['failed']} failed) from {s['path']}"
+            )
         else:
             read = "the second copy" if name == "repeat" else "every row"
-            lines.append(f"{name}: {s['n_texts']} sequences of {s['n_tokens']} tokens, seed {s['seed']}, read on {read}")
+            lines.append(
+                f"{name}: {s['n_texts']} sequences of {s['n_tokens']} tokens, seed {s['seed']}, read on {read}"
+            )
     return lines
 
 
@@ -233,7 +259,6 @@ def write_census(out: TextIO, doc: dict) -> None:
         out.write(line + "\n")
     out.write("\n")
     rows = [
-        [str(h["layer"]), str(h["head"]), h["kind"], f"{h['confidence']:.2f}", evidence_text(h)]
-        for h in doc["heads"]
+        [str(h["layer"]), str(h["head"]), h["kind"], f"{h['confidence']:.2f}", evidence_text(h)] for h in doc["heads"]
     ]
     _aligned(out, ["layer", "head", "kind", "confidence", "evidence"], rows)

@@ -133,9 +133,15 @@ def inspect_picture(ckpt, tokens, views) -> Picture:
     return Picture(
         "inspect",
         caption(ckpt.source, "".join(tokens.tokens), len(tokens.ids)),
-        {"views": views, "tokens": list(tokens.tokens), "token_ids": tokens.ids.tolist(), "n_layer": c.n_layer,
-         "n_head": c.n_head, "model": ckpt.source},
-    )  # fmt: skip
+        {
+            "views": views,
+            "tokens": list(tokens.tokens),
+            "token_ids": tokens.ids.tolist(),
+            "n_layer": c.n_layer,
+            "n_head": c.n_head,
+            "model": ckpt.source,
+        },
+    )
 
 
 def stats_picture(ckpt, tokens, views, stat: str) -> Picture:
@@ -161,16 +167,22 @@ def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=N
     if wants(targets, *STATIC) and report.heads and report.max_divergence > 0:
         r = report.heads[0]
         if views_a:
-            maps = (next(v for v in views_a if (v.layer, v.head) == (r.layer_a, r.head_a)),
-                    next(v for v in views_b if (v.layer, v.head) == (r.layer_b, r.head_b)))  # fmt: skip
+            maps = (
+                next(v for v in views_a if (v.layer, v.head) == (r.layer_a, r.head_a)),
+                next(v for v in views_b if (v.layer, v.head) == (r.layer_b, r.head_b)),
+            )
         else:
-            maps = (next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True)),
-                    next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True, edits=edits_b)))  # fmt: skip
+            maps = (
+                next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True)),
+                next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True, edits=edits_b)),
+            )
     text = caption(f"A: {ckpt_a.source} · B: {ckpt_b.source}", "".join(first.tokens), len(first.ids))
     if report.n_texts > 1:
         text += f"; divergence: mean over {report.n_texts} texts, maps: the first"
     return Picture(
-        "diff", text, {"report": report, "maps": maps, "views_a": views_a, "views_b": views_b, "tokens": list(first.tokens)}
+        "diff",
+        text,
+        {"report": report, "maps": maps, "views_a": views_a, "views_b": views_b, "tokens": list(first.tokens)},
     )
 
 

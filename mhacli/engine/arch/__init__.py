@@ -40,7 +40,9 @@ def check_config(config: ModelConfig) -> None:
     each set of rotary parameters. A non-finite or impossible value is a ConfigError naming the field, instead of
     a division by zero, a math domain error, an overflow or a broadcast error in the middle of the forward."""
     if config.n_head % config.n_kv_head or config.d_head < 1:
-        raise ConfigError(f"config.json: {config.n_head} query heads cannot share {config.n_kv_head} K/V heads of {config.d_head} values")
+        raise ConfigError(
+            f"config.json: {config.n_head} query heads cannot share {config.n_kv_head} K/V heads of {config.d_head} values"
+        )
     for layer in range(config.n_layer):
         scale = config.attn_scale(layer)
         if not (math.isfinite(scale) and scale > 0):
@@ -55,8 +57,13 @@ def check_config(config: ModelConfig) -> None:
 
     ropes = [("rope_parameters", config.rope)]
     if config.sliding_rope is not None:
-        ropes = [("rope_parameters.full_attention", config.rope), ("rope_parameters.sliding_attention", config.sliding_rope)]
+        ropes = [
+            ("rope_parameters.full_attention", config.rope),
+            ("rope_parameters.sliding_attention", config.sliding_rope),
+        ]
     for where, rope in ropes:
         problem = rope_problem(rope, config.d_head, config.n_positions)
         if problem is not None:
-            raise ConfigError(f"config.json: {where} (rope_type {rope.rope_type!r}, head_dim {config.d_head}): {problem}")
+            raise ConfigError(
+                f"config.json: {where} (rope_type {rope.rope_type!r}, head_dim {config.d_head}): {problem}"
+            )

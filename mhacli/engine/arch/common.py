@@ -88,7 +88,13 @@ class GroupedAttentionParts:
 
 
 def grouped_attention(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int | None, *, keep_scores: bool = True,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    scale: float,
+    window: int | None,
+    *,
+    keep_scores: bool = True,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
     """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head]

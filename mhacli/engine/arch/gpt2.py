@@ -9,12 +9,20 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mhacli.config import ModelConfig
 from mhacli.engine.arch.common import Projection
 from mhacli.engine.attention import Sink, causal_attention
 from mhacli.engine.blocks import (
-    ACTIVATION_FNS, F32, AttentionParts, Params, ZEdit, causal_softmax, layer_norm, project_heads, split_heads,
-)  # fmt: skip
-from mhacli.config import ModelConfig
+    ACTIVATION_FNS,
+    F32,
+    AttentionParts,
+    Params,
+    ZEdit,
+    causal_softmax,
+    layer_norm,
+    project_heads,
+    split_heads,
+)
 
 MODEL_TYPES = ("gpt2",)
 KEY_PREFIX = "transformer."
@@ -27,8 +35,14 @@ HF_LM_CLASS = {"gpt2": "GPT2LMHeadModel"}  # with the output head: `verify` comp
 
 
 def gpt2_attention_parts(
-    x: np.ndarray, p: dict[str, np.ndarray], n_head: int, scale: float, *, keep_scores: bool = True,
-    edit: ZEdit | None = None, sink: Sink | None = None,
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    n_head: int,
+    scale: float,
+    *,
+    keep_scores: bool = True,
+    edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> AttentionParts:
     """[n_seq, n_embd] (after ln_1) -> every intermediate of GPT2Attention.
 
@@ -56,7 +70,11 @@ def gpt2_mlp(x: np.ndarray, p: dict[str, np.ndarray], act: Callable[[np.ndarray]
 
 
 def gpt2_block(
-    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None,
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: ModelConfig,
+    layer: int,
+    edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray, AttentionParts]:
     """Pre-LN block: [n_seq, n_embd] -> ([n_seq, n_embd], the attention's parts as the forward computed them)"""
@@ -64,7 +82,9 @@ def gpt2_block(
     h = layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], eps)
     attn = gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer), keep_scores=False, edit=edit, sink=sink)
     x = x + attn.out
-    x = x + gpt2_mlp(layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], eps), p, ACTIVATION_FNS[config.activation_function])
+    x = x + gpt2_mlp(
+        layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], eps), p, ACTIVATION_FNS[config.activation_function]
+    )
     return x, attn
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhacli.config import ModelConfig
 from mhacli.engine.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear
 from mhacli.engine.arch.gpt2 import attention_input, embed, final_norm  # noqa: F401 - the family interface: as GPT-2
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, layer_norm, project_heads, split_heads
-from mhacli.config import ModelConfig
 
 MODEL_TYPES = ("gpt_bigcode",)
 KEY_PREFIX = "transformer."
@@ -28,7 +28,11 @@ HF_LM_CLASS = {"gpt_bigcode": "GPTBigCodeForCausalLM"}  # with the output head: 
 def normalise_key(key: str) -> str | None:
     if key.startswith(KEY_PREFIX):
         key = key[len(KEY_PREFIX) :]
-    if key == "bias" or key.endswith((".attn.bias", ".attn.masked_bias")) or (key.startswith("lm_head.") and key != LM_HEAD):
+    if (
+        key == "bias"
+        or key.endswith((".attn.bias", ".attn.masked_bias"))
+        or (key.startswith("lm_head.") and key != LM_HEAD)
+    ):
         return None  # the causal-mask buffer, and the LM head we do not use
     return key
 
@@ -65,8 +69,13 @@ def split_qkv(qkv: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndar
 
 
 def attention_parts(
-    h: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, keep_scores: bool = True,
-    edit: ZEdit | None = None, sink: Sink | None = None,
+    h: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: ModelConfig,
+    layer: int,
+    keep_scores: bool = True,
+    edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> GroupedAttentionParts:
     """[n_seq, n_embd] (after ln_1) -> every intermediate of GPTBigCodeAttention (eager, float32)."""
     q, k, v = split_qkv(linear(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"]), config)
@@ -76,7 +85,11 @@ def attention_parts(
 
 
 def block(
-    x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int, edit: ZEdit | None = None,
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: ModelConfig,
+    layer: int,
+    edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
     """GPTBigCodeBlock: [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
@@ -84,7 +97,9 @@ def block(
     x = x + attn.out
     h = layer_norm(x, p["ln_2.weight"], p["ln_2.bias"], config.layer_norm_epsilon)
     act = ACTIVATION_FNS[config.activation_function]
-    x = x + linear(act(linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])), p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+    x = x + linear(
+        act(linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])), p["mlp.c_proj.weight"], p["mlp.c_proj.bias"]
+    )
     return x, attn
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhacli.config import RotaryConfig
 from mhacli.engine.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear, rms_norm, swiglu
 from mhacli.engine.arch.rope import apply_rope, rope_tables
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, Params, ZEdit, project_heads, split_heads
-from mhacli.config import RotaryConfig
 
 MODEL_TYPES = ("llama", "mistral")
 KEY_PREFIX = "model."
@@ -22,7 +22,10 @@ EMBEDDING = "embed_tokens.weight"  # the input embedding, also the output head w
 LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "self_attn.k_proj.weight"
 HF_MODEL_CLASS = {"llama": "LlamaModel", "mistral": "MistralModel"}
-HF_LM_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}  # with the output head: `verify` compares logits and loss
+HF_LM_CLASS = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+}  # with the output head: `verify` compares logits and loss
 
 
 def normalise_key(key: str) -> str | None:
@@ -78,8 +81,15 @@ def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfi
 
 
 def rotary_attention(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int,
-    keep_scores: bool = True, edit: ZEdit | None = None, sink: Sink | None = None,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: RotaryConfig,
+    layer: int,
+    keep_scores: bool = True,
+    edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> GroupedAttentionParts:
     """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] before RoPE -> rotate, attend (causal, and the
     layer's sliding window), project with o_proj. Shared with OLMo, whose q and k are normalised first."""
@@ -88,13 +98,20 @@ def rotary_attention(
     scores, probs, z = grouped_attention(
         q_rot, k_rot, v, config.attn_scale(layer), config.sliding_window(layer), keep_scores=keep_scores, sink=sink
     )
-    out = linear(project_heads(z, edit), p["self_attn.o_proj.weight"], p.get("self_attn.o_proj.bias"))  # [n_seq, n_embd]
+    out = linear(
+        project_heads(z, edit), p["self_attn.o_proj.weight"], p.get("self_attn.o_proj.bias")
+    )  # [n_seq, n_embd]
     return GroupedAttentionParts(q_rot, k_rot, v, scores, probs, z, out, q, k, cos, sin)
 
 
 def attention_parts(
-    h: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, keep_scores: bool = True,
-    edit: ZEdit | None = None, sink: Sink | None = None,
+    h: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: RotaryConfig,
+    layer: int,
+    keep_scores: bool = True,
+    edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> GroupedAttentionParts:
     """[n_seq, n_embd] (after input_layernorm) -> every intermediate of LlamaAttention / MistralAttention."""
     q = linear(h, p["self_attn.q_proj.weight"], p.get("self_attn.q_proj.bias"))  # [n_seq, n_head * d_head]
@@ -105,7 +122,11 @@ def attention_parts(
 
 
 def block(
-    x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, edit: ZEdit | None = None,
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: RotaryConfig,
+    layer: int,
+    edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
     """LlamaDecoderLayer: x + attn(norm(x)), then + mlp(norm(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""

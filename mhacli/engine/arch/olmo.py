@@ -11,21 +11,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhacli.config import RotaryConfig
 from mhacli.engine.arch.common import GroupedAttentionParts, linear, rms_norm, swiglu
 from mhacli.engine.arch.llama import (  # the parts OLMo shares with Llama unchanged
-    EMBEDDING, KEY_PREFIX, KV_WEIGHT, LAYER_PREFIX, LM_HEAD, embed, final_norm, head_projections, mlp_shapes, normalise_key,
-    out_projection, projection_shapes, rotary_attention,
-)  # fmt: skip
+    EMBEDDING,
+    KEY_PREFIX,
+    KV_WEIGHT,
+    LAYER_PREFIX,
+    LM_HEAD,
+    embed,
+    final_norm,
+    head_projections,
+    mlp_shapes,
+    normalise_key,
+    out_projection,
+    projection_shapes,
+    rotary_attention,
+)
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, split_heads
-from mhacli.config import RotaryConfig
 
 __all__ = [
     "EMBEDDING", "LM_HEAD", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "embed", "final_norm", "head_projections", "normalise_key", "out_projection",
 ]  # fmt: skip
 MODEL_TYPES = ("olmo2", "olmo3")
 HF_MODEL_CLASS = {"olmo2": "Olmo2Model", "olmo3": "Olmo3Model"}
-HF_LM_CLASS = {"olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM"}  # with the output head: `verify` compares logits and loss
+HF_LM_CLASS = {
+    "olmo2": "Olmo2ForCausalLM",
+    "olmo3": "Olmo3ForCausalLM",
+}  # with the output head: `verify` compares logits and loss
 
 
 def expected_shapes(config: RotaryConfig) -> dict[str, tuple[int, ...]]:
@@ -49,20 +63,33 @@ def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfi
 
 
 def attention_parts(
-    h: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, keep_scores: bool = True,
-    edit: ZEdit | None = None, sink: Sink | None = None,
+    h: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: RotaryConfig,
+    layer: int,
+    keep_scores: bool = True,
+    edit: ZEdit | None = None,
+    sink: Sink | None = None,
 ) -> GroupedAttentionParts:
     """[n_seq, n_embd] -> every intermediate of Olmo2Attention / Olmo3Attention (q_norm, k_norm, RoPE, attention)."""
     eps = config.rms_norm_eps
-    q = rms_norm(linear(h, p["self_attn.q_proj.weight"], p.get("self_attn.q_proj.bias")), p["self_attn.q_norm.weight"], eps)
-    k = rms_norm(linear(h, p["self_attn.k_proj.weight"], p.get("self_attn.k_proj.bias")), p["self_attn.k_norm.weight"], eps)
+    q = rms_norm(
+        linear(h, p["self_attn.q_proj.weight"], p.get("self_attn.q_proj.bias")), p["self_attn.q_norm.weight"], eps
+    )
+    k = rms_norm(
+        linear(h, p["self_attn.k_proj.weight"], p.get("self_attn.k_proj.bias")), p["self_attn.k_norm.weight"], eps
+    )
     v = linear(h, p["self_attn.v_proj.weight"], p.get("self_attn.v_proj.bias"))  # [n_seq, n_kv_head * d_head]
     q, k, v = split_heads(q, config.n_head), split_heads(k, config.n_kv_head), split_heads(v, config.n_kv_head)
     return rotary_attention(q, k, v, p, config, layer, keep_scores, edit, sink)
 
 
 def block(
-    x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig, layer: int, edit: ZEdit | None = None,
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: RotaryConfig,
+    layer: int,
+    edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
     """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""

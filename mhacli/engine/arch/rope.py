@@ -20,8 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from mhacli.engine.blocks import F32
 from mhacli.config import RopeConfig
+from mhacli.engine.blocks import F32
 
 
 def _exponents(d_head: int) -> np.ndarray:
@@ -162,7 +162,9 @@ def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
         factor = rope.factor if rope.factor is not None else n_positions / original
         if factor > 1.0 and original <= 1:
             return "original_max_position_embeddings must be greater than 1 when factor > 1 (its log divides)"
-    given = ", ".join(f"{k}={v!r}" for k, v in vars(rope).items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    given = ", ".join(
+        f"{k}={v!r}" for k, v in vars(rope).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
     for n_seq in sorted({1, n_positions}):
         try:
             with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):

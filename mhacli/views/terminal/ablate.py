@@ -28,6 +28,7 @@ def render_ablate(console: Console, doc: dict, top: int) -> None:
     best = max((r["delta"] for r in doc["heads"]), default=0.0)
     layers = sorted({r["layer"] for r in doc["heads"]})
     head_ids = sorted({r["head"] for r in doc["heads"]})
+
     def cell(layer: int, h: int) -> Cell | None:
         r = heads.get((layer, h))
         if r is None:
@@ -39,15 +40,28 @@ def render_ablate(console: Console, doc: dict, top: int) -> None:
     says = f"Δloss (nats/token) with the head removed; colour: its share of the largest, {best:+.3g}"
     print_grid(console, "Δloss per head removed", cell, layers, head_ids, says, cell_w=8)
     console.print()
-    one_line(console, Text(f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})", style="bold"))
+    one_line(
+        console, Text(f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})", style="bold")
+    )
     ranking = Table()
-    for name, justify in (("#", "right"), ("head", "left"), ("kind", "left"), ("loss", "right"), ("Δloss", "right"), ("Δ%", "right")):
+    for name, justify in (
+        ("#", "right"),
+        ("head", "left"),
+        ("kind", "left"),
+        ("loss", "right"),
+        ("Δloss", "right"),
+        ("Δ%", "right"),
+    ):
         ranking.add_column(name, justify=justify)
     for rank, r in enumerate(doc["heads"][:top], start=1):
         ranking.add_row(
-            str(rank), f"L{r['layer']}H{r['head']}", Text(r["kind"], style=KIND_STYLE[r["kind"]][1]), f"{r['loss']:.4f}",
-            _delta_cell(r["delta"], best), f"{r['delta_pct']:+.1f}%",
-        )  # fmt: skip
+            str(rank),
+            f"L{r['layer']}H{r['head']}",
+            Text(r["kind"], style=KIND_STYLE[r["kind"]][1]),
+            f"{r['loss']:.4f}",
+            _delta_cell(r["delta"], best),
+            f"{r['delta_pct']:+.1f}%",
+        )
     console.print(ranking)
 
 

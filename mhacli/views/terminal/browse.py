@@ -13,7 +13,7 @@ from rich.text import Text
 from mhacli.views.terminal.common import KIND_STYLE, fmt_stat, kind_evidence, kinds_legend, weight_colour
 from mhacli.views.terminal.explain import explain_lines
 from mhacli.views.terminal.grid import FULL_CELL, Cell, full_width, grid_lines, scale_legend
-from mhacli.views.terminal.heatmap import fit, map_lines, map_window, row_labels, ruler, MapWindow
+from mhacli.views.terminal.heatmap import MapWindow, fit, map_lines, map_window, row_labels, ruler
 from mhacli.views.terminal.text import cell_label
 
 KINDS = tuple(KIND_STYLE)  # the kinds, in the order of their rules
@@ -36,7 +36,9 @@ KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
-def grid_view(cells, n_layer: int, n_head: int, selected: tuple[int, int], width: int, color: bool, says: str) -> list[Text]:
+def grid_view(
+    cells, n_layer: int, n_head: int, selected: tuple[int, int], width: int, color: bool, says: str
+) -> list[Text]:
     """The layer x head grid (render.grid: full cells when they fit `width`, else one character per head), the
     selected head between brackets (full) or underlined (compact), then the legends. `cells(layer, head)` gives
     a render.grid.Cell, or None for a head the filter hides."""
@@ -106,9 +108,18 @@ def divergence_cells(report, shown: set[tuple[int, int]]):
 
 
 def map_view(
-    attn: np.ndarray, title: Text, tokens: Sequence[str], query: int, start: int, keys: tuple[int, int] | None,
-    width: int, height: int, color: bool, *, labels: bool = True,
-) -> tuple[list[Text], MapWindow]:  # fmt: skip
+    attn: np.ndarray,
+    title: Text,
+    tokens: Sequence[str],
+    query: int,
+    start: int,
+    keys: tuple[int, int] | None,
+    width: int,
+    height: int,
+    color: bool,
+    *,
+    labels: bool = True,
+) -> tuple[list[Text], MapWindow]:
     """One head's map in `width` x `height` cells: title, key ruler, then the rows from `start` (two a line with
     colour), key 0 pinned when the key window starts later, the query's row marked `▶` and highlighted. Rows are
     labelled with their index and (labels=True) their tokens."""
@@ -156,8 +167,14 @@ def top_line(source: str, n_seq: int, mode: str, width: int, *, source_b: str | 
     """The app's first line: the model(s), the text's length, heads removed by --ablate, the mode."""
     b = f"  vs {source_b}" if source_b is not None else ""
     gone = f"  without {', '.join(f'L{l}H{h}' for l, h in removed)}" if removed else ""
-    line = Text.assemble(("mha browse ", "bold"), source + b, f"  {n_seq} tokens{gone}", ("  mode ", "dim"), (mode, "bold"),
-                         ("   ? help  q quit", "dim"))  # fmt: skip
+    line = Text.assemble(
+        ("mha browse ", "bold"),
+        source + b,
+        f"  {n_seq} tokens{gone}",
+        ("  mode ", "dim"),
+        (mode, "bold"),
+        ("   ? help  q quit", "dim"),
+    )
     return fit(line, width)
 
 
@@ -189,7 +206,9 @@ def side_panels(panels: Sequence[list[Text]], width: int) -> list[Text]:
 
 def head_title(s, suffix: str = "") -> Text:
     """`L1H2 induction 0.71 (9 rows)`: a head's name, kind and the score behind it, as inspect titles its panels."""
-    title = Text.assemble((f"L{s.layer}H{s.head} ", "bold"), (s.kind + kind_evidence(s, short=True), KIND_STYLE[s.kind][1]))
+    title = Text.assemble(
+        (f"L{s.layer}H{s.head} ", "bold"), (s.kind + kind_evidence(s, short=True), KIND_STYLE[s.kind][1])
+    )
     if suffix:
         title.append(suffix, style="dim")
     return title
@@ -230,12 +249,18 @@ def top_keys_line(tokens: Sequence[str], query: int, top: list[tuple[int, float]
 
 def stats_lines(s, n_seq: int) -> list[Text]:
     """The selected head's statistics (`mha stats -f json`'s numbers), each with its 0-1 value where it has one."""
-    lines = [head_title(s), Text(f"{n_seq} tokens; kind from the first rule that holds (README: head kinds)", style="dim"), Text("")]
+    lines = [
+        head_title(s),
+        Text(f"{n_seq} tokens; kind from the first rule that holds (README: head kinds)", style="dim"),
+        Text(""),
+    ]
     lines.append(Text(f"{'statistic':<17}{'value':>9}{'0–1':>8}  rows", style="bold"))
     for name, value in s.values.items():
         unit = s.unit_value(name)
         rows = s.support.get(name)
-        line = Text(f"{name:<17}{fmt_stat(value) if name not in ('entropy', 'mean_distance') or value is None else f'{value:.3f}':>9}")
+        line = Text(
+            f"{name:<17}{fmt_stat(value) if name not in ('entropy', 'mean_distance') or value is None else f'{value:.3f}':>9}"
+        )
         line.append(f"{fmt_stat(unit):>8}", style=weight_colour(unit) if unit is not None else "dim")
         line.append(f"  {rows}" if rows is not None else "")
         lines.append(line)

@@ -6,9 +6,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mhacli.analyses.stats import KINDS
 from mhacli.views.terminal.common import KIND_STYLE, one_line, print_grid
 from mhacli.views.terminal.grid import Cell
-from mhacli.analyses.stats import KINDS
 
 
 def render_census(console: Console, doc: dict, top: int) -> None:
@@ -38,8 +38,12 @@ def render_census(console: Console, doc: dict, top: int) -> None:
         heads = [h for h in doc["heads"] if h["kind"] == kind]
         heads.sort(key=lambda h: (-(h["evidence"]["mean"] or 0.0), h["layer"], h["head"]))
         for k, h in enumerate(heads[:top]):
-            table.add_row(Text(kind, style=KIND_STYLE[kind][1]) if k == 0 else "", f"L{h['layer']}H{h['head']}",
-                          f"{h['confidence']:.2f}", evidence_text(h))  # fmt: skip
+            table.add_row(
+                Text(kind, style=KIND_STYLE[kind][1]) if k == 0 else "",
+                f"L{h['layer']}H{h['head']}",
+                f"{h['confidence']:.2f}",
+                evidence_text(h),
+            )
         if len(heads) > top:
             table.add_row("", Text(f"… {len(heads) - top} more", style="dim"), "", "")
     console.print(table)

@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.text import Text
 
 from mhacli.analyses.heads import HeadView
+from mhacli.analyses.stats import KINDS, HeadStats
 from mhacli.views.terminal.grid import FULL_CELL, grid_lines, scale_legend
 from mhacli.views.terminal.heatmap import GAP, MapWindow, ramp, uses_color
-from mhacli.analyses.stats import KINDS, HeadStats
 
 KIND_STYLE = {
     "induction": ("I", "bold magenta"),
@@ -88,8 +88,11 @@ def window_note(console: Console, win: MapWindow) -> None:
         return
     keys = f"key 0 and keys {win.keys[1]}–{win.keys[-1]}" if win.pinned else f"keys {win.keys[0]}–{win.keys[-1]}"
     more = "; --from I and --keys A:B move the window" if win.hi < win.n_seq or win.pinned or win.lo > 0 else ""
-    console.print(Text(f"showing query rows {win.lo}–{win.hi - 1} and {keys} of {win.n_seq} tokens{more}", style="dim"),
-                  no_wrap=True, overflow="ellipsis")  # fmt: skip
+    console.print(
+        Text(f"showing query rows {win.lo}–{win.hi - 1} and {keys} of {win.n_seq} tokens{more}", style="dim"),
+        no_wrap=True,
+        overflow="ellipsis",
+    )
 
 
 def one_line(console: Console, text: Text, *, wrap: bool = False) -> None:
@@ -125,9 +128,16 @@ def kinds_legend(width: int) -> list[Text]:
 
 
 def print_grid(
-    console: Console, title: str, cell, layers: Sequence[int], heads: Sequence[int], says: str, *,
-    layout: str = "auto", cell_w: int = FULL_CELL,
-) -> None:  # fmt: skip
+    console: Console,
+    title: str,
+    cell,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    says: str,
+    *,
+    layout: str = "auto",
+    cell_w: int = FULL_CELL,
+) -> None:
     """A layer x head overview (mhacli.views.terminal.grid) with its title, the scale legend (`says`: what the numbers are) and the
     kind letters; every line fits the terminal."""
     color = uses_color(console)

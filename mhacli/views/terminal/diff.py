@@ -12,7 +12,15 @@ from rich.text import Text
 
 from mhacli.analyses.diff import METRICS, DiffReport
 from mhacli.analyses.heads import HeadView
-from mhacli.views.terminal.common import KIND_STYLE, auto_panel_keys, inspect_title, one_line, print_grid, weight_colour, window_note
+from mhacli.views.terminal.common import (
+    KIND_STYLE,
+    auto_panel_keys,
+    inspect_title,
+    one_line,
+    print_grid,
+    weight_colour,
+    window_note,
+)
 from mhacli.views.terminal.grid import Cell
 from mhacli.views.terminal.heatmap import legend as heat_legend
 from mhacli.views.terminal.heatmap import map_window, panel, side_by_side, uses_color
@@ -64,15 +72,25 @@ def diff_ranking(console: Console, report: DiffReport, top: int) -> Table:
     for n_stats, kind_names in layouts:
         stats = DIFF_KEY_STATS[:n_stats]
         table = Table(box=SIMPLE_HEAD, pad_edge=False)
-        for name, justify in (("#", "right"), ("head" if paired else "A head → B head", "left"), (report.metric, "right"),
-                              ("kind in A → in B", "left"), *((short, "right") for short, _ in stats)):  # fmt: skip
+        for name, justify in (
+            ("#", "right"),
+            ("head" if paired else "A head → B head", "left"),
+            (report.metric, "right"),
+            ("kind in A → in B", "left"),
+            *((short, "right") for short, _ in stats),
+        ):
             table.add_column(name, justify=justify, no_wrap=True)
         for rank, r in enumerate(rows, start=1):
             name = f"L{r.layer_b}H{r.head_b}" if paired else f"L{r.layer_a}H{r.head_a} → L{r.layer_b}H{r.head_b}"
             (la, sa), (lb, sb) = KIND_STYLE[r.kind_a], KIND_STYLE[r.kind_b]
             kinds = Text.assemble((r.kind_a if kind_names else la, sa), " → ", (r.kind_b if kind_names else lb, sb))
-            table.add_row(str(rank), name, _divergence_cell(r.divergence, best), kinds,
-                          *(fmt_delta(r.stat_deltas[key]) for _, key in stats))  # fmt: skip
+            table.add_row(
+                str(rank),
+                name,
+                _divergence_cell(r.divergence, best),
+                kinds,
+                *(fmt_delta(r.stat_deltas[key]) for _, key in stats),
+            )
         unbounded = console.options.update_width(10_000)
         if Measurement.get(console, unbounded, table).maximum <= console.width:
             break
@@ -122,8 +140,10 @@ def render_diff(
     n_keys = auto_panel_keys(len(tokens), console.width, 2)
     win = map_window(len(tokens), start, n_keys, n_keys)
     window_note(console, win)
-    pair = [panel(v.attention, Text.assemble((name + " ", "bold"), inspect_title(v)), win, cell=1, color=color)
-            for name, v in (("MODEL_A", maps[0]), ("MODEL_B", maps[1]))]  # fmt: skip
+    pair = [
+        panel(v.attention, Text.assemble((name + " ", "bold"), inspect_title(v)), win, cell=1, color=color)
+        for name, v in (("MODEL_A", maps[0]), ("MODEL_B", maps[1]))
+    ]
     for line in side_by_side(pair):
         console.print(line, no_wrap=True, overflow="crop")
     console.print(heat_legend(color), no_wrap=True, overflow="ellipsis")

@@ -12,8 +12,8 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
-from mhacli.views.display import token_label
 from mhacli.analyses.explain import Explanation
+from mhacli.views.display import token_label
 from mhacli.views.terminal.common import weight_colour
 from mhacli.views.terminal.text import Segment, cell_label, equation, glue, labelled_vectors, num, vec_rows, wrapped
 
@@ -170,7 +170,9 @@ def step_input(out: Layout) -> None:
     if L == 0 and ex.rope is None:
         out.note(f"{x_i} = {glue(f'wte[{ex.token_id}] + wpe[{i}]')}: the token and position embeddings")
     elif L == 0:
-        out.note(f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]')}: the token embedding (positions enter in step 2, as rotations of q and k)")
+        out.note(
+            f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]')}: the token embedding (positions enter in step 2, as rotations of q and k)"
+        )
     else:
         out.note(f"{x_i}: the residual stream after {glue(f'layer {L - 1}')}")
     out.equation(x_i, "", ex.input)
@@ -184,7 +186,9 @@ def step_input(out: Layout) -> None:
         )
     elif ex.norm == "rms_norm":
         out.equation(ln_x, f"{x_i} / √(mean({x_i}²) + ε) · γ", ex.ln_input)
-        out.note(f"{glue(f'mean({x_i}²) = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} {glue(f'γ = {ex.norm_weight}')}")
+        out.note(
+            f"{glue(f'mean({x_i}²) = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} {glue(f'γ = {ex.norm_weight}')}"
+        )
     else:
         out.note(
             f"no norm before attention: the projections read {x_i} itself (this model's RMSNorms come after "
@@ -226,7 +230,10 @@ def step_query(out: Layout) -> None:
     keys_range = "0" if i == 0 else f"0..{i}"
     if ex.rope is None:
         out.equation(f"q_{i}", projection_formula(ex, "q", i), s.query)
-        out.note(f"{glue('k_j = ' + projection_formula(ex, 'k', 'j'))} and {glue('v_j = ' + projection_formula(ex, 'v', 'j'))}, for the visible keys j = {keys_range}:", "")
+        out.note(
+            f"{glue('k_j = ' + projection_formula(ex, 'k', 'j'))} and {glue('v_j = ' + projection_formula(ex, 'v', 'j'))}, for the visible keys j = {keys_range}:",
+            "",
+        )
         return
     r = ex.rope
     out.equation(f"q_{i} before RoPE", projection_formula(ex, "q", i), s.query_pre_rope)
@@ -275,7 +282,11 @@ def step_scores(out: Layout, keys: list[int]) -> None:
     """3. Scores, scale, mask and softmax: a row per listed key with its weight drawn as a bar."""
     ex, s, width, tokens = out.ex, out.ex.step, out.width, out.tokens
     i = ex.query_index
-    out.section("3. scores, scaling, causal mask, softmax" if ex.window is None else "3. scores, scaling, causal and sliding-window mask, softmax")
+    out.section(
+        "3. scores, scaling, causal mask, softmax"
+        if ex.window is None
+        else "3. scores, scaling, causal and sliding-window mask, softmax"
+    )
     out.note(f"{glue(f's_j = q_{i} · k_j:')} the raw score of {glue('key j')}", "")
     out.note(scale_text(ex), "")
     out.note(mask_text(ex), "")
@@ -294,7 +305,11 @@ def step_scores(out: Layout, keys: list[int]) -> None:
     if len(keys) < i + 1:
         rest = max(0.0, 1.0 - float(s.attention[keys].sum()))
         outside = len(ex.window_masked_keys)
-        hidden = [f"{i + 1 - outside - len(keys)} other keys share a weight of {rest:.4f}"] if i + 1 - outside > len(keys) else []
+        hidden = (
+            [f"{i + 1 - outside - len(keys)} other keys share a weight of {rest:.4f}"]
+            if i + 1 - outside > len(keys)
+            else []
+        )
         hidden += [f"the {outside} keys outside the window have weight 0"] if outside else []
         out.note(f"{'; '.join(hidden)}; --full lists them")
 
@@ -305,7 +320,11 @@ def step_head_output(out: Layout) -> None:
     i = ex.query_index
     out.section(f"4. head {ex.head}'s output")
     out.equation(f"z_{ex.head}", "Σ_j a_j v_j", ex.step.output)
-    out.note(f"the values v_0..v_{i}, averaged with the weights a_j" if i else "the value v_0 itself: the one visible key has weight 1")
+    out.note(
+        f"the values v_0..v_{i}, averaged with the weights a_j"
+        if i
+        else "the value v_0 itself: the one visible key has weight 1"
+    )
 
 
 def step_concat(out: Layout) -> None:
@@ -335,8 +354,10 @@ def step_concat(out: Layout) -> None:
         out.note(f"{glue(f'W_O = {o_name} {shape},')} {glue(f'b_O = {b_name} [{ex.n_embd}]')}", "")
     formula = ("concat · W_O" if o.in_out else "concat · W_Oᵀ") + ("" if o.bias is None else " + b_O")
     out.equation(f"out_{i}", formula, ex.output)
-    out.note(f"the attention block's output at token {i}: it is added to the residual stream {out.x_i}" + (
-        ", after the post_attention_layernorm" if ex.norm is None and ex.qk_norm is not None else ""))
+    out.note(
+        f"the attention block's output at token {i}: it is added to the residual stream {out.x_i}"
+        + (", after the post_attention_layernorm" if ex.norm is None and ex.qk_norm is not None else "")
+    )
     part = f"z_{h} · W_O[{r0}:{r1}, :]" if o.in_out else f"z_{h} · W_O[:, {r0}:{r1}]ᵀ"
     out.equation(f"head {h}'s part", part, ex.head_share)
 
@@ -346,7 +367,11 @@ def step_check(out: Layout) -> None:
     ex, width = out.ex, out.width
     out.section("6. check")
     if ex.matches:
-        out.add(wrapped(f"matches the model's forward pass: {glue(f'max |diff| {ex.max_abs_diff:.1e}')}", width, 2, "bold green"))
+        out.add(
+            wrapped(
+                f"matches the model's forward pass: {glue(f'max |diff| {ex.max_abs_diff:.1e}')}", width, 2, "bold green"
+            )
+        )
         return
     worst = max(ex.diffs, key=lambda k: ex.diffs[k] / ex.bounds[k])
     text = (

@@ -55,9 +55,15 @@ def _ink(v: float) -> str:
 
 
 def grid_lines(
-    cell: Callable[[int, int], Cell | None], layers: Sequence[int], heads: Sequence[int], *,
-    width: int, color: bool, layout: str = "auto", cell_w: int = FULL_CELL,
-) -> tuple[list[Text], str]:  # fmt: skip
+    cell: Callable[[int, int], Cell | None],
+    layers: Sequence[int],
+    heads: Sequence[int],
+    *,
+    width: int,
+    color: bool,
+    layout: str = "auto",
+    cell_w: int = FULL_CELL,
+) -> tuple[list[Text], str]:
     """The grid's lines and the layout used ('full' or 'compact'). `cell(layer, head)` is None for a head not
     shown; a full cell is `cell_w` wide (the letter, then the number right-aligned)."""
     n_layer = max(layers) + 1 if layers else 1

@@ -140,7 +140,9 @@ def row_labels(win: MapWindow, tokens: Sequence[str] | None, color: bool, token_
         if tokens is not None:
             pair = token_label(tokens[i], token_w)
             if color and i + 1 < win.hi:
-                pair = token_label(tokens[i], token_w // 2) + "/" + token_label(tokens[i + 1], token_w - token_w // 2 - 1)
+                pair = (
+                    token_label(tokens[i], token_w // 2) + "/" + token_label(tokens[i + 1], token_w - token_w // 2 - 1)
+                )
             label += f" {pair:<{token_w}}"
         labels.append(label + " ")
     return labels
@@ -153,8 +155,17 @@ def fit(text: Text, width: int) -> Text:
     return text
 
 
-def panel(attn: np.ndarray, title: Text, win: MapWindow, *, cell: int, color: bool, tokens: Sequence[str] | None = None,
-          token_w: int = 0, min_width: int = 0) -> list[Text]:  # fmt: skip
+def panel(
+    attn: np.ndarray,
+    title: Text,
+    win: MapWindow,
+    *,
+    cell: int,
+    color: bool,
+    tokens: Sequence[str] | None = None,
+    token_w: int = 0,
+    min_width: int = 0,
+) -> list[Text]:
     """A titled map as lines of equal width: title, ruler, rows with their labels."""
     labels = row_labels(win, tokens, color, token_w)
     label_w = len(labels[0]) if labels else len(str(win.n_seq - 1)) + 1

@@ -9,13 +9,20 @@ import numpy as np
 from rich.console import Console, Group
 from rich.text import Text
 
-from mhacli.views.display import token_label
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.partial import MapRequest, strongest
-from mhacli.views.terminal.common import auto_panel_keys, head_title, inspect_title, shares_kv, weight_colour, window_note
-from mhacli.views.terminal.heatmap import legend as heat_legend
-from mhacli.views.terminal.heatmap import GAP, map_window, panel, side_by_side, uses_color
 from mhacli.analyses.stats import TOO_PLAIN, undecidable
+from mhacli.views.display import token_label
+from mhacli.views.terminal.common import (
+    auto_panel_keys,
+    head_title,
+    inspect_title,
+    shares_kv,
+    weight_colour,
+    window_note,
+)
+from mhacli.views.terminal.heatmap import GAP, map_window, panel, side_by_side, uses_color
+from mhacli.views.terminal.heatmap import legend as heat_legend
 
 
 def screen_keys(height: int, panel_rows: int, color: bool) -> int:
@@ -26,9 +33,15 @@ def screen_keys(height: int, panel_rows: int, color: bool) -> int:
 
 
 def map_request(
-    n_seq: int, *, width: int, query: int | None = None, top: int | None = None, start: int = 0,
-    keys: tuple[int, int] | None = None, panel_keys: int | None = None,
-) -> MapRequest:  # fmt: skip
+    n_seq: int,
+    *,
+    width: int,
+    query: int | None = None,
+    top: int | None = None,
+    start: int = 0,
+    keys: tuple[int, int] | None = None,
+    panel_keys: int | None = None,
+) -> MapRequest:
     """What render_inspect will draw of each map on a console `width` wide, so only that is computed: query row
     `query` (keys 0..query), every row's `top` keys, or the largest window map_panels can choose (its rows and keys
     are never more than max(width, panel_keys); any smaller window from the same start and keys lies inside)."""
@@ -42,8 +55,14 @@ def map_request(
 
 
 def map_panels(
-    console: Console, views: Sequence[HeadView], tokens: Sequence[str], *, start: int = 0,
-    keys: tuple[int, int] | None = None, panel_keys: int | None = None, used_lines: int = 2,
+    console: Console,
+    views: Sequence[HeadView],
+    tokens: Sequence[str],
+    *,
+    start: int = 0,
+    keys: tuple[int, int] | None = None,
+    panel_keys: int | None = None,
+    used_lines: int = 2,
 ) -> None:
     """Every selected head's map (`used_lines`: what is above it on the screen): one head drawn large (token labels, wider cells when they fit); several heads as
     small multiples, a layer per row of panels (wrapping when a layer does not fit), all with the same window."""
@@ -58,7 +77,15 @@ def map_panels(
         cell = 2 if (min(n_seq, n_keys) + 1) * 2 <= width - label_w else 1
         n_keys = min(n_keys, (width - label_w) // cell - 1)
         win = map_window(n_seq, start, n_keys, n_keys, keys)
-        lines = panel(views[0].attention, inspect_title(views[0], show_kv), win, cell=cell, color=color, tokens=tokens, token_w=token_w)
+        lines = panel(
+            views[0].attention,
+            inspect_title(views[0], show_kv),
+            win,
+            cell=cell,
+            color=color,
+            tokens=tokens,
+            token_w=token_w,
+        )
         window_note(console, win)
         for line in lines:
             console.print(line, no_wrap=True, overflow="crop")
@@ -77,7 +104,20 @@ def map_panels(
     room = (width + GAP) // per_row - GAP
     short = max(inspect_title(v, show_kv).cell_len for v in views) > room  # `(111)` for `(111 rows)` where tight
     title_w = max(inspect_title(v, show_kv, short).cell_len for v in views)
-    panels = [(v.layer, panel(v.attention, inspect_title(v, show_kv, short), win, cell=1, color=color, min_width=max(name_w, min(title_w, room)))) for v in views]
+    panels = [
+        (
+            v.layer,
+            panel(
+                v.attention,
+                inspect_title(v, show_kv, short),
+                win,
+                cell=1,
+                color=color,
+                min_width=max(name_w, min(title_w, room)),
+            ),
+        )
+        for v in views
+    ]
     panel_w = panels[0][1][0].cell_len
     fit_n = max(1, (width + GAP) // (panel_w + GAP))
     for layer in by_layer:
@@ -141,7 +181,11 @@ def render_inspect(
 ) -> None:
     if views and undecidable(views[0].stats.support):
         console.print(Text(TOO_PLAIN, style="dim"))
-    listed = Text(f"{len(tokens)} tokens: ", style="bold") + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60]))) + Text(" …" if len(tokens) > 60 else "")
+    listed = (
+        Text(f"{len(tokens)} tokens: ", style="bold")
+        + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60])))
+        + Text(" …" if len(tokens) > 60 else "")
+    )
     console.print(listed)
     if query is None and top is None:
         console.print(heat_legend(uses_color(console)), no_wrap=True, overflow="ellipsis")

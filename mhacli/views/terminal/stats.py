@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.text import Text
 
 from mhacli.analyses.heads import HeadView
+from mhacli.analyses.stats import KINDS, TOO_PLAIN, HeadStats, undecidable
 from mhacli.views.terminal.common import KIND_STYLE, kind_evidence, one_line, packed, print_grid
 from mhacli.views.terminal.grid import Cell
-from mhacli.analyses.stats import KINDS, TOO_PLAIN, HeadStats, undecidable
 
 GRID_SAYS = {
     "auto": "each head's kind score, 0–1: the fraction of attention on its pattern (broad: entropy ÷ its maximum; "
@@ -26,9 +26,15 @@ def grid_value(s: HeadStats, stat: str) -> float | None:
 
 
 def render_stats(
-    console: Console, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, n_tokens: int, *,
+    console: Console,
+    views: Sequence[HeadView],
+    n_layer: int,
+    n_head: int,
+    stat: str,
+    n_tokens: int,
+    *,
     layout: str = "auto",
-) -> None:  # fmt: skip
+) -> None:
     """The one-screen overview: a layer x head grid (kind letter and one statistic on a 0-1 scale), then the most
     distinctive heads of each kind."""
     by_pos = {(v.layer, v.head): v.stats for v in views}
@@ -57,7 +63,9 @@ def render_stats(
         shown += 1
         entries = [Text(f"L{s.layer}H{s.head}{kind_evidence(s)}") for s in scored[:5]]
         first = Text(kind.ljust(label_w), style=KIND_STYLE[kind][1])
-        for line in packed(entries, width, first=first if label_w + 12 <= width else Text(kind + " ", style=KIND_STYLE[kind][1])):
+        for line in packed(
+            entries, width, first=first if label_w + 12 <= width else Text(kind + " ", style=KIND_STYLE[kind][1])
+        ):
             one_line(console, line)
     if not shown:
         one_line(console, Text("no head reaches a kind threshold on this text (all mixed)", style="dim"), wrap=True)

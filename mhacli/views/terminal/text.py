@@ -121,14 +121,19 @@ def equation(
     return [*head, [(" " * under + "= ", ""), (vec_compact(v, width - under - 2), style)]]
 
 
-def labelled_vectors(prefix: str, vectors: Sequence[tuple[str, np.ndarray]], width: int, style: str = "") -> list[list[Segment]]:
+def labelled_vectors(
+    prefix: str, vectors: Sequence[tuple[str, np.ndarray]], width: int, style: str = ""
+) -> list[list[Segment]]:
     """A row label followed by named compact vectors: all on one line if they fit, else one line each."""
     tags = sum(len(name) + 3 for name, _ in vectors)
     each = (width - cell_len(prefix) - tags) // len(vectors)
     if each >= (MIN_VEC if len(vectors) == 1 else 2 * MIN_VEC - 8):
         line: list[Segment] = [(prefix, style)]
         for n, (name, v) in enumerate(vectors):
-            line += [((" " if n else "") + name + " ", "dim"), (vec_compact(v, each).ljust(each if n < len(vectors) - 1 else 0), style)]
+            line += [
+                ((" " if n else "") + name + " ", "dim"),
+                (vec_compact(v, each).ljust(each if n < len(vectors) - 1 else 0), style),
+            ]
         return [line]
     indent = cell_len(prefix) if width - cell_len(prefix) - 2 >= MIN_VEC + 8 else 6
     lines: list[list[Segment]] = [] if indent == cell_len(prefix) else [[(prefix.rstrip(), style)]]
