@@ -296,18 +296,17 @@ def test_bad_input_is_one_error_line(tmp_path, make, args, message):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_an_unreachable_dask_scheduler_is_a_clear_error_within_seconds():
+def test_an_unreachable_dask_scheduler_is_a_clear_error():
+    """Refused with one error line (mhacli.analyses.parallel.DASK_TIMEOUT_S bounds the wait; run_mha's timeout
+    fails the test on a hang, with no wall-time threshold of its own)."""
     pytest.importorskip("dask.distributed", reason="the test extra installs dask[distributed]")
-    start = time.monotonic()
     result = run_mha("census", "--dask", "tcp://127.0.0.1:9", "--probe-count", "2")
-    elapsed = time.monotonic() - start
     err = result.stderr.decode()
     assert (
         result.returncode == 2
         and err.startswith("error: --dask tcp://127.0.0.1:9: cannot reach")
         and err.count("\n") == 1
     )
-    assert elapsed < 30, f"took {elapsed:.1f} s"
 
 
 def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):

@@ -3,10 +3,8 @@ from the whole map (1e-9), and HF's attention where HF runs; the threads of a st
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,55 +155,3 @@ def test_an_error_in_one_forward_reaches_the_reader(models, monkeypatch):
         list(paired_stream(a, b, np.arange(1, 50), "js"))
 
 
-CHILD = """
-import sys
-import numpy as np
-from mhacli.analyses.heads import analyse
-from mhacli.io.weights import load_model
-
-
-def status(field):
-    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
-
-
-ckpt = load_model(sys.argv[1], cache=True)
-n, keep = int(sys.argv[2]), sys.argv[3] == "maps"
-list(analyse(ckpt, np.arange(4), keep_maps=keep, layers=[0] if keep else None))  # weights read, code warm
-before = status("VmRSS")
-ids = np.arange(n) % ckpt.config.vocab_size
-views = list(analyse(ckpt, ids, keep_maps=keep, layers=[0] if keep else None))
-# VmHWM, not ru_maxrss: that one starts from the parent's size at fork (pytest's, with torch loaded)
-print(status("VmHWM") - before)
-"""
-
-
-def rss_growth(model, n: int, what: str) -> int:
-    """How far a child's peak RSS rose above its resident size just before the request (weights read, code warm)."""
-    import subprocess
-    import sys
-
-    # glibc's allocator settings change the peak: dask.distributed, once imported (the census tests), sets
-    # MALLOC_TRIM_THRESHOLD_ in os.environ, under which freed blocks go back at once (measured 90 MiB instead of
-    # 143 here). The child runs with the defaults a user's process has.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "OPENBLAS_", "OMP_", "MKL_"))}
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(model), str(n), what], capture_output=True, check=True, env=env
-    )
-    return int(out.stdout)
-
-
-@pytest.mark.parametrize("what,n_seq", [("stats", 6000), ("maps", 1500)])
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
-def test_the_memory_guard_follows_the_measured_peak(tmp_path, tokenizer_dir, what, n_seq):
-    """The guard's estimate (heads.memory_needed) grows with n_seq as a real run's peak RSS does, within 30%:
-    `stats` streams (linear in n_seq), `inspect -l 0` keeps one layer's maps (quadratic). Both measured in a child
-    process, from its resident size just before the request (the interpreter and the weights already there)."""
-    from mhacli.analyses.heads import memory_needed
-
-    model = build_model(tmp_path / "m", tokenizer_dir, n_layer=2, n_head=8, n_embd=128, n_positions=n_seq)
-    config = load_model(str(model)).config
-    keep = what == "maps"
-    grew = rss_growth(model, n_seq, what)
-    est = memory_needed(config, n_seq, kept_layers=keep, kept_heads=8 * keep, keep_maps=keep)
-    est -= memory_needed(config, 1, kept_layers=keep, kept_heads=8 * keep, keep_maps=keep)
-    assert 0.7 * grew <= est <= 1.3 * grew, f"estimated {est / 2**20:.0f} MiB, measured {grew / 2**20:.0f} MiB"
