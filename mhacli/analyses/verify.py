@@ -78,6 +78,14 @@ class VerifyReport:
     def max_hidden_err(self) -> float:
         return max(c.hidden_max_abs_err for c in self.layers)
 
+    @property
+    def worst_head(self) -> tuple[int, int, float]:
+        """(layer, head, error): the head whose attention differs most from HF's, over every head of every layer."""
+        return max(
+            ((c.layer, h, e) for c in self.layers for h, e in enumerate(c.head_attention_max_abs_err)),
+            key=lambda x: x[2],
+        )
+
     def layer_passed(self, c: LayerCheck) -> bool:
         return c.attention_max_abs_err <= self.atol and c.hidden_max_abs_err <= self.hidden_atol * c.hidden_scale
 
@@ -97,6 +105,7 @@ class VerifyReport:
             "hidden_atol": self.hidden_atol,
             "n_tokens": self.n_tokens,
             "max_abs_err": {"attention": self.max_attention_err, "hidden": self.max_hidden_err},
+            "worst_head": dict(zip(("layer", "head", "attention_max_abs_err"), self.worst_head)),
             "layers": [c.to_dict() | {"passed": self.layer_passed(c)} for c in self.layers],
             "loss": None if self.head is None else {
                 "ours": self.head.loss, "hf": self.head.hf_loss, "rel_err": self.head.loss_rel_err, "rtol": LOSS_RTOL,
