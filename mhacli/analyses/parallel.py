@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.analyses.census import TextStats, text_stats
+from mhacli.engine.attention import one_blas_thread
 from mhacli.errors import MhaError, UsageError, missing_extra
 from mhacli.io.weights import Checkpoint, ModelFiles, open_checkpoint
 
@@ -64,14 +65,20 @@ def _model(files: ModelFiles) -> Checkpoint:
 
 
 def run_chunk(files: ModelFiles, items: list[Item]) -> list[tuple[int, Outcome]]:
-    """A worker's unit of work: every text of the chunk through the model (loaded once per process)."""
+    """A worker's unit of work: every text of the chunk through the model (loaded once per process).
+
+    BLAS runs on one thread here whatever the executor: OpenBLAS' float32 GEMMs round differently on one thread
+    and on two, so a census run in this process, on local workers (one thread each) or on a Dask cluster with the
+    user's own settings would otherwise differ in its last digits. Attention's own threads change nothing.
+    """
     params = _model(files)
     out: list[tuple[int, Outcome]] = []
-    for item in items:
-        try:
-            out.append((item.seq, text_stats(params, item.ids, item.first_row)))
-        except MhaError as exc:  # e.g. NaN in the forward on this text: the text fails, the census goes on
-            out.append((item.seq, str(exc)))
+    with one_blas_thread():
+        for item in items:
+            try:
+                out.append((item.seq, text_stats(params, item.ids, item.first_row)))
+            except MhaError as exc:  # e.g. NaN in the forward on this text: the text fails, the census goes on
+                out.append((item.seq, str(exc)))
     return out
 
 

@@ -156,7 +156,7 @@ def causal_attention(
     if workers == 1:
         work()
     else:
-        with _one_blas_thread(), ThreadPoolExecutor(workers, thread_name_prefix="mha-attn") as pool:
+        with one_blas_thread(), ThreadPoolExecutor(workers, thread_name_prefix="mha-attn") as pool:
             try:
                 for done in [pool.submit(work) for _ in range(workers)]:
                     done.result()
@@ -197,7 +197,7 @@ def _block(
         sink.add(h0, a, b, lo, tiles)
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """BLAS held to one thread while our threads share the blocks (threadpoolctl), where it can be."""
     try:
         from threadpoolctl import threadpool_limits
