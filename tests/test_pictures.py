@@ -246,4 +246,4 @@ def test_package_resources_are_found():
 
     assert "DecompressionStream" in resource("page.js")
     assert ".cell" in resource("page.css")
-    assert Path(__file__).resolve().parent.parent.joinpath("mhacli", "web", "page.js").is_file()
+    assert Path(__file__).resolve().parent.parent.joinpath("mhacli", "views", "web", "page.js").is_file()
