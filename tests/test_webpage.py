@@ -5,6 +5,7 @@ switch to log weights, keep hostile tokens as text, and open a 12 x 12 x 1,024-t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -241,4 +242,40 @@ def test_a_1024_token_12_by_12_page_opens(browser, tmp_path):
     assert o.page.evaluate("document.querySelector('#maps canvas.map').width") == n
     o.page.locator("#grid .cell >> nth=100").click()
     o.wait_until("() => document.documentElement.dataset.head === 'L8H4'")
+    o.check_clean()
+
+
+DECODE_IN_PAGE = """async () => {
+  const data = JSON.parse(document.getElementById('mha-data').textContent);
+  const out = [];
+  for (const s of data.maps.A) {
+    const bin = atob(s);
+    const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
+    out.push(Array.from(new Uint8Array(await new Response(stream).arrayBuffer())));
+  }
+  return {levels: out, cells: Array.from(document.querySelectorAll('#grid .cell'), (c) => c.getAttribute('title'))};
+}"""
+
+
+def test_the_browser_decodes_the_json_heads_in_order(browser, tmp_path):
+    """In Chromium, the page's data decoded with the browser's own DecompressionStream gives every head's lower
+    triangle within the stated quantisation (round(255 w)) of `-f json`, and the grid's cells name the heads in
+    the json's order (issue 37 item 7)."""
+    from conftest import parse_json
+
+    from mhacli.cli import run
+
+    page = tmp_path / "heads.html"
+    json_out = tmp_path / "heads.json"
+    with open(json_out, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+        assert run(["inspect", TEXT, "--save", str(page), "-f", "json"]) == 0
+    doc = parse_json(json_out.read_bytes())
+    o = Opened(browser, page)
+    got = o.page.evaluate(DECODE_IN_PAGE)
+    assert [t.split()[0] for t in got["cells"]] == [f"L{h['layer']}H{h['head']}" for h in doc["heads"]]
+    for levels, head in zip(got["levels"], doc["heads"], strict=True):
+        want = np.concatenate([np.asarray(r) for r in head["attention"]])
+        err = float(np.abs(np.asarray(levels) / 255 - want).max())
+        assert err <= 0.5 / 255 + 1e-6, f"L{head['layer']}H{head['head']}: decoded map off by {err:.4f}"
     o.check_clean()
