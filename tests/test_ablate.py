@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_model, parse_json, run_mha
-from test_arch import LLAMA, WINDOW, bos_tokenizer, build
+from helpers import LLAMA, WINDOW, bos_tokenizer, build, build_model, parse_json, run_mha
 
 LOSS_RTOL = 1e-5  # the bound: mean next-token loss vs HF, relative
 IDS = np.random.default_rng(3).integers(1, 400, size=40)

@@ -9,8 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ATTN_ATOL, HIDDEN_ATOL, SAMPLE, build_model, hf_outputs, parse_json
-from test_arch import LLAMA, bos_tokenizer, build
+from helpers import ATTN_ATOL, HIDDEN_ATOL, LLAMA, SAMPLE, bos_tokenizer, build, build_model, hf_outputs, parse_json
 
 import mhacli
 from mhacli.errors import MhaError, ModelError, TextError, TokenizerError, UsageError
@@ -276,7 +275,7 @@ def test_the_package_names_and_types():
 
 def test_the_readme_api_example_runs():
     """The README's "Python API" example, as written, in a fresh interpreter."""
-    from conftest import REPO
+    from helpers import REPO
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Python API") :]

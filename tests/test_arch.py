@@ -16,18 +16,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     ATTN_ATOL,
     HIDDEN_ATOL,
+    LLAMA,
+    MODELS,
+    ORIGINAL,
+    ROPE_SCALINGS,
+    SLIDING,
     TRICKY_TEXTS,
+    WINDOW,
     assert_close,
     blocks_on_hf_inputs,
+    bos_tokenizer,
     break_attention_kernel,
+    build,
     compare_with_hf,
     hf_outputs,
     parse_json,
     run_mha,
-    train_tokenizer,
 )
 from safetensors.numpy import load_file, save_file
 
@@ -38,127 +45,11 @@ TEXT = (
     "ROMEO: But, soft! what light"
 )  # 41 tokens with the BOS tokenizer: longer than every sliding window and every original context below
 IDS = np.random.default_rng(7).integers(1, 400, size=48)
-WINDOW = 6
-ORIGINAL = 16  # original_max_position_embeddings of the scaled RoPE types: shorter than the texts
-LLAMA = dict(
-    vocab_size=400,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    bos_token_id=0,
-    eos_token_id=0,
-    pad_token_id=None,
-)
-ROPE_SCALINGS = {
-    "linear": {"rope_type": "linear", "factor": 2.0},
-    "dynamic": {"rope_type": "dynamic", "factor": 3.0},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": ORIGINAL},
-    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL},
-    "yarn_mscale": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL, "mscale": 0.7,
-                    "mscale_all_dim": 0.5, "beta_fast": 16, "beta_slow": 2, "truncate": False},
-    "longrope": {"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0], "long_factor": [1.5, 2.0, 3.0, 4.0],
-                 "original_max_position_embeddings": ORIGINAL},
-}  # fmt: skip
-
-
-def spec(kind: str, **fields):
-    return {"kind": kind, "fields": fields}
-
-
-# name -> (model_type, config fields); every rotary model reads the BOS tokenizer
-MODELS = {
-    "llama_gqa": spec("llama", **LLAMA),
-    "llama_mqa": spec("llama", **LLAMA | {"num_key_value_heads": 1}),
-    "llama_mha_bias_head_dim": spec("llama", **LLAMA | {"num_key_value_heads": 8, "attention_bias": True, "mlp_bias": True, "head_dim": 12}),
-    **{f"llama_rope_{name}": spec("llama", **LLAMA | {"rope_parameters": rope | {"rope_theta": 10000.0}}) for name, rope in ROPE_SCALINGS.items()},
-    "mistral_window": spec("mistral", **LLAMA | {"sliding_window": WINDOW}),
-    "mistral_no_window": spec("mistral", **LLAMA | {"sliding_window": None, "num_key_value_heads": 4}),
-    "bigcode_mqa": spec("gpt_bigcode", vocab_size=400, n_embd=64, n_layer=2, n_head=8, n_positions=64, multi_query=True),
-    "bigcode_mha_unscaled": spec("gpt_bigcode", vocab_size=400, n_embd=64, n_layer=2, n_head=8, n_positions=64,
-                                 multi_query=False, scale_attn_weights=False, activation_function="gelu"),
-    "olmo2": spec("olmo2", **LLAMA | {"attention_bias": True}),
-    "olmo3": spec("olmo3", **LLAMA | {"num_hidden_layers": 4, "sliding_window": WINDOW}),
-    "olmo3_mixed_rope": spec("olmo3", **LLAMA | {
-        "num_hidden_layers": 3, "sliding_window": WINDOW, "layer_types": ["full_attention", "sliding_attention", "full_attention"],
-        "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": ORIGINAL, "rope_theta": 20000.0},
-                            "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}}),
-}  # fmt: skip
-SLIDING = ["mistral_window", "olmo3", "olmo3_mixed_rope"]
-
-
-def hf_classes(kind: str):
-    import transformers
-
-    names = {
-        "llama": ("LlamaConfig", "LlamaForCausalLM"),
-        "mistral": ("MistralConfig", "MistralForCausalLM"),
-        "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM"),
-        "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
-        "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
-    }[kind]
-    return getattr(transformers, names[0]), getattr(transformers, names[1])
-
-
-def bos_tokenizer(directory: Path) -> Path:
-    """The test BPE with a TemplateProcessing post-processor that puts <|endoftext|> (id 0) first, as Llama's BOS."""
-    from tokenizers import Tokenizer, processors
-
-    train_tokenizer(directory)
-    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B", special_tokens=[("<|endoftext|>", 0)]
-    )
-    tok.save(str(directory / "tokenizer.json"))
-    return directory
 
 
 @pytest.fixture(scope="module")
 def bos_tokenizer_dir(tmp_path_factory) -> Path:
     return bos_tokenizer(tmp_path_factory.mktemp("bos_tokenizer"))
-
-
-def build(
-    directory: Path,
-    kind: str,
-    fields: dict,
-    tokenizer: Path,
-    *,
-    seed: int = 0,
-    dtype: str = "float32",
-    base_model: bool = False,
-    max_shard_size: str | None = None,
-) -> Path:
-    """A random-init HF model, its attention made sharper than the default init (realistic logits, heads that are
-    not uniform), norms and biases randomised so they matter; saved with save_pretrained and the tokenizer."""
-    import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    config_class, model_class = hf_classes(kind)
-    torch.manual_seed(seed)
-    model = model_class(config_class(**fields))
-    if base_model:
-        model = model.model
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(8.0)
-            elif name.endswith("c_attn.weight"):
-                p.mul_(10.0 if fields.get("scale_attn_weights", True) else 6.0)
-            elif name.endswith(("q_norm.weight", "k_norm.weight")):
-                p.copy_(1.5 + 0.1 * torch.randn_like(p))  # OLMo: q and k are normalised, so scale their norms
-            elif name.endswith("norm.weight") or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-    model = model.eval().to(getattr(torch, dtype))
-    model.save_pretrained(directory, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
-    shutil.copy(tokenizer / "tokenizer.json", directory / "tokenizer.json")
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ATTN_ATOL  # the engine tolerance, here on sharp random logits (|s| up to ~30)
+from helpers import ATTN_ATOL  # the engine tolerance, here on sharp random logits (|s| up to ~30)
 
 from mhacli.engine.attention import causal_attention
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_mha
+from helpers import REPO, run_mha
 
 pytest.importorskip("textual", reason="mha browse needs the browse extra (textual)")
 
@@ -478,7 +478,7 @@ def test_in_a_real_terminal(how, quit_key, tmp_path):
 @needs_tmux
 def test_every_help_example_starts_and_quits(tmp_path):
     """`mha browse --help`'s examples (tests/test_help.py runs the other commands' examples with a pipe)."""
-    from test_help import examples_in, help_text
+    from helpers import examples_in, help_text
 
     for n, line in enumerate(examples_in(help_text("browse"))):
         t = Tmux(mha_command(line.removeprefix("mha ")), tmux_env(), tmp_path / f"status{n}")
@@ -527,7 +527,7 @@ def test_started_without_a_head_explain_refuses_and_says_why(model):
 
 def test_a_model_with_many_heads_fits_80_columns(tmp_path, tokenizer_dir):
     """12 heads a layer do not fit full cells at 80 columns: one character a head (render.grid's compact layout)."""
-    from conftest import build_model
+    from helpers import build_model
 
     import mhacli
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, hf_outputs, parse_json, run_mha
-from test_stats import reference_stats
+from helpers import SAMPLE, hf_outputs, parse_json, reference_stats, run_mha
 
 HELDOUT = json.loads((Path(__file__).parent / "data" / "heldout_shakespeare.json").read_text(encoding="utf-8"))
 NO_PROGRESS = {"MHA_NO_PROGRESS": "1"}

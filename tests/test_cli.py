@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, hf_outputs, parse_json, run_mha
+from helpers import REPO, hf_outputs, parse_json, run_mha
 
 from mhacli.analyses.stats import KINDS, STAT_NAMES
 from mhacli.views.formats import CSV_COLUMNS

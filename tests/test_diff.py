@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_model, hf_outputs, parse_json, run_mha, train_tokenizer
+from helpers import build_model, hf_outputs, parse_json, run_mha, train_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

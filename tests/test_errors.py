@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import count_case, run_mha
+from helpers import count_case, run_mha
 from safetensors.numpy import load_file, save_file
 
 TEXT = "The cat sat on the mat."
@@ -502,7 +502,7 @@ def test_ctrl_c_exits_130_with_one_line(tiny_model):
 
 def test_tokenizer_larger_than_the_embedding(tmp_path, tiny_model, tokenizer_dir, mha):
     """A tokenizer whose ids run past vocab_size: a clear error, for inspect and for diff."""
-    from conftest import build_model
+    from helpers import build_model
 
     small = build_model(tmp_path / "small", tokenizer_dir, vocab_size=300)
     text = "symbols #$%&*()[]{}<> and unseen words xylophone"
@@ -558,7 +558,7 @@ def test_weight_estimate_is_held_by_a_real_pass(tmp_path, tokenizer_dir, cache):
     allocation is at least that (the forward holds two layers at a hand-over)."""
     import tracemalloc
 
-    from conftest import build_model
+    from helpers import build_model
 
     from mhacli.analyses.heads import analyse
     from mhacli.io.weights import load_model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close, break_attention_kernel, build_model, parse_json, run_mha
+from helpers import assert_close, break_attention_kernel, build_model, parse_json, run_mha
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

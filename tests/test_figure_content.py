@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from conftest import parse_json
+from helpers import parse_json
 
 pytest.importorskip("matplotlib", reason="the plot extra draws figures")
 

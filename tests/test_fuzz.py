@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import count_case
+from helpers import count_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import ANSI, views_of
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -18,7 +19,6 @@ from mhacli.cli import app
 from mhacli.views.terminal import KIND_STYLE, render_stats
 from mhacli.views.terminal.grid import full_width, tenths
 from mhacli.views.terminal.heatmap import HEX, level
-from tests.test_heatmap import ANSI, views_of
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 

@@ -9,31 +9,11 @@ import re
 
 import numpy as np
 import pytest
+from helpers import ANSI, causal, views_of
 from rich.console import Console
 
-from mhacli.analyses.heads import HeadView
-from mhacli.analyses.stats import layer_stats
 from mhacli.views.terminal import render_inspect
 from mhacli.views.terminal.heatmap import HEX, LOWER, PIN, UPPER, level, map_lines, map_window, ruler
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def causal(rng: np.random.Generator, n_head: int, n: int) -> np.ndarray:
-    logits = rng.normal(size=(n_head, n, n)) * 3
-    logits[:, np.triu_indices(n, 1)[0], np.triu_indices(n, 1)[1]] = -np.inf
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def views_of(n_layer: int, n_head: int, n: int, seed: int = 0) -> list[HeadView]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, 50, size=n)
-    out = []
-    for layer in range(n_layer):
-        attn = causal(rng, n_head, n)
-        out += [HeadView(s, attn[s.head]) for s in layer_stats(layer, attn, ids)]
-    return out
 
 
 def draw(width: int, views, n: int, **kwargs) -> list[str]:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_mha
+from helpers import examples_in, help_text, run_mha
 
 COMMANDS = ["inspect", "stats", "diff", "explain", "verify", "info", "ablate", "prune", "census", "browse"]
 # Interactive: its examples need a terminal on stdout, so tests/test_browse.py runs them in tmux instead.
@@ -29,26 +29,6 @@ def registered_commands() -> list[str]:
 
 def test_the_command_list_here_is_every_registered_command():
     assert sorted(COMMANDS) == registered_commands()
-
-
-def help_text(*command: str, rich: bool = True) -> str:
-    env = {"COLUMNS": "80", "TYPER_USE_RICH": "1" if rich else "0"}
-    result = run_mha(*command, "--help", env=env)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == b""
-    return result.stdout.decode()
-
-
-def examples_in(text: str) -> list[str]:
-    """The lines of the "Examples:" paragraph, each one command (a wrapped line would show up as a fragment)."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "Examples:")
-    found = []
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            break
-        found.append(line.strip())
-    return found
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]], ids=lambda c: c[0] if c else "mha")

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, parse_json, run_mha
+from helpers import REPO, parse_json, run_mha
 
 from mhacli.views.formats import CSV_COLUMNS
 

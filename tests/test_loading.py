@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, build_model, hf_outputs, run_mha
+from helpers import REPO, build_model, hf_outputs, run_mha
 from safetensors.numpy import load_file, save_file
 
 from mhacli.engine.forward import forward

@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import parse_json
+from helpers import parse_json
 
 TEXT = "When Mary and John went to the store, John gave a drink to"
 HALF_LEVEL = 0.5 / 255 + 1e-6  # the stated quantisation: round(255 w)

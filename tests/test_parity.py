@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import blocks_on_hf_inputs, build_model, compare_with_hf
+from helpers import blocks_on_hf_inputs, build_model, compare_with_hf
 from safetensors.numpy import load_file, save_file
 
 from mhacli.engine.forward import forward

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import build_model
+from helpers import build_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

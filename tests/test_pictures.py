@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import parse_json
+from helpers import parse_json
 
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import layer_stats

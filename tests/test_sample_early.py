@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE, compare_with_hf, hf_outputs, parse_json, run_mha
+from helpers import REPO, SAMPLE, compare_with_hf, hf_outputs, parse_json, run_mha
 
 from mhacli.io.tokenizer import load_tokenizer
 from mhacli.io.weights import SAMPLE_NAMES, resolve_model

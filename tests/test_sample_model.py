@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ATTN_ATOL, SAMPLE, hf_outputs, parse_json, run_mha
+from helpers import ATTN_ATOL, SAMPLE, hf_outputs, parse_json, run_mha
 
 from mhacli.analyses.heads import analyse
 from mhacli.analyses.stats import stats_arrays

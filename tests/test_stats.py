@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import reference_stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,33 +26,6 @@ from mhacli.analyses.stats import (
 # within that share of the sum of |terms| -- which is the statistic itself, every term having one sign. The other
 # statistics are sums of float32 weights as they are.
 PRODUCT_ERROR = {"entropy": 3 * float(np.finfo(np.float32).eps), "mean_distance": float(np.finfo(np.float32).eps)}
-
-
-def reference_stats(A: np.ndarray, t: list[int], first_row: int = 0) -> tuple[dict[str, float | None], dict[str, int]]:
-    """docs/statistics.md's definitions, written as loops over rows, one head at a time: (statistics, support)."""
-    n = len(t)
-    rows = range(first_row, n)
-    later = range(max(first_row, 1), n)
-    ent = [-sum(A[i, j] * math.log(A[i, j]) for j in range(i + 1) if A[i, j] > 0) for i in rows]
-    out = {
-        "entropy": sum(ent) / len(rows),
-        "max_weight": sum(max(A[i, : i + 1]) for i in rows) / len(rows),
-        "mean_distance": sum(sum(A[i, j] * (i - j) for j in range(i + 1)) for i in rows) / len(rows),
-        "self": sum(A[i, i] for i in rows) / len(rows),
-        "first_token": sum(A[i, 0] for i in later) / len(later) if later else None,
-        "previous_token": sum(A[i, i - 1] for i in later) / len(later) if later else None,
-    }
-    # D_i = { j : j < i-1, t_j = t_i };  I_i = { j : 1 <= j <= i-2, t_{j-1} = t_i }
-    targets = {
-        "duplicate_token": lambda i: [j for j in range(0, i - 1) if t[j] == t[i]],
-        "induction": lambda i: [j for j in range(1, i - 1) if t[j - 1] == t[i]],
-    }
-    support = {}
-    for name, target in targets.items():
-        sums = [sum(A[i, j] for j in target(i)) for i in rows if target(i)]
-        out[name] = sum(sums) / len(sums) if sums else None
-        support[name] = len(sums)
-    return out, support
 
 
 def random_causal(rng: np.random.Generator, n_head: int, n: int, sharpness: float = 3.0) -> np.ndarray:

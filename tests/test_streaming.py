@@ -8,8 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ATTN_ATOL, build_model, hf_outputs
-from test_arch import MODELS, bos_tokenizer, build
+from helpers import ATTN_ATOL, MODELS, bos_tokenizer, build, build_model, hf_outputs
 
 from mhacli.analyses.diff import divergence, paired_stream
 from mhacli.analyses.heads import analyse
@@ -153,5 +152,3 @@ def test_an_error_in_one_forward_reaches_the_reader(models, monkeypatch):
     monkeypatch.setattr(b, "layer", lambda layer: broken if layer == 1 else intact(layer))
     with pytest.raises(NumericsError, match="layer 1"):
         list(paired_stream(a, b, np.arange(1, 50), "js"))
-
-

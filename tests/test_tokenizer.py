@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import SAMPLE, TRICKY_TEXTS
+from helpers import SAMPLE, TRICKY_TEXTS
 
 from mhacli.io.tokenizer import load_tokenizer
 

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import build_model, parse_json
+from helpers import build_model, parse_json
 
 N_LAYER, N_HEAD = 3, 4
 BAD_LAYER, BAD_HEAD = 1, 2

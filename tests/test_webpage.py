@@ -262,7 +262,7 @@ def test_the_browser_decodes_the_json_heads_in_order(browser, tmp_path):
     """In Chromium, the page's data decoded with the browser's own DecompressionStream gives every head's lower
     triangle within the stated quantisation (round(255 w)) of `-f json`, and the grid's cells name the heads in
     the json's order (issue 37 item 7)."""
-    from conftest import parse_json
+    from helpers import parse_json
 
     from mhacli.cli import run
 
