@@ -236,10 +236,10 @@ def heldout_loss(model, torch, val_tokens: np.ndarray, T: int, max_windows: int 
             idx = range(b, min(n, b + 32))
             x = torch.tensor(np.stack([val_tokens[k * T : k * T + T] for k in idx]))
             logits = model(x).logits
-            l = torch.nn.functional.cross_entropy(
+            loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
             )
-            tot += l.item()
+            tot += loss.item()
             cnt += x[:, 1:].numel()
     model.train()
     return tot / cnt
@@ -250,8 +250,8 @@ CHECKPOINT_ARGS = ("checkpoint_every", "checkpoint_dir", "early_out", "early_thr
 
 def best_head(rows):
     """(\"LlHh\", score) of the largest entry of a per-layer, per-head score table."""
-    l, h = max(((l, h) for l in range(len(rows)) for h in range(len(rows[l]))), key=lambda lh: rows[lh[0]][lh[1]])
-    return f"L{l}H{h}", rows[l][h]
+    best = best_entry(rows)
+    return best["head"], best["score"]
 
 
 def checkpoint_row(step, sc):
@@ -310,7 +310,7 @@ def save_early(args, early, crossed_at, curve, tok, cfg, model_cls, torch, val_t
 
 
 def fmt_heads(name, rows):
-    return "  " + name + ": " + " | ".join(f"L{l} " + " ".join(f"{v:.2f}" for v in r) for l, r in enumerate(rows))
+    return "  " + name + ": " + " | ".join(f"L{i} " + " ".join(f"{v:.2f}" for v in r) for i, r in enumerate(rows))
 
 
 # --------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def fmt_heads(name, rows):
 # --------------------------------------------------------------------------
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--corpus",
@@ -380,29 +380,12 @@ def main(argv=None):
         help="best induction score (any head) that counts as the induction head having formed",
     )
     p.add_argument("--no-save", action="store_true", help="experiment only: write nothing")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    import torch
+
+def build_model(args, torch, V: int, eot: int):
+    """A fresh GPT-2 (eager attention) for the tokenizer's vocabulary; --wpe-init sinusoid: scaled sinusoids."""
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    t0 = time.time()
-
-    with open(args.corpus, encoding="utf-8") as f:
-        text = f.read()
-    cut = int(len(text) * 0.9)
-    train_text, val_text = text[:cut], text[cut:]
-    tok = train_tokenizer(train_text, args.vocab_size)
-    V = tok.get_vocab_size()
-    eot = tok.token_to_id(EOT)
-    train_tokens = np.array(tok.encode(train_text).ids, dtype=np.int64)
-    val_tokens = np.array(tok.encode(val_text).ids, dtype=np.int64)
-    log(
-        f"tokenizer: vocab {V}, train {len(train_tokens)} tokens, held-out {len(val_tokens)} tokens "
-        f"({time.time() - t0:.1f}s)"
-    )
 
     cfg = GPT2Config(
         vocab_size=V,
@@ -428,120 +411,131 @@ def main(argv=None):
             pe[:, 1::2] = torch.cos(pos * freq)
             model.transformer.wpe.weight.copy_(pe * cfg.initializer_range * math.sqrt(2.0))
     model.train()
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {args.n_layer} layers x {args.n_head} heads x {args.n_embd}, {n_params:,} parameters")
+    return cfg, model
 
+
+def make_optimizer(model, args, torch):
+    """AdamW, weight decay on the matrices except the position embeddings."""
     decay, no_decay = [], []
     for n_, p_ in model.named_parameters():
         (decay if p_.dim() >= 2 and "wpe" not in n_ else no_decay).append(p_)
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr,
         betas=(0.9, 0.98),
     )
 
-    def lr_at(step):
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        d0 = int(args.steps * (1 - args.decay_frac))
-        if step >= d0 and args.steps > d0:
-            return args.lr * (1 - 0.9 * (step - d0) / (args.steps - d0))
-        return args.lr
 
-    groups = [tuple(int(v) for v in g.split("x")) for g in (args.natural, args.repeat, args.skip)]
+def lr_at(args, step: int) -> float:
+    """Linear warm-up, constant, then linear decay to 10% over the last --decay-frac of the steps."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    d0 = int(args.steps * (1 - args.decay_frac))
+    if step >= d0 and args.steps > d0:
+        return args.lr * (1 - 0.9 * (step - d0) / (args.steps - d0))
+    return args.lr
+
+
+def make_batch(args, rng, torch, train_tokens: np.ndarray, eot: int):
+    """One step's rows: [(loss weight, inputs, labels)] for the natural, repeat and skip groups with weight > 0."""
+    (nn, nc), (rn, rc), (sn, scx) = (
+        tuple(int(v) for v in g.split("x")) for g in (args.natural, args.repeat, args.skip)
+    )
     weights = [float(v) for v in args.weights.split(",")]
     lmin, lmax = (int(v) for v in args.rep_len.split(","))
-    T = args.n_positions
+    out = []
+    if nn:
+        out.append((weights[0],) + natural_rows(rng, train_tokens, nn, nc))
+    if rn:
+        out.append(
+            (weights[1],)
+            + repeat_rows(rng, rn, rc, 0, eot, lmin, min(lmax, rc // 2), args.tile, train_tokens, args.rep_text_frac)
+        )
+    if sn:
+        out.append((weights[2],) + skip_rows(rng, sn, scx, 0, eot))
+    return [(w, torch.tensor(x), torch.tensor(labels)) for w, x, labels in out if w > 0]
 
-    def batch():
-        out = []
-        (nn, nc), (rn, rc), (sn, scx) = groups
-        if nn:
-            out.append((weights[0],) + natural_rows(rng, train_tokens, nn, nc))
-        if rn:
-            out.append(
-                (weights[1],)
-                + repeat_rows(
-                    rng, rn, rc, 0, eot, lmin, min(lmax, rc // 2), args.tile, train_tokens, args.rep_text_frac
-                )
-            )
-        if sn:
-            out.append((weights[2],) + skip_rows(rng, sn, scx, 0, eot))
-        return [(w, torch.tensor(x), torch.tensor(l)) for w, x, l in out if w > 0]
 
-    history = []
-    curve = []  # one row per checkpoint: step, best induction head and score, second-copy loss
-    early = None  # (step, state_dict, scores) of the last checkpoint at or below the threshold
-    crossed_at = None  # the first checkpoint step above it
-    t_train = time.time()
-    run_loss = None
-    for step in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        parts = batch()
-        part_losses = [model(x, labels=lab).loss for _, x, lab in parts]
-        loss = sum(w * l for (w, _, _), l in zip(parts, part_losses)) / sum(w for w, _, _ in parts)
-        pl = np.array([l.item() for l in part_losses])
-        run_parts = pl if step == 0 else 0.95 * run_parts + 0.05 * pl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        run_loss = loss.item() if run_loss is None else 0.95 * run_loss + 0.05 * loss.item()
-        sc = None
-        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
-            sc = head_scores(model, torch, val_tokens, V)
-            row = checkpoint_row(step + 1, sc)
-            curve.append(row)
-            log(
-                f"checkpoint {step + 1}: best induction {row['best_induction_head']} "
-                f"{row['best_induction']:.3f}, second-copy loss {row['second_copy_loss']:.3f}, "
-                f"best previous-token {row['best_previous_token_head']} {row['best_previous_token']:.3f}"
-            )
-            if args.checkpoint_dir and not args.no_save:
-                from safetensors.torch import save_file
+def train_step(model, opt, torch, parts) -> tuple[float, np.ndarray]:
+    """One optimiser step on the weighted mean of the parts' losses: (that loss, each part's loss)."""
+    part_losses = [model(x, labels=lab).loss for _, x, lab in parts]
+    loss = sum(w * part for (w, _, _), part in zip(parts, part_losses)) / sum(w for w, _, _ in parts)
+    pl = np.array([part.item() for part in part_losses])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item(), pl
 
-                ck = os.path.join(args.checkpoint_dir, f"step-{step + 1:05d}")
-                os.makedirs(ck, exist_ok=True)
-                save_file(
-                    {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
-                    os.path.join(ck, "model.safetensors"),
-                    metadata={"format": "pt"},
-                )
-            if crossed_at is None:
-                if row["best_induction"] > args.early_threshold:
-                    crossed_at = step + 1
-                    log(
-                        f"  induction rose above {args.early_threshold} at step {step + 1}; "
-                        f"the early checkpoint is step {early[0] if early else None}"
-                    )
-                else:
-                    early = (step + 1, copy.deepcopy(model.state_dict()), sc)
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            sc = sc or head_scores(model, torch, val_tokens, V)
-            vl = heldout_loss(model, torch, val_tokens, T, max_windows=32)
-            el = time.time() - t_train
-            log(
-                f"step {step + 1}/{args.steps} lr {lr_at(step):.2e} train {run_loss:.3f} "
-                f"parts {' '.join(f'{v:.2f}' for v in run_parts)} held-out {vl:.3f} ind-copy-loss {sc['induction_second_copy_loss']:.2f} "
-                f"best prev {max(map(max, sc['previous_token'])):.2f} "
-                f"best ind {max(map(max, sc['induction'])):.2f} ({el:.0f}s, {el / (step + 1):.2f}s/step)"
-            )
-            log(fmt_heads("prev", sc["previous_token"]))
-            log(fmt_heads("ind ", sc["induction"]))
-            log(fmt_heads("prev-rand", sc["previous_token_random"]))
-            log(fmt_heads("pos0", sc["attention_to_pos0"]))
-            log(fmt_heads("ind10", sc["induction_len10"]))
-            history.append({"step": step + 1, "heldout_loss_partial": vl, **sc})
 
-    # ---------------- final summary ----------------
+def probe_checkpoint(args, model, torch, done: int, val_tokens, V: int, curve: list, early, crossed_at):
+    """Score, log and record the checkpoint after `done` steps; returns (scores, early, crossed_at).
+
+    The row goes to `curve`, the weights to --checkpoint-dir when given, and the state becomes the early checkpoint
+    while the best induction score is at most --early-threshold.
+    """
     sc = head_scores(model, torch, val_tokens, V)
-    vl = heldout_loss(model, torch, val_tokens, T)
+    row = checkpoint_row(done, sc)
+    curve.append(row)
+    log(
+        f"checkpoint {done}: best induction {row['best_induction_head']} "
+        f"{row['best_induction']:.3f}, second-copy loss {row['second_copy_loss']:.3f}, "
+        f"best previous-token {row['best_previous_token_head']} {row['best_previous_token']:.3f}"
+    )
+    if args.checkpoint_dir and not args.no_save:
+        from safetensors.torch import save_file
 
-    def best(rows):
-        l, h = max(((l, h) for l in range(len(rows)) for h in range(len(rows[l]))), key=lambda lh: rows[lh[0]][lh[1]])
-        return {"head": f"L{l}H{h}", "layer": l, "head_index": h, "score": rows[l][h]}
+        ck = os.path.join(args.checkpoint_dir, f"step-{done:05d}")
+        os.makedirs(ck, exist_ok=True)
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+            os.path.join(ck, "model.safetensors"),
+            metadata={"format": "pt"},
+        )
+    if crossed_at is None:
+        if row["best_induction"] > args.early_threshold:
+            crossed_at = done
+            log(
+                f"  induction rose above {args.early_threshold} at step {done}; "
+                f"the early checkpoint is step {early[0] if early else None}"
+            )
+        else:
+            early = (done, copy.deepcopy(model.state_dict()), sc)
+    return sc, early, crossed_at
 
+
+def evaluate(args, model, torch, step: int, sc, val_tokens, V: int, run_loss: float, run_parts, t_train: float):
+    """The progress report after step `step` (0-based): held-out loss on 32 windows and every head's scores."""
+    sc = sc or head_scores(model, torch, val_tokens, V)
+    vl = heldout_loss(model, torch, val_tokens, args.n_positions, max_windows=32)
+    el = time.time() - t_train
+    log(
+        f"step {step + 1}/{args.steps} lr {lr_at(args, step):.2e} train {run_loss:.3f} "
+        f"parts {' '.join(f'{v:.2f}' for v in run_parts)} held-out {vl:.3f} "
+        f"ind-copy-loss {sc['induction_second_copy_loss']:.2f} "
+        f"best prev {max(map(max, sc['previous_token'])):.2f} "
+        f"best ind {max(map(max, sc['induction'])):.2f} ({el:.0f}s, {el / (step + 1):.2f}s/step)"
+    )
+    log(fmt_heads("prev", sc["previous_token"]))
+    log(fmt_heads("ind ", sc["induction"]))
+    log(fmt_heads("prev-rand", sc["previous_token_random"]))
+    log(fmt_heads("pos0", sc["attention_to_pos0"]))
+    log(fmt_heads("ind10", sc["induction_len10"]))
+    return {"step": step + 1, "heldout_loss_partial": vl, **sc}
+
+
+def best_entry(rows) -> dict:
+    """The largest entry of a per-layer, per-head score table, with its layer and head."""
+    layer, head = max(
+        ((i, j) for i in range(len(rows)) for j in range(len(rows[i]))), key=lambda lh: rows[lh[0]][lh[1]]
+    )
+    return {"head": f"L{layer}H{head}", "layer": layer, "head_index": head, "score": rows[layer][head]}
+
+
+def final_summary(args, model, torch, val_tokens, V: int, n_params: int, t_train: float, history: list) -> dict:
+    """The trained model's training_summary.json: held-out loss on every window and the heads' scores (logged)."""
+    sc = head_scores(model, torch, val_tokens, V)
+    vl = heldout_loss(model, torch, val_tokens, args.n_positions)
     summary = {
         "heldout_loss_nats_per_token": vl,
         "heldout_tokens": int(len(val_tokens)),
@@ -550,11 +544,11 @@ def main(argv=None):
             "induction_repeated_random_tokens": sc["induction"],
             "attention_to_position0_natural_text": sc["attention_to_pos0"],
         },
-        "best_previous_token_head": best(sc["previous_token"]),
-        "best_induction_head": best(sc["induction"]),
+        "best_previous_token_head": best_entry(sc["previous_token"]),
+        "best_induction_head": best_entry(sc["induction"]),
         "induction_second_copy_loss": sc["induction_second_copy_loss"],
         "sink_heads_over_0.5": [
-            f"L{l}H{h}" for l, r in enumerate(sc["attention_to_pos0"]) for h, v in enumerate(r) if v > 0.5
+            f"L{layer}H{h}" for layer, r in enumerate(sc["attention_to_pos0"]) for h, v in enumerate(r) if v > 0.5
         ],
         "n_parameters": n_params,
         "train_seconds": time.time() - t_train,
@@ -576,7 +570,60 @@ def main(argv=None):
         f"  best previous-token {summary['best_previous_token_head']}, "
         f"best induction {summary['best_induction_head']}, sinks {summary['sink_heads_over_0.5']}"
     )
+    return summary
 
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+
+    with open(args.corpus, encoding="utf-8") as f:
+        text = f.read()
+    cut = int(len(text) * 0.9)
+    train_text, val_text = text[:cut], text[cut:]
+    tok = train_tokenizer(train_text, args.vocab_size)
+    V = tok.get_vocab_size()
+    eot = tok.token_to_id(EOT)
+    train_tokens = np.array(tok.encode(train_text).ids, dtype=np.int64)
+    val_tokens = np.array(tok.encode(val_text).ids, dtype=np.int64)
+    log(
+        f"tokenizer: vocab {V}, train {len(train_tokens)} tokens, held-out {len(val_tokens)} tokens "
+        f"({time.time() - t0:.1f}s)"
+    )
+
+    cfg, model = build_model(args, torch, V, eot)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {args.n_layer} layers x {args.n_head} heads x {args.n_embd}, {n_params:,} parameters")
+    opt = make_optimizer(model, args, torch)
+
+    history = []
+    curve = []  # one row per checkpoint: step, best induction head and score, second-copy loss
+    early = None  # (step, state_dict, scores) of the last checkpoint at or below the threshold
+    crossed_at = None  # the first checkpoint step above it
+    t_train = time.time()
+    run_loss = run_parts = None  # running means of the loss and of each part's loss
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(args, step)
+        loss, pl = train_step(model, opt, torch, make_batch(args, rng, torch, train_tokens, eot))
+        run_parts = pl if run_parts is None else 0.95 * run_parts + 0.05 * pl
+        run_loss = loss if run_loss is None else 0.95 * run_loss + 0.05 * loss
+        sc = None
+        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+            sc, early, crossed_at = probe_checkpoint(
+                args, model, torch, step + 1, val_tokens, V, curve, early, crossed_at
+            )
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            history.append(evaluate(args, model, torch, step, sc, val_tokens, V, run_loss, run_parts, t_train))
+
+    summary = final_summary(args, model, torch, val_tokens, V, n_params, t_train, history)
     if not args.no_save:
         os.makedirs(args.out, exist_ok=True)
         save_tokenizer(tok, args.out)
@@ -585,7 +632,9 @@ def main(argv=None):
             json.dump(summary, f, indent=1)
         log(f"saved to {args.out} ({time.time() - t0:.0f}s total)")
         if early is not None and crossed_at is not None:
-            save_early(args, early, crossed_at, curve, tok, cfg, GPT2LMHeadModel, torch, val_tokens, V, T)
+            save_early(
+                args, early, crossed_at, curve, tok, cfg, GPT2LMHeadModel, torch, val_tokens, V, args.n_positions
+            )
         else:
             log(
                 f"no early checkpoint written: the best induction score never rose above {args.early_threshold} "
