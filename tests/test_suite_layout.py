@@ -1,5 +1,8 @@
-"""The test suite's own layout: a test file imports what it shares from tests/helpers.py (plain functions and
-constants) and gets fixtures from conftest.py by name, never by importing conftest or another test file."""
+"""The test suite's own layout: no test file imports another test file or conftest.
+
+A test file imports what it shares from tests/helpers.py (plain functions and constants) and gets fixtures from
+conftest.py by name.
+"""
 
 from __future__ import annotations
 
