@@ -1,5 +1,7 @@
-"""`mha browse`'s start-up: from a cold process to the app's first frame, headless (Textual's auto-pilot), at 80 x 24
-on the bundled model, split into imports, model + run + statistics, and the app to its first frame.
+"""`mha browse`'s start-up.
+
+From a cold process to the app's first frame, headless (Textual's auto-pilot), at 80 x 24 on the bundled model, split
+into imports, model + run + statistics, and the app to its first frame.
 
     .venv/bin/python benchmarks/browse_startup.py [RUNS]     # each run a fresh process; prints one line per run
 """

@@ -1,6 +1,8 @@
-"""The HF side of the ablation benchmark: what a user would write with transformers to get every head's effect on
-the loss (load, tokenize, the intact loss, then one forward per head with a pre-hook on `c_proj` zeroing that head's
-input columns; a CSV row per head)."""
+"""The HF side of the ablation benchmark.
+
+What a user would write with transformers to get every head's effect on the loss (load, tokenize, the intact loss, then
+one forward per head with a pre-hook on `c_proj` zeroing that head's input columns; a CSV row per head).
+"""
 
 import sys
 

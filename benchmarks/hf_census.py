@@ -1,7 +1,10 @@
-"""The HF side of the census benchmark: what a user would write with transformers to get every head's statistics
-over many texts: load, then for each text (the same token ids mha ran, one JSON list per line of IDS_FILE, with the
-first row the statistics read), a forward with output_attentions and the eight statistics of docs/statistics.md
-per head, averaged over the texts; one CSV row per head."""
+"""The HF side of the census benchmark.
+
+What a user would write with transformers to get every head's statistics over many texts: load, then for each text (the
+same token ids mha ran, one JSON list per line of IDS_FILE, with the first row the statistics read), a forward with
+output_attentions and the eight statistics of docs/statistics.md per head, averaged over the texts; one CSV row per
+head.
+"""
 
 import json
 import sys

@@ -1,5 +1,8 @@
-"""The HF side of the benchmark: what a user would write with transformers to get every head's attention and a few
-statistics of each (load, tokenize, forward with output_attentions, print a CSV row per head)."""
+"""The HF side of the benchmark.
+
+What a user would write with transformers to get every head's attention and a few statistics of each (load, tokenize,
+forward with output_attentions, print a CSV row per head).
+"""
 
 import sys
 

@@ -1,6 +1,8 @@
-"""The HTML page at scale: a 12-layer x 12-head page of a 1,024-token text (synthetic causal maps, no model), its
-size, and the time headless Chromium takes to make it ready (the grid's 144 thumbnails drawn and the first head's
-1,024 x 1,024 map decoded and drawn). Needs playwright and Debian's chromium (/usr/bin/chromium, or $MHA_CHROMIUM).
+"""The HTML page at scale.
+
+A 12-layer x 12-head page of a 1,024-token text (synthetic causal maps, no model), its size, and the time headless
+Chromium takes to make it ready (the grid's 144 thumbnails drawn and the first head's 1,024 x 1,024 map decoded and
+drawn). Needs playwright and Debian's chromium (/usr/bin/chromium, or $MHA_CHROMIUM).
 
     .venv/bin/python benchmarks/html_page.py [--tokens 1024] [--layers 12] [--heads 12] [--out page.html]
 """

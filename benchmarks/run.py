@@ -73,8 +73,11 @@ def measure(cmd: list[str], runs: int) -> dict:
 
 
 def measure_tree(cmd: list[str], runs: int) -> dict:
-    """measure(), plus the peak RSS of each child process (the census' workers): their VmHWM, polled every 20 ms
-    while the command runs (a worker lives until the command's end, so its last reading is its peak)."""
+    """measure(), plus the peak RSS of each child process (the census' workers).
+
+    Their VmHWM, polled every 20 ms while the command runs (a worker lives until the command's end, so its last reading
+    is its peak).
+    """
     walls, workers = [], []
     for _ in range(runs):
         start = time.perf_counter()
@@ -97,7 +100,8 @@ def measure_tree(cmd: list[str], runs: int) -> dict:
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(
-                f"benchmark command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n{proc.stderr.read().decode()[-2000:]}"
+                f"benchmark command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n"
+                f"{proc.stderr.read().decode()[-2000:]}"
             )
         walls.append(wall)
         workers.append(max(peaks.values(), default=0))
@@ -110,8 +114,10 @@ def measure_tree(cmd: list[str], runs: int) -> dict:
 
 
 def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path]], out: Path) -> list[dict]:
-    """`mha census` of 1,000 lines of Tiny Shakespeare plus the default probes, with 1 and 2 local workers, against
-    benchmarks/hf_census.py on the same token ids (written by a first census run with --per-text)."""
+    """`mha census` of 1,000 lines of Tiny Shakespeare plus the default probes, with 1 and 2 local workers.
+
+    Against benchmarks/hf_census.py on the same token ids (written by a first census run with --per-text).
+    """
     corpus = HERE / "data" / "shakespeare_1000.txt"
     rows = []
     for label, model in models:
@@ -153,7 +159,8 @@ def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path
                 m |= {k: v for k, v in measure_tree(cmd, 1).items() if k.startswith("worker_")}
             single = single or m["wall_s"]
             rows.append({
-                "case": f"`mha census`, {label}: 1,000 lines + probes ({n_texts} texts), {workers} worker{'s' if workers > 1 else ''}",
+                "case": f"`mha census`, {label}: 1,000 lines + probes ({n_texts} texts), "
+                        f"{workers} worker{'s' if workers > 1 else ''}",
                 "model": label, "workers": workers, "n_texts": n_texts, "mha": m, "hf": hf,
                 "wall_ratio": m["wall_s"] / hf["wall_s"], "rss_ratio": m["peak_rss_bytes"] / hf["peak_rss_bytes"],
                 "texts_per_s": n_texts / m["wall_s"], "speedup_vs_1_worker": single / m["wall_s"],
@@ -177,7 +184,8 @@ def build_long(out: Path) -> Path:
 
     n_layer, n_head, n_embd, n_positions = LONG_SHAPE
     log(
-        f"building a random-init GPT-2 ({n_layer} layers, {n_head} heads, {n_embd} wide, n_positions {n_positions}) in {directory}"
+        f"building a random-init GPT-2 ({n_layer} layers, {n_head} heads, {n_embd} wide, "
+        f"n_positions {n_positions}) in {directory}"
     )
     torch.manual_seed(0)
     config = GPT2Config(
@@ -229,8 +237,11 @@ def attempt(cmd: list[str], limit_s: float) -> dict:
 
 
 def long_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
-    """`mha stats` on the long-context configuration at LONG_TOKENS (wall, peak RSS, RSS per token), and the longest
-    text HF eager with output_attentions (benchmarks/hf_stats.py) runs on this machine, in the same run."""
+    """`mha stats` on the long-context configuration at LONG_TOKENS (wall, peak RSS, RSS per token).
+
+    And the longest text HF eager with output_attentions (benchmarks/hf_stats.py) runs on this machine, in the same
+    run.
+    """
     model = Path(in_child("build_long", str(out))["path"])  # in a child: torch would inflate every later child's RSS
     rows = []
     for n in LONG_TOKENS:
@@ -263,14 +274,19 @@ def long_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
 
 
 def other_long_rows(mha: list[str], model: Path, runs: int, out: Path, n: int) -> list[dict]:
-    """`mha census` of one n-token text (in this process: --workers 1) and `mha inspect` drawing a window of one
-    head's map near the end of it, on the long-context model."""
+    """`mha census` of one n-token text and `mha inspect` of one head's window near its end, long-context model.
+
+    The census runs in this process (--workers 1).
+    """
     text = text_of_tokens(n)
     corpus = out / f"long-{n}.jsonl"
     corpus.write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
     cases = [
-        ("`mha census --texts FILE --probes none --workers 1`", [*mha, "census", "--texts", str(corpus), "--probes", "none", "--workers", "1", "-m", str(model), "-f", "json"]),
-        (f"`mha inspect -l 3 -H 0 --from {n - 768}` (a window)", [*mha, "inspect", text, "-m", str(model), "-l", "3", "-H", "0", "--from", str(n - 768), "-f", "rich"]),
+        ("`mha census --texts FILE --probes none --workers 1`",
+         [*mha, "census", "--texts", str(corpus), "--probes", "none", "--workers", "1", "-m", str(model),
+          "-f", "json"]),
+        (f"`mha inspect -l 3 -H 0 --from {n - 768}` (a window)",
+         [*mha, "inspect", text, "-m", str(model), "-l", "3", "-H", "0", "--from", str(n - 768), "-f", "rich"]),
     ]  # fmt: skip
     rows = []
     for label, cmd in cases:
@@ -284,7 +300,8 @@ def long_markdown(results: dict) -> str:
     s = r["shape"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores. GPT-2 with {s['n_layer']} layers, {s['n_head']} heads, "
-        f"{s['n_embd']} wide, n_positions {s['n_positions']}. Wall times: median of {results['runs_per_measurement']} runs.",
+        f"{s['n_embd']} wide, n_positions {s['n_positions']}. "
+        f"Wall times: median of {results['runs_per_measurement']} runs.",
         "",
         "| `mha stats`, T | wall (median) | peak RSS |",
         "| --- | --- | --- |",
@@ -300,7 +317,8 @@ def long_markdown(results: dict) -> str:
     ]
     lines += [
         "",
-        f"Peak RSS grows by {r['rss_slope_bytes_per_token'] / 1024:.1f} KiB per token (least squares over the rows above).",
+        f"Peak RSS grows by {r['rss_slope_bytes_per_token'] / 1024:.1f} KiB per token "
+        "(least squares over the rows above).",
         "",
         "| HF eager `output_attentions`, T | ran | wall | peak RSS |",
         "| --- | --- | --- | --- |",
@@ -369,8 +387,10 @@ SINKS = ("maps", "stats", "none")  # the forward keeping every map (inspect), st
 
 
 def forward_rate(model_dir: Path, n_tokens: int, repeats: int = 3, sinks: str = "maps") -> dict:
-    """In-process: seconds and GFLOP/s of one full forward (every layer's attention), weights already read; its
-    attention kept as whole maps (`maps`), reduced to statistics as it streams (`stats`) or dropped (`none`)."""
+    """In-process: seconds and GFLOP/s of one full forward (every layer's attention), weights already read.
+
+    Its attention kept as whole maps (`maps`), reduced to statistics as it streams (`stats`) or dropped (`none`).
+    """
     from mhacli.analyses.stats import StatsAccumulator
     from mhacli.engine.attention import DISCARD
     from mhacli.engine.forward import forward
@@ -392,8 +412,10 @@ def forward_rate(model_dir: Path, n_tokens: int, repeats: int = 3, sinks: str = 
 
 
 def roofline_rows(small: Path, n_tokens: int = 1024) -> dict:
-    """The forward of GPT-2 small at T = n_tokens, each way (SINKS), against the GEMM peak: peak, forward, peak
-    again (the machine's mood drifts), every figure from a fresh child process."""
+    """The forward of GPT-2 small at T = n_tokens, each way (SINKS), against the GEMM peak.
+
+    Peak, forward, peak again (the machine's mood drifts), every figure from a fresh child process.
+    """
     peaks = [in_child("gemm")]
     rows = []
     for sinks in SINKS:
@@ -426,9 +448,11 @@ def roofline_markdown(results: dict) -> str:
 
 
 def layer_flops(t: int, e: int, inner: int) -> int:
-    """Multiply-adds x 2 of one GPT-2 block on t tokens, as the kernel does them: the projections (c_attn, c_proj)
-    and the MLP; q k^T and A v over the keys each row block can see (keys 0..b-1 for rows a..b-1 of
-    mhacli.engine.attention's blocks), not over all t keys."""
+    """Multiply-adds x 2 of one GPT-2 block on t tokens, as the kernel does them.
+
+    The projections (c_attn, c_proj) and the MLP; q k^T and A v over the keys each row block can see (keys 0..b-1 for
+    rows a..b-1 of mhacli.engine.attention's blocks), not over all t keys.
+    """
     from mhacli.engine.attention import block_rows
 
     rows = block_rows(t)
@@ -437,8 +461,10 @@ def layer_flops(t: int, e: int, inner: int) -> int:
 
 
 def in_child(what: str, *args: str) -> dict:
-    """Run an in-process measurement in a fresh process, so this process stays small: a child's peak RSS on Linux
-    starts from its parent's size at fork, and would inflate every later measurement."""
+    """Run an in-process measurement in a fresh process, so this process stays small.
+
+    A child's peak RSS on Linux starts from its parent's size at fork, and would inflate every later measurement.
+    """
     out = subprocess.run([sys.executable, __file__, "--child", what, *args], stdout=subprocess.PIPE, check=True).stdout
     return json.loads(out)
 
@@ -567,8 +593,11 @@ def main() -> None:
 
 
 def machine_and_versions() -> dict:
-    """The CPU model and core count, and the versions of Python and of the libraries measured (read from the
-    installed packages' metadata: importing torch here would inflate every child's peak RSS)."""
+    """The CPU model and core count, and the versions of Python and of the libraries measured.
+
+    The versions are read from the installed packages' metadata: importing torch here would inflate every child's
+    peak RSS.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     machine = {
@@ -635,7 +664,8 @@ def census_markdown(results: dict, header: bool = True) -> str:
         else []
     )
     lines += [
-        "| census | wall (median) | texts/s | speed-up vs 1 worker | HF wall (median) | wall ratio | peak RSS | peak RSS per worker | HF peak RSS |",
+        "| census | wall (median) | texts/s | speed-up vs 1 worker | HF wall (median) | wall ratio | peak RSS "
+        "| peak RSS per worker | HF peak RSS |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["census"]:
@@ -643,7 +673,8 @@ def census_markdown(results: dict, header: bool = True) -> str:
         per_worker = mib(mh["worker_peak_rss_bytes"]) if "worker_peak_rss_bytes" in mh else "(in process)"
         lines.append(
             f"| {r['case']} | {mh['wall_s']:.2f} s | {r['texts_per_s']:.0f} | {r['speedup_vs_1_worker']:.2f}x | "
-            f"{hf['wall_s']:.2f} s | {r['wall_ratio']:.2f}x | {mib(mh['peak_rss_bytes'])} | {per_worker} | {mib(hf['peak_rss_bytes'])} |"
+            f"{hf['wall_s']:.2f} s | {r['wall_ratio']:.2f}x | {mib(mh['peak_rss_bytes'])} | {per_worker} | "
+            f"{mib(hf['peak_rss_bytes'])} |"
         )
     return "\n".join(lines)
 

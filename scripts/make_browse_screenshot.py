@@ -1,8 +1,10 @@
-"""The README's picture of `mha browse`: the app run headless by Textual's pilot on the bundled model, the induction
-head selected and the query on the second ' mat', saved as SVG (Textual's screenshot) and turned into a PNG by
-Debian's chromium through Playwright (never a downloaded browser: apt-get install chromium).
+"""The README's picture of `mha browse`.
 
-    .venv/bin/python scripts/make_browse_screenshot.py          # writes docs/browse.png (and docs/browse.svg with --svg)
+The app run headless by Textual's pilot on the bundled model, the induction head selected and the query on the second '
+mat', saved as SVG (Textual's screenshot) and turned into a PNG by Debian's chromium through Playwright (never a
+downloaded browser: apt-get install chromium).
+
+    .venv/bin/python scripts/make_browse_screenshot.py    # writes docs/browse.png (and docs/browse.svg with --svg)
 """
 
 from __future__ import annotations

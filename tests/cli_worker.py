@@ -156,7 +156,8 @@ class CliWorker:
         ready = self._answer(timeout=120.0)
         if ready is None or not isinstance(ready, dict) or not ready.get("ready"):
             raise RuntimeError(
-                f"the CLI worker did not start under a {self.address_space} byte address space: {self.log.read_text()[-3000:]}"
+                f"the CLI worker did not start under a {self.address_space} byte address space: "
+                f"{self.log.read_text()[-3000:]}"
             )
 
     def _answer(self, timeout: float) -> dict | None:

@@ -75,8 +75,10 @@ def mha(capsysbinary, monkeypatch):
 
 @pytest.fixture(scope="session")
 def cli_worker(tmp_path_factory):
-    """The whole CLI in one child process under an address-space limit (tests/cli_worker.py): an abort or a hang
-    in a case is a failing result, not a killed or stalled test run."""
+    """The whole CLI in one child process under an address-space limit (tests/cli_worker.py).
+
+    An abort or a hang in a case is a failing result, not a killed or stalled test run.
+    """
     from cli_worker import CliWorker
 
     worker = CliWorker(tmp_path_factory.mktemp("cli-worker"))

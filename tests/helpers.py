@@ -1,6 +1,8 @@
-"""Plain helpers shared by the test files: tiny random checkpoints built with transformers (GPT-2, Llama,
-Mistral, GPTBigCode, OLMo 2 and 3), the test BPE tokenizers, HF references, the CLI in a subprocess, JSON parsing and
-the loop-based references several files check against.
+"""Plain helpers shared by the test files.
+
+Tiny random checkpoints built with transformers (GPT-2, Llama, Mistral, GPTBigCode, OLMo 2 and 3), the test BPE
+tokenizers, HF references, the CLI in a subprocess, JSON parsing and the loop-based references several files check
+against.
 
 Fixtures live in conftest.py; a test file imports what it shares from here, never from another test file
 (tests/test_layers.py checks that). Nothing is downloaded: models come from `transformers` configs with random
@@ -108,11 +110,14 @@ def build_model(
 
 
 def hf_outputs(directory: Path, ids) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """HF eager float32 (AutoModel, the architecture's base model): attentions [n_head, n_seq, n_seq] and hidden
-    states after each block (the last after the final norm, as HF reports it) for `ids`.
+    """HF eager float32 (AutoModel, the architecture's base model).
+
+    Attentions [n_head, n_seq, n_seq] and hidden states after each block (the last after the final norm, as HF reports
+    it) for `ids`.
 
     Cached per directory, token ids and the directory's files (name, size, mtime), so a checkpoint edited in place
-    is run again."""
+    is run again.
+    """
     stats = [(f.name, f.stat()) for f in Path(directory).iterdir() if f.is_file()]
     files = tuple(sorted((name, s.st_size, s.st_mtime_ns) for name, s in stats))
     return _hf_outputs(str(directory), tuple(int(i) for i in np.asarray(ids).reshape(-1)), files)
@@ -130,10 +135,12 @@ def _hf_outputs(directory: str, ids: tuple[int, ...], files: tuple) -> tuple[lis
 
 
 def compare_with_hf(directory: Path, ids, *, reference_dir: Path | None = None, hidden_relative: bool = True):
-    """Our forward on `directory` vs HF eager float32 (on `reference_dir`, default the same), per layer and per
-    head: every head's attention within ATTN_ATOL, every layer's hidden states within HIDDEN_ATOL (times
-    max(1, max |HF hidden|) of that layer when hidden_relative), float32 throughout. Returns the measured
-    [(attention max abs err, hidden max abs err)] per layer."""
+    """Our forward on `directory` vs HF eager float32 (on `reference_dir`, default the same), per layer and per head.
+
+    Every head's attention within ATTN_ATOL, every layer's hidden states within HIDDEN_ATOL (times max(1, max |HF
+    hidden|) of that layer when hidden_relative), float32 throughout. Returns the measured [(attention max abs err,
+    hidden max abs err)] per layer.
+    """
     from mhacli.engine.forward import final_norm, forward
     from mhacli.io.weights import load_model
 
@@ -210,8 +217,10 @@ def parse_json(stdout: bytes):
 
 
 def break_attention_kernel(monkeypatch, factor: float = 1.5) -> None:
-    """Make the forward's attention kernel (mhacli.engine.attention.causal_attention) wrong: every head's output z times
-    `factor`, its probabilities untouched. Patched in every mhacli module that calls it."""
+    """Make the forward's attention kernel (mhacli.engine.attention.causal_attention) wrong.
+
+    Every head's output z times `factor`, its probabilities untouched. Patched in every mhacli module that calls it.
+    """
     import mhacli.engine.arch.common  # noqa: F401 - the modules that call the kernel, loaded so they can be patched
     import mhacli.engine.arch.gpt2  # noqa: F401
     import mhacli.engine.attention
@@ -228,10 +237,12 @@ def break_attention_kernel(monkeypatch, factor: float = 1.5) -> None:
 
 
 def blocks_on_hf_inputs(directory: Path, ids) -> list[tuple[float, np.ndarray]]:
-    """Each block fed HF's own input to its layer (layer 0: the embeddings, an exact lookup and add): per layer,
-    the max abs error of its attention against HF's and its output [n_seq, n_embd] (before any final norm). The
-    1e-6 aim is stated for this; end to end, float32 rounding of the residual stream accumulates over layers and
-    sharp heads amplify it (ATTN_ATOL there)."""
+    """Each block fed HF's own input to its layer (layer 0: the embeddings, an exact lookup and add).
+
+    Per layer, the max abs error of its attention against HF's and its output [n_seq, n_embd] (before any final norm).
+    The 1e-6 aim is stated for this; end to end, float32 rounding of the residual stream accumulates over layers and
+    sharp heads amplify it (ATTN_ATOL there).
+    """
     from mhacli.engine.forward import embed, family
     from mhacli.io.weights import load_model
 
@@ -283,18 +294,23 @@ def spec(kind: str, **fields):
 MODELS = {
     "llama_gqa": spec("llama", **LLAMA),
     "llama_mqa": spec("llama", **LLAMA | {"num_key_value_heads": 1}),
-    "llama_mha_bias_head_dim": spec("llama", **LLAMA | {"num_key_value_heads": 8, "attention_bias": True, "mlp_bias": True, "head_dim": 12}),
-    **{f"llama_rope_{name}": spec("llama", **LLAMA | {"rope_parameters": rope | {"rope_theta": 10000.0}}) for name, rope in ROPE_SCALINGS.items()},
+    "llama_mha_bias_head_dim": spec("llama", **LLAMA | {"num_key_value_heads": 8, "attention_bias": True,
+                                                        "mlp_bias": True, "head_dim": 12}),
+    **{f"llama_rope_{name}": spec("llama", **LLAMA | {"rope_parameters": rope | {"rope_theta": 10000.0}})
+       for name, rope in ROPE_SCALINGS.items()},
     "mistral_window": spec("mistral", **LLAMA | {"sliding_window": WINDOW}),
     "mistral_no_window": spec("mistral", **LLAMA | {"sliding_window": None, "num_key_value_heads": 4}),
-    "bigcode_mqa": spec("gpt_bigcode", vocab_size=400, n_embd=64, n_layer=2, n_head=8, n_positions=64, multi_query=True),
+    "bigcode_mqa": spec("gpt_bigcode", vocab_size=400, n_embd=64, n_layer=2, n_head=8, n_positions=64,
+                        multi_query=True),
     "bigcode_mha_unscaled": spec("gpt_bigcode", vocab_size=400, n_embd=64, n_layer=2, n_head=8, n_positions=64,
                                  multi_query=False, scale_attn_weights=False, activation_function="gelu"),
     "olmo2": spec("olmo2", **LLAMA | {"attention_bias": True}),
     "olmo3": spec("olmo3", **LLAMA | {"num_hidden_layers": 4, "sliding_window": WINDOW}),
     "olmo3_mixed_rope": spec("olmo3", **LLAMA | {
-        "num_hidden_layers": 3, "sliding_window": WINDOW, "layer_types": ["full_attention", "sliding_attention", "full_attention"],
-        "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": ORIGINAL, "rope_theta": 20000.0},
+        "num_hidden_layers": 3, "sliding_window": WINDOW,
+        "layer_types": ["full_attention", "sliding_attention", "full_attention"],
+        "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0,
+                                               "original_max_position_embeddings": ORIGINAL, "rope_theta": 20000.0},
                             "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}}),
 }  # fmt: skip
 SLIDING = ["mistral_window", "olmo3", "olmo3_mixed_rope"]
@@ -337,8 +353,11 @@ def build(
     base_model: bool = False,
     max_shard_size: str | None = None,
 ) -> Path:
-    """A random-init HF model, its attention made sharper than the default init (realistic logits, heads that are
-    not uniform), norms and biases randomised so they matter; saved with save_pretrained and the tokenizer."""
+    """A random-init HF model, saved with save_pretrained and the tokenizer.
+
+    Its attention is made sharper than the default init (realistic logits, heads that are not uniform), norms and
+    biases randomised so they matter.
+    """
     import torch
     import transformers
 

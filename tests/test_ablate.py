@@ -1,4 +1,4 @@
-"""Loss, head ablation and pruning (mhacli.analyses.loss, mhacli.analyses.ablate, `mha ablate`, `mha prune`, `--ablate`).
+"""Loss, head ablation and pruning: mhacli.analyses.loss and .ablate, `mha ablate`, `mha prune`, `--ablate`.
 
 References are independent: HF's own `labels=ids` loss of its *ForCausalLM class, and HF with a forward pre-hook on
 the attention output projection (c_proj / o_proj) that zeroes a head's input columns or replaces them by the head's
@@ -61,8 +61,11 @@ def out_projections(model) -> list:
 
 
 def hf_loss(model, ids, heads=(), means=None, loss_from: int = 1) -> float:
-    """HF's mean next-token loss over targets t >= max(1, loss_from), with `heads` [(layer, head)] removed by a
-    pre-hook on the output projection: zeroed, or set to means[layer][head] ([d_head], from HF's intact run)."""
+    """HF's mean next-token loss over targets t >= max(1, loss_from), with `heads` [(layer, head)] removed.
+
+    A pre-hook on the output projection zeroes them, or sets them to means[layer][head] ([d_head], from HF's intact
+    run).
+    """
     import torch
 
     projections = out_projections(model)
@@ -154,8 +157,10 @@ def test_streamed_log_softmax_is_blocked_exactly():
 
 
 def test_base_model_without_output_head_is_refused_for_the_loss(tmp_path, tokenizer_dir, mha):
-    """A GPT-2 saved as its base model still ties (its embeddings are the head); a Llama base model without
-    lm_head.weight cannot be scored: one error line."""
+    """A GPT-2 saved as its base model still ties (its embeddings are the head).
+
+    A Llama base model without lm_head.weight cannot be scored: one error line.
+    """
     directory = build(tmp_path / "base", "llama", LLAMA, bos_tokenizer(tmp_path / "tok"), base_model=True)
     r = mha("ablate", "The cat sat on the mat", "-m", str(directory))
     assert r.returncode == 2 and r.stderr.decode().startswith("error: ") and "lm_head.weight" in r.stderr.decode()
@@ -206,9 +211,11 @@ def repeated_random(seed: int, n: int = 40) -> np.ndarray:
 
 @pytest.mark.parametrize("method", ["zero", "mean"])
 def test_sample_model_induction_and_previous_token_heads_matter_most(method):
-    """20 texts of 40 random tokens repeated twice, scored on the second copy (--loss-from 41): removing L1H2 (the
-    induction head) or L0H3 (the previous-token head) raises the loss far more than any other head. Measured:
-    zero: L1H2 +18.9, L0H3 +10.3, next L0H1 +5.1 nats/token; mean: L1H2 +19.4, L0H3 +10.2, next +0.08."""
+    """20 texts of 40 random tokens repeated twice, scored on the second copy (--loss-from 41).
+
+    Removing L1H2 (the induction head) or L0H3 (the previous-token head) raises the loss far more than any other head.
+    Measured: zero: L1H2 +18.9, L0H3 +10.3, next L0H1 +5.1 nats/token; mean: L1H2 +19.4, L0H3 +10.2, next +0.08.
+    """
     from mhacli.analyses.ablate import Ablator, ablate_each
     from mhacli.io.weights import load_model
 

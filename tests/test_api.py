@@ -1,6 +1,8 @@
-"""The Python API (mhacli.api, exposed as `import mhacli`): the same numbers as the CLI's JSON for the same input,
-HF eager's attention on tiny random models, one computation per layer and run, the CLI's typed errors, and an
-`import mhacli` that stays light."""
+"""The Python API (mhacli.api, exposed as `import mhacli`).
+
+The same numbers as the CLI's JSON for the same input, HF eager's attention on tiny random models, one computation per
+layer and run, the CLI's typed errors, and an `import mhacli` that stays light.
+"""
 
 from __future__ import annotations
 
@@ -257,7 +259,10 @@ def test_import_mhacli_stays_light():
     code = f"import sys, mhacli; print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"import mhacli imported {result.stdout.strip()}"
-    code = "import sys, mhacli; mhacli.load; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'rich', 'matplotlib')))"
+    code = (
+        "import sys, mhacli; mhacli.load; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'rich', 'matplotlib')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
 
@@ -361,9 +366,11 @@ def _cli_error(result) -> str:
 
 
 def test_the_memory_guard_is_the_clis(sample, mha):
-    """The same estimate and wording as --max-memory, the limit named max_memory; a ResourceError (exit 2). The
-    estimate counts the weights held: one layer's at a time for a model loaded with cache=False, as stats and
-    explain load it; every tensor for a caching one (load's default for small models, and diff's)."""
+    """The same estimate and wording as --max-memory, the limit named max_memory; a ResourceError (exit 2).
+
+    The estimate counts the weights held: one layer's at a time for a model loaded with cache=False, as stats and
+    explain load it; every tensor for a caching one (load's default for small models, and diff's).
+    """
     from mhacli.errors import ResourceError
 
     streamed = mhacli.load("sample", cache=False)

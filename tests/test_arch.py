@@ -1,5 +1,7 @@
-"""Beyond GPT-2: Llama (GQA, MQA, RoPE scalings, biases, explicit head_dim), Mistral (sliding window), GPTBigCode
-(MQA and MHA), OLMo 2 and OLMo 3 (post-norms, QK-norm, sliding-window layers) against HF eager float32.
+"""Beyond GPT-2: Llama, Mistral, GPTBigCode, OLMo 2 and OLMo 3 against HF eager float32.
+
+Llama with GQA, MQA, RoPE scalings, biases and an explicit head_dim; Mistral with a sliding window; GPTBigCode with
+MQA and MHA; OLMo 2 and OLMo 3 with post-norms, QK-norm and sliding-window layers.
 
 Every checkpoint is a tiny random model built here with transformers and saved with save_pretrained; the
 references are HF's own outputs (AutoModel, eager attention, float32) and, for `explain`, its intermediates
@@ -144,7 +146,8 @@ CONFIG_VARIANTS = [
     {"model_type": "olmo2", "head_dim": 64},
     {"model_type": "olmo3", "num_hidden_layers": 4, "rope_theta": 10000.0},  # HF: only the full layers get it
     {"model_type": "olmo3", "num_hidden_layers": 2, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
-    {"model_type": "olmo3", "num_hidden_layers": 2, "rope_scaling": {"type": "linear", "factor": 2.0}},  # HF keeps "default"
+    # HF keeps "default"
+    {"model_type": "olmo3", "num_hidden_layers": 2, "rope_scaling": {"type": "linear", "factor": 2.0}},
 ]  # fmt: skip
 
 
@@ -166,8 +169,10 @@ def test_omitted_fields_get_hf_defaults(raw):
 @pytest.mark.parametrize("rope", sorted(ROPE_SCALINGS) + ["default"])
 @pytest.mark.parametrize("d_head,theta", [(8, 10000.0), (64, 500000.0), (128, 1e6)])
 def test_rotary_frequencies_equal_hf(rope, d_head, theta):
-    """inv_freq and the cos/sin scaling of every RoPE type, against HF's ROPE_INIT_FUNCTIONS (and its longrope
-    switch to long_factor past the original context), for a few head sizes and bases."""
+    """inv_freq and the cos/sin scaling of every RoPE type, against HF's ROPE_INIT_FUNCTIONS.
+
+    Including its longrope switch to long_factor past the original context, for a few head sizes and bases.
+    """
     import torch
     from transformers import LlamaConfig, LlamaModel
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -219,7 +224,8 @@ out = {}
 for name, params in json.loads(sys.argv[1]).items():
     for d_head, theta in ((8, 10000.0), (64, 500000.0), (128, 1e6)):
         config = parse_config({"model_type": "llama", "hidden_size": 4 * d_head, "num_attention_heads": 4,
-                               "head_dim": d_head, "max_position_embeddings": 64, "rope_parameters": params | {"rope_theta": theta}})
+                               "head_dim": d_head, "max_position_embeddings": 64,
+                               "rope_parameters": params | {"rope_theta": theta}})
         for n_seq in (16, 40, 200):
             inv, _ = inv_freq(config.rope, d_head, 64, n_seq)
             cos, sin = rope_tables(config.rope, d_head, 64, n_seq)
@@ -231,8 +237,10 @@ BASELINE_ONLY = {"NPY_DISABLE_CPU_FEATURES": "AVX512_ICL AVX512_SPR X86_V4 X86_V
 
 
 def test_rotary_tables_do_not_depend_on_the_cpus_vector_math():
-    """inv_freq, cos and sin of every RoPE type are bitwise the same whichever SIMD path NumPy takes: computed in
-    float64 and rounded once (NumPy's float32 pow/cos/sin round differently on AVX-512, AVX2 and SSE)."""
+    """inv_freq, cos and sin of every RoPE type are bitwise the same whichever SIMD path NumPy takes.
+
+    Computed in float64 and rounded once (NumPy's float32 pow/cos/sin round differently on AVX-512, AVX2 and SSE).
+    """
     import os
     import subprocess
     import sys
@@ -445,7 +453,8 @@ def test_heads_say_which_kv_head_they_read(models, mha, name, command):
     header = mha(command, TEXT, "-m", str(models[name]), "--format", "csv").stdout.decode().splitlines()[0]
     assert (
         header
-        == "layer,head,kind,entropy,max_weight,mean_distance,first_token,self,previous_token,duplicate_token,induction,duplicate_rows,induction_rows"
+        == "layer,head,kind,entropy,max_weight,mean_distance,first_token,self,previous_token,duplicate_token,induction,"
+        "duplicate_rows,induction_rows"
     )
 
 
@@ -461,7 +470,8 @@ def test_rotary_numbers_do_not_come_from_hf(models):
 
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
-        f"from mhacli.cli import run; sys.exit(run(['inspect', {TEXT!r}, '-m', {str(models['llama_gqa'])!r}, '-f', 'json']))"
+        "from mhacli.cli import run; "
+        f"sys.exit(run(['inspect', {TEXT!r}, '-m', {str(models['llama_gqa'])!r}, '-f', 'json']))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
@@ -478,8 +488,11 @@ def test_rotary_numbers_do_not_come_from_hf(models):
 
 @functools.lru_cache(maxsize=None)
 def hf_capture(directory: Path, ids: tuple[int, ...], layer: int) -> dict:
-    """HF's own intermediates in one rotary layer: q/k/v as projected (and QK-normed), cos/sin, q/k rotated with
-    HF's apply_rotary_pos_emb, the attention weights, o_proj's input (the heads' outputs) and output."""
+    """HF's own intermediates in one rotary layer.
+
+    Q/k/v as projected (and QK-normed), cos/sin, q/k rotated with HF's apply_rotary_pos_emb, the attention weights,
+    o_proj's input (the heads' outputs) and output.
+    """
     import importlib
 
     import torch
@@ -634,8 +647,11 @@ def test_explain_bigcode_matches_hf(models, name):
 
 @pytest.mark.parametrize("name", ["llama_gqa", "mistral_window", "olmo3"])
 def test_explain_check_catches_a_broken_attention_kernel(models, monkeypatch, name):
-    """Break the forward's attention kernel (z times 1.5): explain's steps still match HF, and its check reports
-    the mismatch in the head outputs and the projection, while q, k, v and the attention agree."""
+    """Break the forward's attention kernel (z times 1.5).
+
+    Explain's steps still match HF, and its check reports the mismatch in the head outputs and the projection, while q,
+    k, v and the attention agree.
+    """
     import mhacli.analyses.explain as core
 
     break_attention_kernel(monkeypatch, 1.5)
@@ -757,7 +773,8 @@ def test_missing_tensor_names_the_key_and_prefix(models, tmp_path):
 
 
 BAD_CONFIGS = [
-    ({"model_type": "llama", "num_attention_heads": 8, "num_key_value_heads": 3, "hidden_size": 64}, "num_key_value_heads (3)"),
+    ({"model_type": "llama", "num_attention_heads": 8, "num_key_value_heads": 3, "hidden_size": 64},
+     "num_key_value_heads (3)"),
     ({"model_type": "llama", "num_key_value_heads": "two"}, "num_key_value_heads must be an integer"),
     ({"model_type": "llama", "hidden_size": 65, "num_attention_heads": 8}, "hidden_size (65) is not divisible"),
     ({"model_type": "llama", "rope_scaling": {"rope_type": "su"}}, "rope_type 'su' is not supported"),
@@ -765,13 +782,16 @@ BAD_CONFIGS = [
     ({"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": -2}}, "factor must be positive"),
     ({"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "has no low_freq_factor"),
     ({"model_type": "llama", "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0],
-                                              "original_max_position_embeddings": 16}}, "short_factor must be a list of 64"),
+                                              "original_max_position_embeddings": 16}},
+     "short_factor must be a list of 64"),
     ({"model_type": "llama", "rope_theta": "big"}, "rope_theta must be a finite number"),
     ({"model_type": "llama", "partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5 is not supported"),
     ({"model_type": "llama", "rope_scaling": [1, 2]}, "rope_scaling must be an object"),
     ({"model_type": "mistral", "sliding_window": 0}, "sliding_window = 0 is out of range"),
-    ({"model_type": "olmo3", "num_hidden_layers": 2, "layer_types": ["full_attention"]}, "layer_types must be a list of 2"),
-    ({"model_type": "olmo3", "num_hidden_layers": 2, "layer_types": ["full_attention", "chunked_attention"]}, "layer_types[1]"),
+    ({"model_type": "olmo3", "num_hidden_layers": 2, "layer_types": ["full_attention"]},
+     "layer_types must be a list of 2"),
+    ({"model_type": "olmo3", "num_hidden_layers": 2, "layer_types": ["full_attention", "chunked_attention"]},
+     "layer_types[1]"),
     ({"model_type": "olmo3", "num_hidden_layers": 2, "sliding_window": None}, "sliding_window is null"),
     ({"model_type": "olmo2", "rms_norm_eps": 0}, "rms_norm_eps must be a number in (0, 1)"),
     ({"model_type": "llama", "hidden_act": "prelu"}, "hidden_act 'prelu' is not supported"),

@@ -52,8 +52,10 @@ def test_matches_torch_eager(n_head, n_kv, n_seq, d, window, block):
 
 
 def test_block_size_changes_the_numbers_only_by_float32_rounding():
-    """Each block's scores are their own matmul, so another block shape may round a score differently (an ulp or
-    so: the kernel's BLAS decides); nothing more."""
+    """Another block shape may round a score differently, by an ulp or so, and nothing more.
+
+    Each block's scores are their own matmul, so the kernel's BLAS decides the rounding.
+    """
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((4, 150, 16)).astype(np.float32) for _ in range(3))
     results = [causal_attention(q, k, v, 0.25, block=b) for b in (1, 7, 64, 150, 1000)]
@@ -80,8 +82,11 @@ class Keep:
     (4, 4, 100, 500, 16),
 ])  # fmt: skip
 def test_a_sink_gets_exactly_the_blocks_of_the_kept_map(n_head, n_kv, n_seq, window, block):
-    """Streamed and kept attention are the same computation: every block a sink gets equals (bit for bit) that
-    block of the kept map, the blocks tile the visible part of every row, and z is identical."""
+    """Streamed and kept attention are the same computation.
+
+    Every block a sink gets equals (bit for bit) that block of the kept map, the blocks tile the visible part of every
+    row, and z is identical.
+    """
     rng = np.random.default_rng(n_seq)
     q = rng.standard_normal((n_head, n_seq, 16)).astype(np.float32)
     k, v = (rng.standard_normal((n_kv, n_seq, 16)).astype(np.float32) for _ in range(2))
@@ -102,8 +107,10 @@ def test_a_sink_gets_exactly_the_blocks_of_the_kept_map(n_head, n_kv, n_seq, win
 
 @pytest.mark.parametrize("window", [None, 40])
 def test_blocks_shared_among_threads_give_the_same_bits(window):
-    """Threads take whole blocks (a concurrent sink writes only its rows): the map, z and the statistics are the
-    same bits with 1, 2 or 3 threads."""
+    """Threads take whole blocks (a concurrent sink writes only its rows).
+
+    The map, z and the statistics are the same bits with 1, 2 or 3 threads.
+    """
     from mhacli.analyses.stats import StatsAccumulator
 
     rng = np.random.default_rng(7)
@@ -124,8 +131,10 @@ def test_blocks_shared_among_threads_give_the_same_bits(window):
 
 
 def test_an_error_in_one_thread_stops_the_layer():
-    """A sink that fails in one thread: the error reaches the caller, and the other thread stops at its next block
-    instead of finishing the layer."""
+    """A sink that fails in one thread.
+
+    The error reaches the caller, and the other thread stops at its next block instead of finishing the layer.
+    """
     import threading
 
     class Failing:

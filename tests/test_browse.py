@@ -1,6 +1,8 @@
-"""`mha browse`: the Textual app driven headlessly by its pilot on the bundled model (no mocks: the real model, the
-real API, assertions on the text the screen shows), the command's error paths through the real entry point, and a
-smoke test in a real terminal (tmux), skipped where tmux is absent."""
+"""`mha browse`: the Textual app driven headlessly by its pilot on the bundled model.
+
+No mocks: the real model, the real API, assertions on the text the screen shows. Also the command's error paths
+through the real entry point, and a smoke test in a real terminal (tmux), skipped where tmux is absent.
+"""
 
 from __future__ import annotations
 
@@ -63,8 +65,10 @@ def map_colours(app: BrowseApp) -> list[list[tuple[str, str]]]:
 
 
 def drive(app: BrowseApp, *keys: str, size=SMALL, then=None, colours: list | None = None) -> str:
-    """Start the app headless at `size`, press `keys`, run `then(pilot)` if given, and return the screen (and,
-    into `colours`, the map's cells)."""
+    """Start the app headless at `size`, press `keys`, run `then(pilot)` if given, and return the screen.
+
+    The map's cells go into `colours` when given.
+    """
 
     async def go() -> str:
         async with app.run_test(size=size) as pilot:
@@ -326,7 +330,10 @@ def test_q_quits_with_exit_code_0(model):
 
 
 def test_without_textual_one_error_line_names_the_extra():
-    code = "import sys; sys.modules['textual'] = None; from mhacli.__main__ import entry; sys.argv = ['mha', 'browse', 'hi']; entry()"
+    code = (
+        "import sys; sys.modules['textual'] = None; from mhacli.__main__ import entry; "
+        "sys.argv = ['mha', 'browse', 'hi']; entry()"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
     err = result.stderr.decode()
     assert result.returncode == 2, err
@@ -350,8 +357,10 @@ def test_piped_stdout_is_refused():
 
 
 def in_a_terminal(*args: str, columns: int = 80, lines: int = 24) -> subprocess.CompletedProcess:
-    """`mha ARGS` with stdin and stdout on a pseudo-terminal of that size, stderr captured: the errors raised before
-    the app starts."""
+    """`mha ARGS` with stdin and stdout on a pseudo-terminal of that size, stderr captured.
+
+    The errors raised before the app starts.
+    """
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG", "NO_COLOR", "COLUMNS", "LINES")}
@@ -401,8 +410,10 @@ needs_tmux = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt
 
 
 class Tmux:
-    """One tmux server of its own (a private socket), one 80 x 24 window running a command that stays visible
-    after it exits (remain-on-exit), so its exit status can be read."""
+    """One tmux server of its own (a private socket), one 80 x 24 window running a command.
+
+    The window stays visible after the command exits (remain-on-exit), so its exit status can be read.
+    """
 
     def __init__(self, command: str, env: dict, status: Path) -> None:
         self.socket = f"mha-test-{uuid.uuid4().hex[:8]}"

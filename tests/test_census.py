@@ -1,5 +1,8 @@
-"""`mha census`: the bundled model's known heads named with their evidence, the numbers against HF's attention and
-the loop definitions, the same result on every executor, the per-text file, and bad input."""
+"""`mha census`: the bundled model's known heads named with their evidence.
+
+Also the numbers against HF's attention and the loop definitions, the same result on every executor, the per-text
+file, and bad input.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +47,10 @@ def heads_of(doc) -> dict:
 
 
 def test_the_bundled_models_induction_and_previous_token_heads(serial):
-    """Measured: L1H2 induction 0.939 on repeat (400 rows), confidence 1.00; L0H3 previous_token 0.995 on random,
-    confidence 1.00."""
+    """Measured: L1H2 induction 0.939 on repeat (400 rows), confidence 1.00.
+
+    L0H3 previous_token 0.995 on random, confidence 1.00.
+    """
     doc, _ = serial
     heads = heads_of(doc)
     ind, prev = heads[(1, 2)], heads[(0, 3)]
@@ -62,8 +67,11 @@ def test_the_bundled_models_induction_and_previous_token_heads(serial):
 
 
 def test_confidence_is_the_share_of_texts_where_the_rule_holds(serial):
-    """Recounted from the per-text file: for each head, the texts of its evidence source on which its kind's
-    statistic reaches the threshold (with MIN_SUPPORT rows for the supported kinds)."""
+    """Recounted from the per-text file.
+
+    For each head, the texts of its evidence source on which its kind's statistic reaches the threshold (with
+    MIN_SUPPORT rows for the supported kinds).
+    """
     from mhacli.analyses.stats import KIND_RULES, MIN_SUPPORT
 
     doc, texts = serial
@@ -108,8 +116,11 @@ def test_per_text_rows_average_to_the_summary(serial):
 
 
 def test_probes_are_what_the_docs_say(serial):
-    """repeat: prefix + s + s with s distinct ordinary tokens; random: prefix + ordinary tokens; the prefix is the
-    tokenizer's <|endoftext|>; the statistics of a repeat probe are read on the second copy (20 rows)."""
+    """repeat: prefix + s + s with s distinct ordinary tokens.
+
+    random: prefix + ordinary tokens; the prefix is the tokenizer's <|endoftext|>; the statistics of a repeat probe are
+    read on the second copy (20 rows).
+    """
     from mhacli.io.tokenizer import load_tokenizer
 
     tok = load_tokenizer(SAMPLE)
@@ -128,8 +139,11 @@ def test_probes_are_what_the_docs_say(serial):
 
 
 def test_per_text_statistics_match_hf_attention_and_the_loop_definitions(serial):
-    """Two probes and a corpus text: every head's statistics recomputed from HF eager attention with the loop
-    definitions of test_stats (float64), rows of the second copy for a repeat probe."""
+    """Two probes and a corpus text.
+
+    Every head's statistics recomputed from HF eager attention with the loop definitions of test_stats (float64), rows
+    of the second copy for a repeat probe.
+    """
     _, texts = serial
     chosen = [next(t for t in texts if t["source"] == s) for s in ("repeat", "random", "corpus")]
     for t in chosen:
@@ -159,8 +173,10 @@ def summary_numbers(doc) -> list[float]:
 
 
 def test_serial_local_processes_and_dask_give_the_same_bytes(serial, corpus):
-    """One process, two local workers and a Dask LocalCluster print the same JSON, byte for byte (issue 37 item
-    6): per-text results are folded in text order and every text runs its BLAS on one thread wherever it runs."""
+    """One process, two local workers and a Dask LocalCluster print the same JSON, byte for byte (issue 37 item 6).
+
+    Per-text results are folded in text order and every text runs its BLAS on one thread wherever it runs.
+    """
     pytest.importorskip("dask.distributed", reason="the test extra installs dask[distributed]")
     from dask.distributed import LocalCluster
 
@@ -294,8 +310,11 @@ def test_bad_input_is_one_error_line(tmp_path, make, args, message):
 
 
 def test_an_unreachable_dask_scheduler_is_a_clear_error():
-    """Refused with one error line (mhacli.analyses.parallel.DASK_TIMEOUT_S bounds the wait; run_mha's timeout
-    fails the test on a hang, with no wall-time threshold of its own)."""
+    """Refused with one error line.
+
+    mhacli.analyses.parallel.DASK_TIMEOUT_S bounds the wait; run_mha's timeout fails the test on a hang, with no
+    wall-time threshold of its own.
+    """
     pytest.importorskip("dask.distributed", reason="the test extra installs dask[distributed]")
     result = run_mha("census", "--dask", "tcp://127.0.0.1:9", "--probe-count", "2")
     err = result.stderr.decode()
@@ -307,8 +326,10 @@ def test_an_unreachable_dask_scheduler_is_a_clear_error():
 
 
 def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):
-    """SIGINT to the whole process group (what a terminal's Ctrl-C sends) while two workers run: exit 130, one
-    `error: interrupted` line, no worker left behind, no partial --per-text file."""
+    """SIGINT to the whole process group (what a terminal's Ctrl-C sends) while two workers run.
+
+    Exit 130, one `error: interrupted` line, no worker left behind, no partial --per-text file.
+    """
     rng = np.random.default_rng(0)
     words = ["thou", "art", "the", "king", "of", "my", "heart", "and", "I", "am", "thy", "love", "good", "night"]
     corpus = tmp_path / "big.txt"
@@ -363,8 +384,11 @@ def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):
 
 @pytest.mark.parametrize("where", ["local pool", "dask local"])
 def test_workers_run_one_blas_and_one_attention_thread(where):
-    """N worker processes with two threads each would oversubscribe N cores: the local pool's and a Dask
-    LocalCluster's workers see one BLAS thread and one attention thread (MHA_THREADS, mhacli.engine.attention)."""
+    """N worker processes with two threads each would oversubscribe N cores.
+
+    The local pool's and a Dask LocalCluster's workers see one BLAS thread and one attention thread (MHA_THREADS,
+    mhacli.engine.attention).
+    """
     from mhacli.analyses.parallel import dask_executor, local_pool
 
     if where == "dask local":

@@ -471,8 +471,10 @@ def test_pipe_closed_early_exits_quietly(tiny_model):
 
 
 def wait_until_reading_stdin(pid: int, limit: float = 60.0) -> None:
-    """Until the process blocks reading its stdin pipe (Linux: its kernel wait channel), at most `limit` seconds;
-    a fixed sleep fails on a loaded machine, where start-up can take longer and the signal lands too early."""
+    """Until the process blocks reading its stdin pipe (Linux: its kernel wait channel), at most `limit` seconds.
+
+    A fixed sleep fails on a loaded machine, where start-up can take longer and the signal lands too early.
+    """
     wchan = Path(f"/proc/{pid}/wchan")
     if not wchan.exists():
         time.sleep(5)
@@ -529,8 +531,10 @@ ONE_TOKEN = "a"  # one token: its maps are n_head x 1 x 1 floats, so the weights
 
 @pytest.mark.parametrize("command", [["inspect"], ["stats"], ["explain", "-l", "0", "-H", "0"]], ids=lambda c: c[0])
 def test_max_memory_counts_the_weights_a_pass_holds(tiny_model, tokenizer_dir, mha, command):
-    """Single-pass commands read one layer's tensors at a time: a limit under one layer's weights refuses even a
-    one-token text; a limit of every weight plus 1 MiB lets it run."""
+    """Single-pass commands read one layer's tensors at a time.
+
+    A limit under one layer's weights refuses even a one-token text; a limit of every weight plus 1 MiB lets it run.
+    """
     from mhacli.io.tokenizer import load_tokenizer
 
     assert len(load_tokenizer(tokenizer_dir).encode(ONE_TOKEN)) == 1
@@ -542,8 +546,10 @@ def test_max_memory_counts_the_weights_a_pass_holds(tiny_model, tokenizer_dir, m
 
 
 def test_max_memory_counts_the_weights_diff_caches(tiny_model, mha):
-    """diff keeps both small models' tensors once read (cached, for several texts): a limit under the two models'
-    weights refuses even a one-token text; that plus 1 MiB lets it run."""
+    """diff keeps both small models' tensors once read (cached, for several texts).
+
+    A limit under the two models' weights refuses even a one-token text; that plus 1 MiB lets it run.
+    """
     _, total = weights_in_file(tiny_model)
     args = ("diff", str(tiny_model), str(tiny_model), ONE_TOKEN, "-f", "json", "--max-memory")
     assert_one_error_line(mha(*args, str(2 * total - 1)), "this request needs about")
@@ -553,9 +559,11 @@ def test_max_memory_counts_the_weights_diff_caches(tiny_model, mha):
 
 @pytest.mark.parametrize("cache", [False, True], ids=["streaming", "cached"])
 def test_weight_estimate_is_held_by_a_real_pass(tmp_path, tokenizer_dir, cache):
-    """Checkpoint.weight_bytes, from the headers alone, on a float16 checkpoint (read as float32): a caching
-    checkpoint holds exactly that many bytes once every tensor is read, and a streaming pass's traced peak
-    allocation is at least that (the forward holds two layers at a hand-over)."""
+    """Checkpoint.weight_bytes, from the headers alone, on a float16 checkpoint (read as float32).
+
+    A caching checkpoint holds exactly that many bytes once every tensor is read, and a streaming pass's traced peak
+    allocation is at least that (the forward holds two layers at a hand-over).
+    """
     import tracemalloc
 
     from helpers import build_model

@@ -208,8 +208,11 @@ def test_one_token_text(models):
 
 
 def test_steps_do_not_come_from_the_batched_forward(models, monkeypatch):
-    """Break the forward's attention kernel (z times 1.5): the steps still match HF, and the check reports the
-    mismatch in the head outputs and the projection, not in the attention the kernel got right."""
+    """Break the forward's attention kernel (z times 1.5).
+
+    The steps still match HF, and the check reports the mismatch in the head outputs and the projection, not in the
+    attention the kernel got right.
+    """
     break_attention_kernel(monkeypatch, 1.5)
     directory = models["default"]
     ids = ids_of(directory)

@@ -90,8 +90,10 @@ def header_span(raw: bytes) -> int:
 
 
 def fuzz(n: int):
-    """Hypothesis settings for n examples (times MHA_FUZZ_SCALE), recorded on the test as `planned_cases` for the
-    `cases` fixture to check against what really ran."""
+    """Hypothesis settings for n examples (times MHA_FUZZ_SCALE).
+
+    Recorded on the test as `planned_cases` for the `cases` fixture to check against what really ran.
+    """
     chosen = settings(
         max_examples=examples(n),
         deadline=None,
@@ -120,8 +122,11 @@ class Cases:
 
 @pytest.fixture
 def cases(request):
-    """Fails a passing fuzz test whose body ran fewer cases than the test asked Hypothesis for, so the count of
-    cases cannot be met by settings alone; the session's total is printed at the end (conftest, "cases run")."""
+    """Fails a passing fuzz test whose body ran fewer cases than the test asked Hypothesis for.
+
+    So the count of cases cannot be met by settings alone; the session's total is printed at the end (conftest,
+    "cases run").
+    """
     counter = Cases("fuzz cases (tests/test_fuzz.py)")
     failed_before = request.session.testsfailed
     yield counter
@@ -244,8 +249,10 @@ def test_cli_on_mutated_files(workdir, pristine, mha, cases, data):
 
 
 def check_cli(result) -> None:
-    """Exit 0 with one JSON document (and at most `warning:` lines on stderr), or exit 2 with exactly one
-    `error:` line and nothing on stdout."""
+    """Exit 0 with one JSON document, or exit 2 with exactly one `error:` line and nothing on stdout.
+
+    On success, stderr holds at most `warning:` lines.
+    """
     stderr = result.stderr.decode("utf-8", "replace")
     lines = stderr.splitlines()
     assert result.returncode in (0, 2), result.describe()
@@ -391,7 +398,8 @@ TRUNCATIONS = (
     | JSON_VALUES
 )
 MODEL_FIELDS = {
-    "unk_token": SMALL_TEXT | JSON_VALUES, "dropout": NUMBERS | JSON_VALUES, "byte_fallback": st.booleans() | JSON_VALUES,
+    "unk_token": SMALL_TEXT | JSON_VALUES, "dropout": NUMBERS | JSON_VALUES,
+    "byte_fallback": st.booleans() | JSON_VALUES,
     "continuing_subword_prefix": SMALL_TEXT | JSON_VALUES, "fuse_unk": st.booleans(), "ignore_merges": st.booleans(),
     "type": st.sampled_from(["BPE", "WordPiece", "WordLevel", "Unigram", "X"]),
 }  # fmt: skip
@@ -537,8 +545,10 @@ NUMBER_LITERALS = st.one_of(
 
 
 def with_literal(doc: object, path: list, literal: str) -> str:
-    """json.dumps(doc) with the value at `path` replaced by a raw number literal (json.dumps cannot write one
-    past Python's digit limit)."""
+    """json.dumps(doc) with the value at `path` replaced by a raw number literal.
+
+    json.dumps cannot write one past Python's digit limit.
+    """
     target = doc
     for key in path[:-1]:
         target = target[key]
@@ -549,8 +559,10 @@ def with_literal(doc: object, path: list, literal: str) -> str:
 @fuzz(120)
 @given(data=st.data())
 def test_cli_oversized_numbers(tiny_model, tmp_path, cli_worker, cases, data):
-    """Number literals past Python's digit limit, past u64 and past float range, in config.json, the safetensors
-    header and its metadata, and tokenizer.json."""
+    """Number literals past Python's digit limit, past u64 and past float range, in every JSON the tool reads.
+
+    In config.json, the safetensors header and its metadata, and tokenizer.json.
+    """
     cases.tick()
     d = tmp_path / "m"
     if d.exists():
@@ -611,8 +623,10 @@ ROPE_FIELDS = [
 @fuzz(200)
 @given(data=st.data())
 def test_rope_parameters_are_refused_or_computable(cases, data):
-    """Any rotary parameters either are refused at load (ConfigError, naming the field) or give finite rotary
-    tables with no floating-point warning: the check computes what the forward will compute."""
+    """Any rotary parameters are refused at load or give finite rotary tables with no floating-point warning.
+
+    A refusal is a ConfigError naming the field; the check computes what the forward will compute.
+    """
     from mhacli.config import parse_config
     from mhacli.engine.arch import check_config
     from mhacli.engine.arch.rope import inv_freq, rope_tables
@@ -629,7 +643,8 @@ def test_rope_parameters_are_refused_or_computable(cases, data):
         for key in ("short_factor", "long_factor"):
             rope[key] = [data.draw(ROPE_NUMBERS)] * (head_dim // 2)
     config = {
-        "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "head_dim": head_dim, "num_hidden_layers": 1,
+        "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "head_dim": head_dim,
+        "num_hidden_layers": 1,
         "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": n_positions, "rope_scaling": rope,
     }  # fmt: skip
     try:

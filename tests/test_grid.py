@@ -1,5 +1,8 @@
-"""The stats overview: one 0-1 unit per grid (entropy and mean distance as fractions of their maximum), full and
-compact layouts that fit every width, values that decode back from what is drawn, the text table and --stat."""
+"""The stats overview: one 0-1 unit per grid, layouts that fit every width, values that decode back.
+
+Entropy and mean distance are fractions of their maximum; the full and compact layouts fit every width; the values
+decode back from what is drawn; also the text table and --stat.
+"""
 
 from __future__ import annotations
 

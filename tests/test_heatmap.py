@@ -1,6 +1,8 @@
-"""Terminal maps: half-blocks that decode back to the drawn weights, small multiples that fit any width and stay
-aligned, key windows that keep key 0, rulers; from 1 to 1,024 tokens and 1 to 144 heads (synthetic maps: layout
-does not need a model)."""
+"""Terminal maps: half-blocks that decode back to the drawn weights, small multiples, key windows, rulers.
+
+Small multiples fit any width and stay aligned, key windows keep key 0; from 1 to 1,024 tokens and 1 to 144 heads
+(synthetic maps: layout does not need a model).
+"""
 
 from __future__ import annotations
 
@@ -107,8 +109,10 @@ def test_no_color_draws_shades_one_row_per_line():
 
 
 def test_side_by_side_panels_are_aligned_row_for_row():
-    """Two maps of different lengths (the diff view's pair, or panels whose titles differ): every joined line has
-    the same width, and each panel's rows sit in the same lines as its neighbour's."""
+    """Two maps of different lengths (the diff view's pair, or panels whose titles differ).
+
+    Every joined line has the same width, and each panel's rows sit in the same lines as its neighbour's.
+    """
     from rich.text import Text
 
     from mhacli.views.terminal.heatmap import panel, side_by_side

@@ -1,5 +1,8 @@
-"""--help, --version and completion through the real entry point: every command's examples run, flags take no
-value, every option with a fixed set of values lists it and refuses others in one line."""
+"""--help, --version and completion through the real entry point.
+
+Every command's examples run, flags take no value, every option with a fixed set of values lists it and refuses others
+in one line.
+"""
 
 from __future__ import annotations
 
@@ -58,8 +61,11 @@ def mha_on_path(tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]], ids=lambda c: c[0] if c else "mha")
 def test_every_example_in_help_runs(command, tmp_path):
-    """Each example as a user types it: bash, a terminal on stdin (`mha verify` alone uses its built-in text),
-    output piped; in order, in one empty directory (prune's mask file feeds the next example)."""
+    """Each example as a user types it.
+
+    Bash, a terminal on stdin (`mha verify` alone uses its built-in text), output piped; in order, in one empty
+    directory (prune's mask file feeds the next example).
+    """
     if command and command[0] in INTERACTIVE:
         pytest.skip("interactive: tests/test_browse.py runs its examples in a real terminal (tmux)")
     env = mha_on_path(tmp_path)
@@ -100,7 +106,8 @@ def test_a_flag_refuses_a_value():
 
 # Every option with a fixed set of values: (command, option, its values).
 CHOICES = [
-    *[(c, "--format", ("rich", "text", "json", "jsonl", "csv", "tsv")) for c in ("inspect", "stats", "diff", "info", "ablate", "prune", "census")],
+    *[(c, "--format", ("rich", "text", "json", "jsonl", "csv", "tsv"))
+      for c in ("inspect", "stats", "diff", "info", "ablate", "prune", "census")],
     *[(c, "--format", ("rich", "text", "json")) for c in ("explain", "verify")],
     ("diff", "--metric", ("js", "tv", "cosine")),
     ("ablate", "--method", ("zero", "mean")),

@@ -1,6 +1,8 @@
-"""Hostile input, round two (issue 19): one group of tests per class of input that used to end in an internal
-error, a panic or abort of the tokenizer library, a hang, a file accepted that the safetensors library refuses,
-an escape sequence on the terminal, or noise before the error line.
+"""Hostile input, round two (issue 19).
+
+One group of tests per class of input that used to end in an internal error, a panic or abort of the tokenizer library,
+a hang, a file accepted that the safetensors library refuses, an escape sequence on the terminal, or noise before the
+error line.
 
 Every refusal must be exactly one `error:` line on stderr, exit 2, nothing on stdout and no traceback. Cases that
 could abort or hang the process run in a child under an address-space limit (the `cli_worker` fixture), so that
@@ -252,7 +254,8 @@ LLAMA = {
 ROPE_CASES = [
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": -1}}, "beta_fast must be positive"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_slow": -2.5}}, "beta_slow must be positive"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": -7.213475204444817}}, "divides by zero"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": -7.213475204444817}},
+     "divides by zero"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 1e300}}, "factor 1e+300 is beyond float32's range"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "attention_factor": 1e39}}, "attention_factor"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
@@ -274,8 +277,10 @@ ROPE_CASES = [
 
 @pytest.mark.parametrize("changes,fragment", ROPE_CASES, ids=[str(i) for i in range(len(ROPE_CASES))])
 def test_rope_parameters_that_break_the_arithmetic(model, mha, changes, fragment):
-    """Parameters that pass field validation but would fail (or give NaN) in the forward: refused at load, naming
-    the field, by every command."""
+    """Parameters that pass field validation but would fail (or give NaN) in the forward.
+
+    Refused at load, naming the field, by every command.
+    """
     (model / "config.json").write_text(json.dumps(LLAMA | changes))
     for command in (["stats", TEXT], ["info"]):
         line = assert_refused(mha(*command, "-m", str(model)), fragment)
@@ -356,8 +361,10 @@ ACCENTED = "Café naïve résumé, déjà vu"
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "text", "csv", "rich"])
 def test_ascii_stdout(tiny_model, tokenizer_dir, fmt):
-    """PYTHONIOENCODING=ascii: the same result, non-ASCII characters escaped (JSON: \\u escapes, so the document
-    is the one a UTF-8 stdout gets)."""
+    """PYTHONIOENCODING=ascii gives the same result, non-ASCII characters escaped.
+
+    Escaped (JSON: \\u escapes, so the document is the one a UTF-8 stdout gets).
+    """
     from mhacli.io.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -408,8 +415,11 @@ IGNORED_SETTINGS = [
 
 @pytest.mark.parametrize("changes", IGNORED_SETTINGS, ids=lambda c: json.dumps(c)[:50])
 def test_padding_and_truncation_are_ignored(model, tiny_model, cli_worker, changes):
-    """The tool never pads and cuts texts itself (with a warning): a tokenizer.json's own padding and truncation
-    are dropped, so these files give the ids of the untouched tokenizer, and no panic or abort."""
+    """The tool never pads and cuts texts itself (with a warning).
+
+    A tokenizer.json's own padding and truncation are dropped, so these files give the ids of the untouched tokenizer,
+    and no panic or abort.
+    """
     set_tokenizer(model, **changes)
     want = cli_worker.run("stats", TEXT, "-m", str(tiny_model), "-f", "json")
     got = cli_worker.run("stats", TEXT, "-m", str(model), "-f", "json")
@@ -418,11 +428,14 @@ def test_padding_and_truncation_are_ignored(model, tiny_model, cli_worker, chang
 
 
 REFUSED_COMPONENTS = [
-    ({"normalizer": {"type": "Precompiled", "precompiled_charsmap": "AAAA"}}, "corrupt precompiled_charsmap"),  # panicked
-    ({"normalizer": {"type": "Precompiled", "precompiled_charsmap": "/////w=="}}, "corrupt precompiled_charsmap"),  # aborted
+    # the tokenizers library panicked on the first and aborted on the second
+    ({"normalizer": {"type": "Precompiled", "precompiled_charsmap": "AAAA"}}, "corrupt precompiled_charsmap"),
+    ({"normalizer": {"type": "Precompiled", "precompiled_charsmap": "/////w=="}}, "corrupt precompiled_charsmap"),
     ({"normalizer": {"type": "Precompiled", "precompiled_charsmap": "not base64!"}}, "corrupt precompiled_charsmap"),
-    ({"normalizer": {"type": "Replace", "pattern": {"String": "a"}, "content": "b" * 1_000_000}}, "normalizer (Replace)"),
-    ({"normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "x" * 100_000}]}}, "normalizer[0] (Prepend)"),
+    ({"normalizer": {"type": "Replace", "pattern": {"String": "a"}, "content": "b" * 1_000_000}},
+     "normalizer (Replace)"),
+    ({"normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "x" * 100_000}]}},
+     "normalizer[0] (Prepend)"),
     ({"normalizer": {"type": "Replace", "pattern": {"String": ""}, "content": "x"}}, "empty pattern"),
     ({"pre_tokenizer": {"type": "FixedLength", "length": 0}}, "FixedLength"),  # panicked: chunk size must be non-zero
     ({"post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}],
@@ -437,8 +450,11 @@ def test_tokenizer_settings_that_panic_or_abort_are_refused(model, cli_worker, c
 
 
 def test_tokenizer_panic_is_caught_without_its_backtrace(model, cli_worker):
-    """A panic no check foresees (a Replace whose regex matches the empty string: index out of bounds in the
-    library) is caught, and the library's message and backtrace, written to fd 2, do not reach the user."""
+    """A panic no check foresees is caught, and the library's message and backtrace do not reach the user.
+
+    The panic: a Replace whose regex matches the empty string (index out of bounds in the library); its message and
+    backtrace are written to fd 2.
+    """
     set_tokenizer(model, normalizer={"type": "Replace", "pattern": {"Regex": "x*"}, "content": "yy"})
     line = assert_refused(cli_worker.run("stats", "hello world", "-m", str(model)), "the tokenizer failed on this text")
     assert "index out of bounds" in line
@@ -454,8 +470,10 @@ MEGABYTES = ("word " * (8 * 1024 * 1024 // 5 - 1)).encode()  # just under the 8 
 
 
 def test_megabytes_of_text_are_not_tokenized_in_full(tiny_model, cli_worker):
-    """Tokenizing 8 MiB in full needs more than the child's whole address space (it aborted the process); only
-    a prefix sized from n_positions is tokenized, so --truncate works and the refusal names a lower bound."""
+    """Tokenizing 8 MiB in full needs more than the child's whole address space (it aborted the process).
+
+    Only a prefix sized from n_positions is tokenized, so --truncate works and the refusal names a lower bound.
+    """
     truncated = cli_worker.run("stats", "-", "-m", str(tiny_model), "-f", "json", "--truncate", input=MEGABYTES)
     assert_ok(truncated)
     assert len(parse_json(truncated.stdout)["token_ids"]) == 64
@@ -629,11 +647,15 @@ def two_tensor_file(path: Path, header_json: bytes, data: bytes) -> None:
 
 F32_16 = np.arange(4, dtype=np.float32).tobytes()
 LIBRARY_REFUSES = [
-    (b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}', "names 'a' twice"),
-    (b'{"a":{"dtype":"F32","shape":[2],"shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}', "names 'shape' twice"),
-    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}', "belong to no tensor"),
+    (b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}',
+     "names 'a' twice"),
+    (b'{"a":{"dtype":"F32","shape":[2],"shape":[2],"data_offsets":[0,8]},'
+     b'"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}', "names 'shape' twice"),
+    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}',
+     "belong to no tensor"),
     (b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', "after the last tensor belong to no tensor"),
-    (b'{"__metadata__":{"x":1},"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', "__metadata__ must map names to strings"),
+    (b'{"__metadata__":{"x":1},"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}',
+     "__metadata__ must map names to strings"),
 ]  # fmt: skip
 
 
@@ -789,8 +811,10 @@ def test_no_warning_before_the_error_line(model, mha):
 
 
 def test_warnings_are_held_back_before_an_error(tiny_model, mha, monkeypatch):
-    """Any Python warning raised while a command runs: one `warning:` line after a success, nothing before an
-    error line."""
+    """Any Python warning raised while a command runs.
+
+    One `warning:` line after a success, nothing before an error line.
+    """
     import warnings
 
     import mhacli.ops.inputs as inputs

@@ -1,5 +1,8 @@
-"""Input traps: the trailing newline of stdin, -m checked before stdin, --ids instead of TEXT, stats' -l/-H,
-the note before a very large output, info's formats, hub errors, the install hint of every extra."""
+"""Input traps: stdin, -m, --ids, stats' -l/-H, large outputs, info's formats, hub errors, install hints.
+
+The trailing newline of stdin, -m checked before stdin, --ids instead of TEXT, stats' -l/-H, the note before a very
+large output, info's formats, hub errors, the install hint of every extra.
+"""
 
 from __future__ import annotations
 
@@ -410,7 +413,7 @@ def test_hub_error_mapping_of_exception_types(monkeypatch):
     assert not any(word in other for word in ("not found", "gated", "unreachable", "offline"))
 
 
-# --- B9: one install hint -----------------------------------------------------------------------------------------------
+# --- B9: one install hint ----------------------------------------------------------------------------------------
 
 
 def test_every_install_command_in_the_code_goes_through_install_hint():

@@ -62,8 +62,10 @@ def modules() -> dict[str, Path]:
 
 
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Every mhacli module `path` imports, anywhere in its body (a name imported from a package counts as the
-    submodule when there is one, else as the package)."""
+    """Every mhacli module `path` imports, anywhere in its body.
+
+    A name imported from a package counts as the submodule when there is one, else as the package.
+    """
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -153,8 +155,9 @@ def test_bottom_modules_import_nothing_above_them(name):
     assert graph()[name] <= ALLOWED[name], f"{name} imports {sorted(graph()[name] - ALLOWED[name])}"
 
 
-# `mha browse` (mhacli.browse: the Textual app and its state; its panes are drawn by mhacli.views.terminal.browse) stands on
-# the public API and the terminal views only: never the engine's modules (weights, model, stats, heads, ...) directly.
+# `mha browse` (mhacli.browse: the Textual app and its state; its panes are drawn by mhacli.views.terminal.browse)
+# stands on the public API and the terminal views only: never the engine's modules (weights, model, stats, heads, ...)
+# directly.
 BROWSE_MAY_IMPORT = ("mhacli.api", "mhacli.errors", "mhacli.views.terminal", "mhacli.browse")
 
 

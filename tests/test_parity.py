@@ -47,9 +47,12 @@ def test_every_activation_matches_hf(tmp_path, tokenizer_dir, activation):
     ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
 )
 def test_config_flags_match_hf(tmp_path, tokenizer_dir, flags):
-    """End to end within ATTN_ATOL (compare); each block on HF's own input within the 1e-6 aim. (End to end, layer
-    1 of the unscaled model reaches 1.1e-6 with NumPy at its SIMD baseline and OpenBLAS's SSE3 kernel: its input
-    already differs from HF's by 3e-6, and its unscaled logits are sharp.)"""
+    """End to end within ATTN_ATOL (compare).
+
+    Each block on HF's own input within the 1e-6 aim. (End to end, layer 1 of the unscaled model reaches 1.1e-6 with
+    NumPy at its SIMD baseline and OpenBLAS's SSE3 kernel: its input already differs from HF's by 3e-6, and its unscaled
+    logits are sharp.)
+    """
     directory = build_model(tmp_path, tokenizer_dir, **flags)
     compare(directory)
     errors = [err for err, _ in blocks_on_hf_inputs(directory, IDS)]

@@ -1,5 +1,7 @@
-"""The parts of maps a view shows (mhacli.analyses.partial), computed without the whole map, against the whole map's cells;
-`mha inspect` on a terminal computing only its window, so a text whose whole maps would not fit still draws."""
+"""The parts of maps a view shows (mhacli.analyses.partial), computed without the whole map, against its cells.
+
+Also `mha inspect` on a terminal computing only its window, so a text whose whole maps would not fit still draws.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +28,11 @@ def random_qkv(seed: int, n_head: int, n_kv: int, n_seq: int):
     (1, 2, 2, None, 16), (97, 4, 4, None, 16), (300, 4, 2, None, None), (300, 4, 4, 37, 16), (200, 2, 2, 1, 16),
 ])  # fmt: skip
 def test_a_window_holds_exactly_the_cells_of_the_whole_map(n_seq, n_head, n_kv, window, block):
-    """Any rows over any keys (key 0 with a later range, as the terminal pins it), for some heads: the same float32
-    values as those cells of the whole map, hidden cells 0; reading a cell that was not computed is an error."""
+    """Any rows over any keys (key 0 with a later range, as the terminal pins it), for some heads.
+
+    The same float32 values as those cells of the whole map, hidden cells 0; reading a cell that was not computed is an
+    error.
+    """
     q, k, v = random_qkv(n_seq, n_head, n_kv, n_seq)
     _, whole = causal_attention(q, k, v, 0.4, window=window, block=block)
     rng = np.random.default_rng(n_seq + 5)
@@ -52,8 +57,11 @@ def test_a_window_holds_exactly_the_cells_of_the_whole_map(n_seq, n_head, n_kv, 
 
 @pytest.mark.parametrize("window", [None, 5])
 def test_the_top_keys_of_every_row_are_the_whole_maps(window):
-    """Every row's strongest keys from the stream equal those of the whole map's row (stable argsort reversed: by weight,
-    ties by the later key), with rows shorter than k, sharp rows full of zeros, and a sliding window."""
+    """Every row's strongest keys from the stream equal those of the whole map's row.
+
+    Ordered as a stable argsort reversed (by weight, ties by the later key), with rows shorter than k, sharp rows full
+    of zeros, and a sliding window.
+    """
     q, k, v = random_qkv(3, 3, 3, 150)
     q[1] *= 40  # sharp: most weights underflow to exactly 0, so ties at the boundary are everywhere
     _, whole = causal_attention(q, k, v, 0.4, window=window, block=16)
@@ -87,9 +95,11 @@ def long_model(tmp_path_factory, tokenizer_dir):
 
 
 def test_a_terminal_map_of_a_long_text_needs_only_its_window(long_model, mha):
-    """A text whose whole maps need over 30 MiB (1,400 tokens, 2 heads) under --max-memory 20M: the terminal view
-    computes only its window and draws it (rows from --from); the JSON of whole maps is refused with the guard's
-    message; --query and --top work the same way."""
+    """A text whose whole maps need over 30 MiB (1,400 tokens, 2 heads) under --max-memory 20M.
+
+    The terminal view computes only its window and draws it (rows from --from); the JSON of whole maps is refused with
+    the guard's message; --query and --top work the same way.
+    """
     ids = ",".join(str(3 + (i * 7) % 50) for i in range(1400))
     base = ["inspect", "--ids", ids, "-m", str(long_model), "--max-memory", "20M"]
     refused = mha(*base, "-f", "json")

@@ -1,6 +1,8 @@
-"""`--save FILE` pictures: suffix dispatch and its errors (before any work), and the static figures (PNG, SVG, PDF):
-they open, have the size asked for, keep text as text, show the colour map's maximum at the strongest cell, and
-come out the same every run."""
+"""`--save FILE` pictures.
+
+Suffix dispatch and its errors (before any work), and the static figures (PNG, SVG, PDF): they open, have the size asked
+for, keep text as text, show the colour map's maximum at the strongest cell, and come out the same every run.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
-"""The second bundled checkpoint, `sample-early`: the sample model's own training run, saved before its induction
-head formed (sample_weights/tiny-shakespeare-early/README.md). Its scores are measured with HF transformers
-(eager attention, float32), not with our engine, so the claim "no induction head yet" does not rest on the code
-under test; `mha diff sample-early sample` is then checked to find the head that formed, and against a JS
-divergence computed from HF's attentions with scipy."""
+"""The second bundled checkpoint, `sample-early`.
+
+The sample model's own training run, saved before its induction head formed
+(sample_weights/tiny-shakespeare-early/README.md). Its scores are measured with HF transformers (eager attention,
+float32), not with our engine, so the claim "no induction head yet" does not rest on the code under test; `mha diff
+sample-early sample` is then checked to find the head that formed, and against a JS divergence computed from HF's
+attentions with scipy.
+"""
 
 from __future__ import annotations
 
@@ -37,16 +40,21 @@ DIFF_MARGIN_MIN = 0.2
 
 @pytest.fixture(scope="module")
 def probe():
-    """The induction probe of the training script and summary: 16 draws (seed 1234) of 40 random ids in
-    [256, V/2), each repeated twice (80 tokens, no BOS)."""
+    """The induction probe of the training script and summary.
+
+    16 draws (seed 1234) of 40 random ids in [256, V/2), each repeated twice (80 tokens, no BOS).
+    """
     vocab = json.loads((SAMPLE / "config.json").read_text())["vocab_size"]
     draws = np.random.default_rng(1234).integers(256, vocab // 2, (16, 40))
     return np.concatenate([draws, draws], axis=1)
 
 
 def hf_probe(directory: Path, ids: np.ndarray) -> tuple[np.ndarray, float]:
-    """HF eager float32 on the probe: [n_layer, n_head] mean over the second copy (i = 40..79) of A[i, i-39], and
-    the loss on its predictable part (targets 41..79), as scripts/train_sample.py measures them."""
+    """HF eager float32 on the probe.
+
+    [n_layer, n_head] mean over the second copy (i = 40..79) of A[i, i-39], and the loss on its predictable part
+    (targets 41..79), as scripts/train_sample.py measures them.
+    """
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -166,8 +174,10 @@ def test_unknown_bundled_name_is_one_error_line():
 
 
 def test_both_names_resolve_from_a_plain_install(tmp_path):
-    """A wheel built from the repo (the same hatch build `pip install .` runs) and installed (not editable) into a
-    fresh target directory; from another working directory, both names resolve to the package data."""
+    """A wheel built from the repo and installed into a fresh target: both names resolve to the package data.
+
+    The same hatch build `pip install .` runs, installed not editable, and run from another working directory.
+    """
     wheel_dir, target, elsewhere = tmp_path / "wheel", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]

@@ -1,6 +1,9 @@
-"""The bundled sample model as ground truth: HF loads it, our numbers match HF's, and its heads score what the
-READMEs say on the probes they name, measured with our engine and the statistics of docs/statistics.md, and agree
-with the scores HF measured when the model was trained (training_summary.json)."""
+"""The bundled sample model as ground truth.
+
+HF loads it, our numbers match HF's, and its heads score what the READMEs say on the probes they name, measured with our
+engine and the statistics of docs/statistics.md, and agree with the scores HF measured when the model was trained
+(training_summary.json).
+"""
 
 from __future__ import annotations
 
@@ -56,8 +59,10 @@ def heldout(sample):
 
 @pytest.fixture(scope="module")
 def repeated_random(sample):
-    """Our forward on the induction probe of the training summary: 16 draws (seed 1234) of 40 random ids in
-    [256, V/2), each repeated twice (80 tokens, no BOS)."""
+    """Our forward on the induction probe of the training summary.
+
+    16 draws (seed 1234) of 40 random ids in [256, V/2), each repeated twice (80 tokens, no BOS).
+    """
     draws = np.random.default_rng(1234).integers(256, sample.config.vocab_size // 2, (16, 40))
     return [(ids, list(forward(sample, ids))) for ids in (np.concatenate([d, d]) for d in draws)]
 
@@ -141,9 +146,12 @@ def test_size_limit():
 
 
 def test_token_pattern_statistics_equal_transformer_lens_where_no_target_is_adjacent(sample):
-    """The independent reference of CLI.md: TransformerLens' head detector scores (mul, no BOS, current token kept)
-    on our maps of the repeated random tokens, where no target falls at i-1 or i, equal our statistics times
-    (qualifying rows)/n_seq, and previous_token times (n_seq-1)/n_seq."""
+    """The independent reference of CLI.md.
+
+    TransformerLens' head detector scores (mul, no BOS, current token kept) on our maps of the repeated random tokens,
+    where no target falls at i-1 or i, equal our statistics times (qualifying rows)/n_seq, and previous_token times
+    (n_seq-1)/n_seq.
+    """
     import torch
     from transformer_lens import head_detector as hd
 

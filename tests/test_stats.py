@@ -57,8 +57,10 @@ def assert_matches_reference(A: np.ndarray, t: list[int], first_row: int = 0) ->
     sharpness=st.floats(0.0, 20.0),
 )
 def test_vectorised_stats_match_the_loop_definitions(n, n_head, vocab, seed, sharpness):
-    """Small vocabularies make adjacent repeats (t_i = t_{i-1}, t_i = t_{i-2}) common: the cases the exclusions
-    are about."""
+    """Small vocabularies make adjacent repeats (t_i = t_{i-1}, t_i = t_{i-2}) common.
+
+    The cases the exclusions are about.
+    """
     rng = np.random.default_rng(seed)
     A = random_causal(rng, n_head, n, sharpness)
     t = rng.integers(0, vocab, size=n).tolist()
@@ -113,9 +115,11 @@ def test_single_token_has_undefined_token_statistics():
 
 
 def test_kind_rules_use_known_statistics():
-    """Every rule names a statistic that exists (or entropy relative to uniform, for `broad`), has a threshold in
-    (0, 1), and is decided by that statistic: with every other statistic low, the rule's statistic at its threshold
-    gives the rule's kind and just below it does not."""
+    """Every rule names a statistic that exists, has a threshold in (0, 1), and is decided by that statistic.
+
+    `broad` names entropy relative to uniform. With every other statistic low, the rule's statistic at its threshold
+    gives the rule's kind and just below it does not.
+    """
     n_seq = 10
     low = {
         "entropy": 0.01,
@@ -153,8 +157,10 @@ def test_kind_rules_use_known_statistics():
 
 
 def test_a_previous_token_head_scores_nothing_on_token_patterns_in_periodic_text():
-    """In "O, O, O" the token after an earlier copy of the current token is often the previous token itself; the
-    exclusions keep a pure previous-token head at 0 on duplicate_token and induction, and it stays previous-token."""
+    """In "O, O, O" the token after an earlier copy of the current token is often the previous token itself.
+
+    The exclusions keep a pure previous-token head at 0 on duplicate_token and induction, and it stays previous-token.
+    """
     for t in ([7, 7, 7, 7, 7, 7, 7, 7], [1, 2, 1, 2, 1, 2, 1, 2, 1], [3, 4, 3, 4, 3, 4, 3, 4, 3, 9]):
         n = len(t)
         prev = np.zeros((1, n, n), np.float32)
@@ -182,8 +188,10 @@ def induction_mask(t: np.ndarray) -> np.ndarray:
 @settings(max_examples=300, deadline=None)
 @given(t=st.lists(st.integers(0, 4), min_size=1, max_size=40), data=st.data())
 def test_token_matches_list_exactly_the_cells_of_the_dense_masks(t, data):
-    """The sparse pairs the statistics sum over (TokenMatches: sorted positions, binary search) are the nonzero cells
-    of the dense definitions, for any rows a..b-1 and keys lo.., in row-then-key order."""
+    """The sparse pairs the statistics sum over are the nonzero cells of the dense definitions.
+
+    TokenMatches (sorted positions, binary search), for any rows a..b-1 and keys lo.., in row-then-key order.
+    """
     t = np.asarray(t)
     n = len(t)
     a = data.draw(st.integers(0, n - 1))
@@ -197,8 +205,11 @@ def test_token_matches_list_exactly_the_cells_of_the_dense_masks(t, data):
 
 
 def test_previous_and_self_cells_are_never_targets():
-    """For every token sequence: no duplicate or induction target at j = i-1 or j = i (so previous_token and self
-    never share a cell with them); duplicate and induction share a cell only inside a run t_{j-1} = t_j = t_i."""
+    """Whatever the tokens, no duplicate or induction target sits at j = i-1 or j = i.
+
+    So previous_token and self never share a cell with them; duplicate and induction share a cell only inside a run
+    t_{j-1} = t_j = t_i.
+    """
     rng = np.random.default_rng(0)
     for _ in range(200):
         t = rng.integers(0, 3, size=int(rng.integers(1, 30)))
@@ -213,8 +224,10 @@ def test_previous_and_self_cells_are_never_targets():
 
 
 def test_kinds_from_token_patterns_need_min_support():
-    """An induction (or duplicate) pattern seen on fewer than MIN_SUPPORT rows decides no kind; on MIN_SUPPORT rows
-    it does. The head attends to the first token elsewhere, so without the pattern it is a sink."""
+    """An induction (or duplicate) pattern seen on fewer than MIN_SUPPORT rows decides no kind.
+
+    On MIN_SUPPORT rows it does. The head attends to the first token elsewhere, so without the pattern it is a sink.
+    """
     for n_rows in range(1, MIN_SUPPORT + 2):
         period = 3  # distinct tokens 10, 11, 12, repeated: rows n_rows copies deep into the repeat qualify
         prefix = [10, 11, 12]

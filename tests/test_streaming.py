@@ -1,5 +1,8 @@
-"""Streamed attention: statistics, divergences and losses from attention handed over block by block equal those
-from the whole map (1e-9), and HF's attention where HF runs; the threads of a streamed diff end with it."""
+"""Streamed attention: results from attention handed over block by block equal those from the whole map.
+
+Statistics, divergences and losses agree within 1e-9, and with HF's attention where HF runs; the threads of a
+streamed diff end with it.
+"""
 
 from __future__ import annotations
 
@@ -85,8 +88,11 @@ def models(tmp_path_factory, tokenizer_dir):
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "mistral_window", "olmo3"])
 @pytest.mark.parametrize("n_seq", [40, 700])
 def test_stats_without_maps_equal_stats_of_the_maps_and_of_hf(models, name, n_seq):
-    """`mha stats` (no maps: streamed) against `mha inspect` (maps kept) on the same model and ids, and against
-    statistics of HF eager's own attention; windows (mistral, olmo3: WINDOW keys) far shorter than the text."""
+    """`mha stats` (no maps: streamed) against `mha inspect` (maps kept) on the same model and ids.
+
+    And against statistics of HF eager's own attention; windows (mistral, olmo3: WINDOW keys) far shorter than the
+    text.
+    """
     ckpt = load_model(str(models[name]), cache=True)
     ids = np.random.default_rng(n_seq).integers(1, 60, size=n_seq)  # repeats: duplicate and induction rows
     streamed = list(analyse(ckpt, ids, keep_maps=False))

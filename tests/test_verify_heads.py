@@ -26,8 +26,10 @@ def model(tmp_path_factory, tokenizer_dir):
 
 
 def patch_kernel(monkeypatch, change):
-    """Replace the attention kernel in every mhacli module that calls it by one that counts layers (calls in
-    forward order, N_LAYER per forward) and lets `change(layer, z, probs)` alter that layer's results."""
+    """Replace the attention kernel in every mhacli module that calls it by one that counts layers.
+
+    Calls come in forward order, N_LAYER per forward; `change(layer, z, probs)` may alter that layer's results.
+    """
     import mhacli.engine.arch.common  # noqa: F401 - the modules that call the kernel, loaded so they can be patched
     import mhacli.engine.arch.gpt2  # noqa: F401
     import mhacli.engine.attention

@@ -1,7 +1,10 @@
-"""The `--save FILE.html` page in a real browser: headless Chromium (Debian's package, never downloaded) driven by
-Playwright. The page must load from file:// with no console error and no network request at all, show every head,
-change the large map when a head is clicked, highlight a row and the attended tokens on hover, search tokens,
-switch to log weights, keep hostile tokens as text, and open a 12 x 12 x 1,024-token page (timing: benchmarks/)."""
+"""The `--save FILE.html` page in a real browser.
+
+Headless Chromium (Debian's package, never downloaded) driven by Playwright. The page must load from file:// with no
+console error and no network request at all, show every head, change the large map when a head is clicked, highlight a
+row and the attended tokens on hover, search tokens, switch to log weights, keep hostile tokens as text, and open a 12 x
+12 x 1,024-token page (timing: benchmarks/).
+"""
 
 from __future__ import annotations
 
@@ -57,9 +60,11 @@ class Opened:
         self.wait_until("() => document.documentElement.dataset.ready", timeout_ms=READY_TIMEOUT_MS)
 
     def wait_until(self, predicate: str, arg=None, timeout_ms: float = 30_000) -> None:
-        """Poll a JS predicate with page.evaluate (the DevTools protocol, not subject to the page's CSP). Playwright's
-        wait_for_function, once it has to poll, compiles its predicate with eval inside the page, which the page's
-        CSP forbids (as it should): on a slow machine that failed the test, not the page."""
+        """Poll a JS predicate with page.evaluate (the DevTools protocol, not subject to the page's CSP).
+
+        Playwright's wait_for_function, once it has to poll, compiles its predicate with eval inside the page, which the
+        page's CSP forbids (as it should): on a slow machine that failed the test, not the page.
+        """
         deadline = time.monotonic() + timeout_ms / 1000
         while not self.page.evaluate(predicate, arg):
             if time.monotonic() > deadline:
@@ -88,7 +93,8 @@ class Opened:
     def overlay_ink(self) -> int:
         return self.page.evaluate(
             """() => { const c = document.querySelector('#maps canvas.overlay');
-                       return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v > 0).length; }"""
+                       return c.getContext('2d').getImageData(0, 0, c.width, c.height).data
+                                .filter((v, i) => i % 4 == 3 && v > 0).length; }"""
         )
 
 
@@ -111,7 +117,8 @@ def test_page_loads_offline_with_every_head(browser, inspect_html):
     )
     # a thumbnail is drawn, not blank
     ink = o.page.evaluate(
-        "() => { const c = document.querySelector('canvas.thumb'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "() => { const c = document.querySelector('canvas.thumb'); "
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
         " return new Set(Array.from(d)).size; }"
     )
     assert ink > 5
@@ -141,7 +148,8 @@ def test_hovering_a_token_highlights_its_row_and_the_tokens_it_attends_to(browse
     assert o.page.evaluate("document.documentElement.dataset.query") == "11"
     assert o.overlay_ink() > 0, "the row is outlined on the map"
     weights = o.page.evaluate(
-        "Array.from(document.querySelectorAll('#strip .tok')).map(s => s.dataset.w === undefined ? null : Number(s.dataset.w))"
+        "Array.from(document.querySelectorAll('#strip .tok'))"
+        ".map(s => s.dataset.w === undefined ? null : Number(s.dataset.w))"
     )
     assert all(w is not None for w in weights[:12]) and all(w is None for w in weights[12:]), "keys 0..11 are weighed"
     assert sum(weights[:12]) == pytest.approx(1.0, abs=12 / 255), "a query row's weights sum to 1"
@@ -259,9 +267,11 @@ DECODE_IN_PAGE = """async () => {
 
 
 def test_the_browser_decodes_the_json_heads_in_order(browser, tmp_path):
-    """In Chromium, the page's data decoded with the browser's own DecompressionStream gives every head's lower
-    triangle within the stated quantisation (round(255 w)) of `-f json`, and the grid's cells name the heads in
-    the json's order (issue 37 item 7)."""
+    """In Chromium, the page's data decodes to every head's lower triangle of `-f json`, heads in its order.
+
+    Decoded with the browser's own DecompressionStream, within the stated quantisation (round(255 w)); the grid's
+    cells name the heads in the json's order (issue 37 item 7).
+    """
     from helpers import parse_json
 
     from mhacli.cli import run
