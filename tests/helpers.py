@@ -5,7 +5,7 @@ tokenizers, HF references, the CLI in a subprocess, JSON parsing and the loop-ba
 against.
 
 Fixtures live in conftest.py; a test file imports what it shares from here, never from another test file
-(tests/test_layers.py checks that). Nothing is downloaded: models come from `transformers` configs with random
+(tests/test_suite_layout.py checks that). Nothing is downloaded: models come from `transformers` configs with random
 weights, saved with save_pretrained.
 """
 

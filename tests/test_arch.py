@@ -40,7 +40,7 @@ from helpers import (
 )
 from safetensors.numpy import load_file, save_file
 
-ATTN_AIM = 1e-6  # attention probabilities vs HF on HF's own layer input (ATTN_ATOL, conftest, end to end)
+ATTN_AIM = 1e-6  # attention probabilities vs HF on HF's own layer input (ATTN_ATOL, helpers, end to end)
 VEC_ATOL = 1e-4  # explain's vectors vs HF, per unit of max(1, max |HF value|)
 TEXT = (
     "The quick brown fox jumps over the lazy dog. It is the east, and Juliet is the sun. "
@@ -70,7 +70,7 @@ def ours(directory: Path):
 
 
 def compare(directory: Path, ids=IDS) -> list[tuple[float, float]]:
-    """conftest.compare_with_hf with this file's ids: hidden states within HIDDEN_ATOL x max(1, max |hidden|)."""
+    """helpers.compare_with_hf with this file's ids: hidden states within HIDDEN_ATOL x max(1, max |hidden|)."""
     return compare_with_hf(directory, ids)
 
 

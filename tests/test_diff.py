@@ -1,7 +1,7 @@
 """`mha diff`: per-head divergence between two models (mhacli/diff.py, mhacli/cli/diff.py).
 
 References are independent of the code under test: scipy's jensenshannon / cosine, plain loops, brute-force
-assignments, HF eager attentions (conftest.hf_outputs), and checkpoints edited here with known effects.
+assignments, HF eager attentions (helpers.hf_outputs), and checkpoints edited here with known effects.
 """
 
 from __future__ import annotations

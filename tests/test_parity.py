@@ -22,7 +22,7 @@ ACTIVATIONS = [
 
 
 def compare(directory, ids=IDS, reference_dir=None):
-    """conftest.compare_with_hf with this file's ids; GPT-2's hidden states here within HIDDEN_ATOL absolute."""
+    """helpers.compare_with_hf with this file's ids; GPT-2's hidden states here within HIDDEN_ATOL absolute."""
     return compare_with_hf(directory, ids, reference_dir=reference_dir, hidden_relative=False)
 
 
