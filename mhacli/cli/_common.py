@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from typing import Annotated, Literal, TypeVar
 
 import typer
@@ -21,6 +20,7 @@ from mhacli.ops.inputs import (  # noqa: F401 - check_text_or_ids: for the comma
     open_model,
     read_input,
 )
+from mhacli.views.output import Environment, Output, default_format
 
 T = TypeVar("T")
 
@@ -90,13 +90,30 @@ MaxMemoryOpt = Annotated[
 ]
 
 
-def resolve_format(fmt: str | None, allowed: tuple[str, ...]) -> str:
+# The environment of the command running now: mhacli.cli.run(argv, env=...) sets it (a test's streams); else each
+# command reads the process's streams when it starts.
+CURRENT: ContextVar[Environment | None] = ContextVar("mha_environment", default=None)
+
+
+def environment() -> Environment:
+    """The door's environment: the one run() was given, else the process's streams as they are now."""
+    env = CURRENT.get()
+    return env if env is not None else Environment()
+
+
+def resolve_format(fmt: str | None, allowed: tuple[str, ...], env: Environment | None = None) -> str:
     if fmt is None:
-        return "rich" if sys.stdout.isatty() else "text"
+        return default_format(env or environment())
     fmt = fmt.lower()
     if fmt not in allowed:
         raise UsageError(f"--format {fmt!r} is not one of: {', '.join(allowed)}")
     return fmt
+
+
+def output(fmt: str | None, allowed: tuple[str, ...]) -> Output:
+    """The command's one output sink: its format resolved once (-f, else by whether stdout is a terminal)."""
+    env = environment()
+    return Output(resolve_format(fmt, allowed, env), env)
 
 
 def load(
@@ -131,24 +148,14 @@ def prepare(
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    environment().warn(message)
 
 
 def note(message: str) -> None:
     """A remark for the reader of a plain-text view, on stderr so stdout stays a table."""
-    print(f"note: {message}", file=sys.stderr)
+    environment().note(message)
 
 
 def progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
     """A progress bar on stderr, only when stderr is a terminal; otherwise the items as they are."""
-    if not sys.stderr.isatty() or os.environ.get("MHA_NO_PROGRESS"):
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+    return environment().progress(items, total, description)

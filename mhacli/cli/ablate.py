@@ -4,7 +4,6 @@ mhacli.ops.ablation's."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,8 +21,8 @@ from mhacli.cli._common import (
     TruncateOpt,
     check_text_or_ids,
     load,
+    output,
     progress,
-    resolve_format,
     tokens_of,
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
@@ -32,7 +31,9 @@ from mhacli.ops.ablation import ablate_doc, check_scorable, mask_doc, prune_doc,
 from mhacli.ops.heads import check_selection
 from mhacli.ops.inputs import Checkpoint, TokenizedText, check_model, read_ids, read_text, read_texts
 from mhacli.views import save as saving
-from mhacli.views.formats import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_head_doc, write_table
+from mhacli.views.formats import atomic_write_bytes, check_writable, dumps
+from mhacli.views.output import FORMATS
+from mhacli.views.results import AblateResult, PruneResult
 
 TextsOpt = Annotated[
     str | None, typer.Option("--texts", metavar="FILE", help="Score every line of FILE ('-': stdin) instead of TEXT.")
@@ -116,7 +117,7 @@ def ablate(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Each head removed alone: the next-token loss against the intact model, in nats/token and %."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
     saves = saving.parse(save, "ablate", dpi=dpi)
@@ -128,17 +129,7 @@ def ablate(
     ]
     doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker)
     saving.write_all(saves, saving.ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
-    if fmt in MACHINE_FORMATS:
-        columns = ("layer", "head", "kind", "loss", "delta", "delta_pct")
-        write_head_doc(sys.stdout, fmt, doc, columns, ([r[k] for k in columns] for r in doc["heads"]))
-    elif fmt == "text":
-        from mhacli.views.plain import write_ablate
-
-        write_ablate(sys.stdout, doc)
-    else:
-        from mhacli.views.terminal import make_console, render_ablate
-
-        render_ablate(make_console(), doc, top)
+    out.emit(AblateResult(doc, top))
 
 
 # --- mha prune --------------------------------------------------------------------------------------------------------
@@ -173,7 +164,7 @@ def prune(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """The pruning curve: heads removed least important first (re-measured every round) against random orders."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
     if not 0.0 < step <= 1.0:
         raise UsageError(f"--step {step} must be in (0, 1]: the fraction of all heads removed per round")
     if seeds < 1:
@@ -190,33 +181,4 @@ def prune(
         mask = mask_doc(c.n_layer, c.n_head, [tuple(h) for h in doc["pruned"]])
         atomic_write_bytes(save_mask, (dumps(mask) + "\n").encode())
     saving.write_all(saves, saving.prune_picture(ckpt, tokenized, doc), dpi=dpi)
-    if fmt == "json":
-        sys.stdout.write(dumps(doc) + "\n")
-    elif fmt in ("jsonl", "csv", "tsv"):
-        curve, rand = doc["importance"]["curve"], doc["random"]["curve"]
-        rows = [
-            [
-                "importance",
-                s["n_removed"],
-                s["fraction"],
-                s["loss"],
-                None,
-                " ".join(f"{a}.{b}" for a, b in s["removed"]),
-            ]
-            for s in curve
-        ]
-        rows += [["random", s["n_removed"], s["fraction"], s["loss_mean"], s["loss_std"], None] for s in rand]
-        columns = ("order", "n_removed", "fraction", "loss", "loss_std", "removed")
-        if fmt == "jsonl":
-            for row in rows:
-                sys.stdout.write(dumps(dict(zip(columns, row))) + "\n")
-        else:
-            write_table(sys.stdout, fmt, columns, rows)
-    elif fmt == "text":
-        from mhacli.views.plain import write_prune
-
-        write_prune(sys.stdout, doc)
-    else:
-        from mhacli.views.terminal import make_console, render_prune
-
-        render_prune(make_console(), doc)
+    out.emit(PruneResult(doc))

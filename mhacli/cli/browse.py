@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from typing import Annotated
 
 import typer
 
 from mhacli.cli._app import app, examples
-from mhacli.cli._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_model
+from mhacli.cli._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_model, environment
 from mhacli.cli.ablate import AblateOpt
 from mhacli.errors import ExitCode, TextError, UsageError, missing_extra
 from mhacli.ops.ablation import ablated_heads, check_ablate_spec
@@ -83,7 +82,7 @@ def textual_app():  # noqa: ANN201 - the app class, from the optional extra
 
 def check_terminal() -> None:
     """An interactive app needs a terminal on stdout, and room for its panes."""
-    if not sys.stdout.isatty():
+    if not environment().stdout_isatty:
         raise UsageError(
             "mha browse is interactive and needs a terminal on stdout; mha stats and mha inspect print to pipes"
         )
@@ -97,7 +96,8 @@ def check_terminal() -> None:
 def read_input(text: str | None) -> str:
     """TEXT, `-` or piped stdin (then the keys are read from the terminal, /dev/tty); the built-in text when none is
     given on a terminal."""
-    if text is None and sys.stdin is not None and sys.stdin.isatty():
+    env = environment()
+    if text is None and env.stdin is not None and env.stdin_isatty:
         return DEFAULT_TEXT
     raw = read_text(text)
     if text is None or text == "-":

@@ -5,22 +5,18 @@ parses the options, shows progress and the failed texts, and writes the outputs.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mhacli.cli._app import app, examples
-from mhacli.cli._common import FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, load, resolve_format, warn
+from mhacli.cli._common import FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, environment, load, output, warn
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import TextError, UsageError
 from mhacli.ops.census import (
     PROBES,
-    SUPPORTED_STATS,
-    TALLIED,
     CensusRun,
     ProbeSpec,
     build_doc,
@@ -32,7 +28,9 @@ from mhacli.ops.census import (
 )
 from mhacli.ops.inputs import iter_texts
 from mhacli.views import save as saving
-from mhacli.views.formats import MACHINE_FORMATS, check_writable, write_head_doc
+from mhacli.views.formats import check_writable
+from mhacli.views.output import FORMATS
+from mhacli.views.results import CensusResult
 
 MAX_WARNINGS = 10  # failed texts named one by one on stderr; the rest are counted
 
@@ -86,37 +84,6 @@ class AtomicText:
     def discard(self) -> None:
         self.file.close()
         Path(self.tmp).unlink(missing_ok=True)
-
-
-CSV_STATS = TALLIED
-
-
-def csv_rows(doc: dict) -> Iterator[list]:
-    for h in doc["heads"]:
-        for source, s in h["by_source"].items():
-            yield [
-                h["layer"],
-                h["head"],
-                h["kind"],
-                h["confidence"],
-                source,
-                s["n_texts"],
-                *(x for name in CSV_STATS for x in (s["mean"][name], s["std"][name])),
-                *(s["support"][name] for name in SUPPORTED_STATS),
-            ]
-
-
-CSV_COLUMNS = (
-    "layer",
-    "head",
-    "kind",
-    "confidence",
-    "source",
-    "n_texts",
-    *(f"{w}_{name}" for name in CSV_STATS for w in ("mean", "std")),
-    "duplicate_rows",
-    "induction_rows",
-)
 
 
 @app.command(
@@ -184,7 +151,7 @@ def census(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Every head's kind over seeded probes and a corpus, with its evidence and confidence (docs/census.md)."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
     chosen = parse_probes(probes)
     if not chosen and texts is None:
         raise UsageError("nothing to run: --probes none needs --texts FILE")
@@ -209,16 +176,7 @@ def census(
     )
     doc = build_doc(census, ckpt.model_dict(), spec, chosen, prefix, texts, c.kv_head)
     saving.write_all(saves, saving.census_picture(ckpt, doc), dpi=dpi)
-    if fmt in MACHINE_FORMATS:
-        write_head_doc(sys.stdout, fmt, doc, CSV_COLUMNS, csv_rows(doc))
-    elif fmt == "text":
-        from mhacli.views.plain import write_census
-
-        write_census(sys.stdout, doc)
-    else:
-        from mhacli.views.terminal import make_console, render_census
-
-        render_census(make_console(), doc, top)
+    out.emit(CensusResult(doc, top))
 
 
 def run_shown(
@@ -285,13 +243,13 @@ def census_progress(total: int | None):
 
     @contextmanager
     def bar():
-        if not sys.stderr.isatty() or os.environ.get("MHA_NO_PROGRESS"):
+        env = environment()
+        if not env.show_progress:
             yield lambda: None
             return
-        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(console=Console(stderr=True), transient=True) as progress:
+        with Progress(console=env.stderr_console(), transient=True) as progress:
             task = progress.add_task("census: texts", total=total)
             yield lambda: progress.advance(task)
 

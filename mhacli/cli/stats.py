@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Literal
 
 import typer
@@ -18,16 +17,17 @@ from mhacli.cli._common import (
     TextArg,
     TruncateOpt,
     note,
+    output,
     prepare,
     progress,
-    resolve_format,
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
 from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.ops.heads import STAT_NAMES, TOO_PLAIN, check_heads, head_views, undecidable
+from mhacli.ops.heads import STAT_NAMES, check_heads, head_views
 from mhacli.views import save as saving
-from mhacli.views.formats import MACHINE_FORMATS, write_heads
+from mhacli.views.output import FORMATS
+from mhacli.views.results import StatsResult
 
 
 @app.command(
@@ -67,7 +67,7 @@ def stats(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
     saves = saving.parse(save, "stats", dpi=dpi)
     keep = saving.wants(saves, "html")  # the page shows every head's map
     check_ablate_spec(ablate)
@@ -86,19 +86,8 @@ def stats(
         )
     )
     saving.write_all(saves, saving.stats_picture(ckpt, tokens, views, stat), dpi=dpi)
-    if fmt in MACHINE_FORMATS:
-        if stat != "auto":
-            note(f"--stat picks the terminal grid's number and orders the text table; {fmt} has every statistic")
-        write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=False)
-    elif fmt == "text":
-        from mhacli.views.plain import write_stats
-
-        write_stats(sys.stdout, views, stat)
-        if views and undecidable(views[0].stats.support):
-            note(TOO_PLAIN)
-    else:
-        from mhacli.views.terminal import make_console, render_stats
-
-        render_stats(
-            make_console(), views, c.n_layer, c.n_head, stat, len(tokens.ids), layout="compact" if compact else "auto"
-        )
+    if out.machine and stat != "auto":
+        note(f"--stat picks the terminal grid's number and orders the text table; {out.fmt} has every statistic")
+    model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()
+    result = StatsResult(model_doc, tokens.tokens, ids_list, views, c.n_layer, c.n_head, stat=stat, compact=compact)
+    out.emit(result)

@@ -9,6 +9,7 @@ import re
 from mhacli.analyses.heads import full_attention_bytes, memory_needed
 from mhacli.analyses.loss import VOCAB_BLOCK
 from mhacli.errors import ResourceError, UsageError
+from mhacli.views.display import format_bytes
 
 Size = int | str | None  # bytes, a size like '2G' / '512M', or None: 80% of available memory
 _UNITS = {
@@ -50,14 +51,6 @@ def available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 * 1024**3
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def memory_limit(max_memory: Size, option: str = "--max-memory") -> int:

@@ -5,6 +5,15 @@ from __future__ import annotations
 VISIBLE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
 
 
+def format_bytes(n: float) -> str:
+    """A size for people: 512 B, 1.5 KiB, 2.0 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
 def token_label(token: str, width: int = 10) -> str:
     """A token made visible (spaces as ·, newlines as ↵) and abbreviated to `width` characters."""
     shown = "".join(VISIBLE.get(ch, ch if ch.isprintable() else "�") for ch in token) or "∅"

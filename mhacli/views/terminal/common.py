@@ -4,6 +4,7 @@ entries and the layer x head grid with its legends. Rich is imported here and in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -33,8 +34,9 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-def make_console(file=None, width: int | None = None) -> Console:
-    return _Console(file=file, width=width, highlight=False, soft_wrap=False)
+def make_console(file=None, width: int | None = None, **options: Any) -> Console:
+    """The console every view draws on (`options`: rich's, e.g. force_terminal, no_color, color_system)."""
+    return _Console(file=file, width=width, highlight=False, soft_wrap=False, **options)
 
 
 def weight_colour(w: float) -> str:
