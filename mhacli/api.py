@@ -70,7 +70,6 @@ def check_text(text: object) -> str:
     return text
 
 
-API_OPTION = "max_memory"  # how the memory guard names the limit to an API user
 TRUNCATE_HINT = "pass truncate=True"
 
 
@@ -230,7 +229,7 @@ class Run:
             raise UsageError(f"{what} {layer} is out of range: this model has layers 0..{n - 1}")
         return int(layer) % n
 
-    def _guard(self, layers: list[int] | None, *, keep_maps: bool, how: str = "use a shorter text") -> None:
+    def _guard(self, layers: list[int] | None, *, keep_maps: bool, narrow: str = "text") -> None:
         """The CLI's memory guard (mhacli.ops.memory) for this run: ResourceError past max_memory."""
         check_heads(
             self.model.checkpoint,
@@ -239,8 +238,7 @@ class Run:
             None,
             keep_maps=keep_maps,
             max_memory=self.max_memory,
-            how_to_narrow=how,
-            option=API_OPTION,
+            narrow=narrow,
         )
 
     def _advance(self, stop: int, keep: int | None = None) -> None:
@@ -263,7 +261,7 @@ class Run:
         once; the same (read-only) array on every call."""
         layer = self._layer(layer)
         if layer not in self._attention:
-            self._guard([layer], keep_maps=True, how="ask for fewer layers, or use a shorter text")
+            self._guard([layer], keep_maps=True, narrow="layer_map")
             if layer < len(self._inputs) - 1:  # the stream entering it is kept: that one layer again, with its map
                 for trace in forward_from(
                     self.model.checkpoint, self._inputs[layer], layer, layer + 1, edits=self.edits, sinks=lambda _: None
@@ -307,7 +305,7 @@ class Run:
         """Every head's map with its statistics (computed from the maps, as `mha inspect` does): what pages and
         figures draw."""
         c = self.model.config
-        self._guard(None, keep_maps=True, how="use a shorter text (stats() streams without maps)")
+        self._guard(None, keep_maps=True, narrow="maps")
         out = []
         for layer in range(c.n_layer):
             attn = self.attention(layer)
@@ -329,9 +327,7 @@ class Run:
         against the forward (Explanation.matches)."""
         if self.removed:
             raise UsageError("explain runs the intact model: make the run without remove=")
-        return explain_head(
-            self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory, option=API_OPTION
-        )
+        return explain_head(self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory)
 
     def ablate(self, heads: Iterable[Head] | None = None, *, method: str = "zero", loss_from: int = 1) -> Ablation:
         """Each head removed alone (`mha ablate`): the loss against the intact model's, largest increase first.
@@ -340,7 +336,7 @@ class Run:
             raise UsageError("ablate measures against the intact model: make the run without remove=")
         if method not in METHODS:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
-        check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory, API_OPTION)
+        check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory)
         ablator = Ablator(self.model.checkpoint, [self.tokenized.ids], method=method, loss_from=loss_from)
         chosen = ablator.heads if heads is None else sorted(set(heads))
         c = self.model.config
@@ -420,9 +416,7 @@ def diff(
         raise TextError("no text given")
     a, b = (model_a.checkpoint, model_a.tokenizer), (model_b.checkpoint, model_b.tokenizer)
     where = (lambda n: "the text") if len(texts) == 1 else (lambda n: f"text {n}")
-    items = [
-        tokenize_both(check_text(t), where(n), a, b, truncate, truncate_hint=TRUNCATE_HINT) for n, t in enumerate(texts)
-    ]
+    items = [tokenize_both(check_text(t), where(n), a, b, truncate) for n, t in enumerate(texts)]
     removed = sorted(set(remove_b or ()))
     for h in removed:
         check_head(h, model_b.config.n_layer, model_b.config.n_head)
@@ -435,7 +429,6 @@ def diff(
         match=match,
         edits_b=edits_b,
         max_memory=max_memory,
-        option=API_OPTION,
     )
 
 
@@ -489,8 +482,8 @@ def census(
     c, ckpt = model.config, model.checkpoint
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
     prefix, ordinary = censuses.probe_tokens(ckpt, model.tokenizer, probes, spec)
-    censuses.check_census_memory(ckpt, probes, spec, prefix, bool(corpus), workers, dask, max_memory, API_OPTION)
-    run = censuses.CensusRun((c.n_layer, c.n_head), strict=True, strict_name="a failed text stops the census")
+    censuses.check_census_memory(ckpt, probes, spec, prefix, bool(corpus), workers, dask, max_memory)
+    run = censuses.CensusRun((c.n_layer, c.n_head), strict=True)
     lines = None if not corpus else [(None, t) for t in corpus]
     censuses.run_census(
         run,

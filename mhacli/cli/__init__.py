@@ -23,7 +23,7 @@ import typer
 # Each command module registers its command on `app` (mhacli.cli._app) when imported.
 from mhacli.cli import ablate, browse, census, diff, explain, info, inspect, stats, verify  # noqa: F401
 from mhacli.cli._app import app
-from mhacli.cli._common import CURRENT, environment
+from mhacli.cli._common import CURRENT, cli_words, environment
 from mhacli.errors import ExitCode, MhaError
 from mhacli.io.files import escape_unprintable
 from mhacli.views.output import Environment
@@ -128,7 +128,7 @@ def _run(argv: list[str] | None) -> int:
 def _failed(exc: Exception) -> int:
     """An exception's exit code and `error:` line (MHA_DEBUG unset): ours, the OS's, click's, or a bug."""
     if isinstance(exc, MhaError):
-        return _error(str(exc), exc.exit_code)
+        return _error(exc.spelled(cli_words), exc.exit_code)
     if isinstance(exc, OSError):
         return _write_failed(exc) if exc.errno in WRITE_ERRNOS else _internal(exc)
     if type(exc).__name__ == "NoArgsIsHelpError":

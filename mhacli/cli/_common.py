@@ -90,6 +90,23 @@ MaxMemoryOpt = Annotated[
 ]
 
 
+# The CLI's words for what an error names (mhacli.errors): a parameter is its flag (max_memory: --max-memory); the
+# ways out of the memory guard (ResourceError.narrow) name the flags that narrow a request.
+CLI_WORDS = {
+    "narrow:text": "use a shorter text",
+    "narrow:texts": "use shorter texts",
+    "narrow:maps": "narrow it with --layer/--head or a shorter text (mha stats streams without maps)",
+    "narrow:layer_map": "narrow it with --layer or a shorter text",
+    "narrow:scoring": "score fewer or shorter texts",
+    "narrow:workers": "use fewer --workers, or a shorter --truncate'd corpus",
+}
+
+
+def cli_words(name: str) -> str:
+    """How the shell names a parameter: its flag (`--max-memory`), or CLI_WORDS' phrase."""
+    return CLI_WORDS.get(name) or "--" + name.replace("_", "-")
+
+
 # The environment of the command running now: mhacli.cli.run(argv, env=...) sets it (a test's streams); else each
 # command reads the process's streams when it starts.
 CURRENT: ContextVar[Environment | None] = ContextVar("mha_environment", default=None)

@@ -56,7 +56,7 @@ def browse(
     b = mhacli.load(diff_model) if diff_model is not None else None
     ids = m.tokenize(raw, truncate=truncate).ids.tolist()
     limit = memory_limit(max_memory)
-    check_memory(m.memory_needed(len(ids)) * (2 if b is not None else 1), max_memory, "use a shorter text")
+    check_memory(m.memory_needed(len(ids)) * (2 if b is not None else 1), max_memory)
     if b is not None and b.tokenize(raw, truncate=truncate).ids.tolist() != ids:
         raise TextError(
             "MODEL_A's and MODEL_B's tokenizers give different token ids for the text: --diff needs the same"

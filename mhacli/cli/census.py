@@ -21,7 +21,6 @@ from mhacli.ops.census import (
     ProbeSpec,
     build_doc,
     check_census_memory,
-    cli_spell,
     default_workers,
     probe_tokens,
     run_census,
@@ -168,7 +167,7 @@ def census(
     ckpt, tokenizer = load(model, cache=None)
     c = ckpt.config
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
-    prefix, ordinary = probe_tokens(ckpt, tokenizer, chosen, spec, cli_spell)
+    prefix, ordinary = probe_tokens(ckpt, tokenizer, chosen, spec)
     check_census_memory(ckpt, chosen, spec, prefix, texts is not None, n_workers, dask, max_memory)
 
     census = run_shown(

@@ -114,7 +114,7 @@ def inspect(
         keep_maps=whole,
         max_memory=max_memory,
         request=request,
-        how_to_narrow="narrow it with --layer/--head or a shorter text (mha stats streams without maps)",
+        narrow="maps",
     )
     edits = ablation_edits(ablate, ckpt)
     if fmt in ("json", "jsonl"):

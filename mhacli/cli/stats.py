@@ -74,9 +74,7 @@ def stats(
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     c = ckpt.config
     # streamed (no maps) unless a page wants the maps
-    n_layers, n_heads = check_heads(
-        ckpt, len(tokens.ids), layer, head, keep_maps=keep, max_memory=max_memory, how_to_narrow="use a shorter text"
-    )
+    n_layers, n_heads = check_heads(ckpt, len(tokens.ids), layer, head, keep_maps=keep, max_memory=max_memory)
     edits = ablation_edits(ablate, ckpt)
     views = list(
         progress(

@@ -126,14 +126,12 @@ def scorable(text: TokenizedText, where: str) -> TokenizedText:
     return text
 
 
-def check_scorable(
-    ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size, option: str = "--max-memory"
-) -> None:
+def check_scorable(ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size) -> None:
     """Every text has a next token to score (`where` names it), and the scoring fits max_memory (ResourceError)."""
     for t, where in texts:
         scorable(t, where)
     needed = scoring_bytes(ckpt, [len(t.ids) for t, _ in texts])
-    check_memory(needed, max_memory, "score fewer or shorter texts", option=option)
+    check_memory(needed, max_memory, "scoring")
 
 
 class KindTally:

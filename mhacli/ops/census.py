@@ -1,7 +1,7 @@
 """Every head's statistics and kind over many texts (`census`, mhacli.census): the seeded probes and a corpus, run
 in this process, in local worker processes or on a Dask cluster (mhacli.analyses.parallel), folded in text order into one
 Tally per source (mhacli.analyses.census), and the verdicts. The CLI and the API run this one implementation; what differs
-is how options are named in messages (`spell`) and what happens to a failed text (`on_failure`, `strict`)."""
+is what happens to a failed text (`on_failure`, `strict`)."""
 
 from __future__ import annotations
 
@@ -31,28 +31,16 @@ from mhacli.views.formats import dumps
 
 __all__ = [
     "KINDS", "MIN_SUPPORT", "PROBES", "SOURCES", "SUPPORTED_STATS", "TALLIED", "CensusRun", "HeadVerdict", "ProbeSpec",
-    "Tally", "build_doc", "verdicts", "check_census_memory", "default_workers", "finite", "probe_tokens", "run_census", "cli_spell",
+    "Tally", "build_doc", "verdicts", "check_census_memory", "default_workers", "finite", "probe_tokens", "run_census",
 ]  # fmt: skip
 
-Spell = Callable[[str], str]  # a parameter's name (repeat_length) as the caller's user writes it (--repeat-length)
 
-
-def cli_spell(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def api_spell(name: str) -> str:
-    return name
-
-
-def probe_tokens(
-    ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec, spell: Spell = api_spell
-) -> tuple[int | None, np.ndarray]:
+def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
     """The probes' prefix token (None: the tokenizer has none the model can read) and the ordinary tokens they are
     drawn from, each probe's length checked against the model."""
     c = ckpt.config
     if probes and spec.count < 1:
-        raise UsageError(f"{spell('probe_count')} {spec.count} must be at least 1")
+        raise UsageError(f"{{probe_count}} {spec.count} must be at least 1", params=("probe_count",))
     prefix = tokenizer.prefix_id()
     if prefix is not None and prefix >= c.vocab_size:
         prefix = None
@@ -63,10 +51,11 @@ def probe_tokens(
         n = spec.n_tokens(p, prefix)
         low = 3 if p == "repeat" else 2
         if (spec.repeat_length if p == "repeat" else spec.random_length) < low:
-            raise UsageError(f"{spell(p + '_length')} must be at least {low}")
+            raise UsageError(f"{{{p}_length}} must be at least {low}", params=(f"{p}_length",))
         if n > c.n_positions:
             raise UsageError(
-                f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions}); lower {spell(p + '_length')}"
+                f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions}); lower {{{p}_length}}",
+                params=(f"{p}_length",),
             )
     return prefix, ordinary
 
@@ -80,14 +69,12 @@ def check_census_memory(
     workers: int,
     dask: str | None,
     max_memory: Size,
-    option: str = "--max-memory",
 ) -> None:
     """One forward of the longest text per local worker process (none on a remote cluster) against max_memory."""
     c = ckpt.config
     longest = c.n_positions if corpus else max(spec.n_tokens(p, prefix) for p in probes)
     local = 0 if dask not in (None, "local") else (1 if workers == 1 and dask is None else workers)
-    how = "use fewer --workers, or a shorter --truncate'd corpus" if option.startswith("--") else "use fewer workers"
-    check_memory(census_bytes(ckpt, longest, local), max_memory, how, option=option)
+    check_memory(census_bytes(ckpt, longest, local), max_memory, "workers")
 
 
 class CensusRun:
@@ -101,7 +88,6 @@ class CensusRun:
         per_text: TextIO | None = None,
         strict: bool = False,
         on_failure: Callable[[str, str], None] | None = None,
-        strict_name: str = "--strict",
     ) -> None:
         self.tallies = {s: Tally(shape) for s in SOURCES}
         self.meta: dict[
@@ -109,7 +95,6 @@ class CensusRun:
         ] = {}  # seq -> (source, index, line, ids, where)
         self.per_text = per_text
         self.strict = strict
-        self.strict_name = strict_name
         self.on_failure = on_failure
         self.failures = 0
         self.seq = 0
@@ -139,7 +124,7 @@ class CensusRun:
         record: dict = {"source": source, "index": index} | ({"line": line} if line is not None else {})
         if isinstance(outcome, str):
             if self.strict:
-                raise TextError(f"{where}: {outcome} ({self.strict_name})")
+                raise TextError(f"{where}: {outcome} ({{strict}})", params=("strict",))
             tally.failed += 1
             if self.on_failure is not None:
                 self.on_failure(where, outcome)

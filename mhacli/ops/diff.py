@@ -37,7 +37,6 @@ def tokenize_both(
     truncate: bool,
     *,
     on_truncate: Callable[[str], None] = _ignore,
-    truncate_hint: str = "pass --truncate",
 ) -> DiffText:
     """The text's token ids, required to be the same under both tokenizers and to fit both models. a, b: (checkpoint,
     tokenizer); on_truncate gets the message saying a text was cut."""
@@ -57,7 +56,8 @@ def tokenize_both(
         if not truncate:
             raise TextError(
                 f"{where} is {count} tokens, longer than {which} n_positions ({limit}); "
-                f"shorten it or {truncate_hint} to keep the first tokens"
+                "shorten it or pass {truncate} to keep the first tokens",
+                params=("truncate",),
             )
         on_truncate(f"{where} truncated to the first {limit} of {count} tokens")
         ids_a = ids_a[:limit]
@@ -86,7 +86,6 @@ def compare(
     match: bool = False,
     edits_b: dict[int, ZEdit] | None = None,
     max_memory: Size = None,
-    option: str = "--max-memory",
     progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
 ) -> DiffReport:
     """Per-head divergence of B's attention from A's over the texts (their mean): head by head when the shapes agree
@@ -96,7 +95,7 @@ def compare(
     shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
     mode = "paired" if shape_a == shape_b and not match else "matched"
     n_seq = max(len(t.ids) for t in texts)
-    check_memory(diff_bytes(ckpt_a, ckpt_b, n_seq, mode == "paired"), max_memory, "use shorter texts", option=option)
+    check_memory(diff_bytes(ckpt_a, ckpt_b, n_seq, mode == "paired"), max_memory, "texts")
     per_text = [
         compare_text(ckpt_a, ckpt_b, t.ids, metric, mode, edits_b)
         for t in progress(texts, len(texts), f"comparing heads on {len(texts)} texts")

@@ -19,9 +19,8 @@ def explain(
     query: int | None = None,
     *,
     max_memory: Size = None,
-    option: str = "--max-memory",
 ) -> Explanation:
     """Head `head` of layer `layer` for query token `query` (default the last), every intermediate checked against
     the forward; refused (ResourceError) when the unfused layer would need more than max_memory."""
-    check_memory(explain_bytes(ckpt, len(ids)), max_memory, "use a shorter text", option=option)
+    check_memory(explain_bytes(ckpt, len(ids)), max_memory, "text")
     return explain_head(ckpt, ids, layer, head, query)

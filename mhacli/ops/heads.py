@@ -26,8 +26,7 @@ def check_heads(
     *,
     keep_maps: bool,
     max_memory: Size,
-    how_to_narrow: str,
-    option: str = "--max-memory",
+    narrow: str = "text",
     request: MapRequest | None = None,
 ) -> tuple[int, int]:
     """The selection (layers and heads in range) and the memory it needs (ResourceError past max_memory), with
@@ -38,9 +37,7 @@ def check_heads(
     n_layers = len(set(layers)) if layers else c.n_layer
     n_heads = len(set(heads)) if heads else c.n_head
     cells = request.cells(n_seq) if request is not None else 0
-    check_memory(
-        heads_bytes(ckpt, n_seq, n_layers, n_heads, keep_maps, cells), max_memory, how_to_narrow, option=option
-    )
+    check_memory(heads_bytes(ckpt, n_seq, n_layers, n_heads, keep_maps, cells), max_memory, narrow)
     return n_layers, n_heads
 
 

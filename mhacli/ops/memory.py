@@ -11,6 +11,8 @@ from mhacli.analyses.loss import VOCAB_BLOCK
 from mhacli.errors import ResourceError, UsageError
 from mhacli.views.display import format_bytes
 
+MAX_MEMORY = ("max_memory",)  # the parameter the guard's messages name
+
 Size = int | str | None  # bytes, a size like '2G' / '512M', or None: 80% of available memory
 _UNITS = {
     "": 1,
@@ -30,11 +32,11 @@ _UNITS = {
 }
 
 
-def parse_size(text: str, option: str = "--max-memory") -> int:
-    """'2G', '512M', '1.5GiB', '1000000' -> bytes."""
+def parse_size(text: str) -> int:
+    """'2G', '512M', '1.5GiB', '1000000' -> bytes (an error names the parameter max_memory)."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
-        raise UsageError(f"{option} {text!r} is not a size like 2G, 512M or 1.5GiB")
+        raise UsageError(f"{{max_memory}} {text!r} is not a size like 2G, 512M or 1.5GiB", params=MAX_MEMORY)
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
@@ -53,24 +55,32 @@ def available_memory() -> int:
         return 8 * 1024**3
 
 
-def memory_limit(max_memory: Size, option: str = "--max-memory") -> int:
+def memory_limit(max_memory: Size) -> int:
     """The limit in bytes: max_memory as given (bytes, or a size like 2G), else 80% of available memory."""
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, str, type(None))):
-        raise UsageError(f"{option} must be a number of bytes or a size like 2G, got {type(max_memory).__name__}")
+        got = type(max_memory).__name__
+        raise UsageError(f"{{max_memory}} must be a number of bytes or a size like 2G, got {got}", params=MAX_MEMORY)
     if isinstance(max_memory, int):
         return max_memory
-    return parse_size(max_memory, option) if max_memory else int(0.8 * available_memory())
+    return parse_size(max_memory) if max_memory else int(0.8 * available_memory())
 
 
-def check_memory(needed: int, max_memory: Size, how_to_narrow: str, *, option: str = "--max-memory") -> None:
-    """Refuse (ResourceError), with a way out, a request that would need more memory than allowed (instead of the
-    OOM killer). `option`: how the limit is named in the message (--max-memory, or max_memory for the API)."""
-    limit = memory_limit(max_memory, option)
+def check_memory(needed: int, max_memory: Size, narrow: str = "text") -> None:
+    """Refuse (ResourceError) a request that would need more memory than allowed, instead of the OOM killer.
+
+    `narrow` names the way out that fits the request (mhacli.errors.ResourceError); the door words it and the
+    parameter.
+    """
+    limit = memory_limit(max_memory)
     if needed > limit:
-        source = option if max_memory not in (None, "") else "80% of available memory"
+        source = "{max_memory}" if max_memory not in (None, "") else "80% of available memory"
         raise ResourceError(
             f"this request needs about {format_bytes(needed)}, more than {format_bytes(limit)} ({source}); "
-            f"{how_to_narrow}, or raise {option}"
+            f"{{narrow:{narrow}}}, or raise {{max_memory}}",
+            params=(*MAX_MEMORY, f"narrow:{narrow}"),
+            needed=needed,
+            limit=limit,
+            narrow=narrow,
         )
 
 
