@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from mhacli.analyses.ablate import METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, removal_edits
-from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally
-from mhacli.analyses.diff import DiffReport
+from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally, verdicts
+from mhacli.analyses.diff import METRICS, DiffReport, check_metric
 from mhacli.analyses.explain import Explanation
 from mhacli.analyses.heads import HeadView, memory_needed
 from mhacli.analyses.loss import text_losses
-from mhacli.analyses.stats import HeadStats, layer_stats
+from mhacli.analyses.stats import STAT_NAMES, HeadStats, layer_stats
+from mhacli.analyses.verify import HIDDEN_ATOL
 from mhacli.config import ModelConfig
 from mhacli.engine.attention import DISCARD, Sink
 from mhacli.engine.blocks import ZEdit
@@ -36,15 +37,21 @@ from mhacli.errors import TextError, UsageError
 from mhacli.io.textin import TokenizedText, from_ids, ids_from_items, tokenize
 from mhacli.io.textin import check_ids as check_id_values
 from mhacli.io.tokenizer import Tokenizer, load_tokenizer
-from mhacli.io.weights import Checkpoint, load_model
+from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
+from mhacli.ops import diff as diffs
 from mhacli.ops.ablation import check_scorable
-from mhacli.ops.diff import check_metric, compare, tokenize_both
+from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import check_heads, head_views
 from mhacli.ops.memory import Size
 
-__all__ = ["Ablation", "Census", "Model", "Run", "census", "diff", "load"]
+__all__ = [
+    "Ablation", "Census", "Model", "Run", "census", "diff", "load",
+    # the vocabulary both doors share: what a request may name, and the types it gets back
+    "HIDDEN_ATOL", "METHODS", "METRICS", "PROBES", "STAT_NAMES", "ProbeSpec",
+    "Checkpoint", "DiffReport", "HeadView", "ModelFiles", "TokenizedText", "Tokenizer",
+]  # fmt: skip
 
 IdsLike = Sequence[int] | np.ndarray
 
@@ -416,20 +423,9 @@ def diff(
         raise TextError("no text given")
     a, b = (model_a.checkpoint, model_a.tokenizer), (model_b.checkpoint, model_b.tokenizer)
     where = (lambda n: "the text") if len(texts) == 1 else (lambda n: f"text {n}")
-    items = [tokenize_both(check_text(t), where(n), a, b, truncate) for n, t in enumerate(texts)]
-    removed = sorted(set(remove_b or ()))
-    for h in removed:
-        check_head(h, model_b.config.n_layer, model_b.config.n_head)
-    edits_b = removal_edits(removed) if removed else None
-    return compare(
-        model_a.checkpoint,
-        model_b.checkpoint,
-        items,
-        metric,
-        match=match,
-        edits_b=edits_b,
-        max_memory=max_memory,
-    )
+    raws: list[tuple[str | list[int], str]] = [(check_text(t), where(n)) for n, t in enumerate(texts)]
+    request = DiffRequest(raws, metric, match, list(remove_b or ()), truncate, max_memory)
+    return diffs.diff(a, b, request).report
 
 
 @dataclass(frozen=True)
@@ -479,26 +475,9 @@ def census(
     corpus = None if texts is None else [texts] if isinstance(texts, str) else [check_text(t) for t in texts]
     if not probes and not corpus:
         raise UsageError("nothing to run: no probes and no texts")
-    c, ckpt = model.config, model.checkpoint
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
-    prefix, ordinary = censuses.probe_tokens(ckpt, model.tokenizer, probes, spec)
-    censuses.check_census_memory(ckpt, probes, spec, prefix, bool(corpus), workers, dask, max_memory)
-    run = censuses.CensusRun((c.n_layer, c.n_head), strict=True)
     lines = None if not corpus else [(None, t) for t in corpus]
-    censuses.run_census(
-        run,
-        ckpt,
-        model.tokenizer,
-        probes,
-        spec,
-        prefix,
-        ordinary,
-        lines,
-        truncate=truncate,
-        workers=workers,
-        dask=dask,
-        where=lambda n, line: f"text {n}",
-    )
-    doc = censuses.build_doc(run, ckpt.model_dict(), spec, probes, prefix, None, c.kv_head, has_corpus=bool(corpus))
-    ran = run.ran()
-    return Census(censuses.verdicts(ran), ran, spec, probes, doc)
+    request = censuses.CensusRequest(probes, spec, lines, None, truncate, workers, dask, max_memory, strict=True)
+    done = censuses.take_census(model.checkpoint, model.tokenizer, request)
+    ran = done.run.ran()
+    return Census(verdicts(ran), ran, spec, probes, done.doc)

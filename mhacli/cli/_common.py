@@ -4,23 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
-from typing import Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 
 from mhacli.errors import UsageError
-from mhacli.ops.inputs import (  # noqa: F401 - check_text_or_ids: for the commands
-    Checkpoint,
-    ModelFiles,
-    TokenizedText,
-    Tokenizer,
-    check_model,
-    check_text_or_ids,
-    encode,
-    open_model,
-    read_input,
-)
+from mhacli.ops.inputs import check_model, encode, open_model, read_input
 from mhacli.views.output import Environment, Output, default_format
+
+if TYPE_CHECKING:
+    from mhacli.api import Checkpoint, ModelFiles, TokenizedText, Tokenizer
 
 T = TypeVar("T")
 

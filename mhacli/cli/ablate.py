@@ -5,7 +5,7 @@ mhacli.ops.ablation's."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -19,7 +19,6 @@ from mhacli.cli._common import (
     ModelOpt,
     TextArg,
     TruncateOpt,
-    check_text_or_ids,
     load,
     output,
     progress,
@@ -27,10 +26,12 @@ from mhacli.cli._common import (
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import UsageError
-from mhacli.ops.ablation import ablate_doc, check_scorable, mask_doc, prune_doc, scorable
-from mhacli.ops.heads import check_selection
-from mhacli.ops.inputs import Checkpoint, TokenizedText, check_model, read_ids, read_text, read_texts
+from mhacli.ops.ablation import ablate_doc, check_scorable, mask_doc, prune_doc, scorable, selected_heads
+from mhacli.ops.inputs import check_model, check_text_or_ids, read_inputs
 from mhacli.views import save as saving
+
+if TYPE_CHECKING:
+    from mhacli.api import Checkpoint, TokenizedText
 from mhacli.views.formats import atomic_write_bytes, check_writable, dumps
 from mhacli.views.output import FORMATS
 from mhacli.views.results import AblateResult, PruneResult
@@ -64,13 +65,7 @@ def scored_texts(
     when the scoring needs more than --max-memory (mhacli.ops.memory.scoring_bytes)."""
     check_text_or_ids(text, ids, texts)
     files = check_model(model)
-    raws: list[tuple[str | list[int], str]]
-    if texts is not None:
-        raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
-    elif ids is not None:
-        raws = [(read_ids(ids), "--ids")]
-    else:
-        raws = [(read_text(text), "the text")]
+    raws = read_inputs(text, ids, texts)
     ckpt, tokenizer = load(model, cache=None, files=files)
     tokenized = [
         (scorable(tokens_of(raw, ckpt, tokenizer, truncate=truncate, where=where), where), where) for raw, where in raws
@@ -123,10 +118,7 @@ def ablate(
     saves = saving.parse(save, "ablate", dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     c = ckpt.config
-    check_selection(c.n_layer, c.n_head, layer, head)
-    selected = [
-        (lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))
-    ]
+    selected = selected_heads(c.n_layer, c.n_head, layer, head)
     doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker)
     saving.write_all(saves, saving.ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
     out.emit(AblateResult(doc, top))

@@ -13,8 +13,8 @@ from mhacli.cli._app import app, examples
 from mhacli.cli._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_model, environment
 from mhacli.cli.ablate import AblateOpt
 from mhacli.errors import ExitCode, TextError, UsageError, missing_extra
+from mhacli.ops import inputs
 from mhacli.ops.ablation import ablated_heads, check_ablate_spec
-from mhacli.ops.inputs import read_text
 from mhacli.ops.memory import check_memory, memory_limit
 
 # Shown when no TEXT is given on a terminal: a sentence said twice, so the bundled model's previous-token (L0H3)
@@ -99,7 +99,7 @@ def read_input(text: str | None) -> str:
     env = environment()
     if text is None and env.stdin is not None and env.stdin_isatty:
         return DEFAULT_TEXT
-    raw = read_text(text)
+    raw = inputs.read_input(text, None)
     if text is None or text == "-":
         try:
             tty = os.open("/dev/tty", os.O_RDWR)

@@ -11,27 +11,23 @@ from typing import Annotated
 
 import typer
 
+from mhacli.api import PROBES, ProbeSpec
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, environment, load, output, warn
 from mhacli.cli._save import DpiOpt, SaveList, save_option
-from mhacli.errors import TextError, UsageError
-from mhacli.ops.census import (
-    PROBES,
-    CensusRun,
-    ProbeSpec,
-    build_doc,
-    check_census_memory,
-    default_workers,
-    probe_tokens,
-    run_census,
-)
-from mhacli.ops.inputs import iter_texts
+from mhacli.errors import UsageError
+from mhacli.ops.census import CensusOutcome, CensusRequest, take_census
 from mhacli.views import save as saving
 from mhacli.views.formats import check_writable
 from mhacli.views.output import FORMATS
 from mhacli.views.results import CensusResult
 
 MAX_WARNINGS = 10  # failed texts named one by one on stderr; the rest are counted
+
+
+def cli_where(n: int, line: int | None) -> str:
+    """A corpus text's name in messages: its line of --texts FILE."""
+    return f"--texts line {line}"
 
 
 def parse_probes(spec: str) -> tuple[str, ...]:
@@ -163,77 +159,35 @@ def census(
     if per_text is not None:
         check_writable(per_text)
     saves = saving.parse(save, "census", dpi=dpi)
-    n_workers = workers if workers is not None else default_workers()
     ckpt, tokenizer = load(model, cache=None)
-    c = ckpt.config
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
-    prefix, ordinary = probe_tokens(ckpt, tokenizer, chosen, spec)
-    check_census_memory(ckpt, chosen, spec, prefix, texts is not None, n_workers, dask, max_memory)
-
-    census = run_shown(
-        ckpt, tokenizer, chosen, spec, prefix, ordinary, texts, per_text, strict, truncate, n_workers, dask
-    )
-    doc = build_doc(census, ckpt.model_dict(), spec, chosen, prefix, texts, c.kv_head)
+    request = CensusRequest(chosen, spec, None, texts, truncate, workers, dask, max_memory, strict, where=cli_where)
+    doc = run_shown(ckpt, tokenizer, request, per_text).doc
     saving.write_all(saves, saving.census_picture(ckpt, doc), dpi=dpi)
     out.emit(CensusResult(doc, top))
 
 
-def run_shown(
-    ckpt,
-    tokenizer,
-    chosen: tuple[str, ...],
-    spec: ProbeSpec,
-    prefix: int | None,
-    ordinary,
-    texts: str | None,
-    per_text: Path | None,
-    strict: bool,
-    truncate: bool,
-    n_workers: int,
-    dask: str | None,
-) -> CensusRun:
-    """The census (mhacli.ops.census.run_census) with a progress bar, failed texts on stderr and the --per-text
-    file written whole or not at all; refused when the corpus gave no text."""
-    c = ckpt.config
+def run_shown(ckpt, tokenizer, request: CensusRequest, per_text: Path | None) -> CensusOutcome:
+    """The census (mhacli.ops.census.take_census) with a progress bar, failed texts on stderr (the first
+    MAX_WARNINGS) and the --per-text file written whole or not at all."""
     writer = AtomicText(per_text) if per_text is not None else None
     failures = FailureLines()
-    census = CensusRun(
-        (c.n_layer, c.n_head), per_text=writer.file if writer else None, strict=strict, on_failure=failures
-    )
-    total = len(chosen) * spec.count + (count_lines(texts) or 0 if texts is not None else 0)
+    texts = request.corpus_path
+    total = len(request.probes) * request.spec.count + (count_lines(texts) or 0 if texts is not None else 0)
     try:
         with census_progress(total if texts is None or count_lines(texts) is not None else None) as tick:
-            census.tick = tick
-            corpus = iter_texts(texts) if texts is not None else None
-            run_census(
-                census,
-                ckpt,
-                tokenizer,
-                chosen,
-                spec,
-                prefix,
-                ordinary,
-                corpus,
-                truncate=truncate,
-                workers=n_workers,
-                dask=dask,
+            done = take_census(
+                ckpt, tokenizer, request, per_text=writer.file if writer else None, on_failure=failures, tick=tick
             )
     except BaseException:
         if writer is not None:
             writer.discard()
         raise
-    corpus_tally = census.tallies["corpus"]
-    if texts is not None and corpus_tally.n_texts == 0:
-        if writer is not None:
-            writer.discard()
-        if corpus_tally.failed:
-            raise TextError(f"--texts {texts}: every text failed ({corpus_tally.failed}); see the warnings above")
-        raise TextError(f"--texts {texts}: holds no text (every line is blank)")
     if failures.count > MAX_WARNINGS:
         warn(f"{failures.count - MAX_WARNINGS} more texts failed; --per-text FILE lists them all")
     if writer is not None:
         writer.commit()
-    return census
+    return done
 
 
 def census_progress(total: int | None):

@@ -6,6 +6,7 @@ from typing import Annotated, Literal, TextIO
 
 import typer
 
+from mhacli.api import METRICS, DiffReport
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
     FormatOpt,
@@ -13,7 +14,6 @@ from mhacli.cli._common import (
     MaxMemoryOpt,
     TextArg,
     TruncateOpt,
-    check_text_or_ids,
     load,
     output,
     progress,
@@ -21,9 +21,10 @@ from mhacli.cli._common import (
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import ExitCode, UsageError
-from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.ops.diff import METRICS, DiffReport, check_metric, compare, ids_for_both, peak_maps, tokenize_both
-from mhacli.ops.inputs import check_model, read_ids, read_text, read_texts
+from mhacli.ops.ablation import check_ablate_spec
+from mhacli.ops.diff import DiffRequest, peak_maps
+from mhacli.ops.diff import diff as run_diff
+from mhacli.ops.inputs import check_model, check_text_or_ids, read_inputs
 from mhacli.views import save as saving
 from mhacli.views.output import FORMATS
 from mhacli.views.results import DiffResult
@@ -74,31 +75,20 @@ def diff(
 ) -> int:
     """Per-head divergence between two models on the same text (same tokenizer needed)."""
     out = output(format, FORMATS)
-    check_metric(metric)
     if fail_above is not None and not fail_above >= 0:
         raise UsageError(f"--fail-above {fail_above} must be a number >= 0")
     saves = saving.parse(save, "diff", dpi=dpi)
     check_text_or_ids(text, ids, texts)
     check_ablate_spec(ablate)
     files_a, files_b = check_model(model_a), check_model(model_b)  # a wrong path is named before stdin is read
-    if texts is not None:
-        raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
-    elif ids is not None:
-        given = read_ids(ids)
-    else:
-        raws = [(read_text(text), "the text")]
+    raws = read_inputs(text, ids, texts)
     # several texts: read small models once
     a, b = load(model_a, cache=None, files=files_a), load(model_b, cache=None, files=files_b)
-    if ids is not None:
-        items = [ids_for_both(given, a, b, truncate, on_truncate=warn)]
-    else:
-        items = [tokenize_both(raw, where, a, b, truncate, on_truncate=warn) for raw, where in raws]
+    request = DiffRequest(raws, metric, match, ablate, truncate, max_memory)
+    done = run_diff(a, b, request, on_truncate=warn, progress=progress)
     (ckpt_a, _), (ckpt_b, _) = a, b
-    edits_b = ablation_edits(ablate, ckpt_b)
-    report = compare(
-        ckpt_a, ckpt_b, items, metric, match=match, edits_b=edits_b, max_memory=max_memory, progress=progress
-    )
-    saving.write_all(saves, saving.diff_picture(saves, ckpt_a, ckpt_b, report, items[0], edits_b), dpi=dpi)
+    report, items = done.report, done.texts
+    saving.write_all(saves, saving.diff_picture(saves, ckpt_a, ckpt_b, report, items[0], done.edits_b), dpi=dpi)
     result = DiffResult(report, ckpt_a.source, ckpt_b.source, items[0].tokens, [len(t.ids) for t in items])
     result.maps = lambda: peak_maps(ckpt_a, ckpt_b, report, items[0])  # a forward: only the terminal draws them
     result.top, result.start = top, start

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from mhacli.api import STAT_NAMES
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
     FormatOpt,
@@ -24,7 +25,7 @@ from mhacli.cli._common import (
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
 from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.ops.heads import STAT_NAMES, check_heads, head_views
+from mhacli.ops.heads import check_heads, head_views
 from mhacli.views import save as saving
 from mhacli.views.output import FORMATS
 from mhacli.views.results import StatsResult

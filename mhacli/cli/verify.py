@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from mhacli.api import HIDDEN_ATOL
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
     REPORT_FORMATS,
@@ -18,7 +19,6 @@ from mhacli.cli._common import (
     prepare,
 )
 from mhacli.errors import ExitCode, UsageError
-from mhacli.ops.verify import HIDDEN_ATOL
 from mhacli.views.results import VerifyResult
 
 DEFAULT_TEXT = (

@@ -10,10 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mhacli.analyses.ablate import (
-    METHODS,
     Ablator,
     Head,
-    HeadEffect,
     ablate_each,
     check_head,
     importance_curve,
@@ -23,18 +21,13 @@ from mhacli.analyses.ablate import (
     removal_edits,
     schedule,
 )
+from mhacli.analyses.heads import check_selection
 from mhacli.analyses.stats import StatsAccumulator, head_stats
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
 from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, scoring_bytes
-
-__all__ = [
-    "METHODS", "Head", "HeadEffect", "KindTally", "ablate_doc", "ablated_heads", "ablation_edits",
-    "check_ablate_spec", "check_head", "check_scorable", "make_ablator", "mask_doc", "prune_doc", "read_mask", "removal_edits",
-    "scorable",
-]  # fmt: skip
 
 MAX_MASK_BYTES = 1024 * 1024
 Ticker = Callable[[int, str], tuple[Callable[[], None], Callable[[], None]]]
@@ -85,6 +78,12 @@ def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
 def mask_doc(n_layer: int, n_head: int, heads: Sequence[Head]) -> dict:
     """What read_mask reads: the model's shape and the heads, as [layer, head] pairs."""
     return {"model": {"n_layer": n_layer, "n_head": n_head}, "heads": [list(h) for h in heads]}
+
+
+def selected_heads(n_layer: int, n_head: int, layers: Sequence[int] | None, heads: Sequence[int] | None) -> list[Head]:
+    """The heads of the selected layers and heads (each in range; None: all), in order."""
+    check_selection(n_layer, n_head, layers, heads)
+    return [(lay, h) for lay in sorted(set(layers or range(n_layer))) for h in sorted(set(heads or range(n_head)))]
 
 
 def check_ablate_spec(spec: str | None) -> None:

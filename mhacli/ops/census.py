@@ -6,6 +6,7 @@ is what happens to a failed text (`on_failure`, `strict`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
@@ -14,7 +15,6 @@ from mhacli.analyses.census import (
     PROBES,
     SOURCES,
     TALLIED,
-    HeadVerdict,
     ProbeSpec,
     Tally,
     TextStats,
@@ -25,14 +25,9 @@ from mhacli.analyses.census import (
 from mhacli.analyses.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
 from mhacli.analyses.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
 from mhacli.errors import TextError, UsageError
-from mhacli.io.textin import tokenize
+from mhacli.io.textin import iter_texts, tokenize
 from mhacli.ops.memory import Size, census_bytes, check_memory
 from mhacli.views.formats import dumps
-
-__all__ = [
-    "KINDS", "MIN_SUPPORT", "PROBES", "SOURCES", "SUPPORTED_STATS", "TALLIED", "CensusRun", "HeadVerdict", "ProbeSpec",
-    "Tally", "build_doc", "verdicts", "check_census_memory", "default_workers", "finite", "probe_tokens", "run_census",
-]  # fmt: skip
 
 
 def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
@@ -186,8 +181,9 @@ def corpus_work(
         yield census.item("corpus", n, line, tokens.ids, 0, where(n, line))
 
 
-def cli_where(n: int, line: int | None) -> str:
-    return f"--texts line {line}"
+def api_where(n: int, line: int | None) -> str:
+    """A corpus text's name in messages: its index among the texts given."""
+    return f"text {n}"
 
 
 def run_census(
@@ -203,7 +199,7 @@ def run_census(
     truncate: bool = False,
     workers: int = 1,
     dask: str | None = None,
-    where: Callable[[int, int | None], str] = cli_where,
+    where: Callable[[int, int | None], str] = api_where,
 ) -> None:
     """Every probe, then every corpus text (line number, text), through the model: in this process (workers=1, no
     dask), in `workers` local processes, or on a Dask cluster (`dask`: an address or 'local'); each result folded
@@ -227,6 +223,70 @@ def run_census(
     else:
         with local_pool(workers) as executor:
             drive(work(), ckpt.files, executor, sink, in_flight=2 * workers)
+
+
+@dataclass(frozen=True)
+class CensusRequest:
+    """A census: the probes, the corpus (line number or None, text), and where it runs."""
+
+    probes: tuple[str, ...] = PROBES
+    spec: ProbeSpec = field(default_factory=ProbeSpec)
+    corpus: Iterable[tuple[int | None, str]] | None = None  # None: the lines of corpus_path, streamed
+    corpus_path: str | None = None  # a file of texts, one a line ('-': stdin; None: the texts given, or none)
+    truncate: bool = False
+    workers: int | None = 1  # None: one per core
+    dask: str | None = None
+    max_memory: Size = None
+    strict: bool = True  # a failed text stops the census (TextError), else it is counted (on_failure)
+    where: Callable[[int, int | None], str] = api_where  # a corpus text's name in messages
+
+    @property
+    def has_corpus(self) -> bool:
+        return self.corpus is not None or self.corpus_path is not None
+
+
+@dataclass(frozen=True)
+class CensusOutcome:
+    run: CensusRun
+    doc: dict  # `mha census --format json`'s document
+
+
+def take_census(
+    ckpt,
+    tokenizer,
+    request: CensusRequest,
+    *,
+    per_text: TextIO | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+    tick: Callable[[], None] | None = None,
+) -> CensusOutcome:
+    """`mha census` and mhacli.census: the probes' tokens, the memory guard, the run, the document. The one
+    orchestration both doors run; `per_text` gets every text's record, `on_failure` each failed text (not strict),
+    `tick` each text done. A corpus read from a file that gave no text is refused (TextError)."""
+    c, r = ckpt.config, request
+    workers = r.workers if r.workers is not None else default_workers()
+    corpus = r.corpus if r.corpus is not None or r.corpus_path is None else iter_texts(r.corpus_path)
+    prefix, ordinary = probe_tokens(ckpt, tokenizer, r.probes, r.spec)
+    check_census_memory(ckpt, r.probes, r.spec, prefix, r.has_corpus, workers, r.dask, r.max_memory)
+    census = CensusRun((c.n_layer, c.n_head), per_text=per_text, strict=r.strict, on_failure=on_failure)
+    if tick is not None:
+        census.tick = tick
+    run_census(
+        census, ckpt, tokenizer, r.probes, r.spec, prefix, ordinary, corpus,
+        truncate=r.truncate, workers=workers, dask=r.dask, where=r.where,
+    )  # fmt: skip
+    corpus_tally = census.tallies["corpus"]
+    if r.corpus_path is not None and corpus_tally.n_texts == 0:
+        if corpus_tally.failed:
+            raise TextError(
+                f"{{texts}} {r.corpus_path}: every text failed ({corpus_tally.failed}); see the warnings above",
+                params=("texts",),
+            )
+        raise TextError(f"{{texts}} {r.corpus_path}: holds no text (every line is blank)", params=("texts",))
+    doc = build_doc(
+        census, ckpt.model_dict(), r.spec, r.probes, prefix, r.corpus_path, c.kv_head, has_corpus=r.has_corpus
+    )
+    return CensusOutcome(census, doc)
 
 
 def build_doc(

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.analyses.diff import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.analyses.ablate import check_head, removal_edits
+from mhacli.analyses.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.analyses.heads import HeadView, analyse
 from mhacli.engine.blocks import ZEdit
 from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
+from mhacli.ops.ablation import ablated_heads
 from mhacli.ops.memory import Size, check_memory, diff_bytes
 
-__all__ = ["METRICS", "DiffReport", "DiffText", "check_metric", "compare", "ids_for_both", "peak_maps", "tokenize_both"]
+Head = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,63 @@ def compare(
         for t in progress(texts, len(texts), f"comparing heads on {len(texts)} texts")
     ]
     return summarise(per_text, metric, mode, shape_a, shape_b)
+
+
+@dataclass(frozen=True)
+class DiffRequest:
+    """Two models compared on texts: each text (a string, or token ids) with `where` naming it in messages."""
+
+    texts: Sequence[tuple[str | list[int], str]]
+    metric: str = "js"
+    match: bool = False
+    remove_b: Sequence[Head] | str | None = None  # heads of B zeroed first, or an --ablate spec (L.H,... / @mask)
+    truncate: bool = False
+    max_memory: Size = None
+
+
+@dataclass(frozen=True)
+class DiffOutcome:
+    report: DiffReport
+    texts: list[DiffText]  # as both models read them
+    edits_b: dict[int, ZEdit] | None
+
+
+def diff(
+    a: tuple,
+    b: tuple,
+    request: DiffRequest,
+    *,
+    on_truncate: Callable[[str], None] = _ignore,
+    progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
+) -> DiffOutcome:
+    """`mha diff` and mhacli.diff: the texts' ids under both models (a, b: checkpoint and tokenizer), B's heads
+    removed, then per-head divergence (compare). The one orchestration both doors run."""
+    check_metric(request.metric)
+    items = [
+        ids_for_both(raw, a, b, request.truncate, on_truncate=on_truncate)
+        if isinstance(raw, list)
+        else tokenize_both(raw, where, a, b, request.truncate, on_truncate=on_truncate)
+        for raw, where in request.texts
+    ]
+    ckpt_a, ckpt_b = a[0], b[0]
+    if isinstance(request.remove_b, str):
+        removed = ablated_heads(request.remove_b, ckpt_b)
+    else:
+        removed = sorted(set(request.remove_b or ()))
+        for h in removed:
+            check_head(h, ckpt_b.config.n_layer, ckpt_b.config.n_head)
+    edits_b = removal_edits(removed) if removed else None
+    report = compare(
+        ckpt_a,
+        ckpt_b,
+        items,
+        request.metric,
+        match=request.match,
+        edits_b=edits_b,
+        max_memory=request.max_memory,
+        progress=progress,
+    )
+    return DiffOutcome(report, items, edits_b)
 
 
 def peak_maps(ckpt_a, ckpt_b, report: DiffReport, first: DiffText) -> tuple[HeadView, HeadView] | None:

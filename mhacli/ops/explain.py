@@ -8,8 +8,6 @@ from mhacli.analyses.explain import Explanation
 from mhacli.analyses.explain import explain as explain_head
 from mhacli.ops.memory import Size, check_memory, explain_bytes
 
-__all__ = ["Explanation", "explain"]
-
 
 def explain(
     ckpt,

@@ -9,13 +9,8 @@ import numpy as np
 
 from mhacli.analyses.heads import HeadView, analyse, check_selection
 from mhacli.analyses.partial import MapRequest
-from mhacli.analyses.stats import STAT_NAMES, TOO_PLAIN, HeadStats, undecidable
 from mhacli.engine.blocks import ZEdit
 from mhacli.ops.memory import Size, check_memory, heads_bytes
-
-__all__ = [
-    "STAT_NAMES", "TOO_PLAIN", "HeadStats", "HeadView", "check_heads", "check_selection", "head_views", "undecidable",
-]  # fmt: skip
 
 
 def check_heads(

@@ -6,8 +6,6 @@ from __future__ import annotations
 from mhacli.config import ModelConfig
 from mhacli.io.weights import DTYPE_BYTES, load_model
 
-__all__ = ["architectures", "info_doc", "kv_cache_doc"]
-
 
 def architectures() -> list[str]:
     """The config.json model_types the forward supports (mhacli.engine.arch.FAMILIES), in registry order."""

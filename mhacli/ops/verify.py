@@ -8,8 +8,6 @@ import numpy as np
 from mhacli.analyses.verify import HIDDEN_ATOL, VerifyReport
 from mhacli.analyses.verify import verify as _verify
 
-__all__ = ["HIDDEN_ATOL", "VerifyReport", "verify"]
-
 
 def verify(ckpt, ids: np.ndarray, *, atol: float = 1e-5, hidden_atol: float = HIDDEN_ATOL) -> VerifyReport:
     """Every layer's attention and hidden state (and the output head's loss and logits) against HF's."""
