@@ -57,9 +57,12 @@ IdsLike = Sequence[int] | np.ndarray
 
 
 def load(model: str | Path | None = None, *, cache: bool | None = None) -> Model:
-    """A model and its tokenizer, from any form `mha -m` accepts: a directory, a .safetensors file, a Hugging Face
-    id, `sample` or `sample-early` (None: $MHA_MODEL, else `sample`). Weights are read when first needed;
-    cache=None keeps them once read for models under 512 MiB (True: always, False: never)."""
+    """A model and its tokenizer, from any form `mha -m` accepts.
+
+    A directory, a .safetensors file, a Hugging Face id, `sample` or `sample-early` (None: $MHA_MODEL, else
+    `sample`). Weights are read when first needed; cache=None keeps them once read for models under 512 MiB (True:
+    always, False: never).
+    """
     ckpt = load_model(None if model is None else str(model), cache=cache)
     return Model(ckpt, load_tokenizer(ckpt.files.directory))
 
@@ -81,8 +84,11 @@ TRUNCATE_HINT = "pass truncate=True"
 
 
 def _id_values(ids: IdsLike) -> list[int]:
-    """Token ids given directly, as a list: a 1-D sequence of integers, each checked by the rule --ids follows
-    (mhacli.io.textin.ids_from_items: an integer >= 0; not empty)."""
+    """Token ids given directly, as a list.
+
+    A 1-D sequence of integers, each checked by the rule --ids follows (mhacli.io.textin.ids_from_items: an integer
+    >= 0; not empty).
+    """
     arr = np.asarray(ids)
     if arr.ndim != 1:
         raise UsageError(f"ids must be a 1-D sequence of token ids, got shape {arr.shape}")
@@ -92,9 +98,12 @@ def _id_values(ids: IdsLike) -> list[int]:
 
 
 def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> np.ndarray:
-    """Token ids given directly: a non-empty 1-D sequence of integers in 0..vocab_size-1, at most n_positions
-    of them (with truncate=True the first n_positions are kept). Returns them as int64 [n_seq]. The same check,
-    and the same messages, as the CLI's --ids (mhacli.io.textin.check_ids)."""
+    """Token ids given directly.
+
+    A non-empty 1-D sequence of integers in 0..vocab_size-1, at most n_positions of them (with truncate=True the
+    first n_positions are kept). Returns them as int64 [n_seq]. The same check, and the same messages, as the CLI's
+    --ids (mhacli.io.textin.check_ids).
+    """
     kept, _ = check_id_values(
         _id_values(ids),
         config.vocab_size,
@@ -148,19 +157,24 @@ class Model:
         remove: Iterable[Head] | None = None,
         max_memory: Size = None,
     ) -> Run:
-        """One text through the model. Nothing is computed until asked for; what is computed is kept.
-        `remove`: heads (layer, head) zeroed before W_O in every computation of this run (`--ablate`).
-        `max_memory` (bytes, or a size like '2G'; default 80% of available memory): a computation of this run that
-        would need more is refused with a ResourceError before it starts (the CLI's --max-memory guard)."""
+        """One text through the model.
+
+        Nothing is computed until asked for; what is computed is kept. `remove`: heads (layer, head) zeroed
+        before W_O in every computation of this run (`--ablate`). `max_memory` (bytes, or a size like '2G';
+        default 80% of available memory): a computation of this run that would need more is refused with a
+        ResourceError before it starts (the CLI's --max-memory guard).
+        """
         heads = sorted(set(remove or ()))
         for h in heads:
             check_head(h, self.config.n_layer, self.config.n_head)
         return Run(self, self.tokenize(text, ids=ids, truncate=truncate), tuple(heads), max_memory)
 
     def memory_needed(self, n_seq: int, *, maps: bool = True) -> int:
-        """Bytes at the peak of a run of n_seq tokens (the weights held, the forward's working set) that keeps every
-        layer's maps (maps=True: as Run.attention does for each layer asked for), as the commands' --max-memory
-        estimate counts them."""
+        """Bytes at the peak of a run of n_seq tokens: the weights held and the forward's working set.
+
+        With maps=True the run keeps every layer's maps (as Run.attention does for each layer asked for), as the
+        commands' --max-memory estimate counts them.
+        """
         c = self.config
         return memory_needed(
             c,
@@ -195,8 +209,10 @@ class Model:
 
 @dataclass(eq=False)
 class Run:
-    """One text through one model. attention(layer) and residual(layer) are computed on first use and kept; later
-    layers resume from the kept residual stream, so a layer is computed once per run whichever is asked first."""
+    """One text through one model. attention(layer) and residual(layer) are computed on first use and kept.
+
+    Later layers resume from the kept residual stream, so a layer is computed once per run whichever is asked first.
+    """
 
     model: Model
     tokenized: TokenizedText
@@ -264,8 +280,10 @@ class Run:
                 self._attention[trace.layer] = trace.attention
 
     def attention(self, layer: int) -> np.ndarray:
-        """[n_head, n_seq, n_seq] float32: layer `layer`'s attention, rows the queries (each sums to 1). Computed
-        once; the same (read-only) array on every call."""
+        """[n_head, n_seq, n_seq] float32: layer `layer`'s attention, rows the queries (each sums to 1).
+
+        Computed once; the same (read-only) array on every call.
+        """
         layer = self._layer(layer)
         if layer not in self._attention:
             self._guard([layer], keep_maps=True, narrow="layer_map")
@@ -290,8 +308,10 @@ class Run:
         return out
 
     def stats(self, layer: int | None = None, head: int | None = None) -> list[HeadStats]:
-        """The statistics and kind of every head (the CLI's HeadStats, as `mha stats` computes them: streamed, no
-        map kept), or of one layer's heads, or of one head; layer-major order."""
+        """The statistics and kind of every head (the CLI's HeadStats, as `mha stats` computes them.
+
+        Streamed, no map kept), or of one layer's heads, or of one head; layer-major order.
+        """
         layers = list(range(self.model.config.n_layer)) if layer is None else [self._layer(layer)]
         missing = [x for x in layers if x not in self._stats]
         if missing:
@@ -309,8 +329,10 @@ class Run:
         return out
 
     def views(self) -> list[HeadView]:
-        """Every head's map with its statistics (computed from the maps, as `mha inspect` does): what pages and
-        figures draw."""
+        """Every head's map with its statistics (computed from the maps, as `mha inspect` does).
+
+        What pages and figures draw.
+        """
         c = self.model.config
         self._guard(None, keep_maps=True, narrow="maps")
         out = []
@@ -321,8 +343,10 @@ class Run:
         return out
 
     def loss(self, loss_from: int = 1) -> float:
-        """The mean next-token loss (nats/token) over target positions t >= max(1, loss_from), as `mha ablate`'s
-        baseline; a ModelError when the checkpoint has no output head."""
+        """The mean next-token loss (nats/token) over target positions t >= max(1, loss_from).
+
+        This is `mha ablate`'s baseline; a ModelError when the checkpoint has no output head.
+        """
         if not isinstance(loss_from, int) or isinstance(loss_from, bool):
             raise UsageError(f"loss_from must be an int, got {type(loss_from).__name__}")
         last = self.residual(self.model.config.n_layer - 1)
@@ -330,15 +354,20 @@ class Run:
         return float(losses.sum(dtype=np.float64)) / len(losses)
 
     def explain(self, layer: int, head: int, query: int | None = None) -> Explanation:
-        """Head `head` of layer `layer` for query token `query` (default the last), every intermediate checked
-        against the forward (Explanation.matches)."""
+        """Head `head` of layer `layer` for query token `query` (default the last), step by step.
+
+        Every intermediate is checked against the forward (Explanation.matches).
+        """
         if self.removed:
             raise UsageError("explain runs the intact model: make the run without remove=")
         return explain_head(self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory)
 
     def ablate(self, heads: Iterable[Head] | None = None, *, method: str = "zero", loss_from: int = 1) -> Ablation:
-        """Each head removed alone (`mha ablate`): the loss against the intact model's, largest increase first.
-        heads: (layer, head) pairs (default every head); method: zero, or mean (its mean output on this text)."""
+        """Each head removed alone (`mha ablate`).
+
+        The loss against the intact model's, largest increase first. heads: (layer, head) pairs (default every
+        head); method: zero, or mean (its mean output on this text).
+        """
         if self.removed:
             raise UsageError("ablate measures against the intact model: make the run without remove=")
         if method not in METHODS:
@@ -353,8 +382,10 @@ class Run:
         return Ablation(method, loss_from, ablator.n_targets, ablator.baseline, effects)
 
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:
-        """Write every head's maps and statistics, the kind chosen by the suffix (as `mha inspect --save`): .html
-        (one offline page), .png/.svg/.pdf (a figure: needs matplotlib), .npz (the attention tensor)."""
+        """Write every head's maps and statistics, the kind chosen by the suffix (as `mha inspect --save`).
+
+        .html: one offline page; .png/.svg/.pdf: a figure (needs matplotlib); .npz: the attention tensor.
+        """
         from mhacli.views import save as saving
 
         path = Path(path)
@@ -379,7 +410,7 @@ class Run:
     def __repr__(self) -> str:
         shown = "".join(self.tokenized.tokens)
         shown = shown if len(shown) <= 60 else shown[:59] + "…"
-        removed = f", heads removed: {', '.join(f'{l}.{h}' for l, h in self.removed)}" if self.removed else ""
+        removed = f", heads removed: {', '.join(f'{lay}.{h}' for lay, h in self.removed)}" if self.removed else ""
         return f"<mhacli.Run {self.model.source}: {self.n_seq} tokens {shown!r}{removed}>"
 
 
@@ -413,10 +444,12 @@ def diff(
     truncate: bool = False,
     max_memory: Size = None,
 ) -> DiffReport:
-    """Per-head divergence of model_b's attention from model_a's on the same token ids (`mha diff`): head by head
-    when their shapes agree (unless match=True), else matched (Hungarian) and nearest heads. Several texts: the
-    mean over texts. metric: js (bits), tv or cosine. remove_b: heads of model_b zeroed first. A request needing
-    more than max_memory (default 80% of available memory) is refused with a ResourceError."""
+    """Per-head divergence of model_b's attention from model_a's on the same token ids (`mha diff`).
+
+    Head by head when their shapes agree (unless match=True), else matched (Hungarian) and nearest heads. Several
+    texts: the mean over texts. metric: js (bits), tv or cosine. remove_b: heads of model_b zeroed first. A request
+    needing more than max_memory (default 80% of available memory) is refused with a ResourceError.
+    """
     check_metric(metric)
     texts = [text] if isinstance(text, str) else list(text)
     if not texts:
@@ -430,9 +463,12 @@ def diff(
 
 @dataclass(frozen=True)
 class Census:
-    """`mha census`: each head's verdict (kind, confidence, evidence) and the per-source tallies (mean and spread
-    of every statistic over that source's texts: Tally.means(), Tally.stds()); to_dict() is `mha census -f json`'s
-    document (the corpus' path null)."""
+    """`mha census`.
+
+    Each head's verdict (kind, confidence, evidence) and the per-source tallies (mean and spread of every statistic
+    over that source's texts: Tally.means(), Tally.stds()); to_dict() is `mha census -f json`'s document (the
+    corpus' path null).
+    """
 
     heads: list[HeadVerdict]
     tallies: dict[str, Tally]
@@ -461,9 +497,12 @@ def census(
     dask: str | None = None,
     max_memory: Size = None,
 ) -> Census:
-    """Every head's kind over seeded probes (repeat, random) and `texts` (a corpus), as `mha census` computes it
-    (docs/census.md; the same implementation, mhacli.ops.census): in this process (workers=1), in `workers` local
-    processes, or on a Dask cluster (dask: an address or 'local'). A text that cannot run raises its error."""
+    """Every head's kind over seeded probes (repeat, random) and `texts` (a corpus), as `mha census` computes it.
+
+    See docs/census.md; the same implementation, mhacli.ops.census.take_census. It runs in this process
+    (workers=1), in `workers` local processes, or on a Dask cluster (dask: an address or 'local'). A text that
+    cannot run raises its error.
+    """
     probes = tuple(dict.fromkeys(probes))
     for p in probes:
         if p not in PROBES:

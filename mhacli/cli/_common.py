@@ -49,9 +49,12 @@ def one_of(values: tuple[str, ...]) -> str:
 
 
 def format_option(formats: tuple[str, ...]):  # noqa: ANN201 - a typing.Annotated alias
-    """-f/--format limited to `formats`: listed in --help (in the text: a long `<a|b|...>` type column wraps
-    badly), completed by the shell, and any other value refused with one usage error naming them (exit 2).
-    Case-insensitive; None when not given (resolve_format decides by the terminal)."""
+    """-f/--format limited to `formats`.
+
+    They are listed in --help (in the text: a long `<a|b|...>` type column wraps badly), completed by the shell,
+    and any other value is refused with one usage error naming them (exit 2). Case-insensitive; None when not
+    given (resolve_format decides by the terminal).
+    """
     return Annotated[
         Literal[formats] | None,  # type: ignore[valid-type]
         typer.Option(
@@ -149,8 +152,11 @@ def tokens_of(
 def prepare(
     model: str | None, text: str | None, *, truncate: bool = False, ids: str | None = None
 ) -> tuple[Checkpoint, TokenizedText]:
-    """Check -m first (a missing path is named before stdin is read), then read the text or the ids (a bad text
-    fails before the weights load), then load the model and tokenize."""
+    """The model and the tokenized input, each checked as early as it can be.
+
+    Check -m first (a missing path is named before stdin is read), then read the text or the ids (a bad text fails
+    before the weights load), then load the model and tokenize.
+    """
     files = check_model(model)
     raw = read_input(text, ids)
     ckpt, tokenizer = load(model, files=files)

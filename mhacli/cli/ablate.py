@@ -1,6 +1,8 @@
-"""`mha ablate` (each head removed alone: its effect on the loss) and `mha prune` (pruning curves against a random
-order), and the `--ablate L.H[,L.H...]|@mask.json` option that inspect, stats and diff share. The work is
-mhacli.ops.ablation's."""
+"""`mha ablate` (each head removed alone.
+
+Its effect on the loss) and `mha prune` (pruning curves against a random order), and the `--ablate
+L.H[,L.H...]|@mask.json` option that inspect, stats and diff share. The work is mhacli.ops.ablation's.
+"""
 
 from __future__ import annotations
 
@@ -60,9 +62,11 @@ def scored_texts(
     max_memory: str | None,
     ids: str | None = None,
 ) -> tuple[Checkpoint, list[TokenizedText]]:
-    """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast);
-    weights kept in memory when the model is small (every evaluation reruns layers). Refused before any forward
-    when the scoring needs more than --max-memory (mhacli.ops.memory.scoring_bytes)."""
+    """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast).
+
+    Weights kept in memory when the model is small (every evaluation reruns layers). Refused before any forward when
+    the scoring needs more than --max-memory (mhacli.ops.memory.scoring_bytes).
+    """
     check_text_or_ids(text, ids, texts)
     files = check_model(model)
     raws = read_inputs(text, ids, texts)

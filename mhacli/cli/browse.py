@@ -1,5 +1,8 @@
-"""`mha browse`: an interactive terminal browser of every head (the Textual app in mhacli.browse, the `browse`
-extra, imported only here and only when the command runs)."""
+"""`mha browse`.
+
+An interactive terminal browser of every head (the Textual app in mhacli.browse, the `browse` extra, imported only here
+and only when the command runs).
+"""
 
 from __future__ import annotations
 
@@ -89,13 +92,16 @@ def check_terminal() -> None:
     size = shutil.get_terminal_size((0, 0))
     if size.columns < MIN_COLUMNS or size.lines < MIN_LINES:
         raise UsageError(
-            f"the terminal is {size.columns}×{size.lines}; mha browse needs at least {MIN_COLUMNS}×{MIN_LINES} (80×24 or more is best)"
+            f"the terminal is {size.columns}×{size.lines}; mha browse needs at least {MIN_COLUMNS}×{MIN_LINES} "
+            "(80×24 or more is best)"
         )
 
 
 def read_input(text: str | None) -> str:
-    """TEXT, `-` or piped stdin (then the keys are read from the terminal, /dev/tty); the built-in text when none is
-    given on a terminal."""
+    """TEXT, `-` or piped stdin (then the keys are read from the terminal, /dev/tty).
+
+    The built-in text when none is given on a terminal.
+    """
     env = environment()
     if text is None and env.stdin is not None and env.stdin_isatty:
         return DEFAULT_TEXT

@@ -1,6 +1,9 @@
-"""`mha census`: every head's statistics and kind over seeded probes and a corpus, run in parallel (local worker
-processes or a Dask cluster). The census itself is mhacli.ops.census (which mhacli.census runs too); this module
-parses the options, shows progress and the failed texts, and writes the outputs."""
+"""`mha census`.
+
+Every head's statistics and kind over seeded probes and a corpus, run in parallel (local worker processes or a Dask
+cluster). The census itself is mhacli.ops.census (which mhacli.census runs too); this module parses the options, shows
+progress and the failed texts, and writes the outputs.
+"""
 
 from __future__ import annotations
 
@@ -168,8 +171,11 @@ def census(
 
 
 def run_shown(ckpt, tokenizer, request: CensusRequest, per_text: Path | None) -> CensusOutcome:
-    """The census (mhacli.ops.census.take_census) with a progress bar, failed texts on stderr (the first
-    MAX_WARNINGS) and the --per-text file written whole or not at all."""
+    """The census (mhacli.ops.census.take_census) with a progress bar and failed texts on stderr.
+
+    The first MAX_WARNINGS failed texts are named, the rest counted; the --per-text file is written whole or not at
+    all.
+    """
     writer = AtomicText(per_text) if per_text is not None else None
     failures = FailureLines()
     texts = request.corpus_path

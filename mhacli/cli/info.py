@@ -16,7 +16,9 @@ from mhacli.views.results import InfoResult
     )
 )
 def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
-    """Show the model's config, parameter count, attention layout and KV-cache size. json: one document; jsonl,
-    csv, tsv: one key/value row per field of that document (nested keys joined with dots)."""
+    """Show the model's config, parameter count, attention layout and KV-cache size. json: one document.
+
+    Jsonl, csv, tsv: one key/value row per field of that document (nested keys joined with dots).
+    """
     out = output(format, ALL_FORMATS)
     out.emit(InfoResult(info_doc(model)))

@@ -95,8 +95,8 @@ def inspect(
         raise UsageError(f"--query {query} is out of range: the text has tokens 0..{n_seq - 1}")
     if query is not None and query < 0:
         query += n_seq
-    # Whole maps only for what writes them; a terminal, --query and --top get only what they show (mhacli.analyses.partial),
-    # csv/tsv only statistics.
+    # Whole maps only for what writes them; a terminal, --query and --top get only what they show
+    # (mhacli.analyses.partial), csv/tsv only statistics.
     whole = bool(saves) or fmt in ("json", "jsonl") or (fmt == "text" and query is None and top is None)
     request = None
     if not whole and fmt in ("rich", "text"):
@@ -122,7 +122,8 @@ def inspect(
         if size > BIG_OUTPUT_BYTES:
             note(
                 f"-f {fmt} will write about {format_bytes(size)} of attention weights ({n_layers * n_heads} heads x "
-                f"{n_seq} tokens); --save FILE.npz stores them in {format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
+                f"{n_seq} tokens); --save FILE.npz stores them in "
+                f"{format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
                 "(float32), and -l/-H select heads"
             )
     views = list(

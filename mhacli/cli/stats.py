@@ -52,7 +52,8 @@ def stats(
             "--stat",
             "-s",
             metavar="NAME",
-            help=f"Number shown in the grid, on a 0-1 scale (the text table is ordered by it): auto (each head's kind score), {', '.join(STAT_NAMES)}.",
+            help="Number shown in the grid, on a 0-1 scale (the text table is ordered by it): "
+            f"auto (each head's kind score), {', '.join(STAT_NAMES)}.",
         ),
     ] = "auto",
     compact: Annotated[

@@ -1,6 +1,8 @@
-"""Heads removed (`ablate`, `prune`, the --ablate option, Run.ablate): the heads named by a spec or a mask file,
-each head's effect on the loss, and the pruning curves. Progress is the caller's: `ticker(total, description)`
-returns (tick, close)."""
+"""Heads removed (`ablate`, `prune`, the --ablate option, Run.ablate).
+
+The heads named by a spec or a mask file, each head's effect on the loss, and the pruning curves. Progress is the
+caller's: `ticker(total, description)` returns (tick, close).
+"""
 
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
         )
     if (shape.get("n_layer"), shape.get("n_head")) != (n_layer, n_head):
         raise UsageError(
-            f"--ablate @{path}: the mask is for a model of {shape.get('n_layer')} layers x {shape.get('n_head')} heads; "
+            f"--ablate @{path}: the mask is for a model of {shape.get('n_layer')} layers x "
+            f"{shape.get('n_head')} heads; "
             f"this one has {n_layer} x {n_head}"
         )
     result: list[Head] = []
@@ -162,8 +165,11 @@ class KindTally:
 def make_ablator(
     ckpt, texts: list[TokenizedText], method: str, loss_from: int, *, kinds: bool = False, option: str = "--loss-from"
 ) -> tuple[Ablator, KindTally | None]:
-    """The Ablator over the texts; with kinds=True, each head's kind from the same intact run (statistics of every
-    layer of every text: only `ablate` shows them)."""
+    """The Ablator over the texts.
+
+    With kinds=True, each head's kind from the same intact run (statistics of every layer of every text: only
+    `ablate` shows them).
+    """
     if loss_from < 0:
         raise UsageError(f"{option} {loss_from} must be 0 or more")
     tally = KindTally(texts, ckpt.config.n_head) if kinds else None
@@ -205,8 +211,11 @@ def prune_doc(
     max_increase: float,
     ticker: Ticker = _no_ticker,
 ) -> dict:
-    """`mha prune`'s document: the importance order's curve (re-measured every round) against `seeds` random orders,
-    each one's prunable fraction at `max_increase`, and the pruned heads (`pruned`)."""
+    """`mha prune`'s document.
+
+    The importance order's curve (re-measured every round) against `seeds` random orders, each one's prunable
+    fraction at `max_increase`, and the pruned heads (`pruned`).
+    """
     c = ckpt.config
     ablator, _ = make_ablator(ckpt, texts, method, loss_from)
     n_heads = c.n_layer * c.n_head
@@ -223,12 +232,23 @@ def prune_doc(
         "model": ckpt.model_dict(), "n_texts": len(texts), "method": method, "loss_from": loss_from,
         "n_targets": ablator.n_targets, "baseline_loss": base, "step": step, "max_increase": max_increase,
         "importance": {
-            "curve": [{"n_removed": s.n_removed, "fraction": s.fraction, "loss": s.loss, "removed": [list(h) for h in s.removed]} for s in curve],
+            "curve": [
+                {
+                    "n_removed": s.n_removed,
+                    "fraction": s.fraction,
+                    "loss": s.loss,
+                    "removed": [list(h) for h in s.removed],
+                }
+                for s in curve
+            ],
             "prunable_fraction": imp_fraction,
         },
         "random": {
             "seeds": seeds,
-            "curve": [{"n_removed": s.n_removed, "fraction": s.fraction, "loss_mean": s.loss_mean, "loss_std": s.loss_std} for s in rand],
+            "curve": [
+                {"n_removed": s.n_removed, "fraction": s.fraction, "loss_mean": s.loss_mean, "loss_std": s.loss_std}
+                for s in rand
+            ],
             "prunable_fraction": rand_fraction,
         },
         "pruned": [list(h) for h in pruned],

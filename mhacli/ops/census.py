@@ -1,7 +1,9 @@
-"""Every head's statistics and kind over many texts (`census`, mhacli.census): the seeded probes and a corpus, run
-in this process, in local worker processes or on a Dask cluster (mhacli.analyses.parallel), folded in text order into one
-Tally per source (mhacli.analyses.census), and the verdicts. The CLI and the API run this one implementation; what differs
-is what happens to a failed text (`on_failure`, `strict`)."""
+"""Every head's statistics and kind over many texts (`census`, mhacli.census).
+
+The seeded probes and a corpus, run in this process, in local worker processes or on a Dask cluster
+(mhacli.analyses.parallel), folded in text order into one Tally per source (mhacli.analyses.census), and the verdicts.
+The CLI and the API run this one implementation; what differs is what happens to a failed text (`on_failure`, `strict`).
+"""
 
 from __future__ import annotations
 
@@ -31,8 +33,11 @@ from mhacli.views.formats import dumps
 
 
 def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
-    """The probes' prefix token (None: the tokenizer has none the model can read) and the ordinary tokens they are
-    drawn from, each probe's length checked against the model."""
+    """The probes' prefix token (None.
+
+    The tokenizer has none the model can read) and the ordinary tokens they are drawn from, each probe's length
+    checked against the model.
+    """
     c = ckpt.config
     if probes and spec.count < 1:
         raise UsageError(f"{{probe_count}} {spec.count} must be at least 1", params=("probe_count",))
@@ -49,7 +54,8 @@ def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> t
             raise UsageError(f"{{{p}_length}} must be at least {low}", params=(f"{p}_length",))
         if n > c.n_positions:
             raise UsageError(
-                f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions}); lower {{{p}_length}}",
+                f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions}); "
+                f"lower {{{p}_length}}",
                 params=(f"{p}_length",),
             )
     return prefix, ordinary
@@ -74,7 +80,9 @@ def check_census_memory(
 
 class CensusRun:
     """The parent's side of a census: the work in text order, the per-source tallies, the per-text records.
-    A failed text goes to on_failure(where, why) and is counted, or with strict raises TextError."""
+
+    A failed text goes to on_failure(where, why) and is counted, or with strict raises TextError.
+    """
 
     def __init__(
         self,
@@ -201,9 +209,11 @@ def run_census(
     dask: str | None = None,
     where: Callable[[int, int | None], str] = api_where,
 ) -> None:
-    """Every probe, then every corpus text (line number, text), through the model: in this process (workers=1, no
-    dask), in `workers` local processes, or on a Dask cluster (`dask`: an address or 'local'); each result folded
-    into `census` in text order, whatever order the executor returns it in."""
+    """Every probe, then every corpus text (line number, text), through the model.
+
+    In this process (workers=1, no dask), in `workers` local processes, or on a Dask cluster (`dask`: an address or
+    'local'); each result folded into `census` in text order, whatever order the executor returns it in.
+    """
 
     def work() -> Iterator[Item | tuple[int, str]]:
         for p in probes:
@@ -260,9 +270,11 @@ def take_census(
     on_failure: Callable[[str, str], None] | None = None,
     tick: Callable[[], None] | None = None,
 ) -> CensusOutcome:
-    """`mha census` and mhacli.census: the probes' tokens, the memory guard, the run, the document. The one
-    orchestration both doors run; `per_text` gets every text's record, `on_failure` each failed text (not strict),
-    `tick` each text done. A corpus read from a file that gave no text is refused (TextError)."""
+    """`mha census` and mhacli.census: the probes' tokens, the memory guard, the run, the document.
+
+    The one orchestration both doors run; `per_text` gets every text's record, `on_failure` each failed text (not
+    strict), `tick` each text done. A corpus read from a file that gave no text is refused (TextError).
+    """
     c, r = ckpt.config, request
     workers = r.workers if r.workers is not None else default_workers()
     corpus = r.corpus if r.corpus is not None or r.corpus_path is None else iter_texts(r.corpus_path)
@@ -300,8 +312,11 @@ def build_doc(
     *,
     has_corpus: bool | None = None,
 ) -> dict:
-    """`mha census --format json`: the sources run, and every head's verdict with its per-source statistics.
-    corpus: the --texts path (has_corpus=True with corpus None: texts given directly, the path null)."""
+    """`mha census --format json`.
+
+    The sources run, and every head's verdict with its per-source statistics. corpus: the --texts path
+    (has_corpus=True with corpus None: texts given directly, the path null).
+    """
     has_corpus = corpus is not None if has_corpus is None else has_corpus
     sources: dict = {}
     for p in probes:

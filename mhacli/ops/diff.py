@@ -1,5 +1,8 @@
-"""Two models on the same token ids (`diff`, mhacli.diff): the texts' ids, the same under both tokenizers and
-fitting both models, then per-head divergence (mhacli.analyses.diff), guarded for memory first."""
+"""Two models on the same token ids (`diff`, mhacli.diff).
+
+The texts' ids, the same under both tokenizers and fitting both models, then per-head divergence (mhacli.analyses.diff),
+guarded for memory first.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +43,10 @@ def tokenize_both(
     *,
     on_truncate: Callable[[str], None] = _ignore,
 ) -> DiffText:
-    """The text's token ids, required to be the same under both tokenizers and to fit both models. a, b: (checkpoint,
-    tokenizer); on_truncate gets the message saying a text was cut."""
+    """The text's token ids, required to be the same under both tokenizers and to fit both models.
+
+    a, b: (checkpoint, tokenizer); on_truncate gets the message saying a text was cut.
+    """
     (ckpt_a, tok_a), (ckpt_b, tok_b) = a, b
     n_a, n_b = ckpt_a.config.n_positions, ckpt_b.config.n_positions
     limit = min(n_a, n_b)
@@ -69,7 +74,7 @@ def tokenize_both(
 def ids_for_both(
     ids: list[int], a: tuple, b: tuple, truncate: bool, *, on_truncate: Callable[[str], None] = _ignore
 ) -> DiffText:
-    """--ids: checked against both models' vocab_size and n_positions (the smaller of each), shown with A's tokenizer."""
+    """--ids: checked against both models' vocab_size and n_positions (the smaller of each), shown as A reads them."""
     (ckpt_a, tok_a), (ckpt_b, _) = a, b
     vocab = min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size)
     limit = min(ckpt_a.config.n_positions, ckpt_b.config.n_positions)
@@ -90,8 +95,11 @@ def compare(
     max_memory: Size = None,
     progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
 ) -> DiffReport:
-    """Per-head divergence of B's attention from A's over the texts (their mean): head by head when the shapes agree
-    (unless match), else matched (Hungarian) and nearest heads. Refused (ResourceError) past max_memory."""
+    """Per-head divergence of B's attention from A's over the texts (their mean).
+
+    Head by head when the shapes agree (unless match), else matched (Hungarian) and nearest heads. Refused
+    (ResourceError) past max_memory.
+    """
     check_metric(metric)
     shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)
     shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
@@ -132,8 +140,11 @@ def diff(
     on_truncate: Callable[[str], None] = _ignore,
     progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
 ) -> DiffOutcome:
-    """`mha diff` and mhacli.diff: the texts' ids under both models (a, b: checkpoint and tokenizer), B's heads
-    removed, then per-head divergence (compare). The one orchestration both doors run."""
+    """`mha diff` and mhacli.diff.
+
+    The texts' ids under both models (a, b: checkpoint and tokenizer), B's heads removed, then per-head divergence
+    (compare). The one orchestration both doors run.
+    """
     check_metric(request.metric)
     items = [
         ids_for_both(raw, a, b, request.truncate, on_truncate=on_truncate)

@@ -18,7 +18,10 @@ def explain(
     *,
     max_memory: Size = None,
 ) -> Explanation:
-    """Head `head` of layer `layer` for query token `query` (default the last), every intermediate checked against
-    the forward; refused (ResourceError) when the unfused layer would need more than max_memory."""
+    """Head `head` of layer `layer` for query token `query` (default the last), step by step.
+
+    Every intermediate is checked against the forward; refused (ResourceError) when the unfused layer would need
+    more than max_memory.
+    """
     check_memory(explain_bytes(ckpt, len(ids)), max_memory, "text")
     return explain_head(ckpt, ids, layer, head, query)

@@ -1,5 +1,8 @@
-"""Heads of one text (`inspect`, `stats`, Run.stats/views): a selection checked against the model and guarded for
-memory, then each selected head's statistics, with its map where asked (mhacli.analyses.heads.analyse)."""
+"""Heads of one text (`inspect`, `stats`, Run.stats/views).
+
+A selection checked against the model and guarded for memory, then each selected head's statistics, with its map where
+asked (mhacli.analyses.heads.analyse).
+"""
 
 from __future__ import annotations
 
@@ -24,9 +27,11 @@ def check_heads(
     narrow: str = "text",
     request: MapRequest | None = None,
 ) -> tuple[int, int]:
-    """The selection (layers and heads in range) and the memory it needs (ResourceError past max_memory), with
-    whole maps (keep_maps) or the part of each a view asks for (`request`). Returns (selected layers, selected
-    heads per layer)."""
+    """The selection (layers and heads in range) and the memory it needs (ResourceError past max_memory).
+
+    Maps are whole (keep_maps) or the part of each a view asks for (`request`). Returns (selected layers, selected
+    heads per layer).
+    """
     c = ckpt.config
     check_selection(c.n_layer, c.n_head, layers, heads)
     n_layers = len(set(layers)) if layers else c.n_layer
@@ -46,6 +51,8 @@ def head_views(
     edits: dict[int, ZEdit] | None = None,
     request: MapRequest | None = None,
 ) -> Iterator[HeadView]:
-    """A HeadView per selected head, layer by layer (whole maps only with keep_maps, else streamed; `request`: the
-    part of each map a view shows, mhacli.analyses.partial)."""
+    """A HeadView per selected head, layer by layer (whole maps only with keep_maps, else streamed.
+
+    `request`: the part of each map a view shows, mhacli.analyses.partial).
+    """
     return analyse(ckpt, ids, layers=layers, heads=heads, keep_maps=keep_maps, edits=edits, request=request)

@@ -1,5 +1,8 @@
-"""What a request runs on: a model (checked, then loaded with its tokenizer) and its input (a text from an
-argument or stdin, --ids, or --texts FILE), tokenized or checked against the model by one rule (mhacli.io.textin)."""
+"""What a request runs on.
+
+A model (checked, then loaded with its tokenizer) and its input (a text from an argument or stdin, --ids, or --texts
+FILE), tokenized or checked against the model by one rule (mhacli.io.textin).
+"""
 
 from __future__ import annotations
 
@@ -25,9 +28,11 @@ def check_model(model: str | None) -> ModelFiles:
 def open_model(
     model: str | None, *, cache: bool | None = False, files: ModelFiles | None = None
 ) -> tuple[Checkpoint, Tokenizer]:
-    """The model and its tokenizer. cache=False (one pass over the layers): each layer's tensors are read when the
-    forward reaches it and dropped after; None keeps them for models under weights.CACHE_LIMIT_BYTES. `files`:
-    what check_model resolved already."""
+    """The model and its tokenizer. cache=False (one pass over the layers).
+
+    Each layer's tensors are read when the forward reaches it and dropped after; None keeps them for models under
+    weights.CACHE_LIMIT_BYTES. `files`: what check_model resolved already.
+    """
     ckpt = load_model(model, cache=cache, files=files)
     return ckpt, load_tokenizer(ckpt.files.directory)
 

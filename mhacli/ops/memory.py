@@ -1,5 +1,8 @@
-"""The memory guard: a request's estimated peak (mhacli.analyses.heads' memory model) against a limit, refused with a way
-out before anything is computed. The CLI's --max-memory and the API's max_memory= are the same limit."""
+"""The memory guard.
+
+A request's estimated peak (mhacli.analyses.heads' memory model) against a limit, refused with a way out before anything
+is computed. The CLI's --max-memory and the API's max_memory= are the same limit.
+"""
 
 from __future__ import annotations
 
@@ -88,8 +91,10 @@ def check_memory(needed: int, max_memory: Size, narrow: str = "text") -> None:
 
 
 def heads_bytes(ckpt, n_seq: int, n_layers: int, n_heads: int, keep_maps: bool, kept_cells: int = 0) -> int:
-    """inspect (whole maps kept, or `kept_cells` of each: what a terminal view shows) and stats (streamed unless a
-    page wants the maps): the selected heads of one text."""
+    """inspect (whole maps kept, or `kept_cells` of each.
+
+    What a terminal view shows) and stats (streamed unless a page wants the maps): the selected heads of one text.
+    """
     kept = keep_maps or kept_cells > 0
     return memory_needed(
         ckpt.config,
@@ -103,15 +108,20 @@ def heads_bytes(ckpt, n_seq: int, n_layers: int, n_heads: int, keep_maps: bool, 
 
 
 def explain_bytes(ckpt, n_seq: int) -> int:
-    """explain: the batched forward and the batched re-run of the layer for the check, two layers' working sets;
-    the explained layer's tensors are held throughout, on top of the forward's."""
+    """explain: the batched forward and the batched re-run of the layer for the check, two layers' working sets.
+
+    The explained layer's tensors are held throughout, on top of the forward's.
+    """
     working_set = memory_needed(ckpt.config, n_seq) + full_attention_bytes(ckpt.config.n_head, n_seq)
     return 2 * working_set + ckpt.weight_bytes(extra_layers=1)
 
 
 def diff_bytes(ckpt_a, ckpt_b, n_seq: int, paired: bool) -> int:
-    """diff: both forwards streamed at once (paired, no map kept), or all of A's maps kept while B runs a layer's
-    map at a time (matched); small models' tensors stay cached once read, larger ones stream by layer."""
+    """diff.
+
+    Both forwards streamed at once (paired, no map kept), or all of A's maps kept while B runs a layer's map at a
+    time (matched); small models' tensors stay cached once read, larger ones stream by layer.
+    """
     weights = ckpt_a.weight_bytes() + ckpt_b.weight_bytes()
     a, b = ckpt_a.config, ckpt_b.config
     if paired:
@@ -121,8 +131,11 @@ def diff_bytes(ckpt_a, ckpt_b, n_seq: int, paired: bool) -> int:
 
 
 def scoring_bytes(ckpt, lengths: list[int]) -> int:
-    """ablate/prune: the cached residual streams (every text's stream entering every layer, twice: the base and one
-    evaluation), a layer's working set, the output head's logits block and the weights."""
+    """ablate/prune.
+
+    The cached residual streams (every text's stream entering every layer, twice: the base and one evaluation), a
+    layer's working set, the output head's logits block and the weights.
+    """
     c = ckpt.config
     n_seq = max(lengths)
     streams = 2 * (c.n_layer + 1) * c.n_embd * 4 * sum(lengths)

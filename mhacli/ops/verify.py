@@ -1,5 +1,8 @@
-"""Our forward against HF transformers' eager attention on the same ids (`verify`). mhacli.analyses.verify imports torch
-only inside the function that runs HF, so importing this costs nothing until a check runs."""
+"""Our forward against HF transformers' eager attention on the same ids (`verify`).
+
+mhacli.analyses.verify imports torch only inside the function that runs HF, so importing this costs nothing until a
+check runs.
+"""
 
 from __future__ import annotations
 

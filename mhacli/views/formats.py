@@ -90,8 +90,11 @@ def write_table(out: TextIO, fmt: str, columns: Sequence[str], rows: Iterable[Se
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: the file appears whole or not at all, with the mode
-    a plain `open(path, "w")` would give it (an existing file's mode; else 0o666 less the umask)."""
+    """Write to a temporary file beside `path`, then rename.
+
+    The file appears whole or not at all, with the mode a plain `open(path, "w")` would give it (an existing file's
+    mode; else 0o666 less the umask).
+    """
     directory = path.parent if str(path.parent) else Path(".")
     try:
         mode = _mode_for(path)
@@ -124,8 +127,10 @@ def _mode_for(path: Path) -> int:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any work if `path` cannot be written (missing directory, a directory, no permission, a name the
-    OS cannot take)."""
+    """Fail before any work if `path` cannot be written.
+
+    A missing directory, a directory, no permission, a name the OS cannot take.
+    """
     directory = path.parent if str(path.parent) else Path(".")
     try:
         if path.is_dir():

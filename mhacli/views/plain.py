@@ -60,8 +60,11 @@ TEXT_COLUMNS = (
 
 
 def write_stats(out: TextIO, views: Sequence[HeadView], stat: str = "auto") -> None:
-    """One aligned row per head: name, kind, kind score (0-1), every statistic, and the rows behind the duplicate
-    and induction means. `stat` other than auto orders the heads by that statistic, largest first (undefined last)."""
+    """One aligned row per head.
+
+    Name, kind, kind score (0-1), every statistic, and the rows behind the duplicate and induction means. `stat`
+    other than auto orders the heads by that statistic, largest first (undefined last).
+    """
     if stat != "auto":
         views = sorted(views, key=lambda v: (v.stats.values[stat] is None, -(v.stats.values[stat] or 0.0)))
     header = ["head", "kind", "score", *(short for _, short, _ in TEXT_COLUMNS), "rows"]
@@ -298,7 +301,7 @@ def census_rows(doc: dict) -> Iterator[list]:
             ]
 
 
-# --- mha info ----------------------------------------------------------------------------------------------------------
+# --- mha info ---------------------------------------------------------------------------------------------------------
 
 
 def layout_text(a: dict) -> str:
@@ -376,7 +379,7 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
     return [(key, escape_unprintable(value)) for key, value in lines]  # file names: no escape sequences
 
 
-# --- mha verify --------------------------------------------------------------------------------------------------------
+# --- mha verify -------------------------------------------------------------------------------------------------------
 
 
 def verify_lines(report, n_tokens: int) -> list[str]:  # noqa: ANN001 - mhacli.analyses.verify.VerifyReport

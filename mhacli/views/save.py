@@ -42,8 +42,11 @@ class Target:
 
 @dataclass(frozen=True)
 class Picture:
-    """What a command shows, for its writers: `command` picks the figure and page; `caption` names the model and
-    the text; `data` holds the view's inputs (views, tokens, report, doc, ...) as keyword arguments."""
+    """What a command shows, for its writers: `command` picks the figure and page.
+
+    `caption` names the model and the text; `data` holds the view's inputs (views, tokens, report, doc, ...) as
+    keyword arguments.
+    """
 
     command: str
     caption: str
@@ -55,8 +58,11 @@ def suffix_list(kinds: tuple[str, ...]) -> str:
 
 
 def parse(paths: list[Path] | None, command: str, *, dpi: int = DEFAULT_DPI) -> list[Target]:
-    """Check every --save path before any work: a suffix this command writes, a writable place, no path twice,
-    matplotlib installed when a static figure is asked for. Returns the targets in the order given."""
+    """Check every --save path before any work.
+
+    A suffix this command writes, a writable place, no path twice, matplotlib installed when a static figure is
+    asked for. Returns the targets in the order given.
+    """
     allowed = ALLOWED[command]
     targets: list[Target] = []
     for path in paths or []:

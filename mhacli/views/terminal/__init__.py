@@ -1,8 +1,10 @@
-"""Terminal views with rich, one module per command (inspect, stats, diff, explain, ablate + prune, census, info,
-verify; browse: the panes of the interactive app) over shared drawing primitives: heatmap (colour scale, half-block
-maps, windows), grid (the layer x head overview), text (lines of segments that fit a width) and common (console,
-kind styles, titles, legends).
-The only package that imports rich; commands import the views from here."""
+"""Terminal views with rich, one module per command, over shared drawing primitives.
+
+The commands: inspect, stats, diff, explain, ablate + prune, census, info, verify; browse: the panes of the
+interactive app. The primitives: heatmap (colour scale, half-block maps, windows), grid (the layer x head
+overview), text (lines of segments that fit a width) and common (console, kind styles, titles, legends).
+The only package that imports rich; commands import the views from here.
+"""
 
 from mhacli.views.terminal.ablate import render_ablate, render_prune
 from mhacli.views.terminal.census import render_census

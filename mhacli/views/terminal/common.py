@@ -1,5 +1,8 @@
-"""What every terminal view shares: the console, kind letters and styles, head titles, one-line printing, packed
-entries and the layer x head grid with its legends. Rich is imported here and in the views, nowhere else."""
+"""What every terminal view shares.
+
+The console, kind letters and styles, head titles, one-line printing, packed entries and the layer x head grid with its
+legends. Rich is imported here and in the views, nowhere else.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +31,11 @@ KEY_STATS = (("prev", "previous_token"), ("ind", "induction"), ("sink", "first_t
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:
-        """The reader went away (`| head -1`): raise BrokenPipeError for the CLI to end quietly with exit 0, as the
-        text and JSON formats do (rich's own handler exits 1)."""
+        """The reader went away (`| head -1`).
+
+        Raise BrokenPipeError for the CLI to end quietly with exit 0, as the text and JSON formats do (rich's
+        own handler exits 1).
+        """
         self.quiet = True
         raise BrokenPipeError
 
@@ -63,8 +69,10 @@ def head_title(view: HeadView, show_kv: bool = False) -> Text:
 
 
 def kind_evidence(s: HeadStats, short: bool = False) -> str:
-    """' 0.92 (38 rows)' for the kinds that need support, ' 0.92' for the others: the score behind the kind
-    (short: ' 0.92 (38)')."""
+    """' 0.92 (38 rows)' for the kinds that need support, ' 0.92' for the others.
+
+    The score behind the kind (short: ' 0.92 (38)').
+    """
     rows = s.kind_support
     return f" {fmt_stat(s.score)}" + (f" ({rows}{'' if short else ' rows'})" if rows is not None else "")
 
@@ -78,8 +86,10 @@ def inspect_title(view: HeadView, show_kv: bool = False, short: bool = False) ->
 
 
 def auto_panel_keys(n_seq: int, width: int, per_row: int) -> int:
-    """Keys per panel so that `per_row` panels fit side by side in `width` columns, within [12, 64] (never more than
-    the text has)."""
+    """Keys per panel so that `per_row` panels fit side by side in `width` columns.
+
+    Within [12, 64], and never more than the text has.
+    """
     label = len(str(n_seq - 1)) + 1
     fits = (width + GAP) // max(1, per_row) - GAP - label - 1
     return min(n_seq, max(min(n_seq, 12), min(64, fits)))
@@ -106,8 +116,11 @@ def one_line(console: Console, text: Text, *, wrap: bool = False) -> None:
 
 
 def packed(entries: Sequence[Text], width: int, *, indent: int = 0, first: Text | None = None) -> list[Text]:
-    """Entries two spaces apart, packed into lines of at most `width` cells; an entry is never split (one longer
-    than a line is cropped). `first` starts the first line, later lines are indented as far."""
+    """Entries two spaces apart, packed into lines of at most `width` cells.
+
+    An entry is never split (one longer than a line is cropped). `first` starts the first line, later lines are
+    indented as far.
+    """
     lead = first.cell_len if first is not None else indent
     lines, line = [], (first.copy() if first is not None else Text(" " * indent))
     for entry in entries:
@@ -140,8 +153,10 @@ def print_grid(
     layout: str = "auto",
     cell_w: int = FULL_CELL,
 ) -> None:
-    """A layer x head overview (mhacli.views.terminal.grid) with its title, the scale legend (`says`: what the numbers are) and the
-    kind letters; every line fits the terminal."""
+    """A layer x head overview (mhacli.views.terminal.grid) with its title, the scale legend (`says`.
+
+    What the numbers are) and the kind letters; every line fits the terminal.
+    """
     color = uses_color(console)
     lines, used = grid_lines(cell, layers, heads, width=console.width, color=color, layout=layout, cell_w=cell_w)
     one_line(console, Text(title, style="bold"))
