@@ -28,7 +28,15 @@ from mhacli.cli._common import (
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import UsageError
-from mhacli.ops.ablation import ablate_doc, check_scorable, mask_doc, prune_doc, scorable, selected_heads
+from mhacli.ops.ablation import (
+    ablate_doc,
+    ablate_picture,
+    check_scorable,
+    mask_doc,
+    prune_doc,
+    scorable,
+    selected_heads,
+)
 from mhacli.ops.inputs import check_model, check_text_or_ids, read_inputs
 from mhacli.views import save as saving
 
@@ -124,7 +132,7 @@ def ablate(
     c = ckpt.config
     selected = selected_heads(c.n_layer, c.n_head, layer, head)
     doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker)
-    saving.write_all(saves, saving.ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
+    saving.write_all(saves, ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
     out.emit(AblateResult(doc, top))
 
 

@@ -22,7 +22,7 @@ from mhacli.cli._common import (
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import ExitCode, UsageError
 from mhacli.ops.ablation import check_ablate_spec
-from mhacli.ops.diff import DiffRequest, peak_maps
+from mhacli.ops.diff import DiffRequest, diff_picture, peak_maps
 from mhacli.ops.diff import diff as run_diff
 from mhacli.ops.inputs import check_model, check_text_or_ids, read_inputs
 from mhacli.views import save as saving
@@ -88,7 +88,7 @@ def diff(
     done = run_diff(a, b, request, on_truncate=warn, progress=progress)
     (ckpt_a, _), (ckpt_b, _) = a, b
     report, items = done.report, done.texts
-    saving.write_all(saves, saving.diff_picture(saves, ckpt_a, ckpt_b, report, items[0], done.edits_b), dpi=dpi)
+    saving.write_all(saves, diff_picture(saves, ckpt_a, ckpt_b, report, items[0], done.edits_b), dpi=dpi)
     result = DiffResult(report, ckpt_a.source, ckpt_b.source, items[0].tokens, [len(t.ids) for t in items])
     result.maps = lambda: peak_maps(ckpt_a, ckpt_b, report, items[0])  # a forward: only the terminal draws them
     result.top, result.start = top, start

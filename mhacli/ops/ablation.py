@@ -23,13 +23,14 @@ from mhacli.analyses.ablate import (
     removal_edits,
     schedule,
 )
-from mhacli.analyses.heads import check_selection
+from mhacli.analyses.heads import analyse, check_selection
 from mhacli.analyses.stats import StatsAccumulator, head_stats
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
 from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, scoring_bytes
+from mhacli.views.save import Picture, Target, caption, wants
 
 MAX_MASK_BYTES = 1024 * 1024
 Ticker = Callable[[int, str], tuple[Callable[[], None], Callable[[], None]]]
@@ -253,3 +254,13 @@ def prune_doc(
         },
         "pruned": [list(h) for h in pruned],
     }  # fmt: skip
+
+
+def ablate_picture(targets: list[Target], ckpt, texts, doc: dict) -> Picture:
+    """ablate: the document; the page also gets the intact model's maps of the first text."""
+    first = texts[0]
+    views = list(analyse(ckpt, first.ids, keep_maps=True)) if wants(targets, "html") else None
+    text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
+    if len(texts) > 1:
+        text += f"; loss over {len(texts)} texts, the first shown"
+    return Picture("ablate", text, {"doc": doc, "views": views, "tokens": list(first.tokens)})

@@ -19,6 +19,7 @@ from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
 from mhacli.ops.ablation import ablated_heads
 from mhacli.ops.memory import Size, check_memory, diff_bytes
+from mhacli.views.save import STATIC, Picture, Target, caption, wants
 
 Head = tuple[int, int]
 
@@ -181,3 +182,36 @@ def peak_maps(ckpt_a, ckpt_b, report: DiffReport, first: DiffText) -> tuple[Head
     view_a = next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True))
     view_b = next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True))
     return view_a, view_b
+
+
+def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=None) -> Picture:
+    """`mha diff --save`: the report, and the first text's maps (runs the forward these need).
+
+    The figures show the most changed head's two maps; the page every head's.
+    """
+    maps = None
+    views_a: list = []
+    views_b: list = []
+    if wants(targets, "html"):
+        views_a = list(analyse(ckpt_a, first.ids, keep_maps=True))
+        views_b = list(analyse(ckpt_b, first.ids, keep_maps=True, edits=edits_b))
+    if wants(targets, *STATIC) and report.heads and report.max_divergence > 0:
+        r = report.heads[0]
+        if views_a:
+            maps = (
+                next(v for v in views_a if (v.layer, v.head) == (r.layer_a, r.head_a)),
+                next(v for v in views_b if (v.layer, v.head) == (r.layer_b, r.head_b)),
+            )
+        else:
+            maps = (
+                next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True)),
+                next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True, edits=edits_b)),
+            )
+    text = caption(f"A: {ckpt_a.source} · B: {ckpt_b.source}", "".join(first.tokens), len(first.ids))
+    if report.n_texts > 1:
+        text += f"; divergence: mean over {report.n_texts} texts, maps: the first"
+    return Picture(
+        "diff",
+        text,
+        {"report": report, "maps": maps, "views_a": views_a, "views_b": views_b, "tokens": list(first.tokens)},
+    )
