@@ -308,9 +308,9 @@ class Run:
         return out
 
     def stats(self, layer: int | None = None, head: int | None = None) -> list[HeadStats]:
-        """The statistics and kind of every head (the CLI's HeadStats, as `mha stats` computes them.
+        """The statistics and kind of every head, or of one layer's heads, or of one head; layer-major order.
 
-        Streamed, no map kept), or of one layer's heads, or of one head; layer-major order.
+        The CLI's HeadStats, as `mha stats` computes them: streamed, no map kept.
         """
         layers = list(range(self.model.config.n_layer)) if layer is None else [self._layer(layer)]
         missing = [x for x in layers if x not in self._stats]
@@ -337,8 +337,8 @@ class Run:
         self._guard(None, keep_maps=True, narrow="maps")
         out = []
         for layer in range(c.n_layer):
-            attn = self.attention(layer)
-            for row, stats in zip(attn, layer_stats(layer, attn, self.tokenized.ids)):
+            attention = self.attention(layer)
+            for row, stats in zip(attention, layer_stats(layer, attention, self.tokenized.ids)):
                 out.append(HeadView(stats, row, c.kv_head(stats.head)))
         return out
 

@@ -338,9 +338,9 @@ class BrowseApp(App):
         s = self.session
         w = (width - len(maps) + 1) // len(maps)
         panels = []
-        for attn, title in maps:
+        for attention, title in maps:
             lines, pane.window = views.map_view(
-                attn,
+                attention,
                 views.pane_title(title),
                 s.tokens,
                 s.query,

@@ -1,7 +1,7 @@
-"""`mha ablate` (each head removed alone.
+"""`mha ablate`, `mha prune`, and the `--ablate` option that inspect, stats and diff share.
 
-Its effect on the loss) and `mha prune` (pruning curves against a random order), and the `--ablate
-L.H[,L.H...]|@mask.json` option that inspect, stats and diff share. The work is mhacli.ops.ablation's.
+`mha ablate`: each head removed alone, its effect on the loss; `mha prune`: pruning curves against a random order;
+`--ablate L.H[,L.H...]|@mask.json`. The work is mhacli.ops.ablation's.
 """
 
 from __future__ import annotations

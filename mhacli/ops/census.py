@@ -33,10 +33,10 @@ from mhacli.views.formats import dumps
 
 
 def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
-    """The probes' prefix token (None.
+    """The probes' prefix token and the ordinary tokens they are drawn from.
 
-    The tokenizer has none the model can read) and the ordinary tokens they are drawn from, each probe's length
-    checked against the model.
+    The prefix is None when the tokenizer has none the model can read; each probe's length is checked against the
+    model.
     """
     c = ckpt.config
     if probes and spec.count < 1:

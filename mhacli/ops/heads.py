@@ -51,8 +51,9 @@ def head_views(
     edits: dict[int, ZEdit] | None = None,
     request: MapRequest | None = None,
 ) -> Iterator[HeadView]:
-    """A HeadView per selected head, layer by layer (whole maps only with keep_maps, else streamed.
+    """A HeadView per selected head, layer by layer.
 
-    `request`: the part of each map a view shows, mhacli.analyses.partial).
+    Whole maps only with keep_maps, else streamed; `request`: the part of each map a view shows
+    (mhacli.analyses.partial).
     """
     return analyse(ckpt, ids, layers=layers, heads=heads, keep_maps=keep_maps, edits=edits, request=request)

@@ -91,9 +91,10 @@ def check_memory(needed: int, max_memory: Size, narrow: str = "text") -> None:
 
 
 def heads_bytes(ckpt, n_seq: int, n_layers: int, n_heads: int, keep_maps: bool, kept_cells: int = 0) -> int:
-    """inspect (whole maps kept, or `kept_cells` of each.
+    """inspect and stats: the selected heads of one text.
 
-    What a terminal view shows) and stats (streamed unless a page wants the maps): the selected heads of one text.
+    inspect keeps whole maps, or `kept_cells` of each (what a terminal view shows); stats streams unless a page
+    wants the maps.
     """
     kept = keep_maps or kept_cells > 0
     return memory_needed(

@@ -112,10 +112,10 @@ def token_ticks(ax, tokens: Sequence[str], size_in: float, font_pt: float, *, ro
     ax.tick_params(length=1.5, pad=1)
 
 
-def draw_map(ax, attn: np.ndarray, *, cmap: str = MAP_CMAP, vmin: float = 0.0, vmax: float = 1.0):
+def draw_map(ax, attention: np.ndarray, *, cmap: str = MAP_CMAP, vmin: float = 0.0, vmax: float = 1.0):
     """[n_seq, n_seq] -> the image; the upper triangle (no key visible) left white."""
-    n = attn.shape[0]
-    masked = np.ma.masked_array(attn, mask=np.triu(np.ones((n, n), dtype=bool), k=1))
+    n = attention.shape[0]
+    masked = np.ma.masked_array(attention, mask=np.triu(np.ones((n, n), dtype=bool), k=1))
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
@@ -242,9 +242,9 @@ KIND_KEY = " · ".join(f"{KIND_LETTER[k]} {k}" for k in KINDS)
 
 
 def stats_figure(*, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, caption: str, **_: Any):
-    """The layer x head grid of one statistic on its 0-1 scale (`auto`.
+    """The layer x head grid of one statistic on its 0-1 scale, kind letters in the cells.
 
-    Each head's kind score), kind letters in the cells.
+    `auto`: each head's kind score.
     """
     import matplotlib
 

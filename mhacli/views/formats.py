@@ -47,9 +47,9 @@ def stdout_is_unicode() -> bool:
     return name.startswith("utf") or name == "gb18030"
 
 
-def lower_triangle(attn: np.ndarray) -> list[list[float]]:
+def lower_triangle(attention: np.ndarray) -> list[list[float]]:
     """[n_seq, n_seq] -> rows, row i holding the weights of query i over keys 0..i."""
-    rounded = np.round(attn.astype(np.float64), ATTENTION_DECIMALS)
+    rounded = np.round(attention.astype(np.float64), ATTENTION_DECIMALS)
     return [rounded[i, : i + 1].tolist() for i in range(rounded.shape[0])]
 
 

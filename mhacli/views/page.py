@@ -111,9 +111,9 @@ def build(doc: dict) -> str:
 # --- encoding the maps ----------------------------------------------------------------------------------------------
 
 
-def quantise(attn: np.ndarray) -> np.ndarray:
+def quantise(attention: np.ndarray) -> np.ndarray:
     """[n_seq, n_seq] weights -> uint8 levels round(255 w), clipped to 0..255."""
-    return np.clip(np.rint(np.asarray(attn, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(np.asarray(attention, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def encode_map(levels: np.ndarray) -> str:
@@ -144,8 +144,8 @@ def map_sets(sets: dict[str, Sequence[np.ndarray]]) -> tuple[dict, list[str], in
     last = list(sets)[-1]
     for name, maps in sets.items():
         encoded[name] = []
-        for attn in maps:
-            levels = quantise(attn)
+        for attention in maps:
+            levels = quantise(attention)
             encoded[name].append(encode_map(levels))
             if name == last:
                 thumbs.append(encode_thumb(levels, side))

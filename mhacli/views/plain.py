@@ -35,20 +35,20 @@ def write_inspect(
     out.write("tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(labels)) + "\n")
     for view in views:
         out.write("\n" + head_line(view) + "\n")
-        attn = view.attention
+        attention = view.attention
         if query is not None:
             for j in range(query + 1):
-                out.write(f"{j:>5} {labels[j]:<12} {attn[query, j]:.4f}\n")
+                out.write(f"{j:>5} {labels[j]:<12} {attention[query, j]:.4f}\n")
         elif top is not None:
-            for i in range(attn.shape[0]):
-                best, weights = strongest(attn, i, top)
+            for i in range(attention.shape[0]):
+                best, weights = strongest(attention, i, top)
                 keys = ", ".join(f"{j}:{labels[j]} {w:.3f}" for j, w in zip(best, weights))
                 out.write(f"{i:>5} {labels[i]:<12} -> {keys}\n")
         else:
-            n = attn.shape[0]
+            n = attention.shape[0]
             out.write(" " * 19 + "".join(f"{j:>6}" for j in range(n)) + "\n")
             for i in range(n):
-                cells = "".join(f"{attn[i, j]:6.2f}" if j <= i else "      " for j in range(n))
+                cells = "".join(f"{attention[i, j]:6.2f}" if j <= i else "      " for j in range(n))
                 out.write(f"{i:>5} {labels[i]:<12} {cells.rstrip()}\n")
 
 

@@ -41,11 +41,10 @@ KEYS: tuple[tuple[str, str], ...] = (
 def grid_view(
     cells, n_layer: int, n_head: int, selected: tuple[int, int], width: int, color: bool, says: str
 ) -> list[Text]:
-    """The layer x head grid (render.grid.
+    """The layer x head grid (mhacli.views.terminal.grid), the selected head marked, then the legends.
 
-    Full cells when they fit `width`, else one character per head), the selected head between brackets (full) or
-    underlined (compact), then the legends. `cells(layer, head)` gives a render.grid.Cell, or None for a head the
-    filter hides.
+    Full cells when they fit `width`, else one character per head; the selected head between brackets (full) or
+    underlined (compact). `cells(layer, head)` gives a grid.Cell, or None for a head the filter hides.
     """
     layout = "full" if full_width(n_head, n_layer) + 1 <= width else "compact"
     sel_layer, sel_head = selected
@@ -115,7 +114,7 @@ def divergence_cells(report, shown: set[tuple[int, int]]):
 
 
 def map_view(
-    attn: np.ndarray,
+    attention: np.ndarray,
     title: Text,
     tokens: Sequence[str],
     query: int,
@@ -142,7 +141,7 @@ def map_view(
     n_rows = max(1, (height - 2) * (2 if color else 1))
     win = map_window(n_seq, start, n_rows, n_keys, keys)
     row_names = row_labels(win, tokens if labels else None, color, token_w)
-    body = map_lines(attn, win, cell=cell, color=color)
+    body = map_lines(attention, win, cell=cell, color=color)
     lines = [fit(title, width), fit(Text(" " * label_w + ruler(win.keys, win.pinned, cell), style="dim"), width)]
     step = 2 if color else 1
     for k, (label, row) in enumerate(zip(row_names, body)):

@@ -153,9 +153,9 @@ def print_grid(
     layout: str = "auto",
     cell_w: int = FULL_CELL,
 ) -> None:
-    """A layer x head overview (mhacli.views.terminal.grid) with its title, the scale legend (`says`.
+    """A layer x head overview (mhacli.views.terminal.grid) with its title, the scale legend and the kind letters.
 
-    What the numbers are) and the kind letters; every line fits the terminal.
+    `says`: what the numbers are. Every line fits the terminal.
     """
     color = uses_color(console)
     lines, used = grid_lines(cell, layers, heads, width=console.width, color=color, layout=layout, cell_w=cell_w)

@@ -41,9 +41,9 @@ def fmt_delta(v: float | None) -> str:
 
 
 def diff_grid(console: Console, report: DiffReport) -> None:
-    """Layer x head grid of the compared heads, coloured by divergence, with B's kind letter (matched.
+    """Layer x head grid of the compared heads, coloured by divergence, with B's kind letter.
 
-    B's layout, each B head against its matched A head).
+    Matched: B's layout, each B head against its matched A head.
     """
     top = report.max_divergence
     n_layer, n_head = report.shape_b

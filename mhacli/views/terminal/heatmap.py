@@ -110,7 +110,7 @@ def ruler(cols: Sequence[int], pinned: bool, cell: int) -> str:
     return "".join(line)
 
 
-def map_lines(attn: np.ndarray, win: MapWindow, *, cell: int, color: bool) -> list[Text]:
+def map_lines(attention: np.ndarray, win: MapWindow, *, cell: int, color: bool) -> list[Text]:
     """The map's rows as Text lines (no row labels): half-blocks with colour, else one shade row per line."""
     lines = []
     step = 2 if color else 1
@@ -120,22 +120,22 @@ def map_lines(attn: np.ndarray, win: MapWindow, *, cell: int, color: bool) -> li
             if p == 1 and win.pinned:
                 line.append(PIN, style="dim")
             if color:
-                line.append(*_half_block(attn, i, j, win.hi, cell))
+                line.append(*_half_block(attention, i, j, win.hi, cell))
             else:
-                line.append((shade(float(attn[i, j])) if j <= i else " ") * cell)
+                line.append((shade(float(attention[i, j])) if j <= i else " ") * cell)
         lines.append(line)
     return lines
 
 
-def _half_block(attn: np.ndarray, i: int, j: int, hi: int, cell: int) -> tuple[str, str]:
+def _half_block(attention: np.ndarray, i: int, j: int, hi: int, cell: int) -> tuple[str, str]:
     top = j <= i
     bottom = i + 1 < hi and j <= i + 1
     if top and bottom:
-        return UPPER * cell, f"{HEX[level(attn[i, j])]} on {HEX[level(attn[i + 1, j])]}"
+        return UPPER * cell, f"{HEX[level(attention[i, j])]} on {HEX[level(attention[i + 1, j])]}"
     if top:
-        return UPPER * cell, HEX[level(attn[i, j])]
+        return UPPER * cell, HEX[level(attention[i, j])]
     if bottom:
-        return LOWER * cell, HEX[level(attn[i + 1, j])]
+        return LOWER * cell, HEX[level(attention[i + 1, j])]
     return " " * cell, ""
 
 
@@ -168,7 +168,7 @@ def fit(text: Text, width: int) -> Text:
 
 
 def panel(
-    attn: np.ndarray,
+    attention: np.ndarray,
     title: Text,
     win: MapWindow,
     *,
@@ -181,7 +181,7 @@ def panel(
     """A titled map as lines of equal width: title, ruler, rows with their labels."""
     labels = row_labels(win, tokens, color, token_w)
     label_w = len(labels[0]) if labels else len(str(win.n_seq - 1)) + 1
-    body = map_lines(attn, win, cell=cell, color=color)
+    body = map_lines(attention, win, cell=cell, color=color)
     width = max(label_w + (len(win.keys) + win.pinned) * cell, min_width, 1 + len(title.plain.split(" ", 1)[0]))
     lines = [fit(title, width), fit(Text(" " * label_w + ruler(win.keys, win.pinned, cell), style="dim"), width)]
     for label, row in zip(labels, body):

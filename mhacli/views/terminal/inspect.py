@@ -28,9 +28,10 @@ from mhacli.views.terminal.heatmap import legend as heat_legend
 
 
 def screen_keys(height: int, panel_rows: int, color: bool) -> int:
-    """The largest square window whose `panel_rows` rows of panels (a blank line, title, ruler and the map's lines each.
+    """The largest square window for which `panel_rows` rows of panels fit `height` lines.
 
-    Two query rows a line with colour), the window note and the next prompt fit `height` lines.
+    Each panel: a blank line, title, ruler and the map's lines (two query rows a line with colour); then the window
+    note and the next prompt.
     """
     lines = (height - 2) // max(1, panel_rows) - 3  # and a line for the prompt after
     return max(1, lines * (2 if color else 1))
@@ -71,10 +72,10 @@ def map_panels(
     panel_keys: int | None = None,
     used_lines: int = 2,
 ) -> None:
-    """Every selected head's map (`used_lines`.
+    """Every selected head's map as panels, all with the same window.
 
-    What is above it on the screen): one head drawn large (token labels, wider cells when they fit); several heads
-    as small multiples, a layer per row of panels (wrapping when a layer does not fit), all with the same window.
+    One head is drawn large (token labels, wider cells when they fit); several heads as small multiples, a layer
+    per row of panels (wrapping when a layer does not fit). `used_lines`: what is above them on the screen.
     """
     n_seq = len(tokens)
     color = uses_color(console)
