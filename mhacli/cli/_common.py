@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
@@ -172,6 +172,6 @@ def note(message: str) -> None:
     environment().note(message)
 
 
-def progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
+def progress(items: Iterable[T], total: int, description: str) -> Generator[T, None, None]:
     """A progress bar on stderr, only when stderr is a terminal; otherwise the items as they are."""
     return environment().progress(items, total, description)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -105,7 +105,7 @@ def read_input(text: str | None) -> str:
     env = environment()
     if text is None and env.stdin is not None and env.stdin_isatty:
         return DEFAULT_TEXT
-    raw = inputs.read_input(text, None)
+    raw = cast(str, inputs.read_input(text, None))  # no --ids here: always a text
     if text is None or text == "-":
         try:
             tty = os.open("/dev/tty", os.O_RDWR)

@@ -134,8 +134,9 @@ def inspect(
         )
     )
     saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
-    window = {"query": query, "top": top, "start": start, "keys": key_range, "panel_keys": panel_size}
-    out.emit(InspectResult(ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, **window))
+    model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()
+    result = InspectResult(model_doc, tokens.tokens, ids_list, views, query, top, start, key_range, panel_size)
+    out.emit(result)
 
 
 def output_size(n_heads: int, n_seq: int) -> int:

@@ -20,8 +20,11 @@ from mhacli.io.tokenizer import Tokenizer, load_tokenizer
 from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 
 
-def check_model(model: str | None) -> ModelFiles:
-    """The model's files resolved, and checked to exist, before any input is read (a wrong path is named first)."""
+def check_model(model: str | None) -> ModelFiles | None:
+    """The model's files resolved, and checked to exist, before any input is read (a wrong path is named first).
+
+    None for a well-formed hub id, resolved when the model loads.
+    """
     return weights.check_model(model)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import codecs
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
@@ -114,7 +114,7 @@ class Environment:
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=self.stderr)
 
-    def progress(self, items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
+    def progress(self, items: Iterable[T], total: int | None, description: str) -> Generator[T, None, None]:
         """A progress bar on stderr, only when stderr is a terminal; otherwise the items as they are."""
         if not self.show_progress:
             yield from items

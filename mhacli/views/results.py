@@ -87,8 +87,16 @@ class InspectResult(HeadsResult):
     def view(self, console: Console) -> None:
         from mhacli.views.terminal import render_inspect
 
-        opts = {"query": self.query, "top": self.top, "start": self.start, "keys": self.keys}
-        render_inspect(console, self.views, self.tokens, **opts, panel_keys=self.panel_keys)
+        render_inspect(
+            console,
+            self.views,
+            self.tokens,
+            query=self.query,
+            top=self.top,
+            start=self.start,
+            keys=self.keys,
+            panel_keys=self.panel_keys,
+        )
 
 
 @dataclass
@@ -136,7 +144,7 @@ class DiffResult:
 
     def to_dict(self) -> dict:
         r = self.report
-        doc = {"model_a": self.model_a, "model_b": self.model_b, "metric": r.metric, "mode": r.mode}
+        doc: dict = {"model_a": self.model_a, "model_b": self.model_b, "metric": r.metric, "mode": r.mode}
         doc |= {"n_texts": r.n_texts, "tokens": self.tokens, "n_tokens": self.n_tokens}
         return doc | r.to_dict()
 
