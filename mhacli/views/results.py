@@ -189,10 +189,10 @@ class ExplainResult:
 
         return explain_text(self.explanation, self.tokens, full=self.full)
 
-    def view(self, console: Console) -> None:
-        from mhacli.views.terminal import render_explain
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal import explain_view
 
-        render_explain(console, self.explanation, self.tokens, full=self.full)
+        return explain_view(self.explanation, self.tokens, console.width, full=self.full)
 
 
 # --- info -------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rich.cells import cell_len
-from rich.console import Console
+from rich.console import Console, Group
 from rich.text import Text
 
 from mhacli.analyses.explain import Explanation
@@ -400,9 +400,18 @@ def step_check(out: Layout) -> None:
     out.add(wrapped(text, width, 2, "bold red"))
 
 
+def explain_view(ex: Explanation, tokens: Sequence[str], width: int, *, full: bool = False) -> Group:
+    """The explanation for a terminal `width` columns wide: one line per Text, cropped with an ellipsis."""
+    return Group(
+        *(
+            Text.assemble(*line, no_wrap=True, overflow="ellipsis")
+            for line in explain_lines(ex, tokens, width, full=full)
+        )
+    )
+
+
 def render_explain(console: Console, ex: Explanation, tokens: Sequence[str], *, full: bool = False) -> None:
-    for line in explain_lines(ex, tokens, console.width, full=full):
-        console.print(Text.assemble(*line, no_wrap=True, overflow="ellipsis"))
+    console.print(explain_view(ex, tokens, console.width, full=full))
 
 
 def explain_text(ex: Explanation, tokens: Sequence[str], *, full: bool = False, width: int = PLAIN_WIDTH) -> str:
