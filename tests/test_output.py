@@ -1,5 +1,8 @@
-"""The door's environment and its one output sink (mhacli.views.output): every format from one result protocol,
-and commands run against an injected environment instead of a patched sys.stdout."""
+"""The door's environment and its one output sink (mhacli.views.output).
+
+Every format from one result protocol; commands run against an injected environment instead of a patched
+sys.stdout; a terminal view kept as a renderable prints what it printed directly.
+"""
 
 from __future__ import annotations
 
@@ -148,3 +151,53 @@ def test_errors_go_to_the_environment_stderr():
     e = env()
     assert run(["stats", "x", "-f", "yaml"], env=e) == 2
     assert e.stdout.getvalue() == "" and e.stderr.getvalue().startswith("error: ")
+
+
+# --- a view drawn on a Canvas prints the same bytes as the view printed directly --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample_views():
+    import mhacli
+
+    model = mhacli.load("sample")
+    run = model.run("The cat sat on the mat. The cat sat on the mat.")
+    return model, run.views(), run.tokens
+
+
+def both_ways(draw, *args, **kwargs) -> tuple[str, str]:  # noqa: ANN001, ANN003
+    from mhacli.views.terminal import drawn, make_console
+
+    direct = make_console(file=io.StringIO(), width=100, force_terminal=True, color_system="truecolor")
+    draw(direct, *args, **kwargs)
+    kept = make_console(file=io.StringIO(), width=100, force_terminal=True, color_system="truecolor")
+    kept.print(drawn(draw)(kept, *args, **kwargs))
+    return direct.file.getvalue(), kept.file.getvalue()
+
+
+@pytest.mark.parametrize("window", [{}, {"query": 5}, {"top": 2}, {"start": 3, "keys": (0, 6)}])
+def test_inspect_drawing_is_what_it_printed(sample_views, window):
+    from mhacli.views.terminal import render_inspect
+
+    _, views, tokens = sample_views
+    direct, kept = both_ways(render_inspect, views[:3], tokens, **window)
+    assert direct == kept and "\x1b[" in kept
+
+
+@pytest.mark.parametrize("stat, layout", [("auto", "auto"), ("induction", "compact")])
+def test_stats_drawing_is_what_it_printed(sample_views, stat, layout):
+    from mhacli.views.terminal import render_stats
+
+    _, views, tokens = sample_views
+    direct, kept = both_ways(render_stats, views, 2, 4, stat, len(tokens), layout=layout)
+    assert direct == kept and "\x1b[" in kept
+
+
+def test_diff_drawing_is_what_it_printed(sample_views):
+    import mhacli
+    from mhacli.views.terminal import render_diff
+
+    model, views, tokens = sample_views
+    report = mhacli.diff(model, mhacli.load("sample-early"), "The cat sat on the mat. The cat sat on the mat.")
+    direct, kept = both_ways(render_diff, report, "sample", "sample-early", tokens, (views[0], views[1]), top=5)
+    assert direct == kept and "\x1b[" in kept

@@ -84,10 +84,10 @@ class InspectResult(HeadsResult):
 
         return _written(lambda out: write_inspect(out, self.views, self.tokens, query=self.query, top=self.top))
 
-    def view(self, console: Console) -> None:
-        from mhacli.views.terminal import render_inspect
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal import drawn, render_inspect
 
-        render_inspect(
+        return drawn(render_inspect)(
             console,
             self.views,
             self.tokens,
@@ -113,11 +113,12 @@ class StatsResult(HeadsResult):
 
         return _written(lambda out: write_stats(out, self.views, self.stat))
 
-    def view(self, console: Console) -> None:
-        from mhacli.views.terminal import render_stats
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal import drawn, render_stats
 
         layout = "compact" if self.compact else "auto"
-        render_stats(console, self.views, self.n_layer, self.n_head, self.stat, len(self.token_ids), layout=layout)
+        n_tokens = len(self.token_ids)
+        return drawn(render_stats)(console, self.views, self.n_layer, self.n_head, self.stat, n_tokens, layout=layout)
 
 
 # --- diff -------------------------------------------------------------------------------------------------------------
@@ -161,11 +162,13 @@ class DiffResult:
 
         return _written(lambda out: write_diff(out, self.report, self.model_a, self.model_b, self.n_tokens))
 
-    def view(self, console: Console) -> None:
-        from mhacli.views.terminal import render_diff
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal import drawn, render_diff
 
-        r = self.report
-        render_diff(console, r, self.model_a, self.model_b, self.tokens, self.maps(), top=self.top, start=self.start)
+        r, maps = self.report, self.maps()
+        return drawn(render_diff)(
+            console, r, self.model_a, self.model_b, self.tokens, maps, top=self.top, start=self.start
+        )
 
 
 # --- explain ----------------------------------------------------------------------------------------------------------
@@ -300,10 +303,10 @@ class AblateResult:
 
         return _written(lambda out: write_ablate(out, self.doc))
 
-    def view(self, console: Console) -> None:
-        from mhacli.views.terminal import render_ablate
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal import drawn, render_ablate
 
-        render_ablate(console, self.doc, self.top)
+        return drawn(render_ablate)(console, self.doc, self.top)
 
 
 @dataclass
@@ -339,10 +342,10 @@ class PruneResult:
 
         return _written(lambda out: write_prune(out, self.doc))
 
-    def view(self, console: Console) -> None:
-        from mhacli.views.terminal import render_prune
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal import drawn, render_prune
 
-        render_prune(console, self.doc)
+        return drawn(render_prune)(console, self.doc)
 
 
 # --- census -----------------------------------------------------------------------------------------------------------
@@ -377,7 +380,7 @@ class CensusResult:
 
         return _written(lambda out: write_census(out, self.doc))
 
-    def view(self, console: Console) -> None:
-        from mhacli.views.terminal import render_census
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal import drawn, render_census
 
-        render_census(console, self.doc, self.top)
+        return drawn(render_census)(console, self.doc, self.top)

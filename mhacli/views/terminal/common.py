@@ -6,10 +6,11 @@ legends. Rich is imported here and in the views, nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, NewLine
+from rich.segment import Segment
 from rich.text import Text
 
 from mhacli.analyses.heads import HeadView
@@ -38,6 +39,60 @@ class _Console(Console):
         """
         self.quiet = True
         raise BrokenPipeError
+
+
+class Canvas:
+    """A console stand-in that keeps what a view prints instead of writing it.
+
+    Everything a view asks of its console (width, height, colour, options, measuring) is the real console's; each
+    `print` is recorded, and `drawing()` returns the renderable that prints exactly what those prints would have.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._prints: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._console, name)
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self._prints.append((objects, options))
+
+    def drawing(self) -> Drawing:
+        return Drawing(self._prints)
+
+
+class Drawing:
+    """What a view drew on a Canvas, as a renderable: each print rendered as Console.print renders it."""
+
+    def __init__(self, prints: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        self.prints = prints
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        for objects, kw in self.prints:
+            yield from printed(console, objects, **kw)
+
+
+def printed(
+    console: Console, objects: tuple[Any, ...], *, no_wrap: bool | None = None, overflow: Any = None
+) -> Iterator[Segment]:
+    """The segments `console.print(*objects, no_wrap=..., overflow=...)` writes (rich's Console.print, cropped)."""
+    renderables = console._collect_renderables(objects or (NewLine(),), " ", "\n")  # noqa: SLF001 - print's own step
+    render_options = console.options.update(overflow=overflow, no_wrap=no_wrap)
+    segments = [segment for r in renderables for segment in console.render(r, render_options)]
+    for line in Segment.split_and_crop_lines(segments, console.width, pad=False):
+        yield from line
+
+
+def drawn(draw: Callable[..., None]) -> Callable[..., Drawing]:
+    """A view that returns its renderable, from a function that draws on a console: draw(console, *args)."""
+
+    def view(console: Console, *args: Any, **kwargs: Any) -> Drawing:
+        canvas = Canvas(console)
+        draw(canvas, *args, **kwargs)
+        return canvas.drawing()
+
+    return view
 
 
 def make_console(file=None, width: int | None = None, **options: Any) -> Console:
