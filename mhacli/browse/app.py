@@ -92,7 +92,7 @@ class MapPane(Pane):
 
     start = 0  # first query row shown (or first line of a text view)
     keys: tuple[int, int] | None = None  # key columns shown; None: the keys up to the last row shown
-    window = None  # the last map window drawn (render.heatmap.MapWindow)
+    window = None  # the last map window drawn (views.terminal.heatmap.MapWindow)
 
     def action_scroll_rows(self, step: int) -> None:
         rows = 2 if self.browser.color and self.browser.mode in ("kinds", "diff", "ablate") else 1
@@ -305,7 +305,7 @@ class BrowseApp(App):
             return lines[start : start + height], f"{self.mode} (↑ ↓ scroll)"
         stats = s.selected_stats()
         if self.mode == "kinds":
-            lines, pane.window = views.map_view(
+            lines, pane.window = views.map_panel(
                 s.head_map(),
                 views.head_title(stats),
                 s.tokens,
@@ -339,7 +339,7 @@ class BrowseApp(App):
         w = (width - len(maps) + 1) // len(maps)
         panels = []
         for attention, title in maps:
-            lines, pane.window = views.map_view(
+            lines, pane.window = views.map_panel(
                 attention,
                 views.pane_title(title),
                 s.tokens,

@@ -1,7 +1,7 @@
 """`mha browse`'s panes as lines of rich Text, drawn with the terminal views' primitives.
 
-The layer x head grid (render.grid, kind letters and styles of render.common), half-block maps with key 0 pinned
-(render.heatmap), explain's steps (render.explain). Nothing here imports Textual: the app (mhacli.browse.app) places
+The layer x head grid (terminal.grid, kind letters and styles of terminal.common), half-block maps with key 0 pinned
+(terminal.heatmap), explain's steps (terminal.explain). Nothing here imports Textual: the app (mhacli.browse.app) places
 these lines, and reads the numbers from the Python API (mhacli.browse.state).
 """
 
@@ -113,7 +113,7 @@ def divergence_cells(report, shown: set[tuple[int, int]]):
     return cell
 
 
-def map_view(
+def map_panel(
     attention: np.ndarray,
     title: Text,
     tokens: Sequence[str],
@@ -155,7 +155,7 @@ def map_view(
 
 
 def fit_line(text: Text, width: int) -> Text:
-    """A line of exactly `width` cells (render.heatmap.fit)."""
+    """A line of exactly `width` cells (terminal.heatmap.fit)."""
     return fit(text, width)
 
 
@@ -279,7 +279,7 @@ def stats_lines(s, n_seq: int) -> list[Text]:
 
 
 def explain_view(ex, tokens: Sequence[str], width: int) -> list[Text]:
-    """`mha explain`'s steps, laid out for `width` columns (render.explain)."""
+    """`mha explain`'s steps, laid out for `width` columns (terminal.explain)."""
     return [Text.assemble(*line) for line in explain_lines(ex, tokens, width)]
 
 
