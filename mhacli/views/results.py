@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mhacli.analyses.heads import HeadView
@@ -133,7 +133,7 @@ class DiffResult:
     model_b: str
     tokens: list[str]  # the first text's
     n_tokens: list[int]  # every text's length
-    maps: Callable[[], Any] = field(default=lambda: None)
+    maps: Callable[[], Any] = lambda: None  # the most changed pair's maps, computed when the terminal draws them
     top: int = 10
     start: int = 0
 
