@@ -24,8 +24,8 @@ from mhacli.cli._common import (
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
 from mhacli.errors import UsageError
-from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.ops.heads import check_heads, head_views
+from mhacli.ops.ablation import check_ablate_spec
+from mhacli.ops.heads import HeadsRequest, plan_heads
 from mhacli.views import save as saving
 from mhacli.views.display import format_bytes
 from mhacli.views.output import FORMATS
@@ -106,17 +106,8 @@ def inspect(
         request = map_request(
             n_seq, width=width, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size
         )
-    n_layers, n_heads = check_heads(
-        ckpt,
-        n_seq,
-        layer,
-        head,
-        keep_maps=whole,
-        max_memory=max_memory,
-        request=request,
-        narrow="maps",
-    )
-    edits = ablation_edits(ablate, ckpt)
+    plan = plan_heads(ckpt, tokens.ids, HeadsRequest(layer, head, whole, request, max_memory, "maps", ablate))
+    n_layers, n_heads = plan.n_layers, plan.n_heads
     if fmt in ("json", "jsonl"):
         size = output_size(n_layers * n_heads, n_seq)
         if size > BIG_OUTPUT_BYTES:
@@ -126,13 +117,7 @@ def inspect(
                 f"{format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
                 "(float32), and -l/-H select heads"
             )
-    views = list(
-        progress(
-            head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=whole, edits=edits, request=request),
-            n_layers * n_heads,
-            "running layers",
-        )
-    )
+    views = plan.run(progress)
     saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
     model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()
     result = InspectResult(model_doc, tokens.tokens, ids_list, views, query, top, start, key_range, panel_size)

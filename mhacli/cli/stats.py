@@ -24,8 +24,8 @@ from mhacli.cli._common import (
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
-from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.ops.heads import check_heads, head_views
+from mhacli.ops.ablation import check_ablate_spec
+from mhacli.ops.heads import HeadsRequest, plan_heads
 from mhacli.views import save as saving
 from mhacli.views.output import FORMATS
 from mhacli.views.results import StatsResult
@@ -76,14 +76,8 @@ def stats(
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     c = ckpt.config
     # streamed (no maps) unless a page wants the maps
-    n_layers, n_heads = check_heads(ckpt, len(tokens.ids), layer, head, keep_maps=keep, max_memory=max_memory)
-    edits = ablation_edits(ablate, ckpt)
-    views = list(
-        progress(
-            head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=keep, edits=edits),
-            n_layers * n_heads,
-            "running layers",
-        )
+    views = plan_heads(ckpt, tokens.ids, HeadsRequest(layer, head, keep, None, max_memory, "text", ablate)).run(
+        progress
     )
     saving.write_all(saves, saving.stats_picture(ckpt, tokens, views, stat), dpi=dpi)
     if out.machine and stat != "auto":
