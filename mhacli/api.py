@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from mhacli.analyses.ablate import METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, removal_edits
-from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally
-from mhacli.analyses.diff import DiffReport
+from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally, verdicts
+from mhacli.analyses.diff import METRICS, DiffReport, check_metric
 from mhacli.analyses.explain import Explanation
 from mhacli.analyses.heads import HeadView, memory_needed
 from mhacli.analyses.loss import text_losses
-from mhacli.analyses.stats import HeadStats, layer_stats
+from mhacli.analyses.stats import STAT_NAMES, HeadStats, layer_stats
+from mhacli.analyses.verify import HIDDEN_ATOL
 from mhacli.config import ModelConfig
 from mhacli.engine.attention import DISCARD, Sink
 from mhacli.engine.blocks import ZEdit
@@ -36,23 +37,32 @@ from mhacli.errors import TextError, UsageError
 from mhacli.io.textin import TokenizedText, from_ids, ids_from_items, tokenize
 from mhacli.io.textin import check_ids as check_id_values
 from mhacli.io.tokenizer import Tokenizer, load_tokenizer
-from mhacli.io.weights import Checkpoint, load_model
+from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
+from mhacli.ops import diff as diffs
 from mhacli.ops.ablation import check_scorable
-from mhacli.ops.diff import check_metric, compare, tokenize_both
+from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import check_heads, head_views
 from mhacli.ops.memory import Size
 
-__all__ = ["Ablation", "Census", "Model", "Run", "census", "diff", "load"]
+__all__ = [
+    "Ablation", "Census", "Model", "Run", "census", "diff", "load",
+    # the vocabulary both doors share: what a request may name, and the types it gets back
+    "HIDDEN_ATOL", "METHODS", "METRICS", "PROBES", "STAT_NAMES", "ProbeSpec",
+    "Checkpoint", "DiffReport", "HeadView", "ModelFiles", "TokenizedText", "Tokenizer",
+]  # fmt: skip
 
 IdsLike = Sequence[int] | np.ndarray
 
 
 def load(model: str | Path | None = None, *, cache: bool | None = None) -> Model:
-    """A model and its tokenizer, from any form `mha -m` accepts: a directory, a .safetensors file, a Hugging Face
-    id, `sample` or `sample-early` (None: $MHA_MODEL, else `sample`). Weights are read when first needed;
-    cache=None keeps them once read for models under 512 MiB (True: always, False: never)."""
+    """A model and its tokenizer, from any form `mha -m` accepts.
+
+    A directory, a .safetensors file, a Hugging Face id, `sample` or `sample-early` (None: $MHA_MODEL, else
+    `sample`). Weights are read when first needed; cache=None keeps them once read for models under 512 MiB (True:
+    always, False: never).
+    """
     ckpt = load_model(None if model is None else str(model), cache=cache)
     return Model(ckpt, load_tokenizer(ckpt.files.directory))
 
@@ -70,13 +80,15 @@ def check_text(text: object) -> str:
     return text
 
 
-API_OPTION = "max_memory"  # how the memory guard names the limit to an API user
 TRUNCATE_HINT = "pass truncate=True"
 
 
 def _id_values(ids: IdsLike) -> list[int]:
-    """Token ids given directly, as a list: a 1-D sequence of integers, each checked by the rule --ids follows
-    (mhacli.io.textin.ids_from_items: an integer >= 0; not empty)."""
+    """Token ids given directly, as a list.
+
+    A 1-D sequence of integers, each checked by the rule --ids follows (mhacli.io.textin.ids_from_items: an integer
+    >= 0; not empty).
+    """
     arr = np.asarray(ids)
     if arr.ndim != 1:
         raise UsageError(f"ids must be a 1-D sequence of token ids, got shape {arr.shape}")
@@ -86,9 +98,12 @@ def _id_values(ids: IdsLike) -> list[int]:
 
 
 def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> np.ndarray:
-    """Token ids given directly: a non-empty 1-D sequence of integers in 0..vocab_size-1, at most n_positions
-    of them (with truncate=True the first n_positions are kept). Returns them as int64 [n_seq]. The same check,
-    and the same messages, as the CLI's --ids (mhacli.io.textin.check_ids)."""
+    """Token ids given directly.
+
+    A non-empty 1-D sequence of integers in 0..vocab_size-1, at most n_positions of them (with truncate=True the
+    first n_positions are kept). Returns them as int64 [n_seq]. The same check, and the same messages, as the CLI's
+    --ids (mhacli.io.textin.check_ids).
+    """
     kept, _ = check_id_values(
         _id_values(ids),
         config.vocab_size,
@@ -142,19 +157,24 @@ class Model:
         remove: Iterable[Head] | None = None,
         max_memory: Size = None,
     ) -> Run:
-        """One text through the model. Nothing is computed until asked for; what is computed is kept.
-        `remove`: heads (layer, head) zeroed before W_O in every computation of this run (`--ablate`).
-        `max_memory` (bytes, or a size like '2G'; default 80% of available memory): a computation of this run that
-        would need more is refused with a ResourceError before it starts (the CLI's --max-memory guard)."""
+        """One text through the model.
+
+        Nothing is computed until asked for; what is computed is kept. `remove`: heads (layer, head) zeroed
+        before W_O in every computation of this run (`--ablate`). `max_memory` (bytes, or a size like '2G';
+        default 80% of available memory): a computation of this run that would need more is refused with a
+        ResourceError before it starts (the CLI's --max-memory guard).
+        """
         heads = sorted(set(remove or ()))
         for h in heads:
             check_head(h, self.config.n_layer, self.config.n_head)
         return Run(self, self.tokenize(text, ids=ids, truncate=truncate), tuple(heads), max_memory)
 
     def memory_needed(self, n_seq: int, *, maps: bool = True) -> int:
-        """Bytes at the peak of a run of n_seq tokens (the weights held, the forward's working set) that keeps every
-        layer's maps (maps=True: as Run.attention does for each layer asked for), as the commands' --max-memory
-        estimate counts them."""
+        """Bytes at the peak of a run of n_seq tokens: the weights held and the forward's working set.
+
+        With maps=True the run keeps every layer's maps (as Run.attention does for each layer asked for), as the
+        commands' --max-memory estimate counts them.
+        """
         c = self.config
         return memory_needed(
             c,
@@ -189,8 +209,10 @@ class Model:
 
 @dataclass(eq=False)
 class Run:
-    """One text through one model. attention(layer) and residual(layer) are computed on first use and kept; later
-    layers resume from the kept residual stream, so a layer is computed once per run whichever is asked first."""
+    """One text through one model. attention(layer) and residual(layer) are computed on first use and kept.
+
+    Later layers resume from the kept residual stream, so a layer is computed once per run whichever is asked first.
+    """
 
     model: Model
     tokenized: TokenizedText
@@ -230,7 +252,7 @@ class Run:
             raise UsageError(f"{what} {layer} is out of range: this model has layers 0..{n - 1}")
         return int(layer) % n
 
-    def _guard(self, layers: list[int] | None, *, keep_maps: bool, how: str = "use a shorter text") -> None:
+    def _guard(self, layers: list[int] | None, *, keep_maps: bool, narrow: str = "text") -> None:
         """The CLI's memory guard (mhacli.ops.memory) for this run: ResourceError past max_memory."""
         check_heads(
             self.model.checkpoint,
@@ -239,8 +261,7 @@ class Run:
             None,
             keep_maps=keep_maps,
             max_memory=self.max_memory,
-            how_to_narrow=how,
-            option=API_OPTION,
+            narrow=narrow,
         )
 
     def _advance(self, stop: int, keep: int | None = None) -> None:
@@ -259,11 +280,13 @@ class Run:
                 self._attention[trace.layer] = trace.attention
 
     def attention(self, layer: int) -> np.ndarray:
-        """[n_head, n_seq, n_seq] float32: layer `layer`'s attention, rows the queries (each sums to 1). Computed
-        once; the same (read-only) array on every call."""
+        """[n_head, n_seq, n_seq] float32: layer `layer`'s attention, rows the queries (each sums to 1).
+
+        Computed once; the same (read-only) array on every call.
+        """
         layer = self._layer(layer)
         if layer not in self._attention:
-            self._guard([layer], keep_maps=True, how="ask for fewer layers, or use a shorter text")
+            self._guard([layer], keep_maps=True, narrow="layer_map")
             if layer < len(self._inputs) - 1:  # the stream entering it is kept: that one layer again, with its map
                 for trace in forward_from(
                     self.model.checkpoint, self._inputs[layer], layer, layer + 1, edits=self.edits, sinks=lambda _: None
@@ -285,8 +308,10 @@ class Run:
         return out
 
     def stats(self, layer: int | None = None, head: int | None = None) -> list[HeadStats]:
-        """The statistics and kind of every head (the CLI's HeadStats, as `mha stats` computes them: streamed, no
-        map kept), or of one layer's heads, or of one head; layer-major order."""
+        """The statistics and kind of every head, or of one layer's heads, or of one head; layer-major order.
+
+        The CLI's HeadStats, as `mha stats` computes them: streamed, no map kept.
+        """
         layers = list(range(self.model.config.n_layer)) if layer is None else [self._layer(layer)]
         missing = [x for x in layers if x not in self._stats]
         if missing:
@@ -304,20 +329,24 @@ class Run:
         return out
 
     def views(self) -> list[HeadView]:
-        """Every head's map with its statistics (computed from the maps, as `mha inspect` does): what pages and
-        figures draw."""
+        """Every head's map with its statistics (computed from the maps, as `mha inspect` does).
+
+        What pages and figures draw.
+        """
         c = self.model.config
-        self._guard(None, keep_maps=True, how="use a shorter text (stats() streams without maps)")
+        self._guard(None, keep_maps=True, narrow="maps")
         out = []
         for layer in range(c.n_layer):
-            attn = self.attention(layer)
-            for row, stats in zip(attn, layer_stats(layer, attn, self.tokenized.ids)):
+            attention = self.attention(layer)
+            for row, stats in zip(attention, layer_stats(layer, attention, self.tokenized.ids)):
                 out.append(HeadView(stats, row, c.kv_head(stats.head)))
         return out
 
     def loss(self, loss_from: int = 1) -> float:
-        """The mean next-token loss (nats/token) over target positions t >= max(1, loss_from), as `mha ablate`'s
-        baseline; a ModelError when the checkpoint has no output head."""
+        """The mean next-token loss (nats/token) over target positions t >= max(1, loss_from).
+
+        This is `mha ablate`'s baseline; a ModelError when the checkpoint has no output head.
+        """
         if not isinstance(loss_from, int) or isinstance(loss_from, bool):
             raise UsageError(f"loss_from must be an int, got {type(loss_from).__name__}")
         last = self.residual(self.model.config.n_layer - 1)
@@ -325,22 +354,25 @@ class Run:
         return float(losses.sum(dtype=np.float64)) / len(losses)
 
     def explain(self, layer: int, head: int, query: int | None = None) -> Explanation:
-        """Head `head` of layer `layer` for query token `query` (default the last), every intermediate checked
-        against the forward (Explanation.matches)."""
+        """Head `head` of layer `layer` for query token `query` (default the last), step by step.
+
+        Every intermediate is checked against the forward (Explanation.matches).
+        """
         if self.removed:
             raise UsageError("explain runs the intact model: make the run without remove=")
-        return explain_head(
-            self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory, option=API_OPTION
-        )
+        return explain_head(self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory)
 
     def ablate(self, heads: Iterable[Head] | None = None, *, method: str = "zero", loss_from: int = 1) -> Ablation:
-        """Each head removed alone (`mha ablate`): the loss against the intact model's, largest increase first.
-        heads: (layer, head) pairs (default every head); method: zero, or mean (its mean output on this text)."""
+        """Each head removed alone (`mha ablate`).
+
+        The loss against the intact model's, largest increase first. heads: (layer, head) pairs (default every
+        head); method: zero, or mean (its mean output on this text).
+        """
         if self.removed:
             raise UsageError("ablate measures against the intact model: make the run without remove=")
         if method not in METHODS:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
-        check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory, API_OPTION)
+        check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory)
         ablator = Ablator(self.model.checkpoint, [self.tokenized.ids], method=method, loss_from=loss_from)
         chosen = ablator.heads if heads is None else sorted(set(heads))
         c = self.model.config
@@ -350,8 +382,10 @@ class Run:
         return Ablation(method, loss_from, ablator.n_targets, ablator.baseline, effects)
 
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:
-        """Write every head's maps and statistics, the kind chosen by the suffix (as `mha inspect --save`): .html
-        (one offline page), .png/.svg/.pdf (a figure: needs matplotlib), .npz (the attention tensor)."""
+        """Write every head's maps and statistics, the kind chosen by the suffix (as `mha inspect --save`).
+
+        .html: one offline page; .png/.svg/.pdf: a figure (needs matplotlib); .npz: the attention tensor.
+        """
         from mhacli.views import save as saving
 
         path = Path(path)
@@ -376,7 +410,7 @@ class Run:
     def __repr__(self) -> str:
         shown = "".join(self.tokenized.tokens)
         shown = shown if len(shown) <= 60 else shown[:59] + "…"
-        removed = f", heads removed: {', '.join(f'{l}.{h}' for l, h in self.removed)}" if self.removed else ""
+        removed = f", heads removed: {', '.join(f'{lay}.{h}' for lay, h in self.removed)}" if self.removed else ""
         return f"<mhacli.Run {self.model.source}: {self.n_seq} tokens {shown!r}{removed}>"
 
 
@@ -410,40 +444,31 @@ def diff(
     truncate: bool = False,
     max_memory: Size = None,
 ) -> DiffReport:
-    """Per-head divergence of model_b's attention from model_a's on the same token ids (`mha diff`): head by head
-    when their shapes agree (unless match=True), else matched (Hungarian) and nearest heads. Several texts: the
-    mean over texts. metric: js (bits), tv or cosine. remove_b: heads of model_b zeroed first. A request needing
-    more than max_memory (default 80% of available memory) is refused with a ResourceError."""
+    """Per-head divergence of model_b's attention from model_a's on the same token ids (`mha diff`).
+
+    Head by head when their shapes agree (unless match=True), else matched (Hungarian) and nearest heads. Several
+    texts: the mean over texts. metric: js (bits), tv or cosine. remove_b: heads of model_b zeroed first. A request
+    needing more than max_memory (default 80% of available memory) is refused with a ResourceError.
+    """
     check_metric(metric)
     texts = [text] if isinstance(text, str) else list(text)
     if not texts:
         raise TextError("no text given")
     a, b = (model_a.checkpoint, model_a.tokenizer), (model_b.checkpoint, model_b.tokenizer)
     where = (lambda n: "the text") if len(texts) == 1 else (lambda n: f"text {n}")
-    items = [
-        tokenize_both(check_text(t), where(n), a, b, truncate, truncate_hint=TRUNCATE_HINT) for n, t in enumerate(texts)
-    ]
-    removed = sorted(set(remove_b or ()))
-    for h in removed:
-        check_head(h, model_b.config.n_layer, model_b.config.n_head)
-    edits_b = removal_edits(removed) if removed else None
-    return compare(
-        model_a.checkpoint,
-        model_b.checkpoint,
-        items,
-        metric,
-        match=match,
-        edits_b=edits_b,
-        max_memory=max_memory,
-        option=API_OPTION,
-    )
+    raws: list[tuple[str | list[int], str]] = [(check_text(t), where(n)) for n, t in enumerate(texts)]
+    request = DiffRequest(raws, metric, match, list(remove_b or ()), truncate, max_memory)
+    return diffs.diff(a, b, request).report
 
 
 @dataclass(frozen=True)
 class Census:
-    """`mha census`: each head's verdict (kind, confidence, evidence) and the per-source tallies (mean and spread
-    of every statistic over that source's texts: Tally.means(), Tally.stds()); to_dict() is `mha census -f json`'s
-    document (the corpus' path null)."""
+    """`mha census`.
+
+    Each head's verdict (kind, confidence, evidence) and the per-source tallies (mean and spread of every statistic
+    over that source's texts: Tally.means(), Tally.stds()); to_dict() is `mha census -f json`'s document (the
+    corpus' path null).
+    """
 
     heads: list[HeadVerdict]
     tallies: dict[str, Tally]
@@ -472,9 +497,12 @@ def census(
     dask: str | None = None,
     max_memory: Size = None,
 ) -> Census:
-    """Every head's kind over seeded probes (repeat, random) and `texts` (a corpus), as `mha census` computes it
-    (docs/census.md; the same implementation, mhacli.ops.census): in this process (workers=1), in `workers` local
-    processes, or on a Dask cluster (dask: an address or 'local'). A text that cannot run raises its error."""
+    """Every head's kind over seeded probes (repeat, random) and `texts` (a corpus), as `mha census` computes it.
+
+    See docs/census.md; the same implementation, mhacli.ops.census.take_census. It runs in this process
+    (workers=1), in `workers` local processes, or on a Dask cluster (dask: an address or 'local'). A text that
+    cannot run raises its error.
+    """
     probes = tuple(dict.fromkeys(probes))
     for p in probes:
         if p not in PROBES:
@@ -486,26 +514,9 @@ def census(
     corpus = None if texts is None else [texts] if isinstance(texts, str) else [check_text(t) for t in texts]
     if not probes and not corpus:
         raise UsageError("nothing to run: no probes and no texts")
-    c, ckpt = model.config, model.checkpoint
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
-    prefix, ordinary = censuses.probe_tokens(ckpt, model.tokenizer, probes, spec)
-    censuses.check_census_memory(ckpt, probes, spec, prefix, bool(corpus), workers, dask, max_memory, API_OPTION)
-    run = censuses.CensusRun((c.n_layer, c.n_head), strict=True, strict_name="a failed text stops the census")
     lines = None if not corpus else [(None, t) for t in corpus]
-    censuses.run_census(
-        run,
-        ckpt,
-        model.tokenizer,
-        probes,
-        spec,
-        prefix,
-        ordinary,
-        lines,
-        truncate=truncate,
-        workers=workers,
-        dask=dask,
-        where=lambda n, line: f"text {n}",
-    )
-    doc = censuses.build_doc(run, ckpt.model_dict(), spec, probes, prefix, None, c.kv_head, has_corpus=bool(corpus))
-    ran = run.ran()
-    return Census(censuses.verdicts(ran), ran, spec, probes, doc)
+    request = censuses.CensusRequest(probes, spec, lines, None, truncate, workers, dask, max_memory, strict=True)
+    done = censuses.take_census(model.checkpoint, model.tokenizer, request)
+    ran = done.run.ran()
+    return Census(verdicts(ran), ran, spec, probes, done.doc)

@@ -1,8 +1,35 @@
-"""Typed errors raised by the core; the CLI maps each to one `error:` line and an exit code."""
+"""Typed errors raised by the core; the CLI maps each to one `error:` line and an exit code.
+
+An error that names a parameter carries it as a field: its message holds `{name}` where the parameter is named
+(`{max_memory}`), and `params` lists those names. Each door spells them: `str(error)` is the Python door's words
+(`max_memory`, `truncate=True`), and the CLI renders `error.spelled(its_words)` (`--max-memory`, `--truncate`).
+A ResourceError also carries `narrow`, which way out of the memory guard fits the request; each door words it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from enum import IntEnum
+
+Words = Callable[[str], str]  # a parameter's name (or a ResourceError's `narrow` key) -> the door's words for it
+
+# The Python door (mhacli.api): a parameter is its keyword; these read as a keyword argument, or say it in words.
+PYTHON_WORDS = {
+    "truncate": "truncate=True",
+    "strict": "a failed text stops the census",
+    # ways out of the memory guard, by ResourceError.narrow
+    "narrow:text": "use a shorter text",
+    "narrow:texts": "use shorter texts",
+    "narrow:maps": "use a shorter text (stats() streams without maps)",
+    "narrow:layer_map": "ask for fewer layers, or use a shorter text",
+    "narrow:scoring": "score fewer or shorter texts",
+    "narrow:workers": "use fewer workers",
+}
+
+
+def python_words(name: str) -> str:
+    """How the Python door names a parameter: its keyword (`max_memory`), or PYTHON_WORDS' phrase."""
+    return PYTHON_WORDS.get(name, name)
 
 
 class ExitCode(IntEnum):
@@ -14,9 +41,26 @@ class ExitCode(IntEnum):
 
 
 class MhaError(Exception):
-    """Base class: a problem the user can fix. The message is one line, shown as `error: <message>`."""
+    """Base class: a problem the user can fix. The message is one line, shown as `error: <message>`.
+
+    `params`: the parameters the message names, each written `{name}` in it and spelled by the door (`spelled`).
+    """
 
     exit_code: ExitCode = ExitCode.BAD_INPUT
+
+    def __init__(self, message: str = "", *, params: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
+
+    def spelled(self, words: Words) -> str:
+        """The message with each parameter named in `words` (a door's: python_words, the CLI's flags)."""
+        text = str(self.args[0]) if self.args else ""
+        for name in self.params:
+            text = text.replace("{" + name + "}", words(name))
+        return text
+
+    def __str__(self) -> str:
+        return self.spelled(python_words)
 
 
 class ModelError(MhaError):
@@ -44,8 +88,17 @@ class UsageError(MhaError):
 
 
 class ResourceError(UsageError):
-    """A request would need more memory than allowed (the memory guard: --max-memory, max_memory=); its message
-    says about how much, and how to narrow the request."""
+    """A request would need more memory than allowed (the memory guard, parameter max_memory).
+
+    Its message says about how much (`needed`, `limit` in bytes) and how to narrow the request: `narrow` names the
+    way out that fits it (text, texts, maps, layer_map, scoring, workers), each door words it (`narrow:<key>`).
+    """
+
+    def __init__(
+        self, message: str = "", *, params: Sequence[str] = (), needed: int = 0, limit: int = 0, narrow: str = "text"
+    ) -> None:
+        super().__init__(message, params=params)
+        self.needed, self.limit, self.narrow = needed, limit, narrow
 
 
 class DependencyError(MhaError):
@@ -63,8 +116,10 @@ class CheckFailed(MhaError):
 
 
 def install_hint(extra: str) -> str:
-    """The one way every message names the install command of an optional extra (pyproject's
-    [project.optional-dependencies]): the PyPI form, and the form for a checkout."""
+    """The one way every message names the install command of an optional extra.
+
+    The extras are pyproject's [project.optional-dependencies]; the hint gives the PyPI form and a checkout's.
+    """
     return f'pip install "mhacli[{extra}]" (from a checkout: pip install ".[{extra}]")'
 
 

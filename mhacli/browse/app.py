@@ -1,9 +1,12 @@
-"""`mha browse`: the Textual application. Four panes over one Session (mhacli.browse.state): the layer x head grid,
-the selected head's map (or, by mode, A/B/|A−B|, the map without an ablated head, explain's steps, the head's
-statistics), the token strip with the query cursor and its top keys, and a status line. Drawing is
-mhacli.views.terminal.browse's (lines of rich Text); this module only places it and maps keys to actions.
+"""`mha browse`: the Textual application.
 
-Imported only by `mha browse` (Textual is the `browse` extra)."""
+Four panes over one Session (mhacli.browse.state): the layer x head grid, the selected head's map (or, by mode,
+A/B/|A−B|, the map without an ablated head, explain's steps, the head's statistics), the token strip with the query
+cursor and its top keys, and a status line. Drawing is mhacli.views.terminal.browse's (lines of rich Text); this module
+only places it and maps keys to actions.
+
+Imported only by `mha browse` (Textual is the `browse` extra).
+"""
 
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ class MapPane(Pane):
 
     start = 0  # first query row shown (or first line of a text view)
     keys: tuple[int, int] | None = None  # key columns shown; None: the keys up to the last row shown
-    window = None  # the last map window drawn (render.heatmap.MapWindow)
+    window = None  # the last map window drawn (views.terminal.heatmap.MapWindow)
 
     def action_scroll_rows(self, step: int) -> None:
         rows = 2 if self.browser.color and self.browser.mode in ("kinds", "diff", "ablate") else 1
@@ -162,7 +165,10 @@ class TokenPane(Pane):
 
 class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape", "close", show=False), Binding("question_mark", "close", show=False)]
-    DEFAULT_CSS = "HelpScreen { align: center middle; } #help { width: auto; max-width: 100%; height: auto; background: $panel; padding: 0 1; }"
+    DEFAULT_CSS = (
+        "HelpScreen { align: center middle; } "
+        "#help { width: auto; max-width: 100%; height: auto; background: $panel; padding: 0 1; }"
+    )
 
     def compose(self) -> ComposeResult:
         yield Static(views.joined(views.help_lines()), id="help")
@@ -213,8 +219,10 @@ class BrowseApp(App):
         Binding("d", "mode('diff')", "diff"), Binding("e", "mode('explain')", "explain"),
         Binding("s", "mode('stats')", "stats"), Binding("a", "mode('ablate')", "ablate"),
         Binding("t", "edit_text", "text"), Binding("escape", "mode('kinds')", show=False),
-        Binding("left_square_bracket", "query(-1)", show=False), Binding("right_square_bracket", "query(1)", show=False),
-        Binding("tab", "cycle(1)", show=False, priority=True), Binding("shift+tab", "cycle(-1)", show=False, priority=True),
+        Binding("left_square_bracket", "query(-1)", show=False),
+        Binding("right_square_bracket", "query(1)", show=False),
+        Binding("tab", "cycle(1)", show=False, priority=True),
+        Binding("shift+tab", "cycle(-1)", show=False, priority=True),
     ]  # fmt: skip
     FOCUS_ORDER = ("#grid", "#tokens", "#map")
 
@@ -297,7 +305,7 @@ class BrowseApp(App):
             return lines[start : start + height], f"{self.mode} (↑ ↓ scroll)"
         stats = s.selected_stats()
         if self.mode == "kinds":
-            lines, pane.window = views.map_view(
+            lines, pane.window = views.map_panel(
                 s.head_map(),
                 views.head_title(stats),
                 s.tokens,
@@ -330,9 +338,9 @@ class BrowseApp(App):
         s = self.session
         w = (width - len(maps) + 1) // len(maps)
         panels = []
-        for attn, title in maps:
-            lines, pane.window = views.map_view(
-                attn,
+        for attention, title in maps:
+            lines, pane.window = views.map_panel(
+                attention,
                 views.pane_title(title),
                 s.tokens,
                 s.query,

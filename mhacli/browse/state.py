@@ -1,6 +1,9 @@
-"""What `mha browse` shows, without Textual: the loaded model(s), the run on the current text, the selected head and
-query, the filter and the modes' results. Every number comes from the Python API (mhacli.api), the same objects
-`mha stats`, `mha explain`, `mha diff` and `mha ablate` report; nothing here draws."""
+"""What `mha browse` shows, without Textual.
+
+The loaded model(s), the run on the current text, the selected head and query, the filter and the modes' results. Every
+number comes from the Python API (mhacli.api), the same objects `mha stats`, `mha explain`, `mha diff` and `mha ablate`
+report; nothing here draws.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +21,11 @@ MODES = ("kinds", "diff", "explain", "stats", "ablate")
 
 @dataclass(frozen=True)
 class HeadFilter:
-    """`/` in the grid: heads of one kind (`induction`, `prev` for previous-token), or a statistic against a
-    threshold (`induction>0.5`, `entropy<1`; the statistic as `mha stats -f json` has it)."""
+    """`/` in the grid.
+
+    Heads of one kind (`induction`, `prev` for previous-token), or a statistic against a threshold (`induction>0.5`,
+    `entropy<1`; the statistic as `mha stats -f json` has it).
+    """
 
     text: str
     kind: str | None = None
@@ -39,8 +45,10 @@ class HeadFilter:
 
 
 def parse_filter(text: str, kinds: tuple[str, ...], stats: tuple[str, ...]) -> HeadFilter | None:
-    """A filter from what was typed after `/`; None for an empty one (show every head). UsageError names the
-    kinds and statistics when the text is neither."""
+    """A filter from what was typed after `/`; None for an empty one (show every head).
+
+    UsageError names the kinds and statistics when the text is neither.
+    """
     text = text.strip()
     if not text:
         return None
@@ -68,8 +76,11 @@ def _one_name(name: str, names: tuple[str, ...], what: str) -> str:
 
 @dataclass
 class Session:
-    """The browser's state. `memory_limit`: bytes a run may need (Model.memory_needed); a text that needs more is
-    refused with a message, as the commands' --max-memory refuses it."""
+    """The browser's state.
+
+    `memory_limit`: bytes a run may need (Model.memory_needed); a text that needs more is refused with a message, as
+    the commands' --max-memory refuses it.
+    """
 
     model: Model
     text: str
@@ -113,8 +124,10 @@ class Session:
         return run
 
     def rerun(self, text: str) -> None:
-        """The same model(s) on a new text (`t`); the selection stays, the query moves to the last token. On an
-        error nothing changes and the error is raised."""
+        """The same model(s) on a new text (`t`); the selection stays, the query moves to the last token.
+
+        On an error nothing changes and the error is raised.
+        """
         run = self._make_run(text)
         self.text, self.run, self._cache = text, run, {}
         self.query = run.n_seq - 1
@@ -133,8 +146,10 @@ class Session:
         return [key for key, s in self.stats().items() if f is None or f.matches(s)]
 
     def set_filter(self, text: str, kinds: tuple[str, ...]) -> int:
-        """Apply `/TEXT`; the selection moves to the first head shown when it is filtered out. Returns the number
-        of heads shown."""
+        """Apply `/TEXT`; the selection moves to the first head shown when it is filtered out.
+
+        Returns the number of heads shown.
+        """
         stat_names = tuple(next(iter(self.stats().values())).values)
         self.head_filter = parse_filter(text, kinds, stat_names)
         shown = self.shown()
@@ -179,8 +194,10 @@ class Session:
         return self._cache[key]
 
     def diff_report(self):  # -> DiffReport
-        """`mha diff` of this model (A) against --diff MODEL_B (B) on the text; with --ablate, as `mha diff
-        --ablate`: the heads are removed from B only."""
+        """`mha diff` of this model (A) against --diff MODEL_B (B) on the text.
+
+        With --ablate, as `mha diff --ablate`: the heads are removed from B only.
+        """
         if self.model_b is None:
             raise UsageError("no second model: start mha browse with --diff MODEL_B to compare")
         if "diff" not in self._cache:
@@ -204,9 +221,12 @@ class Session:
         )
 
     def ablation(self, target: tuple[int, int]) -> tuple[object, Run, float | None]:
-        """Head `target` removed (with the --ablate heads): every head's divergence from the intact model
-        (mhacli.diff, as `mha diff M M --ablate L.H`), the run without it, and the loss change in nats/token
-        (Run.ablate; None where the model has no output head or heads are removed already)."""
+        """Head `target` removed (with the --ablate heads).
+
+        Every head's divergence from the intact model (mhacli.diff, as `mha diff M M --ablate L.H`), the run
+        without it, and the loss change in nats/token (Run.ablate; None where the model has no output head or
+        heads are removed already).
+        """
         key = ("ablate", target)
         if key not in self._cache:
             removed = tuple(sorted(set(self.removed) | {target}))

@@ -1,5 +1,8 @@
 """The `mha` command line: a thin Typer app. Commands live in mhacli/cli/, one module each.
 
+Each command writes through one environment (mhacli.views.output.Environment: streams, terminals, width, colour):
+`run(argv, env=...)` takes one, the process's streams otherwise.
+
 Errors: the core raises MhaError subclasses; `main` is the one place that turns them (and click's usage errors,
 broken pipes, a full disk and Ctrl-C) into one `error:` line on stderr and an exit code. MHA_DEBUG=1 shows
 tracebacks. The line is printable: characters that could drive a terminal (escape sequences, bidi overrides,
@@ -20,8 +23,10 @@ import typer
 # Each command module registers its command on `app` (mhacli.cli._app) when imported.
 from mhacli.cli import ablate, browse, census, diff, explain, info, inspect, stats, verify  # noqa: F401
 from mhacli.cli._app import app
+from mhacli.cli._common import CURRENT, cli_words, environment
 from mhacli.errors import ExitCode, MhaError
 from mhacli.io.files import escape_unprintable
+from mhacli.views.output import Environment
 
 MAX_LINE = 1000  # characters of an error line; the rest is clipped
 # Writing stdout failed for a reason outside the program: the disk or quota is full, the file is too large.
@@ -29,16 +34,20 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 def _error(message: str, code: int, *, first_line: bool = False) -> int:
-    """One `error:` line on stderr. An MhaError's message is one line by construction (a newline in it can only
-    come from a name, and is escaped); another exception's message is cut at its first line."""
+    """One `error:` line on stderr.
+
+    An MhaError's message is one line by construction (a newline in it can only come from a name, and is escaped);
+    another exception's message is cut at its first line.
+    """
     text = message.strip()
     if first_line:
         text = text.splitlines()[0] if text else ""
     text = escape_unprintable(text or "unknown error")
     if len(text) > MAX_LINE:
         text = text[: MAX_LINE - 3] + "..."
-    if sys.stderr is not None:
-        print(f"error: {text}", file=sys.stderr)
+    stderr = environment().stderr
+    if stderr is not None:
+        print(f"error: {text}", file=stderr)
     return code
 
 
@@ -67,29 +76,35 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
     for w in caught:
         text = str(w.message).strip()
         line = text.splitlines()[0] if text else w.category.__name__
-        if sys.stderr is not None:
-            print(f"warning: {escape_unprintable(line)}", file=sys.stderr)
+        stderr = environment().stderr
+        if stderr is not None:
+            print(f"warning: {escape_unprintable(line)}", file=stderr)
 
 
-def run(argv: list[str] | None = None) -> int:
-    with warnings.catch_warnings(record=True) as caught:
-        code = _run(argv)
-    if code == ExitCode.OK:
-        _show_warnings(caught)
-    return code
+def run(argv: list[str] | None = None, env: Environment | None = None) -> int:
+    """Run `mha` with `argv` (default: the process's arguments) in `env` (default: the process's streams)."""
+    token = CURRENT.set(env)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            code = _run(argv)
+        if code == ExitCode.OK:
+            _show_warnings(caught)
+        return code
+    finally:
+        CURRENT.reset(token)
+
+
+def _debug() -> bool:
+    return os.environ.get("MHA_DEBUG", "") not in ("", "0")
 
 
 def _run(argv: list[str] | None) -> int:
-    debug = os.environ.get("MHA_DEBUG", "") not in ("", "0")
+    """The command's exit code; every exception it raises turned into an exit code and at most one line."""
     try:
         result = app(args=argv, prog_name="mha", standalone_mode=False)
         if result == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into Exit(130) without a word
             return _error("interrupted", ExitCode.INTERRUPTED)
         return int(result) if isinstance(result, int) else ExitCode.OK
-    except MhaError as exc:
-        if debug:
-            raise
-        return _error(str(exc), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         return _error("interrupted", ExitCode.INTERRUPTED)
     except typer.Exit as exc:
@@ -101,26 +116,29 @@ def _run(argv: list[str] | None) -> int:
             return _quiet_broken_pipe()
         raise
     except MemoryError:
-        if debug:
+        if _debug():
             raise
         return _error("out of memory: narrow the request (--layer, --head, shorter text)", ExitCode.BAD_INPUT)
-    except OSError as exc:
-        if debug:
-            raise
-        return _write_failed(exc) if exc.errno in WRITE_ERRNOS else _internal(exc)
     except Exception as exc:  # noqa: BLE001
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            print(exc.ctx.get_help())
-            return ExitCode.OK
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors (typer vendors click)
-            if debug:
-                raise
-            # typer words a refused choice "Invalid value for '--metric': Value error, 'x' is not one of ..."
-            message = exc.format_message().replace(": Value error, ", ": ")
-            return _error(message, ExitCode.BAD_INPUT, first_line=True)
-        if debug:
+        if _debug() and type(exc).__name__ != "NoArgsIsHelpError":
             raise
-        return _internal(exc)
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> int:
+    """An exception's exit code and `error:` line (MHA_DEBUG unset): ours, the OS's, click's, or a bug."""
+    if isinstance(exc, MhaError):
+        return _error(exc.spelled(cli_words), exc.exit_code)
+    if isinstance(exc, OSError):
+        return _write_failed(exc) if exc.errno in WRITE_ERRNOS else _internal(exc)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        print(exc.ctx.get_help(), file=environment().stdout)  # type: ignore[attr-defined]
+        return ExitCode.OK
+    if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors (typer vendors click)
+        # typer words a refused choice "Invalid value for '--metric': Value error, 'x' is not one of ..."
+        message = exc.format_message().replace(": Value error, ", ": ")
+        return _error(message, ExitCode.BAD_INPUT, first_line=True)
+    return _internal(exc)
 
 
 def _internal(exc: BaseException) -> int:
@@ -129,9 +147,12 @@ def _internal(exc: BaseException) -> int:
 
 
 def _standard_streams() -> int | None:
-    """Make stdout and stderr usable before anything runs: a closed stderr (`2>&-`) is /dev/null, a closed stdout
-    (`>&-`) is an error, and characters stdout's encoding lacks (PYTHONIOENCODING=ascii) are written as
-    backslash escapes instead of failing (JSON is written with \\u escapes then: mhacli.views.formats.dumps)."""
+    """Make stdout and stderr usable before anything runs.
+
+    A closed stderr (`2>&-`) is /dev/null, a closed stdout (`>&-`) is an error, and characters stdout's encoding
+    lacks (PYTHONIOENCODING=ascii) are written as backslash escapes instead of failing (JSON is written with \\u
+    escapes then: mhacli.views.formats.dumps).
+    """
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     if sys.stdout is None:

@@ -1,5 +1,7 @@
-"""The Typer app every command registers on. Command modules import it from here, and mhacli.cli imports the
-command modules: imports run one way only."""
+"""The Typer app every command registers on.
+
+Command modules import it from here, and mhacli.cli imports the command modules: imports run one way only.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ import typer
 
 
 def examples(*lines: str) -> str:
-    """A command's --help epilog: one real command per line, each runnable offline on the bundled models. `\b`
-    stops click (plain help) and typer's rich help from rewrapping the paragraph. tests/test_help.py runs every one."""
+    """A command's --help epilog: one real command per line, each runnable offline on the bundled models.
+
+    `\b` stops click (plain help) and typer's rich help from rewrapping the paragraph. tests/test_help.py runs every
+    one.
+    """
     return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
@@ -31,8 +36,11 @@ app = typer.Typer(
 
 
 def _flags_show_no_type() -> None:
-    """Typer's rich help shows a flag's Python type (`--full <bool>`), which reads as if the flag took a value
-    (`--full true`). A flag takes none: show no type column for it, as click's plain help does."""
+    """Show no type column for a flag in typer's rich help, as click's plain help does.
+
+    Typer's rich help shows a flag's Python type (`--full <bool>`), which reads as if the flag took a value
+    (`--full true`). A flag takes none.
+    """
     try:
         from typer.core import TyperOption
     except ImportError:  # pragma: no cover - another typer layout: its own rendering
@@ -52,8 +60,11 @@ _flags_show_no_type()
 
 
 def version_text() -> str:
-    """`mha --version`: the package, the Python and NumPy it runs on, and the architectures (config.json
-    model_type) the forward supports, read from the family registry (mhacli.engine.arch.FAMILIES)."""
+    """`mha --version`.
+
+    The package, the Python and NumPy it runs on, and the architectures (config.json model_type) the forward
+    supports, read from the family registry (mhacli.engine.arch.FAMILIES).
+    """
     import platform
 
     import numpy

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterable, Iterator
-from typing import Annotated, Literal, TypeVar
+from collections.abc import Generator, Iterable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 
 from mhacli.errors import UsageError
-from mhacli.ops.inputs import (  # noqa: F401 - check_text_or_ids: for the commands
-    Checkpoint,
-    ModelFiles,
-    TokenizedText,
-    Tokenizer,
-    check_model,
-    check_text_or_ids,
-    encode,
-    open_model,
-    read_input,
-)
+from mhacli.ops.inputs import check_model, encode, open_model, read_input
+from mhacli.views.output import Environment, Output, default_format
+
+if TYPE_CHECKING:
+    from mhacli.api import Checkpoint, ModelFiles, TokenizedText, Tokenizer
 
 T = TypeVar("T")
 
@@ -56,9 +49,12 @@ def one_of(values: tuple[str, ...]) -> str:
 
 
 def format_option(formats: tuple[str, ...]):  # noqa: ANN201 - a typing.Annotated alias
-    """-f/--format limited to `formats`: listed in --help (in the text: a long `<a|b|...>` type column wraps
-    badly), completed by the shell, and any other value refused with one usage error naming them (exit 2).
-    Case-insensitive; None when not given (resolve_format decides by the terminal)."""
+    """-f/--format limited to `formats`.
+
+    They are listed in --help (in the text: a long `<a|b|...>` type column wraps badly), completed by the shell,
+    and any other value is refused with one usage error naming them (exit 2). Case-insensitive; None when not
+    given (resolve_format decides by the terminal).
+    """
     return Annotated[
         Literal[formats] | None,  # type: ignore[valid-type]
         typer.Option(
@@ -90,13 +86,47 @@ MaxMemoryOpt = Annotated[
 ]
 
 
-def resolve_format(fmt: str | None, allowed: tuple[str, ...]) -> str:
+# The CLI's words for what an error names (mhacli.errors): a parameter is its flag (max_memory: --max-memory); the
+# ways out of the memory guard (ResourceError.narrow) name the flags that narrow a request.
+CLI_WORDS = {
+    "narrow:text": "use a shorter text",
+    "narrow:texts": "use shorter texts",
+    "narrow:maps": "narrow it with --layer/--head or a shorter text (mha stats streams without maps)",
+    "narrow:layer_map": "narrow it with --layer or a shorter text",
+    "narrow:scoring": "score fewer or shorter texts",
+    "narrow:workers": "use fewer --workers, or a shorter --truncate'd corpus",
+}
+
+
+def cli_words(name: str) -> str:
+    """How the shell names a parameter: its flag (`--max-memory`), or CLI_WORDS' phrase."""
+    return CLI_WORDS.get(name) or "--" + name.replace("_", "-")
+
+
+# The environment of the command running now: mhacli.cli.run(argv, env=...) sets it (a test's streams); else each
+# command reads the process's streams when it starts.
+CURRENT: ContextVar[Environment | None] = ContextVar("mha_environment", default=None)
+
+
+def environment() -> Environment:
+    """The door's environment: the one run() was given, else the process's streams as they are now."""
+    env = CURRENT.get()
+    return env if env is not None else Environment()
+
+
+def resolve_format(fmt: str | None, allowed: tuple[str, ...], env: Environment | None = None) -> str:
     if fmt is None:
-        return "rich" if sys.stdout.isatty() else "text"
+        return default_format(env or environment())
     fmt = fmt.lower()
     if fmt not in allowed:
         raise UsageError(f"--format {fmt!r} is not one of: {', '.join(allowed)}")
     return fmt
+
+
+def output(fmt: str | None, allowed: tuple[str, ...]) -> Output:
+    """The command's one output sink: its format resolved once (-f, else by whether stdout is a terminal)."""
+    env = environment()
+    return Output(resolve_format(fmt, allowed, env), env)
 
 
 def load(
@@ -122,8 +152,11 @@ def tokens_of(
 def prepare(
     model: str | None, text: str | None, *, truncate: bool = False, ids: str | None = None
 ) -> tuple[Checkpoint, TokenizedText]:
-    """Check -m first (a missing path is named before stdin is read), then read the text or the ids (a bad text
-    fails before the weights load), then load the model and tokenize."""
+    """The model and the tokenized input, each checked as early as it can be.
+
+    Check -m first (a missing path is named before stdin is read), then read the text or the ids (a bad text fails
+    before the weights load), then load the model and tokenize.
+    """
     files = check_model(model)
     raw = read_input(text, ids)
     ckpt, tokenizer = load(model, files=files)
@@ -131,24 +164,14 @@ def prepare(
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    environment().warn(message)
 
 
 def note(message: str) -> None:
     """A remark for the reader of a plain-text view, on stderr so stdout stays a table."""
-    print(f"note: {message}", file=sys.stderr)
+    environment().note(message)
 
 
-def progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
+def progress(items: Iterable[T], total: int, description: str) -> Generator[T, None, None]:
     """A progress bar on stderr, only when stderr is a terminal; otherwise the items as they are."""
-    if not sys.stderr.isatty() or os.environ.get("MHA_NO_PROGRESS"):
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+    return environment().progress(items, total, description)

@@ -1,12 +1,13 @@
-"""`mha ablate` (each head removed alone: its effect on the loss) and `mha prune` (pruning curves against a random
-order), and the `--ablate L.H[,L.H...]|@mask.json` option that inspect, stats and diff share. The work is
-mhacli.ops.ablation's."""
+"""`mha ablate`, `mha prune`, and the `--ablate` option that inspect, stats and diff share.
+
+`mha ablate`: each head removed alone, its effect on the loss; `mha prune`: pruning curves against a random order;
+`--ablate L.H[,L.H...]|@mask.json`. The work is mhacli.ops.ablation's.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -20,19 +21,30 @@ from mhacli.cli._common import (
     ModelOpt,
     TextArg,
     TruncateOpt,
-    check_text_or_ids,
     load,
+    output,
     progress,
-    resolve_format,
     tokens_of,
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import UsageError
-from mhacli.ops.ablation import ablate_doc, check_scorable, mask_doc, prune_doc, scorable
-from mhacli.ops.heads import check_selection
-from mhacli.ops.inputs import Checkpoint, TokenizedText, check_model, read_ids, read_text, read_texts
+from mhacli.ops.ablation import (
+    ablate_doc,
+    ablate_picture,
+    check_scorable,
+    mask_doc,
+    prune_doc,
+    scorable,
+    selected_heads,
+)
+from mhacli.ops.inputs import check_model, check_text_or_ids, read_inputs
 from mhacli.views import save as saving
-from mhacli.views.formats import MACHINE_FORMATS, atomic_write_bytes, check_writable, dumps, write_head_doc, write_table
+
+if TYPE_CHECKING:
+    from mhacli.api import Checkpoint, TokenizedText
+from mhacli.views.formats import atomic_write_bytes, check_writable, dumps
+from mhacli.views.output import FORMATS
+from mhacli.views.results import AblateResult, PruneResult
 
 TextsOpt = Annotated[
     str | None, typer.Option("--texts", metavar="FILE", help="Score every line of FILE ('-': stdin) instead of TEXT.")
@@ -58,18 +70,14 @@ def scored_texts(
     max_memory: str | None,
     ids: str | None = None,
 ) -> tuple[Checkpoint, list[TokenizedText]]:
-    """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast);
-    weights kept in memory when the model is small (every evaluation reruns layers). Refused before any forward
-    when the scoring needs more than --max-memory (mhacli.ops.memory.scoring_bytes)."""
+    """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast).
+
+    Weights kept in memory when the model is small (every evaluation reruns layers). Refused before any forward when
+    the scoring needs more than --max-memory (mhacli.ops.memory.scoring_bytes).
+    """
     check_text_or_ids(text, ids, texts)
     files = check_model(model)
-    raws: list[tuple[str | list[int], str]]
-    if texts is not None:
-        raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
-    elif ids is not None:
-        raws = [(read_ids(ids), "--ids")]
-    else:
-        raws = [(read_text(text), "the text")]
+    raws = read_inputs(text, ids, texts)
     ckpt, tokenizer = load(model, cache=None, files=files)
     tokenized = [
         (scorable(tokens_of(raw, ckpt, tokenizer, truncate=truncate, where=where), where), where) for raw, where in raws
@@ -116,29 +124,16 @@ def ablate(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Each head removed alone: the next-token loss against the intact model, in nats/token and %."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
     saves = saving.parse(save, "ablate", dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     c = ckpt.config
-    check_selection(c.n_layer, c.n_head, layer, head)
-    selected = [
-        (lay, h) for lay in sorted(set(layer or range(c.n_layer))) for h in sorted(set(head or range(c.n_head)))
-    ]
+    selected = selected_heads(c.n_layer, c.n_head, layer, head)
     doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker)
-    saving.write_all(saves, saving.ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
-    if fmt in MACHINE_FORMATS:
-        columns = ("layer", "head", "kind", "loss", "delta", "delta_pct")
-        write_head_doc(sys.stdout, fmt, doc, columns, ([r[k] for k in columns] for r in doc["heads"]))
-    elif fmt == "text":
-        from mhacli.views.plain import write_ablate
-
-        write_ablate(sys.stdout, doc)
-    else:
-        from mhacli.views.terminal import make_console, render_ablate
-
-        render_ablate(make_console(), doc, top)
+    saving.write_all(saves, ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
+    out.emit(AblateResult(doc, top))
 
 
 # --- mha prune --------------------------------------------------------------------------------------------------------
@@ -173,7 +168,7 @@ def prune(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """The pruning curve: heads removed least important first (re-measured every round) against random orders."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
     if not 0.0 < step <= 1.0:
         raise UsageError(f"--step {step} must be in (0, 1]: the fraction of all heads removed per round")
     if seeds < 1:
@@ -190,33 +185,4 @@ def prune(
         mask = mask_doc(c.n_layer, c.n_head, [tuple(h) for h in doc["pruned"]])
         atomic_write_bytes(save_mask, (dumps(mask) + "\n").encode())
     saving.write_all(saves, saving.prune_picture(ckpt, tokenized, doc), dpi=dpi)
-    if fmt == "json":
-        sys.stdout.write(dumps(doc) + "\n")
-    elif fmt in ("jsonl", "csv", "tsv"):
-        curve, rand = doc["importance"]["curve"], doc["random"]["curve"]
-        rows = [
-            [
-                "importance",
-                s["n_removed"],
-                s["fraction"],
-                s["loss"],
-                None,
-                " ".join(f"{a}.{b}" for a, b in s["removed"]),
-            ]
-            for s in curve
-        ]
-        rows += [["random", s["n_removed"], s["fraction"], s["loss_mean"], s["loss_std"], None] for s in rand]
-        columns = ("order", "n_removed", "fraction", "loss", "loss_std", "removed")
-        if fmt == "jsonl":
-            for row in rows:
-                sys.stdout.write(dumps(dict(zip(columns, row))) + "\n")
-        else:
-            write_table(sys.stdout, fmt, columns, rows)
-    elif fmt == "text":
-        from mhacli.views.plain import write_prune
-
-        write_prune(sys.stdout, doc)
-    else:
-        from mhacli.views.terminal import make_console, render_prune
-
-        render_prune(make_console(), doc)
+    out.emit(PruneResult(doc))

@@ -1,21 +1,23 @@
-"""`mha browse`: an interactive terminal browser of every head (the Textual app in mhacli.browse, the `browse`
-extra, imported only here and only when the command runs)."""
+"""`mha browse`.
+
+An interactive terminal browser of every head (the Textual app in mhacli.browse, the `browse` extra, imported only here
+and only when the command runs).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
 from mhacli.cli._app import app, examples
-from mhacli.cli._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_model
+from mhacli.cli._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, check_model, environment
 from mhacli.cli.ablate import AblateOpt
 from mhacli.errors import ExitCode, TextError, UsageError, missing_extra
+from mhacli.ops import inputs
 from mhacli.ops.ablation import ablated_heads, check_ablate_spec
-from mhacli.ops.inputs import read_text
 from mhacli.ops.memory import check_memory, memory_limit
 
 # Shown when no TEXT is given on a terminal: a sentence said twice, so the bundled model's previous-token (L0H3)
@@ -57,7 +59,7 @@ def browse(
     b = mhacli.load(diff_model) if diff_model is not None else None
     ids = m.tokenize(raw, truncate=truncate).ids.tolist()
     limit = memory_limit(max_memory)
-    check_memory(m.memory_needed(len(ids)) * (2 if b is not None else 1), max_memory, "use a shorter text")
+    check_memory(m.memory_needed(len(ids)) * (2 if b is not None else 1), max_memory)
     if b is not None and b.tokenize(raw, truncate=truncate).ids.tolist() != ids:
         raise TextError(
             "MODEL_A's and MODEL_B's tokenizers give different token ids for the text: --diff needs the same"
@@ -83,23 +85,27 @@ def textual_app():  # noqa: ANN201 - the app class, from the optional extra
 
 def check_terminal() -> None:
     """An interactive app needs a terminal on stdout, and room for its panes."""
-    if not sys.stdout.isatty():
+    if not environment().stdout_isatty:
         raise UsageError(
             "mha browse is interactive and needs a terminal on stdout; mha stats and mha inspect print to pipes"
         )
     size = shutil.get_terminal_size((0, 0))
     if size.columns < MIN_COLUMNS or size.lines < MIN_LINES:
         raise UsageError(
-            f"the terminal is {size.columns}×{size.lines}; mha browse needs at least {MIN_COLUMNS}×{MIN_LINES} (80×24 or more is best)"
+            f"the terminal is {size.columns}×{size.lines}; mha browse needs at least {MIN_COLUMNS}×{MIN_LINES} "
+            "(80×24 or more is best)"
         )
 
 
 def read_input(text: str | None) -> str:
-    """TEXT, `-` or piped stdin (then the keys are read from the terminal, /dev/tty); the built-in text when none is
-    given on a terminal."""
-    if text is None and sys.stdin is not None and sys.stdin.isatty():
+    """TEXT, `-` or piped stdin (then the keys are read from the terminal, /dev/tty).
+
+    The built-in text when none is given on a terminal.
+    """
+    env = environment()
+    if text is None and env.stdin is not None and env.stdin_isatty:
         return DEFAULT_TEXT
-    raw = read_text(text)
+    raw = cast(str, inputs.read_input(text, None))  # no --ids here: always a text
     if text is None or text == "-":
         try:
             tty = os.open("/dev/tty", os.O_RDWR)

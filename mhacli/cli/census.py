@@ -1,40 +1,36 @@
-"""`mha census`: every head's statistics and kind over seeded probes and a corpus, run in parallel (local worker
-processes or a Dask cluster). The census itself is mhacli.ops.census (which mhacli.census runs too); this module
-parses the options, shows progress and the failed texts, and writes the outputs."""
+"""`mha census`.
+
+Every head's statistics and kind over seeded probes and a corpus, run in parallel (local worker processes or a Dask
+cluster). The census itself is mhacli.ops.census (which mhacli.census runs too); this module parses the options, shows
+progress and the failed texts, and writes the outputs.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from mhacli.api import PROBES, ProbeSpec
 from mhacli.cli._app import app, examples
-from mhacli.cli._common import FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, load, resolve_format, warn
+from mhacli.cli._common import FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, environment, load, output, warn
 from mhacli.cli._save import DpiOpt, SaveList, save_option
-from mhacli.errors import TextError, UsageError
-from mhacli.ops.census import (
-    PROBES,
-    SUPPORTED_STATS,
-    TALLIED,
-    CensusRun,
-    ProbeSpec,
-    build_doc,
-    check_census_memory,
-    cli_spell,
-    default_workers,
-    probe_tokens,
-    run_census,
-)
-from mhacli.ops.inputs import iter_texts
+from mhacli.errors import UsageError
+from mhacli.ops.census import CensusOutcome, CensusRequest, take_census
 from mhacli.views import save as saving
-from mhacli.views.formats import MACHINE_FORMATS, check_writable, write_head_doc
+from mhacli.views.formats import check_writable
+from mhacli.views.output import FORMATS
+from mhacli.views.results import CensusResult
 
 MAX_WARNINGS = 10  # failed texts named one by one on stderr; the rest are counted
+
+
+def cli_where(n: int, line: int | None) -> str:
+    """A corpus text's name in messages: its line of --texts FILE."""
+    return f"--texts line {line}"
 
 
 def parse_probes(spec: str) -> tuple[str, ...]:
@@ -86,37 +82,6 @@ class AtomicText:
     def discard(self) -> None:
         self.file.close()
         Path(self.tmp).unlink(missing_ok=True)
-
-
-CSV_STATS = TALLIED
-
-
-def csv_rows(doc: dict) -> Iterator[list]:
-    for h in doc["heads"]:
-        for source, s in h["by_source"].items():
-            yield [
-                h["layer"],
-                h["head"],
-                h["kind"],
-                h["confidence"],
-                source,
-                s["n_texts"],
-                *(x for name in CSV_STATS for x in (s["mean"][name], s["std"][name])),
-                *(s["support"][name] for name in SUPPORTED_STATS),
-            ]
-
-
-CSV_COLUMNS = (
-    "layer",
-    "head",
-    "kind",
-    "confidence",
-    "source",
-    "n_texts",
-    *(f"{w}_{name}" for name in CSV_STATS for w in ("mean", "std")),
-    "duplicate_rows",
-    "induction_rows",
-)
 
 
 @app.command(
@@ -184,7 +149,7 @@ def census(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Every head's kind over seeded probes and a corpus, with its evidence and confidence (docs/census.md)."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
     chosen = parse_probes(probes)
     if not chosen and texts is None:
         raise UsageError("nothing to run: --probes none needs --texts FILE")
@@ -197,86 +162,38 @@ def census(
     if per_text is not None:
         check_writable(per_text)
     saves = saving.parse(save, "census", dpi=dpi)
-    n_workers = workers if workers is not None else default_workers()
     ckpt, tokenizer = load(model, cache=None)
-    c = ckpt.config
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
-    prefix, ordinary = probe_tokens(ckpt, tokenizer, chosen, spec, cli_spell)
-    check_census_memory(ckpt, chosen, spec, prefix, texts is not None, n_workers, dask, max_memory)
-
-    census = run_shown(
-        ckpt, tokenizer, chosen, spec, prefix, ordinary, texts, per_text, strict, truncate, n_workers, dask
-    )
-    doc = build_doc(census, ckpt.model_dict(), spec, chosen, prefix, texts, c.kv_head)
+    request = CensusRequest(chosen, spec, None, texts, truncate, workers, dask, max_memory, strict, where=cli_where)
+    doc = run_shown(ckpt, tokenizer, request, per_text).doc
     saving.write_all(saves, saving.census_picture(ckpt, doc), dpi=dpi)
-    if fmt in MACHINE_FORMATS:
-        write_head_doc(sys.stdout, fmt, doc, CSV_COLUMNS, csv_rows(doc))
-    elif fmt == "text":
-        from mhacli.views.plain import write_census
-
-        write_census(sys.stdout, doc)
-    else:
-        from mhacli.views.terminal import make_console, render_census
-
-        render_census(make_console(), doc, top)
+    out.emit(CensusResult(doc, top))
 
 
-def run_shown(
-    ckpt,
-    tokenizer,
-    chosen: tuple[str, ...],
-    spec: ProbeSpec,
-    prefix: int | None,
-    ordinary,
-    texts: str | None,
-    per_text: Path | None,
-    strict: bool,
-    truncate: bool,
-    n_workers: int,
-    dask: str | None,
-) -> CensusRun:
-    """The census (mhacli.ops.census.run_census) with a progress bar, failed texts on stderr and the --per-text
-    file written whole or not at all; refused when the corpus gave no text."""
-    c = ckpt.config
+def run_shown(ckpt, tokenizer, request: CensusRequest, per_text: Path | None) -> CensusOutcome:
+    """The census (mhacli.ops.census.take_census) with a progress bar and failed texts on stderr.
+
+    The first MAX_WARNINGS failed texts are named, the rest counted; the --per-text file is written whole or not at
+    all.
+    """
     writer = AtomicText(per_text) if per_text is not None else None
     failures = FailureLines()
-    census = CensusRun(
-        (c.n_layer, c.n_head), per_text=writer.file if writer else None, strict=strict, on_failure=failures
-    )
-    total = len(chosen) * spec.count + (count_lines(texts) or 0 if texts is not None else 0)
+    texts = request.corpus_path
+    total = len(request.probes) * request.spec.count + (count_lines(texts) or 0 if texts is not None else 0)
     try:
         with census_progress(total if texts is None or count_lines(texts) is not None else None) as tick:
-            census.tick = tick
-            corpus = iter_texts(texts) if texts is not None else None
-            run_census(
-                census,
-                ckpt,
-                tokenizer,
-                chosen,
-                spec,
-                prefix,
-                ordinary,
-                corpus,
-                truncate=truncate,
-                workers=n_workers,
-                dask=dask,
+            done = take_census(
+                ckpt, tokenizer, request, per_text=writer.file if writer else None, on_failure=failures, tick=tick
             )
     except BaseException:
         if writer is not None:
             writer.discard()
         raise
-    corpus_tally = census.tallies["corpus"]
-    if texts is not None and corpus_tally.n_texts == 0:
-        if writer is not None:
-            writer.discard()
-        if corpus_tally.failed:
-            raise TextError(f"--texts {texts}: every text failed ({corpus_tally.failed}); see the warnings above")
-        raise TextError(f"--texts {texts}: holds no text (every line is blank)")
     if failures.count > MAX_WARNINGS:
         warn(f"{failures.count - MAX_WARNINGS} more texts failed; --per-text FILE lists them all")
     if writer is not None:
         writer.commit()
-    return census
+    return done
 
 
 def census_progress(total: int | None):
@@ -285,13 +202,13 @@ def census_progress(total: int | None):
 
     @contextmanager
     def bar():
-        if not sys.stderr.isatty() or os.environ.get("MHA_NO_PROGRESS"):
+        env = environment()
+        if not env.show_progress:
             yield lambda: None
             return
-        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(console=Console(stderr=True), transient=True) as progress:
+        with Progress(console=env.stderr_console(), transient=True) as progress:
             task = progress.add_task("census: texts", total=total)
             yield lambda: progress.advance(task)
 

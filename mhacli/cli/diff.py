@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TextIO
 
 import typer
 
+from mhacli.api import METRICS, DiffReport
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
     FormatOpt,
@@ -14,19 +14,20 @@ from mhacli.cli._common import (
     MaxMemoryOpt,
     TextArg,
     TruncateOpt,
-    check_text_or_ids,
     load,
+    output,
     progress,
-    resolve_format,
     warn,
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import ExitCode, UsageError
-from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.ops.diff import METRICS, DiffReport, DiffText, check_metric, compare, ids_for_both, peak_maps, tokenize_both
-from mhacli.ops.inputs import Checkpoint, check_model, read_ids, read_text, read_texts
+from mhacli.ops.ablation import check_ablate_spec
+from mhacli.ops.diff import DiffRequest, diff_picture, peak_maps
+from mhacli.ops.diff import diff as run_diff
+from mhacli.ops.inputs import check_model, check_text_or_ids, read_inputs
 from mhacli.views import save as saving
-from mhacli.views.formats import MACHINE_FORMATS, dumps
+from mhacli.views.output import FORMATS
+from mhacli.views.results import DiffResult
 
 FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
 
@@ -73,37 +74,28 @@ def diff(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> int:
     """Per-head divergence between two models on the same text (same tokenizer needed)."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
-    check_metric(metric)
+    out = output(format, FORMATS)
     if fail_above is not None and not fail_above >= 0:
         raise UsageError(f"--fail-above {fail_above} must be a number >= 0")
     saves = saving.parse(save, "diff", dpi=dpi)
     check_text_or_ids(text, ids, texts)
     check_ablate_spec(ablate)
     files_a, files_b = check_model(model_a), check_model(model_b)  # a wrong path is named before stdin is read
-    if texts is not None:
-        raws = [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
-    elif ids is not None:
-        given = read_ids(ids)
-    else:
-        raws = [(read_text(text), "the text")]
+    raws = read_inputs(text, ids, texts)
     # several texts: read small models once
     a, b = load(model_a, cache=None, files=files_a), load(model_b, cache=None, files=files_b)
-    if ids is not None:
-        items = [ids_for_both(given, a, b, truncate, on_truncate=warn)]
-    else:
-        items = [tokenize_both(raw, where, a, b, truncate, on_truncate=warn) for raw, where in raws]
+    request = DiffRequest(raws, metric, match, ablate, truncate, max_memory)
+    done = run_diff(a, b, request, on_truncate=warn, progress=progress)
     (ckpt_a, _), (ckpt_b, _) = a, b
-    edits_b = ablation_edits(ablate, ckpt_b)
-    report = compare(
-        ckpt_a, ckpt_b, items, metric, match=match, edits_b=edits_b, max_memory=max_memory, progress=progress
-    )
-    saving.write_all(saves, saving.diff_picture(saves, ckpt_a, ckpt_b, report, items[0], edits_b), dpi=dpi)
-    write_report(fmt, report, ckpt_a, ckpt_b, items, top, start)
-    return ExitCode.OK if fail_above is None else check_threshold(report, fail_above)
+    report, items = done.report, done.texts
+    saving.write_all(saves, diff_picture(saves, ckpt_a, ckpt_b, report, items[0], done.edits_b), dpi=dpi)
+    n_tokens = [len(t.ids) for t in items]
+    maps = lambda: peak_maps(ckpt_a, ckpt_b, report, items[0])  # noqa: E731 - a forward: only the terminal draws them
+    out.emit(DiffResult(report, ckpt_a.source, ckpt_b.source, items[0].tokens, n_tokens, maps, top, start))
+    return ExitCode.OK if fail_above is None else check_threshold(report, fail_above, out.env.stderr)
 
 
-def check_threshold(report: DiffReport, threshold: float) -> int:
+def check_threshold(report: DiffReport, threshold: float, stderr: TextIO) -> int:
     """--fail-above: CHECK_FAILED, with the offending heads on stderr, when any divergence exceeds `threshold`."""
     bad = report.above(threshold)
     if not bad:
@@ -115,42 +107,5 @@ def check_threshold(report: DiffReport, threshold: float) -> int:
     ]
     if len(bad) > FAIL_LINES:
         lines.append(f"  ... and {len(bad) - FAIL_LINES} more")
-    print("\n".join(lines), file=sys.stderr)
+    print("\n".join(lines), file=stderr)
     return ExitCode.CHECK_FAILED
-
-
-def write_report(
-    fmt: str,
-    report: DiffReport,
-    ckpt_a: Checkpoint,
-    ckpt_b: Checkpoint,
-    items: list[DiffText],
-    top: int,
-    start: int = 0,
-) -> None:
-    if fmt == "json":
-        doc = {
-            "model_a": ckpt_a.source,
-            "model_b": ckpt_b.source,
-            "metric": report.metric,
-            "mode": report.mode,
-            "n_texts": report.n_texts,
-            "tokens": items[0].tokens,  # the first text's; n_tokens has every text's length
-            "n_tokens": [len(t.ids) for t in items],
-        }
-        sys.stdout.write(dumps(doc | report.to_dict()) + "\n")
-    elif fmt == "jsonl":
-        sys.stdout.write("".join(dumps(r.to_dict()) + "\n" for r in report.heads))
-    elif fmt in ("csv", "tsv"):
-        from mhacli.views.plain import write_diff_table
-
-        write_diff_table(sys.stdout, fmt, report)
-    elif fmt == "text":
-        from mhacli.views.plain import write_diff
-
-        write_diff(sys.stdout, report, ckpt_a.source, ckpt_b.source, [len(t.ids) for t in items])
-    else:
-        from mhacli.views.terminal import make_console, render_diff
-
-        maps = peak_maps(ckpt_a, ckpt_b, report, items[0])
-        render_diff(make_console(), report, ckpt_a.source, ckpt_b.source, items[0].tokens, maps, top=top, start=start)

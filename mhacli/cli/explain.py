@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -16,12 +15,12 @@ from mhacli.cli._common import (
     ReportFormatOpt,
     TextArg,
     TruncateOpt,
+    output,
     prepare,
-    resolve_format,
 )
 from mhacli.errors import ExitCode
 from mhacli.ops.explain import explain as run_explain
-from mhacli.views.formats import dumps
+from mhacli.views.results import ExplainResult
 
 FORMATS = REPORT_FORMATS
 
@@ -48,18 +47,8 @@ def explain(
     max_memory: MaxMemoryOpt = None,
 ) -> int:
     """The computation of one head for one query token, step by step, checked against the forward pass."""
-    fmt = resolve_format(format, FORMATS)
+    out = output(format, FORMATS)
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     ex = run_explain(ckpt, tokens.ids, layer, head, query, max_memory=max_memory)
-    if fmt == "json":
-        doc = {"model": ckpt.model_dict(), "tokens": tokens.tokens, "token_ids": tokens.ids.tolist()} | ex.to_dict()
-        sys.stdout.write(dumps(doc) + "\n")
-    elif fmt == "text":
-        from mhacli.views.terminal import explain_text
-
-        sys.stdout.write(explain_text(ex, tokens.tokens, full=full))
-    else:
-        from mhacli.views.terminal import make_console, render_explain
-
-        render_explain(make_console(), ex, tokens.tokens, full=full)
+    out.emit(ExplainResult(ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), ex, full=full))
     return ExitCode.OK if ex.matches else ExitCode.CHECK_FAILED

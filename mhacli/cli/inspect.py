@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -18,18 +17,19 @@ from mhacli.cli._common import (
     TextArg,
     TruncateOpt,
     note,
+    output,
     prepare,
     progress,
-    resolve_format,
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
 from mhacli.errors import UsageError
-from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.ops.heads import TOO_PLAIN, check_heads, head_views, undecidable
-from mhacli.ops.memory import format_bytes
+from mhacli.ops.ablation import check_ablate_spec
+from mhacli.ops.heads import HeadsRequest, plan_heads
 from mhacli.views import save as saving
-from mhacli.views.formats import MACHINE_FORMATS, write_heads
+from mhacli.views.display import format_bytes
+from mhacli.views.output import FORMATS
+from mhacli.views.results import InspectResult
 
 # Machine output past this many bytes gets a note on stderr suggesting --save FILE.npz (and -l/-H).
 BIG_OUTPUT_BYTES = 100 * 1024 * 1024
@@ -80,7 +80,8 @@ def inspect(
     ablate: AblateOpt = None,
 ) -> None:
     """Attention maps and statistics for the selected heads (default: every head)."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
+    fmt = out.fmt
     if query is not None and top is not None:
         raise UsageError("--query and --top are two views; pick one")
     saves = saving.parse(save, "inspect", dpi=dpi)
@@ -94,67 +95,33 @@ def inspect(
         raise UsageError(f"--query {query} is out of range: the text has tokens 0..{n_seq - 1}")
     if query is not None and query < 0:
         query += n_seq
-    # Whole maps only for what writes them; a terminal, --query and --top get only what they show (mhacli.analyses.partial),
-    # csv/tsv only statistics.
+    # Whole maps only for what writes them; a terminal, --query and --top get only what they show
+    # (mhacli.analyses.partial), csv/tsv only statistics.
     whole = bool(saves) or fmt in ("json", "jsonl") or (fmt == "text" and query is None and top is None)
-    console, request = None, None
+    request = None
     if not whole and fmt in ("rich", "text"):
-        from mhacli.views.terminal import make_console
         from mhacli.views.terminal.inspect import map_request
 
-        console = make_console() if fmt == "rich" else None  # only what it will show is computed: long texts fit
-        width = console.width if console is not None else 0
+        width = out.env.console.width if fmt == "rich" else 0  # only what it will show is computed: long texts fit
         request = map_request(
             n_seq, width=width, query=query, top=top, start=start, keys=key_range, panel_keys=panel_size
         )
-    n_layers, n_heads = check_heads(
-        ckpt,
-        n_seq,
-        layer,
-        head,
-        keep_maps=whole,
-        max_memory=max_memory,
-        request=request,
-        how_to_narrow="narrow it with --layer/--head or a shorter text (mha stats streams without maps)",
-    )
-    edits = ablation_edits(ablate, ckpt)
+    plan = plan_heads(ckpt, tokens.ids, HeadsRequest(layer, head, whole, request, max_memory, "maps", ablate))
+    n_layers, n_heads = plan.n_layers, plan.n_heads
     if fmt in ("json", "jsonl"):
         size = output_size(n_layers * n_heads, n_seq)
         if size > BIG_OUTPUT_BYTES:
             note(
                 f"-f {fmt} will write about {format_bytes(size)} of attention weights ({n_layers * n_heads} heads x "
-                f"{n_seq} tokens); --save FILE.npz stores them in {format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
+                f"{n_seq} tokens); --save FILE.npz stores them in "
+                f"{format_bytes(4 * n_layers * n_heads * n_seq * n_seq)} "
                 "(float32), and -l/-H select heads"
             )
-    views = list(
-        progress(
-            head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=whole, edits=edits, request=request),
-            n_layers * n_heads,
-            "running layers",
-        )
-    )
+    views = plan.run(progress)
     saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
-    if fmt in MACHINE_FORMATS:
-        write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=True)
-    elif fmt == "text":
-        from mhacli.views.plain import write_inspect
-
-        write_inspect(sys.stdout, views, tokens.tokens, query=query, top=top)
-        if views and undecidable(views[0].stats.support):
-            note(TOO_PLAIN)
-    else:
-        from mhacli.views.terminal import make_console, render_inspect
-
-        render_inspect(
-            console or make_console(),
-            views,
-            tokens.tokens,
-            query=query,
-            top=top,
-            start=start,
-            keys=key_range,
-            panel_keys=panel_size,
-        )
+    model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()
+    result = InspectResult(model_doc, tokens.tokens, ids_list, views, query, top, start, key_range, panel_size)
+    out.emit(result)
 
 
 def output_size(n_heads: int, n_seq: int) -> int:

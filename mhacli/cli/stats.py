@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Literal
 
 import typer
 
+from mhacli.api import STAT_NAMES
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
     FormatOpt,
@@ -18,16 +18,17 @@ from mhacli.cli._common import (
     TextArg,
     TruncateOpt,
     note,
+    output,
     prepare,
     progress,
-    resolve_format,
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
-from mhacli.ops.ablation import ablation_edits, check_ablate_spec
-from mhacli.ops.heads import STAT_NAMES, TOO_PLAIN, check_heads, head_views, undecidable
+from mhacli.ops.ablation import check_ablate_spec
+from mhacli.ops.heads import HeadsRequest, plan_heads
 from mhacli.views import save as saving
-from mhacli.views.formats import MACHINE_FORMATS, write_heads
+from mhacli.views.output import FORMATS
+from mhacli.views.results import StatsResult
 
 
 @app.command(
@@ -51,7 +52,8 @@ def stats(
             "--stat",
             "-s",
             metavar="NAME",
-            help=f"Number shown in the grid, on a 0-1 scale (the text table is ordered by it): auto (each head's kind score), {', '.join(STAT_NAMES)}.",
+            help="Number shown in the grid, on a 0-1 scale (the text table is ordered by it): "
+            f"auto (each head's kind score), {', '.join(STAT_NAMES)}.",
         ),
     ] = "auto",
     compact: Annotated[
@@ -67,38 +69,19 @@ def stats(
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
-    fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
+    out = output(format, FORMATS)
     saves = saving.parse(save, "stats", dpi=dpi)
     keep = saving.wants(saves, "html")  # the page shows every head's map
     check_ablate_spec(ablate)
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     c = ckpt.config
     # streamed (no maps) unless a page wants the maps
-    n_layers, n_heads = check_heads(
-        ckpt, len(tokens.ids), layer, head, keep_maps=keep, max_memory=max_memory, how_to_narrow="use a shorter text"
-    )
-    edits = ablation_edits(ablate, ckpt)
-    views = list(
-        progress(
-            head_views(ckpt, tokens.ids, layers=layer, heads=head, keep_maps=keep, edits=edits),
-            n_layers * n_heads,
-            "running layers",
-        )
+    views = plan_heads(ckpt, tokens.ids, HeadsRequest(layer, head, keep, None, max_memory, "text", ablate)).run(
+        progress
     )
     saving.write_all(saves, saving.stats_picture(ckpt, tokens, views, stat), dpi=dpi)
-    if fmt in MACHINE_FORMATS:
-        if stat != "auto":
-            note(f"--stat picks the terminal grid's number and orders the text table; {fmt} has every statistic")
-        write_heads(sys.stdout, fmt, ckpt.model_dict(), tokens.tokens, tokens.ids.tolist(), views, with_attention=False)
-    elif fmt == "text":
-        from mhacli.views.plain import write_stats
-
-        write_stats(sys.stdout, views, stat)
-        if views and undecidable(views[0].stats.support):
-            note(TOO_PLAIN)
-    else:
-        from mhacli.views.terminal import make_console, render_stats
-
-        render_stats(
-            make_console(), views, c.n_layer, c.n_head, stat, len(tokens.ids), layout="compact" if compact else "auto"
-        )
+    if out.machine and stat != "auto":
+        note(f"--stat picks the terminal grid's number and orders the text table; {out.fmt} has every statistic")
+    model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()
+    result = StatsResult(model_doc, tokens.tokens, ids_list, views, c.n_layer, c.n_head, stat=stat, compact=compact)
+    out.emit(result)

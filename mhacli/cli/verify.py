@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
+from mhacli.api import HIDDEN_ATOL
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
     REPORT_FORMATS,
@@ -15,12 +15,11 @@ from mhacli.cli._common import (
     ReportFormatOpt,
     TextArg,
     TruncateOpt,
+    output,
     prepare,
-    resolve_format,
 )
 from mhacli.errors import ExitCode, UsageError
-from mhacli.ops.verify import HIDDEN_ATOL
-from mhacli.views.formats import dumps
+from mhacli.views.results import VerifyResult
 
 DEFAULT_TEXT = (
     "ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "
@@ -48,47 +47,14 @@ def verify(
     truncate: TruncateOpt = False,
 ) -> int:
     """Run HF transformers on the same token ids and compare every layer's attention and hidden states."""
-    fmt = resolve_format(format, REPORT_FORMATS)
+    out = output(format, REPORT_FORMATS)
     if not (atol > 0 and hidden_atol > 0):
         raise UsageError("--atol and --hidden-atol must be positive")
-    if text is None and ids is None and sys.stdin is not None and sys.stdin.isatty():
+    if text is None and ids is None and out.env.stdin is not None and out.env.stdin_isatty:
         text = DEFAULT_TEXT
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     from mhacli.ops.verify import verify as run_verify
 
     report = run_verify(ckpt, tokens.ids, atol=atol, hidden_atol=hidden_atol)
-    if fmt == "json":
-        sys.stdout.write(dumps(report.to_dict()) + "\n")
-    else:
-        lines = [
-            f"{'layer':>5}  {'attention max abs err':>21}  {'hidden max abs err':>18}  {'hidden bound':>12}  result"
-        ]
-        for c in report.layers:
-            ok = "ok" if report.layer_passed(c) else "FAIL"
-            bound = report.hidden_atol * c.hidden_scale
-            lines.append(
-                f"{c.layer:>5}  {c.attention_max_abs_err:>21.3e}  {c.hidden_max_abs_err:>18.3e}  {bound:>12.1e}  {ok}"
-            )
-        if report.head is not None:
-            h = report.head
-            ok = "ok" if report.head_passed else "FAIL"
-            lines.append(
-                f"{'head':>5}  loss {h.loss:.6f} (HF {h.hf_loss:.6f}, rel err {h.loss_rel_err:.1e}); "
-                f"logits max abs err {h.logits_max_abs_err:.3e}  {ok}"
-            )
-        else:
-            lines.append(
-                f"{'head':>5}  no output head in this checkpoint (no lm_head.weight, embeddings not tied): loss not checked"
-            )
-        verdict = "PASSED" if report.passed else "FAILED"
-        lines.append(
-            f"{verdict}: {len(tokens.ids)} tokens, {len(report.layers)} layers; max attention error "
-            f"{report.max_attention_err:.3e} (atol {atol:g}), max hidden error {report.max_hidden_err:.3e}"
-        )
-        if fmt == "rich":
-            from mhacli.views.terminal import make_console, render_verify
-
-            render_verify(make_console(), lines, report.passed)
-        else:
-            sys.stdout.write("\n".join(lines) + "\n")
+    out.emit(VerifyResult(report, len(tokens.ids)))
     return ExitCode.OK if report.passed else ExitCode.CHECK_FAILED

@@ -1,6 +1,8 @@
-"""Heads removed (`ablate`, `prune`, the --ablate option, Run.ablate): the heads named by a spec or a mask file,
-each head's effect on the loss, and the pruning curves. Progress is the caller's: `ticker(total, description)`
-returns (tick, close)."""
+"""Heads removed (`ablate`, `prune`, the --ablate option, Run.ablate).
+
+The heads named by a spec or a mask file, each head's effect on the loss, and the pruning curves. Progress is the
+caller's: `ticker(total, description)` returns (tick, close).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mhacli.analyses.ablate import (
-    METHODS,
     Ablator,
     Head,
-    HeadEffect,
     ablate_each,
     check_head,
     importance_curve,
@@ -23,18 +23,14 @@ from mhacli.analyses.ablate import (
     removal_edits,
     schedule,
 )
+from mhacli.analyses.heads import analyse, check_selection
 from mhacli.analyses.stats import StatsAccumulator, head_stats
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
 from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, scoring_bytes
-
-__all__ = [
-    "METHODS", "Head", "HeadEffect", "KindTally", "ablate_doc", "ablated_heads", "ablation_edits",
-    "check_ablate_spec", "check_head", "check_scorable", "make_ablator", "mask_doc", "prune_doc", "read_mask", "removal_edits",
-    "scorable",
-]  # fmt: skip
+from mhacli.views.save import Picture, Target, caption, wants
 
 MAX_MASK_BYTES = 1024 * 1024
 Ticker = Callable[[int, str], tuple[Callable[[], None], Callable[[], None]]]
@@ -68,7 +64,8 @@ def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
         )
     if (shape.get("n_layer"), shape.get("n_head")) != (n_layer, n_head):
         raise UsageError(
-            f"--ablate @{path}: the mask is for a model of {shape.get('n_layer')} layers x {shape.get('n_head')} heads; "
+            f"--ablate @{path}: the mask is for a model of {shape.get('n_layer')} layers x "
+            f"{shape.get('n_head')} heads; "
             f"this one has {n_layer} x {n_head}"
         )
     result: list[Head] = []
@@ -85,6 +82,12 @@ def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
 def mask_doc(n_layer: int, n_head: int, heads: Sequence[Head]) -> dict:
     """What read_mask reads: the model's shape and the heads, as [layer, head] pairs."""
     return {"model": {"n_layer": n_layer, "n_head": n_head}, "heads": [list(h) for h in heads]}
+
+
+def selected_heads(n_layer: int, n_head: int, layers: Sequence[int] | None, heads: Sequence[int] | None) -> list[Head]:
+    """The heads of the selected layers and heads (each in range; None: all), in order."""
+    check_selection(n_layer, n_head, layers, heads)
+    return [(lay, h) for lay in sorted(set(layers or range(n_layer))) for h in sorted(set(heads or range(n_head)))]
 
 
 def check_ablate_spec(spec: str | None) -> None:
@@ -126,14 +129,12 @@ def scorable(text: TokenizedText, where: str) -> TokenizedText:
     return text
 
 
-def check_scorable(
-    ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size, option: str = "--max-memory"
-) -> None:
+def check_scorable(ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size) -> None:
     """Every text has a next token to score (`where` names it), and the scoring fits max_memory (ResourceError)."""
     for t, where in texts:
         scorable(t, where)
     needed = scoring_bytes(ckpt, [len(t.ids) for t, _ in texts])
-    check_memory(needed, max_memory, "score fewer or shorter texts", option=option)
+    check_memory(needed, max_memory, "scoring")
 
 
 class KindTally:
@@ -165,8 +166,11 @@ class KindTally:
 def make_ablator(
     ckpt, texts: list[TokenizedText], method: str, loss_from: int, *, kinds: bool = False, option: str = "--loss-from"
 ) -> tuple[Ablator, KindTally | None]:
-    """The Ablator over the texts; with kinds=True, each head's kind from the same intact run (statistics of every
-    layer of every text: only `ablate` shows them)."""
+    """The Ablator over the texts.
+
+    With kinds=True, each head's kind from the same intact run (statistics of every layer of every text: only
+    `ablate` shows them).
+    """
     if loss_from < 0:
         raise UsageError(f"{option} {loss_from} must be 0 or more")
     tally = KindTally(texts, ckpt.config.n_head) if kinds else None
@@ -208,8 +212,11 @@ def prune_doc(
     max_increase: float,
     ticker: Ticker = _no_ticker,
 ) -> dict:
-    """`mha prune`'s document: the importance order's curve (re-measured every round) against `seeds` random orders,
-    each one's prunable fraction at `max_increase`, and the pruned heads (`pruned`)."""
+    """`mha prune`'s document.
+
+    The importance order's curve (re-measured every round) against `seeds` random orders, each one's prunable
+    fraction at `max_increase`, and the pruned heads (`pruned`).
+    """
     c = ckpt.config
     ablator, _ = make_ablator(ckpt, texts, method, loss_from)
     n_heads = c.n_layer * c.n_head
@@ -226,13 +233,34 @@ def prune_doc(
         "model": ckpt.model_dict(), "n_texts": len(texts), "method": method, "loss_from": loss_from,
         "n_targets": ablator.n_targets, "baseline_loss": base, "step": step, "max_increase": max_increase,
         "importance": {
-            "curve": [{"n_removed": s.n_removed, "fraction": s.fraction, "loss": s.loss, "removed": [list(h) for h in s.removed]} for s in curve],
+            "curve": [
+                {
+                    "n_removed": s.n_removed,
+                    "fraction": s.fraction,
+                    "loss": s.loss,
+                    "removed": [list(h) for h in s.removed],
+                }
+                for s in curve
+            ],
             "prunable_fraction": imp_fraction,
         },
         "random": {
             "seeds": seeds,
-            "curve": [{"n_removed": s.n_removed, "fraction": s.fraction, "loss_mean": s.loss_mean, "loss_std": s.loss_std} for s in rand],
+            "curve": [
+                {"n_removed": s.n_removed, "fraction": s.fraction, "loss_mean": s.loss_mean, "loss_std": s.loss_std}
+                for s in rand
+            ],
             "prunable_fraction": rand_fraction,
         },
         "pruned": [list(h) for h in pruned],
     }  # fmt: skip
+
+
+def ablate_picture(targets: list[Target], ckpt, texts, doc: dict) -> Picture:
+    """ablate: the document; the page also gets the intact model's maps of the first text."""
+    first = texts[0]
+    views = list(analyse(ckpt, first.ids, keep_maps=True)) if wants(targets, "html") else None
+    text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
+    if len(texts) > 1:
+        text += f"; loss over {len(texts)} texts, the first shown"
+    return Picture("ablate", text, {"doc": doc, "views": views, "tokens": list(first.tokens)})

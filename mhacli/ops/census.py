@@ -1,11 +1,14 @@
-"""Every head's statistics and kind over many texts (`census`, mhacli.census): the seeded probes and a corpus, run
-in this process, in local worker processes or on a Dask cluster (mhacli.analyses.parallel), folded in text order into one
-Tally per source (mhacli.analyses.census), and the verdicts. The CLI and the API run this one implementation; what differs
-is how options are named in messages (`spell`) and what happens to a failed text (`on_failure`, `strict`)."""
+"""Every head's statistics and kind over many texts (`census`, mhacli.census).
+
+The seeded probes and a corpus, run in this process, in local worker processes or on a Dask cluster
+(mhacli.analyses.parallel), folded in text order into one Tally per source (mhacli.analyses.census), and the verdicts.
+The CLI and the API run this one implementation; what differs is what happens to a failed text (`on_failure`, `strict`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
@@ -14,7 +17,6 @@ from mhacli.analyses.census import (
     PROBES,
     SOURCES,
     TALLIED,
-    HeadVerdict,
     ProbeSpec,
     Tally,
     TextStats,
@@ -25,34 +27,20 @@ from mhacli.analyses.census import (
 from mhacli.analyses.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
 from mhacli.analyses.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
 from mhacli.errors import TextError, UsageError
-from mhacli.io.textin import tokenize
+from mhacli.io.textin import iter_texts, tokenize
 from mhacli.ops.memory import Size, census_bytes, check_memory
 from mhacli.views.formats import dumps
 
-__all__ = [
-    "KINDS", "MIN_SUPPORT", "PROBES", "SOURCES", "SUPPORTED_STATS", "TALLIED", "CensusRun", "HeadVerdict", "ProbeSpec",
-    "Tally", "build_doc", "verdicts", "check_census_memory", "default_workers", "finite", "probe_tokens", "run_census", "cli_spell",
-]  # fmt: skip
 
-Spell = Callable[[str], str]  # a parameter's name (repeat_length) as the caller's user writes it (--repeat-length)
+def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
+    """The probes' prefix token and the ordinary tokens they are drawn from.
 
-
-def cli_spell(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def api_spell(name: str) -> str:
-    return name
-
-
-def probe_tokens(
-    ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec, spell: Spell = api_spell
-) -> tuple[int | None, np.ndarray]:
-    """The probes' prefix token (None: the tokenizer has none the model can read) and the ordinary tokens they are
-    drawn from, each probe's length checked against the model."""
+    The prefix is None when the tokenizer has none the model can read; each probe's length is checked against the
+    model.
+    """
     c = ckpt.config
     if probes and spec.count < 1:
-        raise UsageError(f"{spell('probe_count')} {spec.count} must be at least 1")
+        raise UsageError(f"{{probe_count}} {spec.count} must be at least 1", params=("probe_count",))
     prefix = tokenizer.prefix_id()
     if prefix is not None and prefix >= c.vocab_size:
         prefix = None
@@ -63,10 +51,12 @@ def probe_tokens(
         n = spec.n_tokens(p, prefix)
         low = 3 if p == "repeat" else 2
         if (spec.repeat_length if p == "repeat" else spec.random_length) < low:
-            raise UsageError(f"{spell(p + '_length')} must be at least {low}")
+            raise UsageError(f"{{{p}_length}} must be at least {low}", params=(f"{p}_length",))
         if n > c.n_positions:
             raise UsageError(
-                f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions}); lower {spell(p + '_length')}"
+                f"a {p} probe is {n} tokens, longer than the model's n_positions ({c.n_positions}); "
+                f"lower {{{p}_length}}",
+                params=(f"{p}_length",),
             )
     return prefix, ordinary
 
@@ -80,19 +70,19 @@ def check_census_memory(
     workers: int,
     dask: str | None,
     max_memory: Size,
-    option: str = "--max-memory",
 ) -> None:
     """One forward of the longest text per local worker process (none on a remote cluster) against max_memory."""
     c = ckpt.config
     longest = c.n_positions if corpus else max(spec.n_tokens(p, prefix) for p in probes)
     local = 0 if dask not in (None, "local") else (1 if workers == 1 and dask is None else workers)
-    how = "use fewer --workers, or a shorter --truncate'd corpus" if option.startswith("--") else "use fewer workers"
-    check_memory(census_bytes(ckpt, longest, local), max_memory, how, option=option)
+    check_memory(census_bytes(ckpt, longest, local), max_memory, "workers")
 
 
 class CensusRun:
     """The parent's side of a census: the work in text order, the per-source tallies, the per-text records.
-    A failed text goes to on_failure(where, why) and is counted, or with strict raises TextError."""
+
+    A failed text goes to on_failure(where, why) and is counted, or with strict raises TextError.
+    """
 
     def __init__(
         self,
@@ -101,7 +91,6 @@ class CensusRun:
         per_text: TextIO | None = None,
         strict: bool = False,
         on_failure: Callable[[str, str], None] | None = None,
-        strict_name: str = "--strict",
     ) -> None:
         self.tallies = {s: Tally(shape) for s in SOURCES}
         self.meta: dict[
@@ -109,7 +98,6 @@ class CensusRun:
         ] = {}  # seq -> (source, index, line, ids, where)
         self.per_text = per_text
         self.strict = strict
-        self.strict_name = strict_name
         self.on_failure = on_failure
         self.failures = 0
         self.seq = 0
@@ -139,7 +127,7 @@ class CensusRun:
         record: dict = {"source": source, "index": index} | ({"line": line} if line is not None else {})
         if isinstance(outcome, str):
             if self.strict:
-                raise TextError(f"{where}: {outcome} ({self.strict_name})")
+                raise TextError(f"{where}: {outcome} ({{strict}})", params=("strict",))
             tally.failed += 1
             if self.on_failure is not None:
                 self.on_failure(where, outcome)
@@ -201,8 +189,9 @@ def corpus_work(
         yield census.item("corpus", n, line, tokens.ids, 0, where(n, line))
 
 
-def cli_where(n: int, line: int | None) -> str:
-    return f"--texts line {line}"
+def api_where(n: int, line: int | None) -> str:
+    """A corpus text's name in messages: its index among the texts given."""
+    return f"text {n}"
 
 
 def run_census(
@@ -218,11 +207,13 @@ def run_census(
     truncate: bool = False,
     workers: int = 1,
     dask: str | None = None,
-    where: Callable[[int, int | None], str] = cli_where,
+    where: Callable[[int, int | None], str] = api_where,
 ) -> None:
-    """Every probe, then every corpus text (line number, text), through the model: in this process (workers=1, no
-    dask), in `workers` local processes, or on a Dask cluster (`dask`: an address or 'local'); each result folded
-    into `census` in text order, whatever order the executor returns it in."""
+    """Every probe, then every corpus text (line number, text), through the model.
+
+    In this process (workers=1, no dask), in `workers` local processes, or on a Dask cluster (`dask`: an address or
+    'local'); each result folded into `census` in text order, whatever order the executor returns it in.
+    """
 
     def work() -> Iterator[Item | tuple[int, str]]:
         for p in probes:
@@ -244,6 +235,72 @@ def run_census(
             drive(work(), ckpt.files, executor, sink, in_flight=2 * workers)
 
 
+@dataclass(frozen=True)
+class CensusRequest:
+    """A census: the probes, the corpus (line number or None, text), and where it runs."""
+
+    probes: tuple[str, ...] = PROBES
+    spec: ProbeSpec = field(default_factory=ProbeSpec)
+    corpus: Iterable[tuple[int | None, str]] | None = None  # None: the lines of corpus_path, streamed
+    corpus_path: str | None = None  # a file of texts, one a line ('-': stdin; None: the texts given, or none)
+    truncate: bool = False
+    workers: int | None = 1  # None: one per core
+    dask: str | None = None
+    max_memory: Size = None
+    strict: bool = True  # a failed text stops the census (TextError), else it is counted (on_failure)
+    where: Callable[[int, int | None], str] = api_where  # a corpus text's name in messages
+
+    @property
+    def has_corpus(self) -> bool:
+        return self.corpus is not None or self.corpus_path is not None
+
+
+@dataclass(frozen=True)
+class CensusOutcome:
+    run: CensusRun
+    doc: dict  # `mha census --format json`'s document
+
+
+def take_census(
+    ckpt,
+    tokenizer,
+    request: CensusRequest,
+    *,
+    per_text: TextIO | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+    tick: Callable[[], None] | None = None,
+) -> CensusOutcome:
+    """`mha census` and mhacli.census: the probes' tokens, the memory guard, the run, the document.
+
+    The one orchestration both doors run; `per_text` gets every text's record, `on_failure` each failed text (not
+    strict), `tick` each text done. A corpus read from a file that gave no text is refused (TextError).
+    """
+    c, r = ckpt.config, request
+    workers = r.workers if r.workers is not None else default_workers()
+    corpus = r.corpus if r.corpus is not None or r.corpus_path is None else iter_texts(r.corpus_path)
+    prefix, ordinary = probe_tokens(ckpt, tokenizer, r.probes, r.spec)
+    check_census_memory(ckpt, r.probes, r.spec, prefix, r.has_corpus, workers, r.dask, r.max_memory)
+    census = CensusRun((c.n_layer, c.n_head), per_text=per_text, strict=r.strict, on_failure=on_failure)
+    if tick is not None:
+        census.tick = tick
+    run_census(
+        census, ckpt, tokenizer, r.probes, r.spec, prefix, ordinary, corpus,
+        truncate=r.truncate, workers=workers, dask=r.dask, where=r.where,
+    )  # fmt: skip
+    corpus_tally = census.tallies["corpus"]
+    if r.corpus_path is not None and corpus_tally.n_texts == 0:
+        if corpus_tally.failed:
+            raise TextError(
+                f"{{texts}} {r.corpus_path}: every text failed ({corpus_tally.failed}); see the warnings above",
+                params=("texts",),
+            )
+        raise TextError(f"{{texts}} {r.corpus_path}: holds no text (every line is blank)", params=("texts",))
+    doc = build_doc(
+        census, ckpt.model_dict(), r.spec, r.probes, prefix, r.corpus_path, c.kv_head, has_corpus=r.has_corpus
+    )
+    return CensusOutcome(census, doc)
+
+
 def build_doc(
     census: CensusRun,
     model: dict,
@@ -255,8 +312,11 @@ def build_doc(
     *,
     has_corpus: bool | None = None,
 ) -> dict:
-    """`mha census --format json`: the sources run, and every head's verdict with its per-source statistics.
-    corpus: the --texts path (has_corpus=True with corpus None: texts given directly, the path null)."""
+    """`mha census --format json`.
+
+    The sources run, and every head's verdict with its per-source statistics. corpus: the --texts path
+    (has_corpus=True with corpus None: texts given directly, the path null).
+    """
     has_corpus = corpus is not None if has_corpus is None else has_corpus
     sources: dict = {}
     for p in probes:

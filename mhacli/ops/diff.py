@@ -1,5 +1,8 @@
-"""Two models on the same token ids (`diff`, mhacli.diff): the texts' ids, the same under both tokenizers and
-fitting both models, then per-head divergence (mhacli.analyses.diff), guarded for memory first."""
+"""Two models on the same token ids (`diff`, mhacli.diff).
+
+The texts' ids, the same under both tokenizers and fitting both models, then per-head divergence (mhacli.analyses.diff),
+guarded for memory first.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.analyses.diff import METRICS, DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.analyses.ablate import check_head, removal_edits
+from mhacli.analyses.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.analyses.heads import HeadView, analyse
 from mhacli.engine.blocks import ZEdit
 from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
+from mhacli.ops.ablation import ablated_heads
 from mhacli.ops.memory import Size, check_memory, diff_bytes
+from mhacli.views.save import STATIC, Picture, Target, caption, wants
 
-__all__ = ["METRICS", "DiffReport", "DiffText", "check_metric", "compare", "ids_for_both", "peak_maps", "tokenize_both"]
+Head = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -37,10 +43,11 @@ def tokenize_both(
     truncate: bool,
     *,
     on_truncate: Callable[[str], None] = _ignore,
-    truncate_hint: str = "pass --truncate",
 ) -> DiffText:
-    """The text's token ids, required to be the same under both tokenizers and to fit both models. a, b: (checkpoint,
-    tokenizer); on_truncate gets the message saying a text was cut."""
+    """The text's token ids, required to be the same under both tokenizers and to fit both models.
+
+    a, b: (checkpoint, tokenizer); on_truncate gets the message saying a text was cut.
+    """
     (ckpt_a, tok_a), (ckpt_b, tok_b) = a, b
     n_a, n_b = ckpt_a.config.n_positions, ckpt_b.config.n_positions
     limit = min(n_a, n_b)
@@ -57,7 +64,8 @@ def tokenize_both(
         if not truncate:
             raise TextError(
                 f"{where} is {count} tokens, longer than {which} n_positions ({limit}); "
-                f"shorten it or {truncate_hint} to keep the first tokens"
+                "shorten it or pass {truncate} to keep the first tokens",
+                params=("truncate",),
             )
         on_truncate(f"{where} truncated to the first {limit} of {count} tokens")
         ids_a = ids_a[:limit]
@@ -67,7 +75,7 @@ def tokenize_both(
 def ids_for_both(
     ids: list[int], a: tuple, b: tuple, truncate: bool, *, on_truncate: Callable[[str], None] = _ignore
 ) -> DiffText:
-    """--ids: checked against both models' vocab_size and n_positions (the smaller of each), shown with A's tokenizer."""
+    """--ids: checked against both models' vocab_size and n_positions (the smaller of each), shown as A reads them."""
     (ckpt_a, tok_a), (ckpt_b, _) = a, b
     vocab = min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size)
     limit = min(ckpt_a.config.n_positions, ckpt_b.config.n_positions)
@@ -86,22 +94,84 @@ def compare(
     match: bool = False,
     edits_b: dict[int, ZEdit] | None = None,
     max_memory: Size = None,
-    option: str = "--max-memory",
     progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
 ) -> DiffReport:
-    """Per-head divergence of B's attention from A's over the texts (their mean): head by head when the shapes agree
-    (unless match), else matched (Hungarian) and nearest heads. Refused (ResourceError) past max_memory."""
+    """Per-head divergence of B's attention from A's over the texts (their mean).
+
+    Head by head when the shapes agree (unless match), else matched (Hungarian) and nearest heads. Refused
+    (ResourceError) past max_memory.
+    """
     check_metric(metric)
     shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)
     shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
     mode = "paired" if shape_a == shape_b and not match else "matched"
     n_seq = max(len(t.ids) for t in texts)
-    check_memory(diff_bytes(ckpt_a, ckpt_b, n_seq, mode == "paired"), max_memory, "use shorter texts", option=option)
+    check_memory(diff_bytes(ckpt_a, ckpt_b, n_seq, mode == "paired"), max_memory, "texts")
     per_text = [
         compare_text(ckpt_a, ckpt_b, t.ids, metric, mode, edits_b)
         for t in progress(texts, len(texts), f"comparing heads on {len(texts)} texts")
     ]
     return summarise(per_text, metric, mode, shape_a, shape_b)
+
+
+@dataclass(frozen=True)
+class DiffRequest:
+    """Two models compared on texts: each text (a string, or token ids) with `where` naming it in messages."""
+
+    texts: Sequence[tuple[str | list[int], str]]
+    metric: str = "js"
+    match: bool = False
+    remove_b: Sequence[Head] | str | None = None  # heads of B zeroed first, or an --ablate spec (L.H,... / @mask)
+    truncate: bool = False
+    max_memory: Size = None
+
+
+@dataclass(frozen=True)
+class DiffOutcome:
+    report: DiffReport
+    texts: list[DiffText]  # as both models read them
+    edits_b: dict[int, ZEdit] | None
+
+
+def diff(
+    a: tuple,
+    b: tuple,
+    request: DiffRequest,
+    *,
+    on_truncate: Callable[[str], None] = _ignore,
+    progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
+) -> DiffOutcome:
+    """`mha diff` and mhacli.diff.
+
+    The texts' ids under both models (a, b: checkpoint and tokenizer), B's heads removed, then per-head divergence
+    (compare). The one orchestration both doors run.
+    """
+    check_metric(request.metric)
+    items = [
+        ids_for_both(raw, a, b, request.truncate, on_truncate=on_truncate)
+        if isinstance(raw, list)
+        else tokenize_both(raw, where, a, b, request.truncate, on_truncate=on_truncate)
+        for raw, where in request.texts
+    ]
+    ckpt_a, ckpt_b = a[0], b[0]
+    if isinstance(request.remove_b, str):
+        removed = ablated_heads(request.remove_b, ckpt_b)
+    else:
+        removed = sorted(set(request.remove_b or ()))
+        for h in removed:
+            check_head(h, ckpt_b.config.n_layer, ckpt_b.config.n_head)
+    edits_b = removal_edits(removed) if removed else None
+    report = compare(
+        ckpt_a,
+        ckpt_b,
+        items,
+        request.metric,
+        match=request.match,
+        edits_b=edits_b,
+        max_memory=request.max_memory,
+        progress=progress,
+    )
+    return DiffOutcome(report, items, edits_b)
 
 
 def peak_maps(ckpt_a, ckpt_b, report: DiffReport, first: DiffText) -> tuple[HeadView, HeadView] | None:
@@ -112,3 +182,36 @@ def peak_maps(ckpt_a, ckpt_b, report: DiffReport, first: DiffText) -> tuple[Head
     view_a = next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True))
     view_b = next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True))
     return view_a, view_b
+
+
+def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=None) -> Picture:
+    """`mha diff --save`: the report, and the first text's maps (runs the forward these need).
+
+    The figures show the most changed head's two maps; the page every head's.
+    """
+    maps = None
+    views_a: list = []
+    views_b: list = []
+    if wants(targets, "html"):
+        views_a = list(analyse(ckpt_a, first.ids, keep_maps=True))
+        views_b = list(analyse(ckpt_b, first.ids, keep_maps=True, edits=edits_b))
+    if wants(targets, *STATIC) and report.heads and report.max_divergence > 0:
+        r = report.heads[0]
+        if views_a:
+            maps = (
+                next(v for v in views_a if (v.layer, v.head) == (r.layer_a, r.head_a)),
+                next(v for v in views_b if (v.layer, v.head) == (r.layer_b, r.head_b)),
+            )
+        else:
+            maps = (
+                next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True)),
+                next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True, edits=edits_b)),
+            )
+    text = caption(f"A: {ckpt_a.source} · B: {ckpt_b.source}", "".join(first.tokens), len(first.ids))
+    if report.n_texts > 1:
+        text += f"; divergence: mean over {report.n_texts} texts, maps: the first"
+    return Picture(
+        "diff",
+        text,
+        {"report": report, "maps": maps, "views_a": views_a, "views_b": views_b, "tokens": list(first.tokens)},
+    )

@@ -8,8 +8,6 @@ from mhacli.analyses.explain import Explanation
 from mhacli.analyses.explain import explain as explain_head
 from mhacli.ops.memory import Size, check_memory, explain_bytes
 
-__all__ = ["Explanation", "explain"]
-
 
 def explain(
     ckpt,
@@ -19,9 +17,11 @@ def explain(
     query: int | None = None,
     *,
     max_memory: Size = None,
-    option: str = "--max-memory",
 ) -> Explanation:
-    """Head `head` of layer `layer` for query token `query` (default the last), every intermediate checked against
-    the forward; refused (ResourceError) when the unfused layer would need more than max_memory."""
-    check_memory(explain_bytes(ckpt, len(ids)), max_memory, "use a shorter text", option=option)
+    """Head `head` of layer `layer` for query token `query` (default the last), step by step.
+
+    Every intermediate is checked against the forward; refused (ResourceError) when the unfused layer would need
+    more than max_memory.
+    """
+    check_memory(explain_bytes(ckpt, len(ids)), max_memory, "text")
     return explain_head(ckpt, ids, layer, head, query)

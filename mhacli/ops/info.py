@@ -1,12 +1,13 @@
-"""What a model is (`info`, `mha --version`): its config, files, dtypes, parameter count, attention layout and
-KV-cache size, as one JSON-ready document; and the architectures the forward supports."""
+"""What a model is (`info`, `mha --version`).
+
+Its config, files, dtypes, parameter count, attention layout and KV-cache size, as one JSON-ready document; and the
+architectures the forward supports.
+"""
 
 from __future__ import annotations
 
 from mhacli.config import ModelConfig
 from mhacli.io.weights import DTYPE_BYTES, load_model
-
-__all__ = ["architectures", "info_doc", "kv_cache_doc"]
 
 
 def architectures() -> list[str]:
@@ -17,8 +18,10 @@ def architectures() -> list[str]:
 
 
 def kv_cache_doc(c: ModelConfig, dtype: str) -> dict:
-    """KV-cache bytes per token (2 x n_layer x n_kv_head x d_head values), in float32 and in the checkpoint's
-    dtype, against the same model with one K/V head per query head (full MHA)."""
+    """KV-cache bytes per token (2 x n_layer x n_kv_head x d_head values), in float32 and the checkpoint's dtype.
+
+    Against the same model with one K/V head per query head (full MHA).
+    """
     size = DTYPE_BYTES[dtype]
     mha = 2 * c.n_layer * c.n_head * c.d_head
     return {

@@ -1,33 +1,41 @@
-"""What a request runs on: a model (checked, then loaded with its tokenizer) and its input (a text from an
-argument or stdin, --ids, or --texts FILE), tokenized or checked against the model by one rule (mhacli.io.textin)."""
+"""What a request runs on.
+
+A model (checked, then loaded with its tokenizer) and its input (a text from an argument or stdin, --ids, or --texts
+FILE), tokenized or checked against the model by one rule (mhacli.io.textin).
+"""
 
 from __future__ import annotations
 
 from mhacli.errors import UsageError
-from mhacli.io.textin import (  # noqa: F401 - the readers the CLI uses, re-exported: it reads input through here
+from mhacli.io import weights
+from mhacli.io.textin import (
     TokenizedText,
     from_ids,
-    iter_texts,
     read_ids,
     read_text,
     read_texts,
     tokenize,
 )
 from mhacli.io.tokenizer import Tokenizer, load_tokenizer
-from mhacli.io.weights import Checkpoint, ModelFiles, check_model, load_model
+from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 
-__all__ = [
-    "Checkpoint", "ModelFiles", "Tokenizer", "TokenizedText", "check_model", "check_text_or_ids", "encode",
-    "iter_texts", "open_model", "read_ids", "read_input", "read_text", "read_texts",
-]  # fmt: skip
+
+def check_model(model: str | None) -> ModelFiles | None:
+    """The model's files resolved, and checked to exist, before any input is read (a wrong path is named first).
+
+    None for a well-formed hub id, resolved when the model loads.
+    """
+    return weights.check_model(model)
 
 
 def open_model(
     model: str | None, *, cache: bool | None = False, files: ModelFiles | None = None
 ) -> tuple[Checkpoint, Tokenizer]:
-    """The model and its tokenizer. cache=False (one pass over the layers): each layer's tensors are read when the
-    forward reaches it and dropped after; None keeps them for models under weights.CACHE_LIMIT_BYTES. `files`:
-    what check_model resolved already."""
+    """The model and its tokenizer. cache=False (one pass over the layers).
+
+    Each layer's tensors are read when the forward reaches it and dropped after; None keeps them for models under
+    weights.CACHE_LIMIT_BYTES. `files`: what check_model resolved already.
+    """
     ckpt = load_model(model, cache=cache, files=files)
     return ckpt, load_tokenizer(ckpt.files.directory)
 
@@ -43,6 +51,16 @@ def read_input(text: str | None, ids: str | None) -> str | list[int]:
     """The raw input: the text (argument, `-`, piped stdin), or with --ids the token ids."""
     check_text_or_ids(text, ids)
     return read_ids(ids) if ids is not None else read_text(text)
+
+
+def read_inputs(text: str | None, ids: str | None, texts: str | None) -> list[tuple[str | list[int], str]]:
+    """TEXT, --ids or --texts FILE (at most one): each input (a text, or token ids) with its name in messages."""
+    check_text_or_ids(text, ids, texts)
+    if texts is not None:
+        return [(raw, f"--texts line {n}") for n, raw in read_texts(texts)]
+    if ids is not None:
+        return [(read_ids(ids), "--ids")]
+    return [(read_text(text), "the text")]
 
 
 def encode(raw: str | list[int], ckpt: Checkpoint, tokenizer: Tokenizer, *, truncate: bool) -> TokenizedText:

@@ -1,5 +1,8 @@
-"""The memory guard: a request's estimated peak (mhacli.analyses.heads' memory model) against a limit, refused with a way
-out before anything is computed. The CLI's --max-memory and the API's max_memory= are the same limit."""
+"""The memory guard.
+
+A request's estimated peak (mhacli.analyses.heads' memory model) against a limit, refused with a way out before anything
+is computed. The CLI's --max-memory and the API's max_memory= are the same limit.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ import re
 from mhacli.analyses.heads import full_attention_bytes, memory_needed
 from mhacli.analyses.loss import VOCAB_BLOCK
 from mhacli.errors import ResourceError, UsageError
+from mhacli.views.display import format_bytes
+
+MAX_MEMORY = ("max_memory",)  # the parameter the guard's messages name
 
 Size = int | str | None  # bytes, a size like '2G' / '512M', or None: 80% of available memory
 _UNITS = {
@@ -29,11 +35,11 @@ _UNITS = {
 }
 
 
-def parse_size(text: str, option: str = "--max-memory") -> int:
-    """'2G', '512M', '1.5GiB', '1000000' -> bytes."""
+def parse_size(text: str) -> int:
+    """'2G', '512M', '1.5GiB', '1000000' -> bytes (an error names the parameter max_memory)."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
-        raise UsageError(f"{option} {text!r} is not a size like 2G, 512M or 1.5GiB")
+        raise UsageError(f"{{max_memory}} {text!r} is not a size like 2G, 512M or 1.5GiB", params=MAX_MEMORY)
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
@@ -52,32 +58,32 @@ def available_memory() -> int:
         return 8 * 1024**3
 
 
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def memory_limit(max_memory: Size, option: str = "--max-memory") -> int:
+def memory_limit(max_memory: Size) -> int:
     """The limit in bytes: max_memory as given (bytes, or a size like 2G), else 80% of available memory."""
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, str, type(None))):
-        raise UsageError(f"{option} must be a number of bytes or a size like 2G, got {type(max_memory).__name__}")
+        got = type(max_memory).__name__
+        raise UsageError(f"{{max_memory}} must be a number of bytes or a size like 2G, got {got}", params=MAX_MEMORY)
     if isinstance(max_memory, int):
         return max_memory
-    return parse_size(max_memory, option) if max_memory else int(0.8 * available_memory())
+    return parse_size(max_memory) if max_memory else int(0.8 * available_memory())
 
 
-def check_memory(needed: int, max_memory: Size, how_to_narrow: str, *, option: str = "--max-memory") -> None:
-    """Refuse (ResourceError), with a way out, a request that would need more memory than allowed (instead of the
-    OOM killer). `option`: how the limit is named in the message (--max-memory, or max_memory for the API)."""
-    limit = memory_limit(max_memory, option)
+def check_memory(needed: int, max_memory: Size, narrow: str = "text") -> None:
+    """Refuse (ResourceError) a request that would need more memory than allowed, instead of the OOM killer.
+
+    `narrow` names the way out that fits the request (mhacli.errors.ResourceError); the door words it and the
+    parameter.
+    """
+    limit = memory_limit(max_memory)
     if needed > limit:
-        source = option if max_memory not in (None, "") else "80% of available memory"
+        source = "{max_memory}" if max_memory not in (None, "") else "80% of available memory"
         raise ResourceError(
             f"this request needs about {format_bytes(needed)}, more than {format_bytes(limit)} ({source}); "
-            f"{how_to_narrow}, or raise {option}"
+            f"{{narrow:{narrow}}}, or raise {{max_memory}}",
+            params=(*MAX_MEMORY, f"narrow:{narrow}"),
+            needed=needed,
+            limit=limit,
+            narrow=narrow,
         )
 
 
@@ -85,8 +91,11 @@ def check_memory(needed: int, max_memory: Size, how_to_narrow: str, *, option: s
 
 
 def heads_bytes(ckpt, n_seq: int, n_layers: int, n_heads: int, keep_maps: bool, kept_cells: int = 0) -> int:
-    """inspect (whole maps kept, or `kept_cells` of each: what a terminal view shows) and stats (streamed unless a
-    page wants the maps): the selected heads of one text."""
+    """inspect and stats: the selected heads of one text.
+
+    inspect keeps whole maps, or `kept_cells` of each (what a terminal view shows); stats streams unless a page
+    wants the maps.
+    """
     kept = keep_maps or kept_cells > 0
     return memory_needed(
         ckpt.config,
@@ -100,15 +109,20 @@ def heads_bytes(ckpt, n_seq: int, n_layers: int, n_heads: int, keep_maps: bool, 
 
 
 def explain_bytes(ckpt, n_seq: int) -> int:
-    """explain: the batched forward and the batched re-run of the layer for the check, two layers' working sets;
-    the explained layer's tensors are held throughout, on top of the forward's."""
+    """explain: the batched forward and the batched re-run of the layer for the check, two layers' working sets.
+
+    The explained layer's tensors are held throughout, on top of the forward's.
+    """
     working_set = memory_needed(ckpt.config, n_seq) + full_attention_bytes(ckpt.config.n_head, n_seq)
     return 2 * working_set + ckpt.weight_bytes(extra_layers=1)
 
 
 def diff_bytes(ckpt_a, ckpt_b, n_seq: int, paired: bool) -> int:
-    """diff: both forwards streamed at once (paired, no map kept), or all of A's maps kept while B runs a layer's
-    map at a time (matched); small models' tensors stay cached once read, larger ones stream by layer."""
+    """diff.
+
+    Both forwards streamed at once (paired, no map kept), or all of A's maps kept while B runs a layer's map at a
+    time (matched); small models' tensors stay cached once read, larger ones stream by layer.
+    """
     weights = ckpt_a.weight_bytes() + ckpt_b.weight_bytes()
     a, b = ckpt_a.config, ckpt_b.config
     if paired:
@@ -118,8 +132,11 @@ def diff_bytes(ckpt_a, ckpt_b, n_seq: int, paired: bool) -> int:
 
 
 def scoring_bytes(ckpt, lengths: list[int]) -> int:
-    """ablate/prune: the cached residual streams (every text's stream entering every layer, twice: the base and one
-    evaluation), a layer's working set, the output head's logits block and the weights."""
+    """ablate/prune.
+
+    The cached residual streams (every text's stream entering every layer, twice: the base and one evaluation), a
+    layer's working set, the output head's logits block and the weights.
+    """
     c = ckpt.config
     n_seq = max(lengths)
     streams = 2 * (c.n_layer + 1) * c.n_embd * 4 * sum(lengths)

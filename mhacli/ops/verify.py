@@ -1,5 +1,8 @@
-"""Our forward against HF transformers' eager attention on the same ids (`verify`). mhacli.analyses.verify imports torch
-only inside the function that runs HF, so importing this costs nothing until a check runs."""
+"""Our forward against HF transformers' eager attention on the same ids (`verify`).
+
+mhacli.analyses.verify imports torch only inside the function that runs HF, so importing this costs nothing until a
+check runs.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import numpy as np
 
 from mhacli.analyses.verify import HIDDEN_ATOL, VerifyReport
 from mhacli.analyses.verify import verify as _verify
-
-__all__ = ["HIDDEN_ATOL", "VerifyReport", "verify"]
 
 
 def verify(ckpt, ids: np.ndarray, *, atol: float = 1e-5, hidden_atol: float = HIDDEN_ATOL) -> VerifyReport:

@@ -5,6 +5,15 @@ from __future__ import annotations
 VISIBLE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
 
 
+def format_bytes(n: float) -> str:
+    """A size for people: 512 B, 1.5 KiB, 2.0 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
 def token_label(token: str, width: int = 10) -> str:
     """A token made visible (spaces as ·, newlines as ↵) and abbreviated to `width` characters."""
     shown = "".join(VISIBLE.get(ch, ch if ch.isprintable() else "�") for ch in token) or "∅"
@@ -34,10 +43,12 @@ def line_chart(
     x_label: str = "",
     y_label: str = "",
 ) -> list[str]:
-    """Points (x, y) of several series as a character chart: each series drawn with its own marker (its name's
-    first character is ignored: markers are ●, ○, ◆, ◇ in order), a dotted horizontal line at hline's value, the
-    y axis labelled at top, middle and bottom, the x axis from its minimum to its maximum. Later series draw over
-    earlier ones where they meet."""
+    """Points (x, y) of several series as a character chart.
+
+    Each series drawn with its own marker (its name's first character is ignored: markers are ●, ○, ◆, ◇ in order),
+    a dotted horizontal line at hline's value, the y axis labelled at top, middle and bottom, the x axis from its
+    minimum to its maximum. Later series draw over earlier ones where they meet.
+    """
     markers = "●○◆◇"
     points = [(x, y) for _, pts in series for x, y in pts]
     ys = [y for _, y in points] + ([hline[1]] if hline else [])
@@ -80,7 +91,8 @@ def line_chart(
 # Head kinds in pictures (figures, the HTML page): the terminal's letters (render.KIND_STYLE) and, for colour,
 # the Okabe-Ito palette (told apart with the common colour-vision deficiencies), close to the terminal's hues.
 KIND_LETTER = {
-    "induction": "I", "previous-token": "P", "duplicate-token": "D", "self": "S", "sink": "K", "broad": "B", "mixed": "·",
+    "induction": "I", "previous-token": "P", "duplicate-token": "D", "self": "S", "sink": "K", "broad": "B",
+    "mixed": "·",
 }  # fmt: skip
 KIND_HEX = {
     "induction": "#CC79A7", "previous-token": "#56B4E9", "duplicate-token": "#0072B2", "self": "#009E73",

@@ -112,10 +112,10 @@ def token_ticks(ax, tokens: Sequence[str], size_in: float, font_pt: float, *, ro
     ax.tick_params(length=1.5, pad=1)
 
 
-def draw_map(ax, attn: np.ndarray, *, cmap: str = MAP_CMAP, vmin: float = 0.0, vmax: float = 1.0):
+def draw_map(ax, attention: np.ndarray, *, cmap: str = MAP_CMAP, vmin: float = 0.0, vmax: float = 1.0):
     """[n_seq, n_seq] -> the image; the upper triangle (no key visible) left white."""
-    n = attn.shape[0]
-    masked = np.ma.masked_array(attn, mask=np.triu(np.ones((n, n), dtype=bool), k=1))
+    n = attention.shape[0]
+    masked = np.ma.masked_array(attention, mask=np.triu(np.ones((n, n), dtype=bool), k=1))
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
@@ -138,8 +138,10 @@ def add_caption(fig, caption: str, extra: str = "") -> None:
 
 
 def inspect_figure(*, views: Sequence[HeadView], tokens: Sequence[str], caption: str, **_: Any):
-    """One head large (a column wide), or the selected heads as small multiples: layers down, heads across (one
-    layer: up to four across), one shared 0-1 colour scale."""
+    """One head large (a column wide), or the selected heads as small multiples.
+
+    Layers down, heads across (one layer: up to four across), one shared 0-1 colour scale.
+    """
     n_seq = len(tokens)
     if len(views) == 1:
         return one_map_figure(views[0], tokens, caption)
@@ -240,8 +242,10 @@ KIND_KEY = " · ".join(f"{KIND_LETTER[k]} {k}" for k in KINDS)
 
 
 def stats_figure(*, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, caption: str, **_: Any):
-    """The layer x head grid of one statistic on its 0-1 scale (`auto`: each head's kind score), kind letters in
-    the cells."""
+    """The layer x head grid of one statistic on its 0-1 scale, kind letters in the cells.
+
+    `auto`: each head's kind score.
+    """
     import matplotlib
 
     values = np.full((n_layer, n_head), np.nan)
@@ -280,8 +284,10 @@ def stat_unit(stat: str) -> str:
 
 
 def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
-    """The divergence grid (B's layout, B's kind letters), then the most changed head on the first text: A's map,
-    B's map and B - A on a diverging scale."""
+    """The divergence grid (B's layout, B's kind letters), then the most changed head on the first text.
+
+    A's map, B's map and B - A on a diverging scale.
+    """
     import matplotlib
 
     n_layer, n_head = report.shape_b
@@ -363,8 +369,10 @@ def ablate_figure(*, doc: dict, caption: str, **_: Any):
 
 
 def prune_figure(*, doc: dict, caption: str, **_: Any):
-    """Loss against the fraction of heads removed: the importance order, and the random orders' mean with ±1 std
-    as a band; the allowed loss as a dashed line."""
+    """Loss against the fraction of heads removed.
+
+    The importance order, and the random orders' mean with ±1 std as a band; the allowed loss as a dashed line.
+    """
     imp = doc["importance"]["curve"]
     rnd = doc["random"]["curve"]
     base = doc["baseline_loss"]

@@ -26,10 +26,15 @@ CSV_COLUMNS = ("layer", "head", "kind", *STAT_NAMES, *SUPPORT_COLUMNS)
 ATTENTION_DECIMALS = 8  # 5e-9 rounding: far below the 1e-6 parity the numbers are checked to
 
 
-def dumps(doc: Any) -> str:
-    """Strict JSON; non-ASCII characters as themselves, or as \\u escapes when stdout cannot encode them
-    (PYTHONIOENCODING=ascii, a latin-1 locale): the same document either way."""
-    return json.dumps(doc, allow_nan=False, ensure_ascii=not stdout_is_unicode())
+def dumps(doc: Any, *, ensure_ascii: bool | None = None) -> str:
+    """Strict JSON; non-ASCII characters as themselves, or as \\u escapes when stdout cannot encode them.
+
+    PYTHONIOENCODING=ascii or a latin-1 locale give the same document either way. `ensure_ascii` None asks the
+    process's stdout; a door passes what its environment knows (mhacli.views.output.Environment).
+    """
+    if ensure_ascii is None:
+        ensure_ascii = not stdout_is_unicode()
+    return json.dumps(doc, allow_nan=False, ensure_ascii=ensure_ascii)
 
 
 def stdout_is_unicode() -> bool:
@@ -42,9 +47,9 @@ def stdout_is_unicode() -> bool:
     return name.startswith("utf") or name == "gb18030"
 
 
-def lower_triangle(attn: np.ndarray) -> list[list[float]]:
+def lower_triangle(attention: np.ndarray) -> list[list[float]]:
     """[n_seq, n_seq] -> rows, row i holding the weights of query i over keys 0..i."""
-    rounded = np.round(attn.astype(np.float64), ATTENTION_DECIMALS)
+    rounded = np.round(attention.astype(np.float64), ATTENTION_DECIMALS)
     return [rounded[i, : i + 1].tolist() for i in range(rounded.shape[0])]
 
 
@@ -56,46 +61,6 @@ def head_record(view: HeadView, *, with_attention: bool) -> dict:
     if with_attention and view.attention is not None:
         record["attention"] = lower_triangle(view.attention)
     return record
-
-
-def write_heads(
-    out: TextIO,
-    fmt: str,
-    model: dict,
-    tokens: Sequence[str],
-    token_ids: Sequence[int],
-    views: Iterable[HeadView],
-    *,
-    with_attention: bool,
-    extra: dict | None = None,
-) -> None:
-    """The inspect/stats document in a machine format (docs/formats.md)."""
-    if fmt == "json":
-        # one document, written head by head so only one head's lists exist at a time
-        doc = {"model": model, "tokens": list(tokens), "token_ids": [int(i) for i in token_ids]} | (extra or {})
-        out.write(dumps(doc)[:-1] + ', "heads": [')
-        for k, v in enumerate(views):
-            out.write((", " if k else "") + dumps(head_record(v, with_attention=with_attention)))
-        out.write("]}\n")
-    elif fmt == "jsonl":
-        for v in views:
-            out.write(dumps(head_record(v, with_attention=with_attention)) + "\n")
-    elif fmt in ("csv", "tsv"):
-        write_table(out, fmt, CSV_COLUMNS, (stats_row(v) for v in views))
-    else:  # pragma: no cover - the CLI only passes machine formats here
-        raise UsageError(f"unknown format {fmt!r}")
-
-
-def write_head_doc(out: TextIO, fmt: str, doc: dict, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """A document whose `heads` list is its rows: json (the whole document), jsonl (one head object per line),
-    csv/tsv (`rows` under `columns`)."""
-    if fmt == "json":
-        out.write(dumps(doc) + "\n")
-    elif fmt == "jsonl":
-        for row in doc["heads"]:
-            out.write(dumps(row) + "\n")
-    else:
-        write_table(out, fmt, columns, rows)
 
 
 def stats_row(view: HeadView) -> list:
@@ -125,8 +90,11 @@ def write_table(out: TextIO, fmt: str, columns: Sequence[str], rows: Iterable[Se
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: the file appears whole or not at all, with the mode
-    a plain `open(path, "w")` would give it (an existing file's mode; else 0o666 less the umask)."""
+    """Write to a temporary file beside `path`, then rename.
+
+    The file appears whole or not at all, with the mode a plain `open(path, "w")` would give it (an existing file's
+    mode; else 0o666 less the umask).
+    """
     directory = path.parent if str(path.parent) else Path(".")
     try:
         mode = _mode_for(path)
@@ -159,8 +127,10 @@ def _mode_for(path: Path) -> int:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any work if `path` cannot be written (missing directory, a directory, no permission, a name the
-    OS cannot take)."""
+    """Fail before any work if `path` cannot be written.
+
+    A missing directory, a directory, no permission, a name the OS cannot take.
+    """
     directory = path.parent if str(path.parent) else Path(".")
     try:
         if path.is_dir():

@@ -1,16 +1,18 @@
-"""`--save FILE.html`: one self-contained interactive page (data -> str). No library, no network: the script
-(mhacli/views/web/page.js) and style (page.css) are package resources inlined into the page, the data sits in a
-`<script type="application/json">` block read with JSON.parse, and a Content-Security-Policy forbids every fetch.
+"""`--save FILE.html`: one self-contained interactive page (data -> str).
+
+No library, no network: the script (mhacli/views/web/page.js) and style (page.css) are package resources inlined into
+the page, the data sits in a `<script type="application/json">` block read with JSON.parse, and a
+Content-Security-Policy forbids every fetch.
 
 The data block (one JSON object):
 - `title`, `caption`: the command and the model and text, shown as text (never as HTML);
 - `tokens`: the text's tokens, `layers`/`heads`: the grid's rows and columns;
 - `cells`: one per head in the grid: `layer`, `head`, `name` (`L1H2`), `label` (under the thumbnail), `title`
-  (tooltip), `colour` (the ring: the kind's colour, or the value's), `info` ([key, value] pairs shown when opened);
+(tooltip), `colour` (the ring: the kind's colour, or the value's), `info` ([key, value] pairs shown when opened);
 - `grid`: `{"colour": "kind" | "value", "says": what a value colour means}`; `kinds`: letter and colour per kind;
 - `maps` (absent when the command has none): `{"A": [...], "B": [...]}`, one string per cell: the head's lower
-  triangle row by row (query i over keys 0..i, T(T+1)/2 values), each weight w as the byte round(255 w),
-  zlib-deflated, base64. The log view is computed from these bytes (log10 of level/255: 1/255 to 1);
+triangle row by row (query i over keys 0..i, T(T+1)/2 values), each weight w as the byte round(255 w),
+zlib-deflated, base64. The log view is computed from these bytes (log10 of level/255: 1/255 to 1);
 - `thumbs`: one string per cell, S x S bytes (S = min(T, THUMB)): the largest byte of each block of cells, base64;
 - `panels`: the large view of an opened head: `[{"title", "kind": "map" | "diff", "sets": ["A"] | ["A", "B"]}]`;
 - `start`: the cell opened first.
@@ -64,7 +66,8 @@ TEMPLATE = """<!DOCTYPE html>
 <div id="error" hidden></div>
 <main>
 <section id="grid-box"><h2>heads (layer × head): click one</h2><div id="grid"></div></section>
-<section id="detail"><h2 id="head-title"></h2><div id="hover"></div><div id="detail-row"><div id="maps"></div><dl id="info"></dl></div></section>
+<section id="detail"><h2 id="head-title"></h2><div id="hover"></div>\
+<div id="detail-row"><div id="maps"></div><dl id="info"></dl></div></section>
 </main>
 <section id="text-box"><h2>text: hover a token to see where it looks{note}</h2><div id="strip"></div></section>
 <script type="application/json" id="mha-data">{data}</script>
@@ -81,8 +84,10 @@ def resource(name: str) -> str:
 
 
 def json_for_html(doc: dict) -> str:
-    """JSON that cannot end its <script> block or open a comment: <, > and & as \\u escapes (JSON.parse reads
-    them back)."""
+    """JSON that cannot end its <script> block or open a comment.
+
+    <, > and & are written as \\u escapes (JSON.parse reads them back).
+    """
     text = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -106,9 +111,9 @@ def build(doc: dict) -> str:
 # --- encoding the maps ----------------------------------------------------------------------------------------------
 
 
-def quantise(attn: np.ndarray) -> np.ndarray:
+def quantise(attention: np.ndarray) -> np.ndarray:
     """[n_seq, n_seq] weights -> uint8 levels round(255 w), clipped to 0..255."""
-    return np.clip(np.rint(np.asarray(attn, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(np.asarray(attention, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def encode_map(levels: np.ndarray) -> str:
@@ -139,8 +144,8 @@ def map_sets(sets: dict[str, Sequence[np.ndarray]]) -> tuple[dict, list[str], in
     last = list(sets)[-1]
     for name, maps in sets.items():
         encoded[name] = []
-        for attn in maps:
-            levels = quantise(attn)
+        for attention in maps:
+            levels = quantise(attention)
             encoded[name].append(encode_map(levels))
             if name == last:
                 thumbs.append(encode_thumb(levels, side))
@@ -242,7 +247,8 @@ def diff_page(
         cells.append({
             "layer": r.layer_b, "head": r.head_b, "name": f"L{r.layer_b}H{r.head_b}",
             "label": f"{KIND_LETTER[r.kind_b]} {r.divergence:.2g}",
-            "title": f"L{r.layer_b}H{r.head_b} (A: {partner}) {report.metric} {r.divergence:.3g}", "colour": hex_of(ramp(share)),
+            "title": f"L{r.layer_b}H{r.head_b} (A: {partner}) {report.metric} {r.divergence:.3g}",
+            "colour": hex_of(ramp(share)),
             "info": info,
         })  # fmt: skip
         maps_a.append(a_of[(r.layer_a, r.head_a)].attention)
@@ -251,10 +257,17 @@ def diff_page(
     maps, thumbs, side = map_sets({"A": maps_a, "B": maps_b})
     most = report.heads[0] if report.heads else None
     doc |= {
-        "grid": {"colour": "value", "says": f"ring colour: {METRICS[report.metric]}, as a share of the largest ({top:.3g}); thumbnails: MODEL_B"},
+        "grid": {
+            "colour": "value",
+            "says": f"ring colour: {METRICS[report.metric]}, as a share of the largest ({top:.3g}); "
+            "thumbnails: MODEL_B",
+        },
         "maps": maps, "thumbs": thumbs, "thumb_size": side,
-        "panels": [{"title": "MODEL_A", "kind": "map", "sets": ["A"]}, {"title": "MODEL_B", "kind": "map", "sets": ["B"]},
-                   {"title": "B − A", "kind": "diff", "sets": ["A", "B"]}],
+        "panels": [
+            {"title": "MODEL_A", "kind": "map", "sets": ["A"]},
+            {"title": "MODEL_B", "kind": "map", "sets": ["B"]},
+            {"title": "B − A", "kind": "diff", "sets": ["A", "B"]},
+        ],
         "start": rows.index(most) if most is not None else 0,
     }  # fmt: skip
     return build(doc)
@@ -292,7 +305,8 @@ def ablate_page(*, doc: dict, views: Sequence[HeadView] | None, tokens: Sequence
     page = base_doc("ablate", caption, tokens, cells)
     page["grid"] = {
         "colour": "value",
-        "says": f"ring colour: Δloss with the head removed (red: loss rises, blue: falls; largest {top:.3g} nats/token)",
+        "says": "ring colour: Δloss with the head removed "
+        f"(red: loss rises, blue: falls; largest {top:.3g} nats/token)",
     }
     if views:
         by_pos = {(v.layer, v.head): v for v in views}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from mhacli.analyses.heads import HeadView
@@ -35,20 +35,20 @@ def write_inspect(
     out.write("tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(labels)) + "\n")
     for view in views:
         out.write("\n" + head_line(view) + "\n")
-        attn = view.attention
+        attention = view.attention
         if query is not None:
             for j in range(query + 1):
-                out.write(f"{j:>5} {labels[j]:<12} {attn[query, j]:.4f}\n")
+                out.write(f"{j:>5} {labels[j]:<12} {attention[query, j]:.4f}\n")
         elif top is not None:
-            for i in range(attn.shape[0]):
-                best, weights = strongest(attn, i, top)
+            for i in range(attention.shape[0]):
+                best, weights = strongest(attention, i, top)
                 keys = ", ".join(f"{j}:{labels[j]} {w:.3f}" for j, w in zip(best, weights))
                 out.write(f"{i:>5} {labels[i]:<12} -> {keys}\n")
         else:
-            n = attn.shape[0]
+            n = attention.shape[0]
             out.write(" " * 19 + "".join(f"{j:>6}" for j in range(n)) + "\n")
             for i in range(n):
-                cells = "".join(f"{attn[i, j]:6.2f}" if j <= i else "      " for j in range(n))
+                cells = "".join(f"{attention[i, j]:6.2f}" if j <= i else "      " for j in range(n))
                 out.write(f"{i:>5} {labels[i]:<12} {cells.rstrip()}\n")
 
 
@@ -60,8 +60,11 @@ TEXT_COLUMNS = (
 
 
 def write_stats(out: TextIO, views: Sequence[HeadView], stat: str = "auto") -> None:
-    """One aligned row per head: name, kind, kind score (0-1), every statistic, and the rows behind the duplicate
-    and induction means. `stat` other than auto orders the heads by that statistic, largest first (undefined last)."""
+    """One aligned row per head.
+
+    Name, kind, kind score (0-1), every statistic, and the rows behind the duplicate and induction means. `stat`
+    other than auto orders the heads by that statistic, largest first (undefined last).
+    """
     if stat != "auto":
         views = sorted(views, key=lambda v: (v.stats.values[stat] is None, -(v.stats.values[stat] or 0.0)))
     header = ["head", "kind", "score", *(short for _, short, _ in TEXT_COLUMNS), "rows"]
@@ -262,3 +265,146 @@ def write_census(out: TextIO, doc: dict) -> None:
         [str(h["layer"]), str(h["head"]), h["kind"], f"{h['confidence']:.2f}", evidence_text(h)] for h in doc["heads"]
     ]
     _aligned(out, ["layer", "head", "kind", "confidence", "evidence"], rows)
+
+
+# --- mha census: the table -------------------------------------------------------------------------------------------
+
+from mhacli.analyses.census import TALLIED  # noqa: E402
+from mhacli.analyses.stats import SUPPORTED_STATS  # noqa: E402
+
+CENSUS_COLUMNS = (
+    "layer",
+    "head",
+    "kind",
+    "confidence",
+    "source",
+    "n_texts",
+    *(f"{w}_{name}" for name in TALLIED for w in ("mean", "std")),
+    "duplicate_rows",
+    "induction_rows",
+)
+
+
+def census_rows(doc: dict) -> Iterator[list]:
+    """csv/tsv: one row per head and source, CENSUS_COLUMNS."""
+    for h in doc["heads"]:
+        for source, s in h["by_source"].items():
+            yield [
+                h["layer"],
+                h["head"],
+                h["kind"],
+                h["confidence"],
+                source,
+                s["n_texts"],
+                *(x for name in TALLIED for x in (s["mean"][name], s["std"][name])),
+                *(s["support"][name] for name in SUPPORTED_STATS),
+            ]
+
+
+# --- mha info ---------------------------------------------------------------------------------------------------------
+
+
+def layout_text(a: dict) -> str:
+    heads = f"{a['n_head']} query heads x d_head {a['d_head']}"
+    if a["layout"] == "MHA":
+        return f"MHA: {heads}, each with its own K/V head"
+    if a["layout"] == "MQA":
+        return f"MQA: {heads}, all reading one shared K/V head"
+    g = a["group_size"]
+    return f"GQA: {heads}, {a['n_kv_head']} K/V heads (group size {g}: query head h reads K/V head h // {g})"
+
+
+def kv_cache_text(c: dict, a: dict) -> str:
+    from mhacli.views.display import format_bytes
+
+    kv, dtype = a["kv_cache"], a["kv_cache"]["checkpoint_dtype"]
+    ours, mha = kv["bytes_per_token"], kv["mha_bytes_per_token"]
+    text = (
+        f"2 x {c['n_layer']} layers x {a['n_kv_head']} K/V heads x {a['d_head']} = {kv['values_per_token']:,} values: "
+        f"{format_bytes(ours['float32'])} float32, {format_bytes(ours['checkpoint_dtype'])} {dtype}"
+    )
+    if a["layout"] == "MHA":
+        return text
+    return text + (
+        f"; full MHA would need {format_bytes(mha['float32'])} / {format_bytes(mha['checkpoint_dtype'])} "
+        f"({a['n_head'] // a['n_kv_head']}x more)"
+    )
+
+
+def window_text(windows: list[int | None]) -> str:
+    sliding = [n for n, w in enumerate(windows) if w is not None]
+    if not sliding:
+        return "none: every layer sees every earlier token"
+    if len(sliding) == len(windows):
+        return f"{windows[0]} keys in every layer"
+    return f"{windows[sliding[0]]} keys in layers {', '.join(map(str, sliding))}; the others full"
+
+
+def rope_text(rope: dict) -> str:
+    rest = ", ".join(f"{k} {v}" for k, v in rope.items() if k not in ("rope_type", "truncate") and v is not None)
+    return f"{rope['rope_type']} ({rest})"
+
+
+def value_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+INFO_SHOWN = {
+    "model_type", "n_layer", "n_head", "n_kv_head", "d_head", "layout", "layer_types", "window", "rope", "sliding_rope",
+}  # fmt: skip
+
+
+def info_lines(doc: dict) -> list[tuple[str, str]]:
+    """`mha info`'s (key, value) lines for people: the files, the layout, the KV cache, then the rest of the config."""
+    from mhacli.io.files import escape_unprintable
+
+    c, a = doc["config"], doc["attention"]
+    lines = [
+        ("model", doc["source"]),
+        ("directory", doc["directory"]),
+        ("weights", ", ".join(doc["weight_files"]) + f" ({', '.join(doc['dtypes'])}, read as float32)"),
+        ("architecture", c["model_type"]),
+        ("parameters", f"{doc['parameters']:,}"),
+        ("layers", str(c["n_layer"])),
+        ("attention", layout_text(a)),
+        ("KV cache per token", kv_cache_text(c, a)),
+    ]
+    if c["model_type"] not in ("gpt2", "gpt_bigcode"):
+        lines.append(("sliding window", window_text(a["sliding_window"])))
+    lines += [(key, value_text(value)) for key, value in c.items() if key not in INFO_SHOWN]
+    if isinstance(c.get("rope"), dict):
+        lines.append(("rope", rope_text(c["rope"])))
+        if c.get("sliding_rope") is not None:
+            lines.append(("rope (sliding layers)", rope_text(c["sliding_rope"])))
+    return [(key, escape_unprintable(value)) for key, value in lines]  # file names: no escape sequences
+
+
+# --- mha verify -------------------------------------------------------------------------------------------------------
+
+
+def verify_lines(report, n_tokens: int) -> list[str]:  # noqa: ANN001 - mhacli.analyses.verify.VerifyReport
+    """`mha verify`'s lines: one per layer, the output head's loss, then the verdict."""
+    lines = [f"{'layer':>5}  {'attention max abs err':>21}  {'hidden max abs err':>18}  {'hidden bound':>12}  result"]
+    for c in report.layers:
+        ok = "ok" if report.layer_passed(c) else "FAIL"
+        bound = report.hidden_atol * c.hidden_scale
+        lines.append(
+            f"{c.layer:>5}  {c.attention_max_abs_err:>21.3e}  {c.hidden_max_abs_err:>18.3e}  {bound:>12.1e}  {ok}"
+        )
+    if report.head is not None:
+        h = report.head
+        ok = "ok" if report.head_passed else "FAIL"
+        lines.append(
+            f"{'head':>5}  loss {h.loss:.6f} (HF {h.hf_loss:.6f}, rel err {h.loss_rel_err:.1e}); "
+            f"logits max abs err {h.logits_max_abs_err:.3e}  {ok}"
+        )
+    else:
+        lines.append(
+            f"{'head':>5}  no output head in this checkpoint (no lm_head.weight, embeddings not tied): loss not checked"
+        )
+    verdict = "PASSED" if report.passed else "FAILED"
+    lines.append(
+        f"{verdict}: {n_tokens} tokens, {len(report.layers)} layers; max attention error "
+        f"{report.max_attention_err:.3e} (atol {report.atol:g}), max hidden error {report.max_hidden_err:.3e}"
+    )
+    return lines

@@ -2,7 +2,9 @@
 
 Commands call `parse` first (every path checked: a suffix the command writes, a directory that can be written, the
 libraries a format needs) before any model is read, then `write_all` with what their terminal view shows. Each file
-is written whole to a temporary name beside it and renamed (output.atomic_write_bytes).
+is written whole to a temporary name beside it and renamed (output.atomic_write_bytes). Nothing here runs the
+model: the pictures that need maps a command did not compute (diff's, ablate's) are built by the operations
+(mhacli.ops.diff.diff_picture, mhacli.ops.ablation.ablate_picture).
 
 - `.npz`: the attention tensor (inspect only; output.save_npz);
 - `.png`, `.svg`, `.pdf`: a static figure (mhacli.views.figures, matplotlib: the `plot` extra);
@@ -42,8 +44,11 @@ class Target:
 
 @dataclass(frozen=True)
 class Picture:
-    """What a command shows, for its writers: `command` picks the figure and page; `caption` names the model and
-    the text; `data` holds the view's inputs (views, tokens, report, doc, ...) as keyword arguments."""
+    """What a command shows, for its writers: `command` picks the figure and page.
+
+    `caption` names the model and the text; `data` holds the view's inputs (views, tokens, report, doc, ...) as
+    keyword arguments.
+    """
 
     command: str
     caption: str
@@ -55,8 +60,11 @@ def suffix_list(kinds: tuple[str, ...]) -> str:
 
 
 def parse(paths: list[Path] | None, command: str, *, dpi: int = DEFAULT_DPI) -> list[Target]:
-    """Check every --save path before any work: a suffix this command writes, a writable place, no path twice,
-    matplotlib installed when a static figure is asked for. Returns the targets in the order given."""
+    """Check every --save path before any work.
+
+    A suffix this command writes, a writable place, no path twice, matplotlib installed when a static figure is
+    asked for. Returns the targets in the order given.
+    """
     allowed = ALLOWED[command]
     targets: list[Target] = []
     for path in paths or []:
@@ -152,50 +160,6 @@ def stats_picture(ckpt, tokens, views, stat: str) -> Picture:
         caption(ckpt.source, "".join(tokens.tokens), len(tokens.ids)),
         {"views": views, "tokens": list(tokens.tokens), "n_layer": c.n_layer, "n_head": c.n_head, "stat": stat},
     )
-
-
-def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=None) -> Picture:
-    """diff: the report; the first text's maps of the most changed head (figures) or of every head (the page)."""
-    from mhacli.analyses.heads import analyse
-
-    maps = None
-    views_a: list = []
-    views_b: list = []
-    if wants(targets, "html"):
-        views_a = list(analyse(ckpt_a, first.ids, keep_maps=True))
-        views_b = list(analyse(ckpt_b, first.ids, keep_maps=True, edits=edits_b))
-    if wants(targets, *STATIC) and report.heads and report.max_divergence > 0:
-        r = report.heads[0]
-        if views_a:
-            maps = (
-                next(v for v in views_a if (v.layer, v.head) == (r.layer_a, r.head_a)),
-                next(v for v in views_b if (v.layer, v.head) == (r.layer_b, r.head_b)),
-            )
-        else:
-            maps = (
-                next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True)),
-                next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True, edits=edits_b)),
-            )
-    text = caption(f"A: {ckpt_a.source} · B: {ckpt_b.source}", "".join(first.tokens), len(first.ids))
-    if report.n_texts > 1:
-        text += f"; divergence: mean over {report.n_texts} texts, maps: the first"
-    return Picture(
-        "diff",
-        text,
-        {"report": report, "maps": maps, "views_a": views_a, "views_b": views_b, "tokens": list(first.tokens)},
-    )
-
-
-def ablate_picture(targets: list[Target], ckpt, texts, doc: dict) -> Picture:
-    """ablate: the document; the page also gets the intact model's maps of the first text."""
-    from mhacli.analyses.heads import analyse
-
-    first = texts[0]
-    views = list(analyse(ckpt, first.ids, keep_maps=True)) if wants(targets, "html") else None
-    text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
-    if len(texts) > 1:
-        text += f"; loss over {len(texts)} texts, the first shown"
-    return Picture("ablate", text, {"doc": doc, "views": views, "tokens": list(first.tokens)})
 
 
 def prune_picture(ckpt, texts, doc: dict) -> Picture:

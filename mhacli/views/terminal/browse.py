@@ -1,7 +1,9 @@
-"""`mha browse`'s panes as lines of rich Text, drawn with the terminal views' primitives: the layer x head grid
-(render.grid, kind letters and styles of render.common), half-block maps with key 0 pinned (render.heatmap),
-explain's steps (render.explain). Nothing here imports Textual: the app (mhacli.browse.app) places these lines,
-and reads the numbers from the Python API (mhacli.browse.state)."""
+"""`mha browse`'s panes as lines of rich Text, drawn with the terminal views' primitives.
+
+The layer x head grid (terminal.grid, kind letters and styles of terminal.common), half-block maps with key 0 pinned
+(terminal.heatmap), explain's steps (terminal.explain). Nothing here imports Textual: the app (mhacli.browse.app) places
+these lines, and reads the numbers from the Python API (mhacli.browse.state).
+"""
 
 from __future__ import annotations
 
@@ -39,9 +41,11 @@ KEYS: tuple[tuple[str, str], ...] = (
 def grid_view(
     cells, n_layer: int, n_head: int, selected: tuple[int, int], width: int, color: bool, says: str
 ) -> list[Text]:
-    """The layer x head grid (render.grid: full cells when they fit `width`, else one character per head), the
-    selected head between brackets (full) or underlined (compact), then the legends. `cells(layer, head)` gives
-    a render.grid.Cell, or None for a head the filter hides."""
+    """The layer x head grid (mhacli.views.terminal.grid), the selected head marked, then the legends.
+
+    Full cells when they fit `width`, else one character per head; the selected head between brackets (full) or
+    underlined (compact). `cells(layer, head)` gives a grid.Cell, or None for a head the filter hides.
+    """
     layout = "full" if full_width(n_head, n_layer) + 1 <= width else "compact"
     sel_layer, sel_head = selected
 
@@ -92,8 +96,10 @@ def kind_cells(stats: dict, shown: set[tuple[int, int]]):
 
 
 def divergence_cells(report, shown: set[tuple[int, int]]):
-    """Cells of a divergence grid (diff, ablate): MODEL_B's kind letter, the divergence coloured by its share of
-    the largest (as `mha diff` draws its grid)."""
+    """Cells of a divergence grid (diff, ablate).
+
+    MODEL_B's kind letter, the divergence coloured by its share of the largest (as `mha diff` draws its grid).
+    """
     top = report.max_divergence
     rows = {(r.layer_a, r.head_a): r for r in report.heads}
 
@@ -107,8 +113,8 @@ def divergence_cells(report, shown: set[tuple[int, int]]):
     return cell
 
 
-def map_view(
-    attn: np.ndarray,
+def map_panel(
+    attention: np.ndarray,
     title: Text,
     tokens: Sequence[str],
     query: int,
@@ -120,9 +126,12 @@ def map_view(
     *,
     labels: bool = True,
 ) -> tuple[list[Text], MapWindow]:
-    """One head's map in `width` x `height` cells: title, key ruler, then the rows from `start` (two a line with
-    colour), key 0 pinned when the key window starts later, the query's row marked `▶` and highlighted. Rows are
-    labelled with their index and (labels=True) their tokens."""
+    """One head's map in `width` x `height` cells.
+
+    Title, key ruler, then the rows from `start` (two a line with colour), key 0 pinned when the key window starts
+    later, the query's row marked `▶` and highlighted. Rows are labelled with their index and (labels=True) their
+    tokens.
+    """
     n_seq = len(tokens)
     token_w = min(12, max(4, width // 5)) if labels else 0
     idx_w = len(str(n_seq - 1))
@@ -132,7 +141,7 @@ def map_view(
     n_rows = max(1, (height - 2) * (2 if color else 1))
     win = map_window(n_seq, start, n_rows, n_keys, keys)
     row_names = row_labels(win, tokens if labels else None, color, token_w)
-    body = map_lines(attn, win, cell=cell, color=color)
+    body = map_lines(attention, win, cell=cell, color=color)
     lines = [fit(title, width), fit(Text(" " * label_w + ruler(win.keys, win.pinned, cell), style="dim"), width)]
     step = 2 if color else 1
     for k, (label, row) in enumerate(zip(row_names, body)):
@@ -146,7 +155,7 @@ def map_view(
 
 
 def fit_line(text: Text, width: int) -> Text:
-    """A line of exactly `width` cells (render.heatmap.fit)."""
+    """A line of exactly `width` cells (terminal.heatmap.fit)."""
     return fit(text, width)
 
 
@@ -166,7 +175,7 @@ def pane_header(label: str, extra: str, focused: bool, width: int) -> Text:
 def top_line(source: str, n_seq: int, mode: str, width: int, *, source_b: str | None = None, removed=()) -> Text:
     """The app's first line: the model(s), the text's length, heads removed by --ablate, the mode."""
     b = f"  vs {source_b}" if source_b is not None else ""
-    gone = f"  without {', '.join(f'L{l}H{h}' for l, h in removed)}" if removed else ""
+    gone = f"  without {', '.join(f'L{lay}H{h}' for lay, h in removed)}" if removed else ""
     line = Text.assemble(
         ("mha browse ", "bold"),
         source + b,
@@ -215,8 +224,10 @@ def head_title(s, suffix: str = "") -> Text:
 
 
 def token_strip(tokens: Sequence[str], query: int, width: int, n_lines: int) -> list[Text]:
-    """The text as tokens (`·` for spaces, `↵` for newlines), the query token highlighted, later tokens dim,
-    in at most n_lines lines of `width` cells around the query."""
+    """The text as tokens (`·` for spaces, `↵` for newlines), the query token highlighted, later tokens dim.
+
+    At most n_lines lines of `width` cells, around the query.
+    """
     labels = [cell_label(t, 16).rstrip() or "·" for t in tokens]
     lines: list[tuple[int, Text]] = []  # (first token, line)
     line, first = Text(), 0
@@ -258,9 +269,8 @@ def stats_lines(s, n_seq: int) -> list[Text]:
     for name, value in s.values.items():
         unit = s.unit_value(name)
         rows = s.support.get(name)
-        line = Text(
-            f"{name:<17}{fmt_stat(value) if name not in ('entropy', 'mean_distance') or value is None else f'{value:.3f}':>9}"
-        )
+        shown = fmt_stat(value) if name not in ("entropy", "mean_distance") or value is None else f"{value:.3f}"
+        line = Text(f"{name:<17}{shown:>9}")
         line.append(f"{fmt_stat(unit):>8}", style=weight_colour(unit) if unit is not None else "dim")
         line.append(f"  {rows}" if rows is not None else "")
         lines.append(line)
@@ -269,7 +279,7 @@ def stats_lines(s, n_seq: int) -> list[Text]:
 
 
 def explain_view(ex, tokens: Sequence[str], width: int) -> list[Text]:
-    """`mha explain`'s steps, laid out for `width` columns (render.explain)."""
+    """`mha explain`'s steps, laid out for `width` columns (terminal.explain)."""
     return [Text.assemble(*line) for line in explain_lines(ex, tokens, width)]
 
 

@@ -1,11 +1,16 @@
-"""What every terminal view shares: the console, kind letters and styles, head titles, one-line printing, packed
-entries and the layer x head grid with its legends. Rich is imported here and in the views, nowhere else."""
+"""What every terminal view shares.
+
+The console, kind letters and styles, head titles, one-line printing, packed entries and the layer x head grid with its
+legends. Rich is imported here and in the views, nowhere else.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, NewLine
+from rich.segment import Segment
 from rich.text import Text
 
 from mhacli.analyses.heads import HeadView
@@ -27,14 +32,72 @@ KEY_STATS = (("prev", "previous_token"), ("ind", "induction"), ("sink", "first_t
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:
-        """The reader went away (`| head -1`): raise BrokenPipeError for the CLI to end quietly with exit 0, as the
-        text and JSON formats do (rich's own handler exits 1)."""
+        """The reader went away (`| head -1`).
+
+        Raise BrokenPipeError for the CLI to end quietly with exit 0, as the text and JSON formats do (rich's
+        own handler exits 1).
+        """
         self.quiet = True
         raise BrokenPipeError
 
 
-def make_console(file=None, width: int | None = None) -> Console:
-    return _Console(file=file, width=width, highlight=False, soft_wrap=False)
+class Canvas:
+    """A console stand-in that keeps what a view prints instead of writing it.
+
+    Everything a view asks of its console (width, height, colour, options, measuring) is the real console's; each
+    `print` is recorded, and `drawing()` returns the renderable that prints exactly what those prints would have.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._prints: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._console, name)
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self._prints.append((objects, options))
+
+    def drawing(self) -> Drawing:
+        return Drawing(self._prints)
+
+
+class Drawing:
+    """What a view drew on a Canvas, as a renderable: each print rendered as Console.print renders it."""
+
+    def __init__(self, prints: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        self.prints = prints
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        for objects, kw in self.prints:
+            yield from printed(console, objects, **kw)
+
+
+def printed(
+    console: Console, objects: tuple[Any, ...], *, no_wrap: bool | None = None, overflow: Any = None
+) -> Iterator[Segment]:
+    """The segments `console.print(*objects, no_wrap=..., overflow=...)` writes (rich's Console.print, cropped)."""
+    renderables = console._collect_renderables(objects or (NewLine(),), " ", "\n")  # noqa: SLF001 - print's own step
+    render_options = console.options.update(overflow=overflow, no_wrap=no_wrap)
+    segments = [segment for r in renderables for segment in console.render(r, render_options)]
+    for line in Segment.split_and_crop_lines(segments, console.width, pad=False):
+        yield from line
+
+
+def drawn(draw: Callable[..., None]) -> Callable[..., Drawing]:
+    """A view that returns its renderable, from a function that draws on a console: draw(console, *args)."""
+
+    def view(console: Console, *args: Any, **kwargs: Any) -> Drawing:
+        canvas = Canvas(console)
+        draw(canvas, *args, **kwargs)
+        return canvas.drawing()
+
+    return view
+
+
+def make_console(file=None, width: int | None = None, **options: Any) -> Console:
+    """The console every view draws on (`options`: rich's, e.g. force_terminal, no_color, color_system)."""
+    return _Console(file=file, width=width, highlight=False, soft_wrap=False, **options)
 
 
 def weight_colour(w: float) -> str:
@@ -61,8 +124,10 @@ def head_title(view: HeadView, show_kv: bool = False) -> Text:
 
 
 def kind_evidence(s: HeadStats, short: bool = False) -> str:
-    """' 0.92 (38 rows)' for the kinds that need support, ' 0.92' for the others: the score behind the kind
-    (short: ' 0.92 (38)')."""
+    """' 0.92 (38 rows)' for the kinds that need support, ' 0.92' for the others.
+
+    The score behind the kind (short: ' 0.92 (38)').
+    """
     rows = s.kind_support
     return f" {fmt_stat(s.score)}" + (f" ({rows}{'' if short else ' rows'})" if rows is not None else "")
 
@@ -76,8 +141,10 @@ def inspect_title(view: HeadView, show_kv: bool = False, short: bool = False) ->
 
 
 def auto_panel_keys(n_seq: int, width: int, per_row: int) -> int:
-    """Keys per panel so that `per_row` panels fit side by side in `width` columns, within [12, 64] (never more than
-    the text has)."""
+    """Keys per panel so that `per_row` panels fit side by side in `width` columns.
+
+    Within [12, 64], and never more than the text has.
+    """
     label = len(str(n_seq - 1)) + 1
     fits = (width + GAP) // max(1, per_row) - GAP - label - 1
     return min(n_seq, max(min(n_seq, 12), min(64, fits)))
@@ -104,8 +171,11 @@ def one_line(console: Console, text: Text, *, wrap: bool = False) -> None:
 
 
 def packed(entries: Sequence[Text], width: int, *, indent: int = 0, first: Text | None = None) -> list[Text]:
-    """Entries two spaces apart, packed into lines of at most `width` cells; an entry is never split (one longer
-    than a line is cropped). `first` starts the first line, later lines are indented as far."""
+    """Entries two spaces apart, packed into lines of at most `width` cells.
+
+    An entry is never split (one longer than a line is cropped). `first` starts the first line, later lines are
+    indented as far.
+    """
     lead = first.cell_len if first is not None else indent
     lines, line = [], (first.copy() if first is not None else Text(" " * indent))
     for entry in entries:
@@ -138,8 +208,10 @@ def print_grid(
     layout: str = "auto",
     cell_w: int = FULL_CELL,
 ) -> None:
-    """A layer x head overview (mhacli.views.terminal.grid) with its title, the scale legend (`says`: what the numbers are) and the
-    kind letters; every line fits the terminal."""
+    """A layer x head overview (mhacli.views.terminal.grid) with its title, the scale legend and the kind letters.
+
+    `says`: what the numbers are. Every line fits the terminal.
+    """
     color = uses_color(console)
     lines, used = grid_lines(cell, layers, heads, width=console.width, color=color, layout=layout, cell_w=cell_w)
     one_line(console, Text(title, style="bold"))

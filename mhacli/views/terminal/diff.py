@@ -41,8 +41,10 @@ def fmt_delta(v: float | None) -> str:
 
 
 def diff_grid(console: Console, report: DiffReport) -> None:
-    """Layer x head grid of the compared heads, coloured by divergence, with B's kind letter (matched: B's layout,
-    each B head against its matched A head)."""
+    """Layer x head grid of the compared heads, coloured by divergence, with B's kind letter.
+
+    Matched: B's layout, each B head against its matched A head.
+    """
     top = report.max_divergence
     n_layer, n_head = report.shape_b
     by_b = {(r.layer_b, r.head_b): r for r in report.heads}
@@ -63,8 +65,10 @@ def diff_grid(console: Console, report: DiffReport) -> None:
 
 
 def diff_ranking(console: Console, report: DiffReport, top: int) -> Table:
-    """The `top` most changed heads with their kinds in A and B and the change of the key statistics (as many of
-    those as the terminal has room for)."""
+    """The `top` most changed heads with their kinds in A and B and the change of the key statistics.
+
+    As many of those statistics as the terminal has room for.
+    """
     best = report.max_divergence
     rows = report.heads[:top]
     paired = report.mode == "paired"

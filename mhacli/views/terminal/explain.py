@@ -1,6 +1,9 @@
-"""`mha explain`: one head's computation for one query token, laid out once as lines of (text, style) segments
-that fit `width` columns (mhacli.views.terminal.text), then drawn with rich (render_explain) or as plain text
-(explain_text): both formats show the same steps, aligned the same way."""
+"""`mha explain`.
+
+One head's computation for one query token, laid out once as lines of (text, style) segments that fit `width` columns
+(mhacli.views.terminal.text), then drawn with rich (render_explain) or as plain text (explain_text): both formats show
+the same steps, aligned the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rich.cells import cell_len
-from rich.console import Console
+from rich.console import Console, Group
 from rich.text import Text
 
 from mhacli.analyses.explain import Explanation
@@ -24,8 +27,11 @@ EXPLAIN_BAR = 50  # the widest attention bar (weight 1)
 
 
 def shown_keys(ex: Explanation, full: bool) -> list[int]:
-    """Every key with --full; else the keys inside the window (all up to the query without one), at most
-    EXPLAIN_KEYS of them: those with the largest weights."""
+    """Every key with --full.
+
+    Else the keys inside the window (all up to the query without one), at most EXPLAIN_KEYS of them: those with the
+    largest weights.
+    """
     n_key = ex.query_index + 1
     if full:
         return list(range(n_key))
@@ -54,7 +60,10 @@ def mask_text(ex: Explanation) -> str:
     elif i == n - 2:
         hidden = f"{glue(f'key {n - 1} is hidden')} (score −∞, weight 0): it comes after token {i}, in the future"
     else:
-        hidden = f"{glue(f'keys {i + 1}..{n - 1} are hidden')} (score −∞, weight 0): they come after token {i}, in the future"
+        hidden = (
+            f"{glue(f'keys {i + 1}..{n - 1} are hidden')} (score −∞, weight 0): "
+            f"they come after token {i}, in the future"
+        )
     outside = ex.window_masked_keys
     first = len(outside)
     sees = f"key {i}" if first == i else f"keys {first}..{i}"
@@ -148,7 +157,11 @@ def header(out: Layout) -> None:
     """The head and query named, then every token (the query highlighted, later tokens dim)."""
     ex, tokens, width = out.ex, out.tokens, out.width
     i = ex.query_index
-    title = f"layer {ex.layer}, head {ex.head}, query token {i} {cell_label(tokens[i], 20).rstrip()!r} (of {ex.n_seq} token{'s' if ex.n_seq > 1 else ''})"
+    plural = "s" if ex.n_seq > 1 else ""
+    title = (
+        f"layer {ex.layer}, head {ex.head}, query token {i} {cell_label(tokens[i], 20).rstrip()!r} "
+        f"(of {ex.n_seq} token{plural})"
+    )
     out.add(wrapped(title, width, 0, "bold"))
     if not out.full:
         out.note(f"vectors: first and last components, then {glue('‖L2 norm‖;')} --full shows all")
@@ -171,7 +184,8 @@ def step_input(out: Layout) -> None:
         out.note(f"{x_i} = {glue(f'wte[{ex.token_id}] + wpe[{i}]')}: the token and position embeddings")
     elif L == 0:
         out.note(
-            f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]')}: the token embedding (positions enter in step 2, as rotations of q and k)"
+            f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]')}: "
+            "the token embedding (positions enter in step 2, as rotations of q and k)"
         )
     else:
         out.note(f"{x_i}: the residual stream after {glue(f'layer {L - 1}')}")
@@ -181,13 +195,15 @@ def step_input(out: Layout) -> None:
         out.equation(ln_x, f"({x_i} − μ)/√(σ² + ε) · γ + β", ex.ln_input)
         weight = ex.norm_weight or ""
         out.note(
-            f"{glue(f'μ = {num(ex.ln_mean)},')} {glue(f'σ² = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} "
+            f"{glue(f'μ = {num(ex.ln_mean)},')} {glue(f'σ² = {num(ex.ln_var)},')} "
+            f"{glue(f'ε = {ex.layer_norm_epsilon:g};')} "
             f"{glue(f'γ, β = {weight}, .bias')}"
         )
     elif ex.norm == "rms_norm":
         out.equation(ln_x, f"{x_i} / √(mean({x_i}²) + ε) · γ", ex.ln_input)
         out.note(
-            f"{glue(f'mean({x_i}²) = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} {glue(f'γ = {ex.norm_weight}')}"
+            f"{glue(f'mean({x_i}²) = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} "
+            f"{glue(f'γ = {ex.norm_weight}')}"
         )
     else:
         out.note(
@@ -231,7 +247,9 @@ def step_query(out: Layout) -> None:
     if ex.rope is None:
         out.equation(f"q_{i}", projection_formula(ex, "q", i), s.query)
         out.note(
-            f"{glue('k_j = ' + projection_formula(ex, 'k', 'j'))} and {glue('v_j = ' + projection_formula(ex, 'v', 'j'))}, for the visible keys j = {keys_range}:",
+            f"{glue('k_j = ' + projection_formula(ex, 'k', 'j'))} and "
+            f"{glue('v_j = ' + projection_formula(ex, 'v', 'j'))}, "
+            f"for the visible keys j = {keys_range}:",
             "",
         )
         return
@@ -300,7 +318,8 @@ def step_scores(out: Layout, keys: list[int]) -> None:
     out.lines.append([(f"  {'j':>{j_w}} {'token':<{tok_w}} {'q·k':>{s_w}} {'scaled':>{c_w}} {'a_j':>6}", "dim")])
     for j in keys:
         a = float(s.attention[j])
-        row = f"  {j:>{j_w}} {cell_label(tokens[j], tok_w)} {num(s.scores[j]):>{s_w}} {num(s.scaled_scores[j]):>{c_w}} {a:6.4f} "
+        scores = f"{num(s.scores[j]):>{s_w}} {num(s.scaled_scores[j]):>{c_w}}"
+        row = f"  {j:>{j_w}} {cell_label(tokens[j], tok_w)} {scores} {a:6.4f} "
         out.lines.append([(row, ""), (("#" if out.plain else "█") * int(round(a * bar_w)), weight_colour(a))])
     if len(keys) < i + 1:
         rest = max(0.0, 1.0 - float(s.attention[keys].sum()))
@@ -381,9 +400,18 @@ def step_check(out: Layout) -> None:
     out.add(wrapped(text, width, 2, "bold red"))
 
 
+def explain_view(ex: Explanation, tokens: Sequence[str], width: int, *, full: bool = False) -> Group:
+    """The explanation for a terminal `width` columns wide: one line per Text, cropped with an ellipsis."""
+    return Group(
+        *(
+            Text.assemble(*line, no_wrap=True, overflow="ellipsis")
+            for line in explain_lines(ex, tokens, width, full=full)
+        )
+    )
+
+
 def render_explain(console: Console, ex: Explanation, tokens: Sequence[str], *, full: bool = False) -> None:
-    for line in explain_lines(ex, tokens, console.width, full=full):
-        console.print(Text.assemble(*line, no_wrap=True, overflow="ellipsis"))
+    console.print(explain_view(ex, tokens, console.width, full=full))
 
 
 def explain_text(ex: Explanation, tokens: Sequence[str], *, full: bool = False, width: int = PLAIN_WIDTH) -> str:

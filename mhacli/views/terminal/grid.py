@@ -64,8 +64,11 @@ def grid_lines(
     layout: str = "auto",
     cell_w: int = FULL_CELL,
 ) -> tuple[list[Text], str]:
-    """The grid's lines and the layout used ('full' or 'compact'). `cell(layer, head)` is None for a head not
-    shown; a full cell is `cell_w` wide (the letter, then the number right-aligned)."""
+    """The grid's lines and the layout used ('full' or 'compact').
+
+    `cell(layer, head)` is None for a head not shown; a full cell is `cell_w` wide (the letter, then the number
+    right-aligned).
+    """
     n_layer = max(layers) + 1 if layers else 1
     if layout == "auto":
         layout = "full" if full_width(len(heads), n_layer, cell_w) <= width else "compact"

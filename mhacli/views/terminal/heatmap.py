@@ -1,5 +1,7 @@
-"""Attention maps for the terminal, with rich: half-block cells (two query rows per line, so cells are square),
-small multiples side by side, key windows with key 0 pinned, column rulers that stay readable at any width.
+"""Attention maps for the terminal, with rich.
+
+Half-block cells (two query rows per line, so cells are square), small multiples side by side, key windows with key 0
+pinned, column rulers that stay readable at any width.
 
 Layout (which rows and keys a map shows) is computed here from plain numbers; colours are quantised to LEVELS steps
 of the viridis ramp, so what is drawn can be read back (tests decode the half-blocks to the same levels). Under
@@ -50,8 +52,10 @@ def shade(w: float) -> str:
 
 @dataclass(frozen=True)
 class MapWindow:
-    """Query rows [lo, hi) and the key columns, in drawing order; `pinned`: column 0 is key 0 kept in front of a
-    window that starts later (a separator follows it)."""
+    """Query rows [lo, hi) and the key columns, in drawing order.
+
+    `pinned`: column 0 is key 0 kept in front of a window that starts later (a separator follows it).
+    """
 
     lo: int
     hi: int
@@ -65,8 +69,11 @@ class MapWindow:
 
 
 def map_window(n_seq: int, start: int, n_rows: int, n_keys: int, keys: tuple[int, int] | None = None) -> MapWindow:
-    """The rows from `start` (n_rows of them) and n_keys key columns: `keys` = (a, b) shows keys a..b-1 (cut to
-    n_keys), else the keys ending at the last shown row. Key 0 stays in front (pinned) whenever the keys start later."""
+    """The rows from `start` (n_rows of them) and n_keys key columns.
+
+    `keys` = (a, b) shows keys a..b-1 (cut to n_keys), else the keys ending at the last shown row. Key 0 stays in
+    front (pinned) whenever the keys start later.
+    """
     lo, hi = window(n_seq, start, n_rows)
     n_keys = max(2, n_keys)
     if keys is not None:
@@ -82,8 +89,11 @@ def map_window(n_seq: int, start: int, n_rows: int, n_keys: int, keys: tuple[int
 
 
 def ruler(cols: Sequence[int], pinned: bool, cell: int) -> str:
-    """Column indices above a map: the first column's index, then every multiple of 10 where it fits (ticks `·`
-    at multiples of 5 and at tens that do not fit), `cell` characters per key."""
+    """Column indices above a map.
+
+    The first column's index, then every multiple of 10 where it fits (ticks `·` at multiples of 5 and at tens that
+    do not fit), `cell` characters per key.
+    """
     width = (len(cols) + pinned) * cell
     line = [" "] * width
     end = -1  # last column used by a label
@@ -100,7 +110,7 @@ def ruler(cols: Sequence[int], pinned: bool, cell: int) -> str:
     return "".join(line)
 
 
-def map_lines(attn: np.ndarray, win: MapWindow, *, cell: int, color: bool) -> list[Text]:
+def map_lines(attention: np.ndarray, win: MapWindow, *, cell: int, color: bool) -> list[Text]:
     """The map's rows as Text lines (no row labels): half-blocks with colour, else one shade row per line."""
     lines = []
     step = 2 if color else 1
@@ -110,28 +120,30 @@ def map_lines(attn: np.ndarray, win: MapWindow, *, cell: int, color: bool) -> li
             if p == 1 and win.pinned:
                 line.append(PIN, style="dim")
             if color:
-                line.append(*_half_block(attn, i, j, win.hi, cell))
+                line.append(*_half_block(attention, i, j, win.hi, cell))
             else:
-                line.append((shade(float(attn[i, j])) if j <= i else " ") * cell)
+                line.append((shade(float(attention[i, j])) if j <= i else " ") * cell)
         lines.append(line)
     return lines
 
 
-def _half_block(attn: np.ndarray, i: int, j: int, hi: int, cell: int) -> tuple[str, str]:
+def _half_block(attention: np.ndarray, i: int, j: int, hi: int, cell: int) -> tuple[str, str]:
     top = j <= i
     bottom = i + 1 < hi and j <= i + 1
     if top and bottom:
-        return UPPER * cell, f"{HEX[level(attn[i, j])]} on {HEX[level(attn[i + 1, j])]}"
+        return UPPER * cell, f"{HEX[level(attention[i, j])]} on {HEX[level(attention[i + 1, j])]}"
     if top:
-        return UPPER * cell, HEX[level(attn[i, j])]
+        return UPPER * cell, HEX[level(attention[i, j])]
     if bottom:
-        return LOWER * cell, HEX[level(attn[i + 1, j])]
+        return LOWER * cell, HEX[level(attention[i + 1, j])]
     return " " * cell, ""
 
 
 def row_labels(win: MapWindow, tokens: Sequence[str] | None, color: bool, token_w: int) -> list[str]:
-    """The label of each drawn line: the query index (the pair's first row for half-blocks) and, when asked, the
-    token(s)."""
+    """The label of each drawn line.
+
+    The query index (the pair's first row for half-blocks) and, when asked, the token(s).
+    """
     idx_w = len(str(win.n_seq - 1))
     labels = []
     step = 2 if color else 1
@@ -156,7 +168,7 @@ def fit(text: Text, width: int) -> Text:
 
 
 def panel(
-    attn: np.ndarray,
+    attention: np.ndarray,
     title: Text,
     win: MapWindow,
     *,
@@ -169,7 +181,7 @@ def panel(
     """A titled map as lines of equal width: title, ruler, rows with their labels."""
     labels = row_labels(win, tokens, color, token_w)
     label_w = len(labels[0]) if labels else len(str(win.n_seq - 1)) + 1
-    body = map_lines(attn, win, cell=cell, color=color)
+    body = map_lines(attention, win, cell=cell, color=color)
     width = max(label_w + (len(win.keys) + win.pinned) * cell, min_width, 1 + len(title.plain.split(" ", 1)[0]))
     lines = [fit(title, width), fit(Text(" " * label_w + ruler(win.keys, win.pinned, cell), style="dim"), width)]
     for label, row in zip(labels, body):

@@ -9,10 +9,15 @@ from rich.table import Table
 from rich.text import Text
 
 
-def render_info(console: Console, lines: Sequence[tuple[str, str]]) -> None:
+def info_table(lines: Sequence[tuple[str, str]]) -> Table:
+    """The (key, value) lines as a borderless two-column table, keys in bold."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in lines:
         table.add_row(key, Text(value))  # Text: a file name like "[red]x" is not rich markup
-    console.print(table)
+    return table
+
+
+def render_info(console: Console, lines: Sequence[tuple[str, str]]) -> None:
+    console.print(info_table(lines))

@@ -1,5 +1,7 @@
-"""`mha inspect` on a terminal: the heads' maps (one large, or small multiples a layer per row), a query's bars,
-every query's strongest keys."""
+"""`mha inspect` on a terminal.
+
+The heads' maps (one large, or small multiples a layer per row), a query's bars, every query's strongest keys.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +28,11 @@ from mhacli.views.terminal.heatmap import legend as heat_legend
 
 
 def screen_keys(height: int, panel_rows: int, color: bool) -> int:
-    """The largest square window whose `panel_rows` rows of panels (a blank line, title, ruler and the map's
-    lines each: two query rows a line with colour), the window note and the next prompt fit `height` lines."""
+    """The largest square window for which `panel_rows` rows of panels fit `height` lines.
+
+    Each panel: a blank line, title, ruler and the map's lines (two query rows a line with colour); then the window
+    note and the next prompt.
+    """
     lines = (height - 2) // max(1, panel_rows) - 3  # and a line for the prompt after
     return max(1, lines * (2 if color else 1))
 
@@ -42,9 +47,12 @@ def map_request(
     keys: tuple[int, int] | None = None,
     panel_keys: int | None = None,
 ) -> MapRequest:
-    """What render_inspect will draw of each map on a console `width` wide, so only that is computed: query row
-    `query` (keys 0..query), every row's `top` keys, or the largest window map_panels can choose (its rows and keys
-    are never more than max(width, panel_keys); any smaller window from the same start and keys lies inside)."""
+    """What render_inspect will draw of each map on a console `width` wide, so only that is computed.
+
+    Query row `query` (keys 0..query), every row's `top` keys, or the largest window map_panels can choose (its rows
+    and keys are never more than max(width, panel_keys); any smaller window from the same start and keys lies
+    inside).
+    """
     if query is not None:
         return MapRequest(rows=(query,), keys=tuple(range(query + 1)))
     if top is not None:
@@ -64,8 +72,11 @@ def map_panels(
     panel_keys: int | None = None,
     used_lines: int = 2,
 ) -> None:
-    """Every selected head's map (`used_lines`: what is above it on the screen): one head drawn large (token labels, wider cells when they fit); several heads as
-    small multiples, a layer per row of panels (wrapping when a layer does not fit), all with the same window."""
+    """Every selected head's map as panels, all with the same window.
+
+    One head is drawn large (token labels, wider cells when they fit); several heads as small multiples, a layer
+    per row of panels (wrapping when a layer does not fit). `used_lines`: what is above them on the screen.
+    """
     n_seq = len(tokens)
     color = uses_color(console)
     width = console.width

@@ -1,4 +1,4 @@
-"""`mha stats` on a terminal: the layer x head grid of kinds and one statistic, then the strongest heads of each kind."""
+"""`mha stats` on a terminal: the layer x head grid of kinds and one statistic, then each kind's strongest heads."""
 
 from __future__ import annotations
 
@@ -35,8 +35,11 @@ def render_stats(
     *,
     layout: str = "auto",
 ) -> None:
-    """The one-screen overview: a layer x head grid (kind letter and one statistic on a 0-1 scale), then the most
-    distinctive heads of each kind."""
+    """The one-screen overview.
+
+    A layer x head grid (kind letter and one statistic on a 0-1 scale), then the most distinctive heads of each
+    kind.
+    """
     by_pos = {(v.layer, v.head): v.stats for v in views}
     layers = sorted({v.layer for v in views}) or list(range(n_layer))
     heads = sorted({v.head for v in views}) or list(range(n_head))

@@ -1,5 +1,7 @@
-"""Lines of (text, style) segments that fit a width, for views drawn both with rich and as plain text (explain):
-prose wrapped at spaces, equations with their vectors, compact and full vectors, token labels by terminal cells."""
+"""Lines of (text, style) segments that fit a width, for views drawn both with rich and as plain text (explain).
+
+Prose wrapped at spaces, equations with their vectors, compact and full vectors, token labels by terminal cells.
+"""
 
 from __future__ import annotations
 
@@ -71,8 +73,10 @@ def glue(text: str) -> str:
 
 
 def wrapped(text: str, width: int, indent: int = 2, style: str = "", hang: int = 2) -> list[list[Segment]]:
-    """Prose wrapped at spaces (not at glued ones) to `width` terminal cells; continuation lines indented `hang`
-    more; a word wider than a line is cut."""
+    """Prose wrapped at spaces (not at glued ones) to `width` terminal cells.
+
+    Continuation lines indented `hang` more; a word wider than a line is cut.
+    """
     lines: list[str] = []
     line, gap = " " * indent, ""
     fresh = True  # nothing on `line` yet but its indent
