@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.analyses.heads import check_selection
-from mhacli.config import ModelConfig, RotaryConfig
+from mhacli.config import ModelConfig, RopeConfig
 from mhacli.engine.arch.common import Projection
 from mhacli.engine.arch.rope import inv_freq
 from mhacli.engine.blocks import F32, Params, merge_heads
@@ -93,9 +93,8 @@ class RopeStep:
         return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
-def rope_step(config: RotaryConfig, layer: int, n_key: int, n_seq: int) -> RopeStep:
+def rope_step(rope: RopeConfig, config: ModelConfig, n_key: int, n_seq: int) -> RopeStep:
     """Positions 0..n_key-1 of a text of n_seq tokens (longrope and dynamic choose their frequencies by n_seq)."""
-    rope = config.rope_at(layer)
     inv, scaling = inv_freq(rope, config.d_head, config.n_positions, n_seq)
     angles = np.arange(n_key, dtype=F32)[:, None] * inv[None, :]
     return RopeStep(rope.rope_type, rope.rope_theta, inv, scaling, angles)
@@ -206,6 +205,7 @@ class Explanation:
     norm_weight: str | None  # e.g. h.0.ln_1.weight, layers.0.input_layernorm.weight
     layer_prefix: str  # h.0. / layers.0.: the projections' keys are relative to it
     projections: dict[str, Projection]  # q (this query head), k and v (its K/V head)
+    projections_note: str  # the family's sentence introducing them (not in the JSON)
     out_projection: Projection
     input: np.ndarray  # [n_embd] residual stream entering the layer at the query token
     ln_mean: float | None  # LayerNorm's mean (None for RMSNorm and OLMo)
@@ -335,10 +335,6 @@ def layer_input(params: Params, ids: np.ndarray, layer: int) -> np.ndarray:
     return x
 
 
-def norm_eps(c: ModelConfig) -> float:
-    return c.rms_norm_eps if isinstance(c, RotaryConfig) else c.layer_norm_epsilon
-
-
 def attention_inputs(
     x: np.ndarray, p: dict[str, np.ndarray], c: ModelConfig, norm: tuple | None
 ) -> tuple[np.ndarray, float | None, float | None]:
@@ -348,9 +344,9 @@ def attention_inputs(
         return x, None, None
     kind, weight, bias = norm
     if kind == "layer_norm":
-        rows = [layer_norm_vector(row, p[weight], p[bias], norm_eps(c)) for row in x]
+        rows = [layer_norm_vector(row, p[weight], p[bias], c.norm_eps) for row in x]
         return np.stack([r for r, _, _ in rows]), float(rows[-1][1]), float(rows[-1][2])
-    rows = [rms_norm_vector(row, p[weight], norm_eps(c)) for row in x]
+    rows = [rms_norm_vector(row, p[weight], c.norm_eps) for row in x]
     return np.stack([r for r, _ in rows]), None, float(rows[-1][1])
 
 
@@ -369,8 +365,9 @@ def explain(
 
     # Steps 1-5 for token i, from the vectors x_0..x_i alone.
     a_rows, mean, var = attention_inputs(x[: i + 1], p, c, arch.ATTENTION_NORM)  # [n_key, n_embd]
-    rope = rope_step(c, layer, i + 1, len(ids)) if isinstance(c, RotaryConfig) else None
-    kw = {"qk_norm": arch.QK_NORM, "eps": norm_eps(c), "rope": rope, "window": window}
+    rope_config = arch.rope_at(c, layer)
+    rope = None if rope_config is None else rope_step(rope_config, c, i + 1, len(ids))
+    kw = {"qk_norm": arch.QK_NORM, "eps": c.norm_eps, "rope": rope, "window": window}
     steps = [head_step(a_rows, p, arch.head_projections(c, h), scale, **kw) for h in range(c.n_head)]
     heads_output = np.stack([s.output for s in steps])  # [n_head, d_head]
     concat = heads_output.reshape(-1)  # [n_head * d_head]
@@ -385,7 +382,7 @@ def explain(
         output = output + p[out.bias]
     qk = None
     if arch.QK_NORM is not None:
-        _, _, q_rms, k_rms = project_qk(a_rows, p, arch.head_projections(c, head), arch.QK_NORM, norm_eps(c))
+        _, _, q_rms, k_rms = project_qk(a_rows, p, arch.head_projections(c, head), arch.QK_NORM, c.norm_eps)
         qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms)
 
     # Step 6: the forward's own block over the whole text, every intermediate as the forward computes it (the
@@ -430,11 +427,12 @@ def explain(
         scale=scale,
         scale_attn_weights=getattr(c, "scale_attn_weights", True),
         scale_attn_by_inverse_layer_idx=getattr(c, "scale_attn_by_inverse_layer_idx", False),
-        layer_norm_epsilon=norm_eps(c),
+        layer_norm_epsilon=c.norm_eps,
         norm=None if norm is None else norm[0],
         norm_weight=None if norm is None else prefix + norm[1],
         layer_prefix=prefix,
         projections=arch.head_projections(c, head),
+        projections_note=arch.projections_note(c, head, g),
         out_projection=out,
         input=x[i],
         ln_mean=mean,

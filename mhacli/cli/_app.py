@@ -53,7 +53,7 @@ _flags_show_no_type()
 
 def version_text() -> str:
     """`mha --version`: the package, the Python and NumPy it runs on, and the architectures (config.json
-    model_type) the forward supports, read from the family registry (mhacli.engine.arch.FAMILIES)."""
+    model_type) the forward supports, read from the registry (mhacli.config.ARCHITECTURES)."""
     import platform
 
     import numpy

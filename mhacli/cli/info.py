@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import ALL_FORMATS, FormatOpt, ModelOpt, resolve_format
 from mhacli.io.files import escape_unprintable
-from mhacli.ops.info import info_doc
+from mhacli.ops.info import has_sliding_windows, info_doc
 from mhacli.ops.memory import format_bytes
 from mhacli.views.formats import dumps, write_table
 
@@ -106,7 +106,7 @@ def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
         ("attention", layout_text(a)),
         ("KV cache per token", kv_cache_text(c, a)),
     ]
-    if c["model_type"] not in ("gpt2", "gpt_bigcode"):
+    if has_sliding_windows(c["model_type"]):
         lines.append(("sliding window", window_text(a["sliding_window"])))
     shown = {
         "model_type",

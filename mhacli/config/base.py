@@ -48,6 +48,11 @@ class ModelConfig:
         """How many keys (the query's own included) a query of `layer` sees at most; None: all earlier ones."""
         return None
 
+    @property
+    def norm_eps(self) -> float:
+        """The epsilon of the model's norms (LayerNorm's layer_norm_epsilon, RMSNorm's rms_norm_eps)."""
+        raise NotImplementedError(f"{type(self).__name__} names no norm epsilon")
+
     def kv_cache_bytes_per_token(self, bytes_per_value: int = 4) -> int:
         """Bytes of K and V cached per token over all layers: 2 x n_layer x n_kv_head x d_head values."""
         return 2 * self.n_layer * self.n_kv_head * self.d_head * bytes_per_value

@@ -73,6 +73,10 @@ class RotaryConfig(ModelConfig):
     def d_head(self) -> int:
         return self.head_dim
 
+    @property
+    def norm_eps(self) -> float:
+        return self.rms_norm_eps
+
     def sliding_window(self, layer: int) -> int | None:
         return self.window if self.layer_types[layer] == "sliding_attention" else None
 

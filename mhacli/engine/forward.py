@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from mhacli.config import ModelConfig
+from mhacli.engine.arch import Family
 from mhacli.engine.arch import family as family_module
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.errors import NumericsError
 
 
-def family(config: ModelConfig) -> ModuleType:
+def family(config: ModelConfig) -> Family[Any]:
     """The architecture module of this config (mhacli.engine.arch): its embed, block and final_norm."""
     return family_module(config.model_type)
 

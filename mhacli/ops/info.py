@@ -6,14 +6,21 @@ from __future__ import annotations
 from mhacli.config import ModelConfig
 from mhacli.io.weights import DTYPE_BYTES, load_model
 
-__all__ = ["architectures", "info_doc", "kv_cache_doc"]
+__all__ = ["architectures", "has_sliding_windows", "info_doc", "kv_cache_doc"]
 
 
 def architectures() -> list[str]:
-    """The config.json model_types the forward supports (mhacli.engine.arch.FAMILIES), in registry order."""
-    from mhacli.engine.arch import FAMILIES
+    """The config.json model_types the forward supports (mhacli.config.ARCHITECTURES), in registry order."""
+    from mhacli.config import SUPPORTED_MODEL_TYPES
 
-    return list(FAMILIES)
+    return list(SUPPORTED_MODEL_TYPES)
+
+
+def has_sliding_windows(model_type: str) -> bool:
+    """Whether this architecture's family can give layers a sliding window (`info` shows a line for it)."""
+    from mhacli.engine.arch import family
+
+    return family(model_type).SLIDING_WINDOWS
 
 
 def kv_cache_doc(c: ModelConfig, dtype: str) -> dict:

@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from mhacli.config import RotaryConfig
+from mhacli.config import RopeConfig, RotaryConfig
 from mhacli.engine.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear, rms_norm, swiglu
-from mhacli.engine.arch.rope import apply_rope, rope_tables
+from mhacli.engine.arch.rope import apply_rope, rope_problem, rope_tables
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, Params, ZEdit, project_heads, split_heads
+from mhacli.errors import ConfigError
 
-MODEL_TYPES = ("llama", "mistral")
 KEY_PREFIX = "model."
 LAYER_PREFIX = "layers.{}."
 EMBEDDING = "embed_tokens.weight"  # the input embedding, also the output head when tied
 LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "self_attn.k_proj.weight"
-HF_MODEL_CLASS = {"llama": "LlamaModel", "mistral": "MistralModel"}
-HF_LM_CLASS = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-}  # with the output head: `verify` compares logits and loss
 
 
 def normalise_key(key: str) -> str | None:
@@ -35,6 +30,31 @@ def normalise_key(key: str) -> str | None:
     if (key.startswith("lm_head.") and key != LM_HEAD) or key.endswith("rotary_emb.inv_freq"):
         return None
     return key
+
+
+def check(config: RotaryConfig) -> None:
+    """An even head_dim, and rotary parameters whose inverse frequencies and attention factor are finite (each set:
+    OLMo 3's sliding layers have their own): a ConfigError naming the field instead of an error mid-forward."""
+    if config.head_dim % 2:
+        raise ConfigError(
+            f"config.json: head_dim {config.head_dim} is odd; rotary embeddings rotate pairs of values, so it must be even"
+        )
+    ropes = [("rope_parameters", config.rope)]
+    if config.sliding_rope is not None:
+        ropes = [
+            ("rope_parameters.full_attention", config.rope),
+            ("rope_parameters.sliding_attention", config.sliding_rope),
+        ]
+    for where, rope in ropes:
+        problem = rope_problem(rope, config.d_head, config.n_positions)
+        if problem is not None:
+            raise ConfigError(
+                f"config.json: {where} (rope_type {rope.rope_type!r}, head_dim {config.d_head}): {problem}"
+            )
+
+
+def rope_at(config: RotaryConfig, layer: int) -> RopeConfig | None:
+    return config.rope_at(layer)
 
 
 def projection_shapes(config: RotaryConfig, prefix: str) -> dict[str, tuple[int, ...]]:
@@ -72,7 +92,7 @@ def embed(params: Params, ids: np.ndarray) -> np.ndarray:
 
 
 def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
-    return rms_norm(x, params.get("norm.weight"), params.config.rms_norm_eps)
+    return rms_norm(x, params.get("norm.weight"), params.config.norm_eps)
 
 
 def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig) -> np.ndarray:
@@ -139,6 +159,7 @@ def block(
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
 ATTENTION_NORM = ("rms_norm", "input_layernorm.weight", None)
 QK_NORM = None
+SLIDING_WINDOWS = True  # Mistral's every layer, OLMo 3's sliding_attention ones
 
 
 def head_projections(config: RotaryConfig, head: int) -> dict[str, Projection]:
@@ -156,3 +177,7 @@ def out_projection(config: RotaryConfig) -> Projection:
     """o_proj.weight [n_embd, n_head * d_head] (nn.Linear): concat @ w.T (+ b)."""
     bias = "self_attn.o_proj.bias" if config.attention_bias else None
     return Projection("self_attn.o_proj.weight", bias, 0, config.n_embd, False)
+
+
+def projections_note(config: RotaryConfig, head: int, kv_head: int) -> str:
+    return f"the projection weights are [out, in] (x · Wᵀ); the rows of head {head} and of K/V head {kv_head}:"

@@ -19,6 +19,8 @@ from mhacli.engine.arch.llama import (  # the parts OLMo shares with Llama uncha
     KV_WEIGHT,
     LAYER_PREFIX,
     LM_HEAD,
+    SLIDING_WINDOWS,
+    check,
     embed,
     final_norm,
     head_projections,
@@ -26,20 +28,18 @@ from mhacli.engine.arch.llama import (  # the parts OLMo shares with Llama uncha
     normalise_key,
     out_projection,
     projection_shapes,
+    projections_note,
+    rope_at,
     rotary_attention,
 )
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, split_heads
 
-__all__ = [
-    "EMBEDDING", "LM_HEAD", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "embed", "final_norm", "head_projections", "normalise_key", "out_projection",
+__all__ = [  # the family interface (interface.Family): Llama's pieces and OLMo's own
+    "ATTENTION_NORM", "EMBEDDING", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM", "SLIDING_WINDOWS",
+    "attention_input", "attention_parts", "block", "check", "embed", "expected_shapes", "final_norm",
+    "head_projections", "normalise_key", "out_projection", "projections_note", "rope_at",
 ]  # fmt: skip
-MODEL_TYPES = ("olmo2", "olmo3")
-HF_MODEL_CLASS = {"olmo2": "Olmo2Model", "olmo3": "Olmo3Model"}
-HF_LM_CLASS = {
-    "olmo2": "Olmo2ForCausalLM",
-    "olmo3": "Olmo3ForCausalLM",
-}  # with the output head: `verify` compares logits and loss
 
 
 def expected_shapes(config: RotaryConfig) -> dict[str, tuple[int, ...]]:
