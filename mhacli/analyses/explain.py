@@ -63,9 +63,10 @@ def rms_norm_vector(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarra
 
 @dataclass(frozen=True)
 class RopeStep:
-    """The rotations of one layer at positions 0..I: coordinate c of a head is paired with c + d_head/2, and the
-    pair at position j turned by the angle j * inv_freq[c] (then scaled by attention_scaling, 1 but for yarn and
-    longrope)."""
+    """The rotations of one layer at positions 0..I:
+
+    coordinate c of a head is paired with c + d_head/2, and the pair at position j turned by the angle j *
+    inv_freq[c] (then scaled by attention_scaling, 1 but for yarn and longrope)."""
 
     rope_type: str
     rope_theta: float
@@ -163,7 +164,9 @@ def head_step(
     rope: RopeStep | None = None,
     window: int | None = None,
 ) -> HeadStep:
-    """a_rows [n_key, n_in] (the attention input at tokens 0..I; the last row is the query token) -> this head's step."""
+    """a_rows [n_key, n_in] -> this head's step.
+
+    a_rows is the attention input at tokens 0..I; the last row is the query token."""
     n_key = len(a_rows)
     query, keys, _, _ = project_qk(a_rows, p, proj, qk_norm, eps)  # [d_head], [n_key, d_head]
     values = proj["v"].apply(a_rows, p)  # [n_key, d_head]
@@ -229,8 +232,9 @@ class Explanation:
 
     @property
     def head_rows(self) -> tuple[int, int]:
-        """This head's rows of GPT-2's c_proj.weight [n_embd, n_embd] (columns of an nn.Linear o_proj), and its
-        columns of concat."""
+        """This head's rows of the output projection's weight, and its columns of concat.
+
+        Rows of GPT-2's c_proj.weight [n_embd, n_embd]; columns of an nn.Linear o_proj."""
         return self.head * self.d_head, (self.head + 1) * self.d_head
 
     @property
@@ -283,7 +287,8 @@ class Explanation:
             "projections": {f"w_{k}": p.to_dict() | {"weight": lp + p.weight, "bias": p.bias and lp + p.bias}
                             for k, p in self.projections.items()},
             "output_projection": self.out_projection.to_dict() | {
-                "weight": lp + self.out_projection.weight, "bias": self.out_projection.bias and lp + self.out_projection.bias,
+                "weight": lp + self.out_projection.weight,
+                "bias": self.out_projection.bias and lp + self.out_projection.bias,
                 "head_slice": list(self.head_rows)},
             "norm": {"type": self.norm, "weight": self.norm_weight, "eps": self.layer_norm_epsilon},
             "window": self.window,
@@ -327,8 +332,9 @@ def floats(a: np.ndarray) -> list:
 
 
 def layer_input(params: Params, ids: np.ndarray, layer: int) -> np.ndarray:
-    """The batched forward up to `layer`: the residual stream entering it [n_seq, n_embd] (the embeddings for
-    layer 0)."""
+    """The batched forward up to `layer`: the residual stream entering it [n_seq, n_embd].
+
+    For layer 0, the embeddings."""
     x = embed(params, ids)
     for trace in forward(params, ids, n_layers=layer):
         x = trace.residual
@@ -338,7 +344,9 @@ def layer_input(params: Params, ids: np.ndarray, layer: int) -> np.ndarray:
 def attention_inputs(
     x: np.ndarray, p: dict[str, np.ndarray], c: ModelConfig, norm: tuple | None
 ) -> tuple[np.ndarray, float | None, float | None]:
-    """x [n_key, n_embd] -> (the attention input row by row [n_key, n_embd], the query row's mean, its variance or
+    """The attention input of each row, and the query row's norm statistics.
+
+    x [n_key, n_embd] -> (the attention input row by row [n_key, n_embd], the query row's mean, its variance or
     mean square)."""
     if norm is None:
         return x, None, None

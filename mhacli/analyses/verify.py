@@ -124,8 +124,9 @@ def has_output_head(ckpt: Checkpoint) -> bool:
 
 
 def hf_reference(ckpt: Checkpoint, ids: np.ndarray) -> HFReference:
-    """HF's attentions, hidden states and (where the checkpoint has an output head) logits and labels=ids loss,
-    from the checkpoint's model_type class (GPT2LMHeadModel, LlamaForCausalLM, ...; the base class GPT2Model,
+    """HF's attentions, hidden states and, where the checkpoint has an output head, logits and labels=ids loss.
+
+    From the checkpoint's model_type class (GPT2LMHeadModel, LlamaForCausalLM, ...; the base class GPT2Model,
     LlamaModel, ... without an output head), eager attention, float32."""
     torch, transformers = _import_hf()
     directory = ckpt.files.directory

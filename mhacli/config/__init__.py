@@ -23,6 +23,7 @@ from mhacli.config.gpt2 import (
     Gpt2Config,
     LayerNormConfig,
 )
+from mhacli.config.registry import ARCHITECTURES, SUPPORTED_MODEL_TYPES, Architecture
 from mhacli.config.rotary import (
     DEFAULT_ROPE_THETA,
     LAYER_TYPES,
@@ -33,7 +34,6 @@ from mhacli.config.rotary import (
     RopeConfig,
     RotaryConfig,
 )
-from mhacli.config.registry import ARCHITECTURES, SUPPORTED_MODEL_TYPES, Architecture
 from mhacli.errors import ConfigError
 
 __all__ = [

@@ -1,4 +1,5 @@
 """What every architecture's config has (`ModelConfig`): the head layout, the attention scale, the KV cache size.
+
 Each family's config (gpt2, gpt_bigcode, rotary) extends it with its own fields."""
 
 from __future__ import annotations

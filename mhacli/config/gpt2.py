@@ -1,5 +1,7 @@
-"""GPT-2 and GPTBigCode (StarCoder, SantaCoder): their fields, HF's defaults and the parsing they share (GPTBigCode is
-GPT-2's block with nn.Linear layouts and, when multi_query, one K/V head shared by every query head)."""
+"""GPT-2 and GPTBigCode (StarCoder, SantaCoder):
+
+their fields, HF's defaults and the parsing they share (GPTBigCode is GPT-2's block with nn.Linear layouts and, when
+multi_query, one K/V head shared by every query head)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The one table of supported architectures: config.json's model_type -> its config parser, the family module
-that runs it (mhacli.engine.arch) and HF's classes for it.
+"""The one table of supported architectures:
+
+config.json's model_type -> its config parser, the family module that runs it (mhacli.engine.arch) and HF's classes for
+it.
 
 Everything that lists model types derives from `ARCHITECTURES`: `parse_config`, `SUPPORTED_MODEL_TYPES`,
 `mhacli.engine.arch.FAMILIES`, `mha --version` and `mha verify`'s reference classes; a test checks the README's

@@ -1,6 +1,8 @@
-"""Llama, Mistral, OLMo 2 and OLMo 3 (`RotaryConfig`): RMSNorm, SwiGLU, grouped K/V heads, rotary positions and
-sliding windows; HF's defaults per model type, and the rotary parameters (`RopeConfig`), read from
-`rope_parameters` or the older `rope_scaling` + `rope_theta` the way HF's RotaryEmbeddingConfigMixin standardises them."""
+"""Llama, Mistral, OLMo 2 and OLMo 3 (`RotaryConfig`):
+
+RMSNorm, SwiGLU, grouped K/V heads, rotary positions and sliding windows; HF's defaults per model type, and the rotary
+parameters (`RopeConfig`), read from `rope_parameters` or the older `rope_scaling` + `rope_theta` the way HF's
+RotaryEmbeddingConfigMixin standardises them."""
 
 from __future__ import annotations
 
@@ -137,8 +139,10 @@ def _window(fields: dict) -> int | None:
 
 
 def _layer_types(fields: dict, model_type: str, n_layer: int, window: int | None) -> tuple[str, ...]:
-    """Which layers use the sliding window: Mistral's every layer when it has one (MistralModel ignores any
-    layer_types), OLMo 3's as layer_types says (default: three sliding layers, then a full one)."""
+    """Which layers use the sliding window:
+
+    Mistral's every layer when it has one (MistralModel ignores any layer_types), OLMo 3's as layer_types says
+    (default: three sliding layers, then a full one)."""
     if model_type == "mistral":
         return ("sliding_attention" if window is not None else "full_attention",) * n_layer
     if model_type != "olmo3":

@@ -1,7 +1,8 @@
-"""Building blocks of the forward pass in pure NumPy, float32 in and out: activations, LayerNorm, head splitting,
-the causal softmax, the parts of one attention block and the edit of heads' outputs before W_O (ablation).
-Nothing of ours above this module is imported here: the families (mhacli.engine.arch) and the forward (mhacli.engine.forward)
-build on it.
+"""Building blocks of the forward pass in pure NumPy, float32 in and out:
+
+activations, LayerNorm, head splitting, the causal softmax, the parts of one attention block and the edit of heads'
+outputs before W_O (ablation). Nothing of ours above this module is imported here: the families (mhacli.engine.arch) and
+the forward (mhacli.engine.forward) build on it.
 
 Shapes: n_seq tokens, n_embd model width, n_head heads of d_head each; an attention map is [n_head, q_pos, k_pos],
 rows are queries and sum to 1.

@@ -1,4 +1,5 @@
 """Text input: an argument, `-` for stdin, or a piped stdin when no argument is given; then tokenized and checked.
+
 Or token ids instead of a text (`--ids 464,3797` or `--ids -`: a JSON array on stdin), checked against the model.
 
 Text read from stdin loses ONE trailing newline ("\n" or "\r\n"), the one `echo` and editors add: `echo "The cat
@@ -140,8 +141,9 @@ def _jsonl_text(line: str, path: str, n: int) -> str:
 
 
 def read_texts(path: str) -> list[tuple[int, str]]:
-    """--texts FILE ('-': stdin), read whole (at most MAX_TEXTS_BYTES): (line number, text) for every non-blank
-    line; a FILE.jsonl gives each line's "text" field (iter_texts)."""
+    """--texts FILE ('-': stdin), read whole (at most MAX_TEXTS_BYTES): (line number, text) for every non-blank line.
+
+    A FILE.jsonl gives each line's "text" field (iter_texts)."""
     texts = [(n, t) for n, t in iter_texts(path, limit=MAX_TEXTS_BYTES) if t.strip()]
     if not texts:
         raise TextError(f"--texts {path}: holds no text (every line is blank)")
@@ -172,8 +174,10 @@ class TokenizedText:
 def tokenize(
     tokenizer: Tokenizer, text: str, n_positions: int, *, vocab_size: int, truncate: bool = False
 ) -> TokenizedText:
-    """The text's ids, at most n_positions of them (--truncate) or an error. Only a prefix of a long text is
-    tokenized (Tokenizer.encode_prefix): megabytes of text cost what n_positions tokens cost."""
+    """The text's ids, at most n_positions of them (--truncate) or an error.
+
+    Only a prefix of a long text is tokenized (Tokenizer.encode_prefix): megabytes of text cost what n_positions
+    tokens cost."""
     ids, n_chars = tokenizer.encode_prefix(text, n_positions)
     counted_all = n_chars == len(text)
     if not ids:
@@ -191,14 +195,16 @@ def tokenize(
     return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from, counted_all)
 
 
-# --- token ids instead of a text ---------------------------------------------------------------------------------------
+# --- token ids instead of a text ---------------------------------------------------------------------------------
 
 MAX_ID_DIGITS = 12  # a token id longer than this is no vocabulary's
 
 
 def parse_ids(spec: str, where: str = "--ids") -> list[int]:
-    """`464,3797,...` (commas and/or spaces) or a JSON array of integers `[464, 3797]` -> the ids. Pure: raises
-    TextError naming the first thing that is not a token id (negative, not an integer, a bool, a float)."""
+    """`464,3797,...` (commas and/or spaces) or a JSON array of integers `[464, 3797]` -> the ids.
+
+    Pure: raises TextError naming the first thing that is not a token id (negative, not an integer, a bool, a
+    float)."""
     body = spec.strip()
     if not body:
         raise TextError(f"{where}: no token ids given (e.g. --ids 464,3797 or a JSON array on stdin with --ids -)")
@@ -216,9 +222,10 @@ def parse_ids(spec: str, where: str = "--ids") -> list[int]:
 
 
 def ids_from_items(items: list[object], where: str = "--ids") -> list[int]:
-    """Each item a token id: an integer >= 0 (or its decimal digits, as --ids spells them), never a bool or a
-    float. Raises TextError naming the first item that is not one, or an empty list. The CLI's --ids and the API's
-    ids= both go through here (and check_ids): one rule, the same messages."""
+    """Each item a token id: an integer >= 0 (or its decimal digits, as --ids spells them), never a bool or a float.
+
+    Raises TextError naming the first item that is not one, or an empty list. The CLI's --ids and the API's ids=
+    both go through here (and check_ids): one rule, the same messages."""
     ids: list[int] = []
     for n, item in enumerate(items):
         if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= MAX_ID_DIGITS:
@@ -262,13 +269,16 @@ def check_ids(
     where: str = "--ids",
     truncate_hint: str = "pass --truncate",
 ) -> tuple[list[int], int | None]:
-    """Given ids (--ids, or the API's ids=) must index the embedding table (the first one that does not is named)
-    and fit n_positions, or with truncate the first n_positions are kept. Returns (ids, the original count when
+    """Check given ids (--ids, or the API's ids=) against the embedding table and n_positions.
+
+    They must index the embedding table (the first one that does not is named) and fit n_positions, or with
+    truncate the first n_positions are kept. Returns (ids, the original count when
     cut, else None). `truncate_hint`: how the caller asks for truncation (--truncate, truncate=True)."""
     for n, i in enumerate(ids):
         if i >= vocab_size:
             raise TextError(
-                f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids 0..{vocab_size - 1})"
+                f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids "
+                f"0..{vocab_size - 1})"
             )
     if len(ids) <= n_positions:
         return ids, None
@@ -290,8 +300,10 @@ def from_ids(
     where: str = "--ids",
     truncate_hint: str = "pass --truncate",
 ) -> TokenizedText:
-    """Given token ids as a TokenizedText: checked against vocab_size, cut to n_positions with --truncate (the
-    same rule as a text's), each shown as the tokenizer's string for it."""
+    """Given token ids as a TokenizedText:
+
+    checked against vocab_size, cut to n_positions with --truncate (the same rule as a text's), each shown as the
+    tokenizer's string for it."""
     ids, truncated_from = check_ids(
         ids, n_positions=n_positions, vocab_size=vocab_size, truncate=truncate, where=where, truncate_hint=truncate_hint
     )

@@ -47,7 +47,8 @@ def check_config(config: ModelConfig) -> None:
     """
     if config.n_head % config.n_kv_head or config.d_head < 1:
         raise ConfigError(
-            f"config.json: {config.n_head} query heads cannot share {config.n_kv_head} K/V heads of {config.d_head} values"
+            f"config.json: {config.n_head} query heads cannot share {config.n_kv_head} K/V heads of {config.d_head} "
+            "values"
         )
     for layer in range(config.n_layer):
         scale = config.attn_scale(layer)

@@ -1,5 +1,7 @@
-"""GPTBigCode (StarCoder, SantaCoder): GPT-2's pre-LayerNorm block with learned positions, but nn.Linear weights
-([out, in]: `x @ w.T + b`) and, when multi_query, one K/V head shared by every query head (MQA).
+"""GPTBigCode (StarCoder, SantaCoder):
+
+GPT-2's pre-LayerNorm block with learned positions, but nn.Linear weights ([out, in]: `x @ w.T + b`) and, when
+multi_query, one K/V head shared by every query head (MQA).
 
 c_attn packs q, k and v: multi_query: [q of every head (n_embd) | k (d_head) | v (d_head)]; otherwise, per head
 h, the block [q_h | k_h | v_h] of 3 * d_head rows (GPTBigCodeAttention.forward's view and split).
@@ -62,7 +64,10 @@ def expected_shapes(config: BigCodeConfig) -> dict[str, tuple[int, ...]]:
 
 
 def split_qkv(qkv: np.ndarray, config: BigCodeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """c_attn's output [n_seq, n_embd + 2 * n_kv_head * d_head] -> q [n_head, n_seq, d_head], k, v [n_kv_head, n_seq, d_head]"""
+    """c_attn's output, split into the heads' q, k and v.
+
+    [n_seq, n_embd + 2 * n_kv_head * d_head] -> q [n_head, n_seq, d_head], k, v [n_kv_head, n_seq, d_head]
+    """
     e, d = config.n_embd, config.d_head
     if config.multi_query:
         q = split_heads(qkv[:, :e], config.n_head)

@@ -1,5 +1,7 @@
-"""Llama and Mistral: pre-RMSNorm blocks, a SwiGLU MLP, grouped K/V heads (GQA; MQA and MHA as its extremes)
-with rotary positions; Mistral adds a sliding window to every layer's causal mask.
+"""Llama and Mistral:
+
+pre-RMSNorm blocks, a SwiGLU MLP, grouped K/V heads (GQA; MQA and MHA as its extremes) with rotary positions; Mistral
+adds a sliding window to every layer's causal mask.
 
 Weights are nn.Linear, [out, in]: a projection is `x @ w.T (+ b)`. q_proj has n_head * head_dim rows, k_proj and
 v_proj n_kv_head * head_dim: rows [g * head_dim, (g + 1) * head_dim) are K/V head g.
@@ -33,11 +35,14 @@ def normalise_key(key: str) -> str | None:
 
 
 def check(config: RotaryConfig) -> None:
-    """An even head_dim, and rotary parameters whose inverse frequencies and attention factor are finite (each set:
-    OLMo 3's sliding layers have their own): a ConfigError naming the field instead of an error mid-forward."""
+    """An even head_dim, and rotary parameters whose inverse frequencies and attention factor are finite.
+
+    Each set is checked (OLMo 3's sliding layers have their own): a ConfigError naming the field instead of an
+    error mid-forward."""
     if config.head_dim % 2:
         raise ConfigError(
-            f"config.json: head_dim {config.head_dim} is odd; rotary embeddings rotate pairs of values, so it must be even"
+            f"config.json: head_dim {config.head_dim} is odd; rotary embeddings rotate pairs of values, so it must "
+            "be even"
         )
     ropes = [("rope_parameters", config.rope)]
     if config.sliding_rope is not None:
@@ -111,8 +116,10 @@ def rotary_attention(
     edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> GroupedAttentionParts:
-    """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] before RoPE -> rotate, attend (causal, and the
-    layer's sliding window), project with o_proj. Shared with OLMo, whose q and k are normalised first."""
+    """Rotate q and k, attend (causal, and the layer's sliding window), project with o_proj.
+
+    q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] before RoPE. Shared with OLMo, whose q and k are
+    normalised first."""
     cos, sin = rope_tables(config.rope_at(layer), config.d_head, config.n_positions, q.shape[1])  # [n_seq, d_head]
     q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     scores, probs, z = grouped_attention(
@@ -149,7 +156,10 @@ def block(
     edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
-    """LlamaDecoderLayer: x + attn(norm(x)), then + mlp(norm(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
+    """LlamaDecoderLayer: x + attn(norm(x)), then + mlp(norm(x)).
+
+    [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)
+    """
     attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit, sink=sink)
     x = x + attn.out
     h = rms_norm(x, p["post_attention_layernorm.weight"], config.rms_norm_eps)

@@ -1,10 +1,10 @@
-"""OLMo 2 and OLMo 3: Llama's attention (grouped K/V heads, RoPE) and SwiGLU MLP, arranged differently:
-- no norm before attention or MLP; RMSNorms after them instead, on each branch before the residual add
-  (post_attention_layernorm, post_feedforward_layernorm);
-- QK-norm: q_norm and k_norm are RMSNorms over the whole q_proj / k_proj output (every head at once), before the
-  heads are split and rotated;
-- OLMo 3: the layers whose layer_types entry is sliding_attention see a window of `sliding_window` keys and have
-  their own rotary parameters.
+"""OLMo 2 and OLMo 3:
+
+Llama's attention (grouped K/V heads, RoPE) and SwiGLU MLP, arranged differently: - no norm before attention or MLP;
+RMSNorms after them instead, on each branch before the residual add (post_attention_layernorm,
+post_feedforward_layernorm); - QK-norm: q_norm and k_norm are RMSNorms over the whole q_proj / k_proj output (every head
+at once), before the heads are split and rotated; - OLMo 3: the layers whose layer_types entry is sliding_attention see
+a window of `sliding_window` keys and have their own rotary parameters.
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ def block(
     edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
-    """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
+    """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)).
+
+    [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)
+    """
     eps = config.rms_norm_eps
     attn = attention_parts(x, p, config, layer, keep_scores=False, edit=edit, sink=sink)
     x = x + rms_norm(attn.out, p["post_attention_layernorm.weight"], eps)

@@ -83,8 +83,10 @@ def _llama3(rope: RopeConfig, d_head: int) -> np.ndarray:
 
 
 def inv_freq(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tuple[np.ndarray, float]:
-    """([d_head // 2] float32 inverse frequencies, the factor cos and sin are multiplied by) for a text of n_seq
-    tokens (dynamic and longrope depend on it, as HF's dynamic_rope_update makes them)."""
+    """The inverse frequencies and attention factor for a text of n_seq tokens.
+
+    ([d_head // 2] float32 inverse frequencies, the factor cos and sin are multiplied by); dynamic and longrope
+    depend on n_seq, as HF's dynamic_rope_update makes them."""
     kind, base = rope.rope_type, rope.rope_theta
     if kind == "linear":
         return (F32(1.0) / (_powers(base, d_head))) / F32(rope.factor), 1.0
@@ -141,10 +143,11 @@ _F32_MAX = float(np.finfo(F32).max)
 
 
 def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
-    """What is wrong with what the forward will compute from `rope` (None: nothing), computed once, as the
-    forward computes it, for the shortest and the longest text (dynamic and longrope depend on the length):
-    inverse frequencies finite and >= 0 in float32, the angles of the last position finite, the attention factor
-    positive and finite in float32, no division by zero, math domain error or overflow on the way."""
+    """What is wrong with what the forward will compute from `rope` (None: nothing).
+
+    Computed once, as the forward computes it, for the shortest and the longest text (dynamic and longrope depend on the
+    length): inverse frequencies finite and >= 0 in float32, the angles of the last position finite, the attention
+    factor positive and finite in float32, no division by zero, math domain error or overflow on the way."""
     for key in _FLOAT32_FIELDS:
         value = getattr(rope, key)
         if value is not None and not abs(value) <= _F32_MAX:
