@@ -229,7 +229,25 @@ def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConf
     theta = _number(params, "rope_theta", where=where)
     if theta <= 1.0:
         raise ConfigError(f"{where}: rope_theta must be greater than 1, got {theta!r}")
-    out: dict[str, Any] = {"rope_type": kind, "rope_theta": theta}
+    out: dict[str, Any] = {"rope_type": kind, "rope_theta": theta} | _rope_scaling(params, kind, where, n_positions)
+    if kind == "dynamic" and head_dim <= 2:
+        raise ConfigError(f"{where}: rope_type 'dynamic' needs head_dim > 2, got {head_dim}")
+    if kind == "longrope":
+        for key in ("short_factor", "long_factor"):
+            value = params[key]
+            if (
+                not isinstance(value, list)
+                or len(value) != head_dim // 2
+                or not all(_finite(x) and x > 0 for x in value)
+            ):
+                raise ConfigError(f"{where}.{key} must be a list of {head_dim // 2} positive numbers"[:300])
+            out[key] = tuple(float(x) for x in value)
+    return RopeConfig(**out)
+
+
+def _rope_scaling(params: dict, kind: str, where: str, n_positions: int) -> dict[str, Any]:
+    """The scaling fields rope_type `kind` reads (original context, factors, yarn's and llama3's own), validated."""
+    out: dict[str, Any] = {}
 
     def optional(key: str, *, positive: bool = True) -> None:
         if params.get(key) is not None:
@@ -256,16 +274,4 @@ def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConf
             raise ConfigError(
                 f"{where}: high_freq_factor must differ from low_freq_factor (both {out['low_freq_factor']})"
             )
-    if kind == "dynamic" and head_dim <= 2:
-        raise ConfigError(f"{where}: rope_type 'dynamic' needs head_dim > 2, got {head_dim}")
-    if kind == "longrope":
-        for key in ("short_factor", "long_factor"):
-            value = params[key]
-            if (
-                not isinstance(value, list)
-                or len(value) != head_dim // 2
-                or not all(_finite(x) and x > 0 for x in value)
-            ):
-                raise ConfigError(f"{where}.{key} must be a list of {head_dim // 2} positive numbers"[:300])
-            out[key] = tuple(float(x) for x in value)
-    return RopeConfig(**out)
+    return out

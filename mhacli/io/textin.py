@@ -83,21 +83,7 @@ def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, st
     """
     jsonl = path != "-" and path.lower().endswith(JSONL_SUFFIXES)
     stdin = _stdin()
-    try:
-        if path == "-":
-            if stdin is None:
-                raise TextError("--texts -: stdin is closed")
-            stream = stdin
-        else:
-            stream = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError as exc:
-        raise TextError(f"--texts {path}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise TextError(f"--texts {path}: is a directory") from exc
-    except OSError as exc:
-        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
-    except ValueError as exc:  # a NUL byte in the name
-        raise TextError(f"--texts {path!r}: cannot read ({exc})") from exc
+    stream = _open_texts(path, stdin)
     total = 0
     try:
         for n in itertools.count(1):
@@ -110,23 +96,46 @@ def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, st
             total += len(raw)
             if limit is not None and total > limit:
                 raise TextError(f"--texts {path}: larger than {limit // (1024 * 1024)} MiB")
-            if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
-                raise TextError(f"--texts {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
-            if b"\0" in raw:
-                raise TextError(f"--texts {path}: line {n} holds NUL bytes; is it a text file?")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise TextError(f"--texts {path}: line {n} is not valid UTF-8; is it a text file?") from exc
-            if n == 1:
-                line = line.removeprefix("\ufeff")
-            line = line.removesuffix("\n").removesuffix("\r")
+            line = _decode_line(raw, path, n)
             if not line.strip():
                 continue
             yield n, (_jsonl_text(line, path, n) if jsonl else line)
     finally:
         if stream is not stdin:
             stream.close()
+
+
+def _open_texts(path: str, stdin: BinaryIO | None) -> BinaryIO:
+    """--texts FILE opened for reading bytes ('-': stdin); what stops it is a TextError naming the file."""
+    try:
+        if path == "-":
+            if stdin is None:
+                raise TextError("--texts -: stdin is closed")
+            return stdin
+        return open(path, "rb")  # noqa: SIM115 - iter_texts closes it
+    except FileNotFoundError as exc:
+        raise TextError(f"--texts {path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise TextError(f"--texts {path}: is a directory") from exc
+    except OSError as exc:
+        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+    except ValueError as exc:  # a NUL byte in the name
+        raise TextError(f"--texts {path!r}: cannot read ({exc})") from exc
+
+
+def _decode_line(raw: bytes, path: str, n: int) -> str:
+    """Line n of --texts as read (at most MAX_TEXT_BYTES + 1 bytes) -> its text, without BOM and line ending."""
+    if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
+        raise TextError(f"--texts {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    if b"\0" in raw:
+        raise TextError(f"--texts {path}: line {n} holds NUL bytes; is it a text file?")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextError(f"--texts {path}: line {n} is not valid UTF-8; is it a text file?") from exc
+    if n == 1:
+        line = line.removeprefix("\ufeff")
+    return line.removesuffix("\n").removesuffix("\r")
 
 
 def _jsonl_text(line: str, path: str, n: int) -> str:

@@ -246,6 +246,11 @@ def _check_component(part: object, where: str, path: Path, depth: int) -> None:
         for i, item in enumerate(items):
             _check_component(item, f"{where}[{i}]", path, depth + 1)
         return
+    _check_leaf(part, kind, where, path)
+
+
+def _check_leaf(part: dict, kind: object, where: str, path: Path) -> None:
+    """One component that is not a Sequence: the settings of its `kind` that make the library panic or blow up."""
     if kind == "Replace":
         content, pattern = part.get("content"), part.get("pattern")
         if isinstance(content, str) and len(content) > MAX_EXPANSION:

@@ -138,11 +138,7 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
     if kind == "dir":
         return ModelFiles(spec, path, _weights_in_dir(path, path))
     if kind == "file":
-        if path.name.endswith(".safetensors.index.json"):
-            return ModelFiles(spec, path.parent, _sharded(path, path.parent))
-        if path.suffix != ".safetensors":
-            raise ModelError(f"{show(spec)}: not a model (expected a directory or a .safetensors file)")
-        return ModelFiles(spec, path.parent, (path,))
+        return _model_file(spec, path)
     if kind == "other":
         raise ModelError(f"{show(spec)}: not a regular file or directory")
     if HUB_ID.match(spec) and not spec.startswith((".", "~")):
@@ -151,6 +147,15 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
         directory, root = _from_hub(spec)
         return ModelFiles(spec, directory, _weights_in_dir(directory, root))
     raise ModelError(f"{show(spec)}: no such file or directory")
+
+
+def _model_file(spec: str, path: Path) -> ModelFiles:
+    """`-m` naming a regular file: a shard index or a lone .safetensors file."""
+    if path.name.endswith(".safetensors.index.json"):
+        return ModelFiles(spec, path.parent, _sharded(path, path.parent))
+    if path.suffix != ".safetensors":
+        raise ModelError(f"{show(spec)}: not a model (expected a directory or a .safetensors file)")
+    return ModelFiles(spec, path.parent, (path,))
 
 
 def _kind(path: Path, spec: str) -> str:

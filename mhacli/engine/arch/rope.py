@@ -142,12 +142,8 @@ _FLOAT32_FIELDS = ("rope_theta", "factor", "attention_factor", "low_freq_factor"
 _F32_MAX = float(np.finfo(F32).max)
 
 
-def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
-    """What is wrong with what the forward will compute from `rope` (None: nothing).
-
-    Computed once, as the forward computes it, for the shortest and the longest text (dynamic and longrope depend on the
-    length): inverse frequencies finite and >= 0 in float32, the angles of the last position finite, the attention
-    factor positive and finite in float32, no division by zero, math domain error or overflow on the way."""
+def _parameter_problem(rope: RopeConfig, n_positions: int) -> str | None:
+    """What is wrong with the rotary parameters themselves, before any arithmetic (None: nothing)."""
     for key in _FLOAT32_FIELDS:
         value = getattr(rope, key)
         if value is not None and not abs(value) <= _F32_MAX:
@@ -165,6 +161,18 @@ def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
         factor = rope.factor if rope.factor is not None else n_positions / original
         if factor > 1.0 and original <= 1:
             return "original_max_position_embeddings must be greater than 1 when factor > 1 (its log divides)"
+    return None
+
+
+def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
+    """What is wrong with what the forward will compute from `rope` (None: nothing).
+
+    Computed once, as the forward computes it, for the shortest and the longest text (dynamic and longrope depend on the
+    length): inverse frequencies finite and >= 0 in float32, the angles of the last position finite, the attention
+    factor positive and finite in float32, no division by zero, math domain error or overflow on the way."""
+    problem = _parameter_problem(rope, n_positions)
+    if problem is not None:
+        return problem
     given = ", ".join(
         f"{k}={v!r}" for k, v in vars(rope).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     )
