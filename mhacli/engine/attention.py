@@ -25,7 +25,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -128,7 +128,7 @@ def causal_attention(
     """
     n_head, n_seq, _ = q.shape
     keep = KeepMap(n_head, n_seq) if sink is None else None
-    target = keep if keep is not None else sink
+    target: Sink = keep if keep is not None else cast(Sink, sink)  # one of the two is given
     rows = block or getattr(target, "fixed_rows", None) or block_rows(n_seq, window)  # a sink may fix them
     todo = blocks(n_seq, rows, window)
     workers = threads or threads_for(todo, n_head)

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import IO, Any
 
 from mhacli.errors import TokenizerError
 from mhacli.io.files import check_regular, read_json, show
@@ -59,7 +60,7 @@ def _byte_decoder() -> dict[str, int]:
 
 @dataclass
 class Tokenizer:
-    backend: object  # tokenizers.Tokenizer
+    backend: Any  # tokenizers.Tokenizer (an optional dependency, imported when a tokenizer is loaded)
     byte_level: bool
 
     def encode(self, text: str) -> list[int]:
@@ -132,7 +133,7 @@ def _cut(text: str, chars: int) -> int:
 
 
 @contextmanager
-def _fd2_captured() -> Iterator[object]:
+def _fd2_captured() -> Iterator[IO[bytes] | None]:
     """Route file descriptor 2 into a temporary file for the duration; yields the file.
 
     It catches what the Rust library writes there on a panic: a message and a backtrace."""

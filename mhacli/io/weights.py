@@ -549,21 +549,22 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
             found[ours] = info
     tensors: dict[str, TensorInfo] = {}
     for key, shape in arch.expected_shapes(config).items():
-        info = found.get(key)
-        if info is None:
+        wanted = found.get(key)
+        if wanted is None:
             raise WeightsError(
                 f"tensor {quoted(key)} is missing from the weights (looked for it with and without {arch.KEY_PREFIX!r})"
             )
-        if info.shape != shape:
+        if wanted.shape != shape:
             raise WeightsError(
-                f"tensor {quoted(info.name)} in {show(info.file.name)} has shape {list(info.shape)}, "
+                f"tensor {quoted(wanted.name)} in {show(wanted.file.name)} has shape {list(wanted.shape)}, "
                 f"but config.json implies {list(shape)}"
             )
-        if info.dtype not in FLOAT_DTYPES:
+        if wanted.dtype not in FLOAT_DTYPES:
             raise WeightsError(
-                f"tensor {quoted(info.name)} in {show(info.file.name)} has dtype {info.dtype}; expected a float type"
+                f"tensor {quoted(wanted.name)} in {show(wanted.file.name)} has dtype {wanted.dtype}; "
+                "expected a float type"
             )
-        tensors[key] = info
+        tensors[key] = wanted
     head = found.get(arch.LM_HEAD)
     if not config.tie_word_embeddings and head is not None:  # optional: only the loss reads it (mhacli.analyses.loss)
         if head.shape != (config.vocab_size, config.n_embd) or head.dtype not in FLOAT_DTYPES:

@@ -49,6 +49,8 @@ def gpt2_attention_parts(
     """
     qkv = x @ p["attn.c_attn.weight"] + p["attn.c_attn.bias"]  # [n_seq, 3 * n_embd]
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x [n_head, n_seq, d_head]
+    scores: np.ndarray | None
+    probs: np.ndarray | None
     if keep_scores:
         scores = q @ k.transpose(0, 2, 1)  # [n_head, n_seq, n_seq]
         probs = causal_softmax(scores * F32(scale))

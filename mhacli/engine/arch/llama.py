@@ -66,7 +66,11 @@ def projection_shapes(config: RotaryConfig, prefix: str) -> dict[str, tuple[int,
     """q/k/v/o projections (with biases when attention_bias) of one layer."""
     e, q, kv = config.n_embd, config.n_head * config.d_head, config.n_kv_head * config.d_head
     a = prefix + "self_attn."
-    shapes = {a + "q_proj.weight": (q, e), a + "k_proj.weight": (kv, e), a + "v_proj.weight": (kv, e)}
+    shapes: dict[str, tuple[int, ...]] = {
+        a + "q_proj.weight": (q, e),
+        a + "k_proj.weight": (kv, e),
+        a + "v_proj.weight": (kv, e),
+    }
     shapes[a + "o_proj.weight"] = (e, q)
     if config.attention_bias:
         shapes |= {a + "q_proj.bias": (q,), a + "k_proj.bias": (kv,), a + "v_proj.bias": (kv,), a + "o_proj.bias": (e,)}
@@ -75,7 +79,11 @@ def projection_shapes(config: RotaryConfig, prefix: str) -> dict[str, tuple[int,
 
 def mlp_shapes(config: RotaryConfig, prefix: str) -> dict[str, tuple[int, ...]]:
     e, i, m = config.n_embd, config.intermediate_size, prefix + "mlp."
-    shapes = {m + "gate_proj.weight": (i, e), m + "up_proj.weight": (i, e), m + "down_proj.weight": (e, i)}
+    shapes: dict[str, tuple[int, ...]] = {
+        m + "gate_proj.weight": (i, e),
+        m + "up_proj.weight": (i, e),
+        m + "down_proj.weight": (e, i),
+    }
     if config.mlp_bias:
         shapes |= {m + "gate_proj.bias": (i,), m + "up_proj.bias": (i,), m + "down_proj.bias": (e,)}
     return shapes
