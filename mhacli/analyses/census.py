@@ -206,7 +206,7 @@ def verdicts(tallies: dict[str, Tally]) -> list[HeadVerdict]:
     out = []
     for layer in range(n_layer):
         for head in range(n_head):
-            verdict = None
+            verdict: tuple[str, str, str, float | None] | None = None
             for kind, stat, threshold in KIND_RULES:
                 source = next((s for s in EVIDENCE[kind] if s in ran), None)
                 if source is None:

@@ -263,13 +263,15 @@ def compare_text(
             _layer_record(layer, lb, ids, stats_b, kinds_b)
         result = np.concatenate(div)  # [NA]
     elif mode == "matched":
-        maps_a = []
+        maps_a: list[np.ndarray] = []
         for ta in forward(params_a, ids):
+            assert ta.attention is not None  # no sink: the forward keeps the map
             maps_a.append(ta.attention)
             _layer_record(ta.layer, ta.attention, ids, stats_a, kinds_a)
         all_a = np.concatenate(maps_a)  # [NA, n_seq, n_seq]
         cols = []
         for tb in forward(params_b, ids, edits=edits_b):
+            assert tb.attention is not None
             cols.append(divergence_matrix(all_a, tb.attention, metric))  # [NA, n_head_b]
             _layer_record(tb.layer, tb.attention, ids, stats_b, kinds_b)
         result = np.concatenate(cols, axis=1)  # [NA, NB]
@@ -296,9 +298,11 @@ class _Feed:
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
         if h == 0:
             self._block = np.empty((self.n_head, *p.shape[1:]), dtype=p.dtype)
-        self._block[h : h + len(p)] = p
+        block = self._block
+        assert block is not None  # the kernel hands head 0 of a block first (this sink is not concurrent)
+        block[h : h + len(p)] = p
         if h + len(p) == self.n_head:
-            self.put(("block", (a, b, lo, self._block)))
+            self.put(("block", (a, b, lo, block)))
 
     def put(self, item: tuple) -> None:
         while True:

@@ -354,8 +354,8 @@ def attention_inputs(
     if kind == "layer_norm":
         rows = [layer_norm_vector(row, p[weight], p[bias], c.norm_eps) for row in x]
         return np.stack([r for r, _, _ in rows]), float(rows[-1][1]), float(rows[-1][2])
-    rows = [rms_norm_vector(row, p[weight], c.norm_eps) for row in x]
-    return np.stack([r for r, _ in rows]), None, float(rows[-1][1])
+    rms_rows = [rms_norm_vector(row, p[weight], c.norm_eps) for row in x]
+    return np.stack([r for r, _ in rms_rows]), None, float(rms_rows[-1][1])
 
 
 def explain(
@@ -375,8 +375,19 @@ def explain(
     a_rows, mean, var = attention_inputs(x[: i + 1], p, c, arch.ATTENTION_NORM)  # [n_key, n_embd]
     rope_config = arch.rope_at(c, layer)
     rope = None if rope_config is None else rope_step(rope_config, c, i + 1, len(ids))
-    kw = {"qk_norm": arch.QK_NORM, "eps": c.norm_eps, "rope": rope, "window": window}
-    steps = [head_step(a_rows, p, arch.head_projections(c, h), scale, **kw) for h in range(c.n_head)]
+    steps = [
+        head_step(
+            a_rows,
+            p,
+            arch.head_projections(c, h),
+            scale,
+            qk_norm=arch.QK_NORM,
+            eps=c.norm_eps,
+            rope=rope,
+            window=window,
+        )
+        for h in range(c.n_head)
+    ]
     heads_output = np.stack([s.output for s in steps])  # [n_head, d_head]
     concat = heads_output.reshape(-1)  # [n_head * d_head]
     out = arch.out_projection(c)
@@ -391,6 +402,7 @@ def explain(
     qk = None
     if arch.QK_NORM is not None:
         _, _, q_rms, k_rms = project_qk(a_rows, p, arch.head_projections(c, head), arch.QK_NORM, c.norm_eps)
+        assert q_rms is not None and k_rms is not None  # with QK-norm, project_qk computes both
         qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms)
 
     # Step 6: the forward's own block over the whole text, every intermediate as the forward computes it (the
@@ -398,6 +410,7 @@ def explain(
     batched_in = arch.attention_input(x, p, c)  # [n_seq, n_embd]
     _, parts = arch.block(x, p, c, layer)
     s, g = steps[head], c.kv_head(head)
+    assert parts.probs is not None  # no sink: the block keeps the map
     pairs = {
         "ln_input": (a_rows[-1], batched_in[i]),
         "query": (s.query, parts.q[head, i]),
@@ -411,6 +424,8 @@ def explain(
         "output": (output, parts.out[i]),
     }
     if rope is not None:
+        assert parts.q_pre_rope is not None and parts.k_pre_rope is not None  # kept by every rotary family
+        assert s.query_pre_rope is not None and s.keys_pre_rope is not None
         pairs["query_pre_rope"] = (s.query_pre_rope, parts.q_pre_rope[head, i])
         pairs["keys_pre_rope"] = (s.keys_pre_rope, parts.k_pre_rope[g, : i + 1])
     diffs, bounds = {}, {}

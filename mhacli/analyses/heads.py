@@ -89,8 +89,8 @@ def analyse(
             for head, attn in zip(wanted_heads, maps):
                 yield HeadView(every[head], attn, config.kv_head(head))
             continue
-        attn = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
-        for row, stats in zip(attn, layer_stats(trace.layer, attn, ids)):
+        kept = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
+        for row, stats in zip(kept, layer_stats(trace.layer, kept, ids)):
             head = wanted_heads[stats.head]
             yield HeadView(replace(stats, layer=trace.layer, head=head), row, config.kv_head(head))
 

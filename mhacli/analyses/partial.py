@@ -55,8 +55,8 @@ class PartialMap:
     def __init__(
         self,
         n_seq: int,
-        rows: Sequence[int],
-        keys: Sequence[int],
+        rows: Sequence[int] | np.ndarray,
+        keys: Sequence[int] | np.ndarray,
         data: np.ndarray,
         top: tuple[np.ndarray, np.ndarray] | None = None,
     ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -327,7 +328,8 @@ def classify(values: dict[str, float | None], n_seq: int, support: dict[str, int
     arrays = {k: np.float64(np.nan if v is None else v) for k, v in values.items()}
     if support is None:
         support = {s: MIN_SUPPORT for s in SUPPORTED_STATS}
-    return KINDS[int(kinds_from_holds(rule_holds(arrays, support, uniform_entropy(n_seq))))]
+    holds = rule_holds(cast("dict[str, np.ndarray]", arrays), support, uniform_entropy(n_seq))  # scalars broadcast
+    return KINDS[int(kinds_from_holds(holds))]
 
 
 def layer_stats(layer: int, attn: np.ndarray, ids: np.ndarray) -> list[HeadStats]:

@@ -148,6 +148,8 @@ class AttentionParts:
     probs: np.ndarray | None  # [n_head, n_seq, n_seq] (None: streamed to a sink, not kept)
     z: np.ndarray  # [n_head, n_seq, d_head] per-head outputs
     out: np.ndarray  # [n_seq, n_embd] after c_proj
+    q_pre_rope: None = None  # learned positions: nothing is rotated (as arch.common.GroupedAttentionParts names it)
+    k_pre_rope: None = None
 
 
 # An edit of the heads' outputs before the output projection (ablation): z [n_head, n_seq, d_head] -> the same shape.
