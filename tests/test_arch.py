@@ -817,3 +817,86 @@ def test_verify_a_lone_safetensors_file(models, tmp_path, mha):
     r = mha("verify", TEXT, "-m", str(directory / "weights-v2.safetensors"), "--format", "json")
     assert r.returncode == 0, r.stderr.decode()
     assert parse_json(r.stdout)["passed"] is True
+
+
+# --- the family interface and the one table of model types -------------------------------------------------------
+
+
+def test_the_registry_is_the_one_list_of_model_types():
+    from mhacli.config import ARCHITECTURES, SUPPORTED_MODEL_TYPES, parse_config
+    from mhacli.engine.arch import FAMILIES
+    from mhacli.ops.info import architectures
+
+    assert tuple(ARCHITECTURES) == SUPPORTED_MODEL_TYPES == tuple(FAMILIES) == tuple(architectures())
+    import transformers
+
+    for model_type, row in ARCHITECTURES.items():
+        assert row.model_type == model_type
+        assert parse_config({"model_type": model_type}).model_type == model_type  # its own parser, HF's defaults
+        for name in (row.hf_model, row.hf_lm):
+            assert getattr(transformers, name).config_class.model_type == model_type, name
+
+
+def test_every_family_module_satisfies_the_interface():
+    import types
+
+    from mhacli.engine.arch import FAMILIES, Family, family
+    from mhacli.engine.arch.interface import Family as Declared
+
+    assert Family is Declared
+    for model_type in FAMILIES:
+        arch = family(model_type)
+        assert isinstance(arch, Family), f"{model_type}: {arch.__name__} lacks a member of the Family protocol"
+    gpt2 = family("gpt2")
+    broken = types.ModuleType("broken")
+    broken.__dict__.update({k: v for k, v in vars(gpt2).items() if k != "SLIDING_WINDOWS"})
+    assert not isinstance(broken, Family)
+
+
+def test_family_facts_are_never_tested_outside_the_families():
+    """isinstance(config, RotaryConfig), model_type == "gpt2" and the like belong in mhacli/engine/arch and config."""
+    package = Path(__file__).resolve().parent.parent / "mhacli"
+    smell = re.compile(
+        r"isinstance\([^)]*,\s*\(?(RotaryConfig|Gpt2Config|BigCodeConfig|LayerNormConfig)"
+        r"|model_type\"?\]?\s*(==|!=|not in|in)\s*[\"'(\[]"
+    )
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith(("config/", "engine/arch/")):
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if smell.search(line):
+                found.append(f"{rel}:{n}: {line.strip()}")
+    assert not found, "family facts tested outside the families:\n" + "\n".join(found)
+
+
+def test_mypy_checks_each_family_against_the_protocol(tmp_path):
+    """A family module that lacks a member, or types one differently, fails mypy where it is used as a Family."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("mypy")
+    repo = Path(__file__).resolve().parent.parent
+    source = (repo / "mhacli" / "engine" / "arch" / "gpt2.py").read_text(encoding="utf-8")
+    broken = source.replace("SLIDING_WINDOWS = False", "SLIDING_WINDOW = False")
+    signature = "def rope_at(config: LayerNormConfig, layer: {})"
+    broken = broken.replace(signature.format("int"), signature.format("str"))
+    assert broken.count("SLIDING_WINDOW =") == 1 and "layer: str)" in broken
+    (tmp_path / "broken_family.py").write_text(broken, encoding="utf-8")
+    (tmp_path / "use_families.py").write_text(
+        "from mhacli.config import Gpt2Config\n"
+        "from mhacli.engine.arch import Family, gpt2\n"
+        "import broken_family\n"
+        "fine: Family[Gpt2Config] = gpt2\n"
+        "wrong: Family[Gpt2Config] = broken_family\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-error-summary", "--cache-dir",
+         str(tmp_path / "cache"), "use_families.py"],
+        cwd=tmp_path, capture_output=True, text=True, env={"MYPYPATH": str(repo), "PATH": ""}, timeout=300,
+    )  # fmt: skip
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("use_families.py:5:"), result.stdout
+    assert "SLIDING_WINDOWS" in result.stdout and "layer: str" in result.stdout, result.stdout

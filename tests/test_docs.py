@@ -48,3 +48,18 @@ def test_no_doc_points_at_a_file_the_repository_lacks():
     """CLI.md is the project's design contract, not a file of the repository: docs/formats.md holds the shapes."""
     for doc in DOCS:
         assert "CLI.md" not in doc.read_text(encoding="utf-8"), doc.name
+
+
+def test_the_readme_lists_exactly_the_registered_architectures():
+    """The README's bullet list of supported model types is the registry's (mhacli.config.ARCHITECTURES)."""
+    from mhacli.config import SUPPORTED_MODEL_TYPES
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    marker = "Supported architectures (`model_type`)"
+    assert marker in text
+    after = text.split(marker, 1)[1]
+    first = after.index("\n- `")
+    block = after[first + 1 :].split("\n\n", 1)[0]  # the bullets, up to the next paragraph
+    listed = re.findall(r"^- `([A-Za-z0-9_]+)`:", block, flags=re.M)
+    assert len(listed) == len(set(listed)), f"an architecture is listed twice: {listed}"
+    assert sorted(listed) == sorted(SUPPORTED_MODEL_TYPES)

@@ -1,5 +1,7 @@
-"""Which heads matter: the next-token loss with heads removed, one at a time (ablation) or cumulatively (pruning
-curves, with a random-order baseline). Pure NumPy; no I/O.
+"""Which heads matter:
+
+the next-token loss with heads removed, one at a time (ablation) or cumulatively (pruning curves, with a random-order
+baseline). Pure NumPy; no I/O.
 
 Removing a head replaces its slice of the concatenated head outputs (the input of the output projection W_O):
 `zero` sets it to 0 (what HF's old `head_mask` did), `mean` to the head's mean output over every position of every
@@ -67,8 +69,9 @@ def check_head(head: Head, n_layer: int, n_head: int) -> None:
 
 
 def head_edit(heads: Sequence[int], means: np.ndarray | None) -> ZEdit:
-    """An edit of one layer's head outputs z [n_head, n_seq, d_head]: the given heads set to 0 (means None) or to
-    their mean output means[h] [d_head]."""
+    """An edit of one layer's head outputs z [n_head, n_seq, d_head]:
+
+    the given heads set to 0 (means None) or to their mean output means[h] [d_head]."""
     index = np.asarray(sorted(heads), dtype=np.int64)
 
     def edit(z: np.ndarray) -> np.ndarray:
@@ -153,8 +156,9 @@ class Ablator:
         return (self._z_sums / self._z_count).astype(np.float32)
 
     def _run(self, removed: frozenset[Head], start: int) -> list[list[np.ndarray]]:
-        """Per text, the residual streams entering layers start..n_layer with `removed` heads removed, from the
-        cached streams of the base (which must agree with `removed` below `start`)."""
+        """Per text, the residual streams entering layers start..n_layer with `removed` heads removed.
+
+        Computed from the cached streams of the base (which must agree with `removed` below `start`)."""
         edits = removal_edits(removed, self.means)
         runs = []
         for inputs in self._inputs:
@@ -243,8 +247,10 @@ def schedule(n_heads: int, step: float) -> list[int]:
 
 
 def importance_curve(ablator: Ablator, step: float, tick: Callable[[], None] | None = None) -> list[PruneStep]:
-    """Michel et al.'s iterative pruning, with exact importances: each round, every remaining head's importance is
-    the loss increase from removing it from the already pruned model; the least important go first."""
+    """Michel et al.'s iterative pruning, with exact importances:
+
+    each round, every remaining head's importance is the loss increase from removing it from the already pruned
+    model; the least important go first."""
     heads = ablator.heads
     counts = schedule(len(heads), step)
     removed: list[Head] = []
@@ -263,8 +269,9 @@ def importance_curve(ablator: Ablator, step: float, tick: Callable[[], None] | N
 
 
 def random_curve(ablator: Ablator, step: float, seeds: int, tick: Callable[[], None] | None = None) -> list[RandomStep]:
-    """The same schedule with heads removed in random orders (numpy default_rng(seed), seed = 0..seeds-1): the
-    loss's mean and standard deviation (ddof 0) over the orders after each round."""
+    """The same schedule with heads removed in random orders (numpy default_rng(seed), seed = 0..seeds-1):
+
+    the loss's mean and standard deviation (ddof 0) over the orders after each round."""
     if seeds < 1:
         raise UsageError(f"--seeds {seeds} must be at least 1")
     heads = ablator.heads

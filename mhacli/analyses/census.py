@@ -1,5 +1,7 @@
-"""Head kinds as a property of the model: every head's statistics over many texts, from seeded probes and a corpus,
-reduced to a mean, a spread, a support and a kind with its evidence (definitions: docs/census.md). Pure NumPy.
+"""Head kinds as a property of the model:
+
+every head's statistics over many texts, from seeded probes and a corpus, reduced to a mean, a spread, a support and a
+kind with its evidence (definitions: docs/census.md). Pure NumPy.
 
 A census is a fold over texts. Each text is run on its own (`text_stats`: the forward and every layer's statistics,
 the work a worker does); `Tally` folds the per-text results of one source, in text order, so the numbers do not
@@ -60,8 +62,10 @@ class ProbeSpec:
 
 
 def probe(source: str, index: int, spec: ProbeSpec, ordinary: np.ndarray, prefix: int | None) -> tuple[np.ndarray, int]:
-    """Probe `index` of `source`: (token ids, first row the statistics read). Each probe has its own generator,
-    seeded by (seed, source, index), so a probe does not depend on how many were drawn or in what order.
+    """Probe `index` of `source`: (token ids, first row the statistics read).
+
+    Each probe has its own generator, seeded by (seed, source, index), so a probe does not depend on how many were
+    drawn or in what order.
 
     repeat: [prefix] + s + s, s distinct random ordinary tokens; read on the second copy.
     random: [prefix] + random ordinary tokens, distinct while the vocabulary allows; read on every row."""
@@ -79,8 +83,10 @@ def probe(source: str, index: int, spec: ProbeSpec, ordinary: np.ndarray, prefix
 
 @dataclass(frozen=True)
 class TextStats:
-    """One text's statistics: values [n_tallied, n_layer, n_head] float64 (NaN where undefined; TALLIED order),
-    the rows behind the token-pattern statistics (SUPPORTED_STATS order), and the rows read."""
+    """One text's statistics:
+
+    values [n_tallied, n_layer, n_head] float64 (NaN where undefined; TALLIED order), the rows behind the
+    token-pattern statistics (SUPPORTED_STATS order), and the rows read."""
 
     values: np.ndarray
     support: tuple[int, ...]
@@ -111,8 +117,10 @@ def text_stats(params: Params, ids: np.ndarray, first_row: int = 0) -> TextStats
 
 
 def text_kinds(values: np.ndarray, support: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per head of one text: whether each kind's rule holds ([n_layer, n_head] bool per kind) and the kind the
-    rules decide (indices into KINDS), from `text_stats` values."""
+    """Per head of one text:
+
+    whether each kind's rule holds ([n_layer, n_head] bool per kind) and the kind the rules decide (indices into
+    KINDS), from `text_stats` values."""
     named = {name: values[k] for k, name in enumerate(TALLIED)}
     holds = rule_holds(named, dict(zip(SUPPORTED_STATS, support)), uniform=float("nan"))  # relative_entropy given
     return holds, kinds_from_holds(holds)
@@ -120,8 +128,9 @@ def text_kinds(values: np.ndarray, support: Sequence[int]) -> tuple[dict[str, np
 
 @dataclass
 class Tally:
-    """Running reduction of one source over its texts, folded in text order (Welford's mean and spread, per head
-    and statistic, over the texts where the statistic is defined)."""
+    """Running reduction of one source over its texts, folded in text order.
+
+    Welford's mean and spread, per head and statistic, over the texts where the statistic is defined."""
 
     shape: tuple[int, int]  # (n_layer, n_head)
     n_texts: int = 0
@@ -184,9 +193,11 @@ class HeadVerdict:
 
 
 def verdicts(tallies: dict[str, Tally]) -> list[HeadVerdict]:
-    """Each head's kind: the first rule (KIND_RULES order) whose statistic, averaged over the texts of the first
-    source in EVIDENCE[kind] that ran, reaches its threshold (induction and duplicate-token also with at least
-    MIN_SUPPORT rows in total); else mixed."""
+    """Each head's kind:
+
+    the first rule (KIND_RULES order) whose statistic, averaged over the texts of the first source in EVIDENCE[kind]
+    that ran, reaches its threshold (induction and duplicate-token also with at least MIN_SUPPORT rows in total);
+    else mixed."""
     ran = {s: t for s, t in tallies.items() if t.n_texts > 0}
     if not ran:
         return []
@@ -195,7 +206,7 @@ def verdicts(tallies: dict[str, Tally]) -> list[HeadVerdict]:
     out = []
     for layer in range(n_layer):
         for head in range(n_head):
-            verdict = None
+            verdict: tuple[str, str, str, float | None] | None = None
             for kind, stat, threshold in KIND_RULES:
                 source = next((s for s in EVIDENCE[kind] if s in ran), None)
                 if source is None:

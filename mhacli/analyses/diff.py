@@ -137,8 +137,10 @@ def divergence_matrix(
 
 
 class DivergenceAccumulator:
-    """Paired divergences (head h of A against head h of B) from the two maps given block by block: rows a..b-1 of
-    both over the same keys. Per row in float64 as the whole-map functions above, so the result equals theirs."""
+    """Paired divergences (head h of A against head h of B) from the two maps given block by block:
+
+    rows a..b-1 of both over the same keys. Per row in float64 as the whole-map functions above, so the result
+    equals theirs."""
 
     def __init__(self, n_head: int, n_seq: int, metric: str):
         self.metric, self.n_seq = check_metric(metric), n_seq
@@ -226,8 +228,9 @@ class TextDiff:
 
 
 def _layer_record(layer: int, attn: np.ndarray | LayerStats, ids: np.ndarray, stats: list, kinds: list) -> None:
-    """Append one layer's statistics ([n_stat, n_head]) and kinds to the running lists (from its map, or from its
-    streamed LayerStats)."""
+    """Append one layer's statistics ([n_stat, n_head]) and kinds to the running lists.
+
+    They come from its map, or from its streamed LayerStats."""
     heads = head_stats(layer, attn) if isinstance(attn, LayerStats) else layer_stats(layer, attn, ids)
     stats.append(np.array([[np.nan if h.values[s] is None else h.values[s] for h in heads] for s in STAT_NAMES]))
     kinds.extend(h.kind for h in heads)
@@ -236,8 +239,10 @@ def _layer_record(layer: int, attn: np.ndarray | LayerStats, ids: np.ndarray, st
 def compare_text(
     params_a: Params, params_b: Params, ids: np.ndarray, metric: str, mode: str, edits_b: dict[int, ZEdit] | None = None
 ) -> TextDiff:
-    """Run both models on `ids` and compare their heads (paired: both forwards streamed in step, no map kept;
-    matched: A's maps all kept, B streamed a layer at a time). `edits_b`: heads removed from B (ablation)."""
+    """Run both models on `ids` and compare their heads.
+
+    Paired: both forwards streamed in step, no map kept; matched: A's maps all kept, B streamed a layer at a time.
+    `edits_b`: heads removed from B (ablation)."""
     check_metric(metric)
     ids = np.asarray(ids, dtype=np.int64)
     stats_a: list[np.ndarray] = []
@@ -258,13 +263,15 @@ def compare_text(
             _layer_record(layer, lb, ids, stats_b, kinds_b)
         result = np.concatenate(div)  # [NA]
     elif mode == "matched":
-        maps_a = []
+        maps_a: list[np.ndarray] = []
         for ta in forward(params_a, ids):
+            assert ta.attention is not None  # no sink: the forward keeps the map
             maps_a.append(ta.attention)
             _layer_record(ta.layer, ta.attention, ids, stats_a, kinds_a)
         all_a = np.concatenate(maps_a)  # [NA, n_seq, n_seq]
         cols = []
         for tb in forward(params_b, ids, edits=edits_b):
+            assert tb.attention is not None
             cols.append(divergence_matrix(all_a, tb.attention, metric))  # [NA, n_head_b]
             _layer_record(tb.layer, tb.attention, ids, stats_b, kinds_b)
         result = np.concatenate(cols, axis=1)  # [NA, NB]
@@ -278,8 +285,9 @@ class _Stopped(Exception):
 
 
 class _Feed:
-    """A sink that gathers each block's tiles (heads 0..n_head-1, in order: it is not `concurrent`) into a new
-    array and hands the block to the thread pairing the two models' blocks. `fixed_rows` fixes the kernel's block
+    """A sink that gathers each block's tiles into a new array for the thread pairing the two models' blocks.
+
+    The tiles come heads 0..n_head-1, in order (it is not `concurrent`). `fixed_rows` fixes the kernel's block
     rows, the same for both models."""
 
     def __init__(self, n_head: int, rows: int, stop: threading.Event):
@@ -290,9 +298,11 @@ class _Feed:
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
         if h == 0:
             self._block = np.empty((self.n_head, *p.shape[1:]), dtype=p.dtype)
-        self._block[h : h + len(p)] = p
+        block = self._block
+        assert block is not None  # the kernel hands head 0 of a block first (this sink is not concurrent)
+        block[h : h + len(p)] = p
         if h + len(p) == self.n_head:
-            self.put(("block", (a, b, lo, self._block)))
+            self.put(("block", (a, b, lo, block)))
 
     def put(self, item: tuple) -> None:
         while True:
@@ -321,9 +331,10 @@ class _Feed:
 def paired_stream(
     params_a: Params, params_b: Params, ids: np.ndarray, metric: str, edits_b: dict[int, ZEdit] | None = None
 ):
-    """Yield (layer, divergence [n_head], LayerStats of A, LayerStats of B) for every layer, without a map of
-    either model: both forwards run at once (two threads; NumPy releases the GIL in its kernels), each hands its
-    attention block by block, and the same rows of A and B are reduced together and dropped. Memory grows with
+    """Yield (layer, divergence [n_head], LayerStats of A, LayerStats of B) for every layer, without a map.
+
+    Neither model's map is made: both forwards run at once (two threads; NumPy releases the GIL in its kernels), each
+    hands its attention block by block, and the same rows of A and B are reduced together and dropped. Memory grows with
     n_seq, not n_seq^2."""
     n_head, n_seq = params_a.config.n_head, len(ids)
     stop = threading.Event()

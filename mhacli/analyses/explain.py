@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.analyses.heads import check_selection
-from mhacli.config import ModelConfig, RotaryConfig
+from mhacli.config import ModelConfig, RopeConfig
 from mhacli.engine.arch.common import Projection
 from mhacli.engine.arch.rope import inv_freq
 from mhacli.engine.blocks import F32, Params, merge_heads
@@ -63,9 +63,10 @@ def rms_norm_vector(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarra
 
 @dataclass(frozen=True)
 class RopeStep:
-    """The rotations of one layer at positions 0..I: coordinate c of a head is paired with c + d_head/2, and the
-    pair at position j turned by the angle j * inv_freq[c] (then scaled by attention_scaling, 1 but for yarn and
-    longrope)."""
+    """The rotations of one layer at positions 0..I:
+
+    coordinate c of a head is paired with c + d_head/2, and the pair at position j turned by the angle j *
+    inv_freq[c] (then scaled by attention_scaling, 1 but for yarn and longrope)."""
 
     rope_type: str
     rope_theta: float
@@ -93,9 +94,8 @@ class RopeStep:
         return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
-def rope_step(config: RotaryConfig, layer: int, n_key: int, n_seq: int) -> RopeStep:
+def rope_step(rope: RopeConfig, config: ModelConfig, n_key: int, n_seq: int) -> RopeStep:
     """Positions 0..n_key-1 of a text of n_seq tokens (longrope and dynamic choose their frequencies by n_seq)."""
-    rope = config.rope_at(layer)
     inv, scaling = inv_freq(rope, config.d_head, config.n_positions, n_seq)
     angles = np.arange(n_key, dtype=F32)[:, None] * inv[None, :]
     return RopeStep(rope.rope_type, rope.rope_theta, inv, scaling, angles)
@@ -164,7 +164,9 @@ def head_step(
     rope: RopeStep | None = None,
     window: int | None = None,
 ) -> HeadStep:
-    """a_rows [n_key, n_in] (the attention input at tokens 0..I; the last row is the query token) -> this head's step."""
+    """a_rows [n_key, n_in] -> this head's step.
+
+    a_rows is the attention input at tokens 0..I; the last row is the query token."""
     n_key = len(a_rows)
     query, keys, _, _ = project_qk(a_rows, p, proj, qk_norm, eps)  # [d_head], [n_key, d_head]
     values = proj["v"].apply(a_rows, p)  # [n_key, d_head]
@@ -206,6 +208,7 @@ class Explanation:
     norm_weight: str | None  # e.g. h.0.ln_1.weight, layers.0.input_layernorm.weight
     layer_prefix: str  # h.0. / layers.0.: the projections' keys are relative to it
     projections: dict[str, Projection]  # q (this query head), k and v (its K/V head)
+    projections_note: str  # the family's sentence introducing them (not in the JSON)
     out_projection: Projection
     input: np.ndarray  # [n_embd] residual stream entering the layer at the query token
     ln_mean: float | None  # LayerNorm's mean (None for RMSNorm and OLMo)
@@ -229,8 +232,9 @@ class Explanation:
 
     @property
     def head_rows(self) -> tuple[int, int]:
-        """This head's rows of GPT-2's c_proj.weight [n_embd, n_embd] (columns of an nn.Linear o_proj), and its
-        columns of concat."""
+        """This head's rows of the output projection's weight, and its columns of concat.
+
+        Rows of GPT-2's c_proj.weight [n_embd, n_embd]; columns of an nn.Linear o_proj."""
         return self.head * self.d_head, (self.head + 1) * self.d_head
 
     @property
@@ -283,7 +287,8 @@ class Explanation:
             "projections": {f"w_{k}": p.to_dict() | {"weight": lp + p.weight, "bias": p.bias and lp + p.bias}
                             for k, p in self.projections.items()},
             "output_projection": self.out_projection.to_dict() | {
-                "weight": lp + self.out_projection.weight, "bias": self.out_projection.bias and lp + self.out_projection.bias,
+                "weight": lp + self.out_projection.weight,
+                "bias": self.out_projection.bias and lp + self.out_projection.bias,
                 "head_slice": list(self.head_rows)},
             "norm": {"type": self.norm, "weight": self.norm_weight, "eps": self.layer_norm_epsilon},
             "window": self.window,
@@ -327,31 +332,30 @@ def floats(a: np.ndarray) -> list:
 
 
 def layer_input(params: Params, ids: np.ndarray, layer: int) -> np.ndarray:
-    """The batched forward up to `layer`: the residual stream entering it [n_seq, n_embd] (the embeddings for
-    layer 0)."""
+    """The batched forward up to `layer`: the residual stream entering it [n_seq, n_embd].
+
+    For layer 0, the embeddings."""
     x = embed(params, ids)
     for trace in forward(params, ids, n_layers=layer):
         x = trace.residual
     return x
 
 
-def norm_eps(c: ModelConfig) -> float:
-    return c.rms_norm_eps if isinstance(c, RotaryConfig) else c.layer_norm_epsilon
-
-
 def attention_inputs(
     x: np.ndarray, p: dict[str, np.ndarray], c: ModelConfig, norm: tuple | None
 ) -> tuple[np.ndarray, float | None, float | None]:
-    """x [n_key, n_embd] -> (the attention input row by row [n_key, n_embd], the query row's mean, its variance or
+    """The attention input of each row, and the query row's norm statistics.
+
+    x [n_key, n_embd] -> (the attention input row by row [n_key, n_embd], the query row's mean, its variance or
     mean square)."""
     if norm is None:
         return x, None, None
     kind, weight, bias = norm
     if kind == "layer_norm":
-        rows = [layer_norm_vector(row, p[weight], p[bias], norm_eps(c)) for row in x]
+        rows = [layer_norm_vector(row, p[weight], p[bias], c.norm_eps) for row in x]
         return np.stack([r for r, _, _ in rows]), float(rows[-1][1]), float(rows[-1][2])
-    rows = [rms_norm_vector(row, p[weight], norm_eps(c)) for row in x]
-    return np.stack([r for r, _ in rows]), None, float(rows[-1][1])
+    rms_rows = [rms_norm_vector(row, p[weight], c.norm_eps) for row in x]
+    return np.stack([r for r, _ in rms_rows]), None, float(rms_rows[-1][1])
 
 
 def explain(
@@ -369,9 +373,21 @@ def explain(
 
     # Steps 1-5 for token i, from the vectors x_0..x_i alone.
     a_rows, mean, var = attention_inputs(x[: i + 1], p, c, arch.ATTENTION_NORM)  # [n_key, n_embd]
-    rope = rope_step(c, layer, i + 1, len(ids)) if isinstance(c, RotaryConfig) else None
-    kw = {"qk_norm": arch.QK_NORM, "eps": norm_eps(c), "rope": rope, "window": window}
-    steps = [head_step(a_rows, p, arch.head_projections(c, h), scale, **kw) for h in range(c.n_head)]
+    rope_config = arch.rope_at(c, layer)
+    rope = None if rope_config is None else rope_step(rope_config, c, i + 1, len(ids))
+    steps = [
+        head_step(
+            a_rows,
+            p,
+            arch.head_projections(c, h),
+            scale,
+            qk_norm=arch.QK_NORM,
+            eps=c.norm_eps,
+            rope=rope,
+            window=window,
+        )
+        for h in range(c.n_head)
+    ]
     heads_output = np.stack([s.output for s in steps])  # [n_head, d_head]
     concat = heads_output.reshape(-1)  # [n_head * d_head]
     out = arch.out_projection(c)
@@ -385,7 +401,8 @@ def explain(
         output = output + p[out.bias]
     qk = None
     if arch.QK_NORM is not None:
-        _, _, q_rms, k_rms = project_qk(a_rows, p, arch.head_projections(c, head), arch.QK_NORM, norm_eps(c))
+        _, _, q_rms, k_rms = project_qk(a_rows, p, arch.head_projections(c, head), arch.QK_NORM, c.norm_eps)
+        assert q_rms is not None and k_rms is not None  # with QK-norm, project_qk computes both
         qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms)
 
     # Step 6: the forward's own block over the whole text, every intermediate as the forward computes it (the
@@ -393,6 +410,7 @@ def explain(
     batched_in = arch.attention_input(x, p, c)  # [n_seq, n_embd]
     _, parts = arch.block(x, p, c, layer)
     s, g = steps[head], c.kv_head(head)
+    assert parts.probs is not None  # no sink: the block keeps the map
     pairs = {
         "ln_input": (a_rows[-1], batched_in[i]),
         "query": (s.query, parts.q[head, i]),
@@ -406,6 +424,8 @@ def explain(
         "output": (output, parts.out[i]),
     }
     if rope is not None:
+        assert parts.q_pre_rope is not None and parts.k_pre_rope is not None  # kept by every rotary family
+        assert s.query_pre_rope is not None and s.keys_pre_rope is not None
         pairs["query_pre_rope"] = (s.query_pre_rope, parts.q_pre_rope[head, i])
         pairs["keys_pre_rope"] = (s.keys_pre_rope, parts.k_pre_rope[g, : i + 1])
     diffs, bounds = {}, {}
@@ -430,11 +450,12 @@ def explain(
         scale=scale,
         scale_attn_weights=getattr(c, "scale_attn_weights", True),
         scale_attn_by_inverse_layer_idx=getattr(c, "scale_attn_by_inverse_layer_idx", False),
-        layer_norm_epsilon=norm_eps(c),
+        layer_norm_epsilon=c.norm_eps,
         norm=None if norm is None else norm[0],
         norm_weight=None if norm is None else prefix + norm[1],
         layer_prefix=prefix,
         projections=arch.head_projections(c, head),
+        projections_note=arch.projections_note(c, head, g),
         out_projection=out,
         input=x[i],
         ln_mean=mean,

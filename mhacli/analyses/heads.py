@@ -50,8 +50,10 @@ def analyse(
     request: MapRequest | None = None,
 ) -> Iterator[HeadView]:
     """Yield a HeadView per selected head, layer by layer; the forward stops after the last selected layer.
-    `edits`: heads' outputs replaced before W_O (ablation, mhacli.analyses.ablate), layer by layer. `request`: only that part
-    of each selected head's map (a PartialMap, mhacli.analyses.partial), its statistics streamed: no whole map is made."""
+
+    `edits`: heads' outputs replaced before W_O (ablation, mhacli.analyses.ablate), layer by layer. `request`: only
+    that part of each selected head's map (a PartialMap, mhacli.analyses.partial), its statistics streamed: no whole
+    map is made."""
     config = params.config
     check_selection(config.n_layer, config.n_head, layers, heads)
     wanted_layers = sorted(set(layers)) if layers else list(range(config.n_layer))
@@ -60,8 +62,10 @@ def analyse(
     parts: dict[int, WindowSink | TopSink] = {}
 
     def sinks(layer: int) -> Sink | None:
-        """A layer not shown needs no map at all; without maps a shown layer's statistics are streamed (and the
-        part of its map a request asks for kept beside them)."""
+        """A layer not shown needs no map at all.
+
+        Without maps a shown layer's statistics are streamed (and the part of its map a request asks for kept
+        beside them)."""
         if layer not in wanted_layers:
             return DISCARD
         if keep_maps and request is None:
@@ -85,8 +89,8 @@ def analyse(
             for head, attn in zip(wanted_heads, maps):
                 yield HeadView(every[head], attn, config.kv_head(head))
             continue
-        attn = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
-        for row, stats in zip(attn, layer_stats(trace.layer, attn, ids)):
+        kept = trace.attention[wanted_heads]  # [n_selected, n_seq, n_seq]
+        for row, stats in zip(kept, layer_stats(trace.layer, kept, ids)):
             head = wanted_heads[stats.head]
             yield HeadView(replace(stats, layer=trace.layer, head=head), row, config.kv_head(head))
 
@@ -129,11 +133,13 @@ def memory_needed(
     forwards: int = 1,
     kept_cells: int = 0,
 ) -> int:
-    """Bytes a request needs at its peak: `forwards` forwards at once (2 for a streamed diff), the weights resident
-    meanwhile (Checkpoint.weight_bytes: one pass's layers, or every tensor of a caching checkpoint) and, with
-    keep_maps, the kept maps (the selected heads' copies) plus the whole map of the layer being computed; with
-    `kept_cells`, that many float32 cells of each selected head's map. Without whole maps nothing grows with
-    n_seq^2: attention is streamed (mhacli.engine.attention)."""
+    """Bytes a request needs at its peak:
+
+    `forwards` forwards at once (2 for a streamed diff), the weights resident meanwhile (Checkpoint.weight_bytes:
+    one pass's layers, or every tensor of a caching checkpoint) and, with keep_maps, the kept maps (the selected
+    heads' copies) plus the whole map of the layer being computed; with `kept_cells`, that many float32 cells of
+    each selected head's map. Without whole maps nothing grows with n_seq^2: attention is streamed
+    (mhacli.engine.attention)."""
     maps = kept_layers * kept_heads * kept_cells * 4  # the parts of maps a view asked for (mhacli.analyses.partial)
     if keep_maps:
         square = n_seq * n_seq * 4

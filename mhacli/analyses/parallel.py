@@ -122,8 +122,10 @@ def local_pool(workers: int) -> Iterator[Executor]:
 
 @contextmanager
 def dask_executor(address: str, workers: int) -> Iterator[Executor]:
-    """A Dask cluster's executor: `address` of a running scheduler, or `local` for a LocalCluster of `workers`
-    single-threaded worker processes. Needs the dask extra (errors.install_hint)."""
+    """A Dask cluster's executor:
+
+    `address` of a running scheduler, or `local` for a LocalCluster of `workers` single-threaded worker processes.
+    Needs the dask extra (errors.install_hint)."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
@@ -187,8 +189,10 @@ def chunks(work: Iterable[Item | tuple[int, str]], failed: Callable[[int, str], 
 def drive(
     work: Iterable[Item | tuple[int, str]], files: ModelFiles, executor: Executor | None, sink: InOrder, in_flight: int
 ) -> None:
-    """Run every item: in this process when `executor` is None, else at most `in_flight` chunks out at a time
-    (the work is read lazily, so a streamed corpus is never held whole)."""
+    """Run every item:
+
+    in this process when `executor` is None, else at most `in_flight` chunks out at a time (the work is read lazily,
+    so a streamed corpus is never held whole)."""
     if executor is None:
         for chunk in chunks(work, sink):
             for seq, outcome in run_chunk(files, chunk):

@@ -1,6 +1,8 @@
-"""The parts of attention maps a view shows, computed without the whole map: a window of rows and keys, one query's
-row, every query's strongest keys. Each is a mhacli.engine.attention sink that keeps only its part of each tile as the
-kernel streams the layer, so a 32,768-token text costs the window, not n_seq^2. Pure NumPy.
+"""The parts of attention maps a view shows, computed without the whole map:
+
+a window of rows and keys, one query's row, every query's strongest keys. Each is a mhacli.engine.attention sink that
+keeps only its part of each tile as the kernel streams the layer, so a 32,768-token text costs the window, not n_seq^2.
+Pure NumPy.
 
 A PartialMap answers the indexing the views use on a whole map (`attn[i, j]`, `attn[i, :i + 1]`, `attn.shape`)
 for the cells it holds, and `strongest(attn, i, k)` lists a row's strongest keys from either kind of map, in the
@@ -31,8 +33,10 @@ class Tee:
 
 @dataclass(frozen=True)
 class MapRequest:
-    """What a view needs of each selected head's map: query rows `rows` (sorted) over keys `keys` (sorted), or,
-    with `top`, the `top` strongest keys of every query row."""
+    """What a view needs of each selected head's map:
+
+    query rows `rows` (sorted) over keys `keys` (sorted), or, with `top`, the `top` strongest keys of every query
+    row."""
 
     rows: tuple[int, ...] = ()
     keys: tuple[int, ...] = ()
@@ -51,8 +55,8 @@ class PartialMap:
     def __init__(
         self,
         n_seq: int,
-        rows: Sequence[int],
-        keys: Sequence[int],
+        rows: Sequence[int] | np.ndarray,
+        keys: Sequence[int] | np.ndarray,
         data: np.ndarray,
         top: tuple[np.ndarray, np.ndarray] | None = None,
     ):
@@ -81,8 +85,10 @@ class PartialMap:
 
 
 class WindowSink:
-    """Collects rows `rows` over keys `keys` of heads `heads` from the tiles: [len(heads), len(rows), len(keys)],
-    every cell the kernel hides (masked, outside a window) left 0, as in a whole map."""
+    """Collects rows `rows` over keys `keys` of heads `heads` from the tiles:
+
+    [len(heads), len(rows), len(keys)], every cell the kernel hides (masked, outside a window) left 0, as in a whole
+    map."""
 
     concurrent = True
 
@@ -107,6 +113,7 @@ class WindowSink:
 
 class TopSink:
     """The k strongest keys of every query row of heads `heads` (keys 0..i), as whole-map argsort order gives them:
+
     by weight, largest first, ties by the later key first."""
 
     concurrent = True
@@ -139,8 +146,10 @@ class TopSink:
 
 
 def ranked(row: np.ndarray, k: int) -> np.ndarray:
-    """The indices of the k largest entries of `row`, largest first, ties by the larger index first: the first k
-    of np.argsort(row, kind="stable")[::-1], found in O(len(row)) (argpartition), the tie at the boundary settled exactly."""
+    """The indices of the k largest entries of `row`, largest first, ties by the larger index first:
+
+    the first k of np.argsort(row, kind="stable")[::-1], found in O(len(row)) (argpartition), the tie at the
+    boundary settled exactly."""
     n = len(row)
     if n <= k:
         return np.argsort(row, kind="stable")[::-1]

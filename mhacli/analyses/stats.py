@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -61,8 +62,10 @@ class HeadStats:
         }
 
     def unit_value(self, name: str) -> float | None:
-        """Statistic `name` on a 0-1 scale (RELATIVE): entropy and mean_distance as fractions of their maximum
-        for these rows (also by their RELATIVE names), the others as they are. None where undefined."""
+        """Statistic `name` on a 0-1 scale (RELATIVE):
+
+        entropy and mean_distance as fractions of their maximum for these rows (also by their RELATIVE names),
+        the others as they are. None where undefined."""
         name = {v: k for k, v in RELATIVE.items()}.get(name, name)
         value = self.values[name]
         if value is None or name not in RELATIVE:
@@ -83,9 +86,10 @@ class HeadStats:
 
 
 def target_rows(ids: np.ndarray) -> dict[str, np.ndarray]:
-    """[n_seq] -> {stat: [n_seq] bool}: whether row i has any duplicate (D_i) or induction (I_i) target at all, in
-    O(n_seq): D_i is non-empty when t_i first occurs before i - 1, I_i when it first occurs before i - 2 (the
-    token before key j = m + 1 is t_m, and 1 <= j <= i - 2 means 0 <= m <= i - 3)."""
+    """Whether each row has any duplicate (D_i) or induction (I_i) target at all, in O(n_seq).
+
+    [n_seq] -> {stat: [n_seq] bool}. D_i is non-empty when t_i first occurs before i - 1, I_i when it first occurs
+    before i - 2 (the token before key j = m + 1 is t_m, and 1 <= j <= i - 2 means 0 <= m <= i - 3)."""
     ids = np.asarray(ids)
     i = np.arange(len(ids))
     _, first_at, inverse = np.unique(ids, return_index=True, return_inverse=True)
@@ -100,8 +104,10 @@ SCRATCH_BYTES = 16 * 1024 * 1024  # StatsAccumulator's float32 work arrays, each
 
 @dataclass(frozen=True)
 class LayerStats:
-    """Every statistic of every head of one layer: arrays [n_head] (NaN where undefined), and the rows the
-    token-pattern statistics average over (they depend on the token ids only, so they are the same for all heads)."""
+    """Every statistic of every head of one layer:
+
+    arrays [n_head] (NaN where undefined), and the rows the token-pattern statistics average over (they depend on
+    the token ids only, so they are the same for all heads)."""
 
     values: dict[str, np.ndarray]
     support: dict[str, int]
@@ -111,9 +117,10 @@ class LayerStats:
 
 
 class TokenMatches:
-    """The (row, key) pairs of the duplicate-token and induction targets (D_i, I_i), listed for any rows and keys in
-    time proportional to the pairs, not rows x keys: positions sorted by token, each row's earlier copies of its
-    token found by binary search."""
+    """The (row, key) pairs of the duplicate-token and induction targets (D_i, I_i), for any rows and keys.
+
+    Listed in time proportional to the pairs, not rows x keys: positions sorted by token, each row's earlier copies of
+    its token found by binary search."""
 
     def __init__(self, ids: np.ndarray):
         n = len(ids)
@@ -122,9 +129,11 @@ class TokenMatches:
         self.keys = np.sort(self.base + np.arange(n))  # token-major, then position
 
     def pairs(self, name: str, a: int, b: int, lo: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows a..b-1, keys lo..: (row - a, key - lo) of every target of `name` (duplicate_token, induction), by
-        row then key. D_i: keys lo <= j <= i - 2 with t_j = t_i. I_i: keys max(lo, 1) <= j <= i - 2 with
-        t_{j-1} = t_i: copies at m = j - 1 with max(lo - 1, 0) <= m <= i - 3."""
+        """Rows a..b-1, keys lo..:
+
+        (row - a, key - lo) of every target of `name` (duplicate_token, induction), by row then key. D_i: keys
+        lo <= j <= i - 2 with t_j = t_i. I_i: keys max(lo, 1) <= j <= i - 2 with t_{j-1} = t_i: copies at m = j
+        - 1 with max(lo - 1, 0) <= m <= i - 3."""
         i = np.arange(a, b)
         if name == "duplicate_token":
             first, end, shift = lo, i - 1, 0
@@ -141,12 +150,13 @@ class TokenMatches:
 
 
 class StatsAccumulator:
-    """Every statistic of every head of one layer, from the attention given tile by tile (a mhacli.engine.attention sink):
-    head h, rows a..b-1 over keys lo..b-1 (the keys outside a sliding window are 0). Each tile's rows are reduced to
-    one number per row and statistic (float32 products, float64 sums), then dropped: memory O(n_head x n_seq)
-    besides the tile. Different blocks may arrive from different threads at once (`concurrent`): each thread has
-    its own work arrays and writes only its rows. Rows before `first_row` are skipped (the second copy of a
-    repeated sequence: mha census' `repeat` probe).
+    """Every statistic of every head of one layer, from the attention given tile by tile.
+
+    A mhacli.engine.attention sink: head h, rows a..b-1 over keys lo..b-1 (the keys outside a sliding window are 0).
+    Each tile's rows are reduced to one number per row and statistic (float32 products, float64 sums), then dropped:
+    memory O(n_head x n_seq) besides the tile. Different blocks may arrive from different threads at once
+    (`concurrent`): each thread has its own work arrays and writes only its rows. Rows before `first_row` are skipped
+    (the second copy of a repeated sequence: mha census' `repeat` probe).
     """
 
     concurrent = True
@@ -165,8 +175,10 @@ class StatsAccumulator:
         self._local = threading.local()
 
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        """p [g, b - a, b - lo]: heads h..h+g-1, rows a..b-1 over keys lo..b-1, reduced a few rows at a time so the
-        work arrays stay under SCRATCH_BYTES each, however long the rows."""
+        """p [g, b - a, b - lo]:
+
+        heads h..h+g-1, rows a..b-1 over keys lo..b-1, reduced a few rows at a time so the work arrays stay
+        under SCRATCH_BYTES each, however long the rows."""
         step = max(1, SCRATCH_BYTES // (4 * p.shape[0] * max(1, b - lo)))
         for c in range(max(a, self.first_row), b, step):
             self._add(h, c, min(c + step, b), lo, p[:, c - a : min(c + step, b) - a])
@@ -198,16 +210,18 @@ class StatsAccumulator:
                 out[name][heads, r] = [np.bincount(rows, weights=w, minlength=b_rows - a) for w in weights]
 
     def _tile(self, a: int, b_rows: int, lo: int, b: int) -> "_Tile":
-        """What the rows a..b_rows-1 over keys lo..b-1 share across heads (their distances i - j, their duplicate
-        and induction pairs), made once per thread for all heads of a block."""
+        """What the rows a..b_rows-1 over keys lo..b-1 share across heads, made once per thread for a block.
+
+        Their distances i - j, their duplicate and induction pairs."""
         tile = getattr(self._local, "tile", None)
         if tile is None or tile.span != (a, b_rows, lo, b):
             tile = self._local.tile = _Tile(a, b_rows, lo, b, self.matches)
         return tile
 
     def _work(self, size: int) -> np.ndarray:
-        """This thread's float32 work array, at least `size` long, kept from tile to tile (new memory for every
-        tile would page-fault its way in each time)."""
+        """This thread's float32 work array, at least `size` long, kept from tile to tile.
+
+        New memory for every tile would page-fault its way in each time."""
         work = getattr(self._local, "work", None)
         if work is None or work.size < size:
             work = self._local.work = np.empty(max(size, SCRATCH_BYTES // 4), dtype=F32)
@@ -236,14 +250,16 @@ class StatsAccumulator:
 
 
 def _row_sums(x: np.ndarray) -> np.ndarray:
-    """[g, rows, keys] float32 -> [g, rows] float64 sums (einsum casts to float64 as it goes: faster than
-    sum(dtype=))."""
+    """[g, rows, keys] float32 -> [g, rows] float64 sums.
+
+    einsum casts to float64 as it goes: faster than sum(dtype=)."""
     return np.einsum("hij->hi", x, dtype=np.float64)
 
 
 class _Tile:
-    """What every head's tile of rows a..b_rows-1 over keys lo..b-1 shares: the distances i - j (float32, exact
-    integers), the rows' positions and the duplicate/induction pairs."""
+    """What every head's tile of rows a..b_rows-1 over keys lo..b-1 shares:
+
+    the distances i - j (float32, exact integers), the rows' positions and the duplicate/induction pairs."""
 
     def __init__(self, a: int, b_rows: int, lo: int, b: int, matches: TokenMatches):
         self.span = (a, b_rows, lo, b)
@@ -254,8 +270,9 @@ class _Tile:
 
 
 def layer_arrays(attn: np.ndarray, ids: np.ndarray, first_row: int = 0) -> LayerStats:
-    """[n_head, n_seq, n_seq], [n_seq] -> LayerStats over query rows first_row..n_seq-1, from a whole map: its
-    lower triangle fed to a StatsAccumulator ROW_BLOCK rows at a time."""
+    """[n_head, n_seq, n_seq], [n_seq] -> LayerStats over query rows first_row..n_seq-1, from a whole map:
+
+    its lower triangle fed to a StatsAccumulator ROW_BLOCK rows at a time."""
     n_head, n_seq, _ = attn.shape
     acc = StatsAccumulator(n_head, ids, first_row)
     for a in range(first_row, n_seq, ROW_BLOCK):
@@ -275,9 +292,11 @@ def uniform_entropy(n_seq: int) -> float:
 
 
 def rule_holds(values: dict[str, np.ndarray], support: dict[str, int], uniform: float) -> dict[str, np.ndarray]:
-    """kind -> bool array: whether that kind's rule alone holds (its statistic at its threshold, with at least
-    MIN_SUPPORT rows where the statistic needs support). NaN never holds. Arrays of any shape, broadcast; a
-    `relative_entropy` array in `values` is used as it is (`uniform` is then unused)."""
+    """kind -> bool array:
+
+    whether that kind's rule alone holds (its statistic at its threshold, with at least MIN_SUPPORT rows where the
+    statistic needs support). NaN never holds. Arrays of any shape, broadcast; a `relative_entropy` array in
+    `values` is used as it is (`uniform` is then unused)."""
     derived = dict(values)
     if "relative_entropy" not in derived:  # entropy over the entropy of uniform attention on the same rows
         entropy = np.asarray(values["entropy"], dtype=np.float64)
@@ -302,12 +321,15 @@ def kinds_from_holds(holds: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def classify(values: dict[str, float | None], n_seq: int, support: dict[str, int] | None = None) -> str:
-    """A head's kind from its statistics (KIND_RULES). `support` defaults to enough rows for every statistic
-    that is defined (one head classified on its own, as in the tests of the thresholds)."""
+    """A head's kind from its statistics (KIND_RULES).
+
+    `support` defaults to enough rows for every statistic that is defined (one head classified on its own, as in the
+    tests of the thresholds)."""
     arrays = {k: np.float64(np.nan if v is None else v) for k, v in values.items()}
     if support is None:
         support = {s: MIN_SUPPORT for s in SUPPORTED_STATS}
-    return KINDS[int(kinds_from_holds(rule_holds(arrays, support, uniform_entropy(n_seq))))]
+    holds = rule_holds(cast("dict[str, np.ndarray]", arrays), support, uniform_entropy(n_seq))  # scalars broadcast
+    return KINDS[int(kinds_from_holds(holds))]
 
 
 def layer_stats(layer: int, attn: np.ndarray, ids: np.ndarray) -> list[HeadStats]:
@@ -333,6 +355,7 @@ TOO_PLAIN = (
 
 
 def undecidable(support: dict[str, int]) -> bool:
-    """No row of the text supports a token-pattern kind: it is too short or too plain to tell induction or
-    duplicate-token heads."""
+    """No row of the text supports a token-pattern kind:
+
+    it is too short or too plain to tell induction or duplicate-token heads."""
     return all(support.get(s, 0) < MIN_SUPPORT for s in SUPPORTED_STATS)

@@ -13,6 +13,7 @@ import numpy as np
 
 from mhacli.analyses.loss import logits as our_logits
 from mhacli.analyses.loss import text_losses
+from mhacli.config import ARCHITECTURES
 from mhacli.engine.arch import family
 from mhacli.engine.forward import final_norm, forward
 from mhacli.errors import ModelError, missing_extra
@@ -132,20 +133,20 @@ def has_output_head(ckpt: Checkpoint) -> bool:
 
 
 def hf_reference(ckpt: Checkpoint, ids: np.ndarray) -> HFReference:
-    """HF's attentions, hidden states and (where the checkpoint has an output head) logits and labels=ids loss,
-    from the checkpoint's model_type class (GPT2LMHeadModel, LlamaForCausalLM, ...; the base class GPT2Model,
+    """HF's attentions, hidden states and, where the checkpoint has an output head, logits and labels=ids loss.
+
+    From the checkpoint's model_type class (GPT2LMHeadModel, LlamaForCausalLM, ...; the base class GPT2Model,
     LlamaModel, ... without an output head), eager attention, float32."""
     torch, transformers = _import_hf()
     directory = ckpt.files.directory
     model_type = ckpt.config.model_type
-    arch = family(model_type)
     with_head = has_output_head(ckpt)
     standard = {directory / "model.safetensors"} == set(ckpt.files.weight_files) or (
         directory / "model.safetensors.index.json"
     ).is_file()
     try:
-        classes = arch.HF_LM_CLASS if with_head else arch.HF_MODEL_CLASS
-        model_class = getattr(transformers, classes[model_type])  # e.g. LlamaForCausalLM
+        row = ARCHITECTURES[model_type]
+        model_class = getattr(transformers, row.hf_lm if with_head else row.hf_model)  # e.g. LlamaForCausalLM
         if standard:
             model = model_class.from_pretrained(
                 directory, attn_implementation="eager", dtype=torch.float32, use_safetensors=True

@@ -63,7 +63,7 @@ def version_text() -> str:
     """`mha --version`.
 
     The package, the Python and NumPy it runs on, and the architectures (config.json model_type) the forward
-    supports, read from the family registry (mhacli.engine.arch.FAMILIES).
+    supports, read from the registry (mhacli.config.ARCHITECTURES).
     """
     import platform
 

@@ -2,9 +2,11 @@
 
 One frozen dataclass per architecture family, all built on `ModelConfig` (config/base.py), which holds what every
 other module reads (n_layer, n_head, n_kv_head, d_head, n_embd, n_positions, vocab_size, layout, attn_scale, to_dict):
-- `Gpt2Config`: gpt2; `BigCodeConfig`: gpt_bigcode (config/gpt2.py: their fields, defaults and parsing);
+- `Gpt2Config`: gpt2; `BigCodeConfig`: gpt_bigcode, both a `LayerNormConfig` (config/gpt2.py: their fields,
+  defaults and parsing);
 - `RotaryConfig`: llama, mistral, olmo2, olmo3, with its rotary parameters as a `RopeConfig` (config/rotary.py).
-Reading one field (types, ranges, the messages that name it) is config/fields.py; `parse_config` dispatches here.
+Reading one field (types, ranges, the messages that name it) is config/fields.py. The supported model types, their
+parsers and families are one table, `ARCHITECTURES` (config/registry.py); `parse_config` dispatches through it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from mhacli.config.gpt2 import (
     GPT2_DEFAULTS,
     BigCodeConfig,
     Gpt2Config,
-    _parse_bigcode,
-    _parse_gpt2,
+    LayerNormConfig,
 )
+from mhacli.config.registry import ARCHITECTURES, SUPPORTED_MODEL_TYPES, Architecture
 from mhacli.config.rotary import (
     DEFAULT_ROPE_THETA,
     LAYER_TYPES,
@@ -31,17 +33,15 @@ from mhacli.config.rotary import (
     ROTARY_DEFAULTS,
     RopeConfig,
     RotaryConfig,
-    _parse_rotary,
 )
 from mhacli.errors import ConfigError
 
 __all__ = [
-    "ACTIVATIONS", "BIGCODE_DEFAULTS", "DEFAULT_ROPE_THETA", "GPT2_ALIASES", "GPT2_DEFAULTS", "LAYER_TYPES", "MAX_COUNT",
-    "MAX_DIM", "MAX_POSITIONS", "OLMO3_DEFAULT_ROPE_THETA", "REQUIRED_ROPE_KEYS", "ROPE_TYPES", "ROTARY_DEFAULTS",
-    "SUPPORTED_MODEL_TYPES", "BigCodeConfig", "Gpt2Config", "ModelConfig", "RopeConfig", "RotaryConfig", "parse_config",
+    "ACTIVATIONS", "ARCHITECTURES", "BIGCODE_DEFAULTS", "DEFAULT_ROPE_THETA", "GPT2_ALIASES", "GPT2_DEFAULTS",
+    "LAYER_TYPES", "MAX_COUNT", "MAX_DIM", "MAX_POSITIONS", "OLMO3_DEFAULT_ROPE_THETA", "REQUIRED_ROPE_KEYS",
+    "ROPE_TYPES", "ROTARY_DEFAULTS", "SUPPORTED_MODEL_TYPES", "Architecture", "BigCodeConfig", "Gpt2Config",
+    "LayerNormConfig", "ModelConfig", "RopeConfig", "RotaryConfig", "parse_config",
 ]  # fmt: skip
-
-SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_bigcode", "llama", "mistral", "olmo2", "olmo3")
 
 
 def parse_config(raw: Any) -> ModelConfig:
@@ -55,8 +55,4 @@ def parse_config(raw: Any) -> ModelConfig:
         raise ConfigError(
             f"model_type {_shown(model_type)} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
-    if model_type == "gpt2":
-        return _parse_gpt2(raw)
-    if model_type == "gpt_bigcode":
-        return _parse_bigcode(raw)
-    return _parse_rotary(raw, model_type)
+    return ARCHITECTURES[model_type].parse(raw)

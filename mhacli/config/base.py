@@ -1,4 +1,5 @@
 """What every architecture's config has (`ModelConfig`): the head layout, the attention scale, the KV cache size.
+
 Each family's config (gpt2, gpt_bigcode, rotary) extends it with its own fields."""
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ class ModelConfig:
     def sliding_window(self, layer: int) -> int | None:
         """How many keys (the query's own included) a query of `layer` sees at most; None: all earlier ones."""
         return None
+
+    @property
+    def norm_eps(self) -> float:
+        """The epsilon of the model's norms (LayerNorm's layer_norm_epsilon, RMSNorm's rms_norm_eps)."""
+        raise NotImplementedError(f"{type(self).__name__} names no norm epsilon")
 
     def kv_cache_bytes_per_token(self, bytes_per_value: int = 4) -> int:
         """Bytes of K and V cached per token over all layers: 2 x n_layer x n_kv_head x d_head values."""

@@ -1,5 +1,7 @@
-"""Reading one config.json field: type and range checks that raise ConfigError naming the field (and clip a hostile
-value in the message), the limits no real model exceeds, the activations the MLPs accept, HF's defaults applied."""
+"""Reading one config.json field:
+
+type and range checks that raise ConfigError naming the field (and clip a hostile value in the message), the limits no
+real model exceeds, the activations the MLPs accept, HF's defaults applied."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""GPT-2 and GPTBigCode (StarCoder, SantaCoder): their fields, HF's defaults and the parsing they share (GPTBigCode is
-GPT-2's block with nn.Linear layouts and, when multi_query, one K/V head shared by every query head)."""
+"""GPT-2 and GPTBigCode (StarCoder, SantaCoder):
+
+their fields, HF's defaults and the parsing they share (GPTBigCode is GPT-2's block with nn.Linear layouts and, when
+multi_query, one K/V head shared by every query head)."""
 
 from __future__ import annotations
 
@@ -51,11 +53,21 @@ BIGCODE_DEFAULTS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class Gpt2Config(ModelConfig):
+class LayerNormConfig(ModelConfig):
+    """What GPT-2 and GPTBigCode share: LayerNorms, a dense MLP, an optional attention scale."""
+
     n_inner: int
     activation_function: str
     layer_norm_epsilon: float
     scale_attn_weights: bool
+
+    @property
+    def norm_eps(self) -> float:
+        return self.layer_norm_epsilon
+
+
+@dataclass(frozen=True)
+class Gpt2Config(LayerNormConfig):
     scale_attn_by_inverse_layer_idx: bool
     reorder_and_upcast_attn: bool
 
@@ -70,11 +82,7 @@ class Gpt2Config(ModelConfig):
 
 
 @dataclass(frozen=True)
-class BigCodeConfig(ModelConfig):
-    n_inner: int
-    activation_function: str
-    layer_norm_epsilon: float
-    scale_attn_weights: bool
+class BigCodeConfig(LayerNormConfig):
     multi_query: bool
     # Both only choose the dtype of HF's fused softmax kernels; its eager float32 path ignores them, as we do.
     attention_softmax_in_fp32: bool

@@ -1,6 +1,8 @@
-"""Llama, Mistral, OLMo 2 and OLMo 3 (`RotaryConfig`): RMSNorm, SwiGLU, grouped K/V heads, rotary positions and
-sliding windows; HF's defaults per model type, and the rotary parameters (`RopeConfig`), read from
-`rope_parameters` or the older `rope_scaling` + `rope_theta` the way HF's RotaryEmbeddingConfigMixin standardises them."""
+"""Llama, Mistral, OLMo 2 and OLMo 3 (`RotaryConfig`):
+
+RMSNorm, SwiGLU, grouped K/V heads, rotary positions and sliding windows; HF's defaults per model type, and the rotary
+parameters (`RopeConfig`), read from `rope_parameters` or the older `rope_scaling` + `rope_theta` the way HF's
+RotaryEmbeddingConfigMixin standardises them."""
 
 from __future__ import annotations
 
@@ -73,6 +75,10 @@ class RotaryConfig(ModelConfig):
     def d_head(self) -> int:
         return self.head_dim
 
+    @property
+    def norm_eps(self) -> float:
+        return self.rms_norm_eps
+
     def sliding_window(self, layer: int) -> int | None:
         return self.window if self.layer_types[layer] == "sliding_attention" else None
 
@@ -133,8 +139,10 @@ def _window(fields: dict) -> int | None:
 
 
 def _layer_types(fields: dict, model_type: str, n_layer: int, window: int | None) -> tuple[str, ...]:
-    """Which layers use the sliding window: Mistral's every layer when it has one (MistralModel ignores any
-    layer_types), OLMo 3's as layer_types says (default: three sliding layers, then a full one)."""
+    """Which layers use the sliding window:
+
+    Mistral's every layer when it has one (MistralModel ignores any layer_types), OLMo 3's as layer_types says
+    (default: three sliding layers, then a full one)."""
     if model_type == "mistral":
         return ("sliding_attention" if window is not None else "full_attention",) * n_layer
     if model_type != "olmo3":
@@ -221,7 +229,25 @@ def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConf
     theta = _number(params, "rope_theta", where=where)
     if theta <= 1.0:
         raise ConfigError(f"{where}: rope_theta must be greater than 1, got {theta!r}")
-    out: dict[str, Any] = {"rope_type": kind, "rope_theta": theta}
+    out: dict[str, Any] = {"rope_type": kind, "rope_theta": theta} | _rope_scaling(params, kind, where, n_positions)
+    if kind == "dynamic" and head_dim <= 2:
+        raise ConfigError(f"{where}: rope_type 'dynamic' needs head_dim > 2, got {head_dim}")
+    if kind == "longrope":
+        for key in ("short_factor", "long_factor"):
+            value = params[key]
+            if (
+                not isinstance(value, list)
+                or len(value) != head_dim // 2
+                or not all(_finite(x) and x > 0 for x in value)
+            ):
+                raise ConfigError(f"{where}.{key} must be a list of {head_dim // 2} positive numbers"[:300])
+            out[key] = tuple(float(x) for x in value)
+    return RopeConfig(**out)
+
+
+def _rope_scaling(params: dict, kind: str, where: str, n_positions: int) -> dict[str, Any]:
+    """The scaling fields rope_type `kind` reads (original context, factors, yarn's and llama3's own), validated."""
+    out: dict[str, Any] = {}
 
     def optional(key: str, *, positive: bool = True) -> None:
         if params.get(key) is not None:
@@ -248,16 +274,4 @@ def _rope(params: dict, where: str, head_dim: int, n_positions: int) -> RopeConf
             raise ConfigError(
                 f"{where}: high_freq_factor must differ from low_freq_factor (both {out['low_freq_factor']})"
             )
-    if kind == "dynamic" and head_dim <= 2:
-        raise ConfigError(f"{where}: rope_type 'dynamic' needs head_dim > 2, got {head_dim}")
-    if kind == "longrope":
-        for key in ("short_factor", "long_factor"):
-            value = params[key]
-            if (
-                not isinstance(value, list)
-                or len(value) != head_dim // 2
-                or not all(_finite(x) and x > 0 for x in value)
-            ):
-                raise ConfigError(f"{where}.{key} must be a list of {head_dim // 2} positive numbers"[:300])
-            out[key] = tuple(float(x) for x in value)
-    return RopeConfig(**out)
+    return out

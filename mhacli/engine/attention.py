@@ -10,9 +10,10 @@ O(rows x n_seq) per thread, not O(n_head x n_seq^2), and a 32,768-token text nee
 depend on the text's length and window only, never on the sink: a kept map and a streamed one hold the same
 float32 numbers, so statistics of one equal those of the other.
 
-Blocks are independent: with a sink that says so (`concurrent = True`: it writes only the rows it is given), they
-are shared among threads, each taking the next, largest first (NumPy releases the GIL in its kernels), BLAS held
-to one thread inside them so the threads do not fight over the cores. A sink without it gets the blocks in order, heads 0..n_head-1 within each.
+Blocks are independent: with a sink that says so (`concurrent = True`: it writes only the rows it is given), they are
+shared among threads, each taking the next, largest first (NumPy releases the GIL in its kernels), BLAS held to one
+thread inside them so the threads do not fight over the cores. A sink without it gets the blocks in order, heads
+0..n_head-1 within each.
 
 The 1/sqrt(d_head) scale is folded into q. Grouped K/V heads (MQA/GQA) are read in place, never repeated in
 memory: query head h reads K/V head h // (n_head // n_kv_head), as HF's repeat_kv does.
@@ -24,7 +25,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -39,11 +40,12 @@ MIN_PARALLEL_CELLS = 1 << 20  # fewer visible (row, key) cells than this in all 
 
 
 class Sink(Protocol):
-    """Takes a layer's attention tile by tile: heads h..h+g-1, rows a..b-1 over keys lo..b-1 (g heads at once where
-    their tiles are small: short texts; one where a tile is large). `p` is the kernel's scratch, valid only during
-    the call: a sink that keeps it copies it. Optional attributes: `concurrent` (default False),
-    True when the sink may be called from several threads at once for different blocks; `fixed_rows`, the block
-    rows it needs (two models' blocks paired row for row)."""
+    """Takes a layer's attention tile by tile:
+
+    heads h..h+g-1, rows a..b-1 over keys lo..b-1 (g heads at once where their tiles are small: short texts; one
+    where a tile is large). `p` is the kernel's scratch, valid only during the call: a sink that keeps it copies it.
+    Optional attributes: `concurrent` (default False), True when the sink may be called from several threads at once
+    for different blocks; `fixed_rows`, the block rows it needs (two models' blocks paired row for row)."""
 
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:  # p [g, b - a, b - lo] float32
         ...
@@ -84,8 +86,9 @@ def visible(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None) -> n
 
 
 def block_rows(n_seq: int, window: int | None = None) -> int:
-    """Query rows per block: BLOCK, fewer for long texts so one head's tile stays under TILE_BYTES (MIN_BLOCK at
-    least). A function of the text's length and the window only: kept and streamed maps use the same blocks."""
+    """Query rows per block: BLOCK, fewer for long texts so one head's tile stays under TILE_BYTES (MIN_BLOCK at least).
+
+    A function of the text's length and the window only: kept and streamed maps use the same blocks."""
     keys = n_seq if window is None else min(n_seq, window + BLOCK)
     return int(max(MIN_BLOCK, min(BLOCK, TILE_BYTES // (4 * max(1, keys)))))
 
@@ -96,8 +99,10 @@ def blocks(n_seq: int, rows: int, window: int | None) -> list[tuple[int, int, in
 
 
 def threads_for(todo: list[tuple[int, int, int]], n_head: int) -> int:
-    """Threads for a layer's blocks: the CPUs this process may use (MHA_THREADS overrides), one when the layer is
-    too small to be worth sharing (under MIN_PARALLEL_CELLS visible cells in all its heads)."""
+    """Threads for a layer's blocks:
+
+    the CPUs this process may use (MHA_THREADS overrides), one when the layer is too small to be worth sharing
+    (under MIN_PARALLEL_CELLS visible cells in all its heads)."""
     limit = os.environ.get("MHA_THREADS", "")
     cpus = int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
     cells = n_head * sum((b - a) * (b - lo) for a, b, lo in todo)
@@ -123,7 +128,7 @@ def causal_attention(
     """
     n_head, n_seq, _ = q.shape
     keep = KeepMap(n_head, n_seq) if sink is None else None
-    target = keep if keep is not None else sink
+    target: Sink = keep if keep is not None else cast(Sink, sink)  # one of the two is given
     rows = block or getattr(target, "fixed_rows", None) or block_rows(n_seq, window)  # a sink may fix them
     todo = blocks(n_seq, rows, window)
     workers = threads or threads_for(todo, n_head)
@@ -178,8 +183,9 @@ def _block(
     sink: Sink,
     group: int,
 ) -> None:
-    """Rows a..b-1 over keys lo..b-1, head by head: softmax in place in `tile`, the value product; `group` heads'
-    tiles at a time to the sink."""
+    """Rows a..b-1 over keys lo..b-1, head by head:
+
+    softmax in place in `tile`, the value product; `group` heads' tiles at a time to the sink."""
     n_head, shared = qs.shape[0], qs.shape[0] // k.shape[0]
     hidden = ~visible(a, b, lo, b, window)  # [rows, keys]: the same for every head
     masked = bool(hidden.any())

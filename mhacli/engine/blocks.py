@@ -1,7 +1,8 @@
-"""Building blocks of the forward pass in pure NumPy, float32 in and out: activations, LayerNorm, head splitting,
-the causal softmax, the parts of one attention block and the edit of heads' outputs before W_O (ablation).
-Nothing of ours above this module is imported here: the families (mhacli.engine.arch) and the forward (mhacli.engine.forward)
-build on it.
+"""Building blocks of the forward pass in pure NumPy, float32 in and out:
+
+activations, LayerNorm, head splitting, the causal softmax, the parts of one attention block and the edit of heads'
+outputs before W_O (ablation). Nothing of ours above this module is imported here: the families (mhacli.engine.arch) and
+the forward (mhacli.engine.forward) build on it.
 
 Shapes: n_seq tokens, n_embd model width, n_head heads of d_head each; an attention map is [n_head, q_pos, k_pos],
 rows are queries and sum to 1.
@@ -147,6 +148,8 @@ class AttentionParts:
     probs: np.ndarray | None  # [n_head, n_seq, n_seq] (None: streamed to a sink, not kept)
     z: np.ndarray  # [n_head, n_seq, d_head] per-head outputs
     out: np.ndarray  # [n_seq, n_embd] after c_proj
+    q_pre_rope: None = None  # learned positions: nothing is rotated (as arch.common.GroupedAttentionParts names it)
+    k_pre_rope: None = None
 
 
 # An edit of the heads' outputs before the output projection (ablation): z [n_head, n_seq, d_head] -> the same shape.

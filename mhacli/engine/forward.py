@@ -1,5 +1,7 @@
-"""The forward pass in pure NumPy, float32 end to end: `forward` runs any supported architecture layer by layer
-with its family's block (mhacli.engine.arch, which builds on mhacli.engine.blocks). No I/O, no printing.
+"""The forward pass in pure NumPy, float32 end to end:
+
+`forward` runs any supported architecture layer by layer with its family's block (mhacli.engine.arch, which builds on
+mhacli.engine.blocks). No I/O, no printing.
 
 Shapes: n_seq tokens, n_embd model width, n_head heads of d_head each; an attention map is [n_head, q_pos, k_pos],
 rows are queries and sum to 1.
@@ -9,25 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from mhacli.config import ModelConfig
+from mhacli.engine.arch import Family
 from mhacli.engine.arch import family as family_module
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.errors import NumericsError
 
 
-def family(config: ModelConfig) -> ModuleType:
+def family(config: ModelConfig) -> Family[Any]:
     """The architecture module of this config (mhacli.engine.arch): its embed, block and final_norm."""
     return family_module(config.model_type)
 
 
 def embed(params: Params, ids: np.ndarray) -> np.ndarray:
-    """[n_seq] token ids -> [n_seq, n_embd], the residual stream entering layer 0 (token + learned positions for
-    GPT-2 and GPTBigCode; tokens alone for the rotary families)"""
+    """[n_seq] token ids -> [n_seq, n_embd], the residual stream entering layer 0.
+
+    Token + learned positions for GPT-2 and GPTBigCode; tokens alone for the rotary families."""
     return family(params.config).embed(params, ids)
 
 
@@ -90,8 +94,10 @@ def forward_from(
 
 
 def check_finite(per_head: np.ndarray, x: np.ndarray, layer: int) -> None:
-    """per_head [n_head, ...]: the layer's attention, or its heads' outputs where the attention was streamed (a
-    NaN in a head's weights reaches its output)."""
+    """per_head [n_head, ...]:
+
+    the layer's attention, or its heads' outputs where the attention was streamed (a NaN in a head's weights reaches
+    its output)."""
     if np.isfinite(per_head).all() and np.isfinite(x).all():
         return
     probs = per_head

@@ -27,6 +27,7 @@ MAX_NAME = 160  # characters of a name shown in a message; a longer one is shown
 
 def show(name: object) -> str:
     """A name for a message: as it is when every character is printable and it has no quotes; else repr().
+
     A name longer than MAX_NAME is clipped in the middle."""
     text = str(name)
     if text and text.isprintable() and "'" not in text and '"' not in text:
@@ -117,8 +118,10 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
 
 
 def parse_json(raw: bytes, where: str, error: type[MhaError], *, unique_keys: bool = False) -> object:
-    """JSON from UTF-8 bytes; not JSON, an integer over MAX_INT_DIGITS digits or (unique_keys) a key given twice
-    in one object is `error`, naming `where`."""
+    """JSON from UTF-8 bytes.
+
+    Not JSON, an integer over MAX_INT_DIGITS digits or (unique_keys) a key given twice in one object is `error`,
+    naming `where`."""
     try:
         return json.loads(
             raw.decode("utf-8"), parse_int=_bounded_int, object_pairs_hook=_unique_keys if unique_keys else None

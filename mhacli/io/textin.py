@@ -1,4 +1,5 @@
 """Text input: an argument, `-` for stdin, or a piped stdin when no argument is given; then tokenized and checked.
+
 Or token ids instead of a text (`--ids 464,3797` or `--ids -`: a JSON array on stdin), checked against the model.
 
 Text read from stdin loses ONE trailing newline ("\n" or "\r\n"), the one `echo` and editors add: `echo "The cat
@@ -82,21 +83,7 @@ def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, st
     """
     jsonl = path != "-" and path.lower().endswith(JSONL_SUFFIXES)
     stdin = _stdin()
-    try:
-        if path == "-":
-            if stdin is None:
-                raise TextError("--texts -: stdin is closed")
-            stream = stdin
-        else:
-            stream = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError as exc:
-        raise TextError(f"--texts {path}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise TextError(f"--texts {path}: is a directory") from exc
-    except OSError as exc:
-        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
-    except ValueError as exc:  # a NUL byte in the name
-        raise TextError(f"--texts {path!r}: cannot read ({exc})") from exc
+    stream = _open_texts(path, stdin)
     total = 0
     try:
         for n in itertools.count(1):
@@ -109,23 +96,46 @@ def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, st
             total += len(raw)
             if limit is not None and total > limit:
                 raise TextError(f"--texts {path}: larger than {limit // (1024 * 1024)} MiB")
-            if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
-                raise TextError(f"--texts {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
-            if b"\0" in raw:
-                raise TextError(f"--texts {path}: line {n} holds NUL bytes; is it a text file?")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise TextError(f"--texts {path}: line {n} is not valid UTF-8; is it a text file?") from exc
-            if n == 1:
-                line = line.removeprefix("\ufeff")
-            line = line.removesuffix("\n").removesuffix("\r")
+            line = _decode_line(raw, path, n)
             if not line.strip():
                 continue
             yield n, (_jsonl_text(line, path, n) if jsonl else line)
     finally:
         if stream is not stdin:
             stream.close()
+
+
+def _open_texts(path: str, stdin: BinaryIO | None) -> BinaryIO:
+    """--texts FILE opened for reading bytes ('-': stdin); what stops it is a TextError naming the file."""
+    try:
+        if path == "-":
+            if stdin is None:
+                raise TextError("--texts -: stdin is closed")
+            return stdin
+        return open(path, "rb")  # noqa: SIM115 - iter_texts closes it
+    except FileNotFoundError as exc:
+        raise TextError(f"--texts {path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise TextError(f"--texts {path}: is a directory") from exc
+    except OSError as exc:
+        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+    except ValueError as exc:  # a NUL byte in the name
+        raise TextError(f"--texts {path!r}: cannot read ({exc})") from exc
+
+
+def _decode_line(raw: bytes, path: str, n: int) -> str:
+    """Line n of --texts as read (at most MAX_TEXT_BYTES + 1 bytes) -> its text, without BOM and line ending."""
+    if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
+        raise TextError(f"--texts {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    if b"\0" in raw:
+        raise TextError(f"--texts {path}: line {n} holds NUL bytes; is it a text file?")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextError(f"--texts {path}: line {n} is not valid UTF-8; is it a text file?") from exc
+    if n == 1:
+        line = line.removeprefix("\ufeff")
+    return line.removesuffix("\n").removesuffix("\r")
 
 
 def _jsonl_text(line: str, path: str, n: int) -> str:
@@ -140,8 +150,9 @@ def _jsonl_text(line: str, path: str, n: int) -> str:
 
 
 def read_texts(path: str) -> list[tuple[int, str]]:
-    """--texts FILE ('-': stdin), read whole (at most MAX_TEXTS_BYTES): (line number, text) for every non-blank
-    line; a FILE.jsonl gives each line's "text" field (iter_texts)."""
+    """--texts FILE ('-': stdin), read whole (at most MAX_TEXTS_BYTES): (line number, text) for every non-blank line.
+
+    A FILE.jsonl gives each line's "text" field (iter_texts)."""
     texts = [(n, t) for n, t in iter_texts(path, limit=MAX_TEXTS_BYTES) if t.strip()]
     if not texts:
         raise TextError(f"--texts {path}: holds no text (every line is blank)")
@@ -172,8 +183,10 @@ class TokenizedText:
 def tokenize(
     tokenizer: Tokenizer, text: str, n_positions: int, *, vocab_size: int, truncate: bool = False
 ) -> TokenizedText:
-    """The text's ids, at most n_positions of them (--truncate) or an error. Only a prefix of a long text is
-    tokenized (Tokenizer.encode_prefix): megabytes of text cost what n_positions tokens cost."""
+    """The text's ids, at most n_positions of them (--truncate) or an error.
+
+    Only a prefix of a long text is tokenized (Tokenizer.encode_prefix): megabytes of text cost what n_positions
+    tokens cost."""
     ids, n_chars = tokenizer.encode_prefix(text, n_positions)
     counted_all = n_chars == len(text)
     if not ids:
@@ -191,14 +204,16 @@ def tokenize(
     return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from, counted_all)
 
 
-# --- token ids instead of a text ---------------------------------------------------------------------------------------
+# --- token ids instead of a text ---------------------------------------------------------------------------------
 
 MAX_ID_DIGITS = 12  # a token id longer than this is no vocabulary's
 
 
 def parse_ids(spec: str, where: str = "--ids") -> list[int]:
-    """`464,3797,...` (commas and/or spaces) or a JSON array of integers `[464, 3797]` -> the ids. Pure: raises
-    TextError naming the first thing that is not a token id (negative, not an integer, a bool, a float)."""
+    """`464,3797,...` (commas and/or spaces) or a JSON array of integers `[464, 3797]` -> the ids.
+
+    Pure: raises TextError naming the first thing that is not a token id (negative, not an integer, a bool, a
+    float)."""
     body = spec.strip()
     if not body:
         raise TextError(f"{where}: no token ids given (e.g. --ids 464,3797 or a JSON array on stdin with --ids -)")
@@ -216,9 +231,10 @@ def parse_ids(spec: str, where: str = "--ids") -> list[int]:
 
 
 def ids_from_items(items: list[object], where: str = "--ids") -> list[int]:
-    """Each item a token id: an integer >= 0 (or its decimal digits, as --ids spells them), never a bool or a
-    float. Raises TextError naming the first item that is not one, or an empty list. The CLI's --ids and the API's
-    ids= both go through here (and check_ids): one rule, the same messages."""
+    """Each item a token id: an integer >= 0 (or its decimal digits, as --ids spells them), never a bool or a float.
+
+    Raises TextError naming the first item that is not one, or an empty list. The CLI's --ids and the API's ids=
+    both go through here (and check_ids): one rule, the same messages."""
     ids: list[int] = []
     for n, item in enumerate(items):
         if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= MAX_ID_DIGITS:
@@ -262,13 +278,16 @@ def check_ids(
     where: str = "--ids",
     truncate_hint: str = "pass --truncate",
 ) -> tuple[list[int], int | None]:
-    """Given ids (--ids, or the API's ids=) must index the embedding table (the first one that does not is named)
-    and fit n_positions, or with truncate the first n_positions are kept. Returns (ids, the original count when
+    """Check given ids (--ids, or the API's ids=) against the embedding table and n_positions.
+
+    They must index the embedding table (the first one that does not is named) and fit n_positions, or with
+    truncate the first n_positions are kept. Returns (ids, the original count when
     cut, else None). `truncate_hint`: how the caller asks for truncation (--truncate, truncate=True)."""
     for n, i in enumerate(ids):
         if i >= vocab_size:
             raise TextError(
-                f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids 0..{vocab_size - 1})"
+                f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids "
+                f"0..{vocab_size - 1})"
             )
     if len(ids) <= n_positions:
         return ids, None
@@ -290,8 +309,10 @@ def from_ids(
     where: str = "--ids",
     truncate_hint: str = "pass --truncate",
 ) -> TokenizedText:
-    """Given token ids as a TokenizedText: checked against vocab_size, cut to n_positions with --truncate (the
-    same rule as a text's), each shown as the tokenizer's string for it."""
+    """Given token ids as a TokenizedText:
+
+    checked against vocab_size, cut to n_positions with --truncate (the same rule as a text's), each shown as the
+    tokenizer's string for it."""
     ids, truncated_from = check_ids(
         ids, n_positions=n_positions, vocab_size=vocab_size, truncate=truncate, where=where, truncate_hint=truncate_hint
     )

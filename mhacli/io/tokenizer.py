@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import IO, Any
 
 from mhacli.errors import TokenizerError
 from mhacli.io.files import check_regular, read_json, show
@@ -59,7 +60,7 @@ def _byte_decoder() -> dict[str, int]:
 
 @dataclass
 class Tokenizer:
-    backend: object  # tokenizers.Tokenizer
+    backend: Any  # tokenizers.Tokenizer (an optional dependency, imported when a tokenizer is loaded)
     byte_level: bool
 
     def encode(self, text: str) -> list[int]:
@@ -68,9 +69,11 @@ class Tokenizer:
             return list(self.backend.encode(text).ids)
 
     def encode_prefix(self, text: str, max_tokens: int) -> tuple[list[int], int]:
-        """(ids, n_chars): the ids of text[:n_chars], where n_chars == len(text) (the whole text) or the prefix
-        holds more than max_tokens + PREFIX_MARGIN tokens, so its first max_tokens are the whole text's. The
-        prefix starts at CHARS_PER_TOKEN characters per token and grows four-fold while it holds too few."""
+        """(ids, n_chars):
+
+        the ids of text[:n_chars], where n_chars == len(text) (the whole text) or the prefix holds more than
+        max_tokens + PREFIX_MARGIN tokens, so its first max_tokens are the whole text's. The prefix starts at
+        CHARS_PER_TOKEN characters per token and grows four-fold while it holds too few."""
         chars = CHARS_PER_TOKEN * (max_tokens + PREFIX_MARGIN)
         while True:
             if chars >= len(text):
@@ -82,15 +85,18 @@ class Tokenizer:
             chars *= 4
 
     def ordinary_ids(self, vocab_size: int) -> list[int]:
-        """Ids below `vocab_size` (the model's) that the tokenizer's vocabulary holds, without its added and
-        special tokens: what `mha census` draws random tokens from."""
+        """Ids below `vocab_size` (the model's) that the tokenizer's vocabulary holds, without its added tokens.
+
+        Special tokens are left out too: this is what `mha census` draws random tokens from."""
         added = set(self.backend.get_added_tokens_decoder())
         top = min(vocab_size, self.backend.get_vocab_size(with_added_tokens=True))
         return [i for i in range(top) if i not in added and self.backend.id_to_token(i) is not None]
 
     def prefix_id(self) -> int | None:
-        """The token a probe sequence starts with: the BOS the tokenizer adds to every text (its post-processor),
-        else GPT-2's document separator <|endoftext|> or a conventional BOS in the vocabulary, else None."""
+        """The token a probe sequence starts with:
+
+        the BOS the tokenizer adds to every text (its post-processor), else GPT-2's document separator
+        <|endoftext|> or a conventional BOS in the vocabulary, else None."""
         ids = self.backend.encode("").ids
         if ids:
             return int(ids[0])
@@ -118,16 +124,19 @@ class Tokenizer:
 
 
 def _cut(text: str, chars: int) -> int:
-    """Where to cut a prefix of about `chars` characters: after the last whitespace in its second half, so no
-    word is split (pre-tokenizers split on whitespace), else at `chars`."""
+    """Where to cut a prefix of about `chars` characters:
+
+    after the last whitespace in its second half, so no word is split (pre-tokenizers split on whitespace), else at
+    `chars`."""
     found = [m.end() for m in _WHITESPACE.finditer(text, chars // 2, chars)]
     return found[-1] if found else chars
 
 
 @contextmanager
-def _fd2_captured() -> Iterator[object]:
-    """Route file descriptor 2 into a temporary file for the duration (what the Rust library writes there on a
-    panic: a message and a backtrace); yields the file."""
+def _fd2_captured() -> Iterator[IO[bytes] | None]:
+    """Route file descriptor 2 into a temporary file for the duration; yields the file.
+
+    It catches what the Rust library writes there on a panic: a message and a backtrace."""
     try:
         saved = os.dup(2)
     except OSError:  # no fd 2 at all: nothing to protect
@@ -154,9 +163,10 @@ def _fd2_captured() -> Iterator[object]:
 
 @contextmanager
 def guarded(what: str) -> Iterator[None]:
-    """Run a call into the tokenizers library: any exception it raises, its panics included (PanicException
-    derives from BaseException), becomes TokenizerError(`what (...)`); what it wrote on fd 2 is replayed only
-    when the call succeeds."""
+    """Run a call into the tokenizers library:
+
+    any exception it raises, its panics included (PanicException derives from BaseException), becomes
+    TokenizerError(`what (...)`); what it wrote on fd 2 is replayed only when the call succeeds."""
     with _fd2_captured() as captured:
         try:
             yield
@@ -180,8 +190,9 @@ def _fail(path: Path, message: str) -> TokenizerError:
 
 
 def check_tokenizer_json(doc: object, path: Path) -> dict:
-    """The tokenizer.json document with padding and truncation removed; the settings that can panic, abort or
-    expand a text without bound refused by name."""
+    """The tokenizer.json document with padding and truncation removed.
+
+    The settings that can panic, abort or expand a text without bound refused by name."""
     if not isinstance(doc, dict):
         raise _fail(path, "tokenizer files are corrupt (not a JSON object)")
     doc = dict(doc)
@@ -195,8 +206,9 @@ def check_tokenizer_json(doc: object, path: Path) -> dict:
 
 
 def _check_bpe_prefix(model: object, path: Path) -> None:
-    """BPE with a continuing_subword_prefix strips that many bytes from the second token of every merge; when a
-    merge's second token does not start with the prefix, the library cuts a character in two and the process
+    """BPE with a continuing_subword_prefix strips that many bytes from the second token of every merge.
+
+    When a merge's second token does not start with the prefix, the library cuts a character in two and the process
     aborts (pyo3: "uncaught panic at ffi boundary") while it reports the error."""
     if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
         return
@@ -235,12 +247,18 @@ def _check_component(part: object, where: str, path: Path, depth: int) -> None:
         for i, item in enumerate(items):
             _check_component(item, f"{where}[{i}]", path, depth + 1)
         return
+    _check_leaf(part, kind, where, path)
+
+
+def _check_leaf(part: dict, kind: object, where: str, path: Path) -> None:
+    """One component that is not a Sequence: the settings of its `kind` that make the library panic or blow up."""
     if kind == "Replace":
         content, pattern = part.get("content"), part.get("pattern")
         if isinstance(content, str) and len(content) > MAX_EXPANSION:
             raise _fail(
                 path,
-                f"{where} (Replace) puts {len(content)} characters in place of each match; at most {MAX_EXPANSION} are allowed",
+                f"{where} (Replace) puts {len(content)} characters in place of each match; at most {MAX_EXPANSION} "
+                "are allowed",
             )
         if isinstance(pattern, dict) and pattern.get("String") == "":
             raise _fail(path, f"{where} (Replace) has an empty pattern, which makes the tokenizer library panic")
@@ -262,6 +280,7 @@ def _check_component(part: object, where: str, path: Path, depth: int) -> None:
 
 def _check_precompiled(charsmap: object, where: str, path: Path) -> None:
     """A SentencePiece normalization map: a little-endian u32 trie size, the trie, then the normalized strings.
+
     A size that runs past the data makes the library panic or allocate up to 16 GB."""
     if charsmap is None:
         return
@@ -285,7 +304,8 @@ def _check_template(part: dict, where: str, path: Path) -> None:
             if isinstance(token, str) and token not in names:
                 raise _fail(
                     path,
-                    f"{where} (TemplateProcessing) uses special token {token!r}, which its special_tokens do not define",
+                    f"{where} (TemplateProcessing) uses special token {token!r}, which its special_tokens do not "
+                    "define",
                 )
     for name, entry in specials.items() if isinstance(specials, dict) else ():
         ids = entry.get("ids") if isinstance(entry, dict) else None
@@ -299,6 +319,7 @@ def _check_template(part: dict, where: str, path: Path) -> None:
 
 def load_tokenizer(directory: Path) -> Tokenizer:
     """tokenizer.json if present, else vocab.json + merges.txt built exactly as GPT2TokenizerFast builds them.
+
     Only regular files are read (a FIFO or device named like one is refused without blocking)."""
     from tokenizers import AddedToken, decoders, pre_tokenizers
     from tokenizers import Tokenizer as Backend

@@ -67,15 +67,17 @@ class ModelFiles:
 
 def _pickle_refusal(path: Path) -> ModelError:
     return ModelError(
-        f"{show(path.name)} is a pickle checkpoint, which can run arbitrary code when loaded; mha reads safetensors only. "
+        f"{show(path.name)} is a pickle checkpoint, which can run arbitrary code when loaded; mha reads safetensors "
+        "only. "
         'Convert it first, e.g. `python -c "from transformers import AutoModel; '
         "AutoModel.from_pretrained('DIR').save_pretrained('OUT', safe_serialization=True)\"`"
     )
 
 
 def sample_model_dir(name: str = SAMPLE_MODEL) -> Path:
-    """A bundled sample model (a directory name under sample_weights/): package data when installed, the repo's
-    sample_weights/ when editable."""
+    """A bundled sample model (a directory name under sample_weights/):
+
+    package data when installed, the repo's sample_weights/ when editable."""
     package = Path(__file__).resolve().parent.parent  # mhacli/
     for root in (package / "sample_weights", package.parent / "sample_weights"):
         if (root / name / "config.json").is_file():
@@ -86,6 +88,7 @@ def sample_model_dir(name: str = SAMPLE_MODEL) -> Path:
 
 def sample_name(spec: str) -> str | None:
     """The bundled directory `spec` names (`sample`, `sample-early`, `sample:tiny-shakespeare`, ...), else None.
+
     Bare names are only names when no file or directory of that name exists: a path on disk always wins."""
     if spec.startswith(SAMPLE_PREFIX):
         name = spec[len(SAMPLE_PREFIX) :]
@@ -104,15 +107,18 @@ def _sample_files(name: str) -> ModelFiles:
 
 
 def check_model(spec: str | None) -> ModelFiles | None:
-    """`-m` checked without touching the network: the files of a local or bundled model, None for a well-formed
-    hub id (resolved later, by resolve_model). A missing path or a bad name raises ModelError. Commands call it
-    before reading stdin, so a wrong -m is reported as such, not as an empty text."""
+    """`-m` checked without touching the network:
+
+    the files of a local or bundled model, None for a well-formed hub id (resolved later, by resolve_model). A
+    missing path or a bad name raises ModelError. Commands call it before reading stdin, so a wrong -m is reported
+    as such, not as an empty text."""
     return resolve_model(spec, hub=False)
 
 
 def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
-    """Resolve `-m` (a directory, a .safetensors file, a bundled name, a hub id), else $MHA_MODEL, else the sample
-    model. An existing path wins over a bundled name, a bundled name over a hub id. hub=False: a hub id is only
+    """Resolve `-m` (a directory, a .safetensors file, a bundled name, a hub id), else $MHA_MODEL, else the sample.
+
+    An existing path wins over a bundled name, a bundled name over a hub id. hub=False: a hub id is only
     checked for its form, and gives None."""
     if spec is None or spec == "":
         env = os.environ.get("MHA_MODEL", "")
@@ -132,11 +138,7 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
     if kind == "dir":
         return ModelFiles(spec, path, _weights_in_dir(path, path))
     if kind == "file":
-        if path.name.endswith(".safetensors.index.json"):
-            return ModelFiles(spec, path.parent, _sharded(path, path.parent))
-        if path.suffix != ".safetensors":
-            raise ModelError(f"{show(spec)}: not a model (expected a directory or a .safetensors file)")
-        return ModelFiles(spec, path.parent, (path,))
+        return _model_file(spec, path)
     if kind == "other":
         raise ModelError(f"{show(spec)}: not a regular file or directory")
     if HUB_ID.match(spec) and not spec.startswith((".", "~")):
@@ -147,9 +149,19 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
     raise ModelError(f"{show(spec)}: no such file or directory")
 
 
+def _model_file(spec: str, path: Path) -> ModelFiles:
+    """`-m` naming a regular file: a shard index or a lone .safetensors file."""
+    if path.name.endswith(".safetensors.index.json"):
+        return ModelFiles(spec, path.parent, _sharded(path, path.parent))
+    if path.suffix != ".safetensors":
+        raise ModelError(f"{show(spec)}: not a model (expected a directory or a .safetensors file)")
+    return ModelFiles(spec, path.parent, (path,))
+
+
 def _kind(path: Path, spec: str) -> str:
-    """'dir', 'file' (regular), 'other' (a FIFO, device, socket) or 'missing'; a name the OS cannot take (too
-    long, a NUL byte) is a ModelError, not an internal error."""
+    """'dir', 'file' (regular), 'other' (a FIFO, device, socket) or 'missing'.
+
+    A name the OS cannot take (too long, a NUL byte) is a ModelError, not an internal error."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -285,9 +297,11 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def hub_error(repo_id: str, exc: BaseException) -> ModelError:
-    """What fetching `repo_id` from the Hugging Face Hub failed on, as one of: offline or unreachable (no network,
-    HF_HUB_OFFLINE with the model not cached), not found (RepositoryNotFoundError, HTTP 404; a private model looks
-    the same), gated (GatedRepoError, HTTP 401/403 on a model that needs its terms accepted and a login)."""
+    """What fetching `repo_id` from the Hugging Face Hub failed on, as one of:
+
+    offline or unreachable (no network, HF_HUB_OFFLINE with the model not cached), not found
+    (RepositoryNotFoundError, HTTP 404; a private model looks the same), gated (GatedRepoError, HTTP 401/403 on a
+    model that needs its terms accepted and a login)."""
     chain = _causes(exc)
     mro_names = {cls.__name__ for e in chain for cls in type(e).__mro__}
     status = next(
@@ -367,15 +381,17 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
 
 
 def _check_layout(file: str, infos: dict[str, TensorInfo], base: int, size: int) -> None:
-    """The tensors, in the order of their offsets, must tile the data section exactly, as the safetensors library
-    requires: no overlap, no gap, nothing after the last one."""
+    """The tensors, in the order of their offsets, must tile the data section exactly.
+
+    As the safetensors library requires: no overlap, no gap, nothing after the last one."""
     end, previous = base, None
     for start, stop, name in sorted((i.start, i.end, i.name) for i in infos.values()):
         if start < end:
             raise WeightsError(f"{file}: tensors {quoted(previous)} and {quoted(name)} overlap in the data section")
         if start > end:
             raise WeightsError(
-                f"{file}: {start - end} bytes before tensor {quoted(name)} belong to no tensor (the safetensors library "
+                f"{file}: {start - end} bytes before tensor {quoted(name)} belong to no tensor (the safetensors "
+                "library "
                 "refuses gaps)"
             )
         end, previous = stop, name
@@ -418,14 +434,17 @@ def _clip(value: object, limit: int = 80) -> str:
 
 
 def normalise_key(key: str, model_type: str = "gpt2") -> str | None:
-    """Checkpoint key -> our key: the family's prefix (`transformer.`, `model.`) stripped; None for buffers and
-    heads we do not use (attention-mask buffers, lm_head)."""
+    """Checkpoint key -> our key:
+
+    the family's prefix (`transformer.`, `model.`) stripped; None for buffers and heads we do not use
+    (attention-mask buffers, lm_head)."""
     return family(model_type).normalise_key(key)
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the forward reads, with the shape the config implies, in the checkpoint's own layout (GPT-2's
-    Conv1D weights [in, out], everyone else's nn.Linear weights [out, in])."""
+    """Every tensor the forward reads, with the shape the config implies, in the checkpoint's own layout.
+
+    GPT-2's Conv1D weights are [in, out], everyone else's nn.Linear weights [out, in]."""
     return family(config.model_type).expected_shapes(config)
 
 
@@ -469,8 +488,9 @@ class Checkpoint:
         return sum(math.prod(info.shape) for info in self.tensors.values())
 
     def weight_bytes(self, *, extra_layers: int = 0) -> int:
-        """The most bytes of weights a pass over the layers holds at once, from the headers alone (no tensor is
-        read; every tensor is float32 once read, 4 bytes per value whatever its dtype on disk).
+        """The most bytes of weights a pass over the layers holds at once, from the headers alone.
+
+        No tensor is read; every tensor is float32 once read, 4 bytes per value whatever its dtype on disk.
 
         A caching checkpoint keeps every tensor it reads: all of them, after one pass. Otherwise tensors are
         dropped after use: the forward holds two layers' tensors at a hand-over (the next layer is read while the
@@ -522,32 +542,35 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
             if ours in found:  # two files, or a key with and without the prefix: which one HF reads is unclear
                 other = found[ours]
                 raise WeightsError(
-                    f"tensor {quoted(ours)} is given twice: as {quoted(other.name)} in {show(other.file.name)} and as {quoted(key)} "
+                    f"tensor {quoted(ours)} is given twice: as {quoted(other.name)} in {show(other.file.name)} and "
+                    f"as {quoted(key)} "
                     f"in {show(path.name)}; refused as ambiguous"
                 )
             found[ours] = info
     tensors: dict[str, TensorInfo] = {}
     for key, shape in arch.expected_shapes(config).items():
-        info = found.get(key)
-        if info is None:
+        wanted = found.get(key)
+        if wanted is None:
             raise WeightsError(
                 f"tensor {quoted(key)} is missing from the weights (looked for it with and without {arch.KEY_PREFIX!r})"
             )
-        if info.shape != shape:
+        if wanted.shape != shape:
             raise WeightsError(
-                f"tensor {quoted(info.name)} in {show(info.file.name)} has shape {list(info.shape)}, "
+                f"tensor {quoted(wanted.name)} in {show(wanted.file.name)} has shape {list(wanted.shape)}, "
                 f"but config.json implies {list(shape)}"
             )
-        if info.dtype not in FLOAT_DTYPES:
+        if wanted.dtype not in FLOAT_DTYPES:
             raise WeightsError(
-                f"tensor {quoted(info.name)} in {show(info.file.name)} has dtype {info.dtype}; expected a float type"
+                f"tensor {quoted(wanted.name)} in {show(wanted.file.name)} has dtype {wanted.dtype}; "
+                "expected a float type"
             )
-        tensors[key] = info
+        tensors[key] = wanted
     head = found.get(arch.LM_HEAD)
     if not config.tie_word_embeddings and head is not None:  # optional: only the loss reads it (mhacli.analyses.loss)
         if head.shape != (config.vocab_size, config.n_embd) or head.dtype not in FLOAT_DTYPES:
             raise WeightsError(
-                f"tensor {quoted(head.name)} in {show(head.file.name)} has shape {list(head.shape)} and dtype {head.dtype}, "
+                f"tensor {quoted(head.name)} in {show(head.file.name)} has shape {list(head.shape)} and dtype "
+                f"{head.dtype}, "
                 f"but config.json implies {[config.vocab_size, config.n_embd]} float"
             )
         tensors[arch.LM_HEAD] = head

@@ -11,10 +11,17 @@ from mhacli.io.weights import DTYPE_BYTES, load_model
 
 
 def architectures() -> list[str]:
-    """The config.json model_types the forward supports (mhacli.engine.arch.FAMILIES), in registry order."""
-    from mhacli.engine.arch import FAMILIES
+    """The config.json model_types the forward supports (mhacli.config.ARCHITECTURES), in registry order."""
+    from mhacli.config import SUPPORTED_MODEL_TYPES
 
-    return list(FAMILIES)
+    return list(SUPPORTED_MODEL_TYPES)
+
+
+def has_sliding_windows(model_type: str) -> bool:
+    """Whether this architecture's family can give layers a sliding window (`info` shows a line for it)."""
+    from mhacli.engine.arch import family
+
+    return family(model_type).SLIDING_WINDOWS
 
 
 def kv_cache_doc(c: ModelConfig, dtype: str) -> dict:

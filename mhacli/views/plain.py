@@ -7,6 +7,7 @@ from typing import TextIO
 
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.partial import strongest
+from mhacli.engine.arch import family
 from mhacli.views.display import token_label
 
 
@@ -369,7 +370,7 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
         ("attention", layout_text(a)),
         ("KV cache per token", kv_cache_text(c, a)),
     ]
-    if c["model_type"] not in ("gpt2", "gpt_bigcode"):
+    if family(c["model_type"]).SLIDING_WINDOWS:  # a family that can give layers a sliding window
         lines.append(("sliding window", window_text(a["sliding_window"])))
     lines += [(key, value_text(value)) for key, value in c.items() if key not in INFO_SHOWN]
     if isinstance(c.get("rope"), dict):

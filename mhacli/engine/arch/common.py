@@ -1,5 +1,7 @@
-"""Pieces the non-GPT-2 families share: nn.Linear projections, RMSNorm, SwiGLU, and causal attention over
-grouped K/V heads with an optional sliding window. Pure NumPy, float32 in and out.
+"""Pieces the non-GPT-2 families share:
+
+nn.Linear projections, RMSNorm, SwiGLU, and causal attention over grouped K/V heads with an optional sliding window.
+Pure NumPy, float32 in and out.
 
 Shapes: q [n_head, n_seq, d_head], k and v [n_kv_head, n_seq, d_head]; query head h reads K/V head
 h // (n_head // n_kv_head), as HF's repeat_kv lays them out. K and V are broadcast over their group of query
@@ -32,7 +34,9 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 def swiglu(x: np.ndarray, p: dict[str, np.ndarray], act: Act) -> np.ndarray:
-    """LlamaMLP: down(act(gate(x)) * up(x)), [n_seq, n_embd] -> [n_seq, n_embd]; biases where the checkpoint has them."""
+    """LlamaMLP: down(act(gate(x)) * up(x)), [n_seq, n_embd] -> [n_seq, n_embd].
+
+    Biases where the checkpoint has them."""
     gate = linear(x, p["mlp.gate_proj.weight"], p.get("mlp.gate_proj.bias"))  # [n_seq, intermediate]
     up = linear(x, p["mlp.up_proj.weight"], p.get("mlp.up_proj.bias"))
     return linear(act(gate) * up, p["mlp.down_proj.weight"], p.get("mlp.down_proj.bias"))
@@ -62,8 +66,9 @@ def outside_window(n_seq: int, window: int) -> np.ndarray:
 
 
 def masked_softmax(scaled: np.ndarray, window: int | None) -> np.ndarray:
-    """[n_head, n_seq, n_seq] scaled scores -> probabilities over the keys j with i - window < j <= i; every other
-    entry exactly 0. The window is applied here; the causal part by blocks.causal_softmax."""
+    """[n_head, n_seq, n_seq] scaled scores -> probabilities over the keys j with i - window < j <= i.
+
+    Every other entry exactly 0. The window is applied here; the causal part by blocks.causal_softmax."""
     n_seq = scaled.shape[-1]
     if window is not None and window < n_seq:
         scaled = np.where(outside_window(n_seq, window), -np.inf, scaled)
@@ -97,7 +102,9 @@ def grouped_attention(
     keep_scores: bool = True,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head]
+    """Causal attention over grouped K/V heads, with the layer's sliding window.
+
+    q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head]
     -> (scores, probs [n_head, n_seq, n_seq], z [n_head, n_seq, d_head])
 
     As HF's eager_attention_forward: (q @ k^T) * scale, masked, softmax over keys, @ v. keep_scores=False is the

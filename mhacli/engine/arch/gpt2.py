@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mhacli.config import ModelConfig
+from mhacli.config import LayerNormConfig, RopeConfig
 from mhacli.engine.arch.common import Projection
 from mhacli.engine.attention import Sink, causal_attention
 from mhacli.engine.blocks import (
@@ -24,14 +24,11 @@ from mhacli.engine.blocks import (
     split_heads,
 )
 
-MODEL_TYPES = ("gpt2",)
 KEY_PREFIX = "transformer."
 LAYER_PREFIX = "h.{}."
 EMBEDDING = "wte.weight"  # the input embedding, also the output head when tied
 LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "attn.c_attn.weight"  # holds K and V: its dtype is the KV cache's
-HF_MODEL_CLASS = {"gpt2": "GPT2Model"}
-HF_LM_CLASS = {"gpt2": "GPT2LMHeadModel"}  # with the output head: `verify` compares logits and loss
 
 
 def gpt2_attention_parts(
@@ -52,6 +49,8 @@ def gpt2_attention_parts(
     """
     qkv = x @ p["attn.c_attn.weight"] + p["attn.c_attn.bias"]  # [n_seq, 3 * n_embd]
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x [n_head, n_seq, d_head]
+    scores: np.ndarray | None
+    probs: np.ndarray | None
     if keep_scores:
         scores = q @ k.transpose(0, 2, 1)  # [n_head, n_seq, n_seq]
         probs = causal_softmax(scores * F32(scale))
@@ -72,7 +71,7 @@ def gpt2_mlp(x: np.ndarray, p: dict[str, np.ndarray], act: Callable[[np.ndarray]
 def gpt2_block(
     x: np.ndarray,
     p: dict[str, np.ndarray],
-    config: ModelConfig,
+    config: LayerNormConfig,
     layer: int,
     edit: ZEdit | None = None,
     sink: Sink | None = None,
@@ -91,6 +90,15 @@ def gpt2_block(
 block = gpt2_block
 
 
+def check(config: LayerNormConfig) -> None:
+    """Nothing to check beyond what every family's config has (mhacli.engine.arch.check_config)."""
+
+
+def rope_at(config: LayerNormConfig, layer: int) -> RopeConfig | None:
+    """None: learned positions (wpe), no rotation."""
+    return None
+
+
 def normalise_key(key: str) -> str | None:
     """Checkpoint key -> our key: strip `transformer.`; None for buffers and heads we do not use."""
     if key.startswith(KEY_PREFIX):
@@ -100,7 +108,7 @@ def normalise_key(key: str) -> str | None:
     return key
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: LayerNormConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor the GPT-2 forward reads, with the shape the config implies (Conv1D weights are [in, out])."""
     e, i = config.n_embd, config.n_inner
     shapes: dict[str, tuple[int, ...]] = {
@@ -129,24 +137,25 @@ def embed(params: Params, ids: np.ndarray) -> np.ndarray:
 
 def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
     """ln_f: [n_seq, n_embd] -> [n_seq, n_embd]"""
-    return layer_norm(x, params.get("ln_f.weight"), params.get("ln_f.bias"), params.config.layer_norm_epsilon)
+    return layer_norm(x, params.get("ln_f.weight"), params.get("ln_f.bias"), params.config.norm_eps)
 
 
-def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig) -> np.ndarray:
+def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: LayerNormConfig) -> np.ndarray:
     """ln_1: what the attention projections read, [n_seq, n_embd] -> [n_seq, n_embd]"""
     return layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], config.layer_norm_epsilon)
 
 
-def attention_parts(h: np.ndarray, p: dict[str, np.ndarray], config: ModelConfig, layer: int):
+def attention_parts(h: np.ndarray, p: dict[str, np.ndarray], config: LayerNormConfig, layer: int) -> AttentionParts:
     return gpt2_attention_parts(h, p, config.n_head, config.attn_scale(layer))
 
 
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
 ATTENTION_NORM = ("layer_norm", "ln_1.weight", "ln_1.bias")
 QK_NORM = None
+SLIDING_WINDOWS = False
 
 
-def head_projections(config: ModelConfig, head: int) -> dict[str, Projection]:
+def head_projections(config: LayerNormConfig, head: int) -> dict[str, Projection]:
     """Head `head`'s columns of c_attn.weight [n_embd, 3 * n_embd]: q, then k, then v, each n_embd wide."""
     e, lo = config.n_embd, head * config.d_head
     hi = lo + config.d_head
@@ -154,6 +163,10 @@ def head_projections(config: ModelConfig, head: int) -> dict[str, Projection]:
     return {k: Projection(w, b, n * e + lo, n * e + hi, True) for n, k in enumerate("qkv")}
 
 
-def out_projection(config: ModelConfig) -> Projection:
+def out_projection(config: LayerNormConfig) -> Projection:
     """c_proj.weight [n_embd, n_embd] (Conv1D): concat @ w + b."""
     return Projection("attn.c_proj.weight", "attn.c_proj.bias", 0, config.n_embd, True)
+
+
+def projections_note(config: LayerNormConfig, head: int, kv_head: int) -> str:
+    return f"head {head}'s slices of c_attn.weight [{config.n_embd}, {3 * config.n_embd}] and of c_attn.bias:"

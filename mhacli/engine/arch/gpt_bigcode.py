@@ -1,5 +1,7 @@
-"""GPTBigCode (StarCoder, SantaCoder): GPT-2's pre-LayerNorm block with learned positions, but nn.Linear weights
-([out, in]: `x @ w.T + b`) and, when multi_query, one K/V head shared by every query head (MQA).
+"""GPTBigCode (StarCoder, SantaCoder):
+
+GPT-2's pre-LayerNorm block with learned positions, but nn.Linear weights ([out, in]: `x @ w.T + b`) and, when
+multi_query, one K/V head shared by every query head (MQA).
 
 c_attn packs q, k and v: multi_query: [q of every head (n_embd) | k (d_head) | v (d_head)]; otherwise, per head
 h, the block [q_h | k_h | v_h] of 3 * d_head rows (GPTBigCodeAttention.forward's view and split).
@@ -9,20 +11,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from mhacli.config import ModelConfig
+from mhacli.config import BigCodeConfig
 from mhacli.engine.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear
-from mhacli.engine.arch.gpt2 import attention_input, embed, final_norm  # noqa: F401 - the family interface: as GPT-2
+from mhacli.engine.arch.gpt2 import (  # noqa: F401 - the family interface: as GPT-2
+    attention_input,
+    check,
+    embed,
+    final_norm,
+    rope_at,
+)
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, layer_norm, project_heads, split_heads
 
-MODEL_TYPES = ("gpt_bigcode",)
 KEY_PREFIX = "transformer."
 LAYER_PREFIX = "h.{}."
 EMBEDDING = "wte.weight"  # the input embedding, also the output head when tied
 LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "attn.c_attn.weight"
-HF_MODEL_CLASS = {"gpt_bigcode": "GPTBigCodeModel"}
-HF_LM_CLASS = {"gpt_bigcode": "GPTBigCodeForCausalLM"}  # with the output head: `verify` compares logits and loss
 
 
 def normalise_key(key: str) -> str | None:
@@ -37,7 +42,7 @@ def normalise_key(key: str) -> str | None:
     return key
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: BigCodeConfig) -> dict[str, tuple[int, ...]]:
     e, i, kv = config.n_embd, config.n_inner, config.n_kv_head * config.d_head
     shapes: dict[str, tuple[int, ...]] = {
         "wte.weight": (config.vocab_size, e),
@@ -58,8 +63,11 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def split_qkv(qkv: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """c_attn's output [n_seq, n_embd + 2 * n_kv_head * d_head] -> q [n_head, n_seq, d_head], k, v [n_kv_head, n_seq, d_head]"""
+def split_qkv(qkv: np.ndarray, config: BigCodeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """c_attn's output, split into the heads' q, k and v.
+
+    [n_seq, n_embd + 2 * n_kv_head * d_head] -> q [n_head, n_seq, d_head], k, v [n_kv_head, n_seq, d_head]
+    """
     e, d = config.n_embd, config.d_head
     if config.multi_query:
         q = split_heads(qkv[:, :e], config.n_head)
@@ -71,7 +79,7 @@ def split_qkv(qkv: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndar
 def attention_parts(
     h: np.ndarray,
     p: dict[str, np.ndarray],
-    config: ModelConfig,
+    config: BigCodeConfig,
     layer: int,
     keep_scores: bool = True,
     edit: ZEdit | None = None,
@@ -87,7 +95,7 @@ def attention_parts(
 def block(
     x: np.ndarray,
     p: dict[str, np.ndarray],
-    config: ModelConfig,
+    config: BigCodeConfig,
     layer: int,
     edit: ZEdit | None = None,
     sink: Sink | None = None,
@@ -106,9 +114,10 @@ def block(
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
 ATTENTION_NORM = ("layer_norm", "ln_1.weight", "ln_1.bias")
 QK_NORM = None
+SLIDING_WINDOWS = False
 
 
-def head_projections(config: ModelConfig, head: int) -> dict[str, Projection]:
+def head_projections(config: BigCodeConfig, head: int) -> dict[str, Projection]:
     """Query head `head`'s rows of c_attn.weight, and those of the K/V head it reads."""
     e, d, w, b = config.n_embd, config.d_head, "attn.c_attn.weight", "attn.c_attn.bias"
     if config.multi_query:
@@ -119,5 +128,9 @@ def head_projections(config: ModelConfig, head: int) -> dict[str, Projection]:
     return {k: Projection(w, b, lo, lo + d, False) for k, lo in (("q", q0), ("k", k0), ("v", v0))}
 
 
-def out_projection(config: ModelConfig) -> Projection:
+def out_projection(config: BigCodeConfig) -> Projection:
     return Projection("attn.c_proj.weight", "attn.c_proj.bias", 0, config.n_embd, False)
+
+
+def projections_note(config: BigCodeConfig, head: int, kv_head: int) -> str:
+    return f"the projection weights are [out, in] (x · Wᵀ); the rows of head {head} and of K/V head {kv_head}:"

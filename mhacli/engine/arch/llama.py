@@ -1,5 +1,7 @@
-"""Llama and Mistral: pre-RMSNorm blocks, a SwiGLU MLP, grouped K/V heads (GQA; MQA and MHA as its extremes)
-with rotary positions; Mistral adds a sliding window to every layer's causal mask.
+"""Llama and Mistral:
+
+pre-RMSNorm blocks, a SwiGLU MLP, grouped K/V heads (GQA; MQA and MHA as its extremes) with rotary positions; Mistral
+adds a sliding window to every layer's causal mask.
 
 Weights are nn.Linear, [out, in]: a projection is `x @ w.T (+ b)`. q_proj has n_head * head_dim rows, k_proj and
 v_proj n_kv_head * head_dim: rows [g * head_dim, (g + 1) * head_dim) are K/V head g.
@@ -9,23 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from mhacli.config import RotaryConfig
+from mhacli.config import RopeConfig, RotaryConfig
 from mhacli.engine.arch.common import GroupedAttentionParts, Projection, grouped_attention, linear, rms_norm, swiglu
-from mhacli.engine.arch.rope import apply_rope, rope_tables
+from mhacli.engine.arch.rope import apply_rope, rope_problem, rope_tables
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, Params, ZEdit, project_heads, split_heads
+from mhacli.errors import ConfigError
 
-MODEL_TYPES = ("llama", "mistral")
 KEY_PREFIX = "model."
 LAYER_PREFIX = "layers.{}."
 EMBEDDING = "embed_tokens.weight"  # the input embedding, also the output head when tied
 LM_HEAD = "lm_head.weight"  # an untied output head, read only by the loss
 KV_WEIGHT = "self_attn.k_proj.weight"
-HF_MODEL_CLASS = {"llama": "LlamaModel", "mistral": "MistralModel"}
-HF_LM_CLASS = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-}  # with the output head: `verify` compares logits and loss
 
 
 def normalise_key(key: str) -> str | None:
@@ -37,11 +34,43 @@ def normalise_key(key: str) -> str | None:
     return key
 
 
+def check(config: RotaryConfig) -> None:
+    """An even head_dim, and rotary parameters whose inverse frequencies and attention factor are finite.
+
+    Each set is checked (OLMo 3's sliding layers have their own): a ConfigError naming the field instead of an
+    error mid-forward."""
+    if config.head_dim % 2:
+        raise ConfigError(
+            f"config.json: head_dim {config.head_dim} is odd; rotary embeddings rotate pairs of values, so it must "
+            "be even"
+        )
+    ropes = [("rope_parameters", config.rope)]
+    if config.sliding_rope is not None:
+        ropes = [
+            ("rope_parameters.full_attention", config.rope),
+            ("rope_parameters.sliding_attention", config.sliding_rope),
+        ]
+    for where, rope in ropes:
+        problem = rope_problem(rope, config.d_head, config.n_positions)
+        if problem is not None:
+            raise ConfigError(
+                f"config.json: {where} (rope_type {rope.rope_type!r}, head_dim {config.d_head}): {problem}"
+            )
+
+
+def rope_at(config: RotaryConfig, layer: int) -> RopeConfig | None:
+    return config.rope_at(layer)
+
+
 def projection_shapes(config: RotaryConfig, prefix: str) -> dict[str, tuple[int, ...]]:
     """q/k/v/o projections (with biases when attention_bias) of one layer."""
     e, q, kv = config.n_embd, config.n_head * config.d_head, config.n_kv_head * config.d_head
     a = prefix + "self_attn."
-    shapes = {a + "q_proj.weight": (q, e), a + "k_proj.weight": (kv, e), a + "v_proj.weight": (kv, e)}
+    shapes: dict[str, tuple[int, ...]] = {
+        a + "q_proj.weight": (q, e),
+        a + "k_proj.weight": (kv, e),
+        a + "v_proj.weight": (kv, e),
+    }
     shapes[a + "o_proj.weight"] = (e, q)
     if config.attention_bias:
         shapes |= {a + "q_proj.bias": (q,), a + "k_proj.bias": (kv,), a + "v_proj.bias": (kv,), a + "o_proj.bias": (e,)}
@@ -50,7 +79,11 @@ def projection_shapes(config: RotaryConfig, prefix: str) -> dict[str, tuple[int,
 
 def mlp_shapes(config: RotaryConfig, prefix: str) -> dict[str, tuple[int, ...]]:
     e, i, m = config.n_embd, config.intermediate_size, prefix + "mlp."
-    shapes = {m + "gate_proj.weight": (i, e), m + "up_proj.weight": (i, e), m + "down_proj.weight": (e, i)}
+    shapes: dict[str, tuple[int, ...]] = {
+        m + "gate_proj.weight": (i, e),
+        m + "up_proj.weight": (i, e),
+        m + "down_proj.weight": (e, i),
+    }
     if config.mlp_bias:
         shapes |= {m + "gate_proj.bias": (i,), m + "up_proj.bias": (i,), m + "down_proj.bias": (e,)}
     return shapes
@@ -72,7 +105,7 @@ def embed(params: Params, ids: np.ndarray) -> np.ndarray:
 
 
 def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
-    return rms_norm(x, params.get("norm.weight"), params.config.rms_norm_eps)
+    return rms_norm(x, params.get("norm.weight"), params.config.norm_eps)
 
 
 def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig) -> np.ndarray:
@@ -91,8 +124,10 @@ def rotary_attention(
     edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> GroupedAttentionParts:
-    """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] before RoPE -> rotate, attend (causal, and the
-    layer's sliding window), project with o_proj. Shared with OLMo, whose q and k are normalised first."""
+    """Rotate q and k, attend (causal, and the layer's sliding window), project with o_proj.
+
+    q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] before RoPE. Shared with OLMo, whose q and k are
+    normalised first."""
     cos, sin = rope_tables(config.rope_at(layer), config.d_head, config.n_positions, q.shape[1])  # [n_seq, d_head]
     q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     scores, probs, z = grouped_attention(
@@ -129,7 +164,10 @@ def block(
     edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
-    """LlamaDecoderLayer: x + attn(norm(x)), then + mlp(norm(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
+    """LlamaDecoderLayer: x + attn(norm(x)), then + mlp(norm(x)).
+
+    [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)
+    """
     attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit, sink=sink)
     x = x + attn.out
     h = rms_norm(x, p["post_attention_layernorm.weight"], config.rms_norm_eps)
@@ -139,6 +177,7 @@ def block(
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
 ATTENTION_NORM = ("rms_norm", "input_layernorm.weight", None)
 QK_NORM = None
+SLIDING_WINDOWS = True  # Mistral's every layer, OLMo 3's sliding_attention ones
 
 
 def head_projections(config: RotaryConfig, head: int) -> dict[str, Projection]:
@@ -156,3 +195,7 @@ def out_projection(config: RotaryConfig) -> Projection:
     """o_proj.weight [n_embd, n_head * d_head] (nn.Linear): concat @ w.T (+ b)."""
     bias = "self_attn.o_proj.bias" if config.attention_bias else None
     return Projection("self_attn.o_proj.weight", bias, 0, config.n_embd, False)
+
+
+def projections_note(config: RotaryConfig, head: int, kv_head: int) -> str:
+    return f"the projection weights are [out, in] (x · Wᵀ); the rows of head {head} and of K/V head {kv_head}:"

@@ -1,10 +1,10 @@
-"""OLMo 2 and OLMo 3: Llama's attention (grouped K/V heads, RoPE) and SwiGLU MLP, arranged differently:
-- no norm before attention or MLP; RMSNorms after them instead, on each branch before the residual add
-  (post_attention_layernorm, post_feedforward_layernorm);
-- QK-norm: q_norm and k_norm are RMSNorms over the whole q_proj / k_proj output (every head at once), before the
-  heads are split and rotated;
-- OLMo 3: the layers whose layer_types entry is sliding_attention see a window of `sliding_window` keys and have
-  their own rotary parameters.
+"""OLMo 2 and OLMo 3:
+
+Llama's attention (grouped K/V heads, RoPE) and SwiGLU MLP, arranged differently: - no norm before attention or MLP;
+RMSNorms after them instead, on each branch before the residual add (post_attention_layernorm,
+post_feedforward_layernorm); - QK-norm: q_norm and k_norm are RMSNorms over the whole q_proj / k_proj output (every head
+at once), before the heads are split and rotated; - OLMo 3: the layers whose layer_types entry is sliding_attention see
+a window of `sliding_window` keys and have their own rotary parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from mhacli.engine.arch.llama import (  # the parts OLMo shares with Llama uncha
     KV_WEIGHT,
     LAYER_PREFIX,
     LM_HEAD,
+    SLIDING_WINDOWS,
+    check,
     embed,
     final_norm,
     head_projections,
@@ -26,20 +28,18 @@ from mhacli.engine.arch.llama import (  # the parts OLMo shares with Llama uncha
     normalise_key,
     out_projection,
     projection_shapes,
+    projections_note,
+    rope_at,
     rotary_attention,
 )
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, split_heads
 
-__all__ = [
-    "EMBEDDING", "LM_HEAD", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "embed", "final_norm", "head_projections", "normalise_key", "out_projection",
+__all__ = [  # the family interface (interface.Family): Llama's pieces and OLMo's own
+    "ATTENTION_NORM", "EMBEDDING", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM", "SLIDING_WINDOWS",
+    "attention_input", "attention_parts", "block", "check", "embed", "expected_shapes", "final_norm",
+    "head_projections", "normalise_key", "out_projection", "projections_note", "rope_at",
 ]  # fmt: skip
-MODEL_TYPES = ("olmo2", "olmo3")
-HF_MODEL_CLASS = {"olmo2": "Olmo2Model", "olmo3": "Olmo3Model"}
-HF_LM_CLASS = {
-    "olmo2": "Olmo2ForCausalLM",
-    "olmo3": "Olmo3ForCausalLM",
-}  # with the output head: `verify` compares logits and loss
 
 
 def expected_shapes(config: RotaryConfig) -> dict[str, tuple[int, ...]]:
@@ -92,7 +92,10 @@ def block(
     edit: ZEdit | None = None,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray, GroupedAttentionParts]:
-    """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)); [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)"""
+    """Olmo2DecoderLayer: x + norm(attn(x)), then + norm(mlp(x)).
+
+    [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)
+    """
     eps = config.rms_norm_eps
     attn = attention_parts(x, p, config, layer, keep_scores=False, edit=edit, sink=sink)
     x = x + rms_norm(attn.out, p["post_attention_layernorm.weight"], eps)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -27,6 +28,14 @@ from mhacli.engine.blocks import F32
 def _exponents(d_head: int) -> np.ndarray:
     """[d_head // 2]: 0, 2, 4, ... / d_head, in float32 as torch.arange(0, dim, 2).float() / dim"""
     return np.arange(0, d_head, 2, dtype=F32) / F32(d_head)
+
+
+T = TypeVar("T")
+
+
+def _given(value: T | None) -> T:
+    """A rotary parameter the parser guarantees for this rope_type (mhacli.config.rotary), typed as present."""
+    return cast("T", value)
 
 
 def _powers(base: float, d_head: int) -> np.ndarray:
@@ -71,8 +80,8 @@ def _yarn(rope: RopeConfig, d_head: int, n_positions: int) -> tuple[np.ndarray, 
 
 def _llama3(rope: RopeConfig, d_head: int) -> np.ndarray:
     inv = F32(1.0) / (_powers(rope.rope_theta, d_head))
-    factor, low, high = rope.factor, rope.low_freq_factor, rope.high_freq_factor
-    old = rope.original_max_position_embeddings
+    factor, low, high = _given(rope.factor), _given(rope.low_freq_factor), _given(rope.high_freq_factor)
+    old = _given(rope.original_max_position_embeddings)
     low_wavelen, high_wavelen = old / low, old / high
     wavelen = np.reciprocal(inv) * F32(2 * math.pi)  # torch computes `scalar / tensor` as reciprocal * scalar
     inv_llama = np.where(wavelen > low_wavelen, inv / F32(factor), inv)  # long wavelengths: divided by factor
@@ -83,18 +92,21 @@ def _llama3(rope: RopeConfig, d_head: int) -> np.ndarray:
 
 
 def inv_freq(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tuple[np.ndarray, float]:
-    """([d_head // 2] float32 inverse frequencies, the factor cos and sin are multiplied by) for a text of n_seq
-    tokens (dynamic and longrope depend on it, as HF's dynamic_rope_update makes them)."""
+    """The inverse frequencies and attention factor for a text of n_seq tokens.
+
+    ([d_head // 2] float32 inverse frequencies, the factor cos and sin are multiplied by); dynamic and longrope
+    depend on n_seq, as HF's dynamic_rope_update makes them."""
     kind, base = rope.rope_type, rope.rope_theta
     if kind == "linear":
-        return (F32(1.0) / (_powers(base, d_head))) / F32(rope.factor), 1.0
+        return (F32(1.0) / (_powers(base, d_head))) / F32(_given(rope.factor)), 1.0
     if kind == "dynamic":
+        factor = _given(rope.factor)
         seq_len = max(n_seq, n_positions)  # NTK scaling only grows the base past the stated context
         if seq_len > n_positions:  # HF computes this branch with tensors: float32
-            grown = (F32(rope.factor) * F32(seq_len) / F32(n_positions)) - F32(rope.factor - 1)
-            base = F32(base) * grown ** F32(d_head / (d_head - 2))
+            grown = (F32(factor) * F32(seq_len) / F32(n_positions)) - F32(factor - 1)
+            base = float(F32(base) * grown ** F32(d_head / (d_head - 2)))  # exact: _powers reads it as float32
         else:
-            base = base * ((rope.factor * seq_len / n_positions) - (rope.factor - 1)) ** (d_head / (d_head - 2))
+            base = base * ((factor * seq_len / n_positions) - (factor - 1)) ** (d_head / (d_head - 2))
         return F32(1.0) / (_powers(base, d_head)), 1.0
     if kind == "yarn":
         return _yarn(rope, d_head, n_positions)
@@ -140,11 +152,8 @@ _FLOAT32_FIELDS = ("rope_theta", "factor", "attention_factor", "low_freq_factor"
 _F32_MAX = float(np.finfo(F32).max)
 
 
-def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
-    """What is wrong with what the forward will compute from `rope` (None: nothing), computed once, as the
-    forward computes it, for the shortest and the longest text (dynamic and longrope depend on the length):
-    inverse frequencies finite and >= 0 in float32, the angles of the last position finite, the attention factor
-    positive and finite in float32, no division by zero, math domain error or overflow on the way."""
+def _parameter_problem(rope: RopeConfig, n_positions: int) -> str | None:
+    """What is wrong with the rotary parameters themselves, before any arithmetic (None: nothing)."""
     for key in _FLOAT32_FIELDS:
         value = getattr(rope, key)
         if value is not None and not abs(value) <= _F32_MAX:
@@ -162,6 +171,18 @@ def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
         factor = rope.factor if rope.factor is not None else n_positions / original
         if factor > 1.0 and original <= 1:
             return "original_max_position_embeddings must be greater than 1 when factor > 1 (its log divides)"
+    return None
+
+
+def rope_problem(rope: RopeConfig, d_head: int, n_positions: int) -> str | None:
+    """What is wrong with what the forward will compute from `rope` (None: nothing).
+
+    Computed once, as the forward computes it, for the shortest and the longest text (dynamic and longrope depend on the
+    length): inverse frequencies finite and >= 0 in float32, the angles of the last position finite, the attention
+    factor positive and finite in float32, no division by zero, math domain error or overflow on the way."""
+    problem = _parameter_problem(rope, n_positions)
+    if problem is not None:
+        return problem
     given = ", ".join(
         f"{k}={v!r}" for k, v in vars(rope).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     )

@@ -215,17 +215,10 @@ def step_input(out: Layout) -> None:
 def step_projections(out: Layout) -> None:
     """2. Where the head's q, k and v come from: the slices of the projection weights, and QK-norm."""
     ex, width = out.ex, out.width
-    h = ex.head
     out.section(f"2. query, keys and values (d_head = {ex.d_head})")
     if ex.layout != "MHA":
         out.note(gqa_text(ex), "")
-    in_out = ex.projections["q"].in_out
-    if ex.model_type == "gpt2":
-        out.note(f"head {h}'s slices of c_attn.weight [{ex.n_embd}, {3 * ex.n_embd}] and of c_attn.bias:")
-    elif in_out:
-        out.note(f"head {h}'s columns of the projection weights [in, out]:")
-    else:
-        out.note(f"the projection weights are [out, in] (x · Wᵀ); the rows of head {h} and of K/V head {ex.kv_head}:")
+    out.note(ex.projections_note)  # the family's words: GPT-2's packed c_attn, or [out, in] rows
     for k, proj in ex.projections.items():
         w_part = glue(f"W_{k.upper()} = {proj.where()}")
         b_part = "" if proj.bias is None else "   " + glue(f"b_{k.upper()} = {proj.bias_where()}")
