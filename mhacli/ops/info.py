@@ -17,13 +17,6 @@ def architectures() -> list[str]:
     return list(SUPPORTED_MODEL_TYPES)
 
 
-def has_sliding_windows(model_type: str) -> bool:
-    """Whether this architecture's family can give layers a sliding window (`info` shows a line for it)."""
-    from mhacli.engine.arch import family
-
-    return family(model_type).SLIDING_WINDOWS
-
-
 def kv_cache_doc(c: ModelConfig, dtype: str) -> dict:
     """KV-cache bytes per token (2 x n_layer x n_kv_head x d_head values), in float32 and the checkpoint's dtype.
 
