@@ -93,6 +93,7 @@ def ticker(total: int, description: str):
 
 
 @app.command(
+    rich_help_panel="Causes",
     epilog=examples(
         'mha ablate "ROMEO: I love thee. JULIET: I love thee." -l 1',
         'mha ablate "The cat sat. The cat sat." --method mean --loss-from 5 -f csv',
@@ -115,7 +116,9 @@ def ablate(
     save: Annotated[SaveList, save_option("ablate")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """Each head removed alone: the next-token loss against the intact model, in nats/token and %."""
+    """Each head removed alone: its cost in next-token loss.
+
+    The next-token loss against the intact model, in nats/token and %."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
@@ -145,6 +148,7 @@ def ablate(
 
 
 @app.command(
+    rich_help_panel="Causes",
     epilog=examples(
         'mha prune "ROMEO: I love thee. JULIET: I love thee." --seeds 2 --step 0.25',
         'mha prune "The cat sat. The cat sat." --save-mask pruned.json -f json',
@@ -172,7 +176,9 @@ def prune(
     save: Annotated[SaveList, save_option("prune")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """The pruning curve: heads removed least important first (re-measured every round) against random orders."""
+    """The pruning curve: heads removed by importance vs at random.
+
+    Heads removed least important first (re-measured every round) against random orders."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     if not 0.0 < step <= 1.0:
         raise UsageError(f"--step {step} must be in (0, 1]: the fraction of all heads removed per round")

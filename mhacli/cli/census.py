@@ -120,6 +120,7 @@ CSV_COLUMNS = (
 
 
 @app.command(
+    rich_help_panel="The model",
     epilog=examples(
         "mha census --probe-count 4 -j 1",
         "mha census -m sample-early --probes repeat --probe-count 4 -j 1 -f csv",
@@ -183,7 +184,9 @@ def census(
     save: Annotated[SaveList, save_option("census")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """Every head's kind over seeded probes and a corpus, with its evidence and confidence (docs/census.md)."""
+    """Every head's kind over probes and a corpus, with confidence.
+
+    With each kind's evidence and confidence; every definition in docs/census.md."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     chosen = parse_probes(probes)
     if not chosen and texts is None:

@@ -32,6 +32,7 @@ FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
 
 
 @app.command(
+    rich_help_panel="Comparing",
     epilog=examples(
         'mha diff sample-early sample "ROMEO: I love thee. ROMEO: I love thee."',
         'mha diff sample-early sample "The cat sat on the mat." --metric tv -f csv',
@@ -72,7 +73,9 @@ def diff(
     save: Annotated[SaveList, save_option("diff")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> int:
-    """Per-head divergence between two models on the same text (same tokenizer needed)."""
+    """Per-head divergence between two models on the same text.
+
+    The two models need the same tokenizer (the same token ids for the text)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     check_metric(metric)
     if fail_above is not None and not fail_above >= 0:

@@ -75,6 +75,7 @@ def cell_text(value: object) -> str:
 
 
 @app.command(
+    rich_help_panel="The model",
     epilog=examples(
         "mha info",
         "mha info -m sample-early -f json",
@@ -82,8 +83,10 @@ def cell_text(value: object) -> str:
     )
 )
 def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
-    """Show the model's config, parameter count, attention layout and KV-cache size. json: one document; jsonl,
-    csv, tsv: one key/value row per field of that document (nested keys joined with dots)."""
+    """The model's config, parameter count, layout and KV-cache size.
+
+    json: one document; jsonl, csv, tsv: one key/value row per field of that document (nested keys joined
+    with dots)."""
     fmt = resolve_format(format, ALL_FORMATS)
     doc = info_doc(model)
     if fmt == "json":

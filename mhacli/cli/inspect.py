@@ -39,6 +39,7 @@ JSON_BYTES_PER_WEIGHT = 12
 
 
 @app.command(
+    rich_help_panel="Looking",
     epilog=examples(
         'mha inspect "The cat sat on the mat. The cat sat on the mat." -l 0 -H 3',
         'mha inspect "ROMEO: I love thee." -m sample-early --query 3',
@@ -79,7 +80,7 @@ def inspect(
     max_memory: MaxMemoryOpt = None,
     ablate: AblateOpt = None,
 ) -> None:
-    """Attention maps and statistics for the selected heads (default: every head)."""
+    """Attention maps and statistics of heads (default: every head)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     if query is not None and top is not None:
         raise UsageError("--query and --top are two views; pick one")

@@ -31,6 +31,7 @@ from mhacli.views.formats import MACHINE_FORMATS, write_heads
 
 
 @app.command(
+    rich_help_panel="Looking",
     epilog=examples(
         'mha stats "The cat sat on the mat. The cat sat on the mat."',
         'mha stats "The cat sat. The cat sat." --stat induction -l 1',
@@ -66,7 +67,7 @@ def stats(
     save: Annotated[SaveList, save_option("stats")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
+    """Every head's statistics and kind, streamed (no maps kept)."""
     fmt = resolve_format(format, ("rich", "text", *MACHINE_FORMATS))
     saves = saving.parse(save, "stats", dpi=dpi)
     keep = saving.wants(saves, "html")  # the page shows every head's map

@@ -29,6 +29,7 @@ DEFAULT_TEXT = (
 
 
 @app.command(
+    rich_help_panel="The model",
     epilog=examples(
         "mha verify -m sample-early",
         'mha verify "The cat sat on the mat." --atol 1e-6 -f json',
@@ -47,7 +48,9 @@ def verify(
     format: ReportFormatOpt = None,
     truncate: TruncateOpt = False,
 ) -> int:
-    """Run HF transformers on the same token ids and compare every layer's attention and hidden states."""
+    """Check every layer's attention and hidden states against HF.
+
+    Runs HF transformers on the same token ids and compares every layer, with the max abs errors."""
     fmt = resolve_format(format, REPORT_FORMATS)
     if not (atol > 0 and hidden_atol > 0):
         raise UsageError("--atol and --hidden-atol must be positive")
