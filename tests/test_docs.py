@@ -126,23 +126,69 @@ def test_the_readme_figures_are_the_measured_ones():
         assert figure in full, f"the README quotes {figure!r}, which docs/performance.md does not hold"
 
 
-def tour_examples() -> list[str]:
-    """The commands of the README's tour: every line of its code blocks that starts as a user types a command."""
+def tour_examples() -> list[tuple[str, str | None]]:
+    """The commands of the README's tour (every line of its code blocks that starts as a user types a command), each
+    with the output the README shows for it: the code block right after a block whose last line it is, if any."""
     tour = section(README.read_text(encoding="utf-8"), "## A tour of the bundled model")
-    blocks = re.findall(r"```\n(.*?)```", tour, flags=re.S)
-    return [line for block in blocks for line in block.splitlines() if re.match(r"^(mha|echo) ", line)]
+    blocks = list(re.finditer(r"```\n(.*?)```", tour, flags=re.S))
+    found: list[tuple[str, str | None]] = []
+    for n, block in enumerate(blocks):
+        lines = [line for line in block.group(1).splitlines() if re.match(r"^(mha|echo) ", line)]
+        if not lines:
+            continue
+        after = blocks[n + 1] if n + 1 < len(blocks) else None
+        shown = None
+        if (
+            after
+            and not tour[block.end() : after.start()].strip()
+            and not re.search(r"^(mha|echo) ", after.group(1), re.M)
+        ):
+            shown = after.group(1)
+        found += [(line, shown if i == len(lines) - 1 else None) for i, line in enumerate(lines)]
+    return found
+
+
+def same_line(shown: str, actual: str) -> bool:
+    """Word by word, numbers within the rounding a CPU or BLAS build may change (0.002, or 0.1% of the value); the
+    shown line may be cut on the right (`| cut -c1-82`)."""
+    words, real = shown.split(), actual.split()
+    if len(real) < len(words):
+        return False
+    for a, b in zip(words, real[: len(words)], strict=True):
+        x, y = a.strip("+%(),;"), b.strip("+%(),;")
+        try:
+            if abs(float(x) - float(y)) > max(0.002, 1e-3 * abs(float(y))) or a.startswith("+") != b.startswith("+"):
+                return False
+        except ValueError:
+            if a != b:
+                return False
+    return True
+
+
+def shows(shown: str, output: str) -> bool:
+    """The README's output is the real one: its lines, in order and next to each other, somewhere in the output."""
+    want, lines = shown.strip("\n").splitlines(), output.splitlines()
+    return any(all(same_line(w, lines[i + k]) for k, w in enumerate(want)) for i in range(len(lines) - len(want) + 1))
+
+
+def test_the_comparison_of_outputs_is_not_blind():
+    assert same_line("L1H2  induction  0.709  +9.9374  +1757.7%", "L1H2  induction  0.7095  +9.9381  +1758.9%  extra")
+    assert not same_line("L1H2  induction  0.709", "L1H2  induction  0.739")
+    assert not same_line("L1H2  induction  0.709", "L1H2  sink  0.709")
+    assert not shows("a 1\nb 2", "a 1\nc 0\nb 2")
 
 
 def test_the_tour_has_its_story():
-    lines = tour_examples()
+    lines = [line for line, _ in tour_examples()]
     for command in ("inspect", "stats", "diff sample-early sample", "ablate", "verify", "browse"):
         assert any(line.startswith(f"mha {command}") for line in lines), command
     assert any("| jq" in line for line in lines), "a pipeline with jq"
 
 
-@pytest.mark.parametrize("line", tour_examples(), ids=lambda line: " ".join(line.split()[:2]))
-def test_every_tour_command_runs(line, tmp_path):
-    """As a user types it, in bash with pipefail, `mha` this interpreter's mhacli, in an empty directory."""
+@pytest.mark.parametrize("line,shown", tour_examples(), ids=[" ".join(line.split()[:2]) for line, _ in tour_examples()])
+def test_every_tour_command_runs(line, shown, tmp_path):
+    """As a user types it, in bash with pipefail, `mha` this interpreter's mhacli, in an empty directory; where the
+    README shows its output, that output is what it prints."""
     if line.startswith("mha browse"):
         pytest.skip("interactive: tests/test_browse.py runs mha browse in a real terminal (tmux)")
     if line.startswith("mha verify") and importlib.util.find_spec("torch") is None:
@@ -167,3 +213,7 @@ def test_every_tour_command_runs(line, tmp_path):
     assert result.returncode == 0, f"{line}\n{result.stderr.decode()[-2000:]}"
     assert result.stdout.strip(), line
     assert b"error:" not in result.stderr, line
+    if shown is not None:
+        assert shows(shown, result.stdout.decode()), (
+            f"{line}\nthe README shows:\n{shown}\nit prints:\n{result.stdout.decode()}"
+        )
