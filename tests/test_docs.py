@@ -1,15 +1,32 @@
-"""The README and docs/ point only at files of the repository, and at headings that exist."""
+"""The README and docs/ point only at files of the repository, and at headings that exist; the README is a short
+tour whose every command runs, whose figures are the measured ones of docs/performance.md, and from which every
+page of docs/ can be reached."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+README = REPO / "README.md"
+DOCS = [README, *sorted((REPO / "docs").rglob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+COMMANDS = ["inspect", "stats", "explain", "browse", "diff", "ablate", "prune", "info", "verify", "census"]
+# What CI runs (.ci/run), and what a newcomer copies: both stay in the README, verbatim.
+TEST_COMMAND = 'python3 -m venv .venv && .venv/bin/pip install ".[test]" && .venv/bin/python -m pytest -q'
+INSTALL_COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install . && "
+    '.venv/bin/mha inspect "ROMEO: I love thee. JULIET: I love thee."'
+)
 
 
 def anchors(path: Path) -> set[str]:
@@ -23,13 +40,14 @@ def anchors(path: Path) -> set[str]:
     return found
 
 
-def relative_links(path: Path) -> list[str]:
+def relative_links(path: Path, pattern: re.Pattern = LINK) -> list[str]:
     text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)  # not in code blocks
-    return [t for t in LINK.findall(text) if not re.match(r"^[a-z]+:", t)]  # http:, https:, mailto:
+    return [t for t in pattern.findall(text) if not re.match(r"^[a-z]+:", t)]  # http:, https:, mailto:
 
 
 def test_there_are_docs_and_links():
     assert len(DOCS) >= 3 and (REPO / "docs" / "formats.md") in DOCS
+    assert (REPO / "docs" / "commands" / "inspect.md") in DOCS  # the pages of docs/commands/ are checked too
     assert sum(len(relative_links(p)) for p in DOCS) >= 5
 
 
@@ -63,3 +81,154 @@ def test_the_readme_lists_exactly_the_registered_architectures():
     listed = re.findall(r"^- `([A-Za-z0-9_]+)`:", block, flags=re.M)
     assert len(listed) == len(set(listed)), f"an architecture is listed twice: {listed}"
     assert sorted(listed) == sorted(SUPPORTED_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_image_is_a_file_of_the_repository(doc):
+    for target in relative_links(doc, IMAGE):
+        resolved = (doc.parent / target).resolve()
+        assert resolved.is_file() and resolved.is_relative_to(REPO), f"{doc.name}: image {target} -> {resolved}"
+
+
+def test_every_page_can_be_reached_from_the_readme():
+    """No orphan: following relative links from the README reaches every page of docs/."""
+    seen, todo = {README}, [README]
+    while todo:
+        page = todo.pop()
+        for target in relative_links(page):
+            file = target.partition("#")[0]
+            found = (page.parent / file).resolve() if file else page
+            if found.suffix == ".md" and found.is_file() and found not in seen:
+                seen.add(found)
+                todo.append(found)
+    assert sorted(set(DOCS) - seen) == []
+
+
+def test_every_command_has_a_page_the_readme_links():
+    links = relative_links(README)
+    for command in COMMANDS:
+        assert (REPO / "docs" / "commands" / f"{command}.md").is_file(), command
+        assert f"docs/commands/{command}.md" in links, f"the README does not link docs/commands/{command}.md"
+
+
+def test_the_readme_keeps_the_install_and_test_commands_verbatim():
+    readme = README.read_text(encoding="utf-8")
+    assert f"```\n{INSTALL_COMMAND}\n```" in readme
+    assert f"```\n{TEST_COMMAND}\n```" in readme
+    assert TEST_COMMAND in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+
+
+def test_the_readme_is_a_short_tour():
+    """Read in five minutes: the reference lives in docs/, the README keeps the story."""
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 250
+
+
+def section(text: str, heading: str) -> str:
+    """From the heading line to the next heading of the same or a higher level."""
+    start = text.index(f"\n{heading}\n")
+    level = heading.split(" ")[0]
+    ends = [m.start() for m in re.finditer(r"\n#{1,%d} " % len(level), text) if m.start() > start]
+    return text[start : ends[0] if ends else len(text)]
+
+
+def test_the_readme_figures_are_the_measured_ones():
+    """Every time, size and ratio the README quotes stands in docs/performance.md, where the run behind it is told."""
+    quoted = section(README.read_text(encoding="utf-8"), "## How fast, how exact")
+    full = (REPO / "docs" / "performance.md").read_text(encoding="utf-8")
+    figures = re.findall(r"\d[\d,.]*(?: s\b| MiB| GiB|x\b)", quoted)
+    assert len(figures) >= 15, figures
+    for figure in figures:
+        assert figure in full, f"the README quotes {figure!r}, which docs/performance.md does not hold"
+
+
+def tour_examples() -> list[tuple[str, str | None]]:
+    """The commands of the README's tour (every line of its code blocks that starts as a user types a command), each
+    with the output the README shows for it: the code block right after a block whose last line it is, if any."""
+    tour = section(README.read_text(encoding="utf-8"), "## A tour of the bundled model")
+    blocks = list(re.finditer(r"```\n(.*?)```", tour, flags=re.S))
+    found: list[tuple[str, str | None]] = []
+    for n, block in enumerate(blocks):
+        lines = [line for line in block.group(1).splitlines() if re.match(r"^(mha|echo) ", line)]
+        if not lines:
+            continue
+        after = blocks[n + 1] if n + 1 < len(blocks) else None
+        shown = None
+        if (
+            after
+            and not tour[block.end() : after.start()].strip()
+            and not re.search(r"^(mha|echo) ", after.group(1), re.M)
+        ):
+            shown = after.group(1)
+        found += [(line, shown if i == len(lines) - 1 else None) for i, line in enumerate(lines)]
+    return found
+
+
+def same_line(shown: str, actual: str) -> bool:
+    """Word by word, numbers within the rounding a CPU or BLAS build may change (0.002, or 0.1% of the value); the
+    shown line may be cut on the right (`| cut -c1-82`)."""
+    words, real = shown.split(), actual.split()
+    if len(real) < len(words):
+        return False
+    for a, b in zip(words, real[: len(words)], strict=True):
+        x, y = a.strip("+%(),;"), b.strip("+%(),;")
+        try:
+            if abs(float(x) - float(y)) > max(0.002, 1e-3 * abs(float(y))) or a.startswith("+") != b.startswith("+"):
+                return False
+        except ValueError:
+            if a != b:
+                return False
+    return True
+
+
+def shows(shown: str, output: str) -> bool:
+    """The README's output is the real one: its lines, in order and next to each other, somewhere in the output."""
+    want, lines = shown.strip("\n").splitlines(), output.splitlines()
+    return any(all(same_line(w, lines[i + k]) for k, w in enumerate(want)) for i in range(len(lines) - len(want) + 1))
+
+
+def test_the_comparison_of_outputs_is_not_blind():
+    assert same_line("L1H2  induction  0.709  +9.9374  +1757.7%", "L1H2  induction  0.7095  +9.9381  +1758.9%  extra")
+    assert not same_line("L1H2  induction  0.709", "L1H2  induction  0.739")
+    assert not same_line("L1H2  induction  0.709", "L1H2  sink  0.709")
+    assert not shows("a 1\nb 2", "a 1\nc 0\nb 2")
+
+
+def test_the_tour_has_its_story():
+    lines = [line for line, _ in tour_examples()]
+    for command in ("inspect", "stats", "diff sample-early sample", "ablate", "verify", "browse"):
+        assert any(line.startswith(f"mha {command}") for line in lines), command
+    assert any("| jq" in line for line in lines), "a pipeline with jq"
+
+
+@pytest.mark.parametrize("line,shown", tour_examples(), ids=[" ".join(line.split()[:2]) for line, _ in tour_examples()])
+def test_every_tour_command_runs(line, shown, tmp_path):
+    """As a user types it, in bash with pipefail, `mha` this interpreter's mhacli, in an empty directory; where the
+    README shows its output, that output is what it prints."""
+    if line.startswith("mha browse"):
+        pytest.skip("interactive: tests/test_browse.py runs mha browse in a real terminal (tmux)")
+    if line.startswith("mha verify") and importlib.util.find_spec("torch") is None:
+        pytest.skip("mha verify needs the hf extra (torch)")
+    if "| jq" in line and shutil.which("jq") is None:
+        pytest.skip("jq is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mha").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m mhacli "$@"\n')
+    (bin_dir / "mha").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "MHA_DEBUG", "NO_COLOR")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["MHA_NO_PROGRESS"] = "1"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", line],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{line}\n{result.stderr.decode()[-2000:]}"
+    assert result.stdout.strip(), line
+    assert b"error:" not in result.stderr, line
+    if shown is not None:
+        assert shows(shown, result.stdout.decode()), (
+            f"{line}\nthe README shows:\n{shown}\nit prints:\n{result.stdout.decode()}"
+        )

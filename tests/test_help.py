@@ -46,6 +46,80 @@ def test_help_has_examples_one_per_line_in_rich_and_plain_help(command):
         assert len(words) >= 2
 
 
+# The groups of `mha --help`, in order, as a user thinks of the commands (issue 27 item 9: the front door).
+GROUPS = {
+    "Looking": ["inspect", "stats", "explain", "browse"],
+    "Comparing": ["diff"],
+    "Causes": ["ablate", "prune"],
+    "The model": ["info", "verify", "census"],
+}
+
+
+def command_groups(text: str, rich: bool) -> dict[str, list[tuple[str, str]]]:
+    """The command sections of `mha --help`: {title: [(command, the rest of its line)]}, one entry per line, so a
+    summary that wraps shows up as a line whose first word is not a command (or as a truncated `...`)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for line in text.splitlines():
+        if rich:
+            title = re.match(r"^╭─ (.+?) ─+╮$", line)
+            if title:
+                current = None if title.group(1) in ("Options", "Arguments") else groups.setdefault(title.group(1), [])
+            elif line.startswith("╰"):
+                current = None
+            elif current is not None:
+                body = line.strip("│").strip()
+                name, _, rest = body.partition(" ")
+                current.append((name, rest.strip()))
+        else:
+            title = re.match(r"^(\S.*):$", line)
+            if title:
+                current = None if title.group(1) == "Options" else groups.setdefault(title.group(1), [])
+            elif not line.strip():
+                current = None
+            elif current is not None:
+                name, _, rest = line.strip().partition(" ")
+                current.append((name, rest.strip()))
+    return groups
+
+
+def summary_line(command: str) -> str:
+    """The first line of a command's docstring: its one-line summary."""
+    import typer
+
+    from mhacli.cli import app
+
+    return (typer.main.get_command(app).commands[command].help or "").strip().splitlines()[0]
+
+
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
+def test_help_lists_the_commands_in_groups_one_line_each(rich):
+    """`COLUMNS=80 mha --help`: the groups in order, every command once, each summary whole on its one line."""
+    groups = command_groups(help_text(rich=rich), rich)
+    assert list(groups) == list(GROUPS), groups
+    for title, commands in GROUPS.items():
+        rows = groups[title]
+        assert [name for name, _ in rows] == commands, f"{title}: {rows} (a wrapped summary adds a row)"
+        for name, shown in rows:
+            assert shown == summary_line(name), f"{name}: {shown!r} is not its whole summary (cut or wrapped?)"
+    assert sorted(n for rows in groups.values() for n, _ in rows) == registered_commands()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_summary_is_one_sentence_that_fits_80_columns(command):
+    """The summary is the docstring's first line, followed by a blank line (typer's rich help shows the whole first
+    paragraph, line breaks included), one sentence (click's plain help cuts at the first period) short enough for
+    the 80-column list: the longest name (7), the box and the padding leave 65 columns."""
+    import typer
+
+    from mhacli.cli import app
+
+    doc = (typer.main.get_command(app).commands[command].help or "").strip()
+    first, _, rest = doc.partition("\n")
+    assert not rest or rest.startswith("\n"), f"{command}: the summary runs on to a second line"
+    assert len(first) <= 65 and first.endswith(".") and first.count(". ") == 0, first
+
+
 def mha_on_path(tmp_path: Path) -> dict:
     """An environment whose `mha` is this interpreter's mhacli, whatever is installed."""
     bin_dir = tmp_path / "bin"

@@ -8,6 +8,42 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+# `mha --help` lists the commands in the groups a user thinks in, in this order (each command names its group with
+# `rich_help_panel=` on its @app.command); within a group, in ORDER, then any other command as registered.
+PANELS = ("Looking", "Comparing", "Causes", "The model", "Weights")
+ORDER = ("inspect", "stats", "explain", "browse", "diff", "ablate", "prune", "attribute", "lens", "patch", "info",
+         "verify", "census", "circuits")  # fmt: skip
+
+
+class _GroupedCommands(TyperGroup):
+    """The app's group: commands listed by PANELS then ORDER, in the rich help (typer draws one panel per group)
+    and in the plain help (click would print one flat "Commands:" list: here one section per group)."""
+
+    def list_commands(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        def rank(name: str) -> tuple[int, int]:
+            panel = getattr(self.commands[name], "rich_help_panel", None)
+            return (
+                PANELS.index(panel) if panel in PANELS else len(PANELS),
+                ORDER.index(name) if name in ORDER else len(ORDER),
+            )
+
+        return sorted(super().list_commands(ctx), key=rank)  # stable: registration order breaks ties
+
+    def format_commands(self, ctx, formatter) -> None:  # noqa: ANN001 - click's signature
+        commands = [(n, c) for n in self.list_commands(ctx) if (c := self.get_command(ctx, n)) and not c.hidden]
+        if not commands:
+            return
+        width = max(len(name) for name, _ in commands)
+        limit = formatter.width - 6 - width
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for name, cmd in commands:  # names padded alike: the summaries line up across the sections
+            panel = getattr(cmd, "rich_help_panel", None) or "Commands"
+            sections.setdefault(panel, []).append((name.ljust(width), cmd.get_short_help_str(limit)))
+        for panel, rows in sections.items():
+            with formatter.section(panel):
+                formatter.write_dl(rows)
 
 
 def examples(*lines: str) -> str:
@@ -21,6 +57,7 @@ def examples(*lines: str) -> str:
 
 app = typer.Typer(
     name="mha",
+    cls=_GroupedCommands,
     help="Look inside multi-head attention: per-head maps, statistics, head kinds, diffs and an HF parity check.",
     add_completion=True,  # --install-completion / --show-completion (typer's, through shellingham)
     no_args_is_help=True,

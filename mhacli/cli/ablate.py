@@ -101,11 +101,12 @@ def ticker(total: int, description: str):
 
 
 @app.command(
+    rich_help_panel="Causes",
     epilog=examples(
         'mha ablate "ROMEO: I love thee. JULIET: I love thee." -l 1',
         'mha ablate "The cat sat. The cat sat." --method mean --loss-from 5 -f csv',
         "mha ablate --ids 352,277,303,2012,352,277,303,2012 -m sample-early -f json",
-    )
+    ),
 )
 def ablate(
     text: TextArg = None,
@@ -123,7 +124,9 @@ def ablate(
     save: Annotated[SaveList, save_option("ablate")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """Each head removed alone: the next-token loss against the intact model, in nats/token and %."""
+    """Each head removed alone: its cost in next-token loss.
+
+    The next-token loss against the intact model, in nats/token and %."""
     out = output(format, FORMATS)
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
@@ -140,11 +143,12 @@ def ablate(
 
 
 @app.command(
+    rich_help_panel="Causes",
     epilog=examples(
         'mha prune "ROMEO: I love thee. JULIET: I love thee." --seeds 2 --step 0.25',
         'mha prune "The cat sat. The cat sat." --save-mask pruned.json -f json',
         'mha stats "The cat sat. The cat sat." --ablate @pruned.json',
-    )
+    ),
 )
 def prune(
     text: TextArg = None,
@@ -167,7 +171,9 @@ def prune(
     save: Annotated[SaveList, save_option("prune")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """The pruning curve: heads removed least important first (re-measured every round) against random orders."""
+    """The pruning curve: heads removed by importance vs at random.
+
+    Heads removed least important first (re-measured every round) against random orders."""
     out = output(format, FORMATS)
     if not 0.0 < step <= 1.0:
         raise UsageError(f"--step {step} must be in (0, 1]: the fraction of all heads removed per round")

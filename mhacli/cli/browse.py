@@ -27,11 +27,12 @@ MIN_COLUMNS, MIN_LINES = 60, 16
 
 
 @app.command(
+    rich_help_panel="Looking",
     epilog=examples(
         'mha browse "The cat sat on the mat. The cat sat on the mat."',
         'mha browse "ROMEO: I love thee. ROMEO: I love thee." --diff sample-early',
         'mha browse "The cat sat on the mat. The cat sat on the mat." --ablate 0.3',
-    )
+    ),
 )
 def browse(
     text: TextArg = None,
@@ -44,7 +45,9 @@ def browse(
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
 ) -> int:
-    """Browse every head interactively: grid, maps, tokens, diff, explain and ablation under the arrow keys."""
+    """Browse every head interactively under the arrow keys.
+
+    Grid, maps, tokens, diff, explain and ablation in one terminal app."""
     app_class = textual_app()
     check_ablate_spec(ablate)
     check_terminal()

@@ -85,11 +85,12 @@ class AtomicText:
 
 
 @app.command(
+    rich_help_panel="The model",
     epilog=examples(
         "mha census --probe-count 4 -j 1",
         "mha census -m sample-early --probes repeat --probe-count 4 -j 1 -f csv",
         "printf 'The cat.\\nA dog.\\n' | mha census --texts - --probes none -j 1",
-    )
+    ),
 )
 def census(
     model: ModelOpt = None,
@@ -148,7 +149,9 @@ def census(
     save: Annotated[SaveList, save_option("census")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """Every head's kind over seeded probes and a corpus, with its evidence and confidence (docs/census.md)."""
+    """Every head's kind over probes and a corpus, with confidence.
+
+    With each kind's evidence and confidence; every definition in docs/census.md."""
     out = output(format, FORMATS)
     chosen = parse_probes(probes)
     if not chosen and texts is None:

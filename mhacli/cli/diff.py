@@ -33,12 +33,13 @@ FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
 
 
 @app.command(
+    rich_help_panel="Comparing",
     epilog=examples(
         'mha diff sample-early sample "ROMEO: I love thee. ROMEO: I love thee."',
         'mha diff sample-early sample "The cat sat on the mat." --metric tv -f csv',
         'mha diff sample sample "The cat sat. The cat sat." --ablate 0.3 -f text',
         "mha diff sample-early sample --ids 352,277,303,2012 --match -f json",
-    )
+    ),
 )
 def diff(
     model_a: Annotated[str, typer.Argument(metavar="MODEL_A", help="The reference model (any form -m accepts).")],
@@ -73,7 +74,9 @@ def diff(
     save: Annotated[SaveList, save_option("diff")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> int:
-    """Per-head divergence between two models on the same text (same tokenizer needed)."""
+    """Per-head divergence between two models on the same text.
+
+    The two models need the same tokenizer (the same token ids for the text)."""
     out = output(format, FORMATS)
     if fail_above is not None and not fail_above >= 0:
         raise UsageError(f"--fail-above {fail_above} must be a number >= 0")

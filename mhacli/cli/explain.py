@@ -26,11 +26,12 @@ FORMATS = REPORT_FORMATS
 
 
 @app.command(
+    rich_help_panel="Looking",
     epilog=examples(
         'mha explain "The cat sat on the mat" -l 0 -H 3',
         'mha explain "ROMEO: But, soft! what light" -l 1 -H 2 --query -3 --full',
         "mha explain --ids 352,277,303,2012 -l 0 -H 1 -m sample-early -f json",
-    )
+    ),
 )
 def explain(
     layer: Annotated[int, typer.Option("--layer", "-l", help="Layer of the head.")],
@@ -46,7 +47,9 @@ def explain(
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
 ) -> int:
-    """The computation of one head for one query token, step by step, checked against the forward pass."""
+    """One head's computation for one query token, step by step.
+
+    Every intermediate, with the model's real numbers, checked against the forward pass."""
     out = output(format, FORMATS)
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     ex = run_explain(ckpt, tokens.ids, layer, head, query, max_memory=max_memory)

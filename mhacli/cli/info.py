@@ -9,8 +9,7 @@ from mhacli.views.results import InfoResult
 
 
 @app.command(
-    help="Show the model's config, parameter count, attention layout and KV-cache size. json: one document; jsonl,\n"
-    "csv, tsv: one key/value row per field of that document (nested keys joined with dots).",
+    rich_help_panel="The model",
     epilog=examples(
         "mha info",
         "mha info -m sample-early -f json",
@@ -18,6 +17,9 @@ from mhacli.views.results import InfoResult
     ),
 )
 def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
-    """`mha info`: the model's document in the format asked for (the help text is the command's `help=`)."""
+    """The model's config, parameter count, layout and KV-cache size.
+
+    json: one document; jsonl, csv, tsv: one key/value row per field of that document (nested keys joined
+    with dots)."""
     out = output(format, ALL_FORMATS)
     out.emit(InfoResult(info_doc(model)))

@@ -39,12 +39,13 @@ JSON_BYTES_PER_WEIGHT = 12
 
 
 @app.command(
+    rich_help_panel="Looking",
     epilog=examples(
         'mha inspect "The cat sat on the mat. The cat sat on the mat." -l 0 -H 3',
         'mha inspect "ROMEO: I love thee." -m sample-early --query 3',
         "mha inspect --ids 352,277,303,2012 -l 1 -f json --save maps.npz",
         'echo "The cat sat on the mat." | mha inspect -l 1 -H 2 --top 2',
-    )
+    ),
 )
 def inspect(
     text: TextArg = None,
@@ -79,7 +80,7 @@ def inspect(
     max_memory: MaxMemoryOpt = None,
     ablate: AblateOpt = None,
 ) -> None:
-    """Attention maps and statistics for the selected heads (default: every head)."""
+    """Attention maps and statistics of heads (default: every head)."""
     out = output(format, FORMATS)
     fmt = out.fmt
     if query is not None and top is not None:

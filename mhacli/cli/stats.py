@@ -32,12 +32,13 @@ from mhacli.views.results import StatsResult
 
 
 @app.command(
+    rich_help_panel="Looking",
     epilog=examples(
         'mha stats "The cat sat on the mat. The cat sat on the mat."',
         'mha stats "The cat sat. The cat sat." --stat induction -l 1',
         'mha stats "ROMEO: I love thee." -m sample-early -f csv',
         "mha stats --ids 352,277,303,2012,352,277,303 -H 2 -H 3 -f json",
-    )
+    ),
 )
 def stats(
     text: TextArg = None,
@@ -68,7 +69,7 @@ def stats(
     save: Annotated[SaveList, save_option("stats")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """Statistics and head kind for every head of the model (maps are not kept: this streams)."""
+    """Every head's statistics and kind, streamed (no maps kept)."""
     out = output(format, FORMATS)
     saves = saving.parse(save, "stats", dpi=dpi)
     keep = saving.wants(saves, "html")  # the page shows every head's map

@@ -28,11 +28,12 @@ DEFAULT_TEXT = (
 
 
 @app.command(
+    rich_help_panel="The model",
     epilog=examples(
         "mha verify -m sample-early",
         'mha verify "The cat sat on the mat." --atol 1e-6 -f json',
         "mha verify --ids 352,277,303,2012 -f text",
-    )
+    ),
 )
 def verify(
     text: TextArg = None,
@@ -46,7 +47,9 @@ def verify(
     format: ReportFormatOpt = None,
     truncate: TruncateOpt = False,
 ) -> int:
-    """Run HF transformers on the same token ids and compare every layer's attention and hidden states."""
+    """Check every layer's attention and hidden states against HF.
+
+    Runs HF transformers on the same token ids and compares every layer, with the max abs errors."""
     out = output(format, REPORT_FORMATS)
     if not (atol > 0 and hidden_atol > 0):
         raise UsageError("--atol and --hidden-atol must be positive")
