@@ -69,10 +69,10 @@ def test_no_doc_points_at_a_file_the_repository_lacks():
 
 
 def test_the_readme_lists_exactly_the_registered_architectures():
-    """The README's bullet list of supported model types is the registry's (mhacli.config.ARCHITECTURES)."""
+    """The models page's bullet list of supported model types is the registry's (mhacli.config.ARCHITECTURES)."""
     from mhacli.config import SUPPORTED_MODEL_TYPES
 
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "models.md").read_text(encoding="utf-8")
     marker = "Supported architectures (`model_type`)"
     assert marker in text
     after = text.split(marker, 1)[1]
