@@ -9,6 +9,7 @@ other heads under 0.3) run through `mha census` with 3 and 4 rows of support per
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -71,13 +72,16 @@ TOLERANCE = {"mean_distance": 2e-3, "entropy": 1e-3, "relative_entropy": 1e-3}
         ([2047, 11, 12, 13, 14, 11, 12, 13, 14], 5),  # a repeat probe read on its second copy
         ([2047, 3], 0),  # two rows: uniform entropy ln(2) / 2
         ([2047, 3, 4], 2),  # one row read
+        ([2047], 0),  # one token: no scale for the entropy, relative_entropy undefined
     ],
 )
 def test_one_texts_statistics_are_the_loop_definitions_on_hf_attention(ids, first_row):
     from mhacli.io.weights import load_model
 
     ckpt = load_model(str(SAMPLE))
-    result = text_stats(ckpt, np.asarray(ids), first_row)
+    with warnings.catch_warnings():  # a 1-token text has no entropy scale: null, not 0/0 with a warning
+        warnings.simplefilter("error")
+        result = text_stats(ckpt, np.asarray(ids), first_row)
     attentions, _ = hf_outputs(SAMPLE, ids)
     n_layer, n_head = ckpt.config.n_layer, ckpt.config.n_head
     assert result.values.shape == (len(TALLIED), n_layer, n_head)
@@ -92,6 +96,15 @@ def test_one_texts_statistics_are_the_loop_definitions_on_hf_attention(ids, firs
                     assert math.isnan(got), (layer, head, name)
                 else:
                     assert got == pytest.approx(want, abs=TOLERANCE.get(name, 1e-4)), (layer, head, name)
+
+
+def test_one_text_is_read_on_every_row_unless_told():
+    from mhacli.io.weights import load_model
+
+    ids = np.array([2047, 5, 9, 5], dtype=np.int64)
+    whole = text_stats(load_model(str(SAMPLE)), ids)
+    assert whole.n_rows == 4 and whole.support == (1, 0)  # row 3: an earlier 5 at 1 < 3 - 1
+    np.testing.assert_array_equal(whole.values, text_stats(load_model(str(SAMPLE)), ids, 0).values)
 
 
 @pytest.mark.parametrize("prefix", [PREFIX, None])
@@ -126,6 +139,11 @@ def test_probes_repeat_tokens_only_when_the_vocabulary_is_too_small():
     assert len(ids) == 16 and ids[:8].tolist() == ids[8:].tolist() and set(ids.tolist()) <= set(few.tolist())
     exact, _ = probe("random", 0, ProbeSpec(random_length=5), few, None)
     assert sorted(exact.tolist()) == few.tolist()  # as many tokens as the vocabulary: each once
+    for k in range(5):
+        ids, _ = probe("repeat", k, ProbeSpec(repeat_length=5), few, None)
+        assert sorted(ids[:5].tolist()) == few.tolist() and ids[5:].tolist() == ids[:5].tolist()
+        ids, _ = probe("repeat", k, ProbeSpec(repeat_length=4), few, PREFIX)
+        assert len(set(ids[1:5].tolist())) == 4
 
 
 def test_each_probe_has_its_own_seeded_generator():
@@ -179,6 +197,16 @@ def test_the_fold_is_the_nan_aware_mean_and_population_spread():
     assert tally.count.tolist() == (~np.isnan(stack)).sum(axis=0).tolist()
     assert tally.n_texts == 7 and tally.n_tokens == sum(10 + k for k in range(7))
     assert tally.support.tolist() == [sum(range(7)), 2 * sum(range(7))]
+
+
+def test_a_statistic_no_text_defines_is_null_without_a_warning():
+    """A warning would reach the user's terminal (stderr) in the middle of the census' output."""
+    x = np.full((len(TALLIED), 1, 1), np.nan)
+    tally = Tally((1, 1))
+    tally.add(TextStats(x, (0, 0), 1), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(tally.means()).all() and np.isnan(tally.stds()).all()
 
 
 NEUTRAL = {  # every statistic under its rule's threshold: the text is mixed

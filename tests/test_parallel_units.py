@@ -64,6 +64,11 @@ def test_chunks_close_at_4096_tokens():
     assert [i.seq for g in groups for i in g] == list(range(11))
 
 
+def test_a_chunk_counts_its_own_tokens_from_zero():
+    groups = list(chunks(items([4095, 1, 4095, 1, 5]), lambda *e: None))
+    assert [[i.seq for i in g] for g in groups] == [[0, 1], [2, 3], [4]]
+
+
 def test_chunks_close_at_64_texts():
     groups = list(chunks(items([1] * 130), lambda *e: None))
     assert [len(g) for g in groups] == [64, 64, 2]
@@ -93,13 +98,17 @@ def fake_texts(monkeypatch):
             raise MhaError("NaN in the forward")
         return f"{len(ids)}@{first_row}"
 
-    monkeypatch.setattr(parallel, "_model", lambda files: "params")
+    def model(files):
+        assert files == "the files", files  # the files drive was given reach every chunk
+        return "params"
+
+    monkeypatch.setattr(parallel, "_model", model)
     monkeypatch.setattr(parallel, "text_stats", stats)
 
 
 def test_run_chunk_keeps_each_texts_seq_and_turns_an_error_into_its_message(fake_texts):
     chunk = [Item(7, np.zeros(5, np.int64), 2), Item(8, np.zeros(33, np.int64), 0), Item(9, np.zeros(1, np.int64), 0)]
-    assert run_chunk(None, chunk) == [(7, "5@2"), (8, "NaN in the forward"), (9, "1@0")]
+    assert run_chunk("the files", chunk) == [(7, "5@2"), (8, "NaN in the forward"), (9, "1@0")]
 
 
 def slowly(fn, *args):
@@ -136,7 +145,7 @@ def test_drive_runs_every_text_once_in_order_with_at_most_in_flight_chunks_out(f
     work = [*items(sizes[:4]), (4, "skipped"), *items(sizes[4:], start=5)]
     folded = []
     executor = CountingExecutor() if threads else None
-    drive(iter(work), None, executor, InOrder(lambda seq, o: folded.append((seq, o))), in_flight)
+    drive(iter(work), "the files", executor, InOrder(lambda seq, o: folded.append((seq, o))), in_flight)
     sizes_by_seq = dict(enumerate(sizes[:4])) | {5 + k: n for k, n in enumerate(sizes[4:])}
     want = [(s, "NaN in the forward" if n == 33 else f"{n}@0") for s, n in sizes_by_seq.items()]
     want.insert(4, (4, "skipped"))
@@ -144,6 +153,31 @@ def test_drive_runs_every_text_once_in_order_with_at_most_in_flight_chunks_out(f
     if threads:
         executor.pool.shutdown()
         assert executor.most == in_flight  # 4 chunks: [0, 1], [2, 3, 5], [6], [7, 8, 9]
+
+
+def test_a_chunk_that_comes_back_frees_its_place_at_once(fake_texts, monkeypatch):
+    """With 2 in flight and chunk 0 slow, chunks 2, 3... go out as soon as chunk 1 is back, not after chunk 0."""
+    events = []
+    real = parallel.run_chunk
+
+    def run_chunk(files, chunk):
+        if chunk[0].seq == 0:
+            time.sleep(0.5)
+        events.append(("done", chunk[0].seq))
+        return real(files, chunk)
+
+    class Logging(CountingExecutor):
+        def submit(self, fn, *args):
+            events.append(("submit", args[1][0].seq))
+            return self.pool.submit(fn, *args)
+
+    monkeypatch.setattr(parallel, "run_chunk", run_chunk)
+    executor = Logging()
+    folded = []
+    drive(iter(items([4096] * 4)), "the files", executor, InOrder(lambda seq, o: folded.append(seq)), in_flight=2)
+    executor.pool.shutdown()
+    assert folded == [0, 1, 2, 3]
+    assert events.index(("submit", 2)) < events.index(("done", 0))
 
 
 def test_drive_reads_the_work_lazily(fake_texts):
@@ -157,7 +191,7 @@ def test_drive_reads_the_work_lazily(fake_texts):
             yield Item(k, np.zeros(4096, np.int64), 0)  # one text per chunk
 
     executor = CountingExecutor()
-    drive(work(), None, executor, InOrder(lambda seq, o: folded.append(seq)), in_flight=1)
+    drive(work(), "the files", executor, InOrder(lambda seq, o: folded.append(seq)), in_flight=1)
     executor.pool.shutdown()
     assert folded == list(range(6))
     assert read == [(k, k) for k in range(6)]
@@ -188,6 +222,9 @@ def test_a_worker_keeps_one_model_open(monkeypatch):
     a = parallel.ModelFiles("a", SAMPLE, (SAMPLE / "model.safetensors",))
     same = parallel.ModelFiles("a", SAMPLE, (SAMPLE / "model.safetensors",))
     b = parallel.ModelFiles("b", SAMPLE, (SAMPLE / "model.safetensors",))
+    elsewhere = parallel.ModelFiles("a", SAMPLE.parent, (SAMPLE / "model.safetensors",))
+    other_weights = parallel.ModelFiles("a", SAMPLE, (SAMPLE / "other.safetensors",))
+    assert len({parallel._key(f) for f in (a, same, b, elsewhere, other_weights)}) == 4
     assert parallel._model(a) == "model 1" and parallel._model(same) == "model 1"
     assert parallel._model(b) == "model 2" and len(parallel._MODELS) == 1
     assert parallel._model(a) == "model 3" and opened == [(a, None), (b, None), (a, None)]
