@@ -161,6 +161,24 @@ def test_a_selection_outside_the_model_is_a_usage_error(layers, heads, message):
 def test_a_selection_is_checked_before_the_model_runs(model):
     with pytest.raises(UsageError, match="--layer 2 is out of range"):
         next(analyse(model, np.asarray(IDS), layers=[2]))
+    with pytest.raises(UsageError, match="--head 4 is out of range"):
+        next(analyse(model, np.asarray(IDS), heads=[4]))
+
+
+@pytest.mark.parametrize("keep_maps", [True, False])
+def test_edits_reach_the_forward(model, keep_maps):
+    """Layer 0's heads silenced before W_O: layer 1's attention is the engine's forward with that edit."""
+    from mhacli.engine.forward import forward
+
+    edits = {0: lambda z: np.zeros_like(z)}
+    (want,) = [t.attention for t in forward(model, np.asarray(IDS), edits=edits) if t.layer == 1]
+    (plain,) = [t.attention for t in forward(model, np.asarray(IDS)) if t.layer == 1]
+    assert np.abs(want - plain).max() > 1e-3  # the edit changes layer 1
+    views = list(analyse(model, np.asarray(IDS), layers=[1], keep_maps=keep_maps, edits=edits))
+    for v in views:
+        if keep_maps:
+            np.testing.assert_array_equal(v.attention, want[v.head])
+        assert v.stats.values["self"] == pytest.approx(float(np.mean(np.diag(want[v.head]))), abs=1e-6)
 
 
 @pytest.mark.parametrize("n_head,n_seq", [(1, 1), (4, 37), (12, 500)])
@@ -208,10 +226,13 @@ def test_a_requests_memory_adds_up():
     assert memory_needed(config, 300, keep_maps=True) == one + 4 * square
     # parts of maps: that many float32 cells per selected head
     assert memory_needed(config, 300, kept_layers=2, kept_heads=3, kept_cells=50) == one + 2 * 3 * 50 * 4
-    assert memory_needed(config, 300, kept_layers=2, kept_heads=3, kept_cells=0) == one
+    assert memory_needed(config, 300, kept_layers=2, kept_heads=3) == one  # no cells, no maps: nothing kept
+    assert memory_needed(config, 300, kept_heads=3, keep_maps=True) == one + 4 * square  # no layers kept
+    assert memory_needed(config, 300, kept_layers=2, keep_maps=True) == one + 4 * square  # no heads kept
 
 
 def test_the_unfused_attention_grows_with_heads_and_the_square_of_the_text():
     base = full_attention_bytes(1, 10)
     assert full_attention_bytes(3, 10) == 3 * base and full_attention_bytes(1, 20) == 4 * base
-    assert base >= 5 * 10 * 10 * 4  # scores, scaled, masked, exponentiated, probabilities: float32 each
+    one_map = 10 * 10 * 4  # float32 [n_seq, n_seq]
+    assert base >= 5 * one_map and base % one_map == 0  # scores, scaled, masked, exponentiated, probabilities

@@ -41,6 +41,7 @@ def test_a_window_sink_holds_exactly_those_cells_of_the_whole_map(window, rows, 
         sink.add(*tile)
     maps = sink.maps()
     assert len(maps) == 2
+    assert sink.data.dtype == np.float32  # the float32 cells MapRequest.cells counts for the memory guard
     for n, h in enumerate(chosen):
         np.testing.assert_array_equal(sink.data[n], A[h][np.ix_(want_rows, want_keys)])
         m = maps[n]

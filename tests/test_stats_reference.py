@@ -90,8 +90,13 @@ def feed(acc: StatsAccumulator, A: np.ndarray, window: int | None, bounds: list[
         for h in range(0, n_head, heads):
             tiles.append((h, a, b, lo, np.ascontiguousarray(A[h : h + heads, a:b, lo:b])))
     random.Random(len(tiles)).shuffle(tiles)
-    with ThreadPoolExecutor(threads) as pool:  # .result(): an error in a thread fails the test
-        for done in [pool.submit(lambda k=k: [acc.add(*t) for t in tiles[k::threads]]) for k in range(threads)]:
+    # this thread takes the first share (mutmut's mutants are switched on in the main thread only), the pool the
+    # others; .result(): an error in a thread fails the test
+    with ThreadPoolExecutor(max(1, threads - 1)) as pool:
+        others = [pool.submit(lambda k=k: [acc.add(*t) for t in tiles[k::threads]]) for k in range(1, threads)]
+        for t in tiles[::threads]:
+            acc.add(*t)
+        for done in others:
             done.result()
     return acc.result()
 
@@ -119,6 +124,7 @@ CASES = [
     (23, 3, None, [0, 5, 6, 17, 23], 1, 2, 0),
     (23, 2, 4, [0, 3, 9, 10, 23], 2, 2, 0),
     (23, 2, 1, [0, 7, 23], 1, 1, 0),  # a window of one key: previous_token 0
+    (9, 2, 1, list(range(10)), 1, 1, 0),  # one row per tile in a window of one key: no previous key at all
     (30, 4, 6, [0, 4, 8, 12, 16, 20, 24, 28, 30], 2, 3, 13),
     (30, 2, None, [0, 11, 30], 1, 2, 11),
     (17, 1, None, [0, 8, 17], 1, 1, 16),  # one row read
@@ -156,7 +162,7 @@ def test_whole_maps_in_row_blocks_give_the_loop_definitions(monkeypatch):
     t = rng.integers(0, 5, size=26).tolist()
     for first_row in (0, 3, 7, 25):
         assert_reference(layer_arrays(A, np.asarray(t), first_row), A, t, first_row)
-        values = stats_arrays(A, np.asarray(t), first_row)
+        values = stats_arrays(A, np.asarray(t), first_row) if first_row else stats_arrays(A, np.asarray(t))
         assert list(values) == list(STAT_NAMES)
         ref, _ = loop_stats(A[1].astype(np.float64), t, first_row)
         assert float(values["entropy"][1]) == pytest.approx(ref["entropy"], rel=1e-6)
@@ -204,6 +210,7 @@ def test_unit_values_are_fractions_of_their_maximum():
     own = one_hot_map(n, lambda i: i)
     t = np.arange(n)
     (u,), (s,), (o,) = (layer_stats(2, A, t) for A in (uniform[None], sink, own))
+    assert u.layer == s.layer == o.layer == 2 and u.head == 0
     assert u.kind == "broad" and u.unit_value("entropy") == pytest.approx(1.0, rel=1e-6)
     assert u.unit_value("relative_entropy") == u.unit_value("entropy") and u.score == u.unit_value("entropy")
     assert u.unit_value("mean_distance") == pytest.approx(0.5, rel=1e-6)  # mean over j <= i of i - j is i / 2
@@ -266,6 +273,8 @@ def test_relative_entropy_without_a_scale_never_holds():
     support = {"duplicate_token": 9, "induction": 9}
     assert not rule_holds(values, support, 0.0)["broad"][0]
     assert rule_holds(values, support, 2.0)["broad"][0]  # 5 / 2 >= 0.75
+    short = values | {"entropy": np.array([0.4])}  # a short text: uniform entropy under 1
+    assert rule_holds(short, support, 0.5)["broad"][0] and not rule_holds(short, support, 0.6)["broad"][0]
     assert not rule_holds(values | {"relative_entropy": np.array([0.7])}, support, 2.0)["broad"][0]
 
 
@@ -303,3 +312,19 @@ def test_the_too_plain_note_names_the_rows_it_needs():
     assert "fewer than 4 rows with an earlier copy of their token" in TOO_PLAIN
     assert TOO_PLAIN.startswith("this text is too short or too plain to tell induction or duplicate-token heads")
     assert TOO_PLAIN.endswith("`mha census` classifies heads over probes and a corpus")
+
+
+def test_sums_over_long_rows_are_reduced_in_float64():
+    """docs/statistics.md: sums are reduced in float64.
+
+    One row of 300,000 equal float32 weights: its entropy is n w ln(1 / w) to a few parts in 10^7, which float32
+    sums of the terms do not reach.
+    """
+    n = 300_000
+    w = np.float32(1 / n)
+    acc = StatsAccumulator(1, np.arange(n), first_row=n - 1)
+    acc.add(0, n - 1, n, 0, np.full((1, 1, n), w, np.float32))
+    result = acc.result()
+    want = -n * float(w) * math.log(float(w))
+    assert float(result.values["entropy"][0]) == pytest.approx(want, rel=1e-6)
+    assert float(result.values["mean_distance"][0]) == pytest.approx(float(w) * (n - 1) * n / 2, rel=1e-6)
