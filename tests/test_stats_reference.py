@@ -90,8 +90,7 @@ def feed(acc: StatsAccumulator, A: np.ndarray, window: int | None, bounds: list[
         for h in range(0, n_head, heads):
             tiles.append((h, a, b, lo, np.ascontiguousarray(A[h : h + heads, a:b, lo:b])))
     random.Random(len(tiles)).shuffle(tiles)
-    # this thread takes the first share (mutmut's mutants are switched on in the main thread only), the pool the
-    # others; .result(): an error in a thread fails the test
+    # this thread takes the first share, the pool the others; .result(): an error in a thread fails the test
     with ThreadPoolExecutor(max(1, threads - 1)) as pool:
         others = [pool.submit(lambda k=k: [acc.add(*t) for t in tiles[k::threads]]) for k in range(1, threads)]
         for t in tiles[::threads]:
