@@ -338,13 +338,15 @@ def test_observer_sees_every_layer_of_every_text_once(ckpt):
 
     class Watch:
         def sinks(self, index):
+            seen.append(("sinks", index))
             return lambda layer: DISCARD
 
         def __call__(self, index, trace):
             seen.append((index, trace.layer, trace.residual.shape[0]))
 
     Ablator(ckpt, TEXTS, method="mean", observe=Watch())
-    assert seen == [(i, layer, len(t)) for i, t in enumerate(TEXTS) for layer in range(N_LAYER)]
+    want = [[("sinks", i)] + [(i, layer, len(t)) for layer in range(N_LAYER)] for i, t in enumerate(TEXTS)]
+    assert seen == [x for text in want for x in text]
 
 
 def test_removal_edits_touch_only_the_removed_heads():
@@ -376,3 +378,26 @@ def test_every_pair_of_heads_equals_hf_on_one_layer(hf, ckpt):
     ablator = Ablator(ckpt, TEXTS[1:2], method="zero")
     for pair in itertools.combinations([(1, h) for h in range(N_HEAD)], 2):
         close(ablator.loss(pair), hf_loss(hf, TEXTS[1:2], pair), f"{pair}")
+
+
+def test_one_layer_model_mean_ablation_equals_hf(tmp_path, tokenizer_dir):
+    """Means need the position count of the only layer there is."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from mhacli.analyses.ablate import Ablator
+    from mhacli.io.weights import load_model
+
+    directory = build_model(tmp_path / "one", tokenizer_dir, seed=9, n_layer=1, n_head=N_HEAD)
+    model = GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
+    seen = []
+    hook = model.transformer.h[0].attn.c_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0][0].double()))
+    with torch.no_grad():
+        for ids in TEXTS:
+            model(torch.tensor([list(ids)]))
+    hook.remove()
+    means = torch.cat(seen).mean(dim=0).reshape(1, N_HEAD, -1).numpy()
+    ablator = Ablator(load_model(str(directory)), TEXTS, method="mean")
+    np.testing.assert_allclose(ablator.means, means, atol=1e-5)
+    for head in range(N_HEAD):
+        close(ablator.loss([(0, head)]), hf_loss(model, TEXTS, [(0, head)], means), f"0.{head}")
