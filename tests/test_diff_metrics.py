@@ -391,3 +391,18 @@ def test_empty_report_max_divergence_is_zero():
 
     report = DiffReport("js", "paired", 1, (0, 0), (0, 0), [], None, [], [])
     assert report.max_divergence == 0.0 and report.above(0.0) == []
+
+
+def test_an_error_in_either_forward_reaches_the_caller(models):
+    """A forward that fails in its thread (a token id past the vocabulary) is raised here, not a hang."""
+    import threading
+
+    from mhacli.analyses.diff import compare_text
+
+    a = load(models["a"])
+    bad = np.array([1, 2, 10_000, 3])
+    before = threading.active_count()
+    with pytest.raises(Exception) as err:
+        compare_text(a, a, bad, "js", "paired")
+    assert not isinstance(err.value, RuntimeError) or "out of step" not in str(err.value)
+    assert threading.active_count() == before  # both threads ended
