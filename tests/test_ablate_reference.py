@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_model
+from cached_models import model as cached_model
 
 LOSS_RTOL = 1e-5
 N_LAYER, N_HEAD = 3, 4
@@ -24,8 +24,8 @@ TEXTS = [np.random.default_rng(s).integers(1, 400, size=n) for s, n in ((11, 7),
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer_dir) -> Path:
-    return build_model(tmp_path_factory.mktemp("ablate_ref"), tokenizer_dir, seed=3, n_layer=N_LAYER, n_head=N_HEAD)
+def model_dir() -> Path:
+    return cached_model("ablate_ref", seed=3, n_layer=N_LAYER, n_head=N_HEAD)
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +380,7 @@ def test_every_pair_of_heads_equals_hf_on_one_layer(hf, ckpt):
         close(ablator.loss(pair), hf_loss(hf, TEXTS[1:2], pair), f"{pair}")
 
 
-def test_one_layer_model_mean_ablation_equals_hf(tmp_path, tokenizer_dir):
+def test_one_layer_model_mean_ablation_equals_hf():
     """Means need the position count of the only layer there is."""
     import torch
     from transformers import GPT2LMHeadModel
@@ -388,7 +388,7 @@ def test_one_layer_model_mean_ablation_equals_hf(tmp_path, tokenizer_dir):
     from mhacli.analyses.ablate import Ablator
     from mhacli.io.weights import load_model
 
-    directory = build_model(tmp_path / "one", tokenizer_dir, seed=9, n_layer=1, n_head=N_HEAD)
+    directory = cached_model("ablate_one_layer", seed=9, n_layer=1, n_head=N_HEAD)
     model = GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
     seen = []
     hook = model.transformer.h[0].attn.c_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0][0].double()))

@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import build_model, hf_outputs
+from cached_models import model as cached_model
+from conftest import hf_outputs
 
 METRICS = ("js", "tv", "cosine")
 IDS = np.random.default_rng(8).integers(1, 400, size=19)
@@ -115,12 +116,11 @@ def test_unknown_metric_is_refused():
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tokenizer_dir) -> dict:
-    root = tmp_path_factory.mktemp("diff_metrics")
+def models() -> dict:
     return {
-        "a": build_model(root / "a", tokenizer_dir, seed=0),
-        "b": build_model(root / "b", tokenizer_dir, seed=1),
-        "wide": build_model(root / "wide", tokenizer_dir, seed=2, n_layer=3, n_head=2),
+        "a": cached_model("diff_a", seed=0),
+        "b": cached_model("diff_b", seed=1),
+        "wide": cached_model("diff_wide", seed=2, n_layer=3, n_head=2),
     }
 
 

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import build_model
+from cached_models import model as cached_model
 
 IDS = np.random.default_rng(5).integers(1, 400, size=12)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tokenizer_dir) -> dict:
-    tied = build_model(tmp_path_factory.mktemp("loss_tied"), tokenizer_dir, seed=1)
-    untied = build_model(tmp_path_factory.mktemp("loss_untied"), tokenizer_dir, seed=2, tie_word_embeddings=False)
-    base = build_model(
-        tmp_path_factory.mktemp("loss_base"), tokenizer_dir, seed=3, lm_head=False, tie_word_embeddings=False
-    )
+def models() -> dict:
+    tied = cached_model("loss_tied", seed=1)
+    untied = cached_model("loss_untied", seed=2, tie_word_embeddings=False)
+    base = cached_model("loss_base", seed=3, lm_head=False, tie_word_embeddings=False)
     return {"tied": tied, "untied": untied, "base": base}
 
 

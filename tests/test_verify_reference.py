@@ -12,20 +12,20 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import build_model
+from cached_models import model as cached_model
 
 IDS = np.random.default_rng(21).integers(1, 400, size=13)
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory, tokenizer_dir) -> dict:
+def dirs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("verify_ref")
     out = {
-        "tied": build_model(root / "tied", tokenizer_dir, seed=4, initializer_range=0.1, attn_gain=1.0),
-        "untied": build_model(
-            root / "untied", tokenizer_dir, seed=5, tie_word_embeddings=False, initializer_range=0.1, attn_gain=1.0
+        "tied": cached_model("verify_tied", seed=4, initializer_range=0.1, attn_gain=1.0),
+        "untied": cached_model(
+            "verify_untied", seed=5, tie_word_embeddings=False, initializer_range=0.1, attn_gain=1.0
         ),
-        "base": build_model(root / "base", tokenizer_dir, seed=6, lm_head=False, tie_word_embeddings=False),
+        "base": cached_model("verify_base", seed=6, lm_head=False, tie_word_embeddings=False),
     }
     for name in ("tied", "untied", "base"):  # the same weights under a non-standard file name: the lone-file loader
         lone = root / f"{name}_lone"
