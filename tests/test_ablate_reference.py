@@ -326,20 +326,32 @@ def test_ablator_refuses_an_unknown_method_and_no_text(ckpt):
 
     with pytest.raises(UsageError, match="--method 'median' is not one of: zero, mean"):
         Ablator(ckpt, TEXTS, method="median")
-    with pytest.raises(UsageError, match="no text to score"):
+    with pytest.raises(UsageError) as err:
         Ablator(ckpt, [])
+    assert str(err.value) == "no text to score"
 
 
-def test_observer_sees_every_layer_of_every_text_once(ckpt):
+def test_observer_sees_every_layer_of_every_text_once(hf, ckpt):
+    """The observer's sinks receive each text's attention (HF's maps, row by row), and it sees every layer."""
+    import torch
+
     from mhacli.analyses.ablate import Ablator
-    from mhacli.engine.attention import DISCARD
 
     seen = []
+    maps = {}
+
+    class Collect:
+        def __init__(self, index, layer):
+            self.key = (index, layer)
+
+        def add(self, h, a, b, lo, p):
+            m = maps.setdefault(self.key, np.zeros((N_HEAD, len(TEXTS[self.key[0]]), len(TEXTS[self.key[0]]))))
+            m[h : h + len(p), a:b, lo:b] = p
 
     class Watch:
         def sinks(self, index):
             seen.append(("sinks", index))
-            return lambda layer: DISCARD
+            return lambda layer: Collect(index, layer)
 
         def __call__(self, index, trace):
             seen.append((index, trace.layer, trace.residual.shape[0]))
@@ -347,6 +359,11 @@ def test_observer_sees_every_layer_of_every_text_once(ckpt):
     Ablator(ckpt, TEXTS, method="mean", observe=Watch())
     want = [[("sinks", i)] + [(i, layer, len(t)) for layer in range(N_LAYER)] for i, t in enumerate(TEXTS)]
     assert seen == [x for text in want for x in text]
+    for i, ids in enumerate(TEXTS):
+        with torch.no_grad():
+            attentions = hf(torch.tensor([list(ids)]), output_attentions=True).attentions
+        for layer in range(N_LAYER):
+            np.testing.assert_allclose(maps[i, layer], attentions[layer][0].numpy(), atol=1e-5)
 
 
 def test_removal_edits_touch_only_the_removed_heads():
@@ -401,3 +418,32 @@ def test_one_layer_model_mean_ablation_equals_hf():
     np.testing.assert_allclose(ablator.means, means, atol=1e-5)
     for head in range(N_HEAD):
         close(ablator.loss([(0, head)]), hf_loss(model, TEXTS, [(0, head)], means), f"0.{head}")
+
+
+def test_random_curve_with_one_seed_has_no_spread(hf, ckpt):
+    from mhacli.analyses.ablate import Ablator, random_curve
+
+    curve = random_curve(Ablator(ckpt, TEXTS[:1]), 0.5, 1)
+    order = [HEADS[i] for i in np.random.default_rng(0).permutation(len(HEADS))]
+    assert [s.loss_std for s in curve] == [0.0, 0.0, 0.0]
+    for s in curve:
+        close(s.loss_mean, hf_loss(hf, TEXTS[:1], order[: s.n_removed]), f"{s.n_removed} removed")
+
+
+class PerfectModel:
+    """An ablator stand-in whose loss is 0 with any heads removed (a model certain of every target)."""
+
+    baseline = 0.0
+
+    def set_base(self, removed):
+        return 0.0
+
+    def loss(self, extra=()):
+        return 0.0
+
+
+def test_no_change_from_a_zero_baseline_is_zero_percent():
+    from mhacli.analyses.ablate import ablate_each
+
+    effects = ablate_each(PerfectModel(), HEADS[:3])
+    assert [(e.loss, e.delta, e.delta_pct) for e in effects] == [(0.0, 0.0, 0.0)] * 3

@@ -6,6 +6,8 @@ output head tied or untied against HF's logits, and the scored positions t >= ma
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from cached_models import model as cached_model
@@ -92,8 +94,17 @@ def test_a_base_model_without_output_head_is_refused(models):
     from mhacli.errors import ModelError
     from mhacli.io.weights import load_model
 
-    with pytest.raises(ModelError, match="has no lm_head.weight and does not tie it"):
-        output_head(load_model(str(models["base"])))
+    message = (
+        "this checkpoint has no lm_head.weight and does not tie it to the embeddings (a base model without its "
+        "output head): the loss needs the output head"
+    )
+    base = load_model(str(models["base"]))
+    with pytest.raises(ModelError) as err:
+        output_head(base)
+    assert str(err.value) == message
+    with pytest.raises(ModelError) as err:  # parameters that hold no tensor table at all
+        output_head(types.SimpleNamespace(config=base.config))
+    assert str(err.value) == message
 
 
 def test_first_target_is_max_1_loss_from_and_refuses_nothing_to_score():
@@ -102,7 +113,20 @@ def test_first_target_is_max_1_loss_from_and_refuses_nothing_to_score():
 
     assert [first_target(5, k) for k in (-3, 0, 1, 2, 4)] == [1, 1, 1, 2, 4]
     assert first_target(2) == 1
-    with pytest.raises(UsageError, match="one token long: there is no next token"):
+    with pytest.raises(UsageError) as err:
         first_target(1)
+    assert str(err.value) == "the text is one token long: there is no next token to score (the loss needs at least two)"
     with pytest.raises(UsageError, match=r"--loss-from 5 is past the text: it has tokens 0\.\.4"):
         first_target(5, 5)
+
+
+def test_logsumexp_is_stable_for_each_row_on_its_own_scale():
+    """A row of logits near 1000 beside a row near 0: each row's own maximum keeps the other from underflowing."""
+    from mhacli.analyses.loss import logsumexp_rows
+
+    h = np.array([[100.0, 0.0], [0.01, 0.0]], dtype=np.float32)
+    w = np.array([[10.0, 0.0], [9.0, 1.0], [-3.0, 2.0]], dtype=np.float32)
+    logits = h.astype(np.float64) @ w.astype(np.float64).T
+    want = logits.max(axis=1) + np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1))
+    for block in (1, 2, 3):
+        np.testing.assert_allclose(logsumexp_rows(h, w, block), want, rtol=1e-6)
