@@ -171,3 +171,95 @@ def test_loss_rel_err_is_relative_to_hf():
     assert HeadCheck(3.3, 3.0, 0.0, 1.0).loss_rel_err == pytest.approx(0.1, rel=1e-12)
     assert HeadCheck(2.7, 3.0, 0.0, 1.0).loss_rel_err == pytest.approx(0.1, rel=1e-12)
     assert HeadCheck(1e-13, 0.0, 0.0, 1.0).loss_rel_err == pytest.approx(0.1, rel=1e-9)
+
+
+def test_without_torch_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    from mhacli.analyses.verify import _import_hf
+    from mhacli.errors import DependencyError, install_hint
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    with pytest.raises(DependencyError) as err:
+        _import_hf()
+    assert str(err.value) == f"mha verify needs torch and transformers: {install_hint('hf')}"
+    assert 'pip install "mhacli[hf]"' in str(err.value)
+
+
+def test_standard_files_are_loaded_by_hf_itself(dirs, tmp_path, monkeypatch):
+    """HF's own from_pretrained loads model.safetensors and a sharded index, so our loader is checked against HF's.
+
+    The lone-file reader is for a non-standard name only.
+    """
+    import transformers
+
+    from mhacli.analyses.verify import verify
+    from mhacli.io.weights import load_model
+
+    calls = []
+    real = transformers.GPT2LMHeadModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        calls.append(args[0])
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", classmethod(spy))
+    sharded = tmp_path / "sharded"
+    model = transformers.GPT2LMHeadModel.from_pretrained(dirs["untied"])
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    calls.clear()
+    for path, standard in ((dirs["untied"], True), (sharded, True), (dirs["untied_lone"], False)):
+        report = verify(load_model(str(path)), IDS)
+        assert report.passed
+        assert calls == ([path] if standard else []), path
+        calls.clear()
+
+
+def test_hf_load_failure_is_one_model_error_with_hfs_first_line(dirs, tmp_path):
+    import json
+
+    import transformers
+
+    from mhacli.analyses.verify import hf_reference
+    from mhacli.errors import ModelError
+    from mhacli.io.weights import load_model
+
+    directory = tmp_path / "m"
+    shutil.copytree(dirs["tied"], directory)
+    ckpt = load_model(str(directory))
+    config = json.loads((directory / "config.json").read_text())
+    config["n_embd"] = 30  # not divisible by n_head, and not the weights' shape
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception) as hf_err:
+        transformers.GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager", use_safetensors=True)
+    first = str(hf_err.value).strip().splitlines()[0][:200]
+    with pytest.raises(ModelError) as err:
+        hf_reference(ckpt, IDS)
+    assert str(err.value) == f"transformers could not load the model: {first}"
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_one_token_has_no_loss_to_check_and_two_have(dirs, n):
+    from mhacli.analyses.verify import verify
+    from mhacli.io.weights import load_model
+
+    report = verify(load_model(str(dirs["tied"])), IDS[:n])
+    assert report.passed and (report.head is None) == (n == 1)
+
+
+def test_scales_are_at_least_one_and_otherwise_hfs_largest_value(dirs):
+    """A default-init model, whose hidden states and logits stay below 1 in places: the scales are max(1, max |HF|)."""
+    from conftest import hf_outputs
+
+    from mhacli.analyses.verify import verify
+    from mhacli.io.weights import load_model
+
+    directory = cached_model("loss_tied", seed=1)
+    logits, _ = hf_reference_here(directory)
+    _, hidden = hf_outputs(directory, IDS)
+    report = verify(load_model(str(directory)), IDS)
+    assert report.head.logits_scale == pytest.approx(max(1.0, float(np.abs(logits).max())), rel=1e-6)
+    for c, h in zip(report.layers, hidden):
+        assert c.hidden_scale == pytest.approx(max(1.0, float(np.abs(h).max())), rel=1e-6)
+    assert float(np.abs(logits).max()) < 2.0 or min(float(np.abs(h).max()) for h in hidden) < 2.0
