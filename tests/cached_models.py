@@ -1,4 +1,4 @@
-"""Tiny test checkpoints built once per machine and reused (conftest's builders, cached on disk).
+"""Tiny test checkpoints built once per machine and reused (the builders of tests/helpers.py, cached on disk).
 
 Mutation testing (mutmut) runs a fresh pytest session for every mutant, so a session fixture that trains the
 tokenizer and builds a model costs seconds per mutant. Here each checkpoint is built with conftest's own
@@ -15,13 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import conftest
+import helpers
 
 ROOT = Path(tempfile.gettempdir()) / "mhacli-test-models"
 
 
 def _key(*parts) -> str:
-    source = Path(conftest.__file__).read_bytes()
+    source = Path(helpers.__file__).read_bytes()
     return hashlib.sha256(repr(parts).encode() + source).hexdigest()[:16]
 
 
@@ -41,11 +41,11 @@ def _cached(name: str, key: str, build) -> Path:
 
 
 def tokenizer() -> Path:
-    """conftest.train_tokenizer's BPE (vocab 400)."""
-    return _cached("tokenizer", _key("tokenizer"), conftest.train_tokenizer)
+    """helpers.train_tokenizer's BPE (vocab 400)."""
+    return _cached("tokenizer", _key("tokenizer"), helpers.train_tokenizer)
 
 
 def model(name: str, **kwargs) -> Path:
-    """conftest.build_model(directory, tokenizer(), **kwargs), built once."""
+    """helpers.build_model(directory, tokenizer(), **kwargs), built once."""
     tok = tokenizer()
-    return _cached(name, _key(name, sorted(kwargs.items())), lambda d: conftest.build_model(d, tok, **kwargs))
+    return _cached(name, _key(name, sorted(kwargs.items())), lambda d: helpers.build_model(d, tok, **kwargs))

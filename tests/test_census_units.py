@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, hf_outputs, parse_json
+from helpers import SAMPLE, hf_outputs, parse_json
 
 from mhacli.analyses.census import (
     EVIDENCE,

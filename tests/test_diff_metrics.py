@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 from cached_models import model as cached_model
-from conftest import hf_outputs
+from helpers import hf_outputs
 
 METRICS = ("js", "tv", "cosine")
 IDS = np.random.default_rng(8).integers(1, 400, size=19)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ATTN_ATOL, SAMPLE, hf_outputs
+from helpers import ATTN_ATOL, SAMPLE, hf_outputs
 
 from mhacli.analyses import heads as heads_module
 from mhacli.analyses.heads import (

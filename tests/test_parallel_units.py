@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import SAMPLE
+from helpers import SAMPLE
 
 from mhacli.analyses import parallel
 from mhacli.analyses.census import text_stats

@@ -250,7 +250,7 @@ def test_one_token_has_no_loss_to_check_and_two_have(dirs, n):
 
 def test_scales_are_at_least_one_and_otherwise_hfs_largest_value(dirs):
     """A default-init model, whose hidden states and logits stay below 1 in places: the scales are max(1, max |HF|)."""
-    from conftest import hf_outputs
+    from helpers import hf_outputs
 
     from mhacli.analyses.verify import verify
     from mhacli.io.weights import load_model
