@@ -1,0 +1,119 @@
+"""Pictures at real-model scale (issue 36 item 10): SmolLM2-135M has 30 layers x 9 heads.
+
+In Chromium, the page of a 30 x 9 model keeps the opened head's map in view while the grid scrolls, and its head
+filter (every page, the census page included) hides the heads and rows that do not match; the static figure of
+30 x 9 maps has one shared colour bar, no label under the stated minimum and pages within the stated cap
+(docs/pictures-many-heads.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_webpage import Opened, browser, views_of  # noqa: F401 (browser: the module's fixture)
+
+N_LAYER, N_HEAD, N_TOK = 30, 9, 24
+
+
+@pytest.fixture(scope="module")
+def views():
+    return views_of(N_LAYER, N_HEAD, N_TOK)
+
+
+def tokens() -> list[str]:
+    return [f" w{i}" for i in range(N_TOK)]
+
+
+def in_viewport(o: Opened, selector: str) -> bool:
+    box = o.page.locator(selector).first.bounding_box()
+    vp = o.page.viewport_size
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= vp["height"] and box["height"] > 0
+
+
+def test_the_opened_map_stays_in_view_while_the_grid_scrolls(browser, views, tmp_path):  # noqa: F811
+    from mhacli.views.page import inspect_page
+
+    path = tmp_path / "270.html"
+    path.write_text(inspect_page(views=views, tokens=tokens(), caption="30 x 9"), encoding="utf-8")
+    o = Opened(browser, path)
+    o.check_clean()
+    assert o.page.locator("#grid .cell:not(.empty)").count() == N_LAYER * N_HEAD
+    last = o.page.locator("#grid .cell:not(.empty)").last
+    last.scroll_into_view_if_needed()
+    o.page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    assert o.page.evaluate("window.scrollY") > 500, "the grid is taller than the window"
+    assert in_viewport(o, "#grid .cell:not(.empty) >> nth=-1"), "scrolled to the grid's end"
+    assert in_viewport(o, "#maps canvas.map"), "the opened head's map is still in view"
+    last.click()
+    o.wait_until("() => document.documentElement.dataset.head === 'L29H8'")
+    assert in_viewport(o, "#maps canvas.map")
+    o.check_clean()
+
+
+def visible_rows(o: Opened) -> int:
+    return o.page.evaluate(
+        "() => Array.from(document.querySelectorAll('#grid .rowhead')).filter((e) => e.offsetParent !== null).length"
+    )
+
+
+def visible_cells(o: Opened) -> int:
+    return o.page.evaluate(
+        """() => Array.from(document.querySelectorAll('#grid .cell:not(.empty)'))
+                 .filter((e) => e.offsetParent !== null && getComputedStyle(e).visibility === 'visible').length"""
+    )
+
+
+def census_doc() -> dict:
+    kinds = ["induction", "previous-token", "broad", "self"]
+    heads = []
+    for layer in range(N_LAYER):
+        for head in range(N_HEAD):
+            kind = kinds[(layer * N_HEAD + head) % 7 % 4]
+            heads.append(
+                {
+                    "layer": layer, "head": head, "kind": kind, "confidence": 0.5,
+                    "evidence": {"statistic": "x", "source": "probe", "mean": 0.5},
+                    "by_source": {"probe": {"n_texts": 3, "mean": {"x": 0.5}}},
+                }
+            )  # fmt: skip
+    return {"heads": heads}
+
+
+def test_the_census_page_filter_hides_rows(browser, tmp_path):  # noqa: F811
+    from mhacli.analyses.stats import KINDS
+    from mhacli.views.page import census_page
+
+    doc = census_doc()
+    assert {h["kind"] for h in doc["heads"]} <= set(KINDS)
+    path = tmp_path / "census.html"
+    path.write_text(census_page(doc=doc, caption="30 x 9 census"), encoding="utf-8")
+    o = Opened(browser, path)
+    o.check_clean()
+    assert visible_rows(o) == N_LAYER and visible_cells(o) == N_LAYER * N_HEAD
+    assert not o.page.locator("#search").is_visible(), "no text: no token search that would do nothing"
+    o.page.fill("#filter", "L7")
+    assert visible_rows(o) == 1 and visible_cells(o) == N_HEAD
+    o.page.fill("#filter", "L12H3")
+    assert visible_rows(o) == 1 and visible_cells(o) == 1
+    o.page.fill("#filter", "induction")
+    want = sum(h["kind"] == "induction" for h in doc["heads"])
+    assert visible_cells(o) == want
+    assert visible_rows(o) == len({h["layer"] for h in doc["heads"] if h["kind"] == "induction"})
+    assert f"{want} of {N_LAYER * N_HEAD}" in o.page.inner_text("#filter-count")
+    o.page.fill("#filter", "H2 induction")
+    assert visible_cells(o) == sum(h["kind"] == "induction" and h["head"] == 2 for h in doc["heads"])
+    o.page.fill("#filter", "")
+    assert visible_rows(o) == N_LAYER and visible_cells(o) == N_LAYER * N_HEAD
+    o.check_clean()
+
+
+def test_the_inspect_page_filter_and_token_search_both_work(browser, views, tmp_path):  # noqa: F811
+    from mhacli.views.page import inspect_page
+
+    path = tmp_path / "270.html"
+    path.write_text(inspect_page(views=views, tokens=tokens(), caption="30 x 9"), encoding="utf-8")
+    o = Opened(browser, path)
+    o.page.fill("#filter", "L3 H4")
+    assert visible_rows(o) == 1 and visible_cells(o) == 1
+    o.page.fill("#search", "w1")
+    assert o.page.locator("#strip .tok.match").count() == sum("w1" in t for t in tokens())
+    o.check_clean()
