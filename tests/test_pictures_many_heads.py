@@ -117,3 +117,70 @@ def test_the_inspect_page_filter_and_token_search_both_work(browser, views, tmp_
     o.page.fill("#search", "w1")
     assert o.page.locator("#strip .tok.match").count() == sum("w1" in t for t in tokens())
     o.check_clean()
+
+
+# --- static figures -------------------------------------------------------------------------------------------------
+
+
+def page_list(fig) -> list:
+    return list(fig) if isinstance(fig, list) else [fig]
+
+
+def texts_of(fig) -> list:
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+def test_a_30_by_9_inspect_figure_pages_with_one_colour_bar_and_readable_labels(views):
+    pytest.importorskip("matplotlib")
+    import re
+
+    from mhacli.views import figures
+
+    with figures.style():
+        fig = figures.inspect_figure(views=views, tokens=tokens(), caption="30 x 9")
+    pages = page_list(fig)
+    assert len(pages) > 1, "30 layers of maps do not fit one page: they page"
+    shown = []
+    for page in pages:
+        w, h = page.get_size_inches()
+        assert w <= figures.PAGE_IN[0] + 1e-9 and h <= figures.PAGE_IN[1] + 1e-9, (w, h)
+        figures.to_bytes(page, "png", 60)  # drawn: constrained layout and ticks settled
+        bars = [ax for ax in page.axes if ax.get_label() == "<colorbar>"]
+        assert len(bars) == 1, "one colour bar a page, shared by every panel"
+        small = [(t.get_text(), t.get_fontsize()) for t in texts_of(page) if t.get_fontsize() < figures.MIN_PT]
+        assert small == [], small[:5]
+        shown += [m.group(0) for ax in page.axes if (m := re.match(r"L\d+H\d+", ax.get_title()))]
+    assert sorted(shown) == sorted(f"L{v.layer}H{v.head}" for v in views), "every head once, on some page"
+    pdfs = []
+    for _ in range(2):
+        with figures.style():
+            pdfs.append(
+                figures.to_bytes(figures.inspect_figure(views=views, tokens=tokens(), caption="30 x 9"), "pdf", 60)
+            )
+    assert len(re.findall(rb"/Type /Page\b", pdfs[0])) == len(pages), "the PDF holds every page"
+    assert pdfs[0] == pdfs[1], "the same bytes every run"
+    png = figures.to_bytes(fig, "png", 60)
+    import io
+
+    import matplotlib.image
+
+    h, w = matplotlib.image.imread(io.BytesIO(png), format="png").shape[:2]
+    first = pages[0].get_size_inches() * 60
+    assert abs(w - first[0]) <= 1 and abs(h - first[1]) <= 1, "a PNG holds the first page"
+    assert len(figures.to_pages(fig, "png", 60)) == len(pages)
+    assert "page 1 of" in " ".join(t.get_text() for t in texts_of(pages[0])), "and says so"
+    figures.close(fig)
+
+
+def test_a_small_grid_stays_one_page(views):
+    pytest.importorskip("matplotlib")
+    from mhacli.views import figures
+
+    with figures.style():
+        fig = figures.inspect_figure(views=views[: 2 * N_HEAD], tokens=tokens(), caption="2 x 9")
+    assert not isinstance(fig, list)
+    w, h = fig.get_size_inches()
+    assert w <= figures.PAGE_IN[0] and h <= figures.PAGE_IN[1]
+    figures.close(fig)

@@ -5,6 +5,15 @@ census documents). Figures are built on `matplotlib.figure.Figure` directly (no 
 Agg for PNG); text stays text in SVG (`svg.fonttype: none`) and no dates or software versions are written, so the
 same input gives the same bytes. Maps use viridis on a fixed 0-1 scale shared by every panel; differences a
 diverging map centred on 0.
+
+Many heads (SmolLM2-135M: 30 layers x 9 heads; docs/pictures-many-heads.md):
+- no text smaller than MIN_PT (5 pt) at the saved size; panels too small for full titles get `L1H2 I 0.71` (the
+  kind's letter, its key in the caption);
+- one colour bar a figure (a page), shared by every panel;
+- the canvas grows with the grid up to PAGE_IN (7.5 x 10 in); a grid of maps taller than that is split by layers
+  into pages (a `Pages`, PANEL_MIN_IN the smallest panel): a PDF holds every page, a PNG or SVG the first page,
+  whose caption names the pages and the layers on it (`-l LAYER` picks layers; `to_pages` gives every page's bytes
+  for a writer of NAME-1.png, NAME-2.png, ...).
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ from mhacli.views.display import KIND_HEX, KIND_LETTER, token_label
 
 COLUMN_IN = 3.4  # a paper column
 WIDE_IN = 7.0  # a full page width
+MIN_PT = 5.0  # the smallest text on any figure, in points at the saved size
+PAGE_IN = (7.5, 10.0)  # the largest canvas (inches, width x height): Letter inside half-inch margins (fits A4)
+PANEL_MIN_IN = 0.6  # the smallest map panel of a grid of maps
 MAP_CMAP = "viridis"
 DIFF_CMAP = "RdBu_r"
 RC = {
@@ -60,16 +72,40 @@ def new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+class Pages(list):
+    """A figure too tall for one page (PAGE_IN): its pages, each a Figure with its own colour bar."""
+
+
 def to_bytes(fig, kind: str, dpi: int) -> bytes:
-    """The figure as PNG (at `dpi`), SVG or PDF bytes, without dates or versions."""
+    """The figure as PNG (at `dpi`), SVG or PDF bytes, without dates or versions.
+
+    `Pages`: every page in one PDF; a PNG or SVG holds the first page, whose caption says so (`to_pages` gives
+    every page's bytes for a writer that writes NAME-1.png, NAME-2.png, ...).
+    """
+    if isinstance(fig, Pages):
+        if kind != "pdf":
+            return to_bytes(fig[0], kind, dpi)
+        from matplotlib.backends.backend_pdf import PdfPages
+
+        buf = io.BytesIO()
+        with style(), PdfPages(buf, metadata=METADATA["pdf"]) as pdf:
+            for page in fig:
+                pdf.savefig(page, dpi=dpi, facecolor="white")
+        return buf.getvalue()
     buf = io.BytesIO()
     with style():
         fig.savefig(buf, format=kind, dpi=dpi, metadata=METADATA[kind], facecolor="white")
     return buf.getvalue()
 
 
+def to_pages(fig, kind: str, dpi: int) -> list[bytes]:
+    """Each page's bytes (one for a one-page figure)."""
+    return [to_bytes(page, kind, dpi) for page in (fig if isinstance(fig, Pages) else [fig])]
+
+
 def close(fig) -> None:
-    fig.clear()
+    for page in fig if isinstance(fig, Pages) else [fig]:
+        page.clear()
 
 
 def figure_for(picture) -> Any:
@@ -138,35 +174,78 @@ def add_caption(fig, caption: str, extra: str = "") -> None:
 
 
 def inspect_figure(*, views: Sequence[HeadView], tokens: Sequence[str], caption: str, **_: Any):
-    """One head large (a column wide), or the selected heads as small multiples: layers down, heads across (one
-    layer: up to four across), one shared 0-1 colour scale."""
-    n_seq = len(tokens)
+    """One head large (a column wide), or the selected heads as small multiples.
+
+    Layers down, heads across (one layer: up to four across), one shared 0-1 colour scale and one colour bar per
+    page. The canvas grows with the grid up to PAGE_IN; a grid taller than a page is split by layers into pages
+    (a `Pages`: every page in a PDF, the first in a PNG or SVG, which says so).
+    """
     if len(views) == 1:
         return one_map_figure(views[0], tokens, caption)
     layers = sorted({v.layer for v in views})
     heads = sorted({v.head for v in views})
     cols = len(heads) if len(layers) > 1 else min(len(views), 4)
-    rows = math.ceil(len(views) / cols)
-    panel = min(1.7, max(0.85, 6.6 / cols))
-    label_room = 0.45 if n_seq <= 40 else 0.3
-    fig = new_figure(panel * cols + label_room + 0.6, panel * rows + 0.1 * rows + label_room + 0.4)
+    label_room = 0.45 if len(tokens) <= 40 else 0.3
+    fixed_w = label_room + 0.6  # row labels, colour bar
+    panel = min(1.7, max(0.85, 6.6 / cols), max(PANEL_MIN_IN, (PAGE_IN[0] - fixed_w) / cols))
+    compact = panel < 1.2
+    title_in = (MIN_PT + 3) / 72  # a title line and its pad
+    fixed_h = label_room + 0.75  # x labels, caption
+    per_page = max(1, int((PAGE_IN[1] - fixed_h) // (panel + title_in)))
+    if len(layers) > 1:
+        rows_of = [[v for v in views if v.layer == layer] for layer in layers]
+        grid = [[next((v for v in row if v.head == h), None) for h in heads] for row in rows_of]
+    else:
+        grid = [
+            list(views[i : i + cols]) + [None] * (cols - len(views[i : i + cols])) for i in range(0, len(views), cols)
+        ]
+    chunks = [grid[i : i + per_page] for i in range(0, len(grid), per_page)]
+    if len(chunks) == 1:
+        return small_multiples(chunks[0], tokens, caption, panel, label_room, compact, "")
+    figs = []
+    for n, chunk in enumerate(chunks, 1):
+        shown = sorted({v.layer for row in chunk for v in row if v is not None})
+        note = (
+            f"page {n} of {len(chunks)}: layers {shown[0]}–{shown[-1]} of {layers[0]}–{layers[-1]} "
+            f"({per_page} layers a page; a .pdf has every page, -l LAYER picks layers)"
+        )
+        figs.append(small_multiples(chunk, tokens, caption, panel, label_room, compact, note))
+    return Pages(figs)
+
+
+def small_multiples(grid, tokens, caption, panel, label_room, compact, note):
+    """One page of maps: `grid` rows of HeadViews (None: an empty place), one colour bar."""
+    rows, cols = len(grid), len(grid[0])
+    title_in = (MIN_PT + 3) / 72
+    fig = new_figure(panel * cols + label_room + 0.6, (panel + title_in) * rows + label_room + 0.75)
     axes = fig.subplots(rows, cols, squeeze=False)
-    font = 5 if panel < 1.2 else 5.5
+    font = MIN_PT if compact else 5.5
     im = None
-    for k, ax in enumerate(axes.flat):
-        if k >= len(views):
-            ax.set_axis_off()
-            continue
-        v = views[k]
-        im = draw_map(ax, v.attention)
-        ax.set_title(map_title(v), fontsize=6 if panel >= 1.2 else 5, color=_title_colour(v.stats.kind), pad=2)
-        last_row = k + cols >= len(views)
-        token_ticks(ax, tokens, panel, font, rows=k % cols == 0, cols=last_row)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax = axes[i, j]
+            if v is None:
+                ax.set_axis_off()
+                continue
+            im = draw_map(ax, v.attention)
+            title = compact_title(v) if compact else map_title(v)
+            ax.set_title(title, fontsize=MIN_PT if compact else 6, color=_title_colour(v.stats.kind), pad=2)
+            last_row = i + 1 == rows or grid[i + 1][j] is None
+            token_ticks(ax, tokens, panel, font, rows=j == 0, cols=last_row)
     bar = fig.colorbar(im, ax=axes, shrink=min(1.0, 2.2 / (panel * rows)) if rows > 1 else 0.9, aspect=25, pad=0.01)
     bar.set_label("attention weight (query row → key)", fontsize=6)
     bar.ax.tick_params(labelsize=5.5)
-    add_caption(fig, caption, "rows: queries, columns: keys; white: keys after the query (masked)")
+    key = "rows: queries, columns: keys; white: keys after the query (masked)"
+    if compact:
+        key += "; " + KIND_KEY
+    add_caption(fig, caption, key + (f"; {note}" if note else ""))
     return fig
+
+
+def compact_title(view: HeadView) -> str:
+    """`L1H2 I 0.71`: the head, its kind's letter and score (the key in the caption), for small panels."""
+    s = view.stats
+    return f"L{s.layer}H{s.head} {KIND_LETTER[s.kind]} {'–' if s.score is None else f'{s.score:.2f}'}"
 
 
 def one_map_figure(view: HeadView, tokens: Sequence[str], caption: str):
@@ -240,8 +319,10 @@ KIND_KEY = " · ".join(f"{KIND_LETTER[k]} {k}" for k in KINDS)
 
 
 def stats_figure(*, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, caption: str, **_: Any):
-    """The layer x head grid of one statistic on its 0-1 scale (`auto`: each head's kind score), kind letters in
-    the cells."""
+    """The layer x head grid of one statistic on its 0-1 scale (`auto`: each head's kind score).
+
+    Kind letters in the cells.
+    """
     import matplotlib
 
     values = np.full((n_layer, n_head), np.nan)
@@ -280,8 +361,10 @@ def stat_unit(stat: str) -> str:
 
 
 def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
-    """The divergence grid (B's layout, B's kind letters), then the most changed head on the first text: A's map,
-    B's map and B - A on a diverging scale."""
+    """The divergence grid (B's layout, B's kind letters), then the most changed head on the first text.
+
+    The head is shown as A's map, B's map and B - A on a diverging scale.
+    """
     import matplotlib
 
     n_layer, n_head = report.shape_b
@@ -363,8 +446,10 @@ def ablate_figure(*, doc: dict, caption: str, **_: Any):
 
 
 def prune_figure(*, doc: dict, caption: str, **_: Any):
-    """Loss against the fraction of heads removed: the importance order, and the random orders' mean with ±1 std
-    as a band; the allowed loss as a dashed line."""
+    """Loss against the fraction of heads removed.
+
+    The importance order, and the random orders' mean with ±1 std as a band; the allowed loss as a dashed line.
+    """
     imp = doc["importance"]["curve"]
     rnd = doc["random"]["curve"]
     base = doc["baseline_loss"]
