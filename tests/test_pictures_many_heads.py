@@ -184,3 +184,23 @@ def test_a_small_grid_stays_one_page(views):
     w, h = fig.get_size_inches()
     assert w <= figures.PAGE_IN[0] and h <= figures.PAGE_IN[1]
     figures.close(fig)
+
+
+def test_a_30_by_9_stats_and_census_grid_fit_the_cap(views):
+    pytest.importorskip("matplotlib")
+    from mhacli.views import figures
+
+    doc = {"model": {"n_layer": N_LAYER, "n_head": N_HEAD}, **census_doc()}
+    with figures.style():
+        made = [
+            figures.stats_figure(views=views, n_layer=N_LAYER, n_head=N_HEAD, stat="auto", caption="30 x 9"),
+            figures.census_figure(doc=doc, caption="30 x 9 census"),
+        ]
+    for fig in made:
+        w, h = fig.get_size_inches()
+        assert w <= figures.PAGE_IN[0] + 0.5 and h <= figures.PAGE_IN[1] + 0.5, (w, h)  # census: its legend
+        figures.to_bytes(fig, "png", 60)
+        assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) <= 1
+        small = [(t.get_text(), t.get_fontsize()) for t in texts_of(fig) if t.get_fontsize() < figures.MIN_PT]
+        assert small == [], small[:5]
+        figures.close(fig)

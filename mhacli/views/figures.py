@@ -35,6 +35,7 @@ WIDE_IN = 7.0  # a full page width
 MIN_PT = 5.0  # the smallest text on any figure, in points at the saved size
 PAGE_IN = (7.5, 10.0)  # the largest canvas (inches, width x height): Letter inside half-inch margins (fits A4)
 PANEL_MIN_IN = 0.6  # the smallest map panel of a grid of maps
+GRID_CELL_MIN_IN = 0.25  # the smallest cell of a layer x head grid (stats, diff, ablate, census)
 MAP_CMAP = "viridis"
 DIFF_CMAP = "RdBu_r"
 RC = {
@@ -308,11 +309,35 @@ def cell_texts(ax, values: np.ndarray, texts: list[list[str]], cmap, norm, font:
             ax.text(j, i, t, ha="center", va="center", fontsize=font, color=ink, linespacing=1.0)
 
 
-def grid_size(n_layer: int, n_head: int, cell: float = 0.42) -> tuple[float, float]:
-    """Width and height (inches) of a layer x head grid with square cells, its labels, colour bar and caption."""
+def grid_cell(n_layer: int, n_head: int, cell: float = 0.42, below: float = 0.0) -> float:
+    """The side (inches) of a grid's square cell: 0.42-0.6 in, smaller for a grid taller or wider than PAGE_IN.
+
+    `below`: inches the figure needs under the grid (diff's maps). Never under GRID_CELL_MIN_IN, where two lines
+    of MIN_PT text still fit: a grid beyond that (over ~33 layers or ~24 heads) grows past the cap.
+    """
     width = max(COLUMN_IN, n_head * cell + 1.4)
     cell = min(0.6, (width - 1.4) / max(1, n_head))
-    return width, n_layer * cell + 1.75
+    fit = min((PAGE_IN[1] - 1.75 - below) / max(1, n_layer), (PAGE_IN[0] - 1.4) / max(1, n_head))
+    return max(GRID_CELL_MIN_IN, min(cell, fit))
+
+
+def grid_size(n_layer: int, n_head: int, cell: float = 0.42, below: float = 0.0) -> tuple[float, float]:
+    """Width and height (inches) of a layer x head grid with square cells, its labels, colour bar and caption."""
+    side = grid_cell(n_layer, n_head, cell, below)
+    return max(COLUMN_IN, n_head * side + 1.4) + (0.5 if side < 0.4 else 0.0), n_layer * side + 1.75
+
+
+def bar_shrink(ax) -> float:
+    """A grid's colour bar: 90% of a short grid's height, at most about 3.5 in beside a tall one."""
+    rows = len(ax.get_yticks()) or 1
+    return min(0.9, 3.5 / (rows * GRID_CELL_MIN_IN * 1.1))
+
+
+def cell_font(n_layer: int, n_head: int, below: float = 0.0) -> float:
+    """The cells' text size: smaller cells (many heads or layers) get MIN_PT."""
+    if grid_cell(n_layer, n_head, below=below) < 0.4:
+        return MIN_PT
+    return 5.5 if n_head > 8 else 6.5
 
 
 KIND_KEY = " · ".join(f"{KIND_LETTER[k]} {k}" for k in KINDS)
@@ -337,10 +362,10 @@ def stats_figure(*, views: Sequence[HeadView], n_layer: int, n_head: int, stat: 
     norm = matplotlib.colors.Normalize(0, 1)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
     grid_axes(fig, ax, n_layer, n_head)
-    cell_texts(ax, values, texts, cmap, norm, 5.5 if n_head > 8 else 6.5)
+    cell_texts(ax, values, texts, cmap, norm, cell_font(n_layer, n_head))
     what = "kind score" if stat == "auto" else stat
     ax.set_title(f"{what} per head (0–1), kind letter in each cell", fontsize=7)
-    bar = fig.colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    bar = fig.colorbar(im, ax=ax, shrink=bar_shrink(ax), aspect=20, pad=0.02)
     bar.set_label(stat_unit(stat), fontsize=6)
     add_caption(fig, caption, KIND_KEY)
     return fig
@@ -374,9 +399,10 @@ def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
         values[r.layer_b, r.head_b] = r.divergence
         texts[r.layer_b][r.head_b] = f"{KIND_LETTER[r.kind_b]}\n{r.divergence:.2g}"
     top = report.max_divergence
-    grid_w, grid_h = grid_size(n_layer, n_head)
-    grid_h -= 0.4  # one caption for the whole figure
     map_side = 1.9
+    below = map_side + 0.6 if maps else 0.0
+    grid_w, grid_h = grid_size(n_layer, n_head, below=below)
+    grid_h -= 0.4  # one caption for the whole figure
     width = max(WIDE_IN, grid_w)
     fig = new_figure(width, grid_h + (map_side + 1.0 if maps else 0.3))
     figs = fig.subfigures(2 if maps else 1, 1, height_ratios=[grid_h, map_side + 1.0] if maps else None, squeeze=False)
@@ -386,10 +412,10 @@ def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
     norm = matplotlib.colors.Normalize(0, top if top > 0 else 1)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
     grid_axes(fig, ax, n_layer, n_head)
-    cell_texts(ax, values, texts, cmap, norm, 5.5 if n_head > 8 else 6.5)
+    cell_texts(ax, values, texts, cmap, norm, cell_font(n_layer, n_head, below))
     which = "per head" if report.mode == "paired" else "of each MODEL_B head from its matched MODEL_A head"
     ax.set_title(f"{report.metric} divergence {which}; kind letter in MODEL_B", fontsize=7)
-    bar = figs[0, 0].colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    bar = figs[0, 0].colorbar(im, ax=ax, shrink=bar_shrink(ax), aspect=20, pad=0.02)
     from mhacli.analyses.diff import METRICS
 
     bar.set_label(f"{METRICS[report.metric].split(' (')[0]}{' (bits)' if report.metric == 'js' else ''}", fontsize=5.5)
@@ -437,9 +463,9 @@ def ablate_figure(*, doc: dict, caption: str, **_: Any):
     norm = matplotlib.colors.Normalize(-lim, lim)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
     grid_axes(fig, ax, 0, 0, layers, head_ids)
-    cell_texts(ax, values, texts, cmap, norm, 5.5 if len(head_ids) > 8 else 6.5)
+    cell_texts(ax, values, texts, cmap, norm, cell_font(len(layers), len(head_ids)))
     ax.set_title(f"Δloss with each head removed ({doc['method']}); baseline {doc['baseline_loss']:.3f}", fontsize=7)
-    bar = fig.colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    bar = fig.colorbar(im, ax=ax, shrink=bar_shrink(ax), aspect=20, pad=0.02)
     bar.set_label("Δloss (nats/token)", fontsize=6)
     add_caption(fig, caption, KIND_KEY)
     return fig
@@ -519,7 +545,7 @@ def census_figure(*, doc: dict, caption: str, **_: Any):
     for i, row in enumerate(texts):
         for j, t in enumerate(row):
             ax.text(
-                j, i, t, ha="center", va="center", fontsize=5.5 if n_head > 8 else 6.5, color="#111111", linespacing=1.0
+                j, i, t, ha="center", va="center", fontsize=cell_font(n_layer, n_head), color="#111111", linespacing=1.0
             )
     ax.set_title("kind per head; shade and number: confidence", fontsize=7)
     present = [k for k in KINDS if any(h["kind"] == k for h in doc["heads"])] or list(KINDS)
