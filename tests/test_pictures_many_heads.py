@@ -204,3 +204,30 @@ def test_a_30_by_9_stats_and_census_grid_fit_the_cap(views):
         small = [(t.get_text(), t.get_fontsize()) for t in texts_of(fig) if t.get_fontsize() < figures.MIN_PT]
         assert small == [], small[:5]
         figures.close(fig)
+
+
+def test_the_ablate_and_stats_page_filters_and_token_search(browser, views, tmp_path):  # noqa: F811
+    from mhacli.views.page import ablate_page, stats_page
+
+    heads = [
+        {"layer": v.layer, "head": v.head, "kind": v.stats.kind, "delta": 0.01 * (v.head - 4), "delta_pct": 0.0,
+         "loss": 3.0}
+        for v in views
+    ]  # fmt: skip
+    doc = {"heads": heads, "baseline_loss": 3.0, "method": "zero"}
+    pages = {
+        "ablate.html": ablate_page(doc=doc, views=views, tokens=tokens(), caption="30 x 9 ablate"),
+        "stats.html": stats_page(views=views, tokens=tokens(), caption="30 x 9 stats", stat="entropy"),
+    }
+    for name, text in pages.items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        o = Opened(browser, path)
+        o.check_clean()
+        o.page.fill("#filter", "H8")
+        assert visible_rows(o) == N_LAYER and visible_cells(o) == N_LAYER, name
+        o.page.fill("#filter", "L29 H8")
+        assert visible_rows(o) == 1 and visible_cells(o) == 1, name
+        o.page.fill("#search", "w2")
+        assert o.page.locator("#strip .tok.match").count() == sum("w2" in t for t in tokens()) > 0, name
+        o.check_clean()
