@@ -5,6 +5,15 @@ census documents). Figures are built on `matplotlib.figure.Figure` directly (no 
 Agg for PNG); text stays text in SVG (`svg.fonttype: none`) and no dates or software versions are written, so the
 same input gives the same bytes. Maps use viridis on a fixed 0-1 scale shared by every panel; differences a
 diverging map centred on 0.
+
+Many heads (SmolLM2-135M: 30 layers x 9 heads; docs/pictures-many-heads.md):
+- no text smaller than MIN_PT (5 pt) at the saved size; panels too small for full titles get `L1H2 I 0.71` (the
+  kind's letter, its key in the caption);
+- one colour bar a figure (a page), shared by every panel;
+- the canvas grows with the grid up to PAGE_IN (7.5 x 10 in); a grid of maps taller than that is split by layers
+  into pages (a `Pages`, PANEL_MIN_IN the smallest panel): a PDF holds every page, a PNG or SVG the first page,
+  whose caption names the pages and the layers on it (`-l LAYER` picks layers; `to_pages` gives every page's bytes
+  for a writer of NAME-1.png, NAME-2.png, ...).
 """
 
 from __future__ import annotations
@@ -23,6 +32,10 @@ from mhacli.views.display import KIND_HEX, KIND_LETTER, token_label
 
 COLUMN_IN = 3.4  # a paper column
 WIDE_IN = 7.0  # a full page width
+MIN_PT = 5.0  # the smallest text on any figure, in points at the saved size
+PAGE_IN = (7.5, 10.0)  # the largest canvas (inches, width x height): Letter inside half-inch margins (fits A4)
+PANEL_MIN_IN = 0.6  # the smallest map panel of a grid of maps
+GRID_CELL_MIN_IN = 0.25  # the smallest cell of a layer x head grid (stats, diff, ablate, census)
 MAP_CMAP = "viridis"
 DIFF_CMAP = "RdBu_r"
 RC = {
@@ -60,16 +73,40 @@ def new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+class Pages(list):
+    """A figure too tall for one page (PAGE_IN): its pages, each a Figure with its own colour bar."""
+
+
 def to_bytes(fig, kind: str, dpi: int) -> bytes:
-    """The figure as PNG (at `dpi`), SVG or PDF bytes, without dates or versions."""
+    """The figure as PNG (at `dpi`), SVG or PDF bytes, without dates or versions.
+
+    `Pages`: every page in one PDF; a PNG or SVG holds the first page, whose caption says so (`to_pages` gives
+    every page's bytes for a writer that writes NAME-1.png, NAME-2.png, ...).
+    """
+    if isinstance(fig, Pages):
+        if kind != "pdf":
+            return to_bytes(fig[0], kind, dpi)
+        from matplotlib.backends.backend_pdf import PdfPages
+
+        buf = io.BytesIO()
+        with style(), PdfPages(buf, metadata=METADATA["pdf"]) as pdf:
+            for page in fig:
+                pdf.savefig(page, dpi=dpi, facecolor="white")
+        return buf.getvalue()
     buf = io.BytesIO()
     with style():
         fig.savefig(buf, format=kind, dpi=dpi, metadata=METADATA[kind], facecolor="white")
     return buf.getvalue()
 
 
+def to_pages(fig, kind: str, dpi: int) -> list[bytes]:
+    """Each page's bytes (one for a one-page figure)."""
+    return [to_bytes(page, kind, dpi) for page in (fig if isinstance(fig, Pages) else [fig])]
+
+
 def close(fig) -> None:
-    fig.clear()
+    for page in fig if isinstance(fig, Pages) else [fig]:
+        page.clear()
 
 
 def figure_for(picture) -> Any:
@@ -140,35 +177,76 @@ def add_caption(fig, caption: str, extra: str = "") -> None:
 def inspect_figure(*, views: Sequence[HeadView], tokens: Sequence[str], caption: str, **_: Any):
     """One head large (a column wide), or the selected heads as small multiples.
 
-    Layers down, heads across (one layer: up to four across), one shared 0-1 colour scale.
+    Layers down, heads across (one layer: up to four across), one shared 0-1 colour scale and one colour bar per
+    page. The canvas grows with the grid up to PAGE_IN; a grid taller than a page is split by layers into pages
+    (a `Pages`: every page in a PDF, the first in a PNG or SVG, which says so).
     """
-    n_seq = len(tokens)
     if len(views) == 1:
         return one_map_figure(views[0], tokens, caption)
     layers = sorted({v.layer for v in views})
     heads = sorted({v.head for v in views})
     cols = len(heads) if len(layers) > 1 else min(len(views), 4)
-    rows = math.ceil(len(views) / cols)
-    panel = min(1.7, max(0.85, 6.6 / cols))
-    label_room = 0.45 if n_seq <= 40 else 0.3
-    fig = new_figure(panel * cols + label_room + 0.6, panel * rows + 0.1 * rows + label_room + 0.4)
+    label_room = 0.45 if len(tokens) <= 40 else 0.3
+    fixed_w = label_room + 0.6  # row labels, colour bar
+    panel = min(1.7, max(0.85, 6.6 / cols), max(PANEL_MIN_IN, (PAGE_IN[0] - fixed_w) / cols))
+    compact = panel < 1.2
+    title_in = (MIN_PT + 3) / 72  # a title line and its pad
+    fixed_h = label_room + 0.75  # x labels, caption
+    per_page = max(1, int((PAGE_IN[1] - fixed_h) // (panel + title_in)))
+    if len(layers) > 1:
+        rows_of = [[v for v in views if v.layer == layer] for layer in layers]
+        grid = [[next((v for v in row if v.head == h), None) for h in heads] for row in rows_of]
+    else:
+        grid = [
+            list(views[i : i + cols]) + [None] * (cols - len(views[i : i + cols])) for i in range(0, len(views), cols)
+        ]
+    chunks = [grid[i : i + per_page] for i in range(0, len(grid), per_page)]
+    if len(chunks) == 1:
+        return small_multiples(chunks[0], tokens, caption, panel, label_room, compact, "")
+    figs = []
+    for n, chunk in enumerate(chunks, 1):
+        shown = sorted({v.layer for row in chunk for v in row if v is not None})
+        note = (
+            f"page {n} of {len(chunks)}: layers {shown[0]}–{shown[-1]} of {layers[0]}–{layers[-1]} "
+            f"({per_page} layers a page; a .pdf has every page, -l LAYER picks layers)"
+        )
+        figs.append(small_multiples(chunk, tokens, caption, panel, label_room, compact, note))
+    return Pages(figs)
+
+
+def small_multiples(grid, tokens, caption, panel, label_room, compact, note):
+    """One page of maps: `grid` rows of HeadViews (None: an empty place), one colour bar."""
+    rows, cols = len(grid), len(grid[0])
+    title_in = (MIN_PT + 3) / 72
+    fig = new_figure(panel * cols + label_room + 0.6, (panel + title_in) * rows + label_room + 0.75)
     axes = fig.subplots(rows, cols, squeeze=False)
-    font = 5 if panel < 1.2 else 5.5
+    font = MIN_PT if compact else 5.5
     im = None
-    for k, ax in enumerate(axes.flat):
-        if k >= len(views):
-            ax.set_axis_off()
-            continue
-        v = views[k]
-        im = draw_map(ax, v.attention)
-        ax.set_title(map_title(v), fontsize=6 if panel >= 1.2 else 5, color=_title_colour(v.stats.kind), pad=2)
-        last_row = k + cols >= len(views)
-        token_ticks(ax, tokens, panel, font, rows=k % cols == 0, cols=last_row)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax = axes[i, j]
+            if v is None:
+                ax.set_axis_off()
+                continue
+            im = draw_map(ax, v.attention)
+            title = compact_title(v) if compact else map_title(v)
+            ax.set_title(title, fontsize=MIN_PT if compact else 6, color=_title_colour(v.stats.kind), pad=2)
+            last_row = i + 1 == rows or grid[i + 1][j] is None
+            token_ticks(ax, tokens, panel, font, rows=j == 0, cols=last_row)
     bar = fig.colorbar(im, ax=axes, shrink=min(1.0, 2.2 / (panel * rows)) if rows > 1 else 0.9, aspect=25, pad=0.01)
     bar.set_label("attention weight (query row → key)", fontsize=6)
     bar.ax.tick_params(labelsize=5.5)
-    add_caption(fig, caption, "rows: queries, columns: keys; white: keys after the query (masked)")
+    key = "rows: queries, columns: keys; white: keys after the query (masked)"
+    if compact:
+        key += "; " + KIND_KEY
+    add_caption(fig, caption, key + (f"; {note}" if note else ""))
     return fig
+
+
+def compact_title(view: HeadView) -> str:
+    """`L1H2 I 0.71`: the head, its kind's letter and score (the key in the caption), for small panels."""
+    s = view.stats
+    return f"L{s.layer}H{s.head} {KIND_LETTER[s.kind]} {'–' if s.score is None else f'{s.score:.2f}'}"
 
 
 def one_map_figure(view: HeadView, tokens: Sequence[str], caption: str):
@@ -231,20 +309,44 @@ def cell_texts(ax, values: np.ndarray, texts: list[list[str]], cmap, norm, font:
             ax.text(j, i, t, ha="center", va="center", fontsize=font, color=ink, linespacing=1.0)
 
 
-def grid_size(n_layer: int, n_head: int, cell: float = 0.42) -> tuple[float, float]:
-    """Width and height (inches) of a layer x head grid with square cells, its labels, colour bar and caption."""
+def grid_cell(n_layer: int, n_head: int, cell: float = 0.42, below: float = 0.0) -> float:
+    """The side (inches) of a grid's square cell: 0.42-0.6 in, smaller for a grid taller or wider than PAGE_IN.
+
+    `below`: inches the figure needs under the grid (diff's maps). Never under GRID_CELL_MIN_IN, where two lines
+    of MIN_PT text still fit: a grid beyond that (over ~33 layers or ~24 heads) grows past the cap.
+    """
     width = max(COLUMN_IN, n_head * cell + 1.4)
     cell = min(0.6, (width - 1.4) / max(1, n_head))
-    return width, n_layer * cell + 1.75
+    fit = min((PAGE_IN[1] - 1.75 - below) / max(1, n_layer), (PAGE_IN[0] - 1.4) / max(1, n_head))
+    return max(GRID_CELL_MIN_IN, min(cell, fit))
+
+
+def grid_size(n_layer: int, n_head: int, cell: float = 0.42, below: float = 0.0) -> tuple[float, float]:
+    """Width and height (inches) of a layer x head grid with square cells, its labels, colour bar and caption."""
+    side = grid_cell(n_layer, n_head, cell, below)
+    return max(COLUMN_IN, n_head * side + 1.4) + (0.5 if side < 0.4 else 0.0), n_layer * side + 1.75
+
+
+def bar_shrink(ax) -> float:
+    """A grid's colour bar: 90% of a short grid's height, at most about 3.5 in beside a tall one."""
+    rows = len(ax.get_yticks()) or 1
+    return min(0.9, 3.5 / (rows * GRID_CELL_MIN_IN * 1.1))
+
+
+def cell_font(n_layer: int, n_head: int, below: float = 0.0) -> float:
+    """The cells' text size: smaller cells (many heads or layers) get MIN_PT."""
+    if grid_cell(n_layer, n_head, below=below) < 0.4:
+        return MIN_PT
+    return 5.5 if n_head > 8 else 6.5
 
 
 KIND_KEY = " · ".join(f"{KIND_LETTER[k]} {k}" for k in KINDS)
 
 
 def stats_figure(*, views: Sequence[HeadView], n_layer: int, n_head: int, stat: str, caption: str, **_: Any):
-    """The layer x head grid of one statistic on its 0-1 scale, kind letters in the cells.
+    """The layer x head grid of one statistic on its 0-1 scale (`auto`: each head's kind score).
 
-    `auto`: each head's kind score.
+    Kind letters in the cells.
     """
     import matplotlib
 
@@ -260,10 +362,10 @@ def stats_figure(*, views: Sequence[HeadView], n_layer: int, n_head: int, stat: 
     norm = matplotlib.colors.Normalize(0, 1)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
     grid_axes(fig, ax, n_layer, n_head)
-    cell_texts(ax, values, texts, cmap, norm, 5.5 if n_head > 8 else 6.5)
+    cell_texts(ax, values, texts, cmap, norm, cell_font(n_layer, n_head))
     what = "kind score" if stat == "auto" else stat
     ax.set_title(f"{what} per head (0–1), kind letter in each cell", fontsize=7)
-    bar = fig.colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    bar = fig.colorbar(im, ax=ax, shrink=bar_shrink(ax), aspect=20, pad=0.02)
     bar.set_label(stat_unit(stat), fontsize=6)
     add_caption(fig, caption, KIND_KEY)
     return fig
@@ -286,7 +388,7 @@ def stat_unit(stat: str) -> str:
 def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
     """The divergence grid (B's layout, B's kind letters), then the most changed head on the first text.
 
-    A's map, B's map and B - A on a diverging scale.
+    The head is shown as A's map, B's map and B - A on a diverging scale.
     """
     import matplotlib
 
@@ -297,9 +399,10 @@ def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
         values[r.layer_b, r.head_b] = r.divergence
         texts[r.layer_b][r.head_b] = f"{KIND_LETTER[r.kind_b]}\n{r.divergence:.2g}"
     top = report.max_divergence
-    grid_w, grid_h = grid_size(n_layer, n_head)
-    grid_h -= 0.4  # one caption for the whole figure
     map_side = 1.9
+    below = map_side + 0.6 if maps else 0.0
+    grid_w, grid_h = grid_size(n_layer, n_head, below=below)
+    grid_h -= 0.4  # one caption for the whole figure
     width = max(WIDE_IN, grid_w)
     fig = new_figure(width, grid_h + (map_side + 1.0 if maps else 0.3))
     figs = fig.subfigures(2 if maps else 1, 1, height_ratios=[grid_h, map_side + 1.0] if maps else None, squeeze=False)
@@ -309,10 +412,10 @@ def diff_figure(*, report, maps, tokens: Sequence[str], caption: str, **_: Any):
     norm = matplotlib.colors.Normalize(0, top if top > 0 else 1)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
     grid_axes(fig, ax, n_layer, n_head)
-    cell_texts(ax, values, texts, cmap, norm, 5.5 if n_head > 8 else 6.5)
+    cell_texts(ax, values, texts, cmap, norm, cell_font(n_layer, n_head, below))
     which = "per head" if report.mode == "paired" else "of each MODEL_B head from its matched MODEL_A head"
     ax.set_title(f"{report.metric} divergence {which}; kind letter in MODEL_B", fontsize=7)
-    bar = figs[0, 0].colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    bar = figs[0, 0].colorbar(im, ax=ax, shrink=bar_shrink(ax), aspect=20, pad=0.02)
     from mhacli.analyses.diff import METRICS
 
     bar.set_label(f"{METRICS[report.metric].split(' (')[0]}{' (bits)' if report.metric == 'js' else ''}", fontsize=5.5)
@@ -360,9 +463,9 @@ def ablate_figure(*, doc: dict, caption: str, **_: Any):
     norm = matplotlib.colors.Normalize(-lim, lim)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
     grid_axes(fig, ax, 0, 0, layers, head_ids)
-    cell_texts(ax, values, texts, cmap, norm, 5.5 if len(head_ids) > 8 else 6.5)
+    cell_texts(ax, values, texts, cmap, norm, cell_font(len(layers), len(head_ids)))
     ax.set_title(f"Δloss with each head removed ({doc['method']}); baseline {doc['baseline_loss']:.3f}", fontsize=7)
-    bar = fig.colorbar(im, ax=ax, shrink=0.9, aspect=20, pad=0.02)
+    bar = fig.colorbar(im, ax=ax, shrink=bar_shrink(ax), aspect=20, pad=0.02)
     bar.set_label("Δloss (nats/token)", fontsize=6)
     add_caption(fig, caption, KIND_KEY)
     return fig
@@ -442,7 +545,7 @@ def census_figure(*, doc: dict, caption: str, **_: Any):
     for i, row in enumerate(texts):
         for j, t in enumerate(row):
             ax.text(
-                j, i, t, ha="center", va="center", fontsize=5.5 if n_head > 8 else 6.5, color="#111111", linespacing=1.0
+                j, i, t, ha="center", va="center", fontsize=cell_font(n_layer, n_head), color="#111111", linespacing=1.0
             )
     ax.set_title("kind per head; shade and number: confidence", fontsize=7)
     present = [k for k in KINDS if any(h["kind"] == k for h in doc["heads"])] or list(KINDS)

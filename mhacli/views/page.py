@@ -1,7 +1,7 @@
 """`--save FILE.html`: one self-contained interactive page (data -> str).
 
-No library, no network: the script (mhacli/views/web/page.js) and style (page.css) are package resources inlined into
-the page, the data sits in a `<script type="application/json">` block read with JSON.parse, and a
+No library, no network: the script (mhacli/views/web/page.js) and style (page.css) are package resources inlined
+into the page, the data sits in a `<script type="application/json">` block read with JSON.parse, and a
 Content-Security-Policy forbids every fetch.
 
 The data block (one JSON object):
@@ -16,6 +16,11 @@ zlib-deflated, base64. The log view is computed from these bytes (log10 of level
 - `thumbs`: one string per cell, S x S bytes (S = min(T, THUMB)): the largest byte of each block of cells, base64;
 - `panels`: the large view of an opened head: `[{"title", "kind": "map" | "diff", "sets": ["A"] | ["A", "B"]}]`;
 - `start`: the cell opened first.
+
+Many heads (SmolLM2-135M: 30 layers x 9 heads): the opened head's panel is sticky (it stays in view while the page
+scrolls down a long grid), and every page has a head filter (`L3`, `H5`, `L3H5` name layers and heads exactly; any
+other word is looked for in a head's title, label and numbers; rows with no match hide). The token search shows only
+where there is a text (not on the census page). See docs/pictures-many-heads.md.
 """
 
 from __future__ import annotations
@@ -56,8 +61,11 @@ TEMPLATE = """<!DOCTYPE html>
 <h1 id="title"></h1>
 <p id="caption"></p>
 <div id="controls">
-<label>search tokens <input id="search" type="search" placeholder="e.g. cat" autocomplete="off"></label>
-<span id="search-count"></span>
+<label>filter heads <input id="filter" type="search" placeholder="e.g. induction, L3, L2H5" autocomplete="off"></label>
+<span id="filter-count"></span>
+<span id="search-box"><label>search tokens
+<input id="search" type="search" placeholder="e.g. cat" autocomplete="off"></label>
+<span id="search-count"></span></span>
 <span id="scale"><label><input type="radio" name="scale" id="scale-lin" checked> weights</label>
 <label><input type="radio" name="scale" id="scale-log"> log weights</label></span>
 <span id="legend"></span>
@@ -66,7 +74,7 @@ TEMPLATE = """<!DOCTYPE html>
 <div id="error" hidden></div>
 <main>
 <section id="grid-box"><h2>heads (layer × head): click one</h2><div id="grid"></div></section>
-<section id="detail"><h2 id="head-title"></h2><div id="hover"></div>\
+<section id="detail"><h2 id="head-title"></h2><div id="hover"></div>
 <div id="detail-row"><div id="maps"></div><dl id="info"></dl></div></section>
 </main>
 <section id="text-box"><h2>text: hover a token to see where it looks{note}</h2><div id="strip"></div></section>
@@ -86,7 +94,7 @@ def resource(name: str) -> str:
 def json_for_html(doc: dict) -> str:
     """JSON that cannot end its <script> block or open a comment.
 
-    <, > and & are written as \\u escapes (JSON.parse reads them back).
+    <, > and & become \\u escapes (JSON.parse reads them back).
     """
     text = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -248,26 +256,20 @@ def diff_page(
             "layer": r.layer_b, "head": r.head_b, "name": f"L{r.layer_b}H{r.head_b}",
             "label": f"{KIND_LETTER[r.kind_b]} {r.divergence:.2g}",
             "title": f"L{r.layer_b}H{r.head_b} (A: {partner}) {report.metric} {r.divergence:.3g}",
-            "colour": hex_of(ramp(share)),
-            "info": info,
+            "colour": hex_of(ramp(share)), "info": info,
         })  # fmt: skip
         maps_a.append(a_of[(r.layer_a, r.head_a)].attention)
         maps_b.append(b_of[(r.layer_b, r.head_b)].attention)
     doc = base_doc("diff", caption, tokens, cells)
     maps, thumbs, side = map_sets({"A": maps_a, "B": maps_b})
     most = report.heads[0] if report.heads else None
+    says = f"ring colour: {METRICS[report.metric]}, as a share of the largest ({top:.3g}); thumbnails: MODEL_B"
     doc |= {
-        "grid": {
-            "colour": "value",
-            "says": f"ring colour: {METRICS[report.metric]}, as a share of the largest ({top:.3g}); "
-            "thumbnails: MODEL_B",
-        },
+        "grid": {"colour": "value", "says": says},
         "maps": maps, "thumbs": thumbs, "thumb_size": side,
-        "panels": [
-            {"title": "MODEL_A", "kind": "map", "sets": ["A"]},
-            {"title": "MODEL_B", "kind": "map", "sets": ["B"]},
-            {"title": "B − A", "kind": "diff", "sets": ["A", "B"]},
-        ],
+        "panels": [{"title": "MODEL_A", "kind": "map", "sets": ["A"]},
+                   {"title": "MODEL_B", "kind": "map", "sets": ["B"]},
+                   {"title": "B − A", "kind": "diff", "sets": ["A", "B"]}],
         "start": rows.index(most) if most is not None else 0,
     }  # fmt: skip
     return build(doc)
@@ -305,8 +307,8 @@ def ablate_page(*, doc: dict, views: Sequence[HeadView] | None, tokens: Sequence
     page = base_doc("ablate", caption, tokens, cells)
     page["grid"] = {
         "colour": "value",
-        "says": "ring colour: Δloss with the head removed "
-        f"(red: loss rises, blue: falls; largest {top:.3g} nats/token)",
+        "says": f"ring colour: Δloss with the head removed (red: loss rises, blue: falls; "
+        f"largest {top:.3g} nats/token)",
     }
     if views:
         by_pos = {(v.layer, v.head): v for v in views}

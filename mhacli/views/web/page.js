@@ -73,6 +73,8 @@
       legend.append(el("span", "", data.grid.says));
     }
     $("#search").addEventListener("input", (e) => search(e.target.value));
+    $("#filter").addEventListener("input", (e) => filterHeads(e.target.value));
+    if (!T) $("#search-box").hidden = true; // no text (census): nothing to search but the heads
     for (const r of document.querySelectorAll("input[name=scale]")) {
       r.addEventListener("change", () => {
         state.log = $("#scale-log").checked;
@@ -90,17 +92,22 @@
     for (const h of data.heads) g.append(el("div", "colhead", String(h)));
     const byPos = new Map(data.cells.map((c, k) => [c.layer + "." + c.head, k]));
     for (const layer of data.layers) {
-      g.append(el("div", "rowhead", String(layer)));
+      const rh = el("div", "rowhead", String(layer));
+      rh.dataset.layer = layer;
+      g.append(rh);
       for (const h of data.heads) {
         const k = byPos.get(layer + "." + h);
         if (k === undefined) {
-          g.append(el("div", "cell empty"));
+          const e = el("div", "cell empty");
+          e.dataset.layer = layer;
+          g.append(e);
           continue;
         }
         const c = data.cells[k];
         const cell = el("button", "cell");
         cell.type = "button";
         cell.dataset.k = k;
+        cell.dataset.layer = layer;
         cell.title = c.title;
         cell.style.setProperty("--ring", c.colour);
         if (data.thumbs) {
@@ -118,6 +125,40 @@
         g.append(cell);
       }
     }
+  }
+
+  // --- the head filter: every term must match; `L3` / `L3H5` / `H5` name layers and heads exactly, any other
+  // term is looked for in the head's title, label and numbers (kind, confidence, ...); rows with no match hide
+  const HEAD_TERM = /^(?:l(\d+))?(?:h(\d+))?$/;
+  function headMatches(c, terms) {
+    for (const t of terms) {
+      const m = HEAD_TERM.exec(t);
+      if (m && (m[1] !== undefined || m[2] !== undefined)) {
+        if (m[1] !== undefined && Number(m[1]) !== c.layer) return false;
+        if (m[2] !== undefined && Number(m[2]) !== c.head) return false;
+        continue;
+      }
+      if (!c.haystack) c.haystack = [c.name, c.title, c.label, ...c.info.flat()].join(" ").toLowerCase();
+      if (!c.haystack.includes(t)) return false;
+    }
+    return true;
+  }
+
+  function filterHeads(q) {
+    const terms = q.toLowerCase().split(/[\s,]+/).filter((t) => t !== "");
+    const shown = new Set();
+    let n = 0;
+    for (const cell of document.querySelectorAll("#grid .cell:not(.empty)")) {
+      const c = data.cells[Number(cell.dataset.k)];
+      const ok = headMatches(c, terms);
+      cell.classList.toggle("filtered", !ok);
+      if (ok) { n++; shown.add(cell.dataset.layer); }
+    }
+    for (const e of document.querySelectorAll("#grid [data-layer]")) {
+      e.classList.toggle("gone", !shown.has(e.dataset.layer));
+    }
+    $("#filter-count").textContent = terms.length ? `${n} of ${data.cells.length} heads` : "";
+    document.documentElement.dataset.filtered = String(n);
   }
 
   function drawThumb(cv, bytes) {
