@@ -54,7 +54,7 @@ def load(model: str | Path | None = None, *, cache: bool | None = None) -> Model
     id, `sample` or `sample-early` (None: $MHA_MODEL, else `sample`). Weights are read when first needed;
     cache=None keeps them once read for models under 512 MiB (True: always, False: never)."""
     ckpt = load_model(None if model is None else str(model), cache=cache)
-    return Model(ckpt, load_tokenizer(ckpt.files.directory))
+    return Model(ckpt, load_tokenizer(ckpt.files.tokenizer_path))
 
 
 def check_text(text: object) -> str:

@@ -64,6 +64,17 @@ class ModelFiles:
     directory: Path
     weight_files: tuple[Path, ...]
 
+    @property
+    def gguf(self) -> Path | None:
+        """The GGUF file when the model is one (its config and tokenizer are in its metadata), else None."""
+        one = self.weight_files[0] if len(self.weight_files) == 1 else None
+        return one if one is not None and one.suffix.lower() == ".gguf" else None
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """What load_tokenizer reads: the GGUF, else the directory."""
+        return self.gguf or self.directory
+
 
 def _pickle_refusal(path: Path) -> ModelError:
     return ModelError(
@@ -134,8 +145,10 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
     if kind == "file":
         if path.name.endswith(".safetensors.index.json"):
             return ModelFiles(spec, path.parent, _sharded(path, path.parent))
+        if path.suffix.lower() == ".gguf":  # config and tokenizer from its metadata (mhacli.io.gguf_model)
+            return ModelFiles(spec, path.parent, (path,))
         if path.suffix != ".safetensors":
-            raise ModelError(f"{show(spec)}: not a model (expected a directory or a .safetensors file)")
+            raise ModelError(f"{show(spec)}: not a model (expected a directory, a .safetensors or a .gguf file)")
         return ModelFiles(spec, path.parent, (path,))
     if kind == "other":
         raise ModelError(f"{show(spec)}: not a regular file or directory")
@@ -511,6 +524,10 @@ CACHE_LIMIT_BYTES = 512 * 1024 * 1024  # models smaller than this keep their ten
 
 def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoint:
     """Read config and headers, check every needed tensor is present with the config's shape (no data read yet)."""
+    if files.gguf is not None:
+        from mhacli.io.gguf_model import open_gguf
+
+        return open_gguf(files, cache=cache, cache_limit=CACHE_LIMIT_BYTES)
     config = load_config(files.directory)
     arch = family(config.model_type)
     found: dict[str, TensorInfo] = {}
