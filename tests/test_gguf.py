@@ -457,3 +457,17 @@ def test_smollm2_induction_heads(smollm2):
                 found.append((s.layer, s.head, round(float(score), 3)))
     print("smollm2 induction heads (layer, head, score):", found)
     assert len(found) >= 2
+
+
+def test_verify_cli_on_gguf(gguf_dir):
+    """`mha verify -m FILE.gguf`: HF loads the same file through gguf_file; passes, attention within 1e-5."""
+    import json
+
+    path = gguf_dir / "tiny-verify.gguf"
+    write_llama_gguf(path, Q.Q4_1, tied=False)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "mhacli", "verify", "-m", str(path), "the then the then", "--format", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    assert doc["passed"] is True and doc["max_abs_err"]["attention"] <= ATTN_ATOL
