@@ -471,3 +471,21 @@ def test_verify_cli_on_gguf(gguf_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     doc = json.loads(out.stdout)
     assert doc["passed"] is True and doc["max_abs_err"]["attention"] <= ATTN_ATOL
+
+
+def test_info_on_gguf(gguf_dir):
+    """`mha info` on a GGUF: ggml types with their tensor counts, bytes on disk against float32."""
+    import json
+
+    path = gguf_dir / "tiny-info.gguf"
+    write_llama_gguf(path, Q.Q4_0)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "mhacli", "info", "-m", str(path), "--format", "json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["quantisation"] == {"Q4_0": 15, "F32": 5}  # 2 layers x 7 weights + token_embd (tied); 5 norms
+    assert doc["bytes"]["on_disk"] == path.stat().st_size < doc["bytes"]["float32"]
+    assert doc["attention"]["kv_cache"]["checkpoint_dtype"] == "F16"
