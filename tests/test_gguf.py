@@ -489,3 +489,62 @@ def test_info_on_gguf(gguf_dir):
     assert doc["quantisation"] == {"Q4_0": 15, "F32": 5}  # 2 layers x 7 weights + token_embd (tied); 5 norms
     assert doc["bytes"]["on_disk"] == path.stat().st_size < doc["bytes"]["float32"]
     assert doc["attention"]["kv_cache"]["checkpoint_dtype"] == "F16"
+
+
+def write_gpt2_gguf(path: Path, qtype: Q, *, seed: int = 1, n_embd: int = 64, n_layer: int = 2, n_head: int = 4) -> None:
+    """A random gpt2 GGUF as llama.cpp writes one: Conv1D weights stored transposed ([out, in], like nn.Linear)."""
+    rng = np.random.default_rng(seed)
+    tokens, merges, types = tiny_vocab()
+    n_pos, n_ff = 1024, 4 * n_embd  # transformers reads neither from a gpt2 GGUF: GPT2Config's defaults
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_name("tiny-gpt2")
+    w.add_block_count(n_layer)
+    w.add_context_length(n_pos)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_layer_norm_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+
+    def tensor(name: str, shape: tuple[int, ...], scale: float, offset: float = 0.0) -> None:
+        x = (offset + scale * rng.standard_normal(shape)).astype(np.float32)
+        if x.ndim == 1 or qtype == Q.F32:
+            w.add_tensor(name, x)
+        elif qtype == Q.F16:
+            w.add_tensor(name, x.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+
+    tensor("token_embd.weight", (len(tokens), n_embd), 0.3)
+    tensor("position_embd.weight", (n_pos, n_embd), 0.1)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        tensor(b + "attn_norm.weight", (n_embd,), 0.1, 1.0)
+        tensor(b + "attn_norm.bias", (n_embd,), 0.1)
+        tensor(b + "attn_qkv.weight", (3 * n_embd, n_embd), 0.2)
+        tensor(b + "attn_qkv.bias", (3 * n_embd,), 0.1)
+        tensor(b + "attn_output.weight", (n_embd, n_embd), 0.1)
+        tensor(b + "attn_output.bias", (n_embd,), 0.1)
+        tensor(b + "ffn_norm.weight", (n_embd,), 0.1, 1.0)
+        tensor(b + "ffn_norm.bias", (n_embd,), 0.1)
+        tensor(b + "ffn_up.weight", (n_ff, n_embd), 0.1)
+        tensor(b + "ffn_up.bias", (n_ff,), 0.1)
+        tensor(b + "ffn_down.weight", (n_embd, n_ff), 0.1)
+        tensor(b + "ffn_down.bias", (n_embd,), 0.1)
+    tensor("output_norm.weight", (n_embd,), 0.1, 1.0)
+    tensor("output_norm.bias", (n_embd,), 0.1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_1], ids=lambda q: q.name)
+def test_gpt2_matches_transformers_gguf_load(gguf_dir, qtype):
+    path = gguf_dir / f"tiny-gpt2-{qtype.name}.gguf"
+    write_gpt2_gguf(path, qtype)
+    assert len(compare_gguf(path, IDS)) == 2
