@@ -58,6 +58,27 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# K-quants gguf can dequantise but not quantise: where each 256-value block keeps its float16 scales (byte
+# offsets), and its size. The other bytes (6-bit sub-scales, quants) are random; the scales are set small.
+KQUANT_LAYOUT = {Q.Q5_K: ((0, 2), 176), Q.Q6_K: ((208,), 210), Q.Q4_K: ((0, 2), 144)}
+
+
+def random_kquant(shape: tuple[int, ...], qtype: Q, rng: np.random.Generator) -> np.ndarray:
+    """Random K-quant blocks for a [rows, n] tensor: real Q5_K/Q6_K data (random quants, small scales)."""
+    offsets, size = KQUANT_LAYOUT[qtype]
+    rows, n = shape
+    blocks = rng.integers(0, 256, size=(rows, n // 256, size), dtype=np.uint8)
+    d = 3e-5 if qtype == Q.Q6_K else 1e-4  # |w| ~ 0.03
+    # Q4_K/Q5_K quants are unsigned: w = d * sc * q - dmin * m. Every 6-bit sub-scale sc equal to its min m (all 12
+    # packed bytes 34: 34 for sub-blocks 0-3, 2 for 4-7) and dmin = d x the quants' midpoint centre the weights.
+    middle = {Q.Q4_K: 7.5, Q.Q5_K: 15.5}.get(qtype, 0.0)
+    for at, value in zip(offsets, (d, d * middle)):
+        blocks[:, :, at : at + 2] = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint8)
+    if middle:
+        blocks[:, :, 4:16] = 34
+    return blocks.reshape(rows, -1)
+
+
 def write_llama_gguf(
     path: Path, qtype: Q, *, seed: int = 0, n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2,
     n_ff: int = 256, tied: bool = True, add_bos: bool = False,
@@ -97,6 +118,8 @@ def write_llama_gguf(
             w.add_tensor(name, stored)
         elif qtype == Q.F16:
             w.add_tensor(name, stored.astype(np.float16))
+        elif qtype in KQUANT_LAYOUT:
+            w.add_tensor(name, random_kquant(stored.shape, qtype, rng), raw_dtype=qtype)
         else:
             w.add_tensor(name, gguf.quants.quantize(stored, qtype), raw_dtype=qtype)
 
@@ -159,7 +182,7 @@ def compare_gguf(path: Path, ids: list[int], hf=None) -> list[tuple[float, float
 
 
 IDS = [256, 40, 72, 265, 257, 3, 88, 100, 259, 200, 17, 256, 40, 72, 265, 257]
-QTYPES = [Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
+QTYPES = [Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 
 
 @pytest.fixture(scope="module")
