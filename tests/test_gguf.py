@@ -514,7 +514,9 @@ def test_info_on_gguf(gguf_dir):
     assert doc["attention"]["kv_cache"]["checkpoint_dtype"] == "F16"
 
 
-def write_gpt2_gguf(path: Path, qtype: Q, *, seed: int = 1, n_embd: int = 64, n_layer: int = 2, n_head: int = 4) -> None:
+def write_gpt2_gguf(
+    path: Path, qtype: Q, *, seed: int = 1, n_embd: int = 64, n_layer: int = 2, n_head: int = 4
+) -> None:
     """A random gpt2 GGUF as llama.cpp writes one: Conv1D weights stored transposed ([out, in], like nn.Linear)."""
     rng = np.random.default_rng(seed)
     tokens, merges, types = tiny_vocab()

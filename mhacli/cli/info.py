@@ -100,7 +100,7 @@ def info(model: ModelOpt = None, format: FormatOpt = None) -> None:
         ("model", doc["source"]),
         ("directory", doc["directory"]),
         ("weights", ", ".join(doc["weight_files"]) + f" ({', '.join(doc['dtypes'])}, read as float32)"),
-        *([("quantisation", ", ".join(f"{k} {n}" for k, n in doc["quantisation"].items()))] if doc["quantisation"] else []),
+        *[("quantisation", ", ".join(f"{k} {n}" for k, n in q.items())) for q in [doc["quantisation"]] if q],
         ("bytes", f"{doc['bytes']['on_disk']:,} on disk, {doc['bytes']['float32']:,} as float32"),
         ("architecture", c["model_type"]),
         ("parameters", f"{doc['parameters']:,}"),

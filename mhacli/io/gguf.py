@@ -22,6 +22,7 @@ import math
 import mmap
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +44,19 @@ SCALARS = {
     0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
     7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
 }  # fmt: skip
-NUMPY_TYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+NUMPY_TYPES = {
+    0: "<u1",
+    1: "<i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    7: "<u1",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
+}
 STRING, ARRAY = 8, 9
 
 
@@ -92,7 +105,9 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise self.fail(f"{what} at byte {self.pos} runs past the end of the {self.size}-byte file (truncated or corrupt)")
+            raise self.fail(
+                f"{what} at byte {self.pos} runs past the end of the {self.size}-byte file (truncated or corrupt)"
+            )
 
     def scalar(self, fmt: str, n: int, what: str) -> Any:
         self.need(n, what)
@@ -180,7 +195,9 @@ def _tensor(cur: _Cursor, gguf: Any, raw: tuple[str, int, tuple[int, ...], int],
     except (ValueError, KeyError):
         raise cur.fail(f"tensor {quoted(name)} has unknown ggml type {type_id}") from None
     if ne[0] % block:
-        raise cur.fail(f"tensor {quoted(name)}: its rows of {ne[0]} values are not whole {qtype.name} blocks of {block}")
+        raise cur.fail(
+            f"tensor {quoted(name)}: its rows of {ne[0]} values are not whole {qtype.name} blocks of {block}"
+        )
     nbytes = math.prod(ne) // block * type_size
     if offset % align:
         raise cur.fail(f"tensor {quoted(name)}: offset {offset} is not a multiple of the alignment {align}")
@@ -260,9 +277,13 @@ def read_raw(gf: GgufFile, tensor: GgufTensor) -> np.ndarray:
             f.seek(tensor.start)
             buf = f.read(tensor.end - tensor.start)
         except OSError as exc:
-            raise WeightsError(f"{show(gf.path.name)}: cannot read tensor {quoted(tensor.name)}: {exc.strerror}") from exc
+            raise WeightsError(
+                f"{show(gf.path.name)}: cannot read tensor {quoted(tensor.name)}: {exc.strerror}"
+            ) from exc
     if len(buf) != tensor.end - tensor.start:
-        raise WeightsError(f"{show(gf.path.name)}: tensor {quoted(tensor.name)} is truncated (file changed while reading?)")
+        raise WeightsError(
+            f"{show(gf.path.name)}: tensor {quoted(tensor.name)} is truncated (file changed while reading?)"
+        )
     rows = math.prod(tensor.shape[:-1])
     return np.frombuffer(buf, dtype=np.uint8).reshape(rows, -1)
 
@@ -294,7 +315,7 @@ def _dequantize_rows(gguf: Any, raw: np.ndarray, qtype: Any) -> np.ndarray:
     arithmetic) over chunks of about ROWS_CHUNK_VALUES values; 3x faster on SmolLM2's Q4_1 tensors."""
     traits = getattr(gguf.quants, "_type_traits", {}).get(qtype)
     rows_fn = getattr(traits, "dequantize_rows", None)
-    if rows_fn is None or not hasattr(traits, "block_size"):
+    if traits is None or rows_fn is None or not hasattr(traits, "block_size"):
         return gguf.quants.dequantize(raw, qtype)  # F32, F16, or a gguf whose internals differ
     if hasattr(traits, "init_grid"):
         traits.init_grid()
@@ -306,21 +327,21 @@ def _dequantize_rows(gguf: Any, raw: np.ndarray, qtype: Any) -> np.ndarray:
     return out
 
 
-def check_types(gf: GgufFile) -> None:
+def check_types(file: str, tensors: Iterable[GgufTensor]) -> None:
     """Every tensor's type can be dequantised (one zero block of each type tried): else a WeightsError naming the
     first tensor of a type that cannot."""
     gguf = _gguf()
     seen: set[int] = set()
-    for t in gf.tensors.values():
+    for t in tensors:
         if t.type_id in seen:
             continue
         qtype = gguf.GGMLQuantizationType(t.type_id)
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         try:
-            gguf.quants.dequantize(np.zeros((1, size), dtype=np.uint8), qtype)
+            _dequantize_rows(gguf, np.zeros((1, size), dtype=np.uint8), qtype)
         except NotImplementedError:
             raise WeightsError(
-                f"{show(gf.path.name)}: tensor {quoted(t.name)} has type {qtype.name}, which the gguf package "
+                f"{show(file)}: tensor {quoted(t.name)} has type {qtype.name}, which the gguf package "
                 f"{gguf_version()} cannot dequantise"
             ) from None
         except Exception:  # noqa: BLE001 - zeros may be invalid for some types (scales); the type is implemented

@@ -13,10 +13,10 @@ as any config.json is (mhacli.config.parse_config), so every bound and message i
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,13 +26,13 @@ from mhacli.engine.arch import check_config, family
 from mhacli.errors import ConfigError, WeightsError
 from mhacli.io.files import quoted, show
 from mhacli.io.gguf import GgufFile, GgufTensor, check_types, dequantise, read_gguf
-from mhacli.io.weights import Checkpoint, ModelFiles, TensorInfo
 
 # llama.cpp's per-layer tensor names -> ours (HF's without the `model.` / `transformer.` prefix)
 LLAMA_LAYER = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
 }  # fmt: skip
 LLAMA_GLOBAL = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
 GPT2_LAYER = {
@@ -43,7 +43,6 @@ GPT2_GLOBAL = {"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f
 GPT2_TRANSPOSED = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")
 BLOCK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 GLOBAL = re.compile(r"^([a-z_]+)\.(weight|bias)$")
-KV_CACHE_DTYPE = "F16"  # llama.cpp's default K/V cache type
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -64,9 +63,13 @@ def _meta(gf: GgufFile, key: str, kind: type | tuple[type, ...], default: Any = 
         value = value[0].item()
     if isinstance(value, np.generic):
         value = value.item()
-    ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)))
+    ok = isinstance(value, kind) and not (
+        isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    )
     if not ok:
-        raise ConfigError(f"{show(gf.path.name)}: GGUF metadata {key} is {str(value)[:40]!r}, not a {getattr(kind, '__name__', kind)}")
+        raise ConfigError(
+            f"{show(gf.path.name)}: GGUF metadata {key} is {str(value)[:40]!r}, not a {getattr(kind, '__name__', kind)}"
+        )
     return value
 
 
@@ -139,7 +142,8 @@ def gguf_config(gf: GgufFile) -> tuple[str, ModelConfig]:
     arch = gf.metadata.get("general.architecture")
     if arch not in CONFIGS:
         raise ConfigError(
-            f"{show(gf.path.name)}: GGUF architecture {str(arch)[:40]!r} is not supported (supported: {', '.join(CONFIGS)})"
+            f"{show(gf.path.name)}: GGUF architecture {str(arch)[:40]!r} is not supported "
+            f"(supported: {', '.join(CONFIGS)})"
         )
     try:
         config = parse_config(CONFIGS[arch](gf))
@@ -163,40 +167,28 @@ def our_name(arch: str, name: str) -> str | None:
     return None
 
 
-@dataclass
-class GgufCheckpoint(Checkpoint):
-    """A Checkpoint over a GGUF: `tensors` maps our keys to where the GGUF tensors lie (dtype: the ggml type);
-    `get` dequantises one to float32, in our layout, when it is asked for."""
+@dataclass(frozen=True)
+class GgufModel:
+    """What a GGUF gives the Checkpoint (mhacli.io.weights builds it; this module never imports that one):
+    the config, where each tensor we read lies (our key -> GGUF tensor with our layout's shape), a loader that
+    dequantises one by our key into our layout, and the file's ggml types with their tensor counts."""
 
-    gguf: GgufFile | None = field(default=None, repr=False)
-    arch: str = "llama"
+    gguf: GgufFile
+    arch: str
+    config: ModelConfig
+    tensors: dict[str, GgufTensor]  # our key -> the GGUF tensor, its `shape` already ours (gpt2's transposed)
+    quantisation: dict[str, int]
 
-    def get(self, name: str) -> np.ndarray:
-        if self.cache is not None and name in self.cache:
-            return self.cache[name]
-        info = self.tensors[name]
-        assert self.gguf is not None
-        array = self.to_ours(name, dequantise(self.gguf, self.gguf.tensors[info.name]))
-        if self.cache is not None:
-            self.cache[name] = array
-        return array
-
-    def to_ours(self, name: str, w: np.ndarray) -> np.ndarray:
-        """A dequantised tensor in our layout: Q/K rows un-permuted (llama), Conv1D weights transposed (gpt2)."""
+    def load(self, name: str) -> np.ndarray:
+        """Our tensor `name` dequantised to float32 in our layout: Q/K rows un-permuted (llama), Conv1D weights
+        transposed (gpt2)."""
+        w = dequantise(self.gguf, self.gguf.tensors[self.tensors[name].name])
         c = self.config
         if self.arch == "llama" and (".q_proj." in name or ".k_proj." in name):
             return np.ascontiguousarray(unpermute_rows(w, c.n_head if ".q_proj." in name else c.n_kv_head))
         if self.arch == "gpt2" and self.tensors[name].name.endswith(GPT2_TRANSPOSED):
             return np.ascontiguousarray(w.T)
         return w
-
-    def kv_dtype(self) -> str:
-        return KV_CACHE_DTYPE
-
-    def quantisation(self) -> dict[str, int]:
-        """ggml type -> number of tensors of the file of that type (all of them, not only those we read)."""
-        assert self.gguf is not None
-        return dict(Counter(t.type_name for t in self.gguf.tensors.values()).most_common())
 
 
 def _layout_shape(arch: str, gguf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -205,19 +197,18 @@ def _layout_shape(arch: str, gguf_name: str, shape: tuple[int, ...]) -> tuple[in
     return shape
 
 
-def open_gguf(files: ModelFiles, *, cache: bool | None = None, cache_limit: int = 512 * 1024 * 1024) -> GgufCheckpoint:
+def open_gguf(path: Path) -> GgufModel:
     """A GGUF's header read and checked, its config built, every tensor the forward needs present with the shape
     the config implies, every type dequantisable (no tensor data read)."""
-    path = files.weight_files[0]
     gf = read_gguf(path)
     arch, config = gguf_config(gf)
     fam = family(config.model_type)
-    found: dict[str, TensorInfo] = {}
+    found: dict[str, GgufTensor] = {}
     for t in gf.tensors.values():
         ours = our_name(arch, t.name)
         if ours is not None:
-            found[ours] = TensorInfo(t.name, path, t.type_name, _layout_shape(arch, t.name, t.shape), t.start, t.end)
-    tensors: dict[str, TensorInfo] = {}
+            found[ours] = replace(t, shape=_layout_shape(arch, t.name, t.shape))
+    tensors: dict[str, GgufTensor] = {}
     for key, shape in fam.expected_shapes(config).items():
         info = found.get(key)
         if info is None:
@@ -233,13 +224,6 @@ def open_gguf(files: ModelFiles, *, cache: bool | None = None, cache_limit: int 
         if head.shape != (config.vocab_size, config.n_embd):
             raise WeightsError(f"{show(path.name)}: tensor {quoted(head.name)} has shape {list(head.shape)}")
         tensors[fam.LM_HEAD] = head
-    check_types(GgufFile(gf.path, gf.size, gf.version, {}, {i.name: gf.tensors[i.name] for i in tensors.values()}, 1, 0))
-    if cache is None:
-        cache = 4 * sum(math.prod(s.shape) for s in tensors.values()) <= cache_limit
-    return GgufCheckpoint(files, config, tensors, {} if cache else None, gguf=gf, arch=arch)
-
-
-def gguf_tensor(ckpt: GgufCheckpoint, name: str) -> GgufTensor:
-    """The GGUF tensor behind one of our keys."""
-    assert ckpt.gguf is not None
-    return ckpt.gguf.tensors[ckpt.tensors[name].name]
+    check_types(gf.path.name, tensors.values())
+    quantisation = dict(Counter(t.type_name for t in gf.tensors.values()).most_common())
+    return GgufModel(gf, arch, config, tensors, quantisation)

@@ -93,14 +93,19 @@ def byte_level_backend(gf: GgufFile) -> Any:
             raise TokenizerError(f"{show(gf.path.name)}: GGUF merge {rank} ({merge[:40]!r}) is not two tokens")
         pairs.append((parts[0], parts[1]))
     backend = Backend(
-        BPE(vocab=vocab, merges=pairs, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+        BPE(
+            vocab=vocab, merges=pairs, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False
+        )
     )
     split = PRE_SPLITS.get(str(gf.metadata.get("tokenizer.ggml.pre", "")))
     if split is None:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
         backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(split), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
         )
     backend.decoder = decoders.ByteLevel()
     types = gf.metadata.get("tokenizer.ggml.token_type")
@@ -118,11 +123,21 @@ def _post_processor(backend: Any, gf: GgufFile, tokens: list[str]) -> None:
     """BOS / EOS around every text, as add_bos_token / add_eos_token say (transformers' update_post_processor)."""
     from tokenizers import processors
 
-    bos = _token_id(gf, "tokenizer.ggml.bos_token_id", len(tokens)) if _flag(gf, "tokenizer.ggml.add_bos_token", False) else None
-    eos = _token_id(gf, "tokenizer.ggml.eos_token_id", len(tokens)) if _flag(gf, "tokenizer.ggml.add_eos_token", False) else None
+    bos = (
+        _token_id(gf, "tokenizer.ggml.bos_token_id", len(tokens))
+        if _flag(gf, "tokenizer.ggml.add_bos_token", False)
+        else None
+    )
+    eos = (
+        _token_id(gf, "tokenizer.ggml.eos_token_id", len(tokens))
+        if _flag(gf, "tokenizer.ggml.add_eos_token", False)
+        else None
+    )
     if bos is None and eos is None:
         return
-    single = ([f"{tokens[bos]}:0"] if bos is not None else []) + ["$A:0"] + ([f"{tokens[eos]}:0"] if eos is not None else [])
+    single = (
+        ([f"{tokens[bos]}:0"] if bos is not None else []) + ["$A:0"] + ([f"{tokens[eos]}:0"] if eos is not None else [])
+    )
     specials = [(tokens[i], i) for i in dict.fromkeys(x for x in (bos, eos) if x is not None)]
     backend.post_processor = processors.TemplateProcessing(single=" ".join(single), pair=None, special_tokens=specials)
 
@@ -132,7 +147,8 @@ def gguf_backend(gf: GgufFile) -> tuple[Any, bool]:
     model = gf.metadata.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise TokenizerError(
-            f"{show(gf.path.name)}: GGUF tokenizer model {str(model)[:40]!r} is not supported yet (supported: gpt2 byte-level BPE)"
+            f"{show(gf.path.name)}: GGUF tokenizer model {str(model)[:40]!r} is not supported yet "
+            "(supported: gpt2 byte-level BPE)"
         )
     backend = byte_level_backend(gf)
     tokens = _strings(gf, "tokenizer.ggml.tokens")

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,9 +146,7 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
     if kind == "file":
         if path.name.endswith(".safetensors.index.json"):
             return ModelFiles(spec, path.parent, _sharded(path, path.parent))
-        if path.suffix.lower() == ".gguf":  # config and tokenizer from its metadata (mhacli.io.gguf_model)
-            return ModelFiles(spec, path.parent, (path,))
-        if path.suffix != ".safetensors":
+        if path.suffix != ".safetensors" and path.suffix.lower() != ".gguf":  # a GGUF: see ModelFiles.gguf
             raise ModelError(f"{show(spec)}: not a model (expected a directory, a .safetensors or a .gguf file)")
         return ModelFiles(spec, path.parent, (path,))
     if kind == "other":
@@ -460,6 +459,11 @@ class Checkpoint:
     config: ModelConfig
     tensors: dict[str, TensorInfo]
     cache: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    # A GGUF (mhacli.io.gguf_model): its loader dequantises a tensor by our key into our layout; its ggml types
+    # with their tensor counts; llama.cpp's K/V cache type. None for safetensors.
+    loader: Callable[[str], np.ndarray] | None = field(default=None, repr=False)
+    quantisation: dict[str, int] | None = None
+    kv_cache_dtype: str | None = None
 
     @property
     def source(self) -> str:
@@ -468,7 +472,7 @@ class Checkpoint:
     def get(self, name: str) -> np.ndarray:
         if self.cache is not None and name in self.cache:
             return self.cache[name]
-        array = read_tensor(self.tensors[name])
+        array = read_tensor(self.tensors[name]) if self.loader is None else self.loader(name)
         if self.cache is not None:
             self.cache[name] = array
         return array
@@ -514,7 +518,9 @@ class Checkpoint:
         }
 
     def kv_dtype(self) -> str:
-        """The safetensors dtype K and V are stored in (layer 0's K projection)."""
+        """The safetensors dtype K and V are stored in (layer 0's K projection); a GGUF's llama.cpp cache type."""
+        if self.kv_cache_dtype is not None:
+            return self.kv_cache_dtype
         arch = family(self.config.model_type)
         return self.tensors[arch.LAYER_PREFIX.format(0) + arch.KV_WEIGHT].dtype
 
@@ -524,10 +530,10 @@ CACHE_LIMIT_BYTES = 512 * 1024 * 1024  # models smaller than this keep their ten
 
 def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoint:
     """Read config and headers, check every needed tensor is present with the config's shape (no data read yet)."""
-    if files.gguf is not None:
-        from mhacli.io.gguf_model import open_gguf
+    return _open_gguf(files, cache) if files.gguf is not None else _open_safetensors(files, cache)
 
-        return open_gguf(files, cache=cache, cache_limit=CACHE_LIMIT_BYTES)
+
+def _open_safetensors(files: ModelFiles, cache: bool | None) -> Checkpoint:
     config = load_config(files.directory)
     arch = family(config.model_type)
     found: dict[str, TensorInfo] = {}
@@ -571,6 +577,24 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
     if cache is None:
         cache = 4 * sum(math.prod(s.shape) for s in tensors.values()) <= CACHE_LIMIT_BYTES
     return Checkpoint(files, config, tensors, {} if cache else None)
+
+
+GGUF_KV_CACHE_DTYPE = "F16"  # llama.cpp's default K/V cache type
+
+
+def _open_gguf(files: ModelFiles, cache: bool | None) -> Checkpoint:
+    """A GGUF's Checkpoint: config and tensors from mhacli.io.gguf_model, tensors dequantised on demand."""
+    from mhacli.io.gguf_model import open_gguf
+
+    model = open_gguf(files.gguf)  # type: ignore[arg-type]
+    path = model.gguf.path
+    tensors = {k: TensorInfo(t.name, path, t.type_name, t.shape, t.start, t.end) for k, t in model.tensors.items()}
+    if cache is None:
+        cache = 4 * sum(math.prod(t.shape) for t in tensors.values()) <= CACHE_LIMIT_BYTES
+    return Checkpoint(
+        files, model.config, tensors, {} if cache else None, loader=model.load, quantisation=model.quantisation,
+        kv_cache_dtype=GGUF_KV_CACHE_DTYPE,
+    )  # fmt: skip
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:

@@ -46,13 +46,12 @@ def info_doc(model: str | None) -> dict:
         "sliding_window": [c.sliding_window(layer) for layer in range(c.n_layer)],
         "kv_cache": kv_cache_doc(c, ckpt.kv_dtype()),
     }
-    quantisation = getattr(ckpt, "quantisation", None)  # a GGUF's ggml types with their tensor counts
     return {
         "source": ckpt.source,
         "directory": str(ckpt.files.directory),
         "weight_files": [p.name for p in ckpt.files.weight_files],
         "dtypes": sorted({t.dtype for t in ckpt.tensors.values()}),
-        "quantisation": quantisation() if quantisation is not None else None,
+        "quantisation": ckpt.quantisation,  # a GGUF's ggml types with their tensor counts; null for safetensors
         "bytes": {
             "on_disk": sum(p.stat().st_size for p in ckpt.files.weight_files),
             "float32": 4 * ckpt.parameter_count(),
