@@ -573,3 +573,26 @@ def test_gpt2_matches_transformers_gguf_load(gguf_dir, qtype):
     path = gguf_dir / f"tiny-gpt2-{qtype.name}.gguf"
     write_gpt2_gguf(path, qtype)
     assert len(compare_gguf(path, IDS)) == 2
+
+
+def test_requantise_and_diff(gguf_dir):
+    """scripts/requantise.py writes a Q4_0 copy of a Q8_0 GGUF; `mha diff` compares them per head: zero against
+    itself, larger than zero against the copy."""
+    import json
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from requantise import requantise
+
+    a, b = gguf_dir / "tiny-diff-q8.gguf", gguf_dir / "tiny-diff-q4.gguf"
+    write_llama_gguf(a, Q.Q8_0)
+    assert requantise(a, b, "Q4_0") == {"Q4_0": 15, "F32": 5}
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def diff(x: Path, y: Path) -> list[float]:
+        cmd = [sys.executable, "-m", "mhacli", "diff", str(x), str(y), "the then the then", "--format", "json"]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [h["divergence"] for h in json.loads(out.stdout)["heads"]]
+
+    assert max(diff(a, a)) == 0.0
+    assert max(diff(a, b)) > 0.0
