@@ -596,3 +596,35 @@ def test_requantise_and_diff(gguf_dir):
 
     assert max(diff(a, a)) == 0.0
     assert max(diff(a, b)) > 0.0
+
+
+def test_ollama_name_resolves_to_its_blob(gguf_dir, tmp_path, monkeypatch):
+    """`-m ollama:NAME[:TAG]` on a models folder built here: a manifest whose model layer is our tiny GGUF."""
+    import hashlib
+    import json
+
+    src = gguf_dir / "tiny-ollama.gguf"
+    write_llama_gguf(src, Q.Q8_0)
+    data = src.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    root = tmp_path / "models"
+    (root / "blobs").mkdir(parents=True)
+    (root / "blobs" / f"sha256-{digest}").write_bytes(data)
+    manifest = root / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "q8"
+    manifest.parent.mkdir(parents=True)
+    layers = [
+        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "0" * 64},
+        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}"},
+    ]
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OLLAMA_MODELS=str(root))
+    cmd = [sys.executable, "-m", "mhacli", "stats", "-m", "ollama:tiny:q8", "the then", "--format", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["model"]["source"] == "ollama:tiny:q8"
+    monkeypatch.setenv("OLLAMA_MODELS", str(root))
+    from mhacli.io.weights import resolve_model
+
+    for bad, message in (("ollama:tiny:nope", "no Ollama manifest"), ("ollama:../x", "not a plain Ollama name")):
+        with pytest.raises(MhaError, match=message):
+            resolve_model(bad)

@@ -301,7 +301,7 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     """tokenizer.json if present, else vocab.json + merges.txt built exactly as GPT2TokenizerFast builds them.
     Only regular files are read (a FIFO or device named like one is refused without blocking). A `.gguf` file:
     the tokenizer its metadata describes (mhacli.io.gguf_tokenizer)."""
-    if directory.suffix.lower() == ".gguf":
+    if directory.suffix.lower() == ".gguf" or directory.is_file():  # a GGUF (an Ollama blob has no suffix)
         return _gguf_tokenizer(directory)
     from tokenizers import AddedToken, decoders, pre_tokenizers
     from tokenizers import Tokenizer as Backend

@@ -69,7 +69,8 @@ class ModelFiles:
     def gguf(self) -> Path | None:
         """The GGUF file when the model is one (its config and tokenizer are in its metadata), else None."""
         one = self.weight_files[0] if len(self.weight_files) == 1 else None
-        return one if one is not None and one.suffix.lower() == ".gguf" else None
+        ollama = self.source.startswith("ollama:")  # a blob named sha256-<hex> (mhacli.io.ollama)
+        return one if one is not None and (one.suffix.lower() == ".gguf" or ollama) else None
 
     @property
     def tokenizer_path(self) -> Path:
@@ -134,6 +135,11 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
             except ModelError as exc:
                 raise ModelError(f"MHA_MODEL={env}: {exc}") from exc
         return _sample_files(SAMPLE_MODEL)
+    if spec.startswith("ollama:"):
+        from mhacli.io.ollama import resolve_ollama
+
+        blob = resolve_ollama(spec)
+        return ModelFiles(spec, blob.parent, (blob,))
     bundled = sample_name(spec)
     if bundled is not None:
         return _sample_files(bundled)
