@@ -381,6 +381,12 @@ def test_hostile_fuzz(tmp_path_factory, good_bytes):
             _load(path)
         except MhaError as exc:
             assert "\n" not in str(exc)
+        try:
+            load_tokenizer(path)
+        except MhaError as exc:
+            assert "\n" not in str(exc)
+
+    from mhacli.io.tokenizer import load_tokenizer
 
     run()
 
