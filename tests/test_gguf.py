@@ -118,6 +118,11 @@ def write_llama_gguf(
             w.add_tensor(name, stored)
         elif qtype == Q.F16:
             w.add_tensor(name, stored.astype(np.float16))
+        elif qtype == Q.Q8_1:  # a type gguf cannot dequantise: random blocks, refused before they are read
+            size = gguf.GGML_QUANT_SIZES[qtype][1]
+            w.add_tensor(
+                name, rng.integers(0, 256, (x.shape[0], x.shape[1] // 32 * size), dtype=np.uint8), raw_dtype=qtype
+            )
         elif qtype in KQUANT_LAYOUT:
             w.add_tensor(name, random_kquant(stored.shape, qtype, rng), raw_dtype=qtype)
         else:
@@ -634,3 +639,10 @@ def test_ollama_name_resolves_to_its_blob(gguf_dir, tmp_path, monkeypatch):
     for bad, message in (("ollama:tiny:nope", "no Ollama manifest"), ("ollama:../x", "not a plain Ollama name")):
         with pytest.raises(MhaError, match=message):
             resolve_model(bad)
+
+
+def test_unsupported_type_is_one_error_naming_tensor_and_type(gguf_dir):
+    path = gguf_dir / "tiny-q8_1.gguf"
+    write_llama_gguf(path, Q.Q8_1)
+    message = _error(path)
+    assert "'token_embd.weight'" in message and "Q8_1" in message and "cannot dequantise" in message
