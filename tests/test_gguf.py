@@ -646,3 +646,83 @@ def test_unsupported_type_is_one_error_naming_tensor_and_type(gguf_dir):
     write_llama_gguf(path, Q.Q8_1)
     message = _error(path)
     assert "'token_embd.weight'" in message and "Q8_1" in message and "cannot dequantise" in message
+
+
+# -- starcoder (GPT-BigCode) and OLMo 2: transformers cannot load these GGUFs, so a random HF checkpoint is
+# written as llama.cpp's converter names it, and our GGUF load is compared with HF on the safetensors original.
+
+STARCODER_NAMES = {"wte": "token_embd", "wpe": "position_embd", "ln_f": "output_norm", "lm_head": "output",
+                   "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+                   "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}  # fmt: skip
+OLMO2_NAMES = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
+               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+               "post_attention_layernorm": "attn_post_norm", "post_feedforward_layernorm": "ffn_post_norm",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+
+
+def gguf_name(key: str, names: dict[str, str]) -> str:
+    import re
+
+    key = re.sub(r"^(transformer|model)\.", "", key)
+    m = re.match(r"^(?:h|layers)\.(\d+)\.(.+)\.(weight|bias)$", key)
+    if m:
+        return f"blk.{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
+    stem, kind = key.rsplit(".", 1)
+    return f"{names[stem]}.{kind}"
+
+
+def hf_to_gguf(directory: Path, path: Path, arch: str, names: dict[str, str], meta: dict) -> None:
+    from safetensors.numpy import load_file
+
+    w = gguf.GGUFWriter(str(path), arch)
+    for key, value in meta.items():
+        getattr(w, f"add_{key}")(value)
+    for key, value in load_file(str(directory / "model.safetensors")).items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):  # GPT-2 style mask buffers
+            continue
+        w.add_tensor(gguf_name(key, names), value.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("multi_query", [True, False])
+def test_starcoder_gguf_matches_hf(tmp_path, multi_query):
+    import torch
+    from conftest import compare_with_hf
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTBigCodeConfig(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=300, multi_query=multi_query)
+    model = GPTBigCodeForCausalLM(cfg).eval()
+    hf_dir = tmp_path / "hf"
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    path = tmp_path / "starcoder.gguf"
+    meta = {"block_count": 2, "context_length": 64, "embedding_length": 32, "feed_forward_length": 128,
+            "head_count": 4, "head_count_kv": 1 if multi_query else 4, "layer_norm_eps": 1e-5, "vocab_size": 300}  # fmt: skip
+    hf_to_gguf(hf_dir, path, "starcoder", STARCODER_NAMES, meta)
+    assert len(compare_with_hf(path, IDS, reference_dir=hf_dir)) == 2
+
+
+def test_olmo2_gguf_matches_hf(tmp_path):
+    import torch
+    from conftest import compare_with_hf
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Olmo2Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                      intermediate_size=128, max_position_embeddings=64, vocab_size=300, rope_theta=10000.0)  # fmt: skip
+    model = Olmo2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # norms away from 1
+    hf_dir = tmp_path / "hf"
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    path = tmp_path / "olmo2.gguf"
+    meta = {"block_count": 2, "context_length": 64, "embedding_length": 64, "feed_forward_length": 128,
+            "head_count": 4, "head_count_kv": 2, "layer_norm_rms_eps": cfg.rms_norm_eps, "rope_freq_base": 10000.0,
+            "vocab_size": 300}  # fmt: skip
+    hf_to_gguf(hf_dir, path, "olmo2", OLMO2_NAMES, meta)
+    assert len(compare_with_hf(path, IDS, reference_dir=hf_dir)) == 2

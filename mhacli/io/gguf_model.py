@@ -133,8 +133,49 @@ def gpt2_config(gf: GgufFile) -> dict:
     }
 
 
-CONFIGS = {"llama": llama_config, "gpt2": gpt2_config}
-NAMES = {"llama": (LLAMA_GLOBAL, LLAMA_LAYER), "gpt2": (GPT2_GLOBAL, GPT2_LAYER)}
+def starcoder_config(gf: GgufFile) -> dict:
+    """GPT-BigCode (llama.cpp's `starcoder`): one K/V head (multi-query) unless head_count_kv says every head."""
+    a = "starcoder"
+    n_head = _meta(gf, f"{a}.attention.head_count", int, required=True)
+    return {
+        "model_type": "gpt_bigcode",
+        "n_layer": _meta(gf, f"{a}.block_count", int, required=True),
+        "n_positions": _meta(gf, f"{a}.context_length", int, required=True),
+        "n_embd": _meta(gf, f"{a}.embedding_length", int, required=True),
+        "n_inner": _meta(gf, f"{a}.feed_forward_length", int),
+        "n_head": n_head,
+        "multi_query": _meta(gf, f"{a}.attention.head_count_kv", int, 1) != n_head,
+        "layer_norm_epsilon": _meta(gf, f"{a}.attention.layer_norm_epsilon", float, 1e-5),
+        "vocab_size": _vocab_size(gf, a),
+        "tie_word_embeddings": "output.weight" not in gf.tensors,
+    }
+
+
+def olmo2_config(gf: GgufFile) -> dict:
+    """OLMo 2: llama's fields under `olmo2.`; its Q/K are not permuted (llama.cpp runs it with NeoX rotary)."""
+    raw = llama_config(GgufFile(gf.path, gf.size, gf.version, _renamed(gf.metadata, "olmo2.", "llama."), gf.tensors,
+                                gf.alignment, gf.data_offset))  # fmt: skip
+    raw["model_type"] = "olmo2"
+    raw.pop("attention_bias", None)
+    return raw
+
+
+def _renamed(metadata: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    return {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in metadata.items()}
+
+
+OLMO2_LAYER = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "attn_post_norm": "post_attention_layernorm", "ffn_post_norm": "post_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+CONFIGS = {"llama": llama_config, "gpt2": gpt2_config, "starcoder": starcoder_config, "olmo2": olmo2_config}
+NAMES = {
+    "llama": (LLAMA_GLOBAL, LLAMA_LAYER), "gpt2": (GPT2_GLOBAL, GPT2_LAYER), "starcoder": (GPT2_GLOBAL, GPT2_LAYER),
+    "olmo2": (LLAMA_GLOBAL, OLMO2_LAYER),
+}  # fmt: skip
+FAMILY = {"llama": "llama", "gpt2": "gpt2", "starcoder": "gpt_bigcode", "olmo2": "olmo2"}
 
 
 def gguf_config(gf: GgufFile) -> tuple[str, ModelConfig]:
@@ -156,7 +197,7 @@ def gguf_config(gf: GgufFile) -> tuple[str, ModelConfig]:
 def our_name(arch: str, name: str) -> str | None:
     """GGUF tensor name -> our key (family layout), None for a tensor the forward does not read."""
     glob, layer = NAMES[arch]
-    prefix = family("llama" if arch == "llama" else "gpt2").LAYER_PREFIX
+    prefix = family(FAMILY[arch]).LAYER_PREFIX
     m = BLOCK.match(name)
     if m:
         part = layer.get(m.group(2))
