@@ -701,7 +701,8 @@ def test_starcoder_gguf_matches_hf(tmp_path, multi_query):
     model.save_pretrained(hf_dir, safe_serialization=True)
     path = tmp_path / "starcoder.gguf"
     meta = {"block_count": 2, "context_length": 64, "embedding_length": 32, "feed_forward_length": 128,
-            "head_count": 4, "head_count_kv": 1 if multi_query else 4, "layer_norm_eps": 1e-5, "vocab_size": 300}  # fmt: skip
+            "head_count": 4, "head_count_kv": 1 if multi_query else 4, "layer_norm_eps": 1e-5,
+            "vocab_size": 300}  # fmt: skip
     hf_to_gguf(hf_dir, path, "starcoder", STARCODER_NAMES, meta)
     assert len(compare_with_hf(path, IDS, reference_dir=hf_dir)) == 2
 
@@ -713,7 +714,8 @@ def test_olmo2_gguf_matches_hf(tmp_path):
 
     torch.manual_seed(0)
     cfg = Olmo2Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
-                      intermediate_size=128, max_position_embeddings=64, vocab_size=300, rope_theta=10000.0)  # fmt: skip
+                      intermediate_size=128, max_position_embeddings=64, vocab_size=300,
+                      rope_theta=10000.0)  # fmt: skip
     model = Olmo2ForCausalLM(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
