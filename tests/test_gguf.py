@@ -53,6 +53,19 @@ def tiny_vocab() -> tuple[list[str], list[str], list[int]]:
     return tokens, MERGES, types
 
 
+SP_PIECES = ["▁", "t", "h", "e", "n", "w", "o", "r", "l", "d", "a", "é", "▁t", "he", "▁the", "▁then", "▁w", "or",
+             "ld", "▁world", "ll", "▁he", "▁hell", "▁hello", "▁▁", "▁▁▁"]  # fmt: skip
+
+
+def sp_vocab() -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece vocabulary as llama.cpp stores one: <unk>, <s>, </s>, the 256 byte tokens, then pieces
+    scored so that longer pieces merge later (SentencePiece's log-probabilities, highest first)."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + SP_PIECES
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(SP_PIECES))]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(SP_PIECES)
+    return tokens, scores, types
+
+
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's convert_hf_to_gguf.py LlamaModel.permute: HF's rotate-half rows -> GGML's interleaved pairs."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -81,7 +94,7 @@ def random_kquant(shape: tuple[int, ...], qtype: Q, rng: np.random.Generator) ->
 
 def write_llama_gguf(
     path: Path, qtype: Q, *, seed: int = 0, n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2,
-    n_ff: int = 256, tied: bool = True, add_bos: bool = False,
+    n_ff: int = 256, tied: bool = True, add_bos: bool | None = False, sentencepiece: bool = False,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """A random llama GGUF: HF-layout weights, Q/K permuted as llama.cpp does, 2-D weights stored as `qtype`.
     Returns the HF-layout float32 weights before quantisation."""
@@ -100,14 +113,25 @@ def write_llama_gguf(
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(d_head)
     w.add_vocab_size(len(tokens))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(len(tokens) - 1)
-    w.add_eos_token_id(len(tokens) - 1)
-    w.add_add_bos_token(add_bos)
+    if sentencepiece:
+        tokens, scores, types = sp_vocab()
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(len(tokens) - 1)
+        w.add_eos_token_id(len(tokens) - 1)
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
     hf: dict[str, np.ndarray] = {}
 
     def tensor(name: str, shape: tuple[int, ...], scale: float, *, permute: int = 0, norm: bool = False) -> None:
@@ -728,3 +752,18 @@ def test_olmo2_gguf_matches_hf(tmp_path):
             "vocab_size": 300}  # fmt: skip
     hf_to_gguf(hf_dir, path, "olmo2", OLMO2_NAMES, meta)
     assert len(compare_with_hf(path, IDS, reference_dir=hf_dir)) == 2
+
+
+@pytest.mark.parametrize("add_bos", [None, False, True])
+def test_sentencepiece_tokenizer_matches_autotokenizer_gguf(gguf_dir, add_bos):
+    """tokenizer.ggml.model llama: merges from the scores, byte fallback, BOS unless the file says not."""
+    from transformers import AutoTokenizer
+
+    from mhacli.io.tokenizer import load_tokenizer
+
+    path = gguf_dir / f"tiny-sp-{add_bos}.gguf"
+    write_llama_gguf(path, Q.F32, add_bos=add_bos, sentencepiece=True)
+    ours = load_tokenizer(path)
+    hf = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=path.name)
+    for text in [*TEXTS, "hello world then", "  hello", "the</s>then<s>"]:
+        assert ours.encode(text) == hf(text)["input_ids"], text

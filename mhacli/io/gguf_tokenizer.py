@@ -8,7 +8,8 @@ Built as transformers builds it for `AutoTokenizer.from_pretrained(dir, gguf_fil
 - tokens typed CONTROL (3) added as special tokens (only those spelled in the byte alphabet), USER_DEFINED (4)
   as added tokens, so neither is cut into pieces;
 - BOS prepended when `tokenizer.ggml.add_bos_token` says so (and EOS appended for `add_eos_token`).
-SentencePiece (`llama`) vocabularies are not built yet: a TokenizerError says so.
+- `tokenizer.ggml.model == "llama"`: SentencePiece BPE with byte fallback and merges recovered from `scores`
+  (transformers' LlamaTokenizer: Metaspace on the first word only; BOS unless `add_bos_token` is false).
 """
 
 from __future__ import annotations
@@ -119,13 +120,65 @@ def byte_level_backend(gf: GgufFile) -> Any:
     return backend
 
 
-def _post_processor(backend: Any, gf: GgufFile, tokens: list[str]) -> None:
+def sentencepiece_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """The merges a SentencePiece vocabulary implies (transformers' generate_merges with scores): every split of
+    every token into two tokens of the vocabulary, best score first, then the shorter left and right parts."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    found: list[tuple[str, str, float]] = []
+    for token, score in dict(zip(tokens, scores)).items():
+        local = [
+            (token[:i], token[i:], score) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab
+        ]
+        found.extend(sorted(local, key=lambda x: (vocab[x[0]], vocab[x[1]])))
+    found.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in found]
+
+
+def sentencepiece_backend(gf: GgufFile) -> Any:
+    """tokenizer.ggml.model == llama: SentencePiece BPE with byte fallback, as transformers' LlamaTokenizer
+    (Metaspace "▁", prepended to the first word only; merges from the scores)."""
+    from tokenizers import AddedToken, decoders, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+    from tokenizers.models import BPE
+
+    tokens = _strings(gf, "tokenizer.ggml.tokens")
+    assert tokens is not None
+    scores = gf.metadata.get("tokenizer.ggml.scores")
+    if scores is None or len(scores) != len(tokens):
+        raise TokenizerError(
+            f"{show(gf.path.name)}: GGUF metadata tokenizer.ggml.scores is missing or of the wrong length"
+        )
+    merges = _strings(gf, "tokenizer.ggml.merges", required=False)
+    pairs: list[tuple[str, str]]
+    if merges:
+        pairs = [(a, b) for a, _, b in (m.partition(" ") for m in merges)]
+    else:
+        pairs = sentencepiece_merges(tokens, [float(x) for x in scores])
+    vocab = {t: i for i, t in enumerate(tokens)}
+    backend = Backend(BPE(vocab=vocab, merges=pairs, fuse_unk=True, byte_fallback=True, dropout=None))
+    backend.normalizer = None
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1)]
+    )
+    types = gf.metadata.get("tokenizer.ggml.token_type")
+    kinds = [int(x) for x in types] if types is not None and len(types) == len(tokens) else []
+    control = [t for t, k in zip(tokens, kinds) if k == CONTROL]
+    if control:
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    user = [t for t, k in zip(tokens, kinds) if k == USER_DEFINED]
+    if user:
+        backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+    return backend
+
+
+def _post_processor(backend: Any, gf: GgufFile, tokens: list[str], default_bos: bool = False) -> None:
     """BOS / EOS around every text, as add_bos_token / add_eos_token say (transformers' update_post_processor)."""
     from tokenizers import processors
 
     bos = (
         _token_id(gf, "tokenizer.ggml.bos_token_id", len(tokens))
-        if _flag(gf, "tokenizer.ggml.add_bos_token", False)
+        if _flag(gf, "tokenizer.ggml.add_bos_token", default_bos)
         else None
     )
     eos = (
@@ -145,6 +198,12 @@ def _post_processor(backend: Any, gf: GgufFile, tokens: list[str]) -> None:
 def gguf_backend(gf: GgufFile) -> tuple[Any, bool]:
     """(tokenizers.Tokenizer, byte_level) for the tokenizer the GGUF describes."""
     model = gf.metadata.get("tokenizer.ggml.model")
+    if model == "llama":
+        backend = sentencepiece_backend(gf)
+        tokens = _strings(gf, "tokenizer.ggml.tokens")
+        assert tokens is not None
+        _post_processor(backend, gf, tokens, default_bos=True)  # llama.cpp adds BOS unless the file says not to
+        return backend, False
     if model != "gpt2":
         raise TokenizerError(
             f"{show(gf.path.name)}: GGUF tokenizer model {str(model)[:40]!r} is not supported yet "
