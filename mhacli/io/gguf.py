@@ -39,6 +39,7 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_DEPTH = 2  # arrays of arrays: GGUF allows them, nothing real nests deeper
 MAX_KEY_BYTES = 65_535
+MAX_LIST_ELEMENTS = 1 << 22  # strings or arrays in one array: real vocabularies and merges hold under 300,000
 # value type -> (struct format, size); 8 string, 9 array
 SCALARS = {
     0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
@@ -155,6 +156,8 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
         return array.astype(bool) if etype == 7 else array
     if etype not in (STRING, ARRAY):
         raise cur.fail(f"metadata {quoted(key)} is an array of unknown type {etype}")
+    if count > MAX_LIST_ELEMENTS:  # each becomes a Python object: ~50 bytes for an 8-byte empty string
+        raise cur.fail(f"metadata {quoted(key)} has {count} elements; at most {MAX_LIST_ELEMENTS} are allowed")
     cur.need(count * (8 if etype == STRING else 12), f"the {count} elements of {quoted(key)}")  # each at least this
     return [_value(cur, etype, key, depth + 1) for _ in range(count)]
 
