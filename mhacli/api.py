@@ -64,7 +64,7 @@ def load(model: str | Path | None = None, *, cache: bool | None = None) -> Model
     always, False: never).
     """
     ckpt = load_model(None if model is None else str(model), cache=cache)
-    return Model(ckpt, load_tokenizer(ckpt.files.directory))
+    return Model(ckpt, load_tokenizer(ckpt.files.tokenizer_path))
 
 
 def check_text(text: object) -> str:

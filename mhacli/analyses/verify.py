@@ -147,7 +147,11 @@ def hf_reference(ckpt: Checkpoint, ids: np.ndarray) -> HFReference:
     try:
         row = ARCHITECTURES[model_type]
         model_class = getattr(transformers, row.hf_lm if with_head else row.hf_model)  # e.g. LlamaForCausalLM
-        if standard:
+        if ckpt.files.gguf is not None:  # HF dequantises the same file (transformers' GGUF loader)
+            model = model_class.from_pretrained(
+                directory, gguf_file=ckpt.files.gguf.name, attn_implementation="eager", dtype=torch.float32
+            )
+        elif standard:
             model = model_class.from_pretrained(
                 directory, attn_implementation="eager", dtype=torch.float32, use_safetensors=True
             )
@@ -157,7 +161,7 @@ def hf_reference(ckpt: Checkpoint, ids: np.ndarray) -> HFReference:
         raise
     except Exception as exc:  # noqa: BLE001 - HF raises many kinds; the user needs one line
         raise ModelError(f"transformers could not load the model: {str(exc).strip().splitlines()[0][:200]}") from exc
-    model = model.float().eval()
+    model = (model if ckpt.files.gguf is not None else model.float()).eval()  # a GGUF load refuses .float()
     batch = torch.as_tensor(ids, dtype=torch.long)[None]
     with torch.no_grad():
         kwargs = {"labels": batch} if with_head and len(ids) > 1 else {}

@@ -320,7 +320,11 @@ def _check_template(part: dict, where: str, path: Path) -> None:
 def load_tokenizer(directory: Path) -> Tokenizer:
     """tokenizer.json if present, else vocab.json + merges.txt built exactly as GPT2TokenizerFast builds them.
 
-    Only regular files are read (a FIFO or device named like one is refused without blocking)."""
+    Only regular files are read (a FIFO or device named like one is refused without blocking). A `.gguf` file:
+    the tokenizer its metadata describes (mhacli.io.gguf_tokenizer).
+    """
+    if directory.suffix.lower() == ".gguf" or directory.is_file():  # a GGUF (an Ollama blob has no suffix)
+        return _gguf_tokenizer(directory)
     from tokenizers import AddedToken, decoders, pre_tokenizers
     from tokenizers import Tokenizer as Backend
     from tokenizers.models import BPE
@@ -374,3 +378,15 @@ def _special_tokens(directory: Path) -> list[str]:
                 v["content"] for v in added.values() if isinstance(v, dict) and isinstance(v.get("content"), str)
             ]
     return list(dict.fromkeys(specials))
+
+
+def _gguf_tokenizer(path: Path) -> Tokenizer:
+    from mhacli.io.gguf import read_gguf
+    from mhacli.io.gguf_tokenizer import gguf_backend
+
+    gf = read_gguf(path)
+    with guarded(f"{show(path.name)}: the GGUF's tokenizer metadata is corrupt"):
+        backend, byte_level = gguf_backend(gf)
+        backend.no_padding()
+        backend.no_truncation()
+    return Tokenizer(backend, byte_level)

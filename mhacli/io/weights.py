@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,18 @@ class ModelFiles:
     source: str
     directory: Path
     weight_files: tuple[Path, ...]
+
+    @property
+    def gguf(self) -> Path | None:
+        """The GGUF file when the model is one (its config and tokenizer are in its metadata), else None."""
+        one = self.weight_files[0] if len(self.weight_files) == 1 else None
+        ollama = self.source.startswith("ollama:")  # a blob named sha256-<hex> (mhacli.io.ollama)
+        return one if one is not None and (one.suffix.lower() == ".gguf" or ollama) else None
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """What load_tokenizer reads: the GGUF, else the directory."""
+        return self.gguf or self.directory
 
 
 def _pickle_refusal(path: Path) -> ModelError:
@@ -128,6 +141,11 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
             except ModelError as exc:
                 raise ModelError(f"MHA_MODEL={env}: {exc}") from exc
         return _sample_files(SAMPLE_MODEL)
+    if spec.startswith("ollama:"):
+        from mhacli.io.ollama import resolve_ollama
+
+        blob = resolve_ollama(spec)
+        return ModelFiles(spec, blob.parent, (blob,))
     bundled = sample_name(spec)
     if bundled is not None:
         return _sample_files(bundled)
@@ -150,11 +168,11 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
 
 
 def _model_file(spec: str, path: Path) -> ModelFiles:
-    """`-m` naming a regular file: a shard index or a lone .safetensors file."""
+    """`-m` naming a regular file: a shard index, a lone .safetensors file or a .gguf file (see ModelFiles.gguf)."""
     if path.name.endswith(".safetensors.index.json"):
         return ModelFiles(spec, path.parent, _sharded(path, path.parent))
-    if path.suffix != ".safetensors":
-        raise ModelError(f"{show(spec)}: not a model (expected a directory or a .safetensors file)")
+    if path.suffix != ".safetensors" and path.suffix.lower() != ".gguf":
+        raise ModelError(f"{show(spec)}: not a model (expected a directory, a .safetensors or a .gguf file)")
     return ModelFiles(spec, path.parent, (path,))
 
 
@@ -466,6 +484,11 @@ class Checkpoint:
     config: ModelConfig
     tensors: dict[str, TensorInfo]
     cache: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    # A GGUF (mhacli.io.gguf_model): its loader dequantises a tensor by our key into our layout; its ggml types
+    # with their tensor counts; llama.cpp's K/V cache type. None for safetensors.
+    loader: Callable[[str], np.ndarray] | None = field(default=None, repr=False)
+    quantisation: dict[str, int] | None = None
+    kv_cache_dtype: str | None = None
 
     @property
     def source(self) -> str:
@@ -474,7 +497,7 @@ class Checkpoint:
     def get(self, name: str) -> np.ndarray:
         if self.cache is not None and name in self.cache:
             return self.cache[name]
-        array = read_tensor(self.tensors[name])
+        array = read_tensor(self.tensors[name]) if self.loader is None else self.loader(name)
         if self.cache is not None:
             self.cache[name] = array
         return array
@@ -521,7 +544,9 @@ class Checkpoint:
         }
 
     def kv_dtype(self) -> str:
-        """The safetensors dtype K and V are stored in (layer 0's K projection)."""
+        """The safetensors dtype K and V are stored in (layer 0's K projection); a GGUF's llama.cpp cache type."""
+        if self.kv_cache_dtype is not None:
+            return self.kv_cache_dtype
         arch = family(self.config.model_type)
         return self.tensors[arch.LAYER_PREFIX.format(0) + arch.KV_WEIGHT].dtype
 
@@ -531,6 +556,10 @@ CACHE_LIMIT_BYTES = 512 * 1024 * 1024  # models smaller than this keep their ten
 
 def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoint:
     """Read config and headers, check every needed tensor is present with the config's shape (no data read yet)."""
+    return _open_gguf(files, cache) if files.gguf is not None else _open_safetensors(files, cache)
+
+
+def _open_safetensors(files: ModelFiles, cache: bool | None) -> Checkpoint:
     config = load_config(files.directory)
     arch = family(config.model_type)
     found: dict[str, TensorInfo] = {}
@@ -577,6 +606,24 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
     if cache is None:
         cache = 4 * sum(math.prod(s.shape) for s in tensors.values()) <= CACHE_LIMIT_BYTES
     return Checkpoint(files, config, tensors, {} if cache else None)
+
+
+GGUF_KV_CACHE_DTYPE = "F16"  # llama.cpp's default K/V cache type
+
+
+def _open_gguf(files: ModelFiles, cache: bool | None) -> Checkpoint:
+    """A GGUF's Checkpoint: config and tensors from mhacli.io.gguf_model, tensors dequantised on demand."""
+    from mhacli.io.gguf_model import open_gguf
+
+    model = open_gguf(files.gguf)  # type: ignore[arg-type]
+    path = model.gguf.path
+    tensors = {k: TensorInfo(t.name, path, t.type_name, t.shape, t.start, t.end) for k, t in model.tensors.items()}
+    if cache is None:
+        cache = 4 * sum(math.prod(t.shape) for t in tensors.values()) <= CACHE_LIMIT_BYTES
+    return Checkpoint(
+        files, model.config, tensors, {} if cache else None, loader=model.load, quantisation=model.quantisation,
+        kv_cache_dtype=GGUF_KV_CACHE_DTYPE,
+    )  # fmt: skip
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:

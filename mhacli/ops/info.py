@@ -54,6 +54,11 @@ def info_doc(model: str | None) -> dict:
         "directory": str(ckpt.files.directory),
         "weight_files": [p.name for p in ckpt.files.weight_files],
         "dtypes": sorted({t.dtype for t in ckpt.tensors.values()}),
+        "quantisation": ckpt.quantisation,  # a GGUF's ggml types with their tensor counts; null for safetensors
+        "bytes": {
+            "on_disk": sum(p.stat().st_size for p in ckpt.files.weight_files),
+            "float32": 4 * ckpt.parameter_count(),
+        },
         "parameters": ckpt.parameter_count(),
         "attention": attention,
         "config": c.to_dict(),

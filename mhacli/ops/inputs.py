@@ -37,7 +37,7 @@ def open_model(
     weights.CACHE_LIMIT_BYTES. `files`: what check_model resolved already.
     """
     ckpt = load_model(model, cache=cache, files=files)
-    return ckpt, load_tokenizer(ckpt.files.directory)
+    return ckpt, load_tokenizer(ckpt.files.tokenizer_path)
 
 
 def check_text_or_ids(text: str | None, ids: str | None, texts: str | None = None) -> None:

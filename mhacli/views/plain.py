@@ -364,6 +364,8 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
         ("model", doc["source"]),
         ("directory", doc["directory"]),
         ("weights", ", ".join(doc["weight_files"]) + f" ({', '.join(doc['dtypes'])}, read as float32)"),
+        *[("quantisation", ", ".join(f"{k} {n}" for k, n in q.items())) for q in [doc.get("quantisation")] if q],
+        ("bytes", f"{doc['bytes']['on_disk']:,} on disk, {doc['bytes']['float32']:,} as float32"),
         ("architecture", c["model_type"]),
         ("parameters", f"{doc['parameters']:,}"),
         ("layers", str(c["n_layer"])),
