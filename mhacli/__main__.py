@@ -1,5 +1,8 @@
-"""`python -m mhacli` and the `mha` console script. Ctrl-C while the modules are still loading also ends with one
-`error:` line and exit 130, like Ctrl-C anywhere later (mhacli.cli.run)."""
+"""`python -m mhacli` and the `mha` console script.
+
+Ctrl-C while the modules are still loading also ends with one `error:` line and exit 130, like Ctrl-C anywhere later
+(mhacli.cli.run).
+"""
 
 import sys
 

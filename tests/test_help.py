@@ -56,8 +56,11 @@ GROUPS = {
 
 
 def command_groups(text: str, rich: bool) -> dict[str, list[tuple[str, str]]]:
-    """The command sections of `mha --help`: {title: [(command, the rest of its line)]}, one entry per line, so a
-    summary that wraps shows up as a line whose first word is not a command (or as a truncated `...`)."""
+    """The command sections of `mha --help`.
+
+    {title: [(command, the rest of its line)]}, one entry per line, so a summary that wraps shows up as a line whose
+    first word is not a command (or as a truncated `...`).
+    """
     groups: dict[str, list[tuple[str, str]]] = {}
     current = None
     for line in text.splitlines():
@@ -107,9 +110,11 @@ def test_help_lists_the_commands_in_groups_one_line_each(rich):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_summary_is_one_sentence_that_fits_80_columns(command):
-    """The summary is the docstring's first line, followed by a blank line (typer's rich help shows the whole first
-    paragraph, line breaks included), one sentence (click's plain help cuts at the first period) short enough for
-    the 80-column list: the longest name (7), the box and the padding leave 65 columns."""
+    """The summary is the docstring's first line, followed by a blank line (typer's rich help shows the whole first ...
+
+    ... paragraph, line breaks included), one sentence (click's plain help cuts at the first period) short enough
+    for the 80-column list: the longest name (7), the box and the padding leave 65 columns.
+    """
     import typer
 
     from mhacli.cli import app

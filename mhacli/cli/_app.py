@@ -18,8 +18,11 @@ ORDER = ("inspect", "stats", "explain", "browse", "diff", "ablate", "prune", "at
 
 
 class _GroupedCommands(TyperGroup):
-    """The app's group: commands listed by PANELS then ORDER, in the rich help (typer draws one panel per group)
-    and in the plain help (click would print one flat "Commands:" list: here one section per group)."""
+    """The app's group.
+
+    commands listed by PANELS then ORDER, in the rich help (typer draws one panel per group) and in the plain help
+    (click would print one flat "Commands:" list: here one section per group).
+    """
 
     def list_commands(self, ctx):  # noqa: ANN001, ANN201 - click's signature
         def rank(name: str) -> tuple[int, int]:

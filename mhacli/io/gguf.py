@@ -314,8 +314,11 @@ ROWS_CHUNK_VALUES = 1 << 20  # values dequantised per call: bounds the temporari
 
 
 def _dequantize_rows(gguf: Any, raw: np.ndarray, qtype: Any) -> np.ndarray:
-    """gguf.quants.dequantize, without its per-16-rows Python loop: the type's own dequantize_rows (the same
-    arithmetic) over chunks of about ROWS_CHUNK_VALUES values; 3x faster on SmolLM2's Q4_1 tensors."""
+    """gguf.quants.dequantize, without its per-16-rows Python loop.
+
+    the type's own dequantize_rows (the same arithmetic) over chunks of about ROWS_CHUNK_VALUES values; 3x faster on
+    SmolLM2's Q4_1 tensors.
+    """
     traits = getattr(gguf.quants, "_type_traits", {}).get(qtype)
     rows_fn = getattr(traits, "dequantize_rows", None)
     if traits is None or rows_fn is None or not hasattr(traits, "block_size"):
@@ -331,8 +334,10 @@ def _dequantize_rows(gguf: Any, raw: np.ndarray, qtype: Any) -> np.ndarray:
 
 
 def check_types(file: str, tensors: Iterable[GgufTensor]) -> None:
-    """Every tensor's type can be dequantised (one zero block of each type tried): else a WeightsError naming the
-    first tensor of a type that cannot."""
+    """Every tensor's type can be dequantised (one zero block of each type tried).
+
+    else a WeightsError naming the first tensor of a type that cannot.
+    """
     gguf = _gguf()
     seen: set[int] = set()
     for t in tensors:

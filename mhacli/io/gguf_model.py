@@ -46,9 +46,12 @@ GLOBAL = re.compile(r"^([a-z_]+)\.(weight|bias)$")
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row permutation: [n_head * d_head, ...] in GGML's order (per head, the rotary pairs
-    interleaved: rows 2i, 2i+1 are HF's i, i + d_head/2) -> HF's rotate-half order.
-    llama.cpp wrote w.reshape(n_head, 2, d_head // 2, ...).swapaxes(1, 2); this is its inverse."""
+    """Undo llama.cpp's Q/K row permutation.
+
+    [n_head * d_head, ...] in GGML's order (per head, the rotary pairs interleaved: rows 2i, 2i+1 are HF's i, i +
+    d_head/2) -> HF's rotate-half order. llama.cpp wrote w.reshape(n_head, 2, d_head // 2, ...).swapaxes(1, 2); this
+    is its inverse.
+    """
     half = w.shape[0] // n_head // 2
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -84,8 +87,10 @@ def _vocab_size(gf: GgufFile, arch: str) -> int | None:
 
 
 def llama_config(gf: GgufFile) -> dict:
-    """The config.json transformers builds from a `llama` GGUF (GGUF_CONFIG_MAPPING["llama"]), with the rope
-    scaling and sliding window llama.cpp records where present."""
+    """The config.json transformers builds from a `llama` GGUF (GGUF_CONFIG_MAPPING["llama"]), with the rope scaling ...
+
+    ... and sliding window llama.cpp records where present.
+    """
     name = str(gf.metadata.get("general.name", "")).lower()
     a = "llama"
     raw: dict[str, Any] = {
@@ -210,9 +215,12 @@ def our_name(arch: str, name: str) -> str | None:
 
 @dataclass(frozen=True)
 class GgufModel:
-    """What a GGUF gives the Checkpoint (mhacli.io.weights builds it; this module never imports that one):
-    the config, where each tensor we read lies (our key -> GGUF tensor with our layout's shape), a loader that
-    dequantises one by our key into our layout, and the file's ggml types with their tensor counts."""
+    """What a GGUF gives the Checkpoint (mhacli.io.weights builds it.
+
+    this module never imports that one): the config, where each tensor we read lies (our key -> GGUF tensor with our
+    layout's shape), a loader that dequantises one by our key into our layout, and the file's ggml types with their
+    tensor counts.
+    """
 
     gguf: GgufFile
     arch: str
@@ -221,8 +229,10 @@ class GgufModel:
     quantisation: dict[str, int]
 
     def load(self, name: str) -> np.ndarray:
-        """Our tensor `name` dequantised to float32 in our layout: Q/K rows un-permuted (llama), Conv1D weights
-        transposed (gpt2)."""
+        """Our tensor `name` dequantised to float32 in our layout.
+
+        Q/K rows un-permuted (llama), Conv1D weights transposed (gpt2).
+        """
         w = dequantise(self.gguf, self.gguf.tensors[self.tensors[name].name])
         c = self.config
         if self.arch == "llama" and (".q_proj." in name or ".k_proj." in name):
@@ -239,8 +249,10 @@ def _layout_shape(arch: str, gguf_name: str, shape: tuple[int, ...]) -> tuple[in
 
 
 def open_gguf(path: Path) -> GgufModel:
-    """A GGUF's header read and checked, its config built, every tensor the forward needs present with the shape
-    the config implies, every type dequantisable (no tensor data read)."""
+    """A GGUF's header read and checked, its config built, every tensor the forward needs present with the shape the ...
+
+    ... config implies, every type dequantisable (no tensor data read).
+    """
     gf = read_gguf(path)
     arch, config = gguf_config(gf)
     fam = family(config.model_type)

@@ -121,8 +121,11 @@ def byte_level_backend(gf: GgufFile) -> Any:
 
 
 def sentencepiece_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
-    """The merges a SentencePiece vocabulary implies (transformers' generate_merges with scores): every split of
-    every token into two tokens of the vocabulary, best score first, then the shorter left and right parts."""
+    """The merges a SentencePiece vocabulary implies (transformers' generate_merges with scores).
+
+    every split of every token into two tokens of the vocabulary, best score first, then the shorter left and right
+    parts.
+    """
     vocab = {t: i for i, t in enumerate(tokens)}
     found: list[tuple[str, str, float]] = []
     for token, score in dict(zip(tokens, scores)).items():
@@ -135,8 +138,11 @@ def sentencepiece_merges(tokens: list[str], scores: list[float]) -> list[tuple[s
 
 
 def sentencepiece_backend(gf: GgufFile) -> Any:
-    """tokenizer.ggml.model == llama: SentencePiece BPE with byte fallback, as transformers' LlamaTokenizer
-    (Metaspace "▁", prepended to the first word only; merges from the scores)."""
+    """tokenizer.ggml.model == llama.
+
+    SentencePiece BPE with byte fallback, as transformers' LlamaTokenizer (Metaspace "▁", prepended to the first
+    word only; merges from the scores).
+    """
     from tokenizers import AddedToken, decoders, pre_tokenizers
     from tokenizers import Tokenizer as Backend
     from tokenizers.models import BPE
