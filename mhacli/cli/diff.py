@@ -93,7 +93,7 @@ def diff(
     report, items = done.report, done.texts
     saving.write_all(saves, diff_picture(saves, ckpt_a, ckpt_b, report, items[0], done.edits_b), dpi=dpi)
     n_tokens = [len(t.ids) for t in items]
-    maps = lambda: peak_maps(ckpt_a, ckpt_b, report, items[0])  # noqa: E731 - a forward: only the terminal draws them
+    maps = lambda: peak_maps(ckpt_a, ckpt_b, report, items[0], done.edits_b)  # noqa: E731 - a forward: only the terminal draws them
     out.emit(DiffResult(report, ckpt_a.source, ckpt_b.source, items[0].tokens, n_tokens, maps, top, start))
     return ExitCode.OK if fail_above is None else check_threshold(report, fail_above, out.env.stderr)
 

@@ -174,13 +174,18 @@ def diff(
     return DiffOutcome(report, items, edits_b)
 
 
-def peak_maps(ckpt_a, ckpt_b, report: DiffReport, first: DiffText) -> tuple[HeadView, HeadView] | None:
-    """The most divergent pair's two maps on the first text (what a terminal draws), None when nothing diverges."""
+def peak_maps(
+    ckpt_a, ckpt_b, report: DiffReport, first: DiffText, edits_b: dict[int, ZEdit] | None = None
+) -> tuple[HeadView, HeadView] | None:
+    """The most divergent pair's two maps on the first text (what a terminal draws), None when nothing diverges.
+
+    B's map is drawn with B's heads removed (`edits_b`, from --ablate), as every number of the diff was measured.
+    """
     if not report.heads or report.max_divergence <= 0:
         return None
     r = report.heads[0]
     view_a = next(analyse(ckpt_a, first.ids, layers=[r.layer_a], heads=[r.head_a], keep_maps=True))
-    view_b = next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True))
+    view_b = next(analyse(ckpt_b, first.ids, layers=[r.layer_b], heads=[r.head_b], keep_maps=True, edits=edits_b))
     return view_a, view_b
 
 
