@@ -274,7 +274,7 @@ def test_random_curve_refuses_no_seed(ckpt):
 
 
 @pytest.mark.parametrize("max_increase", [0.0, 0.01, 0.05, 0.2, 10.0])
-def test_prunable_fraction_is_the_largest_within_the_bound(max_increase):
+def test_prunable_fraction_is_where_the_curve_first_crosses_the_bound(max_increase):
     from mhacli.analyses.ablate import prunable_fraction
 
     rng = np.random.default_rng(int(max_increase * 100))
@@ -282,10 +282,21 @@ def test_prunable_fraction_is_the_largest_within_the_bound(max_increase):
     fractions = [i / 10 for i in range(11)]
     losses = [baseline, *(baseline * (1 + rng.uniform(-0.05, 0.3)) for _ in range(9)), baseline * 1.05]
     bound = baseline * (1 + max_increase)
-    within = [f for f, loss in zip(fractions, losses) if loss <= bound]
-    assert prunable_fraction(fractions, losses, baseline, max_increase) == max(within)
+    over = [k for k, loss in enumerate(losses) if loss > bound]
+    first = fractions[over[0] - 1] if over else fractions[-1]  # the point before the first one over the bound
+    assert prunable_fraction(fractions, losses, baseline, max_increase) == first
     assert prunable_fraction([0.5], [baseline * 1.05], baseline, 0.05) == 0.5  # the bound itself is within
     assert prunable_fraction([0.5], [baseline * 2], baseline, 0.05) == 0.0
+
+
+def test_prunable_fraction_ignores_a_dip_after_the_first_crossing():
+    """Issue 36 item 4's held-out case: over the bound at 0.75, back under at 0.875: the answer is 0.625, where the
+    largest fraction under the bound (the old definition) would say 0.875."""
+    from mhacli.analyses.ablate import prunable_fraction
+
+    fractions = [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
+    losses = [3.0, 3.0, 3.05, 3.08, 3.1, 3.12, 3.3, 3.14, 5.0]
+    assert prunable_fraction(fractions, losses, 3.0, 0.05) == 0.625
 
 
 # --- heads and methods ------------------------------------------------------------------------------------------

@@ -293,6 +293,15 @@ def random_curve(ablator: Ablator, step: float, seeds: int, tick: Callable[[], N
 def prunable_fraction(
     fractions: Sequence[float], losses: Sequence[float], baseline: float, max_increase: float
 ) -> float:
-    """The largest fraction of heads removed with the loss at most (1 + max_increase) x baseline."""
+    """Where the curve first crosses the bound: the fraction removed just before the loss first exceeds it.
+
+    The bound is (1 + max_increase) x baseline, the fractions in the curve's (increasing) order. A curve that dips
+    back under the bound after crossing it does not count: pruning that far passed through a worse model.
+    """
     bound = baseline * (1.0 + max_increase)
-    return max((f for f, loss in zip(fractions, losses) if loss <= bound), default=0.0)
+    reached = 0.0
+    for fraction, loss in zip(fractions, losses):
+        if loss > bound:
+            break
+        reached = fraction
+    return reached

@@ -160,7 +160,12 @@ def prune(
     step: Annotated[float, typer.Option("--step", help="Fraction of all heads removed per round, in (0, 1].")] = 0.1,
     seeds: Annotated[int, typer.Option("--seeds", help="Random removal orders averaged for the baseline curve.")] = 5,
     max_increase: Annotated[
-        float, typer.Option("--max-increase", help="Loss increase allowed, as a fraction of the baseline (0.05: 5%).")
+        float,
+        typer.Option(
+            "--max-increase",
+            help="Loss increase allowed, as a fraction of the baseline (0.05: 5%). The prunable fraction is where "
+            "each curve first crosses it (the last point before the loss first exceeds it).",
+        ),
     ] = 0.05,
     save_mask: Annotated[
         Path | None, typer.Option("--save-mask", metavar="FILE", help="Write the pruned heads as a mask file (JSON).")
