@@ -110,4 +110,4 @@ def test_grouped_heads_name_their_kv_head(model):
     assert "L0H3/kv1" in text and "L0H0/kv0" in text
     con, buf = console(100)
     render_inspect(con, grouped[3:4], tok.display(ids.tolist()), query=2)  # the one-head views say it in full
-    assert "L0 H3 (K/V head 1)" in "\n".join(visible_lines(buf))
+    assert "L0H3 (K/V head 1)" in "\n".join(visible_lines(buf))

@@ -116,7 +116,7 @@ def shares_kv(views: Sequence[HeadView]) -> bool:
 def head_title(view: HeadView, show_kv: bool = False) -> Text:
     s = view.stats
     letter, style = KIND_STYLE[s.kind]
-    name = f"L{s.layer} H{s.head}" + (f" (K/V head {view.kv_head})" if show_kv else "")
+    name = f"L{s.layer}H{s.head}" + (f" (K/V head {view.kv_head})" if show_kv else "")
     title = Text.assemble((name, "bold"), " ", (s.kind, style), (kind_evidence(s), style))
     for short, name in KEY_STATS:
         title.append(f"  {short} {fmt_stat(s.values[name])}", style="dim")
