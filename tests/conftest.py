@@ -84,3 +84,20 @@ def cli_worker(tmp_path_factory):
     worker = CliWorker(tmp_path_factory.mktemp("cli-worker"))
     yield worker
     worker.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    import os
+
+    from helpers import chromium_path
+
+    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()

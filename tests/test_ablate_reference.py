@@ -290,8 +290,11 @@ def test_prunable_fraction_is_where_the_curve_first_crosses_the_bound(max_increa
 
 
 def test_prunable_fraction_ignores_a_dip_after_the_first_crossing():
-    """Issue 36 item 4's held-out case: over the bound at 0.75, back under at 0.875: the answer is 0.625, where the
-    largest fraction under the bound (the old definition) would say 0.875."""
+    """A curve that dips back under the bound after crossing it counts only up to the crossing.
+
+    Issue 36 item 4's held-out case: over the bound at 0.75, back under at 0.875: the answer is 0.625, where the
+    largest fraction under the bound (the old definition) would say 0.875.
+    """
     from mhacli.analyses.ablate import prunable_fraction
 
     fractions = [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]

@@ -20,7 +20,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from conftest import ATTN_ATOL, HIDDEN_ATOL  # noqa: E402
+from helpers import ATTN_ATOL, HIDDEN_ATOL  # noqa: E402
 
 from mhacli.errors import MhaError  # noqa: E402
 
@@ -736,7 +736,7 @@ def hf_to_gguf(directory: Path, path: Path, arch: str, names: dict[str, str], me
 @pytest.mark.parametrize("multi_query", [True, False])
 def test_starcoder_gguf_matches_hf(tmp_path, multi_query):
     import torch
-    from conftest import compare_with_hf
+    from helpers import compare_with_hf
     from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
 
     torch.manual_seed(0)
@@ -754,7 +754,7 @@ def test_starcoder_gguf_matches_hf(tmp_path, multi_query):
 
 def test_olmo2_gguf_matches_hf(tmp_path):
     import torch
-    from conftest import compare_with_hf
+    from helpers import compare_with_hf
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
     torch.manual_seed(0)

@@ -9,14 +9,14 @@ filter (every page, the census page included) hides the heads and rows that do n
 from __future__ import annotations
 
 import pytest
-from test_webpage import Opened, browser, views_of  # noqa: F401 (browser: the module's fixture)
+from helpers import Opened, page_views_of
 
 N_LAYER, N_HEAD, N_TOK = 30, 9, 24
 
 
 @pytest.fixture(scope="module")
 def views():
-    return views_of(N_LAYER, N_HEAD, N_TOK)
+    return page_views_of(N_LAYER, N_HEAD, N_TOK)
 
 
 def tokens() -> list[str]:

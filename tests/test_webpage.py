@@ -9,93 +9,13 @@ row and the attended tokens on hover, search tokens, switch to log weights, keep
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from mhacli.analyses.heads import HeadView
-from mhacli.analyses.stats import layer_stats
+from helpers import Opened, page_views_of
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
-READY_TIMEOUT_MS = 30_000
-
-
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("MHA_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    executable = chromium_path()
-    if executable is None:
-        pytest.skip("no chromium installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-class Opened:
-    """A page opened from file:// with every request other than the page itself refused and recorded."""
-
-    def __init__(self, browser, path: Path) -> None:
-        self.url = path.resolve().as_uri()
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.route("**/*", self._route)
-        self.page.goto(self.url)
-        self.wait_until("() => document.documentElement.dataset.ready", timeout_ms=READY_TIMEOUT_MS)
-
-    def wait_until(self, predicate: str, arg=None, timeout_ms: float = 30_000) -> None:
-        """Poll a JS predicate with page.evaluate (the DevTools protocol, not subject to the page's CSP).
-
-        Playwright's wait_for_function, once it has to poll, compiles its predicate with eval inside the page, which the
-        page's CSP forbids (as it should): on a slow machine that failed the test, not the page.
-        """
-        deadline = time.monotonic() + timeout_ms / 1000
-        while not self.page.evaluate(predicate, arg):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_ms / 1000:.0f} s waiting for {predicate}")
-            self.page.wait_for_timeout(50)
-
-    def _route(self, route) -> None:
-        if route.request.url == self.url:
-            route.continue_()
-        else:
-            self.requests.append(route.request.url)
-            route.abort()
-
-    def check_clean(self) -> None:
-        assert self.page.evaluate("document.documentElement.dataset.ready") == "1", self.page.inner_text("#error")
-        assert self.requests == [], f"the page asked the network for {self.requests}"
-        assert self.errors == [], self.errors
-
-    def map_pixels(self, n: int = 0) -> list[int]:
-        return self.page.evaluate(
-            """(n) => { const c = document.querySelectorAll('#maps canvas.map')[n];
-                       return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""",
-            n,
-        )
-
-    def overlay_ink(self) -> int:
-        return self.page.evaluate(
-            """() => { const c = document.querySelector('#maps canvas.overlay');
-                       return c.getContext('2d').getImageData(0, 0, c.width, c.height).data
-                                .filter((v, i) => i % 4 == 3 && v > 0).length; }"""
-        )
 
 
 @pytest.fixture(scope="module")
@@ -180,17 +100,6 @@ def test_search_and_log_weights(browser, inspect_html):
     o.check_clean()
 
 
-def views_of(n_layer: int, n_head: int, n: int, seed: int = 0) -> list[HeadView]:
-    """Random causal maps (one layer's maps reused for every layer: the page does not care)."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, 50, size=n)
-    logits = np.where(np.tril(np.ones((n, n), dtype=bool)), rng.normal(0, 3, size=(n_head, n, n)), -np.inf)
-    attn = np.exp(logits - logits.max(-1, keepdims=True))
-    attn = (attn / attn.sum(-1, keepdims=True)).astype(np.float32)
-    stats = layer_stats(0, attn, ids)
-    return [HeadView(dataclasses.replace(s, layer=layer), attn[s.head]) for layer in range(n_layer) for s in stats]
-
-
 def test_hostile_tokens_and_caption_stay_text(browser, tmp_path):
     from mhacli.views.page import inspect_page
 
@@ -202,7 +111,7 @@ def test_hostile_tokens_and_caption_stay_text(browser, tmp_path):
         '"',
         "'",
     ]
-    views = views_of(1, 2, len(tokens))
+    views = page_views_of(1, 2, len(tokens))
     caption = "<b>model</b> </script> & \u2029"
     path = tmp_path / "hostile.html"
     path.write_text(inspect_page(views=views, tokens=tokens, caption=caption), encoding="utf-8")
@@ -238,7 +147,7 @@ def test_a_1024_token_12_by_12_page_opens(browser, tmp_path):
     from mhacli.views.page import inspect_page
 
     n = 1024
-    views = views_of(12, 12, n)
+    views = page_views_of(12, 12, n)
     path = tmp_path / "big.html"
     path.write_text(
         inspect_page(views=views, tokens=[f" t{i}" for i in range(n)], caption="synthetic"), encoding="utf-8"
