@@ -137,6 +137,8 @@ class Model:
         c = self.config
         if text is not None:
             return tokenize(self.tokenizer, check_text(text), c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
+        if ids is None:  # not reached: exactly one of text and ids is given (checked above)
+            raise UsageError("give a text or ids=, not both and not neither")
         values = _id_values(ids)
         return from_ids(
             self.tokenizer,
@@ -291,6 +293,8 @@ class Run:
                 for trace in forward_from(
                     self.model.checkpoint, self._inputs[layer], layer, layer + 1, edits=self.edits, sinks=lambda _: None
                 ):
+                    if trace.attention is None:
+                        raise TypeError(f"layer {layer} was run for its map but kept none")
                     self._attention[layer] = trace.attention
             else:
                 self._advance(layer + 1, keep=layer)

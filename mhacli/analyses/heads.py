@@ -29,6 +29,19 @@ class HeadView:
     def head(self) -> int:
         return self.stats.head
 
+    def shown_map(self) -> np.ndarray | PartialMap:
+        """The map (whole or the part asked for) of a head analysed with maps; an error for one without."""
+        if self.attention is None:
+            raise TypeError(f"head L{self.layer}H{self.head} was analysed without its map")
+        return self.attention
+
+    def whole_map(self) -> np.ndarray:
+        """The whole [n_seq, n_seq] map of a head analysed with maps; an error for a part or none."""
+        attention = self.shown_map()
+        if not isinstance(attention, np.ndarray):
+            raise TypeError(f"head L{self.layer}H{self.head} holds only part of its map")
+        return attention
+
 
 def check_selection(n_layer: int, n_head: int, layers: Sequence[int] | None, heads: Sequence[int] | None) -> None:
     for layer in layers or ():

@@ -22,6 +22,7 @@ from mhacli.browse.state import Session
 from mhacli.errors import MhaError
 from mhacli.views.terminal import browse as views
 from mhacli.views.terminal.grid import FULL_CELL, full_width
+from mhacli.views.terminal.heatmap import MapWindow
 
 MIN_SIZE = (60, 16)  # the smallest terminal the panes fit (80 x 24 is the design size)
 GRID_SAYS = {
@@ -92,7 +93,7 @@ class MapPane(Pane):
 
     start = 0  # first query row shown (or first line of a text view)
     keys: tuple[int, int] | None = None  # key columns shown; None: the keys up to the last row shown
-    window = None  # the last map window drawn (views.terminal.heatmap.MapWindow)
+    window: MapWindow | None = None  # the last map window drawn
 
     def action_scroll_rows(self, step: int) -> None:
         rows = 2 if self.browser.color and self.browser.mode in ("kinds", "diff", "ablate") else 1
@@ -322,6 +323,8 @@ class BrowseApp(App):
             gap = np.abs(a - b)
             maps = [(a, f"A L{s.layer}H{s.head}"), (b, f"B L{lb}H{hb}"), (gap, "|A−B|")]
             return self._panels(pane, maps, width, height), f"|A−B| max {float(gap.max()):.3f}"
+        if self.ablated is None:
+            raise ValueError("ablate mode shows a removed head: none is chosen")
         report, run, delta = s.ablation(self.ablated)
         name = f"L{self.ablated[0]}H{self.ablated[1]}"
         maps = [(s.head_map(), "with it"), (run.attention(s.layer)[s.head], f"without {name}")]
@@ -329,6 +332,8 @@ class BrowseApp(App):
 
     def ablation_note(self) -> str:
         """What ablate mode shows, with the loss change (`mha ablate`'s delta) where the model has an output head."""
+        if self.ablated is None:
+            raise ValueError("ablate mode shows a removed head: none is chosen")
         name = f"L{self.ablated[0]}H{self.ablated[1]}"
         delta = self.session.ablation(self.ablated)[2]
         loss = "" if delta is None else f", loss {delta:+.3f} nats/token"

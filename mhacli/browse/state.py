@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mhacli.analyses.stats import HeadStats
 from mhacli.api import Model, Run, diff
 from mhacli.errors import MhaError, TextError, UsageError
 
@@ -133,11 +134,11 @@ class Session:
         self.query = run.n_seq - 1
 
     # -- what is selected ------------------------------------------------------------------------------------------
-    def stats(self) -> dict[tuple[int, int], object]:
+    def stats(self) -> dict[tuple[int, int], HeadStats]:
         """(layer, head) -> HeadStats, as `mha stats` computes them (with --ablate: of the ablated run)."""
         return {(s.layer, s.head): s for s in self.run.stats()}
 
-    def selected_stats(self):  # -> HeadStats
+    def selected_stats(self) -> HeadStats:
         return self.stats()[(self.layer, self.head)]
 
     def shown(self) -> list[tuple[int, int]]:

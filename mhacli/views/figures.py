@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import KINDS, HeadStats
 from mhacli.views.display import KIND_HEX, KIND_LETTER, token_label
+
+if TYPE_CHECKING:  # matplotlib is imported inside functions only, at run time
+    from matplotlib.typing import RcKeyType
 
 COLUMN_IN = 3.4  # a paper column
 WIDE_IN = 7.0  # a full page width
@@ -38,7 +41,7 @@ PANEL_MIN_IN = 0.6  # the smallest map panel of a grid of maps
 GRID_CELL_MIN_IN = 0.25  # the smallest cell of a layer x head grid (stats, diff, ablate, census)
 MAP_CMAP = "viridis"
 DIFF_CMAP = "RdBu_r"
-RC = {
+RC: dict[RcKeyType, Any] = {
     "svg.hashsalt": "mha",  # ids in the SVG: the same every run
     "svg.fonttype": "none",  # text stays text (searchable, checkable)
     "pdf.fonttype": 42,  # TrueType in the PDF: text selectable
@@ -255,7 +258,7 @@ def one_map_figure(view: HeadView, tokens: Sequence[str], caption: str):
     side = COLUMN_IN - (0.95 if labels else 0.75)
     fig = new_figure(COLUMN_IN, side + (1.05 if labels else 0.8))
     ax = fig.add_subplot()
-    im = draw_map(ax, view.attention)
+    im = draw_map(ax, view.whole_map())
     ax.set_title(map_title(view), fontsize=7.5, color=_title_colour(view.stats.kind))
     token_ticks(ax, tokens, side, 6 if n_seq <= 24 else 5, rows=True, cols=True)
     ax.set_ylabel("query", fontsize=6)
@@ -557,7 +560,7 @@ def census_figure(*, doc: dict, caption: str, **_: Any):
     return fig
 
 
-FIGURES = {
+FIGURES: dict[str, Callable[..., Any]] = {
     "inspect": inspect_figure,
     "stats": stats_figure,
     "diff": diff_figure,

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from mhacli.analyses.heads import HeadView
+from mhacli.analyses.partial import PartialMap
 from mhacli.analyses.stats import STAT_NAMES, SUPPORTED_STATS
 from mhacli.errors import UsageError
 
@@ -59,7 +60,7 @@ def head_record(view: HeadView, *, with_attention: bool) -> dict:
     kv_head = view.head if view.kv_head is None else view.kv_head
     record = {"layer": s.pop("layer"), "head": s.pop("head"), "kv_head": kv_head} | s
     if with_attention and view.attention is not None:
-        record["attention"] = lower_triangle(view.attention)
+        record["attention"] = lower_triangle(view.whole_map())
     return record
 
 
@@ -161,6 +162,8 @@ def save_npz(path: Path, views: Sequence[HeadView], token_ids: Sequence[int], to
     n_seq = len(token_ids)
     attention = np.zeros((len(layers), len(heads), n_seq, n_seq), dtype=np.float32)
     for v in views:
+        if isinstance(v.attention, PartialMap):
+            raise TypeError(f"head L{v.layer}H{v.head} holds only part of its map")
         attention[layers.index(v.layer), heads.index(v.head)] = v.attention
     buf = io.BytesIO()
     np.savez_compressed(

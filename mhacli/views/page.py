@@ -29,7 +29,7 @@ import base64
 import html
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 
 import numpy as np
@@ -217,7 +217,7 @@ def inspect_page(
     else:
         cells = [head_cell(v, v.stats.unit_value(stat), stat) for v in views]
     doc = base_doc(command, caption, tokens, cells)
-    maps, thumbs, side = map_sets({"A": [v.attention for v in views]})
+    maps, thumbs, side = map_sets({"A": [v.whole_map() for v in views]})
     scored = [v.stats.score if v.stats.score is not None else -1.0 for v in views]
     notable = [k for k, v in enumerate(views) if v.stats.kind not in ("broad", "mixed")]
     doc |= {
@@ -258,8 +258,8 @@ def diff_page(
             "title": f"L{r.layer_b}H{r.head_b} (A: {partner}) {report.metric} {r.divergence:.3g}",
             "colour": hex_of(ramp(share)), "info": info,
         })  # fmt: skip
-        maps_a.append(a_of[(r.layer_a, r.head_a)].attention)
-        maps_b.append(b_of[(r.layer_b, r.head_b)].attention)
+        maps_a.append(a_of[(r.layer_a, r.head_a)].whole_map())
+        maps_b.append(b_of[(r.layer_b, r.head_b)].whole_map())
     doc = base_doc("diff", caption, tokens, cells)
     maps, thumbs, side = map_sets({"A": maps_a, "B": maps_b})
     most = report.heads[0] if report.heads else None
@@ -312,7 +312,7 @@ def ablate_page(*, doc: dict, views: Sequence[HeadView] | None, tokens: Sequence
     }
     if views:
         by_pos = {(v.layer, v.head): v for v in views}
-        maps, thumbs, side = map_sets({"A": [by_pos[(c["layer"], c["head"])].attention for c in cells]})
+        maps, thumbs, side = map_sets({"A": [by_pos[(c["layer"], c["head"])].whole_map() for c in cells]})
         page |= {
             "maps": maps,
             "thumbs": thumbs,
@@ -348,7 +348,13 @@ def census_page(*, doc: dict, caption: str, **_) -> str:
     return build(page)
 
 
-PAGES = {"inspect": inspect_page, "stats": stats_page, "diff": diff_page, "ablate": ablate_page, "census": census_page}
+PAGES: dict[str, Callable[..., str]] = {
+    "inspect": inspect_page,
+    "stats": stats_page,
+    "diff": diff_page,
+    "ablate": ablate_page,
+    "census": census_page,
+}
 
 
 def page_for(picture) -> str:

@@ -36,7 +36,7 @@ def write_inspect(
     out.write("tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(labels)) + "\n")
     for view in views:
         out.write("\n" + head_line(view) + "\n")
-        attention = view.attention
+        attention = view.shown_map()
         if query is not None:
             for j in range(query + 1):
                 out.write(f"{j:>5} {labels[j]:<12} {attention[query, j]:.4f}\n")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -44,14 +44,15 @@ def render_ablate(console: Console, doc: dict, top: int) -> None:
         console, Text(f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})", style="bold")
     )
     ranking = Table()
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("#", "right"),
         ("head", "left"),
         ("kind", "left"),
         ("loss", "right"),
         ("Δloss", "right"),
         ("Δ%", "right"),
-    ):
+    )
+    for name, justify in columns:
         ranking.add_column(name, justify=justify)
     for rank, r in enumerate(doc["heads"][:top], start=1):
         ranking.add_row(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -32,7 +32,10 @@ def render_census(console: Console, doc: dict, top: int) -> None:
     console.print()
     one_line(console, Text("strongest heads of each kind", style="bold"))
     table = Table()
-    for name, justify in (("kind", "left"), ("head", "left"), ("confidence", "right"), ("evidence", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("kind", "left"), ("head", "left"), ("confidence", "right"), ("evidence", "left"),
+    )  # fmt: skip
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     for kind in KINDS:
         heads = [h for h in doc["heads"] if h["kind"] == kind]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.box import SIMPLE_HEAD
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -76,13 +76,15 @@ def diff_ranking(console: Console, report: DiffReport, top: int) -> Table:
     for n_stats, kind_names in layouts:
         stats = DIFF_KEY_STATS[:n_stats]
         table = Table(box=SIMPLE_HEAD, pad_edge=False)
-        for name, justify in (
+        right: JustifyMethod = "right"
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
             ("#", "right"),
             ("head" if paired else "A head → B head", "left"),
             (report.metric, "right"),
             ("kind in A → in B", "left"),
-            *((short, "right") for short, _ in stats),
-        ):
+            *((short, right) for short, _ in stats),
+        )
+        for name, justify in columns:
             table.add_column(name, justify=justify, no_wrap=True)
         for rank, r in enumerate(rows, start=1):
             name = f"L{r.layer_b}H{r.head_b}" if paired else f"L{r.layer_a}H{r.head_a} → L{r.layer_b}H{r.head_b}"
@@ -145,7 +147,7 @@ def render_diff(
     win = map_window(len(tokens), start, n_keys, n_keys)
     window_note(console, win)
     pair = [
-        panel(v.attention, Text.assemble((name + " ", "bold"), inspect_title(v)), win, cell=1, color=color)
+        panel(v.shown_map(), Text.assemble((name + " ", "bold"), inspect_title(v)), win, cell=1, color=color)
         for name, v in (("MODEL_A", maps[0]), ("MODEL_B", maps[1]))
     ]
     for line in side_by_side(pair):

@@ -194,6 +194,8 @@ def step_input(out: Layout) -> None:
     if ex.norm == "layer_norm":
         out.equation(ln_x, f"({x_i} − μ)/√(σ² + ε) · γ + β", ex.ln_input)
         weight = ex.norm_weight or ""
+        if ex.ln_mean is None or ex.ln_var is None:
+            raise ValueError("a LayerNorm explanation carries the norm's mean and variance")
         out.note(
             f"{glue(f'μ = {num(ex.ln_mean)},')} {glue(f'σ² = {num(ex.ln_var)},')} "
             f"{glue(f'ε = {ex.layer_norm_epsilon:g};')} "
@@ -201,6 +203,8 @@ def step_input(out: Layout) -> None:
         )
     elif ex.norm == "rms_norm":
         out.equation(ln_x, f"{x_i} / √(mean({x_i}²) + ε) · γ", ex.ln_input)
+        if ex.ln_var is None:
+            raise ValueError("an RMSNorm explanation carries the norm's mean square")
         out.note(
             f"{glue(f'mean({x_i}²) = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} "
             f"{glue(f'γ = {ex.norm_weight}')}"
@@ -247,6 +251,8 @@ def step_query(out: Layout) -> None:
         )
         return
     r = ex.rope
+    if s.query_pre_rope is None:
+        raise ValueError("a RoPE explanation carries the query before the rotation")
     out.equation(f"q_{i} before RoPE", projection_formula(ex, "q", i), s.query_pre_rope)
     scaled = "" if r.attention_scaling == 1.0 else f"; cos and sin are scaled by {num(r.attention_scaling)}"
     out.note(

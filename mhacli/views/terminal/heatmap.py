@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.text import Text
 
+from mhacli.analyses.partial import PartialMap
 from mhacli.views.display import token_label, window
 
 LEVELS = 32  # colours of the weight ramp, 0 -> 1
@@ -110,7 +111,7 @@ def ruler(cols: Sequence[int], pinned: bool, cell: int) -> str:
     return "".join(line)
 
 
-def map_lines(attention: np.ndarray, win: MapWindow, *, cell: int, color: bool) -> list[Text]:
+def map_lines(attention: np.ndarray | PartialMap, win: MapWindow, *, cell: int, color: bool) -> list[Text]:
     """The map's rows as Text lines (no row labels): half-blocks with colour, else one shade row per line."""
     lines = []
     step = 2 if color else 1
@@ -127,7 +128,7 @@ def map_lines(attention: np.ndarray, win: MapWindow, *, cell: int, color: bool) 
     return lines
 
 
-def _half_block(attention: np.ndarray, i: int, j: int, hi: int, cell: int) -> tuple[str, str]:
+def _half_block(attention: np.ndarray | PartialMap, i: int, j: int, hi: int, cell: int) -> tuple[str, str]:
     top = j <= i
     bottom = i + 1 < hi and j <= i + 1
     if top and bottom:
@@ -168,7 +169,7 @@ def fit(text: Text, width: int) -> Text:
 
 
 def panel(
-    attention: np.ndarray,
+    attention: np.ndarray | PartialMap,
     title: Text,
     win: MapWindow,
     *,

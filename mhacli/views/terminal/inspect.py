@@ -89,7 +89,7 @@ def map_panels(
         n_keys = min(n_keys, (width - label_w) // cell - 1)
         win = map_window(n_seq, start, n_keys, n_keys, keys)
         lines = panel(
-            views[0].attention,
+            views[0].shown_map(),
             inspect_title(views[0], show_kv),
             win,
             cell=cell,
@@ -119,7 +119,7 @@ def map_panels(
         (
             v.layer,
             panel(
-                v.attention,
+                v.shown_map(),
                 inspect_title(v, show_kv, short),
                 win,
                 cell=1,
@@ -143,7 +143,7 @@ def query_bars(
     view: HeadView, tokens: Sequence[str], query: int, width: int, limit: int = 40, show_kv: bool = False
 ) -> Group:
     """Where query token `query` looks in this head: one bar per key."""
-    row = view.attention[query, : query + 1]
+    row = view.shown_map()[query, : query + 1]
     keys = list(range(query + 1))
     note = None
     if len(keys) > limit:
@@ -167,8 +167,9 @@ def query_bars(
 def top_keys(view: HeadView, tokens: Sequence[str], k: int, show_kv: bool = False) -> Group:
     """The k strongest keys of every query row, as text."""
     lines: list = [head_title(view, show_kv)]
-    for i in range(view.attention.shape[0]):
-        best, weights = strongest(view.attention, i, k)
+    attention = view.shown_map()
+    for i in range(attention.shape[0]):
+        best, weights = strongest(attention, i, k)
         line = Text(f"{i:>5} {token_label(tokens[i], 12):<12} → ")
         for rank, (j, w) in enumerate(zip(best, weights)):
             if rank:
@@ -208,5 +209,5 @@ def render_inspect(
         console.print()
         if query is not None:
             console.print(query_bars(view, tokens, query, console.width, show_kv=show_kv))
-        else:
+        elif top is not None:  # one of query and top is given (both None returned above)
             console.print(top_keys(view, tokens, top, show_kv=show_kv))

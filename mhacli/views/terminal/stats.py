@@ -25,6 +25,13 @@ def grid_value(s: HeadStats, stat: str) -> float | None:
     return s.score if stat == "auto" else s.unit_value(stat)
 
 
+def _strength(s: HeadStats) -> float:
+    """The sort key of a scored head, strongest first."""
+    if s.score is None:
+        raise ValueError(f"head L{s.layer}H{s.head} has no score to rank by")
+    return -s.score
+
+
 def render_stats(
     console: Console,
     views: Sequence[HeadView],
@@ -60,7 +67,7 @@ def render_stats(
     label_w = max(len(k) for k in KINDS) + 2
     shown = 0
     for kind in KINDS[:-1]:
-        scored = sorted((s for s in by_pos.values() if s.kind == kind and s.score is not None), key=lambda s: -s.score)
+        scored = sorted((s for s in by_pos.values() if s.kind == kind and s.score is not None), key=_strength)
         if not scored:
             continue
         shown += 1

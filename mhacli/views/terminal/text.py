@@ -27,7 +27,7 @@ def cell_label(token: str, width: int) -> str:
     return label + " " * (width - cell_len(label))
 
 
-def num(x: float) -> str:
+def num(x: float | np.floating) -> str:
     return f"{float(x):.4g}"
 
 
