@@ -50,7 +50,7 @@ __all__ = [
     "Ablation", "Census", "Model", "Run", "census", "diff", "load",
     # the vocabulary both doors share: what a request may name, and the types it gets back
     "HIDDEN_ATOL", "METHODS", "METRICS", "PROBES", "STAT_NAMES", "ProbeSpec",
-    "Checkpoint", "DiffReport", "HeadView", "ModelFiles", "TokenizedText", "Tokenizer",
+    "Checkpoint", "DiffReport", "HeadStats", "HeadView", "ModelFiles", "TokenizedText", "Tokenizer",
 ]  # fmt: skip
 
 IdsLike = Sequence[int] | np.ndarray

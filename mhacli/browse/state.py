@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mhacli.analyses.stats import HeadStats
-from mhacli.api import Model, Run, diff
+from mhacli.api import HeadStats, Model, Run, diff
 from mhacli.errors import MhaError, TextError, UsageError
 
 TOP_K = 5  # keys listed for the query token
