@@ -37,9 +37,9 @@ TEXTS = [
 
 
 def byte_alphabet() -> list[str]:
-    from mhacli.io.gguf_tokenizer import _byte_alphabet
+    from mhacli.io.bytelevel import byte_alphabet
 
-    table = _byte_alphabet()
+    table = byte_alphabet()
     return [table[b] for b in range(256)]
 
 

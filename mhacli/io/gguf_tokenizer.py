@@ -14,10 +14,10 @@ Built as transformers builds it for `AutoTokenizer.from_pretrained(dir, gguf_fil
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from mhacli.errors import TokenizerError
+from mhacli.io.bytelevel import byte_alphabet
 from mhacli.io.files import show
 from mhacli.io.gguf import GgufFile
 
@@ -36,20 +36,6 @@ PRE_SPLITS = {
     "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT,
     "smaug-bpe": _LLAMA3_SPLIT, "dbrx": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
 }  # fmt: skip
-
-
-@lru_cache(maxsize=1)
-def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's bytes_to_unicode: byte -> its printable stand-in character."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 def _strings(gf: GgufFile, key: str, required: bool = True) -> list[str] | None:
@@ -82,7 +68,7 @@ def byte_level_backend(gf: GgufFile) -> Any:
     tokens = _strings(gf, "tokenizer.ggml.tokens")
     merges = _strings(gf, "tokenizer.ggml.merges", required=False) or []
     assert tokens is not None
-    spelling = _byte_alphabet()
+    spelling = byte_alphabet()
     alphabet = set(spelling.values())
     vocab = {
         (t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mhacli.errors import TokenizerError
+from mhacli.io.bytelevel import byte_alphabet
 from mhacli.io.files import check_regular, read_json, show
 
 ENDOFTEXT = "<|endoftext|>"
@@ -46,16 +47,8 @@ _WHITESPACE = re.compile(r"\s")
 
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable stand-in character for each byte, inverted (openai/gpt-2 encoder.py bytes_to_unicode)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    """GPT-2's printable stand-in character for each byte, inverted."""
+    return {c: b for b, c in byte_alphabet().items()}
 
 
 @dataclass
