@@ -25,7 +25,7 @@ from mhacli.analyses.ablate import METHODS, Ablator, Head, HeadEffect, ablate_ea
 from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally, verdicts
 from mhacli.analyses.diff import METRICS, DiffReport, check_metric
 from mhacli.analyses.explain import Explanation
-from mhacli.analyses.heads import HeadView, memory_needed
+from mhacli.analyses.heads import HeadView, analyse, memory_needed
 from mhacli.analyses.loss import text_losses
 from mhacli.analyses.stats import STAT_NAMES, HeadStats, layer_stats
 from mhacli.analyses.verify import HIDDEN_ATOL
@@ -43,7 +43,7 @@ from mhacli.ops import diff as diffs
 from mhacli.ops.ablation import check_scorable
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
-from mhacli.ops.heads import check_heads, head_views
+from mhacli.ops.heads import check_heads
 from mhacli.ops.memory import Size
 
 __all__ = [
@@ -320,7 +320,7 @@ class Run:
         missing = [x for x in layers if x not in self._stats]
         if missing:
             self._guard(missing, keep_maps=False)
-            for view in head_views(
+            for view in analyse(
                 self.model.checkpoint, self.tokenized.ids, layers=missing, keep_maps=False, edits=self.edits
             ):
                 self._stats.setdefault(view.layer, []).append(view.stats)

@@ -6,7 +6,7 @@ asked (mhacli.analyses.heads.analyse).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,24 +50,6 @@ def check_heads(
     return n_layers, n_heads
 
 
-def head_views(
-    ckpt,
-    ids: np.ndarray,
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    keep_maps: bool = True,
-    edits: dict[int, ZEdit] | None = None,
-    request: MapRequest | None = None,
-) -> Iterator[HeadView]:
-    """A HeadView per selected head, layer by layer.
-
-    Whole maps only with keep_maps, else streamed; `request`: the part of each map a view shows
-    (mhacli.analyses.partial).
-    """
-    return analyse(ckpt, ids, layers=layers, heads=heads, keep_maps=keep_maps, edits=edits, request=request)
-
-
 @dataclass(frozen=True)
 class HeadsRequest:
     """Heads of one text (`inspect`, `stats`): which ones (None: all), whole maps or the part a view shows."""
@@ -95,7 +77,7 @@ class HeadsPlan:
     def run(self, progress: Progress = _as_they_come) -> list[HeadView]:
         """Every selected head's view, layer by layer (`progress` wraps the stream: a bar on a terminal)."""
         r = self.request
-        stream = head_views(
+        stream = analyse(
             self.ckpt, self.ids, layers=r.layers, heads=r.heads, keep_maps=r.keep_maps, edits=self.edits,
             request=r.window,
         )  # fmt: skip
