@@ -11,7 +11,7 @@ The protocol (mhacli.views.results implements it for every command):
 - `records()` one object per line (jsonl);
 - `COLUMNS` and `rows()` the table (csv, tsv);
 - `plain()` the plain text (text: no colour, no ANSI);
-- `view(console)` the rich view: a renderable to print (or None when it drew on the console itself);
+- `view(console)` the rich view: a renderable to print (views never print);
 - `notes(fmt)` (optional) remarks for the reader, written to stderr after the output.
 """
 
@@ -135,7 +135,7 @@ class Result(Protocol):
 
     def plain(self) -> str: ...
 
-    def view(self, console: Console) -> RenderableType | None: ...
+    def view(self, console: Console) -> RenderableType: ...
 
 
 def default_format(env: Environment) -> str:
@@ -189,6 +189,4 @@ class Output:
 
     def _rich(self, result: Any) -> None:
         console = self.env.console
-        shown = result.view(console)
-        if shown is not None:
-            console.print(shown)
+        console.print(result.view(console))

@@ -85,9 +85,9 @@ class InspectResult(HeadsResult):
         return _written(lambda out: write_inspect(out, self.views, self.tokens, query=self.query, top=self.top))
 
     def view(self, console: Console) -> RenderableType:
-        from mhacli.views.terminal import drawn, render_inspect
+        from mhacli.views.terminal import inspect_view
 
-        return drawn(render_inspect)(
+        return inspect_view(
             console,
             self.views,
             self.tokens,
@@ -114,11 +114,11 @@ class StatsResult(HeadsResult):
         return _written(lambda out: write_stats(out, self.views, self.stat))
 
     def view(self, console: Console) -> RenderableType:
-        from mhacli.views.terminal import drawn, render_stats
+        from mhacli.views.terminal import stats_view
 
         layout = "compact" if self.compact else "auto"
         n_tokens = len(self.token_ids)
-        return drawn(render_stats)(console, self.views, self.n_layer, self.n_head, self.stat, n_tokens, layout=layout)
+        return stats_view(console, self.views, self.n_layer, self.n_head, self.stat, n_tokens, layout=layout)
 
 
 # --- diff -------------------------------------------------------------------------------------------------------------
@@ -163,12 +163,10 @@ class DiffResult:
         return _written(lambda out: write_diff(out, self.report, self.model_a, self.model_b, self.n_tokens))
 
     def view(self, console: Console) -> RenderableType:
-        from mhacli.views.terminal import drawn, render_diff
+        from mhacli.views.terminal import diff_view
 
         r, maps = self.report, self.maps()
-        return drawn(render_diff)(
-            console, r, self.model_a, self.model_b, self.tokens, maps, top=self.top, start=self.start
-        )
+        return diff_view(console, r, self.model_a, self.model_b, self.tokens, maps, top=self.top, start=self.start)
 
 
 # --- explain ----------------------------------------------------------------------------------------------------------
@@ -304,9 +302,9 @@ class AblateResult:
         return _written(lambda out: write_ablate(out, self.doc))
 
     def view(self, console: Console) -> RenderableType:
-        from mhacli.views.terminal import drawn, render_ablate
+        from mhacli.views.terminal import ablate_view
 
-        return drawn(render_ablate)(console, self.doc, self.top)
+        return ablate_view(console, self.doc, self.top)
 
 
 @dataclass
@@ -343,9 +341,9 @@ class PruneResult:
         return _written(lambda out: write_prune(out, self.doc))
 
     def view(self, console: Console) -> RenderableType:
-        from mhacli.views.terminal import drawn, render_prune
+        from mhacli.views.terminal import prune_view
 
-        return drawn(render_prune)(console, self.doc)
+        return prune_view(console, self.doc)
 
 
 # --- census -----------------------------------------------------------------------------------------------------------
@@ -381,6 +379,6 @@ class CensusResult:
         return _written(lambda out: write_census(out, self.doc))
 
     def view(self, console: Console) -> RenderableType:
-        from mhacli.views.terminal import drawn, render_census
+        from mhacli.views.terminal import census_view
 
-        return drawn(render_census)(console, self.doc, self.top)
+        return census_view(console, self.doc, self.top)
