@@ -43,7 +43,7 @@ from mhacli.ops import diff as diffs
 from mhacli.ops.ablation import check_scorable
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
-from mhacli.ops.heads import check_heads
+from mhacli.ops.heads import InspectResult, check_heads, inspect_picture
 from mhacli.ops.memory import Size
 
 __all__ = [
@@ -393,16 +393,15 @@ class Run:
         from mhacli.views import save as saving
 
         path = Path(path)
-        targets = saving.parse([path], "inspect", dpi=dpi)
-        saving.write_all(targets, saving.inspect_picture(self.model.checkpoint, self.tokenized, self.views()), dpi=dpi)
+        targets = saving.parse([path], InspectResult.PICTURES, dpi=dpi)
+        saving.write_all(targets, inspect_picture(self.model.checkpoint, self.tokenized, self.views()), dpi=dpi)
         return path
 
     def page(self) -> str:
         """The offline HTML page of this run (every head's map; what `mha inspect --save x.html` writes)."""
         from mhacli.views import page as webpage
-        from mhacli.views import save as saving
 
-        return webpage.page_for(saving.inspect_picture(self.model.checkpoint, self.tokenized, self.views()))
+        return webpage.page_for(inspect_picture(self.model.checkpoint, self.tokenized, self.views()))
 
     def _repr_html_(self) -> str:
         """Jupyter: the page, isolated in an iframe (its styles and scripts stay inside)."""

@@ -159,7 +159,8 @@ def test_errors_go_to_the_environment_stderr():
 @pytest.fixture(scope="module")
 def sample_results():
     import mhacli
-    from mhacli.views.results import DiffResult, InspectResult, StatsResult
+    from mhacli.ops.diff import DiffResult
+    from mhacli.ops.heads import InspectResult, StatsResult
 
     model = mhacli.load("sample")
     run = model.run("The cat sat on the mat. The cat sat on the mat.")

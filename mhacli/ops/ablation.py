@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mhacli.analyses.ablate import (
     Ablator,
@@ -30,7 +32,11 @@ from mhacli.engine.forward import LayerTrace
 from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, scoring_bytes
-from mhacli.views.save import Picture, Target, caption, wants
+from mhacli.views.formats import written
+from mhacli.views.save import Picture, Pictures, Target, caption, wants
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 MAX_MASK_BYTES = 1024 * 1024
 Ticker = Callable[[int, str], tuple[Callable[[], None], Callable[[], None]]]
@@ -263,4 +269,84 @@ def ablate_picture(targets: list[Target], ckpt, texts, doc: dict) -> Picture:
     text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
     if len(texts) > 1:
         text += f"; loss over {len(texts)} texts, the first shown"
-    return Picture("ablate", text, {"doc": doc, "views": views, "tokens": list(first.tokens)})
+    return Picture(AblateResult.PICTURES, text, {"doc": doc, "views": views, "tokens": list(first.tokens)})
+
+
+def prune_picture(ckpt, texts, doc: dict) -> Picture:
+    first = texts[0]
+    text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
+    if len(texts) > 1:
+        text += f"; loss over {len(texts)} texts"
+    return Picture(PruneResult.PICTURES, text, {"doc": doc})
+
+
+# --- the results: what ablate and prune show, in every format ---------------------------------------------------------
+
+
+@dataclass
+class AblateResult:
+    """`mha ablate`: each head removed alone; `top` heads in the terminal ranking."""
+
+    doc: dict
+    top: int = 10
+    COLUMNS = ("layer", "head", "kind", "loss", "delta", "delta_pct")
+    PICTURES = Pictures("ablate", figure="ablate_figure", page="ablate_page")
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+    def records(self) -> list[dict]:
+        return self.doc["heads"]
+
+    def rows(self) -> Iterator[list]:
+        return ([r[k] for k in self.COLUMNS] for r in self.doc["heads"])
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_ablate
+
+        return written(lambda out: write_ablate(out, self.doc))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.ablate import ablate_view
+
+        return ablate_view(console, self.doc, self.top)
+
+
+@dataclass
+class PruneResult:
+    """`mha prune`: the importance and random pruning curves; jsonl, csv and tsv give one row per curve point."""
+
+    doc: dict
+    PICTURES = Pictures("prune", figure="prune_figure")
+    COLUMNS = ("order", "n_removed", "fraction", "loss", "loss_std", "removed")
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+    def rows(self) -> list[list]:
+        curve, rand = self.doc["importance"]["curve"], self.doc["random"]["curve"]
+        rows = [
+            [
+                "importance",
+                s["n_removed"],
+                s["fraction"],
+                s["loss"],
+                None,
+                " ".join(f"{a}.{b}" for a, b in s["removed"]),
+            ]
+            for s in curve
+        ]
+        return rows + [["random", s["n_removed"], s["fraction"], s["loss_mean"], s["loss_std"], None] for s in rand]
+
+    def records(self) -> Iterator[dict]:
+        return (dict(zip(self.COLUMNS, row)) for row in self.rows())
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_prune
+
+        return written(lambda out: write_prune(out, self.doc))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.ablate import prune_view
+
+        return prune_view(console, self.doc)

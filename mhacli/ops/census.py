@@ -7,9 +7,9 @@ The CLI and the API run this one implementation; what differs is what happens to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -29,7 +29,11 @@ from mhacli.analyses.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
 from mhacli.errors import TextError, UsageError
 from mhacli.io.textin import iter_texts, tokenize
 from mhacli.ops.memory import Size, census_bytes, check_memory
-from mhacli.views.formats import dumps
+from mhacli.views.formats import dumps, written
+from mhacli.views.save import Picture, Pictures
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 
 def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
@@ -350,3 +354,47 @@ def build_doc(
             "evidence": {"source": v.source, "statistic": v.statistic, "mean": v.mean}, "by_source": by_source,
         })  # fmt: skip
     return {"model": model, "sources": sources, "min_support": MIN_SUPPORT, "heads": heads}
+
+
+# --- the result: what census shows, in every format -------------------------------------------------------------------
+
+
+@dataclass
+class CensusResult:
+    """`mha census`: every head's kind with its evidence; csv and tsv give one row per head and source."""
+
+    doc: dict
+    top: int = 5
+    PICTURES = Pictures("census", figure="census_figure", page="census_page")
+
+    @property
+    def COLUMNS(self) -> Sequence[str]:  # noqa: N802 - the protocol's name
+        from mhacli.views.plain import CENSUS_COLUMNS
+
+        return CENSUS_COLUMNS
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+    def records(self) -> list[dict]:
+        return self.doc["heads"]
+
+    def rows(self) -> Iterator[list]:
+        from mhacli.views.plain import census_rows
+
+        return census_rows(self.doc)
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_census
+
+        return written(lambda out: write_census(out, self.doc))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.census import census_view
+
+        return census_view(console, self.doc, self.top)
+
+
+def census_picture(ckpt, doc: dict) -> Picture:
+    ran = ", ".join(f"{name} ({s.get('n_texts', 0)} texts)" for name, s in doc["sources"].items())
+    return Picture(CensusResult.PICTURES, f"{ckpt.source} · census over {ran}", {"doc": doc})
