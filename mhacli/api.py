@@ -80,9 +80,6 @@ def check_text(text: object) -> str:
     return text
 
 
-TRUNCATE_HINT = "pass truncate=True"
-
-
 def _id_values(ids: IdsLike) -> list[int]:
     """Token ids given directly, as a list.
 
@@ -94,7 +91,7 @@ def _id_values(ids: IdsLike) -> list[int]:
         raise UsageError(f"ids must be a 1-D sequence of token ids, got shape {arr.shape}")
     if arr.size and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
         raise UsageError(f"ids must be integers, got {arr.dtype}")
-    return ids_from_items(arr.tolist(), "ids")
+    return ids_from_items(arr.tolist())
 
 
 def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> np.ndarray:
@@ -109,8 +106,6 @@ def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> n
         config.vocab_size,
         config.n_positions,
         truncate=truncate,
-        where="ids",
-        truncate_hint=TRUNCATE_HINT,
     )
     return np.asarray(kept, dtype=np.int64)
 
@@ -146,8 +141,6 @@ class Model:
             c.n_positions,
             vocab_size=c.vocab_size,
             truncate=truncate,
-            where="ids",
-            truncate_hint=TRUNCATE_HINT,
         )
 
     def run(

@@ -16,7 +16,17 @@ import typer
 
 from mhacli.api import PROBES, ProbeSpec
 from mhacli.cli._app import app, examples
-from mhacli.cli._common import FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, environment, load, output, warn
+from mhacli.cli._common import (
+    FormatOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    TruncateOpt,
+    cli_words,
+    environment,
+    load,
+    output,
+    warn,
+)
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import UsageError
 from mhacli.ops.census import CensusOutcome, CensusRequest, CensusResult, census_picture, take_census
@@ -166,7 +176,9 @@ def census(
     saves = saving.parse(save, CensusResult.PICTURES, dpi=dpi)
     ckpt, tokenizer = load(model, cache=None)
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
-    request = CensusRequest(chosen, spec, None, texts, truncate, workers, dask, max_memory, strict, where=cli_where)
+    request = CensusRequest(
+        chosen, spec, None, texts, truncate, workers, dask, max_memory, strict, where=cli_where, words=cli_words
+    )
     doc = run_shown(ckpt, tokenizer, request, per_text).doc
     saving.write_all(saves, census_picture(ckpt, doc), dpi=dpi)
     out.emit(CensusResult(doc, top))

@@ -170,7 +170,7 @@ class KindTally:
 
 
 def make_ablator(
-    ckpt, texts: list[TokenizedText], method: str, loss_from: int, *, kinds: bool = False, option: str = "--loss-from"
+    ckpt, texts: list[TokenizedText], method: str, loss_from: int, *, kinds: bool = False
 ) -> tuple[Ablator, KindTally | None]:
     """The Ablator over the texts.
 
@@ -178,7 +178,7 @@ def make_ablator(
     `ablate` shows them).
     """
     if loss_from < 0:
-        raise UsageError(f"{option} {loss_from} must be 0 or more")
+        raise UsageError(f"{{loss_from}} {loss_from} must be 0 or more", params=("loss_from",))
     tally = KindTally(texts, ckpt.config.n_head) if kinds else None
     return Ablator(ckpt, [t.ids for t in texts], method=method, loss_from=loss_from, observe=tally), tally
 
