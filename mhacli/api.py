@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mhacli.analyses.ablate import METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, removal_edits
+from mhacli.analyses.ablate import METHODS, Head, HeadEffect, check_head, removal_edits
 from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally, verdicts
 from mhacli.analyses.diff import METRICS, DiffReport, check_metric
 from mhacli.analyses.explain import Explanation
-from mhacli.analyses.heads import HeadView, analyse, memory_needed
+from mhacli.analyses.heads import HeadView, memory_needed
 from mhacli.analyses.loss import text_losses
-from mhacli.analyses.stats import STAT_NAMES, HeadStats, layer_stats
+from mhacli.analyses.stats import STAT_NAMES, HeadStats
 from mhacli.analyses.verify import HIDDEN_ATOL
 from mhacli.config import ModelConfig
 from mhacli.engine.attention import DISCARD, Sink
@@ -40,10 +40,10 @@ from mhacli.io.tokenizer import Tokenizer, load_tokenizer
 from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops import diff as diffs
-from mhacli.ops.ablation import check_scorable
+from mhacli.ops.ablation import ablate_heads, check_scorable
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
-from mhacli.ops.heads import InspectResult, check_heads, inspect_picture
+from mhacli.ops.heads import HeadsRequest, InspectResult, check_heads, inspect_picture, plan_heads
 from mhacli.ops.memory import Size
 
 __all__ = [
@@ -312,10 +312,7 @@ class Run:
         layers = list(range(self.model.config.n_layer)) if layer is None else [self._layer(layer)]
         missing = [x for x in layers if x not in self._stats]
         if missing:
-            self._guard(missing, keep_maps=False)
-            for view in analyse(
-                self.model.checkpoint, self.tokenized.ids, layers=missing, keep_maps=False, edits=self.edits
-            ):
+            for view in self._heads(HeadsRequest(missing, keep_maps=False)):
                 self._stats.setdefault(view.layer, []).append(view.stats)
         out = [s for x in layers for s in self._stats[x]]
         if head is not None:
@@ -330,14 +327,12 @@ class Run:
 
         What pages and figures draw.
         """
-        c = self.model.config
-        self._guard(None, keep_maps=True, narrow="maps")
-        out = []
-        for layer in range(c.n_layer):
-            attention = self.attention(layer)
-            for row, stats in zip(attention, layer_stats(layer, attention, self.tokenized.ids)):
-                out.append(HeadView(stats, row, c.kv_head(stats.head)))
-        return out
+        return self._heads(HeadsRequest(keep_maps=True, narrow="maps"))
+
+    def _heads(self, request: HeadsRequest) -> list[HeadView]:
+        """Heads of this run through the operation `mha inspect` and `mha stats` run (mhacli.ops.heads)."""
+        request = replace(request, max_memory=self.max_memory, ablate=self.removed or None)
+        return plan_heads(self.model.checkpoint, self.tokenized.ids, request).run()
 
     def loss(self, loss_from: int = 1) -> float:
         """The mean next-token loss (nats/token) over target positions t >= max(1, loss_from).
@@ -370,12 +365,8 @@ class Run:
         if method not in METHODS:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
         check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory)
-        ablator = Ablator(self.model.checkpoint, [self.tokenized.ids], method=method, loss_from=loss_from)
-        chosen = ablator.heads if heads is None else sorted(set(heads))
-        c = self.model.config
-        for h in chosen:
-            check_head(h, c.n_layer, c.n_head)
-        effects = ablate_each(ablator, chosen)
+        chosen = None if heads is None else list(heads)
+        ablator, effects, _ = ablate_heads(self.model.checkpoint, [self.tokenized], chosen, method, loss_from)
         return Ablation(method, loss_from, ablator.n_targets, ablator.baseline, effects)
 
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:

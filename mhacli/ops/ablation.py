@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from mhacli.analyses.ablate import (
     Ablator,
     Head,
+    HeadEffect,
     ablate_each,
     check_head,
     importance_curve,
@@ -109,18 +110,26 @@ def check_ablate_spec(spec: str | None) -> None:
         raise UsageError(f"--ablate {spec}: cannot read: no such file (a mask file, as mha prune --save-mask writes)")
 
 
-def ablated_heads(spec: str | None, ckpt) -> list[Head]:
-    """--ablate: `L.H,...` or `@FILE.json` -> the heads; [] when not given."""
+def ablated_heads(spec: str | Sequence[Head] | None, ckpt) -> list[Head]:
+    """The heads removed: --ablate's `L.H,...` or `@FILE.json`, or the API's (layer, head) pairs; [] when none.
+
+    Each is checked against the model; pairs are sorted, duplicates dropped.
+    """
     if spec is None:
         return []
     c = ckpt.config
+    if not isinstance(spec, str):
+        heads = sorted(set(spec))
+        for h in heads:
+            check_head(h, c.n_layer, c.n_head)
+        return heads
     if spec.startswith("@"):
         return read_mask(spec[1:], c.n_layer, c.n_head)
     return parse_heads(spec, c.n_layer, c.n_head)
 
 
-def ablation_edits(spec: str | None, ckpt) -> dict[int, ZEdit] | None:
-    """--ablate as the forward's edits (heads zeroed), None when not given."""
+def ablation_edits(spec: str | Sequence[Head] | None, ckpt) -> dict[int, ZEdit] | None:
+    """The heads removed (--ablate, or the API's pairs) as the forward's edits (heads zeroed), None when none."""
     heads = ablated_heads(spec, ckpt)
     return removal_edits(heads) if heads else None
 
@@ -186,16 +195,36 @@ def make_ablator(
 # --- ablate and prune ---------------------------------------------------------------------------------------------
 
 
+def ablate_heads(
+    ckpt,
+    texts: list[TokenizedText],
+    heads: Sequence[Head] | None,
+    method: str,
+    loss_from: int,
+    *,
+    kinds: bool = False,
+    ticker: Ticker = _no_ticker,
+) -> tuple[Ablator, list[HeadEffect], KindTally | None]:
+    """Each of `heads` (None: every head) removed alone: the one orchestration of `mha ablate` and Run.ablate.
+
+    Returns the Ablator (baseline loss, targets scored), each head's effect (largest delta first) and, with kinds,
+    each head's kind on the intact run.
+    """
+    ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=kinds)
+    chosen = ablator.heads if heads is None else ablated_heads(heads, ckpt)
+    tick, close = ticker(len(chosen), "ablating heads")
+    effects = ablate_each(ablator, chosen, tick)
+    close()
+    return ablator, effects, tally
+
+
 def ablate_doc(
     ckpt, texts: list[TokenizedText], heads: Sequence[Head], method: str, loss_from: int, ticker: Ticker = _no_ticker
 ) -> dict:
     """`mha ablate`'s document: each of `heads` removed alone, with its kind on the intact run, largest delta first."""
     c = ckpt.config
-    ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=True)
+    ablator, effects, tally = ablate_heads(ckpt, texts, heads, method, loss_from, kinds=True, ticker=ticker)
     assert tally is not None
-    tick, close = ticker(len(heads), "ablating heads")
-    effects = ablate_each(ablator, list(heads), tick)
-    close()
     first = texts[0]
     return {
         "model": ckpt.model_dict(), "tokens": first.tokens, "token_ids": first.ids.tolist(), "n_texts": len(texts),

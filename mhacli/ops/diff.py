@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mhacli.analyses.ablate import check_head, removal_edits
+from mhacli.analyses.ablate import removal_edits
 from mhacli.analyses.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.analyses.heads import HeadView, analyse
 from mhacli.engine.blocks import ZEdit
@@ -159,12 +159,7 @@ def diff(
         for raw, where in request.texts
     ]
     ckpt_a, ckpt_b = a[0], b[0]
-    if isinstance(request.remove_b, str):
-        removed = ablated_heads(request.remove_b, ckpt_b)
-    else:
-        removed = sorted(set(request.remove_b or ()))
-        for h in removed:
-            check_head(h, ckpt_b.config.n_layer, ckpt_b.config.n_head)
+    removed = ablated_heads(request.remove_b, ckpt_b)
     edits_b = removal_edits(removed) if removed else None
     report = compare(
         ckpt_a,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mhacli.analyses.ablate import Head
 from mhacli.analyses.heads import HeadView, analyse, check_selection
 from mhacli.analyses.partial import MapRequest
 from mhacli.analyses.stats import TOO_PLAIN, undecidable
@@ -66,7 +67,7 @@ class HeadsRequest:
     window: MapRequest | None = None  # the part of each map a view shows (mhacli.analyses.partial)
     max_memory: Size = None
     narrow: str = "text"  # the way out of the memory guard that fits the request (mhacli.errors.ResourceError)
-    ablate: str | None = None  # heads removed first: L.H[,L.H...] or @mask.json
+    ablate: str | Sequence[Head] | None = None  # heads removed first: L.H[,L.H...], @mask.json or (layer, head) pairs
 
 
 @dataclass(frozen=True)
