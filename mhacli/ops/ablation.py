@@ -30,6 +30,7 @@ from mhacli.engine.forward import LayerTrace
 from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, scoring_bytes
+from mhacli.views.ablated import Ablated
 from mhacli.views.save import Picture, Target, caption, wants
 
 MAX_MASK_BYTES = 1024 * 1024
@@ -111,6 +112,11 @@ def ablated_heads(spec: str | None, ckpt) -> list[Head]:
     if spec.startswith("@"):
         return read_mask(spec[1:], c.n_layer, c.n_head)
     return parse_heads(spec, c.n_layer, c.n_head)
+
+
+def ablation_note(spec: str | None, ckpt, *, model: str = "") -> Ablated | None:
+    """--ablate as every output names it (mhacli.views.ablated): the heads and how; None when not given."""
+    return Ablated.of(ablated_heads(spec, ckpt), model=model)
 
 
 def ablation_edits(spec: str | None, ckpt) -> dict[int, ZEdit] | None:
@@ -256,11 +262,11 @@ def prune_doc(
     }  # fmt: skip
 
 
-def ablate_picture(targets: list[Target], ckpt, texts, doc: dict) -> Picture:
+def ablate_picture(targets: list[Target], ckpt, texts, doc: dict, ablated: Ablated | None = None) -> Picture:
     """ablate: the document; the page also gets the intact model's maps of the first text."""
     first = texts[0]
     views = list(analyse(ckpt, first.ids, keep_maps=True)) if wants(targets, "html") else None
     text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
     if len(texts) > 1:
         text += f"; loss over {len(texts)} texts, the first shown"
-    return Picture("ablate", text, {"doc": doc, "views": views, "tokens": list(first.tokens)})
+    return Picture("ablate", text, {"doc": doc, "views": views, "tokens": list(first.tokens)}, ablated)

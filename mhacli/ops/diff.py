@@ -19,6 +19,7 @@ from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
 from mhacli.ops.ablation import ablated_heads
 from mhacli.ops.memory import Size, check_memory, diff_bytes
+from mhacli.views.ablated import Ablated
 from mhacli.views.save import STATIC, Picture, Target, caption, wants
 
 Head = tuple[int, int]
@@ -131,6 +132,7 @@ class DiffOutcome:
     report: DiffReport
     texts: list[DiffText]  # as both models read them
     edits_b: dict[int, ZEdit] | None
+    ablated_b: Ablated | None = None  # what edits_b removes, for every output to name
 
 
 def diff(
@@ -171,7 +173,7 @@ def diff(
         max_memory=request.max_memory,
         progress=progress,
     )
-    return DiffOutcome(report, items, edits_b)
+    return DiffOutcome(report, items, edits_b, Ablated.of(removed, model="MODEL_B"))
 
 
 def peak_maps(
@@ -189,7 +191,7 @@ def peak_maps(
     return view_a, view_b
 
 
-def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=None) -> Picture:
+def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=None, ablated_b=None) -> Picture:
     """`mha diff --save`: the report, and the first text's maps (runs the forward these need).
 
     The figures show the most changed head's two maps; the page every head's.
@@ -219,4 +221,5 @@ def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=N
         "diff",
         text,
         {"report": report, "maps": maps, "views_a": views_a, "views_b": views_b, "tokens": list(first.tokens)},
+        ablated_b,
     )

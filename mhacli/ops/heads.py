@@ -15,8 +15,9 @@ import numpy as np
 from mhacli.analyses.heads import HeadView, analyse, check_selection
 from mhacli.analyses.partial import MapRequest
 from mhacli.engine.blocks import ZEdit
-from mhacli.ops.ablation import ablation_edits
+from mhacli.ops.ablation import ablation_edits, ablation_note
 from mhacli.ops.memory import Size, check_memory, heads_bytes
+from mhacli.views.ablated import Ablated
 
 Progress = Callable[[Iterable, int, str], Iterable]
 
@@ -73,6 +74,7 @@ class HeadsPlan:
     n_layers: int
     n_heads: int  # selected heads per layer
     edits: dict[int, ZEdit] | None
+    ablated: Ablated | None = None  # what `edits` removes, for every output to name
 
     def run(self, progress: Progress = _as_they_come) -> list[HeadView]:
         """Every selected head's view, layer by layer (`progress` wraps the stream: a bar on a terminal)."""
@@ -91,4 +93,4 @@ def plan_heads(ckpt, ids: np.ndarray, request: HeadsRequest) -> HeadsPlan:
         ckpt, len(ids), r.layers, r.heads, keep_maps=r.keep_maps, max_memory=r.max_memory, narrow=r.narrow,
         request=r.window,
     )  # fmt: skip
-    return HeadsPlan(ckpt, ids, r, n_layers, n_heads, ablation_edits(r.ablate, ckpt))
+    return HeadsPlan(ckpt, ids, r, n_layers, n_heads, ablation_edits(r.ablate, ckpt), ablation_note(r.ablate, ckpt))

@@ -12,7 +12,8 @@ The protocol (mhacli.views.results implements it for every command):
 - `COLUMNS` and `rows()` the table (csv, tsv);
 - `plain()` the plain text (text: no colour, no ANSI);
 - `view(console)` the rich view: a renderable to print (or None when it drew on the console itself);
-- `notes(fmt)` (optional) remarks for the reader, written to stderr after the output.
+- `notes(fmt)` (optional) remarks for the reader, written to stderr after the output;
+- `ablated` (optional) the heads the run removed (mhacli.views.ablated.Ablated): text and rich start with its line.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
+from mhacli.views.ablated import header
 from mhacli.views.formats import MACHINE_FORMATS, dumps, write_table
 
 if TYPE_CHECKING:
@@ -185,10 +187,16 @@ class Output:
         self._table(result, "tsv")
 
     def _text(self, result: Any) -> None:
-        self.env.stdout.write(result.plain())
+        line = header(result)
+        self.env.stdout.write((line + "\n" if line else "") + result.plain())
 
     def _rich(self, result: Any) -> None:
         console = self.env.console
+        line = header(result)
+        if line:
+            from rich.text import Text
+
+            console.print(Text(line, style="bold yellow"))
         shown = result.view(console)
         if shown is not None:
             console.print(shown)

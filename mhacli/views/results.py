@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import TOO_PLAIN, undecidable
+from mhacli.views.ablated import Ablated
 from mhacli.views.formats import CSV_COLUMNS, head_record, stats_row
 
 if TYPE_CHECKING:
@@ -42,24 +43,30 @@ class HeadsResult:
     tokens: list[str]
     token_ids: list[int]
     views: list[HeadView]
+    ablated: Ablated | None = field(default=None, kw_only=True)  # heads removed first (--ablate)
     COLUMNS = CSV_COLUMNS
     with_attention = False
 
     def head_dicts(self) -> Iterator[dict]:
         return (head_record(v, with_attention=self.with_attention) for v in self.views)
 
+    def _front(self) -> dict:
+        doc = {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids}
+        return doc | (self.ablated.to_dict() if self.ablated else {})
+
     def to_dict(self) -> dict:
-        return {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids, "heads": [*self.head_dicts()]}
+        return self._front() | {"heads": [*self.head_dicts()]}
 
     def json_chunks(self, dumps: Callable[[Any], str]) -> Iterator[str]:
         """The document written head by head, so only one head's lists exist at a time (the bytes of to_dict's)."""
-        yield dumps({"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids})[:-1] + ', "heads": ['
+        yield dumps(self._front())[:-1] + ', "heads": ['
         for k, record in enumerate(self.head_dicts()):
             yield (", " if k else "") + dumps(record)
         yield "]}\n"
 
     def records(self) -> Iterator[dict]:
-        return self.head_dicts()
+        extra = self.ablated.to_dict() if self.ablated else {}
+        return (record | extra for record in self.head_dicts())
 
     def rows(self) -> Iterator[list]:
         return (stats_row(v) for v in self.views)
@@ -136,6 +143,7 @@ class DiffResult:
     maps: Callable[[], Any] = lambda: None  # the most changed pair's maps, computed when the terminal draws them
     top: int = 10
     start: int = 0
+    ablated: Ablated | None = None  # MODEL_B's heads removed first (--ablate)
 
     @property
     def COLUMNS(self) -> Sequence[str]:  # noqa: N802 - the protocol's name
@@ -147,10 +155,12 @@ class DiffResult:
         r = self.report
         doc: dict = {"model_a": self.model_a, "model_b": self.model_b, "metric": r.metric, "mode": r.mode}
         doc |= {"n_texts": r.n_texts, "tokens": self.tokens, "n_tokens": self.n_tokens}
+        doc |= self.ablated.to_dict() if self.ablated else {}
         return doc | r.to_dict()
 
     def records(self) -> Iterator[dict]:
-        return (r.to_dict() for r in self.report.heads)
+        extra = self.ablated.to_dict() if self.ablated else {}
+        return (r.to_dict() | extra for r in self.report.heads)
 
     def rows(self) -> list[list]:
         from mhacli.views.plain import diff_cells
@@ -287,13 +297,18 @@ class AblateResult:
 
     doc: dict
     top: int = 10
+    ablated: Ablated | None = None  # heads removed before every measurement (--ablate): the baseline's model
     COLUMNS = ("layer", "head", "kind", "loss", "delta", "delta_pct")
 
+    def _pinned(self) -> dict:
+        """The --ablate heads; their method is `ablated_method` (`method` is how each listed head is removed)."""
+        return self.ablated.to_dict("ablated_") if self.ablated else {}
+
     def to_dict(self) -> dict:
-        return self.doc
+        return self.doc | self._pinned()
 
     def records(self) -> list[dict]:
-        return self.doc["heads"]
+        return [h | self._pinned() for h in self.doc["heads"]]
 
     def rows(self) -> Iterator[list]:
         return ([r[k] for k in self.COLUMNS] for r in self.doc["heads"])

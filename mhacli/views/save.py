@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mhacli.errors import UsageError, missing_extra
+from mhacli.views.ablated import Ablated
 from mhacli.views.formats import atomic_write_bytes, check_writable
 
 SUFFIXES = ("npz", "png", "svg", "pdf", "html")
@@ -47,12 +48,13 @@ class Picture:
     """What a command shows, for its writers: `command` picks the figure and page.
 
     `caption` names the model and the text; `data` holds the view's inputs (views, tokens, report, doc, ...) as
-    keyword arguments.
+    keyword arguments; `ablated` the heads the run removed (the figure's title and the page's header name them).
     """
 
     command: str
     caption: str
     data: dict[str, Any] = field(default_factory=dict)
+    ablated: Ablated | None = None
 
 
 def suffix_list(kinds: tuple[str, ...]) -> str:
@@ -135,7 +137,7 @@ def caption(model: str, text: str | None, n_tokens: int | None = None, limit: in
 # --- what each command hands over ------------------------------------------------------------------------------------
 
 
-def inspect_picture(ckpt, tokens, views) -> Picture:
+def inspect_picture(ckpt, tokens, views, ablated: Ablated | None = None) -> Picture:
     """inspect: the selected heads' maps (HeadViews with attention), the tokens."""
     c = ckpt.config
     return Picture(
@@ -149,16 +151,18 @@ def inspect_picture(ckpt, tokens, views) -> Picture:
             "n_head": c.n_head,
             "model": ckpt.source,
         },
+        ablated,
     )
 
 
-def stats_picture(ckpt, tokens, views, stat: str) -> Picture:
+def stats_picture(ckpt, tokens, views, stat: str, ablated: Ablated | None = None) -> Picture:
     """stats: every head's statistics (maps too when a page is written: `wants(targets, "html")`)."""
     c = ckpt.config
     return Picture(
         "stats",
         caption(ckpt.source, "".join(tokens.tokens), len(tokens.ids)),
         {"views": views, "tokens": list(tokens.tokens), "n_layer": c.n_layer, "n_head": c.n_head, "stat": stat},
+        ablated,
     )
 
 
