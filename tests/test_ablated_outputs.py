@@ -8,6 +8,7 @@ text) and the HTML page's caption starts with it. csv and tsv stay pure data: th
 from __future__ import annotations
 
 import html.parser
+import importlib.util
 import io
 import json
 
@@ -188,3 +189,48 @@ def test_output_writes_the_line_once_before_any_view():
         out = io.StringIO()
         Output(fmt, Environment(stdin=io.StringIO(), stdout=out, stderr=io.StringIO(), width=80)).emit(Shown())
         assert out.getvalue() == "MODEL_B ablated: L0H3 (zeroed)\nbody\n"
+
+
+# --- mha ablate --ablate, and masks of mean outputs (issue 36 item 3) ---------------------------------------------
+
+
+def test_ablate_names_the_heads_removed_before_every_measurement(mha, tmp_path):
+    if "--ablate" not in run(mha, "ablate", "--help"):
+        pytest.skip("mha ablate takes --ablate with issue 36 item 3 (mask replay)")
+    args = ("ablate", TEXT, "-l", "1", "--ablate", ABLATE)
+    doc = parse_json(run(mha, *args, "-f", "json").encode())
+    assert (doc["ablated"], doc["ablated_method"], doc["method"]) == (HEADS, "zero", "zero")
+    records = [json.loads(line) for line in run(mha, *args, "-f", "jsonl").splitlines()]
+    assert records and all(r["ablated"] == HEADS for r in records)
+    for fmt in ("text", "rich"):
+        assert run(mha, *args, "-f", fmt).splitlines()[0] == LINE
+    assert run(mha, *args, "-f", "csv").splitlines()[0] == run(mha, "ablate", TEXT, "-l", "1", "-f", "csv").split()[0]
+    intact = parse_json(run(mha, "ablate", TEXT, "-l", "1", "-f", "json").encode())
+    assert "ablated" not in intact
+    if importlib.util.find_spec("matplotlib") is not None:
+        svg, page = tmp_path / "a.svg", tmp_path / "a.html"
+        run(mha, *args, "-f", "csv", "--save", str(svg), "--save", str(page))
+        assert f">{LINE}<" in svg.read_text(encoding="utf-8")
+        assert page_caption(page).startswith(LINE + " · ")
+
+
+def mean_mask(path) -> None:
+    """A mask of mean outputs for L0H3 of the bundled model (d_head 32), as prune --method mean writes one."""
+    doc = {"model": {"n_layer": 2, "n_head": 4, "d_head": 32}, "method": "mean", "heads": [[0, 3]],
+           "means": [[0.25] * 32]}  # fmt: skip
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_mean_mask_is_named_as_mean(mha, tmp_path, command):
+    from mhacli.ops import ablation
+
+    if not hasattr(ablation, "ablation"):
+        pytest.skip("masks record their method with issue 36 item 3 (before, every mask replays as zero)")
+    mask = tmp_path / "mask.json"
+    mean_mask(mask)
+    doc = parse_json(run(mha, *COMMANDS[command], "--ablate", f"@{mask}", "-f", "json").encode())
+    assert (doc["ablated"], doc["method"]) == ([{"layer": 0, "head": 3}], "mean")
+    assert set(doc["means_from"]) == {"n_texts", "n_positions"}
+    first = run(mha, *COMMANDS[command], "--ablate", f"@{mask}", "-f", "text").splitlines()[0]
+    assert "ablated: L0H3 (set to" in first and "mean outputs" in first

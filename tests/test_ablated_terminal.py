@@ -218,3 +218,40 @@ def test_diff_rich_draws_model_b_ablated(mha, maps):
     assert_glyphs_match(glyphs_b, maps["ablated"])
     wrong = sum(glyphs_b[i, j] not in shades(maps["intact"][i, j]) for i in range(n) for j in range(i + 1))
     assert wrong > 5, "the premise: B drawn intact would look different"
+
+
+# --- ablate (takes --ablate once masks replay: issue 36 item 3) -------------------------------------------------------
+
+
+def takes_ablate(mha) -> bool:
+    return "--ablate" in mha("ablate", "--help", env=WIDE).stdout.decode()
+
+
+def test_ablate_text_and_rich_numbers_are_the_jsons(mha):
+    if not takes_ablate(mha):
+        pytest.skip("mha ablate takes --ablate with issue 36 item 3 (mask replay); nothing to compare before")
+    args = ("ablate", TEXT, "-l", "1", "--ablate", ABLATE)
+    doc = json_of(mha, *args)
+    intact = json_of(mha, "ablate", TEXT, "-l", "1")
+    assert abs(doc["baseline_loss"] - intact["baseline_loss"]) > 0.01, "the premise: the masked model's loss differs"
+    by_head = {(r["layer"], r["head"]): r for r in doc["heads"]}
+    text = screen(mha, *args, fmt="text")
+    baseline = next(line for line in text if line.startswith("baseline"))
+    assert abs(float(baseline.split()[1]) - doc["baseline_loss"]) <= 0.5e-4 + 1e-9
+    rows = [line.split() for line in text if re.match(r"^\d+\s+\d+\s+\d+\s", line)]
+    assert len(rows) == len(doc["heads"])
+    for row in rows:
+        r = by_head[(int(row[1]), int(row[2]))]
+        assert row[3] == r["kind"]
+        assert abs(float(row[4]) - r["loss"]) <= 0.5e-4 + 1e-9 and abs(float(row[5]) - r["delta"]) <= 0.5e-4 + 1e-9
+        assert abs(float(row[6].rstrip("%")) - r["delta_pct"]) <= 0.05 + 1e-9
+    shown = 0
+    for line in screen(mha, *args, fmt="rich"):
+        m = re.search(r"L(\d+)H(\d+)\W+(\S+)\W+(\d+\.\d{4})\W+([+-]\d+\.\d{3})\W+([+-]\d+\.\d)%", line)
+        if m is None:
+            continue
+        shown += 1
+        r = by_head[(int(m.group(1)), int(m.group(2)))]
+        assert (m.group(3), abs(float(m.group(4)) - r["loss"]) <= 0.5e-4 + 1e-9) == (r["kind"], True), line
+        assert abs(float(m.group(5)) - r["delta"]) <= 0.5e-3 + 1e-9, line
+    assert shown == len(doc["heads"])
