@@ -156,6 +156,8 @@ def test_a_mean_removal_says_where_its_means_came_from():
     }
     assert a.describe() == "ablated: L2H0, L0H1 (set to their mean outputs over 3 texts (41 positions))"
     assert Ablated(((0, 0),), "mean").describe() == "ablated: L0H0 (set to their recorded mean outputs)"
+    mapping = type("Mask", (), {"heads": [(0, 0)], "method": "mean", "means_from": {"n_texts": 1, "n_positions": 9}})
+    assert Ablated.of(mapping()) == Ablated(((0, 0),), "mean", 1, 9)
 
 
 def test_nothing_removed_is_an_intact_run():

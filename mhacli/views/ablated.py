@@ -30,8 +30,8 @@ class Ablated:
     def of(cls, removal: Any, *, model: str = "") -> Ablated | None:
         """The description of `removal`: heads [(layer, head), ...] or any object with `heads`.
 
-        The object's `method`, `n_texts` and `n_positions` (a mask file's, when it records them) come along;
-        None when nothing is removed.
+        The object's `method` and where its means came from (`n_texts` and `n_positions`, or a `means_from`
+        mapping of them: a mask file's, when it records them) come along; None when nothing is removed.
         """
         if removal is None:
             return None
@@ -39,13 +39,10 @@ class Ablated:
         pairs = tuple((int(layer), int(head)) for layer, head in heads)
         if not pairs:
             return None
-        return cls(
-            pairs,
-            str(getattr(removal, "method", "zero")),
-            getattr(removal, "n_texts", None),
-            getattr(removal, "n_positions", None),
-            model,
-        )
+        source = getattr(removal, "means_from", None) or {}
+        n_texts = getattr(removal, "n_texts", source.get("n_texts"))
+        n_positions = getattr(removal, "n_positions", source.get("n_positions"))
+        return cls(pairs, str(getattr(removal, "method", "zero")), n_texts, n_positions, model)
 
     def to_dict(self, prefix: str = "") -> dict:
         """`{"ablated": [{"layer", "head"}, ...], "method": ...}`, plus `means_from` for mean.
