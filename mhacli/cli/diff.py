@@ -90,10 +90,12 @@ def diff(
     done = run_diff(a, b, request, on_truncate=warn, progress=progress)
     (ckpt_a, _), (ckpt_b, _) = a, b
     report, items = done.report, done.texts
-    saving.write_all(saves, diff_picture(saves, ckpt_a, ckpt_b, report, items[0], done.edits_b), dpi=dpi)
+    picture = diff_picture(saves, ckpt_a, ckpt_b, report, items[0], done.edits_b, done.ablated_b)
+    saving.write_all(saves, picture, dpi=dpi)
     n_tokens = [len(t.ids) for t in items]
     maps = lambda: peak_maps(ckpt_a, ckpt_b, report, items[0], done.edits_b)  # noqa: E731 - a forward: only the terminal draws them
-    out.emit(DiffResult(report, ckpt_a.source, ckpt_b.source, items[0].tokens, n_tokens, maps, top, start))
+    tokens = items[0].tokens
+    out.emit(DiffResult(report, ckpt_a.source, ckpt_b.source, tokens, n_tokens, maps, top, start, done.ablated_b))
     return ExitCode.OK if fail_above is None else check_threshold(report, fail_above, out.env.stderr)
 
 

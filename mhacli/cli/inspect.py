@@ -118,9 +118,11 @@ def inspect(
                 "(float32), and -l/-H select heads"
             )
     views = plan.run(progress)
-    saving.write_all(saves, inspect_picture(ckpt, tokens, views), dpi=dpi)
+    saving.write_all(saves, inspect_picture(ckpt, tokens, views, plan.ablated), dpi=dpi)
     model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()
-    result = InspectResult(model_doc, tokens.tokens, ids_list, views, query, top, start, key_range, panel_size)
+    result = InspectResult(
+        model_doc, tokens.tokens, ids_list, views, query, top, start, key_range, panel_size, ablated=plan.ablated
+    )
     out.emit(result)
 
 

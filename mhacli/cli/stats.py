@@ -76,12 +76,13 @@ def stats(
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
     c = ckpt.config
     # streamed (no maps) unless a page wants the maps
-    views = plan_heads(ckpt, tokens.ids, HeadsRequest(layer, head, keep, None, max_memory, "text", ablate)).run(
-        progress
-    )
-    saving.write_all(saves, stats_picture(ckpt, tokens, views, stat), dpi=dpi)
+    plan = plan_heads(ckpt, tokens.ids, HeadsRequest(layer, head, keep, None, max_memory, "text", ablate))
+    views = plan.run(progress)
+    saving.write_all(saves, stats_picture(ckpt, tokens, views, stat, plan.ablated), dpi=dpi)
     if out.machine and stat != "auto":
         note(f"--stat picks the terminal grid's number and orders the text table; {out.fmt} has every statistic")
     model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()
-    result = StatsResult(model_doc, tokens.tokens, ids_list, views, c.n_layer, c.n_head, stat=stat, compact=compact)
+    result = StatsResult(
+        model_doc, tokens.tokens, ids_list, views, c.n_layer, c.n_head, stat=stat, compact=compact, ablated=plan.ablated
+    )
     out.emit(result)

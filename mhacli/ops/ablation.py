@@ -33,6 +33,7 @@ from mhacli.engine.forward import LayerTrace
 from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, scoring_bytes
+from mhacli.views.ablated import Ablated
 from mhacli.views.formats import written
 from mhacli.views.save import Picture, Pictures, Target, caption, wants
 
@@ -126,6 +127,11 @@ def ablated_heads(spec: str | Sequence[Head] | None, ckpt) -> list[Head]:
     if spec.startswith("@"):
         return read_mask(spec[1:], c.n_layer, c.n_head)
     return parse_heads(spec, c.n_layer, c.n_head)
+
+
+def ablation_note(spec: str | Sequence[Head] | None, ckpt, *, model: str = "") -> Ablated | None:
+    """--ablate as every output names it (mhacli.views.ablated): the heads and how; None when not given."""
+    return Ablated.of(ablated_heads(spec, ckpt), model=model)
 
 
 def ablation_edits(spec: str | Sequence[Head] | None, ckpt) -> dict[int, ZEdit] | None:
@@ -291,14 +297,14 @@ def prune_doc(
     }  # fmt: skip
 
 
-def ablate_picture(targets: list[Target], ckpt, texts, doc: dict) -> Picture:
+def ablate_picture(targets: list[Target], ckpt, texts, doc: dict, ablated: Ablated | None = None) -> Picture:
     """ablate: the document; the page also gets the intact model's maps of the first text."""
     first = texts[0]
     views = list(analyse(ckpt, first.ids, keep_maps=True)) if wants(targets, "html") else None
     text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
     if len(texts) > 1:
         text += f"; loss over {len(texts)} texts, the first shown"
-    return Picture(AblateResult.PICTURES, text, {"doc": doc, "views": views, "tokens": list(first.tokens)})
+    return Picture(AblateResult.PICTURES, text, {"doc": doc, "views": views, "tokens": list(first.tokens)}, ablated)
 
 
 def prune_picture(ckpt, texts, doc: dict) -> Picture:
@@ -318,14 +324,19 @@ class AblateResult:
 
     doc: dict
     top: int = 10
+    ablated: Ablated | None = None  # heads removed before every measurement (--ablate): the baseline's model
     COLUMNS = ("layer", "head", "kind", "loss", "delta", "delta_pct")
     PICTURES = Pictures("ablate", figure="ablate_figure", page="ablate_page")
 
+    def _pinned(self) -> dict:
+        """The --ablate heads; their method is `ablated_method` (`method` is how each listed head is removed)."""
+        return self.ablated.to_dict("ablated_") if self.ablated else {}
+
     def to_dict(self) -> dict:
-        return self.doc
+        return self.doc | self._pinned()
 
     def records(self) -> list[dict]:
-        return self.doc["heads"]
+        return [h | self._pinned() for h in self.doc["heads"]]
 
     def rows(self) -> Iterator[list]:
         return ([r[k] for k in self.COLUMNS] for r in self.doc["heads"])

@@ -20,6 +20,7 @@ from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
 from mhacli.ops.ablation import ablated_heads
 from mhacli.ops.memory import Size, check_memory, diff_bytes
+from mhacli.views.ablated import Ablated
 from mhacli.views.formats import written
 from mhacli.views.save import STATIC, Picture, Pictures, Target, caption, wants
 
@@ -136,6 +137,7 @@ class DiffOutcome:
     report: DiffReport
     texts: list[DiffText]  # as both models read them
     edits_b: dict[int, ZEdit] | None
+    ablated_b: Ablated | None = None  # what edits_b removes, for every output to name
 
 
 def diff(
@@ -171,7 +173,7 @@ def diff(
         max_memory=request.max_memory,
         progress=progress,
     )
-    return DiffOutcome(report, items, edits_b)
+    return DiffOutcome(report, items, edits_b, Ablated.of(removed, model="MODEL_B"))
 
 
 def peak_maps(
@@ -189,7 +191,7 @@ def peak_maps(
     return view_a, view_b
 
 
-def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=None) -> Picture:
+def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=None, ablated_b=None) -> Picture:
     """`mha diff --save`: the report, and the first text's maps (runs the forward these need).
 
     The figures show the most changed head's two maps; the page every head's.
@@ -219,6 +221,7 @@ def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=N
         DiffResult.PICTURES,
         text,
         {"report": report, "maps": maps, "views_a": views_a, "views_b": views_b, "tokens": list(first.tokens)},
+        ablated_b,
     )
 
 
@@ -237,6 +240,7 @@ class DiffResult:
     maps: Callable[[], Any] = lambda: None  # the most changed pair's maps, computed when the terminal draws them
     top: int = 10
     start: int = 0
+    ablated: Ablated | None = None  # MODEL_B's heads removed first (--ablate)
     PICTURES = Pictures("diff", figure="diff_figure", page="diff_page")
 
     @property
@@ -249,10 +253,12 @@ class DiffResult:
         r = self.report
         doc: dict = {"model_a": self.model_a, "model_b": self.model_b, "metric": r.metric, "mode": r.mode}
         doc |= {"n_texts": r.n_texts, "tokens": self.tokens, "n_tokens": self.n_tokens}
+        doc |= self.ablated.to_dict() if self.ablated else {}
         return doc | r.to_dict()
 
     def records(self) -> Iterator[dict]:
-        return (r.to_dict() for r in self.report.heads)
+        extra = self.ablated.to_dict() if self.ablated else {}
+        return (r.to_dict() | extra for r in self.report.heads)
 
     def rows(self) -> list[list]:
         from mhacli.views.plain import diff_cells

@@ -7,7 +7,7 @@ asked (mhacli.analyses.heads.analyse).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,8 +17,9 @@ from mhacli.analyses.heads import HeadView, analyse, check_selection
 from mhacli.analyses.partial import MapRequest
 from mhacli.analyses.stats import TOO_PLAIN, undecidable
 from mhacli.engine.blocks import ZEdit
-from mhacli.ops.ablation import ablation_edits
+from mhacli.ops.ablation import ablation_edits, ablation_note
 from mhacli.ops.memory import Size, check_memory, heads_bytes
+from mhacli.views.ablated import Ablated
 from mhacli.views.formats import CSV_COLUMNS, head_record, stats_row, written
 from mhacli.views.save import Picture, Pictures, caption
 
@@ -80,6 +81,7 @@ class HeadsPlan:
     n_layers: int
     n_heads: int  # selected heads per layer
     edits: dict[int, ZEdit] | None
+    ablated: Ablated | None = None  # what `edits` removes, for every output to name
 
     def run(self, progress: Progress = _as_they_come) -> list[HeadView]:
         """Every selected head's view, layer by layer (`progress` wraps the stream: a bar on a terminal)."""
@@ -98,7 +100,7 @@ def plan_heads(ckpt, ids: np.ndarray, request: HeadsRequest) -> HeadsPlan:
         ckpt, len(ids), r.layers, r.heads, keep_maps=r.keep_maps, max_memory=r.max_memory, narrow=r.narrow,
         request=r.window,
     )  # fmt: skip
-    return HeadsPlan(ckpt, ids, r, n_layers, n_heads, ablation_edits(r.ablate, ckpt))
+    return HeadsPlan(ckpt, ids, r, n_layers, n_heads, ablation_edits(r.ablate, ckpt), ablation_note(r.ablate, ckpt))
 
 
 # --- the result: what inspect and stats show, in every format, and how --save pictures it -----------------------------
@@ -112,24 +114,30 @@ class HeadsResult:
     tokens: list[str]
     token_ids: list[int]
     views: list[HeadView]
+    ablated: Ablated | None = field(default=None, kw_only=True)  # heads removed first (--ablate)
     COLUMNS = CSV_COLUMNS
     with_attention = False
 
     def head_dicts(self) -> Iterator[dict]:
         return (head_record(v, with_attention=self.with_attention) for v in self.views)
 
+    def _front(self) -> dict:
+        doc = {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids}
+        return doc | (self.ablated.to_dict() if self.ablated else {})
+
     def to_dict(self) -> dict:
-        return {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids, "heads": [*self.head_dicts()]}
+        return self._front() | {"heads": [*self.head_dicts()]}
 
     def json_chunks(self, dumps: Callable[[Any], str]) -> Iterator[str]:
         """The document written head by head, so only one head's lists exist at a time (the bytes of to_dict's)."""
-        yield dumps({"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids})[:-1] + ', "heads": ['
+        yield dumps(self._front())[:-1] + ', "heads": ['
         for k, record in enumerate(self.head_dicts()):
             yield (", " if k else "") + dumps(record)
         yield "]}\n"
 
     def records(self) -> Iterator[dict]:
-        return self.head_dicts()
+        extra = self.ablated.to_dict() if self.ablated else {}
+        return (record | extra for record in self.head_dicts())
 
     def rows(self) -> Iterator[list]:
         return (stats_row(v) for v in self.views)
@@ -193,7 +201,7 @@ class StatsResult(HeadsResult):
         return stats_view(console, self.views, self.n_layer, self.n_head, self.stat, n_tokens, layout=layout)
 
 
-def inspect_picture(ckpt, tokens, views) -> Picture:
+def inspect_picture(ckpt, tokens, views, ablated: Ablated | None = None) -> Picture:
     """inspect: the selected heads' maps (HeadViews with attention), the tokens."""
     c = ckpt.config
     return Picture(
@@ -207,14 +215,16 @@ def inspect_picture(ckpt, tokens, views) -> Picture:
             "n_head": c.n_head,
             "model": ckpt.source,
         },
+        ablated,
     )
 
 
-def stats_picture(ckpt, tokens, views, stat: str) -> Picture:
+def stats_picture(ckpt, tokens, views, stat: str, ablated: Ablated | None = None) -> Picture:
     """stats: every head's statistics (maps too when a page is written: `wants(targets, "html")`)."""
     c = ckpt.config
     return Picture(
         StatsResult.PICTURES,
         caption(ckpt.source, "".join(tokens.tokens), len(tokens.ids)),
         {"views": views, "tokens": list(tokens.tokens), "n_layer": c.n_layer, "n_head": c.n_head, "stat": stat},
+        ablated,
     )

@@ -41,6 +41,7 @@ PANEL_MIN_IN = 0.6  # the smallest map panel of a grid of maps
 GRID_CELL_MIN_IN = 0.25  # the smallest cell of a layer x head grid (stats, diff, ablate, census)
 MAP_CMAP = "viridis"
 DIFF_CMAP = "RdBu_r"
+ABLATED_INK = "#b2182b"  # the title naming the heads a run removed (--ablate)
 RC: dict[RcKeyType, Any] = {
     "svg.hashsalt": "mha",  # ids in the SVG: the same every run
     "svg.fonttype": "none",  # text stays text (searchable, checkable)
@@ -113,9 +114,16 @@ def close(fig) -> None:
 
 
 def figure_for(picture) -> Any:
-    """The figure of a save.Picture: the builder its result names (Pictures.figure), in this module."""
+    """The figure of a save.Picture: the builder its result names (Pictures.figure), in this module.
+
+    A run with heads removed is titled with them (every page).
+    """
     with style():
-        return globals()[picture.of.figure](caption=picture.caption, **picture.data)
+        fig = globals()[picture.of.figure](caption=picture.caption, **picture.data)
+        if picture.ablated is not None:
+            for page in fig if isinstance(fig, Pages) else [fig]:
+                page.suptitle(picture.ablated.describe(), fontsize=7, color=ABLATED_INK, fontweight="bold")
+        return fig
 
 
 # --- shared pieces --------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
+from mhacli.views.ablated import header
 from mhacli.views.formats import dumps, write_table
 
 if TYPE_CHECKING:
@@ -186,8 +187,14 @@ class Output:
         self._table(result, "tsv")
 
     def _text(self, result: Any) -> None:
-        self.env.stdout.write(result.plain())
+        line = header(result)
+        self.env.stdout.write((line + "\n" if line else "") + result.plain())
 
     def _rich(self, result: Any) -> None:
         console = self.env.console
+        line = header(result)
+        if line:
+            from rich.text import Text
+
+            console.print(Text(line, style="bold yellow"))
         console.print(result.view(console))

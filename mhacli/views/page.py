@@ -5,7 +5,8 @@ into the page, the data sits in a `<script type="application/json">` block read 
 Content-Security-Policy forbids every fetch.
 
 The data block (one JSON object):
-- `title`, `caption`: the command and the model and text, shown as text (never as HTML);
+- `title`, `caption`: the command and the model and text, shown as text (never as HTML); the caption of a run with
+heads removed (`--ablate`) starts with them (`ablated: L0H3 (zeroed) · ...`, mhacli.views.ablated);
 - `tokens`: the text's tokens, `layers`/`heads`: the grid's rows and columns;
 - `cells`: one per head in the grid: `layer`, `head`, `name` (`L1H2`), `label` (under the thumbnail), `title`
 (tooltip), `colour` (the ring: the kind's colour, or the value's), `info` ([key, value] pairs shown when opened);
@@ -350,4 +351,6 @@ def census_page(*, doc: dict, caption: str, **_) -> str:
 
 def page_for(picture) -> str:
     """The page of a save.Picture: the builder its result names (Pictures.page), in this module."""
-    return globals()[picture.of.page](caption=picture.caption, **picture.data)
+    ablated = picture.ablated  # a run with heads removed says so first in its caption (the header)
+    caption = picture.caption if ablated is None else f"{ablated.describe()} · {picture.caption}"
+    return globals()[picture.of.page](caption=caption, **picture.data)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mhacli.errors import UsageError, missing_extra
+from mhacli.views.ablated import Ablated
 from mhacli.views.formats import atomic_write_bytes, check_writable
 
 SUFFIXES = ("npz", "png", "svg", "pdf", "html")
@@ -61,12 +62,13 @@ class Picture:
     """What a command shows, for its writers: `of` (the result's Pictures) picks the figure and page.
 
     `caption` names the model and the text; `data` holds the view's inputs (views, tokens, report, doc, ...) as
-    keyword arguments.
+    keyword arguments; `ablated` the heads the run removed (the figure's title and the page's header name them).
     """
 
     of: Pictures
     caption: str
     data: dict[str, Any] = field(default_factory=dict)
+    ablated: Ablated | None = None
 
 
 def suffix_list(kinds: tuple[str, ...]) -> str:
