@@ -15,9 +15,9 @@ import json
 import pytest
 from helpers import parse_json
 
+from mhacli.ops.ablation import AblateResult, PruneResult
 from mhacli.views.ablated import Ablated
 from mhacli.views.output import Environment, Output
-from mhacli.views.results import AblateResult
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 ABLATE = "1.1,0.3"  # given out of order: outputs list them as given
@@ -113,13 +113,13 @@ def test_the_png_is_the_same_titled_figure(mha, tmp_path):
     from mhacli.views.save import Picture
 
     ablated = Ablated(((0, 3),))
-    fig = figures.figure_for(Picture("prune", "caption", {"doc": prune_doc()}, ablated))
+    fig = figures.figure_for(Picture(PruneResult.PICTURES, "caption", {"doc": prune_doc()}, ablated))
     try:
         assert fig.get_suptitle() == "ablated: L0H3 (zeroed)"
         assert figures.to_bytes(fig, "png", 50).startswith(b"\x89PNG")
     finally:
         figures.close(fig)
-    fig = figures.figure_for(Picture("prune", "caption", {"doc": prune_doc()}))
+    fig = figures.figure_for(Picture(PruneResult.PICTURES, "caption", {"doc": prune_doc()}))
     assert fig.get_suptitle() == ""
     figures.close(fig)
 
