@@ -221,7 +221,7 @@ def prune_doc(
     ablator, _ = make_ablator(ckpt, texts, method, loss_from)
     n_heads = c.n_layer * c.n_head
     counts = schedule(n_heads, step)
-    tick, close = ticker(sum(n_heads - n for n in counts[:-1]) + seeds * (len(counts) - 1), "pruning")
+    tick, close = ticker(sum(n_heads - n for n in counts[:-1]) + seeds * len(counts), "pruning")
     curve = importance_curve(ablator, step, tick)
     rand = random_curve(ablator, step, seeds, tick)
     close()
