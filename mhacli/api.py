@@ -40,7 +40,7 @@ from mhacli.io.tokenizer import Tokenizer, load_tokenizer
 from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops import diff as diffs
-from mhacli.ops.ablation import check_scorable
+from mhacli.ops.ablation import check_scorable, scoring_batch
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import check_heads
@@ -376,8 +376,10 @@ class Run:
             raise UsageError("ablate measures against the intact model: make the run without remove=")
         if method not in METHODS:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
-        check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory)
-        ablator = Ablator(self.model.checkpoint, [self.tokenized.ids], method=method, loss_from=loss_from)
+        ckpt = self.model.checkpoint
+        check_scorable(ckpt, [(self.tokenized, "the text")], self.max_memory)
+        batch = scoring_batch(ckpt, [self.n_seq], self.max_memory)
+        ablator = Ablator(ckpt, [self.tokenized.ids], method=method, loss_from=loss_from, batch=batch)
         chosen = ablator.heads if heads is None else sorted(set(heads))
         c = self.model.config
         for h in chosen:

@@ -337,7 +337,8 @@ def test_prune_curves(tiny_model, tmp_path):
     assert sorted(map(tuple, imp[1]["removed"])) == sorted((h["layer"], h["head"]) for h in least)
     # the mask file round-trips into --ablate @file, and equals the same heads listed
     mask = json.loads((tmp_path / "m.json").read_text())
-    assert mask == {"model": {"n_layer": 2, "n_head": 4}, "heads": doc["pruned"]}
+    shape = {"n_layer": 2, "n_head": 4, "d_head": doc["model"]["d_head"]}
+    assert mask == {"model": shape, "method": "zero", "heads": doc["pruned"]}
     if doc["pruned"]:
         listed = ",".join(f"{a}.{b}" for a, b in doc["pruned"])
         via_file = run_mha("stats", TEXT, "-m", str(tiny_model), "-f", "json", "--ablate", f"@{tmp_path / 'm.json'}")
@@ -403,7 +404,7 @@ def test_verify_reports_the_loss(tiny_model):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["ablate", TEXT, "--ablate", "0.1"], "No such option"),
+        (["ablate", TEXT, "--ablate", "0.9"], "head 9 is out of range"),
         (["stats", TEXT, "--ablate", "2.0"], "layer 2 is out of range"),
         (["stats", TEXT, "--ablate", "0.9"], "head 9 is out of range"),
         (["inspect", TEXT, "--ablate", "1-2"], "is not a head"),

@@ -17,7 +17,7 @@ from mhacli.analyses.heads import HeadView, analyse
 from mhacli.engine.blocks import ZEdit
 from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
-from mhacli.ops.ablation import ablated_heads
+from mhacli.ops.ablation import ablation
 from mhacli.ops.memory import Size, check_memory, diff_bytes
 from mhacli.views.save import STATIC, Picture, Target, caption, wants
 
@@ -155,12 +155,14 @@ def diff(
     ]
     ckpt_a, ckpt_b = a[0], b[0]
     if isinstance(request.remove_b, str):
-        removed = ablated_heads(request.remove_b, ckpt_b)
+        removal = ablation(request.remove_b, ckpt_b)  # a mean mask keeps its recorded means
+        removed = [] if removal is None else list(removal.heads)
+        edits_b = removal.edits(ckpt_b.config.d_head) if removal is not None and removed else None
     else:
         removed = sorted(set(request.remove_b or ()))
         for h in removed:
             check_head(h, ckpt_b.config.n_layer, ckpt_b.config.n_head)
-    edits_b = removal_edits(removed) if removed else None
+        edits_b = removal_edits(removed) if removed else None
     report = compare(
         ckpt_a,
         ckpt_b,
