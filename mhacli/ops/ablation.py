@@ -100,12 +100,18 @@ def _mask_json(path: str):
         raise UsageError(f"--ablate @{path}: larger than {MAX_MASK_BYTES // 1024**2} MiB; a mask file lists heads")
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except NotANumber as exc:
+        raise UsageError(f"--ablate @{path}: {exc}") from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise UsageError(f"--ablate @{path}: not a JSON mask file ({type(exc).__name__})") from exc
 
 
+class NotANumber(ValueError):
+    """NaN or Infinity in a mask file: JSON does not have them, and no recorded mean is one."""
+
+
 def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number a mask holds")  # NaN, Infinity: never a recorded mean
+    raise NotANumber(f"{name} is not a number a mask file may hold")
 
 
 def _mask_means(path: str, means, n_heads: int, d_head: int | None) -> np.ndarray:
