@@ -40,7 +40,7 @@ from mhacli.io.tokenizer import Tokenizer, load_tokenizer
 from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops import diff as diffs
-from mhacli.ops.ablation import check_scorable, scoring_batch
+from mhacli.ops.ablation import ablation_workers, check_scorable, scoring_batch
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import check_heads
@@ -378,8 +378,9 @@ class Run:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
         ckpt = self.model.checkpoint
         check_scorable(ckpt, [(self.tokenized, "the text")], self.max_memory)
-        batch = scoring_batch(ckpt, [self.n_seq], self.max_memory)
-        ablator = Ablator(ckpt, [self.tokenized.ids], method=method, loss_from=loss_from, batch=batch)
+        workers = ablation_workers()
+        batch = scoring_batch(ckpt, [self.n_seq], self.max_memory, workers)
+        ablator = Ablator(ckpt, [self.tokenized.ids], method, loss_from, batch=batch, workers=workers)
         chosen = ablator.heads if heads is None else sorted(set(heads))
         c = self.model.config
         for h in chosen:

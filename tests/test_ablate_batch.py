@@ -137,3 +137,14 @@ def test_a_pinned_base_is_the_baseline_and_keeps_its_values(models):
     got = ablator.losses([[(1, 1)], [(0, 3)]])
     assert got[0] == pytest.approx(plain_loss(ckpt, [*heads, (1, 1)], fill), rel=RTOL)  # (1, 1) zeroed: fill is 0
     assert got[1] == ablator.baseline  # already removed
+
+
+def test_workers_do_not_change_the_numbers(models):
+    """Batches run on several threads compute what one thread computes (BLAS on one thread in each)."""
+    from mhacli.analyses.ablate import Ablator, ablate_each
+
+    ckpt = checkpoint(models["llama_gqa"])
+    runs = [ablate_each(Ablator(ckpt, TEXTS, method="mean", batch=3, workers=w), Ablator(ckpt, TEXTS).heads)
+            for w in (1, 3)]  # fmt: skip
+    for one, three in zip(*runs, strict=True):
+        assert (one.layer, one.head) == (three.layer, three.head) and one.loss == pytest.approx(three.loss, rel=1e-12)

@@ -21,14 +21,15 @@ recorded values, and every further removal uses the Ablator's own method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from mhacli.analyses.loss import first_target, output_head, text_losses, variant_losses
-from mhacli.engine.attention import DISCARD, Sink
+from mhacli.engine.attention import DISCARD, Sink, one_blas_thread
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.engine.forward import LayerTrace, embed, forward, forward_from
 from mhacli.errors import UsageError
@@ -165,7 +166,12 @@ class Ablator:
     streams its attention away, so memory does not grow with n_seq^2).
     pinned: heads removed from the start (a mask), with their own values; the baseline is that model's loss, and
     the mean outputs (`mean`) are measured on it.
-    batch: variants run at once (at least 1).
+    batch: variants run at once (at least 1). workers: threads that run batches side by side.
+
+    BLAS runs on one thread in everything the Ablator computes, and parallelism comes from `workers` threads each
+    running whole batches: a batch is computed the same way whatever the number of workers (OpenBLAS's float32
+    GEMMs round differently on one thread and on two), so the numbers do not depend on the machine's cores or
+    load, and a busy core slows the workers down instead of stalling BLAS threads that wait on each other.
     """
 
     params: Params
@@ -175,6 +181,7 @@ class Ablator:
     observe: Observer | None = None
     pinned: Removal | None = None
     batch: int = 64
+    workers: int = 1
     n_targets: int = field(init=False)
     means: np.ndarray | None = field(init=False, default=None)  # [n_layer, n_head, d_head] float32 for `mean`
     baseline: float = field(init=False)
@@ -198,10 +205,11 @@ class Ablator:
         if self.pinned is not None:
             self._fixed = self.pinned.fill(c.d_head)
             self._base = frozenset(self._fixed)
-        self._inputs = [self._first_run(i, np.asarray(ids)) for i, ids in enumerate(self.texts)]
-        if self.method == "mean":
-            self.means = self._mean_outputs()
-        self.baseline = self._base_loss = self._loss_from_inputs(self._inputs)
+        with one_blas_thread():
+            self._inputs = [self._first_run(i, np.asarray(ids)) for i, ids in enumerate(self.texts)]
+            if self.method == "mean":
+                self.means = self._mean_outputs()
+            self.baseline = self._base_loss = self._loss_from_inputs(self._inputs)
 
     @property
     def heads(self) -> list[Head]:
@@ -287,10 +295,11 @@ class Ablator:
         new = removed ^ self._base
         if new:
             start = min(layer for layer, _ in new)
-            runs = self._run(removed, start)
-            self._inputs = [inputs[:start] + streams for inputs, streams in zip(self._inputs, runs)]
-            self._base = removed
-            self._base_loss = self._loss_from_inputs(self._inputs)
+            with one_blas_thread():
+                runs = self._run(removed, start)
+                self._inputs = [inputs[:start] + streams for inputs, streams in zip(self._inputs, runs)]
+                self._base = removed
+                self._base_loss = self._loss_from_inputs(self._inputs)
         return self._base_loss
 
     def loss(self, extra: Iterable[Head] = ()) -> float:
@@ -309,14 +318,35 @@ class Ablator:
                 by_start.setdefault(min(layer for layer, _ in extra), []).append(i)
             elif tick is not None:
                 tick()
-        for start, members in sorted(by_start.items()):
-            for a in range(0, len(members), self.batch):
-                chunk = members[a : a + self.batch]
-                for i, loss in zip(chunk, self._batch_losses([self._base | wanted[i] for i in chunk], start)):
-                    out[i] = loss
-                    if tick is not None:
-                        tick()
+        units = [
+            (start, members[a : a + self.batch])
+            for start, members in sorted(by_start.items())
+            for a in range(0, len(members), self.batch)
+        ]  # the earliest layers (the longest reruns) first
+        for chunk, losses in zip((c for _, c in units), self._run_units(units, wanted)):
+            for i, loss in zip(chunk, losses):
+                out[i] = loss
+                if tick is not None:
+                    tick()
         return out
+
+    def _run_units(self, units: list[tuple[int, list[int]]], wanted: list[frozenset[Head]]) -> Iterator[list[float]]:
+        """Each unit's losses, in order: on this thread, or on `workers` threads taking the next unit as they go.
+
+        BLAS on one thread throughout (threadpoolctl's limit is process-wide: set once, here)."""
+        variants = [[self._base | wanted[i] for i in chunk] for _, chunk in units]
+        with one_blas_thread():
+            if self.workers <= 1 or len(units) <= 1:
+                for (start, _), batch in zip(units, variants):
+                    yield self._batch_losses(batch, start)
+                return
+            pool = ThreadPoolExecutor(min(self.workers, len(units)), thread_name_prefix="mha-ablate")
+            try:
+                futures = [pool.submit(self._batch_losses, batch, start) for (start, _), batch in zip(units, variants)]
+                for future in futures:
+                    yield future.result()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C or an error: units not started are dropped
 
     def _batch_losses(self, variants: list[frozenset[Head]], start: int) -> list[float]:
         """The loss of each variant (which all agree with the base below `start`), run as one batch."""

@@ -10,7 +10,6 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -225,43 +224,24 @@ def check_scorable(ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory:
 MAX_BATCH = 64  # variants run at once, at most (ablate's are a layer's heads; prune's random orders more)
 
 
-def scoring_batch(ckpt, lengths: Sequence[int], max_memory: Size) -> int:
-    """How many variants the Ablator runs at once: what is left under max_memory after the scoring's own needs.
+def scoring_batch(ckpt, lengths: Sequence[int], max_memory: Size, workers: int = 1) -> int:
+    """How many variants each of `workers` runs at once: what is left under max_memory after the scoring's needs.
 
-    At least 1 (check_scorable refused what does not fit one), at most MAX_BATCH.
+    At least 1 (check_scorable refused what does not fit one), at most MAX_BATCH. The batches' composition is the
+    GEMMs' shape: a smaller batch (a tight --max-memory) may change the losses in their last float32 bits.
     """
     spare = memory_limit(max_memory) - scoring_bytes(ckpt, list(lengths))
-    return int(max(1, min(MAX_BATCH, 1 + spare // variant_bytes(ckpt, max(lengths)))))
+    return int(max(1, min(MAX_BATCH, 1 + spare // (workers * variant_bytes(ckpt, max(lengths))))))
 
 
-BLAS_THREADS_ENV = "MHA_BLAS_THREADS"
+def ablation_workers() -> int:
+    """Threads that run the Ablator's batches side by side (one BLAS thread each): the CPUs this process may use.
 
-
-def blas_threads() -> int:
-    """BLAS threads for ablate and prune: $MHA_BLAS_THREADS, else the CPUs left idle by others.
-
-    The CPUs this process may use less the 1-minute load average (rounded), at least 1. Measured on 2 cores
-    (SmolLM2-135M, 64 tokens, benchmarks/ablate_speed.py): idle, 2 threads run the 270 heads 1.6x faster than 1;
-    with one core busy elsewhere 2 threads are 1.2-2.8x slower than 1 (OpenBLAS's threads wait on each other).
+    $MHA_THREADS overrides (the attention kernel's own setting, mhacli.engine.attention.threads_for). Measured on
+    2 cores (SmolLM2-135M, 64 tokens, 270 heads; benchmarks/ablate_speed.py): see docs/commands/ablate.md.
     """
-    given = os.environ.get(BLAS_THREADS_ENV, "")
-    if given.isdigit() and int(given) > 0:
-        return int(given)
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cpus, cpus - busy))
-
-
-def blas_limited():
-    """BLAS held to blas_threads() (threadpoolctl) while the Ablator runs."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its own count
-        return nullcontext()
-    return threadpool_limits(limits=blas_threads(), user_api="blas")
+    given = os.environ.get("MHA_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
 
 
 class KindTally:
@@ -309,9 +289,10 @@ def make_ablator(
     if loss_from < 0:
         raise UsageError(f"{option} {loss_from} must be 0 or more")
     tally = KindTally(texts, ckpt.config.n_head) if kinds else None
-    batch = scoring_batch(ckpt, [len(t.ids) for t in texts], max_memory)
+    workers = ablation_workers()
+    batch = scoring_batch(ckpt, [len(t.ids) for t in texts], max_memory, workers)
     ablator = Ablator(
-        ckpt, [t.ids for t in texts], method=method, loss_from=loss_from, observe=tally, pinned=pinned, batch=batch
+        ckpt, [t.ids for t in texts], method, loss_from, tally, pinned=pinned, batch=batch, workers=workers
     )
     return ablator, tally
 
@@ -335,12 +316,11 @@ def ablate_doc(
     `pinned` (--ablate): heads removed first; the baseline is that model's loss and each head a further removal.
     """
     c = ckpt.config
-    with blas_limited():
-        ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=True, pinned=pinned, max_memory=max_memory)
-        assert tally is not None
-        tick, close = ticker(len(heads), "ablating heads")
-        effects = ablate_each(ablator, list(heads), tick)
-        close()
+    ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=True, pinned=pinned, max_memory=max_memory)
+    assert tally is not None
+    tick, close = ticker(len(heads), "ablating heads")
+    effects = ablate_each(ablator, list(heads), tick)
+    close()
     first = texts[0]
     return {
         "model": ckpt.model_dict(), "tokens": first.tokens, "token_ids": first.ids.tolist(), "n_texts": len(texts),
@@ -389,12 +369,11 @@ def prune_and_mask(
     c = ckpt.config
     n_heads = c.n_layer * c.n_head
     counts = schedule(n_heads, step)
-    with blas_limited():
-        ablator, _ = make_ablator(ckpt, texts, method, loss_from, max_memory=max_memory)
-        tick, close = ticker(sum(n_heads - n for n in counts[:-1]) + seeds * len(counts), "pruning")
-        curve = importance_curve(ablator, step, tick)
-        rand = random_curve(ablator, step, seeds, tick)
-        close()
+    ablator, _ = make_ablator(ckpt, texts, method, loss_from, max_memory=max_memory)
+    tick, close = ticker(sum(n_heads - n for n in counts[:-1]) + seeds * len(counts), "pruning")
+    curve = importance_curve(ablator, step, tick)
+    rand = random_curve(ablator, step, seeds, tick)
+    close()
     base = ablator.baseline
     imp_fraction = prunable_fraction([s.fraction for s in curve], [s.loss for s in curve], base, max_increase)
     rand_fraction = prunable_fraction([s.fraction for s in rand], [s.loss_mean for s in rand], base, max_increase)
