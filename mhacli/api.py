@@ -366,7 +366,9 @@ class Run:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
         check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory)
         chosen = None if heads is None else list(heads)
-        ablator, effects, _ = ablate_heads(self.model.checkpoint, [self.tokenized], chosen, method, loss_from)
+        ablator, effects, _ = ablate_heads(
+            self.model.checkpoint, [self.tokenized], chosen, method, loss_from, max_memory=self.max_memory
+        )
         return Ablation(method, loss_from, ablator.n_targets, ablator.baseline, effects)
 
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:

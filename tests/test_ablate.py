@@ -337,7 +337,8 @@ def test_prune_curves(tiny_model, tmp_path):
     assert sorted(map(tuple, imp[1]["removed"])) == sorted((h["layer"], h["head"]) for h in least)
     # the mask file round-trips into --ablate @file, and equals the same heads listed
     mask = json.loads((tmp_path / "m.json").read_text())
-    assert mask == {"model": {"n_layer": 2, "n_head": 4}, "heads": doc["pruned"]}
+    shape = {"n_layer": 2, "n_head": 4, "d_head": doc["model"]["d_head"]}
+    assert mask == {"model": shape, "method": "zero", "heads": doc["pruned"]}
     if doc["pruned"]:
         listed = ",".join(f"{a}.{b}" for a, b in doc["pruned"])
         via_file = run_mha("stats", TEXT, "-m", str(tiny_model), "-f", "json", "--ablate", f"@{tmp_path / 'm.json'}")
@@ -403,7 +404,7 @@ def test_verify_reports_the_loss(tiny_model):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["ablate", TEXT, "--ablate", "0.1"], "No such option"),
+        (["ablate", TEXT, "--ablate", "0.9"], "head 9 is out of range"),
         (["stats", TEXT, "--ablate", "2.0"], "layer 2 is out of range"),
         (["stats", TEXT, "--ablate", "0.9"], "head 9 is out of range"),
         (["inspect", TEXT, "--ablate", "1-2"], "is not a head"),
@@ -430,10 +431,27 @@ def test_bad_input_is_one_error_line(tiny_model, tmp_path, args, message):
     assert r.stdout == b""
 
 
+EIGHT = "[" + ", ".join(["0.5"] * 8) + "]"  # one head's mean output on the tiny model (d_head 8)
+SHAPE = '"model": {"n_layer": 2, "n_head": 4}'
+MEAN = '{"model": {"n_layer": 2, "n_head": 4}, "method": "mean", "heads": [[0, 1]], "means": '  # + the means + "}"
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
         ('{"model": {"n_layer": 3, "n_head": 4}, "heads": [[0, 1]]}', "3 layers x 4 heads"),
+        ('{"model": {"n_layer": 2, "n_head": 4, "d_head": 16}, "heads": [[0, 1]]}', "d_head 16"),
+        ("{" + SHAPE + ', "method": "gauss", "heads": [[0, 1]]}', "'gauss' is not one of"),
+        ("{" + SHAPE + ', "heads": [[0, 1], [0, 1]]}', "listed twice"),
+        ("{" + SHAPE + ', "method": "mean", "heads": [[0, 1]]}', '"means"'),
+        ("{" + SHAPE + f', "method": "zero", "heads": [[0, 1]], "means": [{EIGHT}]}}', "method is zero"),
+        (MEAN + "[[0.5, 0.5]]}", "one list of 8 numbers per head"),
+        ("{" + SHAPE + f', "method": "mean", "heads": [[0, 1], [1, 2]], "means": [{EIGHT}]}}', "(2 heads)"),
+        (MEAN + "[[NaN, 1, 1, 1, 1, 1, 1, 1]]}", "NaN is not a number"),
+        (MEAN + "[[-Infinity, 1, 1, 1, 1, 1, 1, 1]]}", "Infinity is not a number"),
+        (MEAN + "[[1e39, 1, 1, 1, 1, 1, 1, 1]]}", "beyond float32's range"),
+        (MEAN + "[[1" + "0" * 400 + ", 1, 1, 1, 1, 1, 1, 1]]}", "beyond float32's range"),
+        (MEAN + '[[true, 1, 1, 1, 1, 1, 1, "1"]]}', "not a number"),
         ('{"model": {"n_layer": 2, "n_head": 4}, "heads": [[0, 7]]}', "head 7 is out of range"),
         ('{"model": {"n_layer": 2, "n_head": 4}, "heads": [[0, "1"]]}', "is not a [layer, head] pair"),
         ('{"model": {"n_layer": 2, "n_head": 4}}', "expected"),
@@ -449,3 +467,67 @@ def test_bad_mask_file_is_one_error_line(tiny_model, tmp_path, content, message)
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], lines
     r = run_mha("stats", TEXT, "-m", str(tiny_model), "--ablate", f"@{tmp_path / 'missing.json'}")
     assert r.returncode == 2 and "cannot read" in r.stderr.decode()
+
+
+# --- masks that round-trip: prune --save-mask, then ablate --ablate @mask ---------------------------------------------
+
+ROUND_TRIP_RTOL = 1e-6
+
+
+@pytest.mark.parametrize("method", ["zero", "mean"])
+def test_a_mask_replays_what_prune_measured(tiny_model, tmp_path, method):
+    """Prune's printed loss after step k equals `ablate --ablate @mask`'s baseline for the heads pruned by step k.
+
+    The mask of every step is the saved one cut to the heads removed by then (the rows of a mean mask keep their
+    means); with --max-increase past any loss, prune saves every head. Each head row of that ablate is a further
+    removal: a head of the mask costs nothing more.
+    """
+    saved = tmp_path / "all.json"
+    doc = prune_doc(
+        tiny_model, "--method", method, "--step", "0.25", "--seeds", "1", "--max-increase", "1e9",
+        "--save-mask", str(saved),
+    )  # fmt: skip
+    mask = json.loads(saved.read_text())
+    assert mask["method"] == method and sorted(map(tuple, mask["heads"])) == sorted(map(tuple, doc["pruned"]))
+    assert ("means" in mask) == (method == "mean")
+    rows = {tuple(h): i for i, h in enumerate(mask["heads"])}
+    removed: list[list[int]] = []
+    for step in doc["importance"]["curve"][1:]:
+        removed += step["removed"]
+        cut = dict(mask, heads=removed)
+        if method == "mean":
+            cut["means"] = [mask["means"][rows[tuple(h)]] for h in removed]
+        path = tmp_path / f"step{step['n_removed']}.json"
+        path.write_text(json.dumps(cut))
+        r = run_mha("ablate", TEXT, "-m", str(tiny_model), "-f", "json", "--ablate", f"@{path}")
+        assert r.returncode == 0, r.stderr
+        replay = parse_json(r.stdout)
+        assert replay["baseline_loss"] == pytest.approx(step["loss"], rel=ROUND_TRIP_RTOL), step
+        for row in replay["heads"]:
+            if [row["layer"], row["head"]] in removed:
+                assert row["loss"] == replay["baseline_loss"] and row["delta"] == 0.0
+    # the file prune wrote, as it is: every head removed
+    r = run_mha("ablate", TEXT, "-m", str(tiny_model), "-f", "json", "--ablate", f"@{saved}")
+    last = doc["importance"]["curve"][-1]["loss"]
+    assert parse_json(r.stdout)["baseline_loss"] == pytest.approx(last, rel=ROUND_TRIP_RTOL)
+
+
+def test_a_mean_mask_is_not_replayed_as_zero(tiny_model, tmp_path):
+    """stats --ablate @mean-mask differs from the same heads zeroed, and equals an old mask (no method) of them."""
+    saved = tmp_path / "m.json"
+    prune_doc(tiny_model, "--method", "mean", "--step", "0.25", "--seeds", "1", "--max-increase", "1e9",
+              "--save-mask", str(saved))  # fmt: skip
+    mask = json.loads(saved.read_text())
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"model": {"n_layer": 2, "n_head": 4}, "heads": mask["heads"][:3]}))
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps(dict(mask, heads=mask["heads"][:3], means=mask["means"][:3])))
+    listed = ",".join(f"{a}.{b}" for a, b in mask["heads"][:3])
+
+    def loss(spec: str) -> float:
+        r = run_mha("ablate", TEXT, "-m", str(tiny_model), "-f", "json", "--ablate", spec, "-l", "0", "-H", "0")
+        assert r.returncode == 0, r.stderr
+        return parse_json(r.stdout)["baseline_loss"]
+
+    assert loss(f"@{old}") == loss(listed)  # an old mask is zero
+    assert abs(loss(f"@{cut}") - loss(listed)) > 1e-4 * loss(listed)

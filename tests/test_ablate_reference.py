@@ -455,6 +455,9 @@ class PerfectModel:
     def loss(self, extra=()):
         return 0.0
 
+    def losses(self, extras, tick=None):
+        return [0.0] * len(extras)
+
 
 def test_no_change_from_a_zero_baseline_is_zero_percent():
     from mhacli.analyses.ablate import ablate_each

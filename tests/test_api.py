@@ -121,7 +121,9 @@ def test_ids_equal_text(sample, sample_run):
 
 def test_loss_equals_the_ablate_baseline(sample_run, mha):
     doc = parse_json(mha("ablate", TEXT, "-m", "sample", "-f", "json").stdout)
-    assert sample_run.loss() == pytest.approx(doc["baseline_loss"], rel=1e-9)
+    # the same loss; ablate runs BLAS on one thread (its batches are the parallel work), a run on BLAS's own count,
+    # and OpenBLAS's float32 GEMMs round differently on one thread and on two: float noise apart
+    assert sample_run.loss() == pytest.approx(doc["baseline_loss"], rel=1e-6)
     assert sample_run.loss(loss_from=5) < 100
 
 

@@ -10,19 +10,26 @@ models the K/V head it reads stays for the others.
 
 Layers before the first one with a newly removed head compute exactly what they computed before, so each text's
 residual stream entering every layer is cached for a fixed set of removed heads (the `base`), and every evaluation
-reruns the model from the first layer it changes.
+reruns the model from the first layer it changes. Evaluations that part from the base at the same layer run together
+as one batch of variants ([B, n_seq, n_embd]: the projections and the MLP one GEMM over every variant's rows): the
+layer where they part computes its attention once, and each variant gets its own copy of the heads' outputs to edit
+(`variant_edit`). `batch` bounds the variants run at once (the memory guard's choice).
+
+A base may be pinned (`Removal`: a mask file's heads, zeroed or set to the means it records): those heads keep their
+recorded values, and every further removal uses the Ablator's own method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from mhacli.analyses.loss import first_target, output_head, text_losses
-from mhacli.engine.attention import DISCARD, Sink
+from mhacli.analyses.loss import first_target, output_head, text_losses, variant_losses
+from mhacli.engine.attention import DISCARD, Sink, one_blas_thread
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.engine.forward import LayerTrace, embed, forward, forward_from
 from mhacli.errors import UsageError
@@ -91,6 +98,65 @@ def removal_edits(removed: Iterable[Head], means: np.ndarray | None = None) -> d
     return {layer: head_edit(hs, None if means is None else means[layer]) for layer, hs in by_layer.items()}
 
 
+# One layer's removals in one variant: the query heads [k] and what each is set to, [k, d_head] float32.
+LayerFill = tuple[np.ndarray, np.ndarray]
+
+
+def variant_edit(fills: Sequence[LayerFill]) -> ZEdit:
+    """One layer's edit for a batch of B variants, variant b's heads fills[b][0] set to fills[b][1]:
+
+    z [n_head, n_seq, d_head] (the layer where the variants part from their common input: each gets a copy) or
+    [B, n_head, n_seq, d_head] -> [B, n_head, n_seq, d_head]."""
+
+    def edit(z: np.ndarray) -> np.ndarray:
+        out = np.repeat(z[None], len(fills), axis=0) if z.ndim == 3 else z.copy()
+        for b, (index, values) in enumerate(fills):
+            if len(index):
+                out[b, index] = values[:, None, :]
+        return out
+
+    return edit
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Heads removed before anything is measured (`--ablate`, a mask file), and how.
+
+    method `zero`: set to 0; `mean`: head i set to means[i] [d_head] float32, the values the mask file records
+    (measured by `prune` on its own texts), so a replay computes what prune measured.
+    """
+
+    heads: tuple[Head, ...]
+    method: str = "zero"
+    means: np.ndarray | None = None  # [len(heads), d_head] float32 for `mean`
+
+    def fill(self, d_head: int) -> dict[Head, np.ndarray]:
+        """Each head's replacement output [d_head] float32."""
+        if self.means is None:
+            return {h: np.zeros(d_head, dtype=np.float32) for h in self.heads}
+        return {h: self.means[i] for i, h in enumerate(self.heads)}
+
+    def edits(self, d_head: int) -> dict[int, ZEdit]:
+        """The forward's edits that remove these heads (one text, one model)."""
+        by_layer: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for (layer, h), value in self.fill(d_head).items():
+            by_layer.setdefault(layer, []).append((h, value))
+        return {layer: fill_edit(pairs) for layer, pairs in by_layer.items()}
+
+
+def fill_edit(pairs: Sequence[tuple[int, np.ndarray]]) -> ZEdit:
+    """z [n_head, n_seq, d_head] with head h set to value [d_head] for each (h, value)."""
+    index = np.asarray([h for h, _ in pairs], dtype=np.int64)
+    values = np.stack([v for _, v in pairs]).astype(np.float32)  # [k, d_head]
+
+    def edit(z: np.ndarray) -> np.ndarray:
+        z = z.copy()
+        z[index] = values[:, None, :]
+        return z
+
+    return edit
+
+
 @dataclass
 class Ablator:
     """The losses of one model on a set of texts with heads removed, reusing every layer it can.
@@ -99,6 +165,14 @@ class Ablator:
     observe: called with every layer of the intact model's run over each text (e.g. for statistics and kinds);
     its `sinks(index)` says where that text's attention goes (no maps are kept otherwise: every forward here
     streams its attention away, so memory does not grow with n_seq^2).
+    pinned: heads removed from the start (a mask), with their own values; the baseline is that model's loss, and
+    the mean outputs (`mean`) are measured on it.
+    batch: variants run at once (at least 1). workers: threads that run batches side by side.
+
+    BLAS runs on one thread in everything the Ablator computes, and parallelism comes from `workers` threads each
+    running whole batches: a batch is computed the same way whatever the number of workers (OpenBLAS's float32
+    GEMMs round differently on one thread and on two), so the numbers do not depend on the machine's cores or
+    load, and a busy core slows the workers down instead of stalling BLAS threads that wait on each other.
     """
 
     params: Params
@@ -106,6 +180,9 @@ class Ablator:
     method: str = "zero"
     loss_from: int = 1
     observe: Observer | None = None
+    pinned: Removal | None = None
+    batch: int = 64
+    workers: int = 1
     n_targets: int = field(init=False)
     means: np.ndarray | None = field(init=False, default=None)  # [n_layer, n_head, d_head] float32 for `mean`
     baseline: float = field(init=False)
@@ -113,6 +190,7 @@ class Ablator:
     _base_loss: float = field(init=False)  # the loss of the cached base (the output head is the costliest step)
     _inputs: list[list[np.ndarray]] = field(init=False, default_factory=list)  # per text: entering layer 0..n_layer
     _w: np.ndarray = field(init=False, repr=False)
+    _fixed: dict[Head, np.ndarray] = field(init=False, default_factory=dict, repr=False)  # the pinned heads' values
     _z_sums: np.ndarray | None = field(init=False, default=None, repr=False)  # float64 [n_layer, n_head, d_head]
     _z_count: int = field(init=False, default=0, repr=False)  # positions summed
 
@@ -121,22 +199,30 @@ class Ablator:
             raise UsageError(f"{{method}} {self.method!r} is not one of: {', '.join(METHODS)}", params=("method",))
         if not self.texts:
             raise UsageError("no text to score")
+        self.batch = max(1, int(self.batch))
+        c = self.params.config
         self.n_targets = sum(len(ids) - first_target(len(ids), self.loss_from) for ids in self.texts)
         self._w = output_head(self.params)
-        self._inputs = [self._intact_run(i, np.asarray(ids)) for i, ids in enumerate(self.texts)]
-        if self.method == "mean":
-            self.means = self._mean_outputs()
-        self.baseline = self._base_loss = self._loss_from_inputs(self._inputs)
+        if self.pinned is not None:
+            self._fixed = self.pinned.fill(c.d_head)
+            self._base = frozenset(self._fixed)
+        with one_blas_thread():
+            self._inputs = [self._first_run(i, np.asarray(ids)) for i, ids in enumerate(self.texts)]
+            if self.method == "mean":
+                self.means = self._mean_outputs()
+            self.baseline = self._base_loss = self._loss_from_inputs(self._inputs)
 
     @property
     def heads(self) -> list[Head]:
         c = self.params.config
         return [(layer, h) for layer in range(c.n_layer) for h in range(c.n_head)]
 
-    def _intact_run(self, index: int, ids: np.ndarray) -> list[np.ndarray]:
+    def _first_run(self, index: int, ids: np.ndarray) -> list[np.ndarray]:
+        """The run every evaluation starts from: the intact model, or the pinned one."""
         inputs = [embed(self.params, ids)]
         sinks = self.observe.sinks(index) if self.observe is not None else discard_all
-        for trace in forward(self.params, ids, sinks=sinks):
+        edits = self.pinned.edits(self.params.config.d_head) if self.pinned is not None else None
+        for trace in forward(self.params, ids, edits=edits, sinks=sinks):
             inputs.append(trace.residual)
             if self.observe is not None:
                 self.observe(index, trace)
@@ -156,18 +242,41 @@ class Ablator:
         assert self._z_sums is not None  # every text has at least one token and the model one layer
         return (self._z_sums / self._z_count).astype(np.float32)
 
+    def _value(self, head: Head) -> np.ndarray:
+        """What a removed head's output is set to, [d_head] float32: its pinned value, its mean, or 0."""
+        if head in self._fixed:
+            return self._fixed[head]
+        if self.means is not None:
+            return self.means[head]
+        return np.zeros(self.params.config.d_head, dtype=np.float32)
+
+    def _fills(self, removed: frozenset[Head], layer: int) -> LayerFill:
+        heads = sorted(h for lay, h in removed if lay == layer)
+        d_head = self.params.config.d_head
+        values = np.stack([self._value((layer, h)) for h in heads]) if heads else np.zeros((0, d_head), np.float32)
+        return np.asarray(heads, dtype=np.int64), values
+
+    def _edits(self, variants: Sequence[frozenset[Head]], start: int) -> dict[int, ZEdit]:
+        """Each layer's variant_edit from `start` on (at `start` always: there the variants part)."""
+        edits = {}
+        for layer in range(start, self.params.config.n_layer):
+            fills = [self._fills(removed, layer) for removed in variants]
+            if layer == start or any(len(index) for index, _ in fills):
+                edits[layer] = variant_edit(fills)
+        return edits
+
     def _run(self, removed: frozenset[Head], start: int) -> list[list[np.ndarray]]:
         """Per text, the residual streams entering layers start..n_layer with `removed` heads removed.
 
         Computed from the cached streams of the base (which must agree with `removed` below `start`)."""
-        edits = removal_edits(removed, self.means)
+        edits = self._edits([removed], start)
         runs = []
         for inputs in self._inputs:
             streams = [inputs[start]]
             for trace in forward_from(
                 self.params, inputs[start], start, self.params.config.n_layer, edits=edits, sinks=discard_all
             ):
-                streams.append(trace.residual)
+                streams.append(trace.residual[0])  # a batch of one variant
             runs.append(streams)
         return runs
 
@@ -180,24 +289,78 @@ class Ablator:
         return total / self.n_targets
 
     def set_base(self, removed: Iterable[Head]) -> float:
-        """Make `removed` the cached base (its streams kept for later evaluations); returns its loss."""
-        removed = frozenset(removed)
+        """Make `removed` (and the pinned heads) the cached base (its streams kept for later evaluations).
+
+        Returns its loss."""
+        removed = frozenset(removed) | frozenset(self._fixed)
         new = removed ^ self._base
         if new:
             start = min(layer for layer, _ in new)
-            runs = self._run(removed, start)
-            self._inputs = [inputs[:start] + streams for inputs, streams in zip(self._inputs, runs)]
-            self._base = removed
-            self._base_loss = self._loss_from_inputs(self._inputs)
+            with one_blas_thread():
+                runs = self._run(removed, start)
+                self._inputs = [inputs[:start] + streams for inputs, streams in zip(self._inputs, runs)]
+                self._base = removed
+                self._base_loss = self._loss_from_inputs(self._inputs)
         return self._base_loss
 
     def loss(self, extra: Iterable[Head] = ()) -> float:
         """The loss with the base's heads and `extra` removed (nats/token, token-weighted over the texts)."""
-        extra = frozenset(extra) - self._base
-        if not extra:
-            return self._base_loss
-        start = min(layer for layer, _ in extra)
-        return self._loss_from_inputs(self._run(self._base | extra, start))
+        return self.losses([extra])[0]
+
+    def losses(self, extras: Sequence[Iterable[Head]], tick: Callable[[], None] | None = None) -> list[float]:
+        """loss(extra) for each of `extras`; those that part from the base at the same layer run as one batch.
+
+        `tick` is called once per extra as its loss is known."""
+        wanted = [frozenset(extra) - self._base for extra in extras]
+        out = [self._base_loss] * len(wanted)
+        by_start: dict[int, list[int]] = {}
+        for i, extra in enumerate(wanted):
+            if extra:
+                by_start.setdefault(min(layer for layer, _ in extra), []).append(i)
+            elif tick is not None:
+                tick()
+        units = [
+            (start, members[a : a + self.batch])
+            for start, members in sorted(by_start.items())
+            for a in range(0, len(members), self.batch)
+        ]  # the earliest layers (the longest reruns) first
+        for chunk, losses in zip((c for _, c in units), self._run_units(units, wanted)):
+            for i, loss in zip(chunk, losses):
+                out[i] = loss
+                if tick is not None:
+                    tick()
+        return out
+
+    def _run_units(self, units: list[tuple[int, list[int]]], wanted: list[frozenset[Head]]) -> Iterator[list[float]]:
+        """Each unit's losses, in order: on this thread, or on `workers` threads taking the next unit as they go.
+
+        BLAS on one thread throughout (threadpoolctl's limit is process-wide: set once, here)."""
+        variants = [[self._base | wanted[i] for i in chunk] for _, chunk in units]
+        with one_blas_thread():
+            if self.workers <= 1 or len(units) <= 1:
+                for (start, _), batch in zip(units, variants):
+                    yield self._batch_losses(batch, start)
+                return
+            pool = ThreadPoolExecutor(min(self.workers, len(units)), thread_name_prefix="mha-ablate")
+            try:
+                futures = [pool.submit(self._batch_losses, batch, start) for (start, _), batch in zip(units, variants)]
+                for future in futures:
+                    yield future.result()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C or an error: units not started are dropped
+
+    def _batch_losses(self, variants: list[frozenset[Head]], start: int) -> list[float]:
+        """The loss of each variant (which all agree with the base below `start`), run as one batch."""
+        c = self.params.config
+        edits = self._edits(variants, start)
+        totals = np.zeros(len(variants))
+        for inputs, ids in zip(self._inputs, self.texts):
+            x = inputs[start]  # [n_seq, n_embd]: the first layer's edit fans it out to [B, n_seq, n_embd]
+            for trace in forward_from(self.params, x, start, c.n_layer, edits=edits, sinks=discard_all):
+                x = trace.residual
+            losses = variant_losses(self.params, x, np.asarray(ids), self.loss_from, self._w)  # [B, n_targets]
+            totals += losses.sum(axis=1, dtype=np.float64)
+        return [float(t) / self.n_targets for t in totals]
 
 
 @dataclass(frozen=True)
@@ -214,11 +377,8 @@ def ablate_each(ablator: Ablator, heads: Sequence[Head], tick: Callable[[], None
     ablator.set_base(())
     base = ablator.baseline
     effects = []
-    for head in heads:
-        loss = ablator.loss([head])
+    for head, loss in zip(heads, ablator.losses([[head] for head in heads], tick)):
         effects.append(HeadEffect(head[0], head[1], loss, loss - base, 100.0 * (loss - base) / base if base else 0.0))
-        if tick is not None:
-            tick()
     return sorted(effects, key=lambda e: (-e.delta, e.layer, e.head))
 
 
@@ -260,11 +420,7 @@ def importance_curve(ablator: Ablator, step: float, tick: Callable[[], None] | N
     curve = [PruneStep(0, 0.0, ablator.set_base(()), [])]
     for target in counts[1:]:
         remaining = [h for h in heads if h not in removed]
-        importance = {}
-        for h in remaining:
-            importance[h] = ablator.loss([h])
-            if tick is not None:
-                tick()
+        importance = dict(zip(remaining, ablator.losses([[h] for h in remaining], tick)))
         chosen = sorted(remaining, key=lambda h: (importance[h], h))[: target - len(removed)]
         removed += chosen
         curve.append(PruneStep(len(removed), len(removed) / len(heads), ablator.set_base(removed), sorted(chosen)))
@@ -280,13 +436,12 @@ def random_curve(ablator: Ablator, step: float, seeds: int, tick: Callable[[], N
     heads = ablator.heads
     counts = schedule(len(heads), step)
     ablator.set_base(())
-    losses = np.zeros((seeds, len(counts)))
-    for seed in range(seeds):
-        order = [heads[i] for i in np.random.default_rng(seed).permutation(len(heads))]
-        for j, n in enumerate(counts):
-            losses[seed, j] = ablator.loss(order[:n]) if n else ablator.baseline
-            if tick is not None:
-                tick()
+    orders = [[heads[i] for i in np.random.default_rng(seed).permutation(len(heads))] for seed in range(seeds)]
+    wanted = [order[:n] for order in orders for n in counts[1:]]  # n = 0 is the baseline itself
+    for _ in range(seeds if tick is not None else 0):
+        tick()  # type: ignore[misc]  # the baseline point of each order: one tick per point, as before
+    measured = np.asarray(ablator.losses(wanted, tick)).reshape(seeds, len(counts) - 1)
+    losses = np.concatenate([np.full((seeds, 1), ablator.baseline), measured], axis=1)
     return [
         RandomStep(n, n / len(heads), float(losses[:, j].mean()), float(losses[:, j].std()))
         for j, n in enumerate(counts)

@@ -79,6 +79,18 @@ def text_losses(
     return token_losses(h, w, np.asarray(ids[start:]))
 
 
+def variant_losses(
+    params: Params, residual: np.ndarray, ids: np.ndarray, loss_from: int = 1, w: np.ndarray | None = None
+) -> np.ndarray:
+    """text_losses of a batch of variants: [B, n_seq, n_embd] -> [B, n_targets], the output head one GEMM per block."""
+    start = first_target(len(ids), loss_from)
+    w = output_head(params) if w is None else w
+    n_variants, _, n_embd = residual.shape
+    h = final_norm(params, residual[:, start - 1 : -1]).reshape(-1, n_embd)  # [B * n_targets, n_embd]
+    targets = np.tile(np.asarray(ids[start:]), n_variants)
+    return token_losses(h, w, targets).reshape(n_variants, -1)
+
+
 def logits(params: Params, residual: np.ndarray) -> np.ndarray:
     """[n_seq, n_embd] -> [n_seq, vocab_size] float32, the whole matrix (for `verify` against HF's)."""
     return final_norm(params, residual) @ output_head(params).T

@@ -31,9 +31,10 @@ from mhacli.errors import UsageError
 from mhacli.ops.ablation import (
     ablate_doc,
     ablate_picture,
+    ablation,
+    check_ablate_spec,
     check_scorable,
-    mask_doc,
-    prune_doc,
+    prune_and_mask,
     scorable,
     selected_heads,
 )
@@ -43,6 +44,7 @@ from mhacli.views import save as saving
 if TYPE_CHECKING:
     from mhacli.api import Checkpoint, TokenizedText
 from mhacli.ops.ablation import AblateResult, PruneResult, prune_picture
+from mhacli.views.ablated import Ablated
 from mhacli.views.formats import atomic_write_bytes, check_writable, dumps
 from mhacli.views.output import FORMATS
 
@@ -72,13 +74,13 @@ def scored_texts(
 ) -> tuple[Checkpoint, list[TokenizedText]]:
     """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast).
 
-    Weights kept in memory when the model is small (every evaluation reruns layers). Refused before any forward when
-    the scoring needs more than --max-memory (mhacli.ops.memory.scoring_bytes).
+    Weights kept in memory once read (every evaluation reruns layers) unless only streaming them fits --max-memory;
+    refused before any forward when even that does not fit (mhacli.ops.ablation.check_scorable).
     """
     check_text_or_ids(text, ids, texts)
     files = check_model(model)
     raws = read_inputs(text, ids, texts)
-    ckpt, tokenizer = load(model, cache=None, files=files)
+    ckpt, tokenizer = load(model, cache=True, files=files)
     tokenized = [
         (scorable(tokens_of(raw, ckpt, tokenizer, truncate=truncate, where=where), where), where) for raw, where in raws
     ]
@@ -106,6 +108,7 @@ def ticker(total: int, description: str):
         'mha ablate "ROMEO: I love thee. JULIET: I love thee." -l 1',
         'mha ablate "The cat sat. The cat sat." --method mean --loss-from 5 -f csv',
         "mha ablate --ids 352,277,303,2012,352,277,303,2012 -m sample-early -f json",
+        'mha ablate "The cat sat. The cat sat." --ablate 1.0,1.3 -l 1',
     ),
 )
 def ablate(
@@ -123,20 +126,32 @@ def ablate(
     max_memory: MaxMemoryOpt = None,
     save: Annotated[SaveList, save_option(AblateResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
+    ablate: Annotated[
+        str | None,
+        typer.Option(
+            "--ablate",
+            metavar="HEADS",
+            help="Measure on a model with these heads removed first: L.H[,L.H...] (zeroed) or @mask.json (as "
+            "prune measured it). The baseline is that model's loss; each head is a further removal.",
+        ),
+    ] = None,
 ) -> None:
     """Each head removed alone: its cost in next-token loss.
 
-    The next-token loss against the intact model, in nats/token and %."""
+    The next-token loss against the intact model (or the --ablate'd one), in nats/token and %."""
     out = output(format, FORMATS)
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
+    check_ablate_spec(ablate)
     saves = saving.parse(save, AblateResult.PICTURES, dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     c = ckpt.config
+    pinned = ablation(ablate, ckpt)
     selected = selected_heads(c.n_layer, c.n_head, layer, head)
-    doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker)
-    saving.write_all(saves, ablate_picture(saves, ckpt, tokenized, doc), dpi=dpi)
-    out.emit(AblateResult(doc, top))
+    doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker, pinned=pinned, max_memory=max_memory)
+    described = Ablated.of(pinned)
+    saving.write_all(saves, ablate_picture(saves, ckpt, tokenized, doc, described), dpi=dpi)
+    out.emit(AblateResult(doc, top, described))
 
 
 # --- mha prune --------------------------------------------------------------------------------------------------------
@@ -190,10 +205,10 @@ def prune(
         check_writable(save_mask)
     saves = saving.parse(save, PruneResult.PICTURES, dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
-    c = ckpt.config
-    doc = prune_doc(ckpt, tokenized, method, loss_from, step, seeds, max_increase, ticker)
+    doc, mask = prune_and_mask(
+        ckpt, tokenized, method, loss_from, step, seeds, max_increase, ticker, max_memory=max_memory
+    )
     if save_mask is not None:
-        mask = mask_doc(c.n_layer, c.n_head, [tuple(h) for h in doc["pruned"]])
         atomic_write_bytes(save_mask, (dumps(mask) + "\n").encode())
     saving.write_all(saves, prune_picture(ckpt, tokenized, doc), dpi=dpi)
     out.emit(PruneResult(doc))

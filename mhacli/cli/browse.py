@@ -17,7 +17,7 @@ from mhacli.cli._common import MaxMemoryOpt, ModelOpt, TextArg, TruncateOpt, che
 from mhacli.cli.ablate import AblateOpt
 from mhacli.errors import ExitCode, TextError, UsageError, missing_extra
 from mhacli.ops import inputs
-from mhacli.ops.ablation import ablated_heads, check_ablate_spec
+from mhacli.ops.ablation import ablation, check_ablate_spec
 from mhacli.ops.memory import check_memory, memory_limit
 
 # Shown when no TEXT is given on a terminal: a sentence said twice, so the bundled model's previous-token (L0H3)
@@ -67,9 +67,11 @@ def browse(
         raise TextError(
             "MODEL_A's and MODEL_B's tokenizers give different token ids for the text: --diff needs the same"
         )
-    session = Session(
-        m, raw, model_b=b, removed=tuple(ablated_heads(ablate, m.checkpoint)), memory_limit=limit, truncate=truncate
-    )
+    removal = ablation(ablate, m.checkpoint)
+    if removal is not None and removal.method != "zero":
+        raise UsageError(f"--ablate {ablate}: browse zeroes heads; this mask sets them to means (mha stats replays it)")
+    removed = () if removal is None else removal.heads
+    session = Session(m, raw, model_b=b, removed=removed, memory_limit=limit, truncate=truncate)
     code = app_class(session).run()
     # q and Ctrl+C exit 0; anything else is the app failing (Textual has printed its traceback): a bug, exit 3
     return ExitCode.OK if code in (None, 0) else ExitCode.INTERNAL

@@ -125,7 +125,17 @@ def causal_attention(
     probs [n_head, n_seq, n_seq]: rows sum to 1 over the visible keys (j <= i, and j > i - window with a sliding
     window), every hidden entry exactly 0. With a `sink`, each tile goes to sink.add instead and probs is None.
     `threads`: how many threads share the blocks (default threads_for; 1 for a sink that is not concurrent).
+
+    A batch of variants (q [B, n_head, ...], k/v [B, n_kv_head, ...], ablation's stacked models) is folded into
+    the heads: folded query head b * n_head + h reads K/V head b * n_kv_head + h // group, its own variant's, and
+    the sink (which must take folded heads: DISCARD) sees B * n_head heads; z comes back [B, n_head, n_seq, d_v].
     """
+    if q.ndim == 4:
+        z, probs = causal_attention(
+            q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]), v.reshape(-1, *v.shape[-2:]), scale,
+            window=window, block=block, sink=sink, threads=threads,
+        )  # fmt: skip
+        return z.reshape(*q.shape[:-1], z.shape[-1]), (None if probs is None else probs.reshape(*q.shape[:-1], -1))
     n_head, n_seq, _ = q.shape
     keep = KeepMap(n_head, n_seq) if sink is None else None
     target: Sink = keep if keep is not None else cast(Sink, sink)  # one of the two is given

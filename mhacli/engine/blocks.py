@@ -116,15 +116,25 @@ def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nd
 
 
 def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
-    """[n_seq, n_head * d_head] -> [n_head, n_seq, d_head]"""
-    n_seq, width = x.shape
-    return x.reshape(n_seq, n_head, width // n_head).transpose(1, 0, 2)
+    """[..., n_seq, n_head * d_head] -> [..., n_head, n_seq, d_head] (leading axes: a batch of variants)"""
+    *lead, n_seq, width = x.shape
+    return x.reshape(*lead, n_seq, n_head, width // n_head).swapaxes(-3, -2)
 
 
 def merge_heads(x: np.ndarray) -> np.ndarray:
-    """[n_head, n_seq, d_head] -> [n_seq, n_head * d_head]"""
-    n_head, n_seq, d_head = x.shape
-    return x.transpose(1, 0, 2).reshape(n_seq, n_head * d_head)
+    """[..., n_head, n_seq, d_head] -> [..., n_seq, n_head * d_head]"""
+    *lead, n_head, n_seq, d_head = x.shape
+    return x.swapaxes(-3, -2).reshape(*lead, n_seq, n_head * d_head)
+
+
+def matmul_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """[..., n_in] @ w [n_in, n_out] -> [..., n_out] as one GEMM over every row (a batch of variants stacked).
+
+    NumPy's matmul of a stacked [B, n_seq, n_in] would run B small GEMMs; the rows are independent, so one
+    [B * n_seq, n_in] GEMM computes the same numbers at a better rate."""
+    if x.ndim == 2:
+        return x @ w
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def causal_softmax(scores: np.ndarray) -> np.ndarray:

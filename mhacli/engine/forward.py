@@ -97,10 +97,10 @@ def check_finite(per_head: np.ndarray, x: np.ndarray, layer: int) -> None:
     """per_head [n_head, ...]:
 
     the layer's attention, or its heads' outputs where the attention was streamed (a NaN in a head's weights reaches
-    its output)."""
+    its output); [B, n_head, ...] for a batch of variants."""
     if np.isfinite(per_head).all() and np.isfinite(x).all():
         return
-    probs = per_head
+    probs = per_head.swapaxes(0, 1) if per_head.ndim == 4 else per_head  # the heads first
     bad_heads = [h for h in range(probs.shape[0]) if not np.isfinite(probs[h]).all()]
     where = f"heads {bad_heads}" if bad_heads else "the residual stream"
     raise NumericsError(f"the forward pass produced NaN or Inf in layer {layer}, {where} (extreme weights?)")

@@ -7,23 +7,27 @@ caller's: `ticker(total, description)` returns (tick, close).
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from mhacli.analyses.ablate import (
+    METHODS,
     Ablator,
     Head,
     HeadEffect,
+    Removal,
     ablate_each,
     check_head,
     importance_curve,
     parse_heads,
     prunable_fraction,
     random_curve,
-    removal_edits,
     schedule,
 )
 from mhacli.analyses.heads import analyse, check_selection
@@ -32,7 +36,7 @@ from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
 from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
-from mhacli.ops.memory import Size, check_memory, scoring_bytes
+from mhacli.ops.memory import Size, check_memory, memory_limit, scoring_bytes, variant_bytes
 from mhacli.views.ablated import Ablated
 from mhacli.views.formats import written
 from mhacli.views.save import Picture, Pictures, Target, caption, wants
@@ -51,19 +55,14 @@ def _no_ticker(total: int, description: str) -> tuple[Callable[[], None], Callab
 # --- --ablate on inspect / stats / diff ----------------------------------------------------------------------------
 
 
-def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
-    """A mask file (`mha prune --save-mask`): {"model": {"n_layer", "n_head"}, "heads": [[layer, head], ...]}."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_MASK_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"--ablate @{path}: cannot read: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_MASK_BYTES:
-        raise UsageError(f"--ablate @{path}: larger than 1 MiB; a mask file lists heads")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise UsageError(f"--ablate @{path}: not a JSON mask file ({type(exc).__name__})") from exc
+def read_mask(path: str, n_layer: int, n_head: int, d_head: int | None = None) -> Removal:
+    """A mask file (`mha prune --save-mask`), checked against this model: the heads and how they are removed.
+
+    {"model": {"n_layer", "n_head", "d_head"}, "method": "zero" | "mean", "heads": [[layer, head], ...],
+    "means": [[d_head floats], ...] (mean: head i's replacement output, float32 written exactly)}. A file without
+    "method" (written before masks recorded it) is zero; one without "d_head" is not checked for it.
+    """
+    doc = _mask_json(path)
     shape = doc.get("model") if isinstance(doc, dict) else None
     heads = doc.get("heads") if isinstance(doc, dict) else None
     if not isinstance(shape, dict) or not isinstance(heads, list):
@@ -72,9 +71,13 @@ def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
         )
     if (shape.get("n_layer"), shape.get("n_head")) != (n_layer, n_head):
         raise UsageError(
-            f"--ablate @{path}: the mask is for a model of {shape.get('n_layer')} layers x "
-            f"{shape.get('n_head')} heads; "
+            f"--ablate @{path}: the mask is for a model of {str(shape.get('n_layer'))[:20]} layers x "
+            f"{str(shape.get('n_head'))[:20]} heads; "
             f"this one has {n_layer} x {n_head}"
+        )
+    if d_head is not None and "d_head" in shape and shape["d_head"] != d_head:
+        raise UsageError(
+            f"--ablate @{path}: the mask is for heads of d_head {str(shape['d_head'])[:20]}; this model's have {d_head}"
         )
     result: list[Head] = []
     for item in heads:
@@ -82,14 +85,83 @@ def read_mask(path: str, n_layer: int, n_head: int) -> list[Head]:
         if not ok:
             raise UsageError(f"--ablate @{path}: {str(item)[:40]} is not a [layer, head] pair")
         check_head((item[0], item[1]), n_layer, n_head)
-        if (item[0], item[1]) not in result:
-            result.append((item[0], item[1]))
-    return result
+        if (item[0], item[1]) in result:
+            raise UsageError(f"--ablate @{path}: head {item[0]}.{item[1]} is listed twice")
+        result.append((item[0], item[1]))
+    method = doc.get("method", "zero")
+    if method not in METHODS:
+        raise UsageError(f"--ablate @{path}: method {str(method)[:20]!r} is not one of: {', '.join(METHODS)}")
+    means = _mask_means(path, doc.get("means"), len(result), d_head) if method == "mean" else None
+    if method == "zero" and "means" in doc:
+        raise UsageError(f"--ablate @{path}: means are given but the method is zero")
+    return Removal(tuple(result), method, means)
 
 
-def mask_doc(n_layer: int, n_head: int, heads: Sequence[Head]) -> dict:
-    """What read_mask reads: the model's shape and the heads, as [layer, head] pairs."""
-    return {"model": {"n_layer": n_layer, "n_head": n_head}, "heads": [list(h) for h in heads]}
+def _mask_json(path: str):
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MASK_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"--ablate @{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_MASK_BYTES:
+        raise UsageError(f"--ablate @{path}: larger than {MAX_MASK_BYTES // 1024**2} MiB; a mask file lists heads")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except NotANumber as exc:
+        raise UsageError(f"--ablate @{path}: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"--ablate @{path}: not a JSON mask file ({type(exc).__name__})") from exc
+
+
+class NotANumber(ValueError):
+    """NaN or Infinity in a mask file: JSON does not have them, and no recorded mean is one."""
+
+
+def _no_constant(name: str):
+    raise NotANumber(f"{name} is not a number a mask file may hold")
+
+
+def _mask_means(path: str, means, n_heads: int, d_head: int | None) -> np.ndarray:
+    """A mean mask's "means": one list of d_head finite numbers per head -> [n_heads, d_head] float32."""
+    rows = means if isinstance(means, list) and len(means) == n_heads else None
+    width = d_head if d_head is not None else len(rows[0]) if rows else 0
+    if rows is None or not all(isinstance(r, list) and len(r) == width for r in rows):
+        raise UsageError(
+            f'--ablate @{path}: a mean mask needs "means": one list of {width or "d_head"} numbers per head '
+            f"({n_heads} heads)"
+        )
+    if not all(type(v) in (int, float) for r in rows for v in r):
+        raise UsageError(f'--ablate @{path}: "means" holds something that is not a number')
+    try:
+        with np.errstate(over="ignore"):
+            values = np.asarray(rows, dtype=np.float64).astype(np.float32).reshape(n_heads, width)
+    except OverflowError:  # an integer past float64's range
+        values = np.full((n_heads, width), np.inf, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise UsageError(f'--ablate @{path}: "means" holds a value beyond float32\'s range')
+    return values
+
+
+def mask_doc(
+    n_layer: int,
+    n_head: int,
+    heads: Sequence[Head],
+    *,
+    d_head: int | None = None,
+    method: str = "zero",
+    means: np.ndarray | None = None,
+) -> dict:
+    """What read_mask reads: the model's shape, the method and the heads, as [layer, head] pairs.
+
+    For `mean`, each head's replacement output (means [n_layer, n_head, d_head] float32, as the Ablator measured
+    them): each float32 written as the shortest decimal that reads back to it, so a replay is exact.
+    """
+    model = {"n_layer": n_layer, "n_head": n_head} | ({} if d_head is None else {"d_head": d_head})
+    doc: dict = {"model": model, "method": method, "heads": [list(h) for h in heads]}
+    if method == "mean":
+        assert means is not None  # the Ablator of a mean prune has them
+        doc["means"] = [[float(v) for v in means[layer, h]] for layer, h in heads]
+    return doc
 
 
 def selected_heads(n_layer: int, n_head: int, layers: Sequence[int] | None, heads: Sequence[int] | None) -> list[Head]:
@@ -111,33 +183,43 @@ def check_ablate_spec(spec: str | None) -> None:
         raise UsageError(f"--ablate {spec}: cannot read: no such file (a mask file, as mha prune --save-mask writes)")
 
 
-def ablated_heads(spec: str | Sequence[Head] | None, ckpt) -> list[Head]:
-    """The heads removed: --ablate's `L.H,...` or `@FILE.json`, or the API's (layer, head) pairs; [] when none.
+def ablation(spec: str | Sequence[Head] | None, ckpt) -> Removal | None:
+    """The heads removed, each checked against the model; None when not given.
 
-    Each is checked against the model; pairs are sorted, duplicates dropped.
+    --ablate's `L.H,...` (zeroed) or `@FILE.json` (as the mask file says), or the API's (layer, head) pairs (zeroed;
+    sorted, duplicates dropped).
     """
     if spec is None:
-        return []
+        return None
     c = ckpt.config
     if not isinstance(spec, str):
         heads = sorted(set(spec))
         for h in heads:
             check_head(h, c.n_layer, c.n_head)
-        return heads
+        return Removal(tuple(heads))
     if spec.startswith("@"):
-        return read_mask(spec[1:], c.n_layer, c.n_head)
-    return parse_heads(spec, c.n_layer, c.n_head)
+        return read_mask(spec[1:], c.n_layer, c.n_head, c.d_head)
+    return Removal(tuple(parse_heads(spec, c.n_layer, c.n_head)))
+
+
+def ablated_heads(spec: str | Sequence[Head] | None, ckpt) -> list[Head]:
+    """The heads removed (--ablate's `L.H,...` or `@FILE.json`, or the API's pairs); [] when not given."""
+    removal = ablation(spec, ckpt)
+    return [] if removal is None else list(removal.heads)
 
 
 def ablation_note(spec: str | Sequence[Head] | None, ckpt, *, model: str = "") -> Ablated | None:
     """--ablate as every output names it (mhacli.views.ablated): the heads and how; None when not given."""
-    return Ablated.of(ablated_heads(spec, ckpt), model=model)
+    return Ablated.of(ablation(spec, ckpt), model=model)
 
 
 def ablation_edits(spec: str | Sequence[Head] | None, ckpt) -> dict[int, ZEdit] | None:
-    """The heads removed (--ablate, or the API's pairs) as the forward's edits (heads zeroed), None when none."""
-    heads = ablated_heads(spec, ckpt)
-    return removal_edits(heads) if heads else None
+    """The heads removed (--ablate, or the API's pairs) as the forward's edits; None when none.
+
+    Heads are zeroed, or set to a mean mask's recorded means.
+    """
+    removal = ablation(spec, ckpt)
+    return removal.edits(ckpt.config.d_head) if removal is not None and removal.heads else None
 
 
 # --- texts scored, and each head's kind on them -------------------------------------------------------------------
@@ -151,11 +233,40 @@ def scorable(text: TokenizedText, where: str) -> TokenizedText:
 
 
 def check_scorable(ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size) -> None:
-    """Every text has a next token to score (`where` names it), and the scoring fits max_memory (ResourceError)."""
+    """Every text has a next token to score (`where` names it), and the scoring fits max_memory (ResourceError).
+
+    A checkpoint that keeps its tensors (cache on: every evaluation reruns layers, so weights read once are kept,
+    whatever their size) drops the cache when only streaming them layer by layer fits: the guard decides.
+    """
     for t, where in texts:
         scorable(t, where)
-    needed = scoring_bytes(ckpt, [len(t.ids) for t, _ in texts])
-    check_memory(needed, max_memory, "scoring")
+    lengths = [len(t.ids) for t, _ in texts]
+    if ckpt.cache is not None and scoring_bytes(ckpt, lengths) > memory_limit(max_memory):
+        ckpt.cache = None  # weights streamed by layer: slower (read or dequantised per evaluation), but it fits
+    check_memory(scoring_bytes(ckpt, lengths), max_memory, "scoring")
+
+
+MAX_BATCH = 64  # variants run at once, at most (ablate's are a layer's heads; prune's random orders more)
+
+
+def scoring_batch(ckpt, lengths: Sequence[int], max_memory: Size, workers: int = 1) -> int:
+    """How many variants each of `workers` runs at once: what is left under max_memory after the scoring's needs.
+
+    At least 1 (check_scorable refused what does not fit one), at most MAX_BATCH. The batches' composition is the
+    GEMMs' shape: a smaller batch (a tight --max-memory) may change the losses in their last float32 bits.
+    """
+    spare = memory_limit(max_memory) - scoring_bytes(ckpt, list(lengths))
+    return int(max(1, min(MAX_BATCH, 1 + spare // (workers * variant_bytes(ckpt, max(lengths))))))
+
+
+def ablation_workers() -> int:
+    """Threads that run the Ablator's batches side by side (one BLAS thread each): the CPUs this process may use.
+
+    $MHA_THREADS overrides (the attention kernel's own setting, mhacli.engine.attention.threads_for). Measured on
+    2 cores (SmolLM2-135M, 64 tokens, 270 heads; benchmarks/ablate_speed.py): see docs/commands/ablate.md.
+    """
+    given = os.environ.get("MHA_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
 
 
 class KindTally:
@@ -185,17 +296,29 @@ class KindTally:
 
 
 def make_ablator(
-    ckpt, texts: list[TokenizedText], method: str, loss_from: int, *, kinds: bool = False
+    ckpt,
+    texts: list[TokenizedText],
+    method: str,
+    loss_from: int,
+    *,
+    kinds: bool = False,
+    pinned: Removal | None = None,
+    max_memory: Size = None,
 ) -> tuple[Ablator, KindTally | None]:
-    """The Ablator over the texts.
+    """The Ablator over the texts, as many variants at once as max_memory allows (scoring_batch).
 
-    With kinds=True, each head's kind from the same intact run (statistics of every layer of every text: only
-    `ablate` shows them).
+    With kinds=True, each head's kind from the same first run (statistics of every layer of every text: only
+    `ablate` shows them). `pinned`: heads removed first (--ablate).
     """
     if loss_from < 0:
         raise UsageError(f"{{loss_from}} {loss_from} must be 0 or more", params=("loss_from",))
     tally = KindTally(texts, ckpt.config.n_head) if kinds else None
-    return Ablator(ckpt, [t.ids for t in texts], method=method, loss_from=loss_from, observe=tally), tally
+    workers = ablation_workers()
+    batch = scoring_batch(ckpt, [len(t.ids) for t in texts], max_memory, workers)
+    ablator = Ablator(
+        ckpt, [t.ids for t in texts], method, loss_from, tally, pinned=pinned, batch=batch, workers=workers
+    )
+    return ablator, tally
 
 
 # --- ablate and prune ---------------------------------------------------------------------------------------------
@@ -210,13 +333,15 @@ def ablate_heads(
     *,
     kinds: bool = False,
     ticker: Ticker = _no_ticker,
+    pinned: Removal | None = None,
+    max_memory: Size = None,
 ) -> tuple[Ablator, list[HeadEffect], KindTally | None]:
     """Each of `heads` (None: every head) removed alone: the one orchestration of `mha ablate` and Run.ablate.
 
     Returns the Ablator (baseline loss, targets scored), each head's effect (largest delta first) and, with kinds,
-    each head's kind on the intact run.
+    each head's kind on the intact run. `pinned`: heads removed first (--ablate); max_memory bounds the batch.
     """
-    ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=kinds)
+    ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=kinds, pinned=pinned, max_memory=max_memory)
     chosen = ablator.heads if heads is None else ablated_heads(heads, ckpt)
     tick, close = ticker(len(chosen), "ablating heads")
     effects = ablate_each(ablator, chosen, tick)
@@ -225,11 +350,24 @@ def ablate_heads(
 
 
 def ablate_doc(
-    ckpt, texts: list[TokenizedText], heads: Sequence[Head], method: str, loss_from: int, ticker: Ticker = _no_ticker
+    ckpt,
+    texts: list[TokenizedText],
+    heads: Sequence[Head],
+    method: str,
+    loss_from: int,
+    ticker: Ticker = _no_ticker,
+    *,
+    pinned: Removal | None = None,
+    max_memory: Size = None,
 ) -> dict:
-    """`mha ablate`'s document: each of `heads` removed alone, with its kind on the intact run, largest delta first."""
+    """`mha ablate`'s document: each of `heads` removed alone, with its kind on the first run, largest delta first.
+
+    `pinned` (--ablate): heads removed first; the baseline is that model's loss and each head a further removal.
+    """
     c = ckpt.config
-    ablator, effects, tally = ablate_heads(ckpt, texts, heads, method, loss_from, kinds=True, ticker=ticker)
+    ablator, effects, tally = ablate_heads(
+        ckpt, texts, heads, method, loss_from, kinds=True, ticker=ticker, pinned=pinned, max_memory=max_memory
+    )
     assert tally is not None
     first = texts[0]
     return {
@@ -252,17 +390,35 @@ def prune_doc(
     seeds: int,
     max_increase: float,
     ticker: Ticker = _no_ticker,
+    *,
+    max_memory: Size = None,
 ) -> dict:
     """`mha prune`'s document.
 
     The importance order's curve (re-measured every round) against `seeds` random orders, each one's prunable
     fraction at `max_increase`, and the pruned heads (`pruned`).
     """
+    return prune_and_mask(ckpt, texts, method, loss_from, step, seeds, max_increase, ticker, max_memory=max_memory)[0]
+
+
+def prune_and_mask(
+    ckpt,
+    texts: list[TokenizedText],
+    method: str,
+    loss_from: int,
+    step: float,
+    seeds: int,
+    max_increase: float,
+    ticker: Ticker = _no_ticker,
+    *,
+    max_memory: Size = None,
+) -> tuple[dict, dict]:
+    """prune_doc, and the mask file of its pruned heads (mask_doc: the method, and for mean the means used)."""
     c = ckpt.config
-    ablator, _ = make_ablator(ckpt, texts, method, loss_from)
     n_heads = c.n_layer * c.n_head
     counts = schedule(n_heads, step)
-    tick, close = ticker(sum(n_heads - n for n in counts[:-1]) + seeds * (len(counts) - 1), "pruning")
+    ablator, _ = make_ablator(ckpt, texts, method, loss_from, max_memory=max_memory)
+    tick, close = ticker(sum(n_heads - n for n in counts[:-1]) + seeds * len(counts), "pruning")
     curve = importance_curve(ablator, step, tick)
     rand = random_curve(ablator, step, seeds, tick)
     close()
@@ -270,7 +426,8 @@ def prune_doc(
     imp_fraction = prunable_fraction([s.fraction for s in curve], [s.loss for s in curve], base, max_increase)
     rand_fraction = prunable_fraction([s.fraction for s in rand], [s.loss_mean for s in rand], base, max_increase)
     pruned = sorted(h for s in curve if s.fraction <= imp_fraction for h in s.removed)
-    return {
+    mask = mask_doc(c.n_layer, c.n_head, pruned, d_head=c.d_head, method=method, means=ablator.means)
+    doc = {
         "model": ckpt.model_dict(), "n_texts": len(texts), "method": method, "loss_from": loss_from,
         "n_targets": ablator.n_targets, "baseline_loss": base, "step": step, "max_increase": max_increase,
         "importance": {
@@ -295,6 +452,7 @@ def prune_doc(
         },
         "pruned": [list(h) for h in pruned],
     }  # fmt: skip
+    return doc, mask
 
 
 def ablate_picture(targets: list[Target], ckpt, texts, doc: dict, ablated: Ablated | None = None) -> Picture:

@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mhacli.analyses.ablate import removal_edits
 from mhacli.analyses.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.analyses.heads import HeadView, analyse
 from mhacli.engine.blocks import ZEdit
 from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
-from mhacli.ops.ablation import ablated_heads
+from mhacli.ops.ablation import ablation
 from mhacli.ops.memory import Size, check_memory, diff_bytes
 from mhacli.views.ablated import Ablated
 from mhacli.views.formats import written
@@ -161,8 +160,9 @@ def diff(
         for raw, where in request.texts
     ]
     ckpt_a, ckpt_b = a[0], b[0]
-    removed = ablated_heads(request.remove_b, ckpt_b)
-    edits_b = removal_edits(removed) if removed else None
+    removal = ablation(request.remove_b, ckpt_b)  # a mean mask keeps its recorded means; pairs are zeroed
+    removed = [] if removal is None else list(removal.heads)
+    edits_b = removal.edits(ckpt_b.config.d_head) if removal is not None and removed else None
     report = compare(
         ckpt_a,
         ckpt_b,
@@ -173,7 +173,7 @@ def diff(
         max_memory=request.max_memory,
         progress=progress,
     )
-    return DiffOutcome(report, items, edits_b, Ablated.of(removed, model="MODEL_B"))
+    return DiffOutcome(report, items, edits_b, Ablated.of(removal, model="MODEL_B"))
 
 
 def peak_maps(

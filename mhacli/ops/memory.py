@@ -144,6 +144,13 @@ def scoring_bytes(ckpt, lengths: list[int]) -> int:
     return streams + logits + memory_needed(c, n_seq, weight_bytes=ckpt.weight_bytes())
 
 
+def variant_bytes(ckpt, n_seq: int) -> int:
+    """One more variant in an ablation batch: its forward's working set, its heads' outputs and logits block."""
+    c = ckpt.config
+    logits = 4 * n_seq * min(VOCAB_BLOCK, c.vocab_size) * 2
+    return memory_needed(c, n_seq) + 4 * n_seq * c.n_head * c.d_head * 2 + logits
+
+
 def census_bytes(ckpt, longest: int, local_workers: int) -> int:
     """census: one forward per local worker process (0 on a remote cluster)."""
     return local_workers * memory_needed(ckpt.config, longest, weight_bytes=ckpt.weight_bytes())

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.engine.attention import Sink, causal_attention
-from mhacli.engine.blocks import F32, causal_softmax
+from mhacli.engine.blocks import F32, causal_softmax, matmul_rows
 
 Act = Callable[[np.ndarray], np.ndarray]
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """nn.Linear with the checkpoint's [out, in] weight: [n_seq, in] -> [n_seq, out]"""
-    y = x @ w.T
+    """nn.Linear with the checkpoint's [out, in] weight: [..., n_seq, in] -> [..., n_seq, out]"""
+    y = matmul_rows(x, w.T)
     return y if b is None else y + b
 
 

@@ -20,6 +20,7 @@ from mhacli.engine.blocks import (
     ZEdit,
     causal_softmax,
     layer_norm,
+    matmul_rows,
     project_heads,
     split_heads,
 )
@@ -47,7 +48,7 @@ def gpt2_attention_parts(
     [n_head, n_seq, n_seq] score tensor kept (`scores` is None); with a `sink` the map goes to it block by block
     and is not kept either (`probs` is None).
     """
-    qkv = x @ p["attn.c_attn.weight"] + p["attn.c_attn.bias"]  # [n_seq, 3 * n_embd]
+    qkv = matmul_rows(x, p["attn.c_attn.weight"]) + p["attn.c_attn.bias"]  # [n_seq, 3 * n_embd]
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x [n_head, n_seq, d_head]
     scores: np.ndarray | None
     probs: np.ndarray | None
@@ -58,14 +59,14 @@ def gpt2_attention_parts(
     else:
         scores = None
         z, probs = causal_attention(q, k, v, scale, sink=sink)
-    out = project_heads(z, edit) @ p["attn.c_proj.weight"] + p["attn.c_proj.bias"]  # [n_seq, n_embd]
+    out = matmul_rows(project_heads(z, edit), p["attn.c_proj.weight"]) + p["attn.c_proj.bias"]  # [n_seq, n_embd]
     return AttentionParts(q, k, v, scores, probs, z, out)
 
 
 def gpt2_mlp(x: np.ndarray, p: dict[str, np.ndarray], act: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """[n_seq, n_embd] -> [n_seq, n_embd]"""
-    h = act(x @ p["mlp.c_fc.weight"] + p["mlp.c_fc.bias"])  # [n_seq, n_inner]
-    return h @ p["mlp.c_proj.weight"] + p["mlp.c_proj.bias"]
+    h = act(matmul_rows(x, p["mlp.c_fc.weight"]) + p["mlp.c_fc.bias"])  # [n_seq, n_inner]
+    return matmul_rows(h, p["mlp.c_proj.weight"]) + p["mlp.c_proj.bias"]
 
 
 def gpt2_block(

@@ -70,8 +70,8 @@ def split_qkv(qkv: np.ndarray, config: BigCodeConfig) -> tuple[np.ndarray, np.nd
     """
     e, d = config.n_embd, config.d_head
     if config.multi_query:
-        q = split_heads(qkv[:, :e], config.n_head)
-        return q, qkv[None, :, e : e + d], qkv[None, :, e + d :]  # one K/V head: [1, n_seq, d_head]
+        q = split_heads(qkv[..., :e], config.n_head)
+        return q, qkv[..., None, :, e : e + d], qkv[..., None, :, e + d :]  # one K/V head: [1, n_seq, d_head]
     per_head = split_heads(qkv, config.n_head)  # [n_head, n_seq, 3 * d_head]
     return per_head[..., :d], per_head[..., d : 2 * d], per_head[..., 2 * d :]
 

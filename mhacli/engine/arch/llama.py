@@ -128,7 +128,7 @@ def rotary_attention(
 
     q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] before RoPE. Shared with OLMo, whose q and k are
     normalised first."""
-    cos, sin = rope_tables(config.rope_at(layer), config.d_head, config.n_positions, q.shape[1])  # [n_seq, d_head]
+    cos, sin = rope_tables(config.rope_at(layer), config.d_head, config.n_positions, q.shape[-2])  # [n_seq, d_head]
     q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     scores, probs, z = grouped_attention(
         q_rot, k_rot, v, config.attn_scale(layer), config.sliding_window(layer), keep_scores=keep_scores, sink=sink
