@@ -40,7 +40,7 @@ from mhacli.io.tokenizer import Tokenizer, load_tokenizer
 from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops import diff as diffs
-from mhacli.ops.ablation import check_scorable
+from mhacli.ops.ablation import Progress, check_scorable, progress_tick
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import check_heads
@@ -366,11 +366,20 @@ class Run:
             raise UsageError("explain runs the intact model: make the run without remove=")
         return explain_head(self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory)
 
-    def ablate(self, heads: Iterable[Head] | None = None, *, method: str = "zero", loss_from: int = 1) -> Ablation:
+    def ablate(
+        self,
+        heads: Iterable[Head] | None = None,
+        *,
+        method: str = "zero",
+        loss_from: int = 1,
+        progress: Progress | None = None,
+    ) -> Ablation:
         """Each head removed alone (`mha ablate`).
 
         The loss against the intact model's, largest increase first. heads: (layer, head) pairs (default every
-        head); method: zero, or mean (its mean output on this text).
+        head); method: zero, or mean (its mean output on this text). progress(done, total): called with 0 before
+        the first head and after each head; returning False stops between two heads and raises Cancelled (no
+        partial result). It does not change the numbers.
         """
         if self.removed:
             raise UsageError("ablate measures against the intact model: make the run without remove=")
@@ -382,7 +391,7 @@ class Run:
         c = self.model.config
         for h in chosen:
             check_head(h, c.n_layer, c.n_head)
-        effects = ablate_each(ablator, chosen)
+        effects = ablate_each(ablator, chosen, progress_tick(progress, len(chosen)))
         return Ablation(method, loss_from, ablator.n_targets, ablator.baseline, effects)
 
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -244,6 +245,174 @@ def test_ablating_the_previous_token_head_changes_the_induction_head(model):
     assert div[(1, 2)] == max(div.values()) > 0.1
     assert f"L0H3 removed, loss {delta:+.3f} nats/token; grid: each head's divergence" in screen and delta > 0
     assert "without L0H3" in screen and "with it" in screen
+
+
+class SlowAblation:
+    """Run.ablate made to wait before each head until the test releases it (a slow model, under the test's control).
+
+    It wraps the per-head tick of mhacli.api (progress_tick), so the ablation's own numbers are untouched.
+    """
+
+    def __init__(self, monkeypatch) -> None:
+        import mhacli.api
+
+        self.heads = threading.Semaphore(0)
+        real = mhacli.api.progress_tick
+
+        def gated(progress, total, what="heads"):
+            tick = real(progress, total, what)
+
+            def slow() -> None:
+                self.heads.acquire(timeout=30)
+                assert tick is not None
+                tick()
+
+            return None if tick is None else slow
+
+        monkeypatch.setattr(mhacli.api, "progress_tick", gated)
+
+    def release(self, n: int) -> None:
+        for _ in range(n):
+            self.heads.release()
+
+
+async def until(pilot, condition, timeout: float = 60) -> None:
+    """Let the app run until `condition()` holds (a generous bound: the machine may be busy)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "the condition never held"
+        await pilot.pause(0.05)
+
+
+def test_ablation_runs_in_the_background_with_a_progress_bar_and_live_keys(model, monkeypatch):
+    slow = SlowAblation(monkeypatch)
+    app = BrowseApp(Session(model, TEXT))
+    seen = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            await pilot.press("a")
+            bar = app.query_one("#progress")
+            seen["running"] = (bar.display, app.ablating is not None, app.mode, bar.total)
+            slow.release(3)
+            await until(pilot, lambda: bar.progress == 3)
+            seen["at 3"] = screen_text(app)
+            await pilot.press("down", "right", "right")  # the grid moves while heads are being removed
+            seen["moved"] = ((app.session.layer, app.session.head), app.ablating is not None, screen_text(app))
+            slow.release(5)
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["done"] = (bar.display, app.ablating, app.mode, app.ablated, screen_text(app))
+
+    asyncio.run(go())
+    assert seen["running"] == (True, True, "kinds", 8)
+    assert "ablating: 3 of 8 heads removed alone (Esc cancels)" in seen["at 3"]
+    assert seen["moved"][:2] == ((1, 2), True) and "L1H2 induction" in seen["moved"][2]
+    shown, worker, mode, ablated, screen = seen["done"]
+    assert (shown, worker, mode, ablated) == (False, None, "ablate", (0, 0))  # the head selected when `a` was pressed
+    assert "L0H0 removed" in screen and "without L0H0" in screen
+
+
+def test_escape_cancels_the_ablation_and_the_app_stays_responsive(model, monkeypatch):
+    slow = SlowAblation(monkeypatch)
+    app = BrowseApp(Session(model, TEXT))
+    seen = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            await pilot.press("a")
+            slow.release(2)
+            await until(pilot, lambda: app.query_one("#progress").progress == 2)
+            await pilot.press("escape")
+            slow.release(1)  # the head being removed finishes; the worker stops before the next one
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["cancelled"] = (app.mode, app.ablating, app.query_one("#progress").display, screen_text(app))
+            await pilot.press("right", "s")
+            await pilot.pause()
+            seen["after"] = ((app.session.layer, app.session.head), app.mode, screen_text(app))
+
+    asyncio.run(go())
+    mode, worker, bar, screen = seen["cancelled"]
+    assert (mode, worker, bar) == ("kinds", None, False)
+    assert "ablation cancelled after 3 of 8 heads" in screen
+    assert app.session.alone((0, 0)) is None and ("ablate", (0, 0)) not in app.session._cache  # nothing partial kept
+    assert seen["after"][:2] == ((0, 1), "stats") and "entropy" in seen["after"][2]
+
+
+def test_a_completed_ablation_shows_the_numbers_of_mha_ablate(model):
+    doc = json.loads(run_mha("ablate", TEXT, "-f", "json").stdout)
+    want = {(h["layer"], h["head"]): h["delta"] for h in doc["heads"]}
+    app = BrowseApp(Session(model, TEXT))
+    got = {}
+
+    async def go() -> None:
+        async with app.run_test(size=LARGE) as pilot:
+            await pilot.pause()
+            await pilot.press("right", "right", "right", "a")  # L0H3 removed
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            got["status"] = screen_text(app)
+            for layer, head in want:
+                app.session.layer, app.session.head = layer, head
+                app.selection_changed()
+                await pilot.pause()
+                found = re.search(rf"L{layer}H{head} removed alone: loss ([+-]\d+\.\d{{3}})", screen_text(app))
+                got[(layer, head)] = float(found.group(1)) if found else None
+
+    asyncio.run(go())
+    for head, delta in want.items():
+        assert got[head] is not None and abs(got[head] - delta) <= 5e-4 + 1e-9, (head, got[head], delta)
+    status = re.search(r"L0H3 removed, loss ([+-]\d+\.\d{3}) nats/token", got["status"])
+    assert status and abs(float(status.group(1)) - want[(0, 3)]) <= 5e-4 + 1e-9
+
+
+def test_the_walkthrough_of_the_browse_page(model, induction_head):
+    """docs/commands/browse.md's "Find the induction head": each step's keys, and what the step says happens."""
+    page = (REPO / "docs" / "commands" / "browse.md").read_text(encoding="utf-8")
+    for said in ("`/`, type `induction`, Enter", "Tab (the tokens pane) and ← twice", "`7:'at' 0.84`",
+                 "`/` Enter clears the filter; ↑ → moves there", "↓ ← back to L1H2", "the loss rises"):  # fmt: skip
+        assert said in page, said
+    app = BrowseApp(Session(model, TEXT))
+    steps = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            steps[1] = screen_text(app)
+            for key in typed("/induction"):
+                await pilot.press(key)
+            await pilot.press("enter")
+            await pilot.pause()
+            steps[2] = (app.session.shown(), (app.session.layer, app.session.head), screen_text(app))
+            await pilot.press("tab", "left", "left")
+            await pilot.pause()
+            steps[3] = (app.session.query, screen_text(app))
+            await pilot.press("slash", "enter", "up", "right")
+            await pilot.pause()
+            steps["4a"] = (len(app.session.shown()), (app.session.layer, app.session.head))
+            await pilot.press("a")
+            await app.workers.wait_for_complete()
+            await pilot.press("down", "left")
+            await pilot.pause()
+            steps["4b"] = ((app.session.layer, app.session.head), app.mode, screen_text(app))
+            await pilot.press("q")
+
+    asyncio.run(go())
+    grid = " ".join(line.split("▕")[0] for line in steps[1].splitlines()[2:5])
+    assert len(re.findall(r"[A-Z·] \d\.\d\d", grid)) == 8 and "I 0.71" in grid and "P 0.99" in grid  # step 1
+    assert steps[2][:2] == ([induction_head], induction_head) and "L1H2 induction" in steps[2][2]  # step 2
+    query, screen = steps[3]
+    assert query == 15 and app.session.tokens[15] == " m" and "7:'at' 0.84" in screen  # step 3
+    assert steps["4a"] == (8, (0, 3))  # step 4: the filter cleared, L0H3 selected
+    selected, mode, screen = steps["4b"]
+    report, _, delta = app.session.ablation((0, 3))
+    top = max(report.heads, key=lambda r: r.divergence)
+    assert selected == induction_head == (top.layer_a, top.head_a) and mode == "ablate"  # changes most
+    assert delta is not None and delta > 0 and f"loss {delta:+.3f}" in screen  # the loss rises
+    assert app.return_code == 0  # step 5
 
 
 def test_help_lists_every_key(model):

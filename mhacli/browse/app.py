@@ -11,15 +11,18 @@ Imported only by `mha browse` (Textual is the `browse` extra).
 from __future__ import annotations
 
 import numpy as np
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widget import Widget
-from textual.widgets import Input, Static
+from textual.widgets import Input, ProgressBar, Static
+from textual.worker import Worker, get_current_worker
 
-from mhacli.browse.state import Session
-from mhacli.errors import MhaError
+from mhacli.browse.state import Ablated, Session
+from mhacli.errors import Cancelled, MhaError
 from mhacli.views.terminal import browse as views
 from mhacli.views.terminal.grid import FULL_CELL, full_width
 from mhacli.views.terminal.heatmap import MapWindow
@@ -30,6 +33,22 @@ GRID_SAYS = {
     "diff": "divergence of B from A (js, bits)",
     "ablate": "divergence from the intact model (js, bits)",
 }
+
+
+class AblationProgress(Message):
+    """From the ablation worker: `done` of `total` heads removed alone so far."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__()
+        self.done, self.total = done, total
+
+
+class AblationEnded(Message):
+    """From the ablation worker: its result for `run` (None when it stopped: `stopped` says why)."""
+
+    def __init__(self, target: tuple[int, int], run, value: Ablated | None, stopped: str = "") -> None:
+        super().__init__()
+        self.target, self.run, self.value, self.stopped = target, run, value, stopped
 
 
 class Pane(Widget):
@@ -212,6 +231,8 @@ class BrowseApp(App):
     #map { width: 1fr; padding-left: 1; }
     #tokens { height: 4; border-top: hkey $secondary; }
     #status { height: 1; }
+    #progress { height: 1; display: none; }
+    #progress Bar { width: 1fr; }
     #filter { dock: bottom; display: none; height: 1; border: none; padding: 0; }
     """
     BINDINGS = [
@@ -234,6 +255,7 @@ class BrowseApp(App):
         self.ablated: tuple[int, int] | None = None
         self.message = ""
         self.color = not self.no_color
+        self.ablating: Worker | None = None  # the ablation running in a thread (`a`), None when none runs
 
     def compose(self) -> ComposeResult:
         yield Static(id="top")
@@ -241,6 +263,7 @@ class BrowseApp(App):
             yield GridPane(id="grid")
             yield MapPane(id="map")
         yield TokenPane(id="tokens")
+        yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="status")
         yield Input(placeholder="kind (induction, prev, sink...) or statistic>x (induction>0.5); Enter", id="filter")
 
@@ -328,7 +351,9 @@ class BrowseApp(App):
         report, run, delta = s.ablation(self.ablated)
         name = f"L{self.ablated[0]}H{self.ablated[1]}"
         maps = [(s.head_map(), "with it"), (run.attention(s.layer)[s.head], f"without {name}")]
-        return self._panels(pane, maps, width, height), f"{name} removed"
+        alone = s.alone()
+        note = "" if alone is None else f"; L{s.layer}H{s.head} removed alone: loss {alone:+.3f}"
+        return self._panels(pane, maps, width, height), f"{name} removed{note}"
 
     def ablation_note(self) -> str:
         """What ablate mode shows, with the loss change (`mha ablate`'s delta) where the model has an output head."""
@@ -392,6 +417,9 @@ class BrowseApp(App):
             box.display = False
             self.query_one(GridPane).focus()
             return
+        if mode == "kinds" and self.ablating is not None:  # Esc while ablating: stop it, nothing else
+            self.ablating.cancel()
+            return
         if mode == self.mode:  # the mode's key again: back to the kinds view
             mode = "kinds"
         try:
@@ -399,12 +427,15 @@ class BrowseApp(App):
                 s.diff_report()
             elif mode == "explain":
                 s.explanation()
-            elif mode == "ablate":
-                self.ablated = (s.layer, s.head)
-                s.ablation(self.ablated)
+            elif mode == "ablate" and self.start_ablation((s.layer, s.head)):
+                return  # the mode changes when the worker is done
         except MhaError as exc:
             self.say(f"error: {exc}")
             return
+        self.enter_mode(mode)
+
+    def enter_mode(self, mode: str) -> None:
+        s = self.session
         self.mode = mode
         pane = self.query_one(MapPane)
         pane.start, pane.keys = (
@@ -413,6 +444,71 @@ class BrowseApp(App):
         pane.follow(s.query)
         what = {"ablate": self.ablation_note() if mode == "ablate" else "", "kinds": ""}
         self.say(what.get(mode, f"{mode}: L{s.layer}H{s.head}, query {s.query}"))
+
+    # -- the ablation, in a worker thread --------------------------------------------------------------------------
+    def start_ablation(self, target: tuple[int, int]) -> bool:
+        """`a`: remove `target`. Computed already: show it now (False). Else start the worker (True)."""
+        if self.ablating is not None:
+            self.say("the ablation is still running: Esc cancels it")
+            return True
+        self.ablated = target
+        if ("ablate", target) in self.session._cache:
+            return False
+        n = self.session.n_layer * self.session.n_head
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=n, progress=0)
+        bar.display = True
+        first = "" if self.session.removed else f"each of {n} heads removed alone, then "
+        self.say(f"ablating: {first}L{target[0]}H{target[1]} (Esc cancels)")
+        self.ablating = self.ablate_in_background(target)
+        return True
+
+    @work(thread=True, exclusive=True, group="ablate", exit_on_error=False)
+    def ablate_in_background(self, target: tuple[int, int]) -> None:
+        """Every head removed alone, then `target` removed (Session.compute_ablation), off the app's thread.
+
+        Progress goes to the app as messages (post_message is thread-safe); a cancelled worker stops between two
+        heads (Run.ablate's progress callback returns False) and its partial work is discarded.
+        """
+        worker = get_current_worker()
+        session = self.session
+        run = session.run
+
+        def progress(done: int, total: int) -> bool:
+            if worker.is_cancelled:
+                return False
+            self.post_message(AblationProgress(done, total))
+            return True
+
+        try:
+            value = session.compute_ablation(target, progress)
+        except Cancelled as exc:
+            self.post_message(
+                AblationEnded(target, run, None, f"ablation cancelled after {exc.done} of {exc.total} heads")
+            )
+            return
+        except MhaError as exc:
+            self.post_message(AblationEnded(target, run, None, f"error: {exc}"))
+            return
+        if worker.is_cancelled:
+            self.post_message(AblationEnded(target, run, None, "ablation cancelled"))
+            return
+        self.post_message(AblationEnded(target, run, value))
+
+    def on_ablation_progress(self, message: AblationProgress) -> None:
+        if self.ablating is None:
+            return
+        self.query_one("#progress", ProgressBar).update(total=message.total, progress=message.done)
+        self.say(f"ablating: {message.done} of {message.total} heads removed alone (Esc cancels)")
+
+    def on_ablation_ended(self, message: AblationEnded) -> None:
+        self.ablating = None
+        self.query_one("#progress", ProgressBar).display = False
+        if message.value is None or not self.session.keep_ablation(message.target, message.run, message.value):
+            self.say(message.stopped or "ablation discarded: the text changed while it ran")
+            return
+        self.ablated = message.target
+        self.enter_mode("ablate")
 
     def action_cycle(self, step: int) -> None:
         """Tab / Shift+Tab: grid -> tokens -> map (an open filter or editor keeps the focus)."""
@@ -428,6 +524,7 @@ class BrowseApp(App):
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
+        box.value = ""  # a fresh filter each time: `/` Enter clears the one applied (the grid's header names it)
         box.display = True
         box.focus()
         self.message = (
@@ -451,6 +548,8 @@ class BrowseApp(App):
         def done(text: str | None) -> None:
             if text is None or text == self.session.text:
                 return
+            if self.ablating is not None:
+                self.ablating.cancel()
             try:
                 self.session.rerun(text)
             except MhaError as exc:

@@ -7,16 +7,20 @@ report; nothing here draws.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mhacli.api import HeadStats, Model, Run, diff
-from mhacli.errors import MhaError, TextError, UsageError
+from mhacli.errors import Cancelled, MhaError, TextError, UsageError
 
 TOP_K = 5  # keys listed for the query token
 FILTER_OPS = (">=", "<=", ">", "<")
 MODES = ("kinds", "diff", "explain", "stats", "ablate")
+Progress = Callable[[int, int], "bool | None"]  # Run.ablate's: (heads done, heads in all) -> False to stop
+# compute_ablation: the divergence report with the head removed, the run without it, each head's loss change alone
+Ablated = tuple[object, Run, "dict[tuple[int, int], float] | None"]
 
 
 @dataclass(frozen=True)
@@ -221,20 +225,49 @@ class Session:
         )
 
     def ablation(self, target: tuple[int, int]) -> tuple[object, Run, float | None]:
-        """Head `target` removed (with the --ablate heads).
+        """Head `target` removed (with the --ablate heads), computed now if `compute_ablation` has not run for it.
 
-        Every head's divergence from the intact model (mhacli.diff, as `mha diff M M --ablate L.H`), the run
-        without it, and the loss change in nats/token (Run.ablate; None where the model has no output head or
-        heads are removed already).
+        See compute_ablation; the result is kept for this text.
         """
         key = ("ablate", target)
         if key not in self._cache:
-            removed = tuple(sorted(set(self.removed) | {target}))
-            report = diff(self.model, self.model, self.text, remove_b=removed, truncate=self.truncate)
-            run = self.model.run(ids=self.run.ids, remove=removed)
-            try:
-                delta = self.run.ablate([target]).heads[0].delta if not self.removed else None
-            except MhaError:
-                delta = None
-            self._cache[key] = (report, run, delta)
+            self.keep_ablation(target, self.run, self.compute_ablation(target))
         return self._cache[key]
+
+    def compute_ablation(self, target: tuple[int, int], progress: Progress | None = None) -> Ablated:
+        """Head `target` removed, and every head removed alone; nothing kept (a worker thread calls this).
+
+        Every head's divergence from the intact model with `target` (and the --ablate heads) removed (mhacli.diff,
+        as `mha diff M M --ablate L.H`), the run without it, and each head's loss change in nats/token when removed
+        alone (Run.ablate over every head, `mha ablate`'s numbers; None where the model has no output head or heads
+        are removed already). progress(done, total) is Run.ablate's, per head: returning False raises Cancelled.
+        """
+        run = self.run
+        effects: dict[tuple[int, int], float] | None = None
+        if not self.removed:
+            try:
+                result = run.ablate(progress=progress)
+                effects = {(e.layer, e.head): e.delta for e in result.heads}
+            except Cancelled:
+                raise
+            except MhaError:
+                effects = None
+        removed = tuple(sorted(set(self.removed) | {target}))
+        report = diff(self.model, self.model, self.text, remove_b=removed, truncate=self.truncate)
+        without = self.model.run(ids=run.ids, remove=removed)
+        return report, without, effects
+
+    def keep_ablation(self, target: tuple[int, int], run: Run, value: Ablated) -> bool:
+        """Keep what compute_ablation returned for `run`; False (nothing kept) when the text has changed since."""
+        if run is not self.run:
+            return False
+        report, without, effects = value
+        self._cache[("ablate", target)] = (report, without, None if effects is None else effects[target])
+        if effects is not None:
+            self._cache["alone"] = effects
+        return True
+
+    def alone(self, head: tuple[int, int] | None = None) -> float | None:
+        """The loss change with `head` (default the selected one) removed alone, once an ablation has run; else None."""
+        effects = self._cache.get("alone")
+        return None if effects is None else effects.get(head or (self.layer, self.head))
