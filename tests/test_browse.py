@@ -342,6 +342,30 @@ def test_escape_cancels_the_ablation_and_the_app_stays_responsive(model, monkeyp
     assert seen["after"][:2] == ((0, 1), "stats") and "entropy" in seen["after"][2]
 
 
+def test_a_second_head_reuses_each_heads_loss_alone(model, monkeypatch):
+    """Every head removed alone is measured once per text: `a` on another head reruns only that head's maps."""
+    import mhacli.api
+
+    calls = []
+    real = mhacli.api.Run.ablate
+    monkeypatch.setattr(mhacli.api.Run, "ablate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    app = BrowseApp(Session(model, TEXT))
+    seen = []
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            for keys in (("a",), ("a", "right", "a")):  # L0H0; back to kinds; L0H1
+                await pilot.press(*keys)
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+                seen.append((app.mode, app.ablated, screen_text(app)))
+
+    asyncio.run(go())
+    assert [(m, a) for m, a, _ in seen] == [("ablate", (0, 0)), ("ablate", (0, 1))]
+    assert len(calls) == 1 and "L0H1 removed" in seen[1][2]
+
+
 def test_a_completed_ablation_shows_the_numbers_of_mha_ablate(model):
     doc = json.loads(run_mha("ablate", TEXT, "-f", "json").stdout)
     want = {(h["layer"], h["head"]): h["delta"] for h in doc["heads"]}
@@ -432,6 +456,7 @@ def test_the_text_edit_reruns_with_the_model_loaded(model):
         box = app.screen.query_one("#text")
         box.value = "ROMEO: I love thee. ROMEO: I love thee."
         await pilot.press("enter")
+        await app.workers.wait_for_complete()  # the new text runs in a worker thread
 
     screen = drive(app, then=edit)
     assert app.session.model is model
@@ -448,10 +473,49 @@ def test_an_empty_text_edit_keeps_the_old_text(model):
         await pilot.pause()
         app.screen.query_one("#text").value = "   "
         await pilot.press("enter")
+        await app.workers.wait_for_complete()
 
     screen = drive(app, then=edit)
     assert "error: text is empty (the old text is kept)" in screen
     assert app.session.text == TEXT
+
+
+def test_escape_while_a_new_text_runs_keeps_the_old_text(model, monkeypatch):
+    """`t`'s run happens in a worker: keys stay live while it runs, and Esc keeps the old text."""
+    gate = threading.Event()
+    real = Session.prepare
+
+    def slow(self, text):
+        gate.wait(30)
+        return real(self, text)
+
+    monkeypatch.setattr(Session, "prepare", slow)
+    app = BrowseApp(Session(model, TEXT))
+    seen = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            await pilot.press("t")
+            await pilot.pause()
+            app.screen.query_one("#text").value = "ROMEO: I love thee. ROMEO: I love thee."
+            await pilot.press("enter")
+            await pilot.pause()
+            bar = app.query_one("#progress")
+            seen["running"] = (bar.display, app.rerunning is not None, screen_text(app))
+            await pilot.press("right")  # live while it runs
+            seen["moved"] = (app.session.layer, app.session.head)
+            await pilot.press("escape")
+            gate.set()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["after"] = (bar.display, app.rerunning, screen_text(app))
+
+    asyncio.run(go())
+    assert seen["running"][:2] == (True, True) and "running the new text (Esc keeps the old one)" in seen["running"][2]
+    assert seen["moved"] == (0, 1)
+    assert seen["after"][:2] == (False, None) and "new text cancelled: the old one is kept" in seen["after"][2]
+    assert app.session.text == TEXT and app.session.run.n_seq == 18
 
 
 def test_a_text_over_the_memory_limit_is_refused_with_a_message(model):

@@ -51,6 +51,14 @@ class AblationEnded(Message):
         self.target, self.run, self.value, self.stopped = target, run, value, stopped
 
 
+class TextRan(Message):
+    """From the text worker: the run of `text`, or why there is none (`error`, or cancelled)."""
+
+    def __init__(self, text: str, run, error: str = "", cancelled: bool = False) -> None:
+        super().__init__()
+        self.text, self.run, self.error, self.cancelled = text, run, error, cancelled
+
+
 class Pane(Widget):
     """A pane drawn from the session as lines; its first line is its name (reversed while it has the focus)."""
 
@@ -256,6 +264,7 @@ class BrowseApp(App):
         self.message = ""
         self.color = not self.no_color
         self.ablating: Worker | None = None  # the ablation running in a thread (`a`), None when none runs
+        self.rerunning: Worker | None = None  # the new text being run in a thread (`t`), None when none runs
 
     def compose(self) -> ComposeResult:
         yield Static(id="top")
@@ -420,6 +429,10 @@ class BrowseApp(App):
         if mode == "kinds" and self.ablating is not None:  # Esc while ablating: stop it, nothing else
             self.ablating.cancel()
             return
+        if mode == "kinds" and self.rerunning is not None:  # Esc while a new text runs: keep the old one
+            self.rerunning.cancel()
+            self.say("cancelling the new text: the old one is kept")
+            return
         if mode == self.mode:  # the mode's key again: back to the kinds view
             mode = "kinds"
         try:
@@ -455,10 +468,11 @@ class BrowseApp(App):
         if ("ablate", target) in self.session._cache:
             return False
         n = self.session.n_layer * self.session.n_head
+        each = not self.session.removed and self.session.alone(target) is None  # every head alone, first
         bar = self.query_one("#progress", ProgressBar)
-        bar.update(total=n, progress=0)
+        bar.update(total=n if each else None, progress=0)
         bar.display = True
-        first = "" if self.session.removed else f"each of {n} heads removed alone, then "
+        first = f"each of {n} heads removed alone, then " if each else ""
         self.say(f"ablating: {first}L{target[0]}H{target[1]} (Esc cancels)")
         self.ablating = self.ablate_in_background(target)
         return True
@@ -546,18 +560,42 @@ class BrowseApp(App):
 
     def action_edit_text(self) -> None:
         def done(text: str | None) -> None:
-            if text is None or text == self.session.text:
+            if text is None or text == self.session.text or self.rerunning is not None:
                 return
             if self.ablating is not None:
                 self.ablating.cancel()
-            try:
-                self.session.rerun(text)
-            except MhaError as exc:
-                self.say(f"error: {exc} (the old text is kept)")
-                return
-            pane = self.query_one(MapPane)
-            pane.start, pane.keys = 0, None
-            pane.follow(self.session.query)
-            self.say(f"ran the new text: {self.session.run.n_seq} tokens")
+            bar = self.query_one("#progress", ProgressBar)
+            bar.update(total=None, progress=0)
+            bar.display = True
+            self.say("running the new text (Esc keeps the old one)")
+            self.rerunning = self.run_text_in_background(text)
 
         self.push_screen(TextScreen(self.session.text), done)
+
+    @work(thread=True, exclusive=True, group="text", exit_on_error=False)
+    def run_text_in_background(self, text: str) -> None:
+        """The new text's run and statistics (Session.prepare), off the app's thread; shown by on_text_ran."""
+        worker = get_current_worker()
+        try:
+            run = self.session.prepare(text)
+        except MhaError as exc:
+            self.post_message(TextRan(text, None, error=str(exc)))
+            return
+        self.post_message(TextRan(text, run, cancelled=worker.is_cancelled))
+
+    def on_text_ran(self, message: TextRan) -> None:
+        self.rerunning = None
+        self.query_one("#progress", ProgressBar).display = self.ablating is not None
+        if message.error:
+            self.say(f"error: {message.error} (the old text is kept)")
+            return
+        if message.cancelled:
+            self.say("new text cancelled: the old one is kept")
+            return
+        self.session.adopt(message.text, message.run)
+        if self.mode in ("diff", "ablate"):
+            self.mode = "kinds"  # their results were for the old text, and are long to redo: on their key again
+        pane = self.query_one(MapPane)
+        pane.start, pane.keys = 0, None
+        pane.follow(self.session.query)
+        self.say(f"ran the new text: {self.session.run.n_seq} tokens")

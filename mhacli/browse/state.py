@@ -132,7 +132,14 @@ class Session:
 
         On an error nothing changes and the error is raised.
         """
-        run = self._make_run(text)
+        self.adopt(text, self.prepare(text))
+
+    def prepare(self, text: str) -> Run:
+        """The run of a new text with every head's statistics, without changing the session (a worker calls this)."""
+        return self._make_run(text)
+
+    def adopt(self, text: str, run: Run) -> None:
+        """Show `run` (prepare's, of `text`) from now on."""
         self.text, self.run, self._cache = text, run, {}
         self.query = run.n_seq - 1
 
@@ -240,11 +247,12 @@ class Session:
         Every head's divergence from the intact model with `target` (and the --ablate heads) removed (mhacli.diff,
         as `mha diff M M --ablate L.H`), the run without it, and each head's loss change in nats/token when removed
         alone (Run.ablate over every head, `mha ablate`'s numbers; None where the model has no output head or heads
-        are removed already). progress(done, total) is Run.ablate's, per head: returning False raises Cancelled.
+        are removed already; measured once per text). progress(done, total) is Run.ablate's, per head: returning False
+        raises Cancelled.
         """
         run = self.run
-        effects: dict[tuple[int, int], float] | None = None
-        if not self.removed:
+        effects: dict[tuple[int, int], float] | None = self._cache.get("alone")  # measured once per text
+        if effects is None and not self.removed:
             try:
                 result = run.ablate(progress=progress)
                 effects = {(e.layer, e.head): e.delta for e in result.heads}
