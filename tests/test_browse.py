@@ -66,7 +66,7 @@ def map_colours(app: BrowseApp) -> list[list[tuple[str, str]]]:
 
 
 def drive(app: BrowseApp, *keys: str, size=SMALL, then=None, colours: list | None = None) -> str:
-    """Start the app headless at `size`, press `keys`, run `then(pilot)` if given, and return the screen.
+    """Start the app headless at `size`, press `keys`, let the workers finish, run `then(pilot)`, return the screen.
 
     The map's cells go into `colours` when given.
     """
@@ -76,6 +76,8 @@ def drive(app: BrowseApp, *keys: str, size=SMALL, then=None, colours: list | Non
             await pilot.pause()
             for key in keys:
                 await pilot.press(key)
+            await app.workers.wait_for_complete()  # `a`, `d` and `t` compute in worker threads
+            await pilot.pause()
             if then is not None:
                 await then(pilot)
             await pilot.pause()
@@ -212,6 +214,43 @@ def test_diff_of_two_models_shows_their_divergence_grid(model):
     by_head = {(r.layer_a, r.head_a): r.divergence for r in report.heads}
     assert f"[B {by_head[(0, 0)]:.2f}]" in screen.replace("[P", "[B").replace("[·", "[B")
     assert "divergence of B" in screen
+
+
+def test_diff_runs_in_a_worker_and_escape_cancels_it(model, monkeypatch):
+    import mhacli
+
+    gate = threading.Event()
+    real = Session.compute_diff
+
+    def slow(self):
+        gate.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(Session, "compute_diff", slow)
+    app = BrowseApp(Session(model, TEXT, model_b=mhacli.load("sample")))
+    seen = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            await pilot.press("d")
+            said = screen_text(app)
+            await pilot.press("right")  # live while it runs
+            seen["running"] = (app.query_one("#progress").display, app.mode, app.session.head, said)
+            await pilot.press("escape")
+            gate.set()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["cancelled"] = (app.mode, app.session.has_diff(), screen_text(app))
+            await pilot.press("d")  # again, to the end this time
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["done"] = (app.mode, screen_text(app))
+
+    asyncio.run(go())
+    assert seen["running"][:3] == (True, "kinds", 1) and "comparing A and B (Esc cancels)" in seen["running"][3]
+    assert seen["cancelled"][:2] == ("kinds", False) and "diff cancelled" in seen["cancelled"][2]
+    assert seen["done"][0] == "diff" and "|A−B| max 0.000" in seen["done"][1]
 
 
 def test_diff_without_a_second_model_says_how(model):

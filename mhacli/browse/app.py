@@ -51,6 +51,14 @@ class AblationEnded(Message):
         self.target, self.run, self.value, self.stopped = target, run, value, stopped
 
 
+class DiffEnded(Message):
+    """From the diff worker: the report and runs for `run`, or the error that stopped it."""
+
+    def __init__(self, run, value, error: str = "", cancelled: bool = False) -> None:
+        super().__init__()
+        self.run, self.value, self.error, self.cancelled = run, value, error, cancelled
+
+
 class TextRan(Message):
     """From the text worker: the run of `text`, or why there is none (`error`, or cancelled)."""
 
@@ -265,6 +273,7 @@ class BrowseApp(App):
         self.color = not self.no_color
         self.ablating: Worker | None = None  # the ablation running in a thread (`a`), None when none runs
         self.rerunning: Worker | None = None  # the new text being run in a thread (`t`), None when none runs
+        self.diffing: Worker | None = None  # the diff being computed in a thread (`d`), None when none runs
 
     def compose(self) -> ComposeResult:
         yield Static(id="top")
@@ -429,6 +438,10 @@ class BrowseApp(App):
         if mode == "kinds" and self.ablating is not None:  # Esc while ablating: stop it, nothing else
             self.ablating.cancel()
             return
+        if mode == "kinds" and self.diffing is not None:  # Esc while diffing: drop it when it ends
+            self.diffing.cancel()
+            self.say("cancelling the diff")
+            return
         if mode == "kinds" and self.rerunning is not None:  # Esc while a new text runs: keep the old one
             self.rerunning.cancel()
             self.say("cancelling the new text: the old one is kept")
@@ -436,8 +449,8 @@ class BrowseApp(App):
         if mode == self.mode:  # the mode's key again: back to the kinds view
             mode = "kinds"
         try:
-            if mode == "diff":
-                s.diff_report()
+            if mode == "diff" and self.start_diff():
+                return  # the mode changes when the worker is done
             elif mode == "explain":
                 s.explanation()
             elif mode == "ablate" and self.start_ablation((s.layer, s.head)):
@@ -457,6 +470,50 @@ class BrowseApp(App):
         pane.follow(s.query)
         what = {"ablate": self.ablation_note() if mode == "ablate" else "", "kinds": ""}
         self.say(what.get(mode, f"{mode}: L{s.layer}H{s.head}, query {s.query}"))
+
+    # -- the diff, in a worker thread ------------------------------------------------------------------------------
+    def start_diff(self) -> bool:
+        """`d`: computed already, show it now (False); else start the worker (True). UsageError without --diff."""
+        s = self.session
+        if s.has_diff():
+            return False
+        if s.model_b is None:
+            s.diff_report()  # raises the error that says how to start with --diff
+        if self.diffing is None:
+            bar = self.query_one("#progress", ProgressBar)
+            bar.update(total=None, progress=0)
+            bar.display = True
+            self.diffing = self.diff_in_background()
+        self.say("comparing A and B (Esc cancels)")
+        return True
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False)
+    def diff_in_background(self) -> None:
+        """The diff report and both runs (Session.compute_diff), off the app's thread; shown by on_diff_ended."""
+        worker = get_current_worker()
+        run = self.session.run
+        try:
+            value = self.session.compute_diff()
+        except MhaError as exc:
+            self.post_message(DiffEnded(run, None, error=str(exc)))
+            return
+        self.post_message(DiffEnded(run, value, cancelled=worker.is_cancelled))
+
+    def on_diff_ended(self, message: DiffEnded) -> None:
+        self.diffing = None
+        self.query_one("#progress", ProgressBar).display = self.busy()
+        if message.error:
+            self.say(f"error: {message.error}")
+        elif message.cancelled:
+            self.say("diff cancelled")
+        elif not self.session.keep_diff(message.run, message.value):
+            self.say("diff discarded: the text changed while it ran")
+        else:
+            self.enter_mode("diff")
+
+    def busy(self) -> bool:
+        """A worker is running (its progress bar stays shown)."""
+        return any(w is not None for w in (self.ablating, self.rerunning, self.diffing))
 
     # -- the ablation, in a worker thread --------------------------------------------------------------------------
     def start_ablation(self, target: tuple[int, int]) -> bool:
@@ -517,7 +574,7 @@ class BrowseApp(App):
 
     def on_ablation_ended(self, message: AblationEnded) -> None:
         self.ablating = None
-        self.query_one("#progress", ProgressBar).display = False
+        self.query_one("#progress", ProgressBar).display = self.busy()
         if message.value is None or not self.session.keep_ablation(message.target, message.run, message.value):
             self.say(message.stopped or "ablation discarded: the text changed while it ran")
             return
@@ -562,8 +619,9 @@ class BrowseApp(App):
         def done(text: str | None) -> None:
             if text is None or text == self.session.text or self.rerunning is not None:
                 return
-            if self.ablating is not None:
-                self.ablating.cancel()
+            for worker in (self.ablating, self.diffing):
+                if worker is not None:
+                    worker.cancel()
             bar = self.query_one("#progress", ProgressBar)
             bar.update(total=None, progress=0)
             bar.display = True
@@ -585,7 +643,7 @@ class BrowseApp(App):
 
     def on_text_ran(self, message: TextRan) -> None:
         self.rerunning = None
-        self.query_one("#progress", ProgressBar).display = self.ablating is not None
+        self.query_one("#progress", ProgressBar).display = self.busy()
         if message.error:
             self.say(f"error: {message.error} (the old text is kept)")
             return

@@ -209,14 +209,29 @@ class Session:
 
         With --ablate, as `mha diff --ablate`: the heads are removed from B only.
         """
+        if "diff" not in self._cache:
+            self.keep_diff(self.run, self.compute_diff())
+        return self._cache["diff"][0]
+
+    def has_diff(self) -> bool:
+        return "diff" in self._cache
+
+    def compute_diff(self) -> tuple[object, Run, Run]:
+        """diff_report's report and the runs of A and B, nothing kept (a worker thread calls this)."""
         if self.model_b is None:
             raise UsageError("no second model: start mha browse with --diff MODEL_B to compare")
-        if "diff" not in self._cache:
-            report = diff(self.model, self.model_b, self.text, remove_b=self.removed, truncate=self.truncate)
-            run_a = self.model.run(ids=self.run.ids) if self.removed else self.run
-            run_b = self.model_b.run(ids=self.run.ids, remove=self.removed)
-            self._cache["diff"] = (report, run_a, run_b)
-        return self._cache["diff"][0]
+        run = self.run
+        report = diff(self.model, self.model_b, self.text, remove_b=self.removed, truncate=self.truncate)
+        run_a = self.model.run(ids=run.ids) if self.removed else run
+        run_b = self.model_b.run(ids=run.ids, remove=self.removed)
+        return report, run_a, run_b
+
+    def keep_diff(self, run: Run, value: tuple[object, Run, Run]) -> bool:
+        """Keep what compute_diff returned for `run`; False (nothing kept) when the text has changed since."""
+        if run is not self.run:
+            return False
+        self._cache["diff"] = value
+        return True
 
     def diff_maps(self) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """The selected head's map in A, its counterpart's in B (the same head, or the matched one), and which."""
