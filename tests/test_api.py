@@ -152,6 +152,13 @@ def test_ablate_progress_counts_heads_and_can_stop_without_changing_results(samp
     assert seen == [0, 1, 2, 3] and (stopped.value.done, stopped.value.total) == (3, 8)
     with pytest.raises(Cancelled):
         sample_run.ablate(progress=lambda done, total: False)  # stopped before the first head
+    from mhacli.ops.ablation import progress_ticker  # the same hook as the commands' Ticker
+
+    tick, close = progress_ticker(lambda done, total: done < 2)(2, "heads")
+    tick()
+    with pytest.raises(Cancelled):
+        tick()
+    close()
 
 
 def test_removed_heads_equal_the_cli_ablate_option(sample, mha):

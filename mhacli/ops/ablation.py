@@ -62,6 +62,15 @@ def progress_tick(progress: Progress | None, total: int, what: str = "heads") ->
     return tick
 
 
+def progress_ticker(progress: Progress | None) -> Ticker:
+    """`progress` as a Ticker (what ablate_doc and prune_doc take): each step calls progress_tick's tick."""
+
+    def ticker(total: int, description: str) -> tuple[Callable[[], None], Callable[[], None]]:
+        return progress_tick(progress, total) or (lambda: None), (lambda: None)
+
+    return ticker
+
+
 def _no_ticker(total: int, description: str) -> tuple[Callable[[], None], Callable[[], None]]:
     return (lambda: None), (lambda: None)
 
