@@ -40,7 +40,7 @@ from mhacli.io.tokenizer import Tokenizer, load_tokenizer
 from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops import diff as diffs
-from mhacli.ops.ablation import ablate_heads, check_scorable
+from mhacli.ops.ablation import Progress, ablate_heads, check_scorable, progress_ticker
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import HeadsRequest, InspectResult, check_heads, inspect_picture, plan_heads
@@ -354,11 +354,20 @@ class Run:
             raise UsageError("explain runs the intact model: make the run without remove=")
         return explain_head(self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory)
 
-    def ablate(self, heads: Iterable[Head] | None = None, *, method: str = "zero", loss_from: int = 1) -> Ablation:
+    def ablate(
+        self,
+        heads: Iterable[Head] | None = None,
+        *,
+        method: str = "zero",
+        loss_from: int = 1,
+        progress: Progress | None = None,
+    ) -> Ablation:
         """Each head removed alone (`mha ablate`).
 
         The loss against the intact model's, largest increase first. heads: (layer, head) pairs (default every
-        head); method: zero, or mean (its mean output on this text).
+        head); method: zero, or mean (its mean output on this text). progress(done, total): called with 0 before
+        the first head and after each head; returning False stops between two heads and raises Cancelled (no
+        partial result). It does not change the numbers.
         """
         if self.removed:
             raise UsageError("ablate measures against the intact model: make the run without remove=")
@@ -367,7 +376,13 @@ class Run:
         check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory)
         chosen = None if heads is None else list(heads)
         ablator, effects, _ = ablate_heads(
-            self.model.checkpoint, [self.tokenized], chosen, method, loss_from, max_memory=self.max_memory
+            self.model.checkpoint,
+            [self.tokenized],
+            chosen,
+            method,
+            loss_from,
+            max_memory=self.max_memory,
+            ticker=progress_ticker(progress),
         )
         return Ablation(method, loss_from, ablator.n_targets, ablator.baseline, effects)
 

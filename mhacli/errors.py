@@ -116,6 +116,19 @@ class CheckFailed(MhaError):
     exit_code = ExitCode.CHECK_FAILED
 
 
+class Cancelled(MhaError):
+    """A long computation was stopped by its caller's progress callback (it returned False); nothing is returned.
+
+    `done` and `total`: the steps finished before it stopped (heads, for an ablation).
+    """
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str = "", *, done: int = 0, total: int = 0) -> None:
+        super().__init__(message)
+        self.done, self.total = done, total
+
+
 def install_hint(extra: str) -> str:
     """The one way every message names the install command of an optional extra.
 

@@ -138,6 +138,31 @@ def test_ablate_equals_the_cli(sample_run, mha):
     assert [(e.layer, e.head) for e in one.heads] == [(1, 2)] and one.method == "mean"
 
 
+def test_ablate_progress_counts_heads_and_can_stop_without_changing_results(sample_run):
+    """Run.ablate(progress=): (0, n) first, then once per head; False stops between heads with Cancelled."""
+    from mhacli.errors import Cancelled
+
+    calls: list[tuple[int, int]] = []
+    watched = sample_run.ablate(progress=lambda done, total: calls.append((done, total)) or True)
+    assert calls == [(k, 8) for k in range(9)]
+    plain = sample_run.ablate()
+    assert [(e.layer, e.head) for e in watched.heads] == [(e.layer, e.head) for e in plain.heads]
+    assert [e.loss for e in watched.heads] == pytest.approx([e.loss for e in plain.heads], rel=1e-12)
+    seen: list[int] = []
+    with pytest.raises(Cancelled) as stopped:
+        sample_run.ablate(progress=lambda done, total: seen.append(done) or done < 3)
+    assert seen == [0, 1, 2, 3] and (stopped.value.done, stopped.value.total) == (3, 8)
+    with pytest.raises(Cancelled):
+        sample_run.ablate(progress=lambda done, total: False)  # stopped before the first head
+    from mhacli.ops.ablation import progress_ticker  # the same hook as the commands' Ticker
+
+    tick, close = progress_ticker(lambda done, total: done < 2)(2, "heads")
+    tick()
+    with pytest.raises(Cancelled):
+        tick()
+    close()
+
+
 def test_removed_heads_equal_the_cli_ablate_option(sample, mha):
     doc = parse_json(mha("inspect", TEXT, "-m", "sample", "-f", "json", "--ablate", "0.3").stdout)
     run = sample.run(TEXT, remove=[(0, 3)])

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -65,7 +66,7 @@ def map_colours(app: BrowseApp) -> list[list[tuple[str, str]]]:
 
 
 def drive(app: BrowseApp, *keys: str, size=SMALL, then=None, colours: list | None = None) -> str:
-    """Start the app headless at `size`, press `keys`, run `then(pilot)` if given, and return the screen.
+    """Start the app headless at `size`, press `keys`, let the workers finish, run `then(pilot)`, return the screen.
 
     The map's cells go into `colours` when given.
     """
@@ -75,6 +76,8 @@ def drive(app: BrowseApp, *keys: str, size=SMALL, then=None, colours: list | Non
             await pilot.pause()
             for key in keys:
                 await pilot.press(key)
+            await app.workers.wait_for_complete()  # `a`, `d` and `t` compute in worker threads
+            await pilot.pause()
             if then is not None:
                 await then(pilot)
             await pilot.pause()
@@ -213,6 +216,43 @@ def test_diff_of_two_models_shows_their_divergence_grid(model):
     assert "divergence of B" in screen
 
 
+def test_diff_runs_in_a_worker_and_escape_cancels_it(model, monkeypatch):
+    import mhacli
+
+    gate = threading.Event()
+    real = Session.compute_diff
+
+    def slow(self):
+        gate.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(Session, "compute_diff", slow)
+    app = BrowseApp(Session(model, TEXT, model_b=mhacli.load("sample")))
+    seen = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            await pilot.press("d")
+            said = screen_text(app)
+            await pilot.press("right")  # live while it runs
+            seen["running"] = (app.query_one("#progress").display, app.mode, app.session.head, said)
+            await pilot.press("escape")
+            gate.set()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["cancelled"] = (app.mode, app.session.has_diff(), screen_text(app))
+            await pilot.press("d")  # again, to the end this time
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["done"] = (app.mode, screen_text(app))
+
+    asyncio.run(go())
+    assert seen["running"][:3] == (True, "kinds", 1) and "comparing A and B (Esc cancels)" in seen["running"][3]
+    assert seen["cancelled"][:2] == ("kinds", False) and "diff cancelled" in seen["cancelled"][2]
+    assert seen["done"][0] == "diff" and "|A−B| max 0.000" in seen["done"][1]
+
+
 def test_diff_without_a_second_model_says_how(model):
     screen = drive(BrowseApp(Session(model, TEXT)), "d")
     assert "error: no second model: start mha browse with --diff MODEL_B" in screen
@@ -246,6 +286,198 @@ def test_ablating_the_previous_token_head_changes_the_induction_head(model):
     assert "without L0H3" in screen and "with it" in screen
 
 
+class SlowAblation:
+    """Run.ablate made to wait before each head until the test releases it (a slow model, under the test's control).
+
+    It wraps the per-head tick of mhacli.api (progress_tick), so the ablation's own numbers are untouched.
+    """
+
+    def __init__(self, monkeypatch) -> None:
+        import mhacli.api
+
+        self.heads = threading.Semaphore(0)
+        real = mhacli.api.progress_tick
+
+        def gated(progress, total, what="heads"):
+            tick = real(progress, total, what)
+
+            def slow() -> None:
+                self.heads.acquire(timeout=30)
+                assert tick is not None
+                tick()
+
+            return None if tick is None else slow
+
+        monkeypatch.setattr(mhacli.api, "progress_tick", gated)
+
+    def release(self, n: int) -> None:
+        for _ in range(n):
+            self.heads.release()
+
+
+async def until(pilot, condition, timeout: float = 60) -> None:
+    """Let the app run until `condition()` holds (a generous bound: the machine may be busy)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "the condition never held"
+        await pilot.pause(0.05)
+
+
+def test_ablation_runs_in_the_background_with_a_progress_bar_and_live_keys(model, monkeypatch):
+    slow = SlowAblation(monkeypatch)
+    app = BrowseApp(Session(model, TEXT))
+    seen = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            await pilot.press("a")
+            bar = app.query_one("#progress")
+            seen["running"] = (bar.display, app.ablating is not None, app.mode, bar.total)
+            slow.release(3)
+            await until(pilot, lambda: bar.progress == 3)
+            seen["at 3"] = screen_text(app)
+            await pilot.press("down", "right", "right")  # the grid moves while heads are being removed
+            seen["moved"] = ((app.session.layer, app.session.head), app.ablating is not None, screen_text(app))
+            slow.release(5)
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["done"] = (bar.display, app.ablating, app.mode, app.ablated, screen_text(app))
+
+    asyncio.run(go())
+    assert seen["running"] == (True, True, "kinds", 8)
+    assert "ablating: 3 of 8 heads removed alone (Esc cancels)" in seen["at 3"]
+    assert seen["moved"][:2] == ((1, 2), True) and "L1H2 induction" in seen["moved"][2]
+    shown, worker, mode, ablated, screen = seen["done"]
+    assert (shown, worker, mode, ablated) == (False, None, "ablate", (0, 0))  # the head selected when `a` was pressed
+    assert "L0H0 removed" in screen and "without L0H0" in screen
+
+
+def test_escape_cancels_the_ablation_and_the_app_stays_responsive(model, monkeypatch):
+    slow = SlowAblation(monkeypatch)
+    app = BrowseApp(Session(model, TEXT))
+    seen = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            await pilot.press("a")
+            slow.release(2)
+            await until(pilot, lambda: app.query_one("#progress").progress == 2)
+            await pilot.press("escape")
+            slow.release(1)  # the head being removed finishes; the worker stops before the next one
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["cancelled"] = (app.mode, app.ablating, app.query_one("#progress").display, screen_text(app))
+            await pilot.press("right", "s")
+            await pilot.pause()
+            seen["after"] = ((app.session.layer, app.session.head), app.mode, screen_text(app))
+
+    asyncio.run(go())
+    mode, worker, bar, screen = seen["cancelled"]
+    assert (mode, worker, bar) == ("kinds", None, False)
+    assert "ablation cancelled after 3 of 8 heads" in screen
+    assert app.session.alone((0, 0)) is None and ("ablate", (0, 0)) not in app.session._cache  # nothing partial kept
+    assert seen["after"][:2] == ((0, 1), "stats") and "entropy" in seen["after"][2]
+
+
+def test_a_second_head_reuses_each_heads_loss_alone(model, monkeypatch):
+    """Every head removed alone is measured once per text: `a` on another head reruns only that head's maps."""
+    import mhacli.api
+
+    calls = []
+    real = mhacli.api.Run.ablate
+    monkeypatch.setattr(mhacli.api.Run, "ablate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    app = BrowseApp(Session(model, TEXT))
+    seen = []
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            for keys in (("a",), ("a", "right", "a")):  # L0H0; back to kinds; L0H1
+                await pilot.press(*keys)
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+                seen.append((app.mode, app.ablated, screen_text(app)))
+
+    asyncio.run(go())
+    assert [(m, a) for m, a, _ in seen] == [("ablate", (0, 0)), ("ablate", (0, 1))]
+    assert len(calls) == 1 and "L0H1 removed" in seen[1][2]
+
+
+def test_a_completed_ablation_shows_the_numbers_of_mha_ablate(model):
+    doc = json.loads(run_mha("ablate", TEXT, "-f", "json").stdout)
+    want = {(h["layer"], h["head"]): h["delta"] for h in doc["heads"]}
+    app = BrowseApp(Session(model, TEXT))
+    got = {}
+
+    async def go() -> None:
+        async with app.run_test(size=LARGE) as pilot:
+            await pilot.pause()
+            await pilot.press("right", "right", "right", "a")  # L0H3 removed
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            got["status"] = screen_text(app)
+            for layer, head in want:
+                app.session.layer, app.session.head = layer, head
+                app.selection_changed()
+                await pilot.pause()
+                found = re.search(rf"L{layer}H{head} removed alone: loss ([+-]\d+\.\d{{3}})", screen_text(app))
+                got[(layer, head)] = float(found.group(1)) if found else None
+
+    asyncio.run(go())
+    for head, delta in want.items():
+        assert got[head] is not None and abs(got[head] - delta) <= 5e-4 + 1e-9, (head, got[head], delta)
+    status = re.search(r"L0H3 removed, loss ([+-]\d+\.\d{3}) nats/token", got["status"])
+    assert status and abs(float(status.group(1)) - want[(0, 3)]) <= 5e-4 + 1e-9
+
+
+def test_the_walkthrough_of_the_browse_page(model, induction_head):
+    """docs/commands/browse.md's "Find the induction head": each step's keys, and what the step says happens."""
+    page = (REPO / "docs" / "commands" / "browse.md").read_text(encoding="utf-8")
+    for said in ("`/`, type `induction`, Enter", "Tab (the tokens pane) and ← twice", "`7:'at' 0.84`",
+                 "`/` Enter clears the filter; ↑ → moves there", "↓ ← back to L1H2", "the loss rises"):  # fmt: skip
+        assert said in page, said
+    app = BrowseApp(Session(model, TEXT))
+    steps = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            steps[1] = screen_text(app)
+            for key in typed("/induction"):
+                await pilot.press(key)
+            await pilot.press("enter")
+            await pilot.pause()
+            steps[2] = (app.session.shown(), (app.session.layer, app.session.head), screen_text(app))
+            await pilot.press("tab", "left", "left")
+            await pilot.pause()
+            steps[3] = (app.session.query, screen_text(app))
+            await pilot.press("slash", "enter", "up", "right")
+            await pilot.pause()
+            steps["4a"] = (len(app.session.shown()), (app.session.layer, app.session.head))
+            await pilot.press("a")
+            await app.workers.wait_for_complete()
+            await pilot.press("down", "left")
+            await pilot.pause()
+            steps["4b"] = ((app.session.layer, app.session.head), app.mode, screen_text(app))
+            await pilot.press("q")
+
+    asyncio.run(go())
+    grid = " ".join(line.split("▕")[0] for line in steps[1].splitlines()[2:5])
+    assert len(re.findall(r"[A-Z·] \d\.\d\d", grid)) == 8 and "I 0.71" in grid and "P 0.99" in grid  # step 1
+    assert steps[2][:2] == ([induction_head], induction_head) and "L1H2 induction" in steps[2][2]  # step 2
+    query, screen = steps[3]
+    assert query == 15 and app.session.tokens[15] == " m" and "7:'at' 0.84" in screen  # step 3
+    assert steps["4a"] == (8, (0, 3))  # step 4: the filter cleared, L0H3 selected
+    selected, mode, screen = steps["4b"]
+    report, _, delta = app.session.ablation((0, 3))
+    top = max(report.heads, key=lambda r: r.divergence)
+    assert selected == induction_head == (top.layer_a, top.head_a) and mode == "ablate"  # changes most
+    assert delta is not None and delta > 0 and f"loss {delta:+.3f}" in screen  # the loss rises
+    assert app.return_code == 0  # step 5
+
+
 def test_help_lists_every_key(model):
     screen = drive(BrowseApp(Session(model, TEXT)), "question_mark")
     for key, what in KEYS:
@@ -263,6 +495,7 @@ def test_the_text_edit_reruns_with_the_model_loaded(model):
         box = app.screen.query_one("#text")
         box.value = "ROMEO: I love thee. ROMEO: I love thee."
         await pilot.press("enter")
+        await app.workers.wait_for_complete()  # the new text runs in a worker thread
 
     screen = drive(app, then=edit)
     assert app.session.model is model
@@ -279,10 +512,49 @@ def test_an_empty_text_edit_keeps_the_old_text(model):
         await pilot.pause()
         app.screen.query_one("#text").value = "   "
         await pilot.press("enter")
+        await app.workers.wait_for_complete()
 
     screen = drive(app, then=edit)
     assert "error: text is empty (the old text is kept)" in screen
     assert app.session.text == TEXT
+
+
+def test_escape_while_a_new_text_runs_keeps_the_old_text(model, monkeypatch):
+    """`t`'s run happens in a worker: keys stay live while it runs, and Esc keeps the old text."""
+    gate = threading.Event()
+    real = Session.prepare
+
+    def slow(self, text):
+        gate.wait(30)
+        return real(self, text)
+
+    monkeypatch.setattr(Session, "prepare", slow)
+    app = BrowseApp(Session(model, TEXT))
+    seen = {}
+
+    async def go() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            await pilot.press("t")
+            await pilot.pause()
+            app.screen.query_one("#text").value = "ROMEO: I love thee. ROMEO: I love thee."
+            await pilot.press("enter")
+            await pilot.pause()
+            bar = app.query_one("#progress")
+            seen["running"] = (bar.display, app.rerunning is not None, screen_text(app))
+            await pilot.press("right")  # live while it runs
+            seen["moved"] = (app.session.layer, app.session.head)
+            await pilot.press("escape")
+            gate.set()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            seen["after"] = (bar.display, app.rerunning, screen_text(app))
+
+    asyncio.run(go())
+    assert seen["running"][:2] == (True, True) and "running the new text (Esc keeps the old one)" in seen["running"][2]
+    assert seen["moved"] == (0, 1)
+    assert seen["after"][:2] == (False, None) and "new text cancelled: the old one is kept" in seen["after"][2]
+    assert app.session.text == TEXT and app.session.run.n_seq == 18
 
 
 def test_a_text_over_the_memory_limit_is_refused_with_a_message(model):

@@ -11,15 +11,18 @@ Imported only by `mha browse` (Textual is the `browse` extra).
 from __future__ import annotations
 
 import numpy as np
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widget import Widget
-from textual.widgets import Input, Static
+from textual.widgets import Input, ProgressBar, Static
+from textual.worker import Worker, get_current_worker
 
-from mhacli.browse.state import Session
-from mhacli.errors import MhaError
+from mhacli.browse.state import Ablated, Session
+from mhacli.errors import Cancelled, MhaError
 from mhacli.views.terminal import browse as views
 from mhacli.views.terminal.grid import FULL_CELL, full_width
 from mhacli.views.terminal.heatmap import MapWindow
@@ -30,6 +33,38 @@ GRID_SAYS = {
     "diff": "divergence of B from A (js, bits)",
     "ablate": "divergence from the intact model (js, bits)",
 }
+
+
+class AblationProgress(Message):
+    """From the ablation worker: `done` of `total` heads removed alone so far."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__()
+        self.done, self.total = done, total
+
+
+class AblationEnded(Message):
+    """From the ablation worker: its result for `run` (None when it stopped: `stopped` says why)."""
+
+    def __init__(self, target: tuple[int, int], run, value: Ablated | None, stopped: str = "") -> None:
+        super().__init__()
+        self.target, self.run, self.value, self.stopped = target, run, value, stopped
+
+
+class DiffEnded(Message):
+    """From the diff worker: the report and runs for `run`, or the error that stopped it."""
+
+    def __init__(self, run, value, error: str = "", cancelled: bool = False) -> None:
+        super().__init__()
+        self.run, self.value, self.error, self.cancelled = run, value, error, cancelled
+
+
+class TextRan(Message):
+    """From the text worker: the run of `text`, or why there is none (`error`, or cancelled)."""
+
+    def __init__(self, text: str, run, error: str = "", cancelled: bool = False) -> None:
+        super().__init__()
+        self.text, self.run, self.error, self.cancelled = text, run, error, cancelled
 
 
 class Pane(Widget):
@@ -212,6 +247,8 @@ class BrowseApp(App):
     #map { width: 1fr; padding-left: 1; }
     #tokens { height: 4; border-top: hkey $secondary; }
     #status { height: 1; }
+    #progress { height: 1; display: none; }
+    #progress Bar { width: 1fr; }
     #filter { dock: bottom; display: none; height: 1; border: none; padding: 0; }
     """
     BINDINGS = [
@@ -234,6 +271,9 @@ class BrowseApp(App):
         self.ablated: tuple[int, int] | None = None
         self.message = ""
         self.color = not self.no_color
+        self.ablating: Worker | None = None  # the ablation running in a thread (`a`), None when none runs
+        self.rerunning: Worker | None = None  # the new text being run in a thread (`t`), None when none runs
+        self.diffing: Worker | None = None  # the diff being computed in a thread (`d`), None when none runs
 
     def compose(self) -> ComposeResult:
         yield Static(id="top")
@@ -241,6 +281,7 @@ class BrowseApp(App):
             yield GridPane(id="grid")
             yield MapPane(id="map")
         yield TokenPane(id="tokens")
+        yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="status")
         yield Input(placeholder="kind (induction, prev, sink...) or statistic>x (induction>0.5); Enter", id="filter")
 
@@ -328,7 +369,9 @@ class BrowseApp(App):
         report, run, delta = s.ablation(self.ablated)
         name = f"L{self.ablated[0]}H{self.ablated[1]}"
         maps = [(s.head_map(), "with it"), (run.attention(s.layer)[s.head], f"without {name}")]
-        return self._panels(pane, maps, width, height), f"{name} removed"
+        alone = s.alone()
+        note = "" if alone is None else f"; L{s.layer}H{s.head} removed alone: loss {alone:+.3f}"
+        return self._panels(pane, maps, width, height), f"{name} removed{note}"
 
     def ablation_note(self) -> str:
         """What ablate mode shows, with the loss change (`mha ablate`'s delta) where the model has an output head."""
@@ -392,19 +435,33 @@ class BrowseApp(App):
             box.display = False
             self.query_one(GridPane).focus()
             return
+        if mode == "kinds" and self.ablating is not None:  # Esc while ablating: stop it, nothing else
+            self.ablating.cancel()
+            return
+        if mode == "kinds" and self.diffing is not None:  # Esc while diffing: drop it when it ends
+            self.diffing.cancel()
+            self.say("cancelling the diff")
+            return
+        if mode == "kinds" and self.rerunning is not None:  # Esc while a new text runs: keep the old one
+            self.rerunning.cancel()
+            self.say("cancelling the new text: the old one is kept")
+            return
         if mode == self.mode:  # the mode's key again: back to the kinds view
             mode = "kinds"
         try:
-            if mode == "diff":
-                s.diff_report()
+            if mode == "diff" and self.start_diff():
+                return  # the mode changes when the worker is done
             elif mode == "explain":
                 s.explanation()
-            elif mode == "ablate":
-                self.ablated = (s.layer, s.head)
-                s.ablation(self.ablated)
+            elif mode == "ablate" and self.start_ablation((s.layer, s.head)):
+                return  # the mode changes when the worker is done
         except MhaError as exc:
             self.say(f"error: {exc}")
             return
+        self.enter_mode(mode)
+
+    def enter_mode(self, mode: str) -> None:
+        s = self.session
         self.mode = mode
         pane = self.query_one(MapPane)
         pane.start, pane.keys = (
@@ -413,6 +470,116 @@ class BrowseApp(App):
         pane.follow(s.query)
         what = {"ablate": self.ablation_note() if mode == "ablate" else "", "kinds": ""}
         self.say(what.get(mode, f"{mode}: L{s.layer}H{s.head}, query {s.query}"))
+
+    # -- the diff, in a worker thread ------------------------------------------------------------------------------
+    def start_diff(self) -> bool:
+        """`d`: computed already, show it now (False); else start the worker (True). UsageError without --diff."""
+        s = self.session
+        if s.has_diff():
+            return False
+        if s.model_b is None:
+            s.diff_report()  # raises the error that says how to start with --diff
+        if self.diffing is None:
+            bar = self.query_one("#progress", ProgressBar)
+            bar.update(total=None, progress=0)
+            bar.display = True
+            self.diffing = self.diff_in_background()
+        self.say("comparing A and B (Esc cancels)")
+        return True
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False)
+    def diff_in_background(self) -> None:
+        """The diff report and both runs (Session.compute_diff), off the app's thread; shown by on_diff_ended."""
+        worker = get_current_worker()
+        run = self.session.run
+        try:
+            value = self.session.compute_diff()
+        except MhaError as exc:
+            self.post_message(DiffEnded(run, None, error=str(exc)))
+            return
+        self.post_message(DiffEnded(run, value, cancelled=worker.is_cancelled))
+
+    def on_diff_ended(self, message: DiffEnded) -> None:
+        self.diffing = None
+        self.query_one("#progress", ProgressBar).display = self.busy()
+        if message.error:
+            self.say(f"error: {message.error}")
+        elif message.cancelled:
+            self.say("diff cancelled")
+        elif not self.session.keep_diff(message.run, message.value):
+            self.say("diff discarded: the text changed while it ran")
+        else:
+            self.enter_mode("diff")
+
+    def busy(self) -> bool:
+        """A worker is running (its progress bar stays shown)."""
+        return any(w is not None for w in (self.ablating, self.rerunning, self.diffing))
+
+    # -- the ablation, in a worker thread --------------------------------------------------------------------------
+    def start_ablation(self, target: tuple[int, int]) -> bool:
+        """`a`: remove `target`. Computed already: show it now (False). Else start the worker (True)."""
+        if self.ablating is not None:
+            self.say("the ablation is still running: Esc cancels it")
+            return True
+        self.ablated = target
+        if ("ablate", target) in self.session._cache:
+            return False
+        n = self.session.n_layer * self.session.n_head
+        each = not self.session.removed and self.session.alone(target) is None  # every head alone, first
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=n if each else None, progress=0)
+        bar.display = True
+        first = f"each of {n} heads removed alone, then " if each else ""
+        self.say(f"ablating: {first}L{target[0]}H{target[1]} (Esc cancels)")
+        self.ablating = self.ablate_in_background(target)
+        return True
+
+    @work(thread=True, exclusive=True, group="ablate", exit_on_error=False)
+    def ablate_in_background(self, target: tuple[int, int]) -> None:
+        """Every head removed alone, then `target` removed (Session.compute_ablation), off the app's thread.
+
+        Progress goes to the app as messages (post_message is thread-safe); a cancelled worker stops between two
+        heads (Run.ablate's progress callback returns False) and its partial work is discarded.
+        """
+        worker = get_current_worker()
+        session = self.session
+        run = session.run
+
+        def progress(done: int, total: int) -> bool:
+            if worker.is_cancelled:
+                return False
+            self.post_message(AblationProgress(done, total))
+            return True
+
+        try:
+            value = session.compute_ablation(target, progress)
+        except Cancelled as exc:
+            self.post_message(
+                AblationEnded(target, run, None, f"ablation cancelled after {exc.done} of {exc.total} heads")
+            )
+            return
+        except MhaError as exc:
+            self.post_message(AblationEnded(target, run, None, f"error: {exc}"))
+            return
+        if worker.is_cancelled:
+            self.post_message(AblationEnded(target, run, None, "ablation cancelled"))
+            return
+        self.post_message(AblationEnded(target, run, value))
+
+    def on_ablation_progress(self, message: AblationProgress) -> None:
+        if self.ablating is None:
+            return
+        self.query_one("#progress", ProgressBar).update(total=message.total, progress=message.done)
+        self.say(f"ablating: {message.done} of {message.total} heads removed alone (Esc cancels)")
+
+    def on_ablation_ended(self, message: AblationEnded) -> None:
+        self.ablating = None
+        self.query_one("#progress", ProgressBar).display = self.busy()
+        if message.value is None or not self.session.keep_ablation(message.target, message.run, message.value):
+            self.say(message.stopped or "ablation discarded: the text changed while it ran")
+            return
+        self.ablated = message.target
+        self.enter_mode("ablate")
 
     def action_cycle(self, step: int) -> None:
         """Tab / Shift+Tab: grid -> tokens -> map (an open filter or editor keeps the focus)."""
@@ -428,6 +595,7 @@ class BrowseApp(App):
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
+        box.value = ""  # a fresh filter each time: `/` Enter clears the one applied (the grid's header names it)
         box.display = True
         box.focus()
         self.message = (
@@ -449,16 +617,43 @@ class BrowseApp(App):
 
     def action_edit_text(self) -> None:
         def done(text: str | None) -> None:
-            if text is None or text == self.session.text:
+            if text is None or text == self.session.text or self.rerunning is not None:
                 return
-            try:
-                self.session.rerun(text)
-            except MhaError as exc:
-                self.say(f"error: {exc} (the old text is kept)")
-                return
-            pane = self.query_one(MapPane)
-            pane.start, pane.keys = 0, None
-            pane.follow(self.session.query)
-            self.say(f"ran the new text: {self.session.run.n_seq} tokens")
+            for worker in (self.ablating, self.diffing):
+                if worker is not None:
+                    worker.cancel()
+            bar = self.query_one("#progress", ProgressBar)
+            bar.update(total=None, progress=0)
+            bar.display = True
+            self.say("running the new text (Esc keeps the old one)")
+            self.rerunning = self.run_text_in_background(text)
 
         self.push_screen(TextScreen(self.session.text), done)
+
+    @work(thread=True, exclusive=True, group="text", exit_on_error=False)
+    def run_text_in_background(self, text: str) -> None:
+        """The new text's run and statistics (Session.prepare), off the app's thread; shown by on_text_ran."""
+        worker = get_current_worker()
+        try:
+            run = self.session.prepare(text)
+        except MhaError as exc:
+            self.post_message(TextRan(text, None, error=str(exc)))
+            return
+        self.post_message(TextRan(text, run, cancelled=worker.is_cancelled))
+
+    def on_text_ran(self, message: TextRan) -> None:
+        self.rerunning = None
+        self.query_one("#progress", ProgressBar).display = self.busy()
+        if message.error:
+            self.say(f"error: {message.error} (the old text is kept)")
+            return
+        if message.cancelled:
+            self.say("new text cancelled: the old one is kept")
+            return
+        self.session.adopt(message.text, message.run)
+        if self.mode in ("diff", "ablate"):
+            self.mode = "kinds"  # their results were for the old text, and are long to redo: on their key again
+        pane = self.query_one(MapPane)
+        pane.start, pane.keys = 0, None
+        pane.follow(self.session.query)
+        self.say(f"ran the new text: {self.session.run.n_seq} tokens")

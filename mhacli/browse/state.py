@@ -7,16 +7,20 @@ report; nothing here draws.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mhacli.api import HeadStats, Model, Run, diff
-from mhacli.errors import MhaError, TextError, UsageError
+from mhacli.errors import Cancelled, MhaError, TextError, UsageError
 
 TOP_K = 5  # keys listed for the query token
 FILTER_OPS = (">=", "<=", ">", "<")
 MODES = ("kinds", "diff", "explain", "stats", "ablate")
+Progress = Callable[[int, int], "bool | None"]  # Run.ablate's: (heads done, heads in all) -> False to stop
+# compute_ablation: the divergence report with the head removed, the run without it, each head's loss change alone
+Ablated = tuple[object, Run, "dict[tuple[int, int], float] | None"]
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,14 @@ class Session:
 
         On an error nothing changes and the error is raised.
         """
-        run = self._make_run(text)
+        self.adopt(text, self.prepare(text))
+
+    def prepare(self, text: str) -> Run:
+        """The run of a new text with every head's statistics, without changing the session (a worker calls this)."""
+        return self._make_run(text)
+
+    def adopt(self, text: str, run: Run) -> None:
+        """Show `run` (prepare's, of `text`) from now on."""
         self.text, self.run, self._cache = text, run, {}
         self.query = run.n_seq - 1
 
@@ -198,14 +209,29 @@ class Session:
 
         With --ablate, as `mha diff --ablate`: the heads are removed from B only.
         """
+        if "diff" not in self._cache:
+            self.keep_diff(self.run, self.compute_diff())
+        return self._cache["diff"][0]
+
+    def has_diff(self) -> bool:
+        return "diff" in self._cache
+
+    def compute_diff(self) -> tuple[object, Run, Run]:
+        """diff_report's report and the runs of A and B, nothing kept (a worker thread calls this)."""
         if self.model_b is None:
             raise UsageError("no second model: start mha browse with --diff MODEL_B to compare")
-        if "diff" not in self._cache:
-            report = diff(self.model, self.model_b, self.text, remove_b=self.removed, truncate=self.truncate)
-            run_a = self.model.run(ids=self.run.ids) if self.removed else self.run
-            run_b = self.model_b.run(ids=self.run.ids, remove=self.removed)
-            self._cache["diff"] = (report, run_a, run_b)
-        return self._cache["diff"][0]
+        run = self.run
+        report = diff(self.model, self.model_b, self.text, remove_b=self.removed, truncate=self.truncate)
+        run_a = self.model.run(ids=run.ids) if self.removed else run
+        run_b = self.model_b.run(ids=run.ids, remove=self.removed)
+        return report, run_a, run_b
+
+    def keep_diff(self, run: Run, value: tuple[object, Run, Run]) -> bool:
+        """Keep what compute_diff returned for `run`; False (nothing kept) when the text has changed since."""
+        if run is not self.run:
+            return False
+        self._cache["diff"] = value
+        return True
 
     def diff_maps(self) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """The selected head's map in A, its counterpart's in B (the same head, or the matched one), and which."""
@@ -221,20 +247,50 @@ class Session:
         )
 
     def ablation(self, target: tuple[int, int]) -> tuple[object, Run, float | None]:
-        """Head `target` removed (with the --ablate heads).
+        """Head `target` removed (with the --ablate heads), computed now if `compute_ablation` has not run for it.
 
-        Every head's divergence from the intact model (mhacli.diff, as `mha diff M M --ablate L.H`), the run
-        without it, and the loss change in nats/token (Run.ablate; None where the model has no output head or
-        heads are removed already).
+        See compute_ablation; the result is kept for this text.
         """
         key = ("ablate", target)
         if key not in self._cache:
-            removed = tuple(sorted(set(self.removed) | {target}))
-            report = diff(self.model, self.model, self.text, remove_b=removed, truncate=self.truncate)
-            run = self.model.run(ids=self.run.ids, remove=removed)
-            try:
-                delta = self.run.ablate([target]).heads[0].delta if not self.removed else None
-            except MhaError:
-                delta = None
-            self._cache[key] = (report, run, delta)
+            self.keep_ablation(target, self.run, self.compute_ablation(target))
         return self._cache[key]
+
+    def compute_ablation(self, target: tuple[int, int], progress: Progress | None = None) -> Ablated:
+        """Head `target` removed, and every head removed alone; nothing kept (a worker thread calls this).
+
+        Every head's divergence from the intact model with `target` (and the --ablate heads) removed (mhacli.diff,
+        as `mha diff M M --ablate L.H`), the run without it, and each head's loss change in nats/token when removed
+        alone (Run.ablate over every head, `mha ablate`'s numbers; None where the model has no output head or heads
+        are removed already; measured once per text). progress(done, total) is Run.ablate's, per head: returning False
+        raises Cancelled.
+        """
+        run = self.run
+        effects: dict[tuple[int, int], float] | None = self._cache.get("alone")  # measured once per text
+        if effects is None and not self.removed:
+            try:
+                result = run.ablate(progress=progress)
+                effects = {(e.layer, e.head): e.delta for e in result.heads}
+            except Cancelled:
+                raise
+            except MhaError:
+                effects = None
+        removed = tuple(sorted(set(self.removed) | {target}))
+        report = diff(self.model, self.model, self.text, remove_b=removed, truncate=self.truncate)
+        without = self.model.run(ids=run.ids, remove=removed)
+        return report, without, effects
+
+    def keep_ablation(self, target: tuple[int, int], run: Run, value: Ablated) -> bool:
+        """Keep what compute_ablation returned for `run`; False (nothing kept) when the text has changed since."""
+        if run is not self.run:
+            return False
+        report, without, effects = value
+        self._cache[("ablate", target)] = (report, without, None if effects is None else effects[target])
+        if effects is not None:
+            self._cache["alone"] = effects
+        return True
+
+    def alone(self, head: tuple[int, int] | None = None) -> float | None:
+        """The loss change with `head` (default the selected one) removed alone, once an ablation has run; else None."""
+        effects = self._cache.get("alone")
+        return None if effects is None else effects.get(head or (self.layer, self.head))

@@ -34,7 +34,7 @@ from mhacli.analyses.heads import analyse, check_selection
 from mhacli.analyses.stats import StatsAccumulator, head_stats
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
-from mhacli.errors import UsageError
+from mhacli.errors import Cancelled, UsageError
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, memory_limit, scoring_bytes, variant_bytes
 from mhacli.views.ablated import Ablated
@@ -46,6 +46,41 @@ if TYPE_CHECKING:
 
 MAX_MASK_BYTES = 1024 * 1024
 Ticker = Callable[[int, str], tuple[Callable[[], None], Callable[[], None]]]
+Progress = Callable[[int, int], bool | None]  # (heads done, heads in all) -> False to stop
+
+
+def progress_tick(progress: Progress | None, total: int, what: str = "heads") -> Callable[[], None] | None:
+    """A tick for the analyses' per-step hook that reports (done, total) to `progress` after every step.
+
+    When `progress` returns False the tick raises Cancelled, which stops the loop between two steps (the result so
+    far is discarded). `progress(0, total)` is called first, so a caller can stop before any work.
+    """
+    if progress is None:
+        return None
+    done = 0
+
+    def stop() -> None:
+        raise Cancelled(f"stopped after {done} of {total} {what}", done=done, total=total)
+
+    if progress(0, total) is False:
+        stop()
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress(done, total) is False:
+            stop()
+
+    return tick
+
+
+def progress_ticker(progress: Progress | None) -> Ticker:
+    """`progress` as a Ticker (what ablate_doc and prune_doc take): each step calls progress_tick's tick."""
+
+    def ticker(total: int, description: str) -> tuple[Callable[[], None], Callable[[], None]]:
+        return progress_tick(progress, total) or (lambda: None), (lambda: None)
+
+    return ticker
 
 
 def _no_ticker(total: int, description: str) -> tuple[Callable[[], None], Callable[[], None]]:

@@ -32,7 +32,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("s", "the selected head's statistics"),
     ("a", "ablate the selected head: later heads' maps change"),
     ("t", "edit the text and run it again (model stays loaded)"),
-    ("Esc", "back to the kinds view; closes help, filter, editor"),
+    ("Esc", "cancel running work (a d t), close a box, or back to kinds"),
     ("?", "this help"),
     ("q Ctrl+C", "quit"),
 )
