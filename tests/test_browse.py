@@ -289,14 +289,14 @@ def test_ablating_the_previous_token_head_changes_the_induction_head(model):
 class SlowAblation:
     """Run.ablate made to wait before each head until the test releases it (a slow model, under the test's control).
 
-    It wraps the per-head tick of mhacli.api (progress_tick), so the ablation's own numbers are untouched.
+    It wraps ops.ablation's per-head tick (progress_tick, which Run.ablate's ticker calls): the numbers are untouched.
     """
 
     def __init__(self, monkeypatch) -> None:
-        import mhacli.api
+        import mhacli.ops.ablation
 
         self.heads = threading.Semaphore(0)
-        real = mhacli.api.progress_tick
+        real = mhacli.ops.ablation.progress_tick
 
         def gated(progress, total, what="heads"):
             tick = real(progress, total, what)
@@ -308,7 +308,7 @@ class SlowAblation:
 
             return None if tick is None else slow
 
-        monkeypatch.setattr(mhacli.api, "progress_tick", gated)
+        monkeypatch.setattr(mhacli.ops.ablation, "progress_tick", gated)
 
     def release(self, n: int) -> None:
         for _ in range(n):
