@@ -47,7 +47,13 @@ from mhacli.views.output import FORMATS
 from mhacli.views.results import AblateResult, PruneResult
 
 TextsOpt = Annotated[
-    str | None, typer.Option("--texts", metavar="FILE", help="Score every line of FILE ('-': stdin) instead of TEXT.")
+    str | None,
+    typer.Option(
+        "--texts",
+        metavar="FILE",
+        help="Score these texts instead of TEXT: each non-blank line of FILE ('-': stdin), or the \"text\" field "
+        "of each line of a FILE.jsonl/.ndjson.",
+    ),
 ]
 MethodOpt = Annotated[
     Literal["zero", "mean"],
