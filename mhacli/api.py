@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mhacli.analyses.ablate import METHODS, Ablator, Head, HeadEffect, ablate_each, check_head, removal_edits
+from mhacli.analyses.ablate import METHODS, Head, HeadEffect, check_head, removal_edits
 from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally, verdicts
 from mhacli.analyses.diff import METRICS, DiffReport, check_metric
 from mhacli.analyses.explain import Explanation
-from mhacli.analyses.heads import HeadView, analyse, memory_needed
+from mhacli.analyses.heads import HeadView, memory_needed
 from mhacli.analyses.loss import text_losses
-from mhacli.analyses.stats import STAT_NAMES, HeadStats, layer_stats
+from mhacli.analyses.stats import STAT_NAMES, HeadStats
 from mhacli.analyses.verify import HIDDEN_ATOL
 from mhacli.config import ModelConfig
 from mhacli.engine.attention import DISCARD, Sink
@@ -40,10 +40,10 @@ from mhacli.io.tokenizer import Tokenizer, load_tokenizer
 from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops import diff as diffs
-from mhacli.ops.ablation import check_scorable
+from mhacli.ops.ablation import ablate_heads, check_scorable
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
-from mhacli.ops.heads import check_heads
+from mhacli.ops.heads import HeadsRequest, InspectResult, check_heads, inspect_picture, plan_heads
 from mhacli.ops.memory import Size
 
 __all__ = [
@@ -80,9 +80,6 @@ def check_text(text: object) -> str:
     return text
 
 
-TRUNCATE_HINT = "pass truncate=True"
-
-
 def _id_values(ids: IdsLike) -> list[int]:
     """Token ids given directly, as a list.
 
@@ -94,7 +91,7 @@ def _id_values(ids: IdsLike) -> list[int]:
         raise UsageError(f"ids must be a 1-D sequence of token ids, got shape {arr.shape}")
     if arr.size and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
         raise UsageError(f"ids must be integers, got {arr.dtype}")
-    return ids_from_items(arr.tolist(), "ids")
+    return ids_from_items(arr.tolist())
 
 
 def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> np.ndarray:
@@ -109,8 +106,6 @@ def check_ids(ids: IdsLike, config: ModelConfig, *, truncate: bool = False) -> n
         config.vocab_size,
         config.n_positions,
         truncate=truncate,
-        where="ids",
-        truncate_hint=TRUNCATE_HINT,
     )
     return np.asarray(kept, dtype=np.int64)
 
@@ -146,8 +141,6 @@ class Model:
             c.n_positions,
             vocab_size=c.vocab_size,
             truncate=truncate,
-            where="ids",
-            truncate_hint=TRUNCATE_HINT,
         )
 
     def run(
@@ -319,10 +312,7 @@ class Run:
         layers = list(range(self.model.config.n_layer)) if layer is None else [self._layer(layer)]
         missing = [x for x in layers if x not in self._stats]
         if missing:
-            self._guard(missing, keep_maps=False)
-            for view in analyse(
-                self.model.checkpoint, self.tokenized.ids, layers=missing, keep_maps=False, edits=self.edits
-            ):
+            for view in self._heads(HeadsRequest(missing, keep_maps=False)):
                 self._stats.setdefault(view.layer, []).append(view.stats)
         out = [s for x in layers for s in self._stats[x]]
         if head is not None:
@@ -337,14 +327,12 @@ class Run:
 
         What pages and figures draw.
         """
-        c = self.model.config
-        self._guard(None, keep_maps=True, narrow="maps")
-        out = []
-        for layer in range(c.n_layer):
-            attention = self.attention(layer)
-            for row, stats in zip(attention, layer_stats(layer, attention, self.tokenized.ids)):
-                out.append(HeadView(stats, row, c.kv_head(stats.head)))
-        return out
+        return self._heads(HeadsRequest(keep_maps=True, narrow="maps"))
+
+    def _heads(self, request: HeadsRequest) -> list[HeadView]:
+        """Heads of this run through the operation `mha inspect` and `mha stats` run (mhacli.ops.heads)."""
+        request = replace(request, max_memory=self.max_memory, ablate=self.removed or None)
+        return plan_heads(self.model.checkpoint, self.tokenized.ids, request).run()
 
     def loss(self, loss_from: int = 1) -> float:
         """The mean next-token loss (nats/token) over target positions t >= max(1, loss_from).
@@ -377,12 +365,8 @@ class Run:
         if method not in METHODS:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
         check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory)
-        ablator = Ablator(self.model.checkpoint, [self.tokenized.ids], method=method, loss_from=loss_from)
-        chosen = ablator.heads if heads is None else sorted(set(heads))
-        c = self.model.config
-        for h in chosen:
-            check_head(h, c.n_layer, c.n_head)
-        effects = ablate_each(ablator, chosen)
+        chosen = None if heads is None else list(heads)
+        ablator, effects, _ = ablate_heads(self.model.checkpoint, [self.tokenized], chosen, method, loss_from)
         return Ablation(method, loss_from, ablator.n_targets, ablator.baseline, effects)
 
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:
@@ -393,16 +377,15 @@ class Run:
         from mhacli.views import save as saving
 
         path = Path(path)
-        targets = saving.parse([path], "inspect", dpi=dpi)
-        saving.write_all(targets, saving.inspect_picture(self.model.checkpoint, self.tokenized, self.views()), dpi=dpi)
+        targets = saving.parse([path], InspectResult.PICTURES, dpi=dpi)
+        saving.write_all(targets, inspect_picture(self.model.checkpoint, self.tokenized, self.views()), dpi=dpi)
         return path
 
     def page(self) -> str:
         """The offline HTML page of this run (every head's map; what `mha inspect --save x.html` writes)."""
         from mhacli.views import page as webpage
-        from mhacli.views import save as saving
 
-        return webpage.page_for(saving.inspect_picture(self.model.checkpoint, self.tokenized, self.views()))
+        return webpage.page_for(inspect_picture(self.model.checkpoint, self.tokenized, self.views()))
 
     def _repr_html_(self) -> str:
         """Jupyter: the page, isolated in an iframe (its styles and scripts stay inside)."""

@@ -17,6 +17,7 @@ Words = Callable[[str], str]  # a parameter's name (or a ResourceError's `narrow
 PYTHON_WORDS = {
     "truncate": "truncate=True",
     "strict": "a failed text stops the census",
+    "ablate": "the heads to remove",
     # ways out of the memory guard, by ResourceError.narrow
     "narrow:text": "use a shorter text",
     "narrow:texts": "use shorter texts",
@@ -123,6 +124,9 @@ def install_hint(extra: str) -> str:
     return f'pip install "mhacli[{extra}]" (from a checkout: pip install ".[{extra}]")'
 
 
-def missing_extra(what: str, packages: str, extra: str) -> DependencyError:
-    """`what` needs `packages`, which the `extra` extra installs: one `error:` line saying how to install them."""
-    return DependencyError(f"{what} needs {packages}: {install_hint(extra)}")
+def missing_extra(what: str, packages: str, extra: str, *, params: Sequence[str] = ()) -> DependencyError:
+    """`what` needs `packages`, which the `extra` extra installs: one `error:` line saying how to install them.
+
+    `what` may name parameters (`{dask}`), listed in `params`, for each door to spell.
+    """
+    return DependencyError(f"{what} needs {packages}: {install_hint(extra)}", params=params)

@@ -415,3 +415,47 @@ def test_ids_are_checked_by_the_clis_rule(sample, mha, ids, cli_ids):
         run = sample.run(ids=ids, truncate=True)
         cut = parse_json(mha("stats", "--ids", cli_ids, "--truncate", "-m", "sample", "-f", "json").stdout)
         assert run.ids.tolist() == cut["token_ids"] and run.truncated_from == 300
+
+
+@pytest.mark.parametrize(
+    "cli_args, call, flag, keyword",
+    [
+        (["explain", TEXT, "-l", "99", "-H", "0"], lambda m: m.explain(TEXT, layer=99, head=0), "--layer", "layer"),
+        (["explain", TEXT, "-l", "0", "-H", "99"], lambda m: m.explain(TEXT, layer=0, head=99), "--head", "head"),
+        (["explain", TEXT, "-l", "0", "-H", "0", "--query", "99"], lambda m: m.explain(TEXT, layer=0, head=0, query=99),
+         "--query", "query"),
+        (["ablate", TEXT, "--loss-from", "99"], lambda m: m.run(TEXT).loss(loss_from=99), "--loss-from", "loss_from"),
+        (["stats", "word " * 600], lambda m: m.run("word " * 600), "--truncate", "truncate=True"),
+    ],
+    ids=["layer", "head", "query", "loss_from", "truncate"],
+)  # fmt: skip
+def test_the_analyses_errors_name_each_doors_parameter(sample, mha, cli_args, call, flag, keyword):
+    """An analysis names a parameter as a field: the CLI reads its flag, the API its keyword, nothing else differs."""
+    cli = _cli_error(mha(*cli_args, "-m", "sample"))
+    with pytest.raises(MhaError) as info:
+        call(sample)
+    assert flag in cli and keyword in str(info.value) and "--" not in str(info.value), (cli, str(info.value))
+    assert str(info.value) == cli.replace(flag, keyword)
+
+
+def test_analyses_without_a_cli_path_here_spell_both_ways(monkeypatch):
+    """Messages the CLI's own checks reach first (choices) or that need a cluster: each spelling, from the error."""
+    from mhacli.analyses.ablate import Ablator, parse_heads, random_curve, schedule
+    from mhacli.analyses.diff import check_metric
+    from mhacli.analyses.parallel import dask_executor
+    from mhacli.cli._common import cli_words
+
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # not installed
+    calls = [
+        (lambda: check_metric("kl"), "metric 'kl' is not one of", "--metric 'kl' is not one of"),
+        (lambda: schedule(10, 2.0), "step 2.0 must be in (0, 1]", "--step 2.0 must be in (0, 1]"),
+        (lambda: random_curve(None, 0.5, 0), "seeds 0 must be at least 1", "--seeds 0 must be at least 1"),  # type: ignore[arg-type]
+        (lambda: Ablator(None, [], method="drop"), "method 'drop' is not one of", "--method 'drop' is not one of"),
+        (lambda: parse_heads("x", 2, 4), "the heads to remove: 'x' is not a head", "--ablate: 'x' is not a head"),
+        (lambda: dask_executor("local", 1).__enter__(), "dask needs dask.distributed", "--dask needs dask.distributed"),
+    ]
+    for call, python, cli in calls:
+        with pytest.raises(MhaError) as info:
+            call()
+        assert str(info.value).startswith(python), str(info.value)
+        assert info.value.spelled(cli_words).startswith(cli), info.value.spelled(cli_words)

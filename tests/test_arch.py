@@ -713,7 +713,7 @@ def test_explain_view_fits_the_terminal(models, width, full, name, layer, query)
 
     from mhacli.analyses.explain import explain
     from mhacli.io.tokenizer import load_tokenizer
-    from mhacli.views.terminal import explain_lines, render_explain
+    from mhacli.views.terminal import explain_lines, explain_view
 
     directory = models[name]
     ids = tokens_of(directory)
@@ -722,7 +722,9 @@ def test_explain_view_fits_the_terminal(models, width, full, name, layer, query)
     laid_out = ["".join(t for t, _ in line) for line in explain_lines(ex, tokens, width, full=full)]
     assert all(cell_len(line) <= width for line in laid_out), [line for line in laid_out if cell_len(line) > width][0]
     buf = io.StringIO()
-    render_explain(Console(width=width, file=buf, force_terminal=True, color_system="truecolor"), ex, tokens, full=full)
+    Console(width=width, file=buf, force_terminal=True, color_system="truecolor").print(
+        explain_view(ex, tokens, width, full=full)
+    )
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue()).splitlines()
     assert len(shown) == len(laid_out)
 

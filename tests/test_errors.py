@@ -369,6 +369,14 @@ BAD_OPTIONS = [
     (["info", "--format", "xml"], "'xml' is not one of"),
     (["inspect", ""], "text is empty"),
     (["inspect", "word " * 100], "longer than the model's n_positions"),
+    # the analyses name parameters as fields (mhacli.errors): the CLI spells each as its flag
+    (["inspect", "word " * 100], "; shorten it or pass --truncate to keep the first tokens"),
+    (["inspect", TEXT, "--ablate", "x"], "--ablate: 'x' is not a head"),
+    (["prune", TEXT, "--step", "2"], "--step 2.0 must be in (0, 1]"),
+    (["prune", TEXT, "--seeds", "0"], "--seeds 0 must be at least 1"),
+    (["ablate", TEXT, "--loss-from", "999"], "--loss-from 999 is past the text"),
+    (["census", "--texts", "/nonexistent/x.txt"], "--texts /nonexistent/x.txt: no such file"),
+    (["inspect", "--ids", "x"], "--ids: item 0 ('x') is not a token id"),
     (["nosuchcommand"], "No such command"),
 ]
 

@@ -343,10 +343,12 @@ def test_cli_errors_exit_2_with_one_line(models, args, mentions):
 def render(ex, tokens, width: int, full: bool) -> list[str]:
     from rich.console import Console
 
-    from mhacli.views.terminal import render_explain
+    from mhacli.views.terminal import explain_view
 
     buf = io.StringIO()
-    render_explain(Console(width=width, file=buf, force_terminal=True, color_system="truecolor"), ex, tokens, full=full)
+    Console(width=width, file=buf, force_terminal=True, color_system="truecolor").print(
+        explain_view(ex, tokens, width, full=full)
+    )
     return ANSI.sub("", buf.getvalue()).splitlines()
 
 

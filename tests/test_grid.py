@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from mhacli.analyses.stats import KINDS, layer_stats
 from mhacli.cli import app
-from mhacli.views.terminal import KIND_STYLE, render_stats
+from mhacli.views.terminal import KIND_STYLE, stats_view
 from mhacli.views.terminal.grid import full_width, tenths
 from mhacli.views.terminal.heatmap import HEX, level
 
@@ -31,7 +31,7 @@ def draw(width: int, views, n_layer: int, n_head: int, *, color: bool, stat: str
     con = Console(
         file=buf, width=width, force_terminal=color, color_system="truecolor" if color else None, no_color=not color
     )
-    render_stats(con, views, n_layer, n_head, stat, 30, layout=layout)
+    con.print(stats_view(con, views, n_layer, n_head, stat, 30, layout=layout))
     return buf.getvalue()
 
 

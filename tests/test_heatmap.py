@@ -14,14 +14,14 @@ import pytest
 from helpers import ANSI, causal, views_of
 from rich.console import Console
 
-from mhacli.views.terminal import render_inspect
+from mhacli.views.terminal import inspect_view
 from mhacli.views.terminal.heatmap import HEX, LOWER, PIN, UPPER, level, map_lines, map_window, ruler
 
 
 def draw(width: int, views, n: int, **kwargs) -> list[str]:
     buf = io.StringIO()
     con = Console(file=buf, width=width, force_terminal=True, color_system="truecolor")
-    render_inspect(con, views, [f"t{i}" for i in range(n)], **kwargs)
+    con.print(inspect_view(con, views, [f"t{i}" for i in range(n)], **kwargs))
     return ANSI.sub("", buf.getvalue()).splitlines()
 
 
@@ -101,7 +101,7 @@ def test_no_color_draws_shades_one_row_per_line():
     views = views_of(1, 1, 9)
     buf = io.StringIO()
     con = Console(file=buf, width=80, force_terminal=True, no_color=True)
-    render_inspect(con, views, [f"t{i}" for i in range(9)])
+    con.print(inspect_view(con, views, [f"t{i}" for i in range(9)]))
     text = buf.getvalue()
     assert UPPER not in text and "\x1b[38;2" not in text
     rows = [line for line in ANSI.sub("", text).splitlines() if re.match(r"\s*\d+ t\d", line)]
@@ -137,7 +137,7 @@ def test_every_head_of_the_sample_shape_fits_one_screen_at_200_columns(n, height
     views = views_of(2, 4, n)
     buf = io.StringIO()
     con = Console(file=buf, width=200, height=height, force_terminal=True, color_system="truecolor")
-    render_inspect(con, views, [f"t{i}" for i in range(n)])
+    con.print(inspect_view(con, views, [f"t{i}" for i in range(n)]))
     lines = buf.getvalue().splitlines()
     assert len(lines) <= height - 1, len(lines)
     titles = [k for k, line in enumerate(lines) if re.match(r"L\d+H\d+", ANSI.sub("", line))]

@@ -34,6 +34,19 @@ def test_the_command_list_here_is_every_registered_command():
     assert sorted(COMMANDS) == registered_commands()
 
 
+def test_each_command_module_registers_itself():
+    """mhacli.cli imports every public module of its package (no list to edit); each is a command of its name."""
+    code = (
+        "import pkgutil, sys, typer, mhacli.cli as c\n"
+        "mods = [m.name for m in pkgutil.iter_modules(c.__path__) if not m.name.startswith('_')]\n"
+        "print(' '.join(m for m in mods if 'mhacli.cli.' + m not in sys.modules))\n"
+        "print(' '.join(sorted(set(mods) - set(typer.main.get_command(c.app).commands))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    not_imported, not_commands = done.stdout.split("\n")[:2]
+    assert not_imported == "" and not_commands == "", done.stdout
+
+
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]], ids=lambda c: c[0] if c else "mha")
 def test_help_has_examples_one_per_line_in_rich_and_plain_help(command):
     rich = examples_in(help_text(*command, rich=True))

@@ -153,51 +153,34 @@ def test_errors_go_to_the_environment_stderr():
     assert e.stdout.getvalue() == "" and e.stderr.getvalue().startswith("error: ")
 
 
-# --- a view drawn on a Canvas prints the same bytes as the view printed directly --------------------------------------
+# --- a view returns its renderable and prints nothing itself ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def sample_views():
+def sample_results():
     import mhacli
+    from mhacli.ops.diff import DiffResult
+    from mhacli.ops.heads import InspectResult, StatsResult
 
     model = mhacli.load("sample")
     run = model.run("The cat sat on the mat. The cat sat on the mat.")
-    return model, run.views(), run.tokens
-
-
-def both_ways(draw, *args, **kwargs) -> tuple[str, str]:  # noqa: ANN001, ANN003
-    from mhacli.views.terminal import drawn, make_console
-
-    direct = make_console(file=io.StringIO(), width=100, force_terminal=True, color_system="truecolor")
-    draw(direct, *args, **kwargs)
-    kept = make_console(file=io.StringIO(), width=100, force_terminal=True, color_system="truecolor")
-    kept.print(drawn(draw)(kept, *args, **kwargs))
-    return direct.file.getvalue(), kept.file.getvalue()
-
-
-@pytest.mark.parametrize("window", [{}, {"query": 5}, {"top": 2}, {"start": 3, "keys": (0, 6)}])
-def test_inspect_drawing_is_what_it_printed(sample_views, window):
-    from mhacli.views.terminal import render_inspect
-
-    _, views, tokens = sample_views
-    direct, kept = both_ways(render_inspect, views[:3], tokens, **window)
-    assert direct == kept and "\x1b[" in kept
-
-
-@pytest.mark.parametrize("stat, layout", [("auto", "auto"), ("induction", "compact")])
-def test_stats_drawing_is_what_it_printed(sample_views, stat, layout):
-    from mhacli.views.terminal import render_stats
-
-    _, views, tokens = sample_views
-    direct, kept = both_ways(render_stats, views, 2, 4, stat, len(tokens), layout=layout)
-    assert direct == kept and "\x1b[" in kept
-
-
-def test_diff_drawing_is_what_it_printed(sample_views):
-    import mhacli
-    from mhacli.views.terminal import render_diff
-
-    model, views, tokens = sample_views
+    views, tokens, ids = run.views(), run.tokens, run.ids.tolist()
     report = mhacli.diff(model, mhacli.load("sample-early"), "The cat sat on the mat. The cat sat on the mat.")
-    direct, kept = both_ways(render_diff, report, "sample", "sample-early", tokens, (views[0], views[1]), top=5)
-    assert direct == kept and "\x1b[" in kept
+    doc = {"model": {}, "tokens": tokens, "token_ids": ids}
+    return [
+        InspectResult(doc, tokens, ids, views[:3]),
+        InspectResult(doc, tokens, ids, views[:3], query=5),
+        StatsResult(doc, tokens, ids, views, 2, 4),
+        DiffResult(report, "sample", "sample-early", tokens, [len(tokens)], maps=lambda: (views[0], views[1])),
+    ]
+
+
+def test_views_return_what_they_show_and_print_nothing(sample_results):
+    from mhacli.views.terminal import make_console
+
+    for result in sample_results:
+        console = make_console(file=io.StringIO(), width=100, force_terminal=True, color_system="truecolor")
+        shown = result.view(console)
+        assert console.file.getvalue() == "", type(result).__name__
+        console.print(shown)
+        assert "\x1b[" in console.file.getvalue() and "L0H" in console.file.getvalue(), type(result).__name__

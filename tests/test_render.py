@@ -12,7 +12,7 @@ from rich.console import Console
 from mhacli.analyses.heads import analyse
 from mhacli.io.tokenizer import load_tokenizer
 from mhacli.io.weights import load_model
-from mhacli.views.terminal import render_inspect, render_stats
+from mhacli.views.terminal import inspect_view, stats_view
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -43,14 +43,16 @@ def test_views_fit_the_width(model, width, n_tokens, view):
     )
     con, buf = console(width)
     if view == "stats":
-        render_stats(con, views, 2, 4, "previous_token", n_tokens)
+        con.print(stats_view(con, views, 2, 4, "previous_token", n_tokens))
     else:
-        render_inspect(
-            con,
-            views,
-            tokens,
-            query=n_tokens - 1 if view == "query" else None,
-            top=3 if view == "top" else None,
+        con.print(
+            inspect_view(
+                con,
+                views,
+                tokens,
+                query=n_tokens - 1 if view == "query" else None,
+                top=3 if view == "top" else None,
+            )
         )
     lines = visible_lines(buf)
     assert lines, "nothing rendered"
@@ -63,11 +65,11 @@ def test_long_text_map_is_windowed_and_says_so(model):
     ids = np.random.default_rng(0).integers(0, 400, size=64)
     views = list(analyse(ckpt, ids, layers=[0], heads=[0]))
     con, buf = console(60)
-    render_inspect(con, views, tok.display(ids.tolist()))
+    con.print(inspect_view(con, views, tok.display(ids.tolist())))
     text = "\n".join(visible_lines(buf))
     assert "showing query rows 0–" in text and "--from" in text
     con, buf = console(60)
-    render_inspect(con, views, tok.display(ids.tolist()), start=40)
+    con.print(inspect_view(con, views, tok.display(ids.tolist()), start=40))
     assert "showing query rows 40–" in "\n".join(visible_lines(buf))
 
 
@@ -76,7 +78,7 @@ def test_whitespace_tokens_are_visible(model):
     ids = tok.encode("a\n\tb  c")
     views = list(analyse(ckpt, np.asarray(ids), layers=[0], heads=[0]))
     con, buf = console(100)
-    render_inspect(con, views, tok.display(ids))
+    con.print(inspect_view(con, views, tok.display(ids)))
     text = "\n".join(visible_lines(buf))
     assert "↵" in text and "→" in text and "·" in text
 
@@ -87,7 +89,7 @@ def test_no_color_keeps_the_shades_and_drops_colour(model, monkeypatch):
     views = list(analyse(ckpt, ids, layers=[0], heads=[0]))
     monkeypatch.setenv("NO_COLOR", "1")
     con, buf = console(100)
-    render_inspect(con, views, tok.display(ids.tolist()))
+    con.print(inspect_view(con, views, tok.display(ids.tolist())))
     out = buf.getvalue()
     assert "38;2;" not in out and "48;2;" not in out, "truecolor codes despite NO_COLOR"
     assert any(ch in out for ch in "░▒▓█")
@@ -101,13 +103,13 @@ def test_grouped_heads_name_their_kv_head(model):
     ids = np.arange(6)
     views = list(analyse(ckpt, ids, layers=[0]))
     con, buf = console(100)
-    render_inspect(con, views, tok.display(ids.tolist()))
+    con.print(inspect_view(con, views, tok.display(ids.tolist())))
     assert "kv" not in "\n".join(visible_lines(buf))
     grouped = [HeadView(v.stats, v.attention, v.head // 2) for v in views]  # as if 2 query heads per K/V head
     con, buf = console(100)
-    render_inspect(con, grouped, tok.display(ids.tolist()))
+    con.print(inspect_view(con, grouped, tok.display(ids.tolist())))
     text = "\n".join(visible_lines(buf))
     assert "L0H3/kv1" in text and "L0H0/kv0" in text
     con, buf = console(100)
-    render_inspect(con, grouped[3:4], tok.display(ids.tolist()), query=2)  # the one-head views say it in full
+    con.print(inspect_view(con, grouped[3:4], tok.display(ids.tolist()), query=2))  # the one-head views say it in full
     assert "L0H3 (K/V head 1)" in "\n".join(visible_lines(buf))

@@ -52,7 +52,8 @@ def parse_heads(spec: str, n_layer: int, n_head: int) -> list[Head]:
         layer, dot, head = part.partition(".")
         if not (dot and layer.isdigit() and head.isdigit()):
             raise UsageError(
-                f"--ablate: {part!r} is not a head; write LAYER.HEAD, e.g. 1.2 (comma-separated for several)"
+                f"{{ablate}}: {part!r} is not a head; write LAYER.HEAD, e.g. 1.2 (comma-separated for several)",
+                params=("ablate",),
             )
         check_head((int(layer), int(head)), n_layer, n_head)
         if (int(layer), int(head)) not in heads:
@@ -117,7 +118,7 @@ class Ablator:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise UsageError(f"--method {self.method!r} is not one of: {', '.join(METHODS)}")
+            raise UsageError(f"{{method}} {self.method!r} is not one of: {', '.join(METHODS)}", params=("method",))
         if not self.texts:
             raise UsageError("no text to score")
         self.n_targets = sum(len(ids) - first_target(len(ids), self.loss_from) for ids in self.texts)
@@ -240,7 +241,9 @@ class RandomStep:
 def schedule(n_heads: int, step: float) -> list[int]:
     """Heads removed after each round: round(step x n_heads) more per round (at least 1), up to all of them."""
     if not 0.0 < step <= 1.0:
-        raise UsageError(f"--step {step} must be in (0, 1]: the fraction of all heads removed per round")
+        raise UsageError(
+            f"{{step}} {step} must be in (0, 1]: the fraction of all heads removed per round", params=("step",)
+        )
     per_round = max(1, round(step * n_heads))
     counts = list(range(per_round, n_heads, per_round))
     return [0, *counts, n_heads]
@@ -273,7 +276,7 @@ def random_curve(ablator: Ablator, step: float, seeds: int, tick: Callable[[], N
 
     the loss's mean and standard deviation (ddof 0) over the orders after each round."""
     if seeds < 1:
-        raise UsageError(f"--seeds {seeds} must be at least 1")
+        raise UsageError(f"{{seeds}} {seeds} must be at least 1", params=("seeds",))
     heads = ablator.heads
     counts = schedule(len(heads), step)
     ablator.set_base(())

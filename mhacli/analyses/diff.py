@@ -95,7 +95,7 @@ METRIC_FNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 def check_metric(metric: str) -> str:
     if metric not in METRIC_FNS:
-        raise UsageError(f"--metric {metric!r} is not one of: {', '.join(METRICS)}")
+        raise UsageError(f"{{metric}} {metric!r} is not one of: {', '.join(METRICS)}", params=("metric",))
     return metric
 
 

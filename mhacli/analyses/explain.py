@@ -35,11 +35,14 @@ MATCH_RTOL = 1e-4
 
 
 def resolve_query(query: int | None, n_seq: int) -> int:
-    """--query: None is the last token, negative counts from the end; out of range is a UsageError."""
+    """The query: None is the last token, negative counts from the end; out of range is a UsageError."""
     if query is None:
         return n_seq - 1
     if not -n_seq <= query < n_seq:
-        raise UsageError(f"--query {query} is out of range: the text has tokens 0..{n_seq - 1} (or -{n_seq}..-1)")
+        raise UsageError(
+            f"{{query}} {query} is out of range: the text has tokens 0..{n_seq - 1} (or -{n_seq}..-1)",
+            params=("query",),
+        )
     return query + n_seq if query < 0 else query
 
 

@@ -46,10 +46,12 @@ class HeadView:
 def check_selection(n_layer: int, n_head: int, layers: Sequence[int] | None, heads: Sequence[int] | None) -> None:
     for layer in layers or ():
         if not 0 <= layer < n_layer:
-            raise UsageError(f"--layer {layer} is out of range: this model has layers 0..{n_layer - 1}")
+            raise UsageError(
+                f"{{layer}} {layer} is out of range: this model has layers 0..{n_layer - 1}", params=("layer",)
+            )
     for head in heads or ():
         if not 0 <= head < n_head:
-            raise UsageError(f"--head {head} is out of range: this model has heads 0..{n_head - 1}")
+            raise UsageError(f"{{head}} {head} is out of range: this model has heads 0..{n_head - 1}", params=("head",))
 
 
 def analyse(

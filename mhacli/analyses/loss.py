@@ -41,7 +41,8 @@ def first_target(n_seq: int, loss_from: int = 1) -> int:
         raise UsageError("the text is one token long: there is no next token to score (the loss needs at least two)")
     if start >= n_seq:
         raise UsageError(
-            f"--loss-from {loss_from} is past the text: it has tokens 0..{n_seq - 1}, so nothing is scored"
+            f"{{loss_from}} {loss_from} is past the text: it has tokens 0..{n_seq - 1}, so nothing is scored",
+            params=("loss_from",),
         )
     return start
 

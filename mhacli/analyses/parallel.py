@@ -40,7 +40,7 @@ class Item:
     first_row: int
 
 
-Outcome = TextStats | str  # a text's statistics, or why it failed
+Outcome = TextStats | str | MhaError  # a text's statistics, or why it failed (a message, or the error itself)
 
 
 _MODELS: dict[tuple, Checkpoint] = {}
@@ -129,7 +129,7 @@ def dask_executor(address: str, workers: int) -> Iterator[Executor]:
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
-        raise missing_extra("--dask", "dask.distributed", "dask") from exc
+        raise missing_extra("{dask}", "dask.distributed", "dask", params=("dask",)) from exc
     cluster = None
     try:
         if address == "local":
@@ -144,7 +144,7 @@ def dask_executor(address: str, workers: int) -> Iterator[Executor]:
             cluster.close()
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise UsageError(
-            f"--dask {address}: cannot reach a Dask scheduler within {DASK_TIMEOUT_S} s ({reason})"
+            f"{{dask}} {address}: cannot reach a Dask scheduler within {DASK_TIMEOUT_S} s ({reason})", params=("dask",)
         ) from exc
     try:
         yield client.get_executor()
@@ -169,7 +169,9 @@ class InOrder:
             self.next += 1
 
 
-def chunks(work: Iterable[Item | tuple[int, str]], failed: Callable[[int, str], None]) -> Iterator[list[Item]]:
+def chunks(
+    work: Iterable[Item | tuple[int, str | MhaError]], failed: Callable[[int, Outcome], None]
+) -> Iterator[list[Item]]:
     """Group the work into chunks of about CHUNK_TOKENS tokens; (seq, error) entries go straight to `failed`."""
     chunk: list[Item] = []
     tokens = 0
@@ -187,7 +189,11 @@ def chunks(work: Iterable[Item | tuple[int, str]], failed: Callable[[int, str], 
 
 
 def drive(
-    work: Iterable[Item | tuple[int, str]], files: ModelFiles, executor: Executor | None, sink: InOrder, in_flight: int
+    work: Iterable[Item | tuple[int, str | MhaError]],
+    files: ModelFiles,
+    executor: Executor | None,
+    sink: InOrder,
+    in_flight: int,
 ) -> None:
     """Run every item:
 

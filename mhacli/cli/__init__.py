@@ -1,4 +1,4 @@
-"""The `mha` command line: a thin Typer app. Commands live in mhacli/cli/, one module each.
+"""The `mha` command line: a thin Typer app. Commands live in mhacli/cli/, one module each, found by themselves.
 
 Each command writes through one environment (mhacli.views.output.Environment: streams, terminals, width, colour):
 `run(argv, env=...)` takes one, the process's streams otherwise.
@@ -14,19 +14,25 @@ dropped before an error, so no warning ever precedes the `error:` line.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
+import pkgutil
 import sys
 import warnings
 
 import typer
 
-# Each command module registers its command on `app` (mhacli.cli._app) when imported.
-from mhacli.cli import ablate, browse, census, diff, explain, info, inspect, stats, verify  # noqa: F401
 from mhacli.cli._app import app
 from mhacli.cli._common import CURRENT, cli_words, environment
 from mhacli.errors import ExitCode, MhaError
 from mhacli.io.files import escape_unprintable
 from mhacli.views.output import Environment
+
+# Each command module registers its command on `app` (mhacli.cli._app) when imported: every module of this package
+# is one, except the private `_`-prefixed ones (the app, shared options, --save). A new command is a new module.
+for _command in pkgutil.iter_modules(__path__):
+    if not _command.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_command.name}")
 
 MAX_LINE = 1000  # characters of an error line; the rest is clipped
 # Writing stdout failed for a reason outside the program: the disk or quota is full, the file is too large.

@@ -10,7 +10,7 @@ import typer
 
 from mhacli.errors import UsageError
 from mhacli.ops.inputs import check_model, encode, open_model, read_input
-from mhacli.views.output import Environment, Output, default_format
+from mhacli.views.output import FORMATS, Environment, Output, default_format
 
 if TYPE_CHECKING:
     from mhacli.api import Checkpoint, ModelFiles, TokenizedText, Tokenizer
@@ -39,7 +39,7 @@ IdsOpt = Annotated[
         help="Token ids instead of TEXT: 464,3797,... or '-' (a JSON array on stdin); checked against vocab_size.",
     ),
 ]
-ALL_FORMATS = ("rich", "text", "json", "jsonl", "csv", "tsv")
+ALL_FORMATS = FORMATS
 REPORT_FORMATS = ("rich", "text", "json")
 
 

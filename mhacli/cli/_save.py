@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from mhacli.views.save import ALLOWED, DEFAULT_DPI
+from mhacli.views.save import DEFAULT_DPI, Pictures
 
 
-def save_option(command: str) -> object:
-    kinds = ", ".join(f".{k}" for k in ALLOWED[command])
+def save_option(pictures: Pictures) -> object:
+    """The --save option of a command whose result declares `pictures` (its PICTURES): what it writes."""
+    kinds = ", ".join(f".{k}" for k in pictures.kinds)
     return typer.Option(
         "--save",
         metavar="FILE",

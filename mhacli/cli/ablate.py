@@ -42,9 +42,9 @@ from mhacli.views import save as saving
 
 if TYPE_CHECKING:
     from mhacli.api import Checkpoint, TokenizedText
+from mhacli.ops.ablation import AblateResult, PruneResult, prune_picture
 from mhacli.views.formats import atomic_write_bytes, check_writable, dumps
 from mhacli.views.output import FORMATS
-from mhacli.views.results import AblateResult, PruneResult
 
 TextsOpt = Annotated[
     str | None,
@@ -127,7 +127,7 @@ def ablate(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
-    save: Annotated[SaveList, save_option("ablate")] = None,
+    save: Annotated[SaveList, save_option(AblateResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Each head removed alone: its cost in next-token loss.
@@ -136,7 +136,7 @@ def ablate(
     out = output(format, FORMATS)
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
-    saves = saving.parse(save, "ablate", dpi=dpi)
+    saves = saving.parse(save, AblateResult.PICTURES, dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     c = ckpt.config
     selected = selected_heads(c.n_layer, c.n_head, layer, head)
@@ -179,7 +179,7 @@ def prune(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
-    save: Annotated[SaveList, save_option("prune")] = None,
+    save: Annotated[SaveList, save_option(PruneResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """The pruning curve: heads removed by importance vs at random.
@@ -194,12 +194,12 @@ def prune(
         raise UsageError(f"--max-increase {max_increase} must be a finite fraction >= 0 (0.05 is 5%)")
     if save_mask is not None:
         check_writable(save_mask)
-    saves = saving.parse(save, "prune", dpi=dpi)
+    saves = saving.parse(save, PruneResult.PICTURES, dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     c = ckpt.config
     doc = prune_doc(ckpt, tokenized, method, loss_from, step, seeds, max_increase, ticker)
     if save_mask is not None:
         mask = mask_doc(c.n_layer, c.n_head, [tuple(h) for h in doc["pruned"]])
         atomic_write_bytes(save_mask, (dumps(mask) + "\n").encode())
-    saving.write_all(saves, saving.prune_picture(ckpt, tokenized, doc), dpi=dpi)
+    saving.write_all(saves, prune_picture(ckpt, tokenized, doc), dpi=dpi)
     out.emit(PruneResult(doc))

@@ -16,14 +16,23 @@ import typer
 
 from mhacli.api import PROBES, ProbeSpec
 from mhacli.cli._app import app, examples
-from mhacli.cli._common import FormatOpt, MaxMemoryOpt, ModelOpt, TruncateOpt, environment, load, output, warn
+from mhacli.cli._common import (
+    FormatOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    TruncateOpt,
+    cli_words,
+    environment,
+    load,
+    output,
+    warn,
+)
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import UsageError
-from mhacli.ops.census import CensusOutcome, CensusRequest, take_census
+from mhacli.ops.census import CensusOutcome, CensusRequest, CensusResult, census_picture, take_census
 from mhacli.views import save as saving
 from mhacli.views.formats import check_writable
 from mhacli.views.output import FORMATS
-from mhacli.views.results import CensusResult
 
 MAX_WARNINGS = 10  # failed texts named one by one on stderr; the rest are counted
 
@@ -147,7 +156,7 @@ def census(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
-    save: Annotated[SaveList, save_option("census")] = None,
+    save: Annotated[SaveList, save_option(CensusResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Every head's kind over probes and a corpus, with confidence.
@@ -165,12 +174,14 @@ def census(
         raise UsageError(f"--top {top} must be at least 1")
     if per_text is not None:
         check_writable(per_text)
-    saves = saving.parse(save, "census", dpi=dpi)
+    saves = saving.parse(save, CensusResult.PICTURES, dpi=dpi)
     ckpt, tokenizer = load(model, cache=None)
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
-    request = CensusRequest(chosen, spec, None, texts, truncate, workers, dask, max_memory, strict, where=cli_where)
+    request = CensusRequest(
+        chosen, spec, None, texts, truncate, workers, dask, max_memory, strict, where=cli_where, words=cli_words
+    )
     doc = run_shown(ckpt, tokenizer, request, per_text).doc
-    saving.write_all(saves, saving.census_picture(ckpt, doc), dpi=dpi)
+    saving.write_all(saves, census_picture(ckpt, doc), dpi=dpi)
     out.emit(CensusResult(doc, top))
 
 

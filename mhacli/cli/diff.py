@@ -22,12 +22,11 @@ from mhacli.cli._common import (
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import ExitCode, UsageError
 from mhacli.ops.ablation import check_ablate_spec
-from mhacli.ops.diff import DiffRequest, diff_picture, peak_maps
+from mhacli.ops.diff import DiffRequest, DiffResult, diff_picture, peak_maps
 from mhacli.ops.diff import diff as run_diff
 from mhacli.ops.inputs import check_model, check_text_or_ids, read_inputs
 from mhacli.views import save as saving
 from mhacli.views.output import FORMATS
-from mhacli.views.results import DiffResult
 
 FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
 
@@ -75,7 +74,7 @@ def diff(
             "--ablate", metavar="HEADS", help="Remove heads of MODEL_B first (zeroed): L.H[,L.H...] or @mask.json."
         ),
     ] = None,
-    save: Annotated[SaveList, save_option("diff")] = None,
+    save: Annotated[SaveList, save_option(DiffResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> int:
     """Per-head divergence between two models on the same text.
@@ -84,7 +83,7 @@ def diff(
     out = output(format, FORMATS)
     if fail_above is not None and not fail_above >= 0:
         raise UsageError(f"--fail-above {fail_above} must be a number >= 0")
-    saves = saving.parse(save, "diff", dpi=dpi)
+    saves = saving.parse(save, DiffResult.PICTURES, dpi=dpi)
     check_text_or_ids(text, ids, texts)
     check_ablate_spec(ablate)
     files_a, files_b = check_model(model_a), check_model(model_b)  # a wrong path is named before stdin is read

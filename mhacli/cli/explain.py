@@ -19,8 +19,8 @@ from mhacli.cli._common import (
     prepare,
 )
 from mhacli.errors import ExitCode
+from mhacli.ops.explain import ExplainResult
 from mhacli.ops.explain import explain as run_explain
-from mhacli.views.results import ExplainResult
 
 FORMATS = REPORT_FORMATS
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import ALL_FORMATS, FormatOpt, ModelOpt, output
-from mhacli.ops.info import info_doc
-from mhacli.views.results import InfoResult
+from mhacli.ops.info import InfoResult, info_doc
 
 
 @app.command(

@@ -25,11 +25,10 @@ from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
 from mhacli.errors import UsageError
 from mhacli.ops.ablation import check_ablate_spec
-from mhacli.ops.heads import HeadsRequest, plan_heads
+from mhacli.ops.heads import HeadsRequest, InspectResult, inspect_picture, plan_heads
 from mhacli.views import save as saving
 from mhacli.views.display import format_bytes
 from mhacli.views.output import FORMATS
-from mhacli.views.results import InspectResult
 
 # Machine output past this many bytes gets a note on stderr suggesting --save FILE.npz (and -l/-H).
 BIG_OUTPUT_BYTES = 100 * 1024 * 1024
@@ -74,7 +73,7 @@ def inspect(
             help="Keys (and query rows) per map on a terminal (default: fit the width).",
         ),
     ] = None,
-    save: Annotated[SaveList, save_option("inspect")] = None,
+    save: Annotated[SaveList, save_option(InspectResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
@@ -85,7 +84,7 @@ def inspect(
     fmt = out.fmt
     if query is not None and top is not None:
         raise UsageError("--query and --top are two views; pick one")
-    saves = saving.parse(save, "inspect", dpi=dpi)
+    saves = saving.parse(save, InspectResult.PICTURES, dpi=dpi)
     key_range = parse_key_range(keys) if keys is not None else None
     check_ablate_spec(ablate)
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
@@ -119,7 +118,7 @@ def inspect(
                 "(float32), and -l/-H select heads"
             )
     views = plan.run(progress)
-    saving.write_all(saves, saving.inspect_picture(ckpt, tokens, views), dpi=dpi)
+    saving.write_all(saves, inspect_picture(ckpt, tokens, views), dpi=dpi)
     model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()
     result = InspectResult(model_doc, tokens.tokens, ids_list, views, query, top, start, key_range, panel_size)
     out.emit(result)

@@ -25,10 +25,9 @@ from mhacli.cli._common import (
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.cli.ablate import AblateOpt
 from mhacli.ops.ablation import check_ablate_spec
-from mhacli.ops.heads import HeadsRequest, plan_heads
+from mhacli.ops.heads import HeadsRequest, StatsResult, plan_heads, stats_picture
 from mhacli.views import save as saving
 from mhacli.views.output import FORMATS
-from mhacli.views.results import StatsResult
 
 
 @app.command(
@@ -66,12 +65,12 @@ def stats(
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
     ablate: AblateOpt = None,
-    save: Annotated[SaveList, save_option("stats")] = None,
+    save: Annotated[SaveList, save_option(StatsResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Every head's statistics and kind, streamed (no maps kept)."""
     out = output(format, FORMATS)
-    saves = saving.parse(save, "stats", dpi=dpi)
+    saves = saving.parse(save, StatsResult.PICTURES, dpi=dpi)
     keep = saving.wants(saves, "html")  # the page shows every head's map
     check_ablate_spec(ablate)
     ckpt, tokens = prepare(model, text, truncate=truncate, ids=ids)
@@ -80,7 +79,7 @@ def stats(
     views = plan_heads(ckpt, tokens.ids, HeadsRequest(layer, head, keep, None, max_memory, "text", ablate)).run(
         progress
     )
-    saving.write_all(saves, saving.stats_picture(ckpt, tokens, views, stat), dpi=dpi)
+    saving.write_all(saves, stats_picture(ckpt, tokens, views, stat), dpi=dpi)
     if out.machine and stat != "auto":
         note(f"--stat picks the terminal grid's number and orders the text table; {out.fmt} has every statistic")
     model_doc, ids_list = ckpt.model_dict(), tokens.ids.tolist()

@@ -19,7 +19,7 @@ from mhacli.cli._common import (
     prepare,
 )
 from mhacli.errors import ExitCode, UsageError
-from mhacli.views.results import VerifyResult
+from mhacli.ops.verify import VerifyResult
 
 DEFAULT_TEXT = (
     "ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun. "

@@ -22,6 +22,8 @@ from mhacli.io.tokenizer import Tokenizer
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
 MAX_TEXTS_BYTES = 64 * 1024 * 1024  # --texts FILE: one text per line
+# the parameters these messages name, each door spelling them (mhacli.errors: --texts in the shell, texts in Python)
+TEXTS, TRUNCATE, IDS = ("texts",), ("truncate",), ("ids",)
 
 
 def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
@@ -90,12 +92,12 @@ def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, st
             try:
                 raw = stream.readline(MAX_TEXT_BYTES + 1)
             except OSError as exc:
-                raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+                raise TextError(f"{{texts}} {path}: cannot read: {exc.strerror}", params=TEXTS) from exc
             if not raw:
                 return
             total += len(raw)
             if limit is not None and total > limit:
-                raise TextError(f"--texts {path}: larger than {limit // (1024 * 1024)} MiB")
+                raise TextError(f"{{texts}} {path}: larger than {limit // (1024 * 1024)} MiB", params=TEXTS)
             line = _decode_line(raw, path, n)
             if not line.strip():
                 continue
@@ -110,29 +112,31 @@ def _open_texts(path: str, stdin: BinaryIO | None) -> BinaryIO:
     try:
         if path == "-":
             if stdin is None:
-                raise TextError("--texts -: stdin is closed")
+                raise TextError("{texts} -: stdin is closed", params=TEXTS)
             return stdin
         return open(path, "rb")  # noqa: SIM115 - iter_texts closes it
     except FileNotFoundError as exc:
-        raise TextError(f"--texts {path}: no such file") from exc
+        raise TextError(f"{{texts}} {path}: no such file", params=TEXTS) from exc
     except IsADirectoryError as exc:
-        raise TextError(f"--texts {path}: is a directory") from exc
+        raise TextError(f"{{texts}} {path}: is a directory", params=TEXTS) from exc
     except OSError as exc:
-        raise TextError(f"--texts {path}: cannot read: {exc.strerror}") from exc
+        raise TextError(f"{{texts}} {path}: cannot read: {exc.strerror}", params=TEXTS) from exc
     except ValueError as exc:  # a NUL byte in the name
-        raise TextError(f"--texts {path!r}: cannot read ({exc})") from exc
+        raise TextError(f"{{texts}} {path!r}: cannot read ({exc})", params=TEXTS) from exc
 
 
 def _decode_line(raw: bytes, path: str, n: int) -> str:
     """Line n of --texts as read (at most MAX_TEXT_BYTES + 1 bytes) -> its text, without BOM and line ending."""
     if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
-        raise TextError(f"--texts {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+        raise TextError(
+            f"{{texts}} {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB", params=TEXTS
+        )
     if b"\0" in raw:
-        raise TextError(f"--texts {path}: line {n} holds NUL bytes; is it a text file?")
+        raise TextError(f"{{texts}} {path}: line {n} holds NUL bytes; is it a text file?", params=TEXTS)
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise TextError(f"--texts {path}: line {n} is not valid UTF-8; is it a text file?") from exc
+        raise TextError(f"{{texts}} {path}: line {n} is not valid UTF-8; is it a text file?", params=TEXTS) from exc
     if n == 1:
         line = line.removeprefix("\ufeff")
     return line.removesuffix("\n").removesuffix("\r")
@@ -142,10 +146,12 @@ def _jsonl_text(line: str, path: str, n: int) -> str:
     try:
         doc = json.loads(line)
     except (ValueError, RecursionError) as exc:
-        raise TextError(f"--texts {path}: line {n} is not a JSON object (JSONL needs one per line)") from exc
+        raise TextError(
+            f"{{texts}} {path}: line {n} is not a JSON object (JSONL needs one per line)", params=TEXTS
+        ) from exc
     text = doc.get("text") if isinstance(doc, dict) else None
     if not isinstance(text, str):
-        raise TextError(f'--texts {path}: line {n} has no "text" string field')
+        raise TextError(f'{{texts}} {path}: line {n} has no "text" string field', params=TEXTS)
     return text
 
 
@@ -155,7 +161,7 @@ def read_texts(path: str) -> list[tuple[int, str]]:
     A FILE.jsonl gives each line's "text" field (iter_texts)."""
     texts = [(n, t) for n, t in iter_texts(path, limit=MAX_TEXTS_BYTES) if t.strip()]
     if not texts:
-        raise TextError(f"--texts {path}: holds no text (every line is blank)")
+        raise TextError(f"{{texts}} {path}: holds no text (every line is blank)", params=TEXTS)
     return texts
 
 
@@ -198,7 +204,8 @@ def tokenize(
         if not truncate:
             raise TextError(
                 f"text is {count} tokens, longer than the model's n_positions ({n_positions}); "
-                "shorten it or pass --truncate to keep the first tokens"
+                "shorten it or pass {truncate} to keep the first tokens",
+                params=TRUNCATE,
             )
         truncated_from, ids = len(ids), ids[:n_positions]
     return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from, counted_all)
@@ -209,28 +216,30 @@ def tokenize(
 MAX_ID_DIGITS = 12  # a token id longer than this is no vocabulary's
 
 
-def parse_ids(spec: str, where: str = "--ids") -> list[int]:
+def parse_ids(spec: str, where: str = "{ids}") -> list[int]:
     """`464,3797,...` (commas and/or spaces) or a JSON array of integers `[464, 3797]` -> the ids.
 
     Pure: raises TextError naming the first thing that is not a token id (negative, not an integer, a bool, a
     float)."""
     body = spec.strip()
     if not body:
-        raise TextError(f"{where}: no token ids given (e.g. --ids 464,3797 or a JSON array on stdin with --ids -)")
+        raise TextError(
+            f"{where}: no token ids given (e.g. {{ids}} 464,3797 or a JSON array on stdin with {{ids}} -)", params=IDS
+        )
     if body.startswith("["):
         try:
             values = json.loads(body)
         except (ValueError, RecursionError) as exc:
-            raise TextError(f"{where}: not a JSON array of token ids ({type(exc).__name__})") from exc
+            raise TextError(f"{where}: not a JSON array of token ids ({type(exc).__name__})", params=IDS) from exc
         if not isinstance(values, list):
-            raise TextError(f"{where}: not a JSON array of token ids")
+            raise TextError(f"{where}: not a JSON array of token ids", params=IDS)
         items: list[object] = values
     else:
         items = [p for p in body.replace(",", " ").split()]
     return ids_from_items(items, where)
 
 
-def ids_from_items(items: list[object], where: str = "--ids") -> list[int]:
+def ids_from_items(items: list[object], where: str = "{ids}") -> list[int]:
     """Each item a token id: an integer >= 0 (or its decimal digits, as --ids spells them), never a bool or a float.
 
     Raises TextError naming the first item that is not one, or an empty list. The CLI's --ids and the API's ids=
@@ -243,9 +252,9 @@ def ids_from_items(items: list[object], where: str = "--ids") -> list[int]:
             ids.append(item)
         else:
             shown = repr(item)[:40] if not isinstance(item, (list, dict)) else type(item).__name__
-            raise TextError(f"{where}: item {n} ({shown}) is not a token id (an integer >= 0)")
+            raise TextError(f"{where}: item {n} ({shown}) is not a token id (an integer >= 0)", params=IDS)
     if not ids:
-        raise TextError(f"{where}: the list of token ids is empty")
+        raise TextError(f"{where}: the list of token ids is empty", params=IDS)
     return ids
 
 
@@ -255,18 +264,18 @@ def read_ids(spec: str, stdin: BinaryIO | None = None) -> list[int]:
         return parse_ids(spec)
     stream = stdin if stdin is not None else _stdin()
     if stream is None:
-        raise TextError("--ids -: stdin is closed")
+        raise TextError("{ids} -: stdin is closed", params=IDS)
     try:
         raw = stream.read(MAX_TEXT_BYTES + 1)
     except (OSError, ValueError) as exc:
-        raise TextError(f"--ids -: cannot read stdin: {getattr(exc, 'strerror', None) or exc}") from exc
+        raise TextError(f"{{ids}} -: cannot read stdin: {getattr(exc, 'strerror', None) or exc}", params=IDS) from exc
     if len(raw) > MAX_TEXT_BYTES:
-        raise TextError(f"--ids -: stdin is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+        raise TextError(f"{{ids}} -: stdin is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB", params=IDS)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise TextError("--ids -: stdin is not valid UTF-8") from exc
-    return parse_ids(text, "--ids -")
+        raise TextError("{ids} -: stdin is not valid UTF-8", params=IDS) from exc
+    return parse_ids(text, "{ids} -")
 
 
 def check_ids(
@@ -275,26 +284,27 @@ def check_ids(
     n_positions: int,
     *,
     truncate: bool = False,
-    where: str = "--ids",
-    truncate_hint: str = "pass --truncate",
+    where: str = "{ids}",
 ) -> tuple[list[int], int | None]:
     """Check given ids (--ids, or the API's ids=) against the embedding table and n_positions.
 
     They must index the embedding table (the first one that does not is named) and fit n_positions, or with
     truncate the first n_positions are kept. Returns (ids, the original count when
-    cut, else None). `truncate_hint`: how the caller asks for truncation (--truncate, truncate=True)."""
+    cut, else None)."""
     for n, i in enumerate(ids):
         if i >= vocab_size:
             raise TextError(
                 f"{where}: token id {i} (item {n}) is out of range: the model's vocab_size is {vocab_size} (ids "
-                f"0..{vocab_size - 1})"
+                f"0..{vocab_size - 1})",
+                params=IDS,
             )
     if len(ids) <= n_positions:
         return ids, None
     if not truncate:
         raise TextError(
             f"{where} gives {len(ids)} tokens, more than the model's n_positions ({n_positions}); "
-            f"give fewer or {truncate_hint} to keep the first tokens"
+            "give fewer or pass {truncate} to keep the first tokens",
+            params=(*IDS, *TRUNCATE),
         )
     return ids[:n_positions], len(ids)
 
@@ -306,14 +316,11 @@ def from_ids(
     *,
     vocab_size: int,
     truncate: bool = False,
-    where: str = "--ids",
-    truncate_hint: str = "pass --truncate",
+    where: str = "{ids}",
 ) -> TokenizedText:
     """Given token ids as a TokenizedText:
 
     checked against vocab_size, cut to n_positions with --truncate (the same rule as a text's), each shown as the
     tokenizer's string for it."""
-    ids, truncated_from = check_ids(
-        ids, n_positions=n_positions, vocab_size=vocab_size, truncate=truncate, where=where, truncate_hint=truncate_hint
-    )
+    ids, truncated_from = check_ids(ids, n_positions=n_positions, vocab_size=vocab_size, truncate=truncate, where=where)
     return TokenizedText(np.asarray(ids, dtype=np.int64), tokenizer.display(ids), truncated_from)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mhacli.analyses.ablate import (
     Ablator,
     Head,
+    HeadEffect,
     ablate_each,
     check_head,
     importance_curve,
@@ -30,7 +33,11 @@ from mhacli.engine.forward import LayerTrace
 from mhacli.errors import UsageError
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, scoring_bytes
-from mhacli.views.save import Picture, Target, caption, wants
+from mhacli.views.formats import written
+from mhacli.views.save import Picture, Pictures, Target, caption, wants
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 MAX_MASK_BYTES = 1024 * 1024
 Ticker = Callable[[int, str], tuple[Callable[[], None], Callable[[], None]]]
@@ -103,18 +110,26 @@ def check_ablate_spec(spec: str | None) -> None:
         raise UsageError(f"--ablate {spec}: cannot read: no such file (a mask file, as mha prune --save-mask writes)")
 
 
-def ablated_heads(spec: str | None, ckpt) -> list[Head]:
-    """--ablate: `L.H,...` or `@FILE.json` -> the heads; [] when not given."""
+def ablated_heads(spec: str | Sequence[Head] | None, ckpt) -> list[Head]:
+    """The heads removed: --ablate's `L.H,...` or `@FILE.json`, or the API's (layer, head) pairs; [] when none.
+
+    Each is checked against the model; pairs are sorted, duplicates dropped.
+    """
     if spec is None:
         return []
     c = ckpt.config
+    if not isinstance(spec, str):
+        heads = sorted(set(spec))
+        for h in heads:
+            check_head(h, c.n_layer, c.n_head)
+        return heads
     if spec.startswith("@"):
         return read_mask(spec[1:], c.n_layer, c.n_head)
     return parse_heads(spec, c.n_layer, c.n_head)
 
 
-def ablation_edits(spec: str | None, ckpt) -> dict[int, ZEdit] | None:
-    """--ablate as the forward's edits (heads zeroed), None when not given."""
+def ablation_edits(spec: str | Sequence[Head] | None, ckpt) -> dict[int, ZEdit] | None:
+    """The heads removed (--ablate, or the API's pairs) as the forward's edits (heads zeroed), None when none."""
     heads = ablated_heads(spec, ckpt)
     return removal_edits(heads) if heads else None
 
@@ -164,7 +179,7 @@ class KindTally:
 
 
 def make_ablator(
-    ckpt, texts: list[TokenizedText], method: str, loss_from: int, *, kinds: bool = False, option: str = "--loss-from"
+    ckpt, texts: list[TokenizedText], method: str, loss_from: int, *, kinds: bool = False
 ) -> tuple[Ablator, KindTally | None]:
     """The Ablator over the texts.
 
@@ -172,7 +187,7 @@ def make_ablator(
     `ablate` shows them).
     """
     if loss_from < 0:
-        raise UsageError(f"{option} {loss_from} must be 0 or more")
+        raise UsageError(f"{{loss_from}} {loss_from} must be 0 or more", params=("loss_from",))
     tally = KindTally(texts, ckpt.config.n_head) if kinds else None
     return Ablator(ckpt, [t.ids for t in texts], method=method, loss_from=loss_from, observe=tally), tally
 
@@ -180,16 +195,36 @@ def make_ablator(
 # --- ablate and prune ---------------------------------------------------------------------------------------------
 
 
+def ablate_heads(
+    ckpt,
+    texts: list[TokenizedText],
+    heads: Sequence[Head] | None,
+    method: str,
+    loss_from: int,
+    *,
+    kinds: bool = False,
+    ticker: Ticker = _no_ticker,
+) -> tuple[Ablator, list[HeadEffect], KindTally | None]:
+    """Each of `heads` (None: every head) removed alone: the one orchestration of `mha ablate` and Run.ablate.
+
+    Returns the Ablator (baseline loss, targets scored), each head's effect (largest delta first) and, with kinds,
+    each head's kind on the intact run.
+    """
+    ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=kinds)
+    chosen = ablator.heads if heads is None else ablated_heads(heads, ckpt)
+    tick, close = ticker(len(chosen), "ablating heads")
+    effects = ablate_each(ablator, chosen, tick)
+    close()
+    return ablator, effects, tally
+
+
 def ablate_doc(
     ckpt, texts: list[TokenizedText], heads: Sequence[Head], method: str, loss_from: int, ticker: Ticker = _no_ticker
 ) -> dict:
     """`mha ablate`'s document: each of `heads` removed alone, with its kind on the intact run, largest delta first."""
     c = ckpt.config
-    ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=True)
+    ablator, effects, tally = ablate_heads(ckpt, texts, heads, method, loss_from, kinds=True, ticker=ticker)
     assert tally is not None
-    tick, close = ticker(len(heads), "ablating heads")
-    effects = ablate_each(ablator, list(heads), tick)
-    close()
     first = texts[0]
     return {
         "model": ckpt.model_dict(), "tokens": first.tokens, "token_ids": first.ids.tolist(), "n_texts": len(texts),
@@ -263,4 +298,84 @@ def ablate_picture(targets: list[Target], ckpt, texts, doc: dict) -> Picture:
     text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
     if len(texts) > 1:
         text += f"; loss over {len(texts)} texts, the first shown"
-    return Picture("ablate", text, {"doc": doc, "views": views, "tokens": list(first.tokens)})
+    return Picture(AblateResult.PICTURES, text, {"doc": doc, "views": views, "tokens": list(first.tokens)})
+
+
+def prune_picture(ckpt, texts, doc: dict) -> Picture:
+    first = texts[0]
+    text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
+    if len(texts) > 1:
+        text += f"; loss over {len(texts)} texts"
+    return Picture(PruneResult.PICTURES, text, {"doc": doc})
+
+
+# --- the results: what ablate and prune show, in every format ---------------------------------------------------------
+
+
+@dataclass
+class AblateResult:
+    """`mha ablate`: each head removed alone; `top` heads in the terminal ranking."""
+
+    doc: dict
+    top: int = 10
+    COLUMNS = ("layer", "head", "kind", "loss", "delta", "delta_pct")
+    PICTURES = Pictures("ablate", figure="ablate_figure", page="ablate_page")
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+    def records(self) -> list[dict]:
+        return self.doc["heads"]
+
+    def rows(self) -> Iterator[list]:
+        return ([r[k] for k in self.COLUMNS] for r in self.doc["heads"])
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_ablate
+
+        return written(lambda out: write_ablate(out, self.doc))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.ablate import ablate_view
+
+        return ablate_view(console, self.doc, self.top)
+
+
+@dataclass
+class PruneResult:
+    """`mha prune`: the importance and random pruning curves; jsonl, csv and tsv give one row per curve point."""
+
+    doc: dict
+    PICTURES = Pictures("prune", figure="prune_figure")
+    COLUMNS = ("order", "n_removed", "fraction", "loss", "loss_std", "removed")
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+    def rows(self) -> list[list]:
+        curve, rand = self.doc["importance"]["curve"], self.doc["random"]["curve"]
+        rows = [
+            [
+                "importance",
+                s["n_removed"],
+                s["fraction"],
+                s["loss"],
+                None,
+                " ".join(f"{a}.{b}" for a, b in s["removed"]),
+            ]
+            for s in curve
+        ]
+        return rows + [["random", s["n_removed"], s["fraction"], s["loss_mean"], s["loss_std"], None] for s in rand]
+
+    def records(self) -> Iterator[dict]:
+        return (dict(zip(self.COLUMNS, row)) for row in self.rows())
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_prune
+
+        return written(lambda out: write_prune(out, self.doc))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.ablate import prune_view
+
+        return prune_view(console, self.doc)

@@ -7,9 +7,9 @@ The CLI and the API run this one implementation; what differs is what happens to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -26,10 +26,14 @@ from mhacli.analyses.census import (
 )
 from mhacli.analyses.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
 from mhacli.analyses.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
-from mhacli.errors import TextError, UsageError
+from mhacli.errors import MhaError, TextError, UsageError, Words, python_words
 from mhacli.io.textin import iter_texts, tokenize
 from mhacli.ops.memory import Size, census_bytes, check_memory
-from mhacli.views.formats import dumps
+from mhacli.views.formats import dumps, written
+from mhacli.views.save import Picture, Pictures
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 
 def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
@@ -81,7 +85,9 @@ def check_census_memory(
 class CensusRun:
     """The parent's side of a census: the work in text order, the per-source tallies, the per-text records.
 
-    A failed text goes to on_failure(where, why) and is counted, or with strict raises TextError.
+    A failed text goes to on_failure(where, why) and is counted, or with strict raises TextError. `words`: how
+    the door that runs it names a parameter in a failed text's message (mhacli.errors; strict errors carry their
+    parameters instead).
     """
 
     def __init__(
@@ -91,7 +97,9 @@ class CensusRun:
         per_text: TextIO | None = None,
         strict: bool = False,
         on_failure: Callable[[str, str], None] | None = None,
+        words: Words = python_words,
     ) -> None:
+        self.words = words
         self.tallies = {s: Tally(shape) for s in SOURCES}
         self.meta: dict[
             int, tuple[str, int, int | None, list[int], str]
@@ -115,19 +123,23 @@ class CensusRun:
         self.seq += 1
         return Item(self.seq - 1, ids, first_row)
 
-    def failure(self, source: str, index: int, line: int | None, error: str, where: str) -> tuple[int, str]:
+    def failure(
+        self, source: str, index: int, line: int | None, error: str | MhaError, where: str
+    ) -> tuple[int, str | MhaError]:
         self.meta[self.seq] = (source, index, line, [], where)
         self.seq += 1
         return self.seq - 1, error
 
-    def fold(self, seq: int, outcome: TextStats | str) -> None:
+    def fold(self, seq: int, outcome: TextStats | str | MhaError) -> None:
         source, index, line, ids, where = self.meta.pop(seq)
         n_tokens = len(ids)
         tally = self.tallies[source]
         record: dict = {"source": source, "index": index} | ({"line": line} if line is not None else {})
-        if isinstance(outcome, str):
+        if isinstance(outcome, (str, MhaError)):
             if self.strict:
-                raise TextError(f"{where}: {outcome} ({{strict}})", params=("strict",))
+                raise failed_text(where, outcome)
+            if isinstance(outcome, MhaError):
+                outcome = outcome.spelled(self.words)
             tally.failed += 1
             if self.on_failure is not None:
                 self.on_failure(where, outcome)
@@ -168,6 +180,14 @@ def finite(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
+def failed_text(where: str, outcome: str | MhaError) -> TextError:
+    """The error that stops a strict census: the failed text's, its parameters kept for the door to spell."""
+    if isinstance(outcome, str):
+        return TextError(f"{where}: {outcome} ({{strict}})", params=("strict",))
+    template = str(outcome.args[0]) if outcome.args else ""
+    return TextError(f"{where}: {template} ({{strict}})", params=("strict", *outcome.params))
+
+
 def corpus_work(
     census: CensusRun,
     texts: Iterable[tuple[int | None, str]],
@@ -175,7 +195,7 @@ def corpus_work(
     config,
     truncate: bool,
     where: Callable[[int, int | None], str],
-) -> Iterator[Item | tuple[int, str]]:
+) -> Iterator[Item | tuple[int, str | MhaError]]:
     """The corpus, streamed: each text tokenized as it is read; texts that cannot run become failures."""
     for n, (line, text) in enumerate(texts):
         if not text.strip():
@@ -184,7 +204,7 @@ def corpus_work(
         try:  # a bounded prefix of the text is tokenized (textin.tokenize): a huge line costs n_positions tokens
             tokens = tokenize(tokenizer, text, config.n_positions, vocab_size=config.vocab_size, truncate=truncate)
         except TextError as exc:
-            yield census.failure("corpus", n, line, str(exc), where(n, line))
+            yield census.failure("corpus", n, line, exc, where(n, line))
             continue
         yield census.item("corpus", n, line, tokens.ids, 0, where(n, line))
 
@@ -215,7 +235,7 @@ def run_census(
     'local'); each result folded into `census` in text order, whatever order the executor returns it in.
     """
 
-    def work() -> Iterator[Item | tuple[int, str]]:
+    def work() -> Iterator[Item | tuple[int, str | MhaError]]:
         for p in probes:
             for index in range(spec.count):
                 ids, first_row = probe(p, index, spec, ordinary, prefix)
@@ -249,6 +269,7 @@ class CensusRequest:
     max_memory: Size = None
     strict: bool = True  # a failed text stops the census (TextError), else it is counted (on_failure)
     where: Callable[[int, int | None], str] = api_where  # a corpus text's name in messages
+    words: Words = python_words  # the parameters a failed text's message names, in the door's words (not strict)
 
     @property
     def has_corpus(self) -> bool:
@@ -280,7 +301,7 @@ def take_census(
     corpus = r.corpus if r.corpus is not None or r.corpus_path is None else iter_texts(r.corpus_path)
     prefix, ordinary = probe_tokens(ckpt, tokenizer, r.probes, r.spec)
     check_census_memory(ckpt, r.probes, r.spec, prefix, r.has_corpus, workers, r.dask, r.max_memory)
-    census = CensusRun((c.n_layer, c.n_head), per_text=per_text, strict=r.strict, on_failure=on_failure)
+    census = CensusRun((c.n_layer, c.n_head), per_text=per_text, strict=r.strict, on_failure=on_failure, words=r.words)
     if tick is not None:
         census.tick = tick
     run_census(
@@ -350,3 +371,47 @@ def build_doc(
             "evidence": {"source": v.source, "statistic": v.statistic, "mean": v.mean}, "by_source": by_source,
         })  # fmt: skip
     return {"model": model, "sources": sources, "min_support": MIN_SUPPORT, "heads": heads}
+
+
+# --- the result: what census shows, in every format -------------------------------------------------------------------
+
+
+@dataclass
+class CensusResult:
+    """`mha census`: every head's kind with its evidence; csv and tsv give one row per head and source."""
+
+    doc: dict
+    top: int = 5
+    PICTURES = Pictures("census", figure="census_figure", page="census_page")
+
+    @property
+    def COLUMNS(self) -> Sequence[str]:  # noqa: N802 - the protocol's name
+        from mhacli.views.plain import CENSUS_COLUMNS
+
+        return CENSUS_COLUMNS
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+    def records(self) -> list[dict]:
+        return self.doc["heads"]
+
+    def rows(self) -> Iterator[list]:
+        from mhacli.views.plain import census_rows
+
+        return census_rows(self.doc)
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_census
+
+        return written(lambda out: write_census(out, self.doc))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.census import census_view
+
+        return census_view(console, self.doc, self.top)
+
+
+def census_picture(ckpt, doc: dict) -> Picture:
+    ran = ", ".join(f"{name} ({s.get('n_texts', 0)} texts)" for name, s in doc["sources"].items())
+    return Picture(CensusResult.PICTURES, f"{ckpt.source} · census over {ran}", {"doc": doc})

@@ -6,12 +6,13 @@ guarded for memory first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mhacli.analyses.ablate import check_head, removal_edits
+from mhacli.analyses.ablate import removal_edits
 from mhacli.analyses.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
 from mhacli.analyses.heads import HeadView, analyse
 from mhacli.engine.blocks import ZEdit
@@ -19,7 +20,11 @@ from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
 from mhacli.ops.ablation import ablated_heads
 from mhacli.ops.memory import Size, check_memory, diff_bytes
-from mhacli.views.save import STATIC, Picture, Target, caption, wants
+from mhacli.views.formats import written
+from mhacli.views.save import STATIC, Picture, Pictures, Target, caption, wants
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 Head = tuple[int, int]
 
@@ -155,12 +160,7 @@ def diff(
         for raw, where in request.texts
     ]
     ckpt_a, ckpt_b = a[0], b[0]
-    if isinstance(request.remove_b, str):
-        removed = ablated_heads(request.remove_b, ckpt_b)
-    else:
-        removed = sorted(set(request.remove_b or ()))
-        for h in removed:
-            check_head(h, ckpt_b.config.n_layer, ckpt_b.config.n_head)
+    removed = ablated_heads(request.remove_b, ckpt_b)
     edits_b = removal_edits(removed) if removed else None
     report = compare(
         ckpt_a,
@@ -217,7 +217,56 @@ def diff_picture(targets: list[Target], ckpt_a, ckpt_b, report, first, edits_b=N
     if report.n_texts > 1:
         text += f"; divergence: mean over {report.n_texts} texts, maps: the first"
     return Picture(
-        "diff",
+        DiffResult.PICTURES,
         text,
         {"report": report, "maps": maps, "views_a": views_a, "views_b": views_b, "tokens": list(first.tokens)},
     )
+
+
+# --- the result: what diff shows, in every format ---------------------------------------------------------------------
+
+
+@dataclass
+class DiffResult:
+    """`mha diff`: per-head divergence; `maps` draws the most changed head's two maps (run only for the terminal)."""
+
+    report: DiffReport
+    model_a: str
+    model_b: str
+    tokens: list[str]  # the first text's
+    n_tokens: list[int]  # every text's length
+    maps: Callable[[], Any] = lambda: None  # the most changed pair's maps, computed when the terminal draws them
+    top: int = 10
+    start: int = 0
+    PICTURES = Pictures("diff", figure="diff_figure", page="diff_page")
+
+    @property
+    def COLUMNS(self) -> Sequence[str]:  # noqa: N802 - the protocol's name
+        from mhacli.analyses.diff import DIFF_COLUMNS
+
+        return DIFF_COLUMNS
+
+    def to_dict(self) -> dict:
+        r = self.report
+        doc: dict = {"model_a": self.model_a, "model_b": self.model_b, "metric": r.metric, "mode": r.mode}
+        doc |= {"n_texts": r.n_texts, "tokens": self.tokens, "n_tokens": self.n_tokens}
+        return doc | r.to_dict()
+
+    def records(self) -> Iterator[dict]:
+        return (r.to_dict() for r in self.report.heads)
+
+    def rows(self) -> list[list]:
+        from mhacli.views.plain import diff_cells
+
+        return diff_cells(self.report)
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_diff
+
+        return written(lambda out: write_diff(out, self.report, self.model_a, self.model_b, self.n_tokens))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.diff import diff_view
+
+        r, maps = self.report, self.maps()
+        return diff_view(console, r, self.model_a, self.model_b, self.tokens, maps, top=self.top, start=self.start)

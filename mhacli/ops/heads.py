@@ -6,17 +6,24 @@ asked (mhacli.analyses.heads.analyse).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mhacli.analyses.ablate import Head
 from mhacli.analyses.heads import HeadView, analyse, check_selection
 from mhacli.analyses.partial import MapRequest
+from mhacli.analyses.stats import TOO_PLAIN, undecidable
 from mhacli.engine.blocks import ZEdit
 from mhacli.ops.ablation import ablation_edits
 from mhacli.ops.memory import Size, check_memory, heads_bytes
+from mhacli.views.formats import CSV_COLUMNS, head_record, stats_row, written
+from mhacli.views.save import Picture, Pictures, caption
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 Progress = Callable[[Iterable, int, str], Iterable]
 
@@ -60,7 +67,7 @@ class HeadsRequest:
     window: MapRequest | None = None  # the part of each map a view shows (mhacli.analyses.partial)
     max_memory: Size = None
     narrow: str = "text"  # the way out of the memory guard that fits the request (mhacli.errors.ResourceError)
-    ablate: str | None = None  # heads removed first: L.H[,L.H...] or @mask.json
+    ablate: str | Sequence[Head] | None = None  # heads removed first: L.H[,L.H...], @mask.json or (layer, head) pairs
 
 
 @dataclass(frozen=True)
@@ -92,3 +99,122 @@ def plan_heads(ckpt, ids: np.ndarray, request: HeadsRequest) -> HeadsPlan:
         request=r.window,
     )  # fmt: skip
     return HeadsPlan(ckpt, ids, r, n_layers, n_heads, ablation_edits(r.ablate, ckpt))
+
+
+# --- the result: what inspect and stats show, in every format, and how --save pictures it -----------------------------
+
+
+@dataclass
+class HeadsResult:
+    """Heads of one text: their statistics and kinds, and (inspect) their attention maps."""
+
+    model: dict
+    tokens: list[str]
+    token_ids: list[int]
+    views: list[HeadView]
+    COLUMNS = CSV_COLUMNS
+    with_attention = False
+
+    def head_dicts(self) -> Iterator[dict]:
+        return (head_record(v, with_attention=self.with_attention) for v in self.views)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids, "heads": [*self.head_dicts()]}
+
+    def json_chunks(self, dumps: Callable[[Any], str]) -> Iterator[str]:
+        """The document written head by head, so only one head's lists exist at a time (the bytes of to_dict's)."""
+        yield dumps({"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids})[:-1] + ', "heads": ['
+        for k, record in enumerate(self.head_dicts()):
+            yield (", " if k else "") + dumps(record)
+        yield "]}\n"
+
+    def records(self) -> Iterator[dict]:
+        return self.head_dicts()
+
+    def rows(self) -> Iterator[list]:
+        return (stats_row(v) for v in self.views)
+
+    def notes(self, fmt: str) -> list[str]:
+        return [TOO_PLAIN] if fmt == "text" and self.views and undecidable(self.views[0].stats.support) else []
+
+
+@dataclass
+class InspectResult(HeadsResult):
+    """`mha inspect`: the maps; the terminal window (query, top, start, keys, panel_keys) is how they are drawn."""
+
+    PICTURES = Pictures("inspect", figure="inspect_figure", page="inspect_page", npz=True)
+    query: int | None = None
+    top: int | None = None
+    start: int = 0
+    keys: tuple[int, int] | None = None
+    panel_keys: int | None = None
+    with_attention = True
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_inspect
+
+        return written(lambda out: write_inspect(out, self.views, self.tokens, query=self.query, top=self.top))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.inspect import inspect_view
+
+        return inspect_view(
+            console,
+            self.views,
+            self.tokens,
+            query=self.query,
+            top=self.top,
+            start=self.start,
+            keys=self.keys,
+            panel_keys=self.panel_keys,
+        )
+
+
+@dataclass
+class StatsResult(HeadsResult):
+    """`mha stats`: `stat` orders the text table and fills the terminal grid; `compact` forces the small grid."""
+
+    PICTURES = Pictures("stats", figure="stats_figure", page="stats_page")
+    n_layer: int = 0
+    n_head: int = 0
+    stat: str = "auto"
+    compact: bool = False
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_stats
+
+        return written(lambda out: write_stats(out, self.views, self.stat))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal.stats import stats_view
+
+        layout = "compact" if self.compact else "auto"
+        n_tokens = len(self.token_ids)
+        return stats_view(console, self.views, self.n_layer, self.n_head, self.stat, n_tokens, layout=layout)
+
+
+def inspect_picture(ckpt, tokens, views) -> Picture:
+    """inspect: the selected heads' maps (HeadViews with attention), the tokens."""
+    c = ckpt.config
+    return Picture(
+        InspectResult.PICTURES,
+        caption(ckpt.source, "".join(tokens.tokens), len(tokens.ids)),
+        {
+            "views": views,
+            "tokens": list(tokens.tokens),
+            "token_ids": tokens.ids.tolist(),
+            "n_layer": c.n_layer,
+            "n_head": c.n_head,
+            "model": ckpt.source,
+        },
+    )
+
+
+def stats_picture(ckpt, tokens, views, stat: str) -> Picture:
+    """stats: every head's statistics (maps too when a page is written: `wants(targets, "html")`)."""
+    c = ckpt.config
+    return Picture(
+        StatsResult.PICTURES,
+        caption(ckpt.source, "".join(tokens.tokens), len(tokens.ids)),
+        {"views": views, "tokens": list(tokens.tokens), "n_layer": c.n_layer, "n_head": c.n_head, "stat": stat},
+    )

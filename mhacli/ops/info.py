@@ -6,8 +6,15 @@ architectures the forward supports.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from mhacli.config import ModelConfig
 from mhacli.io.weights import DTYPE_BYTES, load_model
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 
 def architectures() -> list[str]:
@@ -63,3 +70,58 @@ def info_doc(model: str | None) -> dict:
         "attention": attention,
         "config": c.to_dict(),
     }
+
+
+# --- the result: what info shows, in every format ---------------------------------------------------------------------
+
+
+def flat_items(doc: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """The JSON document as (dotted key, value) pairs: nested objects flattened, lists and scalars kept as values.
+
+    E.g. `attention.kv_cache.fraction_of_mha`.
+    """
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from flat_items(value, name + ".")
+        else:
+            yield name, value
+
+
+def cell_text(value: object) -> str:
+    """A csv/tsv cell: strings as they are, null empty, anything else (numbers, booleans, lists) as JSON."""
+    from mhacli.views.formats import dumps
+
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else dumps(value)
+
+
+@dataclass
+class InfoResult:
+    """`mha info`: the model's document; jsonl, csv and tsv give one key/value row per field (dotted keys)."""
+
+    doc: dict
+    COLUMNS = ("key", "value")
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+    def records(self) -> Iterator[dict]:
+        return ({"key": k, "value": v} for k, v in flat_items(self.doc))
+
+    def rows(self) -> Iterator[list]:
+        return ([k, cell_text(v)] for k, v in flat_items(self.doc))
+
+    def plain(self) -> str:
+        from mhacli.views.plain import info_lines
+
+        lines = info_lines(self.doc)
+        width = max(len(k) for k, _ in lines)
+        return "".join(f"{k:<{width}}  {v}\n" for k, v in lines)
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.plain import info_lines
+        from mhacli.views.terminal import info_table
+
+        return info_table(info_lines(self.doc))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -113,9 +113,9 @@ def close(fig) -> None:
 
 
 def figure_for(picture) -> Any:
-    """The figure of a save.Picture."""
+    """The figure of a save.Picture: the builder its result names (Pictures.figure), in this module."""
     with style():
-        return FIGURES[picture.command](caption=picture.caption, **picture.data)
+        return globals()[picture.of.figure](caption=picture.caption, **picture.data)
 
 
 # --- shared pieces --------------------------------------------------------------------------------------------------
@@ -558,13 +558,3 @@ def census_figure(*, doc: dict, caption: str, **_: Any):
     fig.legend(handles=handles, loc="outside right center", fontsize=5.5, frameon=False)
     add_caption(fig, caption, "confidence: share of the evidence source's texts on which the kind's rule holds")
     return fig
-
-
-FIGURES: dict[str, Callable[..., Any]] = {
-    "inspect": inspect_figure,
-    "stats": stats_figure,
-    "diff": diff_figure,
-    "ablate": ablate_figure,
-    "prune": prune_figure,
-    "census": census_figure,
-}

@@ -10,7 +10,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,10 +21,16 @@ from mhacli.analyses.partial import PartialMap
 from mhacli.analyses.stats import STAT_NAMES, SUPPORTED_STATS
 from mhacli.errors import UsageError
 
-MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")
 SUPPORT_COLUMNS = ("duplicate_rows", "induction_rows")  # support of duplicate_token and induction (docs/formats.md)
 CSV_COLUMNS = ("layer", "head", "kind", *STAT_NAMES, *SUPPORT_COLUMNS)
 ATTENTION_DECIMALS = 8  # 5e-9 rounding: far below the 1e-6 parity the numbers are checked to
+
+
+def written(write: Callable[[io.StringIO], None]) -> str:
+    """What `write(out)` writes, as a string (a result's plain text, from a writer of mhacli.views.plain)."""
+    buf = io.StringIO()
+    write(buf)
+    return buf.getvalue()
 
 
 def dumps(doc: Any, *, ensure_ascii: bool | None = None) -> str:

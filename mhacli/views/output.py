@@ -6,12 +6,12 @@ tests pass their own (`Environment(stdout=io.StringIO(), stdout_isatty=True, wid
 `sys.stdout`. `Output` writes one result in one format (huggingface_hub's `cli/_output.py`): every result shares a
 small protocol, so a command ends in `out.emit(result)` and a new machine format is one method here.
 
-The protocol (mhacli.views.results implements it for every command):
+The protocol (each command's result implements it, beside its operation: mhacli.ops.NAME):
 - `to_dict()` the JSON document (json); a result may stream it instead with `json_chunks(dumps)`;
 - `records()` one object per line (jsonl);
 - `COLUMNS` and `rows()` the table (csv, tsv);
 - `plain()` the plain text (text: no colour, no ANSI);
-- `view(console)` the rich view: a renderable to print (or None when it drew on the console itself);
+- `view(console)` the rich view: a renderable to print (views never print);
 - `notes(fmt)` (optional) remarks for the reader, written to stderr after the output.
 """
 
@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
-from mhacli.views.formats import MACHINE_FORMATS, dumps, write_table
+from mhacli.views.formats import dumps, write_table
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
 T = TypeVar("T")
+MACHINE_FORMATS = ("json", "jsonl", "csv", "tsv")  # each written by Output._NAME: a new one is a name and a method
 FORMATS = ("rich", "text", *MACHINE_FORMATS)
 
 
@@ -135,7 +136,7 @@ class Result(Protocol):
 
     def plain(self) -> str: ...
 
-    def view(self, console: Console) -> RenderableType | None: ...
+    def view(self, console: Console) -> RenderableType: ...
 
 
 def default_format(env: Environment) -> str:
@@ -189,6 +190,4 @@ class Output:
 
     def _rich(self, result: Any) -> None:
         console = self.env.console
-        shown = result.view(console)
-        if shown is not None:
-            console.print(shown)
+        console.print(result.view(console))

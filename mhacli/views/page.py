@@ -29,7 +29,7 @@ import base64
 import html
 import json
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 
 import numpy as np
@@ -348,14 +348,6 @@ def census_page(*, doc: dict, caption: str, **_) -> str:
     return build(page)
 
 
-PAGES: dict[str, Callable[..., str]] = {
-    "inspect": inspect_page,
-    "stats": stats_page,
-    "diff": diff_page,
-    "ablate": ablate_page,
-    "census": census_page,
-}
-
-
 def page_for(picture) -> str:
-    return PAGES[picture.command](caption=picture.caption, **picture.data)
+    """The page of a save.Picture: the builder its result names (Pictures.page), in this module."""
+    return globals()[picture.of.page](caption=picture.caption, **picture.data)

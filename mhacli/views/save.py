@@ -1,10 +1,12 @@
 """`--save FILE`, repeatable, on every command that shows heads: the writer is chosen by the file's suffix.
 
-Commands call `parse` first (every path checked: a suffix the command writes, a directory that can be written, the
-libraries a format needs) before any model is read, then `write_all` with what their terminal view shows. Each file
-is written whole to a temporary name beside it and renamed (output.atomic_write_bytes). Nothing here runs the
-model: the pictures that need maps a command did not compute (diff's, ablate's) are built by the operations
-(mhacli.ops.diff.diff_picture, mhacli.ops.ablation.ablate_picture).
+A command's result declares how it is pictured (`Pictures`: its figure in mhacli.views.figures, its page in
+mhacli.views.page, whether it writes the attention tensor); everything here dispatches on that declaration, so a new
+command adds its builders and names them, and edits nothing here. Commands call `parse` first (every path checked: a
+suffix the command writes, a directory that can be written, the libraries a format needs) before any model is read,
+then `write_all` with a `Picture`: what their terminal view shows, built by their operation (mhacli.ops.NAME's
+NAME_picture). Each file is written whole to a temporary name beside it and renamed (formats.atomic_write_bytes).
+Nothing here runs the model.
 
 - `.npz`: the attention tensor (inspect only; output.save_npz);
 - `.png`, `.svg`, `.pdf`: a static figure (mhacli.views.figures, matplotlib: the `plot` extra);
@@ -23,15 +25,6 @@ from mhacli.views.formats import atomic_write_bytes, check_writable
 
 SUFFIXES = ("npz", "png", "svg", "pdf", "html")
 STATIC = ("png", "svg", "pdf")
-# what each command can write
-ALLOWED = {
-    "inspect": ("npz", "png", "svg", "pdf", "html"),
-    "stats": ("png", "svg", "pdf", "html"),
-    "diff": ("png", "svg", "pdf", "html"),
-    "ablate": ("png", "svg", "pdf", "html"),
-    "prune": ("png", "svg", "pdf"),
-    "census": ("png", "svg", "pdf", "html"),
-}
 DEFAULT_DPI = 200
 MAX_DPI = 1200
 
@@ -43,14 +36,35 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Pictures:
+    """How a command's result is pictured: a result class's PICTURES, which `--save` dispatches on.
+
+    `figure`: the name of its builder in mhacli.views.figures (.png, .svg, .pdf), `page`: in mhacli.views.page
+    (.html); None where there is none. `npz`: it writes the attention tensor. Each builder takes the Picture's
+    `data` as keyword arguments and its `caption`.
+    """
+
+    command: str  # as the user typed it, for messages
+    figure: str | None = None
+    page: str | None = None
+    npz: bool = False
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The suffixes this command writes."""
+        has = {"npz": self.npz, **dict.fromkeys(STATIC, self.figure is not None), "html": self.page is not None}
+        return tuple(kind for kind in SUFFIXES if has[kind])
+
+
+@dataclass(frozen=True)
 class Picture:
-    """What a command shows, for its writers: `command` picks the figure and page.
+    """What a command shows, for its writers: `of` (the result's Pictures) picks the figure and page.
 
     `caption` names the model and the text; `data` holds the view's inputs (views, tokens, report, doc, ...) as
     keyword arguments.
     """
 
-    command: str
+    of: Pictures
     caption: str
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -59,13 +73,13 @@ def suffix_list(kinds: tuple[str, ...]) -> str:
     return ", ".join(f".{k}" for k in kinds)
 
 
-def parse(paths: list[Path] | None, command: str, *, dpi: int = DEFAULT_DPI) -> list[Target]:
+def parse(paths: list[Path] | None, pictures: Pictures, *, dpi: int = DEFAULT_DPI) -> list[Target]:
     """Check every --save path before any work.
 
-    A suffix this command writes, a writable place, no path twice, matplotlib installed when a static figure is
-    asked for. Returns the targets in the order given.
+    A suffix this command writes (`pictures`: its result's PICTURES), a writable place, no path twice, matplotlib
+    installed when a static figure is asked for. Returns the targets in the order given.
     """
-    allowed = ALLOWED[command]
+    allowed, command = pictures.kinds, pictures.command
     targets: list[Target] = []
     for path in paths or []:
         kind = path.suffix.lower().lstrip(".")
@@ -130,46 +144,3 @@ def caption(model: str, text: str | None, n_tokens: int | None = None, limit: in
     if n_tokens is not None:
         parts.append(f"({n_tokens} tokens)")
     return " · ".join(parts[:2]) + (f" {parts[2]}" if len(parts) > 2 else "")
-
-
-# --- what each command hands over ------------------------------------------------------------------------------------
-
-
-def inspect_picture(ckpt, tokens, views) -> Picture:
-    """inspect: the selected heads' maps (HeadViews with attention), the tokens."""
-    c = ckpt.config
-    return Picture(
-        "inspect",
-        caption(ckpt.source, "".join(tokens.tokens), len(tokens.ids)),
-        {
-            "views": views,
-            "tokens": list(tokens.tokens),
-            "token_ids": tokens.ids.tolist(),
-            "n_layer": c.n_layer,
-            "n_head": c.n_head,
-            "model": ckpt.source,
-        },
-    )
-
-
-def stats_picture(ckpt, tokens, views, stat: str) -> Picture:
-    """stats: every head's statistics (maps too when a page is written: `wants(targets, "html")`)."""
-    c = ckpt.config
-    return Picture(
-        "stats",
-        caption(ckpt.source, "".join(tokens.tokens), len(tokens.ids)),
-        {"views": views, "tokens": list(tokens.tokens), "n_layer": c.n_layer, "n_head": c.n_head, "stat": stat},
-    )
-
-
-def prune_picture(ckpt, texts, doc: dict) -> Picture:
-    first = texts[0]
-    text = caption(ckpt.source, "".join(first.tokens), len(first.ids))
-    if len(texts) > 1:
-        text += f"; loss over {len(texts)} texts"
-    return Picture("prune", text, {"doc": doc})
-
-
-def census_picture(ckpt, doc: dict) -> Picture:
-    ran = ", ".join(f"{name} ({s.get('n_texts', 0)} texts)" for name, s in doc["sources"].items())
-    return Picture("census", f"{ckpt.source} · census over {ran}", {"doc": doc})

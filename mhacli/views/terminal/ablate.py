@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rich.console import Console, JustifyMethod
+from rich.console import Console, Group, JustifyMethod, NewLine, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mhacli.views.terminal.common import KIND_STYLE, one_line, print_grid, weight_colour
+from mhacli.views.terminal.common import KIND_STYLE, grid_view, one_line, weight_colour
 from mhacli.views.terminal.grid import Cell
 
 
@@ -18,12 +18,15 @@ def _delta_cell(delta: float, top: float, label: str = "") -> Text:
     return Text(f"{label}{delta:+.3f}", style=f"{'black' if x > 0.6 else 'white'} on {weight_colour(x)}")
 
 
-def render_ablate(console: Console, doc: dict, top: int) -> None:
-    """Layer x head grid of Δloss (each head removed alone), then the `top` heads that matter most."""
+def header(doc: dict) -> list[Text]:
+    """What ran (mhacli.views.plain.ablate_header), a `key: value` line each."""
     from mhacli.views.plain import ablate_header
 
-    for key, value in ablate_header(doc):
-        console.print(Text(f"{key}: ", style="bold") + Text(value))
+    return [Text(f"{key}: ", style="bold") + Text(value) for key, value in ablate_header(doc)]
+
+
+def ablate_view(console: Console, doc: dict, top: int) -> Group:
+    """Layer x head grid of Δloss (each head removed alone), then the `top` heads that matter most."""
     heads = {(r["layer"], r["head"]): r for r in doc["heads"]}
     best = max((r["delta"] for r in doc["heads"]), default=0.0)
     layers = sorted({r["layer"] for r in doc["heads"]})
@@ -38,11 +41,12 @@ def render_ablate(console: Console, doc: dict, top: int) -> None:
         return Cell(letter, style, share, f"{r['delta']:+.3f}")
 
     says = f"Δloss (nats/token) with the head removed; colour: its share of the largest, {best:+.3g}"
-    print_grid(console, "Δloss per head removed", cell, layers, head_ids, says, cell_w=8)
-    console.print()
-    one_line(
-        console, Text(f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})", style="bold")
-    )
+    shown: list[RenderableType] = [
+        *header(doc),
+        *grid_view(console, "Δloss per head removed", cell, layers, head_ids, says, cell_w=8),
+        NewLine(),
+        one_line(Text(f"heads that matter most ({min(top, len(doc['heads']))} of {len(doc['heads'])})", style="bold")),
+    ]
     ranking = Table()
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("#", "right"),
@@ -63,21 +67,20 @@ def render_ablate(console: Console, doc: dict, top: int) -> None:
             _delta_cell(r["delta"], best),
             f"{r['delta_pct']:+.1f}%",
         )
-    console.print(ranking)
+    return Group(*shown, ranking)
 
 
-def render_prune(console: Console, doc: dict) -> None:
+def prune_view(console: Console, doc: dict) -> Group:
     """The two pruning curves as a chart, then the prunable fractions and the pruned heads."""
-    from mhacli.views.plain import ablate_header, prune_chart, prune_summary
+    from mhacli.views.plain import prune_chart, prune_summary
 
-    for key, value in ablate_header(doc):
-        console.print(Text(f"{key}: ", style="bold") + Text(value))
+    shown: list[RenderableType] = [*header(doc)]
     width = max(30, min(80, console.width - 12))
     for line in prune_chart(doc, width=width):
         text = Text(line)
         text.highlight_regex("●", "bold magenta")
         text.highlight_regex("○", "cyan")
         text.highlight_regex("┄", "yellow")
-        console.print(text)
-    for line in prune_summary(doc):
-        console.print(line)
+        shown.append(text)
+    shown += prune_summary(doc)  # str: read as rich markup, as console.print reads them
+    return Group(*shown)

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from rich.console import Console, JustifyMethod
+from rich.console import Console, Group, JustifyMethod, NewLine
 from rich.table import Table
 from rich.text import Text
 
 from mhacli.analyses.stats import KINDS
-from mhacli.views.terminal.common import KIND_STYLE, one_line, print_grid
+from mhacli.views.terminal.common import KIND_STYLE, grid_view, one_line
 from mhacli.views.terminal.grid import Cell
 
 
-def render_census(console: Console, doc: dict, top: int) -> None:
+def census_view(console: Console, doc: dict, top: int) -> Group:
     """The census: what ran, a layer x head grid of kinds with their confidence, the strongest heads of each kind."""
     from mhacli.views.plain import census_sources, evidence_text
 
-    for line in census_sources(doc):
-        console.print(Text(line, style="dim"))
     n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
     by_pos = {(h["layer"], h["head"]): h for h in doc["heads"]}
 
@@ -28,9 +26,7 @@ def render_census(console: Console, doc: dict, top: int) -> None:
         return Cell(letter, style, head["confidence"])
 
     says = "confidence, 0–1: the share of the evidence's texts on which the head's kind rule holds"
-    print_grid(console, "kind of every head and its confidence", cell, range(n_layer), range(n_head), says)
-    console.print()
-    one_line(console, Text("strongest heads of each kind", style="bold"))
+    grid = grid_view(console, "kind of every head and its confidence", cell, range(n_layer), range(n_head), says)
     table = Table()
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("kind", "left"), ("head", "left"), ("confidence", "right"), ("evidence", "left"),
@@ -49,4 +45,10 @@ def render_census(console: Console, doc: dict, top: int) -> None:
             )
         if len(heads) > top:
             table.add_row("", Text(f"… {len(heads) - top} more", style="dim"), "", "")
-    console.print(table)
+    return Group(
+        *(Text(line, style="dim") for line in census_sources(doc)),
+        *grid,
+        NewLine(),
+        one_line(Text("strongest heads of each kind", style="bold")),
+        table,
+    )

@@ -1,16 +1,16 @@
 """What every terminal view shares.
 
-The console, kind letters and styles, head titles, one-line printing, packed entries and the layer x head grid with its
-legends. Rich is imported here and in the views, nowhere else.
+The console, kind letters and styles, head titles, lines cropped to the terminal, packed entries and the layer x head
+grid with its legends. Rich is imported here and in the views, nowhere else. A view returns a renderable (a Group of
+lines and tables) and never prints; `one_line` is how a line is kept from wrapping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console, ConsoleOptions, NewLine
-from rich.segment import Segment
+from rich.console import Console, OverflowMethod
 from rich.text import Text
 
 from mhacli.analyses.heads import HeadView
@@ -39,60 +39,6 @@ class _Console(Console):
         """
         self.quiet = True
         raise BrokenPipeError
-
-
-class Canvas:
-    """A console stand-in that keeps what a view prints instead of writing it.
-
-    Everything a view asks of its console (width, height, colour, options, measuring) is the real console's; each
-    `print` is recorded, and `drawing()` returns the renderable that prints exactly what those prints would have.
-    """
-
-    def __init__(self, console: Console) -> None:
-        self._console = console
-        self._prints: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._console, name)
-
-    def print(self, *objects: Any, **options: Any) -> None:
-        self._prints.append((objects, options))
-
-    def drawing(self) -> Drawing:
-        return Drawing(self._prints)
-
-
-class Drawing:
-    """What a view drew on a Canvas, as a renderable: each print rendered as Console.print renders it."""
-
-    def __init__(self, prints: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
-        self.prints = prints
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
-        for objects, kw in self.prints:
-            yield from printed(console, objects, **kw)
-
-
-def printed(
-    console: Console, objects: tuple[Any, ...], *, no_wrap: bool | None = None, overflow: Any = None
-) -> Iterator[Segment]:
-    """The segments `console.print(*objects, no_wrap=..., overflow=...)` writes (rich's Console.print, cropped)."""
-    renderables = console._collect_renderables(objects or (NewLine(),), " ", "\n")  # noqa: SLF001 - print's own step
-    render_options = console.options.update(overflow=overflow, no_wrap=no_wrap)
-    segments = [segment for r in renderables for segment in console.render(r, render_options)]
-    for line in Segment.split_and_crop_lines(segments, console.width, pad=False):
-        yield from line
-
-
-def drawn(draw: Callable[..., None]) -> Callable[..., Drawing]:
-    """A view that returns its renderable, from a function that draws on a console: draw(console, *args)."""
-
-    def view(console: Console, *args: Any, **kwargs: Any) -> Drawing:
-        canvas = Canvas(console)
-        draw(canvas, *args, **kwargs)
-        return canvas.drawing()
-
-    return view
 
 
 def make_console(file=None, width: int | None = None, **options: Any) -> Console:
@@ -150,24 +96,22 @@ def auto_panel_keys(n_seq: int, width: int, per_row: int) -> int:
     return min(n_seq, max(min(n_seq, 12), min(64, fits)))
 
 
-def window_note(console: Console, win: MapWindow) -> None:
+def window_note(win: MapWindow) -> list[Text]:
+    """The line saying which part of the maps is shown (none when the window shows them whole)."""
     if not win.clipped:
-        return
+        return []
     keys = f"key 0 and keys {win.keys[1]}–{win.keys[-1]}" if win.pinned else f"keys {win.keys[0]}–{win.keys[-1]}"
     more = "; --from I and --keys A:B move the window" if win.hi < win.n_seq or win.pinned or win.lo > 0 else ""
-    console.print(
-        Text(f"showing query rows {win.lo}–{win.hi - 1} and {keys} of {win.n_seq} tokens{more}", style="dim"),
-        no_wrap=True,
-        overflow="ellipsis",
-    )
+    return [
+        one_line(Text(f"showing query rows {win.lo}–{win.hi - 1} and {keys} of {win.n_seq} tokens{more}", style="dim"))
+    ]
 
 
-def one_line(console: Console, text: Text, *, wrap: bool = False) -> None:
-    """Print a line cropped to the terminal (or, with wrap, wrapped at spaces for prose)."""
-    if wrap:
-        console.print(text)
-    else:
-        console.print(text, no_wrap=True, overflow="ellipsis")
+def one_line(text: Text, overflow: OverflowMethod = "ellipsis") -> Text:
+    """`text` as one line cropped to the terminal: with an ellipsis, or (overflow="crop") cut, as a map's lines are."""
+    line = text.copy()
+    line.no_wrap, line.overflow = True, overflow
+    return line
 
 
 def packed(entries: Sequence[Text], width: int, *, indent: int = 0, first: Text | None = None) -> list[Text]:
@@ -197,7 +141,7 @@ def kinds_legend(width: int) -> list[Text]:
     return packed(entries, width)
 
 
-def print_grid(
+def grid_view(
     console: Console,
     title: str,
     cell,
@@ -207,16 +151,16 @@ def print_grid(
     *,
     layout: str = "auto",
     cell_w: int = FULL_CELL,
-) -> None:
+) -> list[Text]:
     """A layer x head overview (mhacli.views.terminal.grid) with its title, the scale legend and the kind letters.
 
-    `says`: what the numbers are. Every line fits the terminal.
+    `says`: what the numbers are. Every line fits the terminal (the legend wraps at spaces).
     """
     color = uses_color(console)
     lines, used = grid_lines(cell, layers, heads, width=console.width, color=color, layout=layout, cell_w=cell_w)
-    one_line(console, Text(title, style="bold"))
-    for line in lines:
-        one_line(console, line)
-    one_line(console, scale_legend(color, says, used), wrap=True)
-    for line in kinds_legend(console.width):
-        one_line(console, line)
+    return [
+        one_line(Text(title, style="bold")),
+        *map(one_line, lines),
+        scale_legend(color, says, used),
+        *map(one_line, kinds_legend(console.width)),
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.box import SIMPLE_HEAD
-from rich.console import Console, JustifyMethod
+from rich.console import Console, Group, JustifyMethod, NewLine, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -15,9 +15,9 @@ from mhacli.analyses.heads import HeadView
 from mhacli.views.terminal.common import (
     KIND_STYLE,
     auto_panel_keys,
+    grid_view,
     inspect_title,
     one_line,
-    print_grid,
     weight_colour,
     window_note,
 )
@@ -40,7 +40,7 @@ def fmt_delta(v: float | None) -> str:
     return "–" if v is None else f"{v:+.2f}"
 
 
-def diff_grid(console: Console, report: DiffReport) -> None:
+def diff_grid(console: Console, report: DiffReport) -> list[Text]:
     """Layer x head grid of the compared heads, coloured by divergence, with B's kind letter.
 
     Matched: B's layout, each B head against its matched A head.
@@ -61,7 +61,7 @@ def diff_grid(console: Console, report: DiffReport) -> None:
     else:
         title = f"{report.metric} of each MODEL_B head from its matched MODEL_A head, kind in MODEL_B"
     says = f"{report.metric} ({METRICS[report.metric].split(' (')[0]}); colour: its share of the largest, {top:.3g}"
-    print_grid(console, title, cell, range(n_layer), range(n_head), says, cell_w=9)
+    return grid_view(console, title, cell, range(n_layer), range(n_head), says, cell_w=9)
 
 
 def diff_ranking(console: Console, report: DiffReport, top: int) -> Table:
@@ -103,7 +103,7 @@ def diff_ranking(console: Console, report: DiffReport, top: int) -> Table:
     return table
 
 
-def render_diff(
+def diff_view(
     console: Console,
     report: DiffReport,
     model_a: str,
@@ -113,43 +113,51 @@ def render_diff(
     *,
     top: int = 10,
     start: int = 0,
-) -> None:
+) -> Group:
     """Terminal view of `mha diff`: the grid, the ranking, then the most changed head's two maps side by side."""
     (la, ha), (lb, hb) = report.shape_a, report.shape_b
-    console.print(Text.assemble(("MODEL_A ", "bold"), model_a, f"  ({la} layers x {ha} heads)"))
-    console.print(Text.assemble(("MODEL_B ", "bold"), model_b, f"  ({lb} layers x {hb} heads)"))
     mode = "paired head by head" if report.mode == "paired" else "heads matched one-to-one (Hungarian assignment)"
     texts = "1 text" if report.n_texts == 1 else f"mean over {report.n_texts} texts"
-    console.print(Text(f"{METRICS[report.metric]}; {mode}; {texts}", style="dim"))
-    diff_grid(console, report)
-    console.print()
-    one_line(console, Text(f"most changed heads ({min(top, len(report.heads))} of {len(report.heads)})", style="bold"))
-    console.print(diff_ranking(console, report, top))
-    if report.mode == "matched":
-        partner = {(r.layer_b, r.head_b): (r.layer_a, r.head_a) for r in report.heads}
-        moved = [n for n in report.nearest or [] if partner.get((n.layer_b, n.head_b)) != (n.layer_a, n.head_a)]
-        if moved:
-            one_line(console, Text("MODEL_B heads whose nearest MODEL_A head is not their match", style="bold"))
-            near = Table(box=SIMPLE_HEAD, pad_edge=False)
-            for name in ("B head", "nearest A head", report.metric):
-                near.add_column(name)
-            for n in moved[:top]:
-                near.add_row(f"L{n.layer_b}H{n.head_b}", f"L{n.layer_a}H{n.head_a}", f"{n.divergence:.3g}")
-            console.print(near)
+    shown: list[RenderableType] = [
+        Text.assemble(("MODEL_A ", "bold"), model_a, f"  ({la} layers x {ha} heads)"),
+        Text.assemble(("MODEL_B ", "bold"), model_b, f"  ({lb} layers x {hb} heads)"),
+        Text(f"{METRICS[report.metric]}; {mode}; {texts}", style="dim"),
+        *diff_grid(console, report),
+        NewLine(),
+        one_line(Text(f"most changed heads ({min(top, len(report.heads))} of {len(report.heads)})", style="bold")),
+        diff_ranking(console, report, top),
+        *nearest_heads(report, top),
+    ]
     if maps is None:
-        console.print(Text("no head differs: the two models' attention is identical on this text", style="bold green"))
-        return
+        shown.append(Text("no head differs: the two models' attention is identical on this text", style="bold green"))
+        return Group(*shown)
     first = report.heads[0]
-    console.print()
-    console.print(Text(f"most changed head, on the first text ({first.divergence:.3g} {report.metric}):", style="bold"))
+    shown.append(NewLine())
+    shown.append(Text(f"most changed head, on the first text ({first.divergence:.3g} {report.metric}):", style="bold"))
     color = uses_color(console)
     n_keys = auto_panel_keys(len(tokens), console.width, 2)
     win = map_window(len(tokens), start, n_keys, n_keys)
-    window_note(console, win)
     pair = [
         panel(v.shown_map(), Text.assemble((name + " ", "bold"), inspect_title(v)), win, cell=1, color=color)
         for name, v in (("MODEL_A", maps[0]), ("MODEL_B", maps[1]))
     ]
-    for line in side_by_side(pair):
-        console.print(line, no_wrap=True, overflow="crop")
-    console.print(heat_legend(color), no_wrap=True, overflow="ellipsis")
+    shown += window_note(win)
+    shown += (one_line(line, "crop") for line in side_by_side(pair))
+    shown.append(one_line(heat_legend(color)))
+    return Group(*shown)
+
+
+def nearest_heads(report: DiffReport, top: int) -> list[RenderableType]:
+    """Matched heads: the MODEL_B heads whose nearest MODEL_A head is not the one they were matched with (a table)."""
+    if report.mode != "matched":
+        return []
+    partner = {(r.layer_b, r.head_b): (r.layer_a, r.head_a) for r in report.heads}
+    moved = [n for n in report.nearest or [] if partner.get((n.layer_b, n.head_b)) != (n.layer_a, n.head_a)]
+    if not moved:
+        return []
+    near = Table(box=SIMPLE_HEAD, pad_edge=False)
+    for name in ("B head", "nearest A head", report.metric):
+        near.add_column(name)
+    for n in moved[:top]:
+        near.add_row(f"L{n.layer_b}H{n.head_b}", f"L{n.layer_a}H{n.head_a}", f"{n.divergence:.3g}")
+    return [one_line(Text("MODEL_B heads whose nearest MODEL_A head is not their match", style="bold")), near]

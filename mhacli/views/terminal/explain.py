@@ -1,7 +1,7 @@
 """`mha explain`.
 
 One head's computation for one query token, laid out once as lines of (text, style) segments that fit `width` columns
-(mhacli.views.terminal.text), then drawn with rich (render_explain) or as plain text (explain_text): both formats show
+(mhacli.views.terminal.text), then drawn with rich (explain_view) or as plain text (explain_text): both formats show
 the same steps, aligned the same way.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rich.cells import cell_len
-from rich.console import Console, Group
+from rich.console import Group
 from rich.text import Text
 
 from mhacli.analyses.explain import Explanation
@@ -407,10 +407,6 @@ def explain_view(ex: Explanation, tokens: Sequence[str], width: int, *, full: bo
             for line in explain_lines(ex, tokens, width, full=full)
         )
     )
-
-
-def render_explain(console: Console, ex: Explanation, tokens: Sequence[str], *, full: bool = False) -> None:
-    console.print(explain_view(ex, tokens, console.width, full=full))
 
 
 def explain_text(ex: Explanation, tokens: Sequence[str], *, full: bool = False, width: int = PLAIN_WIDTH) -> str:

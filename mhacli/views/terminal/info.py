@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -17,7 +16,3 @@ def info_table(lines: Sequence[tuple[str, str]]) -> Table:
     for key, value in lines:
         table.add_row(key, Text(value))  # Text: a file name like "[red]x" is not rich markup
     return table
-
-
-def render_info(console: Console, lines: Sequence[tuple[str, str]]) -> None:
-    console.print(info_table(lines))

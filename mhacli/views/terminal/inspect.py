@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from rich.console import Console, Group
+from rich.console import Console, Group, NewLine, RenderableType
 from rich.text import Text
 
 from mhacli.analyses.heads import HeadView
@@ -19,6 +19,7 @@ from mhacli.views.terminal.common import (
     auto_panel_keys,
     head_title,
     inspect_title,
+    one_line,
     shares_kv,
     weight_colour,
     window_note,
@@ -47,7 +48,7 @@ def map_request(
     keys: tuple[int, int] | None = None,
     panel_keys: int | None = None,
 ) -> MapRequest:
-    """What render_inspect will draw of each map on a console `width` wide, so only that is computed.
+    """What inspect_view will draw of each map on a console `width` wide, so only that is computed.
 
     Query row `query` (keys 0..query), every row's `top` keys, or the largest window map_panels can choose (its rows
     and keys are never more than max(width, panel_keys); any smaller window from the same start and keys lies
@@ -71,8 +72,8 @@ def map_panels(
     keys: tuple[int, int] | None = None,
     panel_keys: int | None = None,
     used_lines: int = 2,
-) -> None:
-    """Every selected head's map as panels, all with the same window.
+) -> list[RenderableType]:
+    """Every selected head's map as panels, all with the same window: the window's note, then the panels' lines.
 
     One head is drawn large (token labels, wider cells when they fit); several heads as small multiples, a layer
     per row of panels (wrapping when a layer does not fit). `used_lines`: what is above them on the screen.
@@ -97,10 +98,7 @@ def map_panels(
             tokens=tokens,
             token_w=token_w,
         )
-        window_note(console, win)
-        for line in lines:
-            console.print(line, no_wrap=True, overflow="crop")
-        return
+        return [*window_note(win), *(one_line(line, "crop") for line in lines)]
     by_layer: dict[int, list[HeadView]] = {}
     for v in views:
         by_layer.setdefault(v.layer, []).append(v)
@@ -109,7 +107,6 @@ def map_panels(
     if panel_keys is None and console.is_terminal:  # on a screen: every head on it, where 12-key windows allow
         n_keys = min(n_keys, max(min(n_seq, 12), screen_keys(console.height - used_lines, len(by_layer), color)))
     win = map_window(n_seq, start, n_keys, n_keys, keys)
-    window_note(console, win)
     # Every panel as wide: the longest whole title where a layer's panels still fit side by side, else the head names.
     name_w = 1 + max(len(inspect_title(v, show_kv).plain.split(" ", 1)[0]) for v in views)
     room = (width + GAP) // per_row - GAP
@@ -131,12 +128,13 @@ def map_panels(
     ]
     panel_w = panels[0][1][0].cell_len
     fit_n = max(1, (width + GAP) // (panel_w + GAP))
+    shown: list[RenderableType] = [*window_note(win)]
     for layer in by_layer:
         row = [p for lay, p in panels if lay == layer]
         for k in range(0, len(row), fit_n):
-            console.print()
-            for line in side_by_side(row[k : k + fit_n]):
-                console.print(line, no_wrap=True, overflow="crop")
+            shown.append(NewLine())
+            shown += (one_line(line, "crop") for line in side_by_side(row[k : k + fit_n]))
+    return shown
 
 
 def query_bars(
@@ -180,7 +178,7 @@ def top_keys(view: HeadView, tokens: Sequence[str], k: int, show_kv: bool = Fals
     return Group(*lines)
 
 
-def render_inspect(
+def inspect_view(
     console: Console,
     views: Sequence[HeadView],
     tokens: Sequence[str],
@@ -190,24 +188,26 @@ def render_inspect(
     start: int = 0,
     keys: tuple[int, int] | None = None,
     panel_keys: int | None = None,
-) -> None:
-    if views and undecidable(views[0].stats.support):
-        console.print(Text(TOO_PLAIN, style="dim"))
+) -> Group:
+    """`mha inspect` on `console`: the tokens, then the maps (map_panels), a query's bars or every query's top keys."""
+    too_plain = bool(views) and undecidable(views[0].stats.support)
     listed = (
         Text(f"{len(tokens)} tokens: ", style="bold")
         + Text(" ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens[:60])))
         + Text(" …" if len(tokens) > 60 else "")
     )
-    console.print(listed)
+    shown: list[RenderableType] = [Text(TOO_PLAIN, style="dim")] if too_plain else []
+    shown.append(listed)
     if query is None and top is None:
-        console.print(heat_legend(uses_color(console)), no_wrap=True, overflow="ellipsis")
-        used = len(listed.wrap(console, console.width)) + 1 + bool(views and undecidable(views[0].stats.support))
-        map_panels(console, views, tokens, start=start, keys=keys, panel_keys=panel_keys, used_lines=used)
-        return
+        shown.append(one_line(heat_legend(uses_color(console))))
+        used = len(listed.wrap(console, console.width)) + 1 + too_plain
+        shown += map_panels(console, views, tokens, start=start, keys=keys, panel_keys=panel_keys, used_lines=used)
+        return Group(*shown)
     show_kv = shares_kv(views)
     for view in views:
-        console.print()
+        shown.append(NewLine())
         if query is not None:
-            console.print(query_bars(view, tokens, query, console.width, show_kv=show_kv))
+            shown.append(query_bars(view, tokens, query, console.width, show_kv=show_kv))
         elif top is not None:  # one of query and top is given (both None returned above)
-            console.print(top_keys(view, tokens, top, show_kv=show_kv))
+            shown.append(top_keys(view, tokens, top, show_kv=show_kv))
+    return Group(*shown)

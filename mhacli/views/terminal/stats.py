@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.console import Console
+from rich.console import Console, Group, NewLine, RenderableType
 from rich.text import Text
 
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import KINDS, TOO_PLAIN, HeadStats, undecidable
-from mhacli.views.terminal.common import KIND_STYLE, kind_evidence, one_line, packed, print_grid
+from mhacli.views.terminal.common import KIND_STYLE, grid_view, kind_evidence, one_line, packed
 from mhacli.views.terminal.grid import Cell
 
 GRID_SAYS = {
@@ -32,7 +32,7 @@ def _strength(s: HeadStats) -> float:
     return -s.score
 
 
-def render_stats(
+def stats_view(
     console: Console,
     views: Sequence[HeadView],
     n_layer: int,
@@ -41,7 +41,7 @@ def render_stats(
     n_tokens: int,
     *,
     layout: str = "auto",
-) -> None:
+) -> Group:
     """The one-screen overview.
 
     A layer x head grid (kind letter and one statistic on a 0-1 scale), then the most distinctive heads of each
@@ -61,9 +61,11 @@ def render_stats(
     width = console.width
     what = "kind scores" if stat == "auto" else stat
     says = GRID_SAYS.get(stat, f"{stat}, a fraction of attention, 0–1")
-    print_grid(console, f"kinds and {what} ({n_tokens} tokens)", cell, layers, heads, says, layout=layout)
-    console.print()
-    one_line(console, Text("strongest heads of each kind", style="bold"))
+    lines: list[RenderableType] = [
+        *grid_view(console, f"kinds and {what} ({n_tokens} tokens)", cell, layers, heads, says, layout=layout),
+        NewLine(),
+        one_line(Text("strongest heads of each kind", style="bold")),
+    ]
     label_w = max(len(k) for k in KINDS) + 2
     shown = 0
     for kind in KINDS[:-1]:
@@ -73,11 +75,11 @@ def render_stats(
         shown += 1
         entries = [Text(f"L{s.layer}H{s.head}{kind_evidence(s)}") for s in scored[:5]]
         first = Text(kind.ljust(label_w), style=KIND_STYLE[kind][1])
-        for line in packed(
-            entries, width, first=first if label_w + 12 <= width else Text(kind + " ", style=KIND_STYLE[kind][1])
-        ):
-            one_line(console, line)
+        if label_w + 12 > width:
+            first = Text(kind + " ", style=KIND_STYLE[kind][1])
+        lines += map(one_line, packed(entries, width, first=first))
     if not shown:
-        one_line(console, Text("no head reaches a kind threshold on this text (all mixed)", style="dim"), wrap=True)
+        lines.append(Text("no head reaches a kind threshold on this text (all mixed)", style="dim"))
     if views and undecidable(views[0].stats.support):
-        one_line(console, Text(TOO_PLAIN, style="dim"), wrap=True)
+        lines.append(Text(TOO_PLAIN, style="dim"))
+    return Group(*lines)
