@@ -316,3 +316,16 @@ def test_completion_does_not_slow_start_up():
     modules = result.stdout.decode().splitlines()[-1]
     for heavy in ("'torch'", "'transformers'", "'huggingface_hub'", "'scipy'", "'tokenizers'", "'textual'"):
         assert heavy not in modules, heavy
+
+
+@pytest.mark.parametrize("command", ["ablate", "prune", "diff", "census"])
+def test_texts_help_lists_the_accepted_forms(command, mha, tmp_path):
+    """--texts takes plain lines and FILE.jsonl ("text" fields): the help says both, and a .jsonl file runs."""
+    for rich in (True, False):
+        shown = option_help(help_text(command, rich=rich), "--texts")
+        assert "line" in shown and ".jsonl" in shown and '"text"' in shown and "'-': stdin" in shown, shown
+    corpus = tmp_path / "t.jsonl"
+    corpus.write_text('{"text": "The cat sat on the mat."}\n{"text": "A dog ran."}\n')
+    args = {"diff": ["sample", "sample"], "census": ["--probes", "none", "-j", "1"]}.get(command, [])
+    result = mha(command, *args, "--texts", str(corpus), "-f", "json")
+    assert result.returncode == 0, result.stderr.decode()

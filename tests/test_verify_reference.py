@@ -161,7 +161,7 @@ def test_pass_rules_at_their_boundaries():
     assert report_with(0.0, 0.0, 1.0, logits=2e-4).passed and not report_with(0.0, 0.0, 1.0, logits=2.1e-4).passed
     worst = report_with(3e-6, 0.0, 1.0)
     assert worst.worst_head == (1, 1, 3e-6) and worst.max_attention_err == 3e-6
-    assert worst.to_dict()["worst_head"] == {"layer": 1, "head": 1, "attention_max_abs_err": 3e-6}
+    assert worst.to_dict()["worst_head"] == {"layer": 1, "head": 1, "kv_head": 1, "attention_max_abs_err": 3e-6}
     assert report_with(0.0, 7e-5, 1.0).max_hidden_err == 7e-5
 
 

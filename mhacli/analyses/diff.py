@@ -399,6 +399,10 @@ def _clean(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
+def _kv(kv_head: int, head: int) -> int:
+    return head if kv_head < 0 else kv_head
+
+
 @dataclass(frozen=True)
 class DiffRow:
     """One head of A compared with its counterpart (or its match) in B; the JSON head object."""
@@ -411,10 +415,13 @@ class DiffRow:
     kind_a: str
     kind_b: str
     stat_deltas: dict[str, float | None]  # STAT_NAMES -> mean over texts of (B - A), None where undefined
+    kv_head_a: int = -1  # the K/V head each query head reads (its own head in a model without GQA); -1: not given
+    kv_head_b: int = -1
 
     def to_dict(self) -> dict:
         return {
-            "layer_a": self.layer_a, "head_a": self.head_a, "layer_b": self.layer_b, "head_b": self.head_b,
+            "layer_a": self.layer_a, "head_a": self.head_a, "kv_head_a": _kv(self.kv_head_a, self.head_a),
+            "layer_b": self.layer_b, "head_b": self.head_b, "kv_head_b": _kv(self.kv_head_b, self.head_b),
             "divergence": self.divergence, "kind_a": self.kind_a, "kind_b": self.kind_b,
             "stat_deltas": dict(self.stat_deltas),
         }  # fmt: skip
@@ -429,10 +436,13 @@ class NearestRow:
     layer_a: int
     head_a: int
     divergence: float
+    kv_head_b: int = -1
+    kv_head_a: int = -1
 
     def to_dict(self) -> dict:
         return {
-            "layer_b": self.layer_b, "head_b": self.head_b, "layer_a": self.layer_a, "head_a": self.head_a,
+            "layer_b": self.layer_b, "head_b": self.head_b, "kv_head_b": _kv(self.kv_head_b, self.head_b),
+            "layer_a": self.layer_a, "head_a": self.head_a, "kv_head_a": _kv(self.kv_head_a, self.head_a),
             "divergence": self.divergence,
         }  # fmt: skip
 
@@ -486,9 +496,17 @@ def _mean_defined(x: np.ndarray) -> np.ndarray:
 
 
 def summarise(
-    texts: Sequence[TextDiff], metric: str, mode: str, shape_a: tuple[int, int], shape_b: tuple[int, int]
+    texts: Sequence[TextDiff],
+    metric: str,
+    mode: str,
+    shape_a: tuple[int, int],
+    shape_b: tuple[int, int],
+    groups: tuple[int, int] = (1, 1),
 ) -> DiffReport:
-    """Average the per-text comparisons, match heads when the mode says so, and rank the pairs."""
+    """Average the per-text comparisons, match heads when the mode says so, and rank the pairs.
+
+    groups: each model's query heads per K/V head (query head h reads K/V head h // group).
+    """
     if not texts:
         raise UsageError("nothing to compare: no texts")
     check_metric(metric)
@@ -507,12 +525,19 @@ def summarise(
         rows, cols = assign(div)
         pair_div = div[rows, cols]
         best = nearest(div)
-        near = [NearestRow(*pos_b[j], *pos_a[int(best[j])], float(div[best[j], j])) for j in range(nb)]
+        near = [
+            NearestRow(
+                *pos_b[j], *pos_a[int(best[j])], float(div[best[j], j]),
+                pos_b[j][1] // groups[1], pos_a[int(best[j])][1] // groups[0],
+            )
+            for j in range(nb)
+        ]  # fmt: skip
     deltas = _mean_defined(stats_b[:, :, cols] - stats_a[:, :, rows])  # [n_stat, n_pairs]
     heads = [
         DiffRow(
             *pos_a[i], *pos_b[j], float(pair_div[k]), kinds_a[i], kinds_b[j],
             {s: _clean(deltas[n, k]) for n, s in enumerate(STAT_NAMES)},
+            pos_a[i][1] // groups[0], pos_b[j][1] // groups[1],
         )
         for k, (i, j) in enumerate(zip(rows.tolist(), cols.tolist()))
     ]  # fmt: skip

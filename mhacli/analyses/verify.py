@@ -70,6 +70,7 @@ class VerifyReport:
     n_tokens: int
     layers: list[LayerCheck]
     head: HeadCheck | None = None  # None: no output head to check (a base model's weights)
+    group_size: int = 1  # query heads per K/V head: query head h reads K/V head h // group_size
 
     @property
     def max_attention_err(self) -> float:
@@ -106,7 +107,10 @@ class VerifyReport:
             "hidden_atol": self.hidden_atol,
             "n_tokens": self.n_tokens,
             "max_abs_err": {"attention": self.max_attention_err, "hidden": self.max_hidden_err},
-            "worst_head": dict(zip(("layer", "head", "attention_max_abs_err"), self.worst_head)),
+            "worst_head": {
+                "layer": self.worst_head[0], "head": self.worst_head[1],
+                "kv_head": self.worst_head[1] // self.group_size, "attention_max_abs_err": self.worst_head[2],
+            },
             "layers": [c.to_dict() | {"passed": self.layer_passed(c)} for c in self.layers],
             "loss": None if self.head is None else {
                 "ours": self.head.loss, "hf": self.head.hf_loss, "rel_err": self.head.loss_rel_err, "rtol": LOSS_RTOL,
@@ -229,4 +233,4 @@ def verify(ckpt: Checkpoint, ids: np.ndarray, *, atol: float = 1e-5, hidden_atol
             logits_max_abs_err=float(np.abs(our_logits(ckpt, last) - hf.logits).max()),
             logits_scale=max(1.0, float(np.abs(hf.logits).max())),
         )
-    return VerifyReport(atol, hidden_atol, len(ids), checks, head)
+    return VerifyReport(atol, hidden_atol, len(ids), checks, head, ckpt.config.group_size)

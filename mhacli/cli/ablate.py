@@ -49,7 +49,13 @@ from mhacli.views.formats import atomic_write_bytes, check_writable, dumps
 from mhacli.views.output import FORMATS
 
 TextsOpt = Annotated[
-    str | None, typer.Option("--texts", metavar="FILE", help="Score every line of FILE ('-': stdin) instead of TEXT.")
+    str | None,
+    typer.Option(
+        "--texts",
+        metavar="FILE",
+        help="Score these texts instead of TEXT: each non-blank line of FILE ('-': stdin), or the \"text\" field "
+        "of each line of a FILE.jsonl/.ndjson.",
+    ),
 ]
 MethodOpt = Annotated[
     Literal["zero", "mean"],

@@ -108,7 +108,8 @@ def census(
         typer.Option(
             "--texts",
             metavar="FILE",
-            help="Corpus: one text per line ('-': stdin; FILE.jsonl: a \"text\" field per line), streamed.",
+            help="Corpus, streamed: each non-blank line of FILE ('-': stdin), or the \"text\" field of each line of "
+            "a FILE.jsonl/.ndjson.",
         ),
     ] = None,
     probes: Annotated[

@@ -48,7 +48,11 @@ def diff(
     texts: Annotated[
         str | None,
         typer.Option(
-            "--texts", "-t", metavar="FILE", help="Average over the texts of FILE, one per line ('-': stdin)."
+            "--texts",
+            "-t",
+            metavar="FILE",
+            help="Average over these texts: each non-blank line of FILE ('-': stdin), or the \"text\" field of each "
+            "line of a FILE.jsonl/.ndjson.",
         ),
     ] = None,
     metric: Annotated[

@@ -57,7 +57,14 @@ def inspect(
     top: Annotated[
         int | None, typer.Option("--top", "-k", min=1, help="List the K strongest keys of every query.")
     ] = None,
-    start: Annotated[int, typer.Option("--from", min=0, help="First query row of the map window on a terminal.")] = 0,
+    start: Annotated[
+        int | None,
+        typer.Option(
+            "--from",
+            min=0,
+            help="First query row of the map window on a terminal (default: the window ends at the last token).",
+        ),
+    ] = None,
     keys: Annotated[
         str | None,
         typer.Option(

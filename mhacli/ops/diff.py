@@ -116,7 +116,8 @@ def compare(
         compare_text(ckpt_a, ckpt_b, t.ids, metric, mode, edits_b)
         for t in progress(texts, len(texts), f"comparing heads on {len(texts)} texts")
     ]
-    return summarise(per_text, metric, mode, shape_a, shape_b)
+    groups = (ckpt_a.config.group_size, ckpt_b.config.group_size)
+    return summarise(per_text, metric, mode, shape_a, shape_b, groups)
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ class InspectResult(HeadsResult):
     PICTURES = Pictures("inspect", figure="inspect_figure", page="inspect_page", npz=True)
     query: int | None = None
     top: int | None = None
-    start: int = 0
+    start: int | None = None  # None: the window ends at the text's last token
     keys: tuple[int, int] | None = None
     panel_keys: int | None = None
     with_attention = True

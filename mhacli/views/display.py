@@ -22,9 +22,14 @@ def token_label(token: str, width: int = 10) -> str:
     return shown
 
 
-def window(n_seq: int, start: int, size: int) -> tuple[int, int]:
-    """Query rows [lo, hi) to show: `size` rows from `start`, clamped to the text."""
+def window(n_seq: int, start: int | None, size: int) -> tuple[int, int]:
+    """Query rows [lo, hi) to show: `size` rows from `start`, clamped to the text; start None: the last `size` rows.
+
+    (The default window ends at the text's last token, the one whose next token the model predicts.)
+    """
     size = max(1, size)
+    if start is None:
+        start = n_seq - size
     lo = min(max(0, start), max(0, n_seq - 1))
     return lo, min(n_seq, lo + size)
 

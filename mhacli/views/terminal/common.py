@@ -97,14 +97,29 @@ def auto_panel_keys(n_seq: int, width: int, per_row: int) -> int:
 
 
 def window_note(win: MapWindow) -> list[Text]:
-    """The line saying which part of the maps is shown (none when the window shows them whole)."""
+    """The lines saying which part of the maps is shown and which flags show the rest (none when they are whole).
+
+    Wrapped, never cropped: the flags at its end are what a narrow terminal must not lose.
+    """
     if not win.clipped:
         return []
     keys = f"key 0 and keys {win.keys[1]}–{win.keys[-1]}" if win.pinned else f"keys {win.keys[0]}–{win.keys[-1]}"
     more = "; --from I and --keys A:B move the window" if win.hi < win.n_seq or win.pinned or win.lo > 0 else ""
-    return [
-        one_line(Text(f"showing query rows {win.lo}–{win.hi - 1} and {keys} of {win.n_seq} tokens{more}", style="dim"))
-    ]
+    lines = [Text(f"showing query rows {win.lo}–{win.hi - 1} and {keys} of {win.n_seq} tokens{more}", style="dim")]
+    if win.asked is not None:
+        a, b = win.asked
+        inside = [k for k in win.keys if a <= k < b]
+        left = (b - a) - len(inside)
+        if left:
+            first = max(inside) + 1
+            lines.append(
+                Text(
+                    f"--keys {a}:{b}: {left} of its {b - a} keys left out for width ({first}–{b - 1}); "
+                    f"--keys {first}:{b} shows them, or a wider terminal",
+                    style="yellow",
+                )
+            )
+    return lines
 
 
 def one_line(text: Text, overflow: OverflowMethod = "ellipsis") -> Text:

@@ -22,8 +22,8 @@ from mhacli.views.terminal.common import (
     window_note,
 )
 from mhacli.views.terminal.grid import Cell
+from mhacli.views.terminal.heatmap import GAP, map_window, panel, side_by_side, uses_color
 from mhacli.views.terminal.heatmap import legend as heat_legend
-from mhacli.views.terminal.heatmap import map_window, panel, side_by_side, uses_color
 
 DIFF_KEY_STATS = (("Δprev", "previous_token"), ("Δind", "induction"), ("Δsink", "first_token"), ("Δentropy", "entropy"))
 
@@ -137,9 +137,16 @@ def diff_view(
     color = uses_color(console)
     n_keys = auto_panel_keys(len(tokens), console.width, 2)
     win = map_window(len(tokens), start, n_keys, n_keys)
-    pair = [
-        panel(v.shown_map(), Text.assemble((name + " ", "bold"), inspect_title(v)), win, cell=1, color=color)
+    titles = [
+        Text.assemble((name + " ", "bold"), inspect_title(v))
         for name, v in (("MODEL_A", maps[0]), ("MODEL_B", maps[1]))
+    ]
+    # as wide as `MODEL_A L1H2 induction` at least: a kind is never cut inside its word (the figures go first)
+    kind_w = max(len(" ".join(t.plain.split(" ")[:3])) for t in titles)
+    room = (console.width - GAP) // 2
+    pair = [
+        panel(v.shown_map(), t, win, cell=1, color=color, min_width=min(max(kind_w, t.cell_len), max(kind_w, room)))
+        for t, v in zip(titles, maps, strict=True)
     ]
     shown += window_note(win)
     shown += (one_line(line, "crop") for line in side_by_side(pair))

@@ -63,17 +63,21 @@ class MapWindow:
     keys: tuple[int, ...]
     pinned: bool
     n_seq: int
+    asked: tuple[int, int] | None = None  # --keys A:B as given, clamped to the text: keys A..B-1 were asked for
 
     @property
     def clipped(self) -> bool:
         return (self.lo, self.hi) != (0, self.n_seq) or len(self.keys) - self.pinned < self.n_seq
 
 
-def map_window(n_seq: int, start: int, n_rows: int, n_keys: int, keys: tuple[int, int] | None = None) -> MapWindow:
+def map_window(
+    n_seq: int, start: int | None, n_rows: int, n_keys: int, keys: tuple[int, int] | None = None
+) -> MapWindow:
     """The rows from `start` (n_rows of them) and n_keys key columns.
 
-    `keys` = (a, b) shows keys a..b-1 (cut to n_keys), else the keys ending at the last shown row. Key 0 stays in
-    front (pinned) whenever the keys start later.
+    start None: the last n_rows, ending at the text's last token.
+    `keys` = (a, b) shows keys a..b-1 (cut to n_keys; `asked` keeps (a, b) so the note can say how many were left
+    out), else the keys ending at the last shown row. Key 0 stays in front (pinned) whenever the keys start later.
     """
     lo, hi = window(n_seq, start, n_rows)
     n_keys = max(2, n_keys)
@@ -81,12 +85,14 @@ def map_window(n_seq: int, start: int, n_rows: int, n_keys: int, keys: tuple[int
         a = min(max(0, keys[0]), n_seq - 1)
         b = min(max(a + 1, keys[1]), n_seq)
         cols = list(range(a, b))
+        asked: tuple[int, int] | None = (a, b)
     else:
+        asked = None
         cols = list(range(max(0, hi - n_keys), hi))
     if cols[0] > 0:
         cols = [0] + cols[-(n_keys - 1) :] if keys is None else [0] + cols[: n_keys - 1]
-        return MapWindow(lo, hi, tuple(cols), True, n_seq)
-    return MapWindow(lo, hi, tuple(cols[:n_keys]), False, n_seq)
+        return MapWindow(lo, hi, tuple(cols), True, n_seq, asked)
+    return MapWindow(lo, hi, tuple(cols[:n_keys]), False, n_seq, asked)
 
 
 def ruler(cols: Sequence[int], pinned: bool, cell: int) -> str:
@@ -168,6 +174,15 @@ def fit(text: Text, width: int) -> Text:
     return text
 
 
+def fit_words(text: Text, width: int) -> Text:
+    """Exactly `width` cells, cut between words (never inside one: `L1H2 induction`, not `L1H2 inducti…`), padded."""
+    if text.cell_len > width:
+        cut = text.plain.rfind(" ", 0, width + 1)
+        text = text[: cut if cut > 0 else width]
+        text.rstrip()
+    return fit(text, width)
+
+
 def panel(
     attention: np.ndarray | PartialMap,
     title: Text,
@@ -184,7 +199,7 @@ def panel(
     label_w = len(labels[0]) if labels else len(str(win.n_seq - 1)) + 1
     body = map_lines(attention, win, cell=cell, color=color)
     width = max(label_w + (len(win.keys) + win.pinned) * cell, min_width, 1 + len(title.plain.split(" ", 1)[0]))
-    lines = [fit(title, width), fit(Text(" " * label_w + ruler(win.keys, win.pinned, cell), style="dim"), width)]
+    lines = [fit_words(title, width), fit(Text(" " * label_w + ruler(win.keys, win.pinned, cell), style="dim"), width)]
     for label, row in zip(labels, body):
         line = Text()
         line.append(label, style="dim")

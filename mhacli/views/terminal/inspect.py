@@ -44,7 +44,7 @@ def map_request(
     width: int,
     query: int | None = None,
     top: int | None = None,
-    start: int = 0,
+    start: int | None = None,
     keys: tuple[int, int] | None = None,
     panel_keys: int | None = None,
 ) -> MapRequest:
@@ -52,7 +52,7 @@ def map_request(
 
     Query row `query` (keys 0..query), every row's `top` keys, or the largest window map_panels can choose (its rows
     and keys are never more than max(width, panel_keys); any smaller window from the same start and keys lies
-    inside).
+    inside; start None: the windows end at the last token, and a smaller one ending there lies inside too).
     """
     if query is not None:
         return MapRequest(rows=(query,), keys=tuple(range(query + 1)))
@@ -68,7 +68,7 @@ def map_panels(
     views: Sequence[HeadView],
     tokens: Sequence[str],
     *,
-    start: int = 0,
+    start: int | None = None,
     keys: tuple[int, int] | None = None,
     panel_keys: int | None = None,
     used_lines: int = 2,
@@ -107,8 +107,9 @@ def map_panels(
     if panel_keys is None and console.is_terminal:  # on a screen: every head on it, where 12-key windows allow
         n_keys = min(n_keys, max(min(n_seq, 12), screen_keys(console.height - used_lines, len(by_layer), color)))
     win = map_window(n_seq, start, n_keys, n_keys, keys)
-    # Every panel as wide: the longest whole title where a layer's panels still fit side by side, else the head names.
-    name_w = 1 + max(len(inspect_title(v, show_kv).plain.split(" ", 1)[0]) for v in views)
+    # Every panel as wide: the longest whole title where a layer's panels still fit side by side, else the head names
+    # and kinds (`L0H3 previous-token`, never cut inside a word: the figures after them go first).
+    name_w = 1 + max(len(" ".join(inspect_title(v, show_kv).plain.split(" ", 2)[:2])) for v in views)
     room = (width + GAP) // per_row - GAP
     short = max(inspect_title(v, show_kv).cell_len for v in views) > room  # `(111)` for `(111 rows)` where tight
     title_w = max(inspect_title(v, show_kv, short).cell_len for v in views)
@@ -185,7 +186,7 @@ def inspect_view(
     *,
     query: int | None = None,
     top: int | None = None,
-    start: int = 0,
+    start: int | None = None,
     keys: tuple[int, int] | None = None,
     panel_keys: int | None = None,
 ) -> Group:

@@ -1,0 +1,81 @@
+"""Windows never drop silently (issue 36 item 5): inspect's default window ends at the text's last token.
+
+A `--keys A:B` range cut for width says how many keys were left out and which flag shows them, and head titles are
+never cut inside a word.
+
+The rich view in process (`-f rich` piped: no colour, one query row a line), on the bundled model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mhacli.analyses.stats import KINDS
+
+IOI = "When Mary and John went to the store, John gave a drink to"
+NOTE = re.compile(r"showing query rows (\d+)–(\d+) and (?:key 0 and )?keys (\d+)–(\d+) of (\d+) tokens")
+HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_shakespeare.json"
+
+
+def rich(mha, *args: str, columns: int = 120, lines: int = 40) -> str:
+    result = mha("inspect", *args, "-f", "rich", env={"COLUMNS": str(columns), "LINES": str(lines)})
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def n_tokens(mha, text: str) -> int:
+    result = mha("inspect", text, "-f", "json", "-l", "0", "-H", "0")
+    return len(json.loads(result.stdout)["tokens"])
+
+
+def row_shown(out: str, row: int) -> bool:
+    """A map line labelled with query row `row` (the row labels start each panel's lines)."""
+    return re.search(rf"(^|\s){row} [ ░▒▓█│]", out, re.M) is not None
+
+
+@pytest.mark.parametrize("columns,lines", [(120, 40), (80, 24), (200, 60)])
+def test_the_default_window_ends_at_the_last_token(mha, columns, lines):
+    """The IOI prompt's last token (where the prediction happens): its row and its column are in the window."""
+    n = n_tokens(mha, IOI)
+    out = rich(mha, IOI, columns=columns, lines=lines)
+    note = NOTE.search(out)
+    if note:  # a window: it must end at the last row and key
+        lo, hi, _, last_key, total = map(int, note.groups())
+        assert total == n and hi == n - 1 and last_key == n - 1, note.group(0)
+        assert "--from I and --keys A:B move the window" in " ".join(out.split())  # wrapped, never cropped
+        assert not row_shown(out, lo - 1)
+    assert row_shown(out, n - 1), f"row {n - 1} (the last token) is not drawn"
+
+
+def test_from_still_starts_the_window_where_asked(mha):
+    out = rich(mha, IOI, "--from", "0")
+    note = NOTE.search(out)
+    assert note and int(note.group(1)) == 0 and row_shown(out, 0)
+
+
+def test_a_keys_range_cut_for_width_says_how_many_keys_were_left_out(mha):
+    text = json.loads(HELDOUT.read_text(encoding="utf-8"))["passages"][1]  # 200 tokens
+    out = rich(mha, text, "--keys", "100:160")
+    note = NOTE.search(out)
+    assert note and int(note.group(3)) == 100, out[:600]
+    shown = int(note.group(4)) - 100 + 1
+    assert shown < 60, "at 120 columns the every-head view cannot show 60 keys per panel"
+    left, said = 60 - shown, " ".join(out.split())
+    assert f"--keys 100:160: {left} of its 60 keys left out for width" in said
+    assert f"--keys {100 + shown}:160 shows them" in said
+    whole = rich(mha, text, "--keys", "100:110")
+    assert "left out" not in whole and NOTE.search(whole).group(4) == "109"
+
+
+@pytest.mark.parametrize("columns", [60, 70, 80, 90, 100, 110, 120])
+def test_head_titles_are_never_cut_inside_a_word(mha, columns):
+    out = rich(mha, IOI, columns=columns)
+    titles = re.findall(r"(L\dH\d) (\S+)", out)
+    assert len({name for name, _ in titles}) == 8, out
+    for name, kind in titles:
+        assert kind in KINDS, f"{name}: title cut to {kind!r} at {columns} columns"
+    assert "…" not in "".join(line for line in out.splitlines() if re.search(r"L\dH\d", line))
