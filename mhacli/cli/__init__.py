@@ -21,7 +21,7 @@ import warnings
 import typer
 
 # Each command module registers its command on `app` (mhacli.cli._app) when imported.
-from mhacli.cli import ablate, browse, census, diff, explain, info, inspect, stats, verify  # noqa: F401
+from mhacli.cli import ablate, browse, census, circuits, diff, explain, info, inspect, stats, verify  # noqa: F401
 from mhacli.cli._app import app
 from mhacli.cli._common import CURRENT, cli_words, environment
 from mhacli.errors import ExitCode, MhaError

@@ -384,3 +384,40 @@ class CensusResult:
         from mhacli.views.terminal import drawn, render_census
 
         return drawn(render_census)(console, self.doc, self.top)
+
+
+# --- circuits ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CircuitsResult:
+    """`mha circuits`: composition scores (jsonl, csv and tsv: one row per pair), copying scores, token pairs."""
+
+    doc: dict
+
+    @property
+    def COLUMNS(self) -> Sequence[str]:  # noqa: N802 - the protocol's name
+        from mhacli.views.plain import CIRCUITS_COLUMNS
+
+        return CIRCUITS_COLUMNS
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+    def records(self) -> list[dict]:
+        return self.doc["composition"]
+
+    def rows(self) -> Iterator[list]:
+        from mhacli.views.plain import circuits_rows
+
+        return circuits_rows(self.doc)
+
+    def plain(self) -> str:
+        from mhacli.views.plain import write_circuits
+
+        return _written(lambda out: write_circuits(out, self.doc))
+
+    def view(self, console: Console) -> RenderableType:
+        from mhacli.views.terminal import drawn, render_circuits
+
+        return drawn(render_circuits)(console, self.doc)

@@ -31,6 +31,7 @@ ALLOWED = {
     "ablate": ("png", "svg", "pdf", "html"),
     "prune": ("png", "svg", "pdf"),
     "census": ("png", "svg", "pdf", "html"),
+    "circuits": ("png", "svg", "pdf", "html"),
 }
 DEFAULT_DPI = 200
 MAX_DPI = 1200
@@ -173,3 +174,8 @@ def prune_picture(ckpt, texts, doc: dict) -> Picture:
 def census_picture(ckpt, doc: dict) -> Picture:
     ran = ", ".join(f"{name} ({s.get('n_texts', 0)} texts)" for name, s in doc["sources"].items())
     return Picture("census", f"{ckpt.source} · census over {ran}", {"doc": doc})
+
+
+def circuits_picture(ckpt, doc: dict) -> Picture:
+    """circuits: the composition matrices (figure), every selected head's scores and pairs (page)."""
+    return Picture("circuits", f"{ckpt.source} · circuits from the weights alone", {"doc": doc})
