@@ -402,6 +402,16 @@ def transformer_lens_bridge(directory: Path, *, processed: bool):
     return bridge
 
 
+def smollm2_gguf() -> Path | None:
+    """The real SmolLM2-135M GGUF if this machine has it: $MHA_SMOLLM2_GGUF, else tests/test_gguf.py's cache."""
+    env = os.environ.get("MHA_SMOLLM2_GGUF")
+    if env and Path(env).is_file():
+        return Path(env)
+    cache = Path(os.environ.get("MHA_TEST_CACHE", Path.home() / ".cache" / "mha-tests")) / "smollm2"
+    found = cache / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return found if found.is_file() else None
+
+
 # --- references and helpers shared by more than one test file ---
 
 

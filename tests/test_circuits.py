@@ -9,11 +9,14 @@ induction head's keys are fed by the previous-token head, and it copies.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import LLAMA, SAMPLE, bos_tokenizer, build, train_tokenizer, transformer_lens_bridge
+from helpers import LLAMA, SAMPLE, bos_tokenizer, build, smollm2_gguf, train_tokenizer, transformer_lens_bridge
 
 import mhacli
 from mhacli.analyses import circuits as C
@@ -238,3 +241,105 @@ def test_no_output_head(tmp_path):
     r = C.circuits(model.checkpoint, unembed=False, top=2)
     assert all(h.copying is None and h.ov_top == [] and len(h.qk_top) == 2 for h in r.heads)
     assert np.isfinite(r.scores["V"][0, :, 1, :]).all()
+
+
+# --- the door: the command in every format, the API, the pictures, a real model --------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample_doc() -> dict:
+    return mhacli.load("sample").circuits(top=2).to_dict()
+
+
+def test_the_document(sample_doc):
+    doc = sample_doc
+    assert doc["modes"] == ["Q", "K", "V"] and set(doc["baseline"]) == {"Q", "K", "V"} and doc["fold_ln"] is False
+    rows = doc["composition"]
+    assert len(rows) == 3 * 4 * 4  # every layer-0 head into every layer-1 head, three modes
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert all(r["from"]["layer"] < r["to"]["layer"] for r in rows)
+    first_k = next(r for r in rows if r["mode"] == "K" and r["to"] == {"layer": 1, "head": 2})
+    assert first_k["from"] == {"layer": 0, "head": 3}
+    assert [(h["layer"], h["head"]) for h in doc["heads"]] == [(layer, h) for layer in range(2) for h in range(4)]
+    tokens = mhacli.load(SAMPLE).tokenizer
+    for h in doc["heads"]:
+        assert -1 <= h["copying"] <= 1 and h["kv_head"] == h["head"]
+        assert len(h["ov_top"]) == 2 and len(h["qk_top"]) == 2
+        for p in h["ov_top"]:
+            assert tokens.display([p["attend_id"], p["write_id"]]) == [p["attend"], p["write"]]
+        values = [p["singular_value"] for p in h["qk_top"]]
+        assert values == sorted(values, reverse=True)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "tsv", "text", "rich"])
+def test_every_format(mha, sample_doc, fmt):
+    r = mha("circuits", "--top", "2", "-f", fmt)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    out = r.stdout.decode()
+    rows = sample_doc["composition"]
+    if fmt == "json":
+        assert json.loads(out) == json.loads(json.dumps(sample_doc))
+    elif fmt == "jsonl":
+        assert [json.loads(line) for line in out.splitlines()] == json.loads(json.dumps(rows))
+    elif fmt in ("csv", "tsv"):
+        table = list(csv.reader(io.StringIO(out), delimiter="," if fmt == "csv" else "\t"))
+        assert table[0] == ["mode", "from_layer", "from_head", "to_layer", "to_head", "score"]
+        assert len(table) == 1 + len(rows)
+        assert table[1][:5] == [
+            rows[0]["mode"],
+            *(str(rows[0][e][k]) for e in ("from", "to") for k in ("layer", "head")),
+        ]
+        assert abs(float(table[1][5]) - rows[0]["score"]) < 1e-6  # csv keeps 6 significant digits
+    else:
+        assert "strongest compositions" in out and "copying score" in out
+        assert "L0H3" in out and "L1H2" in out
+
+
+def test_mode_and_selection_options(mha):
+    r = mha("circuits", "--mode", "k", "-l", "1", "-H", "2", "--top", "0", "-f", "json")
+    doc = json.loads(r.stdout)
+    assert doc["modes"] == ["K"] and [(h["layer"], h["head"]) for h in doc["heads"]] == [(1, 2)]
+    assert len(doc["composition"]) == 4 and doc["composition"][0]["from"] == {"layer": 0, "head": 3}
+    assert doc["heads"][0]["ov_top"] == [] and doc["heads"][0]["qk_top"] == []
+
+
+def test_fold_ln_option_matches_the_analysis(mha):
+    doc = json.loads(mha("circuits", "--fold-ln", "--mode", "V", "--top", "0", "-f", "json").stdout)
+    f = C.head_factors(mhacli.load(SAMPLE).checkpoint, fold_ln=True)
+    want = C.composition_scores(f, "V")
+    assert doc["fold_ln"] is True
+    for r in doc["composition"]:
+        a, b = r["from"], r["to"]
+        assert abs(r["score"] - want[a["layer"], a["head"], b["layer"], b["head"]]) < 1e-12
+
+
+def test_save_writes_every_picture(mha, tmp_path):
+    pytest.importorskip("matplotlib")
+    paths = [tmp_path / f"c.{k}" for k in ("png", "svg", "pdf", "html")]
+    r = mha("circuits", "-f", "json", "--top", "1", *(a for p in paths for a in ("--save", str(p))))
+    assert r.returncode == 0, r.stderr
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[2].read_bytes()[:5] == b"%PDF-"
+    svg = paths[1].read_text()
+    assert "K-composition" in svg and "L0H3" in svg and "L1H2" in svg
+    html_page = paths[3].read_text()
+    assert "mha circuits" in html_page and "K-composition into it from" in html_page
+
+
+def test_real_smollm2_gguf():
+    """The real SmolLM2-135M (30 layers x 9 query heads over 3 K/V heads, Q4_1): finite scores everywhere."""
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("SmolLM2 GGUF not available (set MHA_SMOLLM2_GGUF)")
+    model = mhacli.load(path)
+    c = model.config
+    report = model.circuits(top=1, layers=[0, 29], heads=[0, 8])
+    r = report.circuits
+    mask = earlier(c.n_layer, c.n_head)
+    for mode in C.MODES:
+        assert np.isfinite(r.scores[mode][mask]).all()
+        assert 0 < r.scores[mode][mask].min() and r.scores[mode][mask].max() < 1
+        assert 0.5 / np.sqrt(c.n_embd) < r.baseline[mode] < 2 / np.sqrt(c.n_embd)
+    assert [(h.layer, h.head, h.kv_head) for h in r.heads] == [(0, 0, 0), (0, 8, 2), (29, 0, 0), (29, 8, 2)]
+    assert all(h.copying is not None and -1 <= h.copying <= 1 and len(h.ov_top) == 1 for h in r.heads)
+    doc = report.to_dict()
+    assert all(isinstance(p["attend"], str) for h in doc["heads"] for p in h["ov_top"])

@@ -56,7 +56,7 @@ def circuits(
     save: Annotated[SaveList, save_option("circuits")] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """Heads read from their weights alone: composition, copying, token pairs.
+    """Composition and copying scores from the weights alone, no text.
 
     Which earlier head feeds each later head's queries, keys or values (composition scores beside a random
     baseline), whether a head copies what it attends to, and the tokens its OV and QK circuits map; no text."""
