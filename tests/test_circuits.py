@@ -216,7 +216,8 @@ def test_selection_and_sorting_of_pairs():
     "kwargs, words",
     [
         ({"modes": ["X"]}, "mode 'X' is not one of Q, K, V"),
-        ({"modes": []}, "is not one of Q, K, V"),
+        ({"modes": []}, "^mode: none given; ask for one or more of Q, K, V$"),
+        ({"modes": ["K", "q"]}, "^mode 'q' is not one of Q, K, V$"),
         ({"layers": [2]}, "--layer 2 is out of range"),
         ({"heads": [4]}, "--head 4 is out of range"),
         ({"top": -1}, "top -1 is negative"),
@@ -343,3 +344,76 @@ def test_real_smollm2_gguf():
     assert all(h.copying is not None and -1 <= h.copying <= 1 and len(h.ov_top) == 1 for h in r.heads)
     doc = report.to_dict()
     assert all(isinstance(p["attend"], str) for h in doc["heads"] for p in h["ov_top"])
+
+
+# --- units: what the parity tests above do not reach ---------------------------------------------------------------
+
+
+def test_r_factor_of_rank_deficient_factors():
+    """Rᵀ R = aᵀ a also when a has fewer independent columns than d (eigenvalues of 0 may come out negative)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 40, 1)) @ rng.standard_normal((3, 1, 8))  # rank 1, d = 8
+    r = C._r_factor(a)
+    assert np.isfinite(r).all()
+    assert np.abs(r.transpose(0, 2, 1) @ r - a.transpose(0, 2, 1) @ a).max() < 1e-9
+    m = rng.standard_normal((3, 8, 40))
+    assert np.allclose(np.linalg.norm(r @ m, axis=(1, 2)), np.linalg.norm(a @ m, axis=(1, 2)))
+
+
+def test_leading_directions_stop_at_the_rank():
+    """A rank-2 product has two directions, however many are asked for; each is a unit vector."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((50, 12))  # the vocabulary map, [vocab, n_embd]
+    a = rng.standard_normal((12, 2)) @ rng.standard_normal((2, 4))  # [n_embd, d], rank 2
+    b = rng.standard_normal((12, 4))
+    s, p, q = C.leading_directions(a, x.T @ x, b, x.T @ x, top=5)
+    want = np.linalg.svd(x @ a @ b.T @ x.T, compute_uv=False)
+    assert len(s) == 2 and np.allclose(s, want[:2])
+    assert np.allclose(np.linalg.norm(x @ p, axis=0), 1) and np.allclose(np.linalg.norm(x @ q, axis=0), 1)
+
+
+def test_vocabulary_blocks_change_nothing(monkeypatch):
+    """Sums, copying scores and token pairs over blocks of 37 rows equal those over one block."""
+    ckpt = mhacli.load(SAMPLE).checkpoint
+    f = C.head_factors(ckpt, fold_ln=True)
+    heads = [3, 6]
+
+    def everything():
+        v = C.vocab_side(ckpt, fold_ln=True)
+        g = C.grams(v)
+        return v, g, C.copying_scores(f, g), C.token_pairs(f, v, g, heads, 3)
+
+    v1, g1, copying1, pairs1 = everything()
+    monkeypatch.setattr(C, "VOCAB_BLOCK", 37)
+    v2, g2, copying2, pairs2 = everything()
+    assert np.allclose(v1.head_mean, v2.head_mean, atol=1e-12)
+    for a, b in ((g1.embed, g2.embed), (g1.head, g2.head), (g1.head_embed, g2.head_embed)):
+        assert np.allclose(a, b, rtol=1e-10, atol=1e-9)
+    assert np.allclose(copying1, copying2, atol=1e-12)
+    for side1, side2 in zip(pairs1, pairs2, strict=True):
+        for h1, h2 in zip(side1, side2, strict=True):
+            assert [(p.first, p.second) for p in h1] == [(p.first, p.second) for p in h2]
+            assert np.allclose([p.value for p in h1], [p.value for p in h2])
+
+
+def test_defaults_and_fold_ln_reach_every_part():
+    ckpt = mhacli.load(SAMPLE).checkpoint
+    v = C.vocab_side(ckpt)
+    assert v.gain is None and not v.center and not v.center_vocab  # raw by default
+    r = C.circuits(ckpt, modes=["V"])
+    assert all(len(h.ov_top) == 3 and len(h.qk_top) == 3 for h in r.heads)  # top=3 by default
+    folded = C.circuits(ckpt, modes=["V"], top=0, fold_ln=True)
+    f = C.head_factors(ckpt, fold_ln=True)
+    want = C.copying_scores(f, C.grams(C.vocab_side(ckpt, fold_ln=True)))
+    got = np.array([[h.copying for h in folded.heads if h.layer == layer] for layer in range(2)])
+    assert np.allclose(got, want, atol=1e-12)
+    assert not np.allclose(want, C.copying_scores(f, C.grams(v)), atol=1e-6)  # folding changes them
+
+
+def test_mode_cores_refuse_an_unknown_mode():
+    from mhacli.errors import UsageError
+
+    f = C.head_factors(mhacli.load(SAMPLE).checkpoint)
+    with pytest.raises(UsageError) as e:
+        C.composition_scores(f, "W")
+    assert str(e.value) == "mode 'W' is not one of Q, K, V"

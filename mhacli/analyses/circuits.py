@@ -481,9 +481,12 @@ class Circuits:
 
 
 def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise UsageError(f"{{mode}} {unknown[0] if unknown else ''!r} is not one of Q, K, V", params=("mode",))
+    """The requested modes in MODES' order, each once; a UsageError for an unknown one or none."""
+    if not modes:
+        raise UsageError("{mode}: none given; ask for one or more of Q, K, V", params=("mode",))
+    for m in modes:
+        if m not in MODES:
+            raise UsageError(f"{{mode}} {m!r} is not one of Q, K, V", params=("mode",))
     return tuple(m for m in MODES if m in modes)
 
 
