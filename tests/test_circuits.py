@@ -237,8 +237,13 @@ def test_no_output_head(tmp_path):
     bos = bos_tokenizer(tmp_path / "bos")
     d = build(tmp_path / "base", "llama", LLAMA, bos, base_model=True)
     model = mhacli.load(d)
-    with pytest.raises(ModelError, match="no lm_head.weight.*no_unembed reports the rest"):
+    with pytest.raises(ModelError) as e:
         C.circuits(model.checkpoint)
+    assert str(e.value) == (
+        "this checkpoint has no lm_head.weight and does not tie it to the embeddings (a base model without its "
+        "output head): the copying scores and OV token pairs need it; no_unembed reports the rest (composition "
+        "scores, QK token pairs)"
+    )
     r = C.circuits(model.checkpoint, unembed=False, top=2)
     assert all(h.copying is None and h.ov_top == [] and len(h.qk_top) == 2 for h in r.heads)
     assert np.isfinite(r.scores["V"][0, :, 1, :]).all()
@@ -401,6 +406,9 @@ def test_defaults_and_fold_ln_reach_every_part():
     v = C.vocab_side(ckpt)
     assert v.gain is None and not v.center and not v.center_vocab  # raw by default
     r = C.circuits(ckpt, modes=["V"])
+    assert r.fold_ln is False and r.heads[0].copying == pytest.approx(
+        float(C.copying_scores(C.head_factors(ckpt), C.grams(C.vocab_side(ckpt)))[0, 0]), abs=1e-12
+    )
     assert all(len(h.ov_top) == 3 and len(h.qk_top) == 3 for h in r.heads)  # top=3 by default
     folded = C.circuits(ckpt, modes=["V"], top=0, fold_ln=True)
     f = C.head_factors(ckpt, fold_ln=True)
