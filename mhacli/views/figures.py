@@ -566,3 +566,66 @@ def census_figure(*, doc: dict, caption: str, **_: Any):
     fig.legend(handles=handles, loc="outside right center", fontsize=5.5, frameon=False)
     add_caption(fig, caption, "confidence: share of the evidence source's texts on which the kind's rule holds")
     return fig
+
+
+def composition_matrix(doc: dict, mode: str) -> np.ndarray:
+    """One mode's scores, [n_layer * n_head, n_layer * n_head]: earlier head (row) x later head (column).
+
+    NaN where no pair was computed or kept."""
+    n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
+    m = np.full((n_layer * n_head, n_layer * n_head), np.nan)
+    for r in doc["composition"]:
+        if r["mode"] == mode:
+            f, t = r["from"], r["to"]
+            m[f["layer"] * n_head + f["head"], t["layer"] * n_head + t["head"]] = r["score"]
+    return m
+
+
+def layer_ticks(ax, n_head: int, axis: str, layers: range) -> None:
+    """Every head labelled (L1H2) where they fit, else one tick per layer at its first head; lines between layers."""
+    first = layers.start
+    starts = [(layer - first) * n_head for layer in layers]
+    if len(layers) * n_head <= 24:
+        where = list(range(len(layers) * n_head))
+        labels = [f"L{layer}H{h}" for layer in layers for h in range(n_head)]
+    else:
+        step = max(1, len(starts) // 12)
+        where, labels = starts[::step], [f"L{layer}" for layer in layers][::step]
+    if axis == "x":
+        ax.set_xticks(where, labels, rotation=90)
+    else:
+        ax.set_yticks(where, labels)
+    for w in starts[1:]:
+        (ax.axvline if axis == "x" else ax.axhline)(
+            w - 0.5, color="#ffffff", linewidth=0.6 if len(layers) <= 8 else 0.15
+        )
+
+
+def circuits_figure(*, doc: dict, caption: str, **_: Any):
+    """Each requested mode's composition matrix: earlier heads (rows, layers 0..L-2) x later heads (columns)."""
+    import matplotlib
+
+    n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
+    modes = doc["modes"]
+    earlier, later = range(0, max(1, n_layer - 1)), range(1, max(2, n_layer))
+    mats = [composition_matrix(doc, m)[: len(earlier) * n_head, n_head : n_head * (1 + len(later))] for m in modes]
+    top = max((float(np.nanmax(m)) for m in mats if np.isfinite(m).any()), default=1.0)
+    panel = min(3.0, (WIDE_IN - 1.0) / len(modes))
+    fig = new_figure(max(COLUMN_IN, panel * len(modes) + 1.0), panel + 1.6)
+    axes = fig.subplots(1, len(modes), squeeze=False)[0]
+    cmap = matplotlib.colormaps[MAP_CMAP].with_extremes(bad="#eeeeee")
+    im = None
+    for ax, mode, m in zip(axes, modes, mats, strict=True):
+        im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=0.0, vmax=top, aspect="equal")
+        ax.set_title(f"{mode}-composition (baseline {doc['baseline'][mode]:.3f})", fontsize=7)
+        layer_ticks(ax, n_head, "x", later)
+        layer_ticks(ax, n_head, "y", earlier)
+        ax.set_xlabel("later head (reads)")
+        ax.set_ylabel("earlier head (writes)")
+        ax.tick_params(length=0)
+    if im is not None:
+        bar = fig.colorbar(im, ax=list(axes), shrink=0.8, aspect=20, pad=0.02)
+        bar.set_label("composition score", fontsize=6)
+    weights = "norms folded (--fold-ln)" if doc["fold_ln"] else "raw weights"
+    add_caption(fig, caption, f"‖W_OV(h1)·R(h2)‖ / (‖W_OV(h1)‖ ‖R(h2)‖), {weights}; grey: not computed or not kept")
+    return fig

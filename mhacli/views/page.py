@@ -349,6 +349,45 @@ def census_page(*, doc: dict, caption: str, **_) -> str:
     return build(page)
 
 
+def composition_info(doc: dict, layer: int, head: int, per_mode: int = 3) -> list[list[str]]:
+    """A head's strongest compositions of each mode: from earlier heads into it, and from it into later heads."""
+    info = []
+    for mode in doc["modes"]:
+        base = doc["baseline"][mode]
+        rows = [r for r in doc["composition"] if r["mode"] == mode]
+        for side, other, word in (("to", "from", "into it from"), ("from", "to", "from it into")):
+            mine = [r for r in rows if (r[side]["layer"], r[side]["head"]) == (layer, head)][:per_mode]
+            if mine:
+                text = ", ".join(f"L{r[other]['layer']}H{r[other]['head']} {r['score']:.3f}" for r in mine)
+                info.append([f"{mode}-composition {word}", f"{text} (baseline {base:.3f})"])
+    return info
+
+
+def circuits_page(*, doc: dict, caption: str, **_) -> str:
+    """Heads ringed by their copying score; opened, their strongest compositions and token pairs."""
+    from mhacli.views.plain import copying_text, pair_text
+
+    cells = []
+    for h in doc["heads"]:
+        name = f"L{h['layer']}H{h['head']}"
+        info = [["copying score", copying_text(h["copying"])], ["K/V head", str(h["kv_head"])]]
+        info += composition_info(doc, h["layer"], h["head"])
+        info += [["OV attend → write", pair_text(p, "attend", "write")] for p in h["ov_top"]]
+        info += [["QK query → key", pair_text(p, "query", "key")] for p in h["qk_top"]]
+        cells.append({
+            "layer": h["layer"], "head": h["head"], "name": name, "label": f"C {copying_text(h['copying'])}",
+            "title": f"{name} copying {copying_text(h['copying'])}", "info": info,
+            "colour": "#dddddd" if h["copying"] is None else delta_colour(h["copying"], 1.0),
+        })  # fmt: skip
+    page = base_doc("circuits", caption, [], cells)
+    page["grid"] = {
+        "colour": "value",
+        "says": "ring colour: copying score (red: +1, copies what it attends to; blue: -1); open a head for its "
+        "strongest compositions and token pairs",
+    }
+    return build(page)
+
+
 def page_for(picture) -> str:
     """The page of a save.Picture: the builder its result names (Pictures.page), in this module."""
     ablated = picture.ablated  # a run with heads removed says so first in its caption (the header)

@@ -411,3 +411,81 @@ def verify_lines(report, n_tokens: int) -> list[str]:  # noqa: ANN001 - mhacli.a
         f"{report.max_attention_err:.3e} (atol {report.atol:g}), max hidden error {report.max_hidden_err:.3e}"
     )
     return lines
+
+
+# --- mha circuits ----------------------------------------------------------------------------------------------------
+
+CIRCUITS_COLUMNS = ("mode", "from_layer", "from_head", "to_layer", "to_head", "score")
+CIRCUITS_RANKED = 10  # compositions per mode in the text and terminal rankings
+
+
+def circuits_rows(doc: dict) -> Iterator[list]:
+    """csv/tsv: one row per composition, CIRCUITS_COLUMNS."""
+    for r in doc["composition"]:
+        yield [r["mode"], r["from"]["layer"], r["from"]["head"], r["to"]["layer"], r["to"]["head"], r["score"]]
+
+
+def circuits_header(doc: dict) -> list[str]:
+    """What was read and how: the model, the weights, the random baseline of each mode."""
+    weights = "norms folded as TransformerLens (--fold-ln)" if doc["fold_ln"] else "raw weights"
+    base = "  ".join(f"{m} {v:.3f}" for m, v in doc["baseline"].items())
+    return [
+        f"circuits of {doc['model']['source']}: from the weights alone, {weights}",
+        f"random baseline (mean score of random matrices of the same shapes): {base}",
+    ]
+
+
+def ranked_compositions(doc: dict, per_mode: int = CIRCUITS_RANKED) -> list[list[str]]:
+    """The strongest `per_mode` compositions of each mode: mode, from, to, score, score / baseline."""
+    rows = []
+    for mode in doc["modes"]:
+        base = doc["baseline"][mode]
+        shown = [r for r in doc["composition"] if r["mode"] == mode][:per_mode]
+        for r in shown:
+            f, t = r["from"], r["to"]
+            ratio = f"{r['score'] / base:.1f}x" if base else "-"
+            rows.append([mode, f"L{f['layer']}H{f['head']}", f"L{t['layer']}H{t['head']}", f"{r['score']:.3f}", ratio])
+    return rows
+
+
+def pair_text(p: dict, first: str, second: str) -> str:
+    return f"{token_label(p[first], 14)} → {token_label(p[second], 14)} {p['value']:.2f}"
+
+
+def head_pairs_lines(h: dict) -> list[str]:
+    """Two lines per head: what it writes when it attends to a token (OV), where a query token looks (QK)."""
+    lines = []
+    if h["ov_top"]:
+        lines.append("  OV attend → write: " + ", ".join(pair_text(p, "attend", "write") for p in h["ov_top"]))
+    if h["qk_top"]:
+        lines.append("  QK query → key:    " + ", ".join(pair_text(p, "query", "key") for p in h["qk_top"]))
+    return lines
+
+
+def copying_text(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.2f}"
+
+
+def write_circuits(out: TextIO, doc: dict) -> None:
+    for line in circuits_header(doc):
+        out.write(line + "\n")
+    out.write("\nstrongest compositions (earlier head -> later head)\n")
+    _aligned(out, ["mode", "from", "to", "score", "vs baseline"], ranked_compositions(doc))
+    heads = doc["heads"]
+    if not heads:
+        return
+    out.write("\ncopying score per head: Re(sum of eigenvalues) / sum of |eigenvalues| of W_E W_OV W_U (+1 copies)\n")
+    by_pos = {(h["layer"], h["head"]): h for h in heads}
+    layers = sorted({h["layer"] for h in heads})
+    cols = sorted({h["head"] for h in heads})
+    rows = [
+        [str(layer)] + [copying_text(by_pos[layer, c]["copying"]) if (layer, c) in by_pos else "" for c in cols]
+        for layer in layers
+    ]
+    _aligned(out, ["layer"] + [f"H{c}" for c in cols], rows)
+    if any(h["ov_top"] or h["qk_top"] for h in heads):
+        out.write("\ntoken pairs of the leading singular directions (the largest entry of each)\n")
+        for h in heads:
+            out.write(f"L{h['layer']}H{h['head']}  kv_head {h['kv_head']}  copying {copying_text(h['copying'])}\n")
+            for line in head_pairs_lines(h):
+                out.write(line + "\n")

@@ -85,6 +85,10 @@ class Family(Protocol[C]):
         """The norm before attention: (kind "layer_norm" or "rms_norm", weight, bias or None); None: no norm."""
 
     @property
+    def FINAL_NORM(self) -> tuple[str, str, str | None]:  # noqa: N802
+        """The norm after the last layer, before the output head: (kind, weight, bias or None), model-level keys."""
+
+    @property
     def QK_NORM(self) -> tuple[str, str] | None:  # noqa: N802
         """(q_norm weight, k_norm weight): RMSNorms over the whole q/k projection; None: no QK-norm."""
 

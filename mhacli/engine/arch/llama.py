@@ -176,6 +176,7 @@ def block(
 
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
 ATTENTION_NORM = ("rms_norm", "input_layernorm.weight", None)
+FINAL_NORM = ("rms_norm", "norm.weight", None)
 QK_NORM = None
 SLIDING_WINDOWS = True  # Mistral's every layer, OLMo 3's sliding_attention ones
 

@@ -15,6 +15,7 @@ from mhacli.config import RotaryConfig
 from mhacli.engine.arch.common import GroupedAttentionParts, linear, rms_norm, swiglu
 from mhacli.engine.arch.llama import (  # the parts OLMo shares with Llama unchanged
     EMBEDDING,
+    FINAL_NORM,
     KEY_PREFIX,
     KV_WEIGHT,
     LAYER_PREFIX,
@@ -36,7 +37,8 @@ from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, split_heads
 
 __all__ = [  # the family interface (interface.Family): Llama's pieces and OLMo's own
-    "ATTENTION_NORM", "EMBEDDING", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM", "SLIDING_WINDOWS",
+    "ATTENTION_NORM", "EMBEDDING", "FINAL_NORM", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM",
+    "SLIDING_WINDOWS",
     "attention_input", "attention_parts", "block", "check", "embed", "expected_shapes", "final_norm",
     "head_projections", "normalise_key", "out_projection", "projections_note", "rope_at",
 ]  # fmt: skip

@@ -1,6 +1,6 @@
 """Terminal views with rich, one module per command, over shared drawing primitives.
 
-The commands: inspect, stats, diff, explain, ablate + prune, census, info, verify; browse: the panes of the
+The commands: inspect, stats, diff, explain, ablate + prune, census, circuits, info, verify; browse: the panes of the
 interactive app. The primitives: heatmap (colour scale, half-block maps, windows), grid (the layer x head
 overview), text (lines of segments that fit a width) and common (console, kind styles, titles, legends).
 Each view returns a renderable (rich's Group, Table, Text) and never prints. The only package that imports rich;
