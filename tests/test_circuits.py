@@ -218,8 +218,8 @@ def test_selection_and_sorting_of_pairs():
         ({"modes": ["X"]}, "mode 'X' is not one of Q, K, V"),
         ({"modes": []}, "^mode: none given; ask for one or more of Q, K, V$"),
         ({"modes": ["K", "q"]}, "^mode 'q' is not one of Q, K, V$"),
-        ({"layers": [2]}, "--layer 2 is out of range"),
-        ({"heads": [4]}, "--head 4 is out of range"),
+        ({"layers": [2]}, "^layer 2 is out of range"),
+        ({"heads": [4]}, "^head 4 is out of range"),
         ({"top": -1}, "top -1 is negative"),
     ],
 )
