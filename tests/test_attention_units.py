@@ -147,12 +147,14 @@ class Recorder:
         self.concurrent = concurrent
         self.calls: list[tuple[int, int, int, int, int]] = []
         self.threads: set[int] = set()
+        self.names: set[str] = set()
         self.lock = threading.Lock()
 
     def add(self, h, a, b, lo, p):
         with self.lock:
             self.calls.append((h, a, b, lo, len(p)))
             self.threads.add(threading.get_ident())
+            self.names.add(threading.current_thread().name)
 
 
 def qkv(n_head, n_kv, n_seq, d=8, seed=0):
@@ -183,7 +185,7 @@ class FirstBlocks(Recorder):
 
     def __init__(self, threads: int):
         super().__init__(concurrent=True)
-        self.barrier = threading.Barrier(threads, timeout=60)
+        self.barrier = threading.Barrier(threads, timeout=30)  # fewer threads than asked: fails, not hangs
         self.first: dict[int, tuple[int, int, int]] = {}
 
     def add(self, h, a, b, lo, p):
@@ -194,19 +196,21 @@ class FirstBlocks(Recorder):
         super().add(h, a, b, lo, p)
 
 
-@pytest.mark.parametrize("n_seq,window", [(4000, None), (4008, 50)])
-def test_a_concurrent_sink_is_shared_by_the_threads_asked_for_largest_blocks_first(n_seq, window):
+@pytest.mark.parametrize("n_seq,window,threads", [(4000, None, 3), (4008, None, 3), (4008, 50, 3), (2000, None, 2)])
+def test_a_concurrent_sink_is_shared_by_the_threads_asked_for_largest_blocks_first(n_seq, window, threads):
     """Threads take the blocks with the most visible cells first, so the last to finish are small.
 
-    With a window the ragged last block is the smallest: never among the first."""
+    With a window the ragged last block is the smallest: never among the first. The threads are named `mha-attn`
+    (a thread left behind can be told apart, as test_streaming does for the paired stream's)."""
     q, k, v = qkv(2, 2, n_seq)
-    sink = FirstBlocks(3)
-    z_shared, _ = causal_attention(q, k, v, 0.3, window=window, block=16, sink=sink, threads=3)
-    assert len(sink.first) == 3 and len(sink.threads) == 3
+    sink = FirstBlocks(threads)
+    z_shared, _ = causal_attention(q, k, v, 0.3, window=window, block=16, sink=sink, threads=threads)
+    assert len(sink.first) == threads and len(sink.threads) == threads
+    assert all(name.startswith("mha-attn") for name in sink.names), sink.names
     assert sorted(a for _, a, _, _, _ in sink.calls) == list(range(0, n_seq, 16))
     size = [(b - a) * (b - lo) for a, b, lo in blocks(n_seq, 16, window)]
     firsts = sorted((b - a) * (b - lo) for a, b, lo in sink.first.values())
-    assert firsts == sorted(size)[-3:], "the three largest blocks go first"
+    assert firsts == sorted(size)[-threads:], "the largest blocks go first"
     alone = Recorder(concurrent=True)
     z_alone, _ = causal_attention(q, k, v, 0.3, window=window, block=16, sink=alone, threads=1)
     assert [a for _, a, _, _, _ in alone.calls] == list(range(0, n_seq, 16)), "one thread takes them in order"
@@ -272,15 +276,27 @@ def test_a_long_windowed_text_keeps_full_blocks():
     assert [(a, b, lo) for _, a, b, lo, _ in sink.calls] == blocks(n_seq, BLOCK, 100)
 
 
-@pytest.mark.parametrize("n_seq,n_head", [(100, 6), (3000, 8), (1100, 32)])
-def test_heads_go_to_the_sink_in_groups_whose_tiles_fit_tile_bytes(n_seq, n_head):
-    """Each call hands heads h..h+g-1 of one block: g as many as TILE_BYTES holds at the widest block (1 at least)."""
+@pytest.mark.parametrize("n_seq,n_head,window", [(100, 6, None), (3000, 8, None), (1100, 32, None), (3000, 8, 1000)])
+def test_heads_go_to_the_sink_in_groups_whose_tiles_fit_tile_bytes(n_seq, n_head, window):
+    """Each call hands heads h..h+g-1 of one block: g as many as TILE_BYTES holds at the widest block (1 at least).
+
+    With a window the widest block spans window + rows - 1 keys, not the text."""
     q, k, v = qkv(n_head, n_head // 2, n_seq)
-    rows = block_rows(n_seq)
-    group = max(1, min(n_head, TILE_BYTES // (4 * rows * n_seq)))
+    rows = block_rows(n_seq, window)
+    widest = n_seq if window is None else window + rows - 1
+    group = max(1, min(n_head, TILE_BYTES // (4 * rows * widest)))
     sink = Recorder(concurrent=False)
-    causal_attention(q, k, v, 0.3, sink=sink)
+    causal_attention(q, k, v, 0.3, window=window, sink=sink)
     for a in range(0, n_seq, rows):
         calls = [(h, g) for h, a2, _, _, g in sink.calls if a2 == a]
         want = [(h, min(group, n_head - h)) for h in range(0, n_head, group)]
         assert calls == want, a
+
+
+def test_an_empty_text_gives_empty_outputs():
+    q, k, v = qkv(3, 3, 0)
+    z, probs = causal_attention(q, k, v, 0.3)
+    assert z.shape == (3, 0, 8) and probs is not None and probs.shape == (3, 0, 0)
+    sink = Recorder(concurrent=True)
+    z, none = causal_attention(q, k, v, 0.3, window=4, sink=sink)
+    assert z.shape == (3, 0, 8) and none is None and sink.calls == []
