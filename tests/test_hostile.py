@@ -259,7 +259,8 @@ ROPE_CASES = [
     ({"rope_scaling": {"rope_type": "yarn", "factor": 1e300}}, "factor 1e+300 is beyond float32's range"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "attention_factor": 1e39}}, "attention_factor"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
-                       "original_max_position_embeddings": 1, "factor": 2.0}}, "original_max_position_embeddings"),
+                       "original_max_position_embeddings": 1, "factor": 2.0}},
+     "original_max_position_embeddings must be greater than 1 when factor > 1"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1e39] * 8, "long_factor": [1.0] * 8}}, "short_factor"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 1e-300}}, "divide by zero"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 1e-40, "low_freq_factor": 1, "high_freq_factor": 4,
@@ -312,6 +313,36 @@ def test_rope_check_accepts_every_real_rope_type():
         },
     ]:
         check_config(parse_config(LLAMA | {"rope_scaling": rope}))
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # float32's largest value is inside its range: nothing overflows with it here
+        {"rope_theta": F32_MAX},
+        {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [F32_MAX] * 8,
+                          "original_max_position_embeddings": 64}},  # long_factor unused: no text is longer
+        # an original context of 1 divides by log(1) only in longrope with factor > 1
+        {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
+                          "original_max_position_embeddings": 1, "factor": 1.0}},
+        {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
+                          "original_max_position_embeddings": 1, "factor": 0.5}},
+        {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1}},
+        {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 1}},
+    ],
+    ids=["theta-f32-max", "long-factor-f32-max", "longrope-original-1-factor-1", "longrope-original-1-factor-0.5",
+         "yarn-original-1", "llama3-original-1"],
+)  # fmt: skip
+def test_rope_check_accepts_parameters_at_the_edges(changes):
+    """Representable parameters whose arithmetic stays finite are accepted (the forward runs with them)."""
+    from mhacli.config import parse_config
+    from mhacli.engine.arch import check_config
+
+    check_config(parse_config(LLAMA | changes))
 
 
 def wordlevel_tokenizer(model: Path, vocab: dict[str, int], unk: str = "[UNK]") -> None:
