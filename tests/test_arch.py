@@ -639,6 +639,9 @@ def test_explain_matches_hf_intermediates(models, name, layer, head, query):
         (head + 1) * d,
     ]
     assert doc["projections"]["w_k"]["weight"].endswith(f"layers.{layer}.self_attn.k_proj.weight")
+    out = doc["output_projection"]  # o_proj [n_embd, n_head * d_head]: every one of its rows, this head's columns
+    assert out["rows"] == [0, doc["n_embd"]] and out["head_slice"] == [head * d, (head + 1) * d]
+    assert out["weight"].endswith(f"layers.{layer}.self_attn.o_proj.weight")
     assert_close(f"{where}: query_pre_rope", doc["query_pre_rope"], hf["q_pre"][head, i], VEC_ATOL)
     assert_close(f"{where}: keys_pre_rope", doc["keys_pre_rope"], hf["k_pre"][g, : i + 1], VEC_ATOL)
     assert_close(f"{where}: cos", doc["rope"]["cos"], hf["cos"][: i + 1], 1e-6)
@@ -872,6 +875,38 @@ def test_verify_a_lone_safetensors_file(models, tmp_path, mha):
     r = mha("verify", TEXT, "-m", str(directory / "weights-v2.safetensors"), "--format", "json")
     assert r.returncode == 0, r.stderr.decode()
     assert parse_json(r.stdout)["passed"] is True
+
+
+class TileMap:
+    """A sink that writes the tiles it is given into a map of its own (hidden entries 0), counting them."""
+
+    concurrent = True
+
+    def __init__(self, n_head: int, n_seq: int):
+        self.probs = np.zeros((n_head, n_seq, n_seq), dtype=np.float32)
+        self.tiles = 0
+
+    def add(self, h, a, b, lo, p):
+        self.probs[h : h + len(p), a:b, lo:b] = p
+        self.tiles += 1
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_family_streams_each_layers_map_to_its_sink(models, name):
+    """forward(sinks=...): each layer's map goes to its sink, none is kept, and nothing else changes."""
+    from mhacli.engine.forward import forward
+
+    params = ours(models[name])
+    ids = np.array(tokens_of(models[name]))
+    config = params.config
+    kept = list(forward(params, ids))
+    sinks = {layer: TileMap(config.n_head, len(ids)) for layer in range(config.n_layer)}
+    streamed = list(forward(params, ids, sinks=sinks.get))
+    assert len(streamed) == len(kept) == config.n_layer
+    for k, s in zip(kept, streamed):
+        assert s.attention is None and sinks[s.layer].tiles > 0, f"layer {s.layer}: the map was kept"
+        assert np.abs(sinks[s.layer].probs - k.attention).max() <= 1e-7
+        assert np.abs(s.residual - k.residual).max() <= 1e-6 and np.abs(s.z - k.z).max() <= 1e-6
 
 
 @pytest.mark.parametrize(
