@@ -263,6 +263,9 @@ ROPE_CASES = [
      "original_max_position_embeddings must be greater than 1 when factor > 1"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1e39] * 8, "long_factor": [1.0] * 8}}, "short_factor"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 1e-300}}, "divide by zero"),
+    # short_factor only reaches a 1-token text (original context 1): checked at the shortest text too
+    ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1e-45] * 8, "long_factor": [1.0] * 8,
+                       "original_max_position_embeddings": 1, "factor": 0.5}}, "overflow"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 1e-40, "low_freq_factor": 1, "high_freq_factor": 4,
                        "original_max_position_embeddings": 8}}, "overflow"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 1e308}}, "beyond float32's range"),
@@ -330,12 +333,14 @@ F32_MAX = float(np.finfo(np.float32).max)
                           "original_max_position_embeddings": 1, "factor": 1.0}},
         {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
                           "original_max_position_embeddings": 1, "factor": 0.5}},
+        {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
+                          "original_max_position_embeddings": 2, "factor": 2.0}},
         {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1}},
         {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                           "original_max_position_embeddings": 1}},
     ],
     ids=["theta-f32-max", "long-factor-f32-max", "longrope-original-1-factor-1", "longrope-original-1-factor-0.5",
-         "yarn-original-1", "llama3-original-1"],
+         "longrope-original-2-factor-2", "yarn-original-1", "llama3-original-1"],
 )  # fmt: skip
 def test_rope_check_accepts_parameters_at_the_edges(changes):
     """Representable parameters whose arithmetic stays finite are accepted (the forward runs with them)."""
@@ -343,6 +348,16 @@ def test_rope_check_accepts_parameters_at_the_edges(changes):
     from mhacli.engine.arch import check_config
 
     check_config(parse_config(LLAMA | changes))
+
+
+def test_a_rope_problem_names_the_numeric_parameters_given():
+    """The message ends with every number of the rotary parameters, comma-separated (no names, flags or Nones)."""
+    from mhacli.config import parse_config
+    from mhacli.engine.arch.rope import rope_problem
+
+    rope = parse_config(LLAMA | {"rope_scaling": {"rope_type": "linear", "factor": 1e-300}}).rope
+    problem = rope_problem(rope, 16, 64)
+    assert problem is not None and problem.endswith(" with rope_theta=10000.0, factor=1e-300"), problem
 
 
 def wordlevel_tokenizer(model: Path, vocab: dict[str, int], unk: str = "[UNK]") -> None:
