@@ -252,7 +252,8 @@ LLAMA = {
     "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 400, "max_position_embeddings": 64,
 }  # fmt: skip
 ROPE_CASES = [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": -1}}, "beta_fast must be positive"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": -1}},
+     "rope_parameters (rope_type 'yarn', head_dim 16): beta_fast must be positive"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_slow": -2.5}}, "beta_slow must be positive"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": -7.213475204444817}},
      "divides by zero"),
@@ -272,10 +273,14 @@ ROPE_CASES = [
     ({"rope_theta": 1e300}, "rope_theta 1e+300 is beyond float32's range"),
     ({"rope_theta": 10**60}, "rope_theta"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 1e-35}, "max_position_embeddings": 1 << 20}, "overflow"),
-    ({"head_dim": 15}, "head_dim 15 is odd"),
+    ({"head_dim": 15}, "head_dim 15 is odd; rotary embeddings rotate pairs of values, so it must be even"),
     ({"model_type": "olmo3", "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 4,
       "rope_parameters": {"sliding_attention": {"rope_type": "yarn", "factor": 2.0, "beta_fast": -3},
-                          "full_attention": {"rope_type": "default"}}}, "rope_parameters.sliding_attention"),
+                          "full_attention": {"rope_type": "default"}}}, "rope_parameters.sliding_attention (rope_type"),
+    ({"model_type": "olmo3", "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 4,
+      "rope_parameters": {"sliding_attention": {"rope_type": "default"},
+                          "full_attention": {"rope_type": "yarn", "factor": 2.0, "beta_fast": -3}}},
+     "rope_parameters.full_attention (rope_type"),
 ]  # fmt: skip
 
 
