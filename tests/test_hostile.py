@@ -258,6 +258,8 @@ ROPE_CASES = [
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": -7.213475204444817}},
      "divides by zero"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 1e300}}, "factor 1e+300 is beyond float32's range"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": -100.0, "mscale_all_dim": 1.0}},
+     "the attention factor is -11.29"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "attention_factor": 1e39}}, "attention_factor"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
                        "original_max_position_embeddings": 1, "factor": 2.0}},
