@@ -166,12 +166,43 @@ def test_omitted_fields_get_hf_defaults(raw):
     assert_config_like_hf(parse_config(json.loads(json.dumps(raw))), hf)
 
 
-@pytest.mark.parametrize("rope", sorted(ROPE_SCALINGS) + ["default"])
-@pytest.mark.parametrize("d_head,theta", [(8, 10000.0), (64, 500000.0), (128, 1e6)])
+# RoPE parameters compared with HF's inv_freq only (no model built): the branches the models above do not take
+FREQUENCY_ONLY = {
+    "llama3_low_2": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+                     "original_max_position_embeddings": ORIGINAL},
+    "yarn_factor_1_5": {"rope_type": "yarn", "factor": 1.5, "original_max_position_embeddings": ORIGINAL},
+    "yarn_factor_0_5": {"rope_type": "yarn", "factor": 0.5, "original_max_position_embeddings": ORIGINAL},
+    "yarn_mscale_only": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL,
+                         "mscale": 0.7},
+    "yarn_mscale_all_dim_only": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL,
+                                 "mscale_all_dim": 0.5},
+    "yarn_null_factor": {"rope_type": "yarn", "factor": None, "original_max_position_embeddings": ORIGINAL},
+    "longrope_factor_2": {"rope_type": "longrope", "factor": 2.0, "original_max_position_embeddings": ORIGINAL},
+    "longrope_factor_1_5": {"rope_type": "longrope", "factor": 1.5, "original_max_position_embeddings": ORIGINAL},
+    "longrope_factor_0_5": {"rope_type": "longrope", "factor": 0.5, "original_max_position_embeddings": ORIGINAL},
+    "longrope_attention_factor": {"rope_type": "longrope", "attention_factor": 1.3,
+                                  "original_max_position_embeddings": ORIGINAL},
+    # a long original context: the ramp starts past dimension 0 (low > 0)
+    "yarn_original_4096": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
+    "yarn_original_4096_untruncated": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096,
+                                       "truncate": False},
+    # the ramp's bounds clamped to d_head - 1, and equal (HF adds 0.001): at 0, and at the top for head_dim 8
+    "yarn_high_clamped": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL,
+                          "beta_slow": 1e-10},
+    "yarn_equal_bounds_0": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL,
+                            "beta_fast": 32, "beta_slow": 4},
+    "yarn_equal_bounds_top": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL,
+                              "beta_fast": 8.5e-8, "beta_slow": 1e-8},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("rope", sorted(ROPE_SCALINGS) + ["default"] + sorted(FREQUENCY_ONLY))
+@pytest.mark.parametrize("d_head,theta", [(8, 10000.0), (64, 500000.0), (128, 1e6), (80, 1e6), (12, 10000.0)])
 def test_rotary_frequencies_equal_hf(rope, d_head, theta):
     """inv_freq and the cos/sin scaling of every RoPE type, against HF's ROPE_INIT_FUNCTIONS.
 
-    Including its longrope switch to long_factor past the original context, for a few head sizes and bases.
+    Including its longrope switch to long_factor past the original context and dynamic's growing base past
+    max_position_embeddings, for a few head sizes (80 and 12: exponents 2i / d_head that float32 rounds) and bases.
     """
     import torch
     from transformers import LlamaConfig, LlamaModel
@@ -180,8 +211,8 @@ def test_rotary_frequencies_equal_hf(rope, d_head, theta):
     from mhacli.config import parse_config
     from mhacli.engine.arch.rope import inv_freq
 
-    params = dict(ROPE_SCALINGS.get(rope, {"rope_type": "default"})) | {"rope_theta": theta}
-    if rope == "longrope":
+    params = dict((ROPE_SCALINGS | FREQUENCY_ONLY).get(rope, {"rope_type": "default"})) | {"rope_theta": theta}
+    if params["rope_type"] == "longrope":
         params |= {
             "short_factor": [1.0 + c / d_head for c in range(d_head // 2)],
             "long_factor": [2.0 + c / d_head for c in range(d_head // 2)],
@@ -195,8 +226,8 @@ def test_rotary_frequencies_equal_hf(rope, d_head, theta):
     }
     hf = LlamaConfig(**fields)
     ours_config = parse_config({"model_type": "llama"} | json.loads(hf.to_json_string()))
-    for n_seq in (ORIGINAL, 40):
-        if params["rope_type"] == "longrope":  # chosen per call by the text's length (dynamic_rope_update)
+    for n_seq in (ORIGINAL, 40, 100):  # 100: past max_position_embeddings, where dynamic grows its base
+        if params["rope_type"] in ("longrope", "dynamic"):  # chosen per call by the text's length (dynamic_rope_update)
             rotary = LlamaModel(
                 LlamaConfig(**fields | {"num_hidden_layers": 1, "vocab_size": 8, "intermediate_size": 8})
             ).rotary_emb
@@ -213,6 +244,30 @@ def test_rotary_frequencies_equal_hf(rope, d_head, theta):
         # within one unit in the last place of it, so the two can differ by a unit or two after the reciprocal
         assert got.dtype == np.float32 and np.abs(got / ref - 1).max() <= 2.0**-22, f"{rope} n_seq {n_seq}"
         assert got_scaling == pytest.approx(scaling, rel=1e-6)
+
+
+def test_llama3_frequency_exactly_at_the_low_frequency_wavelength_equals_hf():
+    """A wavelength equal to original / low_freq_factor (in float32) is smoothed, not divided by the factor.
+
+    head_dim 2: one frequency, inv_freq 1, wavelength 2 pi; low_freq_factor = 16 / (2 pi) puts the boundary on it.
+    HF's `wavelen > low_freq_wavelen` is false there and its medium band includes it; `>=` on either side is not.
+    """
+    import math
+
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from mhacli.config import parse_config
+    from mhacli.engine.arch.rope import inv_freq
+
+    params = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": ORIGINAL / (2 * math.pi),
+              "high_freq_factor": 4.0, "original_max_position_embeddings": ORIGINAL, "rope_theta": 10000.0}  # fmt: skip
+    fields = {"hidden_size": 8, "num_attention_heads": 4, "head_dim": 2, "max_position_embeddings": 64}
+    hf = LlamaConfig(**fields, rope_parameters=params)
+    assert np.float32(2 * math.pi) == np.float32(ORIGINAL / params["low_freq_factor"]), "the premise: on the boundary"
+    ref = ROPE_INIT_FUNCTIONS["llama3"](hf)[0].numpy()
+    got, _ = inv_freq(parse_config({"model_type": "llama"} | json.loads(hf.to_json_string())).rope, 2, 64, 40)
+    assert np.abs(got / ref - 1).max() <= 2.0**-22, (got, ref)
 
 
 ROTARY_DUMP = """
@@ -584,6 +639,9 @@ def test_explain_matches_hf_intermediates(models, name, layer, head, query):
         (head + 1) * d,
     ]
     assert doc["projections"]["w_k"]["weight"].endswith(f"layers.{layer}.self_attn.k_proj.weight")
+    out = doc["output_projection"]  # o_proj [n_embd, n_head * d_head]: every one of its rows, this head's columns
+    assert out["rows"] == [0, doc["n_embd"]] and out["head_slice"] == [head * d, (head + 1) * d]
+    assert out["weight"].endswith(f"layers.{layer}.self_attn.o_proj.weight")
     assert_close(f"{where}: query_pre_rope", doc["query_pre_rope"], hf["q_pre"][head, i], VEC_ATOL)
     assert_close(f"{where}: keys_pre_rope", doc["keys_pre_rope"], hf["k_pre"][g, : i + 1], VEC_ATOL)
     assert_close(f"{where}: cos", doc["rope"]["cos"], hf["cos"][: i + 1], 1e-6)
@@ -819,6 +877,72 @@ def test_verify_a_lone_safetensors_file(models, tmp_path, mha):
     r = mha("verify", TEXT, "-m", str(directory / "weights-v2.safetensors"), "--format", "json")
     assert r.returncode == 0, r.stderr.decode()
     assert parse_json(r.stdout)["passed"] is True
+
+
+class TileMap:
+    """A sink that writes the tiles it is given into a map of its own (hidden entries 0), counting them."""
+
+    concurrent = True
+
+    def __init__(self, n_head: int, n_seq: int):
+        self.probs = np.zeros((n_head, n_seq, n_seq), dtype=np.float32)
+        self.tiles = 0
+
+    def add(self, h, a, b, lo, p):
+        self.probs[h : h + len(p), a:b, lo:b] = p
+        self.tiles += 1
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_family_streams_each_layers_map_to_its_sink(models, name):
+    """forward(sinks=...): each layer's map goes to its sink, none is kept, and nothing else changes."""
+    from mhacli.engine.forward import forward
+
+    params = ours(models[name])
+    ids = np.array(tokens_of(models[name]))
+    config = params.config
+    kept = list(forward(params, ids))
+    sinks = {layer: TileMap(config.n_head, len(ids)) for layer in range(config.n_layer)}
+    streamed = list(forward(params, ids, sinks=sinks.get))
+    assert len(streamed) == len(kept) == config.n_layer
+    for k, s in zip(kept, streamed):
+        assert s.attention is None and sinks[s.layer].tiles > 0, f"layer {s.layer}: the map was kept"
+        assert np.abs(sinks[s.layer].probs - k.attention).max() <= 1e-7
+        assert np.abs(s.residual - k.residual).max() <= 1e-6 and np.abs(s.z - k.z).max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "family,key,want",
+    [
+        ("gpt2", "transformer.h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight"),
+        ("gpt2", "h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight"),
+        ("gpt2", "transformer.h.3.attn.bias", None),  # the causal-mask buffers of old checkpoints
+        ("gpt2", "h.3.attn.masked_bias", None),
+        ("gpt2", "lm_head.weight", "lm_head.weight"),
+        ("gpt2", "lm_head.bias", None),
+        ("gpt_bigcode", "transformer.h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight"),
+        ("gpt_bigcode", "transformer.bias", None),
+        ("gpt_bigcode", "h.1.attn.masked_bias", None),
+        ("gpt_bigcode", "h.1.attn.bias", None),
+        ("gpt_bigcode", "lm_head.weight", "lm_head.weight"),
+        ("gpt_bigcode", "lm_head.extra", None),
+        ("gpt_bigcode", "h.1.attn.c_attn.bias", "h.1.attn.c_attn.bias"),
+        ("llama", "model.layers.0.self_attn.q_proj.weight", "layers.0.self_attn.q_proj.weight"),
+        ("llama", "layers.0.self_attn.q_proj.bias", "layers.0.self_attn.q_proj.bias"),
+        ("llama", "model.layers.0.self_attn.rotary_emb.inv_freq", None),  # old checkpoints' RoPE buffers
+        ("llama", "lm_head.weight", "lm_head.weight"),
+        ("llama", "lm_head.bias", None),
+        ("llama", "model.norm.weight", "norm.weight"),
+        ("olmo", "model.layers.2.self_attn.q_norm.weight", "layers.2.self_attn.q_norm.weight"),
+        ("olmo", "model.layers.2.self_attn.rotary_emb.inv_freq", None),
+        ("olmo", "lm_head.weight", "lm_head.weight"),
+    ],
+)
+def test_checkpoint_keys_are_normalised_as_each_family_documents(family, key, want):
+    """Each family's prefix stripped; buffers and LM-head tensors other than its weight dropped (None)."""
+    import importlib
+
+    assert importlib.import_module(f"mhacli.engine.arch.{family}").normalise_key(key) == want
 
 
 # --- the family interface and the one table of model types -------------------------------------------------------

@@ -51,6 +51,26 @@ def test_matches_torch_eager(n_head, n_kv, n_seq, d, window, block):
     assert np.abs(probs.sum(axis=-1) - 1).max() < 1e-6
 
 
+@pytest.mark.parametrize("window", [None, 3])
+def test_large_logits_of_both_signs_match_torch_eager(window):
+    """Scores of +-120 in different rows of one block: each row's softmax is shifted by its own maximum.
+
+    Shifted by nothing, or by the block's maximum, exp overflows in one row and underflows to 0 / 0 in the other.
+    """
+    rng = np.random.default_rng(3)
+    n_seq, d = 40, 8
+    u = np.full(d, d**-0.5, dtype=np.float32)
+    k = (u + 0.01 * rng.standard_normal((1, n_seq, d))).astype(np.float32)
+    v = rng.standard_normal((1, n_seq, d)).astype(np.float32)
+    sign = np.where(np.arange(n_seq) % 2 == 0, 1.0, -1.0)[:, None]
+    q = np.stack([120 * sign * u, -120 * sign * u]).astype(np.float32)  # two heads sharing one K/V head
+    z, probs = causal_attention(q, k, v, 1.0, window=window, block=16)
+    z_ref, p_ref, _ = reference(q, k, v, 1.0, window)
+    assert np.isfinite(probs).all() and np.isfinite(z).all()
+    assert np.abs(probs - p_ref).max() < ATTN_ATOL
+    assert np.abs(z - z_ref).max() < 10 * ATTN_ATOL
+
+
 def test_block_size_changes_the_numbers_only_by_float32_rounding():
     """Another block shape may round a score differently, by an ulp or so, and nothing more.
 

@@ -252,26 +252,37 @@ LLAMA = {
     "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 400, "max_position_embeddings": 64,
 }  # fmt: skip
 ROPE_CASES = [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": -1}}, "beta_fast must be positive"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": -1}},
+     "rope_parameters (rope_type 'yarn', head_dim 16): beta_fast must be positive"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_slow": -2.5}}, "beta_slow must be positive"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": -7.213475204444817}},
      "divides by zero"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 1e300}}, "factor 1e+300 is beyond float32's range"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": -100.0, "mscale_all_dim": 1.0}},
+     "the attention factor is -11.29"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "attention_factor": 1e39}}, "attention_factor"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
-                       "original_max_position_embeddings": 1, "factor": 2.0}}, "original_max_position_embeddings"),
+                       "original_max_position_embeddings": 1, "factor": 2.0}},
+     "original_max_position_embeddings must be greater than 1 when factor > 1"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1e39] * 8, "long_factor": [1.0] * 8}}, "short_factor"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 1e-300}}, "divide by zero"),
+    # short_factor only reaches a 1-token text (original context 1): checked at the shortest text too
+    ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1e-45] * 8, "long_factor": [1.0] * 8,
+                       "original_max_position_embeddings": 1, "factor": 0.5}}, "overflow"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 1e-40, "low_freq_factor": 1, "high_freq_factor": 4,
                        "original_max_position_embeddings": 8}}, "overflow"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 1e308}}, "beyond float32's range"),
     ({"rope_theta": 1e300}, "rope_theta 1e+300 is beyond float32's range"),
     ({"rope_theta": 10**60}, "rope_theta"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 1e-35}, "max_position_embeddings": 1 << 20}, "overflow"),
-    ({"head_dim": 15}, "head_dim 15 is odd"),
+    ({"head_dim": 15}, "head_dim 15 is odd; rotary embeddings rotate pairs of values, so it must be even"),
     ({"model_type": "olmo3", "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 4,
       "rope_parameters": {"sliding_attention": {"rope_type": "yarn", "factor": 2.0, "beta_fast": -3},
-                          "full_attention": {"rope_type": "default"}}}, "rope_parameters.sliding_attention"),
+                          "full_attention": {"rope_type": "default"}}}, "rope_parameters.sliding_attention (rope_type"),
+    ({"model_type": "olmo3", "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 4,
+      "rope_parameters": {"sliding_attention": {"rope_type": "default"},
+                          "full_attention": {"rope_type": "yarn", "factor": 2.0, "beta_fast": -3}}},
+     "rope_parameters.full_attention (rope_type"),
 ]  # fmt: skip
 
 
@@ -312,6 +323,48 @@ def test_rope_check_accepts_every_real_rope_type():
         },
     ]:
         check_config(parse_config(LLAMA | {"rope_scaling": rope}))
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # float32's largest value is inside its range: nothing overflows with it here
+        {"rope_theta": F32_MAX},
+        {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [F32_MAX] * 8,
+                          "original_max_position_embeddings": 64}},  # long_factor unused: no text is longer
+        # an original context of 1 divides by log(1) only in longrope with factor > 1
+        {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
+                          "original_max_position_embeddings": 1, "factor": 1.0}},
+        {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
+                          "original_max_position_embeddings": 1, "factor": 0.5}},
+        {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
+                          "original_max_position_embeddings": 2, "factor": 2.0}},
+        {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1}},
+        {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 1}},
+    ],
+    ids=["theta-f32-max", "long-factor-f32-max", "longrope-original-1-factor-1", "longrope-original-1-factor-0.5",
+         "longrope-original-2-factor-2", "yarn-original-1", "llama3-original-1"],
+)  # fmt: skip
+def test_rope_check_accepts_parameters_at_the_edges(changes):
+    """Representable parameters whose arithmetic stays finite are accepted (the forward runs with them)."""
+    from mhacli.config import parse_config
+    from mhacli.engine.arch import check_config
+
+    check_config(parse_config(LLAMA | changes))
+
+
+def test_a_rope_problem_names_the_numeric_parameters_given():
+    """The message ends with every number of the rotary parameters, comma-separated (no names, flags or Nones)."""
+    from mhacli.config import parse_config
+    from mhacli.engine.arch.rope import rope_problem
+
+    rope = parse_config(LLAMA | {"rope_scaling": {"rope_type": "linear", "factor": 1e-300}}).rope
+    problem = rope_problem(rope, 16, 64)
+    assert problem is not None and problem.endswith(" with rope_theta=10000.0, factor=1e-300"), problem
 
 
 def wordlevel_tokenizer(model: Path, vocab: dict[str, int], unk: str = "[UNK]") -> None:
