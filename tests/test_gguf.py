@@ -100,6 +100,7 @@ def random_kquant(shape: tuple[int, ...], qtype: Q, rng: np.random.Generator) ->
 def write_llama_gguf(
     path: Path, qtype: Q, *, seed: int = 0, n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2,
     n_ff: int = 256, tied: bool = True, add_bos: bool | None = False, sentencepiece: bool = False,
+    name: str = "tiny", meta=None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """A random llama GGUF.
 
@@ -110,7 +111,9 @@ def write_llama_gguf(
     tokens, merges, types = tiny_vocab()
     d_head = n_embd // n_head
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny")
+    w.add_name(name)
+    if meta is not None:  # more metadata: a callable given the writer
+        meta(w)
     w.add_block_count(n_layer)
     w.add_context_length(128)
     w.add_embedding_length(n_embd)
@@ -275,6 +278,37 @@ def test_dequantised_one_layer_at_a_time(gguf_dir):
         assert layers and max(layers) == t.layer, (t.layer, sorted(layers))
     per_layer = [n for n in loaded if ".layers.0." in n or n.startswith("layers.0.")]
     assert len(per_layer) == len(set(per_layer)) == 9  # 2 norms, q, k, v, o, gate, up, down
+
+
+def test_llama_config_reads_rope_scaling_sliding_window_and_mistral(gguf_dir):
+    """The metadata transformers' GGUF loader leaves out (rope scaling, sliding window) and the Mistral name rule.
+
+    The config equals the one parse_config builds from the config.json a Mistral with that scaling and window would
+    have (whose numerics the safetensors parity tests check against HF).
+    """
+    from mhacli.config import parse_config
+    from mhacli.io.weights import load_model
+
+    def meta(w) -> None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(2.0)
+        w.add_rope_scaling_orig_ctx_len(64)
+        w.add_sliding_window(8)
+
+    path = gguf_dir / "tiny-mistral.gguf"
+    write_llama_gguf(path, Q.F32, name="Tiny-Mistral-v0.1", meta=meta)
+    config = load_model(str(path)).config
+    expected = parse_config({
+        "model_type": "mistral", "hidden_size": 256, "num_hidden_layers": 2, "intermediate_size": 256,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "rms_norm_eps": float(np.float32(1e-5)), "rope_theta": 10000.0, "head_dim": 64,
+        "vocab_size": len(tiny_vocab()[0]), "tie_word_embeddings": True, "attention_bias": False, "sliding_window": 8,
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0, "original_max_position_embeddings": 64},
+    })  # fmt: skip
+    assert config == expected
+    plain = gguf_dir / "tiny-plain.gguf"
+    write_llama_gguf(plain, Q.F32)
+    assert load_model(str(plain)).config.model_type == "llama"
 
 
 def test_wrong_unpermutation_fails(gguf_dir, monkeypatch):
