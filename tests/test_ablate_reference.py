@@ -186,7 +186,7 @@ def test_schedule_refuses_a_step_outside_0_1(step):
     from mhacli.analyses.ablate import schedule
     from mhacli.errors import UsageError
 
-    with pytest.raises(UsageError, match="--step"):
+    with pytest.raises(UsageError, match="^step"):
         schedule(12, step)
 
 
@@ -269,7 +269,7 @@ def test_random_curve_refuses_no_seed(ckpt):
     from mhacli.analyses.ablate import Ablator, random_curve
     from mhacli.errors import UsageError
 
-    with pytest.raises(UsageError, match="--seeds 0"):
+    with pytest.raises(UsageError, match="^seeds 0"):
         random_curve(Ablator(ckpt, TEXTS[:1]), 0.5, 0)
 
 
@@ -338,7 +338,7 @@ def test_ablator_refuses_an_unknown_method_and_no_text(ckpt):
     from mhacli.analyses.ablate import Ablator
     from mhacli.errors import UsageError
 
-    with pytest.raises(UsageError, match="--method 'median' is not one of: zero, mean"):
+    with pytest.raises(UsageError, match="^method 'median' is not one of: zero, mean"):
         Ablator(ckpt, TEXTS, method="median")
     with pytest.raises(UsageError) as err:
         Ablator(ckpt, [])

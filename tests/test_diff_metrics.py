@@ -108,7 +108,7 @@ def test_unknown_metric_is_refused():
 
     p = np.ones((1, 1, 1))
     for call in (lambda: check_metric("kl"), lambda: divergence(p, p, "kl"), lambda: divergence_matrix(p, p, "kl")):
-        with pytest.raises(UsageError, match="--metric 'kl' is not one of: js, tv, cosine"):
+        with pytest.raises(UsageError, match="^metric 'kl' is not one of: js, tv, cosine"):
             call()
 
 
@@ -202,7 +202,7 @@ def test_mode_and_shape_are_checked(models):
         compare_text(a, wide, IDS, "js", "paired")
     with pytest.raises(UsageError, match="unknown mode 'both'; expected one of paired, matched"):
         compare_text(a, a, IDS, "js", "both")
-    with pytest.raises(UsageError, match="--metric"):
+    with pytest.raises(UsageError, match="^metric"):
         compare_text(a, a, IDS, "kl", "paired")
 
 
@@ -333,6 +333,8 @@ def test_paired_summary_averages_texts_and_ranks(models):
         "layer_a": report.heads[0].layer_a, "head_a": report.heads[0].head_a, "layer_b": report.heads[0].layer_b,
         "head_b": report.heads[0].head_b, "divergence": divs[0], "kind_a": report.heads[0].kind_a,
         "kind_b": report.heads[0].kind_b, "stat_deltas": report.heads[0].stat_deltas,
+        # no K/V layout given: each head reads its own K/V head
+        "kv_head_a": report.heads[0].head_a, "kv_head_b": report.heads[0].head_b,
     }  # fmt: skip
 
 
@@ -373,7 +375,7 @@ def test_matched_summary_is_the_optimal_matching_and_nearest(na, nb, shape_a, sh
     doc = report.to_dict()
     assert doc["nearest"][0] == {
         "layer_b": 0, "head_b": 0, "layer_a": report.nearest[0].layer_a, "head_a": report.nearest[0].head_a,
-        "divergence": report.nearest[0].divergence,
+        "divergence": report.nearest[0].divergence, "kv_head_a": report.nearest[0].head_a, "kv_head_b": 0,
     }  # fmt: skip
     assert doc["unmatched_a"] == [{"layer": a, "head": b} for a, b in report.unmatched_a]
     assert doc["unmatched_b"] == [{"layer": a, "head": b} for a, b in report.unmatched_b]

@@ -27,8 +27,12 @@ BLOCKS = {
     ("census.md", "repeat: 20 sequences of 41 tokens, seed 0, read on the second copy"): (
         ["census", "--texts", "benchmarks/data/shakespeare_1000.txt", "-f", "text"], b"", None,
     ),
+    ("circuits.md", "circuits of sample:tiny-shakespeare: from the weights alone, raw weights"): (
+        ["circuits", "--mode", "K", "-l", "1", "-H", "2", "--top", "0", "-f", "text"], b"", None,
+    ),
 }  # fmt: skip
-COMMAND_LINE = re.compile(r"^(mha|echo|printf|cat|tail|jq) ", re.M)
+# A block with a command in it (or naming one, `// mha ...`, its output shortened) is an example, not an output.
+COMMAND_LINE = re.compile(r"^(// )?(mha|echo|printf|cat|tail|jq) ", re.M)
 
 
 def output_blocks() -> dict[tuple[str, str], str]:

@@ -143,10 +143,10 @@ def test_the_induction_head_needs_4_rows_of_support(model, rows, kind, keep_maps
 @pytest.mark.parametrize(
     "layers,heads,message",
     [
-        ([2], None, "--layer 2 is out of range: this model has layers 0..1"),
-        ([0, -1], None, "--layer -1 is out of range: this model has layers 0..1"),
-        (None, [4], "--head 4 is out of range: this model has heads 0..3"),
-        ([1], [0, -1], "--head -1 is out of range: this model has heads 0..3"),
+        ([2], None, "layer 2 is out of range: this model has layers 0..1"),
+        ([0, -1], None, "layer -1 is out of range: this model has layers 0..1"),
+        (None, [4], "head 4 is out of range: this model has heads 0..3"),
+        ([1], [0, -1], "head -1 is out of range: this model has heads 0..3"),
     ],
 )
 def test_a_selection_outside_the_model_is_a_usage_error(layers, heads, message):
@@ -159,9 +159,9 @@ def test_a_selection_outside_the_model_is_a_usage_error(layers, heads, message):
 
 
 def test_a_selection_is_checked_before_the_model_runs(model):
-    with pytest.raises(UsageError, match="--layer 2 is out of range"):
+    with pytest.raises(UsageError, match="layer 2 is out of range"):
         next(analyse(model, np.asarray(IDS), layers=[2]))
-    with pytest.raises(UsageError, match="--head 4 is out of range"):
+    with pytest.raises(UsageError, match="head 4 is out of range"):
         next(analyse(model, np.asarray(IDS), heads=[4]))
 
 

@@ -116,7 +116,7 @@ def test_first_target_is_max_1_loss_from_and_refuses_nothing_to_score():
     with pytest.raises(UsageError) as err:
         first_target(1)
     assert str(err.value) == "the text is one token long: there is no next token to score (the loss needs at least two)"
-    with pytest.raises(UsageError, match=r"--loss-from 5 is past the text: it has tokens 0\.\.4"):
+    with pytest.raises(UsageError, match=r"^loss_from 5 is past the text: it has tokens 0\.\.4"):
         first_target(5, 5)
 
 

@@ -351,12 +351,12 @@ def test_an_unreachable_scheduler_is_a_usage_error_naming_why(monkeypatch, error
     with pytest.raises(UsageError) as info:
         with dask_executor(address, 2):
             pass
-    assert str(info.value) == f"--dask {address}: cannot reach a Dask scheduler within 5 s {reason}"
+    assert str(info.value) == f"dask {address}: cannot reach a Dask scheduler within 5 s {reason}"
     assert (("cluster closed",) in fake.events) == (address == "local")
 
 
 def test_without_dask_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask.distributed", None)
-    with pytest.raises(DependencyError, match=r"--dask needs dask\.distributed"):
+    with pytest.raises(DependencyError, match=r"^dask needs dask\.distributed"):
         with dask_executor("local", 1):
             pass
