@@ -75,7 +75,7 @@ def progress_tick(progress: Progress | None, total: int, what: str = "heads") ->
 
 
 def progress_ticker(progress: Progress | None) -> Ticker:
-    """`progress` as a Ticker (what ablate_doc and prune_doc take): each step calls progress_tick's tick."""
+    """`progress` as a Ticker (what ablate_doc and prune_and_mask take): each step calls progress_tick's tick."""
 
     def ticker(total: int, description: str) -> tuple[Callable[[], None], Callable[[], None]]:
         return progress_tick(progress, total) or (lambda: None), (lambda: None)
@@ -243,17 +243,8 @@ def ablated_heads(spec: str | Sequence[Head] | None, ckpt) -> list[Head]:
     return [] if removal is None else list(removal.heads)
 
 
-def ablation_note(spec: str | Sequence[Head] | None, ckpt, *, model: str = "") -> Ablated | None:
-    """--ablate as every output names it (mhacli.views.ablated): the heads and how; None when not given."""
-    return Ablated.of(ablation(spec, ckpt), model=model)
-
-
-def ablation_edits(spec: str | Sequence[Head] | None, ckpt) -> dict[int, ZEdit] | None:
-    """The heads removed (--ablate, or the API's pairs) as the forward's edits; None when none.
-
-    Heads are zeroed, or set to a mean mask's recorded means.
-    """
-    removal = ablation(spec, ckpt)
+def removal_edits_of(removal: Removal | None, ckpt) -> dict[int, ZEdit] | None:
+    """A removal (`ablation`) as the forward's edits, heads zeroed or set to a mean mask's means; None when none."""
     return removal.edits(ckpt.config.d_head) if removal is not None and removal.heads else None
 
 
@@ -416,26 +407,6 @@ def ablate_doc(
     }  # fmt: skip
 
 
-def prune_doc(
-    ckpt,
-    texts: list[TokenizedText],
-    method: str,
-    loss_from: int,
-    step: float,
-    seeds: int,
-    max_increase: float,
-    ticker: Ticker = _no_ticker,
-    *,
-    max_memory: Size = None,
-) -> dict:
-    """`mha prune`'s document.
-
-    The importance order's curve (re-measured every round) against `seeds` random orders, each one's prunable
-    fraction at `max_increase`, and the pruned heads (`pruned`).
-    """
-    return prune_and_mask(ckpt, texts, method, loss_from, step, seeds, max_increase, ticker, max_memory=max_memory)[0]
-
-
 def prune_and_mask(
     ckpt,
     texts: list[TokenizedText],
@@ -448,7 +419,11 @@ def prune_and_mask(
     *,
     max_memory: Size = None,
 ) -> tuple[dict, dict]:
-    """prune_doc, and the mask file of its pruned heads (mask_doc: the method, and for mean the means used)."""
+    """`mha prune`'s document, and the mask file of its pruned heads (mask_doc: the method, for mean the means).
+
+    The document: the importance order's curve (re-measured every round) against `seeds` random orders, each one's
+    prunable fraction at `max_increase`, and the pruned heads (`pruned`).
+    """
     c = ckpt.config
     n_heads = c.n_layer * c.n_head
     counts = schedule(n_heads, step)

@@ -17,7 +17,7 @@ from mhacli.analyses.heads import HeadView, analyse
 from mhacli.engine.blocks import ZEdit
 from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
-from mhacli.ops.ablation import ablation
+from mhacli.ops.ablation import ablation, removal_edits_of
 from mhacli.ops.memory import Size, check_memory, diff_bytes
 from mhacli.views.ablated import Ablated
 from mhacli.views.formats import written
@@ -162,8 +162,7 @@ def diff(
     ]
     ckpt_a, ckpt_b = a[0], b[0]
     removal = ablation(request.remove_b, ckpt_b)  # a mean mask keeps its recorded means; pairs are zeroed
-    removed = [] if removal is None else list(removal.heads)
-    edits_b = removal.edits(ckpt_b.config.d_head) if removal is not None and removed else None
+    edits_b = removal_edits_of(removal, ckpt_b)
     report = compare(
         ckpt_a,
         ckpt_b,

@@ -17,7 +17,7 @@ from mhacli.analyses.heads import HeadView, analyse, check_selection
 from mhacli.analyses.partial import MapRequest
 from mhacli.analyses.stats import TOO_PLAIN, undecidable
 from mhacli.engine.blocks import ZEdit
-from mhacli.ops.ablation import ablation_edits, ablation_note
+from mhacli.ops.ablation import ablation, removal_edits_of
 from mhacli.ops.memory import Size, check_memory, heads_bytes
 from mhacli.views.ablated import Ablated
 from mhacli.views.formats import CSV_COLUMNS, head_record, stats_row, written
@@ -100,7 +100,8 @@ def plan_heads(ckpt, ids: np.ndarray, request: HeadsRequest) -> HeadsPlan:
         ckpt, len(ids), r.layers, r.heads, keep_maps=r.keep_maps, max_memory=r.max_memory, narrow=r.narrow,
         request=r.window,
     )  # fmt: skip
-    return HeadsPlan(ckpt, ids, r, n_layers, n_heads, ablation_edits(r.ablate, ckpt), ablation_note(r.ablate, ckpt))
+    removal = ablation(r.ablate, ckpt)  # read once: a mask file is opened and checked here
+    return HeadsPlan(ckpt, ids, r, n_layers, n_heads, removal_edits_of(removal, ckpt), Ablated.of(removal))
 
 
 # --- the result: what inspect and stats show, in every format, and how --save pictures it -----------------------------
