@@ -326,6 +326,9 @@ def hf_classes(kind: str):
         "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM"),
         "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
         "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+        "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
     }[kind]
     return getattr(transformers, names[0]), getattr(transformers, names[1])
 
@@ -370,7 +373,7 @@ def build(
         model = model.model
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
+            if name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
                 p.mul_(8.0)
             elif name.endswith("c_attn.weight"):
                 p.mul_(10.0 if fields.get("scale_attn_weights", True) else 6.0)

@@ -17,7 +17,7 @@ from typing import Any
 
 from mhacli.config.base import ModelConfig
 from mhacli.config.gpt2 import _parse_bigcode, _parse_gpt2
-from mhacli.config.rotary import _parse_rotary
+from mhacli.config.rotary import _parse_phi3, _parse_rotary
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("mistral", _rotary("mistral"), "llama", "MistralModel", "MistralForCausalLM"),
         Architecture("olmo2", _rotary("olmo2"), "olmo", "Olmo2Model", "Olmo2ForCausalLM"),
         Architecture("olmo3", _rotary("olmo3"), "olmo", "Olmo3Model", "Olmo3ForCausalLM"),
+        Architecture("phi3", _parse_phi3, "phi3", "Phi3Model", "Phi3ForCausalLM"),
     )
 }
 SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)

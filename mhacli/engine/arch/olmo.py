@@ -20,6 +20,7 @@ from mhacli.engine.arch.llama import (  # the parts OLMo shares with Llama uncha
     KV_WEIGHT,
     LAYER_PREFIX,
     LM_HEAD,
+    NORM_GAIN_OFFSET,
     SLIDING_WINDOWS,
     check,
     embed,
@@ -38,7 +39,7 @@ from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, split_heads
 
 __all__ = [  # the family interface (interface.Family): Llama's pieces and OLMo's own
     "ATTENTION_NORM", "EMBEDDING", "FINAL_NORM", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM",
-    "SLIDING_WINDOWS",
+    "NORM_GAIN_OFFSET", "SLIDING_WINDOWS",
     "attention_input", "attention_parts", "block", "check", "embed", "expected_shapes", "final_norm",
     "head_projections", "normalise_key", "out_projection", "projections_note", "rope_at",
 ]  # fmt: skip

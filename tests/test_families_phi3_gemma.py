@@ -1,0 +1,417 @@
+"""Phi-3, Gemma 2 and Gemma 3 (text) against HF eager float32, on every command.
+
+Every checkpoint is a tiny random model built here with transformers (save_pretrained); the references are HF's own
+outputs: attentions and hidden states of its base model, logits and `labels=ids` loss of its *ForCausalLM class
+(final logit soft-capping included), its intermediates captured with forward hooks inside its attention modules, and
+its loss with a forward pre-hook on o_proj that zeroes a head's input columns (ablation). Nothing expected comes from
+the code under test. Each config field that changes the numbers is set both ways across the models below.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import (
+    ATTN_ATOL,
+    HIDDEN_ATOL,
+    LLAMA,
+    ORIGINAL,
+    WINDOW,
+    assert_close,
+    blocks_on_hf_inputs,
+    bos_tokenizer,
+    build,
+    compare_with_hf,
+    hf_outputs,
+    parse_json,
+)
+
+ATTN_AIM = 1e-6  # attention vs HF on HF's own layer input
+VEC_ATOL = 1e-4  # explain's vectors, per unit of max(1, max |HF value|)
+LOSS_RTOL = 1e-5
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. It is the east, and Juliet is the sun. "
+    "ROMEO: But, soft! what light"
+)  # 41 tokens with the BOS tokenizer: longer than every window and original context below
+IDS = np.random.default_rng(17).integers(1, 400, size=48)
+HALF = LLAMA["hidden_size"] // LLAMA["num_attention_heads"] // 2  # rotary pairs per head (d_head 8)
+
+PHI3 = {k: v for k, v in LLAMA.items()}
+LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.3, 1.7, 2.0], "long_factor": [1.5, 2.5, 3.0, 5.0],
+            "rope_theta": 10000.0}  # fmt: skip
+
+# name -> (model_type, config fields)
+MODELS = {
+    "phi3_gqa": ("phi3", PHI3),
+    "phi3_mha_window": ("phi3", PHI3 | {"num_key_value_heads": 8, "sliding_window": WINDOW, "num_hidden_layers": 3}),
+    # 48 tokens > original 16: the long factors and the attention factor sqrt(1 + ln(64/16) / ln 16)
+    "phi3_longrope": ("phi3", PHI3 | {"rope_parameters": LONGROPE, "original_max_position_embeddings": ORIGINAL}),
+    # original 64 = the whole context: the short factors, attention factor 1
+    "phi3_longrope_short": ("phi3", PHI3 | {"rope_parameters": LONGROPE, "original_max_position_embeddings": 64,
+                                            "hidden_act": "gelu_new", "tie_word_embeddings": True}),
+}  # fmt: skip
+SLIDING = ["phi3_mha_window"]
+
+
+@pytest.fixture(scope="module")
+def bos_dir(tmp_path_factory) -> Path:
+    return bos_tokenizer(tmp_path_factory.mktemp("bos"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, bos_dir) -> dict[str, Path]:
+    return {
+        name: build(tmp_path_factory.mktemp(name), kind, fields, bos_dir, seed=60 + n)
+        for n, (name, (kind, fields)) in enumerate(MODELS.items())
+    }
+
+
+def ours(directory: Path):
+    from mhacli.io.weights import load_model
+
+    return load_model(str(directory), cache=True)
+
+
+def tokens_of(directory: Path, text: str = TEXT) -> tuple[int, ...]:
+    from mhacli.io.tokenizer import load_tokenizer
+
+    return tuple(load_tokenizer(directory).encode(text))
+
+
+def hf_lm(directory: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
+
+
+# --- config -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_config_is_read_as_hf_reads_it(models, name):
+    from transformers import AutoConfig
+
+    c, h = ours(models[name]).config, AutoConfig.from_pretrained(models[name])
+    assert (c.n_layer, c.n_head, c.n_kv_head, c.n_embd) == (
+        h.num_hidden_layers, h.num_attention_heads, h.num_key_value_heads, h.hidden_size,
+    )  # fmt: skip
+    assert c.d_head == getattr(h, "head_dim", h.hidden_size // h.num_attention_heads)
+    types = getattr(h, "layer_types", None) or ["full_attention"] * h.num_hidden_layers
+    hf_windows = [h.sliding_window if (h.model_type == "phi3" or t == "sliding_attention") else None for t in types]
+    assert [c.sliding_window(layer) for layer in range(c.n_layer)] == hf_windows
+    assert c.attn_scale(0) == pytest.approx(hf_lm(models[name]).model.layers[0].self_attn.scaling, rel=1e-15)
+
+
+PHI3_VARIANTS = [
+    {},
+    {"rope_scaling": {"type": "su", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48}},
+    {"rope_scaling": {"type": "yarn", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48},
+     "original_max_position_embeddings": 2048, "max_position_embeddings": 131072},
+    {"rope_parameters": {"rope_type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48,
+                         "rope_theta": 250000.0}},
+    {"sliding_window": 2047, "num_key_value_heads": 8},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", PHI3_VARIANTS, ids=lambda r: json.dumps(r)[:60])
+def test_phi3_omitted_fields_and_rope_names_as_hf(raw):
+    """Phi3Config's defaults, its original_max_position_embeddings (4096) and "su"/"yarn" read as longrope."""
+    from transformers import Phi3Config
+
+    from mhacli.config import parse_config
+
+    h = Phi3Config(**json.loads(json.dumps(raw)))
+    c = parse_config({"model_type": "phi3"} | json.loads(json.dumps(raw)))
+    assert (c.n_embd, c.intermediate_size, c.n_positions, c.vocab_size, c.rms_norm_eps, c.n_kv_head) == (
+        h.hidden_size, h.intermediate_size, h.max_position_embeddings, h.vocab_size, h.rms_norm_eps,
+        h.num_key_value_heads,
+    )  # fmt: skip
+    assert c.tie_word_embeddings is h.tie_word_embeddings is False
+    params = h.rope_parameters
+    assert (c.rope.rope_type, c.rope.rope_theta) == (params["rope_type"], params["rope_theta"])
+    if params["rope_type"] == "longrope":
+        assert c.rope.original_max_position_embeddings == params["original_max_position_embeddings"]
+        assert list(c.rope.long_factor) == params["long_factor"]
+    assert c.sliding_window(0) == h.sliding_window
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"model_type": "phi3", "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+         "rope_type 'linear' is not supported by Phi-3"),
+        ({"model_type": "phi3", "partial_rotary_factor": 0.75}, "partial_rotary_factor 0.75 is not supported"),
+    ],
+)  # fmt: skip
+def test_bad_configs_name_the_field(raw, message):
+    from mhacli.config import parse_config
+    from mhacli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+# --- the forward --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_layer_and_head_matches_hf(models, name):
+    """The whole forward against HF: attention per layer and query head within ATTN_ATOL, hidden states."""
+    errors = compare_with_hf(models[name], IDS)
+    print(name, "worst attention error", max(a for a, _ in errors))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_each_block_reaches_the_aim_on_hf_inputs(models, name):
+    from mhacli.engine.forward import final_norm
+
+    ckpt = ours(models[name])
+    _, hidden = hf_outputs(models[name], IDS)
+    last = ckpt.config.n_layer - 1
+    for layer, (err, x) in enumerate(blocks_on_hf_inputs(models[name], IDS)):
+        assert err < ATTN_AIM, f"{name} layer {layer}: attention error {err:.3e} above the aim on HF's input"
+        x = final_norm(ckpt, x) if layer == last else x
+        h_err = float(np.abs(x - hidden[layer]).max())
+        assert h_err <= HIDDEN_ATOL * max(1.0, float(np.abs(hidden[layer]).max())), f"{name} layer {layer}: {h_err}"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_heads_are_sharp_enough_to_test(models, name):
+    """Some head is far from uniform: the softmax is exercised, so matching HF means something."""
+    from mhacli.analyses.stats import uniform_entropy
+    from mhacli.engine.forward import forward
+
+    a = np.stack([t.attention for t in forward(ours(models[name]), IDS)]).astype(np.float64)
+    entropy = -(np.where(a > 0, a * np.log(np.where(a > 0, a, 1)), 0)).sum(-1).mean(-1)
+    assert entropy.min() < 0.8 * uniform_entropy(len(IDS)), f"{name}: every head is near-uniform"
+
+
+@pytest.mark.parametrize("name", SLIDING)
+def test_sliding_windows_hide_what_hf_hides(models, name):
+    from mhacli.engine.forward import forward
+
+    ckpt = ours(models[name])
+    hf_attn, _ = hf_outputs(models[name], IDS)
+    n = len(IDS)
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    cut = 0
+    for t in forward(ckpt, IDS):
+        w = ckpt.config.sliding_window(t.layer)
+        hidden = (j > i) if w is None else (j > i) | (j <= i - w)
+        assert np.all(t.attention[:, hidden] == 0.0) and np.all(hf_attn[t.layer][:, hidden] == 0.0)
+        cut += int(w is not None)
+    assert cut > 0
+
+
+def test_longrope_switches_to_the_long_factors(models):
+    """48 tokens past original 16 use long_factor; the same weights with original 64 use short_factor: the maps differ.
+
+    Both match HF (test_every_layer_and_head_matches_hf), so the switch and the attention factor are HF's."""
+    from mhacli.engine.arch.rope import inv_freq
+
+    long_cfg = ours(models["phi3_longrope"]).config
+    short_cfg = ours(models["phi3_longrope_short"]).config
+    inv_long, factor_long = inv_freq(long_cfg.rope, 8, 64, 48)
+    inv_short, factor_short = inv_freq(short_cfg.rope, 8, 64, 48)
+    assert factor_short == 1.0 and factor_long == pytest.approx(np.sqrt(1 + np.log(4) / np.log(16)))
+    assert np.allclose(inv_long * np.array(LONGROPE["long_factor"]), inv_short * np.array(LONGROPE["short_factor"]))
+
+
+# --- output head, loss, verify, ablation ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def hf_loss(directory: Path, ids: tuple[int, ...], heads: tuple[tuple[int, int], ...] = ()) -> tuple[float, np.ndarray]:
+    """HF's labels=ids loss and logits, with `heads` [(layer, head)] zeroed by a pre-hook on o_proj."""
+    import torch
+
+    model = hf_lm(directory)
+    d = model.model.layers[0].self_attn.head_dim
+    hooks = []
+    for layer, head in heads:
+
+        def pre(module, args, head=head):
+            x = args[0].clone()
+            x[..., head * d : (head + 1) * d] = 0.0
+            return (x,)
+
+        hooks.append(model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(pre))
+    batch = torch.tensor([list(ids)])
+    with torch.no_grad():
+        out = model(batch, labels=batch)
+    for hook in hooks:
+        hook.remove()
+    return float(out.loss), out.logits[0].numpy()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_loss_and_logits_equal_hf(models, name):
+    from mhacli.analyses.loss import logits, text_losses
+    from mhacli.engine.forward import forward
+
+    ckpt = ours(models[name])
+    ids = tokens_of(models[name])
+    last = list(forward(ckpt, np.array(ids)))[-1].residual
+    loss = float(text_losses(ckpt, last, np.array(ids)).mean(dtype=np.float64))
+    ref_loss, ref_logits = hf_loss(models[name], ids)
+    assert loss == pytest.approx(ref_loss, rel=LOSS_RTOL)
+    assert_close(f"{name} logits", logits(ckpt, last), ref_logits, 1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_ablated_losses_equal_hf_with_the_head_zeroed_before_o_proj(models, name):
+    from mhacli.analyses.ablate import Ablator
+
+    ckpt = ours(models[name])
+    ids = tokens_of(models[name])
+    ablator = Ablator(ckpt, [np.array(ids)])
+    for heads in [((0, 1),), ((1, 5),), ((0, 3), (1, 0), (1, 7))]:
+        ours_loss = ablator.loss(list(heads))
+        ref, _ = hf_loss(models[name], ids, heads)
+        assert ours_loss == pytest.approx(ref, rel=LOSS_RTOL), f"{name} {heads}"
+    assert ablator.loss([(1, 5)]) != pytest.approx(ablator.loss([]), rel=1e-6)  # the head matters
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_verify_passes(models, mha, name):
+    r = mha("verify", TEXT, "-m", str(models[name]), "--format", "json")
+    assert r.returncode == 0, r.stderr.decode()
+    doc = parse_json(r.stdout)
+    assert doc["passed"] is True and doc["loss"]["passed"] is True
+    assert len(doc["layers"]) == MODELS[name][1].get("num_hidden_layers", 2)
+
+
+# --- explain --------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def hf_capture(directory: Path, ids: tuple[int, ...], layer: int) -> dict:
+    """HF's own intermediates in one layer's attention, from hooks inside its modules.
+
+    q/k before RoPE (Phi-3: qkv_proj's output split as Phi3Attention splits it; Gemma 3: after q_norm / k_norm), the
+    cos/sin of the layer's type, q/k rotated with the module's own apply_rotary_pos_emb, v, the attention weights,
+    o_proj's input and output."""
+    import importlib
+
+    import torch
+
+    model = hf_lm(directory).model
+    attn = model.layers[layer].self_attn
+    d, n = attn.head_dim, len(ids)
+    n_head, n_kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    rec: dict = {}
+    hooks = []
+    for name in ("qkv_proj", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
+        if hasattr(attn, name):
+            hooks.append(getattr(attn, name).register_forward_hook(lambda m, a, o, name=name: rec.__setitem__(name, o)))
+    hooks.append(attn.o_proj.register_forward_pre_hook(lambda m, a: rec.__setitem__("concat", a[0][0].clone())))
+    hooks.append(attn.register_forward_hook(lambda m, a, o: rec.update(out=o[0][0].clone(), weights=o[1][0].clone())))
+    wanted = getattr(attn, "layer_type", None)
+
+    def rotary_hook(module, args, output):
+        if len(args) < 3 or args[2] == wanted:
+            rec["cos"], rec["sin"] = output
+
+    hooks.append(model.rotary_emb.register_forward_hook(rotary_hook))
+    with torch.no_grad():
+        model(torch.tensor([list(ids)]), output_attentions=True)
+    for h in hooks:
+        h.remove()
+    if "qkv_proj" in rec:
+        qkv = rec["qkv_proj"][0]
+        q, k, v = qkv[:, : n_head * d], qkv[:, n_head * d : (n_head + n_kv) * d], qkv[:, (n_head + n_kv) * d :]
+    else:
+        q, k, v = rec["q_proj"][0], rec["k_proj"][0], rec["v_proj"][0]
+
+    def heads(x):
+        return x.view(n, -1, d).transpose(0, 1)[None]  # [1, heads, n_seq, d_head]
+
+    q, k, v = heads(q), heads(k), heads(v)
+    if "q_norm" in rec:
+        q, k = rec["q_norm"], rec["k_norm"]  # [1, heads, n_seq, d_head]: Gemma 3 normalises each head
+    apply = importlib.import_module(type(attn).__module__).apply_rotary_pos_emb
+    q_rot, k_rot = apply(q, k, rec["cos"], rec["sin"])
+    return {
+        "q_pre": q[0].numpy(), "k_pre": k[0].numpy(), "q": q_rot[0].numpy(), "k": k_rot[0].numpy(),
+        "v": v[0].numpy(), "cos": rec["cos"][0].numpy(), "sin": rec["sin"][0].numpy(),
+        "weights": rec["weights"].numpy(), "concat": rec["concat"].numpy(), "out": rec["out"].numpy(),
+        "scaling": float(attn.scaling), "softcap": getattr(attn, "attn_logit_softcapping", None),
+        "group": attn.num_key_value_groups,
+    }  # fmt: skip
+
+
+EXPLAIN_CASES = [  # name, layer, head, query
+    ("phi3_gqa", 0, 5, None),
+    ("phi3_gqa", 1, 2, 17),
+    ("phi3_mha_window", 2, 6, 20),
+    ("phi3_longrope", 1, 3, 30),
+]
+
+
+@pytest.mark.parametrize("name,layer,head,query", EXPLAIN_CASES)
+def test_explain_matches_hf_intermediates(models, name, layer, head, query):
+    from mhacli.analyses.explain import explain
+
+    directory = models[name]
+    ids = tokens_of(directory)
+    i = len(ids) - 1 if query is None else query
+    hf = hf_capture(directory, ids, layer)
+    ex = explain(ours(directory), ids, layer, head, query)
+    doc = json.loads(json.dumps(ex.to_dict(), allow_nan=False))
+    g = head // hf["group"]
+    where = f"{name} layer {layer} head {head} query {i}"
+    assert doc["kv_head"] == g
+    assert_close(f"{where}: query_pre_rope", doc["query_pre_rope"], hf["q_pre"][head, i], VEC_ATOL)
+    assert_close(f"{where}: keys_pre_rope", doc["keys_pre_rope"], hf["k_pre"][g, : i + 1], VEC_ATOL)
+    assert_close(f"{where}: cos", doc["rope"]["cos"], hf["cos"][: i + 1], 1e-6)
+    assert_close(f"{where}: sin", doc["rope"]["sin"], hf["sin"][: i + 1], 1e-6)
+    assert_close(f"{where}: query", doc["query"], hf["q"][head, i], VEC_ATOL)
+    assert_close(f"{where}: keys", doc["keys"], hf["k"][g, : i + 1], VEC_ATOL)
+    assert_close(f"{where}: values", doc["values"], hf["v"][g, : i + 1], VEC_ATOL)
+    assert doc["scale"] == pytest.approx(hf["scaling"], rel=1e-12)
+    scaled = (hf["q"][head, i] @ hf["k"][g, : i + 1].T) * hf["scaling"]
+    assert_close(f"{where}: scaled scores", doc["scaled_scores"], scaled, VEC_ATOL)
+    assert doc["softcap"] == hf["softcap"]
+    if hf["softcap"] is None:
+        assert doc["capped_scores"] is None
+    else:
+        capped = hf["softcap"] * np.tanh(scaled / hf["softcap"])
+        assert_close(f"{where}: capped scores", doc["capped_scores"], capped, VEC_ATOL)
+        assert np.abs(np.asarray(doc["capped_scores"]) - scaled).max() > 1e-3, "the cap does nothing here"
+    assert_close(f"{where}: attention", doc["attention"], hf["weights"][head, i, : i + 1], ATTN_ATOL, relative=False)
+    d = ex.d_head
+    assert_close(f"{where}: head_output", doc["head_output"], hf["concat"][i, head * d : (head + 1) * d], VEC_ATOL)
+    assert_close(f"{where}: output", doc["output"], hf["out"][i], VEC_ATOL)
+    assert ex.matches, doc["diff_vs_forward"]
+
+
+# --- every command ------------------------------------------------------------------------------------------------
+
+COMMANDS = [
+    ("inspect", TEXT, "-l", "1", "-H", "2"),
+    ("stats", TEXT),
+    ("census", "--probe-count", "2", "-j", "1"),
+    ("explain", TEXT, "-l", "1", "-H", "5", "-q", "20"),
+    ("ablate", TEXT, "-l", "1"),
+    ("prune", TEXT, "--step", "0.5", "--seeds", "1"),
+    ("circuits", "--top", "2"),
+    ("circuits", "--top", "2", "--fold-ln"),
+    ("info",),
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(x for x in a if x != TEXT)[:30])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_command_runs(models, mha, name, args):
+    """Each command on each family, in JSON and text: exit 0, one JSON document, no error on stderr."""
+    r = mha(*args, "-m", str(models[name]), "-f", "json")
+    assert r.returncode == 0, r.stderr.decode()
+    doc = parse_json(r.stdout)
+    assert doc
+    text = mha(*args, "-m", str(models[name]), "-f", "text")
+    assert text.returncode == 0 and text.stdout, text.stderr.decode()
