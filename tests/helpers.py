@@ -379,6 +379,9 @@ def build(
                 p.mul_(10.0 if fields.get("scale_attn_weights", True) else 6.0)
             elif name.endswith(("q_norm.weight", "k_norm.weight")):
                 p.copy_(1.5 + 0.1 * torch.randn_like(p))  # OLMo: q and k are normalised, so scale their norms
+                p.sub_(1.0 if kind.startswith("gemma") else 0.0)  # Gemma's gain is 1 + weight: the same 1.5
+            elif kind.startswith("gemma") and name.endswith("norm.weight"):
+                p.copy_(0.1 * torch.randn_like(p))  # Gemma's RMSNorms scale by 1 + weight: gains near 1
             elif name.endswith("norm.weight") or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith(".bias"):

@@ -44,6 +44,8 @@ PHI3 = {k: v for k, v in LLAMA.items()}
 LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.3, 1.7, 2.0], "long_factor": [1.5, 2.5, 3.0, 5.0],
             "rope_theta": 10000.0}  # fmt: skip
 
+GEMMA = LLAMA | {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": WINDOW}
+
 # name -> (model_type, config fields)
 MODELS = {
     "phi3_gqa": ("phi3", PHI3),
@@ -53,8 +55,24 @@ MODELS = {
     # original 64 = the whole context: the short factors, attention factor 1
     "phi3_longrope_short": ("phi3", PHI3 | {"rope_parameters": LONGROPE, "original_max_position_embeddings": 64,
                                             "hidden_act": "gelu_new", "tie_word_embeddings": True}),
+    # Gemma 2: alternating windows from layer 0, query_pre_attn_scalar != head_dim, caps that bite (5 on scaled scores
+    # up to ~20; 0.5 on logits up to ~0.7), the default caps (50, 30), and none
+    "gemma2_capped": ("gemma2", GEMMA | {"num_hidden_layers": 3, "attn_logit_softcapping": 5.0,
+                                         "final_logit_softcapping": 0.5, "query_pre_attn_scalar": 32}),
+    "gemma2_default_caps": ("gemma2", GEMMA | {"tie_word_embeddings": False, "num_key_value_heads": 8}),
+    "gemma2_uncapped": ("gemma2", GEMMA | {"attn_logit_softcapping": None, "final_logit_softcapping": None,
+                                           "layer_types": ["full_attention"] * 2,
+                                           "hidden_activation": "gelu_new", "num_key_value_heads": 1}),
+    # Gemma 3: five local layers then a global one (6), local/global rotary bases, linear scaling on global layers only;
+    # its attn_logit_softcapping is set and, as in HF, not applied
+    "gemma3_pattern": ("gemma3_text", GEMMA | {"num_hidden_layers": 6, "rope_local_base_freq": 100.0,
+                                               "rope_theta": 20000.0, "attn_logit_softcapping": 5.0}),
+    "gemma3_scaled": ("gemma3_text", GEMMA | {
+        "num_hidden_layers": 3, "sliding_window_pattern": 2, "final_logit_softcapping": 0.4,
+        "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 50000.0},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}}}),
 }  # fmt: skip
-SLIDING = ["phi3_mha_window"]
+SLIDING = ["phi3_mha_window", "gemma2_capped", "gemma3_pattern", "gemma3_scaled"]
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +202,17 @@ def test_each_block_reaches_the_aim_on_hf_inputs(models, name):
 def test_heads_are_sharp_enough_to_test(models, name):
     """Some head is far from uniform: the softmax is exercised, so matching HF means something."""
     from mhacli.analyses.stats import uniform_entropy
-    from mhacli.engine.forward import forward
+    from mhacli.engine.forward import family, forward
 
     a = np.stack([t.attention for t in forward(ours(models[name]), IDS)]).astype(np.float64)
     entropy = -(np.where(a > 0, a * np.log(np.where(a > 0, a, 1)), 0)).sum(-1).mean(-1)
     assert entropy.min() < 0.8 * uniform_entropy(len(IDS)), f"{name}: every head is near-uniform"
+    ckpt = ours(models[name])
+    arch = family(ckpt.config)
+    p = ckpt.layer(0)
+    parts = arch.attention_parts(arch.attention_input(arch.embed(ckpt, IDS), p, ckpt.config), p, ckpt.config, 0)
+    logits = np.abs(parts.scores * ckpt.config.attn_scale(0)).max()
+    assert 1.0 < logits < 40.0, f"{name}: layer 0's largest scaled logit is {logits:.1f}"
 
 
 @pytest.mark.parametrize("name", SLIDING)
@@ -335,12 +359,14 @@ def hf_capture(directory: Path, ids: tuple[int, ...], layer: int) -> dict:
     if "q_norm" in rec:
         q, k = rec["q_norm"], rec["k_norm"]  # [1, heads, n_seq, d_head]: Gemma 3 normalises each head
     apply = importlib.import_module(type(attn).__module__).apply_rotary_pos_emb
+    # Gemma3Attention keeps attn_logit_softcapping but never passes it to its attention: only Gemma 2 caps
+    softcap = attn.attn_logit_softcapping if type(attn).__name__ == "Gemma2Attention" else None
     q_rot, k_rot = apply(q, k, rec["cos"], rec["sin"])
     return {
         "q_pre": q[0].numpy(), "k_pre": k[0].numpy(), "q": q_rot[0].numpy(), "k": k_rot[0].numpy(),
         "v": v[0].numpy(), "cos": rec["cos"][0].numpy(), "sin": rec["sin"][0].numpy(),
         "weights": rec["weights"].numpy(), "concat": rec["concat"].numpy(), "out": rec["out"].numpy(),
-        "scaling": float(attn.scaling), "softcap": getattr(attn, "attn_logit_softcapping", None),
+        "scaling": float(attn.scaling), "softcap": softcap,
         "group": attn.num_key_value_groups,
     }  # fmt: skip
 
@@ -350,6 +376,13 @@ EXPLAIN_CASES = [  # name, layer, head, query
     ("phi3_gqa", 1, 2, 17),
     ("phi3_mha_window", 2, 6, 20),
     ("phi3_longrope", 1, 3, 30),
+    ("gemma2_capped", 0, 2, None),  # a sliding layer, the cap at 5
+    ("gemma2_capped", 1, 7, 25),  # a global one
+    ("gemma2_default_caps", 1, 0, 12),
+    ("gemma2_uncapped", 0, 4, 30),
+    ("gemma3_pattern", 2, 3, 33),  # local: rope_local_base_freq, QK-norm
+    ("gemma3_pattern", 5, 6, None),  # global: rope_theta
+    ("gemma3_scaled", 1, 1, 20),  # global, linear scaling
 ]
 
 
@@ -415,3 +448,116 @@ def test_every_command_runs(models, mha, name, args):
     assert doc
     text = mha(*args, "-m", str(models[name]), "-f", "text")
     assert text.returncode == 0 and text.stdout, text.stderr.decode()
+
+
+# --- circuits against TransformerLens ------------------------------------------------------------------------------
+
+TL_ATOL = 1e-4  # TransformerLens computes in float32
+CIRCUIT_MODELS = ["phi3_gqa", "gemma2_capped", "gemma3_scaled"]
+
+
+@pytest.fixture(scope="module")
+def bridges(models):
+    pytest.importorskip("transformer_lens")
+    from helpers import transformer_lens_bridge
+
+    return {(name, fold): transformer_lens_bridge(models[name], processed=fold) for name in CIRCUIT_MODELS
+            for fold in (False, True)}  # fmt: skip
+
+
+def spectrum(eig: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.sort(np.abs(eig), axis=-1), np.sort(eig.real, axis=-1)], axis=-1)
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["raw", "fold_ln"])
+@pytest.mark.parametrize("name", CIRCUIT_MODELS)
+def test_circuits_equal_transformer_lens(models, bridges, monkeypatch, name, fold):
+    """Composition scores, OV/QK/full-OV eigenvalues and copying scores against TransformerLens' bridge.
+
+    fold_ln folds Gemma's (1 + w) gains (NORM_GAIN_OFFSET) as TransformerLens does, and keeps W_U uncentred over the
+    vocabulary for soft-capped logits, as it does. TransformerLens leaves Gemma 3's QK-norm out of W_Q and W_K (a
+    norm it applies at run time); we fold its gain in (as for OLMo), so Gemma 3's Q and K scores are compared with
+    the QK-norm taken out here, and the gain itself is checked by test_gemma3_qk_norm_gain_is_folded_into_w_q_w_k."""
+    import mhacli
+    import mhacli.engine.arch.gemma3 as gemma3
+    from mhacli.analyses import circuits as C
+
+    if name.startswith("gemma3"):
+        monkeypatch.setattr(gemma3, "QK_NORM", None)
+    model = mhacli.load(models[name])
+    c, b = model.config, bridges[name, fold]
+    f = C.head_factors(model.checkpoint, fold_ln=fold)
+    layer = np.arange(c.n_layer)[:, None, None, None]
+    mask = np.broadcast_to(layer < np.arange(c.n_layer)[None, None, :, None], (c.n_layer, c.n_head) * 2)
+    for mode in C.MODES:
+        want = b.all_composition_scores(mode).scores.detach().double().numpy()
+        err = float(np.abs(C.composition_scores(f, mode)[mask] - want[mask]).max())
+        assert err < TL_ATOL, f"{name} {mode} fold_ln={fold}: max |ours - TransformerLens| = {err:.2e}"
+    g = C.grams(C.vocab_side(model.checkpoint, fold_ln=fold))
+    full_ov = b.W_E @ b.OV @ b.W_U
+    n = c.n_layer * c.n_head
+    for what, got, theirs in [
+        ("OV", C.ov_eigenvalues(f), b.OV.eigenvalues),
+        ("QK", C.qk_eigenvalues(f), b.QK.eigenvalues),
+        ("full OV", C.full_ov_eigenvalues(f, g), full_ov.eigenvalues),
+    ]:
+        theirs = theirs.detach().numpy().reshape(n, -1)
+        err = float(np.abs(spectrum(got) - spectrum(theirs)).max()) / max(1.0, float(np.abs(theirs).max()))
+        assert err < TL_ATOL, f"{name} {what} fold_ln={fold}: eigenvalues differ by {err:.2e} (relative)"
+    eig = full_ov.eigenvalues.detach().numpy().reshape(c.n_layer, c.n_head, -1)
+    err = float(np.abs(C.copying_scores(f, g) - eig.real.sum(-1) / np.abs(eig).sum(-1)).max())
+    assert err < TL_ATOL, f"{name} fold_ln={fold}: copying scores differ by {err:.2e}"
+
+
+def test_gemma3_qk_norm_gain_is_folded_into_w_q_w_k(models):
+    """W_Q and W_K of a Gemma 3 head: q_proj's / k_proj's rows of the head times the per-head gain 1 + q_norm.weight."""
+    from safetensors.numpy import load_file
+
+    import mhacli
+    from mhacli.analyses import circuits as C
+
+    model = mhacli.load(models["gemma3_scaled"])
+    f = C.head_factors(model.checkpoint)
+    w = load_file(models["gemma3_scaled"] / "model.safetensors")
+    d, layer, head = 8, 1, 5
+    a = f"model.layers.{layer}.self_attn."
+    want_q = w[a + "q_proj.weight"][head * d : (head + 1) * d].T * (1 + w[a + "q_norm.weight"])
+    want_k = w[a + "k_proj.weight"][(head // 4) * d : (head // 4 + 1) * d].T * (1 + w[a + "k_norm.weight"])
+    i = layer * 8 + head
+    assert np.abs(f.w_q[i] - want_q).max() < 1e-6 and np.abs(f.w_k[i] - want_k).max() < 1e-6
+
+
+# --- info ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_info_shows_soft_caps_and_local_global_layers(models, mha, name):
+    from transformers import AutoConfig
+
+    h = AutoConfig.from_pretrained(models[name])
+    doc = parse_json(mha("info", "-m", str(models[name]), "--format", "json").stdout)
+    a = doc["attention"]
+    caps = getattr(h, "attn_logit_softcapping", None) if h.model_type == "gemma2" else None
+    assert a["softcap"] == [caps] * h.num_hidden_layers
+    assert a["logit_softcap"] == getattr(h, "final_logit_softcapping", None)
+    types = getattr(h, "layer_types", None)
+    if types is not None:
+        assert a["sliding_window"] == [h.sliding_window if t == "sliding_attention" else None for t in types]
+    text = mha("info", "-m", str(models[name]), "--format", "text").stdout.decode()
+    assert ("soft-cap" in text) == (caps is not None or a["logit_softcap"] is not None)
+    if caps is not None:
+        assert f"attention scores at {caps:g} in every layer" in text
+    if h.model_type == "gemma3_text":
+        assert "rope (sliding layers)" in text and "qk_norm                  true" in text
+
+
+def test_final_soft_cap_bites_on_the_test_model(models):
+    """The capped model's logits are visibly capped (else the loss test could not see a missing cap)."""
+    from mhacli.analyses.loss import logits, output_head
+    from mhacli.engine.forward import final_norm, forward
+
+    ckpt = ours(models["gemma2_capped"])
+    last = list(forward(ckpt, IDS))[-1].residual
+    raw = final_norm(ckpt, last) @ output_head(ckpt).T
+    capped = logits(ckpt, last)
+    assert np.abs(raw).max() > 0.6 and np.abs(capped).max() < 0.5 and np.abs(raw - capped).max() > 0.1

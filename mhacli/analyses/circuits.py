@@ -275,8 +275,11 @@ def vocab_side(params: Params, *, fold_ln: bool = False, need_head: bool = True)
         return Vocab(embed, head)
     kind, weight, _ = arch.FINAL_NORM
     gain = params.get(weight).astype(np.float64) + arch.NORM_GAIN_OFFSET  # Gemma's final norm scales by 1 + weight
-    v = Vocab(embed, head, gain, center=kind == "layer_norm", center_vocab=True)
-    if head is None:
+    # W_U centred over the vocabulary shifts every logit of a position equally: nothing changes after a softmax, but
+    # a soft-cap (Gemma 2) is not shift-invariant, so soft-capped models keep W_U as it is (TransformerLens too)
+    center_vocab = c.logit_softcap is None
+    v = Vocab(embed, head, gain, center=kind == "layer_norm", center_vocab=center_vocab)
+    if head is None or not center_vocab:
         return v
     total = np.zeros(embed.shape[1])
     for start in range(0, head.shape[0], VOCAB_BLOCK):
