@@ -561,3 +561,146 @@ def test_final_soft_cap_bites_on_the_test_model(models):
     raw = final_norm(ckpt, last) @ output_head(ckpt).T
     capped = logits(ckpt, last)
     assert np.abs(raw).max() > 0.6 and np.abs(capped).max() < 0.5 and np.abs(raw - capped).max() > 0.1
+
+
+# --- GGUF -----------------------------------------------------------------------------------------------------------
+
+GGUF_NAMES = {
+    "embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output", "input_layernorm": "attn_norm",
+    "self_attn.qkv_proj": "attn_qkv", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "mlp.gate_up_proj": "ffn_up", "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}  # fmt: skip
+GEMMA_NORMS = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+               "post_feedforward_layernorm": "post_ffw_norm"}  # fmt: skip
+
+
+def write_gguf(hf_dir: Path, path: Path, arch: str, meta: dict, extra: dict | None = None) -> Path:
+    """llama.cpp's layout of an HF checkpoint, float32.
+
+    Its tensor names, Gemma's norms stored as 1 + w (as convert_hf_to_gguf.py writes them), no Q/K permutation
+    (these families use NeoX-style rotary in llama.cpp)."""
+    import re
+
+    gguf = pytest.importorskip("gguf")
+    from safetensors.numpy import load_file
+
+    names = GGUF_NAMES | (GEMMA_NORMS if arch.startswith("gemma") else {"post_attention_layernorm": "ffn_norm"})
+    w = gguf.GGUFWriter(str(path), arch)
+    for key, value in meta.items():
+        getattr(w, f"add_{key}")(value)
+    for key, value in load_file(str(hf_dir / "model.safetensors")).items():
+        key = re.sub(r"^model\.", "", key)
+        m = re.match(r"^layers\.(\d+)\.(.+)\.(weight|bias)$", key)
+        stem, kind = (m.group(2), m.group(3)) if m else key.rsplit(".", 1)
+        name = f"blk.{m.group(1)}.{names[stem]}.{kind}" if m else f"{names[stem]}.{kind}"
+        if arch.startswith("gemma") and key.endswith("norm.weight"):
+            value = value + np.float32(1.0)
+        w.add_tensor(name, value.astype(np.float32))
+    for name, value in (extra or {}).items():
+        w.add_tensor(name, np.asarray(value, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def hf_gguf_outputs(path: Path, ids) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """transformers' own GGUF load of the file (eager, float32): attentions and hidden states per layer."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(
+        str(path.parent), gguf_file=path.name, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    with torch.no_grad():
+        out = model(torch.tensor([list(ids)]), output_attentions=True, output_hidden_states=True)
+    return [a[0].numpy() for a in out.attentions], [h[0].numpy() for h in out.hidden_states[1:]]
+
+
+def compare_to(path: Path, reference: tuple[list[np.ndarray], list[np.ndarray]], ids) -> float:
+    from mhacli.engine.forward import final_norm, forward
+    from mhacli.io.weights import load_model
+
+    ckpt = load_model(str(path))
+    attn, hidden = reference
+    worst = 0.0
+    for t in forward(ckpt, np.asarray(ids)):
+        h = final_norm(ckpt, t.residual) if t.layer == ckpt.config.n_layer - 1 else t.residual
+        err = float(np.abs(t.attention - attn[t.layer]).max())
+        assert err <= ATTN_ATOL, f"{path.name} layer {t.layer}: attention error {err:.3e}"
+        assert_close(f"{path.name} layer {t.layer} hidden", h, hidden[t.layer], HIDDEN_ATOL)
+        worst = max(worst, err)
+    return worst
+
+
+def common_meta(fields: dict, head_dim: int) -> dict:
+    return {"block_count": fields["num_hidden_layers"], "context_length": fields["max_position_embeddings"],
+            "embedding_length": fields["hidden_size"], "feed_forward_length": fields["intermediate_size"],
+            "head_count": fields["num_attention_heads"], "head_count_kv": fields["num_key_value_heads"],
+            "layer_norm_rms_eps": 1e-6, "rope_freq_base": 10000.0, "vocab_size": fields["vocab_size"],
+            "key_length": head_dim, "value_length": head_dim}  # fmt: skip
+
+
+def test_phi3_gguf_matches_the_original(tmp_path, bos_dir):
+    """A Phi-3 GGUF as llama.cpp writes it (fused attn_qkv and ffn_up) against the safetensors original.
+
+    transformers' GGUF loader (5.x) does not read these fused tensors into Phi3's qkv_proj / gate_up_proj (it leaves
+    them at their random init), so its own load of the file cannot be the reference."""
+    from mhacli.io.weights import load_model
+
+    fields = PHI3 | {"rms_norm_eps": 1e-6}
+    hf_dir = build(tmp_path / "hf", "phi3", fields, bos_dir, seed=80)
+    path = write_gguf(hf_dir, tmp_path / "phi3.gguf", "phi3", common_meta(fields, 8))
+    got, want = load_model(str(path)).config, ours(hf_dir).config
+    for key in ("n_layer", "n_head", "n_kv_head", "d_head", "intermediate_size", "rope", "layer_types", "window"):
+        assert getattr(got, key) == getattr(want, key), key
+    compare_to(path, hf_outputs(hf_dir, IDS), IDS)
+
+
+def test_phi3_longrope_gguf_matches_the_original(tmp_path, bos_dir):
+    """longrope from the rope_factors tensors and rope.scaling metadata llama.cpp writes.
+
+    transformers' GGUF loader ignores them, so the reference is the safetensors original."""
+    fields = PHI3 | {"rms_norm_eps": 1e-6, "rope_parameters": LONGROPE, "original_max_position_embeddings": ORIGINAL}
+    hf_dir = build(tmp_path / "hf", "phi3", fields, bos_dir, seed=81)
+    attn_factor = float(np.sqrt(1 + np.log(4) / np.log(16)))
+    meta = common_meta(fields, 8) | {"rope_scaling_orig_ctx_len": ORIGINAL, "rope_scaling_attn_factors": attn_factor}
+    extra = {"rope_factors_long.weight": LONGROPE["long_factor"], "rope_factors_short.weight": LONGROPE["short_factor"]}
+    path = write_gguf(hf_dir, tmp_path / "phi3.gguf", "phi3", meta, extra)
+    from mhacli.io.weights import load_model
+
+    rope = load_model(str(path)).config.rope
+    assert (rope.rope_type, rope.original_max_position_embeddings) == ("longrope", ORIGINAL)
+    compare_to(path, hf_outputs(hf_dir, IDS), IDS)
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "gemma3_text"])
+def test_gemma_gguf_matches_transformers_gguf_load(tmp_path, bos_dir, kind):
+    """Gemma 2 and 3 GGUFs against transformers' GGUF load and the safetensors original.
+
+    head_dim 256 = query_pre_attn_scalar: transformers' GGUF loader takes the scalar from Gemma's config defaults
+    (256), llama.cpp from head_dim; here both agree. Gemma 3: six layers, five local and one global."""
+    layers = 2 if kind == "gemma2" else 6
+    fields = GEMMA | {"head_dim": 256, "query_pre_attn_scalar": 256, "num_attention_heads": 2,
+                      "num_key_value_heads": 1, "num_hidden_layers": layers}  # fmt: skip
+    hf_dir = build(tmp_path / "hf", kind, fields, bos_dir, seed=82)
+    meta = common_meta(fields, 256) | {"sliding_window": WINDOW}
+    if kind == "gemma2":
+        meta |= {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+    else:
+        meta["rope_freq_base"] = 1_000_000.0
+    path = write_gguf(hf_dir, tmp_path / "gemma.gguf", "gemma2" if kind == "gemma2" else "gemma3", meta)
+    from mhacli.io.weights import load_model
+
+    ckpt = load_model(str(path))
+    assert ckpt.config.model_type == kind and ckpt.config.attn_scale(0) == 256**-0.5
+    assert [ckpt.config.sliding_window(i) for i in range(layers)] == (
+        [WINDOW, None] if kind == "gemma2" else [WINDOW] * 5 + [None]
+    )
+    weight = ckpt.layer(0)["input_layernorm.weight"]  # 1 + w in the file, w again here
+    assert np.abs(weight).max() < 0.5
+    compare_to(path, hf_gguf_outputs(path, IDS), IDS)
+    compare_to(path, hf_outputs(hf_dir, IDS), IDS)
