@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -704,3 +705,103 @@ def test_gemma_gguf_matches_transformers_gguf_load(tmp_path, bos_dir, kind):
     assert np.abs(weight).max() < 0.5
     compare_to(path, hf_gguf_outputs(path, IDS), IDS)
     compare_to(path, hf_outputs(hf_dir, IDS), IDS)
+
+
+# --- explain's views and bad configs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [40, 80, 160])
+@pytest.mark.parametrize("name,layer,query", [("gemma2_capped", 0, 20), ("gemma3_pattern", 2, None)])
+def test_explain_view_shows_the_cap_and_qk_norm_and_fits(models, width, name, layer, query):
+    import io
+    import re
+
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from mhacli.analyses.explain import explain
+    from mhacli.io.tokenizer import load_tokenizer
+    from mhacli.views.terminal import explain_lines, explain_view
+
+    directory = models[name]
+    ids = tokens_of(directory)
+    ex = explain(ours(directory), ids, layer, 3, query)
+    tokens = load_tokenizer(directory).display(list(ids))
+    laid_out = ["".join(t for t, _ in line) for line in explain_lines(ex, tokens, width, full=False)]
+    assert all(cell_len(line) <= width for line in laid_out), [line for line in laid_out if cell_len(line) > width]
+    text = " ".join(" ".join(laid_out).split())
+    if width < 80:  # narrower, long names are cut across lines: the words are checked at 80 and 160
+        pass
+    elif name.startswith("gemma2"):
+        assert "soft-cap (attn_logit_softcapping = 5)" in text and "capped" in text
+        assert "query_pre_attn_scalar" in text and "γ = 1 + layers.0.input_layernorm.weight" in text
+    else:
+        assert "QK-norm" in text and "each head's d_head values" in text and "1 + layers.2.self_attn.q_norm" in text
+        assert "soft-cap" not in text
+    buf = io.StringIO()
+    Console(width=width, file=buf, force_terminal=True, color_system="truecolor").print(
+        explain_view(ex, tokens, width, full=False)
+    )
+    assert len(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue()).splitlines()) == len(laid_out)
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"model_type": "gemma2", "attn_logit_softcapping": 0}, "attn_logit_softcapping must be positive"),
+        ({"model_type": "gemma2", "final_logit_softcapping": "big"}, "final_logit_softcapping must be a finite"),
+        ({"model_type": "gemma2", "query_pre_attn_scalar": -1}, "query_pre_attn_scalar must be positive"),
+        ({"model_type": "gemma3_text", "use_bidirectional_attention": True}, "use_bidirectional_attention"),
+        ({"model_type": "gemma3_text", "num_hidden_layers": 2, "layer_types": ["full_attention"]},
+         "layer_types must be a list of 2"),
+        ({"model_type": "gemma3_text", "hidden_activation": "prelu"}, "hidden_activation 'prelu' is not supported"),
+        ({"model_type": "gemma3_text", "rope_parameters": {"full_attention": {"rope_type": "su"}}},
+         "rope_parameters.full_attention.rope_type 'su' is not supported"),
+    ],
+)  # fmt: skip
+def test_bad_gemma_configs_name_the_field(raw, message):
+    from mhacli.config import parse_config
+    from mhacli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"model_type": "gemma2"},
+        {"model_type": "gemma2", "num_hidden_layers": 4, "query_pre_attn_scalar": 144, "head_dim": 128},
+        {"model_type": "gemma3_text"},
+        {"model_type": "gemma3_text", "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_theta": 1e6},
+        {"model_type": "gemma3_text", "rope_local_base_freq": 20000.0, "sliding_window_pattern": 3,
+         "num_hidden_layers": 7},
+    ],
+    ids=lambda r: json.dumps(r)[:70],
+)  # fmt: skip
+def test_gemma_omitted_fields_as_hf(raw):
+    """Gemma2Config / Gemma3TextConfig's defaults, layer types and per-layer-type rotary parameters."""
+    import transformers
+
+    from mhacli.config import parse_config
+
+    hf = transformers.AutoConfig.for_model(raw["model_type"]).__class__(
+        **{k: v for k, v in raw.items() if k != "model_type"}
+    )
+    c = parse_config(json.loads(json.dumps(raw)))
+    assert (c.n_embd, c.n_head, c.n_kv_head, c.d_head, c.n_layer, c.vocab_size, c.n_positions) == (
+        hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads, hf.head_dim, hf.num_hidden_layers,
+        hf.vocab_size, hf.max_position_embeddings,
+    )  # fmt: skip
+    assert c.layer_types == tuple(hf.layer_types) and c.window == hf.sliding_window
+    assert c.attn_scale(0) == hf.query_pre_attn_scalar**-0.5 and c.logit_softcap == hf.final_logit_softcapping
+    assert c.hidden_act == hf.hidden_activation and c.tie_word_embeddings is hf.tie_word_embeddings
+    params = hf.rope_parameters
+    if raw["model_type"] == "gemma2":
+        assert (c.rope.rope_type, c.rope.rope_theta) == (params["rope_type"], params["rope_theta"])
+        assert c.attn_softcap(0) == hf.attn_logit_softcapping
+    else:
+        for rope, kind in ((c.rope, "full_attention"), (c.sliding_rope, "sliding_attention")):
+            assert (rope.rope_type, rope.rope_theta) == (params[kind]["rope_type"], params[kind]["rope_theta"])
+            assert rope.factor == params[kind].get("factor")
+        assert c.attn_softcap(0) is None  # Gemma3Attention does not pass it to its attention
