@@ -369,6 +369,7 @@ def hf_capture(directory: Path, ids: tuple[int, ...], layer: int) -> dict:
         "weights": rec["weights"].numpy(), "concat": rec["concat"].numpy(), "out": rec["out"].numpy(),
         "scaling": float(attn.scaling), "softcap": softcap,
         "group": attn.num_key_value_groups,
+        "embed_scale": float(getattr(model.embed_tokens, "embed_scale", 1.0)),  # Gemma's buffer, in float32
     }  # fmt: skip
 
 
@@ -422,6 +423,7 @@ def test_explain_matches_hf_intermediates(models, name, layer, head, query):
     assert_close(f"{where}: head_output", doc["head_output"], hf["concat"][i, head * d : (head + 1) * d], VEC_ATOL)
     assert_close(f"{where}: output", doc["output"], hf["out"][i], VEC_ATOL)
     assert ex.matches, doc["diff_vs_forward"]
+    assert doc["embed_scale"] == (pytest.approx(hf["embed_scale"], rel=1e-6) if layer == 0 else 1.0)
 
 
 # --- every command ------------------------------------------------------------------------------------------------
@@ -805,3 +807,13 @@ def test_gemma_omitted_fields_as_hf(raw):
             assert (rope.rope_type, rope.rope_theta) == (params[kind]["rope_type"], params[kind]["rope_theta"])
             assert rope.factor == params[kind].get("factor")
         assert c.attn_softcap(0) is None  # Gemma3Attention does not pass it to its attention
+
+
+@pytest.mark.parametrize("pair", [("phi3_gqa", "phi3_longrope"), ("gemma2_capped", "gemma3_scaled")])
+def test_diff_of_a_model_with_itself_is_zero_and_with_another_is_not(models, mha, pair):
+    a, b = (str(models[name]) for name in pair)
+    same = parse_json(mha("diff", a, a, TEXT, "-f", "json").stdout)
+    assert same["heads"] and all(h["divergence"] == 0.0 for h in same["heads"])
+    other = mha("diff", a, b, TEXT, "-f", "json")
+    assert other.returncode == 0, other.stderr.decode()
+    assert max(h["divergence"] for h in parse_json(other.stdout)["heads"]) > 1e-3

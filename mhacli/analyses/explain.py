@@ -236,6 +236,7 @@ class Explanation:
     projections_note: str  # the family's sentence introducing them (not in the JSON)
     out_projection: Projection
     input: np.ndarray  # [n_embd] residual stream entering the layer at the query token
+    embed_scale: float  # layer 0 of a rotary model: input = embedding row x this (Gemma: sqrt(n_embd)); else 1
     ln_mean: float | None  # LayerNorm's mean (None for RMSNorm and OLMo)
     ln_var: float | None  # LayerNorm's variance; RMSNorm's mean square
     ln_input: np.ndarray  # [n_embd] what the projections read at the query token
@@ -322,6 +323,7 @@ class Explanation:
             "masked_keys": self.window_masked_keys + list(range(self.query_index + 1, self.n_seq)),
             "window_masked_keys": self.window_masked_keys,
             "input": floats(self.input),
+            "embed_scale": self.embed_scale,
             "ln_mean": None if self.ln_mean is None else float(self.ln_mean),
             "ln_var": None if self.ln_var is None else float(self.ln_var),
             "ln_input": floats(self.ln_input),
@@ -358,6 +360,16 @@ def floats(a: np.ndarray) -> list:
     if a.ndim > 1:
         return [floats(row) for row in a]
     return [float(str(x)) for x in a]
+
+
+def embedding_scale(params: Params, x: np.ndarray, token: int) -> float:
+    """The factor the family's embed multiplies the token's embedding row by, read off its output x [n_embd].
+
+    1 for Llama and the others; sqrt(n_embd) rounded to float32 for Gemma. Read from the numbers, so the explanation
+    says what the forward did."""
+    row = params.get(family(params.config).EMBEDDING)[token].astype(np.float64)
+    norm = float(row @ row)
+    return 1.0 if norm == 0.0 else float(x.astype(np.float64) @ row / norm)
 
 
 def layer_input(params: Params, ids: np.ndarray, layer: int) -> np.ndarray:
@@ -495,6 +507,7 @@ def explain(
         projections_note=arch.projections_note(c, head, g),
         out_projection=out,
         input=x[i],
+        embed_scale=embedding_scale(params, x[i], int(ids[i])) if layer == 0 and rope is not None else 1.0,
         ln_mean=mean,
         ln_var=var,
         ln_input=a_rows[-1],

@@ -185,9 +185,11 @@ def step_input(out: Layout) -> None:
     if L == 0 and ex.rope is None:
         out.note(f"{x_i} = {glue(f'wte[{ex.token_id}] + wpe[{i}]')}: the token and position embeddings")
     elif L == 0:
+        scaled = "" if abs(ex.embed_scale - 1.0) < 1e-6 else f" · {num(ex.embed_scale)}"
         out.note(
-            f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]')}: "
-            "the token embedding (positions enter in step 2, as rotations of q and k)"
+            f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]{scaled}')}: "
+            + ("the token embedding" if not scaled else "the token embedding times the model's scale (√n_embd)")
+            + " (positions enter in step 2, as rotations of q and k)"
         )
     else:
         out.note(f"{x_i}: the residual stream after {glue(f'layer {L - 1}')}")
