@@ -752,7 +752,9 @@ def test_explain_view_shows_the_cap_and_qk_norm_and_fits(models, width, name, la
     [
         ({"model_type": "gemma2", "attn_logit_softcapping": 0}, "attn_logit_softcapping must be positive"),
         ({"model_type": "gemma2", "final_logit_softcapping": "big"}, "final_logit_softcapping must be a finite"),
+        ({"model_type": "gemma2", "attn_logit_softcapping": 1e39}, "attn_logit_softcapping 1e+39 is beyond float32"),
         ({"model_type": "gemma2", "query_pre_attn_scalar": -1}, "query_pre_attn_scalar must be positive"),
+        ({"model_type": "gemma2", "query_pre_attn_scalar": 1e-300}, "gives an attention scale beyond float32"),
         ({"model_type": "gemma3_text", "use_bidirectional_attention": True}, "use_bidirectional_attention"),
         ({"model_type": "gemma3_text", "num_hidden_layers": 2, "layer_types": ["full_attention"]},
          "layer_types must be a list of 2"),

@@ -56,8 +56,17 @@ class GemmaConfig(RotaryConfig):
         return self.final_logit_softcapping
 
 
+F32_MAX = 3.4028234663852886e38  # the caps are applied in float32: cap * tanh(s / cap)
+
+
 def _softcap(raw: dict, key: str) -> float | None:
-    return None if raw[key] is None else _number(raw, key)
+    """A soft-cap: positive and within float32's range (the forward divides and multiplies by it), or null."""
+    if raw[key] is None:
+        return None
+    cap = _number(raw, key)
+    if cap > F32_MAX:
+        raise ConfigError(f"config.json: {key} {cap!r} is beyond float32's range, in which the forward applies it")
+    return cap
 
 
 def _gemma3_ropes(raw: dict, head_dim: int, n_positions: int) -> tuple[RopeConfig, RopeConfig]:
@@ -103,6 +112,10 @@ def _parse_gemma(raw: dict, model_type: str) -> GemmaConfig:
     else:
         rope, sliding_rope = _gemma3_ropes(raw, base.head_dim, base.n_positions)
     scalar = _number(f, "query_pre_attn_scalar")
+    if not (scalar <= F32_MAX and scalar**-0.5 <= F32_MAX):
+        raise ConfigError(
+            f"config.json: query_pre_attn_scalar {scalar!r} gives an attention scale beyond float32's range"
+        )
     values = {x.name: getattr(base, x.name) for x in fields(base)}
     return GemmaConfig(
         **values
