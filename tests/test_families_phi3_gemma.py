@@ -819,3 +819,29 @@ def test_diff_of_a_model_with_itself_is_zero_and_with_another_is_not(models, mha
     other = mha("diff", a, b, TEXT, "-f", "json")
     assert other.returncode == 0, other.stderr.decode()
     assert max(h["divergence"] for h in parse_json(other.stdout)["heads"]) > 1e-3
+
+
+class TileMap:
+    """A sink that writes the tiles it is given into a map of its own (hidden entries 0)."""
+
+    concurrent = True
+
+    def __init__(self, n_head: int, n_seq: int):
+        self.probs = np.zeros((n_head, n_seq, n_seq), dtype=np.float32)
+
+    def add(self, h, a, b, lo, p):
+        self.probs[h : h + len(p), a:b, lo:b] = p
+
+
+@pytest.mark.parametrize("name", ["phi3_mha_window", "gemma2_capped", "gemma3_pattern"])
+def test_streamed_maps_equal_kept_ones(models, name):
+    """Maps streamed to sinks (stats, census) equal the kept ones, which match HF: soft-caps and windows included."""
+    from mhacli.engine.forward import forward
+
+    ckpt = ours(models[name])
+    kept = list(forward(ckpt, IDS))
+    sinks = {layer: TileMap(ckpt.config.n_head, len(IDS)) for layer in range(ckpt.config.n_layer)}
+    streamed = list(forward(ckpt, IDS, sinks=sinks.get))
+    for k, s in zip(kept, streamed):
+        assert s.attention is None and np.abs(sinks[s.layer].probs - k.attention).max() <= 1e-7
+        assert np.abs(s.residual - k.residual).max() <= 1e-6
