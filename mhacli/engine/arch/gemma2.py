@@ -45,7 +45,7 @@ from mhacli.engine.blocks import ACTIVATION_FNS, F32, Params, ZEdit, split_heads
 
 __all__ = [  # the family interface (interface.Family): Llama's pieces and Gemma's own
     "ATTENTION_NORM", "EMBEDDING", "FINAL_NORM", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM",
-    "NORM_GAIN_OFFSET", "SLIDING_WINDOWS",
+    "ATTENTION_OUT_NORM", "NORM_GAIN_OFFSET", "SLIDING_WINDOWS",
     "attention_input", "attention_parts", "block", "check", "embed", "expected_shapes", "final_norm",
     "head_projections", "normalise_key", "out_projection", "projections_note", "rope_at",
 ]  # fmt: skip
@@ -54,6 +54,9 @@ NORM_GAIN_OFFSET = 1.0  # Gemma's RMSNorms scale by 1 + weight (llama.cpp's GGUF
 ATTENTION_NORM = ("rms_norm", "input_layernorm.weight", None)
 FINAL_NORM = ("rms_norm", "norm.weight", None)
 QK_NORM: tuple[str, str] | None = None
+# Post-norm (optional in the interface, read by attribution as OLMo's is): the attention output is normalised, gain
+# 1 + w, before the residual add.
+ATTENTION_OUT_NORM = ("rms_norm", "post_attention_layernorm.weight")
 LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from mhacli.engine.arch.gemma2 import (  # noqa: F401 - the family interface: as Gemma 2, but QK_NORM
     ATTENTION_NORM,
+    ATTENTION_OUT_NORM,
     EMBEDDING,
     FINAL_NORM,
     KEY_PREFIX,

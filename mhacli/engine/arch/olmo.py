@@ -20,7 +20,6 @@ from mhacli.engine.arch.llama import (  # the parts OLMo shares with Llama uncha
     KV_WEIGHT,
     LAYER_PREFIX,
     LM_HEAD,
-    NORM_GAIN_OFFSET,
     SLIDING_WINDOWS,
     check,
     embed,
@@ -39,7 +38,7 @@ from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, split_heads
 
 __all__ = [  # the family interface (interface.Family): Llama's pieces and OLMo's own
     "ATTENTION_NORM", "EMBEDDING", "FINAL_NORM", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM",
-    "NORM_GAIN_OFFSET", "SLIDING_WINDOWS",
+    "SLIDING_WINDOWS",
     "attention_input", "attention_parts", "block", "check", "embed", "expected_shapes", "final_norm",
     "head_projections", "normalise_key", "out_projection", "projections_note", "rope_at",
 ]  # fmt: skip
@@ -63,6 +62,10 @@ def expected_shapes(config: RotaryConfig) -> dict[str, tuple[int, ...]]:
 def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfig) -> np.ndarray:
     """OLMo's projections read the residual stream itself: no norm before attention."""
     return x
+
+
+NORM_GAIN_OFFSET = 0.0  # the family interface: every norm's gain is its weight, as Llama's
+__all__ += ["NORM_GAIN_OFFSET"]
 
 
 def attention_parts(
