@@ -326,6 +326,9 @@ def hf_classes(kind: str):
         "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM"),
         "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
         "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+        "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
     }[kind]
     return getattr(transformers, names[0]), getattr(transformers, names[1])
 
@@ -370,12 +373,15 @@ def build(
         model = model.model
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
+            if name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
                 p.mul_(8.0)
             elif name.endswith("c_attn.weight"):
                 p.mul_(10.0 if fields.get("scale_attn_weights", True) else 6.0)
             elif name.endswith(("q_norm.weight", "k_norm.weight")):
                 p.copy_(1.5 + 0.1 * torch.randn_like(p))  # OLMo: q and k are normalised, so scale their norms
+                p.sub_(1.0 if kind.startswith("gemma") else 0.0)  # Gemma's gain is 1 + weight: the same 1.5
+            elif kind.startswith("gemma") and name.endswith("norm.weight"):
+                p.copy_(0.1 * torch.randn_like(p))  # Gemma's RMSNorms scale by 1 + weight: gains near 1
             elif name.endswith("norm.weight") or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith(".bias"):

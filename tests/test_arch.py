@@ -796,8 +796,11 @@ def test_unsupported_model_type_lists_every_supported_one(models, tmp_path):
     shutil.copytree(models["llama_gqa"], tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text()) | {"model_type": "qwen2"}
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    from mhacli.config import SUPPORTED_MODEL_TYPES
+
+    assert {"gpt2", "gpt_bigcode", "llama", "mistral", "olmo2", "olmo3"} <= set(SUPPORTED_MODEL_TYPES)
     with pytest.raises(
-        ConfigError, match=r"'qwen2' is not supported \(supported: gpt2, gpt_bigcode, llama, mistral, olmo2, olmo3\)"
+        ConfigError, match=re.escape(f"'qwen2' is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
     ):
         ours(tmp_path / "m")
 

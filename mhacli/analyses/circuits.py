@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mhacli.analyses.heads import check_selection
-from mhacli.engine.arch.common import Projection
+from mhacli.engine.arch.common import Projection, norm_gain
 from mhacli.engine.blocks import Params
 from mhacli.engine.forward import family
 from mhacli.errors import ModelError, UsageError
@@ -88,12 +88,14 @@ def _writes(out: Projection, p: dict[str, np.ndarray], head: int, d_head: int) -
     return (w[r0:r1] if out.in_out else w[:, r0:r1].T).astype(np.float64)
 
 
-def _fold_reading(w: np.ndarray, p: dict[str, np.ndarray], norm: tuple | None) -> np.ndarray:
-    """[n_embd, d_head]: the attention norm's gain folded in; LayerNorm's: centred over n_embd too."""
+def _fold_reading(w: np.ndarray, p: dict[str, np.ndarray], norm: tuple | None, offset: float = 0.0) -> np.ndarray:
+    """[n_embd, d_head]: the attention norm's gain folded in; LayerNorm's: centred over n_embd too.
+
+    The gain is the weight plus the family's NORM_GAIN_OFFSET (Gemma: 1 + weight)."""
     if norm is None:
         return w
     kind, weight, _ = norm
-    w = w * p[weight].astype(np.float64)[:, None]
+    w = w * (p[weight].astype(np.float64) + offset)[:, None]
     return w - w.mean(axis=0, keepdims=True) if kind == "layer_norm" else w
 
 
@@ -109,13 +111,13 @@ def layer_factors(
     for h in range(c.n_head):
         proj = arch.head_projections(c, h)
         q, k, v = (_reads(proj[name], p) for name in "qkv")
-        if arch.QK_NORM is not None:  # RMSNorm over the whole projection: its gain, per feature, is linear
-            g = c.kv_head(h)
-            q = q * p[arch.QK_NORM[0]][h * d : (h + 1) * d].astype(np.float64)
-            k = k * p[arch.QK_NORM[1]][g * d : (g + 1) * d].astype(np.float64)
+        if arch.QK_NORM is not None:  # RMSNorm over the projection or each head: its gain, per feature, is linear
+            g, offset = c.kv_head(h), arch.NORM_GAIN_OFFSET
+            q = q * norm_gain(p[arch.QK_NORM[0]], h * d, (h + 1) * d, offset).astype(np.float64)
+            k = k * norm_gain(p[arch.QK_NORM[1]], g * d, (g + 1) * d, offset).astype(np.float64)
         o = _writes(out, p, h, d)
         if fold_ln:
-            q, k, v = (_fold_reading(w, p, arch.ATTENTION_NORM) for w in (q, k, v))
+            q, k, v = (_fold_reading(w, p, arch.ATTENTION_NORM, arch.NORM_GAIN_OFFSET) for w in (q, k, v))
             if arch.FINAL_NORM[0] == "layer_norm":
                 o = o - o.mean(axis=1, keepdims=True)
         qs.append(q)
@@ -272,8 +274,12 @@ def vocab_side(params: Params, *, fold_ln: bool = False, need_head: bool = True)
     if not fold_ln:
         return Vocab(embed, head)
     kind, weight, _ = arch.FINAL_NORM
-    v = Vocab(embed, head, params.get(weight), center=kind == "layer_norm", center_vocab=True)
-    if head is None:
+    gain = params.get(weight).astype(np.float64) + arch.NORM_GAIN_OFFSET  # Gemma's final norm scales by 1 + weight
+    # W_U centred over the vocabulary shifts every logit of a position equally: nothing changes after a softmax, but
+    # a soft-cap (Gemma 2) is not shift-invariant, so soft-capped models keep W_U as it is (TransformerLens too)
+    center_vocab = c.logit_softcap is None
+    v = Vocab(embed, head, gain, center=kind == "layer_norm", center_vocab=center_vocab)
+    if head is None or not center_vocab:
         return v
     total = np.zeros(embed.shape[1])
     for start in range(0, head.shape[0], VOCAB_BLOCK):

@@ -3,9 +3,10 @@
 The steps are computed the way they are written on paper, one query vector at a time: the attention input at each
 token (LN(x_j) for GPT-2 and GPTBigCode, RMS(x_j) for Llama and Mistral, x_j itself for OLMo), q_I from this
 query head's slice of the query projection, k_j and v_j from the slices of the K/V head it reads (GQA/MQA: shared
-with the other query heads of its group), OLMo's QK-norm over the whole projection, RoPE as explicit rotations of
-coordinate pairs by position x frequency, the scores q_I . k_j over the visible keys (j <= I, and within the
-sliding window where the layer has one), their softmax, the weighted sum of the values, then every head's output at
+with the other query heads of its group), QK-norm (OLMo's over the whole projection, Gemma 3's per head), RoPE as
+explicit rotations of coordinate pairs by position x frequency, the scores q_I . k_j over the visible keys (j <= I,
+and within the sliding window where the layer has one), scaled and, where the layer caps them (Gemma 2), soft-capped
+to cap * tanh(scaled / cap), their softmax, the weighted sum of the values, then every head's output at
 token I concatenated and projected by the output projection. None of this goes through the batched code: the
 family's `block`, the very function the forward runs (its attention kernel, mhacli.engine.attention), is run afterwards
 on the whole text and every intermediate it computed is compared with the steps: the explanation doubles as a
@@ -23,7 +24,7 @@ import numpy as np
 
 from mhacli.analyses.heads import check_selection
 from mhacli.config import ModelConfig, RopeConfig
-from mhacli.engine.arch.common import Projection
+from mhacli.engine.arch.common import Projection, norm_gain
 from mhacli.engine.arch.rope import inv_freq
 from mhacli.engine.blocks import F32, Params, merge_heads
 from mhacli.engine.forward import embed, family, forward
@@ -59,7 +60,7 @@ def layer_norm_vector(
 
 
 def rms_norm_vector(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.float32]:
-    """[n] -> ([n], mean square): x / sqrt(mean(x^2) + eps) * w"""
+    """[n] -> ([n], mean square): x / sqrt(mean(x^2) + eps) * w (w: the gain, 1 + weight for Gemma)"""
     mean_square = np.square(x).mean()
     return x / np.sqrt(mean_square + F32(eps)) * w, mean_square
 
@@ -106,12 +107,16 @@ def rope_step(rope: RopeConfig, config: ModelConfig, n_key: int, n_seq: int) -> 
 
 @dataclass(frozen=True)
 class QKNormStep:
-    """OLMo's q_norm and k_norm: RMSNorms over the whole q_proj / k_proj output (every head), before the slices."""
+    """q_norm and k_norm: RMSNorms over the whole q_proj / k_proj output, or over each head's values.
+
+    OLMo's cover every head, before the slices; Gemma 3's (per_head) each head's d_head values, one weight shared by
+    every head."""
 
     q_weight: str
     k_weight: str
-    query_rms: float  # sqrt(mean(q_proj(x_I)^2) + eps)
-    key_rms: np.ndarray  # [n_key] sqrt(mean(k_proj(x_j)^2) + eps)
+    query_rms: float  # sqrt(mean(q^2) + eps) of the normalised values (the whole q_proj(x_I), or this head's)
+    key_rms: np.ndarray  # [n_key] the same for each key's k_proj(x_j) (whole, or its K/V head's slice)
+    per_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class HeadStep:
     output: np.ndarray  # [d_head] sum_j a_j v_j
     query_pre_rope: np.ndarray | None = None  # [d_head] before the rotation (None: no RoPE)
     keys_pre_rope: np.ndarray | None = None  # [n_key, d_head]
+    capped_scores: np.ndarray | None = None  # [n_key] cap * tanh(scaled / cap), what the softmax reads (None: no cap)
 
 
 def project_qk(
@@ -135,14 +141,24 @@ def project_qk(
     proj: dict[str, Projection],
     qk_norm: tuple[str, str] | None,
     eps: float,
+    offset: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, float | None, np.ndarray | None]:
     """a_rows [n_key, n_in] -> (q [d_head] at the last row, k [n_key, d_head], q's rms, the keys' rms) before RoPE.
 
-    With QK-norm (OLMo), the whole q_proj / k_proj output of a row is normalised first, then the head's slice taken.
+    With QK-norm over the whole projection (OLMo), the whole q_proj / k_proj output of a row is normalised first, then
+    the head's slice taken; with a per-head one (a weight of d_head values: Gemma 3), the head's slice is normalised.
+    The gain is the weight plus the family's `offset` (NORM_GAIN_OFFSET).
     """
     q, k = proj["q"], proj["k"]
     if qk_norm is None:
         return q.apply(a_rows[-1:], p)[0], k.apply(a_rows, p), None, None
+    if len(p[qk_norm[0]]) == q.end - q.start:  # per head: each head's d_head values normalised on their own
+        q_head, k_head = q.apply(a_rows[-1:], p)[0], k.apply(a_rows, p)  # [d_head], [n_key, d_head]
+        q_rms1 = np.sqrt(np.square(q_head).mean() + F32(eps))
+        k_rms1 = np.sqrt(np.square(k_head).mean(axis=-1) + F32(eps))  # [n_key]
+        query = q_head / q_rms1 * norm_gain(p[qk_norm[0]], q.start, q.end, offset)
+        keys = k_head / k_rms1[:, None] * norm_gain(p[qk_norm[1]], k.start, k.end, offset)
+        return query, keys, float(q_rms1), k_rms1
     q_all = Projection(q.weight, q.bias, 0, p[q.weight].shape[0], q.in_out).apply(a_rows[-1:], p)[
         0
     ]  # [n_head * d_head]
@@ -151,8 +167,8 @@ def project_qk(
     )  # [n_key, n_kv_head * d_head]
     q_rms = np.sqrt(np.square(q_all).mean() + F32(eps))
     k_rms = np.sqrt(np.square(k_all).mean(axis=-1) + F32(eps))  # [n_key]
-    query = q_all[q.start : q.end] / q_rms * p[qk_norm[0]][q.start : q.end]
-    keys = k_all[:, k.start : k.end] / k_rms[:, None] * p[qk_norm[1]][k.start : k.end]
+    query = q_all[q.start : q.end] / q_rms * norm_gain(p[qk_norm[0]], q.start, q.end, offset)
+    keys = k_all[:, k.start : k.end] / k_rms[:, None] * norm_gain(p[qk_norm[1]], k.start, k.end, offset)
     return query, keys, float(q_rms), k_rms
 
 
@@ -166,12 +182,14 @@ def head_step(
     eps: float = 0.0,
     rope: RopeStep | None = None,
     window: int | None = None,
+    offset: float = 0.0,
+    softcap: float | None = None,
 ) -> HeadStep:
     """a_rows [n_key, n_in] -> this head's step.
 
     a_rows is the attention input at tokens 0..I; the last row is the query token."""
     n_key = len(a_rows)
-    query, keys, _, _ = project_qk(a_rows, p, proj, qk_norm, eps)  # [d_head], [n_key, d_head]
+    query, keys, _, _ = project_qk(a_rows, p, proj, qk_norm, eps, offset)  # [d_head], [n_key, d_head]
     values = proj["v"].apply(a_rows, p)  # [n_key, d_head]
     pre_q = pre_k = None
     if rope is not None:
@@ -179,12 +197,14 @@ def head_step(
         query, keys = rope.rotate(query, n_key - 1), rope.rotate(keys, np.arange(n_key))
     scores = np.array([np.dot(query, k) for k in keys], dtype=F32)  # [n_key]
     scaled = scores * F32(scale)
+    capped = None if softcap is None else np.tanh(scaled / F32(softcap)) * F32(softcap)  # [n_key]
+    logits = scaled if capped is None else capped
     visible = np.ones(n_key, dtype=bool) if window is None else np.arange(n_key) > n_key - 1 - window
-    e = np.exp(scaled[visible] - scaled[visible].max())  # keys j > I are not here at all: the causal mask
+    e = np.exp(logits[visible] - logits[visible].max())  # keys j > I are not here at all: the causal mask
     attention = np.zeros(n_key, dtype=F32)
     attention[visible] = e / e.sum()
     output = (attention[:, None] * values).sum(axis=0)  # [d_head]
-    return HeadStep(query, keys, values, scores, scaled, attention, output, pre_q, pre_k)
+    return HeadStep(query, keys, values, scores, scaled, attention, output, pre_q, pre_k, capped)
 
 
 # --- the explanation ----------------------------------------------------------------------------------------------
@@ -207,6 +227,8 @@ class Explanation:
     scale_attn_weights: bool
     scale_attn_by_inverse_layer_idx: bool
     layer_norm_epsilon: float  # the epsilon of the norm before attention (or of OLMo's QK-norm)
+    norm_gain_offset: float  # the norms' gain is weight + this (Gemma: 1)
+    softcap: float | None  # attention logit soft-cap of this layer (Gemma 2); None: not capped
     norm: str | None  # "layer_norm", "rms_norm", or None (OLMo: no norm before attention)
     norm_weight: str | None  # e.g. h.0.ln_1.weight, layers.0.input_layernorm.weight
     layer_prefix: str  # h.0. / layers.0.: the projections' keys are relative to it
@@ -214,6 +236,7 @@ class Explanation:
     projections_note: str  # the family's sentence introducing them (not in the JSON)
     out_projection: Projection
     input: np.ndarray  # [n_embd] residual stream entering the layer at the query token
+    embed_scale: float  # layer 0 of a rotary model: input = embedding row x this (Gemma: sqrt(n_embd)); else 1
     ln_mean: float | None  # LayerNorm's mean (None for RMSNorm and OLMo)
     ln_var: float | None  # LayerNorm's variance; RMSNorm's mean square
     ln_input: np.ndarray  # [n_embd] what the projections read at the query token
@@ -293,17 +316,21 @@ class Explanation:
                 "weight": lp + self.out_projection.weight,
                 "bias": self.out_projection.bias and lp + self.out_projection.bias,
                 "head_slice": list(self.head_rows)},
-            "norm": {"type": self.norm, "weight": self.norm_weight, "eps": self.layer_norm_epsilon},
+            "norm": {"type": self.norm, "weight": self.norm_weight, "eps": self.layer_norm_epsilon,
+                     "gain_offset": self.norm_gain_offset},
+            "softcap": self.softcap,
             "window": self.window,
             "masked_keys": self.window_masked_keys + list(range(self.query_index + 1, self.n_seq)),
             "window_masked_keys": self.window_masked_keys,
             "input": floats(self.input),
+            "embed_scale": self.embed_scale,
             "ln_mean": None if self.ln_mean is None else float(self.ln_mean),
             "ln_var": None if self.ln_var is None else float(self.ln_var),
             "ln_input": floats(self.ln_input),
             "qk_norm": None if self.qk_norm is None else {
                 "q_weight": lp + self.qk_norm.q_weight, "k_weight": lp + self.qk_norm.k_weight,
-                "query_rms": self.qk_norm.query_rms, "key_rms": floats(self.qk_norm.key_rms)},
+                "query_rms": self.qk_norm.query_rms, "key_rms": floats(self.qk_norm.key_rms),
+                "per_head": self.qk_norm.per_head},
             "query_pre_rope": None if s.query_pre_rope is None else floats(s.query_pre_rope),
             "keys_pre_rope": None if s.keys_pre_rope is None else floats(s.keys_pre_rope),
             "rope": None if self.rope is None else {
@@ -315,6 +342,7 @@ class Explanation:
             "values": floats(s.values),
             "scores": floats(s.scores),
             "scaled_scores": floats(s.scaled_scores),
+            "capped_scores": None if s.capped_scores is None else floats(s.capped_scores),
             "attention": floats(s.attention),
             "head_output": floats(s.output),
             "concat": floats(self.concat),
@@ -334,6 +362,16 @@ def floats(a: np.ndarray) -> list:
     return [float(str(x)) for x in a]
 
 
+def embedding_scale(params: Params, x: np.ndarray, token: int) -> float:
+    """The factor the family's embed multiplies the token's embedding row by, read off its output x [n_embd].
+
+    1 for Llama and the others; sqrt(n_embd) rounded to float32 for Gemma. Read from the numbers, so the explanation
+    says what the forward did."""
+    row = params.get(family(params.config).EMBEDDING)[token].astype(np.float64)
+    norm = float(row @ row)
+    return 1.0 if norm == 0.0 else float(x.astype(np.float64) @ row / norm)
+
+
 def layer_input(params: Params, ids: np.ndarray, layer: int) -> np.ndarray:
     """The batched forward up to `layer`: the residual stream entering it [n_seq, n_embd].
 
@@ -345,7 +383,7 @@ def layer_input(params: Params, ids: np.ndarray, layer: int) -> np.ndarray:
 
 
 def attention_inputs(
-    x: np.ndarray, p: dict[str, np.ndarray], c: ModelConfig, norm: tuple | None
+    x: np.ndarray, p: dict[str, np.ndarray], c: ModelConfig, norm: tuple | None, offset: float = 0.0
 ) -> tuple[np.ndarray, float | None, float | None]:
     """The attention input of each row, and the query row's norm statistics.
 
@@ -357,7 +395,8 @@ def attention_inputs(
     if kind == "layer_norm":
         rows = [layer_norm_vector(row, p[weight], p[bias], c.norm_eps) for row in x]
         return np.stack([r for r, _, _ in rows]), float(rows[-1][1]), float(rows[-1][2])
-    rms_rows = [rms_norm_vector(row, p[weight], c.norm_eps) for row in x]
+    gain = p[weight] + F32(offset) if offset else p[weight]  # Gemma's RMSNorm scales by 1 + weight
+    rms_rows = [rms_norm_vector(row, gain, c.norm_eps) for row in x]
     return np.stack([r for r, _ in rms_rows]), None, float(rms_rows[-1][1])
 
 
@@ -375,7 +414,8 @@ def explain(
     x = layer_input(params, ids, layer)  # [n_seq, n_embd]
 
     # Steps 1-5 for token i, from the vectors x_0..x_i alone.
-    a_rows, mean, var = attention_inputs(x[: i + 1], p, c, arch.ATTENTION_NORM)  # [n_key, n_embd]
+    offset, softcap = arch.NORM_GAIN_OFFSET, c.attn_softcap(layer)
+    a_rows, mean, var = attention_inputs(x[: i + 1], p, c, arch.ATTENTION_NORM, offset)  # [n_key, n_embd]
     rope_config = arch.rope_at(c, layer)
     rope = None if rope_config is None else rope_step(rope_config, c, i + 1, len(ids))
     steps = [
@@ -388,6 +428,8 @@ def explain(
             eps=c.norm_eps,
             rope=rope,
             window=window,
+            offset=offset,
+            softcap=softcap,
         )
         for h in range(c.n_head)
     ]
@@ -404,9 +446,11 @@ def explain(
         output = output + p[out.bias]
     qk = None
     if arch.QK_NORM is not None:
-        _, _, q_rms, k_rms = project_qk(a_rows, p, arch.head_projections(c, head), arch.QK_NORM, c.norm_eps)
+        proj = arch.head_projections(c, head)
+        _, _, q_rms, k_rms = project_qk(a_rows, p, proj, arch.QK_NORM, c.norm_eps, offset)
         assert q_rms is not None and k_rms is not None  # with QK-norm, project_qk computes both
-        qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms)
+        per_head = len(p[arch.QK_NORM[0]]) == proj["q"].end - proj["q"].start
+        qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms, per_head)
 
     # Step 6: the forward's own block over the whole text, every intermediate as the forward computes it (the
     # attention kernel keeps no raw scores: those are q . k of the forward's own q and k).
@@ -454,6 +498,8 @@ def explain(
         scale_attn_weights=getattr(c, "scale_attn_weights", True),
         scale_attn_by_inverse_layer_idx=getattr(c, "scale_attn_by_inverse_layer_idx", False),
         layer_norm_epsilon=c.norm_eps,
+        norm_gain_offset=offset,
+        softcap=softcap,
         norm=None if norm is None else norm[0],
         norm_weight=None if norm is None else prefix + norm[1],
         layer_prefix=prefix,
@@ -461,6 +507,7 @@ def explain(
         projections_note=arch.projections_note(c, head, g),
         out_projection=out,
         input=x[i],
+        embed_scale=embedding_scale(params, x[i], int(ids[i])) if layer == 0 and rope is not None else 1.0,
         ln_mean=mean,
         ln_var=var,
         ln_input=a_rows[-1],

@@ -1,7 +1,8 @@
 """Next-token loss in NumPy: the output head and a log-softmax streamed over the vocabulary. Pure, float32.
 
 The output head is the input embedding when the model ties them (`tie_word_embeddings`, GPT-2's default), else
-the checkpoint's own `lm_head.weight` [vocab_size, n_embd]; either way logits = final_norm(x) @ W^T. The
+the checkpoint's own `lm_head.weight` [vocab_size, n_embd]; either way logits = final_norm(x) @ W^T, soft-capped to
+cap * tanh(logits / cap) where the model caps them (Gemma 2: config.logit_softcap, as its *ForCausalLM does). The
 log-softmax runs over row blocks of W (VOCAB_BLOCK tokens at a time) with a running maximum and sum of
 exponentials, so GPT-2 XL's 50,257 x 1,600 head at T = 1,024 never needs the whole [T, vocab] logits matrix.
 
@@ -47,13 +48,24 @@ def first_target(n_seq: int, loss_from: int = 1) -> int:
     return start
 
 
-def logsumexp_rows(h: np.ndarray, w: np.ndarray, block: int = VOCAB_BLOCK) -> np.ndarray:
-    """h [n, n_embd], w [vocab, n_embd] -> [n] float32 ln sum_v exp(h . w_v), streamed over blocks of w's rows."""
+def soft_cap(logits: np.ndarray, cap: float | None) -> np.ndarray:
+    """cap * tanh(logits / cap) in place (float32, HF's order: divide, tanh, multiply); logits themselves for None."""
+    if cap is not None:
+        logits /= F32(cap)
+        np.tanh(logits, out=logits)
+        logits *= F32(cap)
+    return logits
+
+
+def logsumexp_rows(h: np.ndarray, w: np.ndarray, block: int = VOCAB_BLOCK, cap: float | None = None) -> np.ndarray:
+    """h [n, n_embd], w [vocab, n_embd] -> [n] float32 ln sum_v exp(h . w_v), streamed over blocks of w's rows.
+
+    `cap`: each logit soft-capped first (soft_cap)."""
     n = h.shape[0]
     running_max = np.full(n, -np.inf, dtype=F32)
     running_sum = np.zeros(n, dtype=F32)
     for a in range(0, w.shape[0], block):
-        logits = h @ w[a : a + block].T  # [n, block]
+        logits = soft_cap(h @ w[a : a + block].T, cap)  # [n, block]
         new_max = np.maximum(running_max, logits.max(axis=1))
         running_sum *= np.exp(running_max - new_max)
         logits -= new_max[:, None]
@@ -63,10 +75,12 @@ def logsumexp_rows(h: np.ndarray, w: np.ndarray, block: int = VOCAB_BLOCK) -> np
     return running_max + np.log(running_sum)
 
 
-def token_losses(h: np.ndarray, w: np.ndarray, targets: np.ndarray, block: int = VOCAB_BLOCK) -> np.ndarray:
+def token_losses(
+    h: np.ndarray, w: np.ndarray, targets: np.ndarray, block: int = VOCAB_BLOCK, cap: float | None = None
+) -> np.ndarray:
     """h [n, n_embd] final-normed states of the predicting positions, targets [n] ids -> [n] float32 -ln p(target)."""
-    target_logits = np.einsum("ne,ne->n", h, w[targets])  # [n]
-    return logsumexp_rows(h, w, block) - target_logits
+    target_logits = soft_cap(np.einsum("ne,ne->n", h, w[targets]), cap)  # [n]
+    return logsumexp_rows(h, w, block, cap) - target_logits
 
 
 def text_losses(
@@ -76,7 +90,7 @@ def text_losses(
     start = first_target(len(ids), loss_from)
     w = output_head(params) if w is None else w
     h = final_norm(params, residual[start - 1 : -1])  # positions start-1 .. n_seq-2 predict start .. n_seq-1
-    return token_losses(h, w, np.asarray(ids[start:]))
+    return token_losses(h, w, np.asarray(ids[start:]), cap=params.config.logit_softcap)
 
 
 def variant_losses(
@@ -88,9 +102,9 @@ def variant_losses(
     n_variants, _, n_embd = residual.shape
     h = final_norm(params, residual[:, start - 1 : -1]).reshape(-1, n_embd)  # [B * n_targets, n_embd]
     targets = np.tile(np.asarray(ids[start:]), n_variants)
-    return token_losses(h, w, targets).reshape(n_variants, -1)
+    return token_losses(h, w, targets, cap=params.config.logit_softcap).reshape(n_variants, -1)
 
 
 def logits(params: Params, residual: np.ndarray) -> np.ndarray:
     """[n_seq, n_embd] -> [n_seq, vocab_size] float32, the whole matrix (for `verify` against HF's)."""
-    return final_norm(params, residual) @ output_head(params).T
+    return soft_cap(final_norm(params, residual) @ output_head(params).T, params.config.logit_softcap)

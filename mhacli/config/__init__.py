@@ -4,7 +4,8 @@ One frozen dataclass per architecture family, all built on `ModelConfig` (config
 other module reads (n_layer, n_head, n_kv_head, d_head, n_embd, n_positions, vocab_size, layout, attn_scale, to_dict):
 - `Gpt2Config`: gpt2; `BigCodeConfig`: gpt_bigcode, both a `LayerNormConfig` (config/gpt2.py: their fields,
   defaults and parsing);
-- `RotaryConfig`: llama, mistral, olmo2, olmo3, with its rotary parameters as a `RopeConfig` (config/rotary.py).
+- `RotaryConfig`: llama, mistral, olmo2, olmo3, phi3, with its rotary parameters as a `RopeConfig` (config/rotary.py);
+- `GemmaConfig`: gemma2, gemma3_text, a RotaryConfig with Gemma's scale, soft-caps and QK-norm (config/gemma.py).
 Reading one field (types, ranges, the messages that name it) is config/fields.py. The supported model types, their
 parsers and families are one table, `ARCHITECTURES` (config/registry.py); `parse_config` dispatches through it.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from mhacli.config.base import ModelConfig
 from mhacli.config.fields import ACTIVATIONS, MAX_COUNT, MAX_DIM, MAX_POSITIONS, _shown
+from mhacli.config.gemma import GEMMA_DEFAULTS, GemmaConfig
 from mhacli.config.gpt2 import (
     BIGCODE_DEFAULTS,
     GPT2_ALIASES,
@@ -41,6 +43,7 @@ __all__ = [
     "LAYER_TYPES", "MAX_COUNT", "MAX_DIM", "MAX_POSITIONS", "OLMO3_DEFAULT_ROPE_THETA", "REQUIRED_ROPE_KEYS",
     "ROPE_TYPES", "ROTARY_DEFAULTS", "SUPPORTED_MODEL_TYPES", "Architecture", "BigCodeConfig", "Gpt2Config",
     "LayerNormConfig", "ModelConfig", "RopeConfig", "RotaryConfig", "parse_config",
+    "GEMMA_DEFAULTS", "GemmaConfig",
 ]  # fmt: skip
 
 

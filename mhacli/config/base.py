@@ -49,6 +49,15 @@ class ModelConfig:
         """How many keys (the query's own included) a query of `layer` sees at most; None: all earlier ones."""
         return None
 
+    def attn_softcap(self, layer: int) -> float | None:
+        """Attention logit soft-capping of `layer`: scaled scores s become cap * tanh(s / cap); None: not capped."""
+        return None
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """Final logit soft-capping: the output head's logits z become cap * tanh(z / cap); None: not capped."""
+        return None
+
     @property
     def norm_eps(self) -> float:
         """The epsilon of the model's norms (LayerNorm's layer_norm_epsilon, RMSNorm's rms_norm_eps)."""

@@ -16,8 +16,9 @@ from functools import partial
 from typing import Any
 
 from mhacli.config.base import ModelConfig
+from mhacli.config.gemma import _parse_gemma
 from mhacli.config.gpt2 import _parse_bigcode, _parse_gpt2
-from mhacli.config.rotary import _parse_rotary
+from mhacli.config.rotary import _parse_phi3, _parse_rotary
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,17 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("mistral", _rotary("mistral"), "llama", "MistralModel", "MistralForCausalLM"),
         Architecture("olmo2", _rotary("olmo2"), "olmo", "Olmo2Model", "Olmo2ForCausalLM"),
         Architecture("olmo3", _rotary("olmo3"), "olmo", "Olmo3Model", "Olmo3ForCausalLM"),
+        Architecture("phi3", _parse_phi3, "phi3", "Phi3Model", "Phi3ForCausalLM"),
+        Architecture(
+            "gemma2", partial(_parse_gemma, model_type="gemma2"), "gemma2", "Gemma2Model", "Gemma2ForCausalLM"
+        ),
+        Architecture(
+            "gemma3_text",
+            partial(_parse_gemma, model_type="gemma3_text"),
+            "gemma3",
+            "Gemma3TextModel",
+            "Gemma3ForCausalLM",
+        ),
     )
 }
 SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)

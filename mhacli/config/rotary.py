@@ -24,6 +24,10 @@ _LLAMA = {
 _OLMO2 = _LLAMA | {"vocab_size": 50304, "rms_norm_eps": 1e-5}
 ROTARY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": _LLAMA,
+    # Phi3Config: no head_dim, bias or mlp_bias fields (its fused projections never have biases), window off
+    "phi3": {k: v for k, v in _LLAMA.items() if k not in ("attention_bias", "mlp_bias")}
+    | {"vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192, "max_position_embeddings": 4096,
+       "rms_norm_eps": 1e-5, "sliding_window": None},
     # MistralConfig: no attention_bias / mlp_bias fields (its Linear layers never have biases), a 4096 window
     "mistral": _LLAMA | {"intermediate_size": 14336, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
                          "sliding_window": 4096},
@@ -132,6 +136,33 @@ def _parse_rotary(raw: dict, model_type: str) -> RotaryConfig:
     )
 
 
+PHI3_ROPE_TYPES = ("default", "longrope")  # Phi3Config.validate_rope; "su" and "yarn" are read as longrope
+PHI3_ORIGINAL_CONTEXT = 4096  # Phi3Config.original_max_position_embeddings
+
+
+def _parse_phi3(raw: dict) -> RotaryConfig:
+    """Phi-3: Llama's fields (fused projections change the checkpoint, not the config), as Phi3Config reads them.
+
+    Its original_max_position_embeddings (default 4096) is longrope's original context, and rope type "su" or
+    "yarn" means longrope (Phi3Config.convert_rope_params_to_dict); other rope types are refused, as HF refuses them.
+    """
+    raw = dict(raw)
+    if raw.get("original_max_position_embeddings") is None:
+        raw["original_max_position_embeddings"] = PHI3_ORIGINAL_CONTEXT
+    key = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    rope = raw.get(key)
+    if isinstance(rope, dict):
+        kind = _rope_kind(rope)
+        if kind in ("su", "yarn"):
+            raw[key] = rope = dict(rope) | {"rope_type": "longrope"}
+        elif kind not in PHI3_ROPE_TYPES:
+            raise ConfigError(
+                f"config.json: {key}.rope_type {_shown(kind)} is not supported by Phi-3 (supported: "
+                f"{', '.join(PHI3_ROPE_TYPES)}, and su or yarn meaning longrope)"
+            )
+    return _parse_rotary(raw, "phi3")
+
+
 def _window(fields: dict) -> int | None:
     if fields.get("sliding_window") is None:
         return None
@@ -141,9 +172,9 @@ def _window(fields: dict) -> int | None:
 def _layer_types(fields: dict, model_type: str, n_layer: int, window: int | None) -> tuple[str, ...]:
     """Which layers use the sliding window:
 
-    Mistral's every layer when it has one (MistralModel ignores any layer_types), OLMo 3's as layer_types says
+    Mistral's and Phi-3's every layer when they have one (they ignore any layer_types), OLMo 3's as layer_types says
     (default: three sliding layers, then a full one)."""
-    if model_type == "mistral":
+    if model_type in ("mistral", "phi3"):
         return ("sliding_attention" if window is not None else "full_attention",) * n_layer
     if model_type != "olmo3":
         return ("full_attention",) * n_layer

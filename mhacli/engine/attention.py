@@ -119,12 +119,14 @@ def causal_attention(
     block: int | None = None,
     sink: Sink | None = None,
     threads: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head] -> (z [n_head, n_seq, d_v], probs).
 
     probs [n_head, n_seq, n_seq]: rows sum to 1 over the visible keys (j <= i, and j > i - window with a sliding
     window), every hidden entry exactly 0. With a `sink`, each tile goes to sink.add instead and probs is None.
     `threads`: how many threads share the blocks (default threads_for; 1 for a sink that is not concurrent).
+    `softcap` (Gemma 2): the scaled scores s are capped to softcap * tanh(s / softcap) before the mask and softmax.
 
     A batch of variants (q [B, n_head, ...], k/v [B, n_kv_head, ...], ablation's stacked models) is folded into
     the heads: folded query head b * n_head + h reads K/V head b * n_kv_head + h // group, its own variant's, and
@@ -133,7 +135,7 @@ def causal_attention(
     if q.ndim == 4:
         z, probs = causal_attention(
             q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]), v.reshape(-1, *v.shape[-2:]), scale,
-            window=window, block=block, sink=sink, threads=threads,
+            window=window, block=block, sink=sink, threads=threads, softcap=softcap,
         )  # fmt: skip
         return z.reshape(*q.shape[:-1], z.shape[-1]), (None if probs is None else probs.reshape(*q.shape[:-1], -1))
     n_head, n_seq, _ = q.shape
@@ -163,7 +165,7 @@ def causal_attention(
                     a, b, lo = next(queue, (-1, -1, -1))
                 if a < 0:
                     return
-                _block(qs, k, v, a, b, lo, window, tile, z, target, group)
+                _block(qs, k, v, a, b, lo, window, tile, z, target, group, softcap)
         except BaseException:
             stop.set()  # the other threads stop at their next block
             raise
@@ -192,6 +194,7 @@ def _block(
     z: np.ndarray,
     sink: Sink,
     group: int,
+    softcap: float | None = None,
 ) -> None:
     """Rows a..b-1 over keys lo..b-1, head by head:
 
@@ -204,6 +207,10 @@ def _block(
         for h, s in enumerate(tiles, start=h0):  # s: scores, then probabilities, in place
             kv = h // shared
             np.matmul(qs[h, a:b], k[kv, lo:b].T, out=s)
+            if softcap is not None:  # as HF's eager attention: s / cap, tanh, * cap, then the mask
+                s /= F32(softcap)
+                np.tanh(s, out=s)
+                s *= F32(softcap)
             if masked:
                 np.copyto(s, -np.inf, where=hidden)
             s -= s.max(axis=1, keepdims=True)

@@ -6,6 +6,10 @@ What llama.cpp's converter (convert_hf_to_gguf.py) changed, and how transformers
 - rotary models (llama): the rows of Q and K are permuted per head from HF's rotate-half order into GGML's
   interleaved pairs; `unpermute_rows` restores it (Q over n_head heads, K over n_kv_head);
 - gpt2: GGUF stores the Conv1D weights [out, in] like nn.Linear; HF's are [in, out], so they are transposed back;
+- gemma2, gemma3: llama.cpp stores every RMSNorm weight with 1 added (the gain 1 + w); 1 is subtracted again, as
+  transformers' Gemma2TensorProcessor does (our Gemma families add it back);
+- phi3: its longrope short and long factors are the tensors rope_factors_short / rope_factors_long, read into the
+  config;
 - shapes: GGUF's dimensions are ggml's order (fastest first); NumPy's shape is their reverse (mhacli.io.gguf).
 The config is built as the config.json transformers would build from the same metadata, then parsed and checked
 as any config.json is (mhacli.config.parse_config), so every bound and message is the same.
@@ -175,12 +179,99 @@ OLMO2_LAYER = {
     "attn_post_norm": "post_attention_layernorm", "ffn_post_norm": "post_feedforward_layernorm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }  # fmt: skip
-CONFIGS = {"llama": llama_config, "gpt2": gpt2_config, "starcoder": starcoder_config, "olmo2": olmo2_config}
+PHI3_LAYER = {
+    "attn_norm": "input_layernorm", "attn_qkv": "self_attn.qkv_proj", "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm", "ffn_up": "mlp.gate_up_proj", "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+GEMMA_LAYER = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}  # llama.cpp's LLM_TYPE_27B: scale by n_embd / n_head, not head_dim
+
+
+def _rope_factors(gf: GgufFile, name: str) -> list[float] | None:
+    tensor = gf.tensors.get(name)
+    return None if tensor is None else [float(x) for x in dequantise(gf, tensor).reshape(-1)]
+
+
+def phi3_config(gf: GgufFile) -> dict:
+    """Phi-3: llama's fields under `phi3.`; longrope when the file holds rope_factors_short / rope_factors_long.
+
+    As llama.cpp's converter wrote them: the original context as rope.scaling.original_context_length, the
+    attention factor as rope.scaling.attn_factor. (transformers' GGUF loader reads neither: it runs such a file
+    with the default rotary, and without llama.cpp's sliding_window.)"""
+    raw = llama_config(GgufFile(gf.path, gf.size, gf.version, _renamed(gf.metadata, "phi3.", "llama."), gf.tensors,
+                                gf.alignment, gf.data_offset))  # fmt: skip
+    raw["model_type"] = "phi3"
+    for key in ("attention_bias", "head_dim", "rope_scaling"):
+        raw.pop(key, None)
+    short, long = _rope_factors(gf, "rope_factors_short.weight"), _rope_factors(gf, "rope_factors_long.weight")
+    if short is not None and long is not None:
+        rope: dict[str, Any] = {"rope_type": "longrope", "short_factor": short, "long_factor": long}
+        factor = _meta(gf, "phi3.rope.scaling.attn_factor", (int, float))
+        if factor is not None:
+            rope["attention_factor"] = float(factor)
+        raw["rope_scaling"] = rope
+    original = _meta(gf, "phi3.rope.scaling.original_context_length", int)
+    if original is not None:
+        raw["original_max_position_embeddings"] = original
+    return raw
+
+
+def gemma_config(gf: GgufFile) -> dict:
+    """Gemma 2 / Gemma 3 (text): the config.json transformers builds (GGUF_CONFIG_MAPPING["gemma2"/"gemma3"]), ...
+
+    ... with what llama.cpp records beyond it: the soft-caps, the sliding-window pattern and rope scaling where
+    present, and the attention scale llama.cpp uses (1/sqrt(head_dim), 1/sqrt(n_embd / n_head) for the 27B models),
+    given as query_pre_attn_scalar."""
+    arch = str(gf.metadata.get("general.architecture"))
+    a = "llama"
+    raw = llama_config(GgufFile(gf.path, gf.size, gf.version, _renamed(gf.metadata, arch + ".", "llama."),
+                                gf.tensors, gf.alignment, gf.data_offset))  # fmt: skip
+    raw["model_type"] = "gemma2" if arch == "gemma2" else "gemma3_text"
+    raw.pop("attention_bias", None)
+    m = _renamed(gf.metadata, arch + ".", "llama.")
+    view = GgufFile(gf.path, gf.size, gf.version, m, gf.tensors, gf.alignment, gf.data_offset)
+    head_dim = _meta(view, f"{a}.attention.key_length", int)
+    if head_dim is not None:
+        raw["head_dim"] = head_dim
+    n_layer, n_head = raw["num_hidden_layers"], raw["num_attention_heads"]
+    if GEMMA_27B_LAYERS.get(arch) == n_layer:
+        raw["query_pre_attn_scalar"] = raw["hidden_size"] // n_head
+    elif head_dim is not None:
+        raw["query_pre_attn_scalar"] = head_dim
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        value = _meta(view, f"{a}.{key}", (int, float))
+        if value is not None:
+            raw[key] = float(value)
+    pattern = view.metadata.get(f"{a}.attention.sliding_window_pattern")
+    if isinstance(pattern, list) and len(pattern) == n_layer:  # one bool per layer: sliding or not
+        raw["layer_types"] = ["sliding_attention" if bool(x) else "full_attention" for x in pattern]
+    elif pattern is not None:
+        raw["sliding_window_pattern"] = _meta(view, f"{a}.attention.sliding_window_pattern", int)
+    if arch == "gemma2":
+        raw.pop("sliding_window_pattern", None)
+    return raw
+
+
+CONFIGS = {
+    "llama": llama_config, "gpt2": gpt2_config, "starcoder": starcoder_config, "olmo2": olmo2_config,
+    "phi3": phi3_config, "gemma2": gemma_config, "gemma3": gemma_config,
+}  # fmt: skip
 NAMES = {
     "llama": (LLAMA_GLOBAL, LLAMA_LAYER), "gpt2": (GPT2_GLOBAL, GPT2_LAYER), "starcoder": (GPT2_GLOBAL, GPT2_LAYER),
-    "olmo2": (LLAMA_GLOBAL, OLMO2_LAYER),
+    "olmo2": (LLAMA_GLOBAL, OLMO2_LAYER), "phi3": (LLAMA_GLOBAL, PHI3_LAYER), "gemma2": (LLAMA_GLOBAL, GEMMA_LAYER),
+    "gemma3": (LLAMA_GLOBAL, GEMMA_LAYER),
 }  # fmt: skip
-FAMILY = {"llama": "llama", "gpt2": "gpt2", "starcoder": "gpt_bigcode", "olmo2": "olmo2"}
+FAMILY = {
+    "llama": "llama", "gpt2": "gpt2", "starcoder": "gpt_bigcode", "olmo2": "olmo2", "phi3": "phi3",
+    "gemma2": "gemma2", "gemma3": "gemma3_text",
+}  # fmt: skip
+NORM_PLUS_ONE = ("gemma2", "gemma3")  # llama.cpp wrote 1 + w for every norm weight
 
 
 def gguf_config(gf: GgufFile) -> tuple[str, ModelConfig]:
@@ -231,7 +322,7 @@ class GgufModel:
     def load(self, name: str) -> np.ndarray:
         """Our tensor `name` dequantised to float32 in our layout.
 
-        Q/K rows un-permuted (llama), Conv1D weights transposed (gpt2).
+        Q/K rows un-permuted (llama), Conv1D weights transposed (gpt2), 1 taken off Gemma's norm weights.
         """
         w = dequantise(self.gguf, self.gguf.tensors[self.tensors[name].name])
         c = self.config
@@ -239,6 +330,8 @@ class GgufModel:
             return np.ascontiguousarray(unpermute_rows(w, c.n_head if ".q_proj." in name else c.n_kv_head))
         if self.arch == "gpt2" and self.tensors[name].name.endswith(GPT2_TRANSPOSED):
             return np.ascontiguousarray(w.T)
+        if self.arch in NORM_PLUS_ONE and name.endswith("norm.weight"):
+            return w - np.float32(1.0)
         return w
 
 

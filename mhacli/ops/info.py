@@ -55,6 +55,9 @@ def info_doc(model: str | None) -> dict:
         "group_size": c.group_size,
         "sliding_window": [c.sliding_window(layer) for layer in range(c.n_layer)],
         "kv_cache": kv_cache_doc(c, ckpt.kv_dtype()),
+        # soft-capping (Gemma 2): each layer's cap on its scaled scores, and the output head's on its logits
+        "softcap": [c.attn_softcap(layer) for layer in range(c.n_layer)],
+        "logit_softcap": c.logit_softcap,
     }
     return {
         "source": ckpt.source,

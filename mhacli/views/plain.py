@@ -341,6 +341,20 @@ def window_text(windows: list[int | None]) -> str:
     return f"{windows[sliding[0]]} keys in layers {', '.join(map(str, sliding))}; the others full"
 
 
+def softcap_text(caps: list, logits: float | None) -> str:
+    """Soft-capping in words (Gemma 2), or "" when the model caps nothing."""
+    parts = []
+    if any(cap is not None for cap in caps):
+        shown = {cap for cap in caps if cap is not None}
+        which = "every layer" if None not in caps else f"layers {', '.join(str(i) for i, x in enumerate(caps) if x)}"
+        parts.append(
+            f"attention scores at {', '.join(f'{x:g}' for x in sorted(shown))} in {which} (cap · tanh(s / cap))"
+        )
+    if logits is not None:
+        parts.append(f"output logits at {logits:g}")
+    return "; ".join(parts)
+
+
 def rope_text(rope: dict) -> str:
     rest = ", ".join(f"{k} {v}" for k, v in rope.items() if k not in ("rope_type", "truncate") and v is not None)
     return f"{rope['rope_type']} ({rest})"
@@ -374,6 +388,9 @@ def info_lines(doc: dict) -> list[tuple[str, str]]:
     ]
     if family(c["model_type"]).SLIDING_WINDOWS:  # a family that can give layers a sliding window
         lines.append(("sliding window", window_text(a["sliding_window"])))
+    caps = softcap_text(a.get("softcap") or [], a.get("logit_softcap"))
+    if caps:
+        lines.append(("soft-cap", caps))
     lines += [(key, value_text(value)) for key, value in c.items() if key not in INFO_SHOWN]
     if isinstance(c.get("rope"), dict):
         lines.append(("rope", rope_text(c["rope"])))

@@ -1,4 +1,6 @@
-"""Architecture families, one module each (gpt2, gpt_bigcode, llama for Llama and Mistral, olmo for OLMo 2 and 3).
+"""Architecture families, one module each:
+
+gpt2, gpt_bigcode, llama for Llama and Mistral, olmo for OLMo 2 and 3, phi3, gemma2, gemma3 (text).
 
 `family(model_type)` returns the module, which satisfies the `Family` protocol (arch/interface.py: its checkpoint
 layout, its block, and the facts `explain` and `info` show); mypy checks each module against it below. Which
@@ -23,13 +25,16 @@ __all__ = ["FAMILIES", "Family", "check_config", "family"]
 FAMILIES: dict[str, str] = {model_type: a.family for model_type, a in ARCHITECTURES.items()}
 
 if TYPE_CHECKING:  # mypy checks every family module against the protocol here (no run-time import)
-    from mhacli.config import BigCodeConfig, Gpt2Config, RotaryConfig
-    from mhacli.engine.arch import gpt2, gpt_bigcode, llama, olmo
+    from mhacli.config import BigCodeConfig, GemmaConfig, Gpt2Config, RotaryConfig
+    from mhacli.engine.arch import gemma2, gemma3, gpt2, gpt_bigcode, llama, olmo, phi3
 
     _gpt2: Family[Gpt2Config] = gpt2
     _gpt_bigcode: Family[BigCodeConfig] = gpt_bigcode
     _llama: Family[RotaryConfig] = llama
     _olmo: Family[RotaryConfig] = olmo
+    _phi3: Family[RotaryConfig] = phi3
+    _gemma2: Family[GemmaConfig] = gemma2
+    _gemma3: Family[GemmaConfig] = gemma3
 
 
 def family(model_type: str) -> Family[Any]:

@@ -42,6 +42,20 @@ def swiglu(x: np.ndarray, p: dict[str, np.ndarray], act: Act) -> np.ndarray:
     return linear(act(gate) * up, p["mlp.down_proj.weight"], p.get("mlp.down_proj.bias"))
 
 
+def soft_cap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    """cap * tanh(x / cap), element-wise in float32 (Gemma 2's logit soft-capping); x itself when cap is None."""
+    return x if cap is None else np.tanh(x / F32(cap)) * F32(cap)
+
+
+def norm_gain(w: np.ndarray, start: int, end: int, offset: float) -> np.ndarray:
+    """The gain a QK-norm applies to features [start, end) of its projection, float32.
+
+    w covers the whole projection (OLMo: [n_head * d_head]) or one head, shared by every head (Gemma 3, Qwen 3:
+    [d_head]); `offset` is the family's NORM_GAIN_OFFSET (Gemma stores the gain as 1 + w)."""
+    gain = w if len(w) == end - start else w[start:end]
+    return gain + F32(offset) if offset else gain
+
+
 def grouped_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     """q [n_head, n_seq, d_head], k [n_kv_head, n_seq, d_head] -> raw q.k [n_head, n_seq, n_seq]"""
     n_head, n_seq, d_head = q.shape
@@ -101,20 +115,22 @@ def grouped_attention(
     *,
     keep_scores: bool = True,
     sink: Sink | None = None,
+    softcap: float | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
     """Causal attention over grouped K/V heads, with the layer's sliding window.
 
     q [n_head, n_seq, d_head], k/v [n_kv_head, n_seq, d_head]
     -> (scores, probs [n_head, n_seq, n_seq], z [n_head, n_seq, d_head])
 
-    As HF's eager_attention_forward: (q @ k^T) * scale, masked, softmax over keys, @ v. keep_scores=False is the
+    As HF's eager_attention_forward: (q @ k^T) * scale, soft-capped where the layer caps (softcap * tanh(s /
+    softcap), Gemma 2), masked, softmax over keys, @ v. keep_scores=False is the
     forward's fast path (mhacli.engine.attention): the same numbers to float32 rounding, scores not kept (None).
     """
     if not keep_scores:
-        z, probs = causal_attention(q, k, v, scale, window=window, sink=sink)
+        z, probs = causal_attention(q, k, v, scale, window=window, sink=sink, softcap=softcap)
         return None, probs, z
     scores = grouped_scores(q, k)  # [n_head, n_seq, n_seq]
-    probs = masked_softmax(scores * F32(scale), window)
+    probs = masked_softmax(soft_cap(scores * F32(scale), softcap), window)
     return scores, probs, grouped_mix(probs, v)
 
 

@@ -153,6 +153,7 @@ def attention_parts(h: np.ndarray, p: dict[str, np.ndarray], config: LayerNormCo
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
 ATTENTION_NORM = ("layer_norm", "ln_1.weight", "ln_1.bias")
 FINAL_NORM = ("layer_norm", "ln_f.weight", "ln_f.bias")
+NORM_GAIN_OFFSET = 0.0  # every norm's gain is its weight
 QK_NORM = None
 SLIDING_WINDOWS = False
 

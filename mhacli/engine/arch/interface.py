@@ -89,6 +89,13 @@ class Family(Protocol[C]):
         """The norm after the last layer, before the output head: (kind, weight, bias or None), model-level keys."""
 
     @property
+    def NORM_GAIN_OFFSET(self) -> float:  # noqa: N802
+        """Added to every norm weight to give its gain: 0.0 (gain = w) but for Gemma, whose RMSNorms scale by 1 + w.
+
+        Readers of ATTENTION_NORM, FINAL_NORM and QK_NORM weights (explain, circuits' folding, attribution's frozen
+        final norm) use weight + NORM_GAIN_OFFSET; the stored weight itself is the checkpoint's."""
+
+    @property
     def QK_NORM(self) -> tuple[str, str] | None:  # noqa: N802
         """(q_norm weight, k_norm weight): RMSNorms over the whole q/k projection; None: no QK-norm."""
 

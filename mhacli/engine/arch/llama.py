@@ -131,7 +131,14 @@ def rotary_attention(
     cos, sin = rope_tables(config.rope_at(layer), config.d_head, config.n_positions, q.shape[-2])  # [n_seq, d_head]
     q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     scores, probs, z = grouped_attention(
-        q_rot, k_rot, v, config.attn_scale(layer), config.sliding_window(layer), keep_scores=keep_scores, sink=sink
+        q_rot,
+        k_rot,
+        v,
+        config.attn_scale(layer),
+        config.sliding_window(layer),
+        keep_scores=keep_scores,
+        sink=sink,
+        softcap=config.attn_softcap(layer),
     )
     out = linear(
         project_heads(z, edit), p["self_attn.o_proj.weight"], p.get("self_attn.o_proj.bias")
@@ -177,6 +184,7 @@ def block(
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
 ATTENTION_NORM = ("rms_norm", "input_layernorm.weight", None)
 FINAL_NORM = ("rms_norm", "norm.weight", None)
+NORM_GAIN_OFFSET = 0.0  # every norm's gain is its weight
 QK_NORM = None
 SLIDING_WINDOWS = True  # Mistral's every layer, OLMo 3's sliding_attention ones
 

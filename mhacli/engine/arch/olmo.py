@@ -64,6 +64,10 @@ def attention_input(x: np.ndarray, p: dict[str, np.ndarray], config: RotaryConfi
     return x
 
 
+NORM_GAIN_OFFSET = 0.0  # the family interface: every norm's gain is its weight, as Llama's
+__all__ += ["NORM_GAIN_OFFSET"]
+
+
 def attention_parts(
     h: np.ndarray,
     p: dict[str, np.ndarray],

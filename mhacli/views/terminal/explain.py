@@ -42,6 +42,8 @@ def shown_keys(ex: Explanation, full: bool) -> list[int]:
 
 
 def scale_text(ex: Explanation) -> str:
+    if ex.scale_attn_weights and not ex.scale_attn_by_inverse_layer_idx and abs(ex.scale * ex.d_head**0.5 - 1) > 1e-12:
+        return f"scale = {num(ex.scale)} (the config's query_pre_attn_scalar^(−1/2), not 1/√d_head)"
     if ex.scale_attn_weights and ex.scale_attn_by_inverse_layer_idx:
         return f"scale = 1/√d_head · 1/(layer+1) = 1/√{ex.d_head} · 1/{ex.layer + 1} = {num(ex.scale)}"
     if ex.scale_attn_weights:
@@ -183,9 +185,11 @@ def step_input(out: Layout) -> None:
     if L == 0 and ex.rope is None:
         out.note(f"{x_i} = {glue(f'wte[{ex.token_id}] + wpe[{i}]')}: the token and position embeddings")
     elif L == 0:
+        scaled = "" if abs(ex.embed_scale - 1.0) < 1e-6 else f" · {num(ex.embed_scale)}"
         out.note(
-            f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]')}: "
-            "the token embedding (positions enter in step 2, as rotations of q and k)"
+            f"{x_i} = {glue(f'embed_tokens[{ex.token_id}]{scaled}')}: "
+            + ("the token embedding" if not scaled else "the token embedding times the model's scale (√n_embd)")
+            + " (positions enter in step 2, as rotations of q and k)"
         )
     else:
         out.note(f"{x_i}: the residual stream after {glue(f'layer {L - 1}')}")
@@ -207,13 +211,18 @@ def step_input(out: Layout) -> None:
             raise ValueError("an RMSNorm explanation carries the norm's mean square")
         out.note(
             f"{glue(f'mean({x_i}²) = {num(ex.ln_var)},')} {glue(f'ε = {ex.layer_norm_epsilon:g};')} "
-            f"{glue(f'γ = {ex.norm_weight}')}"
+            + glue("γ = " + gain_text(ex, ex.norm_weight or ""))
         )
     else:
         out.note(
             f"no norm before attention: the projections read {x_i} itself (this model's RMSNorms come after "
             "attention and after the MLP, on each branch before it is added to the residual stream)"
         )
+
+
+def gain_text(ex: Explanation, weight: str) -> str:
+    """A norm's gain as the checkpoint stores it: the weight, or 1 + weight (Gemma)."""
+    return weight if not ex.norm_gain_offset else f"{ex.norm_gain_offset:g} + {weight}"
 
 
 def step_projections(out: Layout) -> None:
@@ -229,10 +238,17 @@ def step_projections(out: Layout) -> None:
         out.add(wrapped(w_part + b_part, width, hang=4))
     if ex.qk_norm is not None:
         qk = ex.qk_norm
+        where = (
+            "over each head's d_head values (one weight shared by every head), taken after the head's slice: "
+            f"{glue(f'rms(q_{ex.query_index}) = {num(qk.query_rms)};')}"
+            if qk.per_head
+            else "over the whole q_proj / k_proj output (every head), taken before the head's slice: "
+            f"{glue(f'rms(q_proj({out.x_i})) = {num(qk.query_rms)};')}"
+        )
         out.note(
-            f"QK-norm: q_norm and k_norm are RMSNorms over the whole q_proj / k_proj output (every head), taken "
-            f"before the head's slice: {glue(f'rms(q_proj({out.x_i})) = {num(qk.query_rms)};')} "
-            f"{glue(f'γ_q = {ex.layer_prefix}{qk.q_weight},')} {glue(f'γ_k = {ex.layer_prefix}{qk.k_weight}')}"
+            f"QK-norm: q_norm and k_norm are RMSNorms {where} "
+            f"{glue(f'γ_q = {gain_text(ex, ex.layer_prefix + qk.q_weight)},')} "
+            f"{glue(f'γ_k = {gain_text(ex, ex.layer_prefix + qk.k_weight)}')}"
         )
 
 
@@ -307,17 +323,34 @@ def step_scores(out: Layout, keys: list[int]) -> None:
     out.note(f"{glue(f's_j = q_{i} · k_j:')} the raw score of {glue('key j')}", "")
     out.note(scale_text(ex), "")
     out.note(mask_text(ex), "")
-    out.note(f"a_j = {glue('softmax(scale · s)_j')} = {glue('exp(scale · s_j)')} / {glue('Σ_i exp(scale · s_i)')}", "")
+    if s.capped_scores is None:
+        out.note(
+            f"a_j = {glue('softmax(scale · s)_j')} = {glue('exp(scale · s_j)')} / {glue('Σ_i exp(scale · s_i)')}", ""
+        )
+    else:
+        out.note(
+            f"soft-cap (attn_logit_softcapping = {ex.softcap:g}): "
+            f"{glue(f'c_j = {ex.softcap:g} · tanh(scale · s_j / {ex.softcap:g})')}, "
+            f"then {glue('a_j = softmax(c)_j')}: the weights shown are the capped ones",
+            "",
+        )
     j_w = len(str(i))
     s_w = max(5, *(len(num(s.scores[j])) for j in keys))
     c_w = max(6, *(len(num(s.scaled_scores[j])) for j in keys))
-    fixed = 2 + j_w + 1 + 1 + s_w + 1 + c_w + 1 + 6 + 1  # everything but the token label and the bar
+    capped = s.capped_scores
+    k_w = 0 if capped is None else max(6, *(len(num(capped[j])) for j in keys)) + 1
+    fixed = 2 + j_w + 1 + 1 + s_w + 1 + c_w + k_w + 1 + 6 + 1  # everything but the token label and the bar
     tok_w = max(4, min(token_width(tokens, keys), width - fixed - 8))
     bar_w = max(0, min(EXPLAIN_BAR, width - fixed - tok_w))
-    out.lines.append([(f"  {'j':>{j_w}} {'token':<{tok_w}} {'q·k':>{s_w}} {'scaled':>{c_w}} {'a_j':>6}", "dim")])
+    capped_head = "" if capped is None else f" {'capped':>{k_w - 1}}"
+    out.lines.append(
+        [(f"  {'j':>{j_w}} {'token':<{tok_w}} {'q·k':>{s_w}} {'scaled':>{c_w}}{capped_head} {'a_j':>6}", "dim")]
+    )
     for j in keys:
         a = float(s.attention[j])
         scores = f"{num(s.scores[j]):>{s_w}} {num(s.scaled_scores[j]):>{c_w}}"
+        if capped is not None:
+            scores += f" {num(capped[j]):>{k_w - 1}}"
         row = f"  {j:>{j_w}} {cell_label(tokens[j], tok_w)} {scores} {a:6.4f} "
         out.lines.append([(row, ""), (("#" if out.plain else "█") * int(round(a * bar_w)), weight_colour(a))])
     if len(keys) < i + 1:
