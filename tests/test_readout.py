@@ -21,6 +21,9 @@ from mhacli.io.weights import load_model
 from mhacli.ops.tokens import one_token
 
 GPT2 = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=400, bos_token_id=0, eos_token_id=0)
+# (1 + w) norm gains and a final soft-cap that bites (logits of ~1 squashed to at most 2)
+GEMMA2_CAPPED = LLAMA | {"head_dim": 8, "query_pre_attn_scalar": 32, "attn_logit_softcapping": 5.0,
+                         "final_logit_softcapping": 2.0}  # fmt: skip
 IDS = [5, 17, 93, 40, 5, 17, 250, 3, 71]
 
 
@@ -32,6 +35,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "gpt2": build(tmp_path_factory.mktemp("gpt2"), "gpt2", GPT2, tok, seed=3),
         "llama_gqa": build(tmp_path_factory.mktemp("llama"), "llama", LLAMA, bos, seed=4),
         "olmo2": build(tmp_path_factory.mktemp("olmo2"), "olmo2", MODELS["olmo2"]["fields"], bos, seed=5),
+        "gemma2_capped": build(tmp_path_factory.mktemp("gemma2"), "gemma2", GEMMA2_CAPPED, bos, seed=6),
     }
 
 
@@ -51,7 +55,7 @@ def hf_logits(directory: Path):
     return out.logits[0].double(), float(out.loss)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "olmo2"])
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "olmo2", "gemma2_capped"])
 def test_frozen_norm_is_the_final_norm_and_splits_additively(models, name):
     ckpt, x = last_residual(models[name])
     frozen = freeze_final_norm(ckpt, x)
@@ -67,7 +71,7 @@ def test_frozen_norm_is_the_final_norm_and_splits_additively(models, name):
     np.testing.assert_allclose(frozen.linear(3 * pieces[0]), 3 * frozen.linear(pieces[0]), atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "gemma2_capped"])
 @pytest.mark.parametrize("pos", [-1, 4])
 def test_metrics_equal_hf(models, name, pos):
     import torch

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.analyses.loss import logsumexp_rows, output_head, text_losses
+from mhacli.analyses.loss import logsumexp_rows, output_head, soft_cap, text_losses
 from mhacli.engine.blocks import Params
 from mhacli.engine.forward import family, final_norm
 from mhacli.errors import UsageError
@@ -110,9 +110,11 @@ def logit_direction(head: np.ndarray, answer: int, wrong: int | None = None) -> 
 
 
 def final_logits(params: Params, residual: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
-    """The model's logits [n, vocab] float32 from last-layer residuals [n, n_embd] (final norm, then the head)."""
+    """The model's logits [n, vocab] float32 from last-layer residuals [n, n_embd].
+
+    The final norm, the head, then the model's soft-cap where it has one (Gemma 2's final_logit_softcapping)."""
     head = output_head(params) if head is None else head
-    return final_norm(params, residual) @ head.T
+    return soft_cap(final_norm(params, residual) @ head.T, params.config.logit_softcap)
 
 
 def metric(
@@ -130,14 +132,20 @@ def metric(
 
     logit_diff: logit(answer) - logit(wrong) (the answer's logit when wrong is None); logprob: ln p(answer);
     prob: p(answer); loss: the text's mean next-token loss (every target position; answer and wrong unused).
+    Logits are the model's own: soft-capped where the model caps them (so, there, not linear in the residual).
     """
     if kind not in METRICS:
         raise UsageError(f"unknown {{metric}} {kind!r}: one of {', '.join(METRICS)}", params=("metric",))
     head = output_head(params) if head is None else head
     if kind == "loss":
         return float(text_losses(params, residual, np.asarray(ids), 1, head).astype(F64).mean())
+    cap = params.config.logit_softcap
     h = final_norm(params, residual[[pos]])  # [1, n_embd]
+    tokens = [answer] if wrong is None else [answer, wrong]
+    logits = h[0].astype(F64) @ head[tokens].astype(F64).T
+    if cap is not None:
+        logits = cap * np.tanh(logits / cap)
     if kind == "logit_diff":
-        return float(h[0].astype(F64) @ logit_direction(head, answer, wrong))
-    logprob = float(h[0].astype(F64) @ head[answer].astype(F64)) - float(logsumexp_rows(h, head)[0])
+        return float(logits[0] - (0.0 if wrong is None else logits[1]))
+    logprob = float(logits[0]) - float(logsumexp_rows(h, head, cap=cap)[0])
     return logprob if kind == "logprob" else float(np.exp(logprob))
