@@ -36,8 +36,8 @@ def prepared(model: str | None, text: str | None, ids: str | None, truncate: boo
     epilog=examples(
         'mha attribute "ROMEO: I love thee. JULIET: I love thee"',
         'mha attribute "The cat sat. The cat sat" --answer " on" --wrong " the"',
-        'mha attribute "The cat sat. The cat" --pos -2 --top-tokens 5 -f json',
-        "mha attribute --ids 352,277,303,2012,352,277 --answer-id 303 --fold-value-bias -f csv",
+        'mha attribute "The cat sat. The cat" --pos -2 --top-tokens 5 --fold-value-bias -f json',
+        "mha attribute --ids 352,277,303,2012,352,277 --answer-id 303",
     ),
 )
 def attribute(
@@ -79,7 +79,7 @@ def attribute(
     save: Annotated[SaveList, save_option(AttributeResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
-    """What each head wrote into the prediction: direct logit attribution.
+    """Direct logit attribution: each head's share of a prediction.
 
     The answer's logit (or answer − wrong) at one position, split into the embeddings, every head, the attention
     biases and every MLP, read through the final norm frozen at its real scale; the sum is checked against the model."""
