@@ -36,7 +36,7 @@ def prepared(model: str | None, text: str | None, ids: str | None, truncate: boo
     epilog=examples(
         'mha attribute "ROMEO: I love thee. JULIET: I love thee"',
         'mha attribute "The cat sat. The cat sat" --answer " on" --wrong " the"',
-        'mha attribute "The cat sat. The cat" --pos -2 --top-tokens 5 --fold-value-bias -f json',
+        'mha attribute "The cat sat. The cat" --pos -2 --fold-value-bias -f json',
         "mha attribute --ids 352,277,303,2012,352,277 --answer-id 303",
     ),
 )
