@@ -53,7 +53,7 @@ def check_line(doc: dict) -> str:
     rel = err / abs(value) if value else err
     ok = "✓" if rel <= 1e-4 or err <= 1e-4 else "✗ (more than 1e-4 apart)"
     what = "logit difference" if doc["wrong"] is not None else "logit"
-    return f"check: sum of components {total:.6f}, model's {what} {value:.6f} (|sum − value| {err:.1e}) {ok}"
+    return f"check: sum {total:.6f} = {what} {value:.6f} (|sum − value| {err:.1e}) {ok}"
 
 
 def quoted(token: str) -> str:

@@ -11,6 +11,7 @@ from rich.console import Console, Group, JustifyMethod, NewLine, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mhacli.views.display import token_label
 from mhacli.views.readout import (
     attribute_header,
     check_line,
@@ -19,7 +20,6 @@ from mhacli.views.readout import (
     number,
     others_text,
     ranked,
-    tokens_text,
 )
 from mhacli.views.terminal.common import KIND_STYLE, kinds_legend, one_line
 from mhacli.views.terminal.heatmap import uses_color
@@ -73,7 +73,8 @@ def grid(console: Console, doc: dict) -> list[Text]:
         header.append((name.center(width) if full else (str(c)[-1] if c != "mlp" else "M")) + gap, style="bold")
     lines = [header]
     for layer in range(n_layer):
-        line = Text(str(layer).rjust(label_w - 1) + " ", style="bold")
+        line = Text()
+        line.append(str(layer).rjust(label_w - 1) + " ", style="bold")
         for c in cols:
             line.append_text(_cell(by_pos.get((layer, c)), top, color, width))
             line.append(gap)
@@ -87,15 +88,22 @@ def grid(console: Console, doc: dict) -> list[Text]:
     return [*lines, legend]
 
 
-def ranking(doc: dict, top: int) -> Table:
+def shown_tokens(effects: list[dict]) -> str:
+    """A head's tokens made visible (spaces as ·), compact: `·Mary Mary MAS`."""
+    return " ".join(token_label(e["token"], 10) for e in effects[:3])
+
+
+def ranking(doc: dict, top: int, width: int = 80) -> Table:
     table = Table()
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("#", "right"), ("component", "left"), ("kind", "left"), ("share", "right"), ("promotes", "left"),
         ("suppresses", "left"),
     )  # fmt: skip
     has_tokens = any("promotes" in r for r in doc["components"])
-    for name, justify in columns if has_tokens else columns[:4]:
-        table.add_column(name, justify=justify)
+    for k, (name, justify) in enumerate(columns if has_tokens else columns[:4]):
+        least = (2, 9, 4, 7)[k] if k < 4 else None  # the rank, name and share are never cut; the tokens are
+        most = max(8, (width - 52) // 2) if k >= 4 else None
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis", min_width=least, max_width=most)
     best = max((abs(r["attribution"]) for r in doc["components"]), default=0.0)
     for rank, r in enumerate(ranked(doc, top), start=1):
         kind = r.get("kind") or ""
@@ -107,7 +115,7 @@ def ranking(doc: dict, top: int) -> Table:
             Text(f"{v:+.4f}", style="bold red" if v > 0.25 * best else "bold blue" if v < -0.25 * best else ""),
         ]
         if has_tokens:
-            cells += [tokens_text(r.get("promotes", [])), tokens_text(r.get("suppresses", []))]
+            cells += [shown_tokens(r.get("promotes", [])), shown_tokens(r.get("suppresses", []))]
         table.add_row(*cells)
     return table
 
@@ -115,11 +123,11 @@ def ranking(doc: dict, top: int) -> Table:
 def attribute_view(console: Console, doc: dict, top: int) -> Group:
     """The header, the check line, the grid, the other components, and the `top` components by |share|."""
     check = check_line(doc)
-    shown: list[RenderableType] = [Text(f"{k}: ", style="bold") + Text(v) for k, v in attribute_header(doc)]
+    shown: list[RenderableType] = [one_line(Text(f"{k}: ", style="bold") + Text(v)) for k, v in attribute_header(doc)]
     shown.append(Text(check, style="bold green" if "✓" in check else "bold red"))
     shown += [NewLine(), one_line(Text(f"direct contributions to {doc['metric']}", style="bold"))]
     shown += [one_line(line, "crop") for line in grid(console, doc)]
     shown += [*map(one_line, kinds_legend(console.width)), Text(others_text(doc)), NewLine()]
     shown.append(one_line(Text(f"top {min(top, len(doc['components']))} components by |share|", style="bold")))
-    shown.append(ranking(doc, top))
+    shown.append(ranking(doc, top, console.width))
     return Group(*shown)

@@ -43,7 +43,8 @@ def lens_view(console: Console, doc: dict) -> Group:
         one_line(toks, "crop"),
     ]  # fmt: skip
     for layer in layers:
-        line = Text(layer_label(layer["layer"]).rjust(LABEL - 1) + " ", style="bold")
+        line = Text()
+        line.append(layer_label(layer["layer"]).rjust(LABEL - 1) + " ", style="bold")
         for p in shown_pos:
             cell = layer["positions"][index[p]]
             top = cell["top"][0]
@@ -55,7 +56,8 @@ def lens_view(console: Console, doc: dict) -> Group:
             rank = rank_text(None if nxt is None else nxt["rank"])
             line.append(" " + rank.rjust(3) + " ", style="bold green" if rank == "1" else "dim")
         lines.append(one_line(line, "crop"))
-    nxt_line = Text("next".ljust(LABEL), style="bold")
+    nxt_line = Text()
+    nxt_line.append("next".ljust(LABEL), style="bold")
     for p in shown_pos:
         nxt_line.append(
             token_label(tokens[p + 1], CELL).center(CELL) + " " if p + 1 < len(tokens) else " " * (CELL + 1)
