@@ -399,6 +399,13 @@ def test_save_writes_every_kind(tmp_path):
     assert r.returncode == 0 and all(p.stat().st_size > 1000 for p in lens_paths)
 
 
+def test_head_kinds_are_what_stats_finds_on_the_text():
+    run = mhacli.load("sample").run("The cat sat on the mat. The cat sat on the mat")
+    kinds = {(s.layer, s.head): s.kind for s in run.stats()}
+    assert run.attribute().attribution.kinds == kinds
+    assert "induction" in kinds.values()  # the text tells kinds apart: the comparison is not of all-`mixed`
+
+
 def test_api_answers_as_text_or_id():
     run = mhacli.load("sample").run(TEXT)
     by_text = run.attribute(" thee", pos=-3)
