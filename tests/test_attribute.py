@@ -129,20 +129,31 @@ def test_heads_equal_transformer_lens(tl_models, caches, name, processed):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
-def test_embed_and_mlps_equal_transformer_lens_hooks(tl_models, caches, name):
-    bridge, cache = caches[name, False]
-    ckpt = load_model(str(tl_models[name]))
-    ours = {(c.component, c.layer): c.attribution for c in attribute(ckpt, np.array(IDS), 7, 11, POS).components}
-    n_layer = ckpt.config.n_layer
-    embed = cache["hook_embed"] + (cache["hook_pos_embed"] if "hook_pos_embed" in cache else 0)
-    rows = [embed] + [cache[f"blocks.{layer}.hook_mlp_out"] for layer in range(n_layer)]
-    stack = np.stack([r[0, POS].detach().numpy() for r in rows])[:, None]
+@pytest.mark.parametrize("processed", [False, True], ids=["raw", "fold_value_bias"])
+def test_embed_biases_and_mlps_equal_transformer_lens(tl_models, caches, name, processed):
+    """embed, attn_bias and mlp equal TransformerLens' hook_embed (+ hook_pos_embed), b_O and hook_mlp_out.
+
+    Each through the same frozen norm; processed, its b_O holds the folded value biases."""
     import torch
 
-    want = tl_reference(bridge, cache, torch.tensor(stack), 7, 11, False)
+    bridge, cache = caches[name, processed]
+    ckpt = load_model(str(tl_models[name]))
+    found = attribute(ckpt, np.array(IDS), 7, 11, POS, fold_value_bias=processed, kinds=False)
+    ours = {(c.component, c.layer): c.attribution for c in found.components}
+    n_layer = ckpt.config.n_layer
+    embed = cache["hook_embed"] + (cache["hook_pos_embed"] if "hook_pos_embed" in cache else 0)
+    rows = [embed[0, POS]] + [cache[f"blocks.{layer}.hook_mlp_out"][0, POS] for layer in range(n_layer)]
+    rows += [bridge.b_O[layer] for layer in range(n_layer)]
+    stack = torch.stack([r.detach() for r in rows])[:, None]
+    want = tl_reference(bridge, cache, stack, 7, 11, processed)
     got = [ours["embed", None]] + [ours["mlp", layer] for layer in range(n_layer)]
+    got += [ours["attn_bias", layer] for layer in range(n_layer)]
     err = np.abs(np.array(got) - want).max()
-    assert err < TL_ATOL, f"{name} embed and MLPs vs TransformerLens' hooks: {err:.2e}"
+    assert err < TL_ATOL, f"{name} embed, MLPs and attention biases vs TransformerLens: {err:.2e}"
+    assert {c.component for c in found.components} == {"embed", "head", "attn_bias", "mlp"} | (
+        {"norm_bias"} if name == "gpt2" else set()
+    )
+    assert (found.wrong, found.metric, found.fold_value_bias) == (11, "logit_diff", processed)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
@@ -188,6 +199,30 @@ def test_components_sum_to_hf_logit_difference(family_models, name):
         assert abs(sums[0] - sums[1]) < 1e-9 * max(1.0, abs(sums[0]))  # folding moves shares, never the sum
     kinds = {c.component for c in a.components}
     assert ("remainder" in kinds) == name.startswith("olmo")  # only the post-norm families need one
+    n_layer = ckpt.config.n_layer
+    for kind in ("mlp", "remainder") if name.startswith("olmo") else ("mlp",):
+        assert [c.layer for c in a.components if c.component == kind] == list(range(n_layer))
+
+
+def test_lens_cells_name_the_next_token_at_every_position(family_models, monkeypatch):
+    """One cell per layer and position, the actual next token in each (none at the last), the same in blocks."""
+    import mhacli.analyses.lens as lens_module
+
+    ckpt = load_model(str(family_models["gpt2"]))
+    whole = lens(ckpt, np.array(IDS), top=40)  # more tokens than n_embd (32)
+    monkeypatch.setattr(lens_module, "POS_BLOCK", 3)
+    blocked = lens(ckpt, np.array(IDS), top=40)
+    assert [layer for layer, _ in whole.layers] == [-1, 0, 1, 2]
+    for (_, cells), (_, again) in zip(whole.layers, blocked.layers, strict=True):
+        assert [c.pos for c in cells] == list(range(len(IDS)))
+        assert [c.next_id for c in cells] == [*IDS[1:], None]
+        assert all(len(c.top_ids) == 40 for c in cells)
+        for c, d in zip(cells, again, strict=True):  # a GEMM of other rows may differ in its last bits
+            assert (c.pos, c.top_ids, c.next_id, c.next_rank) == (d.pos, d.top_ids, d.next_id, d.next_rank)
+            assert np.allclose(c.top_probs, d.top_probs, rtol=1e-5, atol=1e-9)
+    assert whole.layers[-1][1][-1].next_prob is None and whole.layers[-1][1][-1].next_rank is None
+    some = lens(ckpt, np.array(IDS), top=2, positions=[-1, 3, 3])
+    assert some.positions == [3, len(IDS) - 1] and [c.next_id for c in some.layers[0][1]] == [IDS[4], None]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -251,6 +286,63 @@ def test_olmo_post_norm_head_shares_equal_a_reference_from_hf(family_models):
     assert abs(remainder) < 1e-5 * max(1.0, abs(ours.value))  # at the actual scale the split is exact: rounding only
 
 
+def test_top_k_is_argsort_largest_first():
+    from mhacli.analyses.attribute import top_k
+
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 50):
+        row = rng.standard_normal(n).astype(np.float32)
+        for k in range(1, n + 2):
+            want = np.argsort(-row, kind="stable")[: min(k, n)]
+            assert top_k(row, k).tolist() == want.tolist(), (n, k)
+    assert top_k(np.array([1.0, 3.0, 3.0, 0.0]), 2).tolist() == [1, 2]  # ties: the smaller index first
+
+
+def test_unembed_bias_is_a_component_and_in_the_value(family_models, monkeypatch):
+    """A family whose output head has a bias (none of the families yet; e.g. Phi-2): its share and the value."""
+    from mhacli.analyses.loss import output_head
+    from mhacli.engine.arch import gpt2 as gpt2_family
+
+    ckpt = load_model(str(family_models["gpt2"]))
+    b_u = np.random.default_rng(1).standard_normal(ckpt.config.vocab_size).astype(np.float32)
+
+    class WithBias:
+        config = ckpt.config
+        tensors = {**{k: None for k in getattr(ckpt, "tensors", {})}, "lm_head.bias": None}
+
+        def get(self, name):
+            return b_u if name == "lm_head.bias" else ckpt.get(name)
+
+        def layer(self, layer):
+            return ckpt.layer(layer)
+
+    monkeypatch.setattr(gpt2_family, "LM_HEAD_BIAS", "lm_head.bias", raising=False)
+    plain = attribute(ckpt, np.array(IDS), 7, 11, POS, kinds=False)
+    biased = attribute(WithBias(), np.array(IDS), 7, 11, POS, kinds=False)
+    share = {c.component: c.attribution for c in biased.components}["unembed_bias"]
+    assert share == pytest.approx(float(b_u[7]) - float(b_u[11]), abs=1e-12)
+    assert biased.value == pytest.approx(plain.value + share, abs=1e-9)
+    assert biased.completeness_error < 1e-9
+    alone = attribute(WithBias(), np.array(IDS), 7, None, POS, kinds=False)
+    assert {c.component: c.attribution for c in alone.components}["unembed_bias"] == pytest.approx(float(b_u[7]))
+    # the default answer and the lens read the biased logits too
+    *_, last = forward_of(ckpt)
+    from mhacli.engine.forward import final_norm
+
+    logits = final_norm(ckpt, last.residual[[POS]])[0] @ output_head(ckpt).T + b_u
+    assert attribute(WithBias(), np.array(IDS), None, None, POS, kinds=False).answer == int(np.argmax(logits))
+    top = lens(WithBias(), np.array(IDS), top=3, positions=[POS]).layers[-1][1][0]
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert top.top_ids == np.argsort(-probs)[:3].tolist()
+    assert abs(top.top_probs[0] - probs[top.top_ids[0]]) < LENS_ATOL
+
+
+def forward_of(ckpt):
+    from mhacli.engine.forward import forward
+
+    return list(forward(ckpt, IDS))
+
+
 def test_top_tokens_are_the_largest_logit_changes(family_models):
     """A head's promoted tokens: the top of its write through the frozen norm times W_U, computed here in float64."""
     ckpt = load_model(str(family_models["gpt2"]))
@@ -261,6 +353,22 @@ def test_top_tokens_are_the_largest_logit_changes(family_models):
         assert values == sorted(values, reverse=True)
         lows = [e.value for e in a.suppresses[key]]
         assert lows == sorted(lows) and lows[0] < values[-1]
+    one = attribute(ckpt, np.array(IDS), 7, None, POS, top_tokens=1, kinds=False)
+    assert all(len(e) == 1 and e[0] == a.promotes[key][0] for key, e in one.promotes.items())
+    wide = attribute(ckpt, np.array(IDS), 7, None, POS, top_tokens=40, kinds=False)  # more than n_embd (32)
+    assert all(len(e) == 40 for e in wide.promotes.values())
+    import mhacli.analyses.attribute as attribute_module
+
+    saved = attribute_module.HEAD_BLOCK
+    attribute_module.HEAD_BLOCK = 5  # 12 heads in blocks of 5: the same tokens
+    try:
+        blocked = attribute(ckpt, np.array(IDS), 7, None, POS, top_tokens=4, kinds=False)
+    finally:
+        attribute_module.HEAD_BLOCK = saved
+    for key in a.promotes:  # a GEMM of other rows may differ in its last bits: the same tokens, close values
+        for mine, theirs in ((blocked.promotes[key], a.promotes[key]), (blocked.suppresses[key], a.suppresses[key])):
+            assert [e.id for e in mine] == [e.id for e in theirs]
+            assert np.allclose([e.value for e in mine], [e.value for e in theirs], rtol=1e-5, atol=1e-9)
     # the answer's own change by a head equals its share of the single-logit metric (no wrong token)
     shares = a.heads()
     for (layer, h), effects in a.promotes.items():
@@ -269,8 +377,27 @@ def test_top_tokens_are_the_largest_logit_changes(family_models):
                 assert abs(e.value - shares[layer, h]) < 1e-4
 
 
-def test_bad_answer_pair_and_position_are_usage_errors(family_models):
+def test_bad_answer_pair_and_position_are_usage_errors(family_models, monkeypatch):
+    import mhacli.analyses.attribute as attribute_module
+
     ckpt = load_model(str(family_models["gpt2"]))
+    top = attribute(ckpt, np.array(IDS), None, None, POS, kinds=False).answer
+    with pytest.raises(UsageError, match="same token"):  # the default answer is the wrong token given
+        attribute(ckpt, np.array(IDS), None, top, POS, kinds=False)
+    with pytest.raises(UsageError, match="outside the vocabulary") as exc:
+        attribute(ckpt, np.array(IDS), 7, 10**6, POS, kinds=False)
+    assert exc.value.params == ("wrong",)
+    with pytest.raises(UsageError, match="must be 0 or more") as exc:
+        attribute(ckpt, np.array(IDS), 7, None, POS, top_tokens=-1)
+    assert exc.value.params == ("top_tokens",)
+    with pytest.raises(UsageError, match="must be at least 1") as exc:
+        lens(ckpt, np.array(IDS), top=0)
+    assert exc.value.params == ("top",)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the forward ran before the answer pair was checked")
+
+    monkeypatch.setattr(attribute_module, "run_at", no_forward)
     with pytest.raises(UsageError, match="same token"):
         attribute(ckpt, np.array(IDS), 7, 7)
     with pytest.raises(UsageError, match="outside the text"):

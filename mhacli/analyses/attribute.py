@@ -96,9 +96,8 @@ class Attribution:
     def heads(self) -> np.ndarray:
         """[n_layer, n_head] float64: each head's attribution."""
         heads = [c for c in self.components if c.component == "head"]
-        n_layer = 1 + max((c.layer or 0) for c in heads) if heads else 0
-        n_head = 1 + max((c.head or 0) for c in heads) if heads else 0
-        out = np.zeros((n_layer, n_head))
+        shape = (1 + max(c.layer or 0 for c in heads), 1 + max(c.head or 0 for c in heads)) if heads else (0, 0)
+        out = np.zeros(shape)
         for c in heads:
             out[c.layer, c.head] = c.attribution
         return out

@@ -47,10 +47,6 @@ class Lens:
     positions: list[int]
     layers: list[tuple[int, list[LensCell]]]  # (layer, one cell per position)
 
-    def probs_of_next(self) -> np.ndarray:
-        """[n_layer + 1, n_positions] the actual next token's probability (NaN at the last position)."""
-        return np.array([[np.nan if c.next_prob is None else c.next_prob for c in cells] for _, cells in self.layers])
-
 
 def read_out(
     h: np.ndarray, w: np.ndarray, bias: np.ndarray | None, targets: Sequence[int | None], k: int
