@@ -170,17 +170,17 @@ def layer_writes(
     attention = heads.sum(axis=0) + (0.0 if bias is None else bias)
     norm = attention_out_norm(params)
     if norm is not None:  # post-norm: the heads' shares at the norm's actual scale, the rest as the remainder
-        out = split_out(params, p, z)  # [n_embd] float32, as the forward projects
         kind, weight = norm
+        if kind != "rms_norm":  # pragma: no cover - every post-norm family so far uses RMSNorm
+            raise NotImplementedError(f"attention output norm {kind!r}")
+        out = split_out(params, p, z)  # [n_embd] float32, as the forward projects
         gain = p[weight].astype(F64) + float(getattr(family(c), "NORM_GAIN_OFFSET", 0.0))
         s = 1.0 / np.sqrt(np.mean(np.square(out.astype(F64))) + c.norm_eps)
         heads = heads * s * gain
         bias = None if bias is None else bias * s * gain
-        written = rms_norm(out[None], (gain).astype(F32), c.norm_eps)[0].astype(F64)  # what the forward added
+        written = rms_norm(out[None], gain.astype(F32), c.norm_eps)[0].astype(F64)  # what the forward added
         remainder = written - heads.sum(axis=0) - (0.0 if bias is None else bias)
         attention = written
-        if kind != "rms_norm":  # pragma: no cover - every post-norm family so far uses RMSNorm
-            raise NotImplementedError(f"attention output norm {kind!r}")
     mlp = after.astype(F64) - before.astype(F64) - attention
     return LayerWrites(heads, bias, remainder, mlp)
 
