@@ -325,6 +325,8 @@ def test_unembed_bias_is_a_component_and_in_the_value(family_models, monkeypatch
     assert biased.completeness_error < 1e-9
     alone = attribute(WithBias(), np.array(IDS), 7, None, POS, kinds=False)
     assert {c.component: c.attribution for c in alone.components}["unembed_bias"] == pytest.approx(float(b_u[7]))
+    plain_alone = attribute(ckpt, np.array(IDS), 7, None, POS, kinds=False)
+    assert alone.value == pytest.approx(plain_alone.value + float(b_u[7]), abs=1e-9)
     # the default answer and the lens read the biased logits too
     *_, last = forward_of(ckpt)
     from mhacli.engine.forward import final_norm
@@ -354,7 +356,9 @@ def test_top_tokens_are_the_largest_logit_changes(family_models):
         lows = [e.value for e in a.suppresses[key]]
         assert lows == sorted(lows) and lows[0] < values[-1]
     one = attribute(ckpt, np.array(IDS), 7, None, POS, top_tokens=1, kinds=False)
+    assert set(one.promotes) == set(a.promotes) and set(one.suppresses) == set(a.promotes)
     assert all(len(e) == 1 and e[0] == a.promotes[key][0] for key, e in one.promotes.items())
+    assert attribute(ckpt, np.array(IDS), 7, None, POS, kinds=False).promotes == {}  # none unless asked for
     wide = attribute(ckpt, np.array(IDS), 7, None, POS, top_tokens=40, kinds=False)  # more than n_embd (32)
     assert all(len(e) == 40 for e in wide.promotes.values())
     import mhacli.analyses.attribute as attribute_module
