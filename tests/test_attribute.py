@@ -537,6 +537,23 @@ def test_head_kinds_are_what_stats_finds_on_the_text():
     assert "induction" in kinds.values()  # the text tells kinds apart: the comparison is not of all-`mixed`
 
 
+def test_pages_open_clean_in_a_browser(browser, tmp_path):
+    """The attribute page (heads ringed by their share, each with its map) and the lens page run without errors."""
+    from helpers import Opened
+
+    page, lens_page = tmp_path / "a.html", tmp_path / "l.html"
+    assert run_mha("attribute", TEXT, "--save", str(page), "-f", "json").returncode == 0
+    assert run_mha("lens", TEXT, "--save", str(lens_page), "-f", "json").returncode == 0
+    opened = Opened(browser, page)
+    opened.check_clean()
+    assert opened.page.locator("#grid button.cell").count() == 8
+    assert sum(opened.map_pixels()) > 0  # the opened head's map is drawn
+    opened = Opened(browser, lens_page)
+    opened.check_clean()
+    n = len(mhacli.load("sample").run(TEXT).tokens)
+    assert opened.page.locator("#grid button.cell").count() == 3 * n
+
+
 def test_api_answers_as_text_or_id():
     run = mhacli.load("sample").run(TEXT)
     by_text = run.attribute(" thee", pos=-3)
