@@ -42,17 +42,20 @@ from mhacli.io.weights import Checkpoint, ModelFiles, load_model
 from mhacli.ops import census as censuses
 from mhacli.ops import diff as diffs
 from mhacli.ops.ablation import Progress, ablate_heads, check_scorable, progress_ticker
+from mhacli.ops.attribute import AttributeRequest, AttributionReport, run_attribute
 from mhacli.ops.circuits import CircuitsReport, CircuitsRequest, run_circuits
 from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import HeadsRequest, InspectResult, check_heads, inspect_picture, plan_heads
+from mhacli.ops.lens import LensReport, LensRequest, run_lens
 from mhacli.ops.memory import Size
 
 __all__ = [
     "Ablation", "Census", "Model", "Run", "census", "diff", "load",
     # the vocabulary both doors share: what a request may name, and the types it gets back
     "HIDDEN_ATOL", "METHODS", "METRICS", "MODES", "PROBES", "STAT_NAMES", "ProbeSpec",
-    "Checkpoint", "CircuitsReport", "DiffReport", "HeadStats", "HeadView", "ModelFiles", "TokenizedText", "Tokenizer",
+    "AttributionReport", "Checkpoint", "CircuitsReport", "DiffReport", "LensReport", "HeadStats", "HeadView",
+    "ModelFiles", "TokenizedText", "Tokenizer",
 ]  # fmt: skip
 
 IdsLike = Sequence[int] | np.ndarray
@@ -407,6 +410,47 @@ class Run:
             ticker=progress_ticker(progress),
         )
         return Ablation(method, loss_from, ablator.n_targets, ablator.baseline, effects)
+
+    def attribute(
+        self,
+        answer: str | int | None = None,
+        wrong: str | int | None = None,
+        pos: int = -1,
+        *,
+        fold_value_bias: bool = False,
+        top_tokens: int = 3,
+    ) -> AttributionReport:
+        """Direct logit attribution (`mha attribute`): the answer's logit, or answer - wrong, split into components.
+
+        answer / wrong: one token as text (' Paris') or as an id; answer None: the model's top prediction at `pos`
+        (negative counts from the end). `.attribution` holds the numbers (components in model order, `.heads()`
+        [n_layer, n_head], `.value`, `.sum`), `.to_dict()` the command's JSON document (docs/commands/attribute.md).
+        """
+        if self.removed:
+            raise UsageError("attribute reads the intact model: make the run without remove=")
+        request = AttributeRequest(
+            answer if isinstance(answer, str) else None,
+            None if answer is None or isinstance(answer, str) else int(answer),
+            wrong if isinstance(wrong, str) else None,
+            None if wrong is None or isinstance(wrong, str) else int(wrong),
+            pos,
+            fold_value_bias,
+            top_tokens,
+            self.max_memory,
+        )
+        return run_attribute(self.model.checkpoint, self.model.tokenizer, self.tokenized, request)
+
+    def lens(self, top: int = 5, pos: int | Sequence[int] | None = None) -> LensReport:
+        """The logit lens (`mha lens`): every layer's (-1: the embeddings) top tokens at every position (or `pos`).
+
+        `.lens` holds the numbers, `.to_dict()` the command's JSON document (docs/commands/lens.md); the last
+        layer's distribution is the model's own.
+        """
+        if self.removed:
+            raise UsageError("lens reads the intact model: make the run without remove=")
+        positions = None if pos is None else [pos] if isinstance(pos, int) else list(pos)
+        request = LensRequest(top, positions, self.max_memory)
+        return run_lens(self.model.checkpoint, self.model.tokenizer, self.tokenized, request)
 
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:
         """Write every head's maps and statistics, the kind chosen by the suffix (as `mha inspect --save`).

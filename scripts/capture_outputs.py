@@ -39,11 +39,14 @@ LINES: list[tuple[str, list[str]]] = [
     ("info", ["info"]),
     ("info-early", ["info", "-m", "sample-early"]),
     ("verify", ["verify", REPEAT]),
+    ("attribute", ["attribute", REPEAT, "--wrong", " the"]),
+    ("lens", ["lens", TEXT, "--top", "3"]),
 ]
 ONE_FORMAT: list[tuple[str, list[str]]] = [
     ("help", ["--help"]),
     *[(f"help-{c}", [c, "--help"]) for c in
-      ("inspect", "stats", "explain", "diff", "ablate", "prune", "census", "info", "verify", "browse")],
+      ("inspect", "stats", "explain", "diff", "ablate", "prune", "census", "info", "verify", "browse", "attribute",
+       "lens")],
     ("version", ["--version"]),
     ("error-empty", ["stats", ""]),
     ("error-model", ["stats", "x", "-m", "/nonexistent"]),

@@ -22,7 +22,8 @@ README = REPO / "README.md"
 DOCS = [README, *sorted((REPO / "docs").rglob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
-COMMANDS = ["inspect", "stats", "explain", "browse", "diff", "ablate", "prune", "info", "verify", "census", "circuits"]
+COMMANDS = ["inspect", "stats", "explain", "browse", "diff", "ablate", "prune", "info", "verify", "census", "circuits",
+            "attribute", "lens"]  # fmt: skip
 # What CI runs (.ci/run), and what a newcomer copies: both stay in the README, verbatim.
 TEST_COMMAND = 'python3 -m venv .venv && .venv/bin/pip install ".[test]" && .venv/bin/python -m pytest -q'
 INSTALL_COMMAND = (

@@ -382,6 +382,13 @@ BAD_OPTIONS = [
     (["prune", TEXT, "--seeds", "0"], "--seeds 0 must be at least 1"),
     (["ablate", TEXT, "--loss-from", "999"], "--loss-from 999 is past the text"),
     (["census", "--texts", "/nonexistent/x.txt"], "--texts /nonexistent/x.txt: no such file"),
+    (["attribute", TEXT, "--pos", "99"], "--pos 99 is outside the text"),
+    (["attribute", TEXT, "--answer", " the cat sat on the mat"], "not one: give its first token"),
+    (["attribute", TEXT, "--answer-id", "5", "--wrong-id", "5"], "--wrong is the same token as --answer"),
+    (["attribute", TEXT, "--answer-id", "999999"], "--answer-id 999999 is outside the vocabulary"),
+    (["attribute", TEXT, "--top-tokens", "-2"], "--top-tokens -2 must be 0 or more"),
+    (["lens", TEXT, "--pos", "-99"], "--pos -99 is outside the text"),
+    (["lens", TEXT, "--top", "0"], "--top 0 must be at least 1"),
     (["inspect", "--ids", "x"], "--ids: item 0 ('x') is not a token id"),
     (["nosuchcommand"], "No such command"),
 ]

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import examples_in, help_text, run_mha
 
-COMMANDS = ["inspect", "stats", "diff", "explain", "verify", "info", "ablate", "prune", "census", "circuits", "browse"]
+COMMANDS = ["inspect", "stats", "diff", "explain", "verify", "info", "ablate", "prune", "census", "circuits", "browse",
+            "attribute", "lens"]  # fmt: skip
 # Interactive: its examples need a terminal on stdout, so tests/test_browse.py runs them in tmux instead.
 INTERACTIVE = {"browse"}
 EXAMPLE_START = re.compile(r"^\s*(mha|echo|printf)\s")
@@ -63,7 +64,7 @@ def test_help_has_examples_one_per_line_in_rich_and_plain_help(command):
 GROUPS = {
     "Looking": ["inspect", "stats", "explain", "browse"],
     "Comparing": ["diff"],
-    "Causes": ["ablate", "prune"],
+    "Causes": ["ablate", "prune", "attribute", "lens"],
     "The model": ["info", "verify", "census"],
     "Weights": ["circuits"],
 }

@@ -629,3 +629,67 @@ def circuits_figure(*, doc: dict, caption: str, **_: Any):
     weights = "norms folded (--fold-ln)" if doc["fold_ln"] else "raw weights"
     add_caption(fig, caption, f"‖W_OV(h1)·R(h2)‖ / (‖W_OV(h1)‖ ‖R(h2)‖), {weights}; grey: not computed or not kept")
     return fig
+
+
+def attribute_figure(*, doc: dict, caption: str, **_: Any):
+    """Each head's direct share of the metric (and each layer's MLP, the last column), diverging around 0."""
+    import matplotlib
+
+    n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
+    values = np.full((n_layer, n_head + 1), np.nan)
+    texts = [["" for _ in range(n_head + 1)] for _ in range(n_layer)]
+    for r in doc["components"]:
+        if r["component"] in ("head", "mlp"):
+            j = r["head"] if r["component"] == "head" else n_head
+            values[r["layer"], j] = r["attribution"]
+            letter = KIND_LETTER.get(r.get("kind") or "", "") if r["component"] == "head" else "M"
+            texts[r["layer"]][j] = f"{letter}\n{r['attribution']:+.2f}"
+    lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    lim = lim if lim > 0 else 1.0
+    fig = new_figure(*grid_size(n_layer, n_head + 1))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps[DIFF_CMAP].with_extremes(bad="#eeeeee")
+    norm = matplotlib.colors.Normalize(-lim, lim)
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
+    grid_axes(fig, ax, n_layer, n_head + 1)
+    ax.set_xticks(range(n_head + 1), [str(h) for h in range(n_head)] + ["MLP"])
+    cell_texts(ax, values, texts, cmap, norm, cell_font(n_layer, n_head + 1))
+    metric = "logit difference" if doc["wrong"] else "logit"
+    wrong = f" − {doc['wrong']['token']!r}" if doc["wrong"] else ""
+    ax.set_title(
+        f"direct {metric} attribution at position {doc['pos']}: {doc['answer']['token']!r}{wrong}\n"
+        f"sum of every component {doc['sum']:.4f}, the model's {metric} {doc['value']:.4f}",
+        fontsize=7,
+    )
+    bar = fig.colorbar(im, ax=ax, shrink=bar_shrink(ax), aspect=20, pad=0.02)
+    bar.set_label(f"share of the {metric}", fontsize=6)
+    add_caption(fig, caption, KIND_KEY + " · M the layer's MLP")
+    return fig
+
+
+def lens_figure(*, doc: dict, caption: str, **_: Any):
+    """The logit lens: layers (rows, the embeddings first) x positions, the top token's probability and the token."""
+    layers = doc["layers"]
+    positions = [c["pos"] for c in layers[0]["positions"]][-24:]  # at most the last 24 positions fit a page
+    index = {c["pos"]: k for k, c in enumerate(layers[0]["positions"])}
+    probs = np.array([[layer["positions"][index[p]]["top"][0]["prob"] for p in positions] for layer in layers])
+    texts = [[token_label(layer["positions"][index[p]]["top"][0]["token"], 6) for p in positions] for layer in layers]
+    cell = min(0.5, (PAGE_IN[0] - 1.4) / max(1, len(positions)), (PAGE_IN[1] - 2.0) / max(1, len(layers)))
+    fig = new_figure(max(COLUMN_IN, len(positions) * cell + 1.6), len(layers) * cell * 0.6 + 2.0)
+    ax = fig.add_subplot()
+    import matplotlib
+
+    cmap = matplotlib.colormaps[MAP_CMAP]
+    norm = matplotlib.colors.Normalize(0.0, 1.0)
+    im = ax.imshow(probs, cmap=cmap, norm=norm, aspect="auto")
+    ax.set_xticks(range(len(positions)), [token_label(doc["tokens"][p], 8) for p in positions], rotation=90)
+    ax.set_yticks(range(len(layers)), ["emb" if x["layer"] == -1 else str(x["layer"]) for x in layers])
+    ax.set_xlabel("position (its token)")
+    ax.set_ylabel("layer (the residual stream after it)")
+    ax.tick_params(length=0)
+    cell_texts(ax, probs, texts, cmap, norm, MIN_PT)
+    ax.set_title("logit lens: each layer's most likely next token, coloured by its probability", fontsize=7)
+    bar = fig.colorbar(im, ax=ax, shrink=0.8, aspect=20, pad=0.02)
+    bar.set_label("probability of the top token", fontsize=6)
+    add_caption(fig, caption, "the last row is the model's own prediction")
+    return fig

@@ -393,3 +393,64 @@ def page_for(picture) -> str:
     ablated = picture.ablated  # a run with heads removed says so first in its caption (the header)
     caption = picture.caption if ablated is None else f"{ablated.describe()} · {picture.caption}"
     return globals()[picture.of.page](caption=caption, **picture.data)
+
+
+def attribute_page(*, doc: dict, views: Sequence[HeadView] | None, tokens: Sequence[str], caption: str, **_) -> str:
+    """Heads ringed by their direct share of the metric; opened, the head's map and the tokens it promotes."""
+    heads = sorted((r for r in doc["components"] if r["component"] == "head"), key=lambda r: (r["layer"], r["head"]))
+    top = max((abs(r["attribution"]) for r in heads), default=0.0)
+
+    def tokens_of(effects: list[dict]) -> str:
+        return ", ".join(f"{e['token']!r} {e['value']:+.2f}" for e in effects)
+
+    cells = []
+    for r in heads:
+        info = [["share", f"{r['attribution']:+.4f} of {doc['metric']} {doc['value']:.4f}"], ["kind", str(r["kind"])]]
+        info.append(["K/V head", str(r["kv_head"])])
+        if "promotes" in r:
+            info += [["promotes", tokens_of(r["promotes"])], ["suppresses", tokens_of(r["suppresses"])]]
+        cells.append({
+            "layer": r["layer"], "head": r["head"], "name": f"L{r['layer']}H{r['head']}",
+            "label": f"{KIND_LETTER.get(r['kind'] or '', '·')} {r['attribution']:+.2f}",
+            "title": f"L{r['layer']}H{r['head']} share {r['attribution']:+.4f}",
+            "colour": delta_colour(r["attribution"], top), "info": info,
+        })  # fmt: skip
+    page = base_doc("attribute", caption, tokens, cells)
+    page["grid"] = {
+        "colour": "value",
+        "says": f"ring colour: the head's direct share of {doc['metric']} (red: raises it, blue: lowers it; "
+        f"largest {top:.3g}); sum {doc['sum']:.4f}, model {doc['value']:.4f}",
+    }
+    if views:
+        by_pos = {(v.layer, v.head): v for v in views}
+        maps, thumbs, side = map_sets({"A": [by_pos[(c["layer"], c["head"])].whole_map() for c in cells]})
+        page |= {
+            "maps": maps, "thumbs": thumbs, "thumb_size": side,
+            "panels": [{"title": "{head}: where it looks", "kind": "map", "sets": ["A"]}],
+        }  # fmt: skip
+    if heads:
+        page["start"] = heads.index(max(heads, key=lambda r: r["attribution"]))
+    return build(page)
+
+
+def lens_page(*, doc: dict, caption: str, **_) -> str:
+    """Rows: layers (-1: the embeddings), columns: positions; each cell the top token, ringed by its probability."""
+    cells = []
+    for layer in doc["layers"]:
+        for c in layer["positions"]:
+            top, nxt = c["top"][0], c["next"]
+            info = [["top tokens", ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in c["top"])]]
+            if nxt is not None:
+                info.append(["next token", f"{nxt['token']!r}: prob {nxt['prob']:.4f}, rank {nxt['rank']}"])
+            cells.append({
+                "layer": layer["layer"], "head": c["pos"], "name": f"layer {layer['layer']} pos {c['pos']}",
+                "label": f"{top['token']!r} {top['prob']:.2f}",
+                "title": f"layer {layer['layer']} at {doc['tokens'][c['pos']]!r}: {top['token']!r} {top['prob']:.3f}",
+                "colour": hex_of(ramp(top["prob"])), "info": info,
+            })  # fmt: skip
+    page = base_doc("lens", caption, doc["tokens"], cells)
+    page["grid"] = {
+        "colour": "value",
+        "says": "rows: layers (-1: the embeddings), columns: positions; colour: the top token's probability",
+    }
+    return build(page)

@@ -37,8 +37,8 @@ from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, split_heads
 
 __all__ = [  # the family interface (interface.Family): Llama's pieces and OLMo's own
-    "ATTENTION_NORM", "EMBEDDING", "FINAL_NORM", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM",
-    "SLIDING_WINDOWS",
+    "ATTENTION_NORM", "ATTENTION_OUT_NORM", "EMBEDDING", "FINAL_NORM", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX",
+    "LM_HEAD", "QK_NORM", "SLIDING_WINDOWS",
     "attention_input", "attention_parts", "block", "check", "embed", "expected_shapes", "final_norm",
     "head_projections", "normalise_key", "out_projection", "projections_note", "rope_at",
 ]  # fmt: skip
@@ -112,3 +112,6 @@ def block(
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
 ATTENTION_NORM = None  # the projections read x itself
 QK_NORM = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")  # over the whole q_proj / k_proj output
+# Post-norm: the attention output is normalised before the residual add (a norm over every head at once; direct
+# logit attribution splits it at its actual scale, mhacli.analyses.attribute). Optional in the Family interface.
+ATTENTION_OUT_NORM = ("rms_norm", "post_attention_layernorm.weight")
