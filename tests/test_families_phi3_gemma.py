@@ -881,3 +881,20 @@ def test_attribution_sums_to_hf_pre_cap_logit_difference(models, name):
         heads = sum(abs(c.attribution) for c in got.components if c.component == "head")
         rest = sum(abs(c.attribution) for c in got.components if c.component == "remainder")
         assert rest < 1e-4 * heads
+
+
+@pytest.mark.parametrize("name", ["gemma2_capped", "gemma3_scaled", "phi3_gqa"])
+def test_lens_last_row_is_hf_capped_distribution(models, name):
+    """The lens' last layer is the model's own prediction: HF's soft-capped logits where the model caps them."""
+    import torch
+
+    from mhacli.analyses.lens import lens
+
+    ids = tokens_of(models[name])[:24]
+    _, logits = hf_loss(models[name], ids)
+    probs = torch.softmax(torch.tensor(logits, dtype=torch.float64), -1).numpy()
+    _, cells = lens(ours(models[name]), np.array(ids), top=5).layers[-1]
+    for cell in cells:
+        err = float(np.abs(np.array(cell.top_probs) - probs[cell.pos][cell.top_ids]).max())
+        assert err < 1e-5, f"{name} lens last row at {cell.pos} vs HF: {err:.2e}"
+        assert cell.top_ids[0] == int(np.argmax(probs[cell.pos]))

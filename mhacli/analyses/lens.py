@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.analyses.attribute import top_k, unembed_bias
-from mhacli.analyses.loss import output_head
+from mhacli.analyses.loss import output_head, soft_cap
 from mhacli.analyses.readout import check_position
 from mhacli.engine.attention import DISCARD
 from mhacli.engine.blocks import Params
@@ -49,12 +49,20 @@ class Lens:
 
 
 def read_out(
-    h: np.ndarray, w: np.ndarray, bias: np.ndarray | None, targets: Sequence[int | None], k: int
+    h: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    targets: Sequence[int | None],
+    k: int,
+    cap: float | None = None,
 ) -> list[tuple[list[int], list[float], float | None, int | None]]:
-    """Final-normed rows h [n, n_embd] -> per row (top ids, their probs, the target's prob and rank)."""
+    """Final-normed rows h [n, n_embd] -> per row (top ids, their probs, the target's prob and rank).
+
+    `cap`: the model's final logit soft-cap (Gemma 2), applied as the model applies it."""
     logits = h @ w.T  # [n, vocab] float32, as the model's own logits
     if bias is not None:
         logits = (logits + bias).astype(np.float32)
+    logits = soft_cap(logits, cap)
     out: list[tuple[list[int], list[float], float | None, int | None]] = []
     for row, target in zip(logits, targets, strict=True):
         row64 = row.astype(np.float64)
@@ -79,6 +87,7 @@ def lens(params: Params, ids: np.ndarray, top: int = 5, positions: Sequence[int]
     chosen = sorted({check_position(p, n) for p in positions}) if positions is not None else list(range(n))
     w = output_head(params)
     bias = unembed_bias(params)
+    cap = params.config.logit_softcap
     k = min(top, w.shape[0])
     targets: list[int | None] = [int(ids[p + 1]) if p + 1 < n else None for p in chosen]
 
@@ -88,7 +97,9 @@ def lens(params: Params, ids: np.ndarray, top: int = 5, positions: Sequence[int]
             rows = chosen[a : a + POS_BLOCK]
             h = final_norm(params, x[rows])  # [block, n_embd] the model's own final norm, each row at its scale
             block = targets[a : a + POS_BLOCK]
-            for p, t, (t_ids, t_probs, prob, rank) in zip(rows, block, read_out(h, w, bias, block, k), strict=True):
+            for p, t, (t_ids, t_probs, prob, rank) in zip(
+                rows, block, read_out(h, w, bias, block, k, cap), strict=True
+            ):
                 found.append(LensCell(p, t_ids, t_probs, t, prob, rank))
         return found
 
