@@ -86,8 +86,13 @@ def cli_worker(tmp_path_factory):
     worker.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Headless Chromium through Playwright's sync API, one per test module.
+
+    Not per session: the sync API keeps an event loop running in the main thread while it is open, and a later
+    module that runs its own (tests/test_browse.py: asyncio.run) would find it running and fail.
+    """
     import os
 
     from helpers import chromium_path
