@@ -132,3 +132,25 @@ def test_a_projection_says_where_its_features_live():
     assert linear.to_dict() == {"weight": "self_attn.k_proj.weight", "rows": [8, 16], "bias": None}
     deep = Projection("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias", 0, 4, False)
     assert deep.where() == "q_proj.weight[0:4, :]" and deep.bias_where() == "q_proj.bias[0:4]"
+
+
+def test_the_forward_names_the_layer_and_head_that_overflowed(tmp_path):
+    """Head 1 of layer 1 with huge query and key weights: its scores overflow; the error names that layer and head."""
+    from helpers import build_model
+    from safetensors.numpy import load_file, save_file
+
+    from mhacli.engine.forward import forward
+    from mhacli.io.weights import load_model
+
+    directory = build_model(tmp_path)
+    tensors = load_file(directory / "model.safetensors")
+    key = next(k for k in tensors if k.endswith("h.1.attn.c_attn.weight"))
+    n_embd = tensors[key].shape[0]
+    d_head = n_embd // 4  # the tiny model's 4 heads
+    for start in (d_head, n_embd + d_head):  # head 1's query columns, then its key columns
+        tensors[key][:, start : start + d_head] = 1e30
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    ckpt = load_model(str(directory))
+    assert ckpt.config.n_head == 4
+    with pytest.raises(NumericsError, match=r"in layer 1, heads \[1\] "):
+        list(forward(ckpt, np.arange(6)))
