@@ -154,3 +154,27 @@ def test_the_forward_names_the_layer_and_head_that_overflowed(tmp_path):
     assert ckpt.config.n_head == 4
     with pytest.raises(NumericsError, match=r"in layer 1, heads \[1\] "):
         list(forward(ckpt, np.arange(6)))
+
+
+def test_gpt2_attention_parts_keep_every_intermediate(tmp_path):
+    """The family's every-intermediate path (raw scores kept): probabilities equal HF eager's, scores are q kᵀ."""
+    from helpers import ATTN_ATOL, build_model, hf_outputs
+
+    from mhacli.engine.forward import family
+    from mhacli.io.weights import load_model
+
+    directory = build_model(tmp_path)
+    ids = np.arange(3, 15)
+    ckpt = load_model(str(directory))
+    c, arch = ckpt.config, family(ckpt.config)
+    hf_attn, _ = hf_outputs(directory, ids)
+    x = arch.embed(ckpt, ids)
+    for layer in range(c.n_layer):
+        p = ckpt.layer(layer)
+        parts = arch.attention_parts(arch.attention_input(x, p, c), p, c, layer)
+        assert parts.scores.shape == parts.probs.shape == (c.n_head, len(ids), len(ids))
+        q, k, v = (t.astype(np.float64) for t in (parts.q, parts.k, parts.v))
+        assert np.abs(parts.scores - q @ k.transpose(0, 2, 1)).max() < 1e-4
+        assert np.abs(parts.probs - hf_attn[layer]).max() < ATTN_ATOL
+        assert np.abs(parts.z - parts.probs.astype(np.float64) @ v).max() < 1e-5
+        x, _ = arch.block(x, p, c, layer)
