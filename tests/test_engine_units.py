@@ -7,6 +7,7 @@ thresholds, the forward's finiteness check and the config check, and where a hea
 from __future__ import annotations
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -32,6 +33,8 @@ def softmax_reference(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 
 def test_causal_softmax_of_every_head_is_a_softmax_over_the_keys_so_far():
     scores = RNG.standard_normal((3, 6, 6)).astype(np.float32) * 4
+    scores[1] -= 150.0  # far below the other heads: each row is shifted by its own maximum, nothing underflows
+    scores[2, 3] += 60.0  # a row of large logits: exp of the shifted scores cannot overflow
     allowed = np.tril(np.ones((6, 6), dtype=bool))
     got = blocks.causal_softmax(scores)
     assert np.abs(got - softmax_reference(scores, allowed)).max() < 1e-6
@@ -152,8 +155,10 @@ def test_the_forward_names_the_layer_and_head_that_overflowed(tmp_path):
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     ckpt = load_model(str(directory))
     assert ckpt.config.n_head == 4
-    with pytest.raises(NumericsError, match=r"in layer 1, heads \[1\] "):
-        list(forward(ckpt, np.arange(6)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the overflow is reported once, as the error; no RuntimeWarning before it
+        with pytest.raises(NumericsError, match=r"in layer 1, heads \[1\] "):
+            list(forward(ckpt, np.arange(6)))
 
 
 def test_gpt2_attention_parts_keep_every_intermediate(tmp_path):
@@ -178,3 +183,28 @@ def test_gpt2_attention_parts_keep_every_intermediate(tmp_path):
         assert np.abs(parts.probs - hf_attn[layer]).max() < ATTN_ATOL
         assert np.abs(parts.z - parts.probs.astype(np.float64) @ v).max() < 1e-5
         x, _ = arch.block(x, p, c, layer)
+
+
+def test_gpt2_and_bigcode_projections_name_hf_tensors():
+    """Where explain and circuits read a head, in HF's tensors, each with its bias.
+
+    GPT-2's Conv1D c_attn [n_embd, 3 n_embd] (q, k, v columns) and c_proj [n_embd, n_embd]; GPT-BigCode's
+    nn.Linear c_proj [n_embd, n_embd] (rows)."""
+    from mhacli.engine.arch import gpt2, gpt_bigcode
+
+    c = types.SimpleNamespace(n_embd=32, d_head=8, n_head=4)
+    proj = gpt2.head_projections(c, 2)
+    assert {k: (p.start, p.end, p.bias) for k, p in proj.items()} == {
+        "q": (16, 24, "attn.c_attn.bias"), "k": (48, 56, "attn.c_attn.bias"), "v": (80, 88, "attn.c_attn.bias")
+    }  # fmt: skip
+    assert gpt2.out_projection(c).to_dict() == {
+        "weight": "attn.c_proj.weight",
+        "columns": [0, 32],
+        "bias": "attn.c_proj.bias",
+    }
+    assert gpt_bigcode.out_projection(c).to_dict() == {
+        "weight": "attn.c_proj.weight",
+        "rows": [0, 32],
+        "bias": "attn.c_proj.bias",
+    }
+    assert "c_attn.weight [32, 96]" in gpt2.projections_note(c, 2, 2)
