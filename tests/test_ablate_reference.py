@@ -332,6 +332,7 @@ def test_parse_heads_names_the_bad_one(spec, words):
         parse_heads(spec, 3, 4)
     for w in words:
         assert w in str(err.value)
+    assert "{" not in str(err.value), f"a parameter the door did not spell: {err.value}"
 
 
 def test_ablator_refuses_an_unknown_method_and_no_text(ckpt):

@@ -425,3 +425,63 @@ def test_mode_cores_refuse_an_unknown_mode():
     with pytest.raises(UsageError) as e:
         C.composition_scores(f, "W")
     assert str(e.value) == "mode 'W' is not one of Q, K, V"
+
+
+def test_olmo_qk_norm_gains_are_folded_into_w_q_and_w_k(tmp_path):
+    """OLMo normalises q and k over the whole projection: each feature's gain is linear, folded per head.
+
+    The reference reads the HF checkpoint itself: head h's W_Q = q_proj[h]ᵀ diag(q_norm[h]) and W_K = k_proj[g]ᵀ
+    diag(k_norm[g]) for its K/V head g (8 query heads over 2 K/V heads), every [n_embd, n_embd] product formed."""
+    from safetensors.numpy import load_file
+
+    directory = build(tmp_path / "olmo", "olmo2", LLAMA_GQA, bos_tokenizer(tmp_path / "bos"), seed=3)
+    w = {k: v.astype(np.float64) for k, v in load_file(directory / "model.safetensors").items()}
+    model = mhacli.load(directory)
+    c = model.config
+    nh, d, group = c.n_head, c.d_head, c.n_head // c.n_kv_head
+    assert group > 1
+    f = C.head_factors(model.checkpoint)
+    circuits = {}
+    for layer in range(c.n_layer):
+        a = f"model.layers.{layer}.self_attn."
+        for h in range(nh):
+            g, rows_q = h // group, slice(h * d, (h + 1) * d)
+            rows_kv = slice(g * d, (g + 1) * d)
+            w_q = w[a + "q_proj.weight"][rows_q].T * w[a + "q_norm.weight"][rows_q]
+            w_k = w[a + "k_proj.weight"][rows_kv].T * w[a + "k_norm.weight"][rows_kv]
+            w_ov = w[a + "v_proj.weight"][rows_kv].T @ w[a + "o_proj.weight"][:, rows_q].T
+            circuits[layer * nh + h] = {"Q": w_q @ w_k.T, "K": w_k @ w_q.T, "V": w_ov}
+    qk = C.qk_eigenvalues(f)
+    for i, full in circuits.items():
+        eig = np.linalg.eigvals(full["Q"])
+        want = eig[np.argsort(-np.abs(eig))[:d]]
+        assert np.abs(sorted_spectrum(qk[i]) - sorted_spectrum(want)).max() < EXACT_ATOL * np.abs(want).max(), i
+    for mode in ("Q", "K"):
+        got = C.composition_scores(f, mode).reshape(c.n_layer * nh, c.n_layer * nh)
+        for i in range(c.n_layer * nh):
+            for j in range((i // nh + 1) * nh, c.n_layer * nh):
+                left, right = circuits[i]["V"], circuits[j][mode]
+                want = np.linalg.norm(left @ right) / np.linalg.norm(left) / np.linalg.norm(right)
+                assert abs(got[i, j] - want) < EXACT_ATOL, (mode, i, j, got[i, j], want)
+
+
+def test_a_head_with_zero_weights_scores_nan_without_a_warning():
+    """A head whose W_V is zero scores NaN, and no RuntimeWarning reaches the user.
+
+    It has no OV circuit: its composition scores into every later head and its copying score are 0/0."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    n_layer, n_head, e, d = 2, 2, 12, 3
+    ws = [rng.standard_normal((n_layer * n_head, e, d)) for _ in range(3)]
+    w_o = rng.standard_normal((n_layer * n_head, d, e))
+    ws[2][1] = 0.0  # head L0H1 writes nothing
+    f = C.Factors(n_layer, n_head, (0, 1), ws[0], ws[1], ws[2], w_o)
+    g = C.Grams(np.eye(e), np.eye(e), rng.standard_normal((e, e)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = {m: C.composition_scores(f, m) for m in C.MODES}
+        copying = C.copying_scores(f, g)
+    for m in C.MODES:
+        assert np.isnan(scores[m][0, 1]).all() and np.isfinite(scores[m][0, 0, 1]).all(), m
+    assert np.isnan(copying[0, 1]) and np.isfinite(copying[[0, 1, 1], [0, 0, 1]]).all()

@@ -3,7 +3,8 @@
 `--save FILE.svg` writes the same matplotlib figure as `.png` and `.pdf`, with each panel's map embedded as an
 image inside its own axes group and the titles kept as text. Each panel's pixels are mapped back through the
 colour map (viridis, 0-1) to weights and compared with the `-f json` map of the head its title names (issue 37
-item 7): panels in the wrong order, a transposed map or a wrong colour scale fail here.
+item 7): panels in the wrong order, a transposed map or a wrong colour scale fail here. The `stats` grid is read
+back from its PNG the same way, cell by cell.
 """
 
 from __future__ import annotations
@@ -76,3 +77,56 @@ def test_each_panel_shows_the_head_its_title_names(mha, tmp_path):
         assert np.array_equal(np.isnan(got), np.isnan(want)), f"{name}: the masked cells are not the upper triangle"
         err = float(np.nanmax(np.abs(got - want)))
         assert err <= TOL, f"{name}: its panel's colours differ from its weights by {err:.3f}"
+
+
+def grid_cells(png: bytes, n_layer: int, n_head: int) -> np.ndarray:
+    """[n_layer, n_head] values read back from a saved layer x head grid PNG through viridis (0-1).
+
+    The grid and its colour bar are the only viridis-coloured regions: the leftmost run of columns holding such
+    pixels is the grid, its rows the grid's height. Each cell is read near its top-left corner (the kind letter and
+    the number sit in its centre), as the median of a small patch.
+    """
+    import matplotlib
+    import matplotlib.image
+
+    rgb = matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3]
+    lut = matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3]
+    near = np.min(((rgb[:, :, None, :] - lut[None, None]) ** 2).sum(-1), axis=-1) < 0.02**2
+    columns = np.flatnonzero(near.sum(axis=0) > 10)
+    x0 = columns[0]
+    x1 = x0
+    while x1 + 1 < near.shape[1] and near[:, x1 + 1].sum() > 10:
+        x1 += 1
+    rows = np.flatnonzero(near[:, x0 : x1 + 1].any(axis=1))
+    y0, y1 = rows[0], rows[-1]
+    w, h = (x1 - x0 + 1) / n_head, (y1 - y0 + 1) / n_layer
+    out = np.empty((n_layer, n_head))
+    for layer in range(n_layer):
+        for head in range(n_head):
+            top, left = int(y0 + layer * h), int(x0 + head * w)
+            patch = rgb[top + int(0.06 * h) : top + int(0.18 * h), left + int(0.06 * w) : left + int(0.18 * w)]
+            pixel = np.median(patch.reshape(-1, 3), axis=0)
+            out[layer, head] = np.argmin(((lut - pixel) ** 2).sum(axis=1)) / 255
+    return out
+
+
+@pytest.mark.parametrize("stat", ["first_token", "max_weight", "previous_token"])
+def test_each_stats_grid_cell_shows_the_head_it_stands_for(mha, tmp_path, stat):
+    """Cell (L, H) of `stats --save x.png` has the colour of head (L, H)'s statistic in the json (issue 37 item 7).
+
+    Heads in the wrong order, a transposed grid or a wrong colour scale fail: the heads' values differ by far more
+    than the colour map's resolution.
+    """
+    figure = tmp_path / "grid.png"
+    result = mha("stats", TEXT, "--stat", stat, "--save", str(figure), "-f", "json")
+    assert result.returncode == 0, result.stderr
+    doc = parse_json(result.stdout)
+    n_layer, n_head = doc["model"]["n_layer"], doc["model"]["n_head"]
+    want = np.full((n_layer, n_head), np.nan)
+    for head in doc["heads"]:
+        want[head["layer"], head["head"]] = head["stats"][stat]
+    assert not np.isnan(want).any()
+    assert np.ptp(want) > 10 * TOL, "the heads must differ for the test to tell them apart"
+    got = grid_cells(figure.read_bytes(), n_layer, n_head)
+    err = float(np.max(np.abs(got - want)))
+    assert err <= TOL, f"the grid's colours differ from the heads' {stat} by {err:.3f}:\n{got}\n{want}"

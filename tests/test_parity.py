@@ -87,6 +87,25 @@ def test_prefixed_keys_with_attention_buffers(tmp_path, tokenizer_dir):
     compare(directory)
 
 
+def test_random_biases_and_norms_match_hf(tmp_path, tokenizer_dir):
+    """HF initialises GPT-2's biases to 0 and its LayerNorms to (1, 0): randomised here, so each one is read.
+
+    Every bias (c_attn, attention c_proj, c_fc, MLP c_proj) and every LayerNorm gain and shift (ln_1, ln_2, ln_f)
+    gets its own random values; a bias subtracted, skipped or taken from the wrong tensor fails against HF.
+    """
+    directory = build_model(tmp_path, tokenizer_dir)
+    tensors = load_file(directory / "model.safetensors")
+    rng = np.random.default_rng(5)
+    for name, t in tensors.items():
+        if name.endswith(".bias") or ".ln_" in name:
+            base = 1.0 if name.endswith(".weight") else 0.0
+            tensors[name] = (base + 0.2 * rng.standard_normal(t.shape)).astype(t.dtype)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    compare(directory)
+    errors = [err for err, _ in blocks_on_hf_inputs(directory, IDS)]
+    assert max(errors) < 1e-6, errors
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_checkpoints_are_read_as_float32(tmp_path, tokenizer_dir, dtype):
     directory = build_model(tmp_path, tokenizer_dir, dtype=dtype)
