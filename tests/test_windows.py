@@ -118,3 +118,35 @@ def test_one_head_side_shows_the_head_and_its_last_querys_strongest_keys(mha, co
     best = max(range(len(row)), key=row.__getitem__)
     q = len(row) - 1
     assert re.search(rf"query {q} .*strongest keys\s*\n[^\n]*\s{best} \S+\s+{row[best]:.2f} █", text), text
+
+
+def diff_rich(mha, *args: str, columns: int = 80) -> str:
+    result = mha("diff", "sample-early", "sample", *args, "-f", "rich", env={"COLUMNS": str(columns), "LINES": "40"})
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def long_text() -> str:
+    return json.loads(HELDOUT.read_text(encoding="utf-8"))["passages"][0][:300]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_diffs_maps_end_at_the_last_token_and_say_what_they_show(mha, columns):
+    """Issue 36 item 5 for diff: the default window of the two maps ends at the text's last token (row and key)."""
+    text = long_text()
+    n = n_tokens(mha, text)
+    out = diff_rich(mha, text, columns=columns)
+    note = NOTE.search(out)
+    assert note, "a window that does not say what it shows"
+    lo, hi, _, last_key, total = map(int, note.groups())
+    assert (hi, last_key, total) == (n - 1, n - 1, n), note.group(0)
+    maps = out[note.end() :]
+    assert re.search(rf"^\s*{n - 1} ", maps, re.M) and not re.search(rf"^\s*{lo - 1} ", maps, re.M)
+    flat = " ".join(out.split())
+    assert "--from I moves the window" in flat and "--keys" not in flat  # diff has no --keys: never offer it
+
+
+def test_diffs_from_starts_the_window_where_asked(mha):
+    out = diff_rich(mha, long_text(), "--from", "0")
+    note = NOTE.search(out)
+    assert note and int(note.group(1)) == 0 and re.search(r"^\s*0 ", out[note.end() :], re.M)
