@@ -333,7 +333,8 @@ def test_ablation_runs_in_the_background_with_a_progress_bar_and_live_keys(model
             await pilot.pause()
             await pilot.press("a")
             bar = app.query_one("#progress")
-            seen["running"] = (bar.display, app.ablating is not None, app.mode, bar.total)
+            await until(pilot, lambda: app.mode == "ablate")  # no head of the every-head pass has run yet
+            seen["shown"] = (bar.display, app.ablating is not None, bar.total, bar.progress, screen_text(app))
             slow.release(3)
             await until(pilot, lambda: bar.progress == 3)
             seen["at 3"] = screen_text(app)
@@ -345,9 +346,12 @@ def test_ablation_runs_in_the_background_with_a_progress_bar_and_live_keys(model
             seen["done"] = (bar.display, app.ablating, app.mode, app.ablated, screen_text(app))
 
     asyncio.run(go())
-    assert seen["running"] == (True, True, "kinds", 8)
+    # the selected head's result is on the screen before any other head is measured (issue 36: `a` waited for all)
+    shown, running, total, progress, screen = seen["shown"]
+    assert (shown, running, total, progress) == (True, True, 8, 0)
+    assert "ablating: 0 of 8 heads removed alone (Esc cancels); L0H0 removed" in screen and "without L0H0" in screen
     assert "ablating: 3 of 8 heads removed alone (Esc cancels)" in seen["at 3"]
-    assert seen["moved"][:2] == ((1, 2), True) and "L1H2 induction" in seen["moved"][2]
+    assert seen["moved"][:2] == ((1, 2), True) and "L1H2, query" in seen["moved"][2]  # the selection follows
     shown, worker, mode, ablated, screen = seen["done"]
     assert (shown, worker, mode, ablated) == (False, None, "ablate", (0, 0))  # the head selected when `a` was pressed
     assert "L0H0 removed" in screen and "without L0H0" in screen
@@ -375,9 +379,10 @@ def test_escape_cancels_the_ablation_and_the_app_stays_responsive(model, monkeyp
 
     asyncio.run(go())
     mode, worker, bar, screen = seen["cancelled"]
-    assert (mode, worker, bar) == ("kinds", None, False)
-    assert "ablation cancelled after 3 of 8 heads" in screen
-    assert app.session.alone((0, 0)) is None and ("ablate", (0, 0)) not in app.session._cache  # nothing partial kept
+    assert (mode, worker, bar) == ("ablate", None, False)  # L0H0's own result, shown at once, stays
+    assert "every head alone: cancelled after 3 of 8 heads" in screen
+    assert app.session.alone((0, 1)) is None and "alone" not in app.session._cache  # nothing partial kept
+    assert ("ablate", (0, 0)) in app.session._cache
     assert seen["after"][:2] == ((0, 1), "stats") and "entropy" in seen["after"][2]
 
 
@@ -387,7 +392,11 @@ def test_a_second_head_reuses_each_heads_loss_alone(model, monkeypatch):
 
     calls = []
     real = mhacli.api.Run.ablate
-    monkeypatch.setattr(mhacli.api.Run, "ablate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    monkeypatch.setattr(
+        mhacli.api.Run,
+        "ablate",
+        lambda self, *a, **k: calls.append(a[0] if a else k.get("heads")) or real(self, *a, **k),
+    )
     app = BrowseApp(Session(model, TEXT))
     seen = []
 
@@ -402,7 +411,8 @@ def test_a_second_head_reuses_each_heads_loss_alone(model, monkeypatch):
 
     asyncio.run(go())
     assert [(m, a) for m, a, _ in seen] == [("ablate", (0, 0)), ("ablate", (0, 1))]
-    assert len(calls) == 1 and "L0H1 removed" in seen[1][2]
+    # L0H0 alone (shown at once), then every head alone; L0H1's loss comes from that: nothing measured again
+    assert calls == [[(0, 0)], None] and "L0H1 removed" in seen[1][2]
 
 
 def test_a_completed_ablation_shows_the_numbers_of_mha_ablate(model):

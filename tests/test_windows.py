@@ -79,3 +79,74 @@ def test_head_titles_are_never_cut_inside_a_word(mha, columns):
     for name, kind in titles:
         assert kind in KINDS, f"{name}: title cut to {kind!r} at {columns} columns"
     assert "…" not in "".join(line for line in out.splitlines() if re.search(r"L\dH\d", line))
+
+
+def one_head(mha, text: str, columns: int, layer: int = 1, head: int = 2) -> list[str]:
+    return rich(mha, text, "-l", str(layer), "-H", str(head), columns=columns).splitlines()
+
+
+@pytest.mark.parametrize("columns", [120, 200])
+def test_one_head_uses_the_width(mha, columns):
+    """Issue 36 item 7: beside a 25-token map (about 56 columns) the head's statistics and its last query's keys."""
+    lines = one_head(mha, IOI, columns)
+    widest = max(len(line.rstrip()) for line in lines)
+    assert widest > 100, f"the view uses {widest} of {columns} columns"
+    assert all(len(line) <= columns for line in lines)
+    beside = [line for line in lines if re.match(r"\s*\d+ \S+\s+[ ░▒▓█]+\s{2,}(entropy|kind|induction)\b", line)]
+    assert beside, "the statistics are not beside the map rows"
+
+
+def test_one_head_at_80_columns_puts_the_statistics_under_the_map(mha):
+    lines = one_head(mha, IOI, 80)
+    assert all(len(line) <= 80 for line in lines)
+    last = n_tokens(mha, IOI) - 1
+    last_row = max(i for i, line in enumerate(lines) if re.match(rf"\s*{last} \S+\s+[░▒▓█]", line))
+    stats = next(i for i, line in enumerate(lines) if line.startswith("statistics"))
+    assert stats > last_row
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_one_head_side_shows_the_head_and_its_last_querys_strongest_keys(mha, columns):
+    """Figures from the json of the same head (not the view's own code): every statistic and the top key's weight."""
+    doc = json.loads(mha("inspect", IOI, "-l", "1", "-H", "2", "-f", "json").stdout)
+    record = doc["heads"][0]
+    text = "\n".join(one_head(mha, IOI, columns))
+    for name, value in record["stats"].items():
+        shown = "–" if value is None else f"{value:.3f}"
+        assert re.search(rf"{name.replace('_', ' ')}\s+{shown}(\s|$)", text, re.M), name
+    row = record["attention"][-1]
+    best = max(range(len(row)), key=row.__getitem__)
+    q = len(row) - 1
+    assert re.search(rf"query {q} .*strongest keys\s*\n[^\n]*\s{best} \S+\s+{row[best]:.2f} █", text), text
+
+
+def diff_rich(mha, *args: str, columns: int = 80) -> str:
+    result = mha("diff", "sample-early", "sample", *args, "-f", "rich", env={"COLUMNS": str(columns), "LINES": "40"})
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def long_text() -> str:
+    return json.loads(HELDOUT.read_text(encoding="utf-8"))["passages"][0][:300]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_diffs_maps_end_at_the_last_token_and_say_what_they_show(mha, columns):
+    """Issue 36 item 5 for diff: the default window of the two maps ends at the text's last token (row and key)."""
+    text = long_text()
+    n = n_tokens(mha, text)
+    out = diff_rich(mha, text, columns=columns)
+    note = NOTE.search(out)
+    assert note, "a window that does not say what it shows"
+    lo, hi, _, last_key, total = map(int, note.groups())
+    assert (hi, last_key, total) == (n - 1, n - 1, n), note.group(0)
+    maps = out[note.end() :]
+    assert re.search(rf"^\s*{n - 1} ", maps, re.M) and not re.search(rf"^\s*{lo - 1} ", maps, re.M)
+    flat = " ".join(out.split())
+    assert "--from I moves the window" in flat and "--keys" not in flat  # diff has no --keys: never offer it
+
+
+def test_diffs_from_starts_the_window_where_asked(mha):
+    out = diff_rich(mha, long_text(), "--from", "0")
+    note = NOTE.search(out)
+    assert note and int(note.group(1)) == 0 and re.search(r"^\s*0 ", out[note.end() :], re.M)

@@ -43,10 +43,20 @@ class AblationProgress(Message):
         self.done, self.total = done, total
 
 
-class AblationEnded(Message):
-    """From the ablation worker: its result for `run` (None when it stopped: `stopped` says why)."""
+class AblationShown(Message):
+    """From the ablation worker: `target` removed (the report, the run without it, its loss change), for `run`."""
 
-    def __init__(self, target: tuple[int, int], run, value: Ablated | None, stopped: str = "") -> None:
+    def __init__(self, target: tuple[int, int], run, value: Ablated) -> None:
+        super().__init__()
+        self.target, self.run, self.value = target, run, value
+
+
+class AblationEnded(Message):
+    """From the ablation worker: every head's loss change alone for `run` (None: not measured; `stopped` says why)."""
+
+    def __init__(
+        self, target: tuple[int, int], run, value: dict[tuple[int, int], float] | None, stopped: str = ""
+    ) -> None:
         super().__init__()
         self.target, self.run, self.value, self.stopped = target, run, value, stopped
 
@@ -536,10 +546,12 @@ class BrowseApp(App):
 
     @work(thread=True, exclusive=True, group="ablate", exit_on_error=False)
     def ablate_in_background(self, target: tuple[int, int]) -> None:
-        """Every head removed alone, then `target` removed (Session.compute_ablation), off the app's thread.
+        """`target` removed, shown as soon as it is measured; then every head removed alone, off the app's thread.
 
-        Progress goes to the app as messages (post_message is thread-safe); a cancelled worker stops between two
-        heads (Run.ablate's progress callback returns False) and its partial work is discarded.
+        Session.compute_removal first (AblationShown: the app shows it), then Session.compute_alone (AblationEnded
+        with it). Progress goes to the app as messages (post_message is thread-safe); a cancelled worker stops
+        between two heads (Run.ablate's progress callback returns False) and its partial work is discarded; what
+        was shown stays.
         """
         worker = get_current_worker()
         session = self.session
@@ -552,34 +564,51 @@ class BrowseApp(App):
             return True
 
         try:
-            value = session.compute_ablation(target, progress)
+            value = session.compute_removal(target)
+            if worker.is_cancelled:
+                self.post_message(AblationEnded(target, run, None, "ablation cancelled"))
+                return
+            self.post_message(AblationShown(target, run, value))
+            effects = session.compute_alone(progress) if session.needs_alone() else None
         except Cancelled as exc:
             self.post_message(
-                AblationEnded(target, run, None, f"ablation cancelled after {exc.done} of {exc.total} heads")
+                AblationEnded(target, run, None, f"every head alone: cancelled after {exc.done} of {exc.total} heads")
             )
             return
         except MhaError as exc:
             self.post_message(AblationEnded(target, run, None, f"error: {exc}"))
             return
-        if worker.is_cancelled:
-            self.post_message(AblationEnded(target, run, None, "ablation cancelled"))
-            return
-        self.post_message(AblationEnded(target, run, value))
+        self.post_message(AblationEnded(target, run, effects))
 
     def on_ablation_progress(self, message: AblationProgress) -> None:
         if self.ablating is None:
             return
         self.query_one("#progress", ProgressBar).update(total=message.total, progress=message.done)
-        self.say(f"ablating: {message.done} of {message.total} heads removed alone (Esc cancels)")
+        done = f"{message.done} of {message.total} heads removed alone (Esc cancels)"
+        self.say(f"ablating: {done}" + (f"; {self.ablation_note()}" if self.mode == "ablate" else ""))
 
-    def on_ablation_ended(self, message: AblationEnded) -> None:
-        self.ablating = None
-        self.query_one("#progress", ProgressBar).display = self.busy()
-        if message.value is None or not self.session.keep_ablation(message.target, message.run, message.value):
-            self.say(message.stopped or "ablation discarded: the text changed while it ran")
-            return
+    def on_ablation_shown(self, message: AblationShown) -> None:
+        """The removed head's result, before every head alone is measured: shown now."""
+        if not self.session.keep_ablation(message.target, message.run, message.value):
+            return  # the text changed while it ran; AblationEnded says so
         self.ablated = message.target
         self.enter_mode("ablate")
+        if self.ablating is not None and self.session.needs_alone():
+            n = self.session.n_layer * self.session.n_head
+            self.say(f"ablating: 0 of {n} heads removed alone (Esc cancels); {self.ablation_note()}")
+
+    def on_ablation_ended(self, message: AblationEnded) -> None:
+        """Every head alone measured (`value`: their effects), or stopped (`stopped` says why; what was shown stays)."""
+        self.ablating = None
+        self.query_one("#progress", ProgressBar).display = self.busy()
+        if message.stopped:
+            self.say(message.stopped)
+        elif not self.session.keep_alone(message.run, message.value):
+            self.say("ablation discarded: the text changed while it ran")
+        elif self.mode == "ablate":
+            self.selection_changed()
+        else:
+            self.redraw()
 
     def action_cycle(self, step: int) -> None:
         """Tab / Shift+Tab: grid -> tokens -> map (an open filter or editor keeps the focus)."""

@@ -265,14 +265,20 @@ class Session:
         are removed already; measured once per text). progress(done, total) is Run.ablate's, per head: returning False
         raises Cancelled.
         """
+        report, without, mine = self.compute_removal(target)
+        every = self.compute_alone(progress)
+        return report, without, mine if every is None else every
+
+    def compute_removal(self, target: tuple[int, int]) -> Ablated:
+        """compute_ablation's first part, what `a` shows at once: `target` removed, its own loss change alone.
+
+        The effects hold `target`'s alone (Run.ablate of that head), or every head's where measured already.
+        """
         run = self.run
         effects: dict[tuple[int, int], float] | None = self._cache.get("alone")  # measured once per text
         if effects is None and not self.removed:
             try:
-                result = run.ablate(progress=progress)
-                effects = {(e.layer, e.head): e.delta for e in result.heads}
-            except Cancelled:
-                raise
+                effects = {target: run.ablate([target]).heads[0].delta}
             except MhaError:
                 effects = None
         removed = tuple(sorted(set(self.removed) | {target}))
@@ -280,12 +286,40 @@ class Session:
         without = self.model.run(ids=run.ids, remove=removed)
         return report, without, effects
 
+    def compute_alone(self, progress: Progress | None = None) -> dict[tuple[int, int], float] | None:
+        """compute_ablation's second part: every head's loss change removed alone (None with --ablate heads).
+
+        Measured once per text (the cached effects when there are); progress as in compute_ablation.
+        """
+        effects = self._cache.get("alone")
+        if effects is not None or self.removed:
+            return effects
+        try:
+            result = self.run.ablate(progress=progress)
+        except Cancelled:
+            raise
+        except MhaError:
+            return None
+        return {(e.layer, e.head): e.delta for e in result.heads}
+
+    def needs_alone(self) -> bool:
+        """Whether compute_alone has work to do (no --ablate heads, not measured for this text yet)."""
+        return not self.removed and "alone" not in self._cache
+
     def keep_ablation(self, target: tuple[int, int], run: Run, value: Ablated) -> bool:
         """Keep what compute_ablation returned for `run`; False (nothing kept) when the text has changed since."""
         if run is not self.run:
             return False
         report, without, effects = value
         self._cache[("ablate", target)] = (report, without, None if effects is None else effects[target])
+        if effects is not None and len(effects) == self.n_layer * self.n_head:  # every head: measured for this text
+            self._cache["alone"] = effects
+        return True
+
+    def keep_alone(self, run: Run, effects: dict[tuple[int, int], float] | None) -> bool:
+        """Keep compute_alone's effects for `run`; False when the text has changed since."""
+        if run is not self.run:
+            return False
         if effects is not None:
             self._cache["alone"] = effects
         return True

@@ -64,7 +64,14 @@ def diff(
         float | None, typer.Option("--fail-above", metavar="X", help="Exit 1 when any head's divergence exceeds X.")
     ] = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="Heads in the ranked table on a terminal.")] = 10,
-    start: Annotated[int, typer.Option("--from", min=0, help="First query row of the two maps on a terminal.")] = 0,
+    start: Annotated[
+        int | None,
+        typer.Option(
+            "--from",
+            min=0,
+            help="First query row of the two maps on a terminal (default: the rows ending at the text's last token).",
+        ),
+    ] = None,
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,

@@ -239,7 +239,7 @@ class DiffResult:
     n_tokens: list[int]  # every text's length
     maps: Callable[[], Any] = lambda: None  # the most changed pair's maps, computed when the terminal draws them
     top: int = 10
-    start: int = 0
+    start: int | None = None  # the maps' first query row; None: the window ends at the text's last token
     ablated: Ablated | None = None  # MODEL_B's heads removed first (--ablate)
     PICTURES = Pictures("diff", figure="diff_figure", page="diff_page")
 

@@ -96,15 +96,16 @@ def auto_panel_keys(n_seq: int, width: int, per_row: int) -> int:
     return min(n_seq, max(min(n_seq, 12), min(64, fits)))
 
 
-def window_note(win: MapWindow) -> list[Text]:
+def window_note(win: MapWindow, moves: str = "--from I and --keys A:B move the window") -> list[Text]:
     """The lines saying which part of the maps is shown and which flags show the rest (none when they are whole).
 
-    Wrapped, never cropped: the flags at its end are what a narrow terminal must not lose.
+    Wrapped, never cropped: the flags at its end are what a narrow terminal must not lose. `moves`: the command's
+    own flags that move the window.
     """
     if not win.clipped:
         return []
     keys = f"key 0 and keys {win.keys[1]}–{win.keys[-1]}" if win.pinned else f"keys {win.keys[0]}–{win.keys[-1]}"
-    more = "; --from I and --keys A:B move the window" if win.hi < win.n_seq or win.pinned or win.lo > 0 else ""
+    more = f"; {moves}" if win.hi < win.n_seq or win.pinned or win.lo > 0 else ""
     lines = [Text(f"showing query rows {win.lo}–{win.hi - 1} and {keys} of {win.n_seq} tokens{more}", style="dim")]
     if win.asked is not None:
         a, b = win.asked

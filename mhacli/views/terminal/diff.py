@@ -112,7 +112,7 @@ def diff_view(
     maps: tuple[HeadView, HeadView] | None,
     *,
     top: int = 10,
-    start: int = 0,
+    start: int | None = None,
 ) -> Group:
     """Terminal view of `mha diff`: the grid, the ranking, then the most changed head's two maps side by side."""
     (la, ha), (lb, hb) = report.shape_a, report.shape_b
@@ -148,7 +148,7 @@ def diff_view(
         panel(v.shown_map(), t, win, cell=1, color=color, min_width=min(max(kind_w, t.cell_len), max(kind_w, room)))
         for t, v in zip(titles, maps, strict=True)
     ]
-    shown += window_note(win)
+    shown += window_note(win, moves="--from I moves the window (its keys end at its last row)")
     shown += (one_line(line, "crop") for line in side_by_side(pair))
     shown.append(one_line(heat_legend(color)))
     return Group(*shown)

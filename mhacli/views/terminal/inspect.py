@@ -13,18 +13,20 @@ from rich.text import Text
 
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.partial import MapRequest, strongest
-from mhacli.analyses.stats import TOO_PLAIN, undecidable
+from mhacli.analyses.stats import STAT_NAMES, TOO_PLAIN, undecidable
 from mhacli.views.display import token_label
 from mhacli.views.terminal.common import (
+    KIND_STYLE,
     auto_panel_keys,
     head_title,
     inspect_title,
+    kind_evidence,
     one_line,
     shares_kv,
     weight_colour,
     window_note,
 )
-from mhacli.views.terminal.heatmap import GAP, map_window, panel, side_by_side, uses_color
+from mhacli.views.terminal.heatmap import GAP, MapWindow, fit, map_window, panel, side_by_side, uses_color
 from mhacli.views.terminal.heatmap import legend as heat_legend
 
 
@@ -98,7 +100,7 @@ def map_panels(
             tokens=tokens,
             token_w=token_w,
         )
-        return [*window_note(win), *(one_line(line, "crop") for line in lines)]
+        return [*window_note(win), *(one_line(line, "crop") for line in beside(lines, views[0], tokens, win, width))]
     by_layer: dict[int, list[HeadView]] = {}
     for v in views:
         by_layer.setdefault(v.layer, []).append(v)
@@ -136,6 +138,49 @@ def map_panels(
             shown.append(NewLine())
             shown += (one_line(line, "crop") for line in side_by_side(row[k : k + fit_n]))
     return shown
+
+
+SIDE_MIN = 24  # columns a side panel needs; narrower, it goes under the map
+SIDE_MAX = 72
+SIDE_KEYS = 8
+
+
+def head_side(view: HeadView, tokens: Sequence[str], win: MapWindow, width: int) -> list[Text]:
+    """What the map of one head leaves room for: its statistics, and where the last shown query looks (bars).
+
+    The last shown query is the text's last token in the default window, the position that predicts the next one.
+    Its keys are those of the window (all of them when the map is whole).
+    """
+    s = view.stats
+    lines = [Text("statistics", style="bold")]
+    lines.append(Text.assemble(f"{'kind':<16}", (s.kind, KIND_STYLE[s.kind][1]), kind_evidence(s)))
+    for name in STAT_NAMES:
+        value = s.values[name]
+        lines.append(Text(f"{name.replace('_', ' '):<16}" + ("–" if value is None else f"{value:.3f}")))
+    q = win.hi - 1
+    keys = [j for j in dict.fromkeys(win.keys) if j <= q]
+    attention = view.shown_map()
+    weights = np.array([float(attention[q, j]) for j in keys])
+    ranked = np.argsort(-weights, kind="stable")[:SIDE_KEYS].tolist()
+    order = [n for k, n in enumerate(ranked) if k == 0 or weights[n] >= 0.01]  # the strongest first; none under 0.01
+    lines += [Text(""), Text(f"query {q} {token_label(tokens[q], 20)!r}: its strongest keys", style="bold")]
+    bar_w = max(4, width - 20)
+    for n in order:
+        w = float(weights[n])
+        line = Text(f"{keys[n]:>5} {token_label(tokens[keys[n]], 8):<8} {w:.2f} ")
+        line.append("█" * int(round(w * bar_w)), style=weight_colour(w))
+        lines.append(line)
+    if len(keys) < q + 1:
+        lines.append(Text(f"among the {len(keys)} keys shown of {q + 1}", style="dim"))
+    return [fit(line, width) for line in lines]
+
+
+def beside(lines: list[Text], view: HeadView, tokens: Sequence[str], win: MapWindow, width: int) -> list[Text]:
+    """One head's map with its side panel: to the right where the width leaves SIDE_MIN columns, else under it."""
+    room = width - lines[0].cell_len - GAP
+    if room >= SIDE_MIN:
+        return side_by_side([lines, head_side(view, tokens, win, min(room, SIDE_MAX))])
+    return [*lines, Text(""), *head_side(view, tokens, win, min(width, SIDE_MAX))]
 
 
 def query_bars(
