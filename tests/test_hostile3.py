@@ -8,9 +8,15 @@ exit 2, never exit 3 (an internal error) or a traceback.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+from helpers import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -112,3 +118,39 @@ def test_inspect_options_at_their_extremes(tiny_model, mha, options, keys, fmt, 
 )
 def test_numeric_options_of_other_commands(tiny_model, mha, command, value):
     one_error_or_ok(mha(*command, value, "-m", str(tiny_model), "-f", "text"))
+
+
+@pytest.mark.parametrize("sig,code,workers", [(signal.SIGTERM, 143, "1"), (signal.SIGHUP, 129, "2")])
+def test_a_signal_mid_run_leaves_nothing_partial(tmp_path, sig, code, workers):
+    """SIGTERM/SIGHUP during a census: one `error:` line, exit 128 + signal, no --save file, no temporary."""
+    per_text, saved = tmp_path / "texts.jsonl", tmp_path / "census.html"
+    args = ["census", "--probe-count", "100000", "-j", workers, "--per-text", str(per_text), "--save", str(saved)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MHA_NO_PROGRESS": "1"}
+    env.pop("MHA_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "mhacli", *args, "-f", "json"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.iterdir()) and time.monotonic() < deadline:  # --per-text's temporary: it has started
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    time.sleep(2)  # into the run (100,000 probes take minutes)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert proc.returncode == code, err
+    assert lines == [f"error: terminated ({sig.name})"], err
+    assert not saved.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mha-")] == []
+
+
+def test_prune_and_census_refuse_counts_without_end(tiny_model, mha):
+    """10**20 random orders or probes would run forever: refused by name, exit 2."""
+    prune = mha("prune", TEXT, "-m", str(tiny_model), "--seeds", HUGE, "-f", "text")
+    one_error_or_ok(prune, allowed=(2,))
+    assert "--seeds" in prune.stderr.decode()
+    census = mha("census", "-m", str(tiny_model), "--probe-count", HUGE, "-f", "text")
+    one_error_or_ok(census, allowed=(2,))
+    assert "--probe-count" in census.stderr.decode()
+    seed = mha("census", "-m", str(tiny_model), "--probe-count", "2", "--seed", "-1", "-f", "text")
+    one_error_or_ok(seed, allowed=(2,))
+    assert "--seed -1" in seed.stderr.decode()
