@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import REPO
@@ -154,3 +155,57 @@ def test_prune_and_census_refuse_counts_without_end(tiny_model, mha):
     seed = mha("census", "-m", str(tiny_model), "--probe-count", "2", "--seed", "-1", "-f", "text")
     one_error_or_ok(seed, allowed=(2,))
     assert "--seed -1" in seed.stderr.decode()
+
+
+def spawned_workers(pid: int) -> list[int]:
+    """The local pool's worker processes of `pid` (multiprocessing's spawn_main children; not its resource tracker)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
+@pytest.mark.parametrize("attempt", range(2))
+def test_a_killed_worker_is_one_clean_error(tmp_path, attempt):
+    """A census worker killed mid-run: one `error:` line, exit 2, no hang (it was exit 3 with BrokenProcessPool)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MHA_NO_PROGRESS": "1"}
+    env.pop("MHA_DEBUG", None)
+    args = ["census", "--probe-count", "100000", "-j", "2", "-f", "json"]
+    proc = subprocess.Popen([sys.executable, "-m", "mhacli", *args],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(spawned_workers(proc.pid)) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.1)
+    time.sleep(1)
+    os.kill(spawned_workers(proc.pid)[attempt % 2], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: a worker process died mid-run"), err
+
+
+def test_a_lost_dask_worker_is_one_clean_error():
+    """Dask's KilledWorker (matched by name: dask is optional) becomes the same WorkerLost, not an internal error."""
+    from concurrent.futures import Future
+
+    from mhacli.analyses.parallel import InOrder, Item, WorkerLost, drive
+
+    class KilledWorker(Exception):
+        pass
+
+    class Lost:
+        def submit(self, fn, *args):
+            future: Future = Future()
+            future.set_exception(KilledWorker("Attempted to run task on 3 different workers"))
+            return future
+
+    work = [Item(0, __import__("numpy").array([1, 2]), 0)]
+    with pytest.raises(WorkerLost, match="worker process died"):
+        drive(work, None, Lost(), InOrder(lambda s, o: None), in_flight=1)  # type: ignore[arg-type]
