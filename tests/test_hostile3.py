@@ -209,3 +209,26 @@ def test_a_lost_dask_worker_is_one_clean_error():
     work = [Item(0, __import__("numpy").array([1, 2]), 0)]
     with pytest.raises(WorkerLost, match="worker process died"):
         drive(work, None, Lost(), InOrder(lambda s, o: None), in_flight=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("remove", ["x", b"0.1", 5, [(0, "a")], [(0,)], [(0, 1, 2)], [(0.5, 1)], [(True, 1)]])
+def test_api_remove_that_is_not_head_pairs(tiny_model, remove):
+    """A typed UsageError naming the argument, never a ValueError/TypeError from unpacking inside."""
+    import mhacli
+    from mhacli.errors import UsageError
+
+    model = mhacli.load(str(tiny_model))
+    with pytest.raises(UsageError, match="remove must be"):
+        model.run("The cat", remove=remove)
+    with pytest.raises(UsageError, match="remove_b must be"):
+        mhacli.diff(model, model, "The cat", remove_b=remove)
+
+
+def test_api_diff_of_something_that_is_not_a_model(tiny_model):
+    import mhacli
+    from mhacli.errors import UsageError
+
+    model = mhacli.load(str(tiny_model))
+    with pytest.raises(UsageError, match="model_a must be a Model"):
+        mhacli.diff(str(tiny_model), model, "The cat")  # type: ignore[arg-type]
+    assert mhacli.diff(model, model, "The cat", remove_b=[(0, 1)]).heads
