@@ -208,6 +208,16 @@ def _result(future: Future) -> list[tuple[int, Outcome]]:
         raise WorkerLost(_lost(exc), params=("workers",)) from exc
 
 
+def _submit(executor: Executor, files: ModelFiles, chunk: list[Item]) -> Future:
+    """Send a chunk; a pool already broken by a dead worker is one WorkerLost, as a broken result is."""
+    from concurrent.futures import BrokenExecutor
+
+    try:
+        return executor.submit(run_chunk, files, chunk)
+    except BrokenExecutor as exc:
+        raise WorkerLost(_lost(exc), params=("workers",)) from exc
+
+
 def _lost(exc: BaseException) -> str:
     why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
     return f"a worker process died mid-run ({why}); nothing was written: run again, perhaps with fewer {{workers}}"
@@ -237,7 +247,7 @@ def drive(
                 sink(seq, outcome)
 
     for chunk in chunks(work, sink):
-        pending.add(executor.submit(run_chunk, files, chunk))
+        pending.add(_submit(executor, files, chunk))
         while len(pending) >= in_flight:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             collect(done)

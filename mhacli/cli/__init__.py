@@ -213,4 +213,13 @@ def main() -> None:
         code = _write_failed(exc) if exc.errno in WRITE_ERRNOS else _internal(exc)
     except AttributeError:  # stdout closed
         pass
+    if code in (128 + 1, 128 + 15):  # SIGHUP, SIGTERM: all unwound; skip the atexit joins of a stopped pool's threads
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        if "multiprocessing.util" in sys.modules:  # unlink the pool's semaphores (else its tracker warns), join nothing
+            sys.modules["multiprocessing.util"]._run_finalizers(0)
+        os._exit(code)
     sys.exit(code)
