@@ -164,7 +164,7 @@ class Model:
         default 80% of available memory): a computation of this run that would need more is refused with a
         ResourceError before it starts (the CLI's --max-memory guard).
         """
-        heads = sorted(set(remove or ()))
+        heads = sorted(set(head_pairs(remove, "remove")))
         for h in heads:
             check_head(h, self.config.n_layer, self.config.n_head)
         return Run(self, self.tokenize(text, ids=ids, truncate=truncate), tuple(heads), max_memory)
@@ -503,6 +503,26 @@ class Ablation:
         }  # fmt: skip
 
 
+def head_pairs(value: object, name: str) -> list[Head]:
+    """`remove=` / `remove_b=`: (layer, head) pairs of integers.
+
+    Anything else is a UsageError naming the argument, never a TypeError or ValueError from unpacking it.
+    """
+    if value is None:
+        return []
+    bad = UsageError(f"{name} must be (layer, head) pairs of integers, e.g. [(0, 1)]; got {value!r:.60}")
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise bad
+    pairs: list[Head] = []
+    for pair in value:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray)) or len(pair) != 2:
+            raise bad
+        if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in pair):
+            raise bad
+        pairs.append((int(pair[0]), int(pair[1])))
+    return pairs
+
+
 def diff(
     model_a: Model,
     model_b: Model,
@@ -521,6 +541,10 @@ def diff(
     needing more than max_memory (default 80% of available memory) is refused with a ResourceError.
     """
     check_metric(metric)
+    for name, m in (("model_a", model_a), ("model_b", model_b)):
+        if not isinstance(m, Model):
+            raise UsageError(f"{name} must be a Model (mhacli.load(...)), got {type(m).__name__}")
+    remove_b = head_pairs(remove_b, "remove_b")
     texts = [text] if isinstance(text, str) else list(text)
     if not texts:
         raise TextError("no text given")

@@ -427,12 +427,17 @@ def importance_curve(ablator: Ablator, step: float, tick: Callable[[], None] | N
     return curve
 
 
+MAX_SEEDS = 10_000  # random orders a prune may average over
+
+
 def random_curve(ablator: Ablator, step: float, seeds: int, tick: Callable[[], None] | None = None) -> list[RandomStep]:
     """The same schedule with heads removed in random orders (numpy default_rng(seed), seed = 0..seeds-1):
 
     the loss's mean and standard deviation (ddof 0) over the orders after each round."""
     if seeds < 1:
         raise UsageError(f"{{seeds}} {seeds} must be at least 1", params=("seeds",))
+    if seeds > MAX_SEEDS:  # 10**20 orders would never finish: refused, not a run without end
+        raise UsageError(f"{{seeds}} {seeds} must be at most {MAX_SEEDS}", params=("seeds",))
     heads = ablator.heads
     counts = schedule(len(heads), step)
     ablator.set_base(())

@@ -188,6 +188,41 @@ def chunks(
         yield chunk
 
 
+class WorkerLost(MhaError):
+    """A worker process died mid-run (killed, out of memory): the run stops with this one error, never a hang."""
+
+
+def _result(future: Future) -> list[tuple[int, Outcome]]:
+    """A chunk's outcomes; a worker that died (a broken local pool, Dask's KilledWorker) is one WorkerLost."""
+    from concurrent.futures import BrokenExecutor, CancelledError
+
+    try:
+        return future.result()
+    except MhaError:
+        raise
+    except (BrokenExecutor, CancelledError) as exc:
+        raise WorkerLost(_lost(exc), params=("workers",)) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":  # dask.distributed's, not imported unless Dask runs
+            raise
+        raise WorkerLost(_lost(exc), params=("workers",)) from exc
+
+
+def _submit(executor: Executor, files: ModelFiles, chunk: list[Item]) -> Future:
+    """Send a chunk; a pool already broken by a dead worker is one WorkerLost, as a broken result is."""
+    from concurrent.futures import BrokenExecutor
+
+    try:
+        return executor.submit(run_chunk, files, chunk)
+    except BrokenExecutor as exc:
+        raise WorkerLost(_lost(exc), params=("workers",)) from exc
+
+
+def _lost(exc: BaseException) -> str:
+    why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return f"a worker process died mid-run ({why}); nothing was written: run again, perhaps with fewer {{workers}}"
+
+
 def drive(
     work: Iterable[Item | tuple[int, str | MhaError]],
     files: ModelFiles,
@@ -208,11 +243,11 @@ def drive(
 
     def collect(done: Iterable[Future]) -> None:
         for future in done:
-            for seq, outcome in future.result():
+            for seq, outcome in _result(future):
                 sink(seq, outcome)
 
     for chunk in chunks(work, sink):
-        pending.add(executor.submit(run_chunk, files, chunk))
+        pending.add(_submit(executor, files, chunk))
         while len(pending) >= in_flight:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             collect(done)

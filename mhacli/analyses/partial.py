@@ -43,9 +43,9 @@ class MapRequest:
     top: int | None = None
 
     def cells(self, n_seq: int) -> int:
-        """float32 cells a head's part holds (the memory guard)."""
+        """float32 cells a head's part holds (the memory guard); `top` beyond the keys there are counts them all."""
         if self.top is not None:  # an int64 key and a float32 weight each: three float32 cells' worth
-            return n_seq * self.top * 3
+            return n_seq * min(self.top, n_seq) * 3
         return len(self.rows) * len(self.keys)
 
 
@@ -119,6 +119,7 @@ class TopSink:
     concurrent = True
 
     def __init__(self, heads: Sequence[int], n_seq: int, k: int):
+        k = max(1, min(k, n_seq))  # more keys than the text has: every key (a row never has more than n_seq)
         self.heads, self.k, self.n_seq = {h: n for n, h in enumerate(heads)}, k, n_seq
         self.keys = np.zeros((len(heads), n_seq, k), dtype=np.int64)
         self.weights = np.zeros((len(heads), n_seq, k), dtype=F32)

@@ -39,6 +39,31 @@ MAX_LINE = 1000  # characters of an error line; the rest is clipped
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
+class Terminated(BaseException):  # noqa: N818 - a signal, as KeyboardInterrupt is
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C (temporary files removed, workers stopped), exit 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _catch_signals() -> None:
+    """SIGTERM and SIGHUP end `mha` as Ctrl-C does: one `error:` line, nothing partial left, exit 143 or 129."""
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            try:
+                signal.signal(signum, _terminate)
+            except (ValueError, OSError):  # not the main thread, or a platform without it
+                pass
+
+
 def _error(message: str, code: int, *, first_line: bool = False) -> int:
     """One `error:` line on stderr.
 
@@ -113,6 +138,10 @@ def _run(argv: list[str] | None) -> int:
         return int(result) if isinstance(result, int) else ExitCode.OK
     except (KeyboardInterrupt, typer.Abort):
         return _error("interrupted", ExitCode.INTERRUPTED)
+    except Terminated as exc:
+        import signal
+
+        return _error(f"terminated ({signal.Signals(exc.signum).name})", 128 + exc.signum)
     except typer.Exit as exc:
         return exc.exit_code
     except BrokenPipeError:
@@ -172,6 +201,7 @@ def _standard_streams() -> int | None:
 
 
 def main() -> None:
+    _catch_signals()
     code = _standard_streams()
     if code is None:
         code = run()
@@ -183,4 +213,13 @@ def main() -> None:
         code = _write_failed(exc) if exc.errno in WRITE_ERRNOS else _internal(exc)
     except AttributeError:  # stdout closed
         pass
+    if code in (128 + 1, 128 + 15):  # SIGHUP, SIGTERM: all unwound; skip the atexit joins of a stopped pool's threads
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        if "multiprocessing.util" in sys.modules:  # unlink the pool's semaphores (else its tracker warns), join nothing
+            sys.modules["multiprocessing.util"]._run_finalizers(0)
+        os._exit(code)
     sys.exit(code)

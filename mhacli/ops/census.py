@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
 
+MAX_PROBE_COUNT = 1_000_000  # probes of each kind a census may run
+
+
 def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
     """The probes' prefix token and the ordinary tokens they are drawn from.
 
@@ -43,8 +46,12 @@ def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> t
     model.
     """
     c = ckpt.config
-    if probes and spec.count < 1:
-        raise UsageError(f"{{probe_count}} {spec.count} must be at least 1", params=("probe_count",))
+    if probes and not 1 <= spec.count <= MAX_PROBE_COUNT:  # 10**20 probes would never finish: refused
+        raise UsageError(
+            f"{{probe_count}} {spec.count} must be between 1 and {MAX_PROBE_COUNT}", params=("probe_count",)
+        )
+    if probes and spec.seed < 0:
+        raise UsageError(f"{{seed}} {spec.seed} must be at least 0", params=("seed",))
     prefix = tokenizer.prefix_id()
     if prefix is not None and prefix >= c.vocab_size:
         prefix = None

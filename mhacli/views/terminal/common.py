@@ -41,9 +41,21 @@ class _Console(Console):
         raise BrokenPipeError
 
 
+# The sizes a view is drawn for, whatever $COLUMNS/$LINES or the terminal say (0, 1, 10**9, garbage): a narrower
+# screen gets lines that wrap, a wider one lines that end early, never a view laid out for no room or for gigabytes.
+MIN_WIDTH, MAX_WIDTH = 20, 4096
+MIN_HEIGHT, MAX_HEIGHT = 5, 4096
+
+
 def make_console(file=None, width: int | None = None, **options: Any) -> Console:
-    """The console every view draws on (`options`: rich's, e.g. force_terminal, no_color, color_system)."""
-    return _Console(file=file, width=width, highlight=False, soft_wrap=False, **options)
+    """The console every view draws on (`options`: rich's, e.g. force_terminal, no_color, color_system).
+
+    Its width and height are clamped to [MIN_WIDTH, MAX_WIDTH] and [MIN_HEIGHT, MAX_HEIGHT].
+    """
+    console = _Console(file=file, width=width, highlight=False, soft_wrap=False, **options)
+    console.width = min(max(console.width, MIN_WIDTH), MAX_WIDTH)
+    console.height = min(max(console.height, MIN_HEIGHT), MAX_HEIGHT)
+    return console
 
 
 def weight_colour(w: float) -> str:

@@ -54,13 +54,16 @@ def map_request(
 
     Query row `query` (keys 0..query), every row's `top` keys, or the largest window map_panels can choose (its rows
     and keys are never more than max(width, panel_keys); any smaller window from the same start and keys lies
-    inside; start None: the windows end at the last token, and a smaller one ending there lies inside too).
+    inside; start None: the windows end at the last token, and a smaller one ending there lies inside too), and at
+    least 12, the fewest keys map_panels shows on a narrow console.
     """
     if query is not None:
         return MapRequest(rows=(query,), keys=tuple(range(query + 1)))
     if top is not None:
         return MapRequest(top=top)
-    most = max(width, panel_keys or 0)
+    # map_panels never shows fewer than min(n_seq, 12) keys a panel nor fewer than 2 (map_window), however narrow
+    # the console (COLUMNS=1): the request covers those windows too
+    most = max(width, panel_keys or 0, 12)
     win = map_window(n_seq, start, most, most, keys)
     return MapRequest(rows=tuple(range(win.lo, win.hi)), keys=tuple(sorted({0, *win.keys})))
 
