@@ -12,6 +12,7 @@ import numpy as np
 from mhacli.config import LayerNormConfig, RopeConfig
 from mhacli.engine.arch.common import Projection
 from mhacli.engine.attention import Sink, causal_attention
+from mhacli.engine.segments import positions
 from mhacli.engine.blocks import (
     ACTIVATION_FNS,
     F32,
@@ -133,7 +134,7 @@ def expected_shapes(config: LayerNormConfig) -> dict[str, tuple[int, ...]]:
 
 def embed(params: Params, ids: np.ndarray) -> np.ndarray:
     """[n_seq] token ids -> [n_seq, n_embd] token + position embeddings"""
-    return params.get("wte.weight")[ids] + params.get("wpe.weight")[: len(ids)]
+    return params.get("wte.weight")[ids] + params.get("wpe.weight")[positions(len(ids))]  # restarting in a pack
 
 
 def final_norm(params: Params, x: np.ndarray) -> np.ndarray:
