@@ -19,6 +19,7 @@ ATTN_TOL = 1e-6  # packed vs alone, absolute, per attention weight
 # (1e-9 relative) would need the same BLAS blocking, which no packing can keep.
 STATS_RTOL = 1e-5
 STATS_ATOL = 1e-7
+CENSUS_ATOL = 1e-6  # a census' means and spreads over texts: a spread of 0 may become a few 1e-8 of float noise
 LENGTHS = [1, 7, 30, 2, 19, 1, 12]  # mixed, including length 1
 
 
@@ -128,3 +129,76 @@ def test_a_text_that_fails_in_its_pack_spoils_no_neighbour(models, monkeypatch):
     assert isinstance(out[1], str) and "NaN" in out[1]
     for n in (0, 2):
         np.testing.assert_allclose(out[n].values, text_stats(params, ts[n]).values, rtol=STATS_RTOL, atol=STATS_ATOL)
+
+
+def _numbers(doc) -> list[float]:
+    """Every number of a census document's heads, in order (None as NaN)."""
+    out: list[float] = []
+
+    def walk(x) -> None:
+        if isinstance(x, dict):
+            for k in sorted(x):
+                walk(x[k])
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, bool) or x is None or isinstance(x, str):
+            return
+        elif isinstance(x, (int, float)):
+            out.append(float(x))
+
+    walk(doc["heads"])
+    return out
+
+
+def test_census_is_the_same_whatever_the_pack_size_and_executor(tmp_path):
+    """Unpacked (--pack-tokens 1), packed in this process, on two workers and on Dask: the same kinds and numbers."""
+    from helpers import parse_json, run_mha
+
+    corpus = tmp_path / "corpus.txt"
+    too_long = "word " * 3000  # past the bundled model's context: fails by its line number, alone
+    lines = [
+        "ROMEO: But, soft! what light",
+        too_long,
+        "O",
+        "It is the east, and Juliet is the sun.",
+        "Arise, fair sun",
+    ] * 3
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ("census", "--texts", str(corpus), "--probe-count", "3", "-f", "json")
+    env = {"MHA_NO_PROGRESS": "1"}
+    alone = run_mha(*args, "-j", "1", "--pack-tokens", "1", env=env)
+    assert alone.returncode == 0, alone.stderr
+    want = parse_json(alone.stdout)
+    runs = [("-j", "1", "--pack-tokens", "40"), ("-j", "1"), ("-j", "2", "--pack-tokens", "100")]
+    try:
+        from dask.distributed import LocalCluster
+    except ImportError:
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        runs.append(("--dask", cluster.scheduler_address, "--pack-tokens", "64"))
+    try:
+        for extra in runs:
+            got = run_mha(*args, *extra, env=env)
+            assert got.returncode == 0, (extra, got.stderr)
+            for line in (2, 7, 12):
+                assert f"line {line}:" in got.stderr.decode(), (extra, got.stderr)
+            doc = parse_json(got.stdout)
+            assert [h["kind"] for h in doc["heads"]] == [h["kind"] for h in want["heads"]], extra
+            assert doc["sources"]["corpus"]["n_texts"] == want["sources"]["corpus"]["n_texts"] == 12
+            assert doc["sources"]["corpus"]["failed"] == 3
+            np.testing.assert_allclose(
+                _numbers(doc), _numbers(want), rtol=STATS_RTOL, atol=CENSUS_ATOL, err_msg=str(extra)
+            )
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def test_pack_tokens_below_one_is_refused():
+    from helpers import run_mha
+
+    result = run_mha("census", "--pack-tokens", "0")
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == "error: --pack-tokens 0 must be at least 1"

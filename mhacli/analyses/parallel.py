@@ -223,6 +223,7 @@ def drive(
     executor: Executor | None,
     sink: InOrder,
     in_flight: int,
+    pack_tokens: int = PACK_TOKENS,
 ) -> None:
     """Run every item:
 
@@ -230,7 +231,7 @@ def drive(
     so a streamed corpus is never held whole)."""
     if executor is None:
         for chunk in chunks(work, sink):
-            for seq, outcome in run_chunk(files, chunk):
+            for seq, outcome in run_chunk(files, chunk, pack_tokens):
                 sink(seq, outcome)
         return
     pending: set[Future] = set()
@@ -241,7 +242,7 @@ def drive(
                 sink(seq, outcome)
 
     for chunk in chunks(work, sink):
-        pending.add(executor.submit(run_chunk, files, chunk))
+        pending.add(executor.submit(run_chunk, files, chunk, pack_tokens))
         while len(pending) >= in_flight:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             collect(done)

@@ -95,9 +95,7 @@ def block_rows(n_seq: int, window: int | None = None) -> int:
     return int(max(MIN_BLOCK, min(BLOCK, TILE_BYTES // (4 * max(1, keys)))))
 
 
-def blocks(
-    n_seq: int, rows: int, window: int | None, starts: np.ndarray | None = None
-) -> list[tuple[int, int, int]]:
+def blocks(n_seq: int, rows: int, window: int | None, starts: np.ndarray | None = None) -> list[tuple[int, int, int]]:
     """(a, b, lo) of every row block: rows a..b-1 see keys lo..b-1.
 
     lo > 0 only inside a sliding window, or in a pack (`starts`: each row's text start), where no key before the

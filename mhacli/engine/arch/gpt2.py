@@ -12,7 +12,6 @@ import numpy as np
 from mhacli.config import LayerNormConfig, RopeConfig
 from mhacli.engine.arch.common import Projection
 from mhacli.engine.attention import Sink, causal_attention
-from mhacli.engine.segments import positions
 from mhacli.engine.blocks import (
     ACTIVATION_FNS,
     F32,
@@ -25,6 +24,7 @@ from mhacli.engine.blocks import (
     project_heads,
     split_heads,
 )
+from mhacli.engine.segments import positions
 
 KEY_PREFIX = "transformer."
 LAYER_PREFIX = "h.{}."
