@@ -3,8 +3,8 @@
 Results are folded in submission order whatever order they arrive in; work goes out in chunks of about 4,096
 tokens (at most CHUNK_TEXTS texts, packed into forwards inside); at most `in_flight` chunks are out at once and the
 work is read lazily; a text that fails is reported, not raised; local workers and a Dask LocalCluster run one BLAS
-and one attention thread each, and the caller's environment is restored afterwards. Executors here are threads or stand-ins, so the code under test runs
-in this process.
+and one attention thread each, and the caller's environment is restored afterwards. Executors here are threads or
+stand-ins, so the code under test runs in this process.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class AtomicText:
         "mha census --probe-count 4 -j 1",
         "mha census -m sample-early --probes repeat --probe-count 4 -j 1 -f csv",
         "printf 'The cat.\\nA dog.\\n' | mha census --texts - --probes none -j 1",
-        "printf 'The cat.\\nA dog.\\n' | mha census --texts - --probes none -j 1 --pack-tokens 1",
+        "mha census --probe-count 4 -j 1 --pack-tokens 1",
     ),
 )
 def census(
