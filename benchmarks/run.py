@@ -159,16 +159,19 @@ def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path
         log(f"measuring: census, {label}, HF")
         hf = measure([py, str(HERE / "hf_census.py"), str(model), str(ids_file)], runs)
         single = None
-        for workers in (1, 2):
-            log(f"measuring: census, {label}, {workers} worker(s)")
-            cmd = [*mha, "census", "--texts", str(corpus), "-m", str(model), "-j", str(workers), "-f", "csv"]
+        # (workers, extra arguments, what the row says): packed (the default), unpacked as before packing, on Dask
+        ways = [(1, [], ""), (2, [], ""), (1, ["--pack-tokens", "1"], ", unpacked (--pack-tokens 1)"),
+                (2, ["--dask", "local"], ", Dask LocalCluster")]  # fmt: skip
+        for workers, extra, what in ways:
+            log(f"measuring: census, {label}, {workers} worker(s){what}")
+            cmd = [*mha, "census", "--texts", str(corpus), "-m", str(model), "-j", str(workers), "-f", "csv", *extra]
             m = measure(cmd, runs)
-            if workers > 1:
+            if workers > 1 and not extra:
                 m |= {k: v for k, v in measure_tree(cmd, 1).items() if k.startswith("worker_")}
             single = single or m["wall_s"]
             rows.append({
                 "case": f"`mha census`, {label}: 1,000 lines + probes ({n_texts} texts), "
-                        f"{workers} worker{'s' if workers > 1 else ''}",
+                        f"{workers} worker{'s' if workers > 1 else ''}{what}",
                 "model": label, "workers": workers, "n_texts": n_texts, "mha": m, "hf": hf,
                 "wall_ratio": m["wall_s"] / hf["wall_s"], "rss_ratio": m["peak_rss_bytes"] / hf["peak_rss_bytes"],
                 "texts_per_s": n_texts / m["wall_s"], "speedup_vs_1_worker": single / m["wall_s"],
@@ -883,6 +886,7 @@ def census_markdown(results: dict, header: bool = True) -> str:
     for r in results["census"]:
         mh, hf = r["mha"], r["hf"]
         per_worker = mib(mh["worker_peak_rss_bytes"]) if "worker_peak_rss_bytes" in mh else "(in process)"
+        per_worker = per_worker if r["workers"] == 1 or "worker_peak_rss_bytes" in mh else "(not measured)"
         lines.append(
             f"| {r['case']} | {mh['wall_s']:.2f} s | {r['texts_per_s']:.0f} | {r['speedup_vs_1_worker']:.2f}x | "
             f"{hf['wall_s']:.2f} s | {r['wall_ratio']:.2f}x | {mib(mh['peak_rss_bytes'])} | {per_worker} | "

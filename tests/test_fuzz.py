@@ -629,7 +629,7 @@ def test_rope_parameters_are_refused_or_computable(cases, data):
     """
     from mhacli.config import parse_config
     from mhacli.engine.arch import check_config
-    from mhacli.engine.arch.rope import inv_freq, rope_tables
+    from mhacli.engine.arch.rope import _tables, inv_freq, rope_tables
     from mhacli.errors import ConfigError
 
     cases.tick()
@@ -655,7 +655,7 @@ def test_rope_parameters_are_refused_or_computable(cases, data):
         return
     with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
         for n_seq in sorted({1, min(n_positions, 64)}):
-            rope_tables.cache_clear()
+            _tables.cache_clear()  # the cached one-text tables
             cos, sin = rope_tables(parsed.rope, parsed.d_head, parsed.n_positions, n_seq)
             assert np.isfinite(cos).all() and np.isfinite(sin).all()
         inv, scaling = inv_freq(parsed.rope, parsed.d_head, parsed.n_positions, n_positions)

@@ -1,10 +1,10 @@
 """Running census texts on an executor (mhacli.analyses.parallel) in this process, against docs/census.md.
 
 Results are folded in submission order whatever order they arrive in; work goes out in chunks of about 4,096
-tokens (at most 64 texts); at most `in_flight` chunks are out at once and the work is read lazily; a text that fails
-is reported, not raised; local workers and a Dask LocalCluster run one BLAS and one attention thread each, and the
-caller's environment is restored afterwards. Executors here are threads or stand-ins, so the code under test runs
-in this process.
+tokens (at most CHUNK_TEXTS texts, packed into forwards inside); at most `in_flight` chunks are out at once and the
+work is read lazily; a text that fails is reported, not raised; local workers and a Dask LocalCluster run one BLAS
+and one attention thread each, and the caller's environment is restored afterwards. Executors here are threads or
+stand-ins, so the code under test runs in this process.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from helpers import SAMPLE
 from mhacli.analyses import parallel
 from mhacli.analyses.census import text_stats
 from mhacli.analyses.parallel import (
+    CHUNK_TEXTS,
+    CHUNK_TOKENS,
     InOrder,
     Item,
     chunks,
@@ -69,10 +71,12 @@ def test_a_chunk_counts_its_own_tokens_from_zero():
     assert [[i.seq for i in g] for g in groups] == [[0, 1], [2, 3], [4]]
 
 
-def test_chunks_close_at_64_texts():
-    groups = list(chunks(items([1] * 130), lambda *e: None))
-    assert [len(g) for g in groups] == [64, 64, 2]
-    assert [len(g) for g in chunks(items([1] * 64), lambda *e: None)] == [64]
+def test_chunks_close_at_chunk_texts():
+    n = CHUNK_TEXTS
+    assert n < CHUNK_TOKENS  # one-token texts: the text count closes the chunks, not the tokens
+    groups = list(chunks(items([1] * (2 * n + 2)), lambda *e: None))
+    assert [len(g) for g in groups] == [n, n, 2]
+    assert [len(g) for g in chunks(items([1] * n), lambda *e: None)] == [n]
 
 
 def test_failed_entries_go_to_failed_not_to_a_chunk():
@@ -102,8 +106,12 @@ def fake_texts(monkeypatch):
         assert files == "the files", files  # the files drive was given reach every chunk
         return "params"
 
+    def packed(params, texts):  # a pack fails as a whole when one of its texts does
+        return [stats(params, ids, first_row) for ids, first_row in texts]
+
     monkeypatch.setattr(parallel, "_model", model)
     monkeypatch.setattr(parallel, "text_stats", stats)
+    monkeypatch.setattr(parallel, "pack_stats", packed)
 
 
 def test_run_chunk_keeps_each_texts_seq_and_turns_an_error_into_its_message(fake_texts):
@@ -160,11 +168,11 @@ def test_a_chunk_that_comes_back_frees_its_place_at_once(fake_texts, monkeypatch
     events = []
     real = parallel.run_chunk
 
-    def run_chunk(files, chunk):
+    def run_chunk(files, chunk, *pack):
         if chunk[0].seq == 0:
             time.sleep(0.5)
         events.append(("done", chunk[0].seq))
-        return real(files, chunk)
+        return real(files, chunk, *pack)
 
     class Logging(CountingExecutor):
         def submit(self, fn, *args):

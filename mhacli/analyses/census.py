@@ -27,6 +27,7 @@ from mhacli.analyses.stats import (
 )
 from mhacli.engine.blocks import Params
 from mhacli.engine.forward import forward
+from mhacli.engine.segments import Segments
 
 SOURCES = ("repeat", "random", "corpus")
 PROBES = ("repeat", "random")
@@ -95,25 +96,63 @@ class TextStats:
 
 def text_stats(params: Params, ids: np.ndarray, first_row: int = 0) -> TextStats:
     """Run the model on one text and reduce every layer's attention to its statistics over rows first_row.."""
-    per_layer = []
-    support: tuple[int, ...] = ()
-    n_rows = 0
-    streams: dict[int, StatsAccumulator] = {}
+    return pack_stats(params, [(np.asarray(ids), first_row)])[0]
 
-    def sinks(layer: int) -> StatsAccumulator:  # statistics streamed block by block: no map is kept
-        streams[layer] = StatsAccumulator(params.config.n_head, ids, first_row)
-        return streams[layer]
 
-    for trace in forward(params, ids, sinks=sinks):
-        ls = streams.pop(trace.layer).result()
+class PackSink:
+    """A pack's attention (mhacli.engine.segments) split per text:
+
+    each tile's rows and keys of text t go to text t's own sink in the text's own coordinates, as if it ran alone.
+    Concurrent when every text's sink is."""
+
+    def __init__(self, segments: Segments, sinks: Sequence[StatsAccumulator]):
+        self.bounds = segments.bounds
+        self.firsts = np.array([s for s, _ in self.bounds], dtype=np.int64)
+        self.sinks = sinks
+        self.concurrent = all(getattr(s, "concurrent", False) for s in sinks)
+
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
+        t = int(np.searchsorted(self.firsts, a, side="right")) - 1  # the text of row a
+        while t < len(self.bounds) and self.bounds[t][0] < b:
+            s, e = self.bounds[t]
+            ra, rb, klo = max(a, s), min(b, e), max(lo, s)
+            self.sinks[t].add(h, ra - s, rb - s, klo - s, p[:, ra - a : rb - a, klo - lo : rb - lo])
+            t += 1
+
+
+def pack_stats(params: Params, texts: Sequence[tuple[np.ndarray, int]]) -> list[TextStats]:
+    """Run the model once on several texts packed end to end (each attending only to itself, its positions from 0).
+
+    (token ids, first row) each -> each text's statistics, as `text_stats` of it alone gives them (to float32
+    rounding: the products run in other block shapes). One text runs unpacked."""
+    n_head = params.config.n_head
+    segments = Segments.of([ids for ids, _ in texts]) if len(texts) > 1 else None
+    ids = np.concatenate([np.asarray(t, dtype=np.int64) for t, _ in texts])
+    layers: list[list] = [[] for _ in texts]
+    streams: dict[int, list[StatsAccumulator]] = {}
+
+    def sinks(layer: int) -> StatsAccumulator | PackSink:  # statistics streamed block by block: no map is kept
+        streams[layer] = [StatsAccumulator(n_head, t, first_row) for t, first_row in texts]
+        return streams[layer][0] if segments is None else PackSink(segments, streams[layer])
+
+    for trace in forward(params, ids, sinks=sinks, segments=segments):
+        for t, acc in enumerate(streams.pop(trace.layer)):
+            layers[t].append(acc.result())
+    return [_text_result(per_layer) for per_layer in layers]
+
+
+def _text_result(per_layer: list) -> TextStats:
+    """One text's LayerStats, layer by layer -> its TextStats."""
+    values = []
+    for ls in per_layer:
         relative = (
             ls.values["entropy"] / ls.uniform_entropy
             if ls.uniform_entropy > 0
             else np.full_like(ls.values["entropy"], np.nan)
         )
-        per_layer.append(np.stack([ls.values[name] for name in STAT_NAMES] + [relative]))
-        support, n_rows = tuple(ls.support[s] for s in SUPPORTED_STATS), ls.n_rows
-    return TextStats(np.stack(per_layer, axis=1), support, n_rows)
+        values.append(np.stack([ls.values[name] for name in STAT_NAMES] + [relative]))
+    last = per_layer[-1]
+    return TextStats(np.stack(values, axis=1), tuple(last.support[s] for s in SUPPORTED_STATS), last.n_rows)
 
 
 def text_kinds(values: np.ndarray, support: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -29,7 +29,7 @@ from mhacli.cli._common import (
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import UsageError
-from mhacli.ops.census import CensusOutcome, CensusRequest, CensusResult, census_picture, take_census
+from mhacli.ops.census import PACK_TOKENS, CensusOutcome, CensusRequest, CensusResult, census_picture, take_census
 from mhacli.views import save as saving
 from mhacli.views.formats import check_writable
 from mhacli.views.output import FORMATS
@@ -99,6 +99,7 @@ class AtomicText:
         "mha census --probe-count 4 -j 1",
         "mha census -m sample-early --probes repeat --probe-count 4 -j 1 -f csv",
         "printf 'The cat.\\nA dog.\\n' | mha census --texts - --probes none -j 1",
+        "mha census --probe-count 4 -j 1 --pack-tokens 1",
     ),
 )
 def census(
@@ -143,6 +144,15 @@ def census(
             help="Run on a Dask cluster: a scheduler address, or 'local' for a LocalCluster.",
         ),
     ] = None,
+    pack_tokens: Annotated[
+        int,
+        typer.Option(
+            "--pack-tokens",
+            metavar="N",
+            help="Short texts run together in forwards of up to N tokens, each attending only to itself "
+            f"(1: each alone). Default: {PACK_TOKENS}.",
+        ),
+    ] = PACK_TOKENS,
     per_text: Annotated[
         Path | None,
         typer.Option(
@@ -168,6 +178,8 @@ def census(
         raise UsageError("nothing to run: --probes none needs --texts FILE")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers {workers} must be at least 1")
+    if pack_tokens < 1:
+        raise UsageError(f"--pack-tokens {pack_tokens} must be at least 1")
     if probe_count < 1 and chosen:
         raise UsageError(f"--probe-count {probe_count} must be at least 1")
     if top < 1:
@@ -178,8 +190,9 @@ def census(
     ckpt, tokenizer = load(model, cache=None)
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
     request = CensusRequest(
-        chosen, spec, None, texts, truncate, workers, dask, max_memory, strict, where=cli_where, words=cli_words
-    )
+        chosen, spec, None, texts, truncate, workers, dask, max_memory, strict, where=cli_where, words=cli_words,
+        pack_tokens=pack_tokens,
+    )  # fmt: skip
     doc = run_shown(ckpt, tokenizer, request, per_text).doc
     saving.write_all(saves, census_picture(ckpt, doc), dpi=dpi)
     out.emit(CensusResult(doc, top))

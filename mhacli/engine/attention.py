@@ -29,6 +29,8 @@ from typing import Protocol, cast
 
 import numpy as np
 
+from mhacli.engine.segments import current
+
 F32 = np.float32
 BLOCK = 128  # query rows per block, at most
 MIN_BLOCK = 16  # ... and at least
@@ -93,9 +95,15 @@ def block_rows(n_seq: int, window: int | None = None) -> int:
     return int(max(MIN_BLOCK, min(BLOCK, TILE_BYTES // (4 * max(1, keys)))))
 
 
-def blocks(n_seq: int, rows: int, window: int | None) -> list[tuple[int, int, int]]:
-    """(a, b, lo) of every row block: rows a..b-1 see keys lo..b-1 (lo > 0 only inside a sliding window)."""
-    return [(a, min(a + rows, n_seq), 0 if window is None else max(0, a - window + 1)) for a in range(0, n_seq, rows)]
+def blocks(n_seq: int, rows: int, window: int | None, starts: np.ndarray | None = None) -> list[tuple[int, int, int]]:
+    """(a, b, lo) of every row block: rows a..b-1 see keys lo..b-1.
+
+    lo > 0 only inside a sliding window, or in a pack (`starts`: each row's text start), where no key before the
+    block's first text is computed."""
+    todo = [(a, min(a + rows, n_seq), 0 if window is None else max(0, a - window + 1)) for a in range(0, n_seq, rows)]
+    if starts is None:
+        return todo
+    return [(a, b, max(lo, int(starts[a]))) for a, b, lo in todo]
 
 
 def threads_for(todo: list[tuple[int, int, int]], n_head: int) -> int:
@@ -142,7 +150,9 @@ def causal_attention(
     keep = KeepMap(n_head, n_seq) if sink is None else None
     target: Sink = keep if keep is not None else cast(Sink, sink)  # one of the two is given
     rows = block or getattr(target, "fixed_rows", None) or block_rows(n_seq, window)  # a sink may fix them
-    todo = blocks(n_seq, rows, window)
+    seg = current(n_seq)  # a pack (mhacli.engine.segments): no key before the query's own text
+    starts = None if seg is None else seg.starts
+    todo = blocks(n_seq, rows, window, starts)
     workers = threads or threads_for(todo, n_head)
     if not getattr(target, "concurrent", False):
         workers = 1
@@ -165,7 +175,7 @@ def causal_attention(
                     a, b, lo = next(queue, (-1, -1, -1))
                 if a < 0:
                     return
-                _block(qs, k, v, a, b, lo, window, tile, z, target, group, softcap)
+                _block(qs, k, v, a, b, lo, window, tile, z, target, group, softcap, starts)
         except BaseException:
             stop.set()  # the other threads stop at their next block
             raise
@@ -195,12 +205,16 @@ def _block(
     sink: Sink,
     group: int,
     softcap: float | None = None,
+    starts: np.ndarray | None = None,
 ) -> None:
     """Rows a..b-1 over keys lo..b-1, head by head:
 
-    softmax in place in `tile`, the value product; `group` heads' tiles at a time to the sink."""
+    softmax in place in `tile`, the value product; `group` heads' tiles at a time to the sink. In a pack (`starts`)
+    the keys before a row's text start are hidden too."""
     n_head, shared = qs.shape[0], qs.shape[0] // k.shape[0]
     hidden = ~visible(a, b, lo, b, window)  # [rows, keys]: the same for every head
+    if starts is not None:
+        hidden |= np.arange(lo, b)[None, :] < starts[a:b, None]
     masked = bool(hidden.any())
     for h0 in range(0, n_head, group):
         tiles = tile[: min(group, n_head - h0) * (b - a) * (b - lo)].reshape(-1, b - a, b - lo)

@@ -20,6 +20,7 @@ from mhacli.engine.arch import Family
 from mhacli.engine.arch import family as family_module
 from mhacli.engine.attention import Sink
 from mhacli.engine.blocks import Params, ZEdit
+from mhacli.engine.segments import Segments, packed
 from mhacli.errors import NumericsError
 
 
@@ -59,16 +60,21 @@ def forward(
     n_layers: int | None = None,
     edits: dict[int, ZEdit] | None = None,
     sinks: Sinks | None = None,
+    segments: Segments | None = None,
 ) -> Iterator[LayerTrace]:
     """Run the model layer by layer, yielding each layer's attention and residual stream.
 
     Stops after `n_layers` layers (all by default); one layer's weights are fetched at a time. `edits` maps a
     layer to an edit of its heads' outputs before W_O (ablation). `sinks` streams a layer's attention, block by
     block, to the sink it returns for that layer (LayerTrace.attention is then None): no [n_head, n_seq, n_seq] map.
+    `segments`: `ids` is a pack of several texts (mhacli.engine.segments), each attending only to itself, its
+    positions restarting at 0; a kept map is then the pack's [n_head, n_seq, n_seq], zero between texts.
     """
     ids = np.asarray(ids, dtype=np.int64)
     n = params.config.n_layer if n_layers is None else n_layers
-    yield from forward_from(params, embed(params, ids), 0, n, edits=edits, sinks=sinks)
+    with packed(segments):
+        x = embed(params, ids)
+    yield from forward_from(params, x, 0, n, edits=edits, sinks=sinks, segments=segments)
 
 
 def forward_from(
@@ -79,15 +85,16 @@ def forward_from(
     *,
     edits: dict[int, ZEdit] | None = None,
     sinks: Sinks | None = None,
+    segments: Segments | None = None,
 ) -> Iterator[LayerTrace]:
-    """Layers first..stop-1 on x [n_seq, n_embd], the residual stream entering layer `first`."""
+    """Layers first..stop-1 on x [n_seq, n_embd], the residual stream entering layer `first` (a pack: `segments`)."""
     config = params.config
     block = family(config).block  # one small block function per architecture family
     edits = edits or {}
     for layer in range(first, stop):
         weights = params.layer(layer)
         sink = sinks(layer) if sinks is not None else None
-        with np.errstate(all="ignore"):  # overflow is reported below, naming the layer and heads
+        with np.errstate(all="ignore"), packed(segments):  # overflow is reported below, naming the layer and heads
             x, attn = block(x, weights, config, layer, edits.get(layer), sink=sink)
         check_finite(attn.probs if attn.probs is not None else attn.z, x, layer)
         yield LayerTrace(layer, attn.probs, x, attn.z)

@@ -24,7 +24,16 @@ from mhacli.analyses.census import (
     text_kinds,
     verdicts,
 )
-from mhacli.analyses.parallel import InOrder, Item, dask_executor, default_workers, drive, local_pool, remember
+from mhacli.analyses.parallel import (
+    PACK_TOKENS,
+    InOrder,
+    Item,
+    dask_executor,
+    default_workers,
+    drive,
+    local_pool,
+    remember,
+)
 from mhacli.analyses.stats import KINDS, MIN_SUPPORT, SUPPORTED_STATS
 from mhacli.errors import MhaError, TextError, UsageError, Words, python_words
 from mhacli.io.textin import iter_texts, tokenize
@@ -235,6 +244,7 @@ def run_census(
     workers: int = 1,
     dask: str | None = None,
     where: Callable[[int, int | None], str] = api_where,
+    pack_tokens: int = PACK_TOKENS,
 ) -> None:
     """Every probe, then every corpus text (line number, text), through the model.
 
@@ -253,13 +263,13 @@ def run_census(
     sink = InOrder(census.fold)
     if dask is not None:
         with dask_executor(dask, workers) as executor:
-            drive(work(), ckpt.files, executor, sink, in_flight=4 * workers)
+            drive(work(), ckpt.files, executor, sink, in_flight=4 * workers, pack_tokens=pack_tokens)
     elif workers == 1:
         remember(ckpt.files, ckpt)
-        drive(work(), ckpt.files, None, sink, in_flight=1)
+        drive(work(), ckpt.files, None, sink, in_flight=1, pack_tokens=pack_tokens)
     else:
         with local_pool(workers) as executor:
-            drive(work(), ckpt.files, executor, sink, in_flight=2 * workers)
+            drive(work(), ckpt.files, executor, sink, in_flight=2 * workers, pack_tokens=pack_tokens)
 
 
 @dataclass(frozen=True)
@@ -277,6 +287,7 @@ class CensusRequest:
     strict: bool = True  # a failed text stops the census (TextError), else it is counted (on_failure)
     where: Callable[[int, int | None], str] = api_where  # a corpus text's name in messages
     words: Words = python_words  # the parameters a failed text's message names, in the door's words (not strict)
+    pack_tokens: int = PACK_TOKENS  # tokens per packed forward (mhacli.engine.segments); 1: every text alone
 
     @property
     def has_corpus(self) -> bool:
@@ -313,7 +324,7 @@ def take_census(
         census.tick = tick
     run_census(
         census, ckpt, tokenizer, r.probes, r.spec, prefix, ordinary, corpus,
-        truncate=r.truncate, workers=workers, dask=r.dask, where=r.where,
+        truncate=r.truncate, workers=workers, dask=r.dask, where=r.where, pack_tokens=r.pack_tokens,
     )  # fmt: skip
     corpus_tally = census.tallies["corpus"]
     if r.corpus_path is not None and corpus_tally.n_texts == 0:

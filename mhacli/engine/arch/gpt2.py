@@ -24,6 +24,7 @@ from mhacli.engine.blocks import (
     project_heads,
     split_heads,
 )
+from mhacli.engine.segments import positions
 
 KEY_PREFIX = "transformer."
 LAYER_PREFIX = "h.{}."
@@ -133,7 +134,7 @@ def expected_shapes(config: LayerNormConfig) -> dict[str, tuple[int, ...]]:
 
 def embed(params: Params, ids: np.ndarray) -> np.ndarray:
     """[n_seq] token ids -> [n_seq, n_embd] token + position embeddings"""
-    return params.get("wte.weight")[ids] + params.get("wpe.weight")[: len(ids)]
+    return params.get("wte.weight")[ids] + params.get("wpe.weight")[positions(len(ids))]  # restarting in a pack
 
 
 def final_norm(params: Params, x: np.ndarray) -> np.ndarray:

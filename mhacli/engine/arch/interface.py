@@ -63,7 +63,10 @@ class Family(Protocol[C]):
 
     # --- the forward ---
     def embed(self, params: Params, ids: np.ndarray) -> np.ndarray:
-        """[n_seq] token ids -> [n_seq, n_embd], the residual stream entering layer 0."""
+        """[n_seq] token ids -> [n_seq, n_embd], the residual stream entering layer 0.
+
+        Learned positions are read at mhacli.engine.segments.positions(n_seq): they restart with each text of a
+        pack (rotary ones need nothing: rope_tables and the attention kernel read the pack themselves)."""
 
     def block(
         self, x: np.ndarray, p: Weights, config: C, layer: int, edit: ZEdit | None = None, sink: Sink | None = None

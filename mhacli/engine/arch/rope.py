@@ -23,6 +23,7 @@ import numpy as np
 
 from mhacli.config import RopeConfig
 from mhacli.engine.blocks import F32
+from mhacli.engine.segments import current
 
 
 def _exponents(d_head: int) -> np.ndarray:
@@ -123,9 +124,23 @@ def inv_freq(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tup
     return F32(1.0) / (_powers(base, d_head)), 1.0  # default
 
 
-@lru_cache(maxsize=16)
 def rope_tables(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin), each [n_seq, d_head] float32 for positions 0..n_seq-1 (read-only: cached and shared)."""
+    """(cos, sin), each [n_seq, d_head] float32 for positions 0..n_seq-1 (read-only: cached and shared).
+
+    In a pack (mhacli.engine.segments) the positions restart at 0 with each text, and each text's rows are those
+    it would have alone (dynamic and longrope tables depend on the text's own length)."""
+    seg = current(n_seq)
+    if seg is None:
+        return _tables(rope, d_head, n_positions, n_seq)
+    if rope.rope_type in ("dynamic", "longrope"):
+        parts = [_tables(rope, d_head, n_positions, n) for n in seg.lengths]
+        return np.concatenate([c for c, _ in parts]), np.concatenate([s for _, s in parts])
+    cos, sin = _tables(rope, d_head, n_positions, max(seg.lengths))  # a row depends on its position only
+    return cos[seg.positions], sin[seg.positions]
+
+
+@lru_cache(maxsize=16)
+def _tables(rope: RopeConfig, d_head: int, n_positions: int, n_seq: int) -> tuple[np.ndarray, np.ndarray]:
     inv, scaling = inv_freq(rope, d_head, n_positions, n_seq)
     angles = np.arange(n_seq, dtype=F32)[:, None] * inv[None, :]  # [n_seq, d_head // 2]
     emb = np.concatenate([angles, angles], axis=-1)  # [n_seq, d_head]
