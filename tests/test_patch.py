@@ -29,9 +29,14 @@ def checkpoints(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="module")
+def bridges(checkpoints):
+    return {name: transformer_lens_bridge(d, processed=False) for name, d in checkpoints.items()}
+
+
 def _pair(n_vocab: int, seed: int = 0) -> Pair:
     rng = np.random.default_rng(seed)
-    clean = rng.integers(1, n_vocab, 10)
+    clean = rng.integers(1, n_vocab, 8)
     corrupt = clean.copy()
     corrupt[[2, 5]] = rng.integers(1, n_vocab, 2)
     return Pair(clean, corrupt, int(rng.integers(1, n_vocab)), int(rng.integers(1, n_vocab)))
@@ -39,12 +44,12 @@ def _pair(n_vocab: int, seed: int = 0) -> Pair:
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
 @pytest.mark.parametrize("site", ["z", "q", "k", "v", "pattern"])
-def test_all_positions_equal_transformer_lens(checkpoints, name, site):
+def test_all_positions_equal_transformer_lens(checkpoints, bridges, name, site):
     import torch
     from transformer_lens import patching
 
     model = mhacli.load(checkpoints[name])
-    bridge = transformer_lens_bridge(checkpoints[name], processed=False)
+    bridge = bridges[name]
     p = _pair(model.config.vocab_size)
     ours = patch(model.checkpoint, [p], site=site)
     clean_t = torch.tensor(p.clean)[None]
@@ -61,13 +66,72 @@ def test_all_positions_equal_transformer_lens(checkpoints, name, site):
         "v": patching.get_act_patch_attn_head_v_all_pos,
         "pattern": patching.get_act_patch_attn_head_pattern_all_pos,
     }[site]
-    if name == "llama_gqa" and site in ("k", "v"):
-        pytest.skip("TransformerLens patches k/v per query head on GQA; mha per K/V head")
     with torch.no_grad():
         theirs = fn(bridge, corrupt_t, cache, metric).numpy()
     got = np.zeros_like(theirs)
     for (layer, h, _), v in zip(ours.units, ours.values):
         got[layer, h] = v
+    np.testing.assert_allclose(got, theirs, atol=TL_ATOL)
+
+
+BY_POS = {"z": "out", "q": "q", "k": "k", "v": "v", "pattern": "pattern"}
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("site", ["z", "q", "k", "v", "pattern"])
+def test_by_position_equals_transformer_lens(checkpoints, bridges, name, site):
+    import torch
+    from transformer_lens import patching
+
+    model = mhacli.load(checkpoints[name])
+    bridge = bridges[name]
+    p = _pair(model.config.vocab_size, seed=3)
+    ours = patch(model.checkpoint, [p], site=site, by_pos=True)
+    _, cache = bridge.run_with_cache(torch.tensor(p.clean)[None])
+
+    def metric(logits):
+        return logits[0, -1, p.answer] - logits[0, -1, p.wrong]
+
+    fn = getattr(patching, f"get_act_patch_attn_head_{BY_POS[site]}_by_pos")
+    with torch.no_grad():
+        theirs = fn(bridge, torch.tensor(p.corrupt)[None], cache, metric).numpy()
+    got = np.zeros_like(theirs)
+    for (layer, h, pos), v in zip(ours.units, ours.values):
+        if site == "pattern":  # TransformerLens: [layer, head, dest_pos]
+            got[layer, h, pos] = v
+        else:  # [layer, pos, head]
+            got[layer, pos, h] = v
+    np.testing.assert_allclose(got, theirs, atol=TL_ATOL)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("component", ["q", "k", "v"])
+def test_direct_path_patching_equals_transformer_lens(checkpoints, bridges, name, component):
+    import torch
+    from transformer_lens import patching
+
+    if name == "llama_gqa" and component != "q":
+        pytest.skip("TransformerLens refuses k/v direct paths on GQA models; mha patches per K/V head")
+    model = mhacli.load(checkpoints[name])
+    bridge = bridges[name]
+    p = _pair(model.config.vocab_size, seed=4)
+    sender = (0, 1)
+    ours = patch(model.checkpoint, [p], sender=sender, receiver_site=component)
+    clean_t, corrupt_t = torch.tensor(p.clean)[None], torch.tensor(p.corrupt)[None]
+    _, clean_cache = bridge.run_with_cache(clean_t)
+    _, corrupt_cache = bridge.run_with_cache(corrupt_t)
+
+    def metric(logits):
+        return logits[0, -1, p.answer] - logits[0, -1, p.wrong]
+
+    with torch.no_grad():
+        theirs = patching.get_act_patch_direct_path(
+            bridge, corrupt_t, clean_cache, corrupt_cache, metric, *sender, component=component, verbose=False
+        ).numpy()
+    got = np.zeros_like(theirs)
+    for (layer, h, _), v in zip(ours.units, ours.values):
+        got[layer, h] = v
+    assert {u[0] for u in ours.units} == set(range(1, model.config.n_layer))
     np.testing.assert_allclose(got, theirs, atol=TL_ATOL)
 
 

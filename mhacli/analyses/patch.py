@@ -69,6 +69,7 @@ def layer_acts(params: Params, x: np.ndarray, layer: int) -> Acts:
     fam = family(params.config)
     w = params.layer(layer)
     parts = fam.attention_parts(fam.attention_input(x, w, params.config), w, params.config, layer)
+    assert parts.probs is not None  # attention_parts keeps the map
     return Acts(parts.q, parts.k, parts.v, parts.probs, parts.z)
 
 

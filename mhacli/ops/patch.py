@@ -35,7 +35,7 @@ class PatchRequest:
     corrupt: str | None = None
     answer: str | None = None
     wrong: str | None = None
-    pairs: str | None = None  # a JSON-lines file ("-": stdin), instead of clean/corrupt/answer/wrong
+    pairs: str | Sequence[dict] | None = None  # a JSON-lines file ("-": stdin) or the objects, instead of clean...
     metric: str = "logit_diff"
     site: str = "z"
     by_pos: bool = False
@@ -51,31 +51,40 @@ def parse_sender(spec: str) -> tuple[int, int]:
     return int(layer), int(head)
 
 
-def _pair_lines(path: str) -> list[tuple[str, dict]]:
+def _pair_lines(path: str) -> list[tuple[str, object]]:
     """(where, object) per non-empty line of a JSON-lines file; UsageError naming a bad line."""
     try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
     except OSError as e:
         raise UsageError(f"cannot read {{pairs}} {path}: {e.strerror}", params=("pairs",)) from None
-    rows = []
+    rows: list[tuple[str, object]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{'stdin' if path == '-' else path} line {n}"
         try:
-            obj = json.loads(line)
+            rows.append((where, json.loads(line)))
         except json.JSONDecodeError as e:
             raise UsageError(f"{{pairs}} {where}: not JSON ({e.msg})", params=("pairs",)) from None
+    if not rows:
+        raise UsageError(f"{{pairs}} {path} has no pairs", params=("pairs",))
+    return rows
+
+
+def _checked_pairs(rows: list[tuple[str, object]]) -> list[tuple[str, dict]]:
+    """Each object is a {"clean", "corrupt", "answer", "wrong"} of strings; a UsageError names one that is not."""
+    for where, obj in rows:
         keys = ("clean", "corrupt", "answer", "wrong")
         if not isinstance(obj, dict) or any(not isinstance(obj.get(k), str) for k in keys):
             raise UsageError(
                 f'{{pairs}} {where}: expected {{"clean", "corrupt", "answer", "wrong"}}, each a string',
                 params=("pairs",),
             )
-        rows.append((where, obj))
-    if not rows:
-        raise UsageError(f"{{pairs}} {path} has no pairs", params=("pairs",))
-    return rows
+    return rows  # type: ignore[return-value]  # checked above
 
 
 def _pair(ckpt, tokenizer, clean: str, corrupt: str, answer: str, wrong: str, where: str) -> tuple[Pair, dict]:
@@ -112,8 +121,12 @@ def read_pairs(ckpt, tokenizer, r: PatchRequest) -> tuple[list[Pair], dict]:
             raise UsageError("give CLEAN CORRUPT or {pairs}, not both", params=("pairs",))
         found = [
             _pair(ckpt, tokenizer, o["clean"], o["corrupt"], o["answer"], o["wrong"], where)
-            for where, o in _pair_lines(r.pairs)
+            for where, o in _checked_pairs(
+                _pair_lines(r.pairs) if isinstance(r.pairs, str) else [(f"pair {n}", o) for n, o in enumerate(r.pairs)]
+            )
         ]
+        if not found:
+            raise UsageError("{pairs}: no pairs given", params=("pairs",))
         return [p for p, _ in found], found[0][1]
     if r.clean is None or r.corrupt is None:
         raise UsageError("give CLEAN and CORRUPT prompts, or {pairs}", params=("pairs",))
@@ -215,10 +228,10 @@ def patch_text(doc: dict, top: int = 10) -> str:
         label = "kv" if rows and rows[0]["head"] is None else "head"
         lines.append(f"layer\\{label} " + " ".join(f"{h:>7}" for h in range(width)))
         for layer in sorted(grid):
-            cells = [grid[layer].get(h) for h in range(width)]
+            row = [grid[layer].get(h) for h in range(width)]
             lines.append(
                 f"{layer:>10} "
-                + " ".join("       " if d is None else f"{_fmt(d['score']):>6}{(d['kind'] or ' ')[0]}" for d in cells)
+                + " ".join("       " if d is None else f"{_fmt(d['score']):>6}{(d['kind'] or ' ')[0]}" for d in row)
             )
     lines.append("top:")
     for r in rows[:top]:
@@ -228,12 +241,40 @@ def patch_text(doc: dict, top: int = 10) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class PatchedHead:
+    """One patched unit: a query head (head None: a K/V head, for k/v sites on GQA models), at pos or everywhere."""
+
+    layer: int
+    head: int | None
+    kv_head: int
+    kind: str | None
+    pos: int | None
+    value: float  # the metric with this unit patched (mean over pairs)
+    score: float | None  # (value - corrupt) / (clean - corrupt); None when clean = corrupt
+
+
 @dataclass
 class PatchReport:
-    """`mha patch`: one row per patched head (jsonl, csv, tsv), the document for json, the grid for text."""
+    """`mha patch` and mhacli.patch: one row per patched head (jsonl, csv, tsv), the document for json, the grid.
+
+    `heads` are sorted by score, largest first; `clean_value`/`corrupt_value` the metric's means over the pairs.
+    """
 
     doc: dict
     COLUMNS: Sequence[str] = COLUMNS
+
+    @property
+    def heads(self) -> list[PatchedHead]:
+        return [PatchedHead(**{k: r[k] for k in COLUMNS}) for r in self.doc["heads"]]
+
+    @property
+    def clean_value(self) -> float:
+        return float(self.doc["clean_value"])
+
+    @property
+    def corrupt_value(self) -> float:
+        return float(self.doc["corrupt_value"])
 
     def to_dict(self) -> dict:
         return self.doc
