@@ -21,7 +21,7 @@ _CHANGED = "'h g f e d c b a a b c d e f g'"
         f"mha patch {_REPEAT} {_CHANGED} --answer ' h' --wrong ' f'",
         f"mha patch {_REPEAT} {_CHANGED} --answer ' h' --wrong ' f' --site pattern --by-pos",
         f"mha patch {_REPEAT} {_CHANGED} --answer ' h' --wrong ' f' --sender 0.1 --receiver-site k -f json",
-        "mha patch --pairs ioi.jsonl -m model.gguf --metric logit_diff -f csv",
+        f"mha patch {_REPEAT} {_CHANGED} --answer ' h' --wrong ' f' --noise --metric logprob -f csv",
     ),
 )
 def patch(
