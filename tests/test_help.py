@@ -16,7 +16,20 @@ from pathlib import Path
 import pytest
 from helpers import examples_in, help_text, run_mha
 
-COMMANDS = ["inspect", "stats", "diff", "explain", "verify", "info", "ablate", "prune", "census", "circuits", "browse"]
+COMMANDS = [
+    "inspect",
+    "stats",
+    "diff",
+    "explain",
+    "verify",
+    "info",
+    "ablate",
+    "prune",
+    "census",
+    "circuits",
+    "patch",
+    "browse",
+]
 # Interactive: its examples need a terminal on stdout, so tests/test_browse.py runs them in tmux instead.
 INTERACTIVE = {"browse"}
 EXAMPLE_START = re.compile(r"^\s*(mha|echo|printf)\s")
