@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ TL_ATOL = 1e-4
 GPT2 = dict(n_layer=3, n_head=4, n_embd=32, n_positions=64, vocab_size=400, bos_token_id=0, eos_token_id=0)
 LLAMA_GQA = LLAMA | {"num_hidden_layers": 3}  # 8 query heads sharing 2 K/V heads
 
+DATA = Path(__file__).parent / "data"
+TOP_IOI_HEADS = [(23, 3), (16, 0), (29, 1)]  # measured; README states them with their scores
 REPEAT = "a b c d e f g h a b c d e f g"
 CHANGED = "h g f e d c b a a b c d e f g"
 
@@ -194,3 +197,45 @@ def test_malformed_pairs_line_is_named(tmp_path):
     out = run_mha("patch", "--pairs", "-", input=json.dumps(good) + "\n" + json.dumps(good) + "\n")
     assert out.returncode == 0, out.stderr
     assert json.loads(run_mha("patch", "--pairs", "-", "-f", "json", input=json.dumps(good)).stdout)["n_pairs"] == 1
+
+
+def test_smollm2_ioi_heads_and_their_ablation_agree():
+    """README's numbers: SmolLM2 on the 8 IOI pairs of tests/data/ioi_pairs.jsonl (names swapped)."""
+    from helpers import smollm2_gguf
+
+    from mhacli.analyses.ablate import removal_edits
+    from mhacli.analyses.readout import metric
+    from mhacli.engine.forward import forward
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("no SmolLM2 GGUF (MHA_SMOLLM2_GGUF)")
+    model = mhacli.load(gguf, cache=True)
+    pairs = [json.loads(line) for line in (DATA / "ioi_pairs.jsonl").read_text().splitlines() if line.strip()]
+    report = mhacli.patch(model, pairs=pairs)
+    assert report.clean_value > 3.0 > report.corrupt_value
+    top = [(h.layer, h.head) for h in report.heads[:3]]
+    assert top == TOP_IOI_HEADS, [(h.layer, h.head, h.score) for h in report.heads[:5]]
+
+    def clean_mean(edits) -> float:
+        total = 0.0
+        for p in pairs:
+            ids = model.tokenize(p["clean"]).ids
+            x = None
+            for trace in forward(model.checkpoint, ids, edits=edits):
+                x = trace.residual
+            answer, wrong = ids_of(model, p["answer"]), ids_of(model, p["wrong"])
+            total += metric(model.checkpoint, x, ids, "logit_diff", answer, wrong)
+        return total / len(pairs)
+
+    intact = clean_mean(None)
+    assert abs(intact - report.clean_value) < 1e-3
+    assert clean_mean(removal_edits(top)) < intact - 0.5
+
+
+def ids_of(model, text: str) -> int:
+    from mhacli.ops.tokens import one_token
+
+    token = one_token(model.tokenizer, model.config.vocab_size, text=text, token_id=None, param="answer")
+    assert token is not None
+    return token.id

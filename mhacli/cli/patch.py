@@ -11,17 +11,17 @@ from mhacli.cli._common import FormatOpt, ModelOpt, load, output
 from mhacli.ops.patch import PatchReport, PatchRequest, run_patch
 from mhacli.views.output import FORMATS
 
-_REPEAT = "'a b c d e f g h a b c d e f g'"
-_CHANGED = "'h g f e d c b a a b c d e f g'"
+_REPEAT = "'a b c d e f a b c d e'"
+_CHANGED = "'f e d c b a a b c d e'"
 
 
 @app.command(
     rich_help_panel="Causes",
     epilog=examples(
-        f"mha patch {_REPEAT} {_CHANGED} --answer ' h' --wrong ' f'",
-        f"mha patch {_REPEAT} {_CHANGED} --answer ' h' --wrong ' f' --site pattern --by-pos",
-        f"mha patch {_REPEAT} {_CHANGED} --answer ' h' --wrong ' f' --sender 0.1 --receiver-site k -f json",
-        f"mha patch {_REPEAT} {_CHANGED} --answer ' h' --wrong ' f' --noise --metric logprob -f csv",
+        f"mha patch {_REPEAT} {_CHANGED} --answer ' f' --wrong ' a'",
+        f"mha patch {_REPEAT} {_CHANGED} --answer ' f' --wrong ' a' --site pattern --by-pos",
+        f"mha patch {_REPEAT} {_CHANGED} --answer ' f' --wrong ' a' --sender 0.1 --receiver-site k -f json",
+        f"mha patch {_REPEAT} {_CHANGED} --answer ' f' --wrong ' a' --noise --metric logprob -f csv",
     ),
 )
 def patch(
@@ -54,13 +54,13 @@ def patch(
     model: ModelOpt = None,
     format: FormatOpt = None,
 ) -> None:
-    """Activation patching per head: how much of the clean behaviour each head restores.
+    """Activation patching: which heads restore the clean behaviour.
 
     Runs the corrupted prompt with one head's activation from the clean run (--noise: the reverse) and scores
     (patched - corrupt) / (clean - corrupt) of the metric at the last position. With --sender, the sender's clean
     write reaches only each later head's --receiver-site (direct path patching)."""
     out = output(format, FORMATS)
-    ckpt, tokenizer = load(model, cache=None)
+    ckpt, tokenizer = load(model, cache=True)
     request = PatchRequest(
         clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, pairs=pairs, metric=metric, site=site,
         by_pos=by_pos, noise=noise, sender=sender, receiver_site=receiver_site,
