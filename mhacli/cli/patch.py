@@ -11,17 +11,14 @@ from mhacli.cli._common import FormatOpt, ModelOpt, load, output
 from mhacli.ops.patch import PatchReport, PatchRequest, run_patch
 from mhacli.views.output import FORMATS
 
-_REPEAT = "'a b c d e f a b c d e'"
-_CHANGED = "'f e d c b a a b c d e'"
-
 
 @app.command(
     rich_help_panel="Causes",
     epilog=examples(
-        f"mha patch {_REPEAT} {_CHANGED} --answer ' f' --wrong ' a'",
-        f"mha patch {_REPEAT} {_CHANGED} --answer ' f' --wrong ' a' --site pattern --by-pos",
-        f"mha patch {_REPEAT} {_CHANGED} --answer ' f' --wrong ' a' --sender 0.1 --receiver-site k -f json",
-        f"mha patch {_REPEAT} {_CHANGED} --answer ' f' --wrong ' a' --noise --metric logprob -f csv",
+        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c'",
+        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --site q --by-pos",
+        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --sender 0.1 -f json",
+        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --noise -f csv",
     ),
 )
 def patch(
