@@ -230,7 +230,7 @@ def test_smollm2_ioi_heads_and_their_ablation_agree():
 
     intact = clean_mean(None)
     assert abs(intact - report.clean_value) < 1e-3
-    assert clean_mean(removal_edits(top)) < intact - 0.5
+    assert clean_mean(removal_edits(top)) < 1.0  # measured 4.41 -> 0.32
 
 
 def ids_of(model, text: str) -> int:
@@ -239,3 +239,11 @@ def ids_of(model, text: str) -> int:
     token = one_token(model.tokenizer, model.config.vocab_size, text=text, token_id=None, param="answer")
     assert token is not None
     return token.id
+
+
+def test_save_writes_the_grid_and_the_page(tmp_path):
+    pytest.importorskip("matplotlib")
+    png, html = tmp_path / "p.png", tmp_path / "p.html"
+    out = run_mha("patch", REPEAT, CHANGED, "--answer", " h", "--wrong", " f", "--save", str(png), "--save", str(html))
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes().startswith(b"\x89PNG") and "L1H2" in html.read_text()

@@ -8,7 +8,9 @@ import typer
 
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import FormatOpt, ModelOpt, load, output
-from mhacli.ops.patch import PatchReport, PatchRequest, run_patch
+from mhacli.cli._save import DpiOpt, SaveList, save_option
+from mhacli.ops.patch import PatchReport, PatchRequest, patch_picture, run_patch
+from mhacli.views import save as saving
 from mhacli.views.output import FORMATS
 
 
@@ -50,6 +52,8 @@ def patch(
     ] = "q",
     model: ModelOpt = None,
     format: FormatOpt = None,
+    save: Annotated[SaveList, save_option(PatchReport.PICTURES)] = None,
+    dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
     """Activation patching: which heads restore the clean behaviour.
 
@@ -57,9 +61,12 @@ def patch(
     (patched - corrupt) / (clean - corrupt) of the metric at the last position. With --sender, the sender's clean
     write reaches only each later head's --receiver-site (direct path patching)."""
     out = output(format, FORMATS)
+    saves = saving.parse(save, PatchReport.PICTURES, dpi=dpi)
     ckpt, tokenizer = load(model, cache=True)
     request = PatchRequest(
         clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, pairs=pairs, metric=metric, site=site,
         by_pos=by_pos, noise=noise, sender=sender, receiver_site=receiver_site,
     )  # fmt: skip
-    out.emit(PatchReport(run_patch(ckpt, tokenizer, request)))
+    doc = run_patch(ckpt, tokenizer, request)
+    saving.write_all(saves, patch_picture(ckpt, doc), dpi=dpi)
+    out.emit(PatchReport(doc))

@@ -22,6 +22,7 @@ from mhacli.errors import UsageError
 from mhacli.ops.ablation import KindTally
 from mhacli.ops.inputs import encode
 from mhacli.ops.tokens import one_token
+from mhacli.views.save import Picture, Pictures
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -263,6 +264,7 @@ class PatchReport:
 
     doc: dict
     COLUMNS: Sequence[str] = COLUMNS
+    PICTURES = Pictures("patch", figure="patch_figure", page="patch_page")
 
     @property
     def heads(self) -> list[PatchedHead]:
@@ -293,3 +295,9 @@ class PatchReport:
         from rich.text import Text
 
         return Text(patch_text(self.doc))
+
+
+def patch_picture(ckpt, doc: dict) -> Picture:
+    """patch: the score grid (figure), every head ringed by its score (page)."""
+    first = "".join(doc["clean"]["tokens"])
+    return Picture(PatchReport.PICTURES, f"{ckpt.source} · patch {doc['site']} · {first[:60]!r}", {"doc": doc})
