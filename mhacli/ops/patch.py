@@ -292,9 +292,25 @@ class PatchReport:
         return patch_text(self.doc)
 
     def view(self, console: Console) -> RenderableType:
+        """The text view with each score cell on a diverging scale: red restores, blue pushes the other way."""
+        import re
+
         from rich.text import Text
 
-        return Text(patch_text(self.doc))
+        text = Text()
+        for i, line in enumerate(patch_text(self.doc).splitlines(keepends=True)):
+            start = len(text)
+            text.append(line)
+            if i < 3:  # the header: the metric's values are not scores
+                continue
+            pattern = r"score ([+-]\d+\.\d\d)" if " score " in line else r"([+-]\d+\.\d\d)"
+            for m in re.finditer(pattern, line):
+                value = float(m.group(1))
+                if abs(value) >= 0.05:
+                    strength = "bold " if abs(value) >= 0.5 else ""
+                    colour = "red" if value > 0 else "blue"
+                    text.stylize(strength + colour, start + m.start(1), start + m.end(1))
+        return text
 
 
 def patch_picture(ckpt, doc: dict) -> Picture:
