@@ -149,16 +149,19 @@ def test_identical_prompts_score_nothing_and_divide_by_nothing():
         np.testing.assert_allclose(r.values, r.clean_value, atol=1e-5)
 
 
-def test_noise_and_denoise_share_the_ends_and_last_layer_z_is_exact():
-    # patching every head of the last layer in one layer is not a single unit, but a head whose clean and corrupt
-    # outputs agree (a layer before the first changed token cannot see it) scores 0
+@pytest.mark.parametrize("noise", [False, True])
+def test_a_head_whose_activation_is_the_same_in_both_runs_scores_zero(noise):
+    # the prompts differ at positions 2 and 5: at positions 0 and 1 every head's output is the same in both runs
     model = mhacli.load()
-    c = model.config
-    p = _pair(c.vocab_size)
-    r = patch(model.checkpoint, [p], site="z", by_pos=True)
-    for (layer, h, pos), v in zip(r.units, r.values):
-        if pos is not None and pos < 2:  # positions before the first changed token: equal activations
-            assert abs(r.score(v)) < 1e-5
+    p = _pair(model.config.vocab_size)
+    r = patch(model.checkpoint, [p], site="z", by_pos=True, direction="noise" if noise else "denoise")
+    scores = [r.score(v) for (_, _, pos), v in zip(r.units, r.values) if pos < 2]
+    assert len(scores) == 2 * model.config.n_layer * model.config.n_head
+    unchanged = 1.0 if noise else 0.0  # noising leaves the clean run as it was: the patched metric is the clean one
+    assert max(abs(s - unchanged) for s in scores) < 1e-5
+    assert (
+        max(abs(r.score(v) - unchanged) for (_, _, pos), v in zip(r.units, r.values) if pos == 7) > 0.01
+    )  # the last one moves
 
 
 def test_bundled_model_induction_and_previous_token_heads_carry_the_repeat():
