@@ -394,6 +394,31 @@ def build_smollm2_copy(gguf: Path, out: Path) -> Path:
     return directory
 
 
+def patch_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
+    """All 270 heads of SmolLM2 (z site) on the 8 IOI pairs of tests/data/ioi_pairs.jsonl, whole processes.
+
+    `mha patch` on the GGUF against TransformerLens' get_act_patch_attn_head_out_all_pos on its safetensors copy
+    (benchmarks/tl_patch.py), the same run; the load average is recorded beside them."""
+    gguf = smollm2_gguf(out)
+    copy = Path(in_child("build_smollm2", str(gguf), str(out))["path"])
+    pairs = REPO / "tests" / "data" / "ioi_pairs.jsonl"
+    load = os.getloadavg()
+    log("measuring: mha patch, SmolLM2, 8 IOI pairs")
+    m = measure([*mha, "patch", "--pairs", str(pairs), "-m", str(gguf), "-f", "json"], runs)
+    log("measuring: TransformerLens get_act_patch_attn_head_out_all_pos, the same pairs")
+    t = measure([py, str(REPO / "benchmarks" / "tl_patch.py"), str(copy), str(pairs)], runs)
+    return {"load_before": load, "load_after": os.getloadavg(), "mha": m, "transformer_lens": t,
+            "wall_ratio": m["wall_s"] / t["wall_s"]}  # fmt: skip
+
+
+def patch_markdown(results: dict) -> str:
+    m, t = results["mha"], results["transformer_lens"]
+    return (
+        "| all 270 heads of SmolLM2, 8 IOI pairs, z site | mha | TransformerLens | ratio |\n| --- | --- | --- | --- |\n"
+        f"| whole process | {m['wall_s']:.1f} s | {t['wall_s']:.1f} s | {results['wall_ratio']:.2f}x |\n"
+    )
+
+
 def gguf_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
     """The real SmolLM2 GGUF: cold `mha stats` at T = 64 and `mha stats` at T = 2,048, against the others.
 
@@ -697,6 +722,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--census", action="store_true", help="only the census rows, written to results/census.json")
     parser.add_argument("--long", action="store_true", help="only the long-context rows, written to results/long.json")
     parser.add_argument("--circuits", action="store_true", help="only the circuits rows (results/circuits.json)")
+    parser.add_argument("--patch", action="store_true", help="only the patch rows (SmolLM2, results/patch.json)")
     parser.add_argument("--gguf", action="store_true", help="only the SmolLM2 GGUF rows, written to results/gguf.json")
     parser.add_argument(
         "--roofline", action="store_true", help="only the forward's share of the GEMM peak (results/roofline.json)"
@@ -737,10 +763,14 @@ def main() -> None:
         log(f"results written to {path}")
         print(markdown_of(results))
 
-    if args.long:
-        return only("long", long_rows(mha, py, runs, args.out), long_markdown)
-    if args.gguf:
-        return only("gguf", gguf_rows(mha, py, runs, args.out), gguf_markdown)
+    alone = {
+        "long": (long_rows, long_markdown),
+        "gguf": (gguf_rows, gguf_markdown),
+        "patch": (patch_rows, patch_markdown),
+    }
+    for key, (rows_of, table) in alone.items():  # --long, --gguf, --patch: one group of rows alone, no GPT-2 built
+        if getattr(args, key):
+            return only(key, rows_of(mha, py, runs, args.out), table)
     small = Path(in_child("build", "small", str(args.out))["path"])
     census_models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
     groups = {  # --roofline, --census, --circuits: one group of rows alone

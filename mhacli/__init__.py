@@ -16,11 +16,11 @@ TYPE_CHECKING = False  # not typing's: importing typing alone would double the c
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names come from __getattr__
     from typing import Any
 
-    from mhacli.api import Ablation, Census, Model, Run, census, diff, load
+    from mhacli.api import Ablation, Census, Model, Run, census, diff, load, patch
     from mhacli.errors import MhaError
 
-__all__ = ["Ablation", "Census", "MhaError", "Model", "Run", "__version__", "census", "diff", "load"]
-_API = frozenset({"Ablation", "Census", "Model", "Run", "census", "diff", "load"})
+__all__ = ["Ablation", "Census", "MhaError", "Model", "Run", "__version__", "census", "diff", "load", "patch"]
+_API = frozenset({"Ablation", "Census", "Model", "Run", "census", "diff", "load", "patch"})
 
 
 def __getattr__(name: str) -> Any:

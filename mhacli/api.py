@@ -49,6 +49,7 @@ from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import HeadsRequest, InspectResult, check_heads, inspect_picture, plan_heads
 from mhacli.ops.lens import LensReport, LensRequest, run_lens
 from mhacli.ops.memory import Size
+from mhacli.ops.patch import PatchReport, PatchRequest, run_patch
 
 __all__ = [
     "Ablation", "Census", "Model", "Run", "census", "diff", "load",
@@ -553,6 +554,34 @@ def diff(
     raws: list[tuple[str | list[int], str]] = [(check_text(t), where(n)) for n, t in enumerate(texts)]
     request = DiffRequest(raws, metric, match, list(remove_b or ()), truncate, max_memory)
     return diffs.diff(a, b, request).report
+
+
+def patch(
+    model: Model,
+    clean: str | None = None,
+    corrupt: str | None = None,
+    *,
+    answer: str | None = None,
+    wrong: str | None = None,
+    pairs: Sequence[dict] | None = None,
+    metric: str = "logit_diff",
+    site: str = "z",
+    by_pos: bool = False,
+    noise: bool = False,
+    sender: str | None = None,
+    receiver_site: str = "q",
+) -> PatchReport:
+    """Activation patching per head (`mha patch`): each head's share of the clean behaviour it restores.
+
+    clean/corrupt: prompts of the same token length, answer/wrong one token each; or `pairs`, dicts with those four
+    keys (values are means over pairs). site: z, q, k, v (per K/V head) or pattern; sender "L.H" with
+    receiver_site q|k|v: direct path patching. Returns the report: .heads (sorted by score), .to_dict().
+    """
+    request = PatchRequest(
+        clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, pairs=pairs, metric=metric, site=site,
+        by_pos=by_pos, noise=noise, sender=sender, receiver_site=receiver_site,
+    )  # fmt: skip
+    return PatchReport(run_patch(model.checkpoint, model.tokenizer, request))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pytest
 from helpers import examples_in, help_text, run_mha
 
 COMMANDS = ["inspect", "stats", "diff", "explain", "verify", "info", "ablate", "prune", "census", "circuits", "browse",
-            "attribute", "lens"]  # fmt: skip
+            "attribute", "lens", "patch"]  # fmt: skip
 # Interactive: its examples need a terminal on stdout, so tests/test_browse.py runs them in tmux instead.
 INTERACTIVE = {"browse"}
 EXAMPLE_START = re.compile(r"^\s*(mha|echo|printf)\s")

@@ -693,3 +693,39 @@ def lens_figure(*, doc: dict, caption: str, **_: Any):
     bar.set_label("probability of the top token", fontsize=6)
     add_caption(fig, caption, "the last row is the model's own prediction")
     return fig
+
+
+def patch_figure(*, doc: dict, caption: str, **_: Any):
+    """The layer x head grid of patching scores on a diverging scale (by position: the head x position table)."""
+    import matplotlib
+
+    rows = doc["heads"]
+    by_pos = any(r["pos"] is not None for r in rows)
+    keys = sorted({(r["layer"], r["head"] if r["head"] is not None else r["kv_head"]) for r in rows})
+    if by_pos:
+        n_pos = 1 + max(r["pos"] for r in rows)
+        grid = np.full((len(keys), n_pos), np.nan)
+        for r in rows:
+            key = (r["layer"], r["head"] if r["head"] is not None else r["kv_head"])
+            grid[keys.index(key), r["pos"]] = np.nan if r["score"] is None else r["score"]
+        ylabels, xlabel = [f"L{layer}H{h}" for layer, h in keys], "position"
+    else:
+        layers = sorted({k[0] for k in keys})
+        width = 1 + max(k[1] for k in keys)
+        grid = np.full((len(layers), width), np.nan)
+        for r in rows:
+            h = r["head"] if r["head"] is not None else r["kv_head"]
+            grid[layers.index(r["layer"]), h] = np.nan if r["score"] is None else r["score"]
+        ylabels, xlabel = [f"L{layer}" for layer in layers], "K/V head" if rows and rows[0]["head"] is None else "head"
+    top = max(1e-9, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
+    fig = new_figure(COLUMN_IN, max(2.0, 0.18 * len(ylabels) + 1.4))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps[DIFF_CMAP].with_extremes(bad="#eeeeee")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-top, vmax=top, aspect="auto")
+    ax.set_yticks(range(len(ylabels)), ylabels, fontsize=5)
+    ax.set_xlabel(xlabel)
+    fig.colorbar(im, ax=ax, shrink=0.8).set_label("score", fontsize=6)
+    add_caption(
+        fig, caption, f"{doc['site']} {doc['direction']}, {doc['metric']}: (patched − corrupt)/(clean − corrupt)"
+    )
+    return fig

@@ -388,6 +388,24 @@ def circuits_page(*, doc: dict, caption: str, **_) -> str:
     return build(page)
 
 
+def patch_page(*, doc: dict, caption: str, **_) -> str:
+    """Each patched head ringed by its score (red: restores the clean behaviour, blue: pushes the other way)."""
+    cells = []
+    for r in doc["heads"]:
+        if r["pos"] is not None or r["head"] is None:
+            continue  # the grid has one cell per query head: all positions, per query head
+        name = f"L{r['layer']}H{r['head']}"
+        score = "null" if r["score"] is None else f"{r['score']:+.3f}"
+        cells.append({
+            "layer": r["layer"], "head": r["head"], "name": name, "label": score, "title": f"{name} score {score}",
+            "info": [["score", score], ["patched metric", f"{r['value']:.4f}"], ["kind", str(r["kind"])]],
+            "colour": "#dddddd" if r["score"] is None else delta_colour(r["score"], 1.0),
+        })  # fmt: skip
+    page = base_doc("patch", caption, [], cells)
+    page["grid"] = {"colour": "value", "says": f"ring colour: {doc['site']} patching score (red: +1, blue: -1)"}
+    return build(page)
+
+
 def page_for(picture) -> str:
     """The page of a save.Picture: the builder its result names (Pictures.page), in this module."""
     ablated = picture.ablated  # a run with heads removed says so first in its caption (the header)

@@ -1,0 +1,278 @@
+"""Which heads carry the difference between two prompts: activation patching and direct path patching per head.
+
+Pure NumPy; no I/O. Two runs of the same length: the *target* run (the corrupted prompt when denoising, the clean
+one with `noise`) and the *source* run whose activations are patched in. Each evaluation replaces one head's
+activation (a site: its output z, query q, key k, value v or attention pattern) in the target run by the source's,
+at every position or at one, and measures the metric at the end.
+
+Every site is patched as an edit of the heads' outputs z before W_O of that one layer: a changed query, key, value
+or pattern changes only the z of the heads that read it, recomputed here from the layer's recorded q, k, v (after
+RoPE / QK norm, as scored; patching before or after a position-wise rotation is the same since both runs rotate
+the same positions). Layers before the patched one compute what the target run computed, so each evaluation reruns
+the model from the patched layer on the target run's cached residual stream, and the units of one layer (its heads,
+or heads x positions) run as one batch of variants.
+
+Direct path patching (sender S, receiver site q|k|v): the sender's write changes by d = (z_src[S] - z_tgt[S]) W_O[S]
+at every position; the receiver head (a K/V head for k/v on GQA models) alone reads x + d, the layer's input plus d,
+through its own norm and projection; every other reader sees the target run. This is the exact edge patch of
+TransformerLens 4.3's `patching.get_act_patch_direct_path` (its `hook_{q,k,v}_input` fork): no linearised norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mhacli.analyses.loss import output_head
+from mhacli.analyses.readout import metric
+from mhacli.engine.arch.common import grouped_attention, grouped_mix
+from mhacli.engine.attention import DISCARD, one_blas_thread
+from mhacli.engine.blocks import Params
+from mhacli.engine.forward import embed, family, forward_from
+from mhacli.errors import UsageError
+
+SITES = ("z", "q", "k", "v", "pattern")
+DIRECTIONS = ("denoise", "noise")
+RECEIVER_SITES = ("q", "k", "v")
+Unit = tuple[int, int, int | None]  # (layer, head: a query head, or a K/V head for k/v sites, position or None)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One clean/corrupt pair: token ids of the same length, and the answer and wrong token ids."""
+
+    clean: np.ndarray
+    corrupt: np.ndarray
+    answer: int
+    wrong: int | None
+
+
+@dataclass(frozen=True)
+class Acts:
+    """One layer's attention intermediates in one run: q [n_head, n, d], k/v [n_kv, n, d], probs, z."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    probs: np.ndarray
+    z: np.ndarray
+
+
+def _discard(layer: int):
+    return DISCARD
+
+
+def layer_acts(params: Params, x: np.ndarray, layer: int) -> Acts:
+    """The layer's q, k, v, pattern and z on the residual stream x [n, n_embd] entering it."""
+    fam = family(params.config)
+    w = params.layer(layer)
+    parts = fam.attention_parts(fam.attention_input(x, w, params.config), w, params.config, layer)
+    assert parts.probs is not None  # attention_parts keeps the map
+    return Acts(parts.q, parts.k, parts.v, parts.probs, parts.z)
+
+
+@dataclass
+class Run:
+    """One prompt's run: the residual stream entering each layer (n_layer + 1 arrays) and each layer's Acts."""
+
+    ids: np.ndarray
+    inputs: list[np.ndarray]
+    acts: list[Acts]
+
+
+def record(params: Params, ids: np.ndarray) -> Run:
+    x = embed(params, np.asarray(ids, dtype=np.int64))
+    inputs, acts = [x], []
+    for layer in range(params.config.n_layer):
+        acts.append(layer_acts(params, x, layer))
+        x = next(forward_from(params, x, layer, layer + 1, sinks=_discard)).residual
+        inputs.append(x)
+    return Run(np.asarray(ids), inputs, acts)
+
+
+def attend(params: Params, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """z [n_head, n, d] of the layer's attention over these q, k, v (the family's causal mask and window)."""
+    c = params.config
+    _, _, z = grouped_attention(q, k, v, c.attn_scale(layer), c.sliding_window(layer), keep_scores=True)
+    return z
+
+
+def group(params: Params, kv_head: int) -> np.ndarray:
+    g = params.config.n_head // params.config.n_kv_head
+    return np.arange(kv_head * g, (kv_head + 1) * g)
+
+
+def patched_z(params: Params, layer: int, site: str, head: int, pos: int | None, tgt: Acts, src: Acts) -> np.ndarray:
+    """The target layer's z [n_head, n, d] with `site` of `head` (a K/V head for k/v) at `pos` (None: all) from src."""
+    rows = slice(None) if pos is None else slice(pos, pos + 1)
+    z = tgt.z.copy()
+    if site == "z":
+        z[head, rows] = src.z[head, rows]
+        return z
+    if site == "pattern":
+        probs = tgt.probs[[head]].copy()
+        probs[0, rows] = src.probs[head, rows]
+        kv = params.config.kv_head(head)
+        z[head] = grouped_mix(probs, tgt.v[[kv]])[0]
+        return z
+    q, k, v = tgt.q, tgt.k, tgt.v
+    if site == "q":
+        q = q.copy()
+        q[head, rows] = src.q[head, rows]
+        heads = np.asarray([head])
+    else:
+        heads = group(params, head)
+        if site == "k":
+            k = k.copy()
+            k[head, rows] = src.k[head, rows]
+        else:
+            v = v.copy()
+            v[head, rows] = src.v[head, rows]
+    kv = params.config.kv_head(int(heads[0]))
+    new = attend(params, layer, q[heads], k[[kv]], v[[kv]])
+    z[heads] = new
+    return z
+
+
+def units_of(params: Params, site: str, layers: Sequence[int], n_seq: int, by_pos: bool) -> list[Unit]:
+    c = params.config
+    n = c.n_kv_head if site in ("k", "v") else c.n_head
+    positions: list[int | None] = list(range(n_seq)) if by_pos else [None]
+    return [(layer, h, p) for layer in layers for h in range(n) for p in positions]
+
+
+def _batched_metrics(
+    params: Params, run: Run, layer: int, zs: list[np.ndarray], score: Callable[[np.ndarray], float]
+) -> list[float]:
+    """The metric of each variant of the target run whose layer `layer` outputs z = zs[b], rerun from there."""
+
+    def edit(z: np.ndarray) -> np.ndarray:
+        return np.stack(zs)
+
+    out = run.inputs[layer]
+    for trace in forward_from(params, out, layer, params.config.n_layer, edits={layer: edit}, sinks=_discard):
+        out = trace.residual
+    return [score(out[b]) for b in range(len(zs))]
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    """Means over pairs: the clean and corrupt metric, and each unit's patched metric (units in `units` order)."""
+
+    clean_value: float
+    corrupt_value: float
+    units: list[Unit]
+    values: list[float]
+
+    def score(self, value: float) -> float | None:
+        """(value - corrupt) / (clean - corrupt); None when clean = corrupt (nothing to restore)."""
+        span = self.clean_value - self.corrupt_value
+        return None if span == 0.0 else (value - self.corrupt_value) / span
+
+
+def check_site(site: str, receiver: bool = False) -> None:
+    names = RECEIVER_SITES if receiver else SITES
+    param = "receiver_site" if receiver else "site"
+    if site not in names:
+        raise UsageError(f"unknown {{{param}}} {site!r}: one of {', '.join(names)}", params=(param,))
+
+
+def check_sender(params: Params, sender: tuple[int, int]) -> None:
+    c = params.config
+    layer, head = sender
+    if not 0 <= layer < c.n_layer or not 0 <= head < c.n_head:
+        raise UsageError(
+            f"{{sender}} {layer}.{head} is not a head of this model (layers 0..{c.n_layer - 1}, heads "
+            f"0..{c.n_head - 1})",
+            params=("sender",),
+        )
+    if layer == c.n_layer - 1:
+        raise UsageError(
+            f"{{sender}} {layer}.{head} is in the last layer: no later head receives its write", params=("sender",)
+        )
+
+
+def sender_write(params: Params, layer: int, head: int, dz: np.ndarray) -> np.ndarray:
+    """What head `head` of `layer` writes into the residual stream for its output change dz [n, d_head] (no bias)."""
+    c = params.config
+    proj = family(c).out_projection(c)
+    w = params.layer(layer)[proj.weight]
+    cols = slice(head * c.d_head, (head + 1) * c.d_head)
+    return dz @ (w[cols] if proj.in_out else w[:, cols].T)
+
+
+def patch(
+    params: Params,
+    pairs: Sequence[Pair],
+    *,
+    metric_kind: str = "logit_diff",
+    site: str = "z",
+    by_pos: bool = False,
+    direction: str = "denoise",
+    sender: tuple[int, int] | None = None,
+    receiver_site: str = "q",
+    batch: int = 64,
+) -> PatchResult:
+    """Patch every head (or head x position) of every layer (after the sender's, with one) over `pairs`.
+
+    Values are means over pairs of the metric; a pair's two prompts have the same length (checked by the caller).
+    """
+    if direction not in DIRECTIONS:
+        raise UsageError(f"{{direction}} {direction!r}: one of {', '.join(DIRECTIONS)}", params=("direction",))
+    check_site(site)
+    if sender is not None:
+        check_site(receiver_site, receiver=True)
+        check_sender(params, sender)
+    c = params.config
+    n_seq = len(pairs[0].clean)
+    if by_pos and any(len(p.clean) != n_seq for p in pairs):
+        raise UsageError("{by_pos} needs every pair of the same length", params=("by_pos",))
+    head_w = output_head(params)
+    first = 0 if sender is None else sender[0] + 1
+    unit_site = receiver_site if sender is not None else site
+    units = units_of(params, unit_site, range(first, c.n_layer), n_seq, by_pos and sender is None)
+    totals = np.zeros(len(units))
+    clean_total = corrupt_total = 0.0
+    with one_blas_thread():
+        for pair in pairs:
+
+            def score(x: np.ndarray, ids: np.ndarray, pair: Pair = pair) -> float:
+                return metric(params, x, ids, metric_kind, pair.answer, pair.wrong, head=head_w)
+
+            clean, corrupt = record(params, pair.clean), record(params, pair.corrupt)
+            clean_total += score(clean.inputs[-1], clean.ids)
+            corrupt_total += score(corrupt.inputs[-1], corrupt.ids)
+            tgt, src = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+            values = _pair_values(params, tgt, src, units, unit_site, sender, batch, lambda x: score(x, tgt.ids))
+            totals += values
+    n = len(pairs)
+    return PatchResult(clean_total / n, corrupt_total / n, units, list(totals / n))
+
+
+def _pair_values(
+    params: Params,
+    tgt: Run,
+    src: Run,
+    units: list[Unit],
+    site: str,
+    sender: tuple[int, int] | None,
+    batch: int,
+    score: Callable[[np.ndarray], float],
+) -> np.ndarray:
+    by_layer: dict[int, list[int]] = {}
+    for i, (layer, _, _) in enumerate(units):
+        by_layer.setdefault(layer, []).append(i)
+    values = np.zeros(len(units))
+    for layer, members in by_layer.items():
+        source = src.acts[layer]
+        if sender is not None:
+            s_layer, s_head = sender
+            dz = src.acts[s_layer].z[s_head] - tgt.acts[s_layer].z[s_head]
+            source = layer_acts(params, tgt.inputs[layer] + sender_write(params, s_layer, s_head, dz), layer)
+        for a in range(0, len(members), batch):
+            chunk = members[a : a + batch]
+            zs = [patched_z(params, layer, site, units[i][1], units[i][2], tgt.acts[layer], source) for i in chunk]
+            values[chunk] = _batched_metrics(params, tgt, layer, zs, score)
+    return values

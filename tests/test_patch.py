@@ -1,0 +1,252 @@
+"""mha patch: TransformerLens parity, properties, the bundled model's induction circuit, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import LLAMA, bos_tokenizer, build, run_mha, train_tokenizer, transformer_lens_bridge
+
+import mhacli
+from mhacli.analyses.patch import Pair, patch
+
+TL_ATOL = 1e-4
+GPT2 = dict(n_layer=3, n_head=4, n_embd=32, n_positions=64, vocab_size=400, bos_token_id=0, eos_token_id=0)
+LLAMA_GQA = LLAMA | {"num_hidden_layers": 3}  # 8 query heads sharing 2 K/V heads
+
+DATA = Path(__file__).parent / "data"
+TOP_IOI_HEADS = [(23, 3), (16, 0), (29, 1)]  # measured; README states them with their scores
+REPEAT = "a b c d e f g h a b c d e f g"
+CHANGED = "h g f e d c b a a b c d e f g"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    tok = train_tokenizer(tmp_path_factory.mktemp("tok"))
+    bos = bos_tokenizer(tmp_path_factory.mktemp("bos"))
+    return {
+        "gpt2": build(tmp_path_factory.mktemp("gpt2"), "gpt2", GPT2, tok, seed=1),
+        "llama_gqa": build(tmp_path_factory.mktemp("llama"), "llama", LLAMA_GQA, bos, seed=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def bridges(checkpoints):
+    return {name: transformer_lens_bridge(d, processed=False) for name, d in checkpoints.items()}
+
+
+def _pair(n_vocab: int, seed: int = 0) -> Pair:
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(1, n_vocab, 8)
+    corrupt = clean.copy()
+    corrupt[[2, 5]] = rng.integers(1, n_vocab, 2)
+    return Pair(clean, corrupt, int(rng.integers(1, n_vocab)), int(rng.integers(1, n_vocab)))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("site", ["z", "q", "k", "v", "pattern"])
+def test_all_positions_equal_transformer_lens(checkpoints, bridges, name, site):
+    import torch
+    from transformer_lens import patching
+
+    model = mhacli.load(checkpoints[name])
+    bridge = bridges[name]
+    p = _pair(model.config.vocab_size)
+    ours = patch(model.checkpoint, [p], site=site)
+    clean_t = torch.tensor(p.clean)[None]
+    corrupt_t = torch.tensor(p.corrupt)[None]
+    _, cache = bridge.run_with_cache(clean_t)
+
+    def metric(logits):
+        return logits[0, -1, p.answer] - logits[0, -1, p.wrong]
+
+    fn = {
+        "z": patching.get_act_patch_attn_head_out_all_pos,
+        "q": patching.get_act_patch_attn_head_q_all_pos,
+        "k": patching.get_act_patch_attn_head_k_all_pos,
+        "v": patching.get_act_patch_attn_head_v_all_pos,
+        "pattern": patching.get_act_patch_attn_head_pattern_all_pos,
+    }[site]
+    with torch.no_grad():
+        theirs = fn(bridge, corrupt_t, cache, metric).numpy()
+    got = np.zeros_like(theirs)
+    for (layer, h, _), v in zip(ours.units, ours.values):
+        got[layer, h] = v
+    np.testing.assert_allclose(got, theirs, atol=TL_ATOL)
+
+
+BY_POS = {"z": "out", "q": "q", "k": "k", "v": "v", "pattern": "pattern"}
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("site", ["z", "q", "k", "v", "pattern"])
+def test_by_position_equals_transformer_lens(checkpoints, bridges, name, site):
+    import torch
+    from transformer_lens import patching
+
+    model = mhacli.load(checkpoints[name])
+    bridge = bridges[name]
+    p = _pair(model.config.vocab_size, seed=3)
+    ours = patch(model.checkpoint, [p], site=site, by_pos=True)
+    _, cache = bridge.run_with_cache(torch.tensor(p.clean)[None])
+
+    def metric(logits):
+        return logits[0, -1, p.answer] - logits[0, -1, p.wrong]
+
+    fn = getattr(patching, f"get_act_patch_attn_head_{BY_POS[site]}_by_pos")
+    with torch.no_grad():
+        theirs = fn(bridge, torch.tensor(p.corrupt)[None], cache, metric).numpy()
+    got = np.zeros_like(theirs)
+    for (layer, h, pos), v in zip(ours.units, ours.values):
+        if site == "pattern":  # TransformerLens: [layer, head, dest_pos]
+            got[layer, h, pos] = v
+        else:  # [layer, pos, head]
+            got[layer, pos, h] = v
+    np.testing.assert_allclose(got, theirs, atol=TL_ATOL)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("component", ["q", "k", "v"])
+def test_direct_path_patching_equals_transformer_lens(checkpoints, bridges, name, component):
+    import torch
+    from transformer_lens import patching
+
+    if name == "llama_gqa" and component != "q":
+        pytest.skip("TransformerLens refuses k/v direct paths on GQA models; mha patches per K/V head")
+    model = mhacli.load(checkpoints[name])
+    bridge = bridges[name]
+    p = _pair(model.config.vocab_size, seed=4)
+    sender = (0, 1)
+    ours = patch(model.checkpoint, [p], sender=sender, receiver_site=component)
+    clean_t, corrupt_t = torch.tensor(p.clean)[None], torch.tensor(p.corrupt)[None]
+    _, clean_cache = bridge.run_with_cache(clean_t)
+    _, corrupt_cache = bridge.run_with_cache(corrupt_t)
+
+    def metric(logits):
+        return logits[0, -1, p.answer] - logits[0, -1, p.wrong]
+
+    with torch.no_grad():
+        theirs = patching.get_act_patch_direct_path(
+            bridge, corrupt_t, clean_cache, corrupt_cache, metric, *sender, component=component, verbose=False
+        ).numpy()
+    got = np.zeros_like(theirs)
+    for (layer, h, _), v in zip(ours.units, ours.values):
+        got[layer, h] = v
+    assert {u[0] for u in ours.units} == set(range(1, model.config.n_layer))
+    np.testing.assert_allclose(got, theirs, atol=TL_ATOL)
+
+
+def test_identical_prompts_score_nothing_and_divide_by_nothing():
+    model = mhacli.load()
+    p = _pair(model.config.vocab_size)
+    same = Pair(p.clean, p.clean, p.answer, p.wrong)
+    for site in ("z", "q", "k", "v", "pattern"):
+        r = patch(model.checkpoint, [same], site=site)
+        assert r.clean_value == r.corrupt_value
+        assert r.score(r.values[0]) is None
+        np.testing.assert_allclose(r.values, r.clean_value, atol=1e-5)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_a_head_whose_activation_is_the_same_in_both_runs_scores_zero(noise):
+    # the prompts differ at positions 2 and 5: at positions 0 and 1 every head's output is the same in both runs
+    model = mhacli.load()
+    p = _pair(model.config.vocab_size)
+    r = patch(model.checkpoint, [p], site="z", by_pos=True, direction="noise" if noise else "denoise")
+    scores = [r.score(v) for (_, _, pos), v in zip(r.units, r.values) if pos < 2]
+    assert len(scores) == 2 * model.config.n_layer * model.config.n_head
+    unchanged = 1.0 if noise else 0.0  # noising leaves the clean run as it was: the patched metric is the clean one
+    assert max(abs(s - unchanged) for s in scores) < 1e-5
+    assert (
+        max(abs(r.score(v) - unchanged) for (_, _, pos), v in zip(r.units, r.values) if pos == 7) > 0.01
+    )  # the last one moves
+
+
+def test_bundled_model_induction_and_previous_token_heads_carry_the_repeat():
+    out = run_mha("patch", REPEAT, CHANGED, "--answer", " h", "--wrong", " f", "-f", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.decode())
+    top = [(h["layer"], h["head"], h["kind"]) for h in doc["heads"][:2]]
+    assert top == [(1, 2, "induction"), (0, 3, "previous-token")]
+    scores = [h["score"] for h in doc["heads"]]
+    assert scores[0] > 1.0 and scores[1] > 0.5 and scores[2] < 0.2  # measured 1.09, 0.61, then 0.16
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["a b c", "a b", "--answer", " a", "--wrong", " b"], "differ in length"),
+        (["a b c", "a b d", "--answer", " abcdefgh xyz", "--wrong", " b"], "not one"),
+        (["a b c", "a b d", "--answer", " b", "--wrong", " b"], "same token"),
+        (["a b c", "a b d", "--answer", " a", "--wrong", " b", "--site", "mlp"], "unknown"),
+        (["a b c", "a b d", "--answer", " a", "--wrong", " b", "--sender", "1.0"], "last layer"),
+    ],
+)
+def test_bad_input_is_one_error_line(args, words):
+    out = run_mha("patch", *args)
+    assert out.returncode == 2
+    lines = out.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], out.stderr
+
+
+def test_malformed_pairs_line_is_named(tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    good = {"clean": "a b c", "corrupt": "a b d", "answer": " a", "wrong": " b"}
+    f.write_text(json.dumps(good) + "\n{not json\n")
+    out = run_mha("patch", "--pairs", str(f))
+    assert out.returncode == 2 and b"line 2" in out.stderr and out.stderr.count(b"\n") == 1, out.stderr
+    out = run_mha("patch", "--pairs", "-", input=json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(run_mha("patch", "--pairs", "-", "-f", "json", input=json.dumps(good)).stdout)["n_pairs"] == 1
+
+
+def test_smollm2_ioi_heads_and_their_ablation_agree():
+    """README's numbers: SmolLM2 on the 8 IOI pairs of tests/data/ioi_pairs.jsonl (names swapped)."""
+    from helpers import smollm2_gguf
+
+    from mhacli.analyses.ablate import removal_edits
+    from mhacli.analyses.readout import metric
+    from mhacli.engine.forward import forward
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("no SmolLM2 GGUF (MHA_SMOLLM2_GGUF)")
+    model = mhacli.load(gguf, cache=True)
+    pairs = [json.loads(line) for line in (DATA / "ioi_pairs.jsonl").read_text().splitlines() if line.strip()]
+    report = mhacli.patch(model, pairs=pairs)
+    assert report.clean_value > 3.0 > report.corrupt_value
+    top = [(h.layer, h.head) for h in report.heads[:3]]
+    assert top == TOP_IOI_HEADS, [(h.layer, h.head, h.score) for h in report.heads[:5]]
+
+    def clean_mean(edits) -> float:
+        total = 0.0
+        for p in pairs:
+            ids = model.tokenize(p["clean"]).ids
+            x = None
+            for trace in forward(model.checkpoint, ids, edits=edits):
+                x = trace.residual
+            answer, wrong = ids_of(model, p["answer"]), ids_of(model, p["wrong"])
+            total += metric(model.checkpoint, x, ids, "logit_diff", answer, wrong)
+        return total / len(pairs)
+
+    intact = clean_mean(None)
+    assert abs(intact - report.clean_value) < 1e-3
+    assert clean_mean(removal_edits(top)) < 1.0  # measured 4.41 -> 0.32
+
+
+def ids_of(model, text: str) -> int:
+    from mhacli.ops.tokens import one_token
+
+    token = one_token(model.tokenizer, model.config.vocab_size, text=text, token_id=None, param="answer")
+    assert token is not None
+    return token.id
+
+
+def test_save_writes_the_grid_and_the_page(tmp_path):
+    pytest.importorskip("matplotlib")
+    png, html = tmp_path / "p.png", tmp_path / "p.html"
+    out = run_mha("patch", REPEAT, CHANGED, "--answer", " h", "--wrong", " f", "--save", str(png), "--save", str(html))
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes().startswith(b"\x89PNG") and "L1H2" in html.read_text()
