@@ -898,3 +898,17 @@ def test_lens_last_row_is_hf_capped_distribution(models, name):
         err = float(np.abs(np.array(cell.top_probs) - probs[cell.pos][cell.top_ids]).max())
         assert err < 1e-5, f"{name} lens last row at {cell.pos} vs HF: {err:.2e}"
         assert cell.top_ids[0] == int(np.argmax(probs[cell.pos]))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_patching_recomputes_each_layers_attention_as_the_forward(models, name):
+    """Patching a query, key, value or pattern recomputes a layer's z from q, k, v: with nothing patched, the
+    recomputation must be the forward's own z (soft-cap, windows and all), and the patched run the clean one."""
+    from mhacli.analyses.patch import attend, record
+
+    ckpt = ours(models[name])
+    ids = np.array(tokens_of(models[name])[:24])
+    run = record(ckpt, ids)
+    for layer, acts in enumerate(run.acts):
+        z = attend(ckpt, layer, acts.q, acts.k, acts.v)
+        assert_close(f"{name} layer {layer} z", z, acts.z, 1e-5)

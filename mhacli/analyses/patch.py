@@ -93,9 +93,10 @@ def record(params: Params, ids: np.ndarray) -> Run:
 
 
 def attend(params: Params, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """z [n_head, n, d] of the layer's attention over these q, k, v (the family's causal mask and window)."""
+    """z [n_head, n, d] of the layer's attention over these q, k, v (the family's mask, window and soft-cap)."""
     c = params.config
-    _, _, z = grouped_attention(q, k, v, c.attn_scale(layer), c.sliding_window(layer), keep_scores=True)
+    window, cap = c.sliding_window(layer), c.attn_softcap(layer)
+    _, _, z = grouped_attention(q, k, v, c.attn_scale(layer), window, keep_scores=True, softcap=cap)
     return z
 
 
