@@ -902,8 +902,9 @@ def test_lens_last_row_is_hf_capped_distribution(models, name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_patching_recomputes_each_layers_attention_as_the_forward(models, name):
-    """Patching a query, key, value or pattern recomputes a layer's z from q, k, v: with nothing patched, the
-    recomputation must be the forward's own z (soft-cap, windows and all), and the patched run the clean one."""
+    """Patching q, k, v or a pattern recomputes a layer's z from q, k, v: unpatched, it is the forward's own z.
+
+    Soft-caps and windows included."""
     from mhacli.analyses.patch import attend, record
 
     ckpt = ours(models[name])
