@@ -315,6 +315,36 @@ MODELS = {
 }  # fmt: skip
 SLIDING = ["mistral_window", "olmo3", "olmo3_mixed_rope"]
 
+# GPT-NeoX (Pythia) and Qwen 2 / 3 (tests/test_neox_qwen.py): every field that changes their numbers, both ways
+NEOX = dict(
+    vocab_size=400,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    max_position_embeddings=64,
+    bos_token_id=0,
+    eos_token_id=0,
+)
+QWEN = LLAMA | {"num_hidden_layers": 3}
+NEOX_QWEN_MODELS = {
+    "neox_parallel": spec("gpt_neox", **NEOX),  # rotary_pct 0.25 by default, untied, parallel residual
+    "neox_sequential_tied": spec("gpt_neox", **NEOX | {
+        "use_parallel_residual": False, "tie_word_embeddings": True, "hidden_act": "gelu_new",
+        "rotary_pct": 0.5, "rotary_emb_base": 500.0}),
+    "neox_full_rotary_no_bias": spec("gpt_neox", **NEOX | {"rotary_pct": 1.0, "attention_bias": False,
+                                                           "hidden_act": "relu", "layer_norm_eps": 1e-3}),
+    "neox_rope_linear": spec("gpt_neox", **NEOX | {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "qwen2_tied": spec("qwen2", **QWEN | {"tie_word_embeddings": True}),
+    "qwen2_window": spec("qwen2", **QWEN | {"use_sliding_window": True, "sliding_window": WINDOW,
+                                            "max_window_layers": 1}),
+    "qwen2_window_off": spec("qwen2", **QWEN | {"use_sliding_window": False, "sliding_window": WINDOW,
+                                                "max_window_layers": 1}),
+    "qwen3": spec("qwen3", **QWEN | {"head_dim": 16}),
+    "qwen3_bias_window": spec("qwen3", **QWEN | {"attention_bias": True, "use_sliding_window": True, "head_dim": 8,
+                                                 "sliding_window": WINDOW, "max_window_layers": 2}),
+}  # fmt: skip
+
 
 def hf_classes(kind: str):
     import transformers
@@ -326,6 +356,9 @@ def hf_classes(kind: str):
         "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM"),
         "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
         "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
+        "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
     }[kind]
     return getattr(transformers, names[0]), getattr(transformers, names[1])
 
@@ -370,7 +403,7 @@ def build(
         model = model.model
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
+            if name.endswith(("q_proj.weight", "k_proj.weight", "query_key_value.weight")):
                 p.mul_(8.0)
             elif name.endswith("c_attn.weight"):
                 p.mul_(10.0 if fields.get("scale_attn_weights", True) else 6.0)

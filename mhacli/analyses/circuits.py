@@ -109,10 +109,12 @@ def layer_factors(
     for h in range(c.n_head):
         proj = arch.head_projections(c, h)
         q, k, v = (_reads(proj[name], p) for name in "qkv")
-        if arch.QK_NORM is not None:  # RMSNorm over the whole projection: its gain, per feature, is linear
+        if arch.QK_NORM is not None:  # RMSNorm over the projection or each head: its gain, per feature, is linear
             g = c.kv_head(h)
-            q = q * p[arch.QK_NORM[0]][h * d : (h + 1) * d].astype(np.float64)
-            k = k * p[arch.QK_NORM[1]][g * d : (g + 1) * d].astype(np.float64)
+            qn, kn = p[arch.QK_NORM[0]], p[arch.QK_NORM[1]]
+            per_head = len(qn) == d  # Qwen 3: one head's weights, shared by every head
+            q = q * (qn if per_head else qn[h * d : (h + 1) * d]).astype(np.float64)
+            k = k * (kn if per_head else kn[g * d : (g + 1) * d]).astype(np.float64)
         o = _writes(out, p, h, d)
         if fold_ln:
             q, k, v = (_fold_reading(w, p, arch.ATTENTION_NORM) for w in (q, k, v))

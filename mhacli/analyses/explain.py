@@ -88,30 +88,38 @@ class RopeStep:
         s = np.sin(self.angles) * F32(self.attention_scaling)
         return np.concatenate([s, s], axis=-1)
 
+    @property
+    def rotary_dim(self) -> int:
+        """How many values of a head are rotated (the first ones): d_head, fewer with partial rotary (GPT-NeoX)."""
+        return 2 * len(self.inv_freq)
+
     def rotate(self, x: np.ndarray, positions: np.ndarray | int) -> np.ndarray:
-        """x [d_head] at one position, or [n, d_head] at n positions -> the same vectors, each pair rotated"""
-        half = x.shape[-1] // 2
-        a, b = x[..., :half], x[..., half:]
+        """x [d_head] at one position, or [n, d_head] at n positions -> the same vectors, each pair rotated.
+
+        Coordinate c < rotary_dim / 2 is paired with c + rotary_dim / 2; values past rotary_dim pass unchanged."""
+        half = self.rotary_dim // 2
+        a, b, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
         cos = np.cos(self.angles[positions]) * F32(self.attention_scaling)
         sin = np.sin(self.angles[positions]) * F32(self.attention_scaling)
-        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin, rest], axis=-1)
 
 
 def rope_step(rope: RopeConfig, config: ModelConfig, n_key: int, n_seq: int) -> RopeStep:
     """Positions 0..n_key-1 of a text of n_seq tokens (longrope and dynamic choose their frequencies by n_seq)."""
-    inv, scaling = inv_freq(rope, config.d_head, config.n_positions, n_seq)
+    inv, scaling = inv_freq(rope, config.rotary_dim, config.n_positions, n_seq)
     angles = np.arange(n_key, dtype=F32)[:, None] * inv[None, :]
     return RopeStep(rope.rope_type, rope.rope_theta, inv, scaling, angles)
 
 
 @dataclass(frozen=True)
 class QKNormStep:
-    """OLMo's q_norm and k_norm: RMSNorms over the whole q_proj / k_proj output (every head), before the slices."""
+    """q_norm and k_norm: RMSNorms over the whole q_proj / k_proj output (OLMo), or over each head's (Qwen 3)."""
 
     q_weight: str
     k_weight: str
-    query_rms: float  # sqrt(mean(q_proj(x_I)^2) + eps)
-    key_rms: np.ndarray  # [n_key] sqrt(mean(k_proj(x_j)^2) + eps)
+    query_rms: float  # sqrt(mean(q^2) + eps) of the query's whole projection (OLMo) or of this head's slice
+    key_rms: np.ndarray  # [n_key] the same for each key
+    per_head: bool = False  # True: each head's q and k normalised on their own, before RoPE
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,13 @@ class HeadStep:
     keys_pre_rope: np.ndarray | None = None  # [n_key, d_head]
 
 
+def qk_norm_per_head(p: dict[str, np.ndarray], qk_norm: tuple[str, str], d_head: int) -> bool:
+    """Whether q_norm's weight is one head's (Qwen 3: RMSNorm over each head) rather than the whole projection's.
+
+    (OLMo: over every head at once.) With one head the two are the same computation."""
+    return p[qk_norm[0]].shape[0] == d_head
+
+
 def project_qk(
     a_rows: np.ndarray,
     p: dict[str, np.ndarray],
@@ -138,11 +153,17 @@ def project_qk(
 ) -> tuple[np.ndarray, np.ndarray, float | None, np.ndarray | None]:
     """a_rows [n_key, n_in] -> (q [d_head] at the last row, k [n_key, d_head], q's rms, the keys' rms) before RoPE.
 
-    With QK-norm (OLMo), the whole q_proj / k_proj output of a row is normalised first, then the head's slice taken.
+    With QK-norm over the whole projection (OLMo), the whole q_proj / k_proj output of a row is normalised first, then
+    the head's slice taken; with QK-norm per head (Qwen 3), the head's slice is normalised on its own.
     """
     q, k = proj["q"], proj["k"]
     if qk_norm is None:
         return q.apply(a_rows[-1:], p)[0], k.apply(a_rows, p), None, None
+    if qk_norm_per_head(p, qk_norm, q.end - q.start):  # Qwen 3: each head's slice normalised on its own
+        query, keys = q.apply(a_rows[-1:], p)[0], k.apply(a_rows, p)  # [d_head], [n_key, d_head]
+        q_rms = np.sqrt(np.square(query).mean() + F32(eps))
+        k_rms = np.sqrt(np.square(keys).mean(axis=-1) + F32(eps))  # [n_key]
+        return query / q_rms * p[qk_norm[0]], keys / k_rms[:, None] * p[qk_norm[1]], float(q_rms), k_rms
     q_all = Projection(q.weight, q.bias, 0, p[q.weight].shape[0], q.in_out).apply(a_rows[-1:], p)[
         0
     ]  # [n_head * d_head]
@@ -303,11 +324,13 @@ class Explanation:
             "ln_input": floats(self.ln_input),
             "qk_norm": None if self.qk_norm is None else {
                 "q_weight": lp + self.qk_norm.q_weight, "k_weight": lp + self.qk_norm.k_weight,
-                "query_rms": self.qk_norm.query_rms, "key_rms": floats(self.qk_norm.key_rms)},
+                "query_rms": self.qk_norm.query_rms, "key_rms": floats(self.qk_norm.key_rms),
+                "per_head": self.qk_norm.per_head},
             "query_pre_rope": None if s.query_pre_rope is None else floats(s.query_pre_rope),
             "keys_pre_rope": None if s.keys_pre_rope is None else floats(s.keys_pre_rope),
             "rope": None if self.rope is None else {
                 "rope_type": self.rope.rope_type, "rope_theta": self.rope.rope_theta,
+                "rotary_dim": self.rope.rotary_dim,
                 "attention_scaling": self.rope.attention_scaling, "inv_freq": floats(self.rope.inv_freq),
                 "angles": floats(self.rope.angles), "cos": floats(self.rope.cos), "sin": floats(self.rope.sin)},
             "query": floats(s.query),
@@ -406,7 +429,8 @@ def explain(
     if arch.QK_NORM is not None:
         _, _, q_rms, k_rms = project_qk(a_rows, p, arch.head_projections(c, head), arch.QK_NORM, c.norm_eps)
         assert q_rms is not None and k_rms is not None  # with QK-norm, project_qk computes both
-        qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms)
+        per_head = qk_norm_per_head(p, arch.QK_NORM, c.d_head)
+        qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms, per_head)
 
     # Step 6: the forward's own block over the whole text, every intermediate as the forward computes it (the
     # attention kernel keeps no raw scores: those are q . k of the forward's own q and k).

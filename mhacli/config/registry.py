@@ -17,6 +17,7 @@ from typing import Any
 
 from mhacli.config.base import ModelConfig
 from mhacli.config.gpt2 import _parse_bigcode, _parse_gpt2
+from mhacli.config.neox import _parse_neox
 from mhacli.config.rotary import _parse_rotary
 
 
@@ -45,6 +46,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("mistral", _rotary("mistral"), "llama", "MistralModel", "MistralForCausalLM"),
         Architecture("olmo2", _rotary("olmo2"), "olmo", "Olmo2Model", "Olmo2ForCausalLM"),
         Architecture("olmo3", _rotary("olmo3"), "olmo", "Olmo3Model", "Olmo3ForCausalLM"),
+        Architecture("gpt_neox", _parse_neox, "gpt_neox", "GPTNeoXModel", "GPTNeoXForCausalLM"),
+        Architecture("qwen2", _rotary("qwen2"), "qwen2", "Qwen2Model", "Qwen2ForCausalLM"),
+        Architecture("qwen3", _rotary("qwen3"), "qwen3", "Qwen3Model", "Qwen3ForCausalLM"),
     )
 }
 SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)

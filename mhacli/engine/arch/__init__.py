@@ -1,4 +1,6 @@
-"""Architecture families, one module each (gpt2, gpt_bigcode, llama for Llama and Mistral, olmo for OLMo 2 and 3).
+"""Architecture families, one module each.
+
+gpt2, gpt_bigcode, llama for Llama and Mistral, olmo for OLMo 2 and 3, gpt_neox (Pythia), qwen2, qwen3.
 
 `family(model_type)` returns the module, which satisfies the `Family` protocol (arch/interface.py: its checkpoint
 layout, its block, and the facts `explain` and `info` show); mypy checks each module against it below. Which
@@ -24,12 +26,16 @@ FAMILIES: dict[str, str] = {model_type: a.family for model_type, a in ARCHITECTU
 
 if TYPE_CHECKING:  # mypy checks every family module against the protocol here (no run-time import)
     from mhacli.config import BigCodeConfig, Gpt2Config, RotaryConfig
-    from mhacli.engine.arch import gpt2, gpt_bigcode, llama, olmo
+    from mhacli.config.neox import NeoxConfig
+    from mhacli.engine.arch import gpt2, gpt_bigcode, gpt_neox, llama, olmo, qwen2, qwen3
 
     _gpt2: Family[Gpt2Config] = gpt2
     _gpt_bigcode: Family[BigCodeConfig] = gpt_bigcode
     _llama: Family[RotaryConfig] = llama
     _olmo: Family[RotaryConfig] = olmo
+    _gpt_neox: Family[NeoxConfig] = gpt_neox
+    _qwen2: Family[RotaryConfig] = qwen2
+    _qwen3: Family[RotaryConfig] = qwen3
 
 
 def family(model_type: str) -> Family[Any]:
