@@ -346,6 +346,31 @@ NEOX_QWEN_MODELS = {
 }  # fmt: skip
 
 
+def hub_cache(cache: Path, repo_id: str, revisions: dict[str, Path]) -> dict[str, str]:
+    """The layout huggingface_hub writes, with one snapshot per revision; revision name -> commit hash.
+
+    blobs, snapshots/<commit> of symlinks into them, refs/<branch or tag> holding the commit."""
+    import hashlib
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    commits = {}
+    for name, model_dir in revisions.items():
+        commit = hashlib.sha1(f"{repo_id}@{name}".encode()).hexdigest()
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for f in sorted(model_dir.iterdir()):
+            blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+            if not blob.exists():
+                shutil.copy(f, blob)
+            (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+        ref = repo / "refs" / name
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
+        commits[name] = commit
+    return commits
+
+
 def hf_classes(kind: str):
     import transformers
 
