@@ -453,3 +453,25 @@ def test_circuits_read_each_heads_weights(models, name):
         for label, got, want in (("W_Q", f.w_q[i], wq), ("W_K", f.w_k[i], wk), ("W_V", f.w_v[i], wv),
                                  ("W_O", f.w_o[i], wo)):  # fmt: skip
             assert_close(f"{name} {layer}.{head} {label}", got, want, 1e-6)
+
+
+@pytest.mark.parametrize(
+    "family,key,want",
+    [
+        ("gpt_neox", "gpt_neox.layers.0.attention.query_key_value.weight", "layers.0.attention.query_key_value.weight"),
+        ("gpt_neox", "gpt_neox.embed_in.weight", "embed_in.weight"),
+        ("gpt_neox", "embed_out.weight", "lm_head.weight"),  # Pythia's name for the output head
+        ("gpt_neox", "lm_head.weight", "lm_head.weight"),
+        ("gpt_neox", "embed_out.bias", None),
+        ("gpt_neox", "gpt_neox.layers.3.attention.bias", None),  # old checkpoints' causal-mask buffers
+        ("gpt_neox", "gpt_neox.layers.3.attention.masked_bias", None),
+        ("gpt_neox", "gpt_neox.layers.3.attention.rotary_emb.inv_freq", None),
+        ("qwen2", "model.layers.1.self_attn.q_proj.bias", "layers.1.self_attn.q_proj.bias"),
+        ("qwen3", "model.layers.1.self_attn.q_norm.weight", "layers.1.self_attn.q_norm.weight"),
+        ("qwen3", "lm_head.bias", None),
+    ],
+)
+def test_checkpoint_keys_are_normalised(family, key, want):
+    import importlib
+
+    assert importlib.import_module(f"mhacli.engine.arch.{family}").normalise_key(key) == want
