@@ -406,7 +406,9 @@ def test_explain_text_names_the_twist(models, mha, name, phrase):
 
 
 @pytest.mark.parametrize("name", ["neox_parallel", "qwen2_window", "qwen3"])
-@pytest.mark.parametrize("command", ["inspect", "stats", "census", "ablate", "prune", "circuits", "info"])
+@pytest.mark.parametrize(
+    "command", ["inspect", "stats", "census", "ablate", "prune", "circuits", "info", "attribute", "lens"]
+)
 def test_every_command_runs(models, mha, name, command):
     args = [command] if command in ("circuits", "info", "census") else [command, TEXT]
     args += ["--probe-count", "2", "-j", "1"] if command == "census" else []
@@ -475,3 +477,44 @@ def test_checkpoint_keys_are_normalised(family, key, want):
     import importlib
 
     assert importlib.import_module(f"mhacli.engine.arch.{family}").normalise_key(key) == want
+
+
+# --- attribute -------------------------------------------------------------------------------------------------------
+
+ATTRIBUTE_RTOL = 1e-4  # the components' sum against HF's logit (difference), relative
+
+
+@pytest.mark.parametrize(
+    "name", ["neox_parallel", "neox_sequential_tied", "qwen2_tied", "qwen2_window", "qwen3", "qwen3_bias_window"]
+)
+def test_attribution_sums_to_hf_logit_difference(models, name):
+    """The components sum to HF's logit (difference) at an inner position, with and without --fold-value-bias.
+
+    GPT-NeoX's parallel residual (x + attn(ln1(x)) + mlp(ln2(x))) still telescopes: mlp = after - before - attention.
+    """
+    import torch
+
+    from mhacli.analyses.attribute import attribute
+
+    ids = [int(i) for i in IDS[:20]]
+    pos = -3  # an inner position: the analysis must not read the last one
+    with torch.no_grad():
+        logits = hf_lm(models[name])(torch.tensor([ids])).logits[0, pos].double().numpy()
+    answer, wrong = int(np.argmax(logits)), int(np.argmin(logits))
+    ckpt = ours(models[name])
+    for w in (wrong, None):
+        want = logits[answer] - (0.0 if w is None else logits[w])
+        sums = []
+        for fold in (False, True):
+            got = attribute(ckpt, np.array(ids), None, w, pos, fold_value_bias=fold, kinds=False)
+            assert got.answer == answer  # the default answer: the model's top prediction
+            rel = abs(got.sum - want) / abs(want)
+            assert rel < ATTRIBUTE_RTOL, f"{name} sum {got.sum} vs HF {want}: {rel:.2e} relative"
+            assert got.completeness_error < 1e-9 * max(1.0, abs(got.value))
+            sums.append(got.sum)
+        assert abs(sums[0] - sums[1]) < 1e-9 * max(1.0, abs(sums[0]))  # folding moves shares, never the sum
+    n_layer = ckpt.config.n_layer
+    assert not any(c.component == "remainder" for c in got.components)  # pre-norm families: nothing left over
+    assert [c.layer for c in got.components if c.component == "mlp"] == list(range(n_layer))
+    heads = [(c.layer, c.head) for c in got.components if c.component == "head"]
+    assert len(heads) == n_layer * ckpt.config.n_head
