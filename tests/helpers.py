@@ -315,6 +315,61 @@ MODELS = {
 }  # fmt: skip
 SLIDING = ["mistral_window", "olmo3", "olmo3_mixed_rope"]
 
+# GPT-NeoX (Pythia) and Qwen 2 / 3 (tests/test_neox_qwen.py): every field that changes their numbers, both ways
+NEOX = dict(
+    vocab_size=400,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    max_position_embeddings=64,
+    bos_token_id=0,
+    eos_token_id=0,
+)
+QWEN = LLAMA | {"num_hidden_layers": 3}
+NEOX_QWEN_MODELS = {
+    "neox_parallel": spec("gpt_neox", **NEOX),  # rotary_pct 0.25 by default, untied, parallel residual
+    "neox_sequential_tied": spec("gpt_neox", **NEOX | {
+        "use_parallel_residual": False, "tie_word_embeddings": True, "hidden_act": "gelu_new",
+        "rotary_pct": 0.5, "rotary_emb_base": 500.0}),
+    "neox_full_rotary_no_bias": spec("gpt_neox", **NEOX | {"rotary_pct": 1.0, "attention_bias": False,
+                                                           "hidden_act": "relu", "layer_norm_eps": 1e-3}),
+    "neox_rope_linear": spec("gpt_neox", **NEOX | {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "qwen2_tied": spec("qwen2", **QWEN | {"tie_word_embeddings": True}),
+    "qwen2_window": spec("qwen2", **QWEN | {"use_sliding_window": True, "sliding_window": WINDOW,
+                                            "max_window_layers": 1}),
+    "qwen2_window_off": spec("qwen2", **QWEN | {"use_sliding_window": False, "sliding_window": WINDOW,
+                                                "max_window_layers": 1}),
+    "qwen3": spec("qwen3", **QWEN | {"head_dim": 16}),
+    "qwen3_bias_window": spec("qwen3", **QWEN | {"attention_bias": True, "use_sliding_window": True, "head_dim": 8,
+                                                 "sliding_window": WINDOW, "max_window_layers": 2}),
+}  # fmt: skip
+
+
+def hub_cache(cache: Path, repo_id: str, revisions: dict[str, Path]) -> dict[str, str]:
+    """The layout huggingface_hub writes, with one snapshot per revision; revision name -> commit hash.
+
+    blobs, snapshots/<commit> of symlinks into them, refs/<branch or tag> holding the commit."""
+    import hashlib
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    commits = {}
+    for name, model_dir in revisions.items():
+        commit = hashlib.sha1(f"{repo_id}@{name}".encode()).hexdigest()
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for f in sorted(model_dir.iterdir()):
+            blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+            if not blob.exists():
+                shutil.copy(f, blob)
+            (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+        ref = repo / "refs" / name
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
+        commits[name] = commit
+    return commits
+
 
 def hf_classes(kind: str):
     import transformers
@@ -329,6 +384,9 @@ def hf_classes(kind: str):
         "phi3": ("Phi3Config", "Phi3ForCausalLM"),
         "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
         "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+        "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
     }[kind]
     return getattr(transformers, names[0]), getattr(transformers, names[1])
 
@@ -373,7 +431,7 @@ def build(
         model = model.model
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
+            if name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight", "query_key_value.weight")):
                 p.mul_(8.0)
             elif name.endswith("c_attn.weight"):
                 p.mul_(10.0 if fields.get("scale_attn_weights", True) else 6.0)

@@ -89,18 +89,25 @@ class RopeStep:
         s = np.sin(self.angles) * F32(self.attention_scaling)
         return np.concatenate([s, s], axis=-1)
 
+    @property
+    def rotary_dim(self) -> int:
+        """How many values of a head are rotated (the first ones): d_head, fewer with partial rotary (GPT-NeoX)."""
+        return 2 * len(self.inv_freq)
+
     def rotate(self, x: np.ndarray, positions: np.ndarray | int) -> np.ndarray:
-        """x [d_head] at one position, or [n, d_head] at n positions -> the same vectors, each pair rotated"""
-        half = x.shape[-1] // 2
-        a, b = x[..., :half], x[..., half:]
+        """x [d_head] at one position, or [n, d_head] at n positions -> the same vectors, each pair rotated.
+
+        Coordinate c < rotary_dim / 2 is paired with c + rotary_dim / 2; values past rotary_dim pass unchanged."""
+        half = self.rotary_dim // 2
+        a, b, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
         cos = np.cos(self.angles[positions]) * F32(self.attention_scaling)
         sin = np.sin(self.angles[positions]) * F32(self.attention_scaling)
-        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin, rest], axis=-1)
 
 
 def rope_step(rope: RopeConfig, config: ModelConfig, n_key: int, n_seq: int) -> RopeStep:
     """Positions 0..n_key-1 of a text of n_seq tokens (longrope and dynamic choose their frequencies by n_seq)."""
-    inv, scaling = inv_freq(rope, config.d_head, config.n_positions, n_seq)
+    inv, scaling = inv_freq(rope, config.rotary_dim, config.n_positions, n_seq)
     angles = np.arange(n_key, dtype=F32)[:, None] * inv[None, :]
     return RopeStep(rope.rope_type, rope.rope_theta, inv, scaling, angles)
 
@@ -109,14 +116,14 @@ def rope_step(rope: RopeConfig, config: ModelConfig, n_key: int, n_seq: int) -> 
 class QKNormStep:
     """q_norm and k_norm: RMSNorms over the whole q_proj / k_proj output, or over each head's values.
 
-    OLMo's cover every head, before the slices; Gemma 3's (per_head) each head's d_head values, one weight shared by
-    every head."""
+    OLMo's cover every head, before the slices; Gemma 3's and Qwen 3's (per_head) each head's d_head values, one
+    weight shared by every head."""
 
     q_weight: str
     k_weight: str
     query_rms: float  # sqrt(mean(q^2) + eps) of the normalised values (the whole q_proj(x_I), or this head's)
     key_rms: np.ndarray  # [n_key] the same for each key's k_proj(x_j) (whole, or its K/V head's slice)
-    per_head: bool = False
+    per_head: bool = False  # True: each head's q and k normalised on their own, before RoPE
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,13 @@ class HeadStep:
     capped_scores: np.ndarray | None = None  # [n_key] cap * tanh(scaled / cap), what the softmax reads (None: no cap)
 
 
+def qk_norm_per_head(p: dict[str, np.ndarray], qk_norm: tuple[str, str], d_head: int) -> bool:
+    """Whether q_norm's weight is one head's (Qwen 3: RMSNorm over each head) rather than the whole projection's.
+
+    (OLMo: over every head at once.) With one head the two are the same computation."""
+    return p[qk_norm[0]].shape[0] == d_head
+
+
 def project_qk(
     a_rows: np.ndarray,
     p: dict[str, np.ndarray],
@@ -146,13 +160,13 @@ def project_qk(
     """a_rows [n_key, n_in] -> (q [d_head] at the last row, k [n_key, d_head], q's rms, the keys' rms) before RoPE.
 
     With QK-norm over the whole projection (OLMo), the whole q_proj / k_proj output of a row is normalised first, then
-    the head's slice taken; with a per-head one (a weight of d_head values: Gemma 3), the head's slice is normalised.
-    The gain is the weight plus the family's `offset` (NORM_GAIN_OFFSET).
+    the head's slice taken; with a per-head one (a weight of d_head values: Gemma 3, Qwen 3), the head's slice is
+    normalised on its own. The gain is the weight plus the family's `offset` (NORM_GAIN_OFFSET: Gemma 1, Qwen 0).
     """
     q, k = proj["q"], proj["k"]
     if qk_norm is None:
         return q.apply(a_rows[-1:], p)[0], k.apply(a_rows, p), None, None
-    if len(p[qk_norm[0]]) == q.end - q.start:  # per head: each head's d_head values normalised on their own
+    if qk_norm_per_head(p, qk_norm, q.end - q.start):  # per head: each head's d_head values normalised on their own
         q_head, k_head = q.apply(a_rows[-1:], p)[0], k.apply(a_rows, p)  # [d_head], [n_key, d_head]
         q_rms1 = np.sqrt(np.square(q_head).mean() + F32(eps))
         k_rms1 = np.sqrt(np.square(k_head).mean(axis=-1) + F32(eps))  # [n_key]
@@ -335,6 +349,7 @@ class Explanation:
             "keys_pre_rope": None if s.keys_pre_rope is None else floats(s.keys_pre_rope),
             "rope": None if self.rope is None else {
                 "rope_type": self.rope.rope_type, "rope_theta": self.rope.rope_theta,
+                "rotary_dim": self.rope.rotary_dim,
                 "attention_scaling": self.rope.attention_scaling, "inv_freq": floats(self.rope.inv_freq),
                 "angles": floats(self.rope.angles), "cos": floats(self.rope.cos), "sin": floats(self.rope.sin)},
             "query": floats(s.query),
@@ -449,7 +464,7 @@ def explain(
         proj = arch.head_projections(c, head)
         _, _, q_rms, k_rms = project_qk(a_rows, p, proj, arch.QK_NORM, c.norm_eps, offset)
         assert q_rms is not None and k_rms is not None  # with QK-norm, project_qk computes both
-        per_head = len(p[arch.QK_NORM[0]]) == proj["q"].end - proj["q"].start
+        per_head = qk_norm_per_head(p, arch.QK_NORM, c.d_head)
         qk = QKNormStep(arch.QK_NORM[0], arch.QK_NORM[1], q_rms, k_rms, per_head)
 
     # Step 6: the forward's own block over the whole text, every intermediate as the forward computes it (the

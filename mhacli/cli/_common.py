@@ -23,7 +23,8 @@ ModelOpt = Annotated[
         "--model",
         "-m",
         metavar="MODEL",
-        help="Model directory, .safetensors file, Hugging Face id, or a bundled model: sample (trained), sample-early "
+        help="Model directory, .safetensors file, Hugging Face id (ID@REVISION: a branch, tag or commit), or a bundled "
+        "model: sample (trained), sample-early "
         "(before its induction head formed). Default: $MHA_MODEL, else sample.",
     ),
 ]

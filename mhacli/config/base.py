@@ -27,6 +27,11 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
     @property
+    def rotary_dim(self) -> int:
+        """How many values of each head (the first ones) rotary positions rotate: d_head, fewer with partial rotary."""
+        return self.d_head
+
+    @property
     def layout(self) -> str:
         if self.n_kv_head == self.n_head:
             return "MHA"

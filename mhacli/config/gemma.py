@@ -101,7 +101,7 @@ def _parse_gemma(raw: dict, model_type: str) -> GemmaConfig:
     llama_like = {k: f[k] for k in defaults if k not in GEMMA_ONLY} | {"mlp_bias": False, "hidden_act": "silu"}
     base = _parse_rotary(llama_like, "llama")
     n_layer = base.n_layer
-    window = _window(f)
+    window = _window(f, model_type)
     types = f["layer_types"]
     if types is None:
         pattern = 2 if model_type == "gemma2" else _int(f, "sliding_window_pattern", high=MAX_COUNT)

@@ -18,6 +18,7 @@ from typing import Any
 from mhacli.config.base import ModelConfig
 from mhacli.config.gemma import _parse_gemma
 from mhacli.config.gpt2 import _parse_bigcode, _parse_gpt2
+from mhacli.config.neox import _parse_neox
 from mhacli.config.rotary import _parse_phi3, _parse_rotary
 
 
@@ -57,6 +58,9 @@ ARCHITECTURES: dict[str, Architecture] = {
             "Gemma3TextModel",
             "Gemma3ForCausalLM",
         ),
+        Architecture("gpt_neox", _parse_neox, "gpt_neox", "GPTNeoXModel", "GPTNeoXForCausalLM"),
+        Architecture("qwen2", _rotary("qwen2"), "qwen2", "Qwen2Model", "Qwen2ForCausalLM"),
+        Architecture("qwen3", _rotary("qwen3"), "qwen3", "Qwen3Model", "Qwen3ForCausalLM"),
     )
 }
 SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)

@@ -1,4 +1,4 @@
-"""Llama, Mistral, OLMo 2 and OLMo 3 (`RotaryConfig`):
+"""Llama, Mistral, OLMo 2, OLMo 3, Qwen 2 and Qwen 3 (`RotaryConfig`):
 
 RMSNorm, SwiGLU, grouped K/V heads, rotary positions and sliding windows; HF's defaults per model type, and the rotary
 parameters (`RopeConfig`), read from `rope_parameters` or the older `rope_scaling` + `rope_theta` the way HF's
@@ -22,6 +22,10 @@ _LLAMA = {
     "tie_word_embeddings": False,
 }  # fmt: skip
 _OLMO2 = _LLAMA | {"vocab_size": 50304, "rms_norm_eps": 1e-5}
+_QWEN = {k: v for k, v in _LLAMA.items() if k != "mlp_bias"} | {
+    "vocab_size": 151936, "intermediate_size": 22016, "num_key_value_heads": 32, "max_position_embeddings": 32768,
+    "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28, "layer_types": None,
+}  # fmt: skip
 ROTARY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": _LLAMA,
     # Phi3Config: no head_dim, bias or mlp_bias fields (its fused projections never have biases), window off
@@ -33,7 +37,12 @@ ROTARY_DEFAULTS: dict[str, dict[str, Any]] = {
                          "sliding_window": 4096},
     "olmo2": _OLMO2,  # Olmo2MLP has no biases whatever mlp_bias says
     "olmo3": _OLMO2 | {"sliding_window": 4096, "layer_types": None},
+    # Qwen2Config / Qwen3Config: windows only when use_sliding_window, on the layers from max_window_layers on;
+    # Qwen 2's q/k/v always have biases (its o_proj never), Qwen 3's none unless attention_bias
+    "qwen2": _QWEN | {"attention_bias": True},
+    "qwen3": _QWEN | {"head_dim": 128, "attention_bias": False},
 }  # fmt: skip
+QWEN_TYPES = ("qwen2", "qwen3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 DEFAULT_ROPE_THETA = 10_000.0  # RotaryEmbeddingConfigMixin.default_theta
@@ -62,13 +71,13 @@ class RopeConfig:
 
 @dataclass(frozen=True)
 class RotaryConfig(ModelConfig):
-    """llama, mistral, olmo2, olmo3."""
+    """llama, mistral, olmo2, olmo3, qwen2, qwen3."""
 
     head_dim: int
     intermediate_size: int
     hidden_act: str
     rms_norm_eps: float
-    attention_bias: bool  # q/k/v/o projections have biases
+    attention_bias: bool  # q/k/v/o projections have biases (Qwen 2: q/k/v only, always)
     mlp_bias: bool  # gate/up/down projections have biases
     window: int | None  # `sliding_window` of config.json, used by the layers whose type is sliding_attention
     layer_types: tuple[str, ...]  # per layer: full_attention or sliding_attention
@@ -111,7 +120,7 @@ def _parse_rotary(raw: dict, model_type: str) -> RotaryConfig:
     head_dim = n_embd // n_head if fields["head_dim"] is None else _int(fields, "head_dim")
     n_layer = _int(fields, "num_hidden_layers", high=MAX_COUNT)
     n_positions = _int(fields, "max_position_embeddings", high=MAX_POSITIONS)
-    window = _window(fields)
+    window = _window(fields, model_type)
     layer_types = _layer_types(fields, model_type, n_layer, window)
     rope, sliding_rope = _ropes(raw, model_type, head_dim, n_positions)
     return RotaryConfig(
@@ -126,7 +135,9 @@ def _parse_rotary(raw: dict, model_type: str) -> RotaryConfig:
         intermediate_size=_int(fields, "intermediate_size"),
         hidden_act=_activation(fields, "hidden_act"),
         rms_norm_eps=_epsilon(fields, "rms_norm_eps"),
-        attention_bias=_bool(fields, "attention_bias") if "attention_bias" in defaults else False,
+        attention_bias=_bool(fields, "attention_bias")
+        if "attention_bias" in defaults and model_type != "qwen2"
+        else model_type == "qwen2",
         mlp_bias=_bool(fields, "mlp_bias") if model_type == "llama" else False,
         window=window,
         layer_types=layer_types,
@@ -163,7 +174,9 @@ def _parse_phi3(raw: dict) -> RotaryConfig:
     return _parse_rotary(raw, "phi3")
 
 
-def _window(fields: dict) -> int | None:
+def _window(fields: dict, model_type: str) -> int | None:
+    if model_type in QWEN_TYPES and not _bool(fields, "use_sliding_window"):
+        return None  # Qwen2Config / Qwen3Config set sliding_window to None
     if fields.get("sliding_window") is None:
         return None
     return _int(fields, "sliding_window", high=MAX_POSITIONS)
@@ -172,15 +185,18 @@ def _window(fields: dict) -> int | None:
 def _layer_types(fields: dict, model_type: str, n_layer: int, window: int | None) -> tuple[str, ...]:
     """Which layers use the sliding window:
 
-    Mistral's and Phi-3's every layer when they have one (they ignore any layer_types), OLMo 3's as layer_types says
-    (default: three sliding layers, then a full one)."""
+    Mistral's and Phi-3's every layer when they have one (they ignore any layer_types), OLMo 3's and Qwen's as
+    layer_types says (default: OLMo 3's three sliding layers, then a full one; Qwen's from max_window_layers on)."""
     if model_type in ("mistral", "phi3"):
         return ("sliding_attention" if window is not None else "full_attention",) * n_layer
-    if model_type != "olmo3":
+    if model_type not in ("olmo3", *QWEN_TYPES):
         return ("full_attention",) * n_layer
     types = fields["layer_types"]
-    if types is None:
+    if types is None and model_type == "olmo3":
         types = ["sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(n_layer)]
+    elif types is None:  # Qwen: the layers from max_window_layers on, when there is a window
+        first = _int(fields, "max_window_layers", low=0, high=MAX_COUNT)
+        types = ["sliding_attention" if window is not None and i >= first else "full_attention" for i in range(n_layer)]
     if not isinstance(types, list) or len(types) != n_layer:
         raise ConfigError(
             f"config.json: layer_types must be a list of {n_layer} entries (one per layer), got {_shown(types)}"

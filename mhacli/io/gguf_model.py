@@ -10,6 +10,9 @@ What llama.cpp's converter (convert_hf_to_gguf.py) changed, and how transformers
   transformers' Gemma2TensorProcessor does (our Gemma families add it back);
 - phi3: its longrope short and long factors are the tensors rope_factors_short / rope_factors_long, read into the
   config;
+- gptneox: the fused query_key_value rows, head by head in HF (q, k, v of head 0, then of head 1, ...), are stored
+  as all heads' q, then all k, then all v; `interleave_heads` restores HF's order (weight and bias);
+- qwen2, qwen3: llama's names (plus q/k/v biases, q_norm/k_norm), Q/K not permuted (llama.cpp rotates them NeoX-style);
 - shapes: GGUF's dimensions are ggml's order (fastest first); NumPy's shape is their reverse (mhacli.io.gguf).
 The config is built as the config.json transformers would build from the same metadata, then parsed and checked
 as any config.json is (mhacli.config.parse_config), so every bound and message is the same.
@@ -258,18 +261,78 @@ def gemma_config(gf: GgufFile) -> dict:
     return raw
 
 
+def gptneox_config(gf: GgufFile) -> dict:
+    """GPT-NeoX (Pythia), as llama.cpp's converter writes it: rotary_pct from rope.dimension_count, no rotary base."""
+    a = "gptneox"
+    n_embd = _meta(gf, f"{a}.embedding_length", int, required=True)
+    n_head = _meta(gf, f"{a}.attention.head_count", int, required=True)
+    d_head = n_embd // n_head if n_head and n_embd % n_head == 0 else None
+    rotary = _meta(gf, f"{a}.rope.dimension_count", int)
+    raw: dict[str, Any] = {
+        "model_type": "gpt_neox",
+        "hidden_size": n_embd,
+        "num_hidden_layers": _meta(gf, f"{a}.block_count", int, required=True),
+        "intermediate_size": _meta(gf, f"{a}.feed_forward_length", int, required=True),
+        "num_attention_heads": n_head,
+        "max_position_embeddings": _meta(gf, f"{a}.context_length", int, required=True),
+        "layer_norm_eps": _meta(gf, f"{a}.attention.layer_norm_epsilon", float, 1e-5),
+        "use_parallel_residual": _meta(gf, f"{a}.use_parallel_residual", bool, True),
+        "rotary_emb_base": _meta(gf, f"{a}.rope.freq_base", float, 10000.0),
+        "rotary_pct": rotary / d_head if rotary is not None and d_head else None,
+        "attention_bias": "blk.0.attn_qkv.bias" in gf.tensors,
+        "vocab_size": _vocab_size(gf, a),
+        "tie_word_embeddings": "output.weight" not in gf.tensors,
+    }
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def qwen_config(gf: GgufFile) -> dict:
+    """Qwen 2 / Qwen 3: llama's fields under `qwen2.` / `qwen3.`; Qwen 3's head_dim from attention.key_length."""
+    arch = str(gf.metadata.get("general.architecture"))
+    renamed = _renamed(gf.metadata, f"{arch}.", "llama.")
+    raw = llama_config(GgufFile(gf.path, gf.size, gf.version, renamed, gf.tensors, gf.alignment, gf.data_offset))
+    raw["model_type"] = arch
+    raw.pop("attention_bias", None)
+    if arch == "qwen3":
+        raw["attention_bias"] = "blk.0.attn_q.bias" in gf.tensors
+        key_length = _meta(gf, f"{arch}.attention.key_length", int)
+        if key_length is not None:
+            raw["head_dim"] = key_length
+        raw.setdefault("head_dim", raw["hidden_size"] // raw["num_attention_heads"])  # not Qwen3Config's 128
+    return raw
+
+
+NEOX_LAYER = {
+    "attn_norm": "input_layernorm", "attn_qkv": "attention.query_key_value", "attn_output": "attention.dense",
+    "ffn_norm": "post_attention_layernorm", "ffn_up": "mlp.dense_h_to_4h", "ffn_down": "mlp.dense_4h_to_h",
+}  # fmt: skip
+NEOX_GLOBAL = {"token_embd": "embed_in", "output_norm": "final_layer_norm", "output": "lm_head"}
+QWEN3_LAYER = LLAMA_LAYER | {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+
+
+def interleave_heads(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's GPT-NeoX query_key_value reordering.
+
+    [3 * n_embd, ...] as all heads' q, all k, all v -> HF's head-by-head order (q, k, v of head 0, then head 1, ...).
+    llama.cpp wrote w.reshape(n_head, 3, d_head, ...) with its first two axes swapped; this swaps them back."""
+    d_head = w.shape[0] // 3 // n_head
+    return w.reshape(3, n_head, d_head, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+
 CONFIGS = {
     "llama": llama_config, "gpt2": gpt2_config, "starcoder": starcoder_config, "olmo2": olmo2_config,
-    "phi3": phi3_config, "gemma2": gemma_config, "gemma3": gemma_config,
+    "phi3": phi3_config, "gemma2": gemma_config, "gemma3": gemma_config, "gptneox": gptneox_config,
+    "qwen2": qwen_config, "qwen3": qwen_config,
 }  # fmt: skip
 NAMES = {
     "llama": (LLAMA_GLOBAL, LLAMA_LAYER), "gpt2": (GPT2_GLOBAL, GPT2_LAYER), "starcoder": (GPT2_GLOBAL, GPT2_LAYER),
     "olmo2": (LLAMA_GLOBAL, OLMO2_LAYER), "phi3": (LLAMA_GLOBAL, PHI3_LAYER), "gemma2": (LLAMA_GLOBAL, GEMMA_LAYER),
-    "gemma3": (LLAMA_GLOBAL, GEMMA_LAYER),
+    "gemma3": (LLAMA_GLOBAL, GEMMA_LAYER), "gptneox": (NEOX_GLOBAL, NEOX_LAYER), "qwen2": (LLAMA_GLOBAL, LLAMA_LAYER),
+    "qwen3": (LLAMA_GLOBAL, QWEN3_LAYER),
 }  # fmt: skip
 FAMILY = {
     "llama": "llama", "gpt2": "gpt2", "starcoder": "gpt_bigcode", "olmo2": "olmo2", "phi3": "phi3",
-    "gemma2": "gemma2", "gemma3": "gemma3_text",
+    "gemma2": "gemma2", "gemma3": "gemma3_text", "gptneox": "gpt_neox", "qwen2": "qwen2", "qwen3": "qwen3",
 }  # fmt: skip
 NORM_PLUS_ONE = ("gemma2", "gemma3")  # llama.cpp wrote 1 + w for every norm weight
 
@@ -322,7 +385,8 @@ class GgufModel:
     def load(self, name: str) -> np.ndarray:
         """Our tensor `name` dequantised to float32 in our layout.
 
-        Q/K rows un-permuted (llama), Conv1D weights transposed (gpt2), 1 taken off Gemma's norm weights.
+        Q/K rows un-permuted (llama), Conv1D weights transposed (gpt2), 1 taken off Gemma's norm weights,
+        GPT-NeoX's query_key_value rows put back head by head.
         """
         w = dequantise(self.gguf, self.gguf.tensors[self.tensors[name].name])
         c = self.config
@@ -332,6 +396,8 @@ class GgufModel:
             return np.ascontiguousarray(w.T)
         if self.arch in NORM_PLUS_ONE and name.endswith("norm.weight"):
             return w - np.float32(1.0)
+        if self.arch == "gptneox" and ".query_key_value." in name:
+            return np.ascontiguousarray(interleave_heads(w, c.n_head))
         return w
 
 

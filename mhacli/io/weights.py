@@ -43,6 +43,8 @@ SAMPLE_NAMES = {"sample": SAMPLE_MODEL, "sample-early": "tiny-shakespeare-early"
 SAMPLE_PREFIX = "sample:"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# `ID@REVISION`: a branch, tag or commit of a hub id (Pythia's training checkpoints are branches: step1000, ...)
+HUB_REVISION = re.compile(r"^(?P<id>[^@]+)@(?P<rev>[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)*)$")
 
 
 @dataclass(frozen=True)
@@ -159,12 +161,26 @@ def resolve_model(spec: str | None, *, hub: bool = True) -> ModelFiles | None:
         return _model_file(spec, path)
     if kind == "other":
         raise ModelError(f"{show(spec)}: not a regular file or directory")
-    if HUB_ID.match(spec) and not spec.startswith((".", "~")):
+    repo_id, revision = hub_revision(spec)
+    if HUB_ID.match(repo_id) and not spec.startswith((".", "~")):
         if not hub:
             return None
-        directory, root = _from_hub(spec)
+        directory, root = _from_hub(repo_id, revision)
         return ModelFiles(spec, directory, _weights_in_dir(directory, root))
     raise ModelError(f"{show(spec)}: no such file or directory")
+
+
+def hub_revision(spec: str) -> tuple[str, str | None]:
+    """`ID@REVISION` -> (ID, REVISION); anything else -> (spec, None). A malformed revision is a ModelError."""
+    if "@" not in spec:
+        return spec, None
+    m = HUB_REVISION.match(spec)
+    if m is None or not HUB_ID.match(m.group("id")) or ".." in m.group("rev"):
+        raise ModelError(
+            f"{show(spec)}: no such file or directory, nor a hub id with a revision (ID@REVISION: a branch, tag or "
+            "commit, e.g. EleutherAI/pythia-70m@step3000)"
+        )
+    return m.group("id"), m.group("rev")
 
 
 def _model_file(spec: str, path: Path) -> ModelFiles:
@@ -271,8 +287,10 @@ def _sharded(index: Path, root: Path) -> tuple[Path, ...]:
     return tuple(files)
 
 
-def _from_hub(repo_id: str) -> tuple[Path, Path]:
-    """A hub id through the local HF cache; downloaded only when the network is allowed."""
+def _from_hub(repo_id: str, revision: str | None = None) -> tuple[Path, Path]:
+    """A hub id (at a revision: a branch, tag or commit) through the local HF cache.
+
+    Downloaded only when the network is allowed."""
     from huggingface_hub import snapshot_download  # only on this path: it costs start-up time
 
     patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
@@ -280,15 +298,20 @@ def _from_hub(repo_id: str) -> tuple[Path, Path]:
     cache_dir = os.environ.get("HF_HUB_CACHE") or (
         str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
     )
+    name = repo_id if revision is None else f"{repo_id}@{revision}"
     try:
-        path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True, cache_dir=cache_dir))
+        path = Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=patterns, local_files_only=True, cache_dir=cache_dir
+            )
+        )
     except Exception as exc:  # noqa: BLE001 - any failure here means "not in the cache"
         if _hub_offline():
-            raise hub_error(repo_id, exc) from exc
+            raise hub_error(name, exc) from exc
         try:
-            path = Path(snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir))
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir))
         except Exception as exc2:  # noqa: BLE001 - mapped to one of three messages below
-            raise hub_error(repo_id, exc2) from exc2
+            raise hub_error(name, exc2) from exc2
     # Cache snapshots are symlinks into ../../blobs: the repository's cache folder is the containment root.
     return path, path.parent.parent
 
@@ -335,6 +358,10 @@ def hub_error(repo_id: str, exc: BaseException) -> ModelError:
         return ModelError(
             f"{where}; on the Hugging Face Hub it is gated: accept its terms on its page, then log in "
             "(`hf auth login`, or set HF_TOKEN)"
+        )
+    if "RevisionNotFoundError" in mro_names:
+        return ModelError(
+            f"{where}; on the Hugging Face Hub the model has no such revision (check the branch, tag or commit after @)"
         )
     if "RepositoryNotFoundError" in mro_names or status in (401, 404):
         return ModelError(

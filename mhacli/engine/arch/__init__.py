@@ -1,6 +1,7 @@
-"""Architecture families, one module each:
+"""Architecture families, one module each.
 
-gpt2, gpt_bigcode, llama for Llama and Mistral, olmo for OLMo 2 and 3, phi3, gemma2, gemma3 (text).
+gpt2, gpt_bigcode, llama for Llama and Mistral, olmo for OLMo 2 and 3, phi3, gemma2, gemma3 (text), gpt_neox (Pythia),
+qwen2, qwen3.
 
 `family(model_type)` returns the module, which satisfies the `Family` protocol (arch/interface.py: its checkpoint
 layout, its block, and the facts `explain` and `info` show); mypy checks each module against it below. Which
@@ -26,7 +27,8 @@ FAMILIES: dict[str, str] = {model_type: a.family for model_type, a in ARCHITECTU
 
 if TYPE_CHECKING:  # mypy checks every family module against the protocol here (no run-time import)
     from mhacli.config import BigCodeConfig, GemmaConfig, Gpt2Config, RotaryConfig
-    from mhacli.engine.arch import gemma2, gemma3, gpt2, gpt_bigcode, llama, olmo, phi3
+    from mhacli.config.neox import NeoxConfig
+    from mhacli.engine.arch import gemma2, gemma3, gpt2, gpt_bigcode, gpt_neox, llama, olmo, phi3, qwen2, qwen3
 
     _gpt2: Family[Gpt2Config] = gpt2
     _gpt_bigcode: Family[BigCodeConfig] = gpt_bigcode
@@ -35,6 +37,9 @@ if TYPE_CHECKING:  # mypy checks every family module against the protocol here (
     _phi3: Family[RotaryConfig] = phi3
     _gemma2: Family[GemmaConfig] = gemma2
     _gemma3: Family[GemmaConfig] = gemma3
+    _gpt_neox: Family[NeoxConfig] = gpt_neox
+    _qwen2: Family[RotaryConfig] = qwen2
+    _qwen3: Family[RotaryConfig] = qwen3
 
 
 def family(model_type: str) -> Family[Any]:

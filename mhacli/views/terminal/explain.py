@@ -90,7 +90,7 @@ def projection_formula(ex: Explanation, what: str, j: int | str) -> str:
     w = f"W_{what.upper()}" + ("" if proj.in_out else "ᵀ")
     text = f"{norm_label(ex, j)} · {w}" + ("" if proj.bias is None else f" + b_{what.upper()}")
     if ex.qk_norm is not None and what in ("q", "k"):
-        text = f"{what}_norm({text})[{proj.start}:{proj.end}]"
+        text = f"{what}_norm({text})" if ex.qk_norm.per_head else f"{what}_norm({text})[{proj.start}:{proj.end}]"
     return text
 
 
@@ -271,10 +271,12 @@ def step_query(out: Layout) -> None:
         raise ValueError("a RoPE explanation carries the query before the rotation")
     out.equation(f"q_{i} before RoPE", projection_formula(ex, "q", i), s.query_pre_rope)
     scaled = "" if r.attention_scaling == 1.0 else f"; cos and sin are scaled by {num(r.attention_scaling)}"
+    rd = r.rotary_dim
+    partial = "" if rd == d else f"; partial rotary: only the first {rd} of the {d} values are rotated, the rest pass"
     out.note(
-        f"RoPE ({r.rope_type}, {glue(f'θ = {r.rope_theta:g}):')} coordinates c and c + {d // 2} of q and of every "
-        f"k form a pair, turned by the angle {glue('position × inv_freq[c]')} (inv_freq = θ^(−2c/{d}) for the "
-        f"default type){scaled}"
+        f"RoPE ({r.rope_type}, {glue(f'θ = {r.rope_theta:g}):')} coordinates c and c + {rd // 2} of q and of every "
+        f"k form a pair, turned by the angle {glue('position × inv_freq[c]')} (inv_freq = θ^(−2c/{rd}) for the "
+        f"default type){scaled}{partial}"
     )
     out.equation(f"angles at {i}", f"{i} · inv_freq", r.angles[i])
     out.equation(f"q_{i}", f"q_{i} before RoPE, rotated by the angles at {i}", s.query)
