@@ -64,7 +64,7 @@ def test_help_has_examples_one_per_line_in_rich_and_plain_help(command):
 GROUPS = {
     "Looking": ["inspect", "stats", "explain", "browse"],
     "Comparing": ["diff"],
-    "Causes": ["ablate", "prune", "attribute", "lens"],
+    "Causes": ["ablate", "prune", "attribute", "lens", "patch"],
     "The model": ["info", "verify", "census"],
     "Weights": ["circuits"],
 }

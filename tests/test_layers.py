@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # nothing of ours above them (the sinks are handed to the kernel, which never imports them).
 ALLOWED = {
     "mhacli.errors": set(),
-    "mhacli.engine.attention": set(),
+    "mhacli.engine.attention": {"mhacli.engine.segments"},
+    "mhacli.engine.segments": set(),
     "mhacli.analyses.stats": set(),
     "mhacli.analyses.partial": set(),
     "mhacli.engine.blocks": {"mhacli.config"},
