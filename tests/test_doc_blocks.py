@@ -30,6 +30,10 @@ BLOCKS = {
     ("circuits.md", "circuits of sample:tiny-shakespeare: from the weights alone, raw weights"): (
         ["circuits", "--mode", "K", "-l", "1", "-H", "2", "--top", "0", "-f", "text"], b"", None,
     ),
+    ("patch.md", "sample:tiny-shakespeare  site z  denoise  metric logit_diff  pairs 1"): (
+        ["patch", "a b c d e f g h a b c d e f g", "h g f e d c b a a b c d e f g", "--answer", " h", "--wrong", " f",
+         "-f", "text"], b"", None,
+    ),
 }  # fmt: skip
 # A block with a command in it (or naming one, `// mha ...`, its output shortened) is an example, not an output.
 COMMAND_LINE = re.compile(r"^(// )?(mha|echo|printf|cat|tail|jq) ", re.M)

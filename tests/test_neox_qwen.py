@@ -518,3 +518,19 @@ def test_attribution_sums_to_hf_logit_difference(models, name):
     assert [c.layer for c in got.components if c.component == "mlp"] == list(range(n_layer))
     heads = [(c.layer, c.head) for c in got.components if c.component == "head"]
     assert len(heads) == n_layer * ckpt.config.n_head
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_patching_recomputes_each_layers_attention_as_the_forward(models, name):
+    """Patching q, k, v or a pattern recomputes a layer's z from q, k, v: unpatched, it is the forward's own z.
+
+    Partial rotary, per-head QK-norm and windows included (q and k are kept after them)."""
+    from mhacli.analyses.patch import attend, record
+
+    ckpt = ours(models[name])
+    ids = np.array(tokens_of(models[name])[:24])
+    run = record(ckpt, ids)
+    for layer, acts in enumerate(run.acts):
+        z = attend(ckpt, layer, acts.q, acts.k, acts.v)
+        err = float(np.abs(z - acts.z).max())
+        assert err < 1e-5 * max(1.0, float(np.abs(acts.z).max())), f"{name} layer {layer} z: {err:.2e}"

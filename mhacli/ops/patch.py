@@ -206,7 +206,7 @@ def patch_text(doc: dict, top: int = 10) -> str:
     """The layer x head grid of scores (kind letter after each) and the ranking; by position: a head x pos table."""
     lines = [
         f"{doc['model'].get('source', '')}  site {doc['site']}  {doc['direction']}  metric {doc['metric']}"
-        + (f"  sender {doc['sender']['layer']}.{doc['sender']['head']}" if doc["sender"] else "")
+        + (f"  sender L{doc['sender']['layer']}H{doc['sender']['head']}" if doc["sender"] else "")
         + f"  pairs {doc['n_pairs']}",
         f"clean {doc['clean_value']:.4f}  corrupt {doc['corrupt_value']:.4f}  "
         "score = (patched - corrupt) / (clean - corrupt)",
@@ -219,7 +219,7 @@ def patch_text(doc: dict, top: int = 10) -> str:
         n = 1 + max(r["pos"] for r in rows)
         lines.append("head    " + " ".join(f"{p:>5}" for p in range(n)))
         for (layer, h, kv), cells in sorted(table.items()):
-            name = f"{layer}.{h if h is not None else f'kv{kv}'}"
+            name = f"L{layer}H{h}" if h is not None else f"L{layer}KV{kv}"
             lines.append(f"{name:<8}" + " ".join(f"{_fmt(cells.get(p)):>5}" for p in range(n)))
     else:
         grid: dict[int, dict[int, dict]] = {}
@@ -236,7 +236,7 @@ def patch_text(doc: dict, top: int = 10) -> str:
             )
     lines.append("top:")
     for r in rows[:top]:
-        name = f"{r['layer']}.{r['head']}" if r["head"] is not None else f"{r['layer']}.kv{r['kv_head']}"
+        name = f"L{r['layer']}H{r['head']}" if r["head"] is not None else f"L{r['layer']}KV{r['kv_head']}"
         pos = f" pos {r['pos']}" if r["pos"] is not None else ""
         lines.append(f"  {name:<8}{pos} score {_fmt(r['score'])}  value {r['value']:.4f}  {r['kind'] or ''}")
     return "\n".join(lines) + "\n"
