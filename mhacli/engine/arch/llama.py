@@ -9,6 +9,8 @@ v_proj n_kv_head * head_dim: rows [g * head_dim, (g + 1) * head_dim) are K/V hea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mhacli.config import RopeConfig, RotaryConfig
@@ -175,7 +177,20 @@ def block(
 
     [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)
     """
-    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit, sink=sink)
+    return decoder_block(attention_parts, x, p, config, layer, edit, sink)
+
+
+def decoder_block(
+    attend: Callable[..., GroupedAttentionParts],
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    config: RotaryConfig,
+    layer: int,
+    edit: ZEdit | None,
+    sink: Sink | None,
+) -> tuple[np.ndarray, GroupedAttentionParts]:
+    """Llama's decoder layer around an attention (a family's own `attention_parts`, e.g. Qwen 3's QK-norm)."""
+    attn = attend(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit, sink=sink)
     x = x + attn.out
     h = rms_norm(x, p["post_attention_layernorm.weight"], config.rms_norm_eps)
     return x + swiglu(h, p, ACTIVATION_FNS[config.hidden_act]), attn

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from mhacli.config import RotaryConfig
-from mhacli.engine.arch.common import GroupedAttentionParts, linear, rms_norm, swiglu
+from mhacli.engine.arch.common import GroupedAttentionParts, linear, rms_norm
 from mhacli.engine.arch.llama import (  # the parts Qwen 3 shares with Llama unchanged
     ATTENTION_NORM,
     EMBEDDING,
@@ -23,6 +23,7 @@ from mhacli.engine.arch.llama import (  # the parts Qwen 3 shares with Llama unc
     SLIDING_WINDOWS,
     attention_input,
     check,
+    decoder_block,
     embed,
     final_norm,
     head_projections,
@@ -35,7 +36,7 @@ from mhacli.engine.arch.llama import (  # the parts Qwen 3 shares with Llama unc
     rotary_attention,
 )
 from mhacli.engine.attention import Sink
-from mhacli.engine.blocks import ACTIVATION_FNS, ZEdit, split_heads
+from mhacli.engine.blocks import ZEdit, split_heads
 
 __all__ = [  # the family interface (interface.Family): Llama's pieces and Qwen 3's own
     "ATTENTION_NORM", "EMBEDDING", "FINAL_NORM", "KEY_PREFIX", "KV_WEIGHT", "LAYER_PREFIX", "LM_HEAD", "QK_NORM",
@@ -91,10 +92,7 @@ def block(
 
     [n_seq, n_embd] -> ([n_seq, n_embd], attention parts)
     """
-    attn = attention_parts(attention_input(x, p, config), p, config, layer, keep_scores=False, edit=edit, sink=sink)
-    x = x + attn.out
-    h = rms_norm(x, p["post_attention_layernorm.weight"], config.rms_norm_eps)
-    return x + swiglu(h, p, ACTIVATION_FNS[config.hidden_act]), attn
+    return decoder_block(attention_parts, x, p, config, layer, edit, sink)
 
 
 # --- for `explain`: where each head's numbers come from ----------------------------------------------------------
