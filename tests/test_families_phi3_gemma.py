@@ -438,6 +438,10 @@ COMMANDS = [
     ("circuits", "--top", "2"),
     ("circuits", "--top", "2", "--fold-ln"),
     ("info",),
+    ("attribute", TEXT),
+    ("lens", TEXT, "--pos", "-1"),
+    # the corrupted prompt: one word changed, the same length in tokens; a site recomputed from q, k, v
+    ("patch", TEXT, TEXT.replace(" the ", " is ", 1), "--answer", " the", "--wrong", " is", "--site", "k"),
 ]
 
 

@@ -407,11 +407,13 @@ def test_explain_text_names_the_twist(models, mha, name, phrase):
 
 @pytest.mark.parametrize("name", ["neox_parallel", "qwen2_window", "qwen3"])
 @pytest.mark.parametrize(
-    "command", ["inspect", "stats", "census", "ablate", "prune", "circuits", "info", "attribute", "lens"]
+    "command", ["inspect", "stats", "census", "ablate", "prune", "circuits", "info", "attribute", "lens", "patch"]
 )
 def test_every_command_runs(models, mha, name, command):
     args = [command] if command in ("circuits", "info", "census") else [command, TEXT]
     args += ["--probe-count", "2", "-j", "1"] if command == "census" else []
+    swapped = TEXT.replace(" the ", " is ", 1)  # the corrupted prompt: one word changed, the same length in tokens
+    args += [swapped, "--answer", " the", "--wrong", " is", "--site", "q"] if command == "patch" else []
     r = mha(*args, "-m", str(models[name]), "--format", "json")
     assert r.returncode == 0, r.stderr.decode()
     parse_json(r.stdout)
