@@ -22,6 +22,7 @@ from mhacli.errors import UsageError
 from mhacli.ops.ablation import KindTally
 from mhacli.ops.inputs import encode
 from mhacli.ops.tokens import one_token
+from mhacli.views.patch import patch_text
 from mhacli.views.save import Picture, Pictures
 
 if TYPE_CHECKING:
@@ -198,50 +199,6 @@ def patch_doc(ckpt, first: dict, n_pairs: int, r: PatchRequest, sender, site: st
 # --- the result: what patch shows, in every format --------------------------------------------------------------
 
 
-def _fmt(score: float | None) -> str:
-    return "   -" if score is None else f"{score:+.2f}"
-
-
-def patch_text(doc: dict, top: int = 10) -> str:
-    """The layer x head grid of scores (kind letter after each) and the ranking; by position: a head x pos table."""
-    lines = [
-        f"{doc['model'].get('source', '')}  site {doc['site']}  {doc['direction']}  metric {doc['metric']}"
-        + (f"  sender L{doc['sender']['layer']}H{doc['sender']['head']}" if doc["sender"] else "")
-        + f"  pairs {doc['n_pairs']}",
-        f"clean {doc['clean_value']:.4f}  corrupt {doc['corrupt_value']:.4f}  "
-        "score = (patched - corrupt) / (clean - corrupt)",
-    ]
-    rows = doc["heads"]
-    if any(r["pos"] is not None for r in rows):
-        table: dict[tuple, dict[int, float | None]] = {}
-        for r in rows:
-            table.setdefault((r["layer"], r["head"], r["kv_head"]), {})[r["pos"]] = r["score"]
-        n = 1 + max(r["pos"] for r in rows)
-        lines.append("head    " + " ".join(f"{p:>5}" for p in range(n)))
-        for (layer, h, kv), cells in sorted(table.items()):
-            name = f"L{layer}H{h}" if h is not None else f"L{layer}KV{kv}"
-            lines.append(f"{name:<8}" + " ".join(f"{_fmt(cells.get(p)):>5}" for p in range(n)))
-    else:
-        grid: dict[int, dict[int, dict]] = {}
-        for r in rows:
-            grid.setdefault(r["layer"], {})[r["head"] if r["head"] is not None else r["kv_head"]] = r
-        width = 1 + max(max(g) for g in grid.values())
-        label = "kv" if rows and rows[0]["head"] is None else "head"
-        lines.append(f"layer\\{label} " + " ".join(f"{h:>7}" for h in range(width)))
-        for layer in sorted(grid):
-            row = [grid[layer].get(h) for h in range(width)]
-            lines.append(
-                f"{layer:>10} "
-                + " ".join("       " if d is None else f"{_fmt(d['score']):>6}{(d['kind'] or ' ')[0]}" for d in row)
-            )
-    lines.append("top:")
-    for r in rows[:top]:
-        name = f"L{r['layer']}H{r['head']}" if r["head"] is not None else f"L{r['layer']}KV{r['kv_head']}"
-        pos = f" pos {r['pos']}" if r["pos"] is not None else ""
-        lines.append(f"  {name:<8}{pos} score {_fmt(r['score'])}  value {r['value']:.4f}  {r['kind'] or ''}")
-    return "\n".join(lines) + "\n"
-
-
 @dataclass(frozen=True)
 class PatchedHead:
     """One patched unit: a query head (head None: a K/V head, for k/v sites on GQA models), at pos or everywhere."""
@@ -292,25 +249,9 @@ class PatchReport:
         return patch_text(self.doc)
 
     def view(self, console: Console) -> RenderableType:
-        """The text view with each score cell on a diverging scale: red restores, blue pushes the other way."""
-        import re
+        from mhacli.views.terminal.patch import patch_view
 
-        from rich.text import Text
-
-        text = Text()
-        for i, line in enumerate(patch_text(self.doc).splitlines(keepends=True)):
-            start = len(text)
-            text.append(line)
-            if i < 3:  # the header: the metric's values are not scores
-                continue
-            pattern = r"score ([+-]\d+\.\d\d)" if " score " in line else r"([+-]\d+\.\d\d)"
-            for m in re.finditer(pattern, line):
-                value = float(m.group(1))
-                if abs(value) >= 0.05:
-                    strength = "bold " if abs(value) >= 0.5 else ""
-                    colour = "red" if value > 0 else "blue"
-                    text.stylize(strength + colour, start + m.start(1), start + m.end(1))
-        return text
+        return patch_view(console, self.doc)
 
 
 def patch_picture(ckpt, doc: dict) -> Picture:
