@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 
 from mhacli.analyses.loss import output_head
-from mhacli.analyses.readout import F64, check_answer_pair, check_position, freeze_final_norm, logit_direction
+from mhacli.analyses.readout import (
+    F64,
+    check_answer_pair,
+    check_position,
+    freeze_final_norm,
+    logit_direction,
+    norm_gain,
+)
 from mhacli.analyses.stats import StatsAccumulator, head_stats
 from mhacli.engine.arch.common import rms_norm
 from mhacli.engine.attention import DISCARD, Sink
@@ -174,7 +181,7 @@ def layer_writes(
         if kind != "rms_norm":  # pragma: no cover - every post-norm family so far uses RMSNorm
             raise NotImplementedError(f"attention output norm {kind!r}")
         out = split_out(params, p, z)  # [n_embd] float32, as the forward projects
-        gain = p[weight].astype(F64) + float(getattr(family(c), "NORM_GAIN_OFFSET", 0.0))
+        gain = norm_gain(params, p[weight])
         s = 1.0 / np.sqrt(np.mean(np.square(out.astype(F64))) + c.norm_eps)
         heads = heads * s * gain
         bias = None if bias is None else bias * s * gain

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mhacli.analyses import readout
 from mhacli.analyses.heads import check_selection
 from mhacli.engine.arch.common import Projection, norm_gain
 from mhacli.engine.blocks import Params
@@ -274,7 +275,7 @@ def vocab_side(params: Params, *, fold_ln: bool = False, need_head: bool = True)
     if not fold_ln:
         return Vocab(embed, head)
     kind, weight, _ = arch.FINAL_NORM
-    gain = params.get(weight).astype(np.float64) + arch.NORM_GAIN_OFFSET  # Gemma's final norm scales by 1 + weight
+    gain = readout.norm_gain(params, params.get(weight))  # Gemma's final norm scales by 1 + weight
     # W_U centred over the vocabulary shifts every logit of a position equally: nothing changes after a softmax, but
     # a soft-cap (Gemma 2) is not shift-invariant, so soft-capped models keep W_U as it is (TransformerLens too)
     center_vocab = c.logit_softcap is None

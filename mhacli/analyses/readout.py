@@ -10,7 +10,7 @@ constants taken from x), which makes it affine in what is written into the resid
     RMSNorm:    norm(v) = v * s * g,                   s = 1 / sqrt(mean(x^2) + eps)
 
 with g the family's effective gain (the checkpoint's weight, or 1 + weight where a family stores it that way: the
-family's NORM_GAIN_OFFSET when it declares one). Since x is the sum of every component's write, the frozen norm of
+family's NORM_GAIN_OFFSET). Since x is the sum of every component's write, the frozen norm of
 x equals the sum of the frozen norms of the components plus the bias: direct logit attribution's completeness.
 `FrozenNorm(x)` equals the family's own final_norm(x) (a test checks it for every family).
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.analyses.loss import logsumexp_rows, output_head, soft_cap, text_losses
+from mhacli.analyses.loss import logsumexp_rows, output_head, text_losses
 from mhacli.engine.blocks import Params
 from mhacli.engine.forward import family, final_norm
 from mhacli.errors import UsageError
@@ -62,10 +62,9 @@ class FrozenNorm:
         return out if self.bias is None else out + self.bias
 
 
-def norm_gain(params: Params, weight: str) -> np.ndarray:
-    """A norm's effective gain [n_embd] float64: the weight, plus the family's NORM_GAIN_OFFSET (Gemma: 1 + w)."""
-    offset = float(getattr(family(params.config), "NORM_GAIN_OFFSET", 0.0))
-    return params.get(weight).astype(F64) + offset
+def norm_gain(params: Params, weight: np.ndarray) -> np.ndarray:
+    """A norm's effective gain [n_embd] float64: its stored weight plus the family's NORM_GAIN_OFFSET (Gemma: 1 + w)."""
+    return weight.astype(F64) + family(params.config).NORM_GAIN_OFFSET
 
 
 def freeze_final_norm(params: Params, x: np.ndarray) -> FrozenNorm:
@@ -75,7 +74,9 @@ def freeze_final_norm(params: Params, x: np.ndarray) -> FrozenNorm:
     center = kind == "layer_norm"
     xc = x - x.mean(axis=-1, keepdims=True) if center else x
     scale = 1.0 / np.sqrt(np.square(xc).mean(axis=-1) + params.config.norm_eps)
-    return FrozenNorm(center, scale, norm_gain(params, weight), None if bias is None else params.get(bias).astype(F64))
+    return FrozenNorm(
+        center, scale, norm_gain(params, params.get(weight)), None if bias is None else params.get(bias).astype(F64)
+    )
 
 
 def check_position(pos: int, n_seq: int, param: str = "pos") -> int:
@@ -107,14 +108,6 @@ def logit_direction(head: np.ndarray, answer: int, wrong: int | None = None) -> 
     """The unembedding direction of the metric, [n_embd] float64: W_U[answer], minus W_U[wrong] when given."""
     d = head[answer].astype(F64)
     return d if wrong is None else d - head[wrong].astype(F64)
-
-
-def final_logits(params: Params, residual: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
-    """The model's logits [n, vocab] float32 from last-layer residuals [n, n_embd].
-
-    The final norm, the head, then the model's soft-cap where it has one (Gemma 2's final_logit_softcapping)."""
-    head = output_head(params) if head is None else head
-    return soft_cap(final_norm(params, residual) @ head.T, params.config.logit_softcap)
 
 
 def metric(
