@@ -10,10 +10,10 @@ import json
 import sys
 
 import torch
-from transformers import GPT2Model
+from transformers import AutoModel
 
 model_dir, ids_file = sys.argv[1], sys.argv[2]
-model = GPT2Model.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+model = AutoModel.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
 sums = None
 n_texts = 0
 with open(ids_file) as f, torch.no_grad():

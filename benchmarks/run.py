@@ -29,6 +29,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,12 +57,16 @@ def log(*args) -> None:
 
 def run_process(cmd: list[str]) -> tuple[float, int, bytes]:
     """Wall seconds, peak RSS bytes and stdout of one fresh process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
+    # stderr to a file, not a pipe: a command that writes much there (TransformerLens' progress bars) would block on a
+    # full pipe while stdout is read to its end
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        errors.seek(0)
+        err = errors.read()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)[:200]}\n{err.decode()[-2000:]}")
@@ -89,7 +94,8 @@ def measure_tree(cmd: list[str], runs: int) -> dict:
     walls, workers = [], []
     for _ in range(runs):
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        errors = tempfile.TemporaryFile()  # a file, not a pipe nobody reads until the end (run_process)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors, stdin=subprocess.DEVNULL)
         peaks: dict[str, int] = {}
         while proc.poll() is None:
             children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
@@ -106,10 +112,12 @@ def measure_tree(cmd: list[str], runs: int) -> dict:
                 peaks[pid] = max(peaks.get(pid, 0), hwm)
             time.sleep(0.02)
         wall = time.perf_counter() - start
+        errors.seek(0)
+        err = errors.read()
+        errors.close()
         if proc.returncode != 0:
             raise SystemExit(
-                f"benchmark command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n"
-                f"{proc.stderr.read().decode()[-2000:]}"
+                f"benchmark command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n{err.decode()[-2000:]}"
             )
         walls.append(wall)
         workers.append(max(peaks.values(), default=0))
@@ -121,14 +129,27 @@ def measure_tree(cmd: list[str], runs: int) -> dict:
     }
 
 
+def census_models_of(small: Path, out: Path) -> list[tuple[str, Path]]:
+    """The census benchmark's models: the bundled one, GPT-2 small size, and the real SmolLM2 where it is at hand."""
+    models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
+    if os.environ.get("MHA_SMOLLM2_GGUF") or SMOLLM2_GGUF.is_file():
+        models.append(("SmolLM2-135M-Instruct Q4_1 GGUF", smollm2_gguf(out)))
+    return models
+
+
 def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path]], out: Path) -> list[dict]:
     """`mha census` of 1,000 lines of Tiny Shakespeare plus the default probes, with 1 and 2 local workers.
 
-    Against benchmarks/hf_census.py on the same token ids (written by a first census run with --per-text).
+    Against benchmarks/hf_census.py on the same token ids (written by a first census run with --per-text). The real
+    SmolLM2 (when its GGUF is at hand): mha reads the GGUF, HF its safetensors copy (transformers' dequantisation, the
+    same weights); packed with 1 and 2 workers only, to keep the run short.
     """
     corpus = HERE / "data" / "shakespeare_1000.txt"
     rows = []
     for label, model in models:
+        hf_model = model
+        if model.suffix == ".gguf":
+            hf_model = Path(in_child("build_smollm2", str(model), str(out))["path"])
         per_text = out / f"census_{model.name}.jsonl"
         run_process(
             [
@@ -157,11 +178,13 @@ def census_rows(mha: list[str], py: str, runs: int, models: list[tuple[str, Path
         )
         n_texts = sum("error" not in t for t in texts)
         log(f"measuring: census, {label}, HF")
-        hf = measure([py, str(HERE / "hf_census.py"), str(model), str(ids_file)], runs)
+        hf = measure([py, str(HERE / "hf_census.py"), str(hf_model), str(ids_file)], runs)
         single = None
         # (workers, extra arguments, what the row says): packed (the default), unpacked as before packing, on Dask
         ways = [(1, [], ""), (2, [], ""), (1, ["--pack-tokens", "1"], ", unpacked (--pack-tokens 1)"),
                 (2, ["--dask", "local"], ", Dask LocalCluster")]  # fmt: skip
+        if model.suffix == ".gguf":
+            ways = ways[:2]
         for workers, extra, what in ways:
             log(f"measuring: census, {label}, {workers} worker(s){what}")
             cmd = [*mha, "census", "--texts", str(corpus), "-m", str(model), "-j", str(workers), "-f", "csv", *extra]
@@ -412,6 +435,7 @@ def patch_rows(mha: list[str], py: str, runs: int, out: Path) -> dict:
 
 
 def patch_markdown(results: dict) -> str:
+    results = results["patch"]
     m, t = results["mha"], results["transformer_lens"]
     return (
         "| all 270 heads of SmolLM2, 8 IOI pairs, z site | mha | TransformerLens | ratio |\n| --- | --- | --- | --- |\n"
@@ -772,7 +796,7 @@ def main() -> None:
         if getattr(args, key):
             return only(key, rows_of(mha, py, runs, args.out), table)
     small = Path(in_child("build", "small", str(args.out))["path"])
-    census_models = [("bundled model", SAMPLE), ("GPT-2 small", small)]
+    census_models = census_models_of(small, args.out)
     groups = {  # --roofline, --census, --circuits: one group of rows alone
         "roofline": lambda: (roofline_rows(small), roofline_markdown),
         "census": lambda: (census_rows(mha, py, runs, census_models, args.out), census_markdown),
