@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mhacli import api_args as args
 from mhacli.analyses.ablate import METHODS, Head, HeadEffect, check_head, removal_edits
 from mhacli.analyses.census import PROBES, HeadVerdict, ProbeSpec, Tally, verdicts
 from mhacli.analyses.circuits import MODES
@@ -48,7 +49,7 @@ from mhacli.ops.diff import DiffRequest
 from mhacli.ops.explain import explain as explain_head
 from mhacli.ops.heads import HeadsRequest, InspectResult, check_heads, inspect_picture, plan_heads
 from mhacli.ops.lens import LensReport, LensRequest, run_lens
-from mhacli.ops.memory import Size
+from mhacli.ops.memory import Size, memory_limit
 from mhacli.ops.patch import PatchReport, PatchRequest, run_patch
 
 __all__ = [
@@ -69,7 +70,9 @@ def load(model: str | Path | None = None, *, cache: bool | None = None) -> Model
     `sample`). Weights are read when first needed; cache=None keeps them once read for models under 512 MiB (True:
     always, False: never).
     """
-    ckpt = load_model(None if model is None else str(model), cache=cache)
+    if model is not None and not isinstance(model, str):
+        model = args.path(model, "model")
+    ckpt = load_model(None if model is None else str(model), cache=args.optional_boolean(cache, "cache"))
     return Model(ckpt, load_tokenizer(ckpt.files.tokenizer_path))
 
 
@@ -135,6 +138,7 @@ class Model:
         """Text (the CLI's rules: mhacli.io.textin.tokenize) or ids -> TokenizedText (ids, tokens, truncated_from)."""
         if (text is None) == (ids is None):
             raise UsageError("give a text or ids=, not both and not neither")
+        truncate = args.boolean(truncate, "truncate")
         c = self.config
         if text is not None:
             return tokenize(self.tokenizer, check_text(text), c.n_positions, vocab_size=c.vocab_size, truncate=truncate)
@@ -168,6 +172,7 @@ class Model:
         heads = sorted(set(head_pairs(remove, "remove")))
         for h in heads:
             check_head(h, self.config.n_layer, self.config.n_head)
+        memory_limit(max_memory)  # a bad max_memory is refused now, not when the first computation starts
         return Run(self, self.tokenize(text, ids=ids, truncate=truncate), tuple(heads), max_memory)
 
     def memory_needed(self, n_seq: int, *, maps: bool = True) -> int:
@@ -177,9 +182,12 @@ class Model:
         commands' --max-memory estimate counts them.
         """
         c = self.config
+        n_seq, maps = args.integer(n_seq, "n_seq"), args.boolean(maps, "maps")
+        if not 1 <= n_seq <= c.n_positions:
+            raise UsageError(f"n_seq {n_seq} is out of range: this model runs 1..{c.n_positions} tokens")
         return memory_needed(
             c,
-            int(n_seq),
+            n_seq,
             kept_layers=c.n_layer if maps else 0,
             kept_heads=c.n_head if maps else 0,
             keep_maps=maps,
@@ -198,6 +206,11 @@ class Model:
         max_memory: Size = None,
     ) -> Explanation:
         """One head's computation for one query token (default the last; negative counts from the end)."""
+        layer, head, query = (
+            args.integer(layer, "layer"),
+            args.integer(head, "head"),
+            args.optional_integer(query, "query"),
+        )
         return self.run(text, ids=ids, truncate=truncate, max_memory=max_memory).explain(layer, head, query)
 
     def circuits(
@@ -217,7 +230,14 @@ class Model:
         head. `fold_ln`: norms folded as TransformerLens' default processing; `unembed=False`: the output head is
         not read (no copying scores, no OV pairs). `.circuits` holds the arrays (scores [n_layer, n_head, n_layer,
         n_head] per mode), `.to_dict()` the command's JSON document."""
-        request = CircuitsRequest(tuple(modes), layers, heads, top, fold_ln, unembed)
+        request = CircuitsRequest(
+            tuple(args.strings(modes, "modes")),
+            args.optional_integers(layers, "layers"),
+            args.optional_integers(heads, "heads"),
+            args.integer(top, "top"),
+            args.boolean(fold_ln, "fold_ln"),
+            args.boolean(unembed, "unembed"),
+        )
         return run_circuits(self.checkpoint, self.tokenizer, request)
 
     def __repr__(self) -> str:
@@ -267,8 +287,7 @@ class Run:
 
     def _layer(self, layer: int, what: str = "layer") -> int:
         n = self.model.config.n_layer
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise UsageError(f"{what} must be an int, got {type(layer).__name__}")
+        layer = args.integer(layer, what)
         if not -n <= layer < n:
             raise UsageError(f"{what} {layer} is out of range: this model has layers 0..{n - 1}")
         return int(layer) % n
@@ -336,6 +355,7 @@ class Run:
         The CLI's HeadStats, as `mha stats` computes them: streamed, no map kept.
         """
         layers = list(range(self.model.config.n_layer)) if layer is None else [self._layer(layer)]
+        head = args.optional_integer(head, "head")
         missing = [x for x in layers if x not in self._stats]
         if missing:
             for view in self._heads(HeadsRequest(missing, keep_maps=False)):
@@ -365,8 +385,9 @@ class Run:
 
         This is `mha ablate`'s baseline; a ModelError when the checkpoint has no output head.
         """
-        if not isinstance(loss_from, int) or isinstance(loss_from, bool):
-            raise UsageError(f"loss_from must be an int, got {type(loss_from).__name__}")
+        loss_from = args.integer(loss_from, "loss_from")
+        if loss_from < 0:  # the rule ablate's loss_from follows (mhacli.ops.ablation)
+            raise UsageError(f"{{loss_from}} {loss_from} must be 0 or more", params=("loss_from",))
         last = self.residual(self.model.config.n_layer - 1)
         losses = text_losses(self.model.checkpoint, last, self.tokenized.ids, loss_from)
         return float(losses.sum(dtype=np.float64)) / len(losses)
@@ -376,6 +397,11 @@ class Run:
 
         Every intermediate is checked against the forward (Explanation.matches).
         """
+        layer, head, query = (
+            args.integer(layer, "layer"),
+            args.integer(head, "head"),
+            args.optional_integer(query, "query"),
+        )
         if self.removed:
             raise UsageError("explain runs the intact model: make the run without remove=")
         return explain_head(self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory)
@@ -399,8 +425,9 @@ class Run:
             raise UsageError("ablate measures against the intact model: make the run without remove=")
         if method not in METHODS:
             raise UsageError(f"method {method!r} is not one of: {', '.join(METHODS)}")
+        loss_from, progress = args.integer(loss_from, "loss_from"), args.callback(progress, "progress")
+        chosen = None if heads is None else head_pairs(heads, "heads")
         check_scorable(self.model.checkpoint, [(self.tokenized, "the text")], self.max_memory)
-        chosen = None if heads is None else list(heads)
         ablator, effects, _ = ablate_heads(
             self.model.checkpoint,
             [self.tokenized],
@@ -429,6 +456,9 @@ class Run:
         """
         if self.removed:
             raise UsageError("attribute reads the intact model: make the run without remove=")
+        answer, wrong = args.token(answer, "answer"), args.token(wrong, "wrong")
+        pos, top_tokens = args.integer(pos, "pos"), args.integer(top_tokens, "top_tokens")
+        fold_value_bias = args.boolean(fold_value_bias, "fold_value_bias")
         request = AttributeRequest(
             answer if isinstance(answer, str) else None,
             None if answer is None or isinstance(answer, str) else int(answer),
@@ -449,8 +479,10 @@ class Run:
         """
         if self.removed:
             raise UsageError("lens reads the intact model: make the run without remove=")
-        positions = None if pos is None else [pos] if isinstance(pos, int) else list(pos)
-        request = LensRequest(top, positions, self.max_memory)
+        positions = (
+            None if pos is None else [args.integer(pos, "pos")] if args.is_int(pos) else args.integers(pos, "pos")
+        )
+        request = LensRequest(args.integer(top, "top"), positions, self.max_memory)
         return run_lens(self.model.checkpoint, self.model.tokenizer, self.tokenized, request)
 
     def save(self, path: str | Path, *, dpi: int = 200) -> Path:
@@ -460,7 +492,7 @@ class Run:
         """
         from mhacli.views import save as saving
 
-        path = Path(path)
+        path, dpi = args.path(path, "path"), args.integer(dpi, "dpi")
         targets = saving.parse([path], InspectResult.PICTURES, dpi=dpi)
         saving.write_all(targets, inspect_picture(self.model.checkpoint, self.tokenized, self.views()), dpi=dpi)
         return path
@@ -541,12 +573,13 @@ def diff(
     texts: the mean over texts. metric: js (bits), tv or cosine. remove_b: heads of model_b zeroed first. A request
     needing more than max_memory (default 80% of available memory) is refused with a ResourceError.
     """
-    check_metric(metric)
+    check_metric(args.string(metric, "metric"))
     for name, m in (("model_a", model_a), ("model_b", model_b)):
-        if not isinstance(m, Model):
-            raise UsageError(f"{name} must be a Model (mhacli.load(...)), got {type(m).__name__}")
+        args.of_type(m, Model, name, "a Model (mhacli.load(...))")
     remove_b = head_pairs(remove_b, "remove_b")
-    texts = [text] if isinstance(text, str) else list(text)
+    texts = args.text_or_texts(text, "text")
+    match, truncate = args.boolean(match, "match"), args.boolean(truncate, "truncate")
+    memory_limit(max_memory)
     if not texts:
         raise TextError("no text given")
     a, b = (model_a.checkpoint, model_a.tokenizer), (model_b.checkpoint, model_b.tokenizer)
@@ -577,6 +610,14 @@ def patch(
     keys (values are means over pairs). site: z, q, k, v (per K/V head) or pattern; sender "L.H" with
     receiver_site q|k|v: direct path patching. Returns the report: .heads (sorted by score), .to_dict().
     """
+    args.of_type(model, Model, "model", "a Model (mhacli.load(...))")
+    clean, corrupt = args.optional_string(clean, "clean"), args.optional_string(corrupt, "corrupt")
+    answer, wrong = args.optional_string(answer, "answer"), args.optional_string(wrong, "wrong")
+    metric, site = args.string(metric, "metric"), args.string(site, "site")
+    sender, receiver_site = args.optional_string(sender, "sender"), args.string(receiver_site, "receiver_site")
+    by_pos, noise = args.boolean(by_pos, "by_pos"), args.boolean(noise, "noise")
+    if pairs is not None and not isinstance(pairs, str):
+        pairs = [args.of_type(p, dict, f"pairs[{n}]", "a dict") for n, p in enumerate(args.list_of(pairs, "pairs"))]
     request = PatchRequest(
         clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, pairs=pairs, metric=metric, site=site,
         by_pos=by_pos, noise=noise, sender=sender, receiver_site=receiver_site,
@@ -626,7 +667,15 @@ def census(
     (workers=1), in `workers` local processes, or on a Dask cluster (dask: an address or 'local'). A text that
     cannot run raises its error.
     """
-    probes = tuple(dict.fromkeys(probes))
+    args.of_type(model, Model, "model", "a Model (mhacli.load(...))")
+    probes = tuple(dict.fromkeys(args.strings(probes, "probes")))
+    probe_count, seed = args.integer(probe_count, "probe_count"), args.integer(seed, "seed")
+    repeat_length, random_length = (
+        args.integer(repeat_length, "repeat_length"),
+        args.integer(random_length, "random_length"),
+    )
+    truncate, dask = args.boolean(truncate, "truncate"), args.optional_string(dask, "dask")
+    memory_limit(max_memory)
     for p in probes:
         if p not in PROBES:
             raise UsageError(f"probe {p!r} is not one of: {', '.join(PROBES)}")
@@ -634,7 +683,7 @@ def census(
         raise UsageError(f"probe_count {probe_count} must be at least 1")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UsageError(f"workers {workers!r} must be an int, at least 1")
-    corpus = None if texts is None else [texts] if isinstance(texts, str) else [check_text(t) for t in texts]
+    corpus = None if texts is None else [check_text(t) for t in args.text_or_texts(texts, "texts")]
     if not probes and not corpus:
         raise UsageError("nothing to run: no probes and no texts")
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)

@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("io", ("mhacli.io",)),  # models, hub, safetensors, checkpoint (applies a family's key layout), tokenizer, text
     ("analyses", ("mhacli.analyses",)),
     ("views", ("mhacli.views",)),
-    ("api", ("mhacli.api", "mhacli.ops")),  # the public objects, and the operations they and the commands run
+    # the public objects (api_args: the types of their arguments), and the operations they and the commands run
+    ("api", ("mhacli.api", "mhacli.api_args", "mhacli.ops")),
     ("package", ("mhacli",)),  # mhacli/__init__.py: the API's names, imported lazily
     ("doors", ("mhacli.cli", "mhacli.browse", "mhacli.__main__")),
 ]

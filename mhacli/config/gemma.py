@@ -16,7 +16,16 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from mhacli.config.fields import MAX_COUNT, _activation, _bool, _int, _number, _shown
-from mhacli.config.rotary import RopeConfig, RotaryConfig, _layer_types, _parse_rotary, _rope, _ropes, _window
+from mhacli.config.rotary import (
+    RopeConfig,
+    RotaryConfig,
+    _layer_types,
+    _parse_rotary,
+    _rope,
+    _ropes,
+    _window,
+    check_whole_heads,
+)
 from mhacli.errors import ConfigError
 
 _GEMMA2 = {
@@ -74,6 +83,7 @@ def _gemma3_ropes(raw: dict, head_dim: int, n_positions: int) -> tuple[RopeConfi
 
     One dict per layer type in rope_parameters; an old-style rope_scaling updates the global (full_attention) layers'
     only, a top-level rope_theta is their base and rope_local_base_freq the local layers'."""
+    check_whole_heads(raw, "gemma3_text")
     params, scaling = raw.get("rope_parameters"), raw.get("rope_scaling")
     for key, value in (("rope_scaling", scaling), ("rope_parameters", params)):
         if value is not None and not isinstance(value, dict):

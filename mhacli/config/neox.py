@@ -85,8 +85,12 @@ def _neox_rope(raw: dict, head_dim: int, n_positions: int) -> tuple[RopeConfig, 
     params.setdefault("rope_theta", raw.get("rotary_emb_base", DEFAULT_ROPE_THETA))
     params.setdefault("partial_rotary_factor", raw.get("rotary_pct", DEFAULT_ROTARY_PCT))
     factor = _number(params, "partial_rotary_factor", where="config.json: rope_parameters")
+    if factor > 1.0:  # refused before head_dim * factor, which can overflow
+        raise ConfigError(
+            f"config.json: partial_rotary_factor (rotary_pct) {factor!r} is more than 1: a head has {head_dim} values"
+        )
     rotary_dim = int(head_dim * factor)
-    if factor > 1.0 or rotary_dim < 2 or rotary_dim % 2:
+    if rotary_dim < 2 or rotary_dim % 2:
         raise ConfigError(
             f"config.json: partial_rotary_factor (rotary_pct) {factor!r} of head_dim {head_dim} gives {rotary_dim} "
             "rotated values; rotary embeddings rotate pairs, so it must be an even number from 2 to head_dim"

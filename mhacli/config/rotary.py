@@ -209,13 +209,18 @@ def _layer_types(fields: dict, model_type: str, n_layer: int, window: int | None
     return tuple(types)
 
 
-def _ropes(raw: dict, model_type: str, head_dim: int, n_positions: int) -> tuple[RopeConfig, RopeConfig | None]:
-    """RotaryEmbeddingConfigMixin.convert_rope_params_to_dict + standardize_rope_params, for our model types."""
+def check_whole_heads(raw: dict, model_type: str) -> None:
+    """A top-level partial_rotary_factor must be 1 (or absent): these families rotate whole heads."""
     factor = raw.get("partial_rotary_factor")
     if factor is not None and factor != 1.0:
         raise ConfigError(
             f"config.json: partial_rotary_factor {_shown(factor)} is not supported ({model_type} rotates whole heads)"
         )
+
+
+def _ropes(raw: dict, model_type: str, head_dim: int, n_positions: int) -> tuple[RopeConfig, RopeConfig | None]:
+    """RotaryEmbeddingConfigMixin.convert_rope_params_to_dict + standardize_rope_params, for our model types."""
+    check_whole_heads(raw, model_type)
     scaling = raw.get("rope_scaling")
     params = raw.get("rope_parameters")
     for key, value in (("rope_scaling", scaling), ("rope_parameters", params)):

@@ -165,11 +165,15 @@ def read_texts(path: str) -> list[tuple[int, str]]:
     return texts
 
 
-def check_ids_fit(ids: list[int], vocab_size: int) -> None:
-    """A token id past the embedding table means tokenizer and weights do not belong together."""
+def check_ids_fit(ids: list[int], vocab_size: int, tokenizer: Tokenizer | None = None) -> None:
+    """A token id past the embedding table means tokenizer and weights do not belong together.
+
+    The message names both sizes: the model's vocab_size and, when `tokenizer` is given, the tokenizer's vocabulary
+    (its added tokens included)."""
     if ids and max(ids) >= vocab_size:
+        size = "" if tokenizer is None else f" (a vocabulary of {tokenizer.vocab_size()} tokens)"
         raise TokenizerError(
-            f"the tokenizer produced id {max(ids)}, but the model's vocab_size is {vocab_size}: "
+            f"the tokenizer{size} produced id {max(ids)}, but the model's vocab_size is {vocab_size}: "
             "tokenizer and weights do not belong together"
         )
 
@@ -197,7 +201,7 @@ def tokenize(
     counted_all = n_chars == len(text)
     if not ids:
         raise TextError("text produced no tokens")
-    check_ids_fit(ids, vocab_size)
+    check_ids_fit(ids, vocab_size, tokenizer)
     truncated_from = None
     if len(ids) > n_positions:
         count = str(len(ids)) if counted_all else f"more than {len(ids)}"

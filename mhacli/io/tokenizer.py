@@ -77,6 +77,13 @@ class Tokenizer:
                 return ids, cut
             chars *= 4
 
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size, its added tokens included (0 when the library cannot say)."""
+        try:
+            return int(self.backend.get_vocab_size(with_added_tokens=True))
+        except Exception:  # noqa: BLE001 - only for a message: a broken backend is reported by encode
+            return 0
+
     def ordinary_ids(self, vocab_size: int) -> list[int]:
         """Ids below `vocab_size` (the model's) that the tokenizer's vocabulary holds, without its added tokens.
 

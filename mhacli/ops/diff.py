@@ -62,7 +62,7 @@ def tokenize_both(
     check_same_tokens(ids_a, ids_b, tok_a.display, tok_b.display, where)
     if not ids_a:
         raise TextError(f"{where} produced no tokens")
-    check_ids_fit(ids_a, min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size))
+    check_ids_fit(ids_a, min(ckpt_a.config.vocab_size, ckpt_b.config.vocab_size), tok_a)
     count = str(len(ids_a)) if n_chars == len(raw) else f"more than {len(ids_a)}"
     if len(ids_a) > limit:
         which = "both models'" if max(n_a, n_b) < len(ids_a) else ("MODEL_A's" if n_a < n_b else "MODEL_B's")

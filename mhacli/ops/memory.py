@@ -64,6 +64,8 @@ def memory_limit(max_memory: Size) -> int:
         got = type(max_memory).__name__
         raise UsageError(f"{{max_memory}} must be a number of bytes or a size like 2G, got {got}", params=MAX_MEMORY)
     if isinstance(max_memory, int):
+        if max_memory < 1:  # a size string is positive by its pattern; a number of bytes by this check
+            raise UsageError(f"{{max_memory}} {max_memory} must be a positive number of bytes", params=MAX_MEMORY)
         return max_memory
     return parse_size(max_memory) if max_memory else int(0.8 * available_memory())
 

@@ -95,7 +95,7 @@ def parse(paths: list[Path] | None, pictures: Pictures, *, dpi: int = DEFAULT_DP
             raise UsageError(f"--save {path} is given twice")
         targets.append(Target(path, kind))
     if not 1 <= dpi <= MAX_DPI:
-        raise UsageError(f"--dpi {dpi} must be between 1 and {MAX_DPI}")
+        raise UsageError(f"{{dpi}} {dpi} must be between 1 and {MAX_DPI}", params=("dpi",))
     if any(t.kind in STATIC for t in targets):
         require_matplotlib()
     return targets
