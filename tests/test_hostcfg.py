@@ -455,7 +455,7 @@ def run(model):
         (lambda m, r: r.lens(pos=["a"]), UsageError, "pos must be a list of ints"),
         (lambda m, r: r.save(None), UsageError, "path must be a path"),
         (lambda m, r: r.save("x.html", dpi="high"), UsageError, "dpi must be an int"),
-        (lambda m, r: r.save("x.html", dpi=0), UsageError, "dpi 0 must be between 1 and 1200"),
+        (lambda m, r: r.save("x.html", dpi=0), UsageError, "dpi 0 must be between 20 and 1200"),
         (lambda m, r: m.circuits(top=None), UsageError, "top must be an int"),
         (lambda m, r: m.circuits(layers=1.5), UsageError, "layers must be a list of ints"),
         (lambda m, r: m.circuits(heads="01"), UsageError, "heads must be a list of ints"),

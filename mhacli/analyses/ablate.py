@@ -57,15 +57,29 @@ def parse_heads(spec: str, n_layer: int, n_head: int) -> list[Head]:
     for part in spec.split(","):
         part = part.strip()
         layer, dot, head = part.partition(".")
-        if not (dot and layer.isdigit() and head.isdigit()):
+        if not (dot and _digits(layer) and _digits(head)):
             raise UsageError(
-                f"{{ablate}}: {part!r} is not a head; write LAYER.HEAD, e.g. 1.2 (comma-separated for several)",
+                f"{{ablate}}: {part[:40]!r} is not a head; write LAYER.HEAD, e.g. 1.2 (comma-separated for several)",
+                params=("ablate",),
+            )
+        if max(len(layer), len(head)) > MAX_INDEX_DIGITS:  # past int()'s 4,300 digits too: out of range, said short
+            raise UsageError(
+                f"{{ablate}}: {part[:40]!r} is out of range (this model has layers 0..{n_layer - 1}, heads "
+                f"0..{n_head - 1})",
                 params=("ablate",),
             )
         check_head((int(layer), int(head)), n_layer, n_head)
         if (int(layer), int(head)) not in heads:
             heads.append((int(layer), int(head)))
     return heads
+
+
+MAX_INDEX_DIGITS = 18  # a layer or head index longer than this is no model's
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '٣' and '²', which int() reads or refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def check_head(head: Head, n_layer: int, n_head: int) -> None:

@@ -7,14 +7,16 @@ Errors: the core raises MhaError subclasses; `main` is the one place that turns 
 broken pipes, a full disk and Ctrl-C) into one `error:` line on stderr and an exit code. MHA_DEBUG=1 shows
 tracebacks. The line is printable: characters that could drive a terminal (escape sequences, bidi overrides,
 newlines in a name read from a file) are shown escaped, and a very long line is clipped. Python warnings raised
-while a command runs (numpy's RuntimeWarnings) are held back: shown as one `warning:` line each after a success,
-dropped before an error, so no warning ever precedes the `error:` line.
+while a command runs (numpy's RuntimeWarnings), and libraries' log records of level WARNING and above (matplotlib's
+when HOME is read-only), are held back: shown as one `warning:` line each after a success, dropped before an
+error, so no warning ever precedes the `error:` line.
 """
 
 from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -102,26 +104,49 @@ def _write_failed(exc: OSError) -> int:
     return _error(f"cannot write the output: {exc.strerror or exc}", ExitCode.BAD_INPUT)
 
 
-def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
-    """After a success: each warning held back while the command ran, as one `warning:` line."""
-    for w in caught:
-        text = str(w.message).strip()
-        line = text.splitlines()[0] if text else w.category.__name__
+def _show_warnings(caught: list[warnings.WarningMessage], logged: list[logging.LogRecord]) -> None:
+    """After a success: each warning and log record held back while the command ran, as one `warning:` line."""
+    texts = [(str(w.message).strip(), w.category.__name__) for w in caught]
+    for record in logged:
+        try:
+            texts.append((record.getMessage().strip(), record.levelname))
+        except Exception:  # noqa: BLE001 - a record whose arguments do not fit its format
+            texts.append((str(record.msg).strip(), record.levelname))
+    for text, kind in texts:
+        line = text.splitlines()[0] if text else kind
         stderr = environment().stderr
         if stderr is not None:
             print(f"warning: {escape_unprintable(line)}", file=stderr)
 
 
+class _HeldLogs(logging.Handler):
+    """Log records of WARNING and above from the libraries mha uses, held back as Python warnings are.
+
+    matplotlib logs two multi-line records when its config directory cannot be made (HOME read-only or a file);
+    Python's last-resort handler would print them to stderr as they come, before an `error:` line too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def run(argv: list[str] | None = None, env: Environment | None = None) -> int:
     """Run `mha` with `argv` (default: the process's arguments) in `env` (default: the process's streams)."""
     token = CURRENT.set(env)
+    held = _HeldLogs()
+    logging.getLogger().addHandler(held)
     try:
         with warnings.catch_warnings(record=True) as caught:
             code = _run(argv)
         if code == ExitCode.OK:
-            _show_warnings(caught)
+            _show_warnings(caught, held.records)
         return code
     finally:
+        logging.getLogger().removeHandler(held)
         CURRENT.reset(token)
 
 

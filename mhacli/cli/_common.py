@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 
-from mhacli.errors import UsageError
+from mhacli.errors import TextError, TokenizerError, UsageError
 from mhacli.ops.inputs import check_model, encode, open_model, read_input
 from mhacli.views.output import FORMATS, Environment, Output, default_format
 
@@ -142,7 +142,12 @@ def tokens_of(
 ) -> TokenizedText:
     """A text tokenized, or given ids checked (vocab_size, n_positions), with the same truncation rule and warning."""
     c = ckpt.config
-    tokens = encode(raw, ckpt, tokenizer, truncate=truncate)
+    try:
+        tokens = encode(raw, ckpt, tokenizer, truncate=truncate)
+    except (TextError, TokenizerError) as exc:
+        if not where.startswith("--texts"):
+            raise
+        raise type(exc)(f"{where}: {exc.args[0] if exc.args else exc}", params=exc.params) from exc  # the line
     if isinstance(raw, list):
         where = "--ids" if where == "text" else where
     if tokens.truncated_from is not None:

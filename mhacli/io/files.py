@@ -53,6 +53,27 @@ def escape_unprintable(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
+def utf8_text(text: str) -> str | None:
+    """The text as UTF-8 says it, or None when it is not valid UTF-8.
+
+    A command-line argument reaches Python decoded with the locale's encoding; under LANG=C (ASCII, with UTF-8
+    mode off) each non-ASCII byte arrives as a surrogate escape (U+DC80..U+DCFF). Those bytes are recovered
+    (os.fsencode) and read as UTF-8, so `mha stats "café"` means the same in every locale; a lone surrogate that
+    no bytes explain (U+D800, or bytes that are not UTF-8) is None.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    for recover in (os.fsencode, lambda t: t.encode("utf-8", "surrogateescape")):
+        try:
+            return recover(text).decode("utf-8")
+        except (UnicodeError, ValueError):
+            continue
+    return None
+
+
 def _file_kind(mode: int) -> str:
     for test, kind in (
         (stat.S_ISDIR, "a directory"),

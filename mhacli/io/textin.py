@@ -18,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mhacli.errors import TextError, TokenizerError
+from mhacli.io.files import utf8_text
 from mhacli.io.tokenizer import Tokenizer
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
@@ -51,13 +52,20 @@ def read_text(arg: str | None, stdin: BinaryIO | None = None) -> str:
         if text.startswith("\ufeff"):
             text = text[1:]
         text = strip_one_newline(text)
-    try:
-        text.encode("utf-8")  # an argument with invalid bytes arrives as lone surrogates
-    except UnicodeEncodeError as exc:
-        raise TextError("text is not valid UTF-8") from exc
+    text = valid_text(text)
     if text.strip() == "":
         raise TextError("text is empty")
     return text
+
+
+def valid_text(text: str, what: str = "text") -> str:
+    """The text as UTF-8 reads it (an argument's bytes, decoded by a non-UTF-8 locale, recovered: io.files.utf8_text).
+
+    A TextError when it is not valid UTF-8 (bytes that are not UTF-8, a lone surrogate)."""
+    fixed = utf8_text(text)
+    if fixed is None:
+        raise TextError(f"{what} is not valid UTF-8")
+    return fixed
 
 
 def strip_one_newline(text: str) -> str:
@@ -84,62 +92,84 @@ def iter_texts(path: str, *, limit: int | None = None) -> Iterator[tuple[int, st
     Texts that are valid but cannot be run (blank after parsing, too long for the model) are the caller's to judge.
     """
     jsonl = path != "-" and path.lower().endswith(JSONL_SUFFIXES)
+    for n, line in iter_lines(path, limit=limit):
+        yield n, (_jsonl_text(line, path, n) if jsonl else line)
+
+
+def iter_lines(path: str, *, param: str = "texts", limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of FILE ('-': stdin), streamed: (line number, line without its ending, CRLF or LF).
+
+    What makes the file unusable raises TextError naming the parameter (`param`: `{texts}`, `{pairs}`), the file
+    and the line: not UTF-8, NUL bytes, a line over MAX_TEXT_BYTES, more than `limit` bytes in all."""
     stdin = _stdin()
-    stream = _open_texts(path, stdin)
+    stream = _open_lines(path, stdin, param)
     total = 0
     try:
         for n in itertools.count(1):
             try:
                 raw = stream.readline(MAX_TEXT_BYTES + 1)
             except OSError as exc:
-                raise TextError(f"{{texts}} {path}: cannot read: {exc.strerror}", params=TEXTS) from exc
+                raise TextError(f"{{{param}}} {path}: cannot read: {exc.strerror}", params=(param,)) from exc
             if not raw:
                 return
             total += len(raw)
             if limit is not None and total > limit:
-                raise TextError(f"{{texts}} {path}: larger than {limit // (1024 * 1024)} MiB", params=TEXTS)
-            line = _decode_line(raw, path, n)
-            if not line.strip():
-                continue
-            yield n, (_jsonl_text(line, path, n) if jsonl else line)
+                raise TextError(f"{{{param}}} {path}: larger than {limit // (1024 * 1024)} MiB", params=(param,))
+            line = _decode_line(raw, path, n, param)
+            if line.strip():
+                yield n, line
     finally:
         if stream is not stdin:
             stream.close()
 
 
-def _open_texts(path: str, stdin: BinaryIO | None) -> BinaryIO:
-    """--texts FILE opened for reading bytes ('-': stdin); what stops it is a TextError naming the file."""
+def _open_lines(path: str, stdin: BinaryIO | None, param: str) -> BinaryIO:
+    """FILE opened for reading bytes ('-': stdin); what stops it is a TextError naming the file."""
+    where = f"{{{param}}} {path}"
     try:
         if path == "-":
             if stdin is None:
-                raise TextError("{texts} -: stdin is closed", params=TEXTS)
+                raise TextError(f"{{{param}}} -: stdin is closed", params=(param,))
             return stdin
-        return open(path, "rb")  # noqa: SIM115 - iter_texts closes it
+        return open(path, "rb")  # noqa: SIM115 - iter_lines closes it
     except FileNotFoundError as exc:
-        raise TextError(f"{{texts}} {path}: no such file", params=TEXTS) from exc
+        raise TextError(f"{where}: no such file", params=(param,)) from exc
     except IsADirectoryError as exc:
-        raise TextError(f"{{texts}} {path}: is a directory", params=TEXTS) from exc
+        raise TextError(f"{where}: is a directory", params=(param,)) from exc
     except OSError as exc:
-        raise TextError(f"{{texts}} {path}: cannot read: {exc.strerror}", params=TEXTS) from exc
+        raise TextError(f"{where}: cannot read: {exc.strerror}", params=(param,)) from exc
     except ValueError as exc:  # a NUL byte in the name
-        raise TextError(f"{{texts}} {path!r}: cannot read ({exc})", params=TEXTS) from exc
+        raise TextError(f"{{{param}}} {path!r}: cannot read ({exc})", params=(param,)) from exc
 
 
-def _decode_line(raw: bytes, path: str, n: int) -> str:
-    """Line n of --texts as read (at most MAX_TEXT_BYTES + 1 bytes) -> its text, without BOM and line ending."""
+def _decode_line(raw: bytes, path: str, n: int, param: str) -> str:
+    """Line n as read (at most MAX_TEXT_BYTES + 1 bytes) -> its text, without BOM and line ending."""
+    where = f"{{{param}}} {path}: line {n}"
     if len(raw) > MAX_TEXT_BYTES and not raw.endswith(b"\n"):
-        raise TextError(
-            f"{{texts}} {path}: line {n} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB", params=TEXTS
-        )
+        raise TextError(f"{where} is longer than {MAX_TEXT_BYTES // (1024 * 1024)} MiB", params=(param,))
     if b"\0" in raw:
-        raise TextError(f"{{texts}} {path}: line {n} holds NUL bytes; is it a text file?", params=TEXTS)
+        raise TextError(f"{where} holds NUL bytes; is it a text file?", params=(param,))
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise TextError(f"{{texts}} {path}: line {n} is not valid UTF-8; is it a text file?", params=TEXTS) from exc
+        raise TextError(f"{where} is not valid UTF-8; is it a text file?", params=(param,)) from exc
     if n == 1:
         line = line.removeprefix("\ufeff")
     return line.removesuffix("\n").removesuffix("\r")
+
+
+def read_json_lines(path: str, param: str) -> list[tuple[int, object]]:
+    """FILE of JSON lines ('-': stdin), read whole (at most MAX_TEXTS_BYTES): (line number, value) per non-blank line.
+
+    Errors as iter_lines', and a line that is not JSON (too deeply nested included) named."""
+    rows: list[tuple[int, object]] = []
+    for n, line in iter_lines(path, param=param, limit=MAX_TEXTS_BYTES):
+        try:
+            rows.append((n, json.loads(line)))
+        except (ValueError, RecursionError) as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise TextError(f"{{{param}}} {path}: line {n} is not JSON ({why})", params=(param,)) from exc
+    return rows
 
 
 def _jsonl_text(line: str, path: str, n: int) -> str:
@@ -152,6 +182,8 @@ def _jsonl_text(line: str, path: str, n: int) -> str:
     text = doc.get("text") if isinstance(doc, dict) else None
     if not isinstance(text, str):
         raise TextError(f'{{texts}} {path}: line {n} has no "text" string field', params=TEXTS)
+    if utf8_text(text) != text:  # a "\\ud800" escape: no UTF-8 text holds a lone surrogate
+        raise TextError(f'{{texts}} {path}: line {n}: its "text" is not valid UTF-8 (a lone surrogate)', params=TEXTS)
     return text
 
 
@@ -197,6 +229,7 @@ def tokenize(
 
     Only a prefix of a long text is tokenized (Tokenizer.encode_prefix): megabytes of text cost what n_positions
     tokens cost."""
+    text = valid_text(text)
     ids, n_chars = tokenizer.encode_prefix(text, n_positions)
     counted_all = n_chars == len(text)
     if not ids:
@@ -256,6 +289,9 @@ def ids_from_items(items: list[object], where: str = "{ids}") -> list[int]:
             ids.append(item)
         else:
             shown = repr(item)[:40] if not isinstance(item, (list, dict)) else type(item).__name__
+            huge = type(item) is int or (isinstance(item, str) and item.isascii() and item.isdigit())
+            if huge and not str(item).startswith("-"):  # an integer, past any vocabulary (or int()'s 4,300 digits)
+                raise TextError(f"{where}: item {n} ({shown}) is out of range: no vocabulary is that large", params=IDS)
             raise TextError(f"{where}: item {n} ({shown}) is not a token id (an integer >= 0)", params=IDS)
     if not ids:
         raise TextError(f"{where}: the list of token ids is empty", params=IDS)

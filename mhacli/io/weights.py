@@ -306,6 +306,7 @@ def _from_hub(repo_id: str, revision: str | None = None) -> tuple[Path, Path]:
             )
         )
     except Exception as exc:  # noqa: BLE001 - any failure here means "not in the cache"
+        _check_cache_dir(name, cache_dir)
         if _hub_offline():
             raise hub_error(name, exc) from exc
         try:
@@ -314,6 +315,35 @@ def _from_hub(repo_id: str, revision: str | None = None) -> tuple[Path, Path]:
             raise hub_error(name, exc2) from exc2
     # Cache snapshots are symlinks into ../../blobs: the repository's cache folder is the containment root.
     return path, path.parent.parent
+
+
+CACHE_VARIABLES = ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HOME")  # what places the HF cache, first wins
+
+
+def _check_cache_dir(name: str, cache_dir: str | None) -> None:
+    """The HF cache must be a directory, or a path that can become one: a ModelError naming the variable else.
+
+    HF_HOME pointing at a file made huggingface_hub report the model as not cached and the Hub as unreachable.
+    """
+    if cache_dir is None:
+        from huggingface_hub import constants
+
+        cache_dir = constants.HF_HUB_CACHE
+    path = Path(cache_dir).expanduser()
+    for part in (path, *path.parents):  # the nearest part that exists must be a directory
+        try:
+            if not part.exists():
+                continue
+        except OSError:
+            return
+        if part.is_dir():
+            return
+        var = next((v for v in CACHE_VARIABLES if os.environ.get(v)), "HOME")
+        other = "" if var.startswith("HF_") else " (or set HF_HOME to one)"
+        raise ModelError(
+            f"{name}: the Hugging Face cache {show(path)} cannot be made: {show(part)} is not a directory; point "
+            f"{var} at a directory{other}"
+        )
 
 
 def _hub_offline() -> bool:

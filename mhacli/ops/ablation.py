@@ -119,7 +119,10 @@ def read_mask(path: str, n_layer: int, n_head: int, d_head: int | None = None) -
         ok = isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item)
         if not ok:
             raise UsageError(f"--ablate @{path}: {str(item)[:40]} is not a [layer, head] pair")
-        check_head((item[0], item[1]), n_layer, n_head)
+        try:
+            check_head((item[0], item[1]), n_layer, n_head)
+        except UsageError as exc:
+            raise UsageError(f"--ablate @{path}: {exc}") from exc
         if (item[0], item[1]) in result:
             raise UsageError(f"--ablate @{path}: head {item[0]}.{item[1]} is listed twice")
         result.append((item[0], item[1]))
@@ -211,10 +214,12 @@ def check_ablate_spec(spec: str | None) -> None:
         return
     path = Path(spec[1:])
     try:
-        regular = path.is_file()
+        regular, directory = path.is_file(), path.is_dir()
     except (OSError, ValueError):
-        regular = False
+        regular = directory = False
     if not regular:
+        if directory:
+            raise UsageError(f"--ablate {spec}: is a directory; give a mask file (as mha prune --save-mask writes)")
         raise UsageError(f"--ablate {spec}: cannot read: no such file (a mask file, as mha prune --save-mask writes)")
 
 

@@ -7,6 +7,7 @@ The CLI and the API run this one implementation; what differs is what happens to
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
@@ -46,6 +47,36 @@ if TYPE_CHECKING:
 
 
 MAX_PROBE_COUNT = 1_000_000  # probes of each kind a census may run
+MAX_WORKERS = 256  # local worker processes (or a LocalCluster's) a census may start; the default is capped to it
+
+
+def census_workers(workers: int | None, dask: str | None) -> int:
+    """The worker processes a census runs on: `workers` checked (1..MAX_WORKERS), None: one per core (capped).
+
+    Worker processes start in the working directory: when it was deleted, the default runs in this process
+    instead, and a pool asked for by name is refused (UsageError) rather than failing to start.
+    """
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:  # 10**20 workers: refused, not a memory estimate
+        raise UsageError(f"{{workers}} {workers} must be between 1 and {MAX_WORKERS}", params=("workers",))
+    chosen = workers if workers is not None else min(default_workers(), MAX_WORKERS)
+    spawns = dask == "local" or (dask is None and chosen > 1)
+    if spawns and not _cwd_exists():
+        if workers is None and dask is None:
+            return 1
+        raise UsageError(
+            "the working directory no longer exists, and worker processes cannot start in it: cd to a directory "
+            "that exists" + (", or run in this process with {workers} 1" if dask is None else ""),
+            params=("workers",),
+        )
+    return chosen
+
+
+def _cwd_exists() -> bool:
+    try:
+        os.getcwd()
+    except OSError:  # deleted (FileNotFoundError), or unreadable
+        return False
+    return True
 
 
 def probe_tokens(ckpt, tokenizer, probes: tuple[str, ...], spec: ProbeSpec) -> tuple[int | None, np.ndarray]:
@@ -315,7 +346,7 @@ def take_census(
     strict), `tick` each text done. A corpus read from a file that gave no text is refused (TextError).
     """
     c, r = ckpt.config, request
-    workers = r.workers if r.workers is not None else default_workers()
+    workers = census_workers(r.workers, r.dask)
     corpus = r.corpus if r.corpus is not None or r.corpus_path is None else iter_texts(r.corpus_path)
     prefix, ordinary = probe_tokens(ckpt, tokenizer, r.probes, r.spec)
     check_census_memory(ckpt, r.probes, r.spec, prefix, r.has_corpus, workers, r.dask, r.max_memory)

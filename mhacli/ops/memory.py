@@ -35,12 +35,16 @@ _UNITS = {
 }
 
 
+MAX_SIZE = 2**63  # bytes: a larger --max-memory means the same, no limit
+
+
 def parse_size(text: str) -> int:
     """'2G', '512M', '1.5GiB', '1000000' -> bytes (an error names the parameter max_memory)."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
         raise UsageError(f"{{max_memory}} {text!r} is not a size like 2G, 512M or 1.5GiB", params=MAX_MEMORY)
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    # a size past any machine's memory (even past float range: 5,000 digits) is no limit at all: clamped
+    return int(min(float(m.group(1)) * _UNITS[m.group(2).lower()], MAX_SIZE))
 
 
 def available_memory() -> int:

@@ -7,18 +7,18 @@ answers), `--pairs` files are read, each head gets its kind on the clean run, an
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mhacli.analyses.ablate import MAX_INDEX_DIGITS
 from mhacli.analyses.patch import Pair, PatchResult, check_site, patch
 from mhacli.analyses.readout import check_answer_pair
 from mhacli.engine.forward import forward
 from mhacli.errors import UsageError
+from mhacli.io.textin import read_json_lines
 from mhacli.ops.ablation import KindTally
 from mhacli.ops.inputs import encode
 from mhacli.ops.tokens import one_token
@@ -48,30 +48,18 @@ class PatchRequest:
 
 def parse_sender(spec: str) -> tuple[int, int]:
     layer, dot, head = spec.strip().partition(".")
-    if not (dot and layer.isdigit() and head.isdigit()):
-        raise UsageError(f"{{sender}} {spec!r} is not a head: write LAYER.HEAD, e.g. 1.2", params=("sender",))
+    digits = [p.isascii() and p.isdigit() and len(p) <= MAX_INDEX_DIGITS for p in (layer, head)]
+    if not (dot and all(digits)):
+        raise UsageError(f"{{sender}} {spec[:40]!r} is not a head: write LAYER.HEAD, e.g. 1.2", params=("sender",))
     return int(layer), int(head)
 
 
 def _pair_lines(path: str) -> list[tuple[str, object]]:
-    """(where, object) per non-empty line of a JSON-lines file; UsageError naming a bad line."""
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-    except OSError as e:
-        raise UsageError(f"cannot read {{pairs}} {path}: {e.strerror}", params=("pairs",)) from None
-    rows: list[tuple[str, object]] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{'stdin' if path == '-' else path} line {n}"
-        try:
-            rows.append((where, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{{pairs}} {where}: not JSON ({e.msg})", params=("pairs",)) from None
+    """(where, object) per non-empty line of a JSON-lines file; a TextError or UsageError naming a bad line.
+
+    Read as --texts files are (mhacli.io.textin.iter_lines): UTF-8, no NUL bytes, bounded, CRLF or LF."""
+    name = "stdin" if path == "-" else path
+    rows: list[tuple[str, object]] = [(f"{name} line {n}", doc) for n, doc in read_json_lines(path, "pairs")]
     if not rows:
         raise UsageError(f"{{pairs}} {path} has no pairs", params=("pairs",))
     return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mhacli.errors import UsageError
+from mhacli.io.files import utf8_text
 from mhacli.io.tokenizer import Tokenizer
 
 
@@ -51,6 +52,10 @@ def one_token(
         raise UsageError(
             f"{{{param}}} is empty: give one token, e.g. ' Paris' (mind the leading space)", params=(param,)
         )
+    fixed = utf8_text(text)  # an argument under a non-UTF-8 locale: its bytes read as UTF-8
+    if fixed is None:
+        raise UsageError(f"{{{param}}} is not valid UTF-8", params=(param,))
+    text = fixed
     ids = text_token_ids(tokenizer, text)
     if len(ids) != 1:
         pieces = ", ".join(repr(t) for t in tokenizer.display(ids))

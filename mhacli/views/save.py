@@ -27,6 +27,7 @@ from mhacli.views.formats import atomic_write_bytes, check_writable
 SUFFIXES = ("npz", "png", "svg", "pdf", "html")
 STATIC = ("png", "svg", "pdf")
 DEFAULT_DPI = 200
+MIN_DPI = 20  # below it the 5 pt labels are under a pixel and FreeType refuses to draw them
 MAX_DPI = 1200
 
 
@@ -94,8 +95,8 @@ def parse(paths: list[Path] | None, pictures: Pictures, *, dpi: int = DEFAULT_DP
         if any(t.path.resolve() == path.resolve() for t in targets):
             raise UsageError(f"--save {path} is given twice")
         targets.append(Target(path, kind))
-    if not 1 <= dpi <= MAX_DPI:
-        raise UsageError(f"{{dpi}} {dpi} must be between 1 and {MAX_DPI}", params=("dpi",))
+    if not MIN_DPI <= dpi <= MAX_DPI:
+        raise UsageError(f"{{dpi}} {dpi} must be between {MIN_DPI} and {MAX_DPI}", params=("dpi",))
     if any(t.kind in STATIC for t in targets):
         require_matplotlib()
     return targets
