@@ -18,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mhacli.errors import TextError, TokenizerError
+from mhacli.io.files import note_input
 from mhacli.io.tokenizer import Tokenizer
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
@@ -114,7 +115,9 @@ def _open_texts(path: str, stdin: BinaryIO | None) -> BinaryIO:
             if stdin is None:
                 raise TextError("{texts} -: stdin is closed", params=TEXTS)
             return stdin
-        return open(path, "rb")  # noqa: SIM115 - iter_texts closes it
+        stream = open(path, "rb")  # noqa: SIM115 - iter_texts closes it
+        note_input(stream.fileno(), "--texts")  # no output of the run may replace it (--per-text onto the corpus)
+        return stream
     except FileNotFoundError as exc:
         raise TextError(f"{{texts}} {path}: no such file", params=TEXTS) from exc
     except IsADirectoryError as exc:

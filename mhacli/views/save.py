@@ -90,9 +90,9 @@ def parse(paths: list[Path] | None, pictures: Pictures, *, dpi: int = DEFAULT_DP
             raise UsageError(f"--save {path}: {what}; mha {command} writes {suffix_list(allowed)}")
         if kind not in allowed:
             raise UsageError(f"--save {path}: mha {command} cannot write .{kind}; it writes {suffix_list(allowed)}")
-        check_writable(path)
         if any(t.path.resolve() == path.resolve() for t in targets):
             raise UsageError(f"--save {path} is given twice")
+        check_writable(path, "--save")
         targets.append(Target(path, kind))
     if not 1 <= dpi <= MAX_DPI:
         raise UsageError(f"--dpi {dpi} must be between 1 and {MAX_DPI}")
