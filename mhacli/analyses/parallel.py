@@ -159,10 +159,10 @@ class LocalPool(Executor):
         """How a worker died (a signal, an exit code), or None while every worker lives."""
         for process in self.workers():
             code = process.exitcode
+            if code is not None and code < 0:
+                return f"worker {process.pid} was killed by {_signal_name(-code)}"
             if code is not None:
-                return f"worker {process.pid} was killed by {_signal_name(-code)}" if code < 0 else (
-                    f"worker {process.pid} exited with code {code}"
-                )  # fmt: skip
+                return f"worker {process.pid} exited with code {code}"
         return None
 
     def stop(self) -> None:
