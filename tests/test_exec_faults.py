@@ -470,3 +470,13 @@ def test_per_text_onto_the_corpus_is_refused(tmp_path, mha):
     )
     refused(census, "it is a file this run reads (--texts)")
     assert corpus.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["corpus.txt"]
+
+
+def test_a_file_one_run_read_may_be_the_next_runs_output(tmp_path, mha):
+    """Inputs are the run's own: a mask `ablate` read is `prune`'s to rewrite in a later run of the same process."""
+    mask = tmp_path / "m.json"
+    args = ("prune", TEXT, "--seeds", "1", "--save-mask", str(mask), "-f", "json")
+    assert mha(*args).returncode == 0
+    assert mha("ablate", TEXT, "--ablate", f"@{mask}", "-f", "json").returncode == 0
+    result = mha(*args)
+    assert result.returncode == 0, result.stderr

@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,11 +69,28 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-# Every file this process has read as an input (a model's weights, config and tokenizer files, --texts, a mask
-# file), by identity: an output must never take its place (mhacli.views.formats refuses to), or `--save`,
-# `--per-text` or `--save-mask` onto the weights would leave a picture where the model was. The identity includes
-# size and modification time, so a file made later under a reused inode number is not mistaken for an input.
-_INPUTS: dict[tuple[int, int, int, int], str] = {}
+# Every file read as an input (a model's weights, config and tokenizer files, --texts, a mask file), by identity: an
+# output must never take its place (mhacli.views.formats refuses to), or `--save`, `--per-text` or `--save-mask` onto
+# the weights would leave a picture where the model was. The identity includes size and modification time, so a file
+# made later under a reused inode number is not mistaken for an input. A CLI run keeps its own (inputs_of_one_run:
+# a mask one run read may be another run's output in the same process); the Python API, the process's.
+_PROCESS_INPUTS: dict[tuple[int, int, int, int], str] = {}
+_RUN_INPUTS: ContextVar[dict[tuple[int, int, int, int], str] | None] = ContextVar("mha_inputs", default=None)
+
+
+def _inputs() -> dict[tuple[int, int, int, int], str]:
+    run = _RUN_INPUTS.get()
+    return run if run is not None else _PROCESS_INPUTS
+
+
+@contextmanager
+def inputs_of_one_run() -> Iterator[None]:
+    """A scope whose inputs are its own: what it reads is protected from what it writes, and only that."""
+    token = _RUN_INPUTS.set({})
+    try:
+        yield
+    finally:
+        _RUN_INPUTS.reset(token)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -92,7 +112,7 @@ def note_input_path(path: Path, what: str) -> None:
 
 def _note(st: os.stat_result, what: str) -> None:
     if stat.S_ISREG(st.st_mode):
-        _INPUTS.setdefault(_identity(st), what)
+        _inputs().setdefault(_identity(st), what)
 
 
 def input_at(path: Path) -> str | None:
@@ -101,7 +121,7 @@ def input_at(path: Path) -> str | None:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
-    return _INPUTS.get(_identity(st))
+    return _inputs().get(_identity(st))
 
 
 def open_regular(path: Path, what: str, error: type[MhaError] = ModelError) -> BinaryIO:

@@ -22,7 +22,7 @@ from mhacli.analyses.heads import HeadView
 from mhacli.analyses.partial import PartialMap
 from mhacli.analyses.stats import STAT_NAMES, SUPPORTED_STATS
 from mhacli.errors import UsageError
-from mhacli.io.files import file_kind, input_at
+from mhacli.io.files import file_kind, input_at, inputs_of_one_run
 
 SUPPORT_COLUMNS = ("duplicate_rows", "induction_rows")  # support of duplicate_token and induction (docs/formats.md)
 CSV_COLUMNS = ("layer", "head", "kind", *STAT_NAMES, *SUPPORT_COLUMNS)
@@ -185,10 +185,15 @@ _OUTPUTS: ContextVar[dict[str, str] | None] = ContextVar("mha_outputs", default=
 
 @contextmanager
 def one_run() -> Iterator[None]:
-    """A scope in which every output path checked (check_writable) may be named once."""
+    """One command's scope for its files.
+
+    Every output path checked (check_writable) may be named once, and no output may replace a file the command read
+    (mhacli.io.files.inputs_of_one_run).
+    """
     token = _OUTPUTS.set({})
     try:
-        yield
+        with inputs_of_one_run():
+            yield
     finally:
         _OUTPUTS.reset(token)
 
