@@ -660,3 +660,21 @@ def smollm2_gguf() -> Path | None:
                 partial.replace(target)
                 return target
     return None
+
+
+def die_sending_a_result() -> None:
+    """In a concurrent.futures process worker: start sending a result, then die (SIGKILL) before its end.
+
+    What a worker killed mid-send leaves (tests/test_exec_faults.py): the pool's thread has read a message's length and
+    waits for bytes that never come, so the pool itself never reports the dead worker.
+    """
+    import signal
+    import struct
+
+    frame = sys._getframe(1)
+    while frame is not None and "result_queue" not in frame.f_locals:  # concurrent.futures.process._process_worker
+        frame = frame.f_back
+    assert frame is not None, "not run by a concurrent.futures process worker"
+    writer = frame.f_locals["result_queue"]._writer
+    os.write(writer.fileno(), struct.pack("!i", 1 << 20) + b"\x80" * 64)  # a 1 MiB message's length, 64 of its bytes
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -356,7 +356,7 @@ BAD_OPTIONS = [
     (["inspect", TEXT, "--top", "-3"], "--top"),
     (["inspect", TEXT, "--from", "-1"], "--from"),
     (["inspect", TEXT, "--format", "yaml"], "'--format' / '-f': 'yaml' is not one of"),
-    (["inspect", TEXT, "--save", "/etc/passwd/x.npz"], "does not exist"),
+    (["inspect", TEXT, "--save", "/etc/passwd/x.npz"], "/etc/passwd is not a directory"),
     (["inspect", TEXT, "--save", "."], "has no suffix"),
     (["inspect", TEXT, "--max-memory", "lots"], "is not a size"),
     (["inspect", TEXT, "--max-memory", "1K"], "more than 1.0 KiB"),

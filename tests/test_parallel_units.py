@@ -9,6 +9,7 @@ stand-ins, so the code under test runs in this process.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -331,6 +332,7 @@ def test_a_dask_local_cluster_has_single_threaded_worker_processes(monkeypatch):
             "processes": True,
             "dashboard_address": None,
             "env": dict.fromkeys(THREAD_VARS, "1"),
+            "silence_logs": logging.CRITICAL,  # a lost worker's restart is no log line on stderr (test_exec_faults)
         },
     )
     assert client == ("client", "cluster", {}) and closed == [("client closed",), ("cluster closed",)]

@@ -8,12 +8,16 @@ caller in submission order (`InOrder`), so every reduction is the same whatever 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +32,8 @@ CHUNK_TEXTS = 1024
 # Measured on this machine (docs/performance.md): 1,024 beat 512 on GPT-2 small, 512 the bundled model by 10%.
 PACK_TOKENS = 1024
 DASK_TIMEOUT_S = 5
+POLL_S = 0.5  # while it waits for results, how often drive looks for a dead local worker
+STOP_S = 5.0  # a stopped local worker's time to end after SIGTERM (then SIGKILL); the same for the pool's thread
 # BLAS and attention threads per local worker: the workers are the parallelism (N workers x N threads each would
 # oversubscribe the cores); MHA_THREADS is mhacli.engine.attention's
 _ONE_THREAD = {
@@ -123,24 +129,102 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-@contextmanager
-def local_pool(workers: int) -> Iterator[Executor]:
-    """`workers` fresh processes (spawned: no copy of this process' threads or state), one BLAS thread each."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+class LocalPool(Executor):
+    """concurrent.futures' process pool (spawned workers), plus the two things a run needs when something goes wrong.
 
+    `lost()` names a worker that died: the pool notices most deaths itself (its futures fail with BrokenProcessPool),
+    but not a worker killed while it sent a result, whose half-sent message the pool's thread then waits for forever.
+    `stop()` ends every worker whatever it is doing, and the pool's thread with them, within a bounded time.
+    (A wrapper, not a subclass: concurrent.futures.process and multiprocessing are imported only when a pool starts.)
+    """
+
+    def __init__(self, workers: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return self.pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.pool.shutdown(wait, cancel_futures=cancel_futures)
+
+    def workers(self) -> list:
+        """The pool's worker processes (multiprocessing.Process), as it holds them now."""
+        return list((getattr(self.pool, "_processes", None) or {}).values())
+
+    def lost(self) -> str | None:
+        """How a worker died (a signal, an exit code), or None while every worker lives."""
+        for process in self.workers():
+            code = process.exitcode
+            if code is not None and code < 0:
+                return f"worker {process.pid} was killed by {_signal_name(-code)}"
+            if code is not None:
+                return f"worker {process.pid} exited with code {code}"
+        return None
+
+    def stop(self) -> None:
+        """Stop now, without waiting for the work in progress; never hangs.
+
+        Pending work is cancelled, every worker terminated (killed after STOP_S seconds) and reaped. A worker stopped
+        while it sent a result leaves the pool's thread reading a message that never ends; with every worker gone
+        this process holds the last write end of that pipe, and closing it ends the read (EOF), after which the pool
+        marks itself broken and its thread returns: nothing is left for the interpreter to wait for at exit.
+        """
+        workers = self.workers()
+        manager: threading.Thread | None = getattr(self.pool, "_executor_manager_thread", None)
+        results = getattr(self.pool, "_result_queue", None)
+        self.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            _signal_process(process.terminate)
+        deadline = time.monotonic() + STOP_S
+        for process in workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in workers:
+            if process.exitcode is None:
+                _signal_process(process.kill)
+                process.join(STOP_S)
+        writer = getattr(results, "_writer", None)
+        if writer is not None:
+            writer.close()
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(STOP_S)
+
+
+def _signal_process(send: Callable[[], None]) -> None:
+    try:
+        send()
+    except OSError:  # already gone (reaped by the pool's own thread)
+        pass
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@contextmanager
+def local_pool(workers: int) -> Iterator[LocalPool]:
+    """`workers` fresh processes (spawned: no copy of this process' threads or state), one BLAS thread each.
+
+    On any exception (an error, Ctrl-C, a signal) the pool is stopped at once (LocalPool.stop), else shut down after
+    its work.
+    """
     saved = {k: os.environ.get(k) for k in _ONE_THREAD}
     os.environ.update(_ONE_THREAD)  # inherited by the workers when they are spawned (on the first submits)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
     try:
-        yield pool
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for child in multiprocessing.active_children():  # stop work in progress now (Ctrl-C, an error)
-            child.terminate()
-        raise
-    else:
-        pool.shutdown(wait=True)
+        pool = LocalPool(workers)
+        try:
+            yield pool
+        except BaseException:
+            pool.stop()
+            raise
+        else:
+            pool.shutdown(wait=True)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -163,12 +247,18 @@ def dask_executor(address: str, workers: int) -> Iterator[Executor]:
     try:
         if address == "local":
             cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=dict(_ONE_THREAD)
-            )  # each worker process on one BLAS and one attention thread, as the local pool's
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                env=dict(_ONE_THREAD),
+                silence_logs=logging.CRITICAL,
+            )  # each worker process on one BLAS and one attention thread, as the local pool's; a worker lost and
+            # restarted is Dask's business, not a log line on our stderr (the run completes or ends in one error)
             client = Client(cluster)
         else:
             client = Client(address, timeout=DASK_TIMEOUT_S)
-    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+    except (OSError, TimeoutError, ValueError, TypeError, RuntimeError) as exc:  # RuntimeError: a nanny did not start
         if cluster is not None:
             cluster.close()
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -230,11 +320,11 @@ def _result(future: Future) -> list[tuple[int, Outcome]]:
     except MhaError:
         raise
     except (BrokenExecutor, CancelledError) as exc:
-        raise WorkerLost(_lost(exc), params=("workers",)) from exc
+        raise WorkerLost(_lost(_why(exc)), params=("workers",)) from exc
     except Exception as exc:
         if type(exc).__name__ != "KilledWorker":  # dask.distributed's, not imported unless Dask runs
             raise
-        raise WorkerLost(_lost(exc), params=("workers",)) from exc
+        raise WorkerLost(_lost(_why(exc)), params=("workers",)) from exc
 
 
 def _submit(executor: Executor, files: ModelFiles, chunk: list[Item], pack_tokens: int) -> Future:
@@ -244,12 +334,30 @@ def _submit(executor: Executor, files: ModelFiles, chunk: list[Item], pack_token
     try:
         return executor.submit(run_chunk, files, chunk, pack_tokens)
     except BrokenExecutor as exc:
-        raise WorkerLost(_lost(exc), params=("workers",)) from exc
+        raise WorkerLost(_lost(_why(exc)), params=("workers",)) from exc
 
 
-def _lost(exc: BaseException) -> str:
-    why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+def _why(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+
+
+def _lost(why: str) -> str:
     return f"a worker process died mid-run ({why}); nothing was written: run again, perhaps with fewer {{workers}}"
+
+
+def _wait(pending: set[Future], executor: Executor) -> tuple[set[Future], set[Future]]:
+    """The chunks done (at least one) and those still out; a local worker found dead meanwhile is WorkerLost.
+
+    The pool reports most dead workers through their futures, but one killed while it sent a result would leave
+    them pending forever (LocalPool.lost), so the wait looks every POLL_S seconds.
+    """
+    while True:
+        done, left = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+        if done:
+            return done, left
+        why = executor.lost() if isinstance(executor, LocalPool) else None
+        if why is not None:
+            raise WorkerLost(_lost(why), params=("workers",))
 
 
 def drive(
@@ -279,8 +387,8 @@ def drive(
     for chunk in chunks(work, sink):
         pending.add(_submit(executor, files, chunk, pack_tokens))
         while len(pending) >= in_flight:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = _wait(pending, executor)
             collect(done)
     while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        done, pending = _wait(pending, executor)
         collect(done)

@@ -28,6 +28,7 @@ from mhacli.cli._app import app
 from mhacli.cli._common import CURRENT, cli_words, environment
 from mhacli.errors import ExitCode, MhaError
 from mhacli.io.files import escape_unprintable
+from mhacli.views.formats import one_run
 from mhacli.views.output import Environment
 
 # Each command module registers its command on `app` (mhacli.cli._app) when imported: every module of this package
@@ -140,7 +141,7 @@ def run(argv: list[str] | None = None, env: Environment | None = None) -> int:
     held = _HeldLogs()
     logging.getLogger().addHandler(held)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, one_run():  # one_run: no output path named twice
             code = _run(argv)
         if code == ExitCode.OK:
             _show_warnings(caught, held.records)

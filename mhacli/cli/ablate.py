@@ -208,7 +208,7 @@ def prune(
     if not max_increase >= 0.0 or max_increase == float("inf"):
         raise UsageError(f"--max-increase {max_increase} must be a finite fraction >= 0 (0.05 is 5%)")
     if save_mask is not None:
-        check_writable(save_mask)
+        check_writable(save_mask, "--save-mask")
     saves = saving.parse(save, PruneResult.PICTURES, dpi=dpi)
     ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
     doc, mask = prune_and_mask(

@@ -8,9 +8,8 @@ progress and the failed texts, and writes the outputs.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO, cast
 
 import typer
 
@@ -31,7 +30,7 @@ from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.errors import UsageError
 from mhacli.ops.census import PACK_TOKENS, CensusOutcome, CensusRequest, CensusResult, census_picture, take_census
 from mhacli.views import save as saving
-from mhacli.views.formats import check_writable
+from mhacli.views.formats import AtomicFile, check_writable
 from mhacli.views.output import FORMATS
 
 MAX_WARNINGS = 10  # failed texts named one by one on stderr; the rest are counted
@@ -73,24 +72,6 @@ def count_lines(path: str) -> int | None:
             return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
     except OSError:
         return None
-
-
-class AtomicText:
-    """A text file written beside its final name and renamed into place when complete (removed otherwise)."""
-
-    def __init__(self, path: Path) -> None:
-        directory = path.parent if str(path.parent) else Path(".")
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-        self.path = path
-        self.file = os.fdopen(fd, "w", encoding="utf-8")
-
-    def commit(self) -> None:
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        Path(self.tmp).unlink(missing_ok=True)
 
 
 @app.command(
@@ -185,7 +166,7 @@ def census(
     if top < 1:
         raise UsageError(f"--top {top} must be at least 1")
     if per_text is not None:
-        check_writable(per_text)
+        check_writable(per_text, "--per-text")
     saves = saving.parse(save, CensusResult.PICTURES, dpi=dpi)
     ckpt, tokenizer = load(model, cache=None)
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
@@ -204,14 +185,19 @@ def run_shown(ckpt, tokenizer, request: CensusRequest, per_text: Path | None) ->
     The first MAX_WARNINGS failed texts are named, the rest counted; the --per-text file is written whole or not at
     all.
     """
-    writer = AtomicText(per_text) if per_text is not None else None
+    writer = AtomicFile(per_text, text=True) if per_text is not None else None
     failures = FailureLines()
     texts = request.corpus_path
     total = len(request.probes) * request.spec.count + (count_lines(texts) or 0 if texts is not None else 0)
     try:
         with census_progress(total if texts is None or count_lines(texts) is not None else None) as tick:
             done = take_census(
-                ckpt, tokenizer, request, per_text=writer.file if writer else None, on_failure=failures, tick=tick
+                ckpt,
+                tokenizer,
+                request,
+                per_text=cast(TextIO, writer.file) if writer else None,
+                on_failure=failures,
+                tick=tick,
             )
     except BaseException:
         if writer is not None:

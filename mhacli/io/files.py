@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,7 +77,7 @@ def utf8_text(text: str) -> str | None:
     return None
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     for test, kind in (
         (stat.S_ISDIR, "a directory"),
         (stat.S_ISFIFO, "a FIFO"),
@@ -87,8 +90,65 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
+# Every file read as an input (a model's weights, config and tokenizer files, --texts, a mask file), by identity: an
+# output must never take its place (mhacli.views.formats refuses to), or `--save`, `--per-text` or `--save-mask` onto
+# the weights would leave a picture where the model was. The identity includes size and modification time, so a file
+# made later under a reused inode number is not mistaken for an input. A CLI run keeps its own (inputs_of_one_run:
+# a mask one run read may be another run's output in the same process); the Python API, the process's.
+_PROCESS_INPUTS: dict[tuple[int, int, int, int], str] = {}
+_RUN_INPUTS: ContextVar[dict[tuple[int, int, int, int], str] | None] = ContextVar("mha_inputs", default=None)
+
+
+def _inputs() -> dict[tuple[int, int, int, int], str]:
+    run = _RUN_INPUTS.get()
+    return run if run is not None else _PROCESS_INPUTS
+
+
+@contextmanager
+def inputs_of_one_run() -> Iterator[None]:
+    """A scope whose inputs are its own: what it reads is protected from what it writes, and only that."""
+    token = _RUN_INPUTS.set({})
+    try:
+        yield
+    finally:
+        _RUN_INPUTS.reset(token)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def note_input(fd: int, what: str) -> None:
+    """Remember the regular file open on `fd` as an input (`what`: 'weights', 'config', '--texts', ...)."""
+    _note(os.fstat(fd), what)
+
+
+def note_input_path(path: Path, what: str) -> None:
+    """Remember the regular file at `path`, if there is one, as an input (a model's file its loader may read)."""
+    try:
+        _note(os.stat(path), what)
+    except (OSError, ValueError):
+        pass
+
+
+def _note(st: os.stat_result, what: str) -> None:
+    if stat.S_ISREG(st.st_mode):
+        _inputs().setdefault(_identity(st), what)
+
+
+def input_at(path: Path) -> str | None:
+    """What the file at `path` (symlinks followed) was read as, when this process read it as an input; else None."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return _inputs().get(_identity(st))
+
+
 def open_regular(path: Path, what: str, error: type[MhaError] = ModelError) -> BinaryIO:
-    """Open `path` for reading if it is a regular file (symlinks followed); anything else is `error`, at once."""
+    """Open `path` for reading if it is a regular file (symlinks followed); anything else is `error`, at once.
+
+    The file is remembered as an input (note_input), which no output may replace."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(path, flags)
@@ -99,7 +159,8 @@ def open_regular(path: Path, what: str, error: type[MhaError] = ModelError) -> B
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise error(f"{what}: {show(path)} is {_file_kind(mode)}, not a regular file; refused")
+            raise error(f"{what}: {show(path)} is {file_kind(mode)}, not a regular file; refused")
+        note_input(fd, what)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mhacli.errors import TextError, TokenizerError
-from mhacli.io.files import utf8_text
+from mhacli.io.files import note_input, utf8_text
 from mhacli.io.tokenizer import Tokenizer
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
@@ -131,7 +131,9 @@ def _open_lines(path: str, stdin: BinaryIO | None, param: str) -> BinaryIO:
             if stdin is None:
                 raise TextError(f"{{{param}}} -: stdin is closed", params=(param,))
             return stdin
-        return open(path, "rb")  # noqa: SIM115 - iter_lines closes it
+        stream = open(path, "rb")  # noqa: SIM115 - iter_lines closes it
+        note_input(stream.fileno(), f"--{param}")  # no output of the run may replace it (--per-text onto the corpus)
+        return stream
     except FileNotFoundError as exc:
         raise TextError(f"{where}: no such file", params=(param,)) from exc
     except IsADirectoryError as exc:

@@ -23,7 +23,7 @@ import numpy as np
 from mhacli.config import ModelConfig, parse_config
 from mhacli.engine.arch import check_config, family
 from mhacli.errors import ConfigError, ModelError, WeightsError
-from mhacli.io.files import open_regular, parse_json, quoted, read_json, show
+from mhacli.io.files import note_input_path, open_regular, parse_json, quoted, read_json, show
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # real headers are KBs; safetensors itself caps at 100 MB
@@ -616,8 +616,15 @@ def open_checkpoint(files: ModelFiles, *, cache: bool | None = None) -> Checkpoi
     return _open_gguf(files, cache) if files.gguf is not None else _open_safetensors(files, cache)
 
 
+def _note_model_files(directory: Path) -> None:
+    """The model's files beside its config, read or not, as inputs: no output of the run may replace one."""
+    for name in (*TOKENIZER_FILES, "model.safetensors.index.json", "generation_config.json"):
+        note_input_path(directory / name, name)
+
+
 def _open_safetensors(files: ModelFiles, cache: bool | None) -> Checkpoint:
     config = load_config(files.directory)
+    _note_model_files(files.directory)
     arch = family(config.model_type)
     found: dict[str, TensorInfo] = {}
     for path in files.weight_files:

@@ -35,6 +35,7 @@ from mhacli.analyses.stats import StatsAccumulator, head_stats
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
 from mhacli.errors import Cancelled, UsageError
+from mhacli.io.files import note_input
 from mhacli.io.textin import TokenizedText
 from mhacli.ops.memory import Size, check_memory, memory_limit, scoring_bytes, variant_bytes
 from mhacli.views.ablated import Ablated
@@ -138,6 +139,7 @@ def read_mask(path: str, n_layer: int, n_head: int, d_head: int | None = None) -
 def _mask_json(path: str):
     try:
         with open(path, "rb") as f:
+            note_input(f.fileno(), "--ablate mask")
             raw = f.read(MAX_MASK_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"--ablate @{path}: cannot read: {exc.strerror or exc}") from exc

@@ -10,9 +10,11 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from mhacli.analyses.heads import HeadView
 from mhacli.analyses.partial import PartialMap
 from mhacli.analyses.stats import STAT_NAMES, SUPPORTED_STATS
 from mhacli.errors import UsageError
+from mhacli.io.files import file_kind, input_at, inputs_of_one_run
 
 SUPPORT_COLUMNS = ("duplicate_rows", "induction_rows")  # support of duplicate_token and induction (docs/formats.md)
 CSV_COLUMNS = ("layer", "head", "kind", *STAT_NAMES, *SUPPORT_COLUMNS)
@@ -96,29 +99,70 @@ def write_table(out: TextIO, fmt: str, columns: Sequence[str], rows: Iterable[Se
         writer.writerow([format_cell(v) for v in row])
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename.
+class AtomicFile:
+    """An output written to a temporary file beside its final name, then renamed into place (`commit`).
 
-    The file appears whole or not at all, with the mode a plain `open(path, "w")` would give it (an existing file's
-    mode; else 0o666 less the umask).
+    Readers and other writers of the same name see the old file or a whole new one, never a partial one: two `mha`
+    processes saving to one path at once leave one whole result (the last rename), and an error, Ctrl-C or a
+    signal leaves the old file and no temporary (`discard`). Every output of the CLI is written through this class.
+    The file gets the mode a plain `open(path, "w")` would give it (an existing file's mode; else 0o666 less the
+    umask). `commit` refuses to replace a file this process read as an input (mhacli.io.files.input_at: the model's
+    weights, the --texts corpus), so no output ever takes a model's place.
     """
-    directory = path.parent if str(path.parent) else Path(".")
+
+    def __init__(self, path: Path, *, text: bool = False) -> None:
+        self.path = path
+        directory = path.parent if str(path.parent) else Path(".")
+        try:
+            self.mode = _mode_for(path)
+            fd, self.tmp = tempfile.mkstemp(prefix=".mha-", suffix=".tmp", dir=directory)  # short: path's may be long
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+        self.file: IO = os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        """Put the whole file in place; on any failure nothing is left but the old file (UsageError on an OSError)."""
+        try:
+            self.file.flush()
+            os.fchmod(self.file.fileno(), self.mode)  # mkstemp creates 0o600
+            self.file.close()
+            refuse_input(self.path)
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise UsageError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove the temporary file (the old file, if any, stays as it was)."""
+        try:
+            self.file.close()
+        except OSError:  # what was left in the buffer cannot be written (a full disk): it is discarded anyway
+            pass
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all (AtomicFile)."""
+    out = AtomicFile(path)
     try:
-        mode = _mode_for(path)
-        fd, tmp = tempfile.mkstemp(prefix=".mha-", suffix=".tmp", dir=directory)  # a short name: path's may be long
+        out.file.write(data)
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), mode)  # mkstemp creates 0o600
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+        out.discard()
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        out.discard()
         raise
+    out.commit()
+
+
+def refuse_input(path: Path) -> None:
+    """An output must not replace a file this process read as an input: the model would be gone."""
+    what = input_at(path)
+    if what is not None:
+        raise UsageError(f"cannot write {path}: it is a file this run reads ({what}); refused, choose another name")
 
 
 def _mode_for(path: Path) -> int:
@@ -133,25 +177,76 @@ def _mode_for(path: Path) -> int:
     return 0o666 & ~umask
 
 
-def check_writable(path: Path) -> None:
-    """Fail before any work if `path` cannot be written.
+# The outputs the current run writes (resolved path -> the option that names it), so that one run never writes one
+# path twice (`--save x.html --per-text x.html`). The CLI opens one scope per command (one_run); outside any scope
+# (the Python API) nothing is tracked.
+_OUTPUTS: ContextVar[dict[str, str] | None] = ContextVar("mha_outputs", default=None)
 
-    A missing directory, a directory, no permission, a name the OS cannot take.
+
+@contextmanager
+def one_run() -> Iterator[None]:
+    """One command's scope for its files.
+
+    Every output path checked (check_writable) may be named once, and no output may replace a file the command read
+    (mhacli.io.files.inputs_of_one_run).
+    """
+    token = _OUTPUTS.set({})
+    try:
+        with inputs_of_one_run():
+            yield
+    finally:
+        _OUTPUTS.reset(token)
+
+
+def check_writable(path: Path, option: str = "") -> None:
+    """Fail before any work if `path` cannot be written, naming why; `option` names it in messages ('--save').
+
+    Refused: a NUL byte, a directory or another file that is not regular (a FIFO, a device), a missing directory or
+    one under a path that is a file, a name longer than the file system takes, a directory no file can be made in
+    (read-only, no permission: tried by making and removing a temporary file there, which is true for root, ACLs and
+    read-only mounts alike), a file this process read as an input, and a path this run already writes.
     """
     directory = path.parent if str(path.parent) else Path(".")
     try:
-        if path.is_dir():
-            raise UsageError(f"cannot write {path}: it is a directory")
+        if path.exists() and not path.is_file():
+            kind = file_kind(os.stat(path).st_mode)
+            raise UsageError(f"cannot write {path}: it is {kind}" + ("" if path.is_dir() else ", not a regular file"))
         if not directory.is_dir():
-            raise UsageError(f"cannot write {path}: directory {directory} does not exist")
+            raise UsageError(f"cannot write {path}: {_missing(directory)}")
         if len(os.fsencode(path.name)) > _name_max(directory):
             raise UsageError(f"cannot write {path}: File name too long")
+        fd, probe = tempfile.mkstemp(prefix=".mha-", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
     except ValueError as exc:  # a NUL byte
         raise UsageError(f"cannot write {path!r}: {exc}") from exc
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {path}: permission denied")
+    refuse_input(path)
+    _claim(path, option)
+
+
+def _missing(directory: Path) -> str:
+    """Why `directory` cannot hold a file: the first of its ancestors that exists is a file, or it does not exist."""
+    for ancestor in (directory, *directory.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                return f"{ancestor} is not a directory"
+            break
+    return f"directory {directory} does not exist"
+
+
+def _claim(path: Path, option: str) -> None:
+    claimed = _OUTPUTS.get()
+    if claimed is None:
+        return
+    key = os.path.realpath(path)
+    if key in claimed:
+        other = claimed[key]
+        if option == other:
+            raise UsageError(f"{option or 'the output'} {path} is given twice")
+        raise UsageError(f"cannot write {path}: {other} names it too; give each output its own name")
+    claimed[key] = option
 
 
 def _name_max(directory: Path) -> int:

@@ -91,9 +91,9 @@ def parse(paths: list[Path] | None, pictures: Pictures, *, dpi: int = DEFAULT_DP
             raise UsageError(f"--save {path}: {what}; mha {command} writes {suffix_list(allowed)}")
         if kind not in allowed:
             raise UsageError(f"--save {path}: mha {command} cannot write .{kind}; it writes {suffix_list(allowed)}")
-        check_writable(path)
         if any(t.path.resolve() == path.resolve() for t in targets):
             raise UsageError(f"--save {path} is given twice")
+        check_writable(path, "--save")
         targets.append(Target(path, kind))
     if not MIN_DPI <= dpi <= MAX_DPI:
         raise UsageError(f"{{dpi}} {dpi} must be between {MIN_DPI} and {MAX_DPI}", params=("dpi",))
