@@ -243,6 +243,25 @@ def dask_executor(address: str, workers: int) -> Iterator[Executor]:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
         raise missing_extra("{dask}", "dask.distributed", "dask", params=("dask",)) from exc
+    with _environ_kept():  # a Nanny writes its pre-spawn settings (OPENBLAS_NUM_THREADS=1, ...) into our os.environ
+        yield from _dask_executor(address, workers, Client, LocalCluster)
+
+
+@contextmanager
+def _environ_kept() -> Iterator[None]:
+    """This process's environment as it was on entry, whatever the code inside wrote into it."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in [n for n in os.environ if n not in saved]:
+            del os.environ[name]
+        for name, value in saved.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+
+
+def _dask_executor(address: str, workers: int, Client, LocalCluster) -> Iterator[Executor]:  # noqa: N803 - classes
     cluster = None
     try:
         if address == "local":
