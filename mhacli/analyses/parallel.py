@@ -243,8 +243,24 @@ def dask_executor(address: str, workers: int) -> Iterator[Executor]:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
         raise missing_extra("{dask}", "dask.distributed", "dask", params=("dask",)) from exc
-    with _environ_kept():  # a Nanny writes its pre-spawn settings (OPENBLAS_NUM_THREADS=1, ...) into our os.environ
+    with _environ_kept(), _quiet("distributed"):  # a Nanny writes its pre-spawn settings into our os.environ
         yield from _dask_executor(address, workers, Client, LocalCluster)
+
+
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """A library's log records under CRITICAL dropped at their logger while the block runs, its level restored after.
+
+    LocalCluster's silence_logs only quiets Dask's own handler: a lost and restarted worker's WARNING records would
+    still reach the root logger (where the CLI holds library warnings back as `warning:` lines), though the run
+    completes or ends in one error either way."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextmanager
