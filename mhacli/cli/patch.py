@@ -19,9 +19,8 @@ from mhacli.views.output import FORMATS
     epilog=examples(
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c'",
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --site q --by-pos",
-        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --site resid",
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --sender 0.1 -f json",
-        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --noise -f csv",
+        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --site resid --noise",
     ),
 )
 def patch(
