@@ -13,6 +13,7 @@ import mhacli
 from mhacli.analyses.patch import Pair, patch, record
 from mhacli.analyses.readout import metric as read_metric
 from mhacli.engine.forward import embed, forward_from
+from mhacli.errors import UsageError
 
 TL_ATOL = 1e-4
 GPT2 = dict(n_layer=3, n_head=4, n_embd=32, n_positions=64, vocab_size=400, bos_token_id=0, eos_token_id=0)
@@ -283,6 +284,42 @@ def test_bundled_model_induction_and_previous_token_heads_carry_the_repeat():
     assert top == [(1, 2, "induction"), (0, 3, "previous-token")]
     scores = [h["score"] for h in doc["heads"]]
     assert scores[0] > 1.0 and scores[1] > 0.5 and scores[2] < 0.2  # measured 1.09, 0.61, then 0.16
+
+
+@pytest.mark.parametrize(
+    "kwargs, param, words",
+    [
+        ({"sender": (2, 0)}, "sender", "sender 2.0 is not a head of this model (layers 0..1, heads 0..3)"),
+        ({"sender": (-1, 0)}, "sender", "sender -1.0 is not a head of this model (layers 0..1, heads 0..3)"),
+        ({"sender": (0, 4)}, "sender", "sender 0.4 is not a head of this model (layers 0..1, heads 0..3)"),
+        ({"sender": (0, -1)}, "sender", "sender 0.-1 is not a head"),
+        ({"sender": (1, 0)}, "sender", "sender 1.0 is in the last layer: no later head receives its write"),
+        ({"site": "mlp"}, "site", "unknown site 'mlp': one of z, q, k, v, pattern, resid"),
+        ({"sender": (0, 0), "receiver_site": "z"}, "receiver_site", "unknown receiver_site 'z': one of q, k, v"),
+        ({"direction": "sideways"}, "direction", "direction 'sideways': one of denoise, noise"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_naming_the_parameter(bundled, kwargs, param, words):
+    """The analysis' own checks (the CLI's flags spell the same errors, test_bad_input_is_one_error_line)."""
+    p = _pair(bundled.config.vocab_size)
+    with pytest.raises(UsageError) as e:
+        patch(bundled.checkpoint, [p], **kwargs)
+    assert e.value.params == (param,) and words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("sender", [(0, 0), (0, 3)])
+def test_a_sender_of_the_first_layer_is_accepted_at_its_edges(bundled, sender):
+    r = patch(bundled.checkpoint, [_pair(bundled.config.vocab_size)], sender=sender)
+    assert {u[0] for u in r.units} == {1} and len(r.units) == bundled.config.n_head
+
+
+def test_by_position_needs_pairs_of_one_length(bundled):
+    p, q = _pair(bundled.config.vocab_size), _pair(bundled.config.vocab_size, seed=1)
+    short = Pair(q.clean[:6], q.corrupt[:6], q.answer, q.wrong)
+    with pytest.raises(UsageError) as e:
+        patch(bundled.checkpoint, [p, short], site="resid", by_pos=True)
+    assert e.value.params == ("by_pos",)
+    assert len(patch(bundled.checkpoint, [p, short], site="resid").units) == bundled.config.n_layer  # all positions
 
 
 RESID = ["patch", REPEAT, CHANGED, "--answer", " h", "--wrong", " f", "--site", "resid"]
