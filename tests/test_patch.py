@@ -195,6 +195,39 @@ def test_residual_stream_equals_transformer_lens_and_averages_over_pairs(models,
     np.testing.assert_allclose([ours.clean_value, ours.corrupt_value], [clean, corrupt], atol=TL_ATOL)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("kind", ["logprob", "prob", "loss"])
+def test_every_metric_equals_transformer_lens(models, bridges, name, kind):
+    """logprob and prob of the answer at the last position, and loss; the clean and corrupted values too.
+
+    loss is a run's mean next-token loss on its own prompt's tokens (the patched run's: the target prompt's).
+    """
+    import torch
+    from transformer_lens import patching
+
+    model, bridge = models[name], bridges[name]
+    p = _pair(model.config.vocab_size, seed=8)
+    clean_t, corrupt_t = torch.tensor(p.clean), torch.tensor(p.corrupt)
+
+    def reference(logits, target=corrupt_t):
+        logp = torch.log_softmax(logits[0].double(), -1)
+        if kind == "loss":
+            return -logp[:-1].gather(-1, target[1:, None]).mean()
+        return logp[-1, p.answer] if kind == "logprob" else logp[-1, p.answer].exp()
+
+    _, cache = bridge.run_with_cache(clean_t[None])
+    with torch.no_grad():
+        theirs = patching.get_act_patch_resid_pre(bridge, corrupt_t[None], cache, reference).numpy()
+        clean = float(reference(bridge(clean_t[None]), clean_t))
+        corrupt = float(reference(bridge(corrupt_t[None])))
+    ours = patch(model.checkpoint, [p], metric_kind=kind, site="resid", by_pos=True)
+    got = np.full_like(theirs, np.nan)
+    for (layer, _, pos), v in zip(ours.units, ours.values):
+        got[layer, pos] = v
+    np.testing.assert_allclose(got, theirs, atol=TL_ATOL)
+    np.testing.assert_allclose([ours.clean_value, ours.corrupt_value], [clean, corrupt], atol=TL_ATOL)
+
+
 def _all_heads_restored(model, p: Pair) -> float:
     """The corrupted run's logit difference with every head's output z of every layer taken from the clean run."""
     clean = record(model.checkpoint, p.clean)
