@@ -180,8 +180,8 @@ def test_residual_stream_equals_transformer_lens_and_averages_over_pairs(models,
             theirs.append(
                 patching.get_act_patch_resid_pre(bridge, torch.tensor(tgt)[None], cache, _logit_diff(p)).numpy()
             )
-    for chosen, expected in [(pairs[:1], theirs[0]), (pairs, (theirs[0] + theirs[1]) / 2)]:
-        ours = patch(model.checkpoint, chosen, site="resid", by_pos=True, direction=direction)
+    for chosen, expected, batch in [(pairs[:1], theirs[0], 64), (pairs, (theirs[0] + theirs[1]) / 2, 5)]:
+        ours = patch(model.checkpoint, chosen, site="resid", by_pos=True, direction=direction, batch=batch)
         assert len(ours.units) == model.config.n_layer * len(pairs[0].clean)
         got = np.full_like(expected, np.nan)
         for (layer, h, pos), v in zip(ours.units, ours.values):
