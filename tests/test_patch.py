@@ -351,7 +351,7 @@ def test_by_position_needs_pairs_of_one_length(bundled):
     short = Pair(q.clean[:6], q.corrupt[:6], q.answer, q.wrong)
     with pytest.raises(UsageError) as e:
         patch(bundled.checkpoint, [p, short], site="resid", by_pos=True)
-    assert e.value.params == ("by_pos",)
+    assert e.value.params == ("by_pos",) and str(e.value) == "by_pos needs every pair of the same length"
     assert len(patch(bundled.checkpoint, [p, short], site="resid").units) == bundled.config.n_layer  # all positions
 
 
