@@ -228,6 +228,17 @@ def test_every_metric_equals_transformer_lens(models, bridges, name, kind):
     np.testing.assert_allclose([ours.clean_value, ours.corrupt_value], [clean, corrupt], atol=TL_ATOL)
 
 
+def test_recomputed_attention_keeps_a_per_layer_scale(tmp_path):
+    """q/k/v/pattern sites recompute a layer's z: with GPT-2's 1/(layer + 1) scaling, unpatched it is the forward's."""
+    from mhacli.analyses.patch import attend
+
+    tok = train_tokenizer(tmp_path / "tok")
+    model = mhacli.load(build(tmp_path / "m", "gpt2", GPT2 | {"scale_attn_by_inverse_layer_idx": True}, tok, seed=4))
+    run = record(model.checkpoint, _pair(model.config.vocab_size).clean)
+    for layer, acts in enumerate(run.acts):
+        np.testing.assert_allclose(attend(model.checkpoint, layer, acts.q, acts.k, acts.v), acts.z, atol=1e-5)
+
+
 def _all_heads_restored(model, p: Pair) -> float:
     """The corrupted run's logit difference with every head's output z of every layer taken from the clean run."""
     clean = record(model.checkpoint, p.clean)
