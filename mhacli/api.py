@@ -607,8 +607,9 @@ def patch(
     """Activation patching per head (`mha patch`): each head's share of the clean behaviour it restores.
 
     clean/corrupt: prompts of the same token length, answer/wrong one token each; or `pairs`, dicts with those four
-    keys (values are means over pairs). site: z, q, k, v (per K/V head) or pattern; sender "L.H" with
-    receiver_site q|k|v: direct path patching. Returns the report: .heads (sorted by score), .to_dict().
+    keys (values are means over pairs). site: z, q, k, v (per K/V head), pattern, or resid (the residual stream
+    entering each layer, at each position: by_pos is implied; rows have head None); sender "L.H" with receiver_site
+    q|k|v: direct path patching. Returns the report: .heads (sorted by score), .to_dict().
     """
     args.of_type(model, Model, "model", "a Model (mhacli.load(...))")
     clean, corrupt = args.optional_string(clean, "clean"), args.optional_string(corrupt, "corrupt")

@@ -34,6 +34,10 @@ BLOCKS = {
         ["patch", "a b c d e f g h a b c d e f g", "h g f e d c b a a b c d e f g", "--answer", " h", "--wrong", " f",
          "-f", "text"], b"", None,
     ),
+    ("patch.md", "sample:tiny-shakespeare  site resid  denoise  metric logit_diff  pairs 1"): (
+        ["patch", "a b c d e f g h a b c d e f g", "h g f e d c b a a b c d e f g", "--answer", " h", "--wrong", " f",
+         "--site", "resid", "-f", "text"], b"", None,
+    ),
 }  # fmt: skip
 # A block with a command in it (or naming one, `// mha ...`, its output shortened) is an example, not an output.
 COMMAND_LINE = re.compile(r"^(// )?(mha|echo|printf|cat|tail|jq) ", re.M)

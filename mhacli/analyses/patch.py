@@ -3,7 +3,9 @@
 Pure NumPy; no I/O. Two runs of the same length: the *target* run (the corrupted prompt when denoising, the clean
 one with `noise`) and the *source* run whose activations are patched in. Each evaluation replaces one head's
 activation (a site: its output z, query q, key k, value v or attention pattern) in the target run by the source's,
-at every position or at one, and measures the metric at the end.
+at every position or at one, and measures the metric at the end. The `resid` site is not a head's: it replaces the
+residual stream entering a layer (TransformerLens' `resid_pre`), at one position or at all of them (then the rerun
+is the source run itself from that layer on: the source's metric, exactly).
 
 Every site is patched as an edit of the heads' outputs z before W_O of that one layer: a changed query, key, value
 or pattern changes only the z of the heads that read it, recomputed here from the layer's recorded q, k, v (after
@@ -33,10 +35,12 @@ from mhacli.engine.blocks import Params
 from mhacli.engine.forward import embed, family, forward_from
 from mhacli.errors import UsageError
 
-SITES = ("z", "q", "k", "v", "pattern")
+HEAD_SITES = ("z", "q", "k", "v", "pattern")
+SITES = (*HEAD_SITES, "resid")
 DIRECTIONS = ("denoise", "noise")
 RECEIVER_SITES = ("q", "k", "v")
-Unit = tuple[int, int, int | None]  # (layer, head: a query head, or a K/V head for k/v sites, position or None)
+# (layer, head: a query head, a K/V head for k/v sites, None for resid; position or None: every position)
+Unit = tuple[int, int | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,33 @@ def patched_z(params: Params, layer: int, site: str, head: int, pos: int | None,
 
 def units_of(params: Params, site: str, layers: Sequence[int], n_seq: int, by_pos: bool) -> list[Unit]:
     c = params.config
-    n = c.n_kv_head if site in ("k", "v") else c.n_head
     positions: list[int | None] = list(range(n_seq)) if by_pos else [None]
+    if site == "resid":
+        return [(layer, None, p) for layer in layers for p in positions]
+    n = c.n_kv_head if site in ("k", "v") else c.n_head
     return [(layer, h, p) for layer in layers for h in range(n) for p in positions]
+
+
+def patched_resid(tgt: Run, src: Run, layer: int, positions: Sequence[int | None]) -> np.ndarray:
+    """[B, n, n_embd]: the target's residual stream entering `layer`, row positions[b] (None: all) from src."""
+    xs = np.repeat(tgt.inputs[layer][None], len(positions), axis=0)
+    for b, pos in enumerate(positions):
+        rows = slice(None) if pos is None else slice(pos, pos + 1)
+        xs[b, rows] = src.inputs[layer][rows]
+    return xs
+
+
+def _resid_metrics(params: Params, xs: np.ndarray, layer: int, score: Callable[[np.ndarray], float]) -> list[float]:
+    """The metric of each variant xs[b] [n, n_embd] of the residual stream entering `layer`, rerun from there."""
+    out = xs
+    for trace in forward_from(params, xs, layer, params.config.n_layer, sinks=_discard):
+        out = trace.residual
+    return [score(out[b]) for b in range(len(xs))]
+
+
+def _head(unit: Unit) -> int:
+    assert unit[1] is not None  # head sites' units name a head
+    return unit[1]
 
 
 def _batched_metrics(
@@ -218,7 +246,9 @@ def patch(
 ) -> PatchResult:
     """Patch every head (or head x position) of every layer (after the sender's, with one) over `pairs`.
 
-    Values are means over pairs of the metric; a pair's two prompts have the same length (checked by the caller).
+    site "resid": the residual stream entering each layer instead of a head, at all positions at once or (by_pos)
+    at each position. Values are means over pairs of the metric; a pair's two prompts have the same length (checked
+    by the caller).
     """
     if direction not in DIRECTIONS:
         raise UsageError(f"{{direction}} {direction!r}: one of {', '.join(DIRECTIONS)}", params=("direction",))
@@ -274,6 +304,10 @@ def _pair_values(
             source = layer_acts(params, tgt.inputs[layer] + sender_write(params, s_layer, s_head, dz), layer)
         for a in range(0, len(members), batch):
             chunk = members[a : a + batch]
-            zs = [patched_z(params, layer, site, units[i][1], units[i][2], tgt.acts[layer], source) for i in chunk]
+            if site == "resid":
+                xs = patched_resid(tgt, src, layer, [units[i][2] for i in chunk])
+                values[chunk] = _resid_metrics(params, xs, layer, score)
+                continue
+            zs = [patched_z(params, layer, site, _head(units[i]), units[i][2], tgt.acts[layer], source) for i in chunk]
             values[chunk] = _batched_metrics(params, tgt, layer, zs, score)
     return values

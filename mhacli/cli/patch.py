@@ -20,7 +20,7 @@ from mhacli.views.output import FORMATS
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c'",
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --site q --by-pos",
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --sender 0.1 -f json",
-        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --noise -f csv",
+        "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --site resid --noise",
     ),
 )
 def patch(
@@ -34,9 +34,16 @@ def patch(
         str, typer.Option("--metric", help="logit_diff (answer - wrong logit), logprob, prob or loss.")
     ] = "logit_diff",
     site: Annotated[
-        str, typer.Option("--site", help="What is patched: z (head output), q, k, v (per K/V head), pattern.")
+        str,
+        typer.Option(
+            "--site",
+            help="What is patched: z (head output), q, k, v (per K/V head), pattern, or resid (the residual stream "
+            "entering each layer, always per position).",
+        ),
     ] = "z",
-    by_pos: Annotated[bool, typer.Option("--by-pos", help="Patch each (head, position) alone.")] = False,
+    by_pos: Annotated[
+        bool, typer.Option("--by-pos", help="Patch each (head, position) alone (implied by --site resid).")
+    ] = False,
     noise: Annotated[
         bool, typer.Option("--noise/--denoise", help="Patch corrupted activations into the clean run instead.")
     ] = False,

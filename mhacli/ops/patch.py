@@ -146,30 +146,34 @@ def run_patch(ckpt, tokenizer, request: PatchRequest) -> dict:
         pairs,
         metric_kind=r.metric,
         site=r.site,
-        by_pos=r.by_pos,
+        by_pos=r.by_pos or r.site == "resid",  # the whole residual stream of a layer is the source run itself
         direction="noise" if r.noise else "denoise",
         sender=sender,
         receiver_site=r.receiver_site,
     )
-    kinds = head_kinds(ckpt, tokenizer, pairs[0].clean)
     site = r.receiver_site if sender is not None else r.site
+    kinds = {} if site == "resid" else head_kinds(ckpt, tokenizer, pairs[0].clean)
     return patch_doc(ckpt, first, len(pairs), r, sender, site, result, kinds)
+
+
+def _or_minus(n: int | None) -> int:
+    return -1 if n is None else n
 
 
 def patch_doc(ckpt, first: dict, n_pairs: int, r: PatchRequest, sender, site: str, result: PatchResult, kinds) -> dict:
     c = ckpt.config
     per_kv = site in ("k", "v")
     gqa = c.n_kv_head != c.n_head
-    heads = []
+    heads: list[dict] = []
     for (layer, h, pos), value in zip(result.units, result.values):
-        qh = None if per_kv and gqa else h
-        kv = h if per_kv else c.kv_head(h)
+        qh = None if h is None or (per_kv and gqa) else h
+        kv = None if h is None else h if per_kv else c.kv_head(h)  # resid: no head
         kind = kinds.get((layer, h)) if qh is not None else None
         heads.append(
             {"layer": layer, "head": qh, "kv_head": kv, "kind": kind, "pos": pos, "value": float(value),
              "score": result.score(float(value))}
         )  # fmt: skip
-    heads.sort(key=lambda d: (-(d["score"] if d["score"] is not None else 0.0), d["layer"], d["kv_head"]))
+    heads.sort(key=lambda d: (-(d["score"] or 0.0), d["layer"], _or_minus(d["kv_head"])))  # stable: unit order
     return {
         "model": ckpt.model_dict(),
         **first,
@@ -189,11 +193,14 @@ def patch_doc(ckpt, first: dict, n_pairs: int, r: PatchRequest, sender, site: st
 
 @dataclass(frozen=True)
 class PatchedHead:
-    """One patched unit: a query head (head None: a K/V head, for k/v sites on GQA models), at pos or everywhere."""
+    """One patched unit: a query head (head None: a K/V head, for k/v sites on GQA models), at pos or everywhere.
+
+    The resid site patches no head: head, kv_head and kind are None, pos the position of the layer's residual stream.
+    """
 
     layer: int
     head: int | None
-    kv_head: int
+    kv_head: int | None
     kind: str | None
     pos: int | None
     value: float  # the metric with this unit patched (mean over pairs)

@@ -695,34 +695,50 @@ def lens_figure(*, doc: dict, caption: str, **_: Any):
     return fig
 
 
+def _patch_grid(doc: dict) -> tuple[np.ndarray, list[str], str, list[str] | None]:
+    """The scores as a grid (NaN: no score), its row labels, the x axis' name and, for resid, its token labels."""
+    rows = doc["heads"]
+
+    def score(r: dict) -> float:
+        return np.nan if r["score"] is None else r["score"]
+
+    if doc["site"] == "resid":  # layers x positions
+        layers = sorted({r["layer"] for r in rows})
+        tokens = doc["clean"]["tokens"]
+        grid = np.full((len(layers), max(len(tokens), 1 + max(r["pos"] for r in rows))), np.nan)
+        for r in rows:
+            grid[layers.index(r["layer"]), r["pos"]] = score(r)
+        return grid, [f"L{layer}" for layer in layers], "position (clean token)", [token_label(t, 8) for t in tokens]
+    keys = sorted({(r["layer"], r["head"] if r["head"] is not None else r["kv_head"]) for r in rows})
+    if any(r["pos"] is not None for r in rows):
+        grid = np.full((len(keys), 1 + max(r["pos"] for r in rows)), np.nan)
+        for r in rows:
+            grid[keys.index((r["layer"], r["head"] if r["head"] is not None else r["kv_head"])), r["pos"]] = score(r)
+        return grid, [f"L{layer}H{h}" for layer, h in keys], "position", None
+    layers = sorted({k[0] for k in keys})
+    grid = np.full((len(layers), 1 + max(k[1] for k in keys)), np.nan)
+    for r in rows:
+        grid[layers.index(r["layer"]), r["head"] if r["head"] is not None else r["kv_head"]] = score(r)
+    xlabel = "K/V head" if rows and rows[0]["head"] is None else "head"
+    return grid, [f"L{layer}" for layer in layers], xlabel, None
+
+
 def patch_figure(*, doc: dict, caption: str, **_: Any):
-    """The layer x head grid of patching scores on a diverging scale (by position: the head x position table)."""
+    """The layer x head grid of patching scores on a diverging scale (by position: the head x position table).
+
+    The resid site: layers x positions, the clean tokens under the columns.
+    """
     import matplotlib
 
-    rows = doc["heads"]
-    by_pos = any(r["pos"] is not None for r in rows)
-    keys = sorted({(r["layer"], r["head"] if r["head"] is not None else r["kv_head"]) for r in rows})
-    if by_pos:
-        n_pos = 1 + max(r["pos"] for r in rows)
-        grid = np.full((len(keys), n_pos), np.nan)
-        for r in rows:
-            key = (r["layer"], r["head"] if r["head"] is not None else r["kv_head"])
-            grid[keys.index(key), r["pos"]] = np.nan if r["score"] is None else r["score"]
-        ylabels, xlabel = [f"L{layer}H{h}" for layer, h in keys], "position"
-    else:
-        layers = sorted({k[0] for k in keys})
-        width = 1 + max(k[1] for k in keys)
-        grid = np.full((len(layers), width), np.nan)
-        for r in rows:
-            h = r["head"] if r["head"] is not None else r["kv_head"]
-            grid[layers.index(r["layer"]), h] = np.nan if r["score"] is None else r["score"]
-        ylabels, xlabel = [f"L{layer}" for layer in layers], "K/V head" if rows and rows[0]["head"] is None else "head"
+    grid, ylabels, xlabel, xticks = _patch_grid(doc)
     top = max(1e-9, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
     fig = new_figure(COLUMN_IN, max(2.0, 0.18 * len(ylabels) + 1.4))
     ax = fig.subplots()
     cmap = matplotlib.colormaps[DIFF_CMAP].with_extremes(bad="#eeeeee")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-top, vmax=top, aspect="auto")
     ax.set_yticks(range(len(ylabels)), ylabels, fontsize=5)
+    if xticks is not None:
+        ax.set_xticks(range(len(xticks)), xticks, fontsize=5, rotation=90)
     ax.set_xlabel(xlabel)
     fig.colorbar(im, ax=ax, shrink=0.8).set_label("score", fontsize=6)
     add_caption(

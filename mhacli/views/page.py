@@ -389,7 +389,12 @@ def circuits_page(*, doc: dict, caption: str, **_) -> str:
 
 
 def patch_page(*, doc: dict, caption: str, **_) -> str:
-    """Each patched head ringed by its score (red: restores the clean behaviour, blue: pushes the other way)."""
+    """Each patched head ringed by its score (red: restores the clean behaviour, blue: pushes the other way).
+
+    The resid site: one ring per layer and position (the grid's columns are positions, the cells name the token).
+    """
+    if doc["site"] == "resid":
+        return _resid_page(doc, caption)
     cells = []
     for r in doc["heads"]:
         if r["pos"] is not None or r["head"] is None:
@@ -403,6 +408,27 @@ def patch_page(*, doc: dict, caption: str, **_) -> str:
         })  # fmt: skip
     page = base_doc("patch", caption, [], cells)
     page["grid"] = {"colour": "value", "says": f"ring colour: {doc['site']} patching score (red: +1, blue: -1)"}
+    return build(page)
+
+
+def _resid_page(doc: dict, caption: str) -> str:
+    tokens = doc["clean"]["tokens"]
+    cells = []
+    for r in sorted(doc["heads"], key=lambda r: (r["layer"], r["pos"])):
+        token = tokens[r["pos"]] if r["pos"] < len(tokens) else ""
+        name, score = f"L{r['layer']} pos {r['pos']}", "null" if r["score"] is None else f"{r['score']:+.3f}"
+        cells.append({
+            "layer": r["layer"], "head": r["pos"], "name": name, "label": score,
+            "title": f"{name} {token!r} score {score}",
+            "info": [["score", score], ["patched metric", f"{r['value']:.4f}"], ["token", repr(token)]],
+            "colour": "#dddddd" if r["score"] is None else delta_colour(r["score"], 1.0),
+        })  # fmt: skip
+    page = base_doc("patch", caption, [], cells)  # no maps: no token strip to search
+    page["grid"] = {
+        "colour": "value",
+        "says": "ring colour: resid patching score of the residual stream entering the layer (rows) at each position "
+        "(columns) (red: +1, blue: -1)",
+    }
     return build(page)
 
 

@@ -1,6 +1,7 @@
 """`mha patch` on a terminal: the text view with each score on a diverging scale.
 
-Red restores the clean behaviour, blue pushes the other way; bold from 0.5.
+The resid site's table is layers x positions with the tokens as column labels (mhacli.views.patch). Red restores
+the clean behaviour, blue pushes the other way; bold from 0.5.
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ import re
 from rich.console import Console
 from rich.text import Text
 
-from mhacli.views.patch import patch_text
-
-HEADER_LINES = 3  # the model and metric line, the clean/corrupt values, the grid's column header: no scores
+from mhacli.views.patch import header_lines, patch_text
 
 
 def patch_view(console: Console, doc: dict) -> Text:
     """The `-f text` lines, each score cell coloured by its sign and size."""
     text = Text()
+    skip = header_lines(doc)  # the model and metric line, the values, the column header(s): no scores there
     for i, line in enumerate(patch_text(doc).splitlines(keepends=True)):
         start = len(text)
         text.append(line)
-        if i < HEADER_LINES:
+        if i < skip:
             continue
         pattern = r"score ([+-]\d+\.\d\d)" if " score " in line else r"([+-]\d+\.\d\d)"
         for m in re.finditer(pattern, line):
