@@ -328,7 +328,11 @@ def test_ablate_and_prune_texts_packed_and_alone_agree_on_the_bundled_model():
 @pytest.mark.parametrize(
     "command, lines, message",
     [
-        (("diff", "sample-early", "sample"), ["All:", "x " * 300, "Speak."], "error: --texts line 2 is 600 tokens, longer"),
+        (
+            ("diff", "sample-early", "sample"),
+            ["All:", "x " * 300, "Speak."],
+            "error: --texts line 2 is 600 tokens, longer",
+        ),
         (("ablate",), ["All:", "Speak, speak.", "x " * 300], "error: --texts line 3: text is "),
         (("prune", "--seeds", "1"), ["All:", "x " * 300], "error: --texts line 2: text is "),
         (("ablate",), ["All:", "A", "Speak, speak."], "error: --texts line 2 is one token long"),

@@ -251,7 +251,10 @@ class Ablator:
         """The run every evaluation starts from: the intact model, or the pinned one."""
         with packed(pack.segments):
             inputs = [embed(self.params, pack.ids)]
-        sinks = self.observe.sinks(pack.first, pack.segments) if self.observe is not None else discard_all
+        sinks = discard_all
+        if self.observe is not None:  # a pack's sinks are asked with its segments; one text's as before
+            args = (pack.first,) if pack.segments is None else (pack.first, pack.segments)
+            sinks = self.observe.sinks(*args)
         edits = self.pinned.edits(self.params.config.d_head) if self.pinned is not None else None
         for trace in forward(self.params, pack.ids, edits=edits, sinks=sinks, segments=pack.segments):
             inputs.append(trace.residual)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 
-from mhacli.engine.segments import PACK_TOKENS
 from mhacli.errors import UsageError
+from mhacli.ops.census import PACK_TOKENS
 from mhacli.ops.inputs import check_model, encode, open_model, read_input
 from mhacli.views.output import FORMATS, Environment, Output, default_format
 

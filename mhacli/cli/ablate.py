@@ -13,6 +13,7 @@ import typer
 
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
+    PACK_TOKENS,
     FormatOpt,
     HeadOpt,
     IdsOpt,
@@ -29,7 +30,6 @@ from mhacli.cli._common import (
     tokens_of,
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
-from mhacli.engine.segments import PACK_TOKENS
 from mhacli.errors import TextError, UsageError
 from mhacli.ops.ablation import (
     ablate_doc,
@@ -187,7 +187,7 @@ def ablate(
         'mha prune "ROMEO: I love thee. JULIET: I love thee." --seeds 2 --step 0.25',
         'mha prune "The cat sat. The cat sat." --save-mask pruned.json -f json',
         'mha stats "The cat sat. The cat sat." --ablate @pruned.json',
-        "printf 'The cat sat.\\nThe dog ran.\\n' | mha prune --texts - --step 0.5 --seeds 2 --pack-tokens 1",
+        "printf 'A cat.\\nA dog.\\n' | mha prune --texts - --pack-tokens 1",
     ),
 )
 def prune(

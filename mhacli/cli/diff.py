@@ -9,6 +9,7 @@ import typer
 from mhacli.api import METRICS, DiffReport
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
+    PACK_TOKENS,
     FormatOpt,
     IdsOpt,
     MaxMemoryOpt,
@@ -22,7 +23,6 @@ from mhacli.cli._common import (
     warn,
 )
 from mhacli.cli._save import DpiOpt, SaveList, save_option
-from mhacli.engine.segments import PACK_TOKENS
 from mhacli.errors import ExitCode, UsageError
 from mhacli.ops.ablation import check_ablate_spec
 from mhacli.ops.diff import DiffRequest, DiffResult, diff_picture, peak_maps
@@ -38,7 +38,7 @@ FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
     rich_help_panel="Comparing",
     epilog=examples(
         'mha diff sample-early sample "ROMEO: I love thee. ROMEO: I love thee."',
-        "printf 'The cat.\\nA dog.\\n' | mha diff sample-early sample --texts - --metric tv --pack-tokens 1 -f csv",
+        "printf 'A cat.\\nA dog.\\n' | mha diff sample-early sample --texts - -f csv",
         'mha diff sample sample "The cat sat. The cat sat." --ablate 0.3 -f text',
         "mha diff sample-early sample --ids 352,277,303,2012 --match -f json",
     ),
