@@ -251,7 +251,7 @@ class Ablator:
         """The run every evaluation starts from: the intact model, or the pinned one."""
         with packed(pack.segments):
             inputs = [embed(self.params, pack.ids)]
-        sinks = discard_all
+        sinks: Callable[[int], Sink | None] = discard_all
         if self.observe is not None:  # a pack's sinks are asked with its segments; one text's as before
             args = (pack.first,) if pack.segments is None else (pack.first, pack.segments)
             sinks = self.observe.sinks(*args)
