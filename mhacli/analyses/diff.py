@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mhacli.analyses.stats import STAT_NAMES, LayerStats, StatsAccumulator, head_stats, layer_stats
-from mhacli.engine.attention import KeepMap, block_rows
+from mhacli.engine.attention import KeepMap, block_rows, one_blas_thread
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.engine.forward import forward
 from mhacli.engine.segments import PackSink, Segments
@@ -258,7 +258,23 @@ def compare_pack(
     """Run both models once on several texts packed end to end (mhacli.engine.segments) and compare their heads.
 
     Each text attends only to itself, its positions from 0: each text's TextDiff is compare_text's of it alone (to
-    float32 rounding: the products run in other block shapes). One text runs unpacked."""
+    float32 rounding: the products run in other block shapes). One text runs unpacked.
+
+    BLAS runs on one thread throughout, as the Ablator's (mhacli.analyses.ablate): paired mode's two forwards are
+    already two threads, and OpenBLAS threads that spin on small products stall on a busy machine (measured: 200
+    short texts on the bundled models, load 9, took 322 s with two BLAS threads and 3.8 s with one)."""
+    with one_blas_thread():
+        return _compare_pack(params_a, params_b, texts, metric, mode, edits_b)
+
+
+def _compare_pack(
+    params_a: Params,
+    params_b: Params,
+    texts: Sequence[np.ndarray],
+    metric: str,
+    mode: str,
+    edits_b: dict[int, ZEdit] | None,
+) -> list[TextDiff]:
     check_metric(metric)
     texts = [np.asarray(t, dtype=np.int64) for t in texts]
     segments = Segments.of(texts) if len(texts) > 1 else None
