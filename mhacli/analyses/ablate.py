@@ -55,6 +55,25 @@ def discard_all(layer: int) -> Sink:
     return DISCARD
 
 
+class _DiscardInOrder:
+    """DISCARD for a forward that runs on one of several worker threads: its attention blocks on that thread alone.
+
+    The workers are the parallelism; a pool of attention threads inside each (a pack's layer is large enough to
+    get one) would oversubscribe the cores. The numbers do not change: a block is computed the same on any thread."""
+
+    concurrent = False
+
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
+        pass
+
+
+_IN_ORDER = _DiscardInOrder()
+
+
+def discard_in_order(layer: int) -> Sink:
+    return _IN_ORDER
+
+
 def parse_heads(spec: str, n_layer: int, n_head: int) -> list[Head]:
     """`L.H[,L.H...]` -> [(layer, head), ...] in the order given, duplicates dropped; UsageError naming a bad one."""
     heads: list[Head] = []
@@ -387,11 +406,12 @@ class Ablator:
         """The loss of each variant (which all agree with the base below `start`), run as one batch."""
         c = self.params.config
         edits = self._edits(variants, start)
+        sinks = discard_in_order if self.workers > 1 else discard_all  # the workers are the threads
         totals = np.zeros(len(variants))
         for inputs, pack in zip(self._inputs, self._packs):
             x = inputs[start]  # [n_seq, n_embd]: the first layer's edit fans it out to [B, n_seq, n_embd]
             for trace in forward_from(
-                self.params, x, start, c.n_layer, edits=edits, sinks=discard_all, segments=pack.segments
+                self.params, x, start, c.n_layer, edits=edits, sinks=sinks, segments=pack.segments
             ):
                 x = trace.residual
             losses = scored_losses(self.params, x, pack.ids, pack.scored, self._w)  # [B, n_targets]
