@@ -392,21 +392,28 @@ class Ablator:
         with one_blas_thread():
             if self.workers <= 1 or len(units) <= 1:
                 for (start, _), batch in zip(units, variants):
-                    yield self._batch_losses(batch, start)
+                    yield self._batch_losses(batch, start, discard_all)
                 return
             pool = ThreadPoolExecutor(min(self.workers, len(units)), thread_name_prefix="mha-ablate")
             try:
-                futures = [pool.submit(self._batch_losses, batch, start) for (start, _), batch in zip(units, variants)]
+                futures = [
+                    pool.submit(self._batch_losses, batch, start, discard_in_order)  # the workers are the threads
+                    for (start, _), batch in zip(units, variants)
+                ]
                 for future in futures:
                     yield future.result()
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C or an error: units not started are dropped
 
-    def _batch_losses(self, variants: list[frozenset[Head]], start: int) -> list[float]:
-        """The loss of each variant (which all agree with the base below `start`), run as one batch."""
+    def _batch_losses(
+        self, variants: list[frozenset[Head]], start: int, sinks: Callable[[int], Sink | None]
+    ) -> list[float]:
+        """The loss of each variant (which all agree with the base below `start`), run as one batch.
+
+        `sinks`: discard_all on this thread alone (the attention may share its blocks among threads), else
+        discard_in_order (one of several workers: its attention stays on its thread)."""
         c = self.params.config
         edits = self._edits(variants, start)
-        sinks = discard_in_order if self.workers > 1 else discard_all  # the workers are the threads
         totals = np.zeros(len(variants))
         for inputs, pack in zip(self._inputs, self._packs):
             x = inputs[start]  # [n_seq, n_embd]: the first layer's edit fans it out to [B, n_seq, n_embd]
