@@ -291,7 +291,7 @@ def _compare_pack(
                 f"paired mode needs the same shape: MODEL_A has {ca.n_layer} layers x {ca.n_head} heads, "
                 f"MODEL_B {cb.n_layer} x {cb.n_head}"
             )
-        for layer, ds, las, lbs in paired_stream(params_a, params_b, ids, metric, edits_b, segments):
+        for layer, ds, las, lbs in paired_pack_stream(params_a, params_b, ids, metric, edits_b, segments):
             for t, tokens in enumerate(texts):
                 div[t].append(ds[t])  # [n_head]
                 _layer_record(layer, las[t], tokens, stats_a[t], kinds_a[t])
@@ -399,6 +399,22 @@ class _Feed:
 
 
 def paired_stream(
+    params_a: Params, params_b: Params, ids: np.ndarray, metric: str, edits_b: dict[int, ZEdit] | None = None
+) -> Iterator[tuple[int, np.ndarray, LayerStats, LayerStats]]:
+    """Yield (layer, divergence [n_head], LayerStats of A, LayerStats of B) for every layer, without a map.
+
+    Neither model's map is made: both forwards run at once (two threads; NumPy releases the GIL in its kernels), each
+    hands its attention block by block, and the same rows of A and B are reduced together and dropped. Memory grows
+    with n_seq, not n_seq^2."""
+    stream = paired_pack_stream(params_a, params_b, ids, metric, edits_b)
+    try:
+        for layer, ds, las, lbs in stream:
+            yield layer, ds[0], las[0], lbs[0]
+    finally:
+        stream.close()  # a reader that leaves early stops the two forwards' threads now
+
+
+def paired_pack_stream(
     params_a: Params,
     params_b: Params,
     ids: np.ndarray,
@@ -406,12 +422,10 @@ def paired_stream(
     edits_b: dict[int, ZEdit] | None = None,
     segments: Segments | None = None,
 ) -> Iterator[tuple[int, list[np.ndarray], list[LayerStats], list[LayerStats]]]:
-    """Yield (layer, divergences [n_head], LayerStats of A, LayerStats of B) for every layer, without a map.
+    """paired_stream of a pack `segments` of texts (one text when None): each list one entry per text.
 
-    Per text of the pack `segments` (one text when None): each list holds one entry per text, in its own
-    coordinates as if it ran alone. Neither model's map is made: both forwards run at once (two threads; NumPy
-    releases the GIL in its kernels), each hands its attention block by block, and the same rows of A and B are
-    reduced together and dropped. Memory grows with n_seq, not n_seq^2."""
+    Each text's divergences and statistics in its own coordinates, as if it ran alone (its part of every block:
+    Segments.pieces)."""
     n_head, n_seq = params_a.config.n_head, len(ids)
     split = segments if segments is not None else Segments((n_seq,))
     texts = [ids[s : s + n] for s, n in zip(split.firsts.tolist(), split.lengths)]
