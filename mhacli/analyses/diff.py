@@ -19,7 +19,7 @@ import math
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -421,7 +421,7 @@ def paired_pack_stream(
     metric: str,
     edits_b: dict[int, ZEdit] | None = None,
     segments: Segments | None = None,
-) -> Iterator[tuple[int, list[np.ndarray], list[LayerStats], list[LayerStats]]]:
+) -> Generator[tuple[int, list[np.ndarray], list[LayerStats], list[LayerStats]], None, None]:
     """paired_stream of a pack `segments` of texts (one text when None): each list one entry per text.
 
     Each text's divergences and statistics in its own coordinates, as if it ran alone (its part of every block:
