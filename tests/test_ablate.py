@@ -289,9 +289,10 @@ def test_texts_file_is_token_weighted(tiny_model, tmp_path):
         parse_json(run_mha("ablate", t, "-m", str(tiny_model), "-f", "json", "-l", "0", "-H", "0").stdout)
         for t in (a, b)
     ]
+    f = str(tmp_path / "t.txt")  # each text alone: the weighted mean exactly (packed: test_pack_texts.py)
     both = parse_json(
         run_mha(
-            "ablate", "--texts", str(tmp_path / "t.txt"), "-m", str(tiny_model), "-f", "json", "-l", "0", "-H", "0"
+            "ablate", "--texts", f, "-m", str(tiny_model), "-f", "json", "-l", "0", "-H", "0", "--pack-tokens", "1"
         ).stdout
     )
     assert both["n_texts"] == 2 and both["n_targets"] == one[0]["n_targets"] + one[1]["n_targets"]

@@ -28,10 +28,11 @@ from typing import Protocol
 
 import numpy as np
 
-from mhacli.analyses.loss import first_target, output_head, text_losses, variant_losses
+from mhacli.analyses.loss import first_target, output_head, scored_losses, scored_positions
 from mhacli.engine.attention import DISCARD, Sink, one_blas_thread
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.engine.forward import LayerTrace, embed, forward, forward_from
+from mhacli.engine.segments import Segments, pack_groups, packed
 from mhacli.errors import UsageError
 
 Head = tuple[int, int]  # (layer, query head)
@@ -39,9 +40,12 @@ METHODS = ("zero", "mean")
 
 
 class Observer(Protocol):
-    """Watches the intact model's run over each text: where each layer's attention goes, then each layer."""
+    """Watches the intact model's run over each text: where each layer's attention goes, then each layer.
 
-    def sinks(self, index: int) -> Callable[[int], Sink | None]: ...
+    `index` is the text's; with `segments`, the run is a pack of texts index, index + 1, ... (mhacli.engine.segments)
+    and the trace the pack's: a sink that splits it per text is mhacli.engine.segments.PackSink."""
+
+    def sinks(self, index: int, segments: Segments | None = None) -> Callable[[int], Sink | None]: ...
 
     def __call__(self, index: int, trace: LayerTrace) -> None: ...
 
@@ -49,6 +53,25 @@ class Observer(Protocol):
 def discard_all(layer: int) -> Sink:
     """No map is kept: the forward's layers without their attention (a loss needs only the residual stream)."""
     return DISCARD
+
+
+class _DiscardInOrder:
+    """DISCARD for a forward that runs on one of several worker threads: its attention blocks on that thread alone.
+
+    The workers are the parallelism; a pool of attention threads inside each (a pack's layer is large enough to
+    get one) would oversubscribe the cores. The numbers do not change: a block is computed the same on any thread."""
+
+    concurrent = False
+
+    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
+        pass
+
+
+_IN_ORDER = _DiscardInOrder()
+
+
+def discard_in_order(layer: int) -> Sink:
+    return _IN_ORDER
 
 
 def parse_heads(spec: str, n_layer: int, n_head: int) -> list[Head]:
@@ -171,6 +194,27 @@ def fill_edit(pairs: Sequence[tuple[int, np.ndarray]]) -> ZEdit:
     return edit
 
 
+@dataclass(frozen=True)
+class Pack:
+    """Texts first.. run as one forward: their ids end to end, where each starts, and the positions scored."""
+
+    first: int  # index of its first text
+    ids: np.ndarray  # [n_seq] int64
+    segments: Segments | None  # None: one text, run unpacked
+    scored: np.ndarray  # [n_targets] positions whose next token is scored (loss.scored_positions)
+
+
+def make_packs(texts: Sequence[np.ndarray], pack_tokens: int, loss_from: int) -> list[Pack]:
+    """Consecutive texts in packs of at most `pack_tokens` tokens (pack_groups: a longer text alone)."""
+    packs = []
+    for group in pack_groups([len(t) for t in texts], pack_tokens):
+        members = [np.asarray(texts[i], dtype=np.int64) for i in group]
+        segments = Segments.of(members) if len(members) > 1 else None
+        scored = scored_positions([len(t) for t in members], loss_from)
+        packs.append(Pack(group[0], np.concatenate(members), segments, scored))
+    return packs
+
+
 @dataclass
 class Ablator:
     """The losses of one model on a set of texts with heads removed, reusing every layer it can.
@@ -182,6 +226,8 @@ class Ablator:
     pinned: heads removed from the start (a mask), with their own values; the baseline is that model's loss, and
     the mean outputs (`mean`) are measured on it.
     batch: variants run at once (at least 1). workers: threads that run batches side by side.
+    pack_tokens: consecutive short texts run as one forward of up to this many tokens (mhacli.engine.segments),
+    each attending only to itself; the losses are those of the texts run alone, to float32 rounding. 1: each alone.
 
     BLAS runs on one thread in everything the Ablator computes, and parallelism comes from `workers` threads each
     running whole batches: a batch is computed the same way whatever the number of workers (OpenBLAS's float32
@@ -197,12 +243,14 @@ class Ablator:
     pinned: Removal | None = None
     batch: int = 64
     workers: int = 1
+    pack_tokens: int = 1
     n_targets: int = field(init=False)
     means: np.ndarray | None = field(init=False, default=None)  # [n_layer, n_head, d_head] float32 for `mean`
     baseline: float = field(init=False)
     _base: frozenset[Head] = field(init=False, default=frozenset())
     _base_loss: float = field(init=False)  # the loss of the cached base (the output head is the costliest step)
-    _inputs: list[list[np.ndarray]] = field(init=False, default_factory=list)  # per text: entering layer 0..n_layer
+    _packs: list[Pack] = field(init=False, default_factory=list, repr=False)
+    _inputs: list[list[np.ndarray]] = field(init=False, default_factory=list)  # per pack: entering layer 0..n_layer
     _w: np.ndarray = field(init=False, repr=False)
     _fixed: dict[Head, np.ndarray] = field(init=False, default_factory=dict, repr=False)  # the pinned heads' values
     _z_sums: np.ndarray | None = field(init=False, default=None, repr=False)  # float64 [n_layer, n_head, d_head]
@@ -216,12 +264,13 @@ class Ablator:
         self.batch = max(1, int(self.batch))
         c = self.params.config
         self.n_targets = sum(len(ids) - first_target(len(ids), self.loss_from) for ids in self.texts)
+        self._packs = make_packs(self.texts, self.pack_tokens, self.loss_from)
         self._w = output_head(self.params)
         if self.pinned is not None:
             self._fixed = self.pinned.fill(c.d_head)
             self._base = frozenset(self._fixed)
         with one_blas_thread():
-            self._inputs = [self._first_run(i, np.asarray(ids)) for i, ids in enumerate(self.texts)]
+            self._inputs = [self._first_run(pack) for pack in self._packs]
             if self.method == "mean":
                 self.means = self._mean_outputs()
             self.baseline = self._base_loss = self._loss_from_inputs(self._inputs)
@@ -231,15 +280,19 @@ class Ablator:
         c = self.params.config
         return [(layer, h) for layer in range(c.n_layer) for h in range(c.n_head)]
 
-    def _first_run(self, index: int, ids: np.ndarray) -> list[np.ndarray]:
+    def _first_run(self, pack: Pack) -> list[np.ndarray]:
         """The run every evaluation starts from: the intact model, or the pinned one."""
-        inputs = [embed(self.params, ids)]
-        sinks = self.observe.sinks(index) if self.observe is not None else discard_all
+        with packed(pack.segments):
+            inputs = [embed(self.params, pack.ids)]
+        sinks: Callable[[int], Sink | None] = discard_all
+        if self.observe is not None:  # a pack's sinks are asked with its segments; one text's as before
+            args = (pack.first,) if pack.segments is None else (pack.first, pack.segments)
+            sinks = self.observe.sinks(*args)
         edits = self.pinned.edits(self.params.config.d_head) if self.pinned is not None else None
-        for trace in forward(self.params, ids, edits=edits, sinks=sinks):
+        for trace in forward(self.params, pack.ids, edits=edits, sinks=sinks, segments=pack.segments):
             inputs.append(trace.residual)
             if self.observe is not None:
-                self.observe(index, trace)
+                self.observe(pack.first, trace)
             if self.method == "mean":
                 self._accumulate_z(trace)
         return inputs
@@ -280,26 +333,26 @@ class Ablator:
         return edits
 
     def _run(self, removed: frozenset[Head], start: int) -> list[list[np.ndarray]]:
-        """Per text, the residual streams entering layers start..n_layer with `removed` heads removed.
+        """Per pack, the residual streams entering layers start..n_layer with `removed` heads removed.
 
         Computed from the cached streams of the base (which must agree with `removed` below `start`)."""
         edits = self._edits([removed], start)
         runs = []
-        for inputs in self._inputs:
+        for inputs, pack in zip(self._inputs, self._packs):
             streams = [inputs[start]]
             for trace in forward_from(
-                self.params, inputs[start], start, self.params.config.n_layer, edits=edits, sinks=discard_all
-            ):
+                self.params, inputs[start], start, self.params.config.n_layer, edits=edits, sinks=discard_all,
+                segments=pack.segments,
+            ):  # fmt: skip
                 streams.append(trace.residual[0])  # a batch of one variant
             runs.append(streams)
         return runs
 
     def _loss_from_inputs(self, runs: list[list[np.ndarray]]) -> float:
         total = 0.0
-        for streams, ids in zip(runs, self.texts):
-            total += float(
-                text_losses(self.params, streams[-1], np.asarray(ids), self.loss_from, self._w).sum(dtype=np.float64)
-            )
+        for streams, pack in zip(runs, self._packs):
+            losses = scored_losses(self.params, streams[-1], pack.ids, pack.scored, self._w)  # [n_targets]
+            total += float(losses.sum(dtype=np.float64))
         return total / self.n_targets
 
     def set_base(self, removed: Iterable[Head]) -> float:
@@ -353,26 +406,36 @@ class Ablator:
         with one_blas_thread():
             if self.workers <= 1 or len(units) <= 1:
                 for (start, _), batch in zip(units, variants):
-                    yield self._batch_losses(batch, start)
+                    yield self._batch_losses(batch, start, discard_all)
                 return
             pool = ThreadPoolExecutor(min(self.workers, len(units)), thread_name_prefix="mha-ablate")
             try:
-                futures = [pool.submit(self._batch_losses, batch, start) for (start, _), batch in zip(units, variants)]
+                futures = [
+                    pool.submit(self._batch_losses, batch, start, discard_in_order)  # the workers are the threads
+                    for (start, _), batch in zip(units, variants)
+                ]
                 for future in futures:
                     yield future.result()
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C or an error: units not started are dropped
 
-    def _batch_losses(self, variants: list[frozenset[Head]], start: int) -> list[float]:
-        """The loss of each variant (which all agree with the base below `start`), run as one batch."""
+    def _batch_losses(
+        self, variants: list[frozenset[Head]], start: int, sinks: Callable[[int], Sink | None]
+    ) -> list[float]:
+        """The loss of each variant (which all agree with the base below `start`), run as one batch.
+
+        `sinks`: discard_all on this thread alone (the attention may share its blocks among threads), else
+        discard_in_order (one of several workers: its attention stays on its thread)."""
         c = self.params.config
         edits = self._edits(variants, start)
         totals = np.zeros(len(variants))
-        for inputs, ids in zip(self._inputs, self.texts):
+        for inputs, pack in zip(self._inputs, self._packs):
             x = inputs[start]  # [n_seq, n_embd]: the first layer's edit fans it out to [B, n_seq, n_embd]
-            for trace in forward_from(self.params, x, start, c.n_layer, edits=edits, sinks=discard_all):
+            for trace in forward_from(
+                self.params, x, start, c.n_layer, edits=edits, sinks=sinks, segments=pack.segments
+            ):
                 x = trace.residual
-            losses = variant_losses(self.params, x, np.asarray(ids), self.loss_from, self._w)  # [B, n_targets]
+            losses = scored_losses(self.params, x, pack.ids, pack.scored, self._w)  # [B, n_targets]
             totals += losses.sum(axis=1, dtype=np.float64)
         return [float(t) / self.n_targets for t in totals]
 

@@ -27,7 +27,7 @@ from mhacli.analyses.stats import (
 )
 from mhacli.engine.blocks import Params
 from mhacli.engine.forward import forward
-from mhacli.engine.segments import Segments
+from mhacli.engine.segments import PackSink, Segments
 
 SOURCES = ("repeat", "random", "corpus")
 PROBES = ("repeat", "random")
@@ -97,27 +97,6 @@ class TextStats:
 def text_stats(params: Params, ids: np.ndarray, first_row: int = 0) -> TextStats:
     """Run the model on one text and reduce every layer's attention to its statistics over rows first_row.."""
     return pack_stats(params, [(np.asarray(ids), first_row)])[0]
-
-
-class PackSink:
-    """A pack's attention (mhacli.engine.segments) split per text:
-
-    each tile's rows and keys of text t go to text t's own sink in the text's own coordinates, as if it ran alone.
-    Concurrent when every text's sink is."""
-
-    def __init__(self, segments: Segments, sinks: Sequence[StatsAccumulator]):
-        self.bounds = segments.bounds
-        self.firsts = np.array([s for s, _ in self.bounds], dtype=np.int64)
-        self.sinks = sinks
-        self.concurrent = all(getattr(s, "concurrent", False) for s in sinks)
-
-    def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
-        t = int(np.searchsorted(self.firsts, a, side="right")) - 1  # the text of row a
-        while t < len(self.bounds) and self.bounds[t][0] < b:
-            s, e = self.bounds[t]
-            ra, rb, klo = max(a, s), min(b, e), max(lo, s)
-            self.sinks[t].add(h, ra - s, rb - s, klo - s, p[:, ra - a : rb - a, klo - lo : rb - lo])
-            t += 1
 
 
 def pack_stats(params: Params, texts: Sequence[tuple[np.ndarray, int]]) -> list[TextStats]:

@@ -19,15 +19,16 @@ import math
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from mhacli.analyses.stats import STAT_NAMES, LayerStats, StatsAccumulator, head_stats, layer_stats
-from mhacli.engine.attention import block_rows
+from mhacli.engine.attention import KeepMap, block_rows, one_blas_thread
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.engine.forward import forward
+from mhacli.engine.segments import PackSink, Segments
 from mhacli.errors import UsageError
 
 METRICS: dict[str, str] = {
@@ -243,12 +244,46 @@ def compare_text(
 
     Paired: both forwards streamed in step, no map kept; matched: A's maps all kept, B streamed a layer at a time.
     `edits_b`: heads removed from B (ablation)."""
+    return compare_pack(params_a, params_b, [ids], metric, mode, edits_b)[0]
+
+
+def compare_pack(
+    params_a: Params,
+    params_b: Params,
+    texts: Sequence[np.ndarray],
+    metric: str,
+    mode: str,
+    edits_b: dict[int, ZEdit] | None = None,
+) -> list[TextDiff]:
+    """Run both models once on several texts packed end to end (mhacli.engine.segments) and compare their heads.
+
+    Each text attends only to itself, its positions from 0: each text's TextDiff is compare_text's of it alone (to
+    float32 rounding: the products run in other block shapes). One text runs unpacked.
+
+    BLAS runs on one thread throughout, as the Ablator's (mhacli.analyses.ablate): paired mode's two forwards are
+    already two threads, and OpenBLAS threads that spin on small products stall on a busy machine (measured: 200
+    short texts on the bundled models, load 9, took 322 s with two BLAS threads and 3.8 s with one)."""
+    with one_blas_thread():
+        return _compare_pack(params_a, params_b, texts, metric, mode, edits_b)
+
+
+def _compare_pack(
+    params_a: Params,
+    params_b: Params,
+    texts: Sequence[np.ndarray],
+    metric: str,
+    mode: str,
+    edits_b: dict[int, ZEdit] | None,
+) -> list[TextDiff]:
     check_metric(metric)
-    ids = np.asarray(ids, dtype=np.int64)
-    stats_a: list[np.ndarray] = []
-    stats_b: list[np.ndarray] = []
-    kinds_a: list[str] = []
-    kinds_b: list[str] = []
+    texts = [np.asarray(t, dtype=np.int64) for t in texts]
+    segments = Segments.of(texts) if len(texts) > 1 else None
+    ids = np.concatenate(texts)
+    stats_a: list[list[np.ndarray]] = [[] for _ in texts]
+    stats_b: list[list[np.ndarray]] = [[] for _ in texts]
+    kinds_a: list[list[str]] = [[] for _ in texts]
+    kinds_b: list[list[str]] = [[] for _ in texts]
+    div: list[list[np.ndarray]] = [[] for _ in texts]  # per text: paired [n_head] per layer; matched [NA, n_head_b]
     if mode == "paired":
         ca, cb = params_a.config, params_b.config
         if (ca.n_layer, ca.n_head) != (cb.n_layer, cb.n_head):
@@ -256,28 +291,63 @@ def compare_text(
                 f"paired mode needs the same shape: MODEL_A has {ca.n_layer} layers x {ca.n_head} heads, "
                 f"MODEL_B {cb.n_layer} x {cb.n_head}"
             )
-        div = []
-        for layer, d, la, lb in paired_stream(params_a, params_b, ids, metric, edits_b):
-            div.append(d)  # [n_head]
-            _layer_record(layer, la, ids, stats_a, kinds_a)
-            _layer_record(layer, lb, ids, stats_b, kinds_b)
-        result = np.concatenate(div)  # [NA]
+        for layer, ds, las, lbs in paired_pack_stream(params_a, params_b, ids, metric, edits_b, segments):
+            for t, tokens in enumerate(texts):
+                div[t].append(ds[t])  # [n_head]
+                _layer_record(layer, las[t], tokens, stats_a[t], kinds_a[t])
+                _layer_record(layer, lbs[t], tokens, stats_b[t], kinds_b[t])
+        axis = 0  # [NA]
     elif mode == "matched":
-        maps_a: list[np.ndarray] = []
-        for ta in forward(params_a, ids):
-            assert ta.attention is not None  # no sink: the forward keeps the map
-            maps_a.append(ta.attention)
-            _layer_record(ta.layer, ta.attention, ids, stats_a, kinds_a)
-        all_a = np.concatenate(maps_a)  # [NA, n_seq, n_seq]
-        cols = []
-        for tb in forward(params_b, ids, edits=edits_b):
-            assert tb.attention is not None
-            cols.append(divergence_matrix(all_a, tb.attention, metric))  # [NA, n_head_b]
-            _layer_record(tb.layer, tb.attention, ids, stats_b, kinds_b)
-        result = np.concatenate(cols, axis=1)  # [NA, NB]
+        maps_a: list[list[np.ndarray]] = [[] for _ in texts]
+        for layer, maps in maps_each(params_a, ids, texts, segments):
+            for t, m in enumerate(maps):
+                maps_a[t].append(m)
+                _layer_record(layer, m, texts[t], stats_a[t], kinds_a[t])
+        all_a = [np.concatenate(m) for m in maps_a]  # per text [NA, n_t, n_t]
+        for layer, maps in maps_each(params_b, ids, texts, segments, edits_b):
+            for t, m in enumerate(maps):
+                div[t].append(divergence_matrix(all_a[t], m, metric))  # [NA, n_head_b]
+                _layer_record(layer, m, texts[t], stats_b[t], kinds_b[t])
+        axis = 1  # [NA, NB]
     else:
         raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    return TextDiff(result, np.concatenate(stats_a, axis=1), np.concatenate(stats_b, axis=1), kinds_a, kinds_b)
+    return [
+        TextDiff(
+            np.concatenate(div[t], axis=axis),
+            np.concatenate(stats_a[t], axis=1),
+            np.concatenate(stats_b[t], axis=1),
+            kinds_a[t],
+            kinds_b[t],
+        )
+        for t in range(len(texts))
+    ]
+
+
+def maps_each(
+    params: Params,
+    ids: np.ndarray,
+    texts: Sequence[np.ndarray],
+    segments: Segments | None,
+    edits: dict[int, ZEdit] | None = None,
+) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """(layer, each text's map [n_head, n_t, n_t]) for every layer of one forward over `ids`.
+
+    One text (segments None): the forward's own map; a pack: its attention split per text as it is computed
+    (PackSink into one KeepMap per text), never a [n_head, n_seq, n_seq] map of the whole pack."""
+    if segments is None:
+        for trace in forward(params, ids, edits=edits):
+            assert trace.attention is not None  # no sink: the forward keeps the map
+            yield trace.layer, [trace.attention]
+        return
+    kept: dict[int, list[KeepMap]] = {}
+    n_head = params.config.n_head
+
+    def sinks(layer: int) -> PackSink:
+        kept[layer] = [KeepMap(n_head, len(t)) for t in texts]
+        return PackSink(segments, kept[layer])
+
+    for trace in forward(params, ids, edits=edits, sinks=sinks, segments=segments):
+        yield trace.layer, [k.probs for k in kept.pop(trace.layer)]
 
 
 class _Stopped(Exception):
@@ -330,32 +400,57 @@ class _Feed:
 
 def paired_stream(
     params_a: Params, params_b: Params, ids: np.ndarray, metric: str, edits_b: dict[int, ZEdit] | None = None
-):
+) -> Iterator[tuple[int, np.ndarray, LayerStats, LayerStats]]:
     """Yield (layer, divergence [n_head], LayerStats of A, LayerStats of B) for every layer, without a map.
 
     Neither model's map is made: both forwards run at once (two threads; NumPy releases the GIL in its kernels), each
-    hands its attention block by block, and the same rows of A and B are reduced together and dropped. Memory grows with
-    n_seq, not n_seq^2."""
+    hands its attention block by block, and the same rows of A and B are reduced together and dropped. Memory grows
+    with n_seq, not n_seq^2."""
+    stream = paired_pack_stream(params_a, params_b, ids, metric, edits_b)
+    try:
+        for layer, ds, las, lbs in stream:
+            yield layer, ds[0], las[0], lbs[0]
+    finally:
+        stream.close()  # a reader that leaves early stops the two forwards' threads now
+
+
+def paired_pack_stream(
+    params_a: Params,
+    params_b: Params,
+    ids: np.ndarray,
+    metric: str,
+    edits_b: dict[int, ZEdit] | None = None,
+    segments: Segments | None = None,
+) -> Generator[tuple[int, list[np.ndarray], list[LayerStats], list[LayerStats]], None, None]:
+    """paired_stream of a pack `segments` of texts (one text when None): each list one entry per text.
+
+    Each text's divergences and statistics in its own coordinates, as if it ran alone (its part of every block:
+    Segments.pieces)."""
     n_head, n_seq = params_a.config.n_head, len(ids)
+    split = segments if segments is not None else Segments((n_seq,))
+    texts = [ids[s : s + n] for s, n in zip(split.firsts.tolist(), split.lengths)]
     stop = threading.Event()
     feeds = [_Feed(params.config.n_head, block_rows(n_seq), stop) for params in (params_a, params_b)]
     runs = [
-        forward(params_a, ids, sinks=lambda layer: feeds[0]),
-        forward(params_b, ids, edits=edits_b, sinks=lambda layer: feeds[1]),
+        forward(params_a, ids, sinks=lambda layer: feeds[0], segments=segments),
+        forward(params_b, ids, edits=edits_b, sinks=lambda layer: feeds[1], segments=segments),
     ]
     threads = [threading.Thread(target=f.run, args=(r,), daemon=True, name="mha-diff") for f, r in zip(feeds, runs)]
     for t in threads:
         t.start()
 
-    def fresh() -> tuple:
-        return (
-            DivergenceAccumulator(n_head, n_seq, metric),
-            StatsAccumulator(n_head, ids),
-            StatsAccumulator(n_head, ids),
-        )
+    def fresh() -> list[tuple]:
+        return [
+            (
+                DivergenceAccumulator(n_head, len(text), metric),
+                StatsAccumulator(n_head, text),
+                StatsAccumulator(n_head, text),
+            )
+            for text in texts
+        ]
 
     try:
-        acc = fresh()
+        accs = fresh()
         while True:
             (kind_a, va), (kind_b, vb) = feeds[0].queue.get(), feeds[1].queue.get()
             for kind, value in ((kind_a, va), (kind_b, vb)):
@@ -366,14 +461,15 @@ def paired_stream(
             if kind_a == "end":
                 return
             if kind_a == "layer":
-                yield va, acc[0].result(), acc[1].result(), acc[2].result()
-                acc = fresh()
+                yield (
+                    va,
+                    [acc[0].result() for acc in accs],
+                    [acc[1].result() for acc in accs],
+                    [acc[2].result() for acc in accs],
+                )
+                accs = fresh()
                 continue
-            (a, b, lo_a, pa), (_, _, lo_b, pb) = va, vb
-            acc[1].add(0, a, b, lo_a, pa)
-            acc[2].add(0, a, b, lo_b, pb)
-            lo = min(lo_a, lo_b)  # the same keys for both (outside a model's window its weights are 0)
-            acc[0].add(a, b, _widen(pa, lo_a - lo), _widen(pb, lo_b - lo))
+            _add_block(split, accs, va, vb)
     finally:
         stop.set()
         for f in feeds:  # let a thread blocked on a full queue see the stop
@@ -381,6 +477,21 @@ def paired_stream(
                 f.queue.get_nowait()
         for t in threads:
             t.join(timeout=5)
+
+
+def _add_block(split: Segments, accs: list[tuple], va: tuple, vb: tuple) -> None:
+    """One block of rows of both models' attention into each text's accumulators, in the text's own coordinates."""
+    (a, b, lo_a, pa), (_, _, lo_b, pb) = va, vb
+    for t, ra, rb, klo_a in split.pieces(a, b, lo_a):
+        s = int(split.firsts[t])
+        klo_b = max(lo_b, s)
+        ta = pa[:, ra - a : rb - a, klo_a - lo_a : rb - lo_a]
+        tb = pb[:, ra - a : rb - a, klo_b - lo_b : rb - lo_b]
+        divergence, stats_a, stats_b = accs[t]
+        stats_a.add(0, ra - s, rb - s, klo_a - s, ta)
+        stats_b.add(0, ra - s, rb - s, klo_b - s, tb)
+        lo = min(klo_a, klo_b)  # the same keys for both (outside a model's window its weights are 0)
+        divergence.add(ra - s, rb - s, _widen(ta, klo_a - lo), _widen(tb, klo_b - lo))
 
 
 def _widen(p: np.ndarray, left: int) -> np.ndarray:

@@ -12,6 +12,8 @@ over texts (sums and counts here; callers divide once).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mhacli.engine.blocks import F32, Params
@@ -87,22 +89,41 @@ def text_losses(
     params: Params, residual: np.ndarray, ids: np.ndarray, loss_from: int = 1, w: np.ndarray | None = None
 ) -> np.ndarray:
     """The last layer's residual stream [n_seq, n_embd] -> the losses of targets t >= max(1, loss_from), [n_targets]."""
-    start = first_target(len(ids), loss_from)
-    w = output_head(params) if w is None else w
-    h = final_norm(params, residual[start - 1 : -1])  # positions start-1 .. n_seq-2 predict start .. n_seq-1
-    return token_losses(h, w, np.asarray(ids[start:]), cap=params.config.logit_softcap)
+    return scored_losses(params, residual, np.asarray(ids), scored_positions([len(ids)], loss_from), w)
 
 
 def variant_losses(
     params: Params, residual: np.ndarray, ids: np.ndarray, loss_from: int = 1, w: np.ndarray | None = None
 ) -> np.ndarray:
     """text_losses of a batch of variants: [B, n_seq, n_embd] -> [B, n_targets], the output head one GEMM per block."""
-    start = first_target(len(ids), loss_from)
+    return scored_losses(params, residual, np.asarray(ids), scored_positions([len(ids)], loss_from), w)
+
+
+def scored_positions(lengths: Sequence[int], loss_from: int = 1) -> np.ndarray:
+    """The positions whose next token is scored, in texts of these lengths laid end to end (a pack, or one text).
+
+    Each text's t - 1 for its targets t >= max(1, loss_from), in its own coordinates: [n_targets] int64, in order;
+    a UsageError when a text has no target (first_target)."""
+    out, offset = [], 0
+    for n in lengths:
+        out.append(np.arange(offset + first_target(n, loss_from) - 1, offset + n - 1, dtype=np.int64))
+        offset += n
+    return np.concatenate(out)
+
+
+def scored_losses(
+    params: Params, residual: np.ndarray, ids: np.ndarray, scored: np.ndarray, w: np.ndarray | None = None
+) -> np.ndarray:
+    """-ln p(next token) at the `scored` positions (scored_positions) of ids [n_seq].
+
+    residual: the last layer's stream [n_seq, n_embd] -> [n_targets], or a batch of variants' [B, n_seq, n_embd]
+    -> [B, n_targets] (the output head one GEMM per block over every variant's rows)."""
     w = output_head(params) if w is None else w
-    n_variants, _, n_embd = residual.shape
-    h = final_norm(params, residual[:, start - 1 : -1]).reshape(-1, n_embd)  # [B * n_targets, n_embd]
-    targets = np.tile(np.asarray(ids[start:]), n_variants)
-    return token_losses(h, w, targets, cap=params.config.logit_softcap).reshape(n_variants, -1)
+    n_embd = residual.shape[-1]
+    h = final_norm(params, residual[..., scored, :]).reshape(-1, n_embd)  # position t - 1 predicts token t
+    targets = np.tile(ids[scored + 1], h.shape[0] // len(scored))
+    losses = token_losses(h, w, targets, cap=params.config.logit_softcap)
+    return losses if residual.ndim == 2 else losses.reshape(residual.shape[0], -1)
 
 
 def logits(params: Params, residual: np.ndarray) -> np.ndarray:

@@ -23,14 +23,12 @@ import numpy as np
 
 from mhacli.analyses.census import TextStats, pack_stats, text_stats
 from mhacli.engine.attention import one_blas_thread
+from mhacli.engine.segments import PACK_TOKENS, pack_groups
 from mhacli.errors import MhaError, UsageError, missing_extra
 from mhacli.io.weights import Checkpoint, ModelFiles, open_checkpoint
 
 CHUNK_TOKENS = 4096  # tokens per unit of work: small models run thousands of texts a second, so send them in bulk
 CHUNK_TEXTS = 1024
-# Tokens per packed forward (mhacli.engine.segments): short texts run together, their projections and MLP one GEMM.
-# Measured on this machine (docs/performance.md): 1,024 beat 512 on GPT-2 small, 512 the bundled model by 10%.
-PACK_TOKENS = 1024
 DASK_TIMEOUT_S = 5
 POLL_S = 0.5  # while it waits for results, how often drive looks for a dead local worker
 STOP_S = 5.0  # a stopped local worker's time to end after SIGTERM (then SIGKILL); the same for the pool's thread
@@ -105,16 +103,8 @@ def run_chunk(files: ModelFiles, items: list[Item], pack_tokens: int = PACK_TOKE
 
 def packs(items: list[Item], pack_tokens: int) -> Iterator[list[Item]]:
     """Consecutive items grouped into packs of at most `pack_tokens` tokens (a longer item alone)."""
-    pack: list[Item] = []
-    tokens = 0
-    for item in items:
-        if pack and tokens + len(item.ids) > pack_tokens:
-            yield pack
-            pack, tokens = [], 0
-        pack.append(item)
-        tokens += len(item.ids)
-    if pack:
-        yield pack
+    for group in pack_groups([len(item.ids) for item in items], pack_tokens):
+        yield [items[i] for i in group]
 
 
 def _ignore_sigint() -> None:

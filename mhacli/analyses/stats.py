@@ -173,6 +173,8 @@ class StatsAccumulator:
         self.targets = {name: has[first_row:] for name, has in target_rows(self.ids).items()}
         self.matches = TokenMatches(self.ids)
         self._local = threading.local()
+        # the largest tile this text can hand over: a short text (one of a pack's hundred) needs no 16 MiB scratch
+        self._scratch = min(SCRATCH_BYTES // 4, n_head * n_seq * n_seq)
 
     def add(self, h: int, a: int, b: int, lo: int, p: np.ndarray) -> None:
         """p [g, b - a, b - lo]:
@@ -221,10 +223,11 @@ class StatsAccumulator:
     def _work(self, size: int) -> np.ndarray:
         """This thread's float32 work array, at least `size` long, kept from tile to tile.
 
-        New memory for every tile would page-fault its way in each time."""
+        New memory for every tile would page-fault its way in each time; a short text's is only as large as its
+        whole map."""
         work = getattr(self._local, "work", None)
         if work is None or work.size < size:
-            work = self._local.work = np.empty(max(size, SCRATCH_BYTES // 4), dtype=F32)
+            work = self._local.work = np.empty(max(size, self._scratch), dtype=F32)
         return work
 
     def result(self) -> LayerStats:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 import typer
 
 from mhacli.errors import TextError, TokenizerError, UsageError
+from mhacli.ops.census import PACK_TOKENS
 from mhacli.ops.inputs import check_model, encode, open_model, read_input
 from mhacli.views.output import FORMATS, Environment, Output, default_format
 
@@ -77,6 +78,22 @@ LayerOpt = Annotated[
 HeadOpt = Annotated[
     list[int] | None, typer.Option("--head", "-H", metavar="HEAD", help="Head to show (repeatable; default all).")
 ]
+PackTokensOpt = Annotated[
+    int,
+    typer.Option(
+        "--pack-tokens",
+        metavar="N",
+        help="Short texts run together in forwards of up to N tokens, each attending only to itself "
+        f"(1: each alone). Default: {PACK_TOKENS}.",
+    ),
+]
+
+
+def check_pack_tokens(pack_tokens: int) -> None:
+    if pack_tokens < 1:
+        raise UsageError(f"--pack-tokens {pack_tokens} must be at least 1")
+
+
 MaxMemoryOpt = Annotated[
     str | None,
     typer.Option(

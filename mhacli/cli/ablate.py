@@ -13,14 +13,17 @@ import typer
 
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
+    PACK_TOKENS,
     FormatOpt,
     HeadOpt,
     IdsOpt,
     LayerOpt,
     MaxMemoryOpt,
     ModelOpt,
+    PackTokensOpt,
     TextArg,
     TruncateOpt,
+    check_pack_tokens,
     load,
     output,
     progress,
@@ -77,6 +80,7 @@ def scored_texts(
     truncate: bool,
     max_memory: str | None,
     ids: str | None = None,
+    pack_tokens: int = PACK_TOKENS,
 ) -> tuple[Checkpoint, list[TokenizedText]]:
     """TEXT, --ids or --texts FILE, read after -m is checked and before the model loads (a bad text fails fast).
 
@@ -84,13 +88,14 @@ def scored_texts(
     refused before any forward when even that does not fit (mhacli.ops.ablation.check_scorable).
     """
     check_text_or_ids(text, ids, texts)
+    check_pack_tokens(pack_tokens)
     files = check_model(model)
     raws = read_inputs(text, ids, texts)
     ckpt, tokenizer = load(model, cache=True, files=files)
     tokenized = [
         (scorable(tokens_of(raw, ckpt, tokenizer, truncate=truncate, where=where), where), where) for raw, where in raws
     ]
-    check_scorable(ckpt, tokenized, max_memory)
+    check_scorable(ckpt, tokenized, max_memory, pack_tokens)
     return ckpt, [t for t, _ in tokenized]
 
 
@@ -130,6 +135,7 @@ def ablate(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
+    pack_tokens: PackTokensOpt = PACK_TOKENS,
     save: Annotated[SaveList, save_option(AblateResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
     ablate: Annotated[
@@ -150,11 +156,14 @@ def ablate(
         raise UsageError(f"--top {top} must be at least 1")
     check_ablate_spec(ablate)
     saves = saving.parse(save, AblateResult.PICTURES, dpi=dpi)
-    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids, pack_tokens)
     c = ckpt.config
     pinned = ablation(ablate, ckpt)
     selected = selected_heads(c.n_layer, c.n_head, layer, head)
-    doc = ablate_doc(ckpt, tokenized, selected, method, loss_from, ticker, pinned=pinned, max_memory=max_memory)
+    doc = ablate_doc(
+        ckpt, tokenized, selected, method, loss_from, ticker, pinned=pinned, max_memory=max_memory,
+        pack_tokens=pack_tokens,
+    )  # fmt: skip
     described = Ablated.of(pinned)
     saving.write_all(saves, ablate_picture(saves, ckpt, tokenized, doc, described), dpi=dpi)
     out.emit(AblateResult(doc, top, described))
@@ -169,6 +178,7 @@ def ablate(
         'mha prune "ROMEO: I love thee. JULIET: I love thee." --seeds 2 --step 0.25',
         'mha prune "The cat sat. The cat sat." --save-mask pruned.json -f json',
         'mha stats "The cat sat. The cat sat." --ablate @pruned.json',
+        "printf 'A cat.\\nA dog.\\n' | mha prune --texts - --pack-tokens 1",
     ),
 )
 def prune(
@@ -194,6 +204,7 @@ def prune(
     format: FormatOpt = None,
     truncate: TruncateOpt = False,
     max_memory: MaxMemoryOpt = None,
+    pack_tokens: PackTokensOpt = PACK_TOKENS,
     save: Annotated[SaveList, save_option(PruneResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> None:
@@ -210,10 +221,11 @@ def prune(
     if save_mask is not None:
         check_writable(save_mask, "--save-mask")
     saves = saving.parse(save, PruneResult.PICTURES, dpi=dpi)
-    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids)
+    ckpt, tokenized = scored_texts(model, text, texts, truncate, max_memory, ids, pack_tokens)
     doc, mask = prune_and_mask(
-        ckpt, tokenized, method, loss_from, step, seeds, max_increase, ticker, max_memory=max_memory
-    )
+        ckpt, tokenized, method, loss_from, step, seeds, max_increase, ticker, max_memory=max_memory,
+        pack_tokens=pack_tokens,
+    )  # fmt: skip
     if save_mask is not None:
         atomic_write_bytes(save_mask, (dumps(mask) + "\n").encode())
     saving.write_all(saves, prune_picture(ckpt, tokenized, doc), dpi=dpi)

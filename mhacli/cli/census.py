@@ -19,7 +19,9 @@ from mhacli.cli._common import (
     FormatOpt,
     MaxMemoryOpt,
     ModelOpt,
+    PackTokensOpt,
     TruncateOpt,
+    check_pack_tokens,
     cli_words,
     environment,
     load,
@@ -125,15 +127,7 @@ def census(
             help="Run on a Dask cluster: a scheduler address, or 'local' for a LocalCluster.",
         ),
     ] = None,
-    pack_tokens: Annotated[
-        int,
-        typer.Option(
-            "--pack-tokens",
-            metavar="N",
-            help="Short texts run together in forwards of up to N tokens, each attending only to itself "
-            f"(1: each alone). Default: {PACK_TOKENS}.",
-        ),
-    ] = PACK_TOKENS,
+    pack_tokens: PackTokensOpt = PACK_TOKENS,
     per_text: Annotated[
         Path | None,
         typer.Option(
@@ -159,8 +153,7 @@ def census(
         raise UsageError("nothing to run: --probes none needs --texts FILE")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers {workers} must be at least 1")
-    if pack_tokens < 1:
-        raise UsageError(f"--pack-tokens {pack_tokens} must be at least 1")
+    check_pack_tokens(pack_tokens)
     if probe_count < 1 and chosen:
         raise UsageError(f"--probe-count {probe_count} must be at least 1")
     if top < 1:

@@ -9,11 +9,14 @@ import typer
 from mhacli.api import METRICS, DiffReport
 from mhacli.cli._app import app, examples
 from mhacli.cli._common import (
+    PACK_TOKENS,
     FormatOpt,
     IdsOpt,
     MaxMemoryOpt,
+    PackTokensOpt,
     TextArg,
     TruncateOpt,
+    check_pack_tokens,
     load,
     output,
     progress,
@@ -35,7 +38,7 @@ FAIL_LINES = 20  # offending heads listed on stderr before "... and N more"
     rich_help_panel="Comparing",
     epilog=examples(
         'mha diff sample-early sample "ROMEO: I love thee. ROMEO: I love thee."',
-        'mha diff sample-early sample "The cat sat on the mat." --metric tv -f csv',
+        "printf 'A cat.\\nA dog.\\n' | mha diff sample-early sample --texts - -f csv",
         'mha diff sample sample "The cat sat. The cat sat." --ablate 0.3 -f text',
         "mha diff sample-early sample --ids 352,277,303,2012 --match -f json",
     ),
@@ -81,6 +84,7 @@ def diff(
             "--ablate", metavar="HEADS", help="Remove heads of MODEL_B first (zeroed): L.H[,L.H...] or @mask.json."
         ),
     ] = None,
+    pack_tokens: PackTokensOpt = PACK_TOKENS,
     save: Annotated[SaveList, save_option(DiffResult.PICTURES)] = None,
     dpi: DpiOpt = saving.DEFAULT_DPI,
 ) -> int:
@@ -90,6 +94,7 @@ def diff(
     out = output(format, FORMATS)
     if fail_above is not None and not fail_above >= 0:
         raise UsageError(f"--fail-above {fail_above} must be a number >= 0")
+    check_pack_tokens(pack_tokens)
     saves = saving.parse(save, DiffResult.PICTURES, dpi=dpi)
     check_text_or_ids(text, ids, texts)
     check_ablate_spec(ablate)
@@ -97,7 +102,7 @@ def diff(
     raws = read_inputs(text, ids, texts)
     # several texts: read small models once
     a, b = load(model_a, cache=None, files=files_a), load(model_b, cache=None, files=files_b)
-    request = DiffRequest(raws, metric, match, ablate, truncate, max_memory)
+    request = DiffRequest(raws, metric, match, ablate, truncate, max_memory, pack_tokens)
     done = run_diff(a, b, request, on_truncate=warn, progress=progress)
     (ckpt_a, _), (ckpt_b, _) = a, b
     report, items = done.report, done.texts

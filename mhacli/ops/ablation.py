@@ -34,6 +34,7 @@ from mhacli.analyses.heads import analyse, check_selection
 from mhacli.analyses.stats import StatsAccumulator, head_stats
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
+from mhacli.engine.segments import PACK_TOKENS, PackSink, Segments, pack_groups
 from mhacli.errors import Cancelled, UsageError
 from mhacli.io.files import note_input
 from mhacli.io.textin import TokenizedText
@@ -265,18 +266,26 @@ def scorable(text: TokenizedText, where: str) -> TokenizedText:
     return text
 
 
-def check_scorable(ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size) -> None:
+def check_scorable(
+    ckpt, texts: Sequence[tuple[TokenizedText, str]], max_memory: Size, pack_tokens: int = PACK_TOKENS
+) -> None:
     """Every text has a next token to score (`where` names it), and the scoring fits max_memory (ResourceError).
 
     A checkpoint that keeps its tensors (cache on: every evaluation reruns layers, so weights read once are kept,
-    whatever their size) drops the cache when only streaming them layer by layer fits: the guard decides.
+    whatever their size) drops the cache when only streaming them layer by layer fits: the guard decides. The
+    forwards are those of the packs of up to `pack_tokens` tokens the texts run in (pack_lengths).
     """
     for t, where in texts:
         scorable(t, where)
-    lengths = [len(t.ids) for t, _ in texts]
+    lengths = pack_lengths([len(t.ids) for t, _ in texts], pack_tokens)
     if ckpt.cache is not None and scoring_bytes(ckpt, lengths) > memory_limit(max_memory):
         ckpt.cache = None  # weights streamed by layer: slower (read or dequantised per evaluation), but it fits
     check_memory(scoring_bytes(ckpt, lengths), max_memory, "scoring")
+
+
+def pack_lengths(lengths: Sequence[int], pack_tokens: int) -> list[int]:
+    """The length of each forward the scoring runs: texts packed up to `pack_tokens` tokens (pack_groups)."""
+    return [sum(lengths[i] for i in group) for group in pack_groups(lengths, pack_tokens)]
 
 
 MAX_BATCH = 64  # variants run at once, at most (ablate's are a layer's heads; prune's random orders more)
@@ -309,20 +318,25 @@ class KindTally:
         self.texts = texts
         self.n_head = n_head
         self.kinds: dict[Head, Counter] = {}
-        self._streams: dict[int, StatsAccumulator] = {}
+        self._streams: dict[int, list[StatsAccumulator]] = {}
 
-    def sinks(self, index: int):
-        """Each layer's statistics, streamed from its attention (no map kept)."""
+    def sinks(self, index: int, segments: Segments | None = None):
+        """Each layer's statistics, streamed from its attention (no map kept).
 
-        def sink(layer: int) -> StatsAccumulator:
-            self._streams[layer] = StatsAccumulator(self.n_head, self.texts[index].ids)
-            return self._streams[layer]
+        Of text `index`, or of the pack `segments` of texts index, index + 1, ... (split per text: PackSink)."""
+        count = 1 if segments is None else len(segments.lengths)
+
+        def sink(layer: int) -> StatsAccumulator | PackSink:
+            accs = [StatsAccumulator(self.n_head, self.texts[index + t].ids) for t in range(count)]
+            self._streams[layer] = accs
+            return accs[0] if segments is None else PackSink(segments, accs)
 
         return sink
 
     def __call__(self, index: int, trace: LayerTrace) -> None:
-        for s in head_stats(trace.layer, self._streams.pop(trace.layer).result()):
-            self.kinds.setdefault((s.layer, s.head), Counter())[s.kind] += 1
+        for acc in self._streams.pop(trace.layer):  # the texts in order: a tie goes to the kind seen first
+            for s in head_stats(trace.layer, acc.result()):
+                self.kinds.setdefault((s.layer, s.head), Counter())[s.kind] += 1
 
     def kind(self, head: Head) -> str:
         return self.kinds[head].most_common(1)[0][0]  # ties: the kind seen first
@@ -337,20 +351,23 @@ def make_ablator(
     kinds: bool = False,
     pinned: Removal | None = None,
     max_memory: Size = None,
+    pack_tokens: int = PACK_TOKENS,
 ) -> tuple[Ablator, KindTally | None]:
     """The Ablator over the texts, as many variants at once as max_memory allows (scoring_batch).
 
     With kinds=True, each head's kind from the same first run (statistics of every layer of every text: only
-    `ablate` shows them). `pinned`: heads removed first (--ablate).
+    `ablate` shows them). `pinned`: heads removed first (--ablate). Short texts run in packs of up to
+    `pack_tokens` tokens (1: each alone).
     """
     if loss_from < 0:
         raise UsageError(f"{{loss_from}} {loss_from} must be 0 or more", params=("loss_from",))
     tally = KindTally(texts, ckpt.config.n_head) if kinds else None
     workers = ablation_workers()
-    batch = scoring_batch(ckpt, [len(t.ids) for t in texts], max_memory, workers)
+    batch = scoring_batch(ckpt, pack_lengths([len(t.ids) for t in texts], pack_tokens), max_memory, workers)
     ablator = Ablator(
-        ckpt, [t.ids for t in texts], method, loss_from, tally, pinned=pinned, batch=batch, workers=workers
-    )
+        ckpt, [t.ids for t in texts], method, loss_from, tally, pinned=pinned, batch=batch, workers=workers,
+        pack_tokens=pack_tokens,
+    )  # fmt: skip
     return ablator, tally
 
 
@@ -368,13 +385,16 @@ def ablate_heads(
     ticker: Ticker = _no_ticker,
     pinned: Removal | None = None,
     max_memory: Size = None,
+    pack_tokens: int = PACK_TOKENS,
 ) -> tuple[Ablator, list[HeadEffect], KindTally | None]:
     """Each of `heads` (None: every head) removed alone: the one orchestration of `mha ablate` and Run.ablate.
 
     Returns the Ablator (baseline loss, targets scored), each head's effect (largest delta first) and, with kinds,
     each head's kind on the intact run. `pinned`: heads removed first (--ablate); max_memory bounds the batch.
     """
-    ablator, tally = make_ablator(ckpt, texts, method, loss_from, kinds=kinds, pinned=pinned, max_memory=max_memory)
+    ablator, tally = make_ablator(
+        ckpt, texts, method, loss_from, kinds=kinds, pinned=pinned, max_memory=max_memory, pack_tokens=pack_tokens
+    )
     chosen = ablator.heads if heads is None else ablated_heads(heads, ckpt)
     tick, close = ticker(len(chosen), "ablating heads")
     effects = ablate_each(ablator, chosen, tick)
@@ -392,6 +412,7 @@ def ablate_doc(
     *,
     pinned: Removal | None = None,
     max_memory: Size = None,
+    pack_tokens: int = PACK_TOKENS,
 ) -> dict:
     """`mha ablate`'s document: each of `heads` removed alone, with its kind on the first run, largest delta first.
 
@@ -399,8 +420,9 @@ def ablate_doc(
     """
     c = ckpt.config
     ablator, effects, tally = ablate_heads(
-        ckpt, texts, heads, method, loss_from, kinds=True, ticker=ticker, pinned=pinned, max_memory=max_memory
-    )
+        ckpt, texts, heads, method, loss_from, kinds=True, ticker=ticker, pinned=pinned, max_memory=max_memory,
+        pack_tokens=pack_tokens,
+    )  # fmt: skip
     assert tally is not None
     first = texts[0]
     return {
@@ -425,6 +447,7 @@ def prune_and_mask(
     ticker: Ticker = _no_ticker,
     *,
     max_memory: Size = None,
+    pack_tokens: int = PACK_TOKENS,
 ) -> tuple[dict, dict]:
     """`mha prune`'s document, and the mask file of its pruned heads (mask_doc: the method, for mean the means).
 
@@ -434,7 +457,7 @@ def prune_and_mask(
     c = ckpt.config
     n_heads = c.n_layer * c.n_head
     counts = schedule(n_heads, step)
-    ablator, _ = make_ablator(ckpt, texts, method, loss_from, max_memory=max_memory)
+    ablator, _ = make_ablator(ckpt, texts, method, loss_from, max_memory=max_memory, pack_tokens=pack_tokens)
     tick, close = ticker(sum(n_heads - n for n in counts[:-1]) + seeds * len(counts), "pruning")
     curve = importance_curve(ablator, step, tick)
     rand = random_curve(ablator, step, seeds, tick)

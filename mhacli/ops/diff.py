@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mhacli.analyses.diff import DiffReport, check_metric, check_same_tokens, compare_text, summarise
+from mhacli.analyses.diff import DiffReport, check_metric, check_same_tokens, compare_pack, summarise
 from mhacli.analyses.heads import HeadView, analyse
 from mhacli.engine.blocks import ZEdit
+from mhacli.engine.segments import PACK_TOKENS, pack_groups
 from mhacli.errors import TextError
 from mhacli.io.textin import check_ids_fit, from_ids
 from mhacli.ops.ablation import ablation, removal_edits_of
@@ -100,24 +101,34 @@ def compare(
     edits_b: dict[int, ZEdit] | None = None,
     max_memory: Size = None,
     progress: Callable[[Iterable, int, str], Iterable] = lambda items, total, description: items,
+    pack_tokens: int = PACK_TOKENS,
 ) -> DiffReport:
     """Per-head divergence of B's attention from A's over the texts (their mean).
 
-    Head by head when the shapes agree (unless match), else matched (Hungarian) and nearest heads. Refused
-    (ResourceError) past max_memory.
+    Head by head when the shapes agree (unless match), else matched (Hungarian) and nearest heads. Short texts run
+    packed, several in one forward of up to `pack_tokens` tokens (1: each alone), every text's numbers those of the
+    text alone to float32 rounding. Refused (ResourceError) past max_memory.
     """
     check_metric(metric)
     shape_a = (ckpt_a.config.n_layer, ckpt_a.config.n_head)
     shape_b = (ckpt_b.config.n_layer, ckpt_b.config.n_head)
     mode = "paired" if shape_a == shape_b and not match else "matched"
-    n_seq = max(len(t.ids) for t in texts)
-    check_memory(diff_bytes(ckpt_a, ckpt_b, n_seq, mode == "paired"), max_memory, "texts")
+    groups = pack_groups([len(t.ids) for t in texts], pack_tokens)
+    check_memory(max(pack_bytes(ckpt_a, ckpt_b, [texts[i] for i in g], mode) for g in groups), max_memory, "texts")
     per_text = [
-        compare_text(ckpt_a, ckpt_b, t.ids, metric, mode, edits_b)
-        for t in progress(texts, len(texts), f"comparing heads on {len(texts)} texts")
+        diff
+        for g in progress(groups, len(groups), f"comparing heads on {len(texts)} texts")
+        for diff in compare_pack(ckpt_a, ckpt_b, [texts[i].ids for i in g], metric, mode, edits_b)
     ]
-    groups = (ckpt_a.config.group_size, ckpt_b.config.group_size)
-    return summarise(per_text, metric, mode, shape_a, shape_b, groups)
+    group_sizes = (ckpt_a.config.group_size, ckpt_b.config.group_size)
+    return summarise(per_text, metric, mode, shape_a, shape_b, group_sizes)
+
+
+def pack_bytes(ckpt_a, ckpt_b, pack: Sequence[DiffText], mode: str) -> int:
+    """One pack's forwards (diff_bytes of its length); matched keeps each text's maps, not the pack's square."""
+    lengths = [len(t.ids) for t in pack]
+    squares = None if len(pack) == 1 else sum(n * n for n in lengths)
+    return diff_bytes(ckpt_a, ckpt_b, sum(lengths), mode == "paired", squares=squares)
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,7 @@ class DiffRequest:
     remove_b: Sequence[Head] | str | None = None  # heads of B zeroed first, or an --ablate spec (L.H,... / @mask)
     truncate: bool = False
     max_memory: Size = None
+    pack_tokens: int = PACK_TOKENS  # tokens per packed forward (mhacli.engine.segments); 1: every text alone
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,7 @@ def diff(
         edits_b=edits_b,
         max_memory=request.max_memory,
         progress=progress,
+        pack_tokens=request.pack_tokens,
     )
     return DiffOutcome(report, items, edits_b, Ablated.of(removal, model="MODEL_B"))
 

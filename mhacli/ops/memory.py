@@ -123,16 +123,22 @@ def explain_bytes(ckpt, n_seq: int) -> int:
     return 2 * working_set + ckpt.weight_bytes(extra_layers=1)
 
 
-def diff_bytes(ckpt_a, ckpt_b, n_seq: int, paired: bool) -> int:
+def diff_bytes(ckpt_a, ckpt_b, n_seq: int, paired: bool, squares: int | None = None) -> int:
     """diff.
 
     Both forwards streamed at once (paired, no map kept), or all of A's maps kept while B runs a layer's map at a
-    time (matched); small models' tensors stay cached once read, larger ones stream by layer.
+    time (matched); small models' tensors stay cached once read, larger ones stream by layer. `squares`: a pack of
+    texts (n_seq tokens in all), whose maps are kept text by text: the sum of their lengths squared.
     """
     weights = ckpt_a.weight_bytes() + ckpt_b.weight_bytes()
     a, b = ckpt_a.config, ckpt_b.config
     if paired:
         return memory_needed(a, n_seq, weight_bytes=weights, forwards=2)
+    if squares is not None:  # each text's maps kept (PackSink into KeepMaps), never the pack's whole square
+        kept = memory_needed(a, n_seq, kept_layers=a.n_layer, kept_heads=a.n_head, kept_cells=squares)
+        return kept + memory_needed(
+            b, n_seq, kept_layers=1, kept_heads=b.n_head, kept_cells=squares, weight_bytes=weights
+        )
     kept = memory_needed(a, n_seq, kept_layers=a.n_layer, kept_heads=a.n_head, keep_maps=True)
     return kept + memory_needed(b, n_seq, kept_layers=1, kept_heads=b.n_head, keep_maps=True, weight_bytes=weights)
 
