@@ -359,7 +359,7 @@ def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait until results come back from the workers
-            partial = [f for f in tmp_path.iterdir() if f.name.startswith(".p.jsonl.") and f.stat().st_size > 100_000]
+            partial = [f for f in tmp_path.iterdir() if f.name.startswith(".mha-") and f.stat().st_size > 100_000]
             if partial or proc.poll() is not None:
                 break
             time.sleep(0.2)
@@ -374,7 +374,7 @@ def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert err.decode() == "error: interrupted\n" and out == b""
-    assert not per_text.exists() and not [f for f in tmp_path.iterdir() if f.name.startswith(".p.jsonl.")]
+    assert not per_text.exists() and not [f for f in tmp_path.iterdir() if f.name.startswith(".mha-")]
     deadline = time.monotonic() + 10  # the workers are terminated at once; multiprocessing's tracker follows
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
         time.sleep(0.1)

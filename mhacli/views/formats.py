@@ -122,12 +122,18 @@ class AtomicFile:
 
     def commit(self) -> None:
         """Put the whole file in place; on any failure nothing is left but the old file (UsageError on an OSError)."""
-        try:
+        with self.discarded_on_failure():
             self.file.flush()
             os.fchmod(self.file.fileno(), self.mode)  # mkstemp creates 0o600
             self.file.close()
             refuse_input(self.path)
             os.replace(self.tmp, self.path)
+
+    @contextmanager
+    def discarded_on_failure(self) -> Iterator[None]:
+        """Any failure in the block removes the temporary file; an OSError is one UsageError naming the path."""
+        try:
+            yield
         except OSError as exc:
             self.discard()
             raise UsageError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
@@ -147,14 +153,8 @@ class AtomicFile:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` whole or not at all (AtomicFile)."""
     out = AtomicFile(path)
-    try:
+    with out.discarded_on_failure():
         out.file.write(data)
-    except OSError as exc:
-        out.discard()
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        out.discard()
-        raise
     out.commit()
 
 
