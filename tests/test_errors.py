@@ -517,8 +517,11 @@ def test_ctrl_c_exits_130_with_one_line(tiny_model):
     )
     wait_until_reading_stdin(proc.pid)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    proc.stdin.close()
+    try:
+        proc.wait(timeout=30)  # stdin still open: Ctrl-C alone must end it (closing stdin first would race it: EOF)
+    finally:
+        proc.stdin.close()
+    out, err = proc.stdout.read(), proc.stderr.read()
     assert proc.returncode == 130, err
     assert err.decode().splitlines() == ["error: interrupted"] and out == b""
 
