@@ -678,3 +678,13 @@ def die_sending_a_result() -> None:
     writer = frame.f_locals["result_queue"]._writer
     os.write(writer.fileno(), struct.pack("!i", 1 << 20) + b"\x80" * 64)  # a 1 MiB message's length, 64 of its bytes
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def default_sigint() -> None:
+    """A child's SIGINT at its default, as a terminal starts a command (Popen's preexec_fn).
+
+    An ignored SIGINT is inherited across exec, and Python then never installs its KeyboardInterrupt handler: a test
+    of Ctrl-C must not depend on what the test process (or an earlier test in it) ignores."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SAMPLE, hf_outputs, parse_json, reference_stats, run_mha
+from helpers import SAMPLE, default_sigint, hf_outputs, parse_json, reference_stats, run_mha
 
 HELDOUT = json.loads((Path(__file__).parent / "data" / "heldout_shakespeare.json").read_text(encoding="utf-8"))
 NO_PROGRESS = {"MHA_NO_PROGRESS": "1"}
@@ -355,6 +355,7 @@ def test_ctrl_c_stops_the_workers_and_exits_130(tmp_path):
         stderr=subprocess.PIPE,
         env=env,
         start_new_session=True,
+        preexec_fn=default_sigint,  # as a terminal starts it, whatever this process ignores
     )
     try:
         deadline = time.monotonic() + 120

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import count_case, run_mha
+from helpers import count_case, default_sigint, run_mha
 from safetensors.numpy import load_file, save_file
 
 TEXT = "The cat sat on the mat."
@@ -514,6 +514,7 @@ def test_ctrl_c_exits_130_with_one_line(tiny_model):
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,  # as a terminal starts it, whatever this process ignores
     )
     wait_until_reading_stdin(proc.pid)
     proc.send_signal(signal.SIGINT)

@@ -370,7 +370,7 @@ def _lost(why: str) -> str:
     return f"a worker process died mid-run ({why}); nothing was written: run again, perhaps with fewer {{workers}}"
 
 
-def _wait(pending: set[Future], executor: Executor, signals: DeferredSignals) -> tuple[set[Future], set[Future]]:
+def _wait(pending: set[Future], executor: Executor) -> tuple[set[Future], set[Future]]:
     """The chunks done (at least one) and those still out; a local worker found dead meanwhile is WorkerLost.
 
     The pool reports most dead workers through their futures, but one killed while it sent a result would leave
@@ -378,7 +378,6 @@ def _wait(pending: set[Future], executor: Executor, signals: DeferredSignals) ->
     """
     while True:
         done, left = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
-        signals.check()
         if done:
             return done, left
         why = executor.lost() if isinstance(executor, LocalPool) else None
@@ -410,71 +409,11 @@ def drive(
             for seq, outcome in _result(future):
                 sink(seq, outcome)
 
-    with DeferredSignals() as signals:
-        for chunk in chunks(work, sink):
-            signals.check()
-            pending.add(_submit(executor, files, chunk, pack_tokens))
-            while len(pending) >= in_flight:
-                done, pending = _wait(pending, executor, signals)
-                collect(done)
-        while pending:
-            done, pending = _wait(pending, executor, signals)
+    for chunk in chunks(work, sink):
+        pending.add(_submit(executor, files, chunk, pack_tokens))
+        while len(pending) >= in_flight:
+            done, pending = _wait(pending, executor)
             collect(done)
-
-
-class DeferredSignals:
-    """SIGINT, SIGTERM and SIGHUP noted while a pool's work is driven, and acted on at safe points (check()).
-
-    A KeyboardInterrupt raised at an arbitrary bytecode can leave a lock of concurrent.futures half taken (inside
-    wait() or submit()); the pool's thread, and then the interpreter's exit, waited on it for good (a census under
-    Ctrl-C, about one run in ten on a busy machine). The handler only notes the signal; check(), called where no
-    such lock is held (the wait wakes every POLL_S seconds), hands it to the handler that was there before (Ctrl-C's
-    KeyboardInterrupt, the CLI's SIGTERM/SIGHUP exit) or, for a default action, sends it again. Main thread only.
-    """
-
-    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
-
-    def __init__(self) -> None:
-        self.saved: dict[int, Any] = {}
-        self.caught: list[int] = []
-
-    def __enter__(self) -> DeferredSignals:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for name in self.NAMES:
-            signum = getattr(signal, name, None)
-            previous = signal.getsignal(signum) if signum is not None else None
-            if signum is None or previous in (signal.SIG_IGN, None):
-                continue
-            try:
-                signal.signal(signum, self._note)
-            except (ValueError, OSError):
-                continue
-            self.saved[signum] = previous
-        return self
-
-    def _note(self, signum: int, frame: object) -> None:
-        self.caught.append(signum)
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        if kind is None:
-            self.check()  # a signal that came as the last chunk finished
-        self._restore()
-
-    def _restore(self) -> None:
-        for signum, previous in self.saved.items():
-            signal.signal(signum, previous)
-        self.saved = {}
-
-    def check(self) -> None:
-        """Act on the first signal noted, if any (raising what its own handler raises)."""
-        if not self.caught:
-            return
-        signum = self.caught[0]
-        previous = self.saved.get(signum)
-        self._restore()
-        self.caught = []
-        if callable(previous):
-            previous(signum, None)
-        elif previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signum)
+    while pending:
+        done, pending = _wait(pending, executor)
+        collect(done)
