@@ -204,9 +204,8 @@ def local_pool(workers: int) -> Iterator[LocalPool]:
     On any exception (an error, Ctrl-C, a signal) the pool is stopped at once (LocalPool.stop), else shut down after
     its work.
     """
-    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
-    os.environ.update(_ONE_THREAD)  # inherited by the workers when they are spawned (on the first submits)
-    try:
+    with _environ_kept():
+        os.environ.update(_ONE_THREAD)  # inherited by the workers when they are spawned (on the first submits)
         pool = LocalPool(workers)
         try:
             yield pool
@@ -215,12 +214,6 @@ def local_pool(workers: int) -> Iterator[LocalPool]:
             raise
         else:
             pool.shutdown(wait=True)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextmanager
