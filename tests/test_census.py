@@ -183,8 +183,13 @@ def test_serial_local_processes_and_dask_give_the_same_bytes(serial, corpus):
     args = ("census", "--texts", str(corpus), "-f", "json")
     one = run_mha(*args, "-j", "1", env=NO_PROGRESS | {"OPENBLAS_NUM_THREADS": "2"})
     two = run_mha(*args, "-j", "2", env=NO_PROGRESS)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        on_dask = run_mha(*args, "--dask", cluster.scheduler_address, env=NO_PROGRESS)
+    saved = dict(os.environ)  # a Nanny writes Dask's pre-spawn settings into this process' environment for good
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            on_dask = run_mha(*args, "--dask", cluster.scheduler_address, env=NO_PROGRESS)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     for result in (one, two, on_dask):
         assert result.returncode == 0, result.stderr
     assert parse_json(one.stdout)["heads"] == serial[0]["heads"]  # --per-text changes nothing either

@@ -1,7 +1,7 @@
 """Running census texts on an executor (mhacli.analyses.parallel) in this process, against docs/census.md.
 
-Results are folded in submission order whatever order they arrive in; work goes out in chunks of about 4,096
-tokens (at most CHUNK_TEXTS texts, packed into forwards inside); at most `in_flight` chunks are out at once and the
+Results are folded in submission order whatever order they arrive in; work goes out in chunks of whole packs, about
+`chunk_size` tokens (at most CHUNK_TEXTS texts); at most `in_flight` chunks are out at once and the
 work is read lazily; a text that fails is reported, not raised; local workers and a Dask LocalCluster run one BLAS
 and one attention thread each, and the caller's environment is restored afterwards. Executors here are threads or
 stand-ins, so the code under test runs in this process.
@@ -59,25 +59,30 @@ def items(sizes: list[int], start: int = 0) -> list[Item]:
     return [Item(start + k, np.zeros(n, dtype=np.int64), 0) for k, n in enumerate(sizes)]
 
 
-def test_chunks_close_at_4096_tokens():
-    groups = list(chunks(items([1000] * 11), lambda *e: None))
+def unpacked(work, size=4096):
+    """chunks() with every text its own pack (--pack-tokens 1): chunks close at `size` tokens."""
+    return chunks(work, lambda *e: None, 1, size)
+
+
+def test_chunks_of_unpacked_texts_close_at_the_size():
+    groups = list(unpacked(items([1000] * 11)))
     assert [len(g) for g in groups] == [5, 5, 1]  # 5 x 1000 >= 4096 closes a chunk, 4 x 1000 does not
-    exact = list(chunks(items([2048, 2048, 1]), lambda *e: None))
+    exact = list(unpacked(items([2048, 2048, 1])))
     assert [len(g) for g in exact] == [2, 1]  # exactly 4096 tokens close it
     assert [i.seq for g in groups for i in g] == list(range(11))
 
 
 def test_a_chunk_counts_its_own_tokens_from_zero():
-    groups = list(chunks(items([4095, 1, 4095, 1, 5]), lambda *e: None))
+    groups = list(unpacked(items([4095, 1, 4095, 1, 5])))
     assert [[i.seq for i in g] for g in groups] == [[0, 1], [2, 3], [4]]
 
 
 def test_chunks_close_at_chunk_texts():
     n = CHUNK_TEXTS
     assert n < CHUNK_TOKENS  # one-token texts: the text count closes the chunks, not the tokens
-    groups = list(chunks(items([1] * (2 * n + 2)), lambda *e: None))
+    groups = list(unpacked(items([1] * (2 * n + 2)), CHUNK_TOKENS))
     assert [len(g) for g in groups] == [n, n, 2]
-    assert [len(g) for g in chunks(items([1] * n), lambda *e: None)] == [n]
+    assert [len(g) for g in unpacked(items([1] * n), CHUNK_TOKENS)] == [n]
 
 
 def test_failed_entries_go_to_failed_not_to_a_chunk():
@@ -154,7 +159,8 @@ def test_drive_runs_every_text_once_in_order_with_at_most_in_flight_chunks_out(f
     work = [*items(sizes[:4]), (4, "skipped"), *items(sizes[4:], start=5)]
     folded = []
     executor = CountingExecutor() if threads else None
-    drive(iter(work), "the files", executor, InOrder(lambda seq, o: folded.append((seq, o))), in_flight)
+    sink = InOrder(lambda seq, o: folded.append((seq, o)))
+    drive(iter(work), "the files", executor, sink, in_flight, pack_tokens=1, chunk_size=4096)
     sizes_by_seq = dict(enumerate(sizes[:4])) | {5 + k: n for k, n in enumerate(sizes[4:])}
     want = [(s, "NaN in the forward" if n == 33 else f"{n}@0") for s, n in sizes_by_seq.items()]
     want.insert(4, (4, "skipped"))
@@ -183,7 +189,8 @@ def test_a_chunk_that_comes_back_frees_its_place_at_once(fake_texts, monkeypatch
     monkeypatch.setattr(parallel, "run_chunk", run_chunk)
     executor = Logging()
     folded = []
-    drive(iter(items([4096] * 4)), "the files", executor, InOrder(lambda seq, o: folded.append(seq)), in_flight=2)
+    sink = InOrder(lambda seq, o: folded.append(seq))
+    drive(iter(items([4096] * 4)), "the files", executor, sink, in_flight=2, pack_tokens=1, chunk_size=4096)
     executor.pool.shutdown()
     assert folded == [0, 1, 2, 3]
     assert events.index(("submit", 2)) < events.index(("done", 0))
@@ -200,7 +207,8 @@ def test_drive_reads_the_work_lazily(fake_texts):
             yield Item(k, np.zeros(4096, np.int64), 0)  # one text per chunk
 
     executor = CountingExecutor()
-    drive(work(), "the files", executor, InOrder(lambda seq, o: folded.append(seq)), in_flight=1)
+    sink = InOrder(lambda seq, o: folded.append(seq))
+    drive(work(), "the files", executor, sink, in_flight=1, pack_tokens=1, chunk_size=4096)
     executor.pool.shutdown()
     assert folded == list(range(6))
     assert read == [(k, k) for k in range(6)]

@@ -27,7 +27,12 @@ from mhacli.engine.segments import PACK_TOKENS, pack_groups
 from mhacli.errors import MhaError, UsageError, missing_extra
 from mhacli.io.weights import Checkpoint, ModelFiles, open_checkpoint
 
-CHUNK_TOKENS = 4096  # tokens per unit of work: small models run thousands of texts a second, so send them in bulk
+# A unit of work (a chunk) is whole packs, at least one, of about CHUNK_FLOP of work: enough that a Dask task's
+# ~2.4 ms overhead (benchmarks/dask_overhead.py) is under 2% of it, and small enough that the chunks of a corpus
+# spread evenly over the workers. On GPT-2 small that is one pack of 1,024 tokens (about 1.3 s on a core of this
+# machine); the bundled model's chunks are capped at CHUNK_TOKENS tokens or CHUNK_TEXTS texts.
+CHUNK_FLOP = 2e10
+CHUNK_TOKENS = 16384
 CHUNK_TEXTS = 1024
 DASK_TIMEOUT_S = 5
 POLL_S = 0.5  # while it waits for results, how often drive looks for a dead local worker
@@ -264,15 +269,16 @@ def _dask_executor(address: str, workers: int, Client, LocalCluster) -> Iterator
     cluster = None
     try:
         if address == "local":
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                env=dict(_ONE_THREAD),
-                silence_logs=logging.CRITICAL,
-            )  # each worker process on one BLAS and one attention thread, as the local pool's; a worker lost and
-            # restarted is Dask's business, not a log line on our stderr (the run completes or ends in one error)
+            with _no_malloc_trim():
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    env=dict(_ONE_THREAD),
+                    silence_logs=logging.CRITICAL,
+                )  # each worker process on one BLAS and one attention thread, as the local pool's; a worker lost
+                # and restarted is Dask's business, not a log line on our stderr (the run completes or one error)
             client = Client(cluster)
         else:
             client = Client(address, timeout=DASK_TIMEOUT_S)
@@ -291,6 +297,21 @@ def _dask_executor(address: str, workers: int, Client, LocalCluster) -> Iterator
             cluster.close()
 
 
+@contextmanager
+def _no_malloc_trim() -> Iterator[None]:
+    """Nannies started inside spawn their workers without Dask's MALLOC_TRIM_THRESHOLD_ (pre-spawn-environ).
+
+    Dask sets it to 65,536 so long-lived workers give memory back; glibc then stops raising its mmap threshold, and
+    every temporary over 128 KiB of a forward is a fresh mmap: a census task ran 18% slower in CPU time on a
+    LocalCluster worker than on a local one (14x the page faults). A LocalCluster of ours lives for one run."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        yield
+
+
 class InOrder:
     """Hands results to `fold(seq, outcome)` in seq order, whatever order they arrive in."""
 
@@ -306,21 +327,48 @@ class InOrder:
             self.next += 1
 
 
+def chunk_tokens(flop_per_token: float, pack_tokens: int = PACK_TOKENS) -> int:
+    """Tokens per chunk for a model doing `flop_per_token` per token: about CHUNK_FLOP, at least one whole pack."""
+    wanted = CHUNK_FLOP / max(flop_per_token, 1.0)
+    return int(max(pack_tokens, min(CHUNK_TOKENS, wanted)))
+
+
 def chunks(
-    work: Iterable[Item | tuple[int, str | MhaError]], failed: Callable[[int, Outcome], None]
+    work: Iterable[Item | tuple[int, str | MhaError]],
+    failed: Callable[[int, Outcome], None],
+    pack_tokens: int = PACK_TOKENS,
+    size: int = CHUNK_TOKENS,
 ) -> Iterator[list[Item]]:
-    """Group the work into chunks of about CHUNK_TOKENS tokens; (seq, error) entries go straight to `failed`."""
+    """Group the work into chunks of whole packs; (seq, error) entries go straight to `failed`.
+
+    A chunk closes at a pack end where one more full pack would pass `size` tokens (one pack each when `size` is
+    one pack), or at CHUNK_TEXTS texts.
+
+    Packs are cut as pack_groups cuts the whole stream (consecutive texts up to `pack_tokens` tokens), and run_chunk
+    packs a chunk's items the same way from its first item, so every pack, and every result, is the same whatever
+    the chunk size: serial, local workers and Dask compute the same GEMMs."""
+
+    def full(tokens: int, texts: int) -> bool:
+        return tokens + pack_tokens > size or texts >= CHUNK_TEXTS
+
     chunk: list[Item] = []
-    tokens = 0
+    tokens = in_pack = 0
     for entry in work:
         if not isinstance(entry, Item):
             failed(*entry)
             continue
+        n = len(entry.ids)
+        if chunk and in_pack + n > pack_tokens:  # entry starts a new pack: the chunk may close before it
+            if full(tokens, len(chunk)):
+                yield chunk
+                chunk, tokens = [], 0
+            in_pack = 0
         chunk.append(entry)
-        tokens += len(entry.ids)
-        if tokens >= CHUNK_TOKENS or len(chunk) >= CHUNK_TEXTS:
+        tokens += n
+        in_pack += n
+        if in_pack >= pack_tokens and full(tokens, len(chunk)):  # a full pack: no need to read the next text
             yield chunk
-            chunk, tokens = [], 0
+            chunk, tokens, in_pack = [], 0, 0
     if chunk:
         yield chunk
 
@@ -385,13 +433,14 @@ def drive(
     sink: InOrder,
     in_flight: int,
     pack_tokens: int = PACK_TOKENS,
+    chunk_size: int = CHUNK_TOKENS,
 ) -> None:
     """Run every item:
 
-    in this process when `executor` is None, else at most `in_flight` chunks out at a time (the work is read lazily,
-    so a streamed corpus is never held whole)."""
+    in this process when `executor` is None, else at most `in_flight` chunks of about `chunk_size` tokens out at a
+    time (the work is read lazily, so a streamed corpus is never held whole)."""
     if executor is None:
-        for chunk in chunks(work, sink):
+        for chunk in chunks(work, sink, pack_tokens, chunk_size):
             for seq, outcome in run_chunk(files, chunk, pack_tokens):
                 sink(seq, outcome)
         return
@@ -402,7 +451,7 @@ def drive(
             for seq, outcome in _result(future):
                 sink(seq, outcome)
 
-    for chunk in chunks(work, sink):
+    for chunk in chunks(work, sink, pack_tokens, chunk_size):
         pending.add(_submit(executor, files, chunk, pack_tokens))
         while len(pending) >= in_flight:
             done, pending = _wait(pending, executor)

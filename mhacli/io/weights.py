@@ -567,6 +567,11 @@ class Checkpoint:
     def parameter_count(self) -> int:
         return sum(math.prod(info.shape) for info in self.tensors.values())
 
+    def layer_parameter_count(self) -> int:
+        """Values in the blocks' tensors (the headers' shapes): about half the FLOPs a token costs in a forward."""
+        prefixes = tuple(family(self.config.model_type).LAYER_PREFIX.format(i) for i in range(self.config.n_layer))
+        return sum(math.prod(info.shape) for name, info in self.tensors.items() if name.startswith(prefixes))
+
     def weight_bytes(self, *, extra_layers: int = 0) -> int:
         """The most bytes of weights a pass over the layers holds at once, from the headers alone.
 

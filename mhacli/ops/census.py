@@ -29,6 +29,7 @@ from mhacli.analyses.parallel import (
     PACK_TOKENS,
     InOrder,
     Item,
+    chunk_tokens,
     dask_executor,
     default_workers,
     drive,
@@ -292,15 +293,16 @@ def run_census(
             yield from corpus_work(census, corpus, tokenizer, ckpt.config, truncate, where)
 
     sink = InOrder(census.fold)
+    size = chunk_tokens(2.0 * ckpt.layer_parameter_count(), pack_tokens)
     if dask is not None:
         with dask_executor(dask, workers) as executor:
-            drive(work(), ckpt.files, executor, sink, in_flight=4 * workers, pack_tokens=pack_tokens)
+            drive(work(), ckpt.files, executor, sink, in_flight=4 * workers, pack_tokens=pack_tokens, chunk_size=size)
     elif workers == 1:
         remember(ckpt.files, ckpt)
-        drive(work(), ckpt.files, None, sink, in_flight=1, pack_tokens=pack_tokens)
+        drive(work(), ckpt.files, None, sink, in_flight=1, pack_tokens=pack_tokens, chunk_size=size)
     else:
         with local_pool(workers) as executor:
-            drive(work(), ckpt.files, executor, sink, in_flight=2 * workers, pack_tokens=pack_tokens)
+            drive(work(), ckpt.files, executor, sink, in_flight=2 * workers, pack_tokens=pack_tokens, chunk_size=size)
 
 
 @dataclass(frozen=True)
