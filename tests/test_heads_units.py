@@ -186,7 +186,7 @@ def test_stats_bytes_count_a_stats_accumulators_arrays(n_head, n_seq):
     """Its float64 per-row sums, and the token index of its matches (ids, base and keys, int64)."""
     acc = StatsAccumulator(n_head, np.arange(n_seq, dtype=np.int64) % 7)
     held = sum(a.nbytes for a in acc.per_row.values()) + acc.ids.nbytes
-    held += acc.matches.base.nbytes + acc.matches.keys.nbytes
+    held += acc.index.matches.base.nbytes + acc.index.matches.keys.nbytes
     assert stats_bytes(n_head, n_seq) == held
 
 

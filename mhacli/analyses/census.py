@@ -22,6 +22,7 @@ from mhacli.analyses.stats import (
     STAT_NAMES,
     SUPPORTED_STATS,
     StatsAccumulator,
+    TextIndex,
     kinds_from_holds,
     rule_holds,
 )
@@ -109,12 +110,13 @@ def pack_stats(params: Params, texts: Sequence[tuple[np.ndarray, int]]) -> list[
     ids = np.concatenate([np.asarray(t, dtype=np.int64) for t, _ in texts])
     layers: list[list] = [[] for _ in texts]
     streams: dict[int, list[StatsAccumulator]] = {}
+    indexes = [TextIndex(t) for t, _ in texts]  # each text's token matches, made once for all layers
 
     def sinks(layer: int) -> StatsAccumulator | PackSink:  # statistics streamed block by block: no map is kept
-        streams[layer] = [StatsAccumulator(n_head, t, first_row) for t, first_row in texts]
+        streams[layer] = [StatsAccumulator(n_head, t, r, x) for (t, r), x in zip(texts, indexes)]
         return streams[layer][0] if segments is None else PackSink(segments, streams[layer])
 
-    for trace in forward(params, ids, sinks=sinks, segments=segments):
+    for trace in forward(params, ids, sinks=sinks, segments=segments, attention_only_last=True):
         for t, acc in enumerate(streams.pop(trace.layer)):
             layers[t].append(acc.result())
     return [_text_result(per_layer) for per_layer in layers]

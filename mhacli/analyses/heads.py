@@ -94,7 +94,9 @@ def analyse(
         )  # fmt: skip
         return Tee(streams[layer], parts[layer])
 
-    for trace in forward(params, ids, n_layers=wanted_layers[-1] + 1, edits=edits, sinks=sinks):
+    last = wanted_layers[-1]
+    streamed = not (keep_maps and request is None) and last not in (edits or {})  # the last layer's MLP feeds nothing
+    for trace in forward(params, ids, n_layers=last + 1, edits=edits, sinks=sinks, attention_only_last=streamed):
         if trace.layer not in wanted_layers:
             continue
         if trace.attention is None:  # streamed: every head's statistics, then the selected ones

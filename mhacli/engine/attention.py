@@ -217,21 +217,22 @@ def _block(
         hidden |= np.arange(lo, b)[None, :] < starts[a:b, None]
     masked = bool(hidden.any())
     for h0 in range(0, n_head, group):
-        tiles = tile[: min(group, n_head - h0) * (b - a) * (b - lo)].reshape(-1, b - a, b - lo)
-        for h, s in enumerate(tiles, start=h0):  # s: scores, then probabilities, in place
-            kv = h // shared
-            np.matmul(qs[h, a:b], k[kv, lo:b].T, out=s)
-            if softcap is not None:  # as HF's eager attention: s / cap, tanh, * cap, then the mask
-                s /= F32(softcap)
-                np.tanh(s, out=s)
-                s *= F32(softcap)
-            if masked:
-                np.copyto(s, -np.inf, where=hidden)
-            s -= s.max(axis=1, keepdims=True)
-            np.exp(s, out=s)
-            s /= s.sum(axis=1, keepdims=True)
-            np.matmul(s, v[kv, lo:b], out=z[h, a:b])  # only the visible keys' values
-        sink.add(h0, a, b, lo, tiles)
+        h1 = min(n_head, h0 + group)
+        s = tile[: (h1 - h0) * (b - a) * (b - lo)].reshape(-1, b - a, b - lo)  # scores, then probabilities, in place
+        # the group's heads at once (a BLAS product per head, one Python call): their K/V heads, a copy only with GQA
+        kv = slice(h0, h1) if shared == 1 else np.arange(h0, h1) // shared
+        np.matmul(qs[h0:h1, a:b], k[kv, lo:b].transpose(0, 2, 1), out=s)
+        if softcap is not None:  # as HF's eager attention: s / cap, tanh, * cap, then the mask
+            s /= F32(softcap)
+            np.tanh(s, out=s)
+            s *= F32(softcap)
+        if masked:
+            np.copyto(s, -np.inf, where=hidden)
+        s -= s.max(axis=2, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=2, keepdims=True)
+        np.matmul(s, v[kv, lo:b], out=z[h0:h1, a:b])  # only the visible keys' values
+        sink.add(h0, a, b, lo, s)
 
 
 def one_blas_thread():

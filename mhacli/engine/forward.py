@@ -61,6 +61,7 @@ def forward(
     edits: dict[int, ZEdit] | None = None,
     sinks: Sinks | None = None,
     segments: Segments | None = None,
+    attention_only_last: bool = False,
 ) -> Iterator[LayerTrace]:
     """Run the model layer by layer, yielding each layer's attention and residual stream.
 
@@ -69,12 +70,25 @@ def forward(
     block, to the sink it returns for that layer (LayerTrace.attention is then None): no [n_head, n_seq, n_seq] map.
     `segments`: `ids` is a pack of several texts (mhacli.engine.segments), each attending only to itself, its
     positions restarting at 0; a kept map is then the pack's [n_head, n_seq, n_seq], zero between texts.
+    `attention_only_last`: see forward_from.
     """
     ids = np.asarray(ids, dtype=np.int64)
     n = params.config.n_layer if n_layers is None else n_layers
     with packed(segments):
         x = embed(params, ids)
-    yield from forward_from(params, x, 0, n, edits=edits, sinks=sinks, segments=segments)
+    yield from forward_from(
+        params, x, 0, n, edits=edits, sinks=sinks, segments=segments, attention_only_last=attention_only_last
+    )
+
+
+class _HeadsDone(Exception):  # noqa: N818 - not an error: the last layer's heads are computed, the rest is skipped
+    def __init__(self, z: np.ndarray) -> None:
+        self.z = z
+
+
+def _stop_before_out(z: np.ndarray) -> np.ndarray:
+    """A ZEdit that ends the block where the heads' outputs enter W_O (every family applies edits there)."""
+    raise _HeadsDone(z)
 
 
 def forward_from(
@@ -86,16 +100,29 @@ def forward_from(
     edits: dict[int, ZEdit] | None = None,
     sinks: Sinks | None = None,
     segments: Segments | None = None,
+    attention_only_last: bool = False,
 ) -> Iterator[LayerTrace]:
-    """Layers first..stop-1 on x [n_seq, n_embd], the residual stream entering layer `first` (a pack: `segments`)."""
+    """Layers first..stop-1 on x [n_seq, n_embd], the residual stream entering layer `first` (a pack: `segments`).
+
+    `attention_only_last` (with a sink for it, as the statistics need nothing more): layer stop-1 runs its attention
+    and stops where the heads' outputs enter W_O, skipping its output projection and MLP (a twelfth of GPT-2 small's
+    work); its trace has the heads' z, no map, and the residual stream *entering* it (no edit applies there)."""
+    if attention_only_last and (sinks is None or stop - 1 in (edits or {})):
+        raise ValueError("attention_only_last streams the last layer to a sink, and no edit can apply there")
     config = params.config
     block = family(config).block  # one small block function per architecture family
     edits = edits or {}
     for layer in range(first, stop):
         weights = params.layer(layer)
         sink = sinks(layer) if sinks is not None else None
-        with np.errstate(all="ignore"), packed(segments):  # overflow is reported below, naming the layer and heads
-            x, attn = block(x, weights, config, layer, edits.get(layer), sink=sink)
+        edit = _stop_before_out if attention_only_last and layer == stop - 1 else edits.get(layer)
+        try:
+            with np.errstate(all="ignore"), packed(segments):  # overflow is reported below, naming the layer and heads
+                x, attn = block(x, weights, config, layer, edit, sink=sink)
+        except _HeadsDone as done:
+            check_finite(done.z, x, layer)
+            yield LayerTrace(layer, None, x, done.z)
+            return
         check_finite(attn.probs if attn.probs is not None else attn.z, x, layer)
         yield LayerTrace(layer, attn.probs, x, attn.z)
 
