@@ -30,9 +30,10 @@ from mhacli.io.weights import Checkpoint, ModelFiles, open_checkpoint
 # A unit of work (a chunk) is whole packs, at least one, of about CHUNK_FLOP of work: enough that a Dask task's
 # ~2.4 ms overhead (benchmarks/dask_overhead.py) is under 2% of it, and small enough that the chunks of a corpus
 # spread evenly over the workers. On GPT-2 small that is one pack of 1,024 tokens (about 1.3 s on a core of this
-# machine); the bundled model's chunks are capped at CHUNK_TOKENS tokens or CHUNK_TEXTS texts.
+# machine); a tiny model's are capped at CHUNK_TOKENS tokens or CHUNK_TEXTS texts (the bundled model: 4 chunks of
+# its 12,386-token census, so two workers share them).
 CHUNK_FLOP = 2e10
-CHUNK_TOKENS = 16384
+CHUNK_TOKENS = 4096
 CHUNK_TEXTS = 1024
 DASK_TIMEOUT_S = 5
 POLL_S = 0.5  # while it waits for results, how often drive looks for a dead local worker
