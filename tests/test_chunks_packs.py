@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import SAMPLE
+from helpers import SAMPLE, run_mha
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,3 +130,22 @@ def test_dask_local_workers_run_without_malloc_trim(monkeypatch):
         env = got.result(timeout=60)
     assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
     assert dict(dask.config.get("distributed.nanny.pre-spawn-environ")) == before  # the setting restored after
+
+
+def test_dask_local_says_nothing_when_another_cluster_holds_port_8787(tmp_path):
+    pytest.importorskip("dask.distributed", reason="the test extra installs dask[distributed]")
+    import socket
+
+    taken = socket.socket()
+    try:
+        taken.bind(("0.0.0.0", 8787))
+        taken.listen()
+    except OSError:
+        pass  # already held by another process: the case itself
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat.\nA dog ran.\n")
+    try:
+        done = run_mha("census", "--texts", str(corpus), "--probes", "none", "--dask", "local", "-j", "1", "-f", "json")
+    finally:
+        taken.close()
+    assert done.returncode == 0 and done.stderr == b"", done.stderr

@@ -338,7 +338,8 @@ def test_a_dask_local_cluster_has_single_threaded_worker_processes(monkeypatch):
             "n_workers": 3,
             "threads_per_worker": 1,
             "processes": True,
-            "dashboard_address": None,
+            "dashboard_address": ":0",  # the scheduler's routes on a free port: 8787 may be another cluster's
+            "scheduler_kwargs": {"dashboard": False},
             "env": dict.fromkeys(THREAD_VARS, "1"),
             "silence_logs": logging.CRITICAL,  # a lost worker's restart is no log line on stderr (test_exec_faults)
         },

@@ -275,11 +275,14 @@ def _dask_executor(address: str, workers: int, Client, LocalCluster) -> Iterator
                     n_workers=workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",
+                    scheduler_kwargs={"dashboard": False},
                     env=dict(_ONE_THREAD),
                     silence_logs=logging.CRITICAL,
                 )  # each worker process on one BLAS and one attention thread, as the local pool's; a worker lost
-                # and restarted is Dask's business, not a log line on our stderr (the run completes or one error)
+                # and restarted is Dask's business, not a log line on our stderr (the run completes or one error);
+                # no dashboard, and the scheduler's HTTP routes on a free port: with None it tries 8787 and warns
+                # "Port 8787 is already in use" whenever another cluster holds it
             client = Client(cluster)
         else:
             client = Client(address, timeout=DASK_TIMEOUT_S)
