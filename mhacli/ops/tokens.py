@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mhacli.errors import UsageError
-from mhacli.io.files import escape_unprintable, utf8_text
+from mhacli.io.files import utf8_text
 from mhacli.io.tokenizer import Tokenizer
 
 
@@ -27,12 +27,12 @@ class Token:
 
 
 def quoted_tokens(tokens: Sequence[str]) -> str:
-    """Tokens as a message shows them: each in quotes, escaped once, e.g. `'a', ' ', '\\xf0\\x9d'`.
+    """Tokens as a message shows them: each as repr() quotes and escapes it, but escaped once: `'a', '\\xf0\\x9d'`.
 
     A token as the tokenizer displays it already spells a partial UTF-8 sequence as `\\xf0` (mhacli.io.tokenizer);
-    repr() would double that backslash. Control characters, which the display keeps, are escaped here, once.
+    repr() would double that backslash. Control characters, which the display keeps, come out escaped once.
     """
-    return ", ".join(f"'{escape_unprintable(t)}'" for t in tokens)
+    return ", ".join(repr(t).replace("\\\\", "\\") for t in tokens)
 
 
 def text_token_ids(tokenizer: Tokenizer, text: str) -> list[int]:
