@@ -89,6 +89,11 @@ def check_text(text: object) -> str:
     return text
 
 
+def _explain_args(layer: object, head: object, query: object) -> tuple[int, int, int | None]:
+    """explain's layer, head and query (None: the last token) as ints, checked before any forward runs."""
+    return args.integer(layer, "layer"), args.integer(head, "head"), args.optional_integer(query, "query")
+
+
 def _id_values(ids: IdsLike) -> list[int]:
     """Token ids given directly, as a list.
 
@@ -206,11 +211,7 @@ class Model:
         max_memory: Size = None,
     ) -> Explanation:
         """One head's computation for one query token (default the last; negative counts from the end)."""
-        layer, head, query = (
-            args.integer(layer, "layer"),
-            args.integer(head, "head"),
-            args.optional_integer(query, "query"),
-        )
+        layer, head, query = _explain_args(layer, head, query)
         return self.run(text, ids=ids, truncate=truncate, max_memory=max_memory).explain(layer, head, query)
 
     def circuits(
@@ -363,7 +364,7 @@ class Run:
         out = [s for x in layers for s in self._stats[x]]
         if head is not None:
             n_head = self.model.config.n_head
-            if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not -n_head <= head < n_head:
+            if not -n_head <= head < n_head:  # an int: args.optional_integer above
                 raise UsageError(f"head {head!r} is out of range: this model has heads 0..{n_head - 1}")
             out = [s for s in out if s.head == int(head) % n_head]
         return out
@@ -397,11 +398,7 @@ class Run:
 
         Every intermediate is checked against the forward (Explanation.matches).
         """
-        layer, head, query = (
-            args.integer(layer, "layer"),
-            args.integer(head, "head"),
-            args.optional_integer(query, "query"),
-        )
+        layer, head, query = _explain_args(layer, head, query)
         if self.removed:
             raise UsageError("explain runs the intact model: make the run without remove=")
         return explain_head(self.model.checkpoint, self.tokenized.ids, layer, head, query, max_memory=self.max_memory)
@@ -550,7 +547,7 @@ def head_pairs(value: object, name: str) -> list[Head]:
     for pair in value:
         if isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray)) or len(pair) != 2:
             raise bad
-        if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in pair):
+        if not all(args.is_int(x) for x in pair):
             raise bad
         pairs.append((int(pair[0]), int(pair[1])))
     return pairs
@@ -682,14 +679,14 @@ def census(
             raise UsageError(f"probe {p!r} is not one of: {', '.join(PROBES)}")
     if probes and probe_count < 1:
         raise UsageError(f"probe_count {probe_count} must be at least 1")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not args.is_int(workers) or workers < 1:
         raise UsageError(f"workers {workers!r} must be an int, at least 1")
     corpus = None if texts is None else [check_text(t) for t in args.text_or_texts(texts, "texts")]
     if not probes and not corpus:
         raise UsageError("nothing to run: no probes and no texts")
     spec = ProbeSpec(probe_count, repeat_length, random_length, seed)
     lines = None if not corpus else [(None, t) for t in corpus]
-    request = censuses.CensusRequest(probes, spec, lines, None, truncate, workers, dask, max_memory, strict=True)
+    request = censuses.CensusRequest(probes, spec, lines, None, truncate, int(workers), dask, max_memory, strict=True)
     done = censuses.take_census(model.checkpoint, model.tokenizer, request)
     ran = done.run.ran()
     return Census(verdicts(ran), ran, spec, probes, done.doc)

@@ -7,6 +7,7 @@ Nothing is downloaded: models come from `transformers` configs with random weigh
 from __future__ import annotations
 
 import io
+import signal
 import sys
 from pathlib import Path
 
@@ -106,3 +107,36 @@ def browser():
         b = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
         yield b
         b.close()
+
+
+# The signals whose handlers a test must leave as it found them: a child process inherits an ignored one (an ignored
+# SIGINT leaves a Python child without KeyboardInterrupt), and a later test would run under another's handler.
+KEPT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+STARTED_WITH = signal.getsignal(signal.SIGINT)  # when pytest imported this file, before any test ran
+
+
+def pytest_report_header() -> list[str]:
+    if STARTED_WITH is not signal.SIG_IGN:
+        return []
+    return [
+        "SIGINT was ignored when pytest started (a background job of a non-interactive shell: `cmd &`, nohup): "
+        "every child process inherits that; tests of Ctrl-C start theirs with helpers.default_sigint"
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _signals_kept(request):
+    """Fail the first test that leaves a signal's handler changed, and put the handler back for the tests after it."""
+    before = [signal.getsignal(signum) for signum in KEPT_SIGNALS]
+    yield
+    changed = []
+    for signum, old in zip(KEPT_SIGNALS, before):
+        new = signal.getsignal(signum)
+        if new != old:
+            changed.append(f"{signal.Signals(signum).name}: {old!r} -> {new!r}")
+            if old is not None:
+                signal.signal(signum, old)
+    if changed:
+        pytest.fail(f"{request.node.nodeid} left signal handlers changed ({'; '.join(changed)})", pytrace=False)

@@ -32,7 +32,7 @@ from mhacli.analyses.loss import first_target, output_head, scored_losses, score
 from mhacli.engine.attention import DISCARD, Sink, one_blas_thread
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.engine.forward import LayerTrace, embed, forward, forward_from
-from mhacli.engine.segments import Segments, pack_groups, packed
+from mhacli.engine.segments import Segments, end_to_end, pack_groups, packed
 from mhacli.errors import UsageError
 
 Head = tuple[int, int]  # (layer, query head)
@@ -208,10 +208,9 @@ def make_packs(texts: Sequence[np.ndarray], pack_tokens: int, loss_from: int) ->
     """Consecutive texts in packs of at most `pack_tokens` tokens (pack_groups: a longer text alone)."""
     packs = []
     for group in pack_groups([len(t) for t in texts], pack_tokens):
-        members = [np.asarray(texts[i], dtype=np.int64) for i in group]
-        segments = Segments.of(members) if len(members) > 1 else None
-        scored = scored_positions([len(t) for t in members], loss_from)
-        packs.append(Pack(group[0], np.concatenate(members), segments, scored))
+        ids, segments = end_to_end([texts[i] for i in group])
+        scored = scored_positions([len(texts[i]) for i in group], loss_from)
+        packs.append(Pack(group[0], ids, segments, scored))
     return packs
 
 

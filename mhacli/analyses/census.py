@@ -28,7 +28,7 @@ from mhacli.analyses.stats import (
 )
 from mhacli.engine.blocks import Params
 from mhacli.engine.forward import forward
-from mhacli.engine.segments import PackSink, Segments
+from mhacli.engine.segments import PackSink, end_to_end, per_text
 
 SOURCES = ("repeat", "random", "corpus")
 PROBES = ("repeat", "random")
@@ -106,15 +106,14 @@ def pack_stats(params: Params, texts: Sequence[tuple[np.ndarray, int]]) -> list[
     (token ids, first row) each -> each text's statistics, as `text_stats` of it alone gives them (to float32
     rounding: the products run in other block shapes). One text runs unpacked."""
     n_head = params.config.n_head
-    segments = Segments.of([ids for ids, _ in texts]) if len(texts) > 1 else None
-    ids = np.concatenate([np.asarray(t, dtype=np.int64) for t, _ in texts])
+    ids, segments = end_to_end([t for t, _ in texts])
     layers: list[list] = [[] for _ in texts]
     streams: dict[int, list[StatsAccumulator]] = {}
     indexes = [TextIndex(t) for t, _ in texts]  # each text's token matches, made once for all layers
 
     def sinks(layer: int) -> StatsAccumulator | PackSink:  # statistics streamed block by block: no map is kept
         streams[layer] = [StatsAccumulator(n_head, t, r, x) for (t, r), x in zip(texts, indexes)]
-        return streams[layer][0] if segments is None else PackSink(segments, streams[layer])
+        return per_text(segments, streams[layer])
 
     for trace in forward(params, ids, sinks=sinks, segments=segments, attention_only_last=True):
         for t, acc in enumerate(streams.pop(trace.layer)):

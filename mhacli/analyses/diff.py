@@ -28,7 +28,7 @@ from mhacli.analyses.stats import STAT_NAMES, LayerStats, StatsAccumulator, head
 from mhacli.engine.attention import KeepMap, block_rows, one_blas_thread
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.engine.forward import forward
-from mhacli.engine.segments import PackSink, Segments
+from mhacli.engine.segments import PackSink, Segments, end_to_end
 from mhacli.errors import UsageError
 
 METRICS: dict[str, str] = {
@@ -277,8 +277,7 @@ def _compare_pack(
 ) -> list[TextDiff]:
     check_metric(metric)
     texts = [np.asarray(t, dtype=np.int64) for t in texts]
-    segments = Segments.of(texts) if len(texts) > 1 else None
-    ids = np.concatenate(texts)
+    ids, segments = end_to_end(texts)
     stats_a: list[list[np.ndarray]] = [[] for _ in texts]
     stats_b: list[list[np.ndarray]] = [[] for _ in texts]
     kinds_a: list[list[str]] = [[] for _ in texts]

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,21 @@ def pack_groups(lengths: Sequence[int], pack_tokens: int) -> list[list[int]]:
             groups.append([i])
             tokens = n
     return groups
+
+
+def end_to_end(texts: Sequence[Sequence[int] | np.ndarray]) -> tuple[np.ndarray, Segments | None]:
+    """Texts as one forward's input: their ids end to end ([n_seq] int64) and their Segments.
+
+    The Segments are None for one text, which runs unpacked (the one-text path)."""
+    members = [np.asarray(t, dtype=np.int64) for t in texts]
+    return np.concatenate(members), (Segments.of(members) if len(members) > 1 else None)
+
+
+def per_text(segments: Segments | None, sinks: Sequence) -> Any:
+    """What a layer's attention streams to, given one sink per text of the pack `segments`.
+
+    The text's own sink when it runs alone (segments None), else a PackSink handing each text its part."""
+    return sinks[0] if segments is None else PackSink(segments, sinks)
 
 
 class PackSink:

@@ -34,7 +34,7 @@ from mhacli.analyses.heads import analyse, check_selection
 from mhacli.analyses.stats import StatsAccumulator, head_stats
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
-from mhacli.engine.segments import PACK_TOKENS, PackSink, Segments, pack_groups
+from mhacli.engine.segments import PACK_TOKENS, PackSink, Segments, pack_groups, per_text
 from mhacli.errors import Cancelled, UsageError
 from mhacli.io.files import note_input
 from mhacli.io.textin import TokenizedText
@@ -329,7 +329,7 @@ class KindTally:
         def sink(layer: int) -> StatsAccumulator | PackSink:
             accs = [StatsAccumulator(self.n_head, self.texts[index + t].ids) for t in range(count)]
             self._streams[layer] = accs
-            return accs[0] if segments is None else PackSink(segments, accs)
+            return per_text(segments, accs)
 
         return sink
 

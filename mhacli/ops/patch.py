@@ -21,7 +21,7 @@ from mhacli.errors import UsageError
 from mhacli.io.textin import read_json_lines
 from mhacli.ops.ablation import KindTally
 from mhacli.ops.inputs import encode
-from mhacli.ops.tokens import one_token
+from mhacli.ops.tokens import one_token, quoted_tokens
 from mhacli.views.patch import patch_text
 from mhacli.views.save import Picture, Pictures
 
@@ -91,8 +91,9 @@ def _pair(ckpt, tokenizer, clean: str, corrupt: str, answer: str, wrong: str, wh
     kt = encode(corrupt, ckpt, tokenizer, truncate=False)
     if len(ct.ids) != len(kt.ids):
         raise UsageError(
-            f"{prefix}the clean and corrupted prompts differ in length: {len(ct.ids)} tokens {ct.tokens} and "
-            f"{len(kt.ids)} tokens {kt.tokens}; patching needs the same positions",
+            f"{prefix}the clean and corrupted prompts differ in length: {len(ct.ids)} tokens "
+            f"[{quoted_tokens(ct.tokens)}] and {len(kt.ids)} tokens [{quoted_tokens(kt.tokens)}]; "
+            "patching needs the same positions",
             params=("clean", "corrupt"),
         )
     doc = {

@@ -7,6 +7,7 @@ door.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mhacli.errors import UsageError
@@ -23,6 +24,15 @@ class Token:
 
     def to_dict(self) -> dict[str, object]:
         return {"token": self.token, "id": self.id}
+
+
+def quoted_tokens(tokens: Sequence[str]) -> str:
+    """Tokens as a message shows them: each as repr() quotes and escapes it, but escaped once: `'a', '\\xf0\\x9d'`.
+
+    A token as the tokenizer displays it already spells a partial UTF-8 sequence as `\\xf0` (mhacli.io.tokenizer);
+    repr() would double that backslash. Control characters, which the display keeps, come out escaped once.
+    """
+    return ", ".join(repr(t).replace("\\\\", "\\") for t in tokens)
 
 
 def text_token_ids(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -58,10 +68,9 @@ def one_token(
     text = fixed
     ids = text_token_ids(tokenizer, text)
     if len(ids) != 1:
-        pieces = ", ".join(repr(t) for t in tokenizer.display(ids))
         raise UsageError(
-            f"{{{param}}} {text!r} is {len(ids)} tokens ({pieces}), not one: give its first token, or the id "
-            "of the token you mean",
+            f"{{{param}}} {text!r} is {len(ids)} tokens ({quoted_tokens(tokenizer.display(ids))}), not one: give its "
+            "first token, or the id of the token you mean",
             params=(param,),
         )
     if not 0 <= ids[0] < vocab_size:

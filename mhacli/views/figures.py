@@ -18,10 +18,17 @@ Many heads (SmolLM2-135M: 30 layers x 9 heads; docs/pictures-many-heads.md):
 
 from __future__ import annotations
 
+import atexit
 import io
 import math
+import os
+import shutil
+import stat
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -63,8 +70,70 @@ METADATA = {
 }
 
 
+def _default_config_dirs() -> list[Path]:
+    """The directories matplotlib makes its config and cache in when MPLCONFIGDIR is unset (matplotlib.__init__)."""
+    if sys.platform.startswith(("linux", "freebsd")):
+        config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return [Path(config, "matplotlib"), Path(cache, "matplotlib")]
+    return [Path.home() / ".matplotlib"]
+
+
+def _usable(directory: Path) -> bool:
+    try:
+        directory = directory.resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):
+        return False
+    return directory.is_dir() and os.access(directory, os.W_OK)
+
+
+def _private_dir() -> str | None:
+    """This user's own directory under the temporary one, kept between runs (matplotlib's font cache lives there).
+
+    Used only when it is a directory of this user's that nobody else may enter; otherwise a fresh one, removed at
+    exit, as matplotlib's own fallback is.
+    """
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None:
+        kept = Path(tempfile.gettempdir(), f"mha-matplotlib-{getuid()}")
+        try:
+            kept.mkdir(mode=0o700, exist_ok=True)
+            st = kept.lstat()
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == getuid() and not st.st_mode & 0o077:
+                return str(kept)
+        except OSError:
+            pass
+    try:
+        fresh = tempfile.mkdtemp(prefix="mha-matplotlib-")
+    except OSError:
+        return None
+    atexit.register(shutil.rmtree, fresh, ignore_errors=True)
+    return fresh
+
+
+def quiet_config_dir() -> None:
+    """Point MPLCONFIGDIR at a private directory when matplotlib's default one is unusable.
+
+    With HOME read-only, a file or unset, matplotlib makes a temporary directory itself but logs two multi-line
+    warnings about it (the CLI showed them as `warning:` lines on every --save), and rebuilds its font cache on every
+    run. A user's own MPLCONFIGDIR is kept, and so is a matplotlib already imported.
+    """
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    try:
+        if all(_usable(d) for d in _default_config_dirs()):
+            return
+    except RuntimeError:  # Path.home(): no HOME and no password entry
+        pass
+    private = _private_dir()
+    if private is not None:  # else no temporary directory either: matplotlib says why, as it would have
+        os.environ["MPLCONFIGDIR"] = private
+
+
 @contextmanager
 def style() -> Iterator[Any]:
+    quiet_config_dir()
     import matplotlib
 
     with matplotlib.rc_context(RC):

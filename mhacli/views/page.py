@@ -74,7 +74,7 @@ TEMPLATE = """<!DOCTYPE html>
 </header>
 <div id="error" hidden></div>
 <main>
-<section id="grid-box"><h2>heads (layer × head): click one</h2><div id="grid"></div></section>
+<section id="grid-box"><h2>{heading}: click one</h2><div id="grid"></div></section>
 <section id="detail"><h2 id="head-title"></h2><div id="hover"></div>
 <div id="detail-row"><div id="maps"></div><dl id="info"></dl></div></section>
 </main>
@@ -86,6 +86,9 @@ TEMPLATE = """<!DOCTYPE html>
 </body>
 </html>
 """
+
+
+GRID_HEADING = "heads (layer × head)"  # a page whose grid is not one of heads names its own (grid.heading, grid.corner)
 
 
 def resource(name: str) -> str:
@@ -114,6 +117,7 @@ def build(doc: dict) -> str:
         data=json_for_html(doc),
         js=js,
         note=html.escape(note),
+        heading=html.escape(doc["grid"].get("heading", GRID_HEADING)),
     )
 
 
@@ -426,6 +430,8 @@ def _resid_page(doc: dict, caption: str) -> str:
     page = base_doc("patch", caption, [], cells)  # no maps: no token strip to search
     page["grid"] = {
         "colour": "value",
+        "heading": "residual stream (layer × position)",
+        "corner": "L\\pos",
         "says": "ring colour: resid patching score of the residual stream entering the layer (rows) at each position "
         "(columns) (red: +1, blue: -1)",
     }

@@ -88,7 +88,7 @@
   function grid() {
     const g = $("#grid");
     g.style.gridTemplateColumns = `auto repeat(${data.heads.length}, auto)`;
-    g.append(el("div", "corner", "L\\H"));
+    g.append(el("div", "corner", data.grid.corner || "L\\H"));
     for (const h of data.heads) g.append(el("div", "colhead", String(h)));
     const byPos = new Map(data.cells.map((c, k) => [c.layer + "." + c.head, k]));
     for (const layer of data.layers) {
