@@ -22,7 +22,6 @@ from mhacli.views.output import FORMATS
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --site q --by-pos",
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --sender 0.1 -f json",
         "mha patch 'a b a' 'c b a' --answer ' b' --wrong ' c' --site resid --noise",
-        "mha patch --pairs pairs.jsonl --pack-tokens 1",
     ),
 )
 def patch(
