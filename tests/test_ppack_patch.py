@@ -128,14 +128,13 @@ def test_packed_pairs_every_metric(models, packs_run, name, kind):
     _agree(packed, alone)
 
 
-def test_long_packs_run_fewer_variants_at_once(models, packs_run, monkeypatch):
-    """A pack over PACK_ROWS rows splits a layer's variants into several reruns; the numbers do not change."""
+def test_packs_hold_at_most_pack_rows_over_the_variants_tokens(models, packs_run, monkeypatch):
+    """PACK_ROWS bounds a rerun's rows: with 4 heads a layer, packs of at most 40 // 4 = 10 tokens; same numbers."""
     _, model = models["gpt2"]
-    monkeypatch.setattr(patching, "PACK_ROWS", 40)  # 18 tokens: 2 variants per rerun
-    pairs = _pairs(model.config.vocab_size, SAME, seed=14)
+    monkeypatch.setattr(patching, "PACK_ROWS", 40)
+    pairs = _pairs(model.config.vocab_size, MIXED, seed=14)
     packed, alone = _both(model.checkpoint, pairs, site="z")
-    n_layer = model.config.n_layer  # 4 heads: the 18-token pack in 2 + 2, the 12-token one in 3 + 1 (40 // 12)
-    assert packs_run.count(18) == packs_run.count(12) == 2 * n_layer
+    assert set(packs_run) == {8}  # 7 + 1; then 5, 12, 3, 25 and 6 alone
     _agree(packed, alone)
 
 

@@ -48,9 +48,10 @@ DIRECTIONS = ("denoise", "noise")
 RECEIVER_SITES = ("q", "k", "v")
 # (layer, head: a query head, a K/V head for k/v sites, None for resid; position or None: every position)
 Unit = tuple[int, int | None, int | None]
-# Rows (variants x tokens) of one packed rerun at most: a pack runs fewer variants at once, so that its activations
-# stay in cache. Measured on GPT-2 small and SmolLM2 (docs/commands/patch.md): 8 pairs x 14 tokens x 9-12 heads
-# gained 13-15%, x 64 variants (--by-pos) lost 20-25%.
+# Rows (variants x tokens) of one packed rerun at most: packs hold at most PACK_ROWS // (a layer's variants run at
+# once) tokens. Measured on GPT-2 small and SmolLM2 (docs/commands/patch.md): 8 pairs x 14 tokens x 9-12 heads
+# used 10-15% less CPU than each pair alone; x 64 variants (--by-pos) 20-25% more, and one 900-token pack run one
+# variant at a time gained nothing.
 PACK_ROWS = 1536
 
 
@@ -252,7 +253,8 @@ def patch(
 
     site "resid": the residual stream entering each layer instead of a head, at all positions at once or (by_pos)
     at each position. Values are means over pairs of the metric; a pair's two prompts have the same length (checked
-    by the caller). Consecutive pairs run packed, up to `pack_tokens` tokens per rerun (1: each alone).
+    by the caller). Consecutive pairs run packed, up to `pack_tokens` tokens per rerun (1: each alone) and PACK_ROWS
+    rows (the pack's tokens times the variants run at once).
     """
     if direction not in DIRECTIONS:
         raise UsageError(f"{{direction}} {direction!r}: one of {', '.join(DIRECTIONS)}", params=("direction",))
@@ -272,6 +274,8 @@ def patch(
     units = units_of(params, unit_site, range(first, c.n_layer), n_seq, by_pos and sender is None)
     totals = np.zeros(len(units))
     clean_total = corrupt_total = 0.0
+    at_once = min(batch, len(units) // (c.n_layer - first))  # variants per rerun
+    pack_tokens = min(pack_tokens, max(1, PACK_ROWS // at_once))
     with one_blas_thread():
         for group in pack_groups([len(p.clean) for p in pairs], pack_tokens):
             runs: list[tuple[Run, Run]] = []
@@ -320,8 +324,6 @@ def _pack_values(
     Every rerun covers the whole pack: unit u patched in every pair at once, each pair's part from its own source."""
     segments = Segments.of([tgt.ids for tgt, _ in runs]) if len(runs) > 1 else None
     bounds = [(0, len(runs[0][0].ids))] if segments is None else segments.bounds
-    if segments is not None:  # fewer variants at once in a long pack (PACK_ROWS)
-        batch = max(1, min(batch, PACK_ROWS // segments.n_seq))
     by_layer: dict[int, list[int]] = {}
     for i, (layer, _, _) in enumerate(units):
         by_layer.setdefault(layer, []).append(i)
