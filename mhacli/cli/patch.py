@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 
 from mhacli.cli._app import app, examples
-from mhacli.cli._common import FormatOpt, ModelOpt, PackTokensOpt, check_pack_tokens, load, output
+from mhacli.cli._common import PACK_TOKENS, FormatOpt, ModelOpt, PackTokensOpt, check_pack_tokens, load, output
 from mhacli.cli._save import DpiOpt, SaveList, save_option
-from mhacli.engine.segments import PACK_TOKENS
 from mhacli.ops.patch import PatchReport, PatchRequest, patch_picture, run_patch
 from mhacli.views import save as saving
 from mhacli.views.output import FORMATS
