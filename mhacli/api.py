@@ -35,6 +35,7 @@ from mhacli.config import ModelConfig
 from mhacli.engine.attention import DISCARD, Sink
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import embed, forward_from
+from mhacli.engine.segments import PACK_TOKENS
 from mhacli.errors import TextError, UsageError
 from mhacli.io.textin import TokenizedText, from_ids, ids_from_items, tokenize
 from mhacli.io.textin import check_ids as check_id_values
@@ -600,13 +601,15 @@ def patch(
     noise: bool = False,
     sender: str | None = None,
     receiver_site: str = "q",
+    pack_tokens: int = PACK_TOKENS,
 ) -> PatchReport:
     """Activation patching per head (`mha patch`): each head's share of the clean behaviour it restores.
 
     clean/corrupt: prompts of the same token length, answer/wrong one token each; or `pairs`, dicts with those four
     keys (values are means over pairs). site: z, q, k, v (per K/V head), pattern, or resid (the residual stream
     entering each layer, at each position: by_pos is implied; rows have head None); sender "L.H" with receiver_site
-    q|k|v: direct path patching. Returns the report: .heads (sorted by score), .to_dict().
+    q|k|v: direct path patching. Several pairs run packed, up to pack_tokens tokens per rerun (1: each alone).
+    Returns the report: .heads (sorted by score), .to_dict().
     """
     args.of_type(model, Model, "model", "a Model (mhacli.load(...))")
     clean, corrupt = args.optional_string(clean, "clean"), args.optional_string(corrupt, "corrupt")
@@ -614,11 +617,12 @@ def patch(
     metric, site = args.string(metric, "metric"), args.string(site, "site")
     sender, receiver_site = args.optional_string(sender, "sender"), args.string(receiver_site, "receiver_site")
     by_pos, noise = args.boolean(by_pos, "by_pos"), args.boolean(noise, "noise")
+    pack_tokens = args.integer(pack_tokens, "pack_tokens")
     if pairs is not None and not isinstance(pairs, str):
         pairs = [args.of_type(p, dict, f"pairs[{n}]", "a dict") for n, p in enumerate(args.list_of(pairs, "pairs"))]
     request = PatchRequest(
         clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, pairs=pairs, metric=metric, site=site,
-        by_pos=by_pos, noise=noise, sender=sender, receiver_site=receiver_site,
+        by_pos=by_pos, noise=noise, sender=sender, receiver_site=receiver_site, pack_tokens=pack_tokens,
     )  # fmt: skip
     return PatchReport(run_patch(model.checkpoint, model.tokenizer, request))
 

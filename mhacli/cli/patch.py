@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from mhacli.cli._app import app, examples
-from mhacli.cli._common import FormatOpt, ModelOpt, load, output
+from mhacli.cli._common import PACK_TOKENS, FormatOpt, ModelOpt, PackTokensOpt, check_pack_tokens, load, output
 from mhacli.cli._save import DpiOpt, SaveList, save_option
 from mhacli.ops.patch import PatchReport, PatchRequest, patch_picture, run_patch
 from mhacli.views import save as saving
@@ -57,6 +57,7 @@ def patch(
     receiver_site: Annotated[
         str, typer.Option("--receiver-site", help="Path patching: the receivers' input patched: q, k or v.")
     ] = "q",
+    pack_tokens: PackTokensOpt = PACK_TOKENS,
     model: ModelOpt = None,
     format: FormatOpt = None,
     save: Annotated[SaveList, save_option(PatchReport.PICTURES)] = None,
@@ -68,11 +69,12 @@ def patch(
     (patched - corrupt) / (clean - corrupt) of the metric at the last position. With --sender, the sender's clean
     write reaches only each later head's --receiver-site (direct path patching)."""
     out = output(format, FORMATS)
+    check_pack_tokens(pack_tokens)
     saves = saving.parse(save, PatchReport.PICTURES, dpi=dpi)
     ckpt, tokenizer = load(model, cache=True)
     request = PatchRequest(
         clean=clean, corrupt=corrupt, answer=answer, wrong=wrong, pairs=pairs, metric=metric, site=site,
-        by_pos=by_pos, noise=noise, sender=sender, receiver_site=receiver_site,
+        by_pos=by_pos, noise=noise, sender=sender, receiver_site=receiver_site, pack_tokens=pack_tokens,
     )  # fmt: skip
     doc = run_patch(ckpt, tokenizer, request)
     saving.write_all(saves, patch_picture(ckpt, doc), dpi=dpi)

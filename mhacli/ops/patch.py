@@ -17,6 +17,7 @@ from mhacli.analyses.ablate import MAX_INDEX_DIGITS
 from mhacli.analyses.patch import Pair, PatchResult, check_site, patch
 from mhacli.analyses.readout import check_answer_pair
 from mhacli.engine.forward import forward
+from mhacli.engine.segments import PACK_TOKENS
 from mhacli.errors import UsageError
 from mhacli.io.textin import read_json_lines
 from mhacli.ops.ablation import KindTally
@@ -44,6 +45,7 @@ class PatchRequest:
     noise: bool = False
     sender: str | None = None  # "L.H"
     receiver_site: str = "q"
+    pack_tokens: int = PACK_TOKENS  # tokens per packed rerun (mhacli.engine.segments); 1: every pair alone
 
 
 def parse_sender(spec: str) -> tuple[int, int]:
@@ -151,6 +153,7 @@ def run_patch(ckpt, tokenizer, request: PatchRequest) -> dict:
         direction="noise" if r.noise else "denoise",
         sender=sender,
         receiver_site=r.receiver_site,
+        pack_tokens=r.pack_tokens,
     )
     site = r.receiver_site if sender is not None else r.site
     kinds = {} if site == "resid" else head_kinds(ckpt, tokenizer, pairs[0].clean)
