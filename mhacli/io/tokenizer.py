@@ -123,6 +123,13 @@ class Tokenizer:
         return raw.decode("utf-8", errors="backslashreplace")
 
 
+def quoted(token: str) -> str:
+    """A displayed token in quotes, as repr() writes it but escaped once.
+
+    Tokenizer.display already spells a partial UTF-8 sequence as `\\xf0`, which repr() would double."""
+    return repr(token).replace("\\\\", "\\")
+
+
 def _cut(text: str, chars: int) -> int:
     """Where to cut a prefix of about `chars` characters:
 

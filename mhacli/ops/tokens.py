@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mhacli.errors import UsageError
 from mhacli.io.files import utf8_text
-from mhacli.io.tokenizer import Tokenizer
+from mhacli.io.tokenizer import Tokenizer, quoted
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def quoted_tokens(tokens: Sequence[str]) -> str:
     A token as the tokenizer displays it already spells a partial UTF-8 sequence as `\\xf0` (mhacli.io.tokenizer);
     repr() would double that backslash. Control characters, which the display keeps, come out escaped once.
     """
-    return ", ".join(repr(t).replace("\\\\", "\\") for t in tokens)
+    return ", ".join(quoted(t) for t in tokens)
 
 
 def text_token_ids(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import KINDS, HeadStats
+from mhacli.io.tokenizer import quoted
 from mhacli.views.display import KIND_HEX, KIND_LETTER, token_label
 
 if TYPE_CHECKING:  # matplotlib is imported inside functions only, at run time
@@ -724,9 +725,9 @@ def attribute_figure(*, doc: dict, caption: str, **_: Any):
     ax.set_xticks(range(n_head + 1), [str(h) for h in range(n_head)] + ["MLP"])
     cell_texts(ax, values, texts, cmap, norm, cell_font(n_layer, n_head + 1))
     metric = "logit difference" if doc["wrong"] else "logit"
-    wrong = f" − {doc['wrong']['token']!r}" if doc["wrong"] else ""
+    wrong = f" − {quoted(doc['wrong']['token'])}" if doc["wrong"] else ""
     ax.set_title(
-        f"direct {metric} attribution at position {doc['pos']}: {doc['answer']['token']!r}{wrong}\n"
+        f"direct {metric} attribution at position {doc['pos']}: {quoted(doc['answer']['token'])}{wrong}\n"
         f"sum of every component {doc['sum']:.4f}, the model's {metric} {doc['value']:.4f}",
         fontsize=7,
     )

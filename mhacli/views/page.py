@@ -37,6 +37,7 @@ import numpy as np
 
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.stats import KINDS, STAT_NAMES
+from mhacli.io.tokenizer import quoted
 from mhacli.views.display import KIND_HEX, KIND_LETTER
 from mhacli.views.terminal.heatmap import ramp
 
@@ -423,8 +424,8 @@ def _resid_page(doc: dict, caption: str) -> str:
         name, score = f"L{r['layer']} pos {r['pos']}", "null" if r["score"] is None else f"{r['score']:+.3f}"
         cells.append({
             "layer": r["layer"], "head": r["pos"], "name": name, "label": score,
-            "title": f"{name} {token!r} score {score}",
-            "info": [["score", score], ["patched metric", f"{r['value']:.4f}"], ["token", repr(token)]],
+            "title": f"{name} {quoted(token)} score {score}",
+            "info": [["score", score], ["patched metric", f"{r['value']:.4f}"], ["token", quoted(token)]],
             "colour": "#dddddd" if r["score"] is None else delta_colour(r["score"], 1.0),
         })  # fmt: skip
     page = base_doc("patch", caption, [], cells)  # no maps: no token strip to search
@@ -451,7 +452,7 @@ def attribute_page(*, doc: dict, views: Sequence[HeadView] | None, tokens: Seque
     top = max((abs(r["attribution"]) for r in heads), default=0.0)
 
     def tokens_of(effects: list[dict]) -> str:
-        return ", ".join(f"{e['token']!r} {e['value']:+.2f}" for e in effects)
+        return ", ".join(f"{quoted(e['token'])} {e['value']:+.2f}" for e in effects)
 
     cells = []
     for r in heads:
@@ -489,13 +490,14 @@ def lens_page(*, doc: dict, caption: str, **_) -> str:
     for layer in doc["layers"]:
         for c in layer["positions"]:
             top, nxt = c["top"][0], c["next"]
-            info = [["top tokens", ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in c["top"])]]
+            info = [["top tokens", ", ".join(f"{quoted(t['token'])} {t['prob']:.3f}" for t in c["top"])]]
             if nxt is not None:
-                info.append(["next token", f"{nxt['token']!r}: prob {nxt['prob']:.4f}, rank {nxt['rank']}"])
+                info.append(["next token", f"{quoted(nxt['token'])}: prob {nxt['prob']:.4f}, rank {nxt['rank']}"])
             cells.append({
                 "layer": layer["layer"], "head": c["pos"], "name": f"layer {layer['layer']} pos {c['pos']}",
-                "label": f"{top['token']!r} {top['prob']:.2f}",
-                "title": f"layer {layer['layer']} at {doc['tokens'][c['pos']]!r}: {top['token']!r} {top['prob']:.3f}",
+                "label": f"{quoted(top['token'])} {top['prob']:.2f}",
+                "title": f"layer {layer['layer']} at {quoted(doc['tokens'][c['pos']])}: "
+                         f"{quoted(top['token'])} {top['prob']:.3f}",
                 "colour": hex_of(ramp(top["prob"])), "info": info,
             })  # fmt: skip
     page = base_doc("lens", caption, doc["tokens"], cells)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from rich.text import Text
 
+from mhacli.io.tokenizer import quoted
 from mhacli.views.terminal.common import KIND_STYLE, fmt_stat, kind_evidence, kinds_legend, weight_colour
 from mhacli.views.terminal.explain import explain_lines
 from mhacli.views.terminal.grid import FULL_CELL, Cell, full_width, grid_lines, scale_legend
@@ -247,13 +248,15 @@ def token_strip(tokens: Sequence[str], query: int, width: int, n_lines: int) -> 
 
 def top_keys_line(tokens: Sequence[str], query: int, top: list[tuple[int, float]], color: bool, width: int) -> Text:
     """`query 17 ' mat' → 11:' the' 0.82  0:'The' 0.10 ...`: where the query token looks in the selected head."""
-    line = Text.assemble(("query ", "dim"), (f"{query} {cell_label(tokens[query], 12).rstrip()!r}", "bold"), " → ")
+    line = Text.assemble(
+        ("query ", "dim"), (f"{query} {quoted(cell_label(tokens[query], 12).rstrip())}", "bold"), " → "
+    )
     for rank, (j, w) in enumerate(top):
         if rank:
             line.append("  ")
         if color:
             line.append("█", style=weight_colour(w))
-        line.append(f"{j}:{cell_label(tokens[j], 12).rstrip()!r}", style="bold" if w >= 0.5 else "")
+        line.append(f"{j}:{quoted(cell_label(tokens[j], 12).rstrip())}", style="bold" if w >= 0.5 else "")
         line.append(f" {w:.2f}")
     return fit(line, width)
 

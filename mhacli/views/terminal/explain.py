@@ -16,6 +16,7 @@ from rich.console import Group
 from rich.text import Text
 
 from mhacli.analyses.explain import Explanation
+from mhacli.io.tokenizer import quoted
 from mhacli.views.display import token_label
 from mhacli.views.terminal.common import weight_colour
 from mhacli.views.terminal.text import Segment, cell_label, equation, glue, labelled_vectors, num, vec_rows, wrapped
@@ -161,7 +162,7 @@ def header(out: Layout) -> None:
     i = ex.query_index
     plural = "s" if ex.n_seq > 1 else ""
     title = (
-        f"layer {ex.layer}, head {ex.head}, query token {i} {cell_label(tokens[i], 20).rstrip()!r} "
+        f"layer {ex.layer}, head {ex.head}, query token {i} {quoted(cell_label(tokens[i], 20).rstrip())} "
         f"(of {ex.n_seq} token{plural})"
     )
     out.add(wrapped(title, width, 0, "bold"))

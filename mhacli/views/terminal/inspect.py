@@ -14,6 +14,7 @@ from rich.text import Text
 from mhacli.analyses.heads import HeadView
 from mhacli.analyses.partial import MapRequest, strongest
 from mhacli.analyses.stats import STAT_NAMES, TOO_PLAIN, undecidable
+from mhacli.io.tokenizer import quoted
 from mhacli.views.display import token_label
 from mhacli.views.terminal.common import (
     KIND_STYLE,
@@ -166,7 +167,7 @@ def head_side(view: HeadView, tokens: Sequence[str], win: MapWindow, width: int)
     weights = np.array([float(attention[q, j]) for j in keys])
     ranked = np.argsort(-weights, kind="stable")[:SIDE_KEYS].tolist()
     order = [n for k, n in enumerate(ranked) if k == 0 or weights[n] >= 0.01]  # the strongest first; none under 0.01
-    lines += [Text(""), Text(f"query {q} {token_label(tokens[q], 20)!r}: its strongest keys", style="bold")]
+    lines += [Text(""), Text(f"query {q} {quoted(token_label(tokens[q], 20))}: its strongest keys", style="bold")]
     bar_w = max(4, width - 20)
     for n in order:
         w = float(weights[n])
@@ -198,7 +199,10 @@ def query_bars(
         note = Text(f"the {limit} strongest of {query + 1} keys, in text order", style="dim")
     label_w = 14
     bar_w = max(10, width - label_w - 16)
-    lines: list = [head_title(view, show_kv), Text(f"query {query} {token_label(tokens[query], 20)!r}", style="bold")]
+    lines: list = [
+        head_title(view, show_kv),
+        Text(f"query {query} {quoted(token_label(tokens[query], 20))}", style="bold"),
+    ]
     if note:
         lines.append(note)
     for j in keys:
