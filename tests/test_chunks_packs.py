@@ -55,6 +55,14 @@ def test_one_pack_per_chunk_when_the_size_is_one_pack():
     assert groups == [[0, 1, 2, 3], [4], [5], [6, 7], [8]]  # 1,017 tokens; 1,024; 2,000 alone; 2; 1,023
 
 
+def test_a_chunk_counts_its_tokens_and_its_packs_from_zero():
+    # a chunk after the first: 6 + 4 fill a pack of 10 exactly (no close: 10 + 10 is not over 20), then 6 more
+    assert seqs(chunks(items([6, 6, 6, 4, 6]), lambda *e: None, 10, 20)) == [[0, 1], [2, 3, 4]]
+    # a pack after the first filled exactly (5 + 5): one chunk, as pack_groups makes it one pack
+    assert seqs(chunks(items([8, 5, 5, 3]), lambda *e: None, 10, 10)) == [[0], [1, 2], [3]]
+    assert pack_groups([8, 5, 5, 3], 10) == [[0], [1, 2], [3]]
+
+
 def test_a_full_pack_closes_its_chunk_before_the_next_text_is_read():
     read = []
 
@@ -88,7 +96,10 @@ def test_layer_parameter_count_is_the_blocks_values():
     assert ckpt.layer_parameter_count() == layers * (12 * n * n + 13 * n)
 
 
-def test_the_packs_run_are_the_same_whatever_the_chunk_size(monkeypatch):
+@pytest.mark.parametrize("threads", [False, True])
+def test_the_packs_run_are_the_same_whatever_the_chunk_size(monkeypatch, threads):
+    from concurrent.futures import ThreadPoolExecutor
+
     from mhacli.io.weights import load_model
 
     ckpt = load_model(str(SAMPLE))
@@ -96,22 +107,39 @@ def test_the_packs_run_are_the_same_whatever_the_chunk_size(monkeypatch):
     rng = np.random.default_rng(5)
     sizes = [int(n) for n in rng.integers(1, 90, size=60)]
     work = [Item(k, rng.integers(0, 100, size=n), 0) for k, n in enumerate(sizes)]
-    real = parallel.pack_stats
+    real_stats, real_alone, real_chunk = parallel.pack_stats, parallel.text_stats, parallel.run_chunk
 
-    def runs(chunk_size: int) -> tuple[list[list[int]], list]:
+    def runs(chunk_size: int) -> tuple[list[list[int]], int, list]:
         packs: list[list[int]] = []
+        ran: list[int] = []
 
         def recording(params, texts):
             packs.append([len(ids) for ids, _ in texts])
-            return real(params, texts)
+            return real_stats(params, texts)
+
+        def alone(params, ids, first_row):  # a pack of one text runs unpacked
+            packs.append([len(ids)])
+            return real_alone(params, ids, first_row)
+
+        def counted(files, chunk, pack_tokens):
+            ran.append(len(chunk))
+            return real_chunk(files, chunk, pack_tokens)
 
         monkeypatch.setattr(parallel, "pack_stats", recording)
-        out: list = []
-        drive(iter(work), ckpt.files, None, InOrder(lambda s, o: out.append(o)), 1, 256, chunk_size)
-        return packs, out
+        monkeypatch.setattr(parallel, "text_stats", alone)
+        monkeypatch.setattr(parallel, "run_chunk", counted)
+        out: dict = {}
+        sink = InOrder(lambda s, o: out.__setitem__(s, o))
+        executor = ThreadPoolExecutor(2) if threads else None
+        drive(iter(work), ckpt.files, executor, sink, 2, 100, chunk_size)
+        if executor is not None:
+            executor.shutdown()
+        return sorted(packs), len(ran), [out[k] for k in range(len(work))]
 
-    (few, a), (many, b) = runs(256), runs(CHUNK_TOKENS)
-    assert few == many and sum(map(len, few)) == len(sizes)
+    (few, n_few, a), (many, n_many, b) = runs(250), runs(CHUNK_TOKENS)
+    assert n_few > n_many == 1  # the chunk size was used: 250-token chunks, or the whole work in one
+    assert few == many and sum(map(len, few)) == len(sizes)  # and the packs are the same either way
+    assert max(map(sum, few)) <= 100
     for x, y in zip(a, b):
         np.testing.assert_allclose(x.values, y.values, rtol=1e-6, atol=1e-7, equal_nan=True)
 
