@@ -1,8 +1,8 @@
 """mhacli.analyses.loss with a final soft-cap and on batches of variants, against a float64 reference written here.
 
 Mutation testing (tests/mutants.md): the in-process loss tests run GPT-2 models, which cap nothing, so mutants that
-drop the cap (Gemma 2's final_logit_softcapping: logits z -> cap * tanh(z / cap)) survived; `variant_losses` has no
-caller left in mhacli since packing (the Ablator scores packs with scored_losses) and no test. The reference: the
+drop the cap (Gemma 2's final_logit_softcapping: logits z -> cap * tanh(z / cap)) survived, and text_losses of a
+batch of variants had no test (its twin variant_losses, dead since packing, was removed). The reference: the
 final norm of the engine (itself checked against HF in test_parity.py), then logits, cap and log-sum-exp in float64
 (scipy), each text's targets t >= max(1, loss_from) picked by a plain loop.
 """
@@ -100,8 +100,8 @@ def test_a_model_that_caps_its_logits_is_scored_capped(ckpt):
 
 @pytest.mark.parametrize("loss_from", [1, 4])
 @pytest.mark.parametrize("cap", [None, CAP])
-def test_variant_losses_are_each_variants_own_losses(ckpt, loss_from, cap):
-    from mhacli.analyses.loss import output_head, text_losses, variant_losses
+def test_a_batch_of_variants_has_each_variants_own_losses(ckpt, loss_from, cap):
+    from mhacli.analyses.loss import output_head, text_losses
     from mhacli.engine.forward import forward
 
     params = ckpt if cap is None else Capped(ckpt, cap)
@@ -110,13 +110,13 @@ def test_variant_losses_are_each_variants_own_losses(ckpt, loss_from, cap):
     # two variants of one text: different residual streams over the same ids
     batch = np.stack([list(forward(ckpt, t))[-1].residual for t in (ids, other)])
     for w in (None, output_head(ckpt)):
-        got = variant_losses(params, batch, ids, loss_from, w)
+        got = text_losses(params, batch, ids, loss_from, w)
         assert got.shape == (2, len(ids) - max(1, loss_from))
         for b in range(2):
             want = scored_reference(ckpt, batch[b], ids, loss_from, cap)
             np.testing.assert_allclose(got[b], want, rtol=RTOL)
             np.testing.assert_allclose(text_losses(params, batch[b], ids, loss_from, w), want, rtol=RTOL)
-    default = variant_losses(params, batch, ids)  # loss_from 1: every target from position 1
+    default = text_losses(params, batch, ids)  # loss_from 1: every target from position 1
     for b in range(2):
         np.testing.assert_allclose(default[b], scored_reference(ckpt, batch[b], ids, 1, cap), rtol=RTOL)
 

@@ -88,14 +88,9 @@ def token_losses(
 def text_losses(
     params: Params, residual: np.ndarray, ids: np.ndarray, loss_from: int = 1, w: np.ndarray | None = None
 ) -> np.ndarray:
-    """The last layer's residual stream [n_seq, n_embd] -> the losses of targets t >= max(1, loss_from), [n_targets]."""
-    return scored_losses(params, residual, np.asarray(ids), scored_positions([len(ids)], loss_from), w)
+    """The last layer's residual stream [n_seq, n_embd] -> the losses of targets t >= max(1, loss_from), [n_targets].
 
-
-def variant_losses(
-    params: Params, residual: np.ndarray, ids: np.ndarray, loss_from: int = 1, w: np.ndarray | None = None
-) -> np.ndarray:
-    """text_losses of a batch of variants: [B, n_seq, n_embd] -> [B, n_targets], the output head one GEMM per block."""
+    A batch of variants [B, n_seq, n_embd] -> [B, n_targets] (scored_losses: the output head one GEMM per block)."""
     return scored_losses(params, residual, np.asarray(ids), scored_positions([len(ids)], loss_from), w)
 
 
