@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhacli.analyses.stats import STAT_NAMES, LayerStats, StatsAccumulator, head_stats, layer_stats
+from mhacli.analyses.stats import STAT_NAMES, LayerStats, StatsAccumulator, TextIndex, head_stats, layer_stats
 from mhacli.engine.attention import KeepMap, block_rows, one_blas_thread
 from mhacli.engine.blocks import Params, ZEdit
 from mhacli.engine.forward import forward
@@ -428,6 +428,7 @@ def paired_pack_stream(
     n_head, n_seq = params_a.config.n_head, len(ids)
     split = segments if segments is not None else Segments((n_seq,))
     texts = [ids[s : s + n] for s, n in zip(split.firsts.tolist(), split.lengths)]
+    indexes = [TextIndex(text) for text in texts]  # each text's token matches, made once for every layer and model
     stop = threading.Event()
     feeds = [_Feed(params.config.n_head, block_rows(n_seq), stop) for params in (params_a, params_b)]
     runs = [
@@ -442,10 +443,10 @@ def paired_pack_stream(
         return [
             (
                 DivergenceAccumulator(n_head, len(text), metric),
-                StatsAccumulator(n_head, text),
-                StatsAccumulator(n_head, text),
+                StatsAccumulator(n_head, text, 0, index),
+                StatsAccumulator(n_head, text, 0, index),
             )
-            for text in texts
+            for text, index in zip(texts, indexes)
         ]
 
     try:

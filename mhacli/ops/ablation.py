@@ -31,7 +31,7 @@ from mhacli.analyses.ablate import (
     schedule,
 )
 from mhacli.analyses.heads import analyse, check_selection
-from mhacli.analyses.stats import StatsAccumulator, head_stats
+from mhacli.analyses.stats import StatsAccumulator, TextIndex, head_stats
 from mhacli.engine.blocks import ZEdit
 from mhacli.engine.forward import LayerTrace
 from mhacli.engine.segments import PACK_TOKENS, PackSink, Segments, pack_groups, per_text
@@ -325,9 +325,10 @@ class KindTally:
 
         Of text `index`, or of the pack `segments` of texts index, index + 1, ... (split per text: PackSink)."""
         count = 1 if segments is None else len(segments.lengths)
+        indexes = [TextIndex(self.texts[i].ids) for i in range(index, index + count)]  # once for all layers
 
         def sink(layer: int) -> StatsAccumulator | PackSink:
-            accs = [StatsAccumulator(self.n_head, self.texts[index + t].ids) for t in range(count)]
+            accs = [StatsAccumulator(self.n_head, x.ids, 0, x) for x in indexes]
             self._streams[layer] = accs
             return per_text(segments, accs)
 
